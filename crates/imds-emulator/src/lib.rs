@@ -1,0 +1,482 @@
+//! An emulator of the EC2 instance metadata service (IMDS) over real HTTP on loopback,
+//! following AWS's documented behaviour, and scriptable per test.
+//!
+//! What it does as AWS documents it: IMDSv2 tokens (`PUT /latest/api/token` with a TTL
+//! header of 1–21600 s, 400 without one, 403 with `X-Forwarded-For`; expired or unknown
+//! tokens get 401), optional IMDSv1 (or 401 without a token when `v2_only`), user-data
+//! (200 octet-stream or 404), meta-data items, the identity document, and instance tags
+//! (404 unless enabled).
+//!
+//! What a test can script: user-data that appears after a delay or on demand; the token
+//! endpoint forbidden (403), absent (404/405) or hanging; the first N requests hanging or
+//! answered 503 with a Retry-After; tokens expired on demand; the listener bound late
+//! (connection refused, then up). Every IMDS request is recorded with its time and answer.
+//!
+//! Control from another process: `PUT /_emulator/user-data` (body), `DELETE` it,
+//! `POST /_emulator/expire-tokens`, `GET /_emulator/requests` (JSON). These are neither
+//! recorded nor counted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+/// How the token endpoint answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenMode {
+    #[default]
+    Normal,
+    /// 403: IMDS is disabled for the instance.
+    Forbidden,
+    /// 404: an IMDSv1-only endpoint.
+    NotFound,
+    /// 405: an IMDSv1-only endpoint.
+    MethodNotAllowed,
+    /// Never answers: the hop-limit trap inside a container.
+    Hang,
+}
+
+/// The instance the emulator describes.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Instance {
+    pub instance_id: String,
+    pub region: String,
+    pub availability_zone: String,
+    pub instance_type: String,
+    pub image_id: String,
+    pub account_id: String,
+    pub private_ip: String,
+    pub local_hostname: String,
+    pub mac: String,
+}
+
+impl Default for Instance {
+    fn default() -> Self {
+        Instance {
+            instance_id: "i-0123456789abcdef0".into(),
+            region: "eu-west-1".into(),
+            availability_zone: "eu-west-1a".into(),
+            instance_type: "t3.micro".into(),
+            image_id: "ami-0abcdef1234567890".into(),
+            account_id: "123456789012".into(),
+            private_ip: "10.0.0.12".into(),
+            local_hostname: "ip-10-0-0-12.eu-west-1.compute.internal".into(),
+            mac: "0e:00:00:00:00:01".into(),
+        }
+    }
+}
+
+/// A scenario. Loaded from JSON by the binary (`--config`), built in code by tests.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The raw user-data; `None` answers 404.
+    pub user_data: Option<String>,
+    /// Answer 404 for user-data until this long after start.
+    #[serde(with = "humantime_serde_opt")]
+    pub user_data_after: Option<Duration>,
+    pub token: TokenMode,
+    /// Require a token on every GET (HttpTokens=required).
+    pub v2_only: bool,
+    /// Cap on token lifetimes, to expire tokens mid-run.
+    #[serde(with = "humantime_serde_opt")]
+    pub max_token_ttl: Option<Duration>,
+    /// The first N requests never get an answer.
+    pub hang_first: u64,
+    /// The next N requests get 503.
+    pub unavailable_first: u64,
+    /// Retry-After (seconds) on those 503s.
+    pub retry_after: Option<u64>,
+    /// Instance tags in metadata; `None` answers 404 as when the instance does not allow it.
+    pub tags: Option<BTreeMap<String, String>>,
+    pub instance: Instance,
+}
+
+/// One IMDS request as the emulator saw it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Record {
+    pub method: String,
+    pub path: String,
+    /// `None` when the emulator never answered.
+    pub status: Option<u16>,
+    pub had_token: bool,
+    /// Time since the emulator started.
+    #[serde(serialize_with = "as_secs_f64")]
+    pub at: Duration,
+}
+
+struct Shared {
+    config: Mutex<Config>,
+    started: Instant,
+    user_data_at: Mutex<Option<Duration>>,
+    tokens: Mutex<HashMap<String, Instant>>,
+    counter: AtomicU64,
+    log: Mutex<Vec<Record>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running emulator; stops when dropped.
+pub struct Emulator {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+enum Reply {
+    Answer(StatusCode, Vec<(&'static str, String)>, Vec<u8>),
+    Hang,
+}
+
+fn answer(status: StatusCode, body: impl Into<Vec<u8>>) -> Reply {
+    Reply::Answer(status, Vec::new(), body.into())
+}
+
+impl Emulator {
+    /// Starts on an ephemeral loopback port.
+    pub async fn start(config: Config) -> std::io::Result<Emulator> {
+        Self::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config).await
+    }
+
+    /// Starts on `addr`, which must be a loopback address.
+    pub async fn bind(addr: SocketAddr, config: Config) -> std::io::Result<Emulator> {
+        let listener = tokio::net::TcpListener::bind(check_loopback(addr)?).await?;
+        let addr = listener.local_addr()?;
+        let shared = Self::shared(config);
+        let task = tokio::spawn(serve(listener, shared.clone()));
+        Ok(Emulator { addr, shared, task })
+    }
+
+    /// Reserves a loopback port but accepts connections only after `delay`: until then a
+    /// client gets "connection refused".
+    pub async fn start_later(config: Config, delay: Duration) -> std::io::Result<Emulator> {
+        let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await?
+            .local_addr()?;
+        let shared = Self::shared(config);
+        let inner = shared.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Ok(listener) = tokio::net::TcpListener::bind(addr).await {
+                serve(listener, inner).await;
+            }
+        });
+        Ok(Emulator { addr, shared, task })
+    }
+
+    fn shared(config: Config) -> Arc<Shared> {
+        let user_data_at = config
+            .user_data
+            .as_ref()
+            .map(|_| config.user_data_after.unwrap_or_default());
+        Arc::new(Shared {
+            config: Mutex::new(config),
+            started: Instant::now(),
+            user_data_at: Mutex::new(user_data_at),
+            tokens: Mutex::new(HashMap::new()),
+            counter: AtomicU64::new(0),
+            log: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:40123`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Makes user-data available now (`Some`) or absent (`None`).
+    pub fn set_user_data(&self, user_data: Option<&[u8]>) {
+        self.shared
+            .set_user_data(user_data.map(|b| String::from_utf8_lossy(b).into_owned()));
+    }
+
+    /// Every token issued so far now answers 401.
+    pub fn expire_tokens(&self) {
+        lock(&self.shared.tokens).clear();
+    }
+
+    /// Changes the scenario while running.
+    pub fn update(&self, change: impl FnOnce(&mut Config)) {
+        change(&mut lock(&self.shared.config));
+    }
+
+    /// The IMDS requests so far, in arrival order.
+    pub fn requests(&self) -> Vec<Record> {
+        lock(&self.shared.log).clone()
+    }
+}
+
+fn check_loopback(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    if addr.ip().is_loopback() {
+        Ok(addr)
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("refusing to listen on {addr}: the emulator serves loopback only"),
+        ))
+    }
+}
+
+async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    let app = Router::new().fallback(handle).with_state(shared);
+    let _ = axum::serve(listener, app).await;
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    if let Some(control) = path.strip_prefix("/_emulator/") {
+        return shared.control(&method, control, body);
+    }
+    let n = shared.counter.fetch_add(1, Ordering::SeqCst);
+    let reply = shared.reply(n, &method, &path, &headers);
+    let status = match &reply {
+        Reply::Answer(status, ..) => Some(status.as_u16()),
+        Reply::Hang => None,
+    };
+    lock(&shared.log).push(Record {
+        method: method.to_string(),
+        path,
+        status,
+        had_token: headers.contains_key(TOKEN),
+        at: shared.started.elapsed(),
+    });
+    match reply {
+        Reply::Answer(status, extra, body) => {
+            let mut response = (status, body).into_response();
+            for (name, value) in extra {
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    response.headers_mut().insert(name, value);
+                }
+            }
+            response
+        }
+        Reply::Hang => std::future::pending().await,
+    }
+}
+
+const TOKEN: &str = "x-aws-ec2-metadata-token";
+const TOKEN_TTL: &str = "x-aws-ec2-metadata-token-ttl-seconds";
+
+impl Shared {
+    fn set_user_data(&self, user_data: Option<String>) {
+        let at = user_data.as_ref().map(|_| self.started.elapsed());
+        lock(&self.config).user_data = user_data;
+        *lock(&self.user_data_at) = at;
+    }
+
+    fn control(&self, method: &Method, what: &str, body: Bytes) -> Response {
+        match (method.as_str(), what) {
+            ("PUT", "user-data") => {
+                self.set_user_data(Some(String::from_utf8_lossy(&body).into_owned()))
+            }
+            ("DELETE", "user-data") => self.set_user_data(None),
+            ("POST", "expire-tokens") => lock(&self.tokens).clear(),
+            ("GET", "requests") => {
+                let log = serde_json::to_vec(&*lock(&self.log)).unwrap_or_default();
+                return ([(header::CONTENT_TYPE, "application/json")], log).into_response();
+            }
+            _ => return StatusCode::NOT_FOUND.into_response(),
+        }
+        StatusCode::NO_CONTENT.into_response()
+    }
+
+    fn reply(&self, n: u64, method: &Method, path: &str, headers: &HeaderMap) -> Reply {
+        let config = lock(&self.config).clone();
+        if n < config.hang_first {
+            return Reply::Hang;
+        }
+        if n < config.hang_first + config.unavailable_first {
+            let extra = config
+                .retry_after
+                .map(|s| vec![("retry-after", s.to_string())])
+                .unwrap_or_default();
+            return Reply::Answer(StatusCode::SERVICE_UNAVAILABLE, extra, Vec::new());
+        }
+        if path == "/latest/api/token" {
+            return match *method {
+                Method::PUT => self.token(&config, headers),
+                _ => answer(StatusCode::METHOD_NOT_ALLOWED, ""),
+            };
+        }
+        if *method != Method::GET {
+            return answer(StatusCode::METHOD_NOT_ALLOWED, "");
+        }
+        match headers.get(TOKEN) {
+            Some(token) => {
+                let valid = token
+                    .to_str()
+                    .ok()
+                    .and_then(|t| lock(&self.tokens).get(t).copied())
+                    .is_some_and(|expires| Instant::now() < expires);
+                if !valid {
+                    return answer(StatusCode::UNAUTHORIZED, "");
+                }
+            }
+            None if config.v2_only => return answer(StatusCode::UNAUTHORIZED, ""),
+            None => {}
+        }
+        self.get(&config, path)
+    }
+
+    fn token(&self, config: &Config, headers: &HeaderMap) -> Reply {
+        match config.token {
+            TokenMode::Normal => {}
+            TokenMode::Forbidden => return answer(StatusCode::FORBIDDEN, ""),
+            TokenMode::NotFound => return answer(StatusCode::NOT_FOUND, ""),
+            TokenMode::MethodNotAllowed => return answer(StatusCode::METHOD_NOT_ALLOWED, ""),
+            TokenMode::Hang => return Reply::Hang,
+        }
+        if headers.contains_key("x-forwarded-for") {
+            return answer(StatusCode::FORBIDDEN, "");
+        }
+        let ttl = headers
+            .get(TOKEN_TTL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|ttl| (1..=21_600).contains(ttl));
+        let Some(ttl) = ttl else {
+            return answer(StatusCode::BAD_REQUEST, "");
+        };
+        let mut lifetime = Duration::from_secs(ttl);
+        if let Some(cap) = config.max_token_ttl {
+            lifetime = lifetime.min(cap);
+        }
+        let mut tokens = lock(&self.tokens);
+        let token = format!("AQAE{:016x}{:08x}", fastish_random(), tokens.len());
+        tokens.insert(token.clone(), Instant::now() + lifetime);
+        Reply::Answer(
+            StatusCode::OK,
+            vec![(TOKEN_TTL, lifetime.as_secs().to_string())],
+            token.into_bytes(),
+        )
+    }
+
+    fn get(&self, config: &Config, path: &str) -> Reply {
+        let i = &config.instance;
+        let text = |s: &str| answer(StatusCode::OK, s);
+        match path {
+            "/latest/user-data" => {
+                let at = *lock(&self.user_data_at);
+                match (&config.user_data, at) {
+                    (Some(data), Some(at)) if self.started.elapsed() >= at => Reply::Answer(
+                        StatusCode::OK,
+                        vec![("content-type", "application/octet-stream".into())],
+                        data.clone().into_bytes(),
+                    ),
+                    _ => answer(StatusCode::NOT_FOUND, ""),
+                }
+            }
+            "/latest/meta-data" | "/latest/meta-data/" => text(
+                "ami-id\ninstance-id\ninstance-type\nlocal-hostname\nlocal-ipv4\nmac\nplacement/\ntags/",
+            ),
+            "/latest/meta-data/instance-id" => text(&i.instance_id),
+            "/latest/meta-data/ami-id" => text(&i.image_id),
+            "/latest/meta-data/instance-type" => text(&i.instance_type),
+            "/latest/meta-data/local-ipv4" => text(&i.private_ip),
+            "/latest/meta-data/local-hostname" => text(&i.local_hostname),
+            "/latest/meta-data/mac" => text(&i.mac),
+            "/latest/meta-data/placement/region" => text(&i.region),
+            "/latest/meta-data/placement/availability-zone" => text(&i.availability_zone),
+            "/latest/dynamic/instance-identity/document" => {
+                let doc = serde_json::json!({
+                    "accountId": i.account_id, "architecture": "x86_64",
+                    "availabilityZone": i.availability_zone, "imageId": i.image_id,
+                    "instanceId": i.instance_id, "instanceType": i.instance_type,
+                    "pendingTime": "2026-11-23T12:00:00Z", "privateIp": i.private_ip,
+                    "region": i.region, "version": "2017-09-30",
+                });
+                text(&serde_json::to_string_pretty(&doc).unwrap_or_default())
+            }
+            _ => match (
+                &config.tags,
+                path.strip_prefix("/latest/meta-data/tags/instance"),
+            ) {
+                (Some(tags), Some("" | "/")) => {
+                    text(&tags.keys().cloned().collect::<Vec<_>>().join("\n"))
+                }
+                (Some(tags), Some(key)) => match tags.get(&percent_decode(&key[1..])) {
+                    Some(value) => text(value),
+                    None => answer(StatusCode::NOT_FOUND, ""),
+                },
+                _ => answer(StatusCode::NOT_FOUND, ""),
+            },
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            s.get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok()),
+        ) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn fastish_random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish()
+}
+
+fn as_secs_f64<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// `"2s"`-style durations in JSON scenarios.
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) => humantime::parse_duration(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}

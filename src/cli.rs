@@ -1,0 +1,92 @@
+//! The command line: one binary, one subcommand per stage.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::state;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bootstage",
+    version,
+    about = "Boot-time instance configuration: parameters from IMDS, config from S3, then the app, in systemd order."
+)]
+pub struct Cli {
+    /// Where stages keep their outputs.
+    #[arg(long, global = true, env = "BOOTSTAGE_STATE_DIR", default_value = state::DEFAULT_DIR, value_name = "DIR")]
+    pub state_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fetch user-data and facts from IMDS; write params.json, instance.json, params.env.
+    Metadata(MetadataArgs),
+    /// Sync config and code from S3 into local directories (not implemented yet).
+    #[command(name = "s3-sync")]
+    S3Sync,
+    /// Load params.env and exec the app (not implemented yet).
+    Launch {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MetadataArgs {
+    /// IMDS base URL [default: AWS_EC2_METADATA_SERVICE_ENDPOINT, else by
+    /// AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE, else http://169.254.169.254].
+    #[arg(long, value_name = "URL")]
+    pub imds_endpoint: Option<String>,
+
+    /// Refuse IMDSv1: fail if the endpoint offers no IMDSv2 token.
+    #[arg(long, env = "BOOTSTAGE_IMDS_V2_ONLY")]
+    pub imds_v2_only: bool,
+
+    /// Overall deadline for the stage; keep it below the unit's TimeoutStartSec.
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+
+    /// How long a missing user-data (404) counts as "not there yet" before it is final.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub user_data_wait: Duration,
+
+    /// Bound on each HTTP request, connect included.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub request_timeout: Duration,
+
+    /// Boot with empty parameters when the instance has no user-data.
+    #[arg(long)]
+    pub allow_empty: bool,
+
+    /// Read user-data from a file instead of IMDS (a local VM; no cloud needed).
+    #[arg(long, env = "BOOTSTAGE_USER_DATA_FILE", value_name = "PATH")]
+    pub user_data_file: Option<PathBuf>,
+
+    /// With --user-data-file: a fact IMDS would give, e.g. --fact region=eu-west-1.
+    #[arg(long = "fact", value_name = "NAME=VALUE")]
+    pub facts: Vec<String>,
+}
+
+impl MetadataArgs {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.timeout.is_zero() || self.request_timeout.is_zero() {
+            return Err("--timeout and --request-timeout must be above zero".into());
+        }
+        if self.user_data_wait > self.timeout {
+            return Err("--user-data-wait must not exceed --timeout".into());
+        }
+        if !self.facts.is_empty() && self.user_data_file.is_none() {
+            return Err("--fact goes with --user-data-file (on EC2, facts come from IMDS)".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,322 @@
+//! `params.env`: parameters and facts as one `KEY="value"` line each, sorted.
+//!
+//! One file serves two readers that disagree on quoting in general: POSIX sh (`. params.env`
+//! in dash or bash) and systemd's `EnvironmentFile=`. Inside double quotes both treat a
+//! backslash before one of `\ " $ `` ` as an escape and keep every other byte literally,
+//! newlines included, so escaping exactly those four characters makes both read each value
+//! back byte for byte. A NUL byte neither can carry: that is an error, never a mangled value.
+//!
+//! Names: nested object keys are joined with `_`, uppercased, every other character becomes
+//! `_`, and a leading digit gets a `_` prefix (`db.port` and `{"db":{"port":…}}` both
+//! become `DB_PORT`, which is why two keys that flatten to one name are an error). Values:
+//! strings verbatim, numbers and booleans as their JSON text, null as empty, arrays as
+//! compact JSON. The top-level key `bootstage` holds bootstage's own settings and is not
+//! exported; the `BOOTSTAGE_` prefix is reserved for facts.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+/// The top-level parameter that configures bootstage itself.
+pub const SETTINGS_KEY: &str = "bootstage";
+/// Prefix of the facts bootstage exports (`BOOTSTAGE_INSTANCE_ID` …).
+pub const FACT_PREFIX: &str = "BOOTSTAGE_";
+
+/// Names a parameter may not take: they would change how the shell parses or starts, how
+/// the dynamic loader links, how commands are found, or speak systemd's protocols, for
+/// every program that loads the file. Nest such a parameter instead (`app.path`).
+const RESERVED_NAMES: &[&str] = &[
+    "PATH",
+    "IFS",
+    "ENV",
+    "BASH_ENV",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "CDPATH",
+    "GLOBIGNORE",
+    "PS4",
+    "PROMPT_COMMAND",
+    "NOTIFY_SOCKET",
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
+    "BOOTSTAGE",
+];
+const RESERVED_PREFIXES: &[&str] = &[FACT_PREFIX, "LD_", "BASH_FUNC_"];
+
+/// Linux refuses a single `NAME=value` environment string longer than this (MAX_ARG_STRLEN
+/// less the NUL), so a longer one would fail the app's exec, not this stage. Refuse it here.
+pub const MAX_ENTRY: usize = 128 * 1024 - 1;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ExportError {
+    #[error("parameter {0} has an empty name")]
+    EmptyName(String),
+    #[error("parameters {first} and {second} would both be exported as {name}")]
+    Collision {
+        first: String,
+        second: String,
+        name: String,
+    },
+    #[error(
+        "parameter {path} would be exported as {name}, a name reserved for {why}; nest it under another key"
+    )]
+    Reserved {
+        path: String,
+        name: String,
+        why: &'static str,
+    },
+    #[error("parameter {0} contains a NUL character, which neither a shell nor systemd can carry")]
+    Nul(String),
+    #[error(
+        "parameter {path} is {len} bytes as NAME=value; Linux refuses environment entries over {MAX_ENTRY} bytes"
+    )]
+    TooLong { path: String, len: usize },
+    #[error(
+        "the top-level `{SETTINGS_KEY}` parameter holds bootstage's settings and must be an object"
+    )]
+    Settings,
+}
+
+/// The variables of `params.env`, by name, each with the parameter path it came from.
+#[derive(Debug, Default)]
+pub struct Env {
+    vars: BTreeMap<String, (String, String)>,
+}
+
+impl Env {
+    /// Flattens the parameters object into variables.
+    pub fn from_params(params: &Map<String, Value>) -> Result<Env, ExportError> {
+        let mut env = Env::default();
+        let mut path = Vec::new();
+        for (key, value) in params {
+            if key == SETTINGS_KEY {
+                if !value.is_object() {
+                    return Err(ExportError::Settings);
+                }
+                continue;
+            }
+            path.push(key.as_str());
+            env.walk(&mut path, value)?;
+            path.pop();
+        }
+        Ok(env)
+    }
+
+    fn walk<'a>(&mut self, path: &mut Vec<&'a str>, value: &'a Value) -> Result<(), ExportError> {
+        if let Value::Object(map) = value {
+            for (key, value) in map {
+                path.push(key);
+                self.walk(path, value)?;
+                path.pop();
+            }
+            return Ok(());
+        }
+        let shown = format!("{:?}", path.join("."));
+        let name = env_name(path);
+        if name.is_empty() {
+            return Err(ExportError::EmptyName(shown));
+        }
+        if let Some(why) = reserved(&name) {
+            return Err(ExportError::Reserved {
+                path: shown,
+                name,
+                why,
+            });
+        }
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            Value::Bool(_) | Value::Number(_) | Value::Array(_) => value.to_string(),
+            Value::Object(_) => unreachable!("objects are flattened above"),
+        };
+        self.insert(name, shown, text)
+    }
+
+    /// Adds a fact (`BOOTSTAGE_…`); facts come from IMDS or flags, never from parameters.
+    pub fn insert_fact(&mut self, name: &str, value: &str) -> Result<(), ExportError> {
+        debug_assert!(name.starts_with(FACT_PREFIX));
+        self.insert(name.to_string(), name.to_string(), value.to_string())
+    }
+
+    fn insert(&mut self, name: String, path: String, value: String) -> Result<(), ExportError> {
+        if value.contains('\0') {
+            return Err(ExportError::Nul(path));
+        }
+        let len = name.len() + 1 + value.len();
+        if len > MAX_ENTRY {
+            return Err(ExportError::TooLong { path, len });
+        }
+        if let Some((first, _)) = self.vars.get(&name) {
+            return Err(ExportError::Collision {
+                first: first.clone(),
+                second: path,
+                name,
+            });
+        }
+        self.vars.insert(name, (path, value));
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.vars.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vars.is_empty()
+    }
+
+    /// The variables as `(name, value)`, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.vars.iter().map(|(k, (_, v))| (k.as_str(), v.as_str()))
+    }
+
+    /// The file's text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, value) in self.iter() {
+            out.push_str(name);
+            out.push_str("=\"");
+            for c in value.chars() {
+                if matches!(c, '\\' | '"' | '$' | '`') {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out.push_str("\"\n");
+        }
+        out
+    }
+}
+
+/// The variable name for a parameter path.
+pub fn env_name(path: &[&str]) -> String {
+    let mut name: String = path
+        .join("_")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        name.insert(0, '_');
+    }
+    name
+}
+
+fn reserved(name: &str) -> Option<&'static str> {
+    if name == "BOOTSTAGE" || name.starts_with(FACT_PREFIX) {
+        Some("bootstage's own facts")
+    } else if name.starts_with("LD_") {
+        Some("the dynamic loader")
+    } else if RESERVED_NAMES.contains(&name)
+        || RESERVED_PREFIXES.iter().any(|p| name.starts_with(p))
+    {
+        Some("the shell, command lookup or systemd")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn env(v: Value) -> Result<Vec<(String, String)>, ExportError> {
+        let Value::Object(map) = v else { panic!() };
+        Env::from_params(&map).map(|e| e.iter().map(|(k, v)| (k.into(), v.into())).collect())
+    }
+
+    #[test]
+    fn names_and_values() {
+        let got = env(json!({
+            "db": {"host": "h", "port": 5432, "tls": true, "opt": null},
+            "list": [1, "a", {"b": 2}],
+            "9lives": "x",
+            "dash-and.dot": "y",
+            "bootstage": {"sync": []},
+            "big": 12345678901234567890123_u128,
+            "empty": {},
+        }))
+        .unwrap();
+        let want = [
+            ("BIG", "12345678901234567890123"),
+            ("DASH_AND_DOT", "y"),
+            ("DB_HOST", "h"),
+            ("DB_OPT", ""),
+            ("DB_PORT", "5432"),
+            ("DB_TLS", "true"),
+            ("LIST", r#"[1,"a",{"b":2}]"#),
+            ("_9LIVES", "x"),
+        ];
+        assert_eq!(got, want.map(|(a, b)| (a.to_string(), b.to_string())));
+    }
+
+    #[test]
+    fn collisions_name_both_keys() {
+        let err = env(json!({"db": {"port": 1}, "db.port": 2})).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"parameters "db.port" and "db.port" would both be exported as DB_PORT"#
+        );
+        let err = env(json!({"a-b": 1, "A_B": 2})).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"parameters "a-b" and "A_B" would both be exported as A_B"#
+        );
+    }
+
+    #[test]
+    fn hostile_names_are_refused() {
+        for (key, name) in [
+            ("bootstage_instance_id", "BOOTSTAGE_INSTANCE_ID"),
+            ("path", "PATH"),
+            ("ld.preload", "LD_PRELOAD"),
+            ("Bootstage", "BOOTSTAGE"),
+            ("ifs", "IFS"),
+        ] {
+            match env(json!({ key: "x" })).unwrap_err() {
+                ExportError::Reserved { name: n, .. } => assert_eq!(n, name),
+                e => panic!("{key}: {e}"),
+            }
+        }
+        assert_eq!(
+            env(json!({"": 1})).unwrap_err(),
+            ExportError::EmptyName("\"\"".into())
+        );
+        assert_eq!(env(json!({"a\nb=c; rm": "v"})).unwrap()[0].0, "A_B_C__RM");
+        assert_eq!(
+            env(json!({"bootstage": 1})).unwrap_err(),
+            ExportError::Settings
+        );
+    }
+
+    #[test]
+    fn nul_and_oversized_values_are_refused() {
+        assert_eq!(
+            env(json!({"k": "a\u{0}b"})).unwrap_err(),
+            ExportError::Nul("\"k\"".into())
+        );
+        let long = "x".repeat(MAX_ENTRY);
+        assert!(matches!(
+            env(json!({ "k": long })).unwrap_err(),
+            ExportError::TooLong { .. }
+        ));
+    }
+
+    #[test]
+    fn render_escapes_only_what_double_quotes_interpret() {
+        let mut e = Env::default();
+        e.insert("A".into(), "a".into(), "q\"b\\d$e`f'g\nh".into())
+            .unwrap();
+        e.insert("B".into(), "b".into(), String::new()).unwrap();
+        assert_eq!(e.render(), "A=\"q\\\"b\\\\d\\$e\\`f'g\nh\"\nB=\"\"\n");
+    }
+}

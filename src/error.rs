@@ -1,0 +1,85 @@
+//! The errors that end a stage, and the exit code each one maps to.
+//!
+//! Exit codes follow sysexits(3) so a unit can name the permanent ones in
+//! `RestartPreventExitStatus=` and let systemd retry only what a retry can fix.
+//! Messages never contain a parameter value, user-data content or a token.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::envfile::ExportError;
+use crate::imds::ImdsError;
+use crate::userdata::DecodeError;
+
+/// Process exit codes, documented in README.md ("Exit codes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitCode {
+    Ok = 0,
+    /// EX_USAGE: bad flags or arguments. Permanent.
+    Usage = 64,
+    /// EX_DATAERR: user-data present but not valid parameters. Permanent.
+    BadUserData = 65,
+    /// EX_NOINPUT: the instance has no user-data (after the grace period). Permanent.
+    NoUserData = 66,
+    /// EX_UNAVAILABLE: IMDS is disabled, or IMDSv2 is required but not offered. Permanent.
+    ImdsDisabled = 69,
+    /// EX_SOFTWARE: a bug or a stage that is not built yet.
+    Software = 70,
+    /// EX_CANTCREAT: an output file or the state dir cannot be written.
+    CantCreate = 73,
+    /// EX_TEMPFAIL: IMDS did not answer usefully before the deadline. A restart may help.
+    TempFail = 75,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+
+    #[error("user-data is invalid: {0}")]
+    BadUserData(#[from] DecodeError),
+
+    #[error("parameters cannot be exported: {0}")]
+    BadParams(#[from] ExportError),
+
+    #[error(
+        "this instance has no user-data (waited {}); give it bootstage parameters, or pass --allow-empty to boot with none",
+        humantime::format_duration(*waited)
+    )]
+    NoUserData { waited: Duration },
+
+    #[error("{0}")]
+    Imds(#[from] ImdsError),
+
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: io::Error },
+
+    #[error("`bootstage {0}` is not implemented yet")]
+    NotImplemented(&'static str),
+}
+
+impl Error {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Usage(_) => ExitCode::Usage,
+            Error::BadUserData(_) | Error::BadParams(_) => ExitCode::BadUserData,
+            Error::NoUserData { .. } => ExitCode::NoUserData,
+            Error::Imds(e) if e.is_permanent() => ExitCode::ImdsDisabled,
+            Error::Imds(_) => ExitCode::TempFail,
+            Error::Read { .. } => ExitCode::NoUserData,
+            Error::Write { .. } => ExitCode::CantCreate,
+            Error::NotImplemented(_) => ExitCode::Software,
+        }
+    }
+
+    pub fn write(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Write { path, source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

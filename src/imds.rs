@@ -1,0 +1,523 @@
+//! The EC2 instance metadata service (IMDS) protocol, as AWS documents it.
+//!
+//! - Endpoint: `--imds-endpoint`, else `AWS_EC2_METADATA_SERVICE_ENDPOINT`, else
+//!   `AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6` → `http://[fd00:ec2::254]`, else
+//!   `http://169.254.169.254`. `AWS_EC2_METADATA_DISABLED=true` turns IMDS off.
+//! - Sessions: an IMDSv2 token (TTL 6 h) is fetched once with `PUT /latest/api/token`,
+//!   sent on every GET and replaced when a GET answers 401. A 403 on the PUT means IMDS is
+//!   disabled for this instance (stop at once); 404/405 means the endpoint only speaks
+//!   IMDSv1, which we fall back to unless `--imds-v2-only`. A PUT that times out while
+//!   plain GETs are answered is the classic hop-limit trap in containers: we stop and say so.
+//! - Every request is bounded by `--request-timeout` and by the stage deadline; no proxy
+//!   is ever used (IMDS is link-local) and redirects are not followed.
+//!
+//! How each HTTP status is handled lives in one place: [`verdict`].
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{Method, RequestBuilder, StatusCode};
+use tokio::sync::Mutex;
+
+use crate::retry::{self, Deadline, RetryHint};
+
+pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
+pub const IPV6_ENDPOINT: &str = "http://[fd00:ec2::254]";
+
+const TOKEN_PATH: &str = "/latest/api/token";
+const TOKEN_TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
+const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
+const TOKEN_TTL_SECS: u32 = 21_600;
+/// No IMDS answer we read is larger (user-data is at most 16 KiB); stop reading past this.
+const MAX_BODY: usize = 64 * 1024;
+/// How long to wait on a throttling answer (429/503) that names no Retry-After.
+const THROTTLE_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImdsError {
+    #[error("IMDS is disabled for this instance ({0})")]
+    Disabled(String),
+    #[error(
+        "IMDS at {endpoint} does not offer IMDSv2 tokens (HTTP {status}) and --imds-v2-only forbids IMDSv1"
+    )]
+    V2Unsupported { endpoint: String, status: u16 },
+    #[error(
+        "the IMDSv2 token request to {0} timed out while plain requests are answered: the instance's \
+         metadata hop limit is probably too low for this container or network namespace \
+         (IMDSv2 hop limit? raise HttpPutResponseHopLimit to 2)"
+    )]
+    HopLimit(String),
+    #[error("{what}: unexpected HTTP {status}")]
+    Unexpected { what: String, status: u16 },
+    #[error("{what}: invalid answer: {why}")]
+    Invalid { what: String, why: String },
+    #[error("{0}: not found")]
+    NotFound(String),
+    #[error("{0}: timed out")]
+    TimedOut(String),
+    #[error("{what}: {why}")]
+    Transient {
+        what: String,
+        why: String,
+        retry_after: Option<Duration>,
+    },
+    /// user-data answered 404 inside its grace period; retried, never reported.
+    #[error("user-data is not there yet")]
+    NotYet,
+    #[error("IMDS at {endpoint} gave no usable answer within the deadline of {}; last: {last}", humantime::format_duration(*budget))]
+    GaveUp {
+        endpoint: String,
+        budget: Duration,
+        last: Box<ImdsError>,
+    },
+}
+
+impl ImdsError {
+    /// Permanent errors will not change on a retry or a restart of the unit.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            ImdsError::Disabled(_)
+                | ImdsError::V2Unsupported { .. }
+                | ImdsError::Unexpected { .. }
+                | ImdsError::Invalid { .. }
+        )
+    }
+}
+
+impl RetryHint for ImdsError {
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ImdsError::Transient { retry_after, .. } => Some(retry_after.unwrap_or_default()),
+            ImdsError::NotYet | ImdsError::TimedOut(_) => Some(Duration::ZERO),
+            _ => None,
+        }
+    }
+}
+
+/// Picks the endpoint: the flag, then the AWS SDKs' environment variables.
+pub fn resolve_endpoint(
+    flag: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let chosen = if let Some(flag) = flag {
+        flag.to_string()
+    } else if env("AWS_EC2_METADATA_DISABLED")
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    {
+        return Err(
+            "IMDS is disabled by AWS_EC2_METADATA_DISABLED=true; use --user-data-file off-cloud"
+                .into(),
+        );
+    } else if let Some(url) = env("AWS_EC2_METADATA_SERVICE_ENDPOINT").filter(|v| !v.is_empty()) {
+        url
+    } else {
+        match env("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE")
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("") => DEFAULT_ENDPOINT.to_string(),
+            Some(m) if m.eq_ignore_ascii_case("ipv4") => DEFAULT_ENDPOINT.to_string(),
+            Some(m) if m.eq_ignore_ascii_case("ipv6") => IPV6_ENDPOINT.to_string(),
+            Some(m) => {
+                return Err(format!(
+                    "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE={m:?}: expected IPv4 or IPv6"
+                ));
+            }
+        }
+    };
+    let url = reqwest::Url::parse(&chosen).map_err(|e| format!("IMDS endpoint {chosen:?}: {e}"))?;
+    if url.scheme() != "http" || url.host().is_none() {
+        return Err(format!(
+            "IMDS endpoint {chosen:?}: expected http://HOST[:PORT] (IMDS is plain HTTP)"
+        ));
+    }
+    Ok(chosen.trim_end_matches('/').to_string())
+}
+
+pub struct Options {
+    pub endpoint: String,
+    pub v2_only: bool,
+    pub request_timeout: Duration,
+    pub deadline: Deadline,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Session {
+    Unknown,
+    V2(String),
+    V1,
+}
+
+#[derive(Clone, Copy)]
+enum Request {
+    Token,
+    Get,
+}
+
+/// What to do with an HTTP status, for a request kind and the v2-only policy.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Body,
+    TokenRejected,
+    UseV1,
+    Absent,
+    Retry,
+    Disabled,
+    V2Unsupported,
+    Unexpected,
+}
+
+fn verdict(request: Request, status: StatusCode, v2_only: bool) -> Verdict {
+    match (request, status.as_u16()) {
+        (_, 200) => Verdict::Body,
+        (_, 403) => Verdict::Disabled,
+        (Request::Token, 404 | 405) if v2_only => Verdict::V2Unsupported,
+        (Request::Token, 404 | 405) => Verdict::UseV1,
+        (Request::Get, 401) => Verdict::TokenRejected,
+        (Request::Get, 404) => Verdict::Absent,
+        (_, 429 | 500..=599) => Verdict::Retry,
+        _ => Verdict::Unexpected,
+    }
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    endpoint: String,
+    v2_only: bool,
+    request_timeout: Duration,
+    deadline: Deadline,
+    session: Mutex<Session>,
+}
+
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
+}
+
+impl Client {
+    pub fn new(opts: Options) -> Result<Client, ImdsError> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(opts.request_timeout)
+            .build()
+            .map_err(|e| ImdsError::Invalid {
+                what: "HTTP client".into(),
+                why: e.to_string(),
+            })?;
+        Ok(Client {
+            http,
+            endpoint: opts.endpoint,
+            v2_only: opts.v2_only,
+            request_timeout: opts.request_timeout,
+            deadline: opts.deadline,
+            session: Mutex::new(Session::Unknown),
+        })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub fn deadline(&self) -> Deadline {
+        self.deadline
+    }
+
+    /// Polls `/latest/user-data`. A 404 means "not yet" until `grace` has passed since the
+    /// stage started, then "this instance has no user-data" (`Ok(None)`).
+    pub async fn user_data(
+        &self,
+        grace: Duration,
+        mut on_wait: impl FnMut(u32, Duration),
+    ) -> Result<Option<Vec<u8>>, ImdsError> {
+        let deadline = self.deadline;
+        let result = retry::until_deadline(
+            retry::POLL,
+            deadline,
+            |_, attempt, _| on_wait(attempt, deadline.elapsed()),
+            || async {
+                match self.get("/latest/user-data").await {
+                    Ok(body) => Ok(Some(body)),
+                    Err(ImdsError::NotFound(_)) if deadline.elapsed() < grace => {
+                        Err(ImdsError::NotYet)
+                    }
+                    Err(ImdsError::NotFound(_)) => Ok(None),
+                    Err(e) => Err(e),
+                }
+            },
+        )
+        .await;
+        match result {
+            Err(ImdsError::NotYet) => Ok(None),
+            other => other.map_err(|e| self.gave_up(e)),
+        }
+    }
+
+    /// GETs a path, retrying transient failures until the deadline.
+    pub async fn get_retrying(&self, path: &str) -> Result<Vec<u8>, ImdsError> {
+        retry::until_deadline(
+            retry::BACKOFF,
+            self.deadline,
+            |_, _, _| {},
+            || self.get(path),
+        )
+        .await
+        .map_err(|e| self.gave_up(e))
+    }
+
+    fn gave_up(&self, e: ImdsError) -> ImdsError {
+        match e {
+            ImdsError::Transient { .. } | ImdsError::TimedOut(_) => ImdsError::GaveUp {
+                endpoint: self.endpoint.clone(),
+                budget: self.deadline.budget(),
+                last: Box::new(e),
+            },
+            e => e,
+        }
+    }
+
+    /// One GET, with the session's token; a rejected token is replaced once.
+    pub async fn get(&self, path: &str) -> Result<Vec<u8>, ImdsError> {
+        let what = format!("GET {path}");
+        for _ in 0..2 {
+            let session = self.session().await?;
+            let mut request = self.request(Method::GET, path)?;
+            if let Session::V2(token) = &session {
+                request = request.header(TOKEN_HEADER, token);
+            }
+            let answer = self.send(request, &what).await?;
+            match verdict(Request::Get, answer.status, self.v2_only) {
+                Verdict::Body => return Ok(answer.body),
+                Verdict::Absent => return Err(ImdsError::NotFound(what)),
+                Verdict::TokenRejected => self.forget(&session).await,
+                Verdict::Retry => return Err(retry_later(what, &answer)),
+                Verdict::Disabled => {
+                    return Err(ImdsError::Disabled(format!("{what} answered 403")));
+                }
+                _ => {
+                    return Err(ImdsError::Unexpected {
+                        what,
+                        status: answer.status.as_u16(),
+                    });
+                }
+            }
+        }
+        Err(ImdsError::Transient {
+            what,
+            why: "a fresh IMDSv2 token was rejected too (401)".into(),
+            retry_after: None,
+        })
+    }
+
+    async fn session(&self) -> Result<Session, ImdsError> {
+        let mut session = self.session.lock().await;
+        if *session == Session::Unknown {
+            *session = self.fetch_token().await?;
+        }
+        Ok(session.clone())
+    }
+
+    async fn forget(&self, used: &Session) {
+        let mut session = self.session.lock().await;
+        if *session == *used {
+            tracing::debug!("IMDS rejected the session token (401); fetching a new one");
+            *session = Session::Unknown;
+        }
+    }
+
+    async fn fetch_token(&self) -> Result<Session, ImdsError> {
+        let what = format!("PUT {TOKEN_PATH}");
+        let request = self
+            .request(Method::PUT, TOKEN_PATH)?
+            .header(TOKEN_TTL_HEADER, TOKEN_TTL_SECS);
+        let answer = match self.send(request, &what).await {
+            Ok(answer) => answer,
+            Err(e @ ImdsError::TimedOut(_)) => {
+                return Err(if self.answers_plain_get().await {
+                    ImdsError::HopLimit(self.endpoint.clone())
+                } else {
+                    e
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let status = answer.status.as_u16();
+        match verdict(Request::Token, answer.status, self.v2_only) {
+            Verdict::Body => {
+                let token = String::from_utf8(answer.body)
+                    .ok()
+                    .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
+                    .ok_or_else(|| ImdsError::Invalid {
+                        what,
+                        why: "the token is not printable text".into(),
+                    })?;
+                Ok(Session::V2(token))
+            }
+            Verdict::UseV1 => {
+                tracing::warn!(
+                    status,
+                    "IMDS offers no IMDSv2 token; falling back to IMDSv1"
+                );
+                Ok(Session::V1)
+            }
+            Verdict::Disabled => Err(ImdsError::Disabled(
+                "the IMDSv2 token request was refused with 403".into(),
+            )),
+            Verdict::V2Unsupported => Err(ImdsError::V2Unsupported {
+                endpoint: self.endpoint.clone(),
+                status,
+            }),
+            Verdict::Retry => Err(retry_later(what, &answer)),
+            _ => Err(ImdsError::Unexpected { what, status }),
+        }
+    }
+
+    /// Whether IMDS answers a plain GET at all (any HTTP status).
+    async fn answers_plain_get(&self) -> bool {
+        match self.request(Method::GET, "/latest/meta-data/") {
+            Ok(request) => request.send().await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    fn request(&self, method: Method, path: &str) -> Result<RequestBuilder, ImdsError> {
+        let timeout = self.request_timeout.min(self.deadline.remaining());
+        if timeout.is_zero() {
+            return Err(ImdsError::Transient {
+                what: format!("{method} {path}"),
+                why: "the deadline has passed".into(),
+                retry_after: None,
+            });
+        }
+        Ok(self
+            .http
+            .request(method, format!("{}{path}", self.endpoint))
+            .timeout(timeout))
+    }
+
+    async fn send(&self, request: RequestBuilder, what: &str) -> Result<Answer, ImdsError> {
+        let transient = |e: reqwest::Error| match e.is_timeout() {
+            true => ImdsError::TimedOut(what.to_string()),
+            false => ImdsError::Transient {
+                what: what.to_string(),
+                why: describe(&e),
+                retry_after: None,
+            },
+        };
+        let mut response = request.send().await.map_err(transient)?;
+        let status = response.status();
+        let retry_after = parse_retry_after(response.headers());
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transient)? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_BODY {
+                return Err(ImdsError::Invalid {
+                    what: what.to_string(),
+                    why: format!("the answer is over {MAX_BODY} bytes"),
+                });
+            }
+        }
+        Ok(Answer {
+            status,
+            retry_after,
+            body,
+        })
+    }
+}
+
+fn retry_later(what: String, answer: &Answer) -> ImdsError {
+    let status = answer.status.as_u16();
+    let floor = match status {
+        429 | 503 => Some(THROTTLE_WAIT),
+        _ => None,
+    };
+    ImdsError::Transient {
+        what,
+        why: format!("HTTP {status}"),
+        retry_after: answer.retry_after.or(floor),
+    }
+}
+
+fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs))
+}
+
+/// A transport error in a few words: its innermost cause.
+fn describe(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    if e.is_connect() {
+        format!("cannot connect: {cause}")
+    } else {
+        cause.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn endpoint_precedence() {
+        let all = [
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9/"),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", "IPv6"),
+        ];
+        assert_eq!(
+            resolve_endpoint(Some("http://[::1]:8"), env(&all)).unwrap(),
+            "http://[::1]:8"
+        );
+        assert_eq!(
+            resolve_endpoint(None, env(&all)).unwrap(),
+            "http://127.0.0.1:9"
+        );
+        assert_eq!(
+            resolve_endpoint(None, env(&all[1..])).unwrap(),
+            IPV6_ENDPOINT
+        );
+        assert_eq!(resolve_endpoint(None, env(&[])).unwrap(), DEFAULT_ENDPOINT);
+        let off = [("AWS_EC2_METADATA_DISABLED", "true")];
+        assert!(
+            resolve_endpoint(None, env(&off))
+                .unwrap_err()
+                .contains("disabled")
+        );
+        assert!(resolve_endpoint(Some("https://x"), env(&[])).is_err());
+        let bad_mode = [("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", "v7")];
+        assert!(resolve_endpoint(None, env(&bad_mode)).is_err());
+    }
+
+    #[test]
+    fn status_policy() {
+        use Request::*;
+        let v = |r, s: u16, v2| verdict(r, StatusCode::from_u16(s).unwrap(), v2);
+        assert_eq!(v(Token, 200, false), Verdict::Body);
+        assert_eq!(v(Token, 403, false), Verdict::Disabled);
+        assert_eq!(v(Token, 404, false), Verdict::UseV1);
+        assert_eq!(v(Token, 405, true), Verdict::V2Unsupported);
+        assert_eq!(v(Token, 400, false), Verdict::Unexpected);
+        assert_eq!(v(Get, 401, false), Verdict::TokenRejected);
+        assert_eq!(v(Get, 404, true), Verdict::Absent);
+        assert_eq!(v(Get, 503, true), Verdict::Retry);
+        assert_eq!(v(Token, 500, true), Verdict::Retry);
+    }
+}

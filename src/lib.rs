@@ -1,0 +1,22 @@
+//! bootstage: configure an instance at boot from its own parameters, in three stages,
+//! each its own systemd unit: `metadata` (IMDS → state dir), `s3-sync` (S3 → local
+//! directories) and `launch` (environment → the app).
+//!
+//! A boot starts in `main.rs`, which hands the parsed command line to the stage's module
+//! (`metadata.rs` …). The stages share: `imds` (the IMDS protocol), `retry` (the retry
+//! policy and deadline), `userdata` (decoding), `envfile` (the env file), `facts`,
+//! `atomic` (every file write), `state` (the state dir), `notify` (sd_notify),
+//! `logging` and `error` (exit codes).
+
+pub mod atomic;
+pub mod cli;
+pub mod envfile;
+pub mod error;
+pub mod facts;
+pub mod imds;
+pub mod logging;
+pub mod metadata;
+pub mod notify;
+pub mod retry;
+pub mod state;
+pub mod userdata;

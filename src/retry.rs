@@ -1,0 +1,176 @@
+//! The retry policy: how long bootstage waits between attempts, and when it stops.
+//!
+//! Every wait in bootstage ends at one overall [`Deadline`] (`--timeout`), chosen to fit
+//! inside the unit's `TimeoutStartSec=`, so nothing can hang a boot. Between attempts we
+//! sleep for a jittered exponential backoff from `backon`, never less than what the error
+//! itself asks for (an HTTP `Retry-After`), and we give up, returning the last error, as
+//! soon as the next sleep would end past the deadline.
+//!
+//! Two policies:
+//! - [`POLL`]: waiting for something that is about to appear (user-data early in boot).
+//!   10 ms doubling to 50 ms, plus up to 100 % jitter: sleeps settle in 50–100 ms, so a
+//!   value that appears is seen within ~0.1 s while the poll rate stays below ~20/s
+//!   (IMDS is rate-limited per instance).
+//! - [`BACKOFF`]: something is failing (connection refused, 5xx). 100 ms doubling to 1 s,
+//!   plus jitter.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use backon::{ExponentialBuilder, Retryable};
+
+/// A point in time after which no more waiting happens.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    start: Instant,
+    at: Instant,
+}
+
+impl Deadline {
+    pub fn after(budget: Duration) -> Self {
+        let start = Instant::now();
+        Deadline {
+            start,
+            at: start + budget,
+        }
+    }
+
+    pub fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    pub fn budget(&self) -> Duration {
+        self.at - self.start
+    }
+}
+
+/// Exponential backoff bounds; the growth factor is 2 and jitter is always on.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    pub first: Duration,
+    pub cap: Duration,
+}
+
+pub const POLL: Policy = Policy {
+    first: Duration::from_millis(10),
+    cap: Duration::from_millis(50),
+};
+
+pub const BACKOFF: Policy = Policy {
+    first: Duration::from_millis(100),
+    cap: Duration::from_secs(1),
+};
+
+/// What an error says about retrying it.
+pub trait RetryHint {
+    /// `None`: permanent, stop now. `Some(d)`: transient, wait at least `d` before retrying.
+    fn retry_after(&self) -> Option<Duration>;
+}
+
+/// Runs `op` until it succeeds, fails permanently, or the deadline leaves no room for the
+/// next attempt. `on_retry(error, attempt, sleep)` is called before each sleep.
+pub async fn until_deadline<T, E, F, Fut>(
+    policy: Policy,
+    deadline: Deadline,
+    mut on_retry: impl FnMut(&E, u32, Duration),
+    op: F,
+) -> Result<T, E>
+where
+    E: RetryHint,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let backoff = ExponentialBuilder::new()
+        .with_min_delay(policy.first)
+        .with_max_delay(policy.cap)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    let mut attempt = 0;
+    op.retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(|e: &E| e.retry_after().is_some())
+        .adjust(|e: &E, next: Option<Duration>| {
+            let sleep = next?.max(e.retry_after()?);
+            (sleep < deadline.remaining()).then_some(sleep)
+        })
+        .notify(|e: &E, sleep| {
+            attempt += 1;
+            on_retry(e, attempt, sleep)
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    struct Flaky(Option<Duration>);
+    impl RetryHint for Flaky {
+        fn retry_after(&self) -> Option<Duration> {
+            self.0
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stops_at_the_deadline_with_the_last_error() {
+        let calls = Cell::new(0);
+        let deadline = Deadline::after(Duration::from_secs(10));
+        let result: Result<(), Flaky> = until_deadline(
+            BACKOFF,
+            deadline,
+            |_, _, _| {},
+            || {
+                calls.set(calls.get() + 1);
+                async { Err(Flaky(Some(Duration::ZERO))) }
+            },
+        )
+        .await;
+        assert!(result.is_err());
+        // 0.1+0.2+0.4+0.8 s then 1 s steps, each up to twice as long with jitter:
+        // at least 8 attempts fit in 10 s, at most ~100.
+        assert!((8..100).contains(&calls.get()), "{} attempts", calls.get());
+        assert!(deadline.remaining() < Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn honours_a_longer_retry_after() {
+        let calls = Cell::new(0);
+        let deadline = Deadline::after(Duration::from_secs(10));
+        let _: Result<(), Flaky> = until_deadline(
+            POLL,
+            deadline,
+            |_, _, _| {},
+            || {
+                calls.set(calls.get() + 1);
+                async { Err(Flaky(Some(Duration::from_secs(3)))) }
+            },
+        )
+        .await;
+        // Attempts at 0, 3, 6, 9 s; the next sleep would end past 10 s.
+        assert_eq!(calls.get(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_errors_are_not_retried() {
+        let calls = Cell::new(0);
+        let deadline = Deadline::after(Duration::from_secs(10));
+        let _: Result<(), Flaky> = until_deadline(
+            POLL,
+            deadline,
+            |_, _, _| {},
+            || {
+                calls.set(calls.get() + 1);
+                async { Err(Flaky(None)) }
+            },
+        )
+        .await;
+        assert_eq!(calls.get(), 1);
+    }
+}

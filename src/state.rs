@@ -1,0 +1,100 @@
+//! The state directory (`--state-dir`, default `/run/bootstage`): where each stage's
+//! output lives, and the lock that keeps two runs (the unit and a person at a shell)
+//! from writing it at once.
+
+use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::atomic;
+use crate::error::{Error, Result};
+use crate::retry::Deadline;
+
+pub const DEFAULT_DIR: &str = "/run/bootstage";
+
+#[derive(Clone, Debug)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+/// Held while a stage writes the state dir; released on drop (or when the process dies).
+pub struct Lock(#[allow(dead_code)] File);
+
+impl StateDir {
+    pub fn new(root: impl Into<PathBuf>) -> StateDir {
+        StateDir { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The decoded parameters object.
+    pub fn params_json(&self) -> PathBuf {
+        self.root.join("params.json")
+    }
+
+    /// The instance's facts.
+    pub fn instance_json(&self) -> PathBuf {
+        self.root.join("instance.json")
+    }
+
+    /// Parameters and facts for `. params.env` and `EnvironmentFile=`.
+    pub fn params_env(&self) -> PathBuf {
+        self.root.join("params.env")
+    }
+
+    /// Creates the directory (0700) if needed, takes its lock, waiting at most until the
+    /// deadline, and removes temporary files a killed run left behind.
+    pub async fn lock(&self, deadline: Deadline) -> Result<Lock> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(Error::write(&self.root))?;
+        let path = self.root.join(".lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(Error::write(&path))?;
+        let mut announced = false;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if !deadline.remaining().is_zero() => {
+                    if !announced {
+                        tracing::info!(path = %path.display(), "another bootstage run holds the state dir; waiting");
+                        announced = true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(TryLockError::WouldBlock) => {
+                    return Err(Error::Write {
+                        path,
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "another bootstage run held the lock until the deadline",
+                        ),
+                    });
+                }
+                Err(TryLockError::Error(e)) => return Err(Error::Write { path, source: e }),
+            }
+        }
+        let removed = atomic::remove_leftovers(&self.root).map_err(Error::write(&self.root))?;
+        if removed > 0 {
+            tracing::info!(
+                removed,
+                "removed temporary files left by an interrupted run"
+            );
+        }
+        Ok(Lock(file))
+    }
+
+    pub fn exists(&self, path: &Path) -> bool {
+        fs::metadata(path).is_ok()
+    }
+}
