@@ -55,9 +55,10 @@ pub struct MetadataArgs {
     #[arg(long, default_value = "90s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
 
-    /// How long a missing user-data (404) counts as "not there yet" before it is final.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub user_data_wait: Duration,
+    /// How long a missing user-data (404) counts as "not there yet" before it is final
+    /// [default: 30s, or --timeout if shorter].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub user_data_wait: Option<Duration>,
 
     /// Bound on each HTTP request, connect included.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -76,12 +77,20 @@ pub struct MetadataArgs {
     pub facts: Vec<String>,
 }
 
+/// The user-data grace period when `--user-data-wait` is not given.
+pub const DEFAULT_USER_DATA_WAIT: Duration = Duration::from_secs(30);
+
 impl MetadataArgs {
+    pub fn user_data_wait(&self) -> Duration {
+        self.user_data_wait
+            .unwrap_or(DEFAULT_USER_DATA_WAIT.min(self.timeout))
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.timeout.is_zero() || self.request_timeout.is_zero() {
             return Err("--timeout and --request-timeout must be above zero".into());
         }
-        if self.user_data_wait > self.timeout {
+        if self.user_data_wait.is_some_and(|wait| wait > self.timeout) {
             return Err("--user-data-wait must not exceed --timeout".into());
         }
         if !self.facts.is_empty() && self.user_data_file.is_none() {

@@ -18,6 +18,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use crate::retry::{self, Deadline, RetryHint};
 
@@ -188,6 +189,8 @@ pub struct Client {
     request_timeout: Duration,
     deadline: Deadline,
     session: Mutex<Session>,
+    /// Set by a throttling answer: no request of this client goes out before it.
+    not_before: std::sync::Mutex<Option<Instant>>,
 }
 
 struct Answer {
@@ -214,6 +217,7 @@ impl Client {
             request_timeout: opts.request_timeout,
             deadline: opts.deadline,
             session: Mutex::new(Session::Unknown),
+            not_before: std::sync::Mutex::new(None),
         })
     }
 
@@ -398,6 +402,7 @@ impl Client {
     }
 
     async fn send(&self, request: RequestBuilder, what: &str) -> Result<Answer, ImdsError> {
+        self.wait_out_throttling().await;
         let transient = |e: reqwest::Error| match e.is_timeout() {
             true => ImdsError::TimedOut(what.to_string()),
             false => ImdsError::Transient {
@@ -419,11 +424,29 @@ impl Client {
                 });
             }
         }
+        if let Some(wait) = retry_after {
+            self.throttle(wait);
+        }
         Ok(Answer {
             status,
             retry_after,
             body,
         })
+    }
+
+    /// IMDS is rate-limited per instance: a Retry-After holds back every request of this
+    /// run, not only the one that got it.
+    fn throttle(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut not_before = self.not_before.lock().unwrap_or_else(|e| e.into_inner());
+        *not_before = Some(not_before.map_or(until, |t| t.max(until)));
+    }
+
+    async fn wait_out_throttling(&self) {
+        let until = *self.not_before.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(until) = until {
+            tokio::time::sleep_until(until.min(Instant::now() + self.deadline.remaining())).await;
+        }
     }
 }
 

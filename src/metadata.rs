@@ -110,7 +110,7 @@ async fn from_imds(
         deadline,
     })?;
     notifier.status("waiting for user-data");
-    let user_data = client.user_data(args.user_data_wait, |attempt, waited| {
+    let user_data = client.user_data(args.user_data_wait(), |attempt, waited| {
         let status = format!(
             "waiting for user-data: attempt {attempt}, {:.1} s",
             waited.as_secs_f64()

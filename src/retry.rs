@@ -3,8 +3,9 @@
 //! Every wait in bootstage ends at one overall [`Deadline`] (`--timeout`), chosen to fit
 //! inside the unit's `TimeoutStartSec=`, so nothing can hang a boot. Between attempts we
 //! sleep for a jittered exponential backoff from `backon`, never less than what the error
-//! itself asks for (an HTTP `Retry-After`), and we give up, returning the last error, as
-//! soon as the next sleep would end past the deadline.
+//! itself asks for (an HTTP `Retry-After`). The last sleep is shortened so one final
+//! attempt still fits before the deadline; we give up, returning the last error, when no
+//! attempt fits any more or when the server asks us to wait past the deadline.
 //!
 //! Two policies:
 //! - [`POLL`]: waiting for something that is about to appear (user-data early in boot).
@@ -48,6 +49,9 @@ impl Deadline {
         self.at - self.start
     }
 }
+
+/// The least time worth starting one more attempt with.
+pub const LAST_ATTEMPT: Duration = Duration::from_millis(50);
 
 /// Exponential backoff bounds; the growth factor is 2 and jitter is always on.
 #[derive(Clone, Copy, Debug)]
@@ -96,8 +100,12 @@ where
         .sleep(tokio::time::sleep)
         .when(|e: &E| e.retry_after().is_some())
         .adjust(|e: &E, next: Option<Duration>| {
-            let sleep = next?.max(e.retry_after()?);
-            (sleep < deadline.remaining()).then_some(sleep)
+            let asked = e.retry_after()?;
+            let room = deadline.remaining().saturating_sub(LAST_ATTEMPT);
+            if room.is_zero() || asked > room {
+                return None;
+            }
+            Some(next?.max(asked).min(room))
         })
         .notify(|e: &E, sleep| {
             attempt += 1;
@@ -134,9 +142,13 @@ mod tests {
         .await;
         assert!(result.is_err());
         // 0.1+0.2+0.4+0.8 s then 1 s steps, each up to twice as long with jitter:
-        // at least 8 attempts fit in 10 s, at most ~100.
+        // at least 8 attempts fit in 10 s, at most ~100; the last one right at the end.
         assert!((8..100).contains(&calls.get()), "{} attempts", calls.get());
-        assert!(deadline.remaining() < Duration::from_secs(2));
+        assert!(
+            deadline.remaining() <= LAST_ATTEMPT,
+            "{:?} left unused",
+            deadline.remaining()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -153,7 +165,7 @@ mod tests {
             },
         )
         .await;
-        // Attempts at 0, 3, 6, 9 s; the next sleep would end past 10 s.
+        // Attempts at 0, 3, 6, 9 s; the server's next 3 s would end past 10 s.
         assert_eq!(calls.get(), 4);
     }
 

@@ -1,0 +1,162 @@
+//! Shared test harness: run the real `bootstage` binary in a sandbox, pointed at loopback.
+#![allow(dead_code)]
+
+pub mod adversarial;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_bootstage");
+
+/// Variables that could point bootstage anywhere but where a test says.
+const SCRUBBED: &[&str] = &[
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
+    "AWS_EC2_METADATA_DISABLED",
+    "BOOTSTAGE_STATE_DIR",
+    "BOOTSTAGE_USER_DATA_FILE",
+    "BOOTSTAGE_IMDS_V2_ONLY",
+    "BOOTSTAGE_LOG",
+    "NOTIFY_SOCKET",
+    "JOURNAL_STREAM",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+];
+
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+}
+
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: i32,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.path("state")
+    }
+
+    pub fn read(&self, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.state().join(name)).ok()
+    }
+
+    /// Puts `name` in the state dir as if an earlier run had written it.
+    pub fn seed(&self, name: &str, contents: &str) {
+        std::fs::create_dir_all(self.state()).unwrap();
+        std::fs::write(self.state().join(name), contents).unwrap();
+    }
+
+    /// The bootstage command with a scrubbed environment and this sandbox's state dir.
+    pub fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(BIN);
+        for var in SCRUBBED {
+            cmd.env_remove(var);
+        }
+        cmd.env("BOOTSTAGE_LOG", "debug")
+            .arg("--state-dir")
+            .arg(self.state())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    pub async fn run(&self, args: &[&str]) -> Outcome {
+        run(self.command(args)).await
+    }
+
+    /// `bootstage metadata` against an IMDS endpoint, with short test bounds.
+    pub async fn metadata(&self, endpoint: &str, extra: &[&str]) -> Outcome {
+        let mut args = vec!["metadata", "--imds-endpoint", endpoint];
+        args.extend_from_slice(extra);
+        if !extra.contains(&"--timeout") {
+            args.extend(["--timeout", "10s"]);
+        }
+        if !extra.contains(&"--user-data-wait") {
+            args.extend(["--user-data-wait", "5s"]);
+        }
+        self.run(&args).await
+    }
+}
+
+pub async fn run(mut cmd: tokio::process::Command) -> Outcome {
+    let start = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("bootstage finished within 60 s")
+        .unwrap();
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: start.elapsed(),
+    }
+}
+
+pub fn b64(text: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// Reads an env file back through a real shell: `set -a; . FILE; env -0`, minus the
+/// variables the shell had anyway.
+pub fn shell_readback(shell: &str, file: &Path) -> BTreeMap<String, String> {
+    let script = r#"set -a; . "$1"; set +a; env -0"#;
+    let baseline = std::process::Command::new(shell)
+        .arg("-c")
+        .arg("env -0")
+        .env_clear()
+        .output()
+        .unwrap();
+    let out = std::process::Command::new(shell)
+        .arg("-c")
+        .arg(script)
+        .arg(shell)
+        .arg(file)
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{shell} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names = |bytes: &[u8]| -> BTreeMap<String, String> {
+        bytes
+            .split(|&b| b == 0)
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let e = String::from_utf8(e.to_vec()).unwrap();
+                let (k, v) = e.split_once('=').unwrap();
+                (k.to_string(), v.to_string())
+            })
+            .collect()
+    };
+    let before = names(&baseline.stdout);
+    let mut after = names(&out.stdout);
+    after.retain(|k, _| !before.contains_key(k) && k != "_");
+    after
+}
+
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}

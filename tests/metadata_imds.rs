@@ -1,0 +1,424 @@
+//! The metadata stage against the IMDS emulator over real HTTP on 127.0.0.1: each scenario
+//! asserts the exit code, what was written or left untouched, and that it ended in bound.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{Sandbox, b64};
+use imds_emulator::{Config, Emulator, TokenMode};
+
+const PARAMS: &str =
+    r#"{"app":{"name":"web","port":8080},"secret":"hunter2","bootstage":{"sync":[]}}"#;
+
+fn with_user_data(config: Config) -> Config {
+    Config {
+        user_data: Some(b64(PARAMS)),
+        ..config
+    }
+}
+
+fn assert_written(sb: &Sandbox) {
+    let params: serde_json::Value =
+        serde_json::from_str(&sb.read("params.json").expect("params.json")).unwrap();
+    assert_eq!(
+        params,
+        serde_json::from_str::<serde_json::Value>(PARAMS).unwrap()
+    );
+    let env = sb.read("params.env").expect("params.env");
+    assert!(env.contains("APP_PORT=\"8080\"\n"), "{env}");
+    assert!(
+        env.contains("BOOTSTAGE_INSTANCE_ID=\"i-0123456789abcdef0\"\n"),
+        "{env}"
+    );
+}
+
+/// A previous boot's files, which a failed run must leave exactly as they are.
+fn seed_previous(sb: &Sandbox) {
+    sb.seed("params.json", "old json");
+    sb.seed("params.env", "OLD=\"1\"\n");
+    sb.seed("instance.json", "old facts");
+}
+
+fn assert_previous_untouched(sb: &Sandbox) {
+    assert_eq!(sb.read("params.json").as_deref(), Some("old json"));
+    assert_eq!(sb.read("params.env").as_deref(), Some("OLD=\"1\"\n"));
+    assert_eq!(sb.read("instance.json").as_deref(), Some("old facts"));
+    let leftovers: Vec<_> = std::fs::read_dir(sb.state())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers.len(),
+        4,
+        "only the three files and the lock: {leftovers:?}"
+    );
+}
+
+fn count(emu: &Emulator, method: &str, path: &str) -> usize {
+    emu.requests()
+        .iter()
+        .filter(|r| r.method == method && r.path == path)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_data_that_appears_late_is_picked_up_promptly() {
+    let emu = Emulator::start(with_user_data(Config {
+        user_data_after: Some(Duration::from_millis(1200)),
+        ..Config::default()
+    }))
+    .await
+    .unwrap();
+    let sb = Sandbox::new();
+    let out = sb.metadata(&emu.url(), &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_written(&sb);
+    assert!(
+        out.elapsed >= Duration::from_millis(1200),
+        "{:?}",
+        out.elapsed
+    );
+    assert!(out.elapsed < Duration::from_secs(3), "{:?}", out.elapsed);
+    // Polls sleep 50–100 ms once warmed up: 1.2 s of waiting is 12–30 polls, not hundreds.
+    let polls = count(&emu, "GET", "/latest/user-data");
+    assert!((8..=35).contains(&polls), "{polls} polls");
+    assert_eq!(
+        count(&emu, "PUT", "/latest/api/token"),
+        1,
+        "one token for the whole run"
+    );
+    assert!(
+        emu.requests()
+            .iter()
+            .filter(|r| r.method == "GET")
+            .all(|r| r.had_token)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_user_data_is_final_after_the_grace_period() {
+    let emu = Emulator::start(Config::default()).await.unwrap();
+    let sb = Sandbox::new();
+    seed_previous(&sb);
+    let out = sb.metadata(&emu.url(), &["--user-data-wait", "1s"]).await;
+    assert_eq!(out.code, 66, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("this instance has no user-data"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.elapsed >= Duration::from_secs(1) && out.elapsed < Duration::from_secs(3),
+        "{:?}",
+        out.elapsed
+    );
+    assert_previous_untouched(&sb);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn allow_empty_boots_with_facts_only() {
+    let emu = Emulator::start(Config::default()).await.unwrap();
+    let sb = Sandbox::new();
+    let out = sb
+        .metadata(&emu.url(), &["--user-data-wait", "300ms", "--allow-empty"])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(sb.read("params.json").unwrap(), "{}\n");
+    let env = sb.read("params.env").unwrap();
+    assert_eq!(env.lines().count(), 9, "{env}");
+    assert!(env.lines().all(|l| l.starts_with("BOOTSTAGE_")), "{env}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn imds_disabled_fails_fast_and_keeps_the_previous_files() {
+    let emu = Emulator::start(with_user_data(Config {
+        token: TokenMode::Forbidden,
+        ..Config::default()
+    }))
+    .await
+    .unwrap();
+    let sb = Sandbox::new();
+    seed_previous(&sb);
+    let out = sb.metadata(&emu.url(), &[]).await;
+    assert_eq!(out.code, 69, "{}", out.stderr);
+    assert!(out.stderr.contains("IMDS is disabled"), "{}", out.stderr);
+    assert!(out.elapsed < Duration::from_secs(1), "{:?}", out.elapsed);
+    assert_eq!(
+        count(&emu, "PUT", "/latest/api/token"),
+        1,
+        "403 is not retried"
+    );
+    assert_previous_untouched(&sb);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn v1_only_endpoints_fall_back_unless_v2_is_required() {
+    for mode in [TokenMode::NotFound, TokenMode::MethodNotAllowed] {
+        let emu = Emulator::start(with_user_data(Config {
+            token: mode,
+            ..Config::default()
+        }))
+        .await
+        .unwrap();
+        let sb = Sandbox::new();
+        let out = sb.metadata(&emu.url(), &[]).await;
+        assert_eq!(out.code, 0, "{mode:?}: {}", out.stderr);
+        assert_written(&sb);
+        assert!(
+            emu.requests()
+                .iter()
+                .filter(|r| r.method == "GET")
+                .all(|r| !r.had_token)
+        );
+        assert!(
+            out.stderr.contains("falling back to IMDSv1"),
+            "{}",
+            out.stderr
+        );
+
+        let sb = Sandbox::new();
+        let out = sb.metadata(&emu.url(), &["--imds-v2-only"]).await;
+        assert_eq!(out.code, 69, "{mode:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("--imds-v2-only forbids IMDSv1"),
+            "{}",
+            out.stderr
+        );
+        assert_eq!(sb.read("params.json"), None);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_token_request_with_answering_gets_names_the_hop_limit() {
+    let emu = Emulator::start(with_user_data(Config {
+        token: TokenMode::Hang,
+        v2_only: true,
+        ..Config::default()
+    }))
+    .await
+    .unwrap();
+    let sb = Sandbox::new();
+    let out = sb
+        .metadata(&emu.url(), &["--request-timeout", "400ms"])
+        .await;
+    assert_eq!(out.code, 75, "{}", out.stderr);
+    assert!(out.stderr.contains("hop limit"), "{}", out.stderr);
+    assert!(out.elapsed < Duration::from_secs(2), "{:?}", out.elapsed);
+    assert_eq!(sb.read("params.json"), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn v2_only_endpoints_get_a_token_on_every_get() {
+    let emu = Emulator::start(with_user_data(Config {
+        v2_only: true,
+        ..Config::default()
+    }))
+    .await
+    .unwrap();
+    let sb = Sandbox::new();
+    let out = sb.metadata(&emu.url(), &["--imds-v2-only"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_written(&sb);
+    assert!(
+        emu.requests()
+            .iter()
+            .all(|r| r.status == Some(200) || r.path.contains("tags")),
+        "{:?}",
+        emu.requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_that_expires_mid_run_is_replaced() {
+    let emu = Emulator::start(with_user_data(Config {
+        max_token_ttl: Some(Duration::from_millis(300)),
+        user_data_after: Some(Duration::from_millis(1000)),
+        ..Config::default()
+    }))
+    .await
+    .unwrap();
+    let sb = Sandbox::new();
+    let out = sb.metadata(&emu.url(), &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_written(&sb);
+    let rejected = emu
+        .requests()
+        .iter()
+        .filter(|r| r.status == Some(401))
+        .count();
+    let tokens = count(&emu, "PUT", "/latest/api/token");
+    assert!(rejected >= 1, "some GET met an expired token");
+    assert!(
+        tokens >= 2 && tokens <= rejected + 1,
+        "{tokens} tokens for {rejected} rejections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn throttling_honours_retry_after() {
+    let emu = Emulator::start(with_user_data(Config {
+        unavailable_first: 3,
+        retry_after: Some(1),
+        ..Config::default()
+    }))
+    .await
+    .unwrap();
+    let sb = Sandbox::new();
+    let out = sb.metadata(&emu.url(), &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_written(&sb);
+    let log = emu.requests();
+    let first_503 = log.iter().find(|r| r.status == Some(503)).unwrap().at;
+    let first_ok = log.iter().find(|r| r.status != Some(503)).unwrap().at;
+    assert!(
+        first_ok - first_503 >= Duration::from_secs(1),
+        "waited {:?}",
+        first_ok - first_503
+    );
+    assert!(out.elapsed < Duration::from_secs(4), "{:?}", out.elapsed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hung_connections_time_out_and_are_retried() {
+    let emu = Emulator::start(with_user_data(Config {
+        hang_first: 2,
+        ..Config::default()
+    }))
+    .await
+    .unwrap();
+    let sb = Sandbox::new();
+    let out = sb
+        .metadata(&emu.url(), &["--request-timeout", "300ms"])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_written(&sb);
+    assert!(
+        out.elapsed >= Duration::from_millis(300),
+        "{:?}",
+        out.elapsed
+    );
+    assert!(out.elapsed < Duration::from_secs(3), "{:?}", out.elapsed);
+    assert_eq!(
+        emu.requests().iter().filter(|r| r.status.is_none()).count(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_refused_then_up() {
+    let emu = Emulator::start_later(
+        with_user_data(Config::default()),
+        Duration::from_millis(700),
+    )
+    .await
+    .unwrap();
+    let sb = Sandbox::new();
+    let out = sb.metadata(&emu.url(), &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_written(&sb);
+    assert!(
+        out.elapsed >= Duration::from_millis(700),
+        "{:?}",
+        out.elapsed
+    );
+    assert!(out.elapsed < Duration::from_secs(3), "{:?}", out.elapsed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_imds_gives_up_at_the_deadline() {
+    let emu = Emulator::start_later(Config::default(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let sb = Sandbox::new();
+    seed_previous(&sb);
+    let out = sb
+        .run(&[
+            "metadata",
+            "--imds-endpoint",
+            &emu.url(),
+            "--timeout",
+            "2s",
+            "--user-data-wait",
+            "1s",
+        ])
+        .await;
+    assert_eq!(out.code, 75, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("gave no usable answer within the deadline of 2s"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("cannot connect"), "{}", out.stderr);
+    assert!(
+        out.elapsed >= Duration::from_millis(1900) && out.elapsed < Duration::from_secs(3),
+        "{:?}",
+        out.elapsed
+    );
+    assert_previous_untouched(&sb);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tags_are_read_when_exposed() {
+    let tags: BTreeMap<String, String> =
+        [("Name", "web-1"), ("Team Name", "core"), ("env", "prod")]
+            .map(|(k, v)| (k.into(), v.into()))
+            .into();
+    let emu = Emulator::start(with_user_data(Config {
+        tags: Some(tags.clone()),
+        ..Config::default()
+    }))
+    .await
+    .unwrap();
+    let sb = Sandbox::new();
+    let out = sb.metadata(&emu.url(), &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let facts: serde_json::Value =
+        serde_json::from_str(&sb.read("instance.json").unwrap()).unwrap();
+    assert_eq!(facts["tags"], serde_json::to_value(&tags).unwrap());
+    assert_eq!(facts["source"], "imds");
+    assert_eq!(facts["region"], "eu-west-1");
+    let env = sb.read("params.env").unwrap();
+    for line in [
+        "BOOTSTAGE_TAG_NAME=\"web-1\"",
+        "BOOTSTAGE_TAG_TEAM_NAME=\"core\"",
+        "BOOTSTAGE_TAG_ENV=\"prod\"",
+    ] {
+        assert!(env.lines().any(|l| l == line), "{line} in {env}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoint_from_the_sdk_variable_and_over_ipv6_loopback() {
+    let emu = Emulator::bind(
+        "[::1]:0".parse().unwrap(),
+        with_user_data(Config::default()),
+    )
+    .await;
+    let Ok(emu) = emu else {
+        eprintln!("no IPv6 loopback here; skipping the [::1] half");
+        return;
+    };
+    let sb = Sandbox::new();
+    let mut cmd = sb.command(&["metadata", "--timeout", "5s"]);
+    cmd.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", emu.url());
+    let out = common::run(cmd).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_written(&sb);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aws_ec2_metadata_disabled_is_respected() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.command(&["metadata", "--timeout", "5s"]);
+    cmd.env("AWS_EC2_METADATA_DISABLED", "true");
+    let out = common::run(cmd).await;
+    assert_eq!(out.code, 64, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("AWS_EC2_METADATA_DISABLED"),
+        "{}",
+        out.stderr
+    );
+}
