@@ -1,0 +1,299 @@
+//! The user-data decoding matrix, through the library and through the binary
+//! (`--user-data-file`), with exact error messages that never echo content.
+
+mod common;
+
+use std::io::Write;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use bootstage::userdata::{DecodeError, Layers, MAX_RAW, decode};
+use common::Sandbox;
+use serde_json::json;
+
+const JSON: &str = r#"{"a":1,"b":{"c":"d?>>~~"},"e":[true,null]}"#;
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(bytes).unwrap();
+    enc.finish().unwrap()
+}
+
+fn expected() -> serde_json::Map<String, serde_json::Value> {
+    json!({"a": 1, "b": {"c": "d?>>~~"}, "e": [true, null]})
+        .as_object()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn every_accepted_form_decodes_to_the_same_object() {
+    // "d?>>~~" makes the standard and URL-safe alphabets differ (+/ vs -_).
+    assert!(STANDARD.encode(JSON).contains(['+', '/']));
+    assert!(URL_SAFE.encode(JSON).contains(['-', '_']));
+    let wrapped: String = STANDARD
+        .encode(JSON)
+        .as_bytes()
+        .chunks(16)
+        .map(|c| format!("{}\r\n", std::str::from_utf8(c).unwrap()))
+        .collect();
+    let forms: Vec<(&str, Vec<u8>)> = vec![
+        ("plain JSON", JSON.into()),
+        (
+            "plain JSON with whitespace",
+            format!("\n  {JSON}\n\n").into(),
+        ),
+        ("plain JSON with a BOM", format!("\u{feff}{JSON}").into()),
+        ("base64 padded", STANDARD.encode(JSON).into()),
+        ("base64 unpadded", STANDARD_NO_PAD.encode(JSON).into()),
+        ("base64 wrapped", wrapped.into()),
+        ("base64 URL-safe", URL_SAFE.encode(JSON).into()),
+        (
+            "base64 URL-safe unpadded",
+            URL_SAFE_NO_PAD.encode(JSON).into(),
+        ),
+        (
+            "base64 with trailing newline",
+            format!("{}\n", STANDARD.encode(JSON)).into(),
+        ),
+        ("gzip", gzip(JSON.as_bytes())),
+        (
+            "base64 of gzip",
+            STANDARD.encode(gzip(JSON.as_bytes())).into(),
+        ),
+    ];
+    for (name, raw) in forms {
+        assert_eq!(decode(&raw).as_ref(), Ok(&expected()), "{name}");
+    }
+}
+
+#[test]
+fn failures_name_the_step_and_position() {
+    let cases: Vec<(&str, Vec<u8>, DecodeError)> = vec![
+        ("empty", b"  \n".to_vec(), DecodeError::Empty),
+        (
+            "script",
+            b"#!/bin/bash\necho hi".to_vec(),
+            DecodeError::Script,
+        ),
+        (
+            "cloud-config",
+            b"#cloud-config\nusers: []".to_vec(),
+            DecodeError::Script,
+        ),
+        (
+            "bad char",
+            b"eyJh\nIjox!Q==".to_vec(),
+            DecodeError::Base64Char { line: 2, column: 5 },
+        ),
+        (
+            "mixed alphabets",
+            b"ab+_".to_vec(),
+            DecodeError::Base64Char { line: 1, column: 3 },
+        ),
+        (
+            "bad length",
+            b"eyJhIjoxf".to_vec(),
+            DecodeError::Base64("its length is not possible for base64"),
+        ),
+        (
+            "base64 of bad JSON",
+            STANDARD.encode("{\n\"a\": 1,\n\"b\" 2}").into(),
+            DecodeError::Json {
+                layers: Layers::Base64,
+                line: 3,
+                column: 5,
+                reason: " (expected `:`)".into(),
+            },
+        ),
+        (
+            "bad plain JSON",
+            b"{\"a\": tru}".to_vec(),
+            DecodeError::Json {
+                layers: Layers::Plain,
+                line: 1,
+                column: 10,
+                reason: " (expected ident)".into(),
+            },
+        ),
+        (
+            "trailing",
+            b"{} {}".to_vec(),
+            DecodeError::Json {
+                layers: Layers::Plain,
+                line: 1,
+                column: 4,
+                reason: " (trailing characters)".into(),
+            },
+        ),
+        (
+            "array",
+            STANDARD.encode("[1,2]").into(),
+            DecodeError::NotObject(Layers::Base64, "an array"),
+        ),
+        (
+            "string",
+            STANDARD.encode("\"x\"").into(),
+            DecodeError::NotObject(Layers::Base64, "a string"),
+        ),
+        (
+            "null gz",
+            STANDARD.encode(gzip(b"null")).into(),
+            DecodeError::NotObject(Layers::Base64Gzip, "null"),
+        ),
+        (
+            "over 16 KiB",
+            vec![b'a'; MAX_RAW + 1],
+            DecodeError::TooLarge(MAX_RAW + 1),
+        ),
+    ];
+    for (name, raw, want) in cases {
+        assert_eq!(decode(&raw), Err(want), "{name}");
+    }
+    let truncated = STANDARD.encode(&gzip(JSON.as_bytes())[..20]);
+    assert!(matches!(
+        decode(truncated.as_bytes()),
+        Err(DecodeError::Gzip(Layers::Base64Gzip, _))
+    ));
+    let bomb = STANDARD.encode(gzip(&vec![b' '; 1 << 20]));
+    assert!(bomb.len() < MAX_RAW);
+    assert_eq!(
+        decode(bomb.as_bytes()),
+        Err(DecodeError::Decompressed(Layers::Base64Gzip))
+    );
+}
+
+#[test]
+fn exactly_16_kib_is_accepted() {
+    let filler = "x".repeat(MAX_RAW - 12);
+    let raw = format!("{{\"k\":\"{filler}\"}}");
+    let raw = format!("{raw}{}", " ".repeat(MAX_RAW - raw.len()));
+    assert_eq!(raw.len(), MAX_RAW);
+    assert!(decode(raw.as_bytes()).is_ok());
+}
+
+/// Through the binary: exit codes, the message, nothing written, and no echo of a secret.
+#[tokio::test]
+async fn bad_user_data_is_exit_65_with_no_echo_and_no_write() {
+    let secret = "TOPSECRET-7f3a";
+    let cases = [
+        (
+            format!("{{\"password\": \"{secret}\",}}"),
+            "JSON invalid at line 1 column",
+        ),
+        (
+            STANDARD.encode(format!("{{\"password\": {secret}}}")),
+            "base64 ok, JSON invalid at line 1 column 14",
+        ),
+        (
+            format!("{secret}!!"),
+            "not base64: unexpected character at line 1 column 15",
+        ),
+        (
+            STANDARD.encode(format!("[\"{secret}\"]")),
+            "base64 ok, JSON is an array, not an object",
+        ),
+        (
+            format!("{{\"a\": {{\"b\": \"{secret}\"}}, \"a_b\": 1}}"),
+            "parameters \"a.b\" and \"a_b\" would both be exported as A_B",
+        ),
+        (
+            format!("{{\"path\": \"{secret}\"}}"),
+            "exported as PATH, a name reserved",
+        ),
+        (
+            format!("{{\"k\": \"{secret}\\u0000\"}}"),
+            "parameter \"k\" contains a NUL character",
+        ),
+    ];
+    for (raw, message) in cases {
+        let sb = Sandbox::new();
+        std::fs::write(sb.path("user-data"), &raw).unwrap();
+        let mut cmd = sb.command(&[
+            "metadata",
+            "--user-data-file",
+            sb.path("user-data").to_str().unwrap(),
+        ]);
+        cmd.env("BOOTSTAGE_LOG", "trace");
+        let out = common::run(cmd).await;
+        assert_eq!(out.code, 65, "{raw}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(message),
+            "want {message:?} in {}",
+            out.stderr
+        );
+        assert!(
+            !out.stderr.contains(secret),
+            "secret echoed: {}",
+            out.stderr
+        );
+        assert_eq!(sb.read("params.json"), None);
+        assert_eq!(sb.read("params.env"), None);
+    }
+}
+
+#[tokio::test]
+async fn a_user_data_file_with_facts_from_flags() {
+    let sb = Sandbox::new();
+    std::fs::write(sb.path("user-data"), STANDARD.encode(JSON)).unwrap();
+    let file = sb.path("user-data");
+    let out = sb
+        .run(&[
+            "metadata",
+            "--user-data-file",
+            file.to_str().unwrap(),
+            "--fact",
+            "region=eu-central-1",
+            "--fact",
+            "instance-id=i-local",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        sb.read("params.json").unwrap(),
+        format!("{}\n", serde_json::to_string_pretty(&expected()).unwrap())
+    );
+    assert_eq!(
+        sb.read("params.env").unwrap(),
+        "A=\"1\"\nBOOTSTAGE_INSTANCE_ID=\"i-local\"\nBOOTSTAGE_REGION=\"eu-central-1\"\nB_C=\"d?>>~~\"\nE=\"[true,null]\"\n"
+    );
+    let facts: serde_json::Value =
+        serde_json::from_str(&sb.read("instance.json").unwrap()).unwrap();
+    assert_eq!(facts["source"], "flags");
+    assert_eq!(facts["mac"], serde_json::Value::Null);
+    assert!(
+        out.stderr.contains("some instance facts are absent"),
+        "{}",
+        out.stderr
+    );
+
+    // No file at all is "no user-data"; an unknown fact is bad usage.
+    let missing = sb.path("nope");
+    let out = sb
+        .run(&["metadata", "--user-data-file", missing.to_str().unwrap()])
+        .await;
+    assert_eq!(out.code, 66, "{}", out.stderr);
+    let out = sb
+        .run(&[
+            "metadata",
+            "--user-data-file",
+            file.to_str().unwrap(),
+            "--fact",
+            "colour=red",
+        ])
+        .await;
+    assert_eq!(out.code, 64, "{}", out.stderr);
+    let out = sb.run(&["metadata", "--no-such-flag"]).await;
+    assert_eq!(out.code, 64, "{}", out.stderr);
+}
+
+#[test]
+fn numbers_and_key_order_are_kept_exactly() {
+    let raw = r#"{"z": 1.50, "a": 12345678901234567890123, "m": -0.0, "e": 1e400}"#;
+    let params = decode(raw.as_bytes()).unwrap();
+    // Digits and order are kept; only an exponent gains its sign (1e400 → 1e+400).
+    assert_eq!(
+        serde_json::to_string(&params).unwrap(),
+        r#"{"z":1.50,"a":12345678901234567890123,"m":-0.0,"e":1e+400}"#
+    );
+}
