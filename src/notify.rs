@@ -4,10 +4,16 @@
 //! `READY=1` is sent only when the stage's work is on disk, so the next unit starts only
 //! then. After `READY=1` we wait (bounded) on a `BARRIER=1` round trip, so systemd has
 //! processed the readiness before this process exits: otherwise a fast exit can race it.
-//! Without `NOTIFY_SOCKET` (run by hand) every call does nothing.
+//! `STATUS=` is sent without blocking and dropped if the manager's queue is full: a busy
+//! PID 1 must never stall a stage over a progress line (sd-notify's own send blocks, which
+//! froze our single-threaded runtime in the benchmark). Without `NOTIFY_SOCKET` (run by
+//! hand) every call does nothing.
 
 use std::io::Read;
 use std::os::fd::AsFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -28,8 +34,14 @@ impl Notifier {
         }
     }
 
+    /// Best effort: never blocks.
     pub fn status(&self, status: &str) {
-        self.send(&[NotifyState::Status(status)]);
+        if self.enabled
+            && let Err(e) = send_nonblocking(&format!("STATUS={status}\n"))
+            && e.kind() != std::io::ErrorKind::WouldBlock
+        {
+            tracing::debug!(error = %e, "cannot send a status to systemd");
+        }
     }
 
     /// Reports readiness and waits until systemd has taken it in.
@@ -49,6 +61,18 @@ impl Notifier {
             tracing::warn!(error = %e, "cannot notify systemd");
         }
     }
+}
+
+fn send_nonblocking(message: &str) -> std::io::Result<()> {
+    let path = std::env::var_os("NOTIFY_SOCKET").unwrap_or_default();
+    let addr = match path.as_bytes().strip_prefix(b"@") {
+        Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name)?,
+        None => SocketAddr::from_pathname(&path)?,
+    };
+    let socket = UnixDatagram::unbound()?;
+    socket.set_nonblocking(true)?;
+    socket.send_to_addr(message.as_bytes(), &addr)?;
+    Ok(())
 }
 
 /// sd_notify_barrier(3): send one end of a pipe with `BARRIER=1`; the manager closes it

@@ -233,3 +233,46 @@ async fn later_stages_say_they_are_not_built_yet() {
         out.stderr
     );
 }
+
+/// A manager that is slow to read its socket must not stall the stage: status lines are
+/// dropped when its queue is full, and polling goes on at its normal rate.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_notify_reader_does_not_stall_polling() {
+    let emu = Emulator::start(Config {
+        user_data: Some(user_data()),
+        user_data_after: Some(Duration::from_millis(1500)),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let sb = Sandbox::new();
+    let socket_path = sb.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let mut cmd = sb.command(&[
+        "metadata",
+        "--imds-endpoint",
+        &emu.url(),
+        "--timeout",
+        "10s",
+    ]);
+    cmd.env("NOTIFY_SOCKET", &socket_path);
+    let child = tokio::spawn(common::run(cmd));
+    // Read nothing until user-data is there; the queue (10 datagrams) fills long before.
+    tokio::time::sleep(Duration::from_millis(1400)).await;
+    let polls = emu
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/latest/user-data")
+        .count();
+    let messages = collect(socket, sb.state());
+    let out = child.await.unwrap();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(polls >= 12, "only {polls} polls in 1.4 s");
+    assert!(
+        messages
+            .join()
+            .unwrap()
+            .iter()
+            .any(|(m, files)| m.starts_with("READY=1") && *files)
+    );
+}

@@ -13,8 +13,8 @@
 //! (connection refused, then up). Every IMDS request is recorded with its time and answer.
 //!
 //! Control from another process: `PUT /_emulator/user-data` (body), `DELETE` it,
-//! `POST /_emulator/expire-tokens`, `GET /_emulator/requests` (JSON). These are neither
-//! recorded nor counted.
+//! `POST /_emulator/expire-tokens`, `GET /_emulator/requests` (JSON) and `DELETE` them.
+//! These are neither recorded nor counted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -299,6 +299,7 @@ impl Shared {
             }
             ("DELETE", "user-data") => self.set_user_data(None),
             ("POST", "expire-tokens") => lock(&self.tokens).clear(),
+            ("DELETE", "requests") => lock(&self.log).clear(),
             ("GET", "requests") => {
                 let log = serde_json::to_vec(&*lock(&self.log)).unwrap_or_default();
                 return ([(header::CONTENT_TYPE, "application/json")], log).into_response();
@@ -370,7 +371,7 @@ impl Shared {
             lifetime = lifetime.min(cap);
         }
         let mut tokens = lock(&self.tokens);
-        let token = format!("AQAE{:016x}{:08x}", fastish_random(), tokens.len());
+        let token = format!("AQAE{:016x}{:08x}", random_u64(), tokens.len());
         tokens.insert(token.clone(), Instant::now() + lifetime);
         Reply::Answer(
             StatusCode::OK,
@@ -455,11 +456,10 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn fastish_random() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    h.finish()
+/// Unpredictable enough for test tokens: std's randomly keyed hasher over nothing.
+fn random_u64() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0u8)
 }
 
 fn as_secs_f64<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

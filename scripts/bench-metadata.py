@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Benchmark of the metadata stage, side by side with the curl loop an operator would write.
+
+Runs against the project's IMDS emulator on 127.0.0.1 only. Two measurements:
+1. Late user-data: user-data appears 2–3 s (at random, so no poll loop is favoured by
+   its phase) after the client starts. Reported: delay from the moment it is available to
+   READY=1 (bootstage) or to the end of the script (baseline), and the IMDS requests made
+   in the first 2 s of waiting.
+2. Ready IMDS: wall time and peak RSS of one complete run. Peak RSS comes from GNU time,
+   a small parent, because a child forked from Python reports Python's own RSS.
+
+Outputs go to a tmpfs directory, as /run/bootstage is one on a real boot. The notify
+listener reads every datagram, BARRIER=1 included, as systemd does.
+
+Usage: scripts/bench-metadata.py [--runs N]. Prints a Markdown table and rewrites the
+metadata section of BENCHMARKS.md.
+"""
+import argparse, json, os, platform, random, re, socket, threading, statistics, subprocess, sys, tempfile, time, urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "target" / "release"
+USER_DATA = __import__("base64").b64encode((ROOT / "examples" / "params.json").read_bytes()).decode()
+
+
+def http(method, url, body=None):
+    assert url.startswith("http://127.0.0.1:"), url
+    req = urllib.request.Request(url, data=body, method=method)
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return r.read()
+
+
+class Emulator:
+    def __init__(self):
+        self.proc = subprocess.Popen([str(BIN / "imds-emulator"), "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, text=True)
+        self.url = self.proc.stdout.readline().split()[-1]
+
+    def reset(self, user_data):
+        http("DELETE", f"{self.url}/_emulator/requests")
+        if user_data is None:
+            http("DELETE", f"{self.url}/_emulator/user-data")
+        else:
+            http("PUT", f"{self.url}/_emulator/user-data", user_data.encode())
+
+    def requests(self):
+        return json.loads(http("GET", f"{self.url}/_emulator/requests"))
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def clients(emu, work):
+    """(name, argv, uses sd_notify) for each contender."""
+    return [
+        ("bootstage", [str(BIN / "bootstage"), "--state-dir", f"{work}/state", "metadata", "--imds-endpoint", emu.url, "--timeout", "30s"], True),
+        ("curl loop, sleep 1", ["sh", str(ROOT / "scripts/bench/curl-loop.sh"), emu.url, f"{work}/params.json", "1"], False),
+        ("curl loop, sleep 0.1", ["sh", str(ROOT / "scripts/bench/curl-loop.sh"), emu.url, f"{work}/params.json", "0.1"], False),
+    ]
+
+
+def run_once(argv, notify, work, emu, appear_after):
+    """Returns (available->done seconds or None, requests before availability, wall, maxrss KiB)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BOOTSTAGE_", "NOTIFY_"))}
+    env["BOOTSTAGE_LOG"] = "warn"
+    sock = None
+    if notify:
+        path = f"{work}/notify.sock"
+        if os.path.exists(path):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        env["NOTIFY_SOCKET"] = path
+    ready, listener = [], None
+    if sock is not None:
+        def listen():  # like systemd: read every datagram as it comes
+            sock.settimeout(30)
+            while True:
+                msg = sock.recv(4096).decode(errors="replace").splitlines()
+                if "READY=1" in msg:
+                    ready.append(time.monotonic())
+                if "BARRIER=1" in msg or any(m.startswith("STATUS=failed") for m in msg):
+                    return
+        listener = threading.Thread(target=listen)
+        listener.start()
+    rss_file = f"{work}/rss"
+    start = time.monotonic()
+    proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", rss_file, *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    available = before = None
+    if appear_after is not None:
+        time.sleep(2.0)
+        before = len(emu.requests())
+        time.sleep(appear_after - 2.0)
+        http("PUT", f"{emu.url}/_emulator/user-data", USER_DATA.encode())
+        available = time.monotonic()
+    status = proc.wait()
+    if listener is not None:
+        listener.join()
+    done = ready[0] if ready else None
+    end = time.monotonic()
+    if sock is not None:
+        sock.close()
+    assert status == 0, argv
+    done = done or end
+    delay = None if available is None else done - available
+    rss_kib = int(Path(rss_file).read_text().split()[-1])
+    return delay, before, end - start, rss_kib
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=15)
+    args = ap.parse_args()
+    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "bootstage", "-p", "imds-emulator"], cwd=ROOT, check=True)
+    emu = Emulator()
+    rows = []
+    try:
+        rng = random.Random(1)
+        with tempfile.TemporaryDirectory(dir="/dev/shm") as work:
+            for name, argv, notify in clients(emu, work):
+                late = []
+                for _ in range(args.runs):
+                    emu.reset(None)
+                    late.append(run_once(argv, notify, work, emu, 2.0 + rng.random()))
+                ready = []
+                for _ in range(args.runs * 2):
+                    emu.reset(USER_DATA)
+                    ready.append(run_once(argv, notify, work, emu, None))
+                delays = sorted(r[0] * 1000 for r in late)
+                rows.append({
+                    "client": name,
+                    "delay_median_ms": statistics.median(delays),
+                    "delay_max_ms": max(delays),
+                    "requests_waiting": statistics.median(r[1] for r in late),
+                    "wall_median_ms": statistics.median(r[2] * 1000 for r in ready),
+                    "rss_max_mb": max(r[3] for r in ready) / 1024,
+                })
+    finally:
+        emu.stop()
+    lines = [
+        f"Machine: {os.cpu_count()} cores, {platform.machine()}, Linux {platform.release()}; {args.runs} late runs and {args.runs * 2} ready runs per client; IMDS emulator on 127.0.0.1; outputs on tmpfs.",
+        "",
+        "| client | user-data available → ready, median | max | IMDS requests in the first 2 s of waiting | ready IMDS: wall, median | peak RSS |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['client']} | {r['delay_median_ms']:.0f} ms | {r['delay_max_ms']:.0f} ms | {r['requests_waiting']:.0f} | {r['wall_median_ms']:.1f} ms | {r['rss_max_mb']:.1f} MB |")
+    table = "\n".join(lines)
+    print(table)
+    bench = ROOT / "BENCHMARKS.md"
+    text = bench.read_text() if bench.exists() else "# Benchmarks\n"
+    section = f"<!-- metadata:start -->\n{table}\n<!-- metadata:end -->"
+    if "<!-- metadata:start -->" in text:
+        text = re.sub(r"<!-- metadata:start -->.*<!-- metadata:end -->", lambda _: section, text, flags=re.S)
+    else:
+        text += f"\n## metadata stage (`scripts/bench-metadata.py`)\n\n{section}\n"
+    bench.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
