@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The whole chain on this machine, no cloud: the project's IMDS emulator on 127.0.0.1
+# serves examples/params.json as user-data, which appears only after 2 s as early in a real
+# boot; bootstage waits for it and writes its files to a temporary state dir.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release --quiet -p bootstage -p imds-emulator
+bin=target/release
+work=$(mktemp -d)
+emulator_pid=
+cleanup() { [ -n "$emulator_pid" ] && kill "$emulator_pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+
+base64 -w 76 examples/params.json > "$work/user-data"
+"$bin/imds-emulator" --listen 127.0.0.1:0 --user-data-file "$work/user-data" --user-data-after 2s > "$work/emulator.out" &
+emulator_pid=$!
+until grep -q "listening on" "$work/emulator.out" 2>/dev/null; do sleep 0.05; done
+endpoint=$(awk '{print $3}' "$work/emulator.out")
+echo "== IMDS emulator at $endpoint (user-data appears in 2 s)"
+
+export BOOTSTAGE_STATE_DIR="$work/state"
+echo "== bootstage metadata"
+"$bin/bootstage" metadata --imds-endpoint "$endpoint"
+
+for f in params.json instance.json params.env; do
+  echo "== $BOOTSTAGE_STATE_DIR/$f ($(stat -c %a "$BOOTSTAGE_STATE_DIR/$f"))"
+  cat "$BOOTSTAGE_STATE_DIR/$f"
+done
+
+echo "== what an app sees after '. params.env'"
+sh -c 'set -a; . "$1"; set +a; echo "$APP_NAME ($APP_ENVIRONMENT) on port $APP_PORT, instance $BOOTSTAGE_INSTANCE_ID in $BOOTSTAGE_REGION"' sh "$BOOTSTAGE_STATE_DIR/params.env"
+
+echo "== the same off-cloud, from a file"
+"$bin/bootstage" metadata --user-data-file examples/params.json --fact region=local-1 --fact instance-id=i-devvm
+grep BOOTSTAGE_ "$BOOTSTAGE_STATE_DIR/params.env"
