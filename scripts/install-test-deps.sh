@@ -14,6 +14,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
+# A real S3-compatible server for the sync tests.
+if ! python3 -c "import moto.server, flask, flask_cors" >/dev/null 2>&1; then
+  echo "installing moto[server]"
+  python3 -m pip install --quiet 'moto[server]'
+fi
+
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
     rustup component add "$component"

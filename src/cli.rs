@@ -26,9 +26,9 @@ pub struct Cli {
 pub enum Command {
     /// Fetch user-data and facts from IMDS; write params.json, instance.json, params.env.
     Metadata(MetadataArgs),
-    /// Sync config and code from S3 into local directories (not implemented yet).
+    /// Sync config and code from S3 (or a directory) into local directories, atomically.
     #[command(name = "s3-sync")]
-    S3Sync,
+    S3Sync(SyncArgs),
     /// Load params.env and exec the app (not implemented yet).
     Launch {
         #[arg(
@@ -79,6 +79,44 @@ pub struct MetadataArgs {
 
 /// The user-data grace period when `--user-data-wait` is not given.
 pub const DEFAULT_USER_DATA_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Args)]
+pub struct SyncArgs {
+    /// Sync this source (s3://BUCKET/PREFIX/ or file:///DIR/) instead of the parameters'
+    /// `bootstage.sync` list.
+    #[arg(long, requires = "to", value_name = "URL")]
+    pub from: Option<String>,
+
+    /// Destination for --from: a path that becomes a symlink to the synced tree.
+    #[arg(long, requires = "from", value_name = "DIR")]
+    pub to: Option<PathBuf>,
+
+    /// Downloads in flight at once, per destination.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+
+    /// Overall deadline for one sync pass; keep it below the unit's TimeoutStartSec.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub sync_timeout: Duration,
+
+    /// Re-run the metadata stage first even if its outputs exist.
+    #[arg(long)]
+    pub refresh: bool,
+
+    /// Keep running after READY and re-sync every INTERVAL.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "INTERVAL")]
+    pub watch: Option<Duration>,
+
+    /// With --watch: run this command (via /bin/sh -c) after a change is swapped in.
+    #[arg(long, requires = "watch", value_name = "CMD")]
+    pub on_change: Option<String>,
+
+    #[command(
+        flatten,
+        next_help_heading = "Metadata (run first when its outputs are missing)"
+    )]
+    pub metadata: MetadataArgs,
+}
 
 impl MetadataArgs {
     pub fn user_data_wait(&self) -> Duration {

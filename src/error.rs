@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::envfile::ExportError;
 use crate::imds::ImdsError;
+use crate::s3sync::SyncError;
 use crate::userdata::DecodeError;
 
 /// Process exit codes, documented in README.md ("Exit codes").
@@ -28,8 +29,12 @@ pub enum ExitCode {
     Software = 70,
     /// EX_CANTCREAT: an output file or the state dir cannot be written.
     CantCreate = 73,
-    /// EX_TEMPFAIL: IMDS did not answer usefully before the deadline. A restart may help.
+    /// EX_TEMPFAIL: IMDS or S3 did not answer usefully before the deadline. A restart may help.
     TempFail = 75,
+    /// EX_PROTOCOL: downloaded data failed verification (size or MD5).
+    Protocol = 76,
+    /// EX_NOPERM: the sync source refused access (AccessDenied, NoSuchBucket, bad keys).
+    NoPerm = 77,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +63,9 @@ pub enum Error {
     #[error("cannot write {}: {source}", path.display())]
     Write { path: PathBuf, source: io::Error },
 
+    #[error("{0}")]
+    Sync(#[from] SyncError),
+
     #[error("`bootstage {0}` is not implemented yet")]
     NotImplemented(&'static str),
 }
@@ -73,6 +81,7 @@ impl Error {
             Error::Read { .. } => ExitCode::NoUserData,
             Error::Write { .. } => ExitCode::CantCreate,
             Error::NotImplemented(_) => ExitCode::Software,
+            Error::Sync(e) => e.exit_code(),
         }
     }
 

@@ -5,8 +5,9 @@
 //! A boot starts in `main.rs`, which hands the parsed command line to the stage's module
 //! (`metadata.rs` …). The stages share: `imds` (the IMDS protocol), `retry` (the retry
 //! policy and deadline), `userdata` (decoding), `envfile` (the env file), `facts`,
-//! `atomic` (every file write), `state` (the state dir), `notify` (sd_notify),
-//! `logging` and `error` (exit codes).
+//! `source` (S3 and directory sources), `keys` (which keys may become files), `tree`
+//! (atomic generations of a synced directory), `atomic` (every file write), `state` (the
+//! state dir), `notify` (sd_notify), `logging` and `error` (exit codes).
 
 pub mod atomic;
 pub mod cli;
@@ -14,9 +15,13 @@ pub mod envfile;
 pub mod error;
 pub mod facts;
 pub mod imds;
+pub mod keys;
 pub mod logging;
 pub mod metadata;
 pub mod notify;
 pub mod retry;
+pub mod s3sync;
+pub mod source;
 pub mod state;
+pub mod tree;
 pub mod userdata;

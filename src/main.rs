@@ -7,7 +7,7 @@ use bootstage::cli::{Cli, Command};
 use bootstage::error::{self, Error};
 use bootstage::notify::Notifier;
 use bootstage::state::StateDir;
-use bootstage::{logging, metadata};
+use bootstage::{logging, metadata, s3sync};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -41,8 +41,12 @@ fn main() -> ExitCode {
 async fn run(cli: Cli, notifier: Notifier) -> Result<(), Error> {
     let state = StateDir::new(cli.state_dir);
     match cli.command {
-        Command::Metadata(args) => metadata::run(&state, &args, notifier).await,
-        Command::S3Sync => Err(Error::NotImplemented("s3-sync")),
+        Command::Metadata(args) => {
+            let summary = metadata::run(&state, &args, notifier).await?;
+            notifier.ready(&summary);
+            Ok(())
+        }
+        Command::S3Sync(args) => s3sync::run(&state, &args, notifier).await,
         Command::Launch { .. } => Err(Error::NotImplemented("launch")),
     }
 }

@@ -7,7 +7,8 @@
 //! 3. decode user-data into the parameters object and flatten it, with the facts, into
 //!    environment variables;
 //! 4. write the three files atomically, all staged before the first rename;
-//! 5. tell systemd READY=1.
+//! 5. return a summary; the caller tells systemd READY=1 (run in-process by a later stage,
+//!    this stage must not declare that stage ready).
 //!
 //! Nothing is written until every step before it has succeeded, so a failed run leaves the
 //! previous files as they were.
@@ -27,7 +28,7 @@ use crate::retry::Deadline;
 use crate::state::StateDir;
 use crate::userdata::{self, DecodeError};
 
-pub async fn run(state: &StateDir, args: &MetadataArgs, notifier: Notifier) -> Result<()> {
+pub async fn run(state: &StateDir, args: &MetadataArgs, notifier: Notifier) -> Result<String> {
     args.validate().map_err(Error::Usage)?;
     let deadline = Deadline::after(args.timeout);
     let _lock = state.lock(deadline).await?;
@@ -83,7 +84,6 @@ pub async fn run(state: &StateDir, args: &MetadataArgs, notifier: Notifier) -> R
     ])
     .map_err(|(path, source)| Error::Write { path, source })?;
 
-    let status = format!("parameters ready: {} variables", env.len());
     tracing::info!(
         variables = env.len(),
         facts = facts.source,
@@ -91,8 +91,7 @@ pub async fn run(state: &StateDir, args: &MetadataArgs, notifier: Notifier) -> R
         elapsed_ms = deadline.elapsed().as_millis() as u64,
         "wrote params.json, instance.json, params.env"
     );
-    notifier.ready(&status);
-    Ok(())
+    Ok(format!("parameters ready: {} variables", env.len()))
 }
 
 async fn from_imds(

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod adversarial;
+pub mod moto;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,14 @@ const SCRUBBED: &[&str] = &[
     "BOOTSTAGE_LOG",
     "NOTIFY_SOCKET",
     "JOURNAL_STREAM",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
     "HTTP_PROXY",
     "http_proxy",
     "ALL_PROXY",

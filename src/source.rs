@@ -1,0 +1,378 @@
+//! Where a sync reads from: an S3 prefix (`s3://bucket/prefix/`) or, for a local VM, a
+//! directory (`file:///srv/fixtures/config/`).
+//!
+//! S3: one ListObjectsV2 pass (paginated) gives every key with its ETag and size; no HEAD
+//! per object. A download is a GET with `If-Match: <listed ETag>`, streamed to disk in
+//! chunks (memory does not grow with object size), its size always checked and its MD5
+//! checked when the ETag is a plain MD5 (a multipart ETag `…-N` is not one). An object
+//! replaced between LIST and GET answers 412 and is reported as [`SourceError::Changed`],
+//! so the caller can list again.
+//!
+//! Directories: the "ETag" is the file's mtime and size, and a file whose mtime or size
+//! moves while it is copied is reported as changed the same way. Symlinks in the source
+//! are not followed.
+
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use aws_sdk_s3::Client;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use md5::{Digest, Md5};
+use tokio::io::AsyncWriteExt;
+
+/// One object as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    pub key: String,
+    pub etag: String,
+    pub size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{0}: expected s3://BUCKET/PREFIX or file:///ABSOLUTE/DIR")]
+    BadUrl(String),
+    #[error("{url}: access refused: {why}")]
+    Refused { url: String, why: String },
+    #[error("{url}: {why}")]
+    Failed { url: String, why: String },
+    #[error("{key}: changed while it was being synced")]
+    Changed { key: String },
+    #[error("{key}: verification failed: {why}")]
+    Corrupt { key: String, why: String },
+    #[error("{}: {source}", path.display())]
+    Local { path: PathBuf, source: io::Error },
+}
+
+pub enum Source {
+    S3 {
+        client: Client,
+        bucket: String,
+        prefix: String,
+    },
+    Dir {
+        root: PathBuf,
+    },
+}
+
+/// A source URL split into its parts; the prefix always ends in `/` unless empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    S3 { bucket: String, prefix: String },
+    Dir { root: PathBuf },
+}
+
+impl Location {
+    pub fn parse(url: &str) -> Result<Location, SourceError> {
+        let bad = || SourceError::BadUrl(url.to_string());
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(bad());
+            }
+            let mut prefix = prefix.to_string();
+            if !prefix.is_empty() && !prefix.ends_with('/') {
+                prefix.push('/');
+            }
+            Ok(Location::S3 {
+                bucket: bucket.into(),
+                prefix,
+            })
+        } else if let Some(path) = url.strip_prefix("file://") {
+            let root = PathBuf::from(path);
+            if !root.is_absolute() {
+                return Err(bad());
+            }
+            Ok(Location::Dir { root })
+        } else {
+            Err(bad())
+        }
+    }
+}
+
+impl Source {
+    pub fn url(&self) -> String {
+        match self {
+            Source::S3 { bucket, prefix, .. } => format!("s3://{bucket}/{prefix}"),
+            Source::Dir { root } => format!("file://{}", root.display()),
+        }
+    }
+
+    /// The key with the source prefix removed.
+    pub fn rest<'a>(&self, key: &'a str) -> &'a str {
+        match self {
+            Source::S3 { prefix, .. } => key.strip_prefix(prefix.as_str()).unwrap_or(key),
+            Source::Dir { .. } => key,
+        }
+    }
+
+    /// Every object, and how many list requests it took.
+    pub async fn list(&self) -> Result<(Vec<Object>, u32), SourceError> {
+        match self {
+            Source::S3 {
+                client,
+                bucket,
+                prefix,
+            } => {
+                // URL-encoded keys, as the aws CLI asks for them: a key may hold characters
+                // XML 1.0 cannot carry, and those must reach keys.rs to be refused by name.
+                let mut pages = client
+                    .list_objects_v2()
+                    .bucket(bucket)
+                    .prefix(prefix)
+                    .encoding_type(aws_sdk_s3::types::EncodingType::Url)
+                    .into_paginator()
+                    .send();
+                let (mut objects, mut count) = (Vec::new(), 0);
+                while let Some(page) = pages.next().await {
+                    count += 1;
+                    let page = page.map_err(|e| self.sdk_error(e))?;
+                    for o in page.contents() {
+                        objects.push(Object {
+                            key: url_decode(o.key().unwrap_or_default()),
+                            etag: o.e_tag().unwrap_or_default().to_string(),
+                            size: o.size().unwrap_or_default().max(0) as u64,
+                        });
+                    }
+                }
+                Ok((objects, count))
+            }
+            Source::Dir { root } => {
+                let root = root.clone();
+                let objects = tokio::task::spawn_blocking(move || walk(&root))
+                    .await
+                    .map_err(|e| SourceError::Failed {
+                        url: self.url(),
+                        why: e.to_string(),
+                    })??;
+                Ok((objects, 1))
+            }
+        }
+    }
+
+    /// Downloads `object` into a new file at `to` (created 0600, never through a
+    /// symlink), verified. Returns the bytes written.
+    pub async fn fetch(&self, object: &Object, to: &Path) -> Result<u64, SourceError> {
+        let local = |source| SourceError::Local {
+            path: to.to_path_buf(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(to)
+            .map_err(local)?;
+        let mut file = tokio::fs::File::from_std(file);
+        let mut md5 = Md5::new();
+        let mut written = 0u64;
+        match self {
+            Source::S3 { client, bucket, .. } => {
+                let answer = client
+                    .get_object()
+                    .bucket(bucket)
+                    .key(&object.key)
+                    .if_match(&object.etag)
+                    .send()
+                    .await
+                    .map_err(|e| match e.raw_response().map(|r| r.status().as_u16()) {
+                        Some(412) => SourceError::Changed {
+                            key: object.key.clone(),
+                        },
+                        _ => self.sdk_error(e),
+                    })?;
+                let mut body = answer.body;
+                while let Some(chunk) = body.next().await {
+                    let chunk = chunk.map_err(|e| SourceError::Failed {
+                        url: self.url(),
+                        why: format!("{}: {}", object.key, DisplayErrorContext(&e)),
+                    })?;
+                    md5.update(&chunk);
+                    written += chunk.len() as u64;
+                    file.write_all(&chunk).await.map_err(local)?;
+                }
+            }
+            Source::Dir { root } => {
+                let from = root.join(&object.key);
+                let mut input =
+                    tokio::fs::File::open(&from)
+                        .await
+                        .map_err(|e| SourceError::Local {
+                            path: from.clone(),
+                            source: e,
+                        })?;
+                written = tokio::io::copy(&mut input, &mut file)
+                    .await
+                    .map_err(local)?;
+                let now = std::fs::symlink_metadata(&from).map_err(|e| SourceError::Local {
+                    path: from.clone(),
+                    source: e,
+                })?;
+                if dir_etag(&now) != object.etag {
+                    return Err(SourceError::Changed {
+                        key: object.key.clone(),
+                    });
+                }
+            }
+        }
+        file.flush().await.map_err(local)?;
+        if written != object.size {
+            return Err(SourceError::Corrupt {
+                key: object.key.clone(),
+                why: format!("{written} bytes received, {} listed", object.size),
+            });
+        }
+        if let Some(expected) = plain_md5(&object.etag)
+            && matches!(self, Source::S3 { .. })
+        {
+            let got = hex::encode(md5.finalize());
+            if got != expected {
+                return Err(SourceError::Corrupt {
+                    key: object.key.clone(),
+                    why: format!("MD5 {got}, ETag says {expected}"),
+                });
+            }
+        }
+        Ok(written)
+    }
+
+    fn sdk_error<E>(
+        &self,
+        e: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> SourceError
+    where
+        E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        use aws_sdk_s3::error::SdkError;
+        let code = e
+            .as_service_error()
+            .and_then(|s| s.code())
+            .map(str::to_string);
+        let why = match (&e, &code, e.as_service_error().and_then(|s| s.message())) {
+            (_, Some(code), Some(message)) => format!("{code}: {message}"),
+            (_, Some(code), None) => code.clone(),
+            (SdkError::TimeoutError(_), ..) => "timed out".into(),
+            // Unparsable answers: the SDK's text would include the whole response.
+            (SdkError::ServiceError(s), ..) => {
+                format!("unexpected answer (HTTP {})", s.raw().status().as_u16())
+            }
+            (SdkError::ResponseError(_), ..) => "unreadable answer".into(),
+            _ => DisplayErrorContext(&e).to_string(),
+        };
+        match code.as_deref() {
+            Some(
+                "AccessDenied"
+                | "NoSuchBucket"
+                | "InvalidAccessKeyId"
+                | "SignatureDoesNotMatch"
+                | "AllAccessDisabled",
+            ) => SourceError::Refused {
+                url: self.url(),
+                why,
+            },
+            _ => SourceError::Failed {
+                url: self.url(),
+                why,
+            },
+        }
+    }
+}
+
+/// Keys from an `encoding-type=url` listing: `+` is a space, `%XX` a byte.
+fn url_decode(key: &str) -> String {
+    let spaced = key.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// The MD5 in a single-part ETag (`"9e107d9d372bb6826bd81d3542a419d6"`).
+fn plain_md5(etag: &str) -> Option<String> {
+    let inner = etag.trim_matches('"');
+    (inner.len() == 32 && inner.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| inner.to_ascii_lowercase())
+}
+
+fn dir_etag(meta: &std::fs::Metadata) -> String {
+    format!(
+        "mtime-{}.{:09}-{}",
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.size()
+    )
+}
+
+fn walk(root: &Path) -> Result<Vec<Object>, SourceError> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        let entries = std::fs::read_dir(&dir).map_err(|e| SourceError::Local {
+            path: dir.clone(),
+            source: e,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|e| SourceError::Local {
+                path: dir.clone(),
+                source: e,
+            })?;
+            let rel = rel.join(entry.file_name());
+            let meta = entry.metadata().map_err(|e| SourceError::Local {
+                path: entry.path(),
+                source: e,
+            })?;
+            if meta.is_dir() {
+                stack.push(rel);
+            } else if meta.is_file() {
+                out.push(Object {
+                    key: rel.to_string_lossy().into_owned(),
+                    etag: dir_etag(&meta),
+                    size: meta.size(),
+                });
+            } else {
+                tracing::warn!(path = %entry.path().display(), "skipping a source entry that is not a file or directory");
+            }
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            Location::parse("s3://b/app/config").unwrap(),
+            Location::S3 {
+                bucket: "b".into(),
+                prefix: "app/config/".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("s3://b").unwrap(),
+            Location::S3 {
+                bucket: "b".into(),
+                prefix: "".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("file:///srv/x").unwrap(),
+            Location::Dir {
+                root: "/srv/x".into()
+            }
+        );
+        for bad in ["s3:///x", "file://rel/x", "http://x", "/abs"] {
+            assert!(Location::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            plain_md5("\"9E107D9D372BB6826BD81D3542A419D6\"").as_deref(),
+            Some("9e107d9d372bb6826bd81d3542a419d6")
+        );
+        assert_eq!(plain_md5("\"9e107d9d372bb6826bd81d3542a419d6-2\""), None);
+    }
+}

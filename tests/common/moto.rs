@@ -1,0 +1,260 @@
+//! A real S3-compatible server for the tests: moto's server on 127.0.0.1, one per test
+//! binary, killed with it. Tests isolate themselves by bucket name, and count requests
+//! from moto's own request log.
+
+use std::io::{BufRead, BufReader};
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+
+pub struct Moto {
+    pub url: String,
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    sentinel: AtomicU64,
+}
+
+static MOTO: OnceLock<Moto> = OnceLock::new();
+
+pub fn moto() -> &'static Moto {
+    MOTO.get_or_init(start)
+}
+
+fn start() -> Moto {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+    let (ready, wait) = std::sync::mpsc::channel();
+    let lines = log.clone();
+    // The server is spawned by this thread, which lives as long as the server: the kernel's
+    // parent-death signal follows the spawning *thread*, and it must not fire while tests run.
+    std::thread::spawn(move || {
+        let mut cmd = Command::new("python3");
+        cmd.args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe; the server dies with this test process.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::libc::prctl(nix::libc::PR_SET_PDEATHSIG, nix::libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .expect("python3 -m moto.server (scripts/install-test-deps.sh installs it)");
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut ready = Some(ready);
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("Running on")
+                && let Some(r) = ready.take()
+            {
+                let _ = r.send(());
+            }
+            if let Some(request) = line.split('"').nth(1) {
+                lines.0.lock().unwrap().push(request.to_string());
+                lines.1.notify_all();
+            }
+        }
+        let _ = child.wait();
+    });
+    wait.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("moto started");
+    Moto {
+        url: format!("http://127.0.0.1:{port}"),
+        log,
+        sentinel: AtomicU64::new(0),
+    }
+}
+
+/// Request counts for one bucket since `mark`, by method; LIST = GET on the bucket itself.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub list: usize,
+    pub get: usize,
+    pub head: usize,
+    pub other: usize,
+}
+
+impl Moto {
+    pub fn mark(&self) -> usize {
+        self.settle();
+        self.log.0.lock().unwrap().len()
+    }
+
+    /// moto logs a request after answering it: send one more request and wait until it is
+    /// logged, so every earlier request is in the log too.
+    fn settle(&self) {
+        let path = format!(
+            "/__sentinel_{}",
+            self.sentinel.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut stream =
+            std::net::TcpStream::connect(self.url.trim_start_matches("http://")).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let _ = stream.read_to_end(&mut Vec::new());
+        let (log, logged) = &*self.log;
+        let log = log.lock().unwrap();
+        let (_guard, timeout) = logged
+            .wait_timeout_while(log, Duration::from_secs(10), |log| {
+                !log.iter().rev().any(|l| l.contains(&path))
+            })
+            .unwrap();
+        assert!(!timeout.timed_out(), "moto never logged {path}");
+    }
+
+    pub fn counts(&self, bucket: &str, since: usize) -> Counts {
+        self.settle();
+        let log = self.log.0.lock().unwrap();
+        let mut c = Counts::default();
+        for request in &log[since..] {
+            let mut parts = request.split(' ');
+            let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let path = target.split('?').next().unwrap_or("");
+            let Some(rest) = path.strip_prefix(&format!("/{bucket}")) else {
+                continue;
+            };
+            match (method, rest) {
+                ("GET", "" | "/") => c.list += 1,
+                ("GET", _) => c.get += 1,
+                ("HEAD", _) => c.head += 1,
+                _ => c.other += 1,
+            }
+        }
+        c
+    }
+
+    /// An S3 client for fixtures, pointed at moto.
+    pub async fn client(&self) -> aws_sdk_s3::Client {
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(&self.url)
+            .force_path_style(true)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "test", "test", None, None, "tests",
+            ))
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    pub async fn bucket(&self, name: &str) -> Bucket {
+        let client = self.client().await;
+        client.create_bucket().bucket(name).send().await.unwrap();
+        Bucket {
+            client,
+            name: name.to_string(),
+        }
+    }
+
+    /// The environment a bootstage process needs to reach moto and nothing else.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.url.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ("AWS_CONFIG_FILE", "/dev/null".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
+        ]
+    }
+}
+
+pub struct Bucket {
+    pub client: aws_sdk_s3::Client,
+    pub name: String,
+}
+
+impl Bucket {
+    pub async fn put(&self, key: &str, body: impl Into<Vec<u8>>) {
+        let body: Vec<u8> = body.into();
+        self.client
+            .put_object()
+            .bucket(&self.name)
+            .key(key)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    pub async fn delete(&self, key: &str) {
+        self.client
+            .delete_object()
+            .bucket(&self.name)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// A multipart object of `parts` (each but the last at least 5 MiB).
+    pub async fn put_multipart(&self, key: &str, parts: &[Vec<u8>]) {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.name)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        let id = upload.upload_id().unwrap();
+        let mut done = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            let n = i as i32 + 1;
+            let out = self
+                .client
+                .upload_part()
+                .bucket(&self.name)
+                .key(key)
+                .upload_id(id)
+                .part_number(n)
+                .body(ByteStream::from(part.clone()))
+                .send()
+                .await
+                .unwrap();
+            done.push(
+                CompletedPart::builder()
+                    .part_number(n)
+                    .e_tag(out.e_tag().unwrap())
+                    .build(),
+            );
+        }
+        // moto answers with a root element the Rust SDK does not accept; the upload is
+        // complete all the same, which the sync test then checks byte for byte.
+        let _ = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.name)
+            .key(key)
+            .upload_id(id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(done))
+                    .build(),
+            )
+            .send()
+            .await;
+    }
+}

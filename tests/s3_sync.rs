@@ -1,0 +1,388 @@
+//! The s3-sync stage against a real moto server on 127.0.0.1.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::moto::{Counts, moto};
+use common::{Outcome, Sandbox};
+
+/// Every regular file under `root` (through the destination symlink), by relative path.
+fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            if entry.file_type().unwrap().is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn files(pairs: &[(&str, &[u8])]) -> BTreeMap<String, Vec<u8>> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_vec()))
+        .collect()
+}
+
+async fn sync(sb: &Sandbox, from: &str, extra: &[&str]) -> Outcome {
+    let to = sb.path("dest/config");
+    let mut args = vec!["s3-sync", "--from", from, "--to", to.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let mut cmd = sb.command(&args);
+    cmd.envs(moto().env());
+    common::run(cmd).await
+}
+
+fn generation(sb: &Sandbox) -> std::path::PathBuf {
+    std::fs::read_link(sb.path("dest/config")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_sync_then_a_no_change_resync_makes_one_list_and_nothing_else() {
+    let bucket = moto().bucket("full").await;
+    let mut want = BTreeMap::new();
+    for i in 0..30 {
+        let key = format!("d{}/sub{}/f{i}.txt", i % 3, i % 2);
+        let body = format!("content {i}\n").repeat(i + 1);
+        bucket.put(&format!("app/{key}"), body.clone()).await;
+        want.insert(key, body.into_bytes());
+    }
+    for key in ["sp ace+plus%41.txt", "ünï/日本.txt"] {
+        bucket.put(&format!("app/{key}"), key).await;
+        want.insert(key.to_string(), key.as_bytes().to_vec());
+    }
+    bucket
+        .put("other/ignored.txt", "not under the prefix")
+        .await;
+    let sb = Sandbox::new();
+    let mark = moto().mark();
+    let out = sync(&sb, "s3://full/app/", &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(tree(&sb.path("dest/config")), want);
+    assert_eq!(
+        moto().counts("full", mark),
+        Counts {
+            list: 1,
+            get: 32,
+            head: 0,
+            other: 0
+        }
+    );
+    assert_eq!(common::mode(&sb.path("dest/config/d0/sub0/f0.txt")), 0o644);
+    assert_eq!(common::mode(&sb.path("dest/config/d0/sub0")), 0o755);
+
+    let before = generation(&sb);
+    let mark = moto().mark();
+    let out = sync(&sb, "s3://full/app/", &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        moto().counts("full", mark),
+        Counts {
+            list: 1,
+            get: 0,
+            head: 0,
+            other: 0
+        }
+    );
+    assert_eq!(generation(&sb), before, "nothing changed, nothing swapped");
+    assert_eq!(tree(&sb.path("dest/config")), want);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_change_is_caught_including_same_size_ones_and_deletions() {
+    let bucket = moto().bucket("changes").await;
+    let mut want = BTreeMap::new();
+    for i in 0..20 {
+        let body = format!("version-1 of file {i:02}");
+        bucket.put(&format!("c/f{i:02}"), body.clone()).await;
+        want.insert(format!("f{i:02}"), body.into_bytes());
+    }
+    let sb = Sandbox::new();
+    assert_eq!(sync(&sb, "s3://changes/c/", &[]).await.code, 0);
+    // 5 same-size changes, 5 size changes, 2 deletions, 1 new file.
+    for i in 0..10 {
+        let body = if i < 5 {
+            format!("version-2 of file {i:02}")
+        } else {
+            format!("v3 {i}")
+        };
+        assert_eq!(body.len() == want[&format!("f{i:02}")].len(), i < 5);
+        bucket.put(&format!("c/f{i:02}"), body.clone()).await;
+        want.insert(format!("f{i:02}"), body.into_bytes());
+    }
+    for i in [18, 19] {
+        bucket.delete(&format!("c/f{i:02}")).await;
+        want.remove(&format!("f{i:02}"));
+    }
+    bucket.put("c/new/nested/file", "new").await;
+    want.insert("new/nested/file".into(), b"new".to_vec());
+    let mark = moto().mark();
+    let out = sync(&sb, "s3://changes/c/", &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(tree(&sb.path("dest/config")), want);
+    assert_eq!(
+        moto().counts("changes", mark),
+        Counts {
+            list: 1,
+            get: 11,
+            head: 0,
+            other: 0
+        }
+    );
+    assert!(
+        out.stderr.contains("objects=19 downloaded=11 deleted=2"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_a_thousand_objects_and_a_multipart_one() {
+    let bucket = moto().bucket("many").await;
+    let client = &bucket.client;
+    let puts = (0..1050).map(|i| {
+        client
+            .put_object()
+            .bucket("many")
+            .key(format!("m/{:04}", i))
+            .body(format!("{i}").into_bytes().into())
+            .send()
+    });
+    for result in futures_util::future::join_all(puts).await {
+        result.unwrap();
+    }
+    let part1: Vec<u8> = (0..5 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let part2 = b"tail of the multipart object".to_vec();
+    bucket
+        .put_multipart("m/big/multi.bin", &[part1.clone(), part2.clone()])
+        .await;
+    let sb = Sandbox::new();
+    let mark = moto().mark();
+    let out = sync(&sb, "s3://many/m/", &["--concurrency", "32"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let got = tree(&sb.path("dest/config"));
+    assert_eq!(got.len(), 1051);
+    assert_eq!(got["0999"], b"999");
+    assert_eq!(got["big/multi.bin"], [part1, part2].concat());
+    assert_eq!(
+        moto().counts("many", mark),
+        Counts {
+            list: 2,
+            get: 1051,
+            head: 0,
+            other: 0
+        }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_keys_are_refused_and_the_old_tree_kept() {
+    let sb = Sandbox::new();
+    let bucket = moto().bucket("hostile").await;
+    bucket.put("h/good.txt", "good").await;
+    bucket.put("h/folder/", "").await; // a directory marker: skipped
+    assert_eq!(sync(&sb, "s3://hostile/h/", &[]).await.code, 0);
+    let old = files(&[("good.txt", b"good")]);
+    assert_eq!(tree(&sb.path("dest/config")), old);
+    for (key, message) in [
+        ("h/../escape.txt", "a '.' or '..' segment"),
+        ("h/a/../../escape.txt", "a '.' or '..' segment"),
+        ("h//abs.txt", "an empty path segment"),
+        ("h/ctl\u{1}.txt", "a control character"),
+        ("h/good.txt/inside", "to be both a file and a directory"),
+    ] {
+        bucket.put(key, "evil").await;
+        let out = sync(&sb, "s3://hostile/h/", &[]).await;
+        assert_eq!(out.code, 65, "{key}: {}", out.stderr);
+        assert!(out.stderr.contains(message), "{key}: {}", out.stderr);
+        assert_eq!(tree(&sb.path("dest/config")), old, "{key}");
+        assert!(!sb.path("dest/escape.txt").exists() && !sb.path("escape.txt").exists());
+        bucket.delete(key).await;
+    }
+    let home: Vec<_> = std::fs::read_dir(sb.path("dest/.config.bootstage"))
+        .unwrap()
+        .collect();
+    assert_eq!(home.len(), 3, "no staging dir left behind");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_bucket_fails_cleanly_and_keeps_the_old_tree() {
+    let bucket = moto().bucket("present").await;
+    bucket.put("p/a", "a").await;
+    let sb = Sandbox::new();
+    assert_eq!(sync(&sb, "s3://present/p/", &[]).await.code, 0);
+    let out = sync(&sb, "s3://absent-bucket/p/", &[]).await;
+    assert_eq!(out.code, 77, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("s3://absent-bucket/p/: access refused: NoSuchBucket"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(tree(&sb.path("dest/config")), files(&[("a", b"a")]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_occupied_destination_is_refused_untouched() {
+    moto().bucket("occupied").await.put("o/a", "a").await;
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.path("dest/config")).unwrap();
+    std::fs::write(sb.path("dest/config/precious"), "keep").unwrap();
+    let out = sync(&sb, "s3://occupied/o/", &[]).await;
+    assert_eq!(out.code, 73, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("is not a bootstage-managed directory (a non-empty directory)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(sb.path("dest/config/precious")).unwrap(),
+        "keep"
+    );
+}
+
+/// SIGKILL at random instants: the destination is always a complete old or new tree.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_any_point_leaves_a_complete_old_or_new_tree() {
+    let bucket = moto().bucket("killed").await;
+    let versions: Vec<BTreeMap<String, Vec<u8>>> = (0..2)
+        .map(|v| {
+            (0..60)
+                .map(|i| {
+                    (
+                        format!("d{}/f{i}", i % 4),
+                        format!("v{v}-{i}-").repeat(50 + v * 7).into_bytes(),
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let upload = |v: usize| {
+        let (bucket, version) = (&bucket, &versions[v]);
+        async move {
+            for (k, body) in version {
+                bucket.put(&format!("k/{k}"), body.clone()).await;
+            }
+        }
+    };
+    upload(0).await;
+    let sb = Sandbox::new();
+    assert_eq!(sync(&sb, "s3://killed/k/", &[]).await.code, 0);
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut outcomes = [0usize; 2];
+    for round in 0..24 {
+        let v = (round + 1) % 2;
+        upload(v).await;
+        let to = sb.path("dest/config");
+        let mut cmd = sb.command(&[
+            "s3-sync",
+            "--from",
+            "s3://killed/k/",
+            "--to",
+            to.to_str().unwrap(),
+            "--concurrency",
+            "4",
+        ]);
+        cmd.envs(moto().env());
+        let mut child = cmd.spawn().unwrap();
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..400))).await;
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        let got = tree(&to);
+        let which = versions.iter().position(|v| *v == got);
+        assert!(
+            which.is_some(),
+            "round {round}: a mixed or partial tree of {} files",
+            got.len()
+        );
+        outcomes[which.unwrap()] += 1;
+        // Bring the tree to `v` for the next round's starting point.
+        let out = sync(&sb, "s3://killed/k/", &[]).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(tree(&to), versions[v]);
+    }
+    eprintln!(
+        "after SIGKILL: old tree {} times, new tree {} times",
+        outcomes[0], outcomes[1]
+    );
+    let home: Vec<_> = std::fs::read_dir(sb.path("dest/.config.bootstage"))
+        .unwrap()
+        .collect();
+    assert_eq!(
+        home.len(),
+        3,
+        "leftovers were cleaned: lock, generation, manifest"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sync_list_comes_from_the_parameters_fetched_in_process() {
+    let bucket = moto().bucket("fromparams").await;
+    bucket.put("cfg/app.conf", "x=1").await;
+    bucket.put("code/bin/run", "#!/bin/sh").await;
+    let sb = Sandbox::new();
+    let (a, b) = (sb.path("srv/config"), sb.path("srv/code"));
+    let params = serde_json::json!({
+        "app": {"name": "web"},
+        "bootstage": {"sync": [
+            {"from": "s3://fromparams/cfg/", "to": a, "file_mode": "0640", "dir_mode": "0750"},
+            {"from": "s3://fromparams/code", "to": b},
+        ]}
+    });
+    std::fs::write(sb.path("user-data"), params.to_string()).unwrap();
+    let mut cmd = sb.command(&["s3-sync"]);
+    cmd.envs(moto().env())
+        .env("BOOTSTAGE_USER_DATA_FILE", sb.path("user-data"));
+    let out = common::run(cmd).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        sb.read("params.env").unwrap().contains("APP_NAME=\"web\""),
+        "metadata ran first"
+    );
+    assert_eq!(tree(&a), files(&[("app.conf", b"x=1")]));
+    assert_eq!(tree(&b), files(&[("bin/run", b"#!/bin/sh")]));
+    assert_eq!(common::mode(&a.join("app.conf")), 0o640);
+    assert_eq!(common::mode(&std::fs::canonicalize(&a).unwrap()), 0o750);
+    assert!(
+        out.stderr
+            .contains("synced 2 destination(s): 2 objects, 2 downloaded, 2 swapped in"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_directory_source_for_local_vms() {
+    let sb = Sandbox::new();
+    let src = sb.path("fixtures");
+    std::fs::create_dir_all(src.join("a/b")).unwrap();
+    std::fs::write(src.join("top.txt"), "top").unwrap();
+    std::fs::write(src.join("a/b/deep.txt"), "deep").unwrap();
+    let from = format!("file://{}", src.display());
+    assert_eq!(sync(&sb, &from, &[]).await.code, 0);
+    assert_eq!(
+        tree(&sb.path("dest/config")),
+        files(&[("a/b/deep.txt", b"deep"), ("top.txt", b"top")])
+    );
+    std::fs::write(src.join("top.txt"), "TOP").unwrap();
+    std::fs::remove_file(src.join("a/b/deep.txt")).unwrap();
+    let out = sync(&sb, &from, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(tree(&sb.path("dest/config")), files(&[("top.txt", b"TOP")]));
+}
