@@ -79,7 +79,7 @@ def run_once(argv, notify, work, emu, appear_after):
                 msg = sock.recv(4096).decode(errors="replace").splitlines()
                 if "READY=1" in msg:
                     ready.append(time.monotonic())
-                if "BARRIER=1" in msg or any(m.startswith("STATUS=failed") for m in msg):
+                if "BARRIER=1" in msg:
                     return
         listener = threading.Thread(target=listen)
         listener.start()

@@ -50,7 +50,7 @@ pub enum Error {
 
     #[error(
         "this instance has no user-data (waited {}); give it bootstage parameters, or pass --allow-empty to boot with none",
-        humantime::format_duration(*waited)
+        humantime::format_duration(std::time::Duration::from_millis(waited.as_millis() as u64))
     )]
     NoUserData { waited: Duration },
 

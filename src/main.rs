@@ -28,14 +28,16 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("a single-threaded runtime always builds");
-    match runtime.block_on(run(cli, notifier)) {
+    let code = match runtime.block_on(run(cli, notifier)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
             notifier.status(&format!("failed: {e}"));
             ExitCode::from(e.exit_code() as u8)
         }
-    }
+    };
+    notifier.settle();
+    code
 }
 
 async fn run(cli: Cli, notifier: Notifier) -> Result<(), Error> {

@@ -2,8 +2,9 @@
 //!
 //! `STATUS=` lines describe progress ("waiting for user-data: attempt 7, 3.1 s");
 //! `READY=1` is sent only when the stage's work is on disk, so the next unit starts only
-//! then. After `READY=1` we wait (bounded) on a `BARRIER=1` round trip, so systemd has
-//! processed the readiness before this process exits: otherwise a fast exit can race it.
+//! then. Before the process exits, [`Notifier::settle`] waits (bounded) on a `BARRIER=1`
+//! round trip, so systemd has processed the readiness (or the failure status) first:
+//! otherwise a fast exit can race it. A process that goes on (watch mode) never waits.
 //! `STATUS=` is sent without blocking and dropped if the manager's queue is full: a busy
 //! PID 1 must never stall a stage over a progress line (sd-notify's own send blocks, which
 //! froze our single-threaded runtime in the benchmark). Without `NOTIFY_SOCKET` (run by
@@ -44,14 +45,37 @@ impl Notifier {
         }
     }
 
-    /// Reports readiness and waits until systemd has taken it in.
     pub fn ready(&self, status: &str) {
         self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    }
+
+    /// Waits until systemd has processed every notification sent so far; call it right
+    /// before the process exits.
+    pub fn settle(&self) {
         if self.enabled
             && let Err(e) = barrier()
         {
             tracing::debug!(error = %e, "systemd did not acknowledge the notification barrier");
         }
+    }
+
+    /// A configuration reload starts (watch mode's change hook); READY=1 ends it.
+    pub fn reloading(&self) {
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => self.send(&[NotifyState::Reloading, now]),
+            Err(_) => self.send(&[NotifyState::Reloading]),
+        }
+    }
+
+    /// How often to send WATCHDOG=1, when the unit sets WatchdogSec= for this process.
+    pub fn watchdog_interval(&self) -> Option<Duration> {
+        let mut usec = 0;
+        (self.enabled && sd_notify::watchdog_enabled(false, &mut usec))
+            .then(|| Duration::from_micros(usec / 2))
+    }
+
+    pub fn watchdog(&self) {
+        self.send(&[NotifyState::Watchdog]);
     }
 
     fn send(&self, states: &[NotifyState]) {

@@ -114,15 +114,31 @@ pub struct Report {
 }
 
 pub async fn run(state: &StateDir, args: &SyncArgs, notifier: Notifier) -> Result<()> {
+    // In watch mode SIGTERM is ours to handle from the start, so a pass it interrupts is
+    // dropped cleanly (its staging dir removed) and the process exits 0.
+    let mut stop = match args.watch {
+        Some(_) => Some(Stop::install().map_err(|e| Error::Write {
+            path: "signal handler".into(),
+            source: e,
+        })?),
+        None => None,
+    };
     let specs = specs(state, args, notifier).await?;
-    let reports = sync_all(state, &specs, args, notifier).await?;
+    let first = sync_all(state, &specs, args, notifier);
+    let reports = match &mut stop {
+        Some(stop) => tokio::select! {
+            reports = first => reports?,
+            _ = stop.requested() => return Ok(()),
+        },
+        None => first.await?,
+    };
     let summary = summarize(&reports);
     tracing::info!("{summary}");
     notifier.ready(&summary);
-    if let Some(interval) = args.watch {
-        watch(state, &specs, args, notifier, interval).await?;
+    match (args.watch, stop) {
+        (Some(interval), Some(stop)) => watch(state, &specs, args, notifier, interval, stop).await,
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// The destinations to sync: from flags, else from the parameters (fetched if missing).
@@ -254,7 +270,9 @@ async fn pass_once(
     concurrency: usize,
     progress: &Progress,
 ) -> Result<Report, SyncError> {
+    let started = std::time::Instant::now();
     let (objects, list_pages) = source.list().await?;
+    let listed = started.elapsed();
     let mut files: Vec<(PathBuf, Object)> = Vec::with_capacity(objects.len());
     for object in objects {
         if let Some(rel) = keys::relative_path(&object.key, source.rest(&object.key))? {
@@ -346,6 +364,7 @@ async fn pass_once(
         })
         .await?;
     report.bytes = bytes.into_inner();
+    let fetched = started.elapsed();
 
     for (rel, _) in &files {
         owner.apply(&root.join(rel), spec.file_mode)?;
@@ -369,12 +388,16 @@ async fn pass_once(
     };
     dest.commit(staging, &manifest)?;
     report.swapped = true;
+    let ms = |d: Duration| d.as_millis() as u64;
     tracing::info!(
         dest = %spec.to.display(),
         objects = report.objects,
         downloaded = report.downloaded,
         deleted = report.deleted,
         bytes = report.bytes,
+        list_ms = ms(listed),
+        fetch_ms = ms(fetched - listed),
+        commit_ms = ms(started.elapsed() - fetched),
         "swapped in a new generation"
     );
     Ok(report)
@@ -518,15 +541,107 @@ fn summarize(reports: &[Report]) -> String {
     )
 }
 
-/// `--watch`: re-sync every interval until SIGTERM; after a change is swapped in, run the
-/// hook between RELOADING=1 and READY=1.
+/// SIGTERM or SIGINT, as a future.
+struct Stop {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn install() -> std::io::Result<Stop> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Stop {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn requested(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        tracing::info!("stopping on a signal");
+    }
+}
+
+/// `--watch`: re-sync every interval (one LIST per destination when nothing changed) until
+/// SIGTERM. After a change is swapped in, run the `--on-change` hook between RELOADING=1
+/// and READY=1. A failed pass keeps the old tree and is retried at the next interval.
 async fn watch(
     state: &StateDir,
     specs: &[SyncSpec],
     args: &SyncArgs,
     notifier: Notifier,
     interval: Duration,
+    mut stop: Stop,
 ) -> Result<()> {
-    let _ = (state, specs, args, notifier, interval);
-    Err(Error::NotImplemented("s3-sync --watch"))
+    let watchdog = notifier.watchdog_interval().map(|every| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                notifier.watchdog();
+            }
+        })
+    });
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.requested() => break,
+        }
+        let reports = tokio::select! {
+            reports = sync_all(state, specs, args, notifier) => reports,
+            _ = stop.requested() => break,
+        };
+        match reports {
+            Ok(reports) if reports.iter().any(|r| r.swapped) => {
+                let summary = summarize(&reports);
+                tracing::info!("{summary}");
+                notifier.reloading();
+                if let Some(hook) = &args.on_change {
+                    run_hook(hook, &swapped(specs, &reports), args.sync_timeout).await;
+                }
+                notifier.ready(&summary);
+            }
+            Ok(_) => tracing::debug!("watch: no change"),
+            Err(e) => {
+                tracing::error!("watch: this pass failed, the old tree stays: {e}");
+                notifier.status(&format!("last pass failed: {e}"));
+            }
+        }
+    }
+    if let Some(task) = watchdog {
+        task.abort();
+    }
+    Ok(())
+}
+
+/// The destinations a pass swapped, `:`-separated, for the hook's `BOOTSTAGE_CHANGED`.
+fn swapped(specs: &[SyncSpec], reports: &[Report]) -> String {
+    let swapped = specs.iter().zip(reports).filter(|(_, r)| r.swapped);
+    swapped
+        .map(|(s, _)| s.to.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Runs the change hook with `/bin/sh -c`, bounded; its failure is logged, never fatal.
+async fn run_hook(hook: &str, changed: &str, limit: Duration) {
+    let mut child = match tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(hook)
+        .env("BOOTSTAGE_CHANGED", changed)
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => return tracing::error!("--on-change: cannot start /bin/sh: {e}"),
+    };
+    match tokio::time::timeout(limit, child.wait()).await {
+        Ok(Ok(status)) if status.success() => tracing::info!("--on-change hook done"),
+        Ok(Ok(status)) => tracing::error!("--on-change hook failed: {status}"),
+        Ok(Err(e)) => tracing::error!("--on-change hook: {e}"),
+        Err(_) => tracing::error!("--on-change hook did not finish within --sync-timeout; killed"),
+    }
 }

@@ -34,7 +34,7 @@ fn collect(
                 .iter()
                 .all(|f| sb_state.join(f).exists());
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            let last = text.contains("BARRIER=1") || text.contains("STATUS=failed");
+            let last = text.contains("BARRIER=1");
             seen.push((text, files));
             if last {
                 break;
@@ -119,13 +119,15 @@ async fn a_failure_reports_status_and_never_ready() {
         messages.iter().all(|(m, _)| !m.contains("READY=1")),
         "{messages:?}"
     );
+    let failed = &messages[messages.len() - 2].0;
     assert!(
-        messages
-            .last()
-            .unwrap()
-            .0
-            .starts_with("STATUS=failed: this instance has no user-data"),
+        failed.starts_with("STATUS=failed: this instance has no user-data"),
         "{messages:?}"
+    );
+    assert_eq!(
+        messages.last().unwrap().0,
+        "BARRIER=1\n",
+        "the failure is settled before exit"
     );
 }
 
@@ -221,17 +223,38 @@ async fn journald_gets_priority_prefixes_and_no_timestamps() {
     );
 }
 
-#[tokio::test]
-async fn later_stages_say_they_are_not_built_yet() {
+#[tokio::test(flavor = "multi_thread")]
+async fn launch_says_it_is_not_built_yet() {
     let sb = Sandbox::new();
-    let out = sb.run(&["s3-sync"]).await;
+    let out = sb.run(&["launch", "--", "true"]).await;
     assert_eq!(out.code, 70);
     assert!(
         out.stderr
-            .contains("`bootstage s3-sync` is not implemented yet"),
+            .contains("`bootstage launch` is not implemented yet"),
         "{}",
         out.stderr
     );
+}
+
+/// Run by hand with no parameters, s3-sync fetches them first; a test's IMDS is a closed
+/// loopback port, so this fails within --timeout, having contacted nothing else.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_sync_runs_metadata_first_and_respects_its_deadline() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["s3-sync", "--timeout", "1s"]).await;
+    assert_eq!(out.code, 75, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("running the metadata stage first"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("IMDS at http://127.0.0.1:9 gave no usable answer within the deadline of 1s"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.elapsed < Duration::from_secs(3), "{:?}", out.elapsed);
 }
 
 /// A manager that is slow to read its socket must not stall the stage: status lines are

@@ -386,3 +386,86 @@ async fn a_directory_source_for_local_vms() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(tree(&sb.path("dest/config")), files(&[("top.txt", b"TOP")]));
 }
+
+/// Watch mode: a change is swapped in and the hook runs once between RELOADING=1 and
+/// READY=1; passes without change cost one LIST; SIGTERM exits 0 leaving no staging dir.
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_mode_swaps_a_change_runs_the_hook_once_and_stops_cleanly() {
+    use std::os::unix::net::UnixDatagram;
+    let bucket = moto().bucket("watched").await;
+    bucket.put("w/app.conf", "v1").await;
+    let sb = Sandbox::new();
+    let socket_path = sb.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let to = sb.path("dest/config");
+    let hook_log = sb.path("hook.log");
+    let hook = format!(
+        "echo \"changed $BOOTSTAGE_CHANGED\" >> {}",
+        hook_log.display()
+    );
+    let mut cmd = sb.command(&[
+        "s3-sync",
+        "--from",
+        "s3://watched/w/",
+        "--to",
+        to.to_str().unwrap(),
+        "--watch",
+        "150ms",
+        "--on-change",
+        &hook,
+    ]);
+    cmd.envs(moto().env()).env("NOTIFY_SOCKET", &socket_path);
+    let mut child = cmd.spawn().unwrap();
+    let next = |want: &str| loop {
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf).expect("a notification");
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text.lines().any(|l| l == want) {
+            return text;
+        }
+    };
+    next("READY=1");
+    assert_eq!(tree(&to), files(&[("app.conf", b"v1")]));
+    let mark = moto().mark();
+    bucket.put("w/app.conf", "v2").await;
+    next("RELOADING=1");
+    next("READY=1");
+    assert_eq!(tree(&to), files(&[("app.conf", b"v2")]));
+    assert_eq!(
+        std::fs::read_to_string(&hook_log).unwrap(),
+        format!("changed {}\n", to.display())
+    );
+    // Let a few quiet passes go by: each is one LIST and nothing else.
+    let quiet = moto().mark();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let counts = moto().counts("watched", quiet);
+    assert!(
+        counts.list >= 2 && counts.get == 0 && counts.head == 0,
+        "{counts:?}"
+    );
+    assert_eq!(
+        moto().counts("watched", mark).get,
+        1,
+        "the change was fetched once"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(&hook_log).unwrap().lines().count(),
+        1,
+        "the hook ran once"
+    );
+    let home: Vec<_> = std::fs::read_dir(sb.path("dest/.config.bootstage"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(home.len(), 3, "no staging dir left: {home:?}");
+}

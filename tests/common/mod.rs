@@ -79,7 +79,10 @@ impl Sandbox {
         for var in SCRUBBED {
             cmd.env_remove(var);
         }
-        cmd.env("BOOTSTAGE_LOG", "debug")
+        // Anything that reaches for IMDS without being pointed at an emulator lands on a
+        // closed loopback port, never on the real address.
+        cmd.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
+            .env("BOOTSTAGE_LOG", "debug")
             .arg("--state-dir")
             .arg(self.state())
             .args(args)
