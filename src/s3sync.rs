@@ -36,6 +36,8 @@ use crate::{envfile, metadata};
 
 /// How often a pass starts over because an object changed between LIST and GET.
 const PASSES: u32 = 3;
+/// Retries of one download whose transfer failed.
+const FETCH_RETRIES: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -355,7 +357,7 @@ async fn pass_once(
         .try_for_each_concurrent(concurrency, |(rel, object)| {
             let (root, bytes) = (&root, &bytes);
             async move {
-                let n = source.fetch(object, &root.join(rel)).await?;
+                let n = fetch_retrying(source, object, &root.join(rel)).await?;
                 bytes.fetch_add(n, Ordering::Relaxed);
                 progress.done.fetch_add(1, Ordering::Relaxed);
                 progress.bytes.fetch_add(n, Ordering::Relaxed);
@@ -401,6 +403,31 @@ async fn pass_once(
         "swapped in a new generation"
     );
     Ok(report)
+}
+
+/// One object, retried when the transfer itself fails (a connection dropped mid-body is
+/// past the SDK's own retries); the partial file is removed before each new attempt.
+async fn fetch_retrying(source: &Source, object: &Object, to: &Path) -> Result<u64, SyncError> {
+    use backon::{ExponentialBuilder, Retryable};
+    let attempt = || async {
+        let result = source.fetch(object, to).await;
+        if result.is_err() {
+            let _ = std::fs::remove_file(to);
+        }
+        result
+    };
+    let backoff = ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(1))
+        .with_jitter()
+        .with_max_times(FETCH_RETRIES);
+    attempt
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(|e| matches!(e, SourceError::Failed { .. }))
+        .notify(|e, _| tracing::warn!("retrying a download: {e}"))
+        .await
+        .map_err(SyncError::from)
 }
 
 fn local(path: &Path) -> impl FnOnce(std::io::Error) -> SyncError + '_ {

@@ -469,3 +469,95 @@ async fn watch_mode_swaps_a_change_runs_the_hook_once_and_stops_cleanly() {
         .collect();
     assert_eq!(home.len(), 3, "no staging dir left: {home:?}");
 }
+
+async fn sync_through(sb: &Sandbox, proxy: &common::faults::Proxy, from: &str) -> Outcome {
+    let to = sb.path("dest/config");
+    let mut cmd = sb.command(&[
+        "s3-sync",
+        "--from",
+        from,
+        "--to",
+        to.to_str().unwrap(),
+        "--concurrency",
+        "2",
+    ]);
+    cmd.envs(moto().env()).env("AWS_ENDPOINT_URL", &proxy.url);
+    common::run(cmd).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn throttling_and_dropped_connections_are_retried() {
+    use common::faults::{Faults, start};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let bucket = moto().bucket("faulty").await;
+    let mut want = BTreeMap::new();
+    for i in 0..8 {
+        let body = format!("object {i} ").repeat(120_000);
+        bucket.put(&format!("f/o{i}"), body.clone()).await;
+        want.insert(format!("o{i}"), body.into_bytes());
+    }
+    let proxy = start(
+        &moto().url,
+        Faults {
+            slow_down: AtomicUsize::new(3),
+            cut: AtomicUsize::new(3),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let sb = Sandbox::new();
+    let out = sync_through(&sb, &proxy, "s3://faulty/f/").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        proxy.faults.injected.load(Ordering::SeqCst),
+        6,
+        "3 throttled and 3 cut"
+    );
+    assert_eq!(tree(&sb.path("dest/config")), want);
+    assert!(out.stderr.contains("retrying a download"), "{}", out.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_replaced_between_list_and_get_is_fetched_again() {
+    use common::faults::{Faults, start};
+    let bucket = moto().bucket("racy").await;
+    bucket.put("r/a", "old a").await;
+    bucket.put("r/b", "old b").await;
+    let (hit, reached) = tokio::sync::oneshot::channel();
+    let (release, go) = tokio::sync::oneshot::channel();
+    let faults = Faults {
+        hold: std::sync::Mutex::new(Some(("/racy/r/b".into(), hit, go))),
+        ..Faults::default()
+    };
+    let proxy = start(&moto().url, faults).await;
+    let sb = Sandbox::new();
+    let run = tokio::spawn({
+        let proxy_url = proxy.url.clone();
+        let to = sb.path("dest/config");
+        let mut cmd = sb.command(&[
+            "s3-sync",
+            "--from",
+            "s3://racy/r/",
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        cmd.envs(moto().env()).env("AWS_ENDPOINT_URL", proxy_url);
+        common::run(cmd)
+    });
+    // bootstage has listed and is fetching b: replace b now, then let the GET through.
+    reached.await.unwrap();
+    bucket.put("r/b", "NEW b, longer").await;
+    release.send(()).unwrap();
+    let out = run.await.unwrap();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("an object changed while syncing; listing again"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        tree(&sb.path("dest/config")),
+        files(&[("a", b"old a"), ("b", b"NEW b, longer")])
+    );
+}

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod adversarial;
+pub mod faults;
 pub mod moto;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,141 @@
+//! A fault-injecting HTTP proxy in front of moto, on 127.0.0.1: forwards every request,
+//! except that it can answer the first N object GETs with 503 SlowDown, cut the first N
+//! object bodies off halfway (the connection drops mid-transfer), or hold the first GET of
+//! one object until the test has replaced it (the object changes between LIST and GET).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+
+pub type Hold = (
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::sync::oneshot::Receiver<()>,
+);
+
+#[derive(Default)]
+pub struct Faults {
+    pub slow_down: AtomicUsize,
+    pub cut: AtomicUsize,
+    /// The first GET of this path (`/bucket/key`) says so on `.1` and waits for `.2` before
+    /// it is forwarded.
+    pub hold: std::sync::Mutex<Option<Hold>>,
+    pub injected: AtomicUsize,
+}
+
+pub struct Proxy {
+    pub url: String,
+    pub faults: Arc<Faults>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct Shared {
+    upstream: String,
+    http: reqwest::Client,
+    faults: Arc<Faults>,
+}
+
+pub async fn start(upstream: &str, faults: Faults) -> Proxy {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let faults = Arc::new(faults);
+    let shared = Arc::new(Shared {
+        upstream: upstream.to_string(),
+        http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        faults: faults.clone(),
+    });
+    let app = Router::new().fallback(forward).with_state(shared);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Proxy { url, faults, task }
+}
+
+fn take(counter: &AtomicUsize) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+async fn forward(
+    State(s): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    let object_get = method == Method::GET
+        && path
+            .trim_start_matches('/')
+            .split_once('/')
+            .is_some_and(|(_, key)| !key.is_empty());
+    if object_get && take(&s.faults.slow_down) {
+        s.faults.injected.fetch_add(1, Ordering::SeqCst);
+        let xml = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+        return (StatusCode::SERVICE_UNAVAILABLE, xml).into_response();
+    }
+    let held = {
+        let mut hold = s.faults.hold.lock().unwrap();
+        match hold.as_ref() {
+            Some((p, ..)) if object_get && *p == path => hold.take(),
+            _ => None,
+        }
+    };
+    if let Some((_, hit, go)) = held {
+        s.faults.injected.fetch_add(1, Ordering::SeqCst);
+        let _ = hit.send(());
+        let _ = go.await;
+    }
+    let target = format!(
+        "{}{}",
+        s.upstream,
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
+    let mut request = s.http.request(method, target).body(body);
+    for (name, value) in &headers {
+        if name != "host" {
+            request = request.header(name, value);
+        }
+    }
+    let upstream = match request.send().await {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    let status = upstream.status();
+    let mut out_headers = upstream.headers().clone();
+    let bytes = upstream.bytes().await.unwrap_or_default();
+    if object_get && status == StatusCode::OK && bytes.len() > 1 && take(&s.faults.cut) {
+        s.faults.injected.fetch_add(1, Ordering::SeqCst);
+        // Promise the whole body, send half, then fail the stream: the connection drops.
+        let half = bytes.slice(..bytes.len() / 2);
+        let stream = futures_util::stream::iter([
+            Ok(half),
+            Err(std::io::Error::other("cut by the fault proxy")),
+        ]);
+        let mut response = Response::new(Body::from_stream(stream));
+        *response.status_mut() = status;
+        out_headers.remove("transfer-encoding");
+        *response.headers_mut() = out_headers;
+        return response;
+    }
+    out_headers.remove("transfer-encoding");
+    out_headers.remove("content-length");
+    let mut response = Response::new(Body::from(bytes));
+    *response.status_mut() = status;
+    for (name, value) in &out_headers {
+        response.headers_mut().insert(name, value.clone());
+    }
+    response
+}
