@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole chain on this machine, no cloud: the project's IMDS emulator on 127.0.0.1
-# serves examples/params.json as user-data, which appears only after 2 s as early in a real
-# boot; bootstage waits for it and writes its files to a temporary state dir.
+# The chain on this machine, no cloud: the project's IMDS emulator on 127.0.0.1 serves
+# user-data that appears only after 2 s, as early in a real boot; bootstage metadata waits
+# for it and writes its files; bootstage s3-sync then syncs the directory the parameters
+# name (a file:// source, as on a developer's VM) into place, atomically, twice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +13,9 @@ emulator_pid=
 cleanup() { [ -n "$emulator_pid" ] && kill "$emulator_pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
-base64 -w 76 examples/params.json > "$work/user-data"
+# The example parameters, with the sync pointed at examples/config on this machine.
+sed "s|s3://example-config/shop-web/staging/|file://$PWD/examples/config/|; s|/srv/shop-web/config|$work/srv/config|" \
+  examples/params.json | base64 -w 76 > "$work/user-data"
 "$bin/imds-emulator" --listen 127.0.0.1:0 --user-data-file "$work/user-data" --user-data-after 2s > "$work/emulator.out" &
 emulator_pid=$!
 until grep -q "listening on" "$work/emulator.out" 2>/dev/null; do sleep 0.05; done
@@ -30,6 +33,13 @@ done
 
 echo "== what an app sees after '. params.env'"
 sh -c 'set -a; . "$1"; set +a; echo "$APP_NAME ($APP_ENVIRONMENT) on port $APP_PORT, instance $BOOTSTAGE_INSTANCE_ID in $BOOTSTAGE_REGION"' sh "$BOOTSTAGE_STATE_DIR/params.env"
+
+echo "== bootstage s3-sync (the sync list from params.json)"
+"$bin/bootstage" s3-sync
+ls -l "$work/srv"
+find -L "$work/srv/config" -type f | sort | while read -r f; do echo "-- ${f#$work/srv/}: $(cat "$f")"; done
+echo "== again: nothing changed, nothing swapped"
+"$bin/bootstage" s3-sync
 
 echo "== the same off-cloud, from a file"
 "$bin/bootstage" metadata --user-data-file examples/params.json --fact region=local-1 --fact instance-id=i-devvm

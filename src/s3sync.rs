@@ -211,7 +211,7 @@ async fn sync_all(
         true => Some(s3_client(state, args).await?),
         false => None,
     };
-    let progress = Arc::new(Progress::default());
+    let progress = Arc::new(Progress::new());
     let ticker = tokio::spawn(progress.clone().report(notifier));
     let passes = specs.iter().map(|spec| {
         let source = match Location::parse(&spec.from).map_err(SyncError::from)? {
@@ -237,6 +237,7 @@ async fn sync_all(
     let passes: Vec<_> = passes.collect::<std::result::Result<_, _>>()?;
     let results = futures_util::future::join_all(passes).await;
     ticker.abort();
+    progress.finish();
     results
         .into_iter()
         .map(|r| r.map_err(Error::from))
@@ -535,25 +536,52 @@ async fn s3_client(state: &StateDir, args: &SyncArgs) -> Result<aws_sdk_s3::Clie
     Ok(aws_sdk_s3::Client::from_conf(config.build()))
 }
 
-/// Counters behind the `STATUS=` lines.
-#[derive(Default)]
+/// Counters behind the `STATUS=` lines, and the progress bar when stderr is a terminal.
 struct Progress {
     total: AtomicU64,
     done: AtomicU64,
     bytes: AtomicU64,
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl Progress {
+    fn new() -> Progress {
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let style = indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} objects, {msg} {elapsed}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            indicatif::ProgressBar::new(0).with_style(style)
+        });
+        Progress {
+            total: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            bar,
+        }
+    }
+
     async fn report(self: Arc<Self>, notifier: Notifier) {
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tick.tick().await;
             let (done, total) = (
                 self.done.load(Ordering::Relaxed),
                 self.total.load(Ordering::Relaxed),
             );
-            let mb = self.bytes.load(Ordering::Relaxed) as f64 / 1e6;
-            notifier.status(&format!("syncing: {done}/{total} objects, {mb:.0} MB"));
+            let mb = format!("{:.0} MB", self.bytes.load(Ordering::Relaxed) as f64 / 1e6);
+            if let Some(bar) = &self.bar {
+                bar.set_length(total);
+                bar.set_position(done);
+                bar.set_message(mb.clone());
+            }
+            notifier.status(&format!("syncing: {done}/{total} objects, {mb}"));
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
         }
     }
 }
