@@ -29,15 +29,8 @@ pub enum Command {
     /// Sync config and code from S3 (or a directory) into local directories, atomically.
     #[command(name = "s3-sync")]
     S3Sync(SyncArgs),
-    /// Load params.env and exec the app (not implemented yet).
-    Launch {
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "CMD"
-        )]
-        command: Vec<String>,
-    },
+    /// Load params.env into the environment and exec the app (after any missing stage).
+    Launch(LaunchArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -77,8 +70,28 @@ pub struct MetadataArgs {
     pub facts: Vec<String>,
 }
 
+pub const DEFAULT_CONCURRENCY: u16 = 16;
+pub const DEFAULT_SYNC_TIMEOUT: &str = "5m";
+
 /// The user-data grace period when `--user-data-wait` is not given.
 pub const DEFAULT_USER_DATA_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Args)]
+pub struct LaunchArgs {
+    /// Re-run the metadata stage and every configured sync first, even if their outputs exist.
+    #[arg(long)]
+    pub refresh: bool,
+
+    #[command(
+        flatten,
+        next_help_heading = "Metadata (run first when its outputs are missing)"
+    )]
+    pub metadata: MetadataArgs,
+
+    /// The app and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct SyncArgs {
@@ -92,11 +105,11 @@ pub struct SyncArgs {
     pub to: Option<PathBuf>,
 
     /// Downloads in flight at once, per destination.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
 
     /// Overall deadline for one sync pass; keep it below the unit's TimeoutStartSec.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = DEFAULT_SYNC_TIMEOUT, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub sync_timeout: Duration,
 
     /// Re-run the metadata stage first even if its outputs exist.

@@ -191,6 +191,88 @@ impl Env {
     }
 }
 
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{path} line {line}: {why}")]
+pub struct ParseError {
+    pub path: String,
+    pub line: usize,
+    pub why: &'static str,
+}
+
+/// Reads an env file back as sh and systemd do for the form [`Env::render`] writes:
+/// `NAME="value"` lines where, inside the quotes, a backslash escapes one of `\ " $ `` `,
+/// a backslash before a newline joins the lines, and every other character is literal.
+/// Blank lines and `#` comments are skipped; anything else is an error naming the line.
+pub fn parse(text: &str, path: &str) -> Result<Vec<(String, String)>, ParseError> {
+    let err = |line, why| ParseError {
+        path: path.to_string(),
+        line,
+        why,
+    };
+    let mut vars = Vec::new();
+    let mut chars = text.chars().peekable();
+    let mut line = 1;
+    loop {
+        while chars.next_if(|c| matches!(c, ' ' | '\t')).is_some() {}
+        match chars.peek() {
+            None => break,
+            Some('\n') => {
+                chars.next();
+                line += 1;
+                continue;
+            }
+            Some('#') => {
+                while chars.next().is_some_and(|c| c != '\n') {}
+                line += 1;
+                continue;
+            }
+            Some(_) => {}
+        }
+        let start = line;
+        let mut name = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && *c != '\n') {
+            name.push(c);
+        }
+        let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if chars.next() != Some('=') || !valid {
+            return Err(err(start, "expected NAME=\"value\""));
+        }
+        if chars.next() != Some('"') {
+            return Err(err(start, "the value must be in double quotes"));
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next() {
+                None => return Err(err(start, "unterminated double quote")),
+                Some('"') => break,
+                Some('\\') => match chars.next() {
+                    Some(c @ ('\\' | '"' | '$' | '`')) => value.push(c),
+                    Some('\n') => line += 1,
+                    Some(c) => {
+                        value.push('\\');
+                        value.push(c);
+                        line += usize::from(c == '\n');
+                    }
+                    None => return Err(err(start, "unterminated double quote")),
+                },
+                Some(c) => {
+                    line += usize::from(c == '\n');
+                    value.push(c);
+                }
+            }
+        }
+        while chars.next_if(|c| matches!(c, ' ' | '\t')).is_some() {}
+        match chars.next() {
+            None => {}
+            Some('\n') => line += 1,
+            Some(_) => return Err(err(line, "unexpected text after the closing quote")),
+        }
+        vars.push((name, value));
+    }
+    Ok(vars)
+}
+
 /// The variable name for a parameter path.
 pub fn env_name(path: &[&str]) -> String {
     let mut name: String = path
@@ -309,6 +391,29 @@ mod tests {
             env(json!({ "k": long })).unwrap_err(),
             ExportError::TooLong { .. }
         ));
+    }
+
+    #[test]
+    fn parse_reads_back_what_render_writes_and_what_sh_allows() {
+        let text = "# comment\n\nA=\"x\\\"y\\\\z\\$w\\`v\"\nB=\"multi\nline\\\njoined \\n kept\"  \n  C=\"\"\n";
+        let got = parse(text, "f").unwrap();
+        let want = [
+            ("A", "x\"y\\z$w`v"),
+            ("B", "multi\nlinejoined \\n kept"),
+            ("C", ""),
+        ];
+        assert_eq!(got, want.map(|(a, b)| (a.to_string(), b.to_string())));
+        let bad = |t: &str| parse(t, "f").unwrap_err().to_string();
+        assert_eq!(
+            bad("A=\"x\"\nB=unquoted\n"),
+            "f line 2: the value must be in double quotes"
+        );
+        assert_eq!(bad("1A=\"x\"\n"), "f line 1: expected NAME=\"value\"");
+        assert_eq!(bad("A=\"x\n\ny"), "f line 1: unterminated double quote");
+        assert_eq!(
+            bad("A=\"x\" y\n"),
+            "f line 1: unexpected text after the closing quote"
+        );
     }
 
     #[test]

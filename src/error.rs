@@ -25,8 +25,6 @@ pub enum ExitCode {
     NoUserData = 66,
     /// EX_UNAVAILABLE: IMDS is disabled, or IMDSv2 is required but not offered. Permanent.
     ImdsDisabled = 69,
-    /// EX_SOFTWARE: a bug or a stage that is not built yet.
-    Software = 70,
     /// EX_CANTCREAT: an output file or the state dir cannot be written.
     CantCreate = 73,
     /// EX_TEMPFAIL: IMDS or S3 did not answer usefully before the deadline. A restart may help.
@@ -35,6 +33,10 @@ pub enum ExitCode {
     Protocol = 76,
     /// EX_NOPERM: the sync source refused access (AccessDenied, NoSuchBucket, bad keys).
     NoPerm = 77,
+    /// The shell's code: the app's command exists but cannot be executed.
+    CannotExecute = 126,
+    /// The shell's code: the app's command was not found.
+    NotFound = 127,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +68,11 @@ pub enum Error {
     #[error("{0}")]
     Sync(#[from] SyncError),
 
-    #[error("`bootstage {0}` is not implemented yet")]
-    NotImplemented(&'static str),
+    #[error("params.env cannot be read back: {0}")]
+    EnvFile(#[from] crate::envfile::ParseError),
+
+    #[error("cannot run {program:?}: {source}")]
+    Exec { program: String, source: io::Error },
 }
 
 impl Error {
@@ -80,8 +85,12 @@ impl Error {
             Error::Imds(_) => ExitCode::TempFail,
             Error::Read { .. } => ExitCode::NoUserData,
             Error::Write { .. } => ExitCode::CantCreate,
-            Error::NotImplemented(_) => ExitCode::Software,
             Error::Sync(e) => e.exit_code(),
+            Error::EnvFile(_) => ExitCode::BadUserData,
+            Error::Exec { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                ExitCode::NotFound
+            }
+            Error::Exec { .. } => ExitCode::CannotExecute,
         }
     }
 

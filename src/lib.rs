@@ -3,7 +3,7 @@
 //! directories) and `launch` (environment → the app).
 //!
 //! A boot starts in `main.rs`, which hands the parsed command line to the stage's module
-//! (`metadata.rs` …). The stages share: `imds` (the IMDS protocol), `retry` (the retry
+//! (`metadata.rs`, `s3sync.rs`, `launch.rs`). The stages share: `imds` (the IMDS protocol), `retry` (the retry
 //! policy and deadline), `userdata` (decoding), `envfile` (the env file), `facts`,
 //! `source` (S3 and directory sources), `keys` (which keys may become files), `tree`
 //! (atomic generations of a synced directory), `atomic` (every file write), `state` (the
@@ -16,6 +16,7 @@ pub mod error;
 pub mod facts;
 pub mod imds;
 pub mod keys;
+pub mod launch;
 pub mod logging;
 pub mod metadata;
 pub mod notify;

@@ -7,7 +7,7 @@ use bootstage::cli::{Cli, Command};
 use bootstage::error::{self, Error};
 use bootstage::notify::Notifier;
 use bootstage::state::StateDir;
-use bootstage::{logging, metadata, s3sync};
+use bootstage::{launch, logging, metadata, s3sync};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -49,6 +49,6 @@ async fn run(cli: Cli, notifier: Notifier) -> Result<(), Error> {
             Ok(())
         }
         Command::S3Sync(args) => s3sync::run(&state, &args, notifier).await,
-        Command::Launch { .. } => Err(Error::NotImplemented("launch")),
+        Command::Launch(args) => launch::run(&state, &args, notifier).await,
     }
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use futures_util::TryStreamExt;
 use serde::Deserialize;
 
-use crate::cli::SyncArgs;
+use crate::cli::{MetadataArgs, SyncArgs};
 use crate::error::{Error, ExitCode, Result};
 use crate::keys::{self, KeyError};
 use crate::notify::Notifier;
@@ -141,6 +141,38 @@ pub async fn run(state: &StateDir, args: &SyncArgs, notifier: Notifier) -> Resul
         (Some(interval), Some(stop)) => watch(state, &specs, args, notifier, interval, stop).await,
         _ => Ok(()),
     }
+}
+
+/// For `launch` run by hand: syncs every configured destination that does not exist yet
+/// (all of them with `refresh`), with the default bounds. Sends no READY.
+pub async fn sync_missing(
+    state: &StateDir,
+    metadata: &MetadataArgs,
+    refresh: bool,
+    notifier: Notifier,
+) -> Result<()> {
+    let args = SyncArgs {
+        from: None,
+        to: None,
+        concurrency: crate::cli::DEFAULT_CONCURRENCY,
+        sync_timeout: humantime::parse_duration(crate::cli::DEFAULT_SYNC_TIMEOUT)
+            .expect("a valid default"),
+        refresh: false,
+        watch: None,
+        on_change: None,
+        metadata: metadata.clone(),
+    };
+    let mut specs = specs(state, &args, notifier).await?;
+    specs.retain(|s| refresh || std::fs::symlink_metadata(&s.to).is_err());
+    if !specs.is_empty() {
+        tracing::info!(
+            destinations = specs.len(),
+            "syncing what is missing before launch"
+        );
+        let reports = sync_all(state, &specs, &args, notifier).await?;
+        tracing::info!("{}", summarize(&reports));
+    }
+    Ok(())
 }
 
 /// The destinations to sync: from flags, else from the parameters (fetched if missing).

@@ -223,19 +223,6 @@ async fn journald_gets_priority_prefixes_and_no_timestamps() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn launch_says_it_is_not_built_yet() {
-    let sb = Sandbox::new();
-    let out = sb.run(&["launch", "--", "true"]).await;
-    assert_eq!(out.code, 70);
-    assert!(
-        out.stderr
-            .contains("`bootstage launch` is not implemented yet"),
-        "{}",
-        out.stderr
-    );
-}
-
 /// Run by hand with no parameters, s3-sync fetches them first; a test's IMDS is a closed
 /// loopback port, so this fails within --timeout, having contacted nothing else.
 #[tokio::test(flavor = "multi_thread")]
