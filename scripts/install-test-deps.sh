@@ -8,6 +8,11 @@ for tool in dash:dash bash:bash curl:curl sh:dash; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_apt+=("${tool##*:}")
 done
 [ -x /usr/bin/time ] || need_apt+=(time)
+# The boot test: a Debian rootfs built with mmdebstrap, booted with systemd-nspawn.
+command -v mmdebstrap >/dev/null 2>&1 || need_apt+=(mmdebstrap)
+command -v systemd-nspawn >/dev/null 2>&1 || need_apt+=(systemd-container)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+command -v tar >/dev/null 2>&1 || need_apt+=(tar)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   apt-get update -qq

@@ -45,12 +45,12 @@ pub struct MetadataArgs {
     pub imds_v2_only: bool,
 
     /// Overall deadline for the stage; keep it below the unit's TimeoutStartSec.
-    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "BOOTSTAGE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
 
     /// How long a missing user-data (404) counts as "not there yet" before it is final
     /// [default: 30s, or --timeout if shorter].
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "BOOTSTAGE_USER_DATA_WAIT", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub user_data_wait: Option<Duration>,
 
     /// Bound on each HTTP request, connect included.

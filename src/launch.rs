@@ -5,9 +5,12 @@
 //!
 //! Run by hand on a fresh machine, it runs what is missing in-process first: the metadata
 //! stage when `params.env` is absent, then every configured sync whose destination is
-//! absent; `--refresh` re-runs all of them.
+//! absent; `--refresh` re-runs all of them. When bootstage is disabled (the units' kill
+//! switch: `/etc/bootstage/disabled`, or `bootstage=disabled` on the kernel command line)
+//! it runs no stage: the app starts with whatever `params.env` holds, or without it.
 
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 
 use crate::cli::LaunchArgs;
 use crate::envfile;
@@ -20,18 +23,22 @@ pub async fn run(state: &StateDir, args: &LaunchArgs, notifier: Notifier) -> Res
     let (program, rest) = args.command.split_first().ok_or_else(|| {
         Error::Usage("launch needs a command: bootstage launch -- CMD [ARGS…]".into())
     })?;
-    if args.refresh || !state.exists(&state.params_env()) {
-        tracing::info!("parameters missing or --refresh: running the metadata stage first");
-        metadata::run(state, &args.metadata, notifier).await?;
-    }
-    s3sync::sync_missing(state, &args.metadata, args.refresh, notifier).await?;
-
     let path = state.params_env();
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let vars = envfile::parse(&text, &path.display().to_string())?;
+    let disabled = disabled(Path::new(DISABLED_FILE), Path::new("/proc/cmdline"));
+    if let Some(why) = &disabled {
+        tracing::warn!("bootstage is disabled ({why}): running no stage");
+    } else {
+        if args.refresh || !state.exists(&path) {
+            tracing::info!("parameters missing or --refresh: running the metadata stage first");
+            metadata::run(state, &args.metadata, notifier).await?;
+        }
+        s3sync::sync_missing(state, &args.metadata, args.refresh, notifier).await?;
+    }
+    let vars = match std::fs::read_to_string(&path) {
+        Ok(text) => envfile::parse(&text, &path.display().to_string())?,
+        Err(e) if disabled.is_some() && e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => return Err(Error::Read { path, source }),
+    };
     tracing::info!(program, variables = vars.len(), "launching");
     let error = std::process::Command::new(program)
         .args(rest)
@@ -41,4 +48,44 @@ pub async fn run(state: &StateDir, args: &LaunchArgs, notifier: Notifier) -> Res
         program: program.clone(),
         source: error,
     })
+}
+
+/// The kill switch the units check with `ConditionPathExists=!` and
+/// `ConditionKernelCommandLine=!`.
+pub const DISABLED_FILE: &str = "/etc/bootstage/disabled";
+
+/// Why bootstage is disabled, if it is.
+fn disabled(marker: &Path, cmdline: &Path) -> Option<String> {
+    if marker.exists() {
+        return Some(format!("{} exists", marker.display()));
+    }
+    let cmdline = std::fs::read_to_string(cmdline).unwrap_or_default();
+    cmdline
+        .split_whitespace()
+        .any(|word| word == "bootstage=disabled")
+        .then(|| "bootstage=disabled on the kernel command line".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kill_switch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (marker, cmdline) = (dir.path().join("disabled"), dir.path().join("cmdline"));
+        std::fs::write(&cmdline, "ro quiet bootstage=enabled\n").unwrap();
+        assert_eq!(disabled(&marker, &cmdline), None);
+        std::fs::write(&cmdline, "ro bootstage=disabled quiet\n").unwrap();
+        assert_eq!(
+            disabled(&marker, &cmdline).as_deref(),
+            Some("bootstage=disabled on the kernel command line")
+        );
+        std::fs::write(&marker, "").unwrap();
+        assert!(
+            disabled(&marker, &cmdline)
+                .unwrap()
+                .ends_with("disabled exists")
+        );
+    }
 }
