@@ -561,3 +561,78 @@ async fn an_object_replaced_between_list_and_get_is_fetched_again() {
         files(&[("a", b"old a"), ("b", b"NEW b, longer")])
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_denied_fails_cleanly_and_keeps_the_old_tree() {
+    use common::faults::{Faults, start};
+    let bucket = moto().bucket("denied").await;
+    bucket.put("d/a", "a").await;
+    let sb = Sandbox::new();
+    assert_eq!(sync(&sb, "s3://denied/d/", &[]).await.code, 0);
+    let proxy = start(
+        &moto().url,
+        Faults {
+            deny_list: true.into(),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let out = sync_through(&sb, &proxy, "s3://denied/d/").await;
+    assert_eq!(out.code, 77, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("s3://denied/d/: access refused: AccessDenied: Access Denied"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(tree(&sb.path("dest/config")), files(&[("a", b"a")]));
+}
+
+/// Under WatchdogSec=, watch mode pings WATCHDOG=1 at half the interval.
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_mode_pings_the_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    moto().bucket("dog").await.put("w/a", "a").await;
+    let sb = Sandbox::new();
+    let socket_path = sb.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let to = sb.path("dest/config");
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"WATCHDOG_PID=$$ exec "$0" "$@""#)
+        .arg(common::BIN)
+        .args([
+            "--state-dir",
+            sb.state().to_str().unwrap(),
+            "s3-sync",
+            "--from",
+            "s3://dog/w/",
+            "--to",
+            to.to_str().unwrap(),
+            "--watch",
+            "1h",
+        ])
+        .envs(moto().env())
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000")
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    let mut pings = 0;
+    let mut ready = false;
+    while pings < 3 {
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf).expect("a notification");
+        let text = String::from_utf8_lossy(&buf[..n]);
+        ready |= text.lines().any(|l| l == "READY=1");
+        pings += usize::from(ready && text.lines().any(|l| l == "WATCHDOG=1"));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().await.unwrap().code(), Some(0));
+}

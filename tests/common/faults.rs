@@ -25,6 +25,8 @@ pub struct Faults {
     /// The first GET of this path (`/bucket/key`) says so on `.1` and waits for `.2` before
     /// it is forwarded.
     pub hold: std::sync::Mutex<Option<Hold>>,
+    /// Answer every LIST with 403 AccessDenied.
+    pub deny_list: std::sync::atomic::AtomicBool,
     pub injected: AtomicUsize,
 }
 
@@ -81,6 +83,12 @@ async fn forward(
             .trim_start_matches('/')
             .split_once('/')
             .is_some_and(|(_, key)| !key.is_empty());
+    let list = method == Method::GET && !object_get;
+    if list && s.faults.deny_list.load(Ordering::SeqCst) {
+        s.faults.injected.fetch_add(1, Ordering::SeqCst);
+        let xml = "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+        return (StatusCode::FORBIDDEN, xml).into_response();
+    }
     if object_get && take(&s.faults.slow_down) {
         s.faults.injected.fetch_add(1, Ordering::SeqCst);
         let xml = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
