@@ -528,6 +528,19 @@ impl Ownership {
 
 async fn s3_client(state: &StateDir, args: &SyncArgs) -> Result<aws_sdk_s3::Client> {
     use aws_config::{BehaviorVersion, Region, retry::RetryConfig, timeout::TimeoutConfig};
+    let endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()));
+    // S3 over https is verified against the system's CA store. Check it before the SDK
+    // builds its client: an image without one would otherwise fail every request with an
+    // obscure TLS error (and a debug build asserts).
+    let https = endpoint
+        .as_deref()
+        .is_none_or(|url| url.starts_with("https://"));
+    if https && rustls_native_certs::load_native_certs().certs.is_empty() {
+        let why = "this machine has no CA certificates (install ca-certificates): S3 over https cannot be verified";
+        return Err(SyncError::Settings(why.into()).into());
+    }
     let region = std::env::var("AWS_REGION")
         .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
         .ok()
@@ -555,9 +568,6 @@ async fn s3_client(state: &StateDir, args: &SyncArgs) -> Result<aws_sdk_s3::Clie
         .load()
         .await;
     let mut config = aws_sdk_s3::config::Builder::from(&shared);
-    let endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()));
     if let Some(url) = endpoint {
         tracing::info!(
             endpoint = url,

@@ -636,3 +636,30 @@ async fn watch_mode_pings_the_watchdog() {
     .unwrap();
     assert_eq!(child.wait().await.unwrap().code(), Some(0));
 }
+
+/// With no CA certificates, S3 over https fails up front with a clear error (and the
+/// endpoint is an https loopback address, so even a failing check contacts nothing else).
+#[tokio::test(flavor = "multi_thread")]
+async fn no_ca_certificates_is_a_clear_error_for_https() {
+    let sb = Sandbox::new();
+    let to = sb.path("dest/config");
+    let mut cmd = sb.command(&[
+        "s3-sync",
+        "--from",
+        "s3://any-bucket/x/",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    cmd.envs(moto().env())
+        .env("AWS_ENDPOINT_URL", "https://127.0.0.1:9")
+        .env("SSL_CERT_FILE", sb.path("no-such-bundle.pem"))
+        .env("SSL_CERT_DIR", sb.path("no-such-dir"));
+    let out = common::run(cmd).await;
+    assert_eq!(out.code, 65, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("this machine has no CA certificates (install ca-certificates)"),
+        "{}",
+        out.stderr
+    );
+}
