@@ -18,6 +18,9 @@ metadata section of BENCHMARKS.md.
 import argparse, json, os, platform, random, re, socket, threading, statistics, subprocess, sys, tempfile, time, urllib.request
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release"
 USER_DATA = __import__("base64").b64encode((ROOT / "examples" / "params.json").read_bytes()).decode()
@@ -147,14 +150,7 @@ def main():
         lines.append(f"| {r['client']} | {r['delay_median_ms']:.0f} ms | {r['delay_max_ms']:.0f} ms | {r['requests_waiting']:.0f} | {r['wall_median_ms']:.1f} ms | {r['rss_max_mb']:.1f} MB |")
     table = "\n".join(lines)
     print(table)
-    bench = ROOT / "BENCHMARKS.md"
-    text = bench.read_text() if bench.exists() else "# Benchmarks\n"
-    section = f"<!-- metadata:start -->\n{table}\n<!-- metadata:end -->"
-    if "<!-- metadata:start -->" in text:
-        text = re.sub(r"<!-- metadata:start -->.*<!-- metadata:end -->", lambda _: section, text, flags=re.S)
-    else:
-        text += f"\n## metadata stage (`scripts/bench-metadata.py`)\n\n{section}\n"
-    bench.write_text(text)
+    benchlib.write_section("metadata", "metadata stage (`scripts/bench-metadata.py`)", table)
 
 
 if __name__ == "__main__":

