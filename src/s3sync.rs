@@ -256,7 +256,13 @@ async fn sync_all(
         };
         let progress = progress.clone();
         Ok::<_, SyncError>(async move {
-            let pass = sync_one(&source, spec, args.concurrency.into(), &progress);
+            let pass = sync_one(
+                &source,
+                spec,
+                args.concurrency.into(),
+                args.sync_timeout,
+                &progress,
+            );
             match tokio::time::timeout(args.sync_timeout, pass).await {
                 Ok(result) => result,
                 Err(_) => Err(SyncError::Deadline(
@@ -281,10 +287,14 @@ async fn sync_one(
     source: &Source,
     spec: &SyncSpec,
     concurrency: usize,
+    sync_timeout: Duration,
     progress: &Progress,
 ) -> Result<Report, SyncError> {
     let owner = Ownership::resolve(spec)?;
-    let mut dest = Destination::open(&spec.to, spec.dir_mode)?;
+    let (to, mode, wait) = (spec.to.clone(), spec.dir_mode, sync_timeout);
+    let mut dest = tokio::task::spawn_blocking(move || Destination::open(&to, mode, wait))
+        .await
+        .map_err(|e| SyncError::Settings(format!("destination lock task: {e}")))??;
     let mut pass = 1;
     loop {
         match pass_once(source, &mut dest, spec, &owner, concurrency, progress).await {

@@ -27,7 +27,7 @@ use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -78,9 +78,9 @@ pub struct Staging {
 }
 
 impl Destination {
-    /// Locks the destination (waiting for another run to finish), checks what is there, and
-    /// removes leftovers of interrupted runs.
-    pub fn open(path: &Path, dir_mode: u32) -> Result<Destination, TreeError> {
+    /// Locks the destination (waiting at most `wait` for another run to finish), checks what
+    /// is there, and removes leftovers of interrupted runs. Blocking: call it off the runtime.
+    pub fn open(path: &Path, dir_mode: u32, wait: Duration) -> Result<Destination, TreeError> {
         let name = path.file_name().ok_or_else(|| TreeError::Occupied {
             path: path.into(),
             what: "no file name",
@@ -105,13 +105,27 @@ impl Destination {
             .mode(0o600)
             .open(&lock_path)
             .map_err(io_at(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                tracing::info!(dest = %path.display(), "another sync of this destination is running; waiting");
-                lock.lock().map_err(io_at(&lock_path))?;
+        let until = Instant::now() + wait;
+        let mut announced = false;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) if Instant::now() < until => {
+                    if !announced {
+                        tracing::info!(dest = %path.display(), "another sync of this destination is running; waiting");
+                        announced = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    let busy = io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "another sync held this destination until the deadline",
+                    );
+                    return Err(io_at(&lock_path)(busy));
+                }
+                Err(TryLockError::Error(e)) => return Err(io_at(&lock_path)(e)),
             }
-            Err(TryLockError::Error(e)) => return Err(io_at(&lock_path)(e)),
         }
         let mut dest = Destination {
             path: path.into(),
@@ -293,7 +307,7 @@ mod tests {
     fn generations_swap_and_old_ones_go() {
         let root = tempfile::tempdir().unwrap();
         let path = root.path().join("config");
-        let mut dest = Destination::open(&path, 0o755).unwrap();
+        let mut dest = Destination::open(&path, 0o755, Duration::ZERO).unwrap();
         assert!(dest.current().is_none());
         build(&mut dest, &[("a", "1"), ("d/b", "2")]);
         assert_eq!(fs::read_to_string(path.join("d/b")).unwrap(), "2");
@@ -301,7 +315,7 @@ mod tests {
         assert_eq!(fs::read_to_string(path.join("a")).unwrap(), "3");
         assert!(!path.join("d").exists());
         drop(dest);
-        let dest = Destination::open(&path, 0o755).unwrap();
+        let dest = Destination::open(&path, 0o755, Duration::ZERO).unwrap();
         assert_eq!(dest.manifest().files["a"].etag, "3");
         let home: Vec<_> = fs::read_dir(root.path().join(".config.bootstage"))
             .unwrap()
@@ -315,15 +329,34 @@ mod tests {
     }
 
     #[test]
+    fn waiting_for_a_busy_destination_is_bounded() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("config");
+        let held = Destination::open(&path, 0o755, Duration::ZERO).unwrap();
+        let start = Instant::now();
+        let err = Destination::open(&path, 0o755, Duration::from_millis(300))
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .contains("another sync held this destination until the deadline"),
+            "{err}"
+        );
+        assert!((Duration::from_millis(300)..Duration::from_secs(2)).contains(&start.elapsed()));
+        drop(held);
+        assert!(Destination::open(&path, 0o755, Duration::ZERO).is_ok());
+    }
+
+    #[test]
     fn leftovers_are_removed_and_occupied_paths_refused() {
         let root = tempfile::tempdir().unwrap();
         let path = root.path().join("config");
-        let mut dest = Destination::open(&path, 0o755).unwrap();
+        let mut dest = Destination::open(&path, 0o755, Duration::ZERO).unwrap();
         build(&mut dest, &[("a", "1")]);
         let staging = dest.staging(0o755).unwrap();
         fs::write(staging.dir.join("half"), "x").unwrap();
         drop(dest); // "killed" mid-build
-        let dest = Destination::open(&path, 0o755).unwrap();
+        let dest = Destination::open(&path, 0o755, Duration::ZERO).unwrap();
         assert!(!staging.dir.exists());
         assert_eq!(fs::read_to_string(path.join("a")).unwrap(), "1");
         drop(dest);
@@ -332,14 +365,14 @@ mod tests {
         fs::create_dir(&plain).unwrap();
         fs::write(plain.join("data"), "keep").unwrap();
         assert!(matches!(
-            Destination::open(&plain, 0o755),
+            Destination::open(&plain, 0o755, Duration::ZERO),
             Err(TreeError::Occupied { .. })
         ));
         assert_eq!(fs::read_to_string(plain.join("data")).unwrap(), "keep");
         let empty = root.path().join("empty");
         fs::create_dir(&empty).unwrap();
         assert!(
-            Destination::open(&empty, 0o755)
+            Destination::open(&empty, 0o755, Duration::ZERO)
                 .unwrap()
                 .current()
                 .is_none()
