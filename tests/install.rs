@@ -1,0 +1,91 @@
+//! scripts/install.sh into a DESTDIR: what it installs, idempotence, and uninstall.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+fn files(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.push(
+                    entry
+                        .path()
+                        .strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn install(dest: &Path, args: &[&str]) {
+    let status = Command::new("scripts/install.sh")
+        .args(args)
+        .env("DESTDIR", dest)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn installs_enables_is_idempotent_and_uninstalls() {
+    let dest = tempfile::tempdir().unwrap();
+    install(dest.path(), &["--binary", common::BIN]);
+    let first = files(dest.path());
+    assert_eq!(
+        first,
+        [
+            "etc/systemd/system/multi-user.target.wants/bootstage.target",
+            "usr/bin/bootstage",
+            "usr/lib/bootstage/on-failure",
+            "usr/lib/systemd/system/bootstage-failure@.service",
+            "usr/lib/systemd/system/bootstage-metadata.service",
+            "usr/lib/systemd/system/bootstage-s3-sync.service",
+            "usr/lib/systemd/system/bootstage.target",
+            "usr/share/doc/bootstage/README.md",
+        ]
+    );
+    let link = dest
+        .path()
+        .join("etc/systemd/system/multi-user.target.wants/bootstage.target");
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        Path::new("/usr/lib/systemd/system/bootstage.target")
+    );
+    assert_eq!(common::mode(&dest.path().join("usr/bin/bootstage")), 0o755);
+    assert_eq!(
+        common::mode(&dest.path().join("usr/lib/systemd/system/bootstage.target")),
+        0o644
+    );
+
+    install(dest.path(), &["--binary", common::BIN]);
+    assert_eq!(
+        files(dest.path()),
+        first,
+        "a second install changes nothing"
+    );
+
+    std::fs::write(
+        dest.path().join("etc/bootstage/bootstage.env"),
+        "AWS_REGION=eu-west-1\n",
+    )
+    .unwrap();
+    install(dest.path(), &["--uninstall"]);
+    assert_eq!(
+        files(dest.path()),
+        ["etc/bootstage/bootstage.env"],
+        "only the operator's config stays"
+    );
+}
