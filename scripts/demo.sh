@@ -2,7 +2,8 @@
 # The chain on this machine, no cloud: the project's IMDS emulator on 127.0.0.1 serves
 # user-data that appears only after 2 s, as early in a real boot; bootstage metadata waits
 # for it and writes its files; bootstage s3-sync then syncs the directory the parameters
-# name (a file:// source, as on a developer's VM) into place, atomically, twice.
+# name (a file:// source, as on a developer's VM) into place, atomically, twice; bootstage
+# launch then execs an "app" with the parameters in its environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,8 +32,6 @@ for f in params.json instance.json params.env; do
   cat "$BOOTSTAGE_STATE_DIR/$f"
 done
 
-echo "== what an app sees after '. params.env'"
-sh -c 'set -a; . "$1"; set +a; echo "$APP_NAME ($APP_ENVIRONMENT) on port $APP_PORT, instance $BOOTSTAGE_INSTANCE_ID in $BOOTSTAGE_REGION"' sh "$BOOTSTAGE_STATE_DIR/params.env"
 
 echo "== bootstage s3-sync (the sync list from params.json)"
 "$bin/bootstage" s3-sync
@@ -40,6 +39,9 @@ ls -l "$work/srv"
 find -L "$work/srv/config" -type f | sort | while read -r f; do echo "-- ${f#$work/srv/}: $(cat "$f")"; done
 echo "== again: nothing changed, nothing swapped"
 "$bin/bootstage" s3-sync
+
+echo "== bootstage launch: the app, with the parameters in its environment"
+"$bin/bootstage" launch -- sh -c 'echo "$APP_NAME ($APP_ENVIRONMENT) on port $APP_PORT, instance $BOOTSTAGE_INSTANCE_ID in $BOOTSTAGE_REGION; config: $(cat "$1"/app.conf | tr "\n" " ")"' sh "$work/srv/config"
 
 echo "== the same off-cloud, from a file"
 "$bin/bootstage" metadata --user-data-file examples/params.json --fact region=local-1 --fact instance-id=i-devvm
