@@ -28,11 +28,8 @@ pub async fn run(state: &StateDir, args: &LaunchArgs, notifier: Notifier) -> Res
     if let Some(why) = &disabled {
         tracing::warn!("bootstage is disabled ({why}): running no stage");
     } else {
-        if args.refresh || !state.exists(&path) {
-            tracing::info!("parameters missing or --refresh: running the metadata stage first");
-            metadata::run(state, &args.metadata, notifier).await?;
-        }
-        s3sync::sync_missing(state, &args.metadata, args.refresh, notifier).await?;
+        metadata::ensure(state, &args.metadata, args.refresh, notifier).await?;
+        s3sync::sync_missing(state, args.refresh, notifier).await?;
     }
     let vars = match std::fs::read_to_string(&path) {
         Ok(text) => envfile::parse(&text, &path.display().to_string())?,

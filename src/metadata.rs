@@ -28,6 +28,28 @@ use crate::retry::Deadline;
 use crate::state::StateDir;
 use crate::userdata::{self, DecodeError};
 
+/// For a later stage run by hand: runs this stage in-process when its outputs are missing,
+/// or always with `refresh`. Sends no READY (the caller is another stage).
+pub async fn ensure(
+    state: &StateDir,
+    args: &MetadataArgs,
+    refresh: bool,
+    notifier: Notifier,
+) -> Result<()> {
+    let present = [
+        state.params_json(),
+        state.instance_json(),
+        state.params_env(),
+    ]
+    .iter()
+    .all(|p| state.exists(p));
+    if refresh || !present {
+        tracing::info!("parameters missing or --refresh: running the metadata stage first");
+        run(state, args, notifier).await?;
+    }
+    Ok(())
+}
+
 pub async fn run(state: &StateDir, args: &MetadataArgs, notifier: Notifier) -> Result<String> {
     args.validate().map_err(Error::Usage)?;
     let deadline = Deadline::after(args.timeout);

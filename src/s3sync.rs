@@ -25,7 +25,7 @@ use std::time::Duration;
 use futures_util::TryStreamExt;
 use serde::Deserialize;
 
-use crate::cli::{MetadataArgs, SyncArgs};
+use crate::cli::SyncArgs;
 use crate::error::{Error, ExitCode, Result};
 use crate::keys::{self, KeyError};
 use crate::notify::Notifier;
@@ -115,6 +115,32 @@ pub struct Report {
     pub swapped: bool,
 }
 
+/// How much one pass may do at once, and how long it may take.
+#[derive(Clone, Copy, Debug)]
+pub struct Bounds {
+    pub concurrency: usize,
+    pub timeout: Duration,
+}
+
+impl Bounds {
+    fn of(args: &SyncArgs) -> Bounds {
+        Bounds {
+            concurrency: args.concurrency.into(),
+            timeout: args.sync_timeout,
+        }
+    }
+
+    /// The command line's defaults, for syncs that `launch` runs.
+    fn defaults() -> Bounds {
+        let timeout =
+            humantime::parse_duration(crate::cli::DEFAULT_SYNC_TIMEOUT).expect("a valid default");
+        Bounds {
+            concurrency: crate::cli::DEFAULT_CONCURRENCY.into(),
+            timeout,
+        }
+    }
+}
+
 pub async fn run(state: &StateDir, args: &SyncArgs, notifier: Notifier) -> Result<()> {
     // In watch mode SIGTERM is ours to handle from the start, so a pass it interrupts is
     // dropped cleanly (its staging dir removed) and the process exits 0.
@@ -125,72 +151,68 @@ pub async fn run(state: &StateDir, args: &SyncArgs, notifier: Notifier) -> Resul
         })?),
         None => None,
     };
-    let specs = specs(state, args, notifier).await?;
-    let first = sync_all(state, &specs, args, notifier);
-    let reports = match &mut stop {
+    let specs = match (&args.from, &args.to) {
+        (Some(from), Some(to)) => vec![SyncSpec::plain(from, to)],
+        _ => {
+            metadata::ensure(state, &args.metadata, args.refresh, notifier).await?;
+            configured(state)?
+        }
+    };
+    let syncer = Syncer::new(state, &specs, Bounds::of(args)).await?;
+    let first = syncer.sync_all(&specs, notifier);
+    let results = match &mut stop {
         Some(stop) => tokio::select! {
-            reports = first => reports?,
+            results = first => results,
             _ = stop.requested() => return Ok(()),
         },
-        None => first.await?,
+        None => first.await,
     };
+    let reports = all_ok(results)?;
     let summary = summarize(&reports);
     tracing::info!("{summary}");
     notifier.ready(&summary);
     match (args.watch, stop) {
-        (Some(interval), Some(stop)) => watch(state, &specs, args, notifier, interval, stop).await,
+        (Some(interval), Some(stop)) => {
+            watch(&syncer, &specs, args, notifier, interval, stop).await
+        }
         _ => Ok(()),
     }
 }
 
-/// For `launch` run by hand: syncs every configured destination that does not exist yet
-/// (all of them with `refresh`), with the default bounds. Sends no READY.
-pub async fn sync_missing(
-    state: &StateDir,
-    metadata: &MetadataArgs,
-    refresh: bool,
-    notifier: Notifier,
-) -> Result<()> {
-    let args = SyncArgs {
-        from: None,
-        to: None,
-        concurrency: crate::cli::DEFAULT_CONCURRENCY,
-        sync_timeout: humantime::parse_duration(crate::cli::DEFAULT_SYNC_TIMEOUT)
-            .expect("a valid default"),
-        refresh: false,
-        watch: None,
-        on_change: None,
-        metadata: metadata.clone(),
-    };
-    let mut specs = specs(state, &args, notifier).await?;
+/// For `launch` run by hand, after the metadata stage: syncs every configured destination
+/// that does not exist yet (all of them with `refresh`), with the default bounds. Sends no
+/// READY.
+pub async fn sync_missing(state: &StateDir, refresh: bool, notifier: Notifier) -> Result<()> {
+    let mut specs = configured(state)?;
     specs.retain(|s| refresh || std::fs::symlink_metadata(&s.to).is_err());
     if !specs.is_empty() {
         tracing::info!(
             destinations = specs.len(),
             "syncing what is missing before launch"
         );
-        let reports = sync_all(state, &specs, &args, notifier).await?;
+        let syncer = Syncer::new(state, &specs, Bounds::defaults()).await?;
+        let reports = all_ok(syncer.sync_all(&specs, notifier).await)?;
         tracing::info!("{}", summarize(&reports));
     }
     Ok(())
 }
 
-/// The destinations to sync: from flags, else from the parameters (fetched if missing).
-async fn specs(state: &StateDir, args: &SyncArgs, notifier: Notifier) -> Result<Vec<SyncSpec>> {
-    if let (Some(from), Some(to)) = (&args.from, &args.to) {
-        return Ok(vec![SyncSpec {
-            from: from.clone(),
-            to: to.clone(),
+impl SyncSpec {
+    /// `--from/--to`: default modes, no owner change.
+    fn plain(from: &str, to: &Path) -> SyncSpec {
+        SyncSpec {
+            from: from.to_string(),
+            to: to.to_path_buf(),
             owner: None,
             group: None,
             file_mode: default_file_mode(),
             dir_mode: default_dir_mode(),
-        }]);
+        }
     }
-    if args.refresh || !state.exists(&state.params_json()) {
-        tracing::info!("parameters missing or --refresh: running the metadata stage first");
-        metadata::run(state, &args.metadata, notifier).await?;
-    }
+}
+
+/// The parameters' `bootstage.sync` list, checked.
+fn configured(state: &StateDir) -> Result<Vec<SyncSpec>> {
     let path = state.params_json();
     let text = std::fs::read(&path).map_err(|source| Error::Read {
         path: path.clone(),
@@ -209,11 +231,11 @@ async fn specs(state: &StateDir, args: &SyncArgs, notifier: Notifier) -> Result<
     };
     for spec in &specs {
         if !spec.to.is_absolute() {
-            return Err(SyncError::Settings(format!(
+            let why = format!(
                 "bootstage.sync: \"to\" must be an absolute path, not {:?}",
                 spec.to
-            ))
-            .into());
+            );
+            return Err(SyncError::Settings(why).into());
         }
         Location::parse(&spec.from).map_err(SyncError::from)?;
     }
@@ -227,55 +249,76 @@ async fn specs(state: &StateDir, args: &SyncArgs, notifier: Notifier) -> Result<
     Ok(specs)
 }
 
-/// Syncs every destination concurrently; READY comes only after all of them.
-async fn sync_all(
-    state: &StateDir,
-    specs: &[SyncSpec],
-    args: &SyncArgs,
-    notifier: Notifier,
-) -> Result<Vec<Report>> {
-    if specs.is_empty() {
-        tracing::warn!("nothing to sync: no --from/--to and no bootstage.sync in the parameters");
-        return Ok(Vec::new());
-    }
-    let needs_s3 = specs.iter().any(|s| s.from.starts_with("s3://"));
-    let client = match needs_s3 {
-        true => Some(s3_client(state, args).await?),
-        false => None,
-    };
-    let progress = Arc::new(Progress::new());
-    let ticker = tokio::spawn(progress.clone().report(notifier));
-    let passes = specs.iter().map(|spec| {
-        let source = match Location::parse(&spec.from).map_err(SyncError::from)? {
-            Location::S3 { bucket, prefix } => Source::S3 {
-                client: client.clone().expect("built above"),
-                bucket,
-                prefix,
-            },
-            Location::Dir { root } => Source::Dir { root },
+/// What every pass of a process shares: the S3 client (built once, so watch mode does not
+/// load credentials again each interval) and the bounds.
+struct Syncer {
+    client: Option<aws_sdk_s3::Client>,
+    bounds: Bounds,
+}
+
+impl Syncer {
+    async fn new(state: &StateDir, specs: &[SyncSpec], bounds: Bounds) -> Result<Syncer> {
+        let client = match specs.iter().any(|s| s.from.starts_with("s3://")) {
+            true => Some(s3_client(state, bounds.timeout).await?),
+            false => None,
         };
-        let progress = progress.clone();
-        Ok::<_, SyncError>(async move {
-            let pass = sync_one(
-                &source,
-                spec,
-                args.concurrency.into(),
-                args.sync_timeout,
-                &progress,
+        Ok(Syncer { client, bounds })
+    }
+
+    /// Syncs every destination concurrently, each bounded by the pass timeout; one result
+    /// per spec, in order.
+    async fn sync_all(
+        &self,
+        specs: &[SyncSpec],
+        notifier: Notifier,
+    ) -> Vec<Result<Report, SyncError>> {
+        if specs.is_empty() {
+            tracing::warn!(
+                "nothing to sync: no --from/--to and no bootstage.sync in the parameters"
             );
-            match tokio::time::timeout(args.sync_timeout, pass).await {
-                Ok(result) => result,
-                Err(_) => Err(SyncError::Deadline(
-                    spec.from.clone(),
-                    humantime::format_duration(args.sync_timeout).to_string(),
-                )),
+            return Vec::new();
+        }
+        let progress = Arc::new(Progress::new(specs.len()));
+        let ticker = tokio::spawn(progress.clone().report(notifier));
+        let passes = specs.iter().zip(&progress.dests).map(|(spec, counters)| {
+            let bytes = &progress.bytes;
+            async move {
+                let source = self.source(spec)?;
+                let pass = sync_one(&source, spec, self.bounds, counters, bytes);
+                tokio::time::timeout(self.bounds.timeout, pass)
+                    .await
+                    .unwrap_or_else(|_| {
+                        let limit = humantime::format_duration(self.bounds.timeout).to_string();
+                        Err(SyncError::Deadline(spec.from.clone(), limit))
+                    })
             }
+        });
+        let results = futures_util::future::join_all(passes).await;
+        ticker.abort();
+        progress.finish();
+        results
+    }
+
+    fn source(&self, spec: &SyncSpec) -> Result<Source, SyncError> {
+        Ok(match Location::parse(&spec.from)? {
+            Location::S3 { bucket, prefix } => {
+                let client = self
+                    .client
+                    .clone()
+                    .expect("Syncer::new builds a client for s3:// specs");
+                Source::S3 {
+                    client,
+                    bucket,
+                    prefix,
+                }
+            }
+            Location::Dir { root } => Source::Dir { root },
         })
-    });
-    let passes: Vec<_> = passes.collect::<std::result::Result<_, _>>()?;
-    let results = futures_util::future::join_all(passes).await;
-    ticker.abort();
-    progress.finish();
+    }
+}
+
+/// Every destination's report, or the first error.
+fn all_ok(results: Vec<Result<Report, SyncError>>) -> Result<Vec<Report>> {
     results
         .into_iter()
         .map(|r| r.map_err(Error::from))
@@ -286,18 +329,28 @@ async fn sync_all(
 async fn sync_one(
     source: &Source,
     spec: &SyncSpec,
-    concurrency: usize,
-    sync_timeout: Duration,
-    progress: &Progress,
+    bounds: Bounds,
+    counters: &Counters,
+    bytes: &AtomicU64,
 ) -> Result<Report, SyncError> {
     let owner = Ownership::resolve(spec)?;
-    let (to, mode, wait) = (spec.to.clone(), spec.dir_mode, sync_timeout);
+    let (to, mode, wait) = (spec.to.clone(), spec.dir_mode, bounds.timeout);
     let mut dest = tokio::task::spawn_blocking(move || Destination::open(&to, mode, wait))
         .await
         .map_err(|e| SyncError::Settings(format!("destination lock task: {e}")))??;
     let mut pass = 1;
     loop {
-        match pass_once(source, &mut dest, spec, &owner, concurrency, progress).await {
+        match pass_once(
+            source,
+            &mut dest,
+            spec,
+            &owner,
+            bounds.concurrency,
+            counters,
+            bytes,
+        )
+        .await
+        {
             Err(SyncError::Source(SourceError::Changed { key })) if pass < PASSES => {
                 tracing::info!(key, pass, "an object changed while syncing; listing again");
                 pass += 1;
@@ -313,7 +366,8 @@ async fn pass_once(
     spec: &SyncSpec,
     owner: &Ownership,
     concurrency: usize,
-    progress: &Progress,
+    counters: &Counters,
+    total_bytes: &AtomicU64,
 ) -> Result<Report, SyncError> {
     let started = std::time::Instant::now();
     let (objects, list_pages) = source.list().await?;
@@ -353,13 +407,11 @@ async fn pass_once(
         list_pages,
         ..Report::default()
     };
-    progress
-        .total
-        .fetch_add(files.len() as u64, Ordering::Relaxed);
+    // A pass that starts over counts afresh.
+    counters.total.store(files.len() as u64, Ordering::Relaxed);
+    counters.done.store(0, Ordering::Relaxed);
     if current.is_some() && deleted == 0 && unchanged.iter().all(|u| *u) {
-        progress
-            .done
-            .fetch_add(files.len() as u64, Ordering::Relaxed);
+        counters.done.store(files.len() as u64, Ordering::Relaxed);
         return Ok(report);
     }
 
@@ -389,7 +441,7 @@ async fn pass_once(
                 .is_some_and(|c| std::fs::hard_link(c.join(rel), root.join(rel)).is_ok());
         match linked {
             true => {
-                progress.done.fetch_add(1, Ordering::Relaxed);
+                counters.done.fetch_add(1, Ordering::Relaxed);
             }
             false => fetch.push((rel, object)),
         }
@@ -402,8 +454,8 @@ async fn pass_once(
             async move {
                 let n = fetch_retrying(source, object, &root.join(rel)).await?;
                 bytes.fetch_add(n, Ordering::Relaxed);
-                progress.done.fetch_add(1, Ordering::Relaxed);
-                progress.bytes.fetch_add(n, Ordering::Relaxed);
+                counters.done.fetch_add(1, Ordering::Relaxed);
+                total_bytes.fetch_add(n, Ordering::Relaxed);
                 Ok(())
             }
         })
@@ -528,7 +580,7 @@ impl Ownership {
     }
 }
 
-async fn s3_client(state: &StateDir, args: &SyncArgs) -> Result<aws_sdk_s3::Client> {
+async fn s3_client(state: &StateDir, attempt_timeout: Duration) -> Result<aws_sdk_s3::Client> {
     use aws_config::{BehaviorVersion, Region, retry::RetryConfig, timeout::TimeoutConfig};
     let endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
         .iter()
@@ -561,7 +613,7 @@ async fn s3_client(state: &StateDir, args: &SyncArgs) -> Result<aws_sdk_s3::Clie
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(3))
         .read_timeout(Duration::from_secs(30))
-        .operation_attempt_timeout(args.sync_timeout)
+        .operation_attempt_timeout(attempt_timeout)
         .build();
     let shared = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(region))
@@ -580,16 +632,22 @@ async fn s3_client(state: &StateDir, args: &SyncArgs) -> Result<aws_sdk_s3::Clie
     Ok(aws_sdk_s3::Client::from_conf(config.build()))
 }
 
-/// Counters behind the `STATUS=` lines, and the progress bar when stderr is a terminal.
-struct Progress {
+/// One destination's counts in the current pass.
+#[derive(Default)]
+struct Counters {
     total: AtomicU64,
     done: AtomicU64,
+}
+
+/// Counters behind the `STATUS=` lines, and the progress bar when stderr is a terminal.
+struct Progress {
+    dests: Vec<Counters>,
     bytes: AtomicU64,
     bar: Option<indicatif::ProgressBar>,
 }
 
 impl Progress {
-    fn new() -> Progress {
+    fn new(destinations: usize) -> Progress {
         let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
             let style = indicatif::ProgressStyle::with_template(
                 "{bar:30} {pos}/{len} objects, {msg} {elapsed}",
@@ -597,9 +655,9 @@ impl Progress {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
             indicatif::ProgressBar::new(0).with_style(style)
         });
+        let dests = (0..destinations).map(|_| Counters::default()).collect();
         Progress {
-            total: AtomicU64::new(0),
-            done: AtomicU64::new(0),
+            dests,
             bytes: AtomicU64::new(0),
             bar,
         }
@@ -609,10 +667,13 @@ impl Progress {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tick.tick().await;
-            let (done, total) = (
-                self.done.load(Ordering::Relaxed),
-                self.total.load(Ordering::Relaxed),
-            );
+            let sum = |f: fn(&Counters) -> &AtomicU64| {
+                self.dests
+                    .iter()
+                    .map(|c| f(c).load(Ordering::Relaxed))
+                    .sum::<u64>()
+            };
+            let (done, total) = (sum(|c| &c.done), sum(|c| &c.total));
             let mb = format!("{:.0} MB", self.bytes.load(Ordering::Relaxed) as f64 / 1e6);
             if let Some(bar) = &self.bar {
                 bar.set_length(total);
@@ -668,7 +729,7 @@ impl Stop {
 /// SIGTERM. After a change is swapped in, run the `--on-change` hook between RELOADING=1
 /// and READY=1. A failed pass keeps the old tree and is retried at the next interval.
 async fn watch(
-    state: &StateDir,
+    syncer: &Syncer,
     specs: &[SyncSpec],
     args: &SyncArgs,
     notifier: Notifier,
@@ -689,40 +750,47 @@ async fn watch(
             _ = tokio::time::sleep(interval) => {}
             _ = stop.requested() => break,
         }
-        let reports = tokio::select! {
-            reports = sync_all(state, specs, args, notifier) => reports,
+        let results = tokio::select! {
+            results = syncer.sync_all(specs, notifier) => results,
             _ = stop.requested() => break,
         };
-        match reports {
-            Ok(reports) if reports.iter().any(|r| r.swapped) => {
-                let summary = summarize(&reports);
-                tracing::info!("{summary}");
-                notifier.reloading();
-                if let Some(hook) = &args.on_change {
-                    run_hook(hook, &swapped(specs, &reports), args.sync_timeout).await;
+        // Destinations are independent: one that failed keeps its old tree, and the hook
+        // still runs for the others that swapped.
+        let mut reports = Vec::new();
+        let mut changed = Vec::new();
+        for (spec, result) in specs.iter().zip(results) {
+            match result {
+                Ok(report) => {
+                    if report.swapped {
+                        changed.push(spec.to.display().to_string());
+                    }
+                    reports.push(report);
                 }
-                notifier.ready(&summary);
-            }
-            Ok(_) => tracing::debug!("watch: no change"),
-            Err(e) => {
-                tracing::error!("watch: this pass failed, the old tree stays: {e}");
-                notifier.status(&format!("last pass failed: {e}"));
+                Err(e) => {
+                    tracing::error!(
+                        "watch: {} keeps its old tree, this pass failed: {e}",
+                        spec.to.display()
+                    );
+                    notifier.status(&format!("last pass failed for {}: {e}", spec.to.display()));
+                }
             }
         }
+        if changed.is_empty() {
+            tracing::debug!("watch: no change");
+            continue;
+        }
+        let summary = summarize(&reports);
+        tracing::info!("{summary}");
+        notifier.reloading();
+        if let Some(hook) = &args.on_change {
+            run_hook(hook, &changed.join(":"), args.sync_timeout).await;
+        }
+        notifier.ready(&summary);
     }
     if let Some(task) = watchdog {
         task.abort();
     }
     Ok(())
-}
-
-/// The destinations a pass swapped, `:`-separated, for the hook's `BOOTSTAGE_CHANGED`.
-fn swapped(specs: &[SyncSpec], reports: &[Report]) -> String {
-    let swapped = specs.iter().zip(reports).filter(|(_, r)| r.swapped);
-    swapped
-        .map(|(s, _)| s.to.display().to_string())
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 /// Runs the change hook with `/bin/sh -c`, bounded; its failure is logged, never fatal.

@@ -670,3 +670,65 @@ async fn no_ca_certificates_is_a_clear_error_for_https() {
         out.stderr
     );
 }
+
+/// Watch mode with two destinations: when one fails and the other changes, the changed one
+/// is swapped in and the hook still runs for it; the failed one keeps its old tree.
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_mode_runs_the_hook_for_a_change_even_when_another_destination_fails() {
+    use std::os::unix::net::UnixDatagram;
+    let bucket = moto().bucket("halfwatch").await;
+    bucket.put("h/app.conf", "v1").await;
+    let sb = Sandbox::new();
+    let fixtures = sb.path("fixtures");
+    std::fs::create_dir_all(&fixtures).unwrap();
+    std::fs::write(fixtures.join("local.conf"), "local").unwrap();
+    let (a, b) = (sb.path("srv/a"), sb.path("srv/b"));
+    let params = serde_json::json!({"bootstage": {"sync": [
+        {"from": "s3://halfwatch/h/", "to": a},
+        {"from": format!("file://{}", fixtures.display()), "to": b},
+    ]}});
+    std::fs::write(sb.path("user-data"), params.to_string()).unwrap();
+    let socket_path = sb.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let hook_log = sb.path("hook.log");
+    let hook = format!("echo \"$BOOTSTAGE_CHANGED\" >> {}", hook_log.display());
+    let mut cmd = sb.command(&["s3-sync", "--watch", "150ms", "--on-change", &hook]);
+    cmd.envs(moto().env())
+        .env("BOOTSTAGE_USER_DATA_FILE", sb.path("user-data"))
+        .env("NOTIFY_SOCKET", &socket_path);
+    let mut child = cmd.spawn().unwrap();
+    let next = |want: &str| loop {
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf).expect("a notification");
+        if String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l == want)
+        {
+            return;
+        }
+    };
+    next("READY=1");
+    std::fs::remove_dir_all(&fixtures).unwrap();
+    bucket.put("h/app.conf", "v2").await;
+    next("RELOADING=1");
+    next("READY=1");
+    assert_eq!(tree(&a), files(&[("app.conf", b"v2")]));
+    assert_eq!(
+        tree(&b),
+        files(&[("local.conf", b"local")]),
+        "the failed destination keeps its tree"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&hook_log).unwrap(),
+        format!("{}\n", a.display())
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().await.unwrap().code(), Some(0));
+}
