@@ -24,6 +24,8 @@ endpoint=$(awk '{print $3}' "$work/emulator.out")
 echo "== IMDS emulator at $endpoint (user-data appears in 2 s)"
 
 export BOOTSTAGE_STATE_DIR="$work/state"
+# Every stage below that would reach for IMDS reaches the emulator, never the real address.
+export AWS_EC2_METADATA_SERVICE_ENDPOINT="$endpoint"
 echo "== bootstage metadata"
 "$bin/bootstage" metadata --imds-endpoint "$endpoint"
 
