@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::state;
+use crate::{hooks, state};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,8 +29,110 @@ pub enum Command {
     /// Sync config and code from S3 (or a directory) into local directories, atomically.
     #[command(name = "s3-sync")]
     S3Sync(SyncArgs),
+    /// Run the boot hooks: per-instance.d once per instance id, then per-boot.d.
+    Hooks(HooksArgs),
     /// Load params.env into the environment and exec the app (after any missing stage).
     Launch(LaunchArgs),
+    /// Where the boot stands: each stage's state, last error and timings.
+    ///
+    /// Exit status: 0 every stage done (or bootstage disabled), 1 a stage failed, 2 a stage
+    /// is pending or running (with --wait: only 0 or 1).
+    Status(StatusArgs),
+    /// Print one value of the parameters or facts (a dotted path), or all of them.
+    ///
+    /// KEY is a path into {"params": …, "instance": …}: instance.region,
+    /// params.app.port, or just app.port (read under params); numbers index lists.
+    /// Exit status: 1 when there is no such key.
+    Query(QueryArgs),
+    /// Send the failure or ready notice configured in bootstage.notify.
+    Notify(NotifyArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HookDirs {
+    /// Where the hooks are: per-instance.d/ and per-boot.d/ in it.
+    #[arg(long, env = "BOOTSTAGE_HOOKS_DIR", default_value = hooks::DEFAULT_HOOKS_DIR, value_name = "DIR")]
+    pub hooks_dir: PathBuf,
+
+    /// Where per-instance markers are kept: instances/INSTANCE-ID/ in it.
+    #[arg(long, env = "BOOTSTAGE_LIB_DIR", default_value = hooks::DEFAULT_LIB_DIR, value_name = "DIR")]
+    pub lib_dir: PathBuf,
+
+    /// Deadline for all hooks of one run together; keep it below the unit's TimeoutStartSec.
+    #[arg(long, env = "BOOTSTAGE_HOOK_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub hook_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HooksArgs {
+    /// Re-run the metadata stage and every configured sync first, even if their outputs exist.
+    #[arg(long)]
+    pub refresh: bool,
+
+    #[command(flatten)]
+    pub dirs: HookDirs,
+
+    #[command(
+        flatten,
+        next_help_heading = "Metadata (run first when its outputs are missing)"
+    )]
+    pub metadata: MetadataArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Wait until every stage is done or one has failed.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// With --wait: give up after this long (exit 1).
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub timeout: Duration,
+
+    /// Print JSON: {"state": …, "stages": [{"stage", "state", "started_at", …}]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct QueryArgs {
+    /// A dotted path: app.port, params.app.port, instance.region, params.bootstage.sync.0.to.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub key: Option<String>,
+
+    /// Print everything: {"params": …, "instance": …}.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Print strings as JSON too (quoted, escaped).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NotifyEvent {
+    /// A unit failed (run from OnFailure=).
+    Failure,
+    /// bootstage.target was reached; sent only when bootstage.notify.ready is true.
+    Ready,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NotifyArgs {
+    pub event: NotifyEvent,
+
+    /// The unit the notice is about (OnFailure=bootstage-failure@%n.service passes it).
+    #[arg(long, value_name = "UNIT")]
+    pub unit: Option<String>,
+
+    /// Used when the parameters have no bootstage.notify (e.g. the metadata stage failed).
+    #[arg(
+        long,
+        env = "BOOTSTAGE_NOTIFY_CONFIG",
+        default_value = "/etc/bootstage/notify.json",
+        value_name = "PATH"
+    )]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -78,9 +180,12 @@ pub const DEFAULT_USER_DATA_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Args)]
 pub struct LaunchArgs {
-    /// Re-run the metadata stage and every configured sync first, even if their outputs exist.
+    /// Re-run the metadata stage, every configured sync and the hooks first, even if done.
     #[arg(long)]
     pub refresh: bool,
+
+    #[command(flatten, next_help_heading = "Hooks (run first unless done this boot)")]
+    pub hooks: HookDirs,
 
     #[command(
         flatten,

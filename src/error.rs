@@ -17,6 +17,10 @@ use crate::userdata::DecodeError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitCode {
     Ok = 0,
+    /// `status`: a stage failed (or `--wait` ran out of time); `query`: no such key.
+    Failed = 1,
+    /// `status` without `--wait`: a stage is still pending or running.
+    StillRunning = 2,
     /// EX_USAGE: bad flags or arguments. Permanent.
     Usage = 64,
     /// EX_DATAERR: user-data present but not valid parameters. Permanent.
@@ -25,13 +29,16 @@ pub enum ExitCode {
     NoUserData = 66,
     /// EX_UNAVAILABLE: IMDS is disabled, or IMDSv2 is required but not offered. Permanent.
     ImdsDisabled = 69,
+    /// EX_SOFTWARE: a boot hook failed or outlived its deadline.
+    HookFailed = 70,
     /// EX_CANTCREAT: an output file or the state dir cannot be written.
     CantCreate = 73,
     /// EX_TEMPFAIL: IMDS or S3 did not answer usefully before the deadline. A restart may help.
     TempFail = 75,
     /// EX_PROTOCOL: downloaded data failed verification (size or MD5).
     Protocol = 76,
-    /// EX_NOPERM: the sync source refused access (AccessDenied, NoSuchBucket, bad keys).
+    /// EX_NOPERM: the sync source refused access (AccessDenied, NoSuchBucket, bad keys), or
+    /// a file cannot be read for lack of permission.
     NoPerm = 77,
     /// The shell's code: the app's command exists but cannot be executed.
     CannotExecute = 126,
@@ -71,6 +78,15 @@ pub enum Error {
     #[error("params.env cannot be read back: {0}")]
     EnvFile(#[from] crate::envfile::ParseError),
 
+    #[error("{0}")]
+    Hook(#[from] crate::hooks::HookError),
+
+    #[error("{0}")]
+    Query(#[from] crate::query::QueryError),
+
+    #[error("{0}")]
+    Notice(#[from] crate::notice::NoticeError),
+
     #[error("cannot run {program:?}: {source}")]
     Exec { program: String, source: io::Error },
 }
@@ -83,10 +99,17 @@ impl Error {
             Error::NoUserData { .. } => ExitCode::NoUserData,
             Error::Imds(e) if e.is_permanent() => ExitCode::ImdsDisabled,
             Error::Imds(_) => ExitCode::TempFail,
+            Error::Read { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
+                ExitCode::NoPerm
+            }
             Error::Read { .. } => ExitCode::NoUserData,
             Error::Write { .. } => ExitCode::CantCreate,
             Error::Sync(e) => e.exit_code(),
             Error::EnvFile(_) => ExitCode::BadUserData,
+            Error::Hook(_) => ExitCode::HookFailed,
+            Error::Query(e) => e.exit_code(),
+            Error::Notice(crate::notice::NoticeError::Config(_)) => ExitCode::BadUserData,
+            Error::Notice(crate::notice::NoticeError::Undelivered(_)) => ExitCode::TempFail,
             Error::Exec { source, .. } if source.kind() == io::ErrorKind::NotFound => {
                 ExitCode::NotFound
             }

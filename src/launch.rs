@@ -5,7 +5,7 @@
 //!
 //! Run by hand on a fresh machine, it runs what is missing in-process first: the metadata
 //! stage when `params.env` is absent, then every configured sync whose destination is
-//! absent; `--refresh` re-runs all of them. When bootstage is disabled (the units' kill
+//! absent, then the hooks unless they are done this boot; `--refresh` re-runs all of them. When bootstage is disabled (the units' kill
 //! switch: `/etc/bootstage/disabled`, or `bootstage=disabled` on the kernel command line)
 //! it runs no stage: the app starts with whatever `params.env` holds, or without it.
 
@@ -17,19 +17,20 @@ use crate::envfile;
 use crate::error::{Error, Result};
 use crate::notify::Notifier;
 use crate::state::StateDir;
-use crate::{metadata, s3sync};
+use crate::{hooks, metadata, s3sync};
 
 pub async fn run(state: &StateDir, args: &LaunchArgs, notifier: Notifier) -> Result<()> {
     let (program, rest) = args.command.split_first().ok_or_else(|| {
         Error::Usage("launch needs a command: bootstage launch -- CMD [ARGS…]".into())
     })?;
     let path = state.params_env();
-    let disabled = disabled(Path::new(DISABLED_FILE), Path::new("/proc/cmdline"));
+    let disabled = disabled_reason();
     if let Some(why) = &disabled {
         tracing::warn!("bootstage is disabled ({why}): running no stage");
     } else {
         metadata::ensure(state, &args.metadata, args.refresh, notifier).await?;
         s3sync::sync_missing(state, args.refresh, notifier).await?;
+        hooks::ensure(state, &args.hooks, args.refresh, notifier).await?;
     }
     let vars = match std::fs::read_to_string(&path) {
         Ok(text) => envfile::parse(&text, &path.display().to_string())?,
@@ -51,7 +52,11 @@ pub async fn run(state: &StateDir, args: &LaunchArgs, notifier: Notifier) -> Res
 /// `ConditionKernelCommandLine=!`.
 pub const DISABLED_FILE: &str = "/etc/bootstage/disabled";
 
-/// Why bootstage is disabled, if it is.
+/// Why bootstage is disabled on this machine, if it is.
+pub fn disabled_reason() -> Option<String> {
+    disabled(Path::new(DISABLED_FILE), Path::new("/proc/cmdline"))
+}
+
 fn disabled(marker: &Path, cmdline: &Path) -> Option<String> {
     if marker.exists() {
         return Some(format!("{} exists", marker.display()));

@@ -10,19 +10,24 @@
 //! state dir), `notify` (sd_notify), `logging` and `error` (exit codes).
 
 pub mod atomic;
+pub mod child;
 pub mod cli;
 pub mod envfile;
 pub mod error;
 pub mod facts;
+pub mod hooks;
 pub mod imds;
 pub mod keys;
 pub mod launch;
 pub mod logging;
 pub mod metadata;
+pub mod notice;
 pub mod notify;
+pub mod query;
 pub mod retry;
 pub mod s3sync;
 pub mod source;
 pub mod state;
+pub mod status;
 pub mod tree;
 pub mod userdata;

@@ -7,7 +7,7 @@ use bootstage::cli::{Cli, Command};
 use bootstage::error::{self, Error};
 use bootstage::notify::Notifier;
 use bootstage::state::StateDir;
-use bootstage::{launch, logging, metadata, s3sync};
+use bootstage::{hooks, launch, logging, metadata, notice, query, s3sync, status};
 use clap::Parser;
 
 fn main() -> ExitCode {
@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         .build()
         .expect("a single-threaded runtime always builds");
     let code = match runtime.block_on(run(cli, notifier)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             tracing::error!("{e}");
             notifier.status(&format!("failed: {e}"));
@@ -40,15 +40,22 @@ fn main() -> ExitCode {
     code
 }
 
-async fn run(cli: Cli, notifier: Notifier) -> Result<(), Error> {
+async fn run(cli: Cli, notifier: Notifier) -> Result<error::ExitCode, Error> {
     let state = StateDir::new(cli.state_dir);
     match cli.command {
         Command::Metadata(args) => {
             let summary = metadata::run(&state, &args, notifier).await?;
             notifier.ready(&summary);
-            Ok(())
         }
-        Command::S3Sync(args) => s3sync::run(&state, &args, notifier).await,
-        Command::Launch(args) => launch::run(&state, &args, notifier).await,
+        Command::S3Sync(args) => s3sync::run(&state, &args, notifier).await?,
+        Command::Hooks(args) => {
+            let summary = hooks::run(&state, &args, notifier).await?;
+            notifier.ready(&summary);
+        }
+        Command::Launch(args) => launch::run(&state, &args, notifier).await?,
+        Command::Status(args) => return status::run(&state, &args).await,
+        Command::Query(args) => query::run(&state, &args)?,
+        Command::Notify(args) => notice::run(&state, &args).await?,
     }
+    Ok(error::ExitCode::Ok)
 }

@@ -26,6 +26,7 @@ use crate::imds::{self, Client};
 use crate::notify::Notifier;
 use crate::retry::Deadline;
 use crate::state::StateDir;
+use crate::status::{self, Stage};
 use crate::userdata::{self, DecodeError};
 
 /// For a later stage run by hand: runs this stage in-process when its outputs are missing,
@@ -50,7 +51,12 @@ pub async fn ensure(
     Ok(())
 }
 
+/// The stage, with its status record (`status.rs`). Returns the READY summary.
 pub async fn run(state: &StateDir, args: &MetadataArgs, notifier: Notifier) -> Result<String> {
+    status::track(state, Stage::Metadata, fetch(state, args, notifier)).await
+}
+
+async fn fetch(state: &StateDir, args: &MetadataArgs, notifier: Notifier) -> Result<String> {
     args.validate().map_err(Error::Usage)?;
     let deadline = Deadline::after(args.timeout);
     let _lock = state.lock(deadline).await?;

@@ -14,6 +14,8 @@
 //!   at most ~25/s (IMDS is rate-limited per instance, at about 1,000 packets/s).
 //! - [`BACKOFF`]: something is failing (connection refused, 5xx). 100 ms doubling to 1 s,
 //!   plus jitter.
+//! - [`NOTICE`]: a webhook that is down. 1 s doubling to 8 s, plus jitter: about six
+//!   attempts in the default 30 s, so a struggling receiver is not hammered.
 
 use std::time::Duration;
 
@@ -68,6 +70,11 @@ pub const POLL: Policy = Policy {
 pub const BACKOFF: Policy = Policy {
     first: Duration::from_millis(100),
     cap: Duration::from_secs(1),
+};
+
+pub const NOTICE: Policy = Policy {
+    first: Duration::from_secs(1),
+    cap: Duration::from_secs(8),
 };
 
 /// What an error says about retrying it.

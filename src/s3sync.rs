@@ -31,8 +31,9 @@ use crate::keys::{self, KeyError};
 use crate::notify::Notifier;
 use crate::source::{Location, Object, Source, SourceError};
 use crate::state::StateDir;
+use crate::status::{self, Stage};
 use crate::tree::{Destination, Entry, Manifest, TreeError};
-use crate::{envfile, metadata};
+use crate::{child, envfile, metadata};
 
 /// How often a pass starts over because an object changed between LIST and GET.
 const PASSES: u32 = 3;
@@ -151,24 +152,35 @@ pub async fn run(state: &StateDir, args: &SyncArgs, notifier: Notifier) -> Resul
         })?),
         None => None,
     };
-    let specs = match (&args.from, &args.to) {
-        (Some(from), Some(to)) => vec![SyncSpec::plain(from, to)],
-        _ => {
-            metadata::ensure(state, &args.metadata, args.refresh, notifier).await?;
-            configured(state)?
-        }
+    // The configured sync is the boot's stage and keeps a status record; a one-off
+    // `--from/--to` run by hand does not overwrite it.
+    let configured_stage = args.from.is_none();
+    let first = async {
+        let specs = match (&args.from, &args.to) {
+            (Some(from), Some(to)) => vec![SyncSpec::plain(from, to)],
+            _ => {
+                metadata::ensure(state, &args.metadata, args.refresh, notifier).await?;
+                configured(state)?
+            }
+        };
+        let syncer = Syncer::new(state, &specs, Bounds::of(args)).await?;
+        let pass = async {
+            let reports = all_ok(syncer.sync_all(&specs, notifier).await)?;
+            Ok(summarize(&reports))
+        };
+        let summary = match configured_stage {
+            true => status::track(state, Stage::S3Sync, pass).await?,
+            false => pass.await?,
+        };
+        Ok::<_, Error>((syncer, specs, summary))
     };
-    let syncer = Syncer::new(state, &specs, Bounds::of(args)).await?;
-    let first = syncer.sync_all(&specs, notifier);
-    let results = match &mut stop {
+    let (syncer, specs, summary) = match &mut stop {
         Some(stop) => tokio::select! {
-            results = first => results,
+            first = first => first?,
             _ = stop.requested() => return Ok(()),
         },
-        None => first.await,
+        None => first.await?,
     };
-    let reports = all_ok(results)?;
-    let summary = summarize(&reports);
     tracing::info!("{summary}");
     notifier.ready(&summary);
     match (args.watch, stop) {
@@ -185,14 +197,23 @@ pub async fn run(state: &StateDir, args: &SyncArgs, notifier: Notifier) -> Resul
 pub async fn sync_missing(state: &StateDir, refresh: bool, notifier: Notifier) -> Result<()> {
     let mut specs = configured(state)?;
     specs.retain(|s| refresh || std::fs::symlink_metadata(&s.to).is_err());
-    if !specs.is_empty() {
+    if specs.is_empty() {
+        // Nothing to fetch: the stage is satisfied; say so once, for `status`.
+        if !status::is_done(state, Stage::S3Sync) {
+            status::track(state, Stage::S3Sync, async { Ok(()) }).await?;
+        }
+    } else {
         tracing::info!(
             destinations = specs.len(),
             "syncing what is missing before launch"
         );
-        let syncer = Syncer::new(state, &specs, Bounds::defaults()).await?;
-        let reports = all_ok(syncer.sync_all(&specs, notifier).await)?;
-        tracing::info!("{}", summarize(&reports));
+        let pass = async {
+            let syncer = Syncer::new(state, &specs, Bounds::defaults()).await?;
+            let reports = all_ok(syncer.sync_all(&specs, notifier).await)?;
+            Ok(summarize(&reports))
+        };
+        let summary = status::track(state, Stage::S3Sync, pass).await?;
+        tracing::info!("{summary}");
     }
     Ok(())
 }
@@ -795,20 +816,14 @@ async fn watch(
 
 /// Runs the change hook with `/bin/sh -c`, bounded; its failure is logged, never fatal.
 async fn run_hook(hook: &str, changed: &str, limit: Duration) {
-    let mut child = match tokio::process::Command::new("/bin/sh")
+    let mut command = tokio::process::Command::new("/bin/sh");
+    command
         .arg("-c")
         .arg(hook)
-        .env("BOOTSTAGE_CHANGED", changed)
-        .kill_on_drop(true)
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) => return tracing::error!("--on-change: cannot start /bin/sh: {e}"),
-    };
-    match tokio::time::timeout(limit, child.wait()).await {
-        Ok(Ok(status)) if status.success() => tracing::info!("--on-change hook done"),
-        Ok(Ok(status)) => tracing::error!("--on-change hook failed: {status}"),
-        Ok(Err(e)) => tracing::error!("--on-change hook: {e}"),
-        Err(_) => tracing::error!("--on-change hook did not finish within --sync-timeout; killed"),
+        .env("BOOTSTAGE_CHANGED", changed);
+    match child::run_bounded(command, limit).await {
+        Ok(status) if status.success() => tracing::info!("--on-change hook done"),
+        Ok(status) => tracing::error!("--on-change hook {}", child::describe(status)),
+        Err(e) => tracing::error!("--on-change hook: {e}"),
     }
 }

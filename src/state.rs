@@ -94,6 +94,16 @@ impl StateDir {
         Ok(Lock(file))
     }
 
+    /// `params.env` read back with the file's own semantics, for the processes we start.
+    pub fn load_env(&self) -> Result<Vec<(String, String)>> {
+        let path = self.params_env();
+        let text = fs::read_to_string(&path).map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(crate::envfile::parse(&text, &path.display().to_string())?)
+    }
+
     pub fn exists(&self, path: &Path) -> bool {
         fs::metadata(path).is_ok()
     }

@@ -49,9 +49,10 @@ fn installs_enables_is_idempotent_and_uninstalls() {
         [
             "etc/systemd/system/multi-user.target.wants/bootstage.target",
             "usr/bin/bootstage",
-            "usr/lib/bootstage/on-failure",
             "usr/lib/systemd/system/bootstage-failure@.service",
+            "usr/lib/systemd/system/bootstage-hooks.service",
             "usr/lib/systemd/system/bootstage-metadata.service",
+            "usr/lib/systemd/system/bootstage-ready.service",
             "usr/lib/systemd/system/bootstage-s3-sync.service",
             "usr/lib/systemd/system/bootstage.target",
             "usr/share/doc/bootstage/README.md",

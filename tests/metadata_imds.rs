@@ -45,15 +45,26 @@ fn assert_previous_untouched(sb: &Sandbox) {
     assert_eq!(sb.read("params.json").as_deref(), Some("old json"));
     assert_eq!(sb.read("params.env").as_deref(), Some("OLD=\"1\"\n"));
     assert_eq!(sb.read("instance.json").as_deref(), Some("old facts"));
-    let leftovers: Vec<_> = std::fs::read_dir(sb.state())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let names = |dir: std::path::PathBuf| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
     assert_eq!(
-        leftovers.len(),
-        4,
-        "only the three files and the lock: {leftovers:?}"
+        names(sb.state()),
+        [
+            ".lock",
+            "instance.json",
+            "params.env",
+            "params.json",
+            "status"
+        ],
+        "only the three files, the lock and the status records: no temporary file"
     );
+    assert_eq!(names(sb.state().join("status")), ["metadata.json"]);
 }
 
 fn count(emu: &Emulator, method: &str, path: &str) -> usize {

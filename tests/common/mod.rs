@@ -4,6 +4,7 @@
 pub mod adversarial;
 pub mod faults;
 pub mod moto;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,10 @@ const SCRUBBED: &[&str] = &[
     "BOOTSTAGE_LOG",
     "BOOTSTAGE_TIMEOUT",
     "BOOTSTAGE_USER_DATA_WAIT",
+    "BOOTSTAGE_HOOKS_DIR",
+    "BOOTSTAGE_LIB_DIR",
+    "BOOTSTAGE_HOOK_TIMEOUT",
+    "BOOTSTAGE_NOTIFY_CONFIG",
     "NOTIFY_SOCKET",
     "JOURNAL_STREAM",
     "AWS_ENDPOINT_URL",
@@ -47,6 +52,7 @@ pub struct Sandbox {
 #[derive(Debug)]
 pub struct Outcome {
     pub code: i32,
+    pub stdout: String,
     pub stderr: String,
     pub elapsed: Duration,
 }
@@ -86,11 +92,16 @@ impl Sandbox {
         // closed loopback port, never on the real address.
         cmd.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
             .env("BOOTSTAGE_LOG", "debug")
+            // Hooks, their markers and the notice fallback live in the sandbox, never in
+            // this machine's /etc/bootstage or /var/lib/bootstage.
+            .env("BOOTSTAGE_HOOKS_DIR", self.path("hooks"))
+            .env("BOOTSTAGE_LIB_DIR", self.path("lib"))
+            .env("BOOTSTAGE_NOTIFY_CONFIG", self.path("notify.json"))
             .arg("--state-dir")
             .arg(self.state())
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         cmd
@@ -122,6 +133,7 @@ pub async fn run(mut cmd: tokio::process::Command) -> Outcome {
         .unwrap();
     Outcome {
         code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         elapsed: start.elapsed(),
     }

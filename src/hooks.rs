@@ -1,0 +1,256 @@
+//! The `hooks` stage: the operator's one-time and every-boot setup, after the sync and
+//! before the app.
+//!
+//! Executables in `<hooks dir>/per-instance.d/` run once per instance id, then those in
+//! `<hooks dir>/per-boot.d/` on every boot; each directory in byte order of the file names,
+//! one at a time, with the parameters (`params.env`) in their environment plus
+//! `BOOTSTAGE_HOOK` (e.g. `per-instance.d/10-disk`) and `BOOTSTAGE_STATE_DIR`.
+//!
+//! Which files run: regular files (symlinks followed) that are executable. Names starting
+//! with `.`, editor backups (`~`) and package-manager leftovers (`.dpkg-old`, `.dpkg-new`,
+//! `.dpkg-dist`, `.dpkg-tmp`, `.ucf-*`, `.rpmnew`, `.rpmsave`) are skipped; so is a file
+//! without an execute bit, with a warning (that is how to switch a hook off).
+//!
+//! A per-instance hook that succeeded leaves a marker in
+//! `<lib dir>/instances/<instance-id>/per-instance.d/<name>`. The instance id is part of the
+//! path, so an image baked from a running instance carries that instance's markers and a
+//! new instance booted from it still runs its hooks. A hook that fails (or outlives
+//! `--hook-timeout`, counted over all hooks) ends the stage with its name and exit code,
+//! leaves no marker, and runs no later hook.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::cli::{HookDirs, HooksArgs};
+use crate::error::{Error, Result};
+use crate::facts::Facts;
+use crate::notify::Notifier;
+use crate::retry::Deadline;
+use crate::state::StateDir;
+use crate::status::{self, Stage};
+use crate::{atomic, child, metadata, s3sync};
+
+pub const DEFAULT_HOOKS_DIR: &str = "/etc/bootstage/hooks";
+pub const DEFAULT_LIB_DIR: &str = "/var/lib/bootstage";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    PerInstance,
+    PerBoot,
+}
+
+impl Kind {
+    fn dir(self) -> &'static str {
+        match self {
+            Kind::PerInstance => "per-instance.d",
+            Kind::PerBoot => "per-boot.d",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("hook {name} {why}")]
+    Failed { name: String, why: String },
+    #[error(
+        "per-instance hooks need the instance id, and instance.json has none (off-cloud: --fact instance-id=NAME)"
+    )]
+    NoInstanceId,
+    #[error("instance id {0:?} cannot name a directory")]
+    BadInstanceId(String),
+}
+
+/// The stage as its unit runs it: earlier stages first if their outputs are missing (run
+/// by hand), then the hooks. Returns the READY summary.
+pub async fn run(state: &StateDir, args: &HooksArgs, notifier: Notifier) -> Result<String> {
+    metadata::ensure(state, &args.metadata, args.refresh, notifier).await?;
+    s3sync::sync_missing(state, args.refresh, notifier).await?;
+    status::track(state, Stage::Hooks, run_hooks(state, &args.dirs, notifier)).await
+}
+
+/// For `launch`: runs the stage unless it is already done this boot (or with `refresh`).
+pub async fn ensure(
+    state: &StateDir,
+    dirs: &HookDirs,
+    refresh: bool,
+    notifier: Notifier,
+) -> Result<()> {
+    if refresh || !status::is_done(state, Stage::Hooks) {
+        status::track(state, Stage::Hooks, run_hooks(state, dirs, notifier)).await?;
+    }
+    Ok(())
+}
+
+async fn run_hooks(state: &StateDir, args: &HookDirs, notifier: Notifier) -> Result<String> {
+    let deadline = Deadline::after(args.hook_timeout);
+    let per_instance = list(&args.hooks_dir.join(Kind::PerInstance.dir()))?;
+    let per_boot = list(&args.hooks_dir.join(Kind::PerBoot.dir()))?;
+    if per_instance.is_empty() && per_boot.is_empty() {
+        return Ok("no hooks".into());
+    }
+    let env = state.load_env()?;
+    let markers = match per_instance.is_empty() {
+        true => None,
+        false => Some(marker_dir(state, &args.lib_dir)?),
+    };
+    let (mut ran, mut skipped) = (0, 0);
+    for (kind, hooks) in [(Kind::PerInstance, per_instance), (Kind::PerBoot, per_boot)] {
+        for hook in hooks {
+            let name = format!("{}/{}", kind.dir(), hook.to_string_lossy());
+            let marker = markers.as_ref().map(|dir| dir.join(kind.dir()).join(&hook));
+            if let Some(marker) = marker.as_ref().filter(|_| kind == Kind::PerInstance)
+                && marker.exists()
+            {
+                tracing::info!(hook = name, "already ran on this instance");
+                skipped += 1;
+                continue;
+            }
+            notifier.status(&format!("running hook {name}"));
+            tracing::info!(hook = name, "running hook");
+            let mut command =
+                tokio::process::Command::new(args.hooks_dir.join(kind.dir()).join(&hook));
+            command
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .env("BOOTSTAGE_HOOK", &name)
+                .env("BOOTSTAGE_STATE_DIR", state.root())
+                .stdin(std::process::Stdio::null());
+            let failed = |why: String| HookError::Failed {
+                name: name.clone(),
+                why,
+            };
+            match child::run_bounded(command, deadline.remaining()).await {
+                Ok(status) if status.success() => {}
+                Ok(status) => return Err(failed(child::describe(status)).into()),
+                Err(child::ChildError::TimedOut(_)) => {
+                    let limit = humantime::format_duration(args.hook_timeout);
+                    return Err(failed(format!(
+                        "did not finish within {limit} (--hook-timeout, all hooks together); killed"
+                    ))
+                    .into());
+                }
+                Err(e) => return Err(failed(e.to_string()).into()),
+            }
+            ran += 1;
+            if let (Kind::PerInstance, Some(marker)) = (kind, marker) {
+                write_marker(&marker)?;
+            }
+        }
+    }
+    Ok(format!(
+        "hooks done: {ran} ran, {skipped} per-instance already ran"
+    ))
+}
+
+/// The hooks in `dir`, in byte order of their names; a missing dir holds none.
+fn list(dir: &Path) -> Result<Vec<OsString>> {
+    let read_error = |source| Error::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(read_error(e)),
+    };
+    let mut hooks = Vec::new();
+    for entry in entries {
+        let name = entry.map_err(read_error)?.file_name();
+        if !runnable_name(name.as_bytes()) {
+            tracing::debug!(name = %name.to_string_lossy(), "not a hook name; skipped");
+            continue;
+        }
+        let path = dir.join(&name);
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => {
+                hooks.push(name)
+            }
+            Ok(meta) if meta.is_file() => {
+                tracing::warn!(path = %path.display(), "not executable; skipped")
+            }
+            Ok(_) => tracing::debug!(path = %path.display(), "not a file; skipped"),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "skipped"),
+        }
+    }
+    hooks.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(hooks)
+}
+
+fn runnable_name(name: &[u8]) -> bool {
+    const LEFTOVERS: [&[u8]; 6] = [
+        b".dpkg-old",
+        b".dpkg-new",
+        b".dpkg-dist",
+        b".dpkg-tmp",
+        b".rpmnew",
+        b".rpmsave",
+    ];
+    !name.starts_with(b".")
+        && !name.ends_with(b"~")
+        && !LEFTOVERS.iter().any(|l| name.ends_with(l))
+        && !name.windows(5).any(|w| w == b".ucf-")
+}
+
+/// `<lib dir>/instances/<instance-id>/`, created 0700, from the facts in instance.json.
+fn marker_dir(state: &StateDir, lib_dir: &Path) -> Result<PathBuf> {
+    let path = state.instance_json();
+    let text = std::fs::read(&path).map_err(|source| Error::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let facts: Facts = serde_json::from_slice(&text).map_err(|e| Error::Read {
+        path,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    })?;
+    let id = facts.instance_id.ok_or(HookError::NoInstanceId)?;
+    let safe = !id.is_empty()
+        && id.len() <= 255
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !safe {
+        return Err(HookError::BadInstanceId(id).into());
+    }
+    let dir = lib_dir.join("instances").join(id);
+    let per_instance = dir.join(Kind::PerInstance.dir());
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&per_instance)
+        .map_err(Error::write(&per_instance))?;
+    Ok(dir)
+}
+
+fn write_marker(marker: &Path) -> Result<()> {
+    let text = format!(
+        "{{\"finished_at\": \"{}\"}}\n",
+        status::timestamp(std::time::SystemTime::now())
+    );
+    atomic::write_file(marker, text.as_bytes())
+        .map_err(|(path, source)| Error::Write { path, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_names_run() {
+        for name in ["10-disk", "setup.sh", "99_last", "a.b.c"] {
+            assert!(runnable_name(name.as_bytes()), "{name}");
+        }
+        for name in [
+            ".hidden",
+            "10-disk~",
+            "10-disk.dpkg-old",
+            "10-disk.dpkg-dist",
+            "x.ucf-dist",
+            "y.rpmnew",
+        ] {
+            assert!(!runnable_name(name.as_bytes()), "{name}");
+        }
+    }
+}

@@ -1,0 +1,506 @@
+//! The operator's commands, run as the real binary: `status` (and `--wait`), `query`, the
+//! `hooks` stage, and `notify` against a webhook receiver on loopback. Off-cloud: the
+//! parameters come from a user-data file, the instance id from `--fact`.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use common::Sandbox;
+use common::webhook::Webhook;
+use serde_json::{Value, json};
+
+const PARAMS: &str = r#"{"app": {"port": 8080, "db": {"host": "db.internal"}, "name": "web app"},
+  "list": ["a", "b"], "instance": "a parameter named instance"}"#;
+
+fn user_data(sb: &Sandbox, text: &str) -> String {
+    let path = sb.path("user-data");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// `bootstage STAGE` off-cloud, as instance `id`.
+async fn stage(sb: &Sandbox, stage: &str, params: &str, id: &str) -> common::Outcome {
+    let file = user_data(sb, params);
+    let fact = format!("instance-id={id}");
+    sb.run(&[
+        stage,
+        "--user-data-file",
+        &file,
+        "--fact",
+        &fact,
+        "--fact",
+        "region=eu-west-1",
+    ])
+    .await
+}
+
+fn hook(sb: &Sandbox, kind: &str, name: &str, script: &str) {
+    let dir = sb.path("hooks").join(kind);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+fn status_json(out: &common::Outcome) -> Value {
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"))
+}
+
+#[tokio::test]
+async fn status_follows_each_stage_from_pending_to_done_or_failed() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["status"]).await;
+    assert_eq!(out.code, 2, "{out:?}");
+    assert_eq!(
+        out.stdout,
+        "metadata  pending\ns3-sync   pending\nhooks     pending\nbootstage: pending\n"
+    );
+
+    let bad = stage(&sb, "metadata", "{not json", "i-1").await;
+    assert_eq!(bad.code, 65, "{bad:?}");
+    let out = sb.run(&["status", "--json"]).await;
+    assert_eq!(out.code, 1, "a failed stage: exit 1");
+    let doc = status_json(&out);
+    assert_eq!(doc["state"], "failed");
+    let md = &doc["stages"][0];
+    assert_eq!(md["stage"], "metadata");
+    assert_eq!(md["state"], "failed");
+    assert_eq!(md["exit_code"], 65);
+    assert!(
+        md["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("user-data is invalid:"),
+        "{md}"
+    );
+    assert!(md["started_at"].as_str().unwrap().ends_with('Z'));
+    assert!(md["duration_ms"].is_u64());
+    assert_eq!(doc["stages"][1]["state"], "pending");
+    let table = sb.run(&["status"]).await.stdout;
+    assert!(
+        table.starts_with("metadata  failed    ")
+            && table.contains("\n          exit 65: user-data is invalid:")
+            && table.ends_with("hooks     pending\nbootstage: failed\n"),
+        "{table}"
+    );
+
+    // Run by hand, the hooks stage runs the stages before it first; all three are done.
+    let out = stage(&sb, "hooks", PARAMS, "i-1").await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let out = sb.run(&["status", "--json"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc = status_json(&out);
+    assert_eq!(doc["state"], "done");
+    let states: Vec<&str> = doc["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["done", "done", "done"]);
+    assert_eq!(doc["stages"][0]["error"], Value::Null, "no stale error");
+}
+
+#[tokio::test]
+async fn a_stage_that_vanished_reads_as_failed() {
+    let sb = Sandbox::new();
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    std::fs::create_dir_all(sb.state().join("status")).unwrap();
+    sb.seed(
+        "status/metadata.json",
+        &json!({"stage": "metadata", "state": "running", "pid": pid}).to_string(),
+    );
+    let out = sb.run(&["status", "--json"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    let md = &status_json(&out)["stages"][0];
+    assert_eq!(md["state"], "failed");
+    assert_eq!(
+        md["error"],
+        format!("the metadata stage (pid {pid}) ended without finishing: killed or stopped")
+    );
+}
+
+#[tokio::test]
+async fn status_wait_returns_as_soon_as_the_outcome_is_known() {
+    // Done: the waiter exits 0 right after the last stage writes its record.
+    let sb = Sandbox::new();
+    let waiter = sb.command(&["status", "--wait", "--json"]).spawn().unwrap();
+    let out = stage(&sb, "hooks", PARAMS, "i-1").await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let finished = Instant::now();
+    let waited = waiter.wait_with_output().await.unwrap();
+    let lag = finished.elapsed();
+    assert_eq!(waited.status.code(), Some(0));
+    let doc: Value = serde_json::from_slice(&waited.stdout).unwrap();
+    assert_eq!(doc["state"], "done");
+    eprintln!("status --wait returned {lag:?} after the last stage");
+    // inotify wakes it; only a missed event would leave it to the 1 s fallback tick.
+    assert!(lag < Duration::from_millis(500), "{lag:?}");
+
+    // Failed: exit 1, while later stages are still pending.
+    let sb = Sandbox::new();
+    let waiter = sb.command(&["status", "--wait"]).spawn().unwrap();
+    let out = stage(&sb, "metadata", "{not json", "i-1").await;
+    assert_eq!(out.code, 65);
+    let waited = waiter.wait_with_output().await.unwrap();
+    assert_eq!(waited.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&waited.stdout).ends_with("bootstage: failed\n"));
+
+    // Nothing happens: at its deadline, exit 1 with the reason.
+    let sb = Sandbox::new();
+    let out = sb.run(&["status", "--wait", "--timeout", "300ms"]).await;
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("no outcome after 300ms: a stage is still pending or running"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn query_reads_one_value_or_all_and_never_half_an_answer() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["query", "app.port"]).await;
+    assert_eq!(out.code, 66, "no parameters yet: {out:?}");
+    assert!(out.stderr.contains("the metadata stage has not run"));
+    assert_eq!(out.stdout, "");
+
+    assert_eq!(stage(&sb, "metadata", PARAMS, "i-1").await.code, 0);
+    for (key, want) in [
+        ("app.port", "8080\n"),
+        ("params.app.db.host", "db.internal\n"),
+        ("app.name", "web app\n"),
+        ("list.1", "b\n"),
+        ("instance.instance_id", "i-1\n"),
+        ("instance.region", "eu-west-1\n"),
+        ("params.instance", "a parameter named instance\n"),
+        ("app.db", "{\n  \"host\": \"db.internal\"\n}\n"),
+    ] {
+        let out = sb.run(&["query", key]).await;
+        assert_eq!((out.code, out.stdout.as_str()), (0, want), "{key}: {out:?}");
+    }
+    let out = sb.run(&["query", "--json", "app.name"]).await;
+    assert_eq!(out.stdout, "\"web app\"\n");
+
+    for missing in ["app.nope", "list.2", "app.port.deeper", "instance.nope"] {
+        let out = sb.run(&["query", missing]).await;
+        assert_eq!(out.code, 1, "{missing}: {out:?}");
+        assert_eq!(out.stdout, "");
+        assert!(out.stderr.contains(&format!("no such key: {missing}")));
+    }
+
+    let all = sb.run(&["query", "--all"]).await;
+    assert_eq!(all.code, 0);
+    let doc: Value = serde_json::from_str(&all.stdout).unwrap();
+    assert_eq!(doc["params"]["app"]["port"], 8080);
+    assert_eq!(doc["instance"]["instance_id"], "i-1");
+    assert_eq!(doc["instance"]["source"], "flags");
+
+    // A reader who may not read the 0600 files: a clear error and nothing on stdout.
+    // The state dir is opened up so only the files' own mode stands in the way.
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(sb.state(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        sb.state().join("instance.json"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    for args in [&["query", "instance.region"][..], &["query", "--all"]] {
+        let mut cmd = tokio::process::Command::new("setpriv");
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            common::BIN,
+        ])
+        .arg("--state-dir")
+        .arg(sb.state())
+        .args(args)
+        .env_clear()
+        .kill_on_drop(true);
+        let out = cmd.output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(77), "{args:?}: {stderr}");
+        assert_eq!(out.stdout, b"", "{args:?}: nothing printed");
+        assert!(
+            stderr.contains("params.json: Permission denied"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn hooks_run_in_order_with_the_parameters_and_per_instance_once_per_instance_id() {
+    let sb = Sandbox::new();
+    let log = sb.path("hooks.log");
+    let line = |tag: &str| {
+        format!(
+            "echo \"{tag} $BOOTSTAGE_HOOK port=$APP_PORT id=$BOOTSTAGE_INSTANCE_ID\" >> {}",
+            log.display()
+        )
+    };
+    hook(&sb, "per-instance.d", "20-second", &line("pi"));
+    hook(&sb, "per-instance.d", "10-first", &line("pi"));
+    hook(&sb, "per-boot.d", "50-boot", &line("pb"));
+    // Not run: no execute bit, a backup, a dotfile, a package leftover.
+    for skipped in ["30-noexec", "10-first~", ".hidden", "40-x.dpkg-old"] {
+        hook(
+            &sb,
+            "per-instance.d",
+            skipped,
+            "echo SKIPPED >> /dev/stderr; exit 9",
+        );
+    }
+    std::fs::set_permissions(
+        sb.path("hooks/per-instance.d/30-noexec"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    let out = stage(&sb, "hooks", PARAMS, "i-aaa").await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        read_log(),
+        "pi per-instance.d/10-first port=8080 id=i-aaa\n\
+         pi per-instance.d/20-second port=8080 id=i-aaa\n\
+         pb per-boot.d/50-boot port=8080 id=i-aaa\n"
+    );
+    assert!(
+        out.stderr.contains("not executable; skipped"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        sb.path("lib/instances/i-aaa/per-instance.d/10-first")
+            .exists()
+    );
+
+    // The next boot of the same instance: per-boot only.
+    std::fs::remove_dir_all(sb.state()).unwrap();
+    std::fs::remove_file(&log).unwrap();
+    assert_eq!(stage(&sb, "hooks", PARAMS, "i-aaa").await.code, 0);
+    assert_eq!(read_log(), "pb per-boot.d/50-boot port=8080 id=i-aaa\n");
+
+    // An image baked from i-aaa (its markers inside) booted as i-bbb: all hooks run again.
+    std::fs::remove_dir_all(sb.state()).unwrap();
+    std::fs::remove_file(&log).unwrap();
+    assert_eq!(stage(&sb, "hooks", PARAMS, "i-bbb").await.code, 0);
+    assert_eq!(
+        read_log(),
+        "pi per-instance.d/10-first port=8080 id=i-bbb\n\
+         pi per-instance.d/20-second port=8080 id=i-bbb\n\
+         pb per-boot.d/50-boot port=8080 id=i-bbb\n"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_hook_fails_the_stage_with_its_name_and_code() {
+    let sb = Sandbox::new();
+    let log = sb.path("hooks.log");
+    hook(&sb, "per-instance.d", "10-fails", "exit 3");
+    hook(
+        &sb,
+        "per-instance.d",
+        "20-after",
+        &format!("echo ran >> {}", log.display()),
+    );
+    let out = stage(&sb, "hooks", PARAMS, "i-aaa").await;
+    assert_eq!(out.code, 70, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("hook per-instance.d/10-fails exited with 3"),
+        "{}",
+        out.stderr
+    );
+    assert!(!log.exists(), "no hook after the failed one");
+    assert!(
+        !sb.path("lib/instances/i-aaa/per-instance.d/10-fails")
+            .exists()
+    );
+    let doc = status_json(&sb.run(&["status", "--json"]).await);
+    assert_eq!(doc["stages"][2]["state"], "failed");
+    assert_eq!(doc["stages"][2]["exit_code"], 70);
+    assert_eq!(
+        doc["stages"][2]["error"],
+        "hook per-instance.d/10-fails exited with 3"
+    );
+
+    // A hook that outlives --hook-timeout is killed with its whole process group.
+    let sb = Sandbox::new();
+    let pidfile = sb.path("sleeper.pid");
+    hook(
+        &sb,
+        "per-boot.d",
+        "10-hangs",
+        &format!("sleep 300 & echo $! > {}; wait", pidfile.display()),
+    );
+    let file = user_data(&sb, PARAMS);
+    let out = sb
+        .run(&[
+            "hooks",
+            "--user-data-file",
+            &file,
+            "--hook-timeout",
+            "500ms",
+        ])
+        .await;
+    assert_eq!(out.code, 70, "{out:?}");
+    assert!(
+        out.stderr
+            .contains(
+                "hook per-boot.d/10-hangs did not finish within 500ms (--hook-timeout, all hooks together); killed"
+            ),
+        "{}",
+        out.stderr
+    );
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+    assert!(
+        stat.is_empty() || stat.contains(") Z "),
+        "the hook's child was killed too: {stat}"
+    );
+}
+
+fn notify_config(sb: &Sandbox, config: Value) {
+    std::fs::write(sb.path("notify.json"), config.to_string()).unwrap();
+}
+
+#[tokio::test]
+async fn a_failure_notice_reaches_the_webhook_with_what_failed() {
+    // The metadata stage fails: no parameters, so the image's notify.json is used.
+    let sb = Sandbox::new();
+    let hook = Webhook::start(&[503]).await;
+    notify_config(
+        &sb,
+        json!({"url": hook.url, "headers": {"Authorization": "Bearer s3cr3t"}}),
+    );
+    assert_eq!(stage(&sb, "metadata", "{not json", "i-1").await.code, 65);
+    let out = sb
+        .run(&["notify", "failure", "--unit", "bootstage-metadata.service"])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let got = hook.received();
+    assert_eq!(got.len(), 2, "one 503, then delivered");
+    assert_eq!(got[1].headers["authorization"], "Bearer s3cr3t");
+    assert_eq!(got[1].headers["content-type"], "application/json");
+    let notice = &got[1].body;
+    assert_eq!(notice["event"], "failure");
+    assert_eq!(notice["unit"], "bootstage-metadata.service");
+    assert_eq!(notice["stage"], "metadata");
+    assert_eq!(notice["exit_code"], 65);
+    assert!(
+        notice["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("user-data is invalid:")
+    );
+    assert_eq!(notice["instance"], Value::Null, "no facts were written");
+    assert_eq!(notice["timings"][0]["stage"], "metadata");
+    assert_eq!(notice["timings"][0]["state"], "failed");
+    assert!(notice["timings"][0]["duration_ms"].is_u64());
+    assert!(notice["time"].as_str().unwrap().ends_with('Z'));
+    assert!(notice["boot_id"].is_string());
+    assert!(
+        !out.stderr.contains("s3cr3t"),
+        "header values are never logged"
+    );
+
+    // With parameters, bootstage.notify wins over the file; the command gets the notice too.
+    let sb = Sandbox::new();
+    let hook = Webhook::start(&[]).await;
+    let unused = Webhook::start(&[]).await;
+    notify_config(&sb, json!({"url": unused.url}));
+    let copy = sb.path("notice-copy.json");
+    let params = json!({"bootstage": {"notify": {
+        "url": hook.url,
+        "command": format!("cat > {}; echo \"$BOOTSTAGE_EVENT\" >> {}", copy.display(), copy.display()),
+        "ready": true
+    }}});
+    assert_eq!(
+        stage(&sb, "hooks", &params.to_string(), "i-1").await.code,
+        0
+    );
+    let out = sb.run(&["notify", "ready"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    let got = hook.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(unused.received().len(), 0);
+    let notice = &got[0].body;
+    assert_eq!(notice["event"], "ready");
+    assert_eq!(notice["unit"], Value::Null);
+    assert_eq!(notice["error"], Value::Null);
+    assert_eq!(notice["instance"]["instance_id"], "i-1");
+    let states: Vec<&str> = notice["timings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["done", "done", "done"]);
+    let copied = std::fs::read_to_string(&copy).unwrap();
+    let (json_part, event) = copied.rsplit_once('}').unwrap();
+    let from_command: Value = serde_json::from_str(&format!("{json_part}}}")).unwrap();
+    assert_eq!(&from_command, notice, "the command got the same notice");
+    assert_eq!(event, "ready\n");
+}
+
+#[tokio::test]
+async fn notices_are_bounded_and_never_sent_unasked() {
+    // No configuration at all: nothing to send, exit 0.
+    let sb = Sandbox::new();
+    let out = sb.run(&["notify", "failure", "--unit", "x.service"]).await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("nothing to send"));
+
+    // Ready is off unless asked for.
+    let hook = Webhook::start(&[]).await;
+    notify_config(&sb, json!({"url": hook.url}));
+    assert_eq!(sb.run(&["notify", "ready"]).await.code, 0);
+    assert_eq!(hook.received().len(), 0);
+
+    // A 4xx is final: one attempt, exit 75, the boot is not held.
+    let hook = Webhook::start(&[404]).await;
+    notify_config(&sb, json!({"url": hook.url}));
+    let out = sb
+        .run(&["notify", "failure", "--unit", "myapp.service"])
+        .await;
+    assert_eq!(out.code, 75, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("the notice was not delivered: POST: HTTP 404")
+    );
+    let got = hook.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body["stage"], Value::Null, "not a bootstage unit");
+    assert_eq!(
+        got[0].body["error"],
+        "myapp.service failed; see journalctl -u myapp.service"
+    );
+
+    // A receiver that is down: retried until the configured timeout, then exit 75.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", closed.local_addr().unwrap());
+    drop(closed);
+    notify_config(&sb, json!({"url": url, "timeout": "3s"}));
+    let out = sb.run(&["notify", "failure", "--unit", "x.service"]).await;
+    assert_eq!(out.code, 75, "{out:?}");
+    let retries = out.stderr.matches("notice not delivered; retrying").count();
+    assert!(
+        (1..=3).contains(&retries),
+        "{retries} retries in 3 s: {}",
+        out.stderr
+    );
+    assert!(out.elapsed < Duration::from_secs(10), "{:?}", out.elapsed);
+
+    // A bad configuration is a clear error.
+    notify_config(&sb, json!({"url": "ftp://x", "ready": true}));
+    let out = sb.run(&["notify", "ready"]).await;
+    assert_eq!(out.code, 65);
+    assert!(out.stderr.contains("url must be http:// or https://"));
+}
