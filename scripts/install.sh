@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs bootstage and its units under DESTDIR (empty: this machine) and enables
-# bootstage.target; idempotent. For an image build: DESTDIR=/mnt/image scripts/install.sh
+# bootstage.target; idempotent. (The Debian package, scripts/build-deb.sh, does the same
+# plus the man page and completions.) For an image build: DESTDIR=/mnt/image scripts/install.sh
 #   scripts/install.sh [--binary PATH]     install (default binary: target/release/bootstage)
 #   scripts/install.sh --uninstall         remove what install put there
 set -eu
@@ -15,16 +16,17 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--binary PATH] [--uninstall]" >&2; exit 64 ;;
   esac
 done
-units="bootstage-metadata.service bootstage-s3-sync.service bootstage.target bootstage-failure@.service"
+units="bootstage-metadata.service bootstage-s3-sync.service bootstage-hooks.service bootstage.target bootstage-ready.service bootstage-failure@.service"
 unitdir=$dest/usr/lib/systemd/system
 wants=$dest/etc/systemd/system/multi-user.target.wants
 
 if [ "$action" = uninstall ]; then
-  rm -f "$wants/bootstage.target" "$dest/usr/bin/bootstage" "$dest/usr/lib/bootstage/on-failure" \
-    "$dest/usr/share/doc/bootstage/README.md"
+  rm -f "$wants/bootstage.target" "$dest/usr/bin/bootstage" "$dest/usr/share/doc/bootstage/README.md"
   rmdir "$dest/usr/share/doc/bootstage" 2>/dev/null || true
   for u in $units; do rm -f "$unitdir/$u"; done
-  rmdir "$dest/usr/lib/bootstage" 2>/dev/null || true
+  # Empty hook dirs go; the operator's hooks and markers stay.
+  rmdir "$dest/etc/bootstage/hooks/per-instance.d" "$dest/etc/bootstage/hooks/per-boot.d" \
+    "$dest/etc/bootstage/hooks" "$dest/etc/bootstage" 2>/dev/null || true
   [ -z "$dest" ] && command -v systemctl >/dev/null && systemctl daemon-reload 2>/dev/null || true
   echo "bootstage removed (configuration in $dest/etc/bootstage kept)"
   exit 0
@@ -32,9 +34,8 @@ fi
 
 [ -x "$binary" ] || { echo "$binary: build it first (cargo build --release)" >&2; exit 66; }
 install -D -m 0755 "$binary" "$dest/usr/bin/bootstage"
-install -D -m 0755 systemd/on-failure "$dest/usr/lib/bootstage/on-failure"
 install -D -m 0644 README.md "$dest/usr/share/doc/bootstage/README.md"
-mkdir -p "$unitdir" "$wants" "$dest/etc/bootstage/on-failure.d"
+mkdir -p "$unitdir" "$wants" "$dest/etc/bootstage/hooks/per-instance.d" "$dest/etc/bootstage/hooks/per-boot.d"
 for u in $units; do install -m 0644 "systemd/$u" "$unitdir/$u"; done
 # Enabling is one symlink; made directly so it works the same offline (DESTDIR).
 ln -sfn /usr/lib/systemd/system/bootstage.target "$wants/bootstage.target"
