@@ -30,3 +30,15 @@ for component in rustfmt clippy; do
     rustup component add "$component"
   fi
 done
+
+# The Debian package (scripts/build-deb.sh; the boot test installs it): cargo-deb, pinned
+# so a new release cannot change the package under the tests; dpkg-dev for its
+# shared-library dependency detection (dpkg-shlibdeps).
+command -v dpkg-shlibdeps >/dev/null 2>&1 || {
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dpkg-dev
+}
+if [ "$(cargo deb --version 2>/dev/null)" != "3.8.0" ]; then
+  echo "installing cargo-deb 3.8.0"
+  cargo install --quiet --locked --version 3.8.0 cargo-deb
+fi

@@ -15,6 +15,8 @@
 //! the notice on its stdin, bounded by the same timeout. The ready notice is sent only
 //! when `ready` is true. Header values are never logged. Delivery failure is logged and
 //! exits 75; it never blocks the boot: both units run beside the chain, not in it.
+//! A stage that never ran (systemd fails it, and triggers its `OnFailure=`, when an
+//! earlier stage failed) sends no notice of its own: one root failure, one notice.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,7 +34,7 @@ use crate::cli::{NotifyArgs, NotifyEvent};
 use crate::error::{Error, Result};
 use crate::retry::{self, Deadline, RetryHint};
 use crate::state::StateDir;
-use crate::status::{self, Record, Stage};
+use crate::status::{self, Record, Stage, State};
 use crate::{child, query};
 
 /// `bootstage.notify`, or the image's fallback file.
@@ -87,6 +89,16 @@ pub async fn run(state: &StateDir, args: &NotifyArgs) -> Result<()> {
     };
     if args.event == NotifyEvent::Ready && !config.ready {
         tracing::info!("bootstage.notify.ready is off: no ready notice");
+        return Ok(());
+    }
+    // systemd triggers OnFailure= also for the later stages whose start failed because an
+    // earlier one did; those never ran (no record). The earlier stage's notice is the one
+    // that names the cause: one failure, one notice.
+    if args.event == NotifyEvent::Failure
+        && let Some(stage) = args.unit.as_deref().and_then(Stage::of_unit)
+        && status::read(state, stage).is_ok_and(|r| r.state == State::Pending)
+    {
+        tracing::info!(%stage, "the stage never ran (an earlier stage failed): no notice of its own");
         return Ok(());
     }
     let notice = compose(state, args);

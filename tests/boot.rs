@@ -1,5 +1,6 @@
-//! The shipped units under a real systemd as PID 1 (systemd-nspawn --boot), installed by
-//! scripts/install.sh into a Debian rootfs, with the IMDS emulator and moto on the host's
+//! The shipped units under a real systemd as PID 1 (systemd-nspawn --boot), installed from
+//! the Debian package (scripts/build-deb.sh, of the binary under test) into a Debian rootfs
+//! by the guest's own dpkg, with the IMDS emulator and moto on the host's
 //! loopback (nspawn shares the host's network). Asserts from systemd's own timestamps and
 //! the journal. The rootfs is built once with mmdebstrap and cached outside the repo.
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 use base64::Engine;
 use common::adversarial;
 use common::moto::moto;
+use common::webhook::Webhook;
 use imds_emulator::{Config, Emulator};
 
 /// Debian bookworm minbase with systemd and CA certificates (as any image that reaches S3
@@ -45,13 +47,36 @@ fn rootfs_tar() -> &'static Path {
     Path::new(ROOTFS_CACHE)
 }
 
-/// A machine: a fresh rootfs with bootstage installed by scripts/install.sh.
+/// The .deb of the binary under test, built once.
+fn deb() -> &'static Path {
+    static DEB: std::sync::OnceLock<(tempfile::TempDir, std::path::PathBuf)> =
+        std::sync::OnceLock::new();
+    let (_, path) = DEB.get_or_init(|| {
+        let out = tempfile::tempdir().unwrap();
+        let status = Command::new("scripts/build-deb.sh")
+            .arg("--debug-build")
+            .arg("--output")
+            .arg(out.path())
+            .status()
+            .expect("scripts/build-deb.sh (cargo-deb: scripts/install-test-deps.sh)");
+        assert!(status.success(), "building the .deb failed");
+        let deb = std::fs::read_dir(out.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "deb"))
+            .expect("a .deb");
+        (out, deb)
+    });
+    path
+}
+
+/// A machine: a fresh rootfs with the bootstage package installed.
 struct Machine {
     dir: tempfile::TempDir,
 }
 
 impl Machine {
-    fn new(bootstage_env: &str) -> Machine {
+    fn new(bootstage_env: &str, notify_url: &str) -> Machine {
         let dir = tempfile::tempdir().unwrap();
         let status = Command::new("tar")
             .arg("-xf")
@@ -61,22 +86,57 @@ impl Machine {
             .status()
             .unwrap();
         assert!(status.success());
-        let status = Command::new("scripts/install.sh")
-            .args(["--binary", common::BIN])
-            .env("DESTDIR", dir.path())
-            .status()
+        let install = Command::new("systemd-nspawn")
+            .args(["-q", "--register=no", "--keep-unit", "--console=pipe", "-D"])
+            .arg(dir.path())
+            .arg(format!("--bind-ro={}:/tmp/bootstage.deb", deb().display()))
+            .args(["dpkg", "-i", "/tmp/bootstage.deb"])
+            .stdin(std::process::Stdio::null())
+            .output()
             .unwrap();
-        assert!(status.success());
+        assert!(
+            install.status.success(),
+            "dpkg -i: {}",
+            String::from_utf8_lossy(&install.stderr)
+        );
+        // deb-systemd-helper links to /lib/… or /usr/lib/… (one place on merged-/usr).
+        let link = std::fs::read_link(
+            dir.path()
+                .join("etc/systemd/system/multi-user.target.wants/bootstage.target"),
+        )
+        .expect("installing the package enables bootstage.target");
+        assert!(
+            link.ends_with("lib/systemd/system/bootstage.target"),
+            "{}",
+            link.display()
+        );
         let m = Machine { dir };
         m.write("etc/bootstage/bootstage.env", bootstage_env);
+        m.write(
+            "etc/bootstage/notify.json",
+            &serde_json::json!({"url": notify_url, "ready": true}).to_string(),
+        );
         for (name, unit) in [
             ("test-app-launch.service", APP_LAUNCH),
             ("test-app-envfile.service", APP_ENVFILE),
+            ("test-status-wait.service", STATUS_WAIT),
             ("test-check.service", CHECK),
         ] {
             m.write(&format!("etc/systemd/system/{name}"), unit);
         }
-        for app in ["test-app-launch.service", "test-app-envfile.service"] {
+        m.hook(
+            "per-instance.d/10-once",
+            "echo \"pi $BOOTSTAGE_INSTANCE_ID\" >> /results/hooks.log; printenv K0001 > /results/hook-K0001",
+        );
+        m.hook(
+            "per-boot.d/10-every",
+            "echo \"pb $BOOTSTAGE_INSTANCE_ID\" >> /results/hooks.log; bootstage status --json > /results/status-during-hooks.json || [ $? = 2 ]",
+        );
+        for app in [
+            "test-app-launch.service",
+            "test-app-envfile.service",
+            "test-status-wait.service",
+        ] {
             let link = m
                 .root()
                 .join("etc/systemd/system/multi-user.target.wants")
@@ -89,6 +149,17 @@ impl Machine {
 
     fn root(&self) -> &Path {
         self.dir.path()
+    }
+
+    fn hook(&self, rel: &str, script: &str) {
+        let rel = format!("etc/bootstage/hooks/{rel}");
+        self.write(&rel, &format!("#!/bin/sh\nset -e\n{script}\n"));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            self.root().join(rel),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
     }
 
     fn write(&self, rel: &str, text: &str) {
@@ -189,11 +260,19 @@ EnvironmentFile=/run/bootstage/params.env
 ExecStart=/bin/sh -c 'env -0 > /results/env-file'
 ";
 
+/// Started with the boot, unordered: waits for the outcome the way an operator's script would.
+const STATUS_WAIT: &str = "[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'bootstage status --wait --json > /results/wait.json; echo $? > /results/wait.rc'
+";
+
+/// Runs last (after the apps, the notices and the waiter), saves what the host asserts on,
+/// and ends the boot.
 const CHECK: &str = "[Unit]
-After=test-app-launch.service test-app-envfile.service bootstage.target
+After=test-app-launch.service test-app-envfile.service test-status-wait.service bootstage.target bootstage-ready.service bootstage-failure@bootstage-metadata.service.service bootstage-failure@bootstage-s3-sync.service.service
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'systemctl show > /results/manager.show; for u in bootstage-metadata.service bootstage-s3-sync.service bootstage.target test-app-launch.service test-app-envfile.service bootstage-failure@bootstage-metadata.service.service bootstage-failure@bootstage-s3-sync.service.service; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; ls /run/bootstage > /results/run-bootstage; systemctl --no-block exit 0'
+ExecStart=/bin/sh -c 'systemctl show > /results/manager.show; for u in bootstage-metadata.service bootstage-s3-sync.service bootstage-hooks.service bootstage.target test-app-launch.service test-app-envfile.service test-status-wait.service bootstage-failure@bootstage-metadata.service.service bootstage-failure@bootstage-s3-sync.service.service; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; bootstage status --json > /results/status.json; echo $? > /results/status.rc; systemctl --no-block exit 0'
 ";
 
 fn user_data(values: &[String], sync_from: &str) -> String {
@@ -233,6 +312,7 @@ fn bootstage_env(imds: &str) -> String {
 async fn boots_under_systemd() {
     let _ = rootfs_tar();
     let values = adversarial::values(300, 2026);
+    let hook = Webhook::start(&[]).await;
     let bucket = moto().bucket("boot-config").await;
     bucket.put("app/app.conf", "port=8080\n").await;
     bucket.put("app/nested/deep.txt", "deep\n").await;
@@ -244,15 +324,19 @@ async fn boots_under_systemd() {
     })
     .await
     .unwrap();
-    let machine = Machine::new(&bootstage_env(&emu.url()));
+    let machine = Machine::new(&bootstage_env(&emu.url()), &hook.url);
     let verify = Command::new("systemd-analyze")
         .arg(format!("--root={}", machine.root().display()))
         .arg("verify")
+        // Its man: check looks on the host, not under --root; the page is in the rootfs.
+        .arg("--man=no")
         .args(
             [
                 "bootstage-metadata.service",
                 "bootstage-s3-sync.service",
+                "bootstage-hooks.service",
                 "bootstage.target",
+                "bootstage-ready.service",
                 "bootstage-failure@x.service",
             ]
             .map(|u| {
@@ -314,6 +398,38 @@ async fn boots_under_systemd() {
         }
     }
 
+    // Hooks: per-instance and per-boot, with the parameters; status while they ran.
+    let first_id = "i-0123456789abcdef0";
+    assert_eq!(
+        first.text("hooks.log"),
+        format!("pi {first_id}\npb {first_id}\n")
+    );
+    assert_eq!(first.text("hook-K0001"), format!("{}\n", values[1]));
+    let during: serde_json::Value =
+        serde_json::from_str(&first.text("status-during-hooks.json")).unwrap();
+    assert_eq!(stage_states(&during), ["done", "done", "running"]);
+    assert_eq!(during["state"], "running");
+    let after: serde_json::Value = serde_json::from_str(&first.text("status.json")).unwrap();
+    assert_eq!(stage_states(&after), ["done", "done", "done"]);
+    assert_eq!(first.text("status.rc"), "0\n");
+    // The waiter, started with the boot, returned 0 as the last stage finished.
+    assert_eq!(first.text("wait.rc"), "0\n", "{journal}");
+    let waited: serde_json::Value = serde_json::from_str(&first.text("wait.json")).unwrap();
+    assert_eq!(waited["state"], "done");
+    let hooks_ready = first.monotonic("bootstage-hooks.service", "ActiveEnterTimestampMonotonic");
+    let wait_exit = first.monotonic("test-status-wait.service", "ExecMainExitTimestampMonotonic");
+    assert!(
+        wait_exit > first.monotonic("bootstage-hooks.service", "ExecMainStartTimestampMonotonic")
+    );
+    eprintln!(
+        "status --wait exited {:+.3} s from the hooks stage's READY",
+        (wait_exit as f64 - hooks_ready as f64) / 1e6
+    );
+    let notices = hook.wait_for(1).await;
+    assert_eq!(notices[0].body["event"], "ready");
+    assert_eq!(notices[0].body["instance"]["instance_id"], first_id);
+    assert_eq!(stage_timings(&notices[0].body), ["done", "done", "done"]);
+
     // 4. The same disk again: idempotent, nothing downloaded.
     let mark = moto().mark();
     let (second, machine) = tokio::task::spawn_blocking(move || (machine.boot(), machine))
@@ -334,11 +450,42 @@ async fn boots_under_systemd() {
         0,
         "second boot downloads nothing"
     );
+    assert_eq!(
+        second.text("hooks.log"),
+        format!("pb {first_id}\n"),
+        "per-instance hooks ran once for this instance"
+    );
+    assert_eq!(hook.wait_for(2).await[1].body["event"], "ready");
+
+    // 6. That disk as an image booted by another instance: its markers do not count.
+    let other = Emulator::start(Config {
+        user_data: Some(user_data(&values, "s3://boot-config/app/")),
+        instance: imds_emulator::Instance {
+            instance_id: "i-0fedcba9876543210".into(),
+            ..Default::default()
+        },
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    machine.write("etc/bootstage/bootstage.env", &bootstage_env(&other.url()));
+    let (third, machine) = tokio::task::spawn_blocking(move || (machine.boot(), machine))
+        .await
+        .unwrap();
+    assert_eq!(
+        third.text("hooks.log"),
+        "pi i-0fedcba9876543210\npb i-0fedcba9876543210\n",
+        "{}",
+        third.text("journal")
+    );
+    let notice = hook.wait_for(3).await[2].body.clone();
+    assert_eq!(notice["event"], "ready", "{notice}");
+    assert_eq!(notice["instance"]["instance_id"], "i-0fedcba9876543210");
     drop(machine);
 
     // 2. No user-data: metadata fails with 66, no restart, OnFailure= runs, no app.
     let empty = Emulator::start(Config::default()).await.unwrap();
-    let machine = Machine::new(&bootstage_env(&empty.url()));
+    let machine = Machine::new(&bootstage_env(&empty.url()), &hook.url);
     let (r, _m) = tokio::task::spawn_blocking(move || (machine.boot(), machine))
         .await
         .unwrap();
@@ -362,12 +509,24 @@ async fn boots_under_systemd() {
         ),
         0
     );
-    assert!(
-        r.text("run-bootstage")
-            .contains("failed.bootstage-metadata.service"),
-        "OnFailure= ran: {}",
-        r.text("run-bootstage")
+    let notice = hook.wait_for(4).await[3].body.clone();
+    assert_eq!(
+        notice["event"], "failure",
+        "OnFailure= sent the notice: {notice}"
     );
+    assert_eq!(notice["unit"], "bootstage-metadata.service");
+    assert_eq!(notice["stage"], "metadata");
+    assert_eq!(notice["exit_code"], 66);
+    assert!(
+        notice["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("this instance has no user-data")
+    );
+    assert_eq!(r.text("status.rc"), "1\n");
+    assert_eq!(r.text("wait.rc"), "1\n");
+    let status: serde_json::Value = serde_json::from_str(&r.text("status.json")).unwrap();
+    assert_eq!(stage_states(&status), ["failed", "pending", "pending"]);
     assert!(r.text("journal").contains("this instance has no user-data"));
 
     // 3. S3 failure: the app never starts.
@@ -377,7 +536,7 @@ async fn boots_under_systemd() {
     })
     .await
     .unwrap();
-    let machine = Machine::new(&bootstage_env(&emu.url()));
+    let machine = Machine::new(&bootstage_env(&emu.url()), &hook.url);
     let (r, _m) = tokio::task::spawn_blocking(move || (machine.boot(), machine))
         .await
         .unwrap();
@@ -394,10 +553,11 @@ async fn boots_under_systemd() {
         0,
         "the app never started"
     );
-    assert!(
-        r.text("run-bootstage")
-            .contains("failed.bootstage-s3-sync.service")
-    );
+    let notice = hook.wait_for(5).await[4].body.clone();
+    assert_eq!(notice["unit"], "bootstage-s3-sync.service");
+    assert_eq!(notice["stage"], "s3-sync");
+    assert_eq!(notice["exit_code"], 77);
+    assert_eq!(stage_timings(&notice), ["done", "failed", "pending"]);
 
     // 5. The kill switch: stages skipped, IMDS never asked, the app starts without parameters.
     let emu = Emulator::start(Config {
@@ -406,7 +566,7 @@ async fn boots_under_systemd() {
     })
     .await
     .unwrap();
-    let machine = Machine::new(&bootstage_env(&emu.url()));
+    let machine = Machine::new(&bootstage_env(&emu.url()), &hook.url);
     machine.write("etc/bootstage/disabled", "");
     let (r, _m) = tokio::task::spawn_blocking(move || (machine.boot(), machine))
         .await
@@ -436,4 +596,30 @@ async fn boots_under_systemd() {
         "IMDS was asked: {:?}",
         emu.requests()
     );
+    assert_eq!(r.text("status.rc"), "0\n");
+    let status: serde_json::Value = serde_json::from_str(&r.text("status.json")).unwrap();
+    assert_eq!(status["state"], "disabled");
+    assert_eq!(
+        hook.received().len(),
+        5,
+        "no notice from a disabled machine"
+    );
+}
+
+fn stage_states(status: &serde_json::Value) -> Vec<String> {
+    status["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn stage_timings(notice: &serde_json::Value) -> Vec<String> {
+    notice["timings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap().to_string())
+        .collect()
 }

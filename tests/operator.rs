@@ -464,6 +464,14 @@ async fn notices_are_bounded_and_never_sent_unasked() {
     assert_eq!(sb.run(&["notify", "ready"]).await.code, 0);
     assert_eq!(hook.received().len(), 0);
 
+    // A stage that never ran (failed by dependency): the earlier stage's notice covers it.
+    let out = sb
+        .run(&["notify", "failure", "--unit", "bootstage-hooks.service"])
+        .await;
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("the stage never ran"), "{}", out.stderr);
+    assert_eq!(hook.received().len(), 0);
+
     // A 4xx is final: one attempt, exit 75, the boot is not held.
     let hook = Webhook::start(&[404]).await;
     notify_config(&sb, json!({"url": hook.url}));
