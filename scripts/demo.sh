@@ -3,7 +3,8 @@
 # user-data that appears only after 2 s, as early in a real boot; bootstage metadata waits
 # for it and writes its files; bootstage s3-sync then syncs the directory the parameters
 # name (a file:// source, as on a developer's VM) into place, atomically, twice; bootstage
-# launch then execs an "app" with the parameters in its environment.
+# hooks runs a per-instance and a per-boot hook; status and query show the outcome;
+# bootstage launch then execs an "app" with the parameters in its environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,12 @@ endpoint=$(awk '{print $3}' "$work/emulator.out")
 echo "== IMDS emulator at $endpoint (user-data appears in 2 s)"
 
 export BOOTSTAGE_STATE_DIR="$work/state"
+# Hooks and their per-instance markers in the demo's own directory, not /etc or /var/lib.
+export BOOTSTAGE_HOOKS_DIR="$work/hooks" BOOTSTAGE_LIB_DIR="$work/lib"
+mkdir -p "$work/hooks/per-instance.d" "$work/hooks/per-boot.d"
+printf '#!/bin/sh\necho "   per-instance hook: first boot of $BOOTSTAGE_INSTANCE_ID, setting up $APP_NAME"\n' > "$work/hooks/per-instance.d/10-setup"
+printf '#!/bin/sh\necho "   per-boot hook: $BOOTSTAGE_HOOK"\n' > "$work/hooks/per-boot.d/10-every-boot"
+chmod +x "$work/hooks/per-instance.d/10-setup" "$work/hooks/per-boot.d/10-every-boot"
 # Every stage below that would reach for IMDS reaches the emulator, never the real address.
 export AWS_EC2_METADATA_SERVICE_ENDPOINT="$endpoint"
 echo "== bootstage metadata"
@@ -41,6 +48,16 @@ ls -l "$work/srv"
 find -L "$work/srv/config" -type f | sort | while read -r f; do echo "-- ${f#$work/srv/}: $(cat "$f")"; done
 echo "== again: nothing changed, nothing swapped"
 "$bin/bootstage" s3-sync
+
+echo "== bootstage hooks (twice: the per-instance hook runs once for this instance)"
+"$bin/bootstage" hooks
+"$bin/bootstage" hooks
+
+echo "== bootstage status"
+"$bin/bootstage" status
+echo "== bootstage query app.port / instance.region"
+"$bin/bootstage" query app.port
+"$bin/bootstage" query instance.region
 
 echo "== bootstage launch: the app, with the parameters in its environment"
 "$bin/bootstage" launch -- sh -c 'echo "$APP_NAME ($APP_ENVIRONMENT) on port $APP_PORT, instance $BOOTSTAGE_INSTANCE_ID in $BOOTSTAGE_REGION; config: $(cat "$1"/app.conf | tr "\n" " ")"' sh "$work/srv/config"

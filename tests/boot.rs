@@ -407,10 +407,13 @@ async fn boots_under_systemd() {
     assert_eq!(first.text("hook-K0001"), format!("{}\n", values[1]));
     let during: serde_json::Value =
         serde_json::from_str(&first.text("status-during-hooks.json")).unwrap();
-    assert_eq!(stage_states(&during), ["done", "done", "running"]);
+    assert_eq!(
+        common::states(&during["stages"]),
+        ["done", "done", "running"]
+    );
     assert_eq!(during["state"], "running");
     let after: serde_json::Value = serde_json::from_str(&first.text("status.json")).unwrap();
-    assert_eq!(stage_states(&after), ["done", "done", "done"]);
+    assert_eq!(common::states(&after["stages"]), ["done", "done", "done"]);
     assert_eq!(first.text("status.rc"), "0\n");
     // The waiter, started with the boot, returned 0 as the last stage finished.
     assert_eq!(first.text("wait.rc"), "0\n", "{journal}");
@@ -428,7 +431,10 @@ async fn boots_under_systemd() {
     let notices = hook.wait_for(1).await;
     assert_eq!(notices[0].body["event"], "ready");
     assert_eq!(notices[0].body["instance"]["instance_id"], first_id);
-    assert_eq!(stage_timings(&notices[0].body), ["done", "done", "done"]);
+    assert_eq!(
+        common::states(&notices[0].body["timings"]),
+        ["done", "done", "done"]
+    );
 
     // 4. The same disk again: idempotent, nothing downloaded.
     let mark = moto().mark();
@@ -526,7 +532,10 @@ async fn boots_under_systemd() {
     assert_eq!(r.text("status.rc"), "1\n");
     assert_eq!(r.text("wait.rc"), "1\n");
     let status: serde_json::Value = serde_json::from_str(&r.text("status.json")).unwrap();
-    assert_eq!(stage_states(&status), ["failed", "pending", "pending"]);
+    assert_eq!(
+        common::states(&status["stages"]),
+        ["failed", "pending", "pending"]
+    );
     assert!(r.text("journal").contains("this instance has no user-data"));
 
     // 3. S3 failure: the app never starts.
@@ -557,7 +566,10 @@ async fn boots_under_systemd() {
     assert_eq!(notice["unit"], "bootstage-s3-sync.service");
     assert_eq!(notice["stage"], "s3-sync");
     assert_eq!(notice["exit_code"], 77);
-    assert_eq!(stage_timings(&notice), ["done", "failed", "pending"]);
+    assert_eq!(
+        common::states(&notice["timings"]),
+        ["done", "failed", "pending"]
+    );
 
     // 5. The kill switch: stages skipped, IMDS never asked, the app starts without parameters.
     let emu = Emulator::start(Config {
@@ -604,22 +616,4 @@ async fn boots_under_systemd() {
         5,
         "no notice from a disabled machine"
     );
-}
-
-fn stage_states(status: &serde_json::Value) -> Vec<String> {
-    status["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["state"].as_str().unwrap().to_string())
-        .collect()
-}
-
-fn stage_timings(notice: &serde_json::Value) -> Vec<String> {
-    notice["timings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["state"].as_str().unwrap().to_string())
-        .collect()
 }

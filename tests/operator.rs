@@ -93,13 +93,7 @@ async fn status_follows_each_stage_from_pending_to_done_or_failed() {
     assert_eq!(out.code, 0, "{out:?}");
     let doc = status_json(&out);
     assert_eq!(doc["state"], "done");
-    let states: Vec<&str> = doc["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["state"].as_str().unwrap())
-        .collect();
-    assert_eq!(states, ["done", "done", "done"]);
+    assert_eq!(common::states(&doc["stages"]), ["done", "done", "done"]);
     assert_eq!(doc["stages"][0]["error"], Value::Null, "no stale error");
 }
 
@@ -436,13 +430,7 @@ async fn a_failure_notice_reaches_the_webhook_with_what_failed() {
     assert_eq!(notice["unit"], Value::Null);
     assert_eq!(notice["error"], Value::Null);
     assert_eq!(notice["instance"]["instance_id"], "i-1");
-    let states: Vec<&str> = notice["timings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["state"].as_str().unwrap())
-        .collect();
-    assert_eq!(states, ["done", "done", "done"]);
+    assert_eq!(common::states(&notice["timings"]), ["done", "done", "done"]);
     let copied = std::fs::read_to_string(&copy).unwrap();
     let (json_part, event) = copied.rsplit_once('}').unwrap();
     let from_command: Value = serde_json::from_str(&format!("{json_part}}}")).unwrap();

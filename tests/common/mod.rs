@@ -187,3 +187,14 @@ pub fn mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
+
+/// The `state` of each entry of a list of stage records (`status --json`'s `stages`, a
+/// notice's `timings`), in order.
+pub fn states(records: &serde_json::Value) -> Vec<String> {
+    records
+        .as_array()
+        .expect("a list of stage records")
+        .iter()
+        .map(|r| r["state"].as_str().expect("a state").to_string())
+        .collect()
+}
