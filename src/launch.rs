@@ -5,15 +5,15 @@
 //!
 //! Run by hand on a fresh machine, it runs what is missing in-process first: the metadata
 //! stage when `params.env` is absent, then every configured sync whose destination is
-//! absent, then the hooks unless they are done this boot; `--refresh` re-runs all of them. When bootstage is disabled (the units' kill
-//! switch: `/etc/bootstage/disabled`, or `bootstage=disabled` on the kernel command line)
-//! it runs no stage: the app starts with whatever `params.env` holds, or without it.
+//! absent, then the hooks unless they are done this boot; `--refresh` re-runs all of them.
+//! When bootstage is disabled (the units' kill switch: `/etc/bootstage/disabled`, or
+//! `bootstage=disabled` on the kernel command line) it runs no stage: the app starts with
+//! whatever `params.env` holds, or without it.
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 use crate::cli::LaunchArgs;
-use crate::envfile;
 use crate::error::{Error, Result};
 use crate::notify::Notifier;
 use crate::state::StateDir;
@@ -23,7 +23,6 @@ pub async fn run(state: &StateDir, args: &LaunchArgs, notifier: Notifier) -> Res
     let (program, rest) = args.command.split_first().ok_or_else(|| {
         Error::Usage("launch needs a command: bootstage launch -- CMD [ARGS…]".into())
     })?;
-    let path = state.params_env();
     let disabled = disabled_reason();
     if let Some(why) = &disabled {
         tracing::warn!("bootstage is disabled ({why}): running no stage");
@@ -32,10 +31,14 @@ pub async fn run(state: &StateDir, args: &LaunchArgs, notifier: Notifier) -> Res
         s3sync::sync_missing(state, args.refresh, notifier).await?;
         hooks::ensure(state, &args.hooks, args.refresh, notifier).await?;
     }
-    let vars = match std::fs::read_to_string(&path) {
-        Ok(text) => envfile::parse(&text, &path.display().to_string())?,
-        Err(e) if disabled.is_some() && e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(source) => return Err(Error::Read { path, source }),
+    let vars = match state.load_env() {
+        Ok(vars) => vars,
+        Err(Error::Read { source, .. })
+            if disabled.is_some() && source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Vec::new()
+        }
+        Err(e) => return Err(e),
     };
     tracing::info!(program, variables = vars.len(), "launching");
     let error = std::process::Command::new(program)
