@@ -413,7 +413,7 @@ async fn pass_once(
             let on_disk = current
                 .as_ref()
                 .and_then(|c| std::fs::symlink_metadata(c.join(rel)).ok());
-            listed.is_some_and(|e| e.etag == o.etag && e.size == o.size)
+            listed.is_some_and(|e| e.etag == o.version.token() && e.size == o.size)
                 && on_disk.is_some_and(|m| m.is_file() && m.len() == o.size)
         })
         .collect();
@@ -497,7 +497,7 @@ async fn pass_once(
             .map(|(rel, o)| {
                 let entry = Entry {
                     key: o.key.clone(),
-                    etag: o.etag.clone(),
+                    etag: o.version.token(),
                     size: o.size,
                 };
                 (rel.to_string_lossy().into_owned(), entry)

@@ -4,9 +4,15 @@
 //! S3: one ListObjectsV2 pass (paginated) gives every key with its ETag and size; no HEAD
 //! per object. A download is a GET with `If-Match: <listed ETag>`, streamed to disk in
 //! chunks (memory does not grow with object size), its size always checked and its MD5
-//! checked when the ETag is a plain MD5 (a multipart ETag `…-N` is not one). An object
-//! replaced between LIST and GET answers 412 and is reported as [`SourceError::Changed`],
-//! so the caller can list again.
+//! checked when the ETag is a plain MD5 (a multipart `…-N` is not one, nor is the ETag of
+//! an SSE-KMS or SSE-C object). An object replaced between LIST and GET answers 412 (or,
+//! from a server that ignores If-Match, another ETag) and is reported as
+//! [`SourceError::Changed`], so the caller can list again.
+//!
+//! Some S3-compatible servers (s3s-fs) list no ETags. Then an object's version is its
+//! listed LastModified, as `aws s3 sync` compares, and a GET whose Last-Modified differs
+//! is the change; the MD5 comes from the GET's own ETag. Coarser than an ETag: a rewrite
+//! of the same size within the listing's time resolution (moto's: one second) is missed.
 //!
 //! Directories: the "ETag" is the file's mtime and size, and a file whose mtime or size
 //! moves while it is copied is reported as changed the same way. Symlinks in the source
@@ -17,6 +23,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use aws_sdk_s3::Client;
+use aws_sdk_s3::types::ServerSideEncryption;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use md5::{Digest, Md5};
 use tokio::io::AsyncWriteExt;
@@ -25,8 +32,39 @@ use tokio::io::AsyncWriteExt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Object {
     pub key: String,
-    pub etag: String,
+    pub version: Version,
     pub size: u64,
+}
+
+/// What tells one version of an object from the next, as listed. The manifest keeps its
+/// [`Version::token`]: an object whose token and size are unchanged is not fetched again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Version {
+    /// The listed ETag (quoted, as S3 sends it): a new upload changes it.
+    ETag(String),
+    /// The listed LastModified, from a server that lists no ETag.
+    Modified(aws_smithy_types::DateTime),
+    /// A file of a directory source: its mtime and size.
+    File(String),
+}
+
+impl Version {
+    /// The manifest's form. An ETag is kept as listed, so manifests written before the
+    /// other forms existed still match.
+    pub fn token(&self) -> String {
+        match self {
+            Version::ETag(etag) => etag.clone(),
+            Version::Modified(t) => format!("modified-{}.{:09}", t.secs(), t.subsec_nanos()),
+            Version::File(token) => token.clone(),
+        }
+    }
+
+    fn etag(&self) -> Option<&str> {
+        match self {
+            Version::ETag(etag) => Some(etag),
+            Version::Modified(_) | Version::File(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,9 +167,25 @@ impl Source {
                     count += 1;
                     let page = page.map_err(|e| self.sdk_error(e))?;
                     for o in page.contents() {
+                        let key = url_decode(o.key().unwrap_or_default());
+                        let version = match (o.e_tag(), o.last_modified()) {
+                            (Some(etag), _) if !etag.is_empty() => Version::ETag(etag.into()),
+                            (_, Some(modified)) => {
+                                NO_ETAGS.call_once(|| tracing::warn!(url = %self.url(), "the listing carries no ETags: changes are found by size and LastModified"));
+                                Version::Modified(*modified)
+                            }
+                            _ => {
+                                return Err(SourceError::Failed {
+                                    url: self.url(),
+                                    why: format!(
+                                        "{key}: listed with neither ETag nor LastModified"
+                                    ),
+                                });
+                            }
+                        };
                         objects.push(Object {
-                            key: url_decode(o.key().unwrap_or_default()),
-                            etag: o.e_tag().unwrap_or_default().to_string(),
+                            key,
+                            version,
                             size: o.size().unwrap_or_default().max(0) as u64,
                         });
                     }
@@ -168,13 +222,14 @@ impl Source {
         let mut file = tokio::fs::File::from_std(file);
         let mut md5 = Md5::new();
         let mut written = 0u64;
+        let mut expected_md5 = None;
         match self {
             Source::S3 { client, bucket, .. } => {
                 let answer = client
                     .get_object()
                     .bucket(bucket)
                     .key(&object.key)
-                    .if_match(&object.etag)
+                    .set_if_match(object.version.etag().map(str::to_string))
                     .send()
                     .await
                     .map_err(|e| match e.raw_response().map(|r| r.status().as_u16()) {
@@ -183,6 +238,26 @@ impl Source {
                         },
                         _ => self.sdk_error(e),
                     })?;
+                let changed = match &object.version {
+                    Version::ETag(listed) => answer
+                        .e_tag()
+                        .is_some_and(|got| got.trim_matches('"') != listed.trim_matches('"')),
+                    // Last-Modified is to the second; a listing may give milliseconds.
+                    Version::Modified(listed) => answer
+                        .last_modified()
+                        .is_none_or(|got| got.secs() != listed.secs()),
+                    Version::File(_) => false,
+                };
+                if changed {
+                    return Err(SourceError::Changed {
+                        key: object.key.clone(),
+                    });
+                }
+                expected_md5 = md5_in_etag(
+                    answer.e_tag(),
+                    answer.server_side_encryption(),
+                    answer.sse_customer_algorithm().is_some(),
+                );
                 let mut body = answer.body;
                 while let Some(chunk) = body.next().await {
                     let chunk = chunk.map_err(|e| SourceError::Failed {
@@ -210,7 +285,7 @@ impl Source {
                     path: from.clone(),
                     source: e,
                 })?;
-                if dir_etag(&now) != object.etag {
+                if Version::File(file_token(&now)) != object.version {
                     return Err(SourceError::Changed {
                         key: object.key.clone(),
                     });
@@ -224,9 +299,7 @@ impl Source {
                 why: format!("{written} bytes received, {} listed", object.size),
             });
         }
-        if let Some(expected) = plain_md5(&object.etag)
-            && matches!(self, Source::S3 { .. })
-        {
+        if let Some(expected) = expected_md5 {
             let got = hex::encode(md5.finalize());
             if got != expected {
                 return Err(SourceError::Corrupt {
@@ -288,6 +361,24 @@ fn url_decode(key: &str) -> String {
         .into_owned()
 }
 
+/// Warned about once per process (watch mode lists again every interval).
+static NO_ETAGS: std::sync::Once = std::sync::Once::new();
+
+/// The MD5 an answer's ETag promises, if it promises one: not for a multipart upload's
+/// ETag (`…-N`), nor for an object encrypted with SSE-KMS or SSE-C, whose ETag is not the
+/// MD5 of its bytes.
+fn md5_in_etag(
+    etag: Option<&str>,
+    sse: Option<&ServerSideEncryption>,
+    customer_key: bool,
+) -> Option<String> {
+    let kms = matches!(
+        sse,
+        Some(ServerSideEncryption::AwsKms | ServerSideEncryption::AwsKmsDsse)
+    );
+    etag.filter(|_| !kms && !customer_key).and_then(plain_md5)
+}
+
 /// The MD5 in a single-part ETag (`"9e107d9d372bb6826bd81d3542a419d6"`).
 fn plain_md5(etag: &str) -> Option<String> {
     let inner = etag.trim_matches('"');
@@ -295,7 +386,7 @@ fn plain_md5(etag: &str) -> Option<String> {
         .then(|| inner.to_ascii_lowercase())
 }
 
-fn dir_etag(meta: &std::fs::Metadata) -> String {
+fn file_token(meta: &std::fs::Metadata) -> String {
     format!(
         "mtime-{}.{:09}-{}",
         meta.mtime(),
@@ -328,7 +419,7 @@ fn walk(root: &Path) -> Result<Vec<Object>, SourceError> {
             } else if meta.is_file() {
                 out.push(Object {
                     key: rel.to_string_lossy().into_owned(),
-                    etag: dir_etag(&meta),
+                    version: Version::File(file_token(&meta)),
                     size: meta.size(),
                 });
             } else {
@@ -374,5 +465,15 @@ mod tests {
             Some("9e107d9d372bb6826bd81d3542a419d6")
         );
         assert_eq!(plain_md5("\"9e107d9d372bb6826bd81d3542a419d6-2\""), None);
+        let md5 = "\"9e107d9d372bb6826bd81d3542a419d6\"";
+        let aes = ServerSideEncryption::Aes256;
+        let kms = ServerSideEncryption::AwsKms;
+        assert_eq!(
+            md5_in_etag(Some(md5), Some(&aes), false).as_deref(),
+            Some("9e107d9d372bb6826bd81d3542a419d6")
+        );
+        assert_eq!(md5_in_etag(Some(md5), Some(&kms), false), None);
+        assert_eq!(md5_in_etag(Some(md5), None, true), None);
+        assert_eq!(md5_in_etag(None, None, false), None);
     }
 }

@@ -45,6 +45,7 @@ pub struct Manifest {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Entry {
     pub key: String,
+    /// The object's [`crate::source::Version::token`]: its ETag where the listing has one.
     pub etag: String,
     pub size: u64,
 }

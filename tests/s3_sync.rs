@@ -516,36 +516,43 @@ async fn throttling_and_dropped_connections_are_retried() {
     assert!(out.stderr.contains("retrying a download"), "{}", out.stderr);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_object_replaced_between_list_and_get_is_fetched_again() {
-    use common::faults::{Faults, start};
-    let bucket = moto().bucket("racy").await;
+/// moto lists LastModified to the second: returns once the clock is past the second in
+/// which every object so far was written, so that the next write lists as newer.
+async fn into_the_next_second() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let next = Duration::from_secs(now.as_secs() + 1);
+    tokio::time::sleep(next - now + Duration::from_millis(5)).await;
+}
+
+/// Replaces `r/b` with new bytes of the same size while bootstage, having listed, is about
+/// to GET it, through a proxy with `faults`; bootstage must notice and fetch it again.
+async fn replace_between_list_and_get(bucket_name: &str, faults: common::faults::Faults) {
+    let bucket = moto().bucket(bucket_name).await;
     bucket.put("r/a", "old a").await;
     bucket.put("r/b", "old b").await;
     let (hit, reached) = tokio::sync::oneshot::channel();
     let (release, go) = tokio::sync::oneshot::channel();
-    let faults = Faults {
-        hold: std::sync::Mutex::new(Some(("/racy/r/b".into(), hit, go))),
-        ..Faults::default()
+    let faults = common::faults::Faults {
+        hold: std::sync::Mutex::new(Some((format!("/{bucket_name}/r/b"), hit, go))),
+        ..faults
     };
-    let proxy = start(&moto().url, faults).await;
+    let proxy = common::faults::start(&moto().url, faults).await;
     let sb = Sandbox::new();
     let run = tokio::spawn({
         let proxy_url = proxy.url.clone();
         let to = sb.path("dest/config");
-        let mut cmd = sb.command(&[
-            "s3-sync",
-            "--from",
-            "s3://racy/r/",
-            "--to",
-            to.to_str().unwrap(),
-        ]);
+        let from = format!("s3://{bucket_name}/r/");
+        let mut cmd = sb.command(&["s3-sync", "--from", &from, "--to", to.to_str().unwrap()]);
         cmd.envs(moto().env()).env("AWS_ENDPOINT_URL", proxy_url);
         common::run(cmd)
     });
-    // bootstage has listed and is fetching b: replace b now, then let the GET through.
     reached.await.unwrap();
-    bucket.put("r/b", "NEW b, longer").await;
+    if proxy.faults.strip_list_etags {
+        into_the_next_second().await;
+    }
+    bucket.put("r/b", "new b").await;
     release.send(()).unwrap();
     let out = run.await.unwrap();
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -557,7 +564,87 @@ async fn an_object_replaced_between_list_and_get_is_fetched_again() {
     );
     assert_eq!(
         tree(&sb.path("dest/config")),
-        files(&[("a", b"old a"), ("b", b"NEW b, longer")])
+        files(&[("a", b"old a"), ("b", b"new b")])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_replaced_between_list_and_get_is_fetched_again() {
+    replace_between_list_and_get("racy", Default::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_object_is_noticed_by_its_etag_when_if_match_is_ignored() {
+    let faults = common::faults::Faults {
+        drop_if_match: true,
+        ..Default::default()
+    };
+    replace_between_list_and_get("racy-no-if-match", faults).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_object_is_noticed_by_last_modified_when_nothing_lists_etags() {
+    let faults = common::faults::Faults {
+        strip_list_etags: true,
+        ..Default::default()
+    };
+    replace_between_list_and_get("racy-no-etags", faults).await;
+}
+
+/// A server that lists no ETags (s3s-fs): changes are found by size and LastModified, a
+/// no-change re-sync still fetches nothing, and the GET's own ETag is still verified.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_listed_etags_changes_are_found_by_size_and_last_modified() {
+    let bucket = moto().bucket("no-etags").await;
+    let mut want = BTreeMap::new();
+    for i in 0..6 {
+        let body = format!("version-1 of file {i}");
+        bucket.put(&format!("n/f{i}"), body.clone()).await;
+        want.insert(format!("f{i}"), body.into_bytes());
+    }
+    let faults = common::faults::Faults {
+        strip_list_etags: true,
+        ..Default::default()
+    };
+    let proxy = common::faults::start(&moto().url, faults).await;
+    let sb = Sandbox::new();
+    let out = sync_through(&sb, &proxy, "s3://no-etags/n/").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the listing carries no ETags: changes are found by size and LastModified"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(tree(&sb.path("dest/config")), want);
+
+    let mark = moto().mark();
+    assert_eq!(sync_through(&sb, &proxy, "s3://no-etags/n/").await.code, 0);
+    let nothing = Counts {
+        list: 1,
+        get: 0,
+        head: 0,
+        other: 0,
+    };
+    assert_eq!(moto().counts("no-etags", mark), nothing);
+
+    // 3 same-size changes and 1 longer one, in a later second than the first writes.
+    into_the_next_second().await;
+    for i in 0..4 {
+        let body = match i {
+            3 => format!("version-2 of file {i}, longer"),
+            _ => format!("version-2 of file {i}"),
+        };
+        bucket.put(&format!("n/f{i}"), body.clone()).await;
+        want.insert(format!("f{i}"), body.into_bytes());
+    }
+    let mark = moto().mark();
+    let out = sync_through(&sb, &proxy, "s3://no-etags/n/").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(tree(&sb.path("dest/config")), want);
+    assert_eq!(
+        moto().counts("no-etags", mark),
+        Counts { get: 4, ..nothing }
     );
 }
 

@@ -2,6 +2,8 @@
 //! except that it can answer the first N object GETs with 503 SlowDown, cut the first N
 //! object bodies off halfway (the connection drops mid-transfer), or hold the first GET of
 //! one object until the test has replaced it (the object changes between LIST and GET).
+//! It can also play an S3-compatible server that lists no ETags (s3s-fs) or ignores
+//! If-Match.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,6 +29,10 @@ pub struct Faults {
     pub hold: std::sync::Mutex<Option<Hold>>,
     /// Answer every LIST with 403 AccessDenied.
     pub deny_list: std::sync::atomic::AtomicBool,
+    /// Remove every `<ETag>` from LIST answers.
+    pub strip_list_etags: bool,
+    /// Drop the If-Match header from requests.
+    pub drop_if_match: bool,
     pub injected: AtomicUsize,
 }
 
@@ -113,7 +119,7 @@ async fn forward(
     );
     let mut request = s.http.request(method, target).body(body);
     for (name, value) in &headers {
-        if name != "host" {
+        if name != "host" && !(s.faults.drop_if_match && name == "if-match") {
             request = request.header(name, value);
         }
     }
@@ -140,10 +146,23 @@ async fn forward(
     }
     out_headers.remove("transfer-encoding");
     out_headers.remove("content-length");
+    let bytes = match list && s.faults.strip_list_etags {
+        true => without_etags(&bytes).into(),
+        false => bytes,
+    };
     let mut response = Response::new(Body::from(bytes));
     *response.status_mut() = status;
     for (name, value) in &out_headers {
         response.headers_mut().insert(name, value.clone());
     }
     response
+}
+
+fn without_etags(xml: &[u8]) -> Vec<u8> {
+    let mut text = String::from_utf8_lossy(xml).into_owned();
+    while let Some(start) = text.find("<ETag>") {
+        let end = start + text[start..].find("</ETag>").unwrap() + "</ETag>".len();
+        text.replace_range(start..end, "");
+    }
+    text.into_bytes()
 }
