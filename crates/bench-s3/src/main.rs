@@ -1,0 +1,237 @@
+//! The S3-compatible server `scripts/bench-sync.py` runs beside moto: s3s-fs's file-system
+//! backend and S3 protocol, served with two changes to s3s-fs's own binary.
+//!
+//! - `TCP_NODELAY` on every connection. s3s-fs writes a response's head and body in two
+//!   writes; without NODELAY, Nagle holds the body until the client ACKs the head, and the
+//!   client delays that ACK by up to 40 ms, so every small GET costs ~40 ms whatever the
+//!   client does (measured: 81 s for 2,020 objects at concurrency 1). Real S3 endpoints,
+//!   like nginx and Go servers, do not stall so.
+//! - Where s3s-fs answers otherwise than S3, and a client pays for it, S3's answer:
+//!   - listings carry each object's ETag (s3s-fs lists none; aws-cli then sends a HEAD per
+//!     object, and bootstage falls back to LastModified). The ETags PUTs answered are kept
+//!     in memory, so that a LIST costs what S3's does, not a HEAD per object inside it;
+//!   - an empty `delimiter=` (rclone --fast-list sends one) means none (s3s-fs lists
+//!     nothing);
+//!   - HEAD or GET of a key that is a directory on disk (`tree` when `tree/a` exists) is
+//!     404 NoSuchKey (s3s-fs: 500, which rclone retries for seconds).
+//! - One line per request on stdout (`METHOD PATH`), which the benchmark counts, as it
+//!   counts moto's request log.
+//!
+//! Usage: `bench-s3 ADDR ROOT ACCESS_KEY SECRET_KEY` (ADDR on loopback, e.g. 127.0.0.1:9000).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper::service::{Service, service_fn};
+use hyper_util::rt::TokioIo;
+use s3s::auth::SimpleAuth;
+use s3s::dto::*;
+use s3s::service::{S3Service, S3ServiceBuilder};
+use s3s::{HttpResponse, S3, S3Request, S3Response, S3Result, s3_error};
+use tokio::net::TcpListener;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [addr, root, access_key, secret_key] = args.as_slice() else {
+        return Err("usage: bench-s3 ADDR ROOT ACCESS_KEY SECRET_KEY".into());
+    };
+    let service = {
+        let fs = s3s_fs::FileSystem::new(root).map_err(|e| format!("{root}: {e:?}"))?;
+        let mut builder = S3ServiceBuilder::new(Store {
+            fs,
+            root: PathBuf::from(root),
+            etags: Mutex::default(),
+        });
+        builder.set_auth(SimpleAuth::from_single(
+            access_key.as_str(),
+            secret_key.as_str(),
+        ));
+        builder.build()
+    };
+    let listener = TcpListener::bind(addr.as_str()).await?;
+    loop {
+        let (socket, _) = listener.accept().await?;
+        socket.set_nodelay(true)?;
+        let service = service.clone();
+        let logged = service_fn(move |request| logged(service.clone(), request));
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(socket), logged);
+            if let Err(error) = connection.await {
+                eprintln!("bench-s3: connection: {error}");
+            }
+        });
+    }
+}
+
+/// Logs the request, then serves it. A lost log line would miscount the benchmark, so it
+/// fails the request instead.
+async fn logged(service: S3Service, request: Request<Incoming>) -> Result<HttpResponse, BoxError> {
+    let line = format!("{} {}\n", request.method(), request.uri());
+    std::io::stdout().lock().write_all(line.as_bytes())?;
+    Service::call(&service, request)
+        .await
+        .map_err(|e| format!("{e:?}").into())
+}
+
+/// s3s-fs's store, with S3's answers where s3s-fs's differ.
+struct Store {
+    fs: s3s_fs::FileSystem,
+    root: PathBuf,
+    /// (bucket, key) → ETag, from PUT answers; emptied by any other write.
+    etags: Mutex<HashMap<(String, String), ETag>>,
+}
+
+impl Store {
+    fn no_such_key(&self, bucket: &str, key: &str) -> S3Result<()> {
+        match self.root.join(bucket).join(key).is_dir() {
+            true => Err(s3_error!(NoSuchKey)),
+            false => Ok(()),
+        }
+    }
+
+    /// The object's ETag: as its PUT answered, else as s3s-fs keeps it (a HEAD).
+    async fn etag(&self, bucket: &str, key: &str) -> S3Result<Option<ETag>> {
+        let id = (bucket.to_string(), key.to_string());
+        if let Some(etag) = self.etags.lock().unwrap().get(&id) {
+            return Ok(Some(etag.clone()));
+        }
+        let input = HeadObjectInput::builder()
+            .bucket(bucket.into())
+            .key(key.into())
+            .build()
+            .map_err(|e| s3_error!(InternalError, "{e}"))?;
+        let head = S3Request {
+            input,
+            method: hyper::Method::HEAD,
+            uri: hyper::Uri::default(),
+            headers: hyper::HeaderMap::new(),
+            extensions: hyper::http::Extensions::new(),
+            credentials: None,
+            region: None,
+            service: None,
+            trailing_headers: None,
+        };
+        Ok(self.fs.head_object(head).await?.output.e_tag)
+    }
+}
+
+/// An empty delimiter is no delimiter, as in S3.
+fn no_empty_delimiter(mut input: ListObjectsV2Input) -> ListObjectsV2Input {
+    input.delimiter = input.delimiter.filter(|d| !d.is_empty());
+    input
+}
+
+/// `impl S3 for Store`: the given methods, and the rest of what s3s-fs implements passed
+/// through unchanged (a macro around the whole impl, so that async_trait sees every method).
+macro_rules! store_impl {
+    (
+        { $($own:item)* }
+        delegate { $($op:ident: $input:ty => $output:ty;)* }
+        delegate_and_forget_etags { $($write:ident: $winput:ty => $woutput:ty;)* }
+    ) => {
+        #[async_trait::async_trait]
+        impl S3 for Store {
+            $($own)*
+            $(async fn $op(&self, req: S3Request<$input>) -> S3Result<S3Response<$output>> {
+                self.fs.$op(req).await
+            })*
+            $(async fn $write(&self, req: S3Request<$winput>) -> S3Result<S3Response<$woutput>> {
+                self.etags.lock().unwrap().clear();
+                self.fs.$write(req).await
+            })*
+        }
+    };
+}
+
+store_impl! {
+    {
+        async fn head_object(
+            &self,
+            req: S3Request<HeadObjectInput>,
+        ) -> S3Result<S3Response<HeadObjectOutput>> {
+            self.no_such_key(&req.input.bucket, &req.input.key)?;
+            self.fs.head_object(req).await
+        }
+
+        async fn get_object(
+            &self,
+            req: S3Request<GetObjectInput>,
+        ) -> S3Result<S3Response<GetObjectOutput>> {
+            self.no_such_key(&req.input.bucket, &req.input.key)?;
+            self.fs.get_object(req).await
+        }
+
+        async fn put_object(
+            &self,
+            req: S3Request<PutObjectInput>,
+        ) -> S3Result<S3Response<PutObjectOutput>> {
+            let id = (req.input.bucket.clone(), req.input.key.clone());
+            self.etags.lock().unwrap().remove(&id);
+            let answer = self.fs.put_object(req).await?;
+            if let Some(etag) = &answer.output.e_tag {
+                self.etags.lock().unwrap().insert(id, etag.clone());
+            }
+            Ok(answer)
+        }
+
+        async fn list_objects_v2(
+            &self,
+            req: S3Request<ListObjectsV2Input>,
+        ) -> S3Result<S3Response<ListObjectsV2Output>> {
+            let bucket = req.input.bucket.clone();
+            let mut answer = self.fs.list_objects_v2(req.map_input(no_empty_delimiter)).await?;
+            for object in answer.output.contents.iter_mut().flatten() {
+                if let (None, Some(key)) = (&object.e_tag, &object.key) {
+                    object.e_tag = self.etag(&bucket, key).await?;
+                }
+            }
+            Ok(answer)
+        }
+
+        /// As s3s-fs answers ListObjects (v1): through ListObjectsV2, here with ETags.
+        async fn list_objects(
+            &self,
+            req: S3Request<ListObjectsInput>,
+        ) -> S3Result<S3Response<ListObjectsOutput>> {
+            let v2 = self.list_objects_v2(req.map_input(Into::into)).await?;
+            Ok(v2.map_output(|v2| ListObjectsOutput {
+                contents: v2.contents,
+                common_prefixes: v2.common_prefixes,
+                delimiter: v2.delimiter,
+                encoding_type: v2.encoding_type,
+                name: v2.name,
+                prefix: v2.prefix,
+                max_keys: v2.max_keys,
+                is_truncated: v2.is_truncated,
+                next_marker: v2.next_continuation_token,
+                ..Default::default()
+            }))
+        }
+    }
+    delegate {
+        create_bucket: CreateBucketInput => CreateBucketOutput;
+        get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput;
+        head_bucket: HeadBucketInput => HeadBucketOutput;
+        list_buckets: ListBucketsInput => ListBucketsOutput;
+        create_multipart_upload: CreateMultipartUploadInput => CreateMultipartUploadOutput;
+        upload_part: UploadPartInput => UploadPartOutput;
+        upload_part_copy: UploadPartCopyInput => UploadPartCopyOutput;
+        list_parts: ListPartsInput => ListPartsOutput;
+        abort_multipart_upload: AbortMultipartUploadInput => AbortMultipartUploadOutput;
+    }
+    delegate_and_forget_etags {
+        copy_object: CopyObjectInput => CopyObjectOutput;
+        delete_bucket: DeleteBucketInput => DeleteBucketOutput;
+        delete_object: DeleteObjectInput => DeleteObjectOutput;
+        delete_objects: DeleteObjectsInput => DeleteObjectsOutput;
+        complete_multipart_upload: CompleteMultipartUploadInput => CompleteMultipartUploadOutput;
+    }
+}
