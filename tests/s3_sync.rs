@@ -591,8 +591,8 @@ async fn a_replaced_object_is_noticed_by_last_modified_when_nothing_lists_etags(
     replace_between_list_and_get("racy-no-etags", faults).await;
 }
 
-/// A server that lists no ETags (s3s-fs): changes are found by size and LastModified, a
-/// no-change re-sync still fetches nothing, and the GET's own ETag is still verified.
+/// A server that lists no ETags (s3s-fs): changes are found by size and LastModified, and
+/// a no-change re-sync still fetches nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn without_listed_etags_changes_are_found_by_size_and_last_modified() {
     let bucket = moto().bucket("no-etags").await;
