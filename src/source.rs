@@ -14,9 +14,9 @@
 //! is the change; the MD5 comes from the GET's own ETag. Coarser than an ETag: a rewrite
 //! of the same size within the listing's time resolution (moto's: one second) is missed.
 //!
-//! Directories: the "ETag" is the file's mtime and size, and a file whose mtime or size
-//! moves while it is copied is reported as changed the same way. Symlinks in the source
-//! are not followed.
+//! Directories: an object's version is the file's mtime and size, and a file whose mtime
+//! or size moves while it is copied is reported as changed the same way. Symlinks in the
+//! source are not followed.
 
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -254,7 +254,7 @@ impl Source {
                     });
                 }
                 expected_md5 = md5_in_etag(
-                    answer.e_tag(),
+                    answer.e_tag().or(object.version.etag()),
                     answer.server_side_encryption(),
                     answer.sse_customer_algorithm().is_some(),
                 );
