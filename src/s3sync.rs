@@ -10,7 +10,11 @@
 //!    changed build a new generation: unchanged files hard-linked from the current one,
 //!    changed and new ones downloaded with bounded concurrency and verified, modes and
 //!    owners applied, `syncfs`, then one atomic symlink swap (see `tree.rs`). An object
-//!    replaced mid-sync makes the pass start over from a fresh LIST, up to 3 times;
+//!    replaced mid-sync makes the pass start over from a fresh LIST, up to 3 times; a
+//!    transient failure (S3 unreachable, 5xx past the SDK's own retries, a timeout) makes
+//!    it start over under the retry policy until `--sync-timeout`. The stage must succeed
+//!    in one start: systemd does not start again the units whose start failed with ours,
+//!    so a `Restart=` would sync the tree and still leave the app down;
 //! 4. READY=1 after every destination is swapped in; with `--watch`, keep re-syncing.
 //!
 //! Any error discards the half-built generation: the destination keeps its old tree.
@@ -29,6 +33,7 @@ use crate::cli::SyncArgs;
 use crate::error::{Error, ExitCode, Result};
 use crate::keys::{self, KeyError};
 use crate::notify::Notifier;
+use crate::retry::{self, Deadline, RetryHint};
 use crate::source::{Location, Object, Source, SourceError};
 use crate::state::StateDir;
 use crate::status::{self, Stage};
@@ -50,8 +55,9 @@ pub enum SyncError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Tree(#[from] TreeError),
-    #[error("{0}: the sync did not finish within --sync-timeout {1}")]
-    Deadline(String, String),
+    /// The source, the limit, and what failed last if a pass was retried.
+    #[error("{0}: the sync did not finish within --sync-timeout {1}{2}")]
+    Deadline(String, String, String),
 }
 
 impl SyncError {
@@ -165,7 +171,7 @@ pub async fn run(state: &StateDir, args: &SyncArgs, notifier: Notifier) -> Resul
         };
         let syncer = Syncer::new(state, &specs, Bounds::of(args)).await?;
         let pass = async {
-            let reports = all_ok(syncer.sync_all(&specs, notifier).await)?;
+            let reports = all_ok(syncer.sync_all(&specs, notifier, true).await)?;
             Ok(summarize(&reports))
         };
         let summary = match configured_stage {
@@ -209,7 +215,7 @@ pub async fn sync_missing(state: &StateDir, refresh: bool, notifier: Notifier) -
         );
         let pass = async {
             let syncer = Syncer::new(state, &specs, Bounds::defaults()).await?;
-            let reports = all_ok(syncer.sync_all(&specs, notifier).await)?;
+            let reports = all_ok(syncer.sync_all(&specs, notifier, true).await)?;
             Ok(summarize(&reports))
         };
         let summary = status::track(state, Stage::S3Sync, pass).await?;
@@ -287,11 +293,14 @@ impl Syncer {
     }
 
     /// Syncs every destination concurrently, each bounded by the pass timeout; one result
-    /// per spec, in order.
+    /// per spec, in order. With `retry`, a destination whose pass fails transiently is
+    /// synced again until the timeout (the boot's sync); without, the failure is returned
+    /// at once (watch mode: the next interval is the retry).
     async fn sync_all(
         &self,
         specs: &[SyncSpec],
         notifier: Notifier,
+        retry: bool,
     ) -> Vec<Result<Report, SyncError>> {
         if specs.is_empty() {
             tracing::warn!(
@@ -305,12 +314,35 @@ impl Syncer {
             let bytes = &progress.bytes;
             async move {
                 let source = self.source(spec)?;
-                let pass = sync_one(&source, spec, self.bounds, counters, bytes);
-                tokio::time::timeout(self.bounds.timeout, pass)
+                let pass = || sync_one(&source, spec, self.bounds, counters, bytes);
+                let deadline = Deadline::after(self.bounds.timeout);
+                let last_error = std::sync::Mutex::new(String::new());
+                let on_retry = |e: &SyncError, attempt, sleep| {
+                    tracing::warn!(
+                        "{}: {e}; syncing again in {sleep:.1?} (retry {attempt})",
+                        spec.to.display()
+                    );
+                    let why = match e {
+                        SyncError::Source(SourceError::Failed { why, .. }) => why.clone(),
+                        other => other.to_string(),
+                    };
+                    *last_error.lock().unwrap() = format!("; last error: {why}");
+                };
+                let passes = async {
+                    match retry {
+                        true => {
+                            retry::until_deadline(retry::BACKOFF, deadline, on_retry, pass).await
+                        }
+                        false => pass().await,
+                    }
+                };
+                // The deadline ends the retries; this also ends a pass that hangs.
+                tokio::time::timeout(self.bounds.timeout, passes)
                     .await
                     .unwrap_or_else(|_| {
                         let limit = humantime::format_duration(self.bounds.timeout).to_string();
-                        Err(SyncError::Deadline(spec.from.clone(), limit))
+                        let last = std::mem::take(&mut *last_error.lock().unwrap());
+                        Err(SyncError::Deadline(spec.from.clone(), limit, last))
                     })
             }
         });
@@ -335,6 +367,17 @@ impl Syncer {
             }
             Location::Dir { root } => Source::Dir { root },
         })
+    }
+}
+
+/// Transient: the source failed in a way a later pass may not. Everything else (refused,
+/// corrupt, bad keys, local errors) would fail the same way again.
+impl RetryHint for SyncError {
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SyncError::Source(SourceError::Failed { .. }) => Some(Duration::ZERO),
+            _ => None,
+        }
     }
 }
 
@@ -639,7 +682,10 @@ async fn s3_client(state: &StateDir, attempt_timeout: Duration) -> Result<aws_sd
     let shared = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(region))
         .timeout_config(timeouts)
-        .retry_config(RetryConfig::standard().with_max_attempts(5))
+        // The SDK's default of 3 attempts per request: past them a download is retried
+        // by fetch_retrying and a pass by sync_all, which log the cause each time, so an
+        // S3 that stays down is reported as what it is, not only as a deadline.
+        .retry_config(RetryConfig::standard().with_max_attempts(3))
         .load()
         .await;
     let mut config = aws_sdk_s3::config::Builder::from(&shared);
@@ -772,7 +818,7 @@ async fn watch(
             _ = stop.requested() => break,
         }
         let results = tokio::select! {
-            results = syncer.sync_all(specs, notifier) => results,
+            results = syncer.sync_all(specs, notifier, false) => results,
             _ = stop.requested() => break,
         };
         // Destinations are independent: one that failed keeps its old tree, and the hook

@@ -175,11 +175,9 @@ impl Source {
                                 Version::Modified(*modified)
                             }
                             _ => {
-                                return Err(SourceError::Failed {
-                                    url: self.url(),
-                                    why: format!(
-                                        "{key}: listed with neither ETag nor LastModified"
-                                    ),
+                                return Err(SourceError::Corrupt {
+                                    key,
+                                    why: "listed with neither ETag nor LastModified".into(),
                                 });
                             }
                         };
@@ -332,6 +330,9 @@ impl Source {
                 format!("unexpected answer (HTTP {})", s.raw().status().as_u16())
             }
             (SdkError::ResponseError(_), ..) => "unreadable answer".into(),
+            // The connector's chain repeats itself in Display and Debug forms; its innermost
+            // cause says it all ("Connection refused (os error 111)").
+            (SdkError::DispatchFailure(_), ..) => format!("cannot reach S3: {}", root_cause(&e)),
             _ => DisplayErrorContext(&e).to_string(),
         };
         match code.as_deref() {
@@ -351,6 +352,15 @@ impl Source {
             },
         }
     }
+}
+
+/// The last error in `e`'s source chain.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// Keys from an `encoding-type=url` listing: `+` is a space, `%XX` a byte.

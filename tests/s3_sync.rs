@@ -568,6 +568,75 @@ async fn replace_between_list_and_get(bucket_name: &str, faults: common::faults:
     );
 }
 
+/// S3 down for longer than the SDK retries one request: the stage syncs again under its
+/// own retry policy and succeeds in the same run (systemd would not restart the app's
+/// dependency chain after a failed start).
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_down_past_the_sdk_retries_is_retried_until_it_answers() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let bucket = moto().bucket("down").await;
+    bucket.put("d/app.conf", "up\n").await;
+    // The SDK makes 3 attempts per request: the first pass's LIST fails after 3, the
+    // second pass's LIST once more, then passes.
+    let faults = common::faults::Faults {
+        unavailable: AtomicUsize::new(4),
+        ..Default::default()
+    };
+    let proxy = common::faults::start(&moto().url, faults).await;
+    let sb = Sandbox::new();
+    let out = sync_through(&sb, &proxy, "s3://down/d/").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(proxy.faults.injected.load(Ordering::SeqCst), 4);
+    assert_eq!(
+        out.stderr.matches("syncing again in").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("ServiceUnavailable"), "{}", out.stderr);
+    assert_eq!(
+        tree(&sb.path("dest/config")),
+        files(&[("app.conf", b"up\n")])
+    );
+}
+
+/// S3 down past --sync-timeout: exit 75 at the deadline, with the cause, nothing swapped.
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_down_past_the_sync_timeout_fails_with_the_cause() {
+    use std::sync::atomic::AtomicUsize;
+    let _ = moto().bucket("down-long").await;
+    let faults = common::faults::Faults {
+        unavailable: AtomicUsize::new(usize::MAX),
+        ..Default::default()
+    };
+    let proxy = common::faults::start(&moto().url, faults).await;
+    let sb = Sandbox::new();
+    let to = sb.path("dest/config");
+    let mut cmd = sb.command(&[
+        "s3-sync",
+        "--from",
+        "s3://down-long/d/",
+        "--to",
+        to.to_str().unwrap(),
+        "--sync-timeout",
+        "4s",
+    ]);
+    cmd.envs(moto().env()).env("AWS_ENDPOINT_URL", &proxy.url);
+    let out = common::run(cmd).await;
+    assert_eq!(out.code, 75, "{}", out.stderr);
+    assert!(out.stderr.contains("ServiceUnavailable"), "{}", out.stderr);
+    assert!(
+        std::fs::symlink_metadata(&to).is_err(),
+        "nothing swapped in"
+    );
+    // It kept trying until the deadline, and stopped there.
+    assert!(
+        out.elapsed >= Duration::from_millis(3500) && out.elapsed < Duration::from_secs(6),
+        "took {:?}",
+        out.elapsed
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_object_replaced_between_list_and_get_is_fetched_again() {
     replace_between_list_and_get("racy", Default::default()).await;

@@ -22,6 +22,8 @@ pub type Hold = (
 
 #[derive(Default)]
 pub struct Faults {
+    /// Answer the first N requests of any kind with 503 ServiceUnavailable (S3 is down).
+    pub unavailable: AtomicUsize,
     pub slow_down: AtomicUsize,
     pub cut: AtomicUsize,
     /// The first GET of this path (`/bucket/key`) says so on `.1` and waits for `.2` before
@@ -90,6 +92,11 @@ async fn forward(
             .split_once('/')
             .is_some_and(|(_, key)| !key.is_empty());
     let list = method == Method::GET && !object_get;
+    if take(&s.faults.unavailable) {
+        s.faults.injected.fetch_add(1, Ordering::SeqCst);
+        let xml = "<Error><Code>ServiceUnavailable</Code><Message>Service is unable to handle request.</Message></Error>";
+        return (StatusCode::SERVICE_UNAVAILABLE, xml).into_response();
+    }
     if list && s.faults.deny_list.load(Ordering::SeqCst) {
         s.faults.injected.fetch_add(1, Ordering::SeqCst);
         let xml = "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
