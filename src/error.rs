@@ -1,7 +1,7 @@
 //! The errors that end a stage, and the exit code each one maps to.
 //!
-//! Exit codes follow sysexits(3) so a unit can name the permanent ones in
-//! `RestartPreventExitStatus=` and let systemd retry only what a retry can fix.
+//! Exit codes follow sysexits(3) so a unit (the watch-mode drop-in) can name the permanent
+//! ones in `RestartPreventExitStatus=` and let systemd retry only what a retry can fix.
 //! Messages never contain a parameter value, user-data content or a token.
 
 use std::io;

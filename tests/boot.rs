@@ -463,7 +463,10 @@ async fn boots_under_systemd() {
     );
     assert_eq!(hook.wait_for(2).await[1].body["event"], "ready");
 
-    // 6. That disk as an image booted by another instance: its markers do not count.
+    // 6. That disk as an image booted by another instance: its markers do not count. S3 is
+    // down for its first 6 requests, two passes of the SDK's 3 attempts: the stage syncs again
+    // within its one start (no Restart=, which would leave the app down), and the boot
+    // ends ready, with no failure notice.
     let other = Emulator::start(Config {
         user_data: Some(user_data(&values, "s3://boot-config/app/")),
         instance: imds_emulator::Instance {
@@ -474,10 +477,31 @@ async fn boots_under_systemd() {
     })
     .await
     .unwrap();
-    machine.write("etc/bootstage/bootstage.env", &bootstage_env(&other.url()));
+    let down = common::faults::start(
+        &moto().url,
+        common::faults::Faults {
+            unavailable: std::sync::atomic::AtomicUsize::new(6),
+            ..Default::default()
+        },
+    )
+    .await;
+    let env = bootstage_env(&other.url()).replace(&moto().url, &down.url);
+    machine.write("etc/bootstage/bootstage.env", &env);
     let (third, machine) = tokio::task::spawn_blocking(move || (machine.boot(), machine))
         .await
         .unwrap();
+    let injected = down
+        .faults
+        .injected
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(injected, 6, "{}", third.text("journal"));
+    let sync = third.unit("bootstage-s3-sync.service");
+    assert_eq!(sync.get("NRestarts").map(String::as_str), Some("0"));
+    assert!(third.text("journal").contains("syncing again in"));
+    assert!(
+        third.monotonic("test-app-launch.service", "ExecMainStartTimestampMonotonic") > 0,
+        "the app started"
+    );
     assert_eq!(
         third.text("hooks.log"),
         "pi i-0fedcba9876543210\npb i-0fedcba9876543210\n",
