@@ -227,12 +227,10 @@ async fn a_missing_bucket_fails_cleanly_and_keeps_the_old_tree() {
     let sb = Sandbox::new();
     assert_eq!(sync(&sb, "s3://present/p/", &[]).await.code, 0);
     let out = sync(&sb, "s3://absent-bucket/p/", &[]).await;
-    assert_eq!(out.code, 77, "{}", out.stderr);
-    assert!(
-        out.stderr
-            .contains("s3://absent-bucket/p/: access refused: NoSuchBucket"),
-        "{}",
-        out.stderr
+    common::assert_exit(
+        &out,
+        77,
+        "s3://absent-bucket/p/: access refused: NoSuchBucket",
     );
     assert_eq!(tree(&sb.path("dest/config")), files(&[("a", b"a")]));
 }
@@ -244,12 +242,10 @@ async fn an_occupied_destination_is_refused_untouched() {
     std::fs::create_dir_all(sb.path("dest/config")).unwrap();
     std::fs::write(sb.path("dest/config/precious"), "keep").unwrap();
     let out = sync(&sb, "s3://occupied/o/", &[]).await;
-    assert_eq!(out.code, 73, "{}", out.stderr);
-    assert!(
-        out.stderr
-            .contains("is not a bootstage-managed directory (a non-empty directory)"),
-        "{}",
-        out.stderr
+    common::assert_exit(
+        &out,
+        73,
+        "is not a bootstage-managed directory (a non-empty directory)",
     );
     assert_eq!(
         std::fs::read_to_string(sb.path("dest/config/precious")).unwrap(),
@@ -555,13 +551,7 @@ async fn replace_between_list_and_get(bucket_name: &str, faults: common::faults:
     bucket.put("r/b", "new b").await;
     release.send(()).unwrap();
     let out = run.await.unwrap();
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(
-        out.stderr
-            .contains("an object changed while syncing; listing again"),
-        "{}",
-        out.stderr
-    );
+    common::assert_exit(&out, 0, "an object changed while syncing; listing again");
     assert_eq!(
         tree(&sb.path("dest/config")),
         files(&[("a", b"old a"), ("b", b"new b")])
@@ -623,8 +613,7 @@ async fn s3_down_past_the_sync_timeout_fails_with_the_cause() {
     ]);
     cmd.envs(moto().env()).env("AWS_ENDPOINT_URL", &proxy.url);
     let out = common::run(cmd).await;
-    assert_eq!(out.code, 75, "{}", out.stderr);
-    assert!(out.stderr.contains("ServiceUnavailable"), "{}", out.stderr);
+    common::assert_exit(&out, 75, "ServiceUnavailable");
     assert!(
         std::fs::symlink_metadata(&to).is_err(),
         "nothing swapped in"
@@ -678,12 +667,10 @@ async fn without_listed_etags_changes_are_found_by_size_and_last_modified() {
     let proxy = common::faults::start(&moto().url, faults).await;
     let sb = Sandbox::new();
     let out = sync_through(&sb, &proxy, "s3://no-etags/n/").await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(
-        out.stderr
-            .contains("the listing carries no ETags: changes are found by size and LastModified"),
-        "{}",
-        out.stderr
+    common::assert_exit(
+        &out,
+        0,
+        "the listing carries no ETags: changes are found by size and LastModified",
     );
     assert_eq!(tree(&sb.path("dest/config")), want);
 
@@ -733,12 +720,10 @@ async fn access_denied_fails_cleanly_and_keeps_the_old_tree() {
     )
     .await;
     let out = sync_through(&sb, &proxy, "s3://denied/d/").await;
-    assert_eq!(out.code, 77, "{}", out.stderr);
-    assert!(
-        out.stderr
-            .contains("s3://denied/d/: access refused: AccessDenied: Access Denied"),
-        "{}",
-        out.stderr
+    common::assert_exit(
+        &out,
+        77,
+        "s3://denied/d/: access refused: AccessDenied: Access Denied",
     );
     assert_eq!(tree(&sb.path("dest/config")), files(&[("a", b"a")]));
 }
@@ -810,12 +795,10 @@ async fn no_ca_certificates_is_a_clear_error_for_https() {
         .env("SSL_CERT_FILE", sb.path("no-such-bundle.pem"))
         .env("SSL_CERT_DIR", sb.path("no-such-dir"));
     let out = common::run(cmd).await;
-    assert_eq!(out.code, 65, "{}", out.stderr);
-    assert!(
-        out.stderr
-            .contains("this machine has no CA certificates (install ca-certificates)"),
-        "{}",
-        out.stderr
+    common::assert_exit(
+        &out,
+        65,
+        "this machine has no CA certificates (install ca-certificates)",
     );
 }
 

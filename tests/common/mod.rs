@@ -139,6 +139,17 @@ pub async fn run(mut cmd: tokio::process::Command) -> Outcome {
     }
 }
 
+/// The run ended with `code` and said `message` on stderr.
+#[track_caller]
+pub fn assert_exit(out: &Outcome, code: i32, message: &str) {
+    assert_eq!(out.code, code, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(message),
+        "expected {message:?} in:\n{}",
+        out.stderr
+    );
+}
+
 pub fn b64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
 }
