@@ -170,6 +170,12 @@ impl Machine {
 
     /// Boots to the checker, which powers the machine off; returns the results dir.
     fn boot(&self) -> Results {
+        self.boot_with(|_| {})
+    }
+
+    /// Boots as `boot` does, running `during(results dir)` on this thread while the
+    /// machine runs.
+    fn boot_with(&self, during: impl FnOnce(&Path)) -> Results {
         let results = tempfile::tempdir().unwrap();
         let mut child = Command::new("systemd-nspawn")
             .args(["-q", "--register=no", "--keep-unit", "--console=pipe", "-D"])
@@ -181,6 +187,7 @@ impl Machine {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("systemd-nspawn (scripts/install-test-deps.sh installs it)");
+        during(results.path());
         let deadline = std::time::Instant::now() + Duration::from_secs(150);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -260,6 +267,23 @@ EnvironmentFile=/run/bootstage/params.env
 ExecStart=/bin/sh -c 'env -0 > /results/env-file'
 ";
 
+/// A long-running app that the watch-mode drop-in reloads after a change.
+const APP_WATCHED: &str = "[Unit]
+Requires=bootstage.target
+After=bootstage.target
+[Service]
+ExecStart=/bin/sleep infinity
+ExecReload=/bin/sh -c 'cat /srv/app/config/app.conf >> /results/reloaded'
+[Install]
+WantedBy=multi-user.target
+";
+
+/// The shipped watch drop-in's ExecStart, with a 1 s interval and the test app to reload.
+const WATCH_FAST: &str = "[Service]
+ExecStart=
+ExecStart=/usr/bin/bootstage s3-sync --watch 1s --on-change \"systemctl reload test-app-watched.service\"
+";
+
 /// Started with the boot, unordered: waits for the outcome the way an operator's script would.
 const STATUS_WAIT: &str = "[Service]
 Type=oneshot
@@ -272,7 +296,7 @@ const CHECK: &str = "[Unit]
 After=test-app-launch.service test-app-envfile.service test-status-wait.service bootstage.target bootstage-ready.service bootstage-failure@bootstage-metadata.service.service bootstage-failure@bootstage-s3-sync.service.service
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'systemctl show > /results/manager.show; for u in bootstage-metadata.service bootstage-s3-sync.service bootstage-hooks.service bootstage.target test-app-launch.service test-app-envfile.service test-status-wait.service bootstage-failure@bootstage-metadata.service.service bootstage-failure@bootstage-s3-sync.service.service; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; bootstage status --json > /results/status.json; echo $? > /results/status.rc; systemctl --no-block exit 0'
+ExecStart=/bin/sh -c 'if [ -e /etc/test-wait-for-reload ]; then i=0; while [ ! -s /results/reloaded ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; fi; systemctl show > /results/manager.show; for u in bootstage-metadata.service bootstage-s3-sync.service bootstage-hooks.service bootstage.target test-app-launch.service test-app-envfile.service test-status-wait.service bootstage-failure@bootstage-metadata.service.service bootstage-failure@bootstage-s3-sync.service.service; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; bootstage status --json > /results/status.json; echo $? > /results/status.rc; systemctl --no-block exit 0'
 ";
 
 fn user_data(values: &[String], sync_from: &str) -> String {
@@ -640,4 +664,57 @@ async fn boots_under_systemd() {
         5,
         "no notice from a disabled machine"
     );
+
+    // 7. Watch mode under systemd: the shipped drop-in (interval shortened by a second
+    // drop-in), a change made after the boot's sync is swapped in and the app reloaded by
+    // `systemctl reload` from inside the sandboxed unit; READY came after the first sync.
+    let bucket = moto().bucket("boot-watch").await;
+    bucket.put("app/app.conf", "v1\n").await;
+    let emu = Emulator::start(Config {
+        user_data: Some(user_data(&values[..5], "s3://boot-watch/app/")),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let machine = Machine::new(&bootstage_env(&emu.url()), &hook.url);
+    let dropins = "etc/systemd/system/bootstage-s3-sync.service.d";
+    let shipped = include_str!("../systemd/examples/bootstage-s3-sync.service.d/watch.conf");
+    machine.write(&format!("{dropins}/watch.conf"), shipped);
+    machine.write(&format!("{dropins}/zz-test.conf"), WATCH_FAST);
+    machine.write("etc/systemd/system/test-app-watched.service", APP_WATCHED);
+    std::os::unix::fs::symlink(
+        "/etc/systemd/system/test-app-watched.service",
+        machine
+            .root()
+            .join("etc/systemd/system/multi-user.target.wants/test-app-watched.service"),
+    )
+    .unwrap();
+    machine.write("etc/test-wait-for-reload", "");
+    let runtime = tokio::runtime::Handle::current();
+    let (r, _m) = tokio::task::spawn_blocking(move || {
+        let r = machine.boot_with(|results| {
+            // The per-boot hook runs after the first sync's READY: then change the object.
+            let synced = results.join("hooks.log");
+            let deadline = std::time::Instant::now() + Duration::from_secs(90);
+            while !synced.exists() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the boot never synced"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            runtime.block_on(bucket.put("app/app.conf", "v2\n"));
+        });
+        (r, machine)
+    })
+    .await
+    .unwrap();
+    let journal = r.text("journal");
+    assert_eq!(r.text("reloaded"), "v2\n", "{journal}");
+    let sync = r.unit("bootstage-s3-sync.service");
+    assert_eq!(sync.get("ActiveState").map(String::as_str), Some("active"));
+    assert_eq!(sync.get("SubState").map(String::as_str), Some("running"));
+    assert_eq!(sync.get("WatchdogUSec").map(String::as_str), Some("3min"));
+    assert_eq!(sync.get("NRestarts").map(String::as_str), Some("0"));
+    assert!(journal.contains("--on-change hook done"), "{journal}");
 }
