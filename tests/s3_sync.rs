@@ -465,9 +465,14 @@ async fn watch_mode_swaps_a_change_runs_the_hook_once_and_stops_cleanly() {
     assert_eq!(home.len(), 3, "no staging dir left: {home:?}");
 }
 
-async fn sync_through(sb: &Sandbox, proxy: &common::faults::Proxy, from: &str) -> Outcome {
+async fn sync_through(
+    sb: &Sandbox,
+    proxy: &common::faults::Proxy,
+    from: &str,
+    extra: &[&str],
+) -> Outcome {
     let to = sb.path("dest/config");
-    let mut cmd = sb.command(&[
+    let mut args = vec![
         "s3-sync",
         "--from",
         from,
@@ -475,7 +480,9 @@ async fn sync_through(sb: &Sandbox, proxy: &common::faults::Proxy, from: &str) -
         to.to_str().unwrap(),
         "--concurrency",
         "2",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let mut cmd = sb.command(&args);
     cmd.envs(moto().env()).env("AWS_ENDPOINT_URL", &proxy.url);
     common::run(cmd).await
 }
@@ -501,7 +508,7 @@ async fn throttling_and_dropped_connections_are_retried() {
     )
     .await;
     let sb = Sandbox::new();
-    let out = sync_through(&sb, &proxy, "s3://faulty/f/").await;
+    let out = sync_through(&sb, &proxy, "s3://faulty/f/", &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(
         proxy.faults.injected.load(Ordering::SeqCst),
@@ -574,7 +581,7 @@ async fn s3_down_past_the_sdk_retries_is_retried_until_it_answers() {
     };
     let proxy = common::faults::start(&moto().url, faults).await;
     let sb = Sandbox::new();
-    let out = sync_through(&sb, &proxy, "s3://down/d/").await;
+    let out = sync_through(&sb, &proxy, "s3://down/d/", &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(proxy.faults.injected.load(Ordering::SeqCst), 4);
     assert_eq!(
@@ -601,21 +608,10 @@ async fn s3_down_past_the_sync_timeout_fails_with_the_cause() {
     };
     let proxy = common::faults::start(&moto().url, faults).await;
     let sb = Sandbox::new();
-    let to = sb.path("dest/config");
-    let mut cmd = sb.command(&[
-        "s3-sync",
-        "--from",
-        "s3://down-long/d/",
-        "--to",
-        to.to_str().unwrap(),
-        "--sync-timeout",
-        "4s",
-    ]);
-    cmd.envs(moto().env()).env("AWS_ENDPOINT_URL", &proxy.url);
-    let out = common::run(cmd).await;
+    let out = sync_through(&sb, &proxy, "s3://down-long/d/", &["--sync-timeout", "4s"]).await;
     common::assert_exit(&out, 75, "ServiceUnavailable");
     assert!(
-        std::fs::symlink_metadata(&to).is_err(),
+        std::fs::symlink_metadata(sb.path("dest/config")).is_err(),
         "nothing swapped in"
     );
     // It kept trying until the deadline, and stopped there.
@@ -666,7 +662,7 @@ async fn without_listed_etags_changes_are_found_by_size_and_last_modified() {
     };
     let proxy = common::faults::start(&moto().url, faults).await;
     let sb = Sandbox::new();
-    let out = sync_through(&sb, &proxy, "s3://no-etags/n/").await;
+    let out = sync_through(&sb, &proxy, "s3://no-etags/n/", &[]).await;
     common::assert_exit(
         &out,
         0,
@@ -675,7 +671,12 @@ async fn without_listed_etags_changes_are_found_by_size_and_last_modified() {
     assert_eq!(tree(&sb.path("dest/config")), want);
 
     let mark = moto().mark();
-    assert_eq!(sync_through(&sb, &proxy, "s3://no-etags/n/").await.code, 0);
+    assert_eq!(
+        sync_through(&sb, &proxy, "s3://no-etags/n/", &[])
+            .await
+            .code,
+        0
+    );
     let nothing = Counts {
         list: 1,
         get: 0,
@@ -695,7 +696,7 @@ async fn without_listed_etags_changes_are_found_by_size_and_last_modified() {
         want.insert(format!("f{i}"), body.into_bytes());
     }
     let mark = moto().mark();
-    let out = sync_through(&sb, &proxy, "s3://no-etags/n/").await;
+    let out = sync_through(&sb, &proxy, "s3://no-etags/n/", &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(tree(&sb.path("dest/config")), want);
     assert_eq!(
@@ -719,7 +720,7 @@ async fn access_denied_fails_cleanly_and_keeps_the_old_tree() {
         },
     )
     .await;
-    let out = sync_through(&sb, &proxy, "s3://denied/d/").await;
+    let out = sync_through(&sb, &proxy, "s3://denied/d/", &[]).await;
     common::assert_exit(
         &out,
         77,
