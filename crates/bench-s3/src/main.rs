@@ -1,5 +1,5 @@
 //! The S3-compatible server `scripts/bench-sync.py` runs beside moto: s3s-fs's file-system
-//! backend and S3 protocol, served with two changes to s3s-fs's own binary.
+//! backend and S3 protocol, served with these changes to s3s-fs's own binary.
 //!
 //! - `TCP_NODELAY` on every connection. s3s-fs writes a response's head and body in two
 //!   writes; without NODELAY, Nagle holds the body until the client ACKs the head, and the
