@@ -370,12 +370,22 @@ impl Syncer {
     }
 }
 
-/// Transient: the source failed in a way a later pass may not. Everything else (refused,
-/// corrupt, bad keys, local errors) would fail the same way again.
+/// Transient: the source failed in a way a later attempt may not. Everything else
+/// (refused, corrupt, changed, local errors) would fail the same way again, or is handled
+/// by starting the pass over (`sync_one`).
+impl RetryHint for SourceError {
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SourceError::Failed { .. } => Some(Duration::ZERO),
+            _ => None,
+        }
+    }
+}
+
 impl RetryHint for SyncError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            SyncError::Source(SourceError::Failed { .. }) => Some(Duration::ZERO),
+            SyncError::Source(e) => e.retry_after(),
             _ => None,
         }
     }
@@ -575,15 +585,16 @@ async fn fetch_retrying(source: &Source, object: &Object, to: &Path) -> Result<u
         }
         result
     };
+    // retry::BACKOFF's steps, but a count rather than a deadline: the pass has one.
     let backoff = ExponentialBuilder::new()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(1))
+        .with_min_delay(retry::BACKOFF.first)
+        .with_max_delay(retry::BACKOFF.cap)
         .with_jitter()
         .with_max_times(FETCH_RETRIES);
     attempt
         .retry(backoff)
         .sleep(tokio::time::sleep)
-        .when(|e| matches!(e, SourceError::Failed { .. }))
+        .when(|e| e.retry_after().is_some())
         .notify(|e, _| tracing::warn!("retrying a download: {e}"))
         .await
         .map_err(SyncError::from)
