@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{hooks, state};
+use crate::stage::hooks;
+use crate::state;
 
 #[derive(Debug, Parser)]
 #[command(

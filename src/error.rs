@@ -8,10 +8,10 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::envfile::ExportError;
 use crate::imds::ImdsError;
-use crate::s3sync::SyncError;
-use crate::userdata::DecodeError;
+use crate::imds::userdata::DecodeError;
+use crate::stage::s3sync::SyncError;
+use crate::state::envfile::ExportError;
 
 /// Process exit codes, documented in README.md ("Exit codes").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,16 +76,16 @@ pub enum Error {
     Sync(#[from] SyncError),
 
     #[error("params.env cannot be read back: {0}")]
-    EnvFile(#[from] crate::envfile::ParseError),
+    EnvFile(#[from] crate::state::envfile::ParseError),
 
     #[error("{0}")]
-    Hook(#[from] crate::hooks::HookError),
+    Hook(#[from] crate::stage::hooks::HookError),
 
     #[error("{0}")]
-    Query(#[from] crate::query::QueryError),
+    Query(#[from] crate::stage::query::QueryError),
 
     #[error("{0}")]
-    Notice(#[from] crate::notice::NoticeError),
+    Notice(#[from] crate::stage::notice::NoticeError),
 
     #[error("cannot run {program:?}: {source}")]
     Exec { program: String, source: io::Error },
@@ -108,8 +108,8 @@ impl Error {
             Error::EnvFile(_) => ExitCode::BadUserData,
             Error::Hook(_) => ExitCode::HookFailed,
             Error::Query(e) => e.exit_code(),
-            Error::Notice(crate::notice::NoticeError::Config(_)) => ExitCode::BadUserData,
-            Error::Notice(crate::notice::NoticeError::Undelivered(_)) => ExitCode::TempFail,
+            Error::Notice(crate::stage::notice::NoticeError::Config(_)) => ExitCode::BadUserData,
+            Error::Notice(crate::stage::notice::NoticeError::Undelivered(_)) => ExitCode::TempFail,
             Error::Exec { source, .. } if source.kind() == io::ErrorKind::NotFound => {
                 ExitCode::NotFound
             }

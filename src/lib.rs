@@ -1,33 +1,20 @@
-//! bootstage: configure an instance at boot from its own parameters, in three stages,
-//! each its own systemd unit: `metadata` (IMDS → state dir), `s3-sync` (S3 → local
-//! directories) and `launch` (environment → the app).
+//! bootstage: configure an instance at boot from its own parameters, one stage per systemd
+//! unit: `metadata` (IMDS → state dir), `s3-sync` (S3 → local directories), `hooks` (the
+//! operator's setup) and `launch` (environment → the app).
 //!
-//! A boot starts in `main.rs`, which hands the parsed command line to the stage's module
-//! (`metadata.rs`, `s3sync.rs`, `launch.rs`). The stages share: `imds` (the IMDS protocol), `retry` (the retry
-//! policy and deadline), `userdata` (decoding), `envfile` (the env file), `facts`,
-//! `source` (S3 and directory sources), `keys` (which keys may become files), `tree`
-//! (atomic generations of a synced directory), `atomic` (every file write), `state` (the
-//! state dir), `notify` (sd_notify), `logging` and `error` (exit codes).
+//! The folders are the layers, top to bottom; a module may use what is below it, never
+//! what is above (ARCHITECTURE.md):
+//! - `cli` (the command line) and `stage/` (one module per stage or command);
+//! - `imds/` (the IMDS protocol, user-data decoding, the facts) and `sync/` (sources, key
+//!   safety, atomic generations of a synced tree);
+//! - `state/` (the state dir, atomic writes, the env file);
+//! - `base/` (the retry policy and deadlines, child processes, sd_notify, logging) and
+//!   `error` (exit codes).
 
-pub mod atomic;
-pub mod child;
+pub mod base;
 pub mod cli;
-pub mod envfile;
 pub mod error;
-pub mod facts;
-pub mod hooks;
 pub mod imds;
-pub mod keys;
-pub mod launch;
-pub mod logging;
-pub mod metadata;
-pub mod notice;
-pub mod notify;
-pub mod query;
-pub mod retry;
-pub mod s3sync;
-pub mod source;
+pub mod stage;
 pub mod state;
-pub mod status;
-pub mod tree;
-pub mod userdata;
+pub mod sync;

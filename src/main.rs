@@ -3,11 +3,12 @@
 
 use std::process::ExitCode;
 
+use bootstage::base::logging;
+use bootstage::base::notify::Notifier;
 use bootstage::cli::{Cli, Command};
 use bootstage::error::{self, Error};
-use bootstage::notify::Notifier;
+use bootstage::stage::{hooks, launch, metadata, notice, query, s3sync, status};
 use bootstage::state::StateDir;
-use bootstage::{hooks, launch, logging, metadata, notice, query, s3sync, status};
 use clap::Parser;
 
 fn main() -> ExitCode {

@@ -7,7 +7,7 @@ use std::io::Write;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-use bootstage::userdata::{DecodeError, Layers, MAX_RAW, decode};
+use bootstage::imds::userdata::{DecodeError, Layers, MAX_RAW, decode};
 use common::Sandbox;
 use serde_json::json;
 

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use bootstage::envfile::Env;
+use bootstage::state::envfile::Env;
 use common::{Sandbox, adversarial, shell_readback};
 use std::io::Write;
 

@@ -22,11 +22,11 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::atomic;
 use crate::cli::StatusArgs;
 use crate::error::{Error, ExitCode, Result};
-use crate::launch;
+use crate::stage::launch;
 use crate::state::StateDir;
+use crate::state::atomic;
 
 /// The stages with a unit of their own, in boot order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,11 +13,13 @@
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 
+use crate::base::notify::Notifier;
 use crate::cli::LaunchArgs;
 use crate::error::{Error, Result};
-use crate::notify::Notifier;
+use crate::stage::hooks;
+use crate::stage::metadata;
+use crate::stage::s3sync;
 use crate::state::StateDir;
-use crate::{hooks, metadata, s3sync};
 
 pub async fn run(state: &StateDir, args: &LaunchArgs, notifier: Notifier) -> Result<()> {
     let (program, rest) = args.command.split_first().ok_or_else(|| {

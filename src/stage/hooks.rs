@@ -23,14 +23,17 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::base::child;
+use crate::base::notify::Notifier;
+use crate::base::retry::Deadline;
 use crate::cli::{HookDirs, HooksArgs};
 use crate::error::{Error, Result};
-use crate::facts::Facts;
-use crate::notify::Notifier;
-use crate::retry::Deadline;
+use crate::imds::facts::Facts;
+use crate::stage::metadata;
+use crate::stage::s3sync;
+use crate::stage::status::{self, Stage};
 use crate::state::StateDir;
-use crate::status::{self, Stage};
-use crate::{atomic, child, metadata, s3sync};
+use crate::state::atomic;
 
 pub const DEFAULT_HOOKS_DIR: &str = "/etc/bootstage/hooks";
 pub const DEFAULT_LIB_DIR: &str = "/var/lib/bootstage";

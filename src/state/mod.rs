@@ -2,14 +2,16 @@
 //! output lives, and the lock that keeps two runs (the unit and a person at a shell)
 //! from writing it at once.
 
+pub mod atomic;
+pub mod envfile;
+
 use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::atomic;
+use crate::base::retry::Deadline;
 use crate::error::{Error, Result};
-use crate::retry::Deadline;
 
 pub const DEFAULT_DIR: &str = "/run/bootstage";
 
@@ -101,7 +103,10 @@ impl StateDir {
             path: path.clone(),
             source,
         })?;
-        Ok(crate::envfile::parse(&text, &path.display().to_string())?)
+        Ok(crate::state::envfile::parse(
+            &text,
+            &path.display().to_string(),
+        )?)
     }
 
     pub fn exists(&self, path: &Path) -> bool {

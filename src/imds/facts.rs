@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::envfile::{self, Env, ExportError, FACT_PREFIX};
 use crate::imds::{Client, ImdsError};
+use crate::state::envfile::{self, Env, ExportError, FACT_PREFIX};
 
 /// The fact names, as `--fact` takes them; exported as `BOOTSTAGE_INSTANCE_ID` etc.
 pub const NAMES: [&str; 9] = [

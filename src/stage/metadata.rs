@@ -17,17 +17,17 @@ use std::io::Read;
 
 use serde_json::{Map, Value};
 
-use crate::atomic;
+use crate::base::notify::Notifier;
+use crate::base::retry::Deadline;
 use crate::cli::MetadataArgs;
-use crate::envfile::Env;
 use crate::error::{Error, Result};
-use crate::facts::Facts;
+use crate::imds::facts::Facts;
+use crate::imds::userdata::{self, DecodeError};
 use crate::imds::{self, Client};
-use crate::notify::Notifier;
-use crate::retry::Deadline;
+use crate::stage::status::{self, Stage};
 use crate::state::StateDir;
-use crate::status::{self, Stage};
-use crate::userdata::{self, DecodeError};
+use crate::state::atomic;
+use crate::state::envfile::Env;
 
 /// For a later stage run by hand: runs this stage in-process when its outputs are missing,
 /// or always with `refresh`. Sends no READY (the caller is another stage).

@@ -29,16 +29,18 @@ use std::time::Duration;
 use futures_util::TryStreamExt;
 use serde::Deserialize;
 
+use crate::base::child;
+use crate::base::notify::Notifier;
+use crate::base::retry::{self, Deadline, RetryHint};
 use crate::cli::SyncArgs;
 use crate::error::{Error, ExitCode, Result};
-use crate::keys::{self, KeyError};
-use crate::notify::Notifier;
-use crate::retry::{self, Deadline, RetryHint};
-use crate::source::{Location, Object, Source, SourceError};
+use crate::stage::metadata;
+use crate::stage::status::{self, Stage};
 use crate::state::StateDir;
-use crate::status::{self, Stage};
-use crate::tree::{Destination, Entry, Manifest, TreeError};
-use crate::{child, envfile, metadata};
+use crate::state::envfile;
+use crate::sync::keys::{self, KeyError};
+use crate::sync::source::{Location, Object, Source, SourceError};
+use crate::sync::tree::{Destination, Entry, Manifest, TreeError};
 
 /// How often a pass starts over because an object changed between LIST and GET.
 const PASSES: u32 = 3;
@@ -676,7 +678,7 @@ async fn s3_client(state: &StateDir, attempt_timeout: Duration) -> Result<aws_sd
         .filter(|r| !r.is_empty())
         .or_else(|| {
             let facts = std::fs::read(state.instance_json()).ok()?;
-            serde_json::from_slice::<crate::facts::Facts>(&facts)
+            serde_json::from_slice::<crate::imds::facts::Facts>(&facts)
                 .ok()?
                 .region
         })

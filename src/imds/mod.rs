@@ -13,6 +13,9 @@
 //!
 //! How each HTTP status is handled lives in one place: [`verdict`].
 
+pub mod facts;
+pub mod userdata;
+
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -20,7 +23,7 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::retry::{self, Deadline, RetryHint};
+use crate::base::retry::{self, Deadline, RetryHint};
 
 pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
 pub const IPV6_ENDPOINT: &str = "http://[fd00:ec2::254]";

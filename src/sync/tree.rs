@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::atomic;
+use crate::state::atomic;
 
 /// What a generation holds, for change detection on the next run.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -45,7 +45,7 @@ pub struct Manifest {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Entry {
     pub key: String,
-    /// The object's [`crate::source::Version::token`]: its ETag where the listing has one.
+    /// The object's [`crate::sync::source::Version::token`]: its ETag where the listing has one.
     pub etag: String,
     pub size: u64,
 }

@@ -30,12 +30,13 @@ use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::base::child;
+use crate::base::retry::{self, Deadline, RetryHint};
 use crate::cli::{NotifyArgs, NotifyEvent};
 use crate::error::{Error, Result};
-use crate::retry::{self, Deadline, RetryHint};
+use crate::stage::query;
+use crate::stage::status::{self, Record, Stage, State};
 use crate::state::StateDir;
-use crate::status::{self, Record, Stage, State};
-use crate::{child, query};
 
 /// `bootstage.notify`, or the image's fallback file.
 #[derive(Debug, Default, Deserialize)]

@@ -1,0 +1,7 @@
+//! The bottom layer, used by everything above and using nothing of bootstage's: the retry
+//! policy and deadlines, bounded child processes, sd_notify, logging.
+
+pub mod child;
+pub mod logging;
+pub mod notify;
+pub mod retry;

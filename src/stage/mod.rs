@@ -1,0 +1,10 @@
+//! The stages and commands, one module each: the top layer. Each takes its settings, does
+//! its work through the layers below, and returns a summary or an error with an exit code.
+
+pub mod hooks;
+pub mod launch;
+pub mod metadata;
+pub mod notice;
+pub mod query;
+pub mod s3sync;
+pub mod status;

@@ -1,0 +1,6 @@
+//! Sync machinery: where objects come from (`source`), which keys may become files
+//! (`keys`), and atomic generations of a destination directory (`tree`).
+
+pub mod keys;
+pub mod source;
+pub mod tree;
