@@ -1,11 +1,13 @@
-//! The command line: one binary, one subcommand per stage.
+//! The command line: one binary, one subcommand per stage. The only module that knows
+//! clap: each subcommand's arguments convert into that stage's own `Settings`, whose
+//! module keeps the defaults shown here.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::stage::hooks;
+use crate::stage::{hooks, launch, metadata, notice, query, s3sync, status};
 use crate::state;
 
 #[derive(Debug, Parser)]
@@ -60,7 +62,7 @@ pub struct HookDirs {
     pub lib_dir: PathBuf,
 
     /// Deadline for all hooks of one run together; keep it below the unit's TimeoutStartSec.
-    #[arg(long, env = "BOOTSTAGE_HOOK_TIMEOUT", default_value = "10m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "BOOTSTAGE_HOOK_TIMEOUT", default_value = hooks::DEFAULT_HOOK_TIMEOUT, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub hook_timeout: Duration,
 }
 
@@ -87,7 +89,7 @@ pub struct StatusArgs {
     pub wait: bool,
 
     /// With --wait: give up after this long (exit 1).
-    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = status::DEFAULT_WAIT_TIMEOUT, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
 
     /// Print JSON: {"state": …, "stages": [{"stage", "state", "started_at", …}]}.
@@ -130,7 +132,7 @@ pub struct NotifyArgs {
     #[arg(
         long,
         env = "BOOTSTAGE_NOTIFY_CONFIG",
-        default_value = "/etc/bootstage/notify.json",
+        default_value = notice::DEFAULT_CONFIG,
         value_name = "PATH"
     )]
     pub config: PathBuf,
@@ -148,7 +150,7 @@ pub struct MetadataArgs {
     pub imds_v2_only: bool,
 
     /// Overall deadline for the stage; keep it below the unit's TimeoutStartSec.
-    #[arg(long, env = "BOOTSTAGE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "BOOTSTAGE_TIMEOUT", default_value = metadata::DEFAULT_TIMEOUT, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
 
     /// How long a missing user-data (404) counts as "not there yet" before it is final
@@ -157,7 +159,7 @@ pub struct MetadataArgs {
     pub user_data_wait: Option<Duration>,
 
     /// Bound on each HTTP request, connect included.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = metadata::DEFAULT_REQUEST_TIMEOUT, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub request_timeout: Duration,
 
     /// Boot with empty parameters when the instance has no user-data.
@@ -172,12 +174,6 @@ pub struct MetadataArgs {
     #[arg(long = "fact", value_name = "NAME=VALUE")]
     pub facts: Vec<String>,
 }
-
-pub const DEFAULT_CONCURRENCY: u16 = 16;
-pub const DEFAULT_SYNC_TIMEOUT: &str = "5m";
-
-/// The user-data grace period when `--user-data-wait` is not given.
-pub const DEFAULT_USER_DATA_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Args)]
 pub struct LaunchArgs {
@@ -211,11 +207,11 @@ pub struct SyncArgs {
     pub to: Option<PathBuf>,
 
     /// Downloads in flight at once, per destination.
-    #[arg(long, default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, default_value_t = s3sync::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
 
     /// Overall deadline for one sync pass; keep it below the unit's TimeoutStartSec.
-    #[arg(long, default_value = DEFAULT_SYNC_TIMEOUT, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = s3sync::DEFAULT_SYNC_TIMEOUT, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub sync_timeout: Duration,
 
     /// Re-run the metadata stage first even if its outputs exist.
@@ -237,22 +233,96 @@ pub struct SyncArgs {
     pub metadata: MetadataArgs,
 }
 
-impl MetadataArgs {
-    pub fn user_data_wait(&self) -> Duration {
-        self.user_data_wait
-            .unwrap_or(DEFAULT_USER_DATA_WAIT.min(self.timeout))
+impl From<MetadataArgs> for metadata::Settings {
+    fn from(a: MetadataArgs) -> Self {
+        metadata::Settings {
+            imds_endpoint: a.imds_endpoint,
+            imds_v2_only: a.imds_v2_only,
+            timeout: a.timeout,
+            user_data_wait: a.user_data_wait,
+            request_timeout: a.request_timeout,
+            allow_empty: a.allow_empty,
+            user_data_file: a.user_data_file,
+            facts: a.facts,
+        }
     }
+}
 
-    pub fn validate(&self) -> Result<(), String> {
-        if self.timeout.is_zero() || self.request_timeout.is_zero() {
-            return Err("--timeout and --request-timeout must be above zero".into());
+impl From<HookDirs> for hooks::HookDirs {
+    fn from(a: HookDirs) -> Self {
+        hooks::HookDirs {
+            hooks_dir: a.hooks_dir,
+            lib_dir: a.lib_dir,
+            hook_timeout: a.hook_timeout,
         }
-        if self.user_data_wait.is_some_and(|wait| wait > self.timeout) {
-            return Err("--user-data-wait must not exceed --timeout".into());
+    }
+}
+
+impl From<HooksArgs> for hooks::Settings {
+    fn from(a: HooksArgs) -> Self {
+        hooks::Settings {
+            refresh: a.refresh,
+            dirs: a.dirs.into(),
+            metadata: a.metadata.into(),
         }
-        if !self.facts.is_empty() && self.user_data_file.is_none() {
-            return Err("--fact goes with --user-data-file (on EC2, facts come from IMDS)".into());
+    }
+}
+
+impl From<LaunchArgs> for launch::Settings {
+    fn from(a: LaunchArgs) -> Self {
+        launch::Settings {
+            refresh: a.refresh,
+            hooks: a.hooks.into(),
+            metadata: a.metadata.into(),
+            command: a.command,
         }
-        Ok(())
+    }
+}
+
+impl From<SyncArgs> for s3sync::Settings {
+    fn from(a: SyncArgs) -> Self {
+        s3sync::Settings {
+            from: a.from,
+            to: a.to,
+            concurrency: a.concurrency,
+            sync_timeout: a.sync_timeout,
+            refresh: a.refresh,
+            watch: a.watch,
+            on_change: a.on_change,
+            metadata: a.metadata.into(),
+        }
+    }
+}
+
+impl From<StatusArgs> for status::Settings {
+    fn from(a: StatusArgs) -> Self {
+        status::Settings {
+            wait: a.wait,
+            timeout: a.timeout,
+            json: a.json,
+        }
+    }
+}
+
+impl From<QueryArgs> for query::Settings {
+    fn from(a: QueryArgs) -> Self {
+        query::Settings {
+            key: a.key,
+            all: a.all,
+            json: a.json,
+        }
+    }
+}
+
+impl From<NotifyArgs> for notice::Settings {
+    fn from(a: NotifyArgs) -> Self {
+        notice::Settings {
+            event: match a.event {
+                NotifyEvent::Failure => notice::Event::Failure,
+                NotifyEvent::Ready => notice::Event::Ready,
+            },
+            unit: a.unit,
+            config: a.config,
+        }
     }
 }

@@ -8,12 +8,11 @@
 //! - `imds/` (the IMDS protocol, user-data decoding, the facts) and `sync/` (sources, key
 //!   safety, atomic generations of a synced tree);
 //! - `state/` (the state dir, atomic writes, the env file);
-//! - `base/` (the retry policy and deadlines, child processes, sd_notify, logging) and
-//!   `error` (exit codes).
+//! - `base/` (exit codes, the retry policy and deadlines, child processes, sd_notify,
+//!   logging, the kill switch).
 
 pub mod base;
 pub mod cli;
-pub mod error;
 pub mod imds;
 pub mod stage;
 pub mod state;

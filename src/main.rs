@@ -3,10 +3,11 @@
 
 use std::process::ExitCode;
 
+use bootstage::base::exit::{self, ExitStatus};
 use bootstage::base::logging;
 use bootstage::base::notify::Notifier;
 use bootstage::cli::{Cli, Command};
-use bootstage::error::{self, Error};
+use bootstage::stage::error::Error;
 use bootstage::stage::{hooks, launch, metadata, notice, query, s3sync, status};
 use bootstage::state::StateDir;
 use clap::Parser;
@@ -17,7 +18,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() {
-                error::ExitCode::Usage as u8
+                exit::ExitCode::Usage as u8
             } else {
                 0
             });
@@ -41,22 +42,22 @@ fn main() -> ExitCode {
     code
 }
 
-async fn run(cli: Cli, notifier: Notifier) -> Result<error::ExitCode, Error> {
+async fn run(cli: Cli, notifier: Notifier) -> Result<exit::ExitCode, Error> {
     let state = StateDir::new(cli.state_dir);
     match cli.command {
         Command::Metadata(args) => {
-            let summary = metadata::run(&state, &args, notifier).await?;
+            let summary = metadata::run(&state, &args.into(), notifier).await?;
             notifier.ready(&summary);
         }
-        Command::S3Sync(args) => s3sync::run(&state, &args, notifier).await?,
+        Command::S3Sync(args) => s3sync::run(&state, &args.into(), notifier).await?,
         Command::Hooks(args) => {
-            let summary = hooks::run(&state, &args, notifier).await?;
+            let summary = hooks::run(&state, &args.into(), notifier).await?;
             notifier.ready(&summary);
         }
-        Command::Launch(args) => launch::run(&state, &args, notifier).await?,
-        Command::Status(args) => return status::run(&state, &args).await,
-        Command::Query(args) => query::run(&state, &args)?,
-        Command::Notify(args) => notice::run(&state, &args).await?,
+        Command::Launch(args) => launch::run(&state, &args.into(), notifier).await?,
+        Command::Status(args) => return status::run(&state, &args.into()).await,
+        Command::Query(args) => query::run(&state, &args.into())?,
+        Command::Notify(args) => notice::run(&state, &args.into()).await?,
     }
-    Ok(error::ExitCode::Ok)
+    Ok(exit::ExitCode::Ok)
 }

@@ -2,6 +2,8 @@
 //! policy and deadlines, bounded child processes, sd_notify, logging.
 
 pub mod child;
+pub mod exit;
 pub mod logging;
 pub mod notify;
 pub mod retry;
+pub mod switch;

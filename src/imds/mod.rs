@@ -23,6 +23,7 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use crate::base::exit::{ExitCode, ExitStatus};
 use crate::base::retry::{self, Deadline, RetryHint};
 
 pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
@@ -487,6 +488,15 @@ fn describe(e: &reqwest::Error) -> String {
         format!("cannot connect: {cause}")
     } else {
         cause.to_string()
+    }
+}
+
+impl ExitStatus for ImdsError {
+    fn exit_code(&self) -> ExitCode {
+        match self.is_permanent() {
+            true => ExitCode::ImdsDisabled,
+            false => ExitCode::TempFail,
+        }
     }
 }
 

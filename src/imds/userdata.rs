@@ -12,6 +12,7 @@
 use std::fmt;
 use std::io::Read;
 
+use crate::base::exit::{ExitCode, ExitStatus};
 use base64::Engine;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
@@ -184,5 +185,11 @@ fn kind(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+impl ExitStatus for DecodeError {
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::BadUserData
     }
 }

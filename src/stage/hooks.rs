@@ -26,17 +26,38 @@ use std::path::{Path, PathBuf};
 use crate::base::child;
 use crate::base::notify::Notifier;
 use crate::base::retry::Deadline;
-use crate::cli::{HookDirs, HooksArgs};
-use crate::error::{Error, Result};
 use crate::imds::facts::Facts;
+use crate::stage::error::{Error, Result};
+use crate::stage::error::{ExitCode, ExitStatus};
 use crate::stage::metadata;
 use crate::stage::s3sync;
-use crate::stage::status::{self, Stage};
 use crate::state::StateDir;
 use crate::state::atomic;
+use crate::state::status::{self, Stage};
 
 pub const DEFAULT_HOOKS_DIR: &str = "/etc/bootstage/hooks";
 pub const DEFAULT_LIB_DIR: &str = "/var/lib/bootstage";
+pub const DEFAULT_HOOK_TIMEOUT: &str = "10m";
+
+/// The `hooks` stage as its unit runs it.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Re-run the metadata stage and every configured sync first.
+    pub refresh: bool,
+    pub dirs: HookDirs,
+    /// For running the metadata stage first when its outputs are missing.
+    pub metadata: metadata::Settings,
+}
+
+/// Where the hooks and their markers are, and how long they may take together.
+#[derive(Debug, Clone)]
+pub struct HookDirs {
+    /// `per-instance.d/` and `per-boot.d/` are in it.
+    pub hooks_dir: PathBuf,
+    /// `instances/INSTANCE-ID/` is in it.
+    pub lib_dir: PathBuf,
+    pub hook_timeout: std::time::Duration,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -67,7 +88,7 @@ pub enum HookError {
 
 /// The stage as its unit runs it: earlier stages first if their outputs are missing (run
 /// by hand), then the hooks. Returns the READY summary.
-pub async fn run(state: &StateDir, args: &HooksArgs, notifier: Notifier) -> Result<String> {
+pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<String> {
     metadata::ensure(state, &args.metadata, args.refresh, notifier).await?;
     s3sync::sync_missing(state, args.refresh, notifier).await?;
     status::track(state, Stage::Hooks, run_hooks(state, &args.dirs, notifier)).await
@@ -234,6 +255,18 @@ fn write_marker(marker: &Path) -> Result<()> {
     );
     atomic::write_file(marker, text.as_bytes())
         .map_err(|(path, source)| Error::Write { path, source })
+}
+
+impl From<HookError> for Error {
+    fn from(e: HookError) -> Error {
+        Error::Stage(Box::new(e))
+    }
+}
+
+impl ExitStatus for HookError {
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::HookFailed
+    }
 }
 
 #[cfg(test)]

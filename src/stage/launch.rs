@@ -11,17 +11,28 @@
 //! whatever `params.env` holds, or without it.
 
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 
 use crate::base::notify::Notifier;
-use crate::cli::LaunchArgs;
-use crate::error::{Error, Result};
+use crate::base::switch::disabled_reason;
+use crate::stage::error::{Error, Result};
 use crate::stage::hooks;
+use crate::stage::hooks::HookDirs;
 use crate::stage::metadata;
 use crate::stage::s3sync;
-use crate::state::StateDir;
+use crate::state::{StateDir, StateError};
 
-pub async fn run(state: &StateDir, args: &LaunchArgs, notifier: Notifier) -> Result<()> {
+/// What `launch` runs, and what it runs first when missing.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Re-run the metadata stage, every configured sync and the hooks first.
+    pub refresh: bool,
+    pub hooks: HookDirs,
+    pub metadata: metadata::Settings,
+    /// The app and its arguments.
+    pub command: Vec<String>,
+}
+
+pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<()> {
     let (program, rest) = args.command.split_first().ok_or_else(|| {
         Error::Usage("launch needs a command: bootstage launch -- CMD [ARGS…]".into())
     })?;
@@ -35,12 +46,12 @@ pub async fn run(state: &StateDir, args: &LaunchArgs, notifier: Notifier) -> Res
     }
     let vars = match state.load_env() {
         Ok(vars) => vars,
-        Err(Error::Read { source, .. })
+        Err(StateError::Read { source, .. })
             if disabled.is_some() && source.kind() == std::io::ErrorKind::NotFound =>
         {
             Vec::new()
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     tracing::info!(program, variables = vars.len(), "launching");
     let error = std::process::Command::new(program)
@@ -51,48 +62,4 @@ pub async fn run(state: &StateDir, args: &LaunchArgs, notifier: Notifier) -> Res
         program: program.clone(),
         source: error,
     })
-}
-
-/// The kill switch the units check with `ConditionPathExists=!` and
-/// `ConditionKernelCommandLine=!`.
-pub const DISABLED_FILE: &str = "/etc/bootstage/disabled";
-
-/// Why bootstage is disabled on this machine, if it is.
-pub fn disabled_reason() -> Option<String> {
-    disabled(Path::new(DISABLED_FILE), Path::new("/proc/cmdline"))
-}
-
-fn disabled(marker: &Path, cmdline: &Path) -> Option<String> {
-    if marker.exists() {
-        return Some(format!("{} exists", marker.display()));
-    }
-    let cmdline = std::fs::read_to_string(cmdline).unwrap_or_default();
-    cmdline
-        .split_whitespace()
-        .any(|word| word == "bootstage=disabled")
-        .then(|| "bootstage=disabled on the kernel command line".to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_kill_switch() {
-        let dir = tempfile::tempdir().unwrap();
-        let (marker, cmdline) = (dir.path().join("disabled"), dir.path().join("cmdline"));
-        std::fs::write(&cmdline, "ro quiet bootstage=enabled\n").unwrap();
-        assert_eq!(disabled(&marker, &cmdline), None);
-        std::fs::write(&cmdline, "ro bootstage=disabled quiet\n").unwrap();
-        assert_eq!(
-            disabled(&marker, &cmdline).as_deref(),
-            Some("bootstage=disabled on the kernel command line")
-        );
-        std::fs::write(&marker, "").unwrap();
-        assert!(
-            disabled(&marker, &cmdline)
-                .unwrap()
-                .ends_with("disabled exists")
-        );
-    }
 }

@@ -14,26 +14,73 @@
 //! previous files as they were.
 
 use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
 use crate::base::notify::Notifier;
 use crate::base::retry::Deadline;
-use crate::cli::MetadataArgs;
-use crate::error::{Error, Result};
 use crate::imds::facts::Facts;
 use crate::imds::userdata::{self, DecodeError};
 use crate::imds::{self, Client};
-use crate::stage::status::{self, Stage};
+use crate::stage::error::{Error, Result};
 use crate::state::StateDir;
 use crate::state::atomic;
 use crate::state::envfile::Env;
+use crate::state::status::{self, Stage};
+
+/// What the metadata stage needs to know; `cli.rs` fills it from flags and environment.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// IMDS base URL; `None`: the SDK's environment variables, else the link-local address.
+    pub imds_endpoint: Option<String>,
+    /// Refuse IMDSv1.
+    pub imds_v2_only: bool,
+    /// The stage's overall deadline.
+    pub timeout: Duration,
+    /// How long a user-data 404 counts as "not there yet"; `None`: the default.
+    pub user_data_wait: Option<Duration>,
+    /// Bound on each HTTP request.
+    pub request_timeout: Duration,
+    /// Boot with empty parameters when there is no user-data.
+    pub allow_empty: bool,
+    /// Read user-data from this file instead of IMDS.
+    pub user_data_file: Option<PathBuf>,
+    /// `NAME=VALUE` facts for `user_data_file`.
+    pub facts: Vec<String>,
+}
+
+pub const DEFAULT_TIMEOUT: &str = "90s";
+pub const DEFAULT_REQUEST_TIMEOUT: &str = "2s";
+/// The user-data grace period when none is given (capped by the timeout).
+pub const DEFAULT_USER_DATA_WAIT: Duration = Duration::from_secs(30);
+
+impl Settings {
+    pub fn user_data_wait(&self) -> Duration {
+        self.user_data_wait
+            .unwrap_or(DEFAULT_USER_DATA_WAIT.min(self.timeout))
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.timeout.is_zero() || self.request_timeout.is_zero() {
+            return Err("--timeout and --request-timeout must be above zero".into());
+        }
+        if self.user_data_wait.is_some_and(|wait| wait > self.timeout) {
+            return Err("--user-data-wait must not exceed --timeout".into());
+        }
+        if !self.facts.is_empty() && self.user_data_file.is_none() {
+            return Err("--fact goes with --user-data-file (on EC2, facts come from IMDS)".into());
+        }
+        Ok(())
+    }
+}
 
 /// For a later stage run by hand: runs this stage in-process when its outputs are missing,
 /// or always with `refresh`. Sends no READY (the caller is another stage).
 pub async fn ensure(
     state: &StateDir,
-    args: &MetadataArgs,
+    args: &Settings,
     refresh: bool,
     notifier: Notifier,
 ) -> Result<()> {
@@ -52,11 +99,11 @@ pub async fn ensure(
 }
 
 /// The stage, with its status record (`status.rs`). Returns the READY summary.
-pub async fn run(state: &StateDir, args: &MetadataArgs, notifier: Notifier) -> Result<String> {
+pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<String> {
     status::track(state, Stage::Metadata, fetch(state, args, notifier)).await
 }
 
-async fn fetch(state: &StateDir, args: &MetadataArgs, notifier: Notifier) -> Result<String> {
+async fn fetch(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<String> {
     args.validate().map_err(Error::Usage)?;
     let deadline = Deadline::after(args.timeout);
     let _lock = state.lock(deadline).await?;
@@ -123,7 +170,7 @@ async fn fetch(state: &StateDir, args: &MetadataArgs, notifier: Notifier) -> Res
 }
 
 async fn from_imds(
-    args: &MetadataArgs,
+    args: &Settings,
     deadline: Deadline,
     notifier: Notifier,
 ) -> Result<(Option<Vec<u8>>, Facts)> {

@@ -1,6 +1,7 @@
 //! The stages and commands, one module each: the top layer. Each takes its settings, does
 //! its work through the layers below, and returns a summary or an error with an exit code.
 
+pub mod error;
 pub mod hooks;
 pub mod launch;
 pub mod metadata;

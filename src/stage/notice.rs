@@ -19,7 +19,7 @@
 //! earlier stage failed) sends no notice of its own: one root failure, one notice.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -32,11 +32,31 @@ use serde_json::Value;
 
 use crate::base::child;
 use crate::base::retry::{self, Deadline, RetryHint};
-use crate::cli::{NotifyArgs, NotifyEvent};
-use crate::error::{Error, Result};
+use crate::stage::error::{Error, Result};
+use crate::stage::error::{ExitCode, ExitStatus};
 use crate::stage::query;
-use crate::stage::status::{self, Record, Stage, State};
 use crate::state::StateDir;
+use crate::state::status::{self, Record, Stage, State};
+
+/// `bootstage notify failure|ready [--unit UNIT]`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub event: Event,
+    /// The unit the notice is about.
+    pub unit: Option<String>,
+    /// The image's notice settings, used when the parameters have none.
+    pub config: PathBuf,
+}
+
+pub const DEFAULT_CONFIG: &str = "/etc/bootstage/notify.json";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A unit failed (run from OnFailure=).
+    Failure,
+    /// bootstage.target was reached.
+    Ready,
+}
 
 /// `bootstage.notify`, or the image's fallback file.
 #[derive(Debug, Default, Deserialize)]
@@ -80,7 +100,7 @@ pub enum NoticeError {
     Undelivered(String),
 }
 
-pub async fn run(state: &StateDir, args: &NotifyArgs) -> Result<()> {
+pub async fn run(state: &StateDir, args: &Settings) -> Result<()> {
     let Some(config) = config(state, &args.config)? else {
         tracing::info!(
             "no bootstage.notify and no {}: nothing to send",
@@ -88,14 +108,14 @@ pub async fn run(state: &StateDir, args: &NotifyArgs) -> Result<()> {
         );
         return Ok(());
     };
-    if args.event == NotifyEvent::Ready && !config.ready {
+    if args.event == Event::Ready && !config.ready {
         tracing::info!("bootstage.notify.ready is off: no ready notice");
         return Ok(());
     }
     // systemd triggers OnFailure= also for the later stages whose start failed because an
     // earlier one did; those never ran (no record). The earlier stage's notice is the one
     // that names the cause: one failure, one notice.
-    if args.event == NotifyEvent::Failure
+    if args.event == Event::Failure
         && let Some(stage) = args.unit.as_deref().and_then(Stage::of_unit)
         && status::read(state, stage).is_ok_and(|r| r.state == State::Pending)
     {
@@ -158,7 +178,7 @@ fn config(state: &StateDir, fallback: &Path) -> Result<Option<Config>> {
     Ok(Some(config))
 }
 
-fn compose(state: &StateDir, args: &NotifyArgs) -> Notice {
+fn compose(state: &StateDir, args: &Settings) -> Notice {
     let stage = args.unit.as_deref().and_then(Stage::of_unit);
     let record = stage.and_then(|s| status::read(state, s).ok());
     let instance = std::fs::read(state.instance_json())
@@ -172,7 +192,7 @@ fn compose(state: &StateDir, args: &NotifyArgs) -> Notice {
             .filter(|s| !s.is_empty())
     };
     let (event, error) = match args.event {
-        NotifyEvent::Failure => (
+        Event::Failure => (
             "failure",
             record.as_ref().and_then(|r| r.error.clone()).or_else(|| {
                 args.unit
@@ -180,7 +200,7 @@ fn compose(state: &StateDir, args: &NotifyArgs) -> Notice {
                     .map(|u| format!("{u} failed; see journalctl -u {u}"))
             }),
         ),
-        NotifyEvent::Ready => ("ready", None),
+        Event::Ready => ("ready", None),
     };
     Notice {
         event,
@@ -313,5 +333,20 @@ async fn run_command(
         }
         Ok(status) => Err(child::describe(status)),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+impl From<NoticeError> for Error {
+    fn from(e: NoticeError) -> Error {
+        Error::Stage(Box::new(e))
+    }
+}
+
+impl ExitStatus for NoticeError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            NoticeError::Config(_) => ExitCode::BadUserData,
+            NoticeError::Undelivered(_) => ExitCode::TempFail,
+        }
     }
 }

@@ -13,9 +13,18 @@
 
 use serde_json::{Map, Value};
 
-use crate::cli::QueryArgs;
-use crate::error::{Error, ExitCode, Result};
+use crate::stage::error::{Error, ExitCode, ExitStatus, Result};
 use crate::state::StateDir;
+
+/// `bootstage query KEY | --all [--json]`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A dotted path; `None` with `all`.
+    pub key: Option<String>,
+    pub all: bool,
+    /// Strings as JSON too.
+    pub json: bool,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -25,8 +34,14 @@ pub enum QueryError {
     NotYet(String),
 }
 
-impl QueryError {
-    pub fn exit_code(&self) -> ExitCode {
+impl From<QueryError> for Error {
+    fn from(e: QueryError) -> Error {
+        Error::Stage(Box::new(e))
+    }
+}
+
+impl ExitStatus for QueryError {
+    fn exit_code(&self) -> ExitCode {
         match self {
             QueryError::NoSuchKey(_) => ExitCode::Failed,
             QueryError::NotYet(_) => ExitCode::NoUserData,
@@ -34,7 +49,7 @@ impl QueryError {
     }
 }
 
-pub fn run(state: &StateDir, args: &QueryArgs) -> Result<()> {
+pub fn run(state: &StateDir, args: &Settings) -> Result<()> {
     let doc = document(state)?;
     let value = match &args.key {
         Some(key) => lookup(&doc, key).ok_or_else(|| QueryError::NoSuchKey(key.clone()))?,

@@ -32,15 +32,36 @@ use serde::Deserialize;
 use crate::base::child;
 use crate::base::notify::Notifier;
 use crate::base::retry::{self, Deadline, RetryHint};
-use crate::cli::SyncArgs;
-use crate::error::{Error, ExitCode, Result};
+use crate::stage::error::{Error, ExitCode, ExitStatus, Result};
 use crate::stage::metadata;
-use crate::stage::status::{self, Stage};
 use crate::state::StateDir;
 use crate::state::envfile;
+use crate::state::status::{self, Stage};
 use crate::sync::keys::{self, KeyError};
 use crate::sync::source::{Location, Object, Source, SourceError};
 use crate::sync::tree::{Destination, Entry, Manifest, TreeError};
+
+pub const DEFAULT_CONCURRENCY: u16 = 16;
+pub const DEFAULT_SYNC_TIMEOUT: &str = "5m";
+
+/// One run of the stage: the configured sync (or one `from`/`to` pair), once or watching.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Sync this source instead of the parameters' `bootstage.sync` list (with `to`).
+    pub from: Option<String>,
+    pub to: Option<PathBuf>,
+    /// Downloads in flight at once, per destination.
+    pub concurrency: u16,
+    /// Deadline for one sync pass.
+    pub sync_timeout: Duration,
+    /// Re-run the metadata stage first.
+    pub refresh: bool,
+    /// Keep running and re-sync every interval.
+    pub watch: Option<Duration>,
+    /// With `watch`: a command for `/bin/sh -c` after a change is swapped in.
+    pub on_change: Option<String>,
+    pub metadata: metadata::Settings,
+}
 
 /// How often a pass starts over because an object changed between LIST and GET.
 const PASSES: u32 = 3;
@@ -62,8 +83,14 @@ pub enum SyncError {
     Deadline(String, String, String),
 }
 
-impl SyncError {
-    pub fn exit_code(&self) -> ExitCode {
+impl From<SyncError> for Error {
+    fn from(e: SyncError) -> Error {
+        Error::Stage(Box::new(e))
+    }
+}
+
+impl ExitStatus for SyncError {
+    fn exit_code(&self) -> ExitCode {
         match self {
             SyncError::Settings(_)
             | SyncError::Key(_)
@@ -132,7 +159,7 @@ pub struct Bounds {
 }
 
 impl Bounds {
-    fn of(args: &SyncArgs) -> Bounds {
+    fn of(args: &Settings) -> Bounds {
         Bounds {
             concurrency: args.concurrency.into(),
             timeout: args.sync_timeout,
@@ -141,16 +168,15 @@ impl Bounds {
 
     /// The command line's defaults, for syncs that `launch` runs.
     fn defaults() -> Bounds {
-        let timeout =
-            humantime::parse_duration(crate::cli::DEFAULT_SYNC_TIMEOUT).expect("a valid default");
+        let timeout = humantime::parse_duration(DEFAULT_SYNC_TIMEOUT).expect("a valid default");
         Bounds {
-            concurrency: crate::cli::DEFAULT_CONCURRENCY.into(),
+            concurrency: DEFAULT_CONCURRENCY.into(),
             timeout,
         }
     }
 }
 
-pub async fn run(state: &StateDir, args: &SyncArgs, notifier: Notifier) -> Result<()> {
+pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<()> {
     // In watch mode SIGTERM is ours to handle from the start, so a pass it interrupts is
     // dropped cleanly (its staging dir removed) and the process exits 0.
     let mut stop = match args.watch {
@@ -174,7 +200,7 @@ pub async fn run(state: &StateDir, args: &SyncArgs, notifier: Notifier) -> Resul
         let syncer = Syncer::new(state, &specs, Bounds::of(args)).await?;
         let pass = async {
             let reports = all_ok(syncer.sync_all(&specs, notifier, true).await)?;
-            Ok(summarize(&reports))
+            Ok::<_, Error>(summarize(&reports))
         };
         let summary = match configured_stage {
             true => status::track(state, Stage::S3Sync, pass).await?,
@@ -208,7 +234,7 @@ pub async fn sync_missing(state: &StateDir, refresh: bool, notifier: Notifier) -
     if specs.is_empty() {
         // Nothing to fetch: the stage is satisfied; say so once, for `status`.
         if !status::is_done(state, Stage::S3Sync) {
-            status::track(state, Stage::S3Sync, async { Ok(()) }).await?;
+            status::track(state, Stage::S3Sync, async { Ok::<_, Error>(()) }).await?;
         }
     } else {
         tracing::info!(
@@ -218,7 +244,7 @@ pub async fn sync_missing(state: &StateDir, refresh: bool, notifier: Notifier) -
         let pass = async {
             let syncer = Syncer::new(state, &specs, Bounds::defaults()).await?;
             let reports = all_ok(syncer.sync_all(&specs, notifier, true).await)?;
-            Ok(summarize(&reports))
+            Ok::<_, Error>(summarize(&reports))
         };
         let summary = status::track(state, Stage::S3Sync, pass).await?;
         tracing::info!("{summary}");
@@ -811,7 +837,7 @@ impl Stop {
 async fn watch(
     syncer: &Syncer,
     specs: &[SyncSpec],
-    args: &SyncArgs,
+    args: &Settings,
     notifier: Notifier,
     interval: Duration,
     mut stop: Stop,

@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::base::exit::{ExitCode, ExitStatus};
 use serde_json::{Map, Value};
 
 /// The top-level parameter that configures bootstage itself.
@@ -303,6 +304,18 @@ fn reserved(name: &str) -> Option<&'static str> {
         Some("the shell, command lookup or systemd")
     } else {
         None
+    }
+}
+
+impl ExitStatus for ExportError {
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::BadUserData
+    }
+}
+
+impl ExitStatus for ParseError {
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::BadUserData
     }
 }
 

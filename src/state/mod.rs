@@ -4,14 +4,57 @@
 
 pub mod atomic;
 pub mod envfile;
+pub mod status;
 
 use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::base::exit::{ExitCode, ExitStatus};
 use crate::base::retry::Deadline;
-use crate::error::{Error, Result};
+use crate::state::envfile::ParseError;
+
+/// What can go wrong with the state dir itself.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("params.env cannot be read back: {0}")]
+    EnvFile(#[from] ParseError),
+}
+
+impl ExitStatus for StateError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            StateError::Read { source, .. }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                ExitCode::NoPerm
+            }
+            StateError::Read { .. } => ExitCode::NoUserData,
+            StateError::Write { .. } => ExitCode::CantCreate,
+            StateError::EnvFile(e) => e.exit_code(),
+        }
+    }
+}
+
+fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
+    move |source| StateError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+type Result<T, E = StateError> = std::result::Result<T, E>;
 
 pub const DEFAULT_DIR: &str = "/run/bootstage";
 
@@ -54,7 +97,7 @@ impl StateDir {
             .recursive(true)
             .mode(0o700)
             .create(&self.root)
-            .map_err(Error::write(&self.root))?;
+            .map_err(write_error(&self.root))?;
         let path = self.root.join(".lock");
         let file = OpenOptions::new()
             .create(true)
@@ -62,7 +105,7 @@ impl StateDir {
             .write(true)
             .mode(0o600)
             .open(&path)
-            .map_err(Error::write(&path))?;
+            .map_err(write_error(&path))?;
         let mut announced = false;
         loop {
             match file.try_lock() {
@@ -75,7 +118,7 @@ impl StateDir {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(TryLockError::WouldBlock) => {
-                    return Err(Error::Write {
+                    return Err(StateError::Write {
                         path,
                         source: std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
@@ -83,10 +126,10 @@ impl StateDir {
                         ),
                     });
                 }
-                Err(TryLockError::Error(e)) => return Err(Error::Write { path, source: e }),
+                Err(TryLockError::Error(e)) => return Err(StateError::Write { path, source: e }),
             }
         }
-        let removed = atomic::remove_leftovers(&self.root).map_err(Error::write(&self.root))?;
+        let removed = atomic::remove_leftovers(&self.root).map_err(write_error(&self.root))?;
         if removed > 0 {
             tracing::info!(
                 removed,
@@ -99,7 +142,7 @@ impl StateDir {
     /// `params.env` read back with the file's own semantics, for the processes we start.
     pub fn load_env(&self) -> Result<Vec<(String, String)>> {
         let path = self.params_env();
-        let text = fs::read_to_string(&path).map_err(|source| Error::Read {
+        let text = fs::read_to_string(&path).map_err(|source| StateError::Read {
             path: path.clone(),
             source,
         })?;

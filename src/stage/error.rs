@@ -1,0 +1,100 @@
+//! The error a stage or command ends with: any lower module's error, or one of the few
+//! failures that belong to the stages themselves. Its exit code is the inner error's
+//! ([`ExitStatus`]), so this file decides no exit code of another module's error.
+//!
+//! Messages never contain a parameter value, user-data content or a token.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use crate::base::exit::{ExitCode, ExitStatus};
+use crate::imds::ImdsError;
+use crate::imds::userdata::DecodeError;
+use crate::state::StateError;
+use crate::state::envfile::{ExportError, ParseError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Usage(String),
+
+    #[error("user-data is invalid: {0}")]
+    BadUserData(#[from] DecodeError),
+
+    #[error("parameters cannot be exported: {0}")]
+    BadParams(#[from] ExportError),
+
+    #[error(
+        "this instance has no user-data (waited {}); give it bootstage parameters, or pass --allow-empty to boot with none",
+        humantime::format_duration(std::time::Duration::from_millis(waited.as_millis() as u64))
+    )]
+    NoUserData { waited: Duration },
+
+    #[error("{0}")]
+    Imds(#[from] ImdsError),
+
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: PathBuf, source: io::Error },
+
+    #[error("{0}")]
+    State(#[from] StateError),
+
+    #[error("params.env cannot be read back: {0}")]
+    EnvFile(#[from] ParseError),
+
+    /// A stage's own error (the sync's, the hooks' …), converted by `From` in its module.
+    #[error("{0}")]
+    Stage(Box<dyn StageFailure>),
+
+    #[error("cannot run {program:?}: {source}")]
+    Exec { program: String, source: io::Error },
+}
+
+/// An error type of one stage, boxed so that this file needs to know no stage: each stage
+/// module writes `impl From<ItsError> for Error` (`Error::Stage(Box::new(e))`).
+pub trait StageFailure: std::error::Error + ExitStatus + Send + Sync {}
+
+impl<T: std::error::Error + ExitStatus + Send + Sync> StageFailure for T {}
+
+/// The stages' own failures decide here; every wrapped error decides for itself.
+impl ExitStatus for Error {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Usage(_) => ExitCode::Usage,
+            Error::NoUserData { .. } => ExitCode::NoUserData,
+            Error::Read { source, .. } => read_exit_code(source),
+            Error::Write { .. } => ExitCode::CantCreate,
+            Error::Exec { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                ExitCode::NotFound
+            }
+            Error::Exec { .. } => ExitCode::CannotExecute,
+            Error::BadUserData(e) => e.exit_code(),
+            Error::BadParams(e) => e.exit_code(),
+            Error::Imds(e) => e.exit_code(),
+            Error::State(e) => e.exit_code(),
+            Error::EnvFile(e) => e.exit_code(),
+            Error::Stage(e) => e.exit_code(),
+        }
+    }
+}
+
+/// An input that cannot be read: not ours to read (77), or not there (66).
+pub fn read_exit_code(source: &io::Error) -> ExitCode {
+    match source.kind() {
+        io::ErrorKind::PermissionDenied => ExitCode::NoPerm,
+        _ => ExitCode::NoUserData,
+    }
+}
+
+impl Error {
+    pub fn write(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Write { path, source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
