@@ -29,6 +29,7 @@ use std::time::Duration;
 use futures_util::TryStreamExt;
 use serde::Deserialize;
 
+use crate::aws::{Aws, AwsError};
 use crate::base::child;
 use crate::base::notify::Notifier;
 use crate::base::retry::{self, Deadline, RetryHint};
@@ -304,6 +305,11 @@ fn configured(state: &StateDir) -> Result<Vec<SyncSpec>> {
     Ok(specs)
 }
 
+/// An AWS setup error, reported as the sync's settings error (exit 65), as before.
+fn settings(e: AwsError) -> SyncError {
+    SyncError::Settings(e.to_string())
+}
+
 /// What every pass of a process shares: the S3 client (built once, so watch mode does not
 /// load credentials again each interval) and the bounds.
 struct Syncer {
@@ -314,7 +320,12 @@ struct Syncer {
 impl Syncer {
     async fn new(state: &StateDir, specs: &[SyncSpec], bounds: Bounds) -> Result<Syncer> {
         let client = match specs.iter().any(|s| s.from.starts_with("s3://")) {
-            true => Some(s3_client(state, bounds.timeout).await?),
+            true => {
+                let aws = Aws::load(state, &["S3"], bounds.timeout)
+                    .await
+                    .map_err(settings)?;
+                Some(aws.s3())
+            }
             false => None,
         };
         Ok(Syncer { client, bounds })
@@ -681,61 +692,6 @@ impl Ownership {
         }
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(local(path))
     }
-}
-
-async fn s3_client(state: &StateDir, attempt_timeout: Duration) -> Result<aws_sdk_s3::Client> {
-    use aws_config::{BehaviorVersion, Region, retry::RetryConfig, timeout::TimeoutConfig};
-    let endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()));
-    // S3 over https is verified against the system's CA store. Check it before the SDK
-    // builds its client: an image without one would otherwise fail every request with an
-    // obscure TLS error (and a debug build asserts).
-    let https = endpoint
-        .as_deref()
-        .is_none_or(|url| url.starts_with("https://"));
-    if https && rustls_native_certs::load_native_certs().certs.is_empty() {
-        let why = "this machine has no CA certificates (install ca-certificates): S3 over https cannot be verified";
-        return Err(SyncError::Settings(why.into()).into());
-    }
-    let region = std::env::var("AWS_REGION")
-        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
-        .ok()
-        .filter(|r| !r.is_empty())
-        .or_else(|| {
-            let facts = std::fs::read(state.instance_json()).ok()?;
-            serde_json::from_slice::<crate::imds::facts::Facts>(&facts)
-                .ok()?
-                .region
-        })
-        .ok_or_else(|| {
-            SyncError::Settings(
-                "no AWS region: set AWS_REGION, or run the metadata stage on EC2".into(),
-            )
-        })?;
-    let timeouts = TimeoutConfig::builder()
-        .connect_timeout(Duration::from_secs(3))
-        .read_timeout(Duration::from_secs(30))
-        .operation_attempt_timeout(attempt_timeout)
-        .build();
-    let shared = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(region))
-        .timeout_config(timeouts)
-        // The SDK's default of 3 attempts per request: past them a download is retried
-        // by fetch_retrying and a pass by sync_all, which log the cause each time, so an
-        // S3 that stays down is reported as what it is, not only as a deadline.
-        .retry_config(RetryConfig::standard().with_max_attempts(3))
-        .load()
-        .await;
-    let mut config = aws_sdk_s3::config::Builder::from(&shared);
-    if let Some(url) = endpoint {
-        tracing::info!(
-            endpoint = url,
-            "using a custom S3 endpoint with path-style addressing"
-        );
-        config = config.endpoint_url(url).force_path_style(true);
-    }
-    Ok(aws_sdk_s3::Client::from_conf(config.build()))
 }
 
 /// One destination's counts in the current pass.

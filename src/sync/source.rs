@@ -25,6 +25,8 @@ use std::path::{Path, PathBuf};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::types::ServerSideEncryption;
 use aws_smithy_types::error::display::DisplayErrorContext;
+
+use crate::aws::{self, Failure};
 use md5::{Digest, Md5};
 use tokio::io::AsyncWriteExt;
 
@@ -316,51 +318,16 @@ impl Source {
     where
         E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
     {
-        use aws_sdk_s3::error::SdkError;
-        let code = e
-            .as_service_error()
-            .and_then(|s| s.code())
-            .map(str::to_string);
-        let why = match (&e, &code, e.as_service_error().and_then(|s| s.message())) {
-            (_, Some(code), Some(message)) => format!("{code}: {message}"),
-            (_, Some(code), None) => code.clone(),
-            (SdkError::TimeoutError(_), ..) => "timed out".into(),
-            // Unparsable answers: the SDK's text would include the whole response.
-            (SdkError::ServiceError(s), ..) => {
-                format!("unexpected answer (HTTP {})", s.raw().status().as_u16())
+        let url = self.url();
+        match aws::classify("S3", &e) {
+            Failure::Refused(why) => SourceError::Refused { url, why },
+            // Every other answer may pass on a later attempt of the pass: a prefix whose
+            // objects moved, a throttled or unreachable S3.
+            Failure::Throttled(why) | Failure::Transient(why) | Failure::Permanent(why) => {
+                SourceError::Failed { url, why }
             }
-            (SdkError::ResponseError(_), ..) => "unreadable answer".into(),
-            // The connector's chain repeats itself in Display and Debug forms; its innermost
-            // cause says it all ("Connection refused (os error 111)").
-            (SdkError::DispatchFailure(_), ..) => format!("cannot reach S3: {}", root_cause(&e)),
-            _ => DisplayErrorContext(&e).to_string(),
-        };
-        match code.as_deref() {
-            Some(
-                "AccessDenied"
-                | "NoSuchBucket"
-                | "InvalidAccessKeyId"
-                | "SignatureDoesNotMatch"
-                | "AllAccessDisabled",
-            ) => SourceError::Refused {
-                url: self.url(),
-                why,
-            },
-            _ => SourceError::Failed {
-                url: self.url(),
-                why,
-            },
         }
     }
-}
-
-/// The last error in `e`'s source chain.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 /// Keys from an `encoding-type=url` listing: `+` is a space, `%XX` a byte.

@@ -1,0 +1,263 @@
+//! One home for AWS clients: the shared SDK configuration every service client is built
+//! from, and one reading of what an AWS error means.
+//!
+//! - Region: `AWS_REGION`, else `AWS_DEFAULT_REGION`, else the instance's (`instance.json`
+//!   from the metadata stage); a service reached through an ARN may override it per call.
+//! - Endpoint: the SDK's own `AWS_ENDPOINT_URL_<SERVICE>` and `AWS_ENDPOINT_URL`, as AWS
+//!   documents them; S3 with a custom endpoint uses path-style addressing.
+//! - TLS: an https endpoint needs the system's CA store; without one, say so before the SDK
+//!   fails every request with an obscure TLS error.
+//! - Time: 3 s to connect, 30 s between reads, each attempt within the caller's bound; the
+//!   SDK's standard 3 attempts, after which the caller's retry policy (`base::retry`)
+//!   decides, logging each cause.
+//! - Errors: [`classify`] sorts any SDK error into refused, throttled, transient or
+//!   permanent, with a message that never carries the response body.
+//!
+//! A new service is one line: `aws_sdk_ssm::Client::new(aws.sdk_config())`.
+
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig, retry::RetryConfig, timeout::TimeoutConfig};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+use crate::base::exit::{ExitCode, ExitStatus};
+use crate::imds::facts::Facts;
+use crate::state::StateDir;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AwsError {
+    #[error("no AWS region: set AWS_REGION, or run the metadata stage on EC2")]
+    NoRegion,
+    #[error(
+        "this machine has no CA certificates (install ca-certificates): {0} over https cannot be verified"
+    )]
+    NoCaCertificates(&'static str),
+}
+
+impl ExitStatus for AwsError {
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::BadUserData
+    }
+}
+
+/// The shared configuration, loaded once per process (credentials included).
+#[derive(Clone, Debug)]
+pub struct Aws {
+    shared: SdkConfig,
+}
+
+impl Aws {
+    /// Loads region, credentials chain, timeouts and retries for a process that will call
+    /// `services` (their endpoint names: `S3`, `SSM` …). `attempt_timeout` bounds each
+    /// attempt of each request.
+    pub async fn load(
+        state: &StateDir,
+        services: &[&'static str],
+        attempt_timeout: Duration,
+    ) -> Result<Aws, AwsError> {
+        // Before the SDK builds its connector: without a CA store it would fail every
+        // request with an obscure TLS error (and a debug build panics).
+        for &service in services {
+            check_ca_store(service, endpoint(service).as_deref())?;
+        }
+        let region = region(state).ok_or(AwsError::NoRegion)?;
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .read_timeout(Duration::from_secs(30))
+            .operation_attempt_timeout(attempt_timeout)
+            .build();
+        let shared = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(region))
+            .timeout_config(timeouts)
+            // The SDK's default of 3 attempts per request: past them the caller retries
+            // under base::retry and logs the cause each time, so a service that stays
+            // down is reported as what it is, not only as a deadline.
+            .retry_config(RetryConfig::standard().with_max_attempts(3))
+            .load()
+            .await;
+        Ok(Aws { shared })
+    }
+
+    pub fn sdk_config(&self) -> &SdkConfig {
+        &self.shared
+    }
+
+    /// The S3 client: path-style addressing when the endpoint is a custom one.
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        let endpoint = endpoint("S3");
+        let mut config = aws_sdk_s3::config::Builder::from(&self.shared);
+        if let Some(url) = endpoint {
+            tracing::info!(
+                endpoint = url,
+                "using a custom S3 endpoint with path-style addressing"
+            );
+            config = config.endpoint_url(url).force_path_style(true);
+        }
+        aws_sdk_s3::Client::from_conf(config.build())
+    }
+}
+
+/// `AWS_REGION`, `AWS_DEFAULT_REGION`, else the instance's region from `instance.json`.
+fn region(state: &StateDir) -> Option<String> {
+    std::env::var("AWS_REGION")
+        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+        .ok()
+        .filter(|r| !r.is_empty())
+        .or_else(|| {
+            let facts = std::fs::read(state.instance_json()).ok()?;
+            serde_json::from_slice::<Facts>(&facts).ok()?.region
+        })
+}
+
+/// The endpoint override for a service (`S3` → `AWS_ENDPOINT_URL_S3`, else
+/// `AWS_ENDPOINT_URL`), as the SDK reads it.
+pub fn endpoint(service_env_name: &str) -> Option<String> {
+    [
+        format!("AWS_ENDPOINT_URL_{service_env_name}"),
+        "AWS_ENDPOINT_URL".to_string(),
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+}
+
+/// An https endpoint (AWS's own, or an https override) needs CA certificates.
+fn check_ca_store(service: &'static str, endpoint: Option<&str>) -> Result<(), AwsError> {
+    let https = endpoint.is_none_or(|url| url.starts_with("https://"));
+    if https && rustls_native_certs::load_native_certs().certs.is_empty() {
+        return Err(AwsError::NoCaCertificates(service));
+    }
+    Ok(())
+}
+
+/// What an AWS error means for the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Access denied, bad credentials, no such bucket: the same request fails again.
+    Refused(String),
+    /// Throttled (429, `SlowDown`, `ThrottlingException` …): retry with jittered backoff.
+    Throttled(String),
+    /// Unreachable, timed out, 5xx: a later attempt may pass.
+    Transient(String),
+    /// Anything else the service said no to.
+    Permanent(String),
+}
+
+/// Error codes that mean "not allowed", across services.
+const REFUSED: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "NoSuchBucket",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AllAccessDisabled",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "ExpiredToken",
+    "ExpiredTokenException",
+];
+
+/// Error codes that mean "slow down", across services.
+const THROTTLED: &[&str] = &[
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "ProvisionedThroughputExceededException",
+    "BandwidthLimitExceeded",
+];
+
+/// Sorts an SDK error of `service` (for the message: "cannot reach S3: …"). The message names the code and the service's message, or the
+/// innermost cause of a connection failure; never the response body.
+pub fn classify<E>(service: &str, e: &SdkError<E, HttpResponse>) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let answer = e.as_service_error();
+    let code = answer.and_then(|s| s.code()).map(str::to_string);
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    let why = match (e, &code, answer.and_then(|s| s.message())) {
+        (_, Some(code), Some(message)) => format!("{code}: {message}"),
+        (_, Some(code), None) => code.clone(),
+        (SdkError::TimeoutError(_), ..) => "timed out".into(),
+        // Unparsable answers: the SDK's text would include the whole response.
+        (SdkError::ServiceError(_), ..) => {
+            format!("unexpected answer (HTTP {})", status.unwrap_or_default())
+        }
+        (SdkError::ResponseError(_), ..) => "unreadable answer".into(),
+        // The connector's chain repeats itself in Display and Debug forms; its innermost
+        // cause says it all ("Connection refused (os error 111)").
+        (SdkError::DispatchFailure(_), ..) => format!("cannot reach {service}: {}", root_cause(e)),
+        _ => DisplayErrorContext(e).to_string(),
+    };
+    match (code.as_deref(), status) {
+        (Some(c), _) if REFUSED.contains(&c) => Failure::Refused(why),
+        (Some(c), _) if THROTTLED.contains(&c) => Failure::Throttled(why),
+        (_, Some(429 | 503)) => Failure::Throttled(why),
+        (_, Some(500..=599)) => Failure::Transient(why),
+        (None, None) => Failure::Transient(why),
+        _ => Failure::Permanent(why),
+    }
+}
+
+/// The last error in `e`'s source chain.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_s3::operation::get_object::GetObjectError;
+    use aws_smithy_runtime_api::http::StatusCode;
+    use aws_smithy_types::body::SdkBody;
+    use aws_smithy_types::error::ErrorMetadata;
+
+    fn answer(status: u16, code: Option<&str>) -> SdkError<GetObjectError, HttpResponse> {
+        let mut meta = ErrorMetadata::builder();
+        if let Some(code) = code {
+            meta = meta.code(code).message("said the service");
+        }
+        let raw = HttpResponse::new(StatusCode::try_from(status).unwrap(), SdkBody::empty());
+        SdkError::service_error(GetObjectError::generic(meta.build()), raw)
+    }
+
+    #[test]
+    fn errors_are_sorted_by_code_then_status() {
+        let said = |c: &str| format!("{c}: said the service");
+        assert_eq!(
+            classify("S3", &answer(403, Some("AccessDenied"))),
+            Failure::Refused(said("AccessDenied"))
+        );
+        assert_eq!(
+            classify("SSM", &answer(400, Some("ThrottlingException"))),
+            Failure::Throttled(said("ThrottlingException"))
+        );
+        assert_eq!(
+            classify("S3", &answer(503, Some("SlowDown"))),
+            Failure::Throttled(said("SlowDown"))
+        );
+        assert_eq!(
+            classify("S3", &answer(503, None)),
+            Failure::Throttled("unexpected answer (HTTP 503)".into())
+        );
+        assert_eq!(
+            classify("S3", &answer(500, Some("InternalError"))),
+            Failure::Transient(said("InternalError"))
+        );
+        assert_eq!(
+            classify("S3", &answer(404, Some("NoSuchKey"))),
+            Failure::Permanent(said("NoSuchKey"))
+        );
+    }
+}
