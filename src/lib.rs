@@ -16,6 +16,7 @@ pub mod aws;
 pub mod base;
 pub mod cli;
 pub mod imds;
+pub mod secrets;
 pub mod stage;
 pub mod state;
 pub mod sync;

@@ -15,7 +15,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["cli"],
     &["stage"],
-    &["imds", "sync", "aws"],
+    &["imds", "sync", "secrets", "aws"],
     &["state"],
     &["base"],
 ];

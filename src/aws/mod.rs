@@ -53,8 +53,10 @@ impl Aws {
     /// Loads region, credentials chain, timeouts and retries for a process that will call
     /// `services` (their endpoint names: `S3`, `SSM` …). `attempt_timeout` bounds each
     /// attempt of each request.
+    /// `instance_region` is the fallback after the environment: the metadata stage knows it
+    /// before `instance.json` exists; later stages pass [`instance_region`].
     pub async fn load(
-        state: &StateDir,
+        instance_region: Option<String>,
         services: &[&'static str],
         attempt_timeout: Duration,
     ) -> Result<Aws, AwsError> {
@@ -63,7 +65,12 @@ impl Aws {
         for &service in services {
             check_ca_store(service, endpoint(service).as_deref())?;
         }
-        let region = region(state).ok_or(AwsError::NoRegion)?;
+        let region = std::env::var("AWS_REGION")
+            .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
+            .ok()
+            .filter(|r| !r.is_empty())
+            .or(instance_region)
+            .ok_or(AwsError::NoRegion)?;
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(3))
             .read_timeout(Duration::from_secs(30))
@@ -98,18 +105,36 @@ impl Aws {
         }
         aws_sdk_s3::Client::from_conf(config.build())
     }
+
+    /// The default region's name.
+    pub fn region(&self) -> &str {
+        self.shared.region().map(|r| r.as_ref()).unwrap_or_default()
+    }
+
+    /// An SSM client for `region`. The SDK does not retry: the caller retries throttling
+    /// under `base::retry::THROTTLED`, logging each, and counts every call it sends.
+    pub fn ssm(&self, region: &str) -> aws_sdk_ssm::Client {
+        let config = aws_sdk_ssm::config::Builder::from(&self.shared)
+            .region(Region::new(region.to_string()))
+            .retry_config(RetryConfig::disabled())
+            .build();
+        aws_sdk_ssm::Client::from_conf(config)
+    }
+
+    /// A Secrets Manager client for `region`, retried by the caller as SSM's is.
+    pub fn secretsmanager(&self, region: &str) -> aws_sdk_secretsmanager::Client {
+        let config = aws_sdk_secretsmanager::config::Builder::from(&self.shared)
+            .region(Region::new(region.to_string()))
+            .retry_config(RetryConfig::disabled())
+            .build();
+        aws_sdk_secretsmanager::Client::from_conf(config)
+    }
 }
 
-/// `AWS_REGION`, `AWS_DEFAULT_REGION`, else the instance's region from `instance.json`.
-fn region(state: &StateDir) -> Option<String> {
-    std::env::var("AWS_REGION")
-        .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
-        .ok()
-        .filter(|r| !r.is_empty())
-        .or_else(|| {
-            let facts = std::fs::read(state.instance_json()).ok()?;
-            serde_json::from_slice::<Facts>(&facts).ok()?.region
-        })
+/// The instance's region from `instance.json`, written by the metadata stage.
+pub fn instance_region(state: &StateDir) -> Option<String> {
+    let facts = std::fs::read(state.instance_json()).ok()?;
+    serde_json::from_slice::<Facts>(&facts).ok()?.region
 }
 
 /// The endpoint override for a service (`S3` → `AWS_ENDPOINT_URL_S3`, else

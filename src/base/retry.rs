@@ -7,13 +7,15 @@
 //! attempt still fits before the deadline; we give up, returning the last error, when no
 //! attempt fits any more or when the server asks us to wait past the deadline.
 //!
-//! Two policies:
+//! The policies:
 //! - [`POLL`]: waiting for something that is about to appear (user-data early in boot).
 //!   10 ms doubling to 40 ms, plus up to 100 % jitter: sleeps settle in 40–80 ms, so a
 //!   value that appears is seen within ~0.08 s (median ~30 ms) while the poll rate stays
 //!   at most ~25/s (IMDS is rate-limited per instance, at about 1,000 packets/s).
 //! - [`BACKOFF`]: something is failing (connection refused, 5xx). 100 ms doubling to 1 s,
 //!   plus jitter.
+//! - [`THROTTLED`]: an AWS API answering "slow down" (SSM, Secrets Manager). 250 ms
+//!   doubling to 8 s, plus jitter.
 //! - [`NOTICE`]: a webhook that is down. 1 s doubling to 8 s, plus jitter: about six
 //!   attempts in the default 30 s, so a struggling receiver is not hammered.
 
@@ -70,6 +72,14 @@ pub const POLL: Policy = Policy {
 pub const BACKOFF: Policy = Policy {
     first: Duration::from_millis(100),
     cap: Duration::from_secs(1),
+};
+
+/// An AWS API that throttles (SSM's 40 TPS shared by a whole account): 250 ms doubling
+/// to 8 s, plus jitter, so a fleet booting together spreads out instead of retrying in
+/// step.
+pub const THROTTLED: Policy = Policy {
+    first: Duration::from_millis(250),
+    cap: Duration::from_secs(8),
 };
 
 pub const NOTICE: Policy = Policy {

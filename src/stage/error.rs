@@ -11,6 +11,7 @@ use std::time::Duration;
 pub use crate::base::exit::{ExitCode, ExitStatus};
 use crate::imds::ImdsError;
 use crate::imds::userdata::DecodeError;
+use crate::secrets::SecretError;
 use crate::state::StateError;
 use crate::state::envfile::{ExportError, ParseError};
 
@@ -42,6 +43,9 @@ pub enum Error {
 
     #[error("{0}")]
     State(#[from] StateError),
+
+    #[error("{0}")]
+    Secret(#[from] SecretError),
 
     #[error("params.env cannot be read back: {0}")]
     EnvFile(#[from] ParseError),
@@ -76,6 +80,7 @@ impl ExitStatus for Error {
             Error::BadParams(e) => e.exit_code(),
             Error::Imds(e) => e.exit_code(),
             Error::State(e) => e.exit_code(),
+            Error::Secret(e) => e.exit_code(),
             Error::EnvFile(e) => e.exit_code(),
             Error::Stage(e) => e.exit_code(),
         }

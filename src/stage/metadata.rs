@@ -14,6 +14,7 @@
 //! previous files as they were.
 
 use std::io::Read;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use crate::base::retry::Deadline;
 use crate::imds::facts::Facts;
 use crate::imds::userdata::{self, DecodeError};
 use crate::imds::{self, Client};
+use crate::secrets;
 use crate::stage::error::{Error, Result};
 use crate::state::StateDir;
 use crate::state::atomic;
@@ -128,7 +130,9 @@ async fn fetch(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<
             });
         }
     };
-    let mut env = Env::from_params(&params)?;
+    notifier.status("resolving references");
+    let resolved = secrets::resolve(params, facts.region.clone(), deadline).await?;
+    let mut env = Env::from_params(&resolved.env)?;
     facts.export(&mut env)?;
     let missing: Vec<&str> = facts
         .named()
@@ -144,7 +148,7 @@ async fn fetch(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<
         );
     }
 
-    let params_json = pretty(&Value::Object(params));
+    let params_json = pretty(&Value::Object(resolved.json));
     let instance_json = pretty(&serde_json::to_value(&facts).expect("facts serialize"));
     let params_env = env.render();
     let (pj, ij, pe) = (
@@ -152,15 +156,43 @@ async fn fetch(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<
         state.instance_json(),
         state.params_env(),
     );
-    atomic::write_files(&[
-        (&pj, params_json.as_bytes()),
-        (&ij, instance_json.as_bytes()),
-        (&pe, params_env.as_bytes()),
-    ])
-    .map_err(|(path, source)| Error::Write { path, source })?;
+    let credentials_dir = state.credentials_dir();
+    if !resolved.credentials.is_empty() {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(&credentials_dir)
+            .map_err(Error::write(&credentials_dir))?;
+    }
+    let credential_paths: Vec<PathBuf> = resolved
+        .credentials
+        .iter()
+        .map(|(name, _)| credentials_dir.join(name))
+        .collect();
+    let mut files: Vec<(&std::path::Path, &[u8])> = resolved
+        .credentials
+        .iter()
+        .zip(&credential_paths)
+        .map(|((_, value), path)| (path.as_path(), value.as_bytes()))
+        .collect();
+    files.extend([
+        (pj.as_path(), params_json.as_bytes()),
+        (ij.as_path(), instance_json.as_bytes()),
+        (pe.as_path(), params_env.as_bytes()),
+    ]);
+    atomic::write_files(&files).map_err(|(path, source)| Error::Write { path, source })?;
+    let names: Vec<&str> = resolved
+        .credentials
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    state
+        .prune_credentials(&names)
+        .map_err(|(path, source)| Error::Write { path, source })?;
 
     tracing::info!(
         variables = env.len(),
+        credentials = resolved.credentials.len(),
         facts = facts.source,
         dir = %state.root().display(),
         elapsed_ms = deadline.elapsed().as_millis() as u64,

@@ -29,7 +29,7 @@ use std::time::Duration;
 use futures_util::TryStreamExt;
 use serde::Deserialize;
 
-use crate::aws::{Aws, AwsError};
+use crate::aws::{self, Aws, AwsError};
 use crate::base::child;
 use crate::base::notify::Notifier;
 use crate::base::retry::{self, Deadline, RetryHint};
@@ -321,7 +321,7 @@ impl Syncer {
     async fn new(state: &StateDir, specs: &[SyncSpec], bounds: Bounds) -> Result<Syncer> {
         let client = match specs.iter().any(|s| s.from.starts_with("s3://")) {
             true => {
-                let aws = Aws::load(state, &["S3"], bounds.timeout)
+                let aws = Aws::load(aws::instance_region(state), &["S3"], bounds.timeout)
                     .await
                     .map_err(settings)?;
                 Some(aws.s3())

@@ -3,7 +3,7 @@
 //! object bodies off halfway (the connection drops mid-transfer), or hold the first GET of
 //! one object until the test has replaced it (the object changes between LIST and GET).
 //! It can also play an S3-compatible server that lists no ETags (s3s-fs) or ignores
-//! If-Match.
+//! If-Match, record which JSON-API calls (SSM, Secrets Manager) pass, and throttle them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,6 +36,11 @@ pub struct Faults {
     /// Drop the If-Match header from requests.
     pub drop_if_match: bool,
     pub injected: AtomicUsize,
+    /// The `X-Amz-Target` of every request that has one (the JSON APIs: SSM, Secrets
+    /// Manager, SQS), in order: how the tests count calls per API.
+    pub targets: std::sync::Mutex<Vec<String>>,
+    /// Answer the first N requests of the JSON APIs with 400 ThrottlingException.
+    pub throttle: AtomicUsize,
 }
 
 pub struct Proxy {
@@ -92,6 +97,19 @@ async fn forward(
             .split_once('/')
             .is_some_and(|(_, key)| !key.is_empty());
     let list = method == Method::GET && !object_get;
+    if let Some(target) = headers.get("x-amz-target").and_then(|t| t.to_str().ok()) {
+        s.faults.targets.lock().unwrap().push(target.to_string());
+        if take(&s.faults.throttle) {
+            s.faults.injected.fetch_add(1, Ordering::SeqCst);
+            let json = r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#;
+            let mut response = (StatusCode::BAD_REQUEST, json).into_response();
+            response.headers_mut().insert(
+                "content-type",
+                axum::http::HeaderValue::from_static("application/x-amz-json-1.1"),
+            );
+            return response;
+        }
+    }
     if take(&s.faults.unavailable) {
         s.faults.injected.fetch_add(1, Ordering::SeqCst);
         let xml = "<Error><Code>ServiceUnavailable</Code><Message>Service is unable to handle request.</Message></Error>";

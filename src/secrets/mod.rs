@@ -1,0 +1,606 @@
+//! Secrets and parameters from SSM Parameter Store and Secrets Manager, resolved by the
+//! metadata stage before it writes anything: what downstream stages and apps see are
+//! ordinary parameters (and, for each secret, a credential file).
+//!
+//! - References (`{"ssm": NAME}`, `{"secretsmanager": ID, …}`; `refs.rs` has the rules)
+//!   and imports by path (`bootstage.import`) are found first; with none, no AWS client is
+//!   built and nothing is called.
+//! - SSM names are de-duplicated and fetched 10 per `GetParameters` call (its limit),
+//!   decrypted; a name with SSM's `:VERSION`/`:LABEL` suffix, or an ARN, gets a
+//!   `GetParameter` call of its own, whose answer can only be that one version (a batch
+//!   answer tells versions of one name apart only by its `Selector`, which not every
+//!   implementation fills in); each import is paged through `GetParametersByPath` (10 a page) to its last
+//!   `NextToken`; each distinct secret (id, version) is one `GetSecretValue`. Calls go to
+//!   the region of an ARN, else the default (`AWS_REGION`, else the instance's), at most
+//!   [`CONCURRENCY`] at once.
+//! - Throttling and transient failures are retried with jittered backoff
+//!   (`base::retry::THROTTLED`) until the stage's deadline. A missing parameter, secret or
+//!   `json_key` fails with 65 naming the reference; a refused call with 77 naming the
+//!   action; no answer by the deadline with 75. Nothing is written unless every reference
+//!   resolved.
+//! - Logs and errors name references and keys, never a value or a value's length.
+
+pub mod refs;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use futures_util::{StreamExt, TryStreamExt};
+use serde_json::{Map, Value};
+
+use crate::aws::{self, Aws, AwsError, Failure};
+use crate::base::exit::{ExitCode, ExitStatus};
+use crate::base::retry::{self, Deadline, RetryHint};
+use refs::{Import, RefError, Reference, Target, dotted};
+
+/// Calls in flight at once, over both services: a fleet booting together is what
+/// throttles, so one instance stays modest.
+pub const CONCURRENCY: usize = 4;
+/// `GetParameters` takes at most 10 names.
+const SSM_BATCH: usize = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error(transparent)]
+    Ref(#[from] RefError),
+    #[error("{0} does not exist (or is not visible to this instance's role)")]
+    Missing(String),
+    #[error("{reference}: {why}")]
+    Unusable { reference: String, why: String },
+    #[error("{action} was refused: {why}")]
+    Denied { action: &'static str, why: String },
+    #[error("{action} failed: {why}")]
+    Rejected { action: &'static str, why: String },
+    #[error("{action} did not succeed before the deadline: {why}")]
+    Unavailable { action: &'static str, why: String },
+    #[error(transparent)]
+    Aws(#[from] AwsError),
+}
+
+impl ExitStatus for SecretError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            SecretError::Ref(e) => e.exit_code(),
+            SecretError::Missing(_)
+            | SecretError::Unusable { .. }
+            | SecretError::Rejected { .. } => ExitCode::BadUserData,
+            SecretError::Denied { .. } => ExitCode::NoPerm,
+            SecretError::Unavailable { .. } => ExitCode::TempFail,
+            SecretError::Aws(e) => e.exit_code(),
+        }
+    }
+}
+
+/// The parameters with every reference and import resolved.
+#[derive(Debug, Default)]
+pub struct Resolved {
+    /// For params.json: `env: false` references hold `{"credential": "dotted.key"}`.
+    pub json: Map<String, Value>,
+    /// For params.env: `env: false` references are left out.
+    pub env: Map<String, Value>,
+    /// One file each under `credentials/`: every reference, every imported SecureString.
+    pub credentials: Vec<(String, String)>,
+}
+
+/// Calls made, per API, for the log and the benchmark.
+#[derive(Debug, Default)]
+struct Calls {
+    get_parameters: AtomicU32,
+    get_parameter: AtomicU32,
+    get_parameters_by_path: AtomicU32,
+    get_secret_value: AtomicU32,
+}
+
+/// Resolves every reference and import in `params`. `instance_region` is the fallback
+/// region after the environment's.
+pub async fn resolve(
+    params: Map<String, Value>,
+    instance_region: Option<String>,
+    deadline: Deadline,
+) -> Result<Resolved, SecretError> {
+    let references = refs::find(&params)?;
+    let imports = refs::imports(&params)?;
+    if references.is_empty() && imports.is_empty() {
+        return Ok(Resolved {
+            json: params.clone(),
+            env: params,
+            credentials: Vec::new(),
+        });
+    }
+    let started = Instant::now();
+    let services: &[&'static str] = &["SSM", "SECRETS_MANAGER"];
+    let aws = Aws::load(instance_region, services, deadline.remaining()).await?;
+    let calls = Calls::default();
+    let fetched = fetch_all(&aws, &references, &imports, deadline, &calls).await?;
+
+    let mut out = Resolved {
+        json: params.clone(),
+        env: params,
+        credentials: Vec::new(),
+    };
+    for reference in &references {
+        let value = fetched.value(&reference.target)?;
+        let key = dotted(&reference.path);
+        match reference.env {
+            true => {
+                refs::set(&mut out.json, &reference.path, Value::String(value.clone()));
+                refs::set(&mut out.env, &reference.path, Value::String(value.clone()));
+            }
+            false => {
+                let placeholder = serde_json::json!({ "credential": key });
+                refs::set(&mut out.json, &reference.path, placeholder);
+                refs::remove(&mut out.env, &reference.path);
+            }
+        }
+        out.credentials.push((key, value));
+    }
+    let mut imported = 0;
+    for (keys, value, secure) in fetched.imported {
+        let key = dotted(&keys);
+        if !refs::merge_import(&mut out.json, &keys, Value::String(value.clone())) {
+            tracing::info!(
+                key,
+                "user-data sets this key: the imported value is not used"
+            );
+            continue;
+        }
+        refs::merge_import(&mut out.env, &keys, Value::String(value.clone()));
+        imported += 1;
+        if secure {
+            refs::check_credential_name(&keys)?;
+            out.credentials.push((key, value));
+        }
+    }
+    let n = |c: &AtomicU32| c.load(Ordering::Relaxed);
+    tracing::info!(
+        references = references.len(),
+        imported,
+        credentials = out.credentials.len(),
+        get_parameters = n(&calls.get_parameters),
+        get_parameter = n(&calls.get_parameter),
+        get_parameters_by_path = n(&calls.get_parameters_by_path),
+        get_secret_value = n(&calls.get_secret_value),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "resolved references and imports"
+    );
+    Ok(out)
+}
+
+/// Everything fetched, by target, and the imported parameters in import order.
+#[derive(Default)]
+struct Fetched {
+    ssm: BTreeMap<String, String>,
+    /// (id, version_stage, version_id) → SecretString.
+    secrets: BTreeMap<(String, Option<String>, Option<String>), String>,
+    /// Path below the import's prefix, value, whether it was a SecureString.
+    imported: Vec<(Vec<String>, String, bool)>,
+}
+
+impl Fetched {
+    fn value(&self, target: &Target) -> Result<String, SecretError> {
+        match target {
+            Target::Ssm { name } => self
+                .ssm
+                .get(name)
+                .cloned()
+                .ok_or_else(|| SecretError::Missing(target.describe())),
+            Target::Secret {
+                id,
+                version_stage,
+                version_id,
+                json_key,
+            } => {
+                let text = self
+                    .secrets
+                    .get(&(id.clone(), version_stage.clone(), version_id.clone()))
+                    .ok_or_else(|| SecretError::Missing(target.describe()))?;
+                match json_key {
+                    None => Ok(text.clone()),
+                    Some(key) => pick(text, key).ok_or_else(|| SecretError::Unusable {
+                        reference: target.describe(),
+                        why: format!("the secret is not a JSON object with the key {key:?}"),
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// One field of a JSON secret: a string as it is, anything else as compact JSON.
+fn pick(text: &str, key: &str) -> Option<String> {
+    let doc: Map<String, Value> = serde_json::from_str(text).ok()?;
+    match doc.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// The region an ARN names (`arn:aws:ssm:eu-west-1:…`), if the reference is an ARN.
+fn arn_region(name: &str) -> Option<&str> {
+    let mut parts = name.strip_prefix("arn:")?.split(':');
+    let (_partition, _service, region) = (parts.next()?, parts.next()?, parts.next()?);
+    (!region.is_empty()).then_some(region)
+}
+
+enum Task {
+    Ssm {
+        region: String,
+        names: Vec<String>,
+    },
+    SsmOne {
+        region: String,
+        name: String,
+    },
+    Secret {
+        key: (String, Option<String>, Option<String>),
+    },
+    Import(usize, Import),
+}
+
+enum Got {
+    Ssm(Vec<(String, String)>),
+    Secret((String, Option<String>, Option<String>), String),
+    Import(usize, Vec<(Vec<String>, String, bool)>),
+}
+
+async fn fetch_all(
+    aws: &Aws,
+    references: &[Reference],
+    imports: &[Import],
+    deadline: Deadline,
+    calls: &Calls,
+) -> Result<Fetched, SecretError> {
+    let mut by_region: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut secrets = BTreeSet::new();
+    for reference in references {
+        match &reference.target {
+            Target::Ssm { name } => {
+                let region = arn_region(name).unwrap_or(aws.region()).to_string();
+                by_region.entry(region).or_default().insert(name.clone());
+            }
+            Target::Secret {
+                id,
+                version_stage,
+                version_id,
+                ..
+            } => {
+                secrets.insert((id.clone(), version_stage.clone(), version_id.clone()));
+            }
+        }
+    }
+    let mut tasks = Vec::new();
+    for (region, names) in by_region {
+        let (plain, single): (Vec<String>, Vec<String>) =
+            names.into_iter().partition(|n| !n.contains(':'));
+        for name in single {
+            tasks.push(Task::SsmOne {
+                region: region.clone(),
+                name,
+            });
+        }
+        let names = plain;
+        for chunk in names.chunks(SSM_BATCH) {
+            tasks.push(Task::Ssm {
+                region: region.clone(),
+                names: chunk.to_vec(),
+            });
+        }
+    }
+    tasks.extend(secrets.into_iter().map(|key| Task::Secret { key }));
+    tasks.extend(
+        imports
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, import)| Task::Import(i, import)),
+    );
+
+    let results: Vec<Got> = futures_util::stream::iter(tasks)
+        .map(|task| run(aws, task, deadline, calls))
+        .buffer_unordered(CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut fetched = Fetched::default();
+    let mut imports_done = BTreeMap::new();
+    for got in results {
+        match got {
+            Got::Ssm(values) => fetched.ssm.extend(values),
+            Got::Secret(key, value) => {
+                fetched.secrets.insert(key, value);
+            }
+            Got::Import(index, values) => {
+                imports_done.insert(index, values);
+            }
+        }
+    }
+    // Imports in the order written: the first that names a key wins over a later one.
+    let mut seen = BTreeSet::new();
+    for values in imports_done.into_values() {
+        for (keys, value, secure) in values {
+            if seen.insert(keys.clone()) {
+                fetched.imported.push((keys, value, secure));
+            }
+        }
+    }
+    Ok(fetched)
+}
+
+async fn run(aws: &Aws, task: Task, deadline: Deadline, calls: &Calls) -> Result<Got, SecretError> {
+    match task {
+        Task::Ssm { region, names } => {
+            let client = aws.ssm(&region);
+            let action = "ssm:GetParameters";
+            let answer = call(action, deadline, || {
+                calls.get_parameters.fetch_add(1, Ordering::Relaxed);
+                client
+                    .get_parameters()
+                    .set_names(Some(names.clone()))
+                    .with_decryption(true)
+                    .send()
+            })
+            .await?;
+            let missing: Vec<String> = answer
+                .invalid_parameters()
+                .iter()
+                .map(|n| Target::Ssm { name: n.clone() }.describe())
+                .collect();
+            if !missing.is_empty() {
+                return Err(SecretError::Missing(missing.join(", ")));
+            }
+            let mut values = Vec::new();
+            for name in &names {
+                let found = answer.parameters().iter().find(|p| p.name() == Some(name));
+                match found.and_then(|p| p.value()) {
+                    Some(value) => values.push((name.clone(), value.to_string())),
+                    None => {
+                        return Err(SecretError::Missing(
+                            Target::Ssm { name: name.clone() }.describe(),
+                        ));
+                    }
+                }
+            }
+            Ok(Got::Ssm(values))
+        }
+        Task::SsmOne { region, name } => {
+            let client = aws.ssm(&region);
+            let reference = Target::Ssm { name: name.clone() }.describe();
+            let answer = call("ssm:GetParameter", deadline, || {
+                calls.get_parameter.fetch_add(1, Ordering::Relaxed);
+                client
+                    .get_parameter()
+                    .name(&name)
+                    .with_decryption(true)
+                    .send()
+            })
+            .await
+            .map_err(|e| match e {
+                SecretError::Rejected { why, .. }
+                    if why.starts_with("ParameterNotFound")
+                        || why.starts_with("ParameterVersionNotFound") =>
+                {
+                    SecretError::Missing(reference.clone())
+                }
+                other => other,
+            })?;
+            let value = answer
+                .parameter()
+                .and_then(|p| p.value())
+                .ok_or(SecretError::Missing(reference))?;
+            Ok(Got::Ssm(vec![(name, value.to_string())]))
+        }
+        Task::Secret { key } => {
+            let (id, stage, version) = &key;
+            let region = arn_region(id).unwrap_or(aws.region()).to_string();
+            let client = aws.secretsmanager(&region);
+            let action = "secretsmanager:GetSecretValue";
+            let reference = Target::Secret {
+                id: id.clone(),
+                version_stage: stage.clone(),
+                version_id: version.clone(),
+                json_key: None,
+            }
+            .describe();
+            let answer = call(action, deadline, || {
+                calls.get_secret_value.fetch_add(1, Ordering::Relaxed);
+                client
+                    .get_secret_value()
+                    .secret_id(id)
+                    .set_version_stage(stage.clone())
+                    .set_version_id(version.clone())
+                    .send()
+            })
+            .await
+            .map_err(|e| match e {
+                SecretError::Rejected { why, .. }
+                    if why.starts_with("ResourceNotFoundException") =>
+                {
+                    SecretError::Missing(reference.clone())
+                }
+                other => other,
+            })?;
+            let text = answer.secret_string().ok_or_else(|| SecretError::Unusable {
+                reference,
+                why: "it holds binary data (SecretBinary); only a SecretString can be a parameter".into(),
+            })?;
+            Ok(Got::Secret(key.clone(), text.to_string()))
+        }
+        Task::Import(index, import) => {
+            let client = aws.ssm(aws.region());
+            let action = "ssm:GetParametersByPath";
+            let prefix = match import.ssm_path.ends_with('/') {
+                true => import.ssm_path.clone(),
+                false => format!("{}/", import.ssm_path),
+            };
+            let mut values = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let page = call(action, deadline, || {
+                    calls.get_parameters_by_path.fetch_add(1, Ordering::Relaxed);
+                    client
+                        .get_parameters_by_path()
+                        .path(&import.ssm_path)
+                        .recursive(import.recursive)
+                        .with_decryption(true)
+                        .max_results(10)
+                        .set_next_token(token.clone())
+                        .send()
+                })
+                .await?;
+                for p in page.parameters() {
+                    let (Some(name), Some(value)) = (p.name(), p.value()) else {
+                        continue;
+                    };
+                    let keys: Vec<String> = name
+                        .strip_prefix(&prefix)
+                        .unwrap_or(name)
+                        .split('/')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                    if keys.is_empty() {
+                        continue;
+                    }
+                    let secure =
+                        p.r#type() == Some(&aws_sdk_ssm::types::ParameterType::SecureString);
+                    values.push((keys, value.to_string(), secure));
+                }
+                token = page
+                    .next_token()
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+            Ok(Got::Import(index, values))
+        }
+    }
+}
+
+/// One failed call, sorted.
+struct CallError(Failure);
+
+impl RetryHint for CallError {
+    fn retry_after(&self) -> Option<Duration> {
+        match self.0 {
+            Failure::Throttled(_) | Failure::Transient(_) => Some(Duration::ZERO),
+            Failure::Refused(_) | Failure::Permanent(_) => None,
+        }
+    }
+}
+
+/// Error codes that mean the KMS key refused to decrypt.
+const KMS_REFUSED: &[&str] = &[
+    "DecryptionFailure",
+    "KMSAccessDeniedException",
+    "KMSDisabledException",
+    "KMSInvalidStateException",
+    "KMSNotFoundException",
+    "InvalidKeyId",
+];
+
+/// Sends one request under the throttling policy until the deadline; a refusal, a
+/// permanent error or the deadline ends it.
+async fn call<T, E, F, Fut>(
+    action: &'static str,
+    deadline: Deadline,
+    mut op: F,
+) -> Result<T, SecretError>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+{
+    let service = action.split(':').next().unwrap_or_default();
+    let attempt = || {
+        let sent = op();
+        async move {
+            sent.await.map_err(|e| {
+                let kms = e
+                    .as_service_error()
+                    .and_then(|s| s.code())
+                    .is_some_and(|c| KMS_REFUSED.contains(&c));
+                match (kms, aws::classify(service, &e)) {
+                    (true, Failure::Refused(why) | Failure::Permanent(why)) => {
+                        CallError(Failure::Refused(format!("kms:Decrypt: {why}")))
+                    }
+                    (_, failure) => CallError(failure),
+                }
+            })
+        }
+    };
+    let last = std::sync::Mutex::new(String::new());
+    let on_retry = |e: &CallError, attempt: u32, sleep: Duration| {
+        let why = match &e.0 {
+            Failure::Throttled(w)
+            | Failure::Transient(w)
+            | Failure::Refused(w)
+            | Failure::Permanent(w) => w,
+        };
+        tracing::warn!("{action}: {why}; trying again in {sleep:.1?} (retry {attempt})");
+        *last.lock().unwrap() = why.clone();
+    };
+    let result = tokio::time::timeout(
+        deadline.remaining(),
+        retry::until_deadline(retry::THROTTLED, deadline, on_retry, attempt),
+    )
+    .await;
+    match result {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(CallError(Failure::Refused(why)))) => Err(SecretError::Denied {
+            action: match why.starts_with("kms:Decrypt") {
+                true => "kms:Decrypt",
+                false => action,
+            },
+            why,
+        }),
+        Ok(Err(CallError(Failure::Permanent(why)))) => Err(SecretError::Rejected { action, why }),
+        Ok(Err(CallError(Failure::Throttled(why) | Failure::Transient(why)))) => {
+            Err(SecretError::Unavailable { action, why })
+        }
+        Err(_) => {
+            let last = std::mem::take(&mut *last.lock().unwrap());
+            let why = match last.is_empty() {
+                true => "no answer".to_string(),
+                false => format!("no answer; last error: {last}"),
+            };
+            Err(SecretError::Unavailable { action, why })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arns_name_their_region_and_json_keys_pick_fields() {
+        assert_eq!(
+            arn_region("arn:aws:ssm:eu-west-1:123:parameter/a/b:3"),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            arn_region("arn:aws:secretsmanager:us-east-2:1:secret:db-AbCdEf"),
+            Some("us-east-2")
+        );
+        assert_eq!(arn_region("/shop/db"), None);
+        assert_eq!(
+            pick(r#"{"u":"x","n":5,"o":{"a":1}}"#, "u").as_deref(),
+            Some("x")
+        );
+        assert_eq!(
+            pick(r#"{"u":"x","n":5,"o":{"a":1}}"#, "n").as_deref(),
+            Some("5")
+        );
+        assert_eq!(
+            pick(r#"{"u":"x","n":5,"o":{"a":1}}"#, "o").as_deref(),
+            Some(r#"{"a":1}"#)
+        );
+        assert_eq!(pick(r#"{"u":"x"}"#, "missing"), None);
+        assert_eq!(pick("not json", "u"), None);
+    }
+}

@@ -1,0 +1,432 @@
+//! Secrets and parameters from SSM and Secrets Manager, resolved by the real binary's
+//! metadata stage against moto on 127.0.0.1, through the fault proxy (which counts calls
+//! per API by their `X-Amz-Target` and can throttle them).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::faults::{self, Faults};
+use common::moto::moto;
+use common::{Outcome, Sandbox, assert_exit, mode, shell_readback};
+use serde_json::{Value, json};
+
+const ACCOUNT: &str = "123456789012";
+
+async fn ssm() -> aws_sdk_ssm::Client {
+    let config = aws_sdk_ssm::Config::builder()
+        .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
+        .region(aws_sdk_ssm::config::Region::new("us-east-1"))
+        .endpoint_url(&moto().url)
+        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .build();
+    aws_sdk_ssm::Client::from_conf(config)
+}
+
+async fn secretsmanager() -> aws_sdk_secretsmanager::Client {
+    let config = aws_sdk_secretsmanager::Config::builder()
+        .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
+        .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
+        .endpoint_url(&moto().url)
+        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .build();
+    aws_sdk_secretsmanager::Client::from_conf(config)
+}
+
+async fn put_param(name: &str, value: &str, kind: aws_sdk_ssm::types::ParameterType) {
+    ssm()
+        .await
+        .put_parameter()
+        .name(name)
+        .value(value)
+        .r#type(kind)
+        .overwrite(true)
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn put_secret(name: &str, value: &str) {
+    secretsmanager()
+        .await
+        .create_secret()
+        .name(name)
+        .secret_string(value)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Runs the metadata stage on `params` as user-data, with AWS pointed at `endpoint`.
+async fn metadata(sandbox: &Sandbox, endpoint: &str, params: &Value, timeout: &str) -> Outcome {
+    let file = sandbox.path("user-data.json");
+    std::fs::write(&file, params.to_string()).unwrap();
+    let mut cmd = sandbox.command(&[
+        "metadata",
+        "--user-data-file",
+        file.to_str().unwrap(),
+        "--fact",
+        "instance-id=i-0secrets",
+        "--timeout",
+        timeout,
+    ]);
+    for (k, v) in moto().env() {
+        cmd.env(k, v);
+    }
+    cmd.env("AWS_ENDPOINT_URL", endpoint);
+    common::run(cmd).await
+}
+
+/// Calls per API that passed the proxy (`AmazonSSM.GetParameters` → 2 …).
+fn calls(proxy: &faults::Proxy) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for target in proxy.faults.targets.lock().unwrap().iter() {
+        *out.entry(target.clone()).or_default() += 1;
+    }
+    out
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// No secret value in anything bootstage printed or recorded.
+fn assert_nowhere(sandbox: &Sandbox, out: &Outcome, secrets: &[&str]) {
+    let status = std::fs::read_to_string(sandbox.state().join("status/metadata.json")).unwrap();
+    for secret in secrets {
+        assert!(
+            !out.stderr.contains(secret),
+            "{secret:?} in the log:\n{}",
+            out.stderr
+        );
+        assert!(!out.stdout.contains(secret), "{secret:?} on stdout");
+        assert!(!status.contains(secret), "{secret:?} in the status record");
+    }
+}
+
+#[tokio::test]
+async fn references_become_parameters_and_credentials() {
+    use aws_sdk_ssm::types::ParameterType::{SecureString, String as Plain, StringList};
+    let password = "pa$$ \"word\" `x` \\ \n line two";
+    put_param("/t1/db-password", password, SecureString).await;
+    put_param("/t1/host", "db.internal", Plain).await;
+    put_param("/t1/list", "a,b,c", StringList).await;
+    put_param("/t1/ver", "v1", Plain).await;
+    put_param("/t1/ver", "v2", Plain).await;
+    ssm()
+        .await
+        .label_parameter_version()
+        .name("/t1/ver")
+        .parameter_version(2)
+        .labels("prod")
+        .send()
+        .await
+        .unwrap();
+    put_secret("t1/api", r#"{"token":"tok-1","port":5432}"#).await;
+    put_secret("t1/hidden", "only-in-a-file").await;
+
+    let proxy = faults::start(&moto().url, Faults::default()).await;
+    let sandbox = Sandbox::new();
+    let params = json!({
+        "db": {
+            "password": {"ssm": "/t1/db-password"},
+            "host": {"ssm": format!("arn:aws:ssm:us-east-1:{ACCOUNT}:parameter/t1/host")},
+        },
+        "list": {"ssm": "/t1/list"},
+        "old": {"ssm": "/t1/ver:1"},
+        "prod": {"ssm": "/t1/ver:prod"},
+        "api": {
+            "token": {"secretsmanager": "t1/api", "json_key": "token"},
+            "port": {"secretsmanager": "t1/api", "json_key": "port"},
+        },
+        "hidden": {"secretsmanager": "t1/hidden", "env": false},
+        "plain": "ssm",
+    });
+    let out = metadata(&sandbox, &proxy.url, &params, "20s").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    assert_eq!(
+        read_json(&sandbox.state().join("params.json")),
+        json!({
+            "db": {"password": password, "host": "db.internal"},
+            "list": "a,b,c",
+            "old": "v1",
+            "prod": "v2",
+            "api": {"token": "tok-1", "port": "5432"},
+            "hidden": {"credential": "hidden"},
+            "plain": "ssm",
+        })
+    );
+    let env = sandbox.state().join("params.env");
+    for shell in ["dash", "bash"] {
+        let vars = shell_readback(shell, &env);
+        let params: BTreeMap<&str, &str> = vars
+            .iter()
+            .filter(|(k, _)| !k.starts_with("BOOTSTAGE_"))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            params,
+            BTreeMap::from([
+                ("API_PORT", "5432"),
+                ("API_TOKEN", "tok-1"),
+                ("DB_HOST", "db.internal"),
+                ("DB_PASSWORD", password),
+                ("LIST", "a,b,c"),
+                ("OLD", "v1"),
+                ("PLAIN", "ssm"),
+                ("PROD", "v2"),
+            ]),
+            "{shell}"
+        );
+    }
+    let creds = sandbox.state().join("credentials");
+    assert_eq!(mode(&creds), 0o700);
+    let files: BTreeMap<String, String> = std::fs::read_dir(&creds)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            assert_eq!(mode(&e.path()), 0o600);
+            let name = e.file_name().into_string().unwrap();
+            (name, std::fs::read_to_string(e.path()).unwrap())
+        })
+        .collect();
+    assert_eq!(
+        files,
+        BTreeMap::from([
+            ("api.port".to_string(), "5432".to_string()),
+            ("api.token".into(), "tok-1".into()),
+            ("db.host".into(), "db.internal".into()),
+            ("db.password".into(), password.into()),
+            ("hidden".into(), "only-in-a-file".into()),
+            ("list".into(), "a,b,c".into()),
+            ("old".into(), "v1".into()),
+            ("prod".into(), "v2".into()),
+        ])
+    );
+    // Two plain names in one GetParameters call; a version, a label and an ARN one
+    // GetParameter each; one GetSecretValue per secret.
+    assert_eq!(
+        calls(&proxy),
+        BTreeMap::from([
+            ("AmazonSSM.GetParameter".to_string(), 3),
+            ("AmazonSSM.GetParameters".to_string(), 1),
+            ("secretsmanager.GetSecretValue".to_string(), 2),
+        ])
+    );
+    assert!(
+        out.stderr.contains("references=8") && out.stderr.contains("get_parameters=1"),
+        "{}",
+        out.stderr
+    );
+    assert_nowhere(
+        &sandbox,
+        &out,
+        &[password, "tok-1", "only-in-a-file", "db.internal"],
+    );
+
+    // `env: false` stays out of `query` too.
+    let query = sandbox.run(&["query", "hidden"]).await;
+    assert_eq!(
+        (query.code, query.stdout.as_str()),
+        (0, "{\n  \"credential\": \"hidden\"\n}\n")
+    );
+    let all = sandbox.run(&["query", "--all"]).await;
+    assert!(!all.stdout.contains("only-in-a-file"), "{}", all.stdout);
+}
+
+#[tokio::test]
+async fn twenty_five_references_take_three_get_parameters_calls() {
+    let mut params = serde_json::Map::new();
+    for i in 0..25 {
+        let name = format!("/t2/p{i:02}");
+        put_param(
+            &name,
+            &format!("value-{i}"),
+            aws_sdk_ssm::types::ParameterType::String,
+        )
+        .await;
+        params.insert(format!("p{i:02}"), json!({ "ssm": name }));
+    }
+    // The same name twice is fetched once.
+    params.insert("again".into(), json!({"ssm": "/t2/p00"}));
+    let proxy = faults::start(&moto().url, Faults::default()).await;
+    let sandbox = Sandbox::new();
+    let out = metadata(&sandbox, &proxy.url, &Value::Object(params), "20s").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        calls(&proxy),
+        BTreeMap::from([("AmazonSSM.GetParameters".to_string(), 3)])
+    );
+    let json = read_json(&sandbox.state().join("params.json"));
+    for i in 0..25 {
+        assert_eq!(json[format!("p{i:02}")], json!(format!("value-{i}")));
+    }
+    assert_eq!(json["again"], json!("value-0"));
+}
+
+#[tokio::test]
+async fn an_import_pages_to_the_end_and_user_data_wins() {
+    use aws_sdk_ssm::types::ParameterType::{SecureString, String as Plain};
+    for i in 0..20 {
+        put_param(&format!("/t3/app/k{i:02}"), &format!("v{i}"), Plain).await;
+    }
+    put_param("/t3/app/db/password", "imported-secret", SecureString).await;
+    put_param("/t3/app/db/host", "from-ssm", Plain).await;
+    put_param("/t3/app/db/port", "5432", Plain).await;
+    put_param("/t3/other/x", "not-under-the-path", Plain).await;
+
+    let proxy = faults::start(&moto().url, Faults::default()).await;
+    let sandbox = Sandbox::new();
+    let params = json!({
+        "bootstage": {"import": [{"ssm_path": "/t3/app/", "recursive": true}]},
+        "db": {"host": "from-user-data"},
+    });
+    let out = metadata(&sandbox, &proxy.url, &params, "20s").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let json = read_json(&sandbox.state().join("params.json"));
+    let mut expected = serde_json::Map::new();
+    for i in 0..20 {
+        expected.insert(format!("k{i:02}"), json!(format!("v{i}")));
+    }
+    expected.insert(
+        "db".into(),
+        json!({"host": "from-user-data", "password": "imported-secret", "port": "5432"}),
+    );
+    expected.insert("bootstage".into(), params["bootstage"].clone());
+    assert_eq!(json, Value::Object(expected));
+    // 23 parameters, 10 a page: three pages, the last NextToken followed.
+    assert_eq!(
+        calls(&proxy),
+        BTreeMap::from([("AmazonSSM.GetParametersByPath".to_string(), 3)])
+    );
+    // The SecureString is a credential too; the user-data key is named, its value never.
+    let creds = sandbox.state().join("credentials");
+    assert_eq!(
+        std::fs::read_to_string(creds.join("db.password")).unwrap(),
+        "imported-secret"
+    );
+    assert_eq!(std::fs::read_dir(&creds).unwrap().count(), 1);
+    assert!(
+        out.stderr
+            .contains("user-data sets this key: the imported value is not used key=\"db.host\""),
+        "{}",
+        out.stderr
+    );
+    assert_nowhere(&sandbox, &out, &["imported-secret", "from-ssm"]);
+}
+
+#[tokio::test]
+async fn a_missing_parameter_or_secret_fails_with_65_and_keeps_the_old_files() {
+    put_param("/t4/there", "x", aws_sdk_ssm::types::ParameterType::String).await;
+    put_secret("t4/json", r#"{"a":"1"}"#).await;
+    let proxy = faults::start(&moto().url, Faults::default()).await;
+    let sandbox = Sandbox::new();
+    sandbox.seed("params.json", "old json\n");
+    sandbox.seed("params.env", "OLD=\"env\"\n");
+    let cases = [
+        (
+            json!({"a": {"ssm": "/t4/there"}, "b": {"ssm": "/t4/nope"}}),
+            "SSM parameter \"/t4/nope\" does not exist (or is not visible to this instance's role)",
+        ),
+        (
+            json!({"a": {"secretsmanager": "t4/nope"}}),
+            "secret \"t4/nope\" does not exist (or is not visible to this instance's role)",
+        ),
+        (
+            json!({"a": {"secretsmanager": "t4/json", "json_key": "b"}}),
+            "secret \"t4/json\" key \"b\": the secret is not a JSON object with the key \"b\"",
+        ),
+        (
+            json!({"a": {"ssm": "/t4/there", "decrypt": true}}),
+            "parameter \"a\": a \"ssm\" reference cannot have the key \"decrypt\" (allowed: ssm, env)",
+        ),
+    ];
+    for (params, message) in cases {
+        let out = metadata(&sandbox, &proxy.url, &params, "20s").await;
+        assert_exit(&out, 65, message);
+        assert_eq!(sandbox.read("params.json").unwrap(), "old json\n");
+        assert_eq!(sandbox.read("params.env").unwrap(), "OLD=\"env\"\n");
+        assert!(!sandbox.state().join("instance.json").exists());
+        assert!(!sandbox.state().join("credentials").exists());
+    }
+}
+
+#[tokio::test]
+async fn throttling_is_retried_and_a_lasting_one_ends_at_the_deadline() {
+    put_param(
+        "/t5/p",
+        "throttled-value",
+        aws_sdk_ssm::types::ParameterType::String,
+    )
+    .await;
+    let params = json!({"p": {"ssm": "/t5/p"}});
+    let faults = Faults::default();
+    faults
+        .throttle
+        .store(4, std::sync::atomic::Ordering::SeqCst);
+    let proxy = faults::start(&moto().url, faults).await;
+    let sandbox = Sandbox::new();
+    let out = metadata(&sandbox, &proxy.url, &params, "30s").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        read_json(&sandbox.state().join("params.json"))["p"],
+        "throttled-value"
+    );
+    assert!(
+        out.stderr
+            .contains("ssm:GetParameters: ThrottlingException: Rate exceeded; trying again"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(calls(&proxy)["AmazonSSM.GetParameters"], 5);
+
+    let faults = Faults::default();
+    faults
+        .throttle
+        .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    let proxy = faults::start(&moto().url, faults).await;
+    let sandbox = Sandbox::new();
+    let out = metadata(&sandbox, &proxy.url, &params, "3s").await;
+    assert_exit(
+        &out,
+        75,
+        "ssm:GetParameters did not succeed before the deadline: ThrottlingException: Rate exceeded",
+    );
+    assert!(
+        out.elapsed < std::time::Duration::from_secs(10),
+        "{:?}",
+        out.elapsed
+    );
+    assert!(!sandbox.state().join("params.json").exists());
+}
+
+#[tokio::test]
+async fn a_secret_that_leaves_the_parameters_leaves_the_machine() {
+    put_secret("t6/a", "first-secret").await;
+    let proxy = faults::start(&moto().url, Faults::default()).await;
+    let sandbox = Sandbox::new();
+    let out = metadata(
+        &sandbox,
+        &proxy.url,
+        &json!({"a": {"secretsmanager": "t6/a"}}),
+        "20s",
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let creds = sandbox.state().join("credentials");
+    assert_eq!(
+        std::fs::read_to_string(creds.join("a")).unwrap(),
+        "first-secret"
+    );
+    let out = metadata(&sandbox, &proxy.url, &json!({"b": "plain"}), "20s").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(std::fs::read_dir(&creds).unwrap().count(), 0);
+    // No reference, no AWS call at all.
+    assert_eq!(calls(&proxy)["secretsmanager.GetSecretValue"], 1);
+}
