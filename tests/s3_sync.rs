@@ -230,7 +230,7 @@ async fn a_missing_bucket_fails_cleanly_and_keeps_the_old_tree() {
     common::assert_exit(
         &out,
         77,
-        "s3://absent-bucket/p/: access refused: NoSuchBucket",
+        "s3://absent-bucket/p/: access refused: s3:ListBucket: NoSuchBucket",
     );
     assert_eq!(tree(&sb.path("dest/config")), files(&[("a", b"a")]));
 }
@@ -724,7 +724,7 @@ async fn access_denied_fails_cleanly_and_keeps_the_old_tree() {
     common::assert_exit(
         &out,
         77,
-        "s3://denied/d/: access refused: AccessDenied: Access Denied",
+        "s3://denied/d/: access refused: s3:ListBucket: AccessDenied: Access Denied",
     );
     assert_eq!(tree(&sb.path("dest/config")), files(&[("a", b"a")]));
 }

@@ -430,3 +430,282 @@ async fn a_secret_that_leaves_the_parameters_leaves_the_machine() {
     // No reference, no AWS call at all.
     assert_eq!(calls(&proxy)["secretsmanager.GetSecretValue"], 1);
 }
+
+/// The bootstage command as uid/gid 65534 (an app's `User=`), with the sandbox's state dir.
+fn as_app_user(sandbox: &Sandbox, args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+    let inner = sandbox.command(args);
+    let std = inner.as_std();
+    cmd.arg(std.get_program()).args(std.get_args());
+    for (k, v) in std.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// A directory only the app user can read, as systemd's `$CREDENTIALS_DIRECTORY` is.
+fn credentials_dir(sandbox: &Sandbox, files: &[(&str, &Path)]) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = sandbox.path("creds");
+    std::fs::create_dir(&dir).unwrap();
+    for (name, from) in files {
+        std::fs::copy(from, dir.join(name)).unwrap();
+        std::os::unix::fs::chown(dir.join(name), Some(65534), Some(65534)).unwrap();
+        std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(0o400)).unwrap();
+    }
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o500)).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn an_app_under_its_own_user_reads_the_parameters_through_credentials() {
+    use std::os::unix::fs::PermissionsExt;
+    put_secret("t7/db", "app-user-secret").await;
+    let proxy = faults::start(&moto().url, Faults::default()).await;
+    let sandbox = Sandbox::new();
+    // The sandbox is traversable, the state dir stays root's 0700, as /run/bootstage is.
+    std::fs::set_permissions(sandbox.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let params = json!({"db": {"password": {"secretsmanager": "t7/db"}}, "port": 8080});
+    let out = metadata(&sandbox, &proxy.url, &params, "20s").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let before: Vec<_> = std::fs::read_dir(sandbox.state())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+
+    // Without the credential: 77, the two lines to add, and no stage run.
+    let app = [
+        "launch",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo \"$DB_PASSWORD:$PORT\"",
+    ];
+    let out = common::run(as_app_user(&sandbox, &app)).await;
+    let params_env = sandbox.state().join("params.env");
+    assert_exit(
+        &out,
+        77,
+        &format!(
+            "cannot read {} as uid 65534: it is root's. Give the app's unit these two lines:\n  After=bootstage.target\n  LoadCredential=bootstage.env:{}",
+            params_env.display(),
+            params_env.display()
+        ),
+    );
+    let after: Vec<_> = std::fs::read_dir(sandbox.state())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before, after);
+
+    // With it: the app gets every parameter, exactly, and no stage runs.
+    let creds = credentials_dir(
+        &sandbox,
+        &[
+            ("bootstage.env", &params_env),
+            (
+                "bootstage.params.json",
+                &sandbox.state().join("params.json"),
+            ),
+            (
+                "bootstage.instance.json",
+                &sandbox.state().join("instance.json"),
+            ),
+        ],
+    );
+    let mut cmd = as_app_user(&sandbox, &app);
+    cmd.env("CREDENTIALS_DIRECTORY", &creds);
+    let out = common::run(cmd).await;
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "app-user-secret:8080\n"),
+        "{}",
+        out.stderr
+    );
+
+    // `query` reads through the credentials too, and without them says it may not.
+    let mut cmd = as_app_user(&sandbox, &["query", "port"]);
+    cmd.env("CREDENTIALS_DIRECTORY", &creds);
+    let out = common::run(cmd).await;
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "8080\n"),
+        "{}",
+        out.stderr
+    );
+    let out = common::run(as_app_user(&sandbox, &["query", "port"])).await;
+    assert_eq!((out.code, out.stdout.as_str()), (77, ""), "{}", out.stderr);
+}
+
+/// `python3 tests/fixtures/iam.py ARGS…`, its stdout.
+fn iam_fixture(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/iam.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "iam.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// examples/iam-policy.json with this test's names, less `without` (an action).
+fn policy(without: Option<&str>) -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/iam-policy.json");
+    let text = std::fs::read_to_string(path)
+        .unwrap()
+        .replace("EXAMPLE-BUCKET", "iam-bucket")
+        .replace("EXAMPLE-PREFIX", "config")
+        .replace("EXAMPLE-APP", "shop");
+    let mut doc: Value = serde_json::from_str(&text).unwrap();
+    // moto matches SSM and Secrets Manager resources only for a plain GetParameter (a
+    // batch, a versioned name or a secret is matched against something else): those
+    // statements keep their exact actions here, with `*` as the resource. S3's resources
+    // stay as shipped.
+    for statement in doc["Statement"].as_array_mut().unwrap() {
+        let actions = statement["Action"].to_string();
+        if actions.contains("ssm:") || actions.contains("secretsmanager:") {
+            statement["Resource"] = json!("*");
+        }
+    }
+    if let Some(action) = without {
+        for statement in doc["Statement"].as_array_mut().unwrap() {
+            let actions = statement["Action"].as_array_mut().unwrap();
+            actions.retain(|a| a != action);
+        }
+        doc["Statement"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|s| !s["Action"].as_array().unwrap().is_empty());
+    }
+    doc.to_string()
+}
+
+/// The shipped least-privilege policy is enough for every call bootstage makes, and each
+/// of its actions is needed: without it, the stage that needs it fails naming it.
+#[tokio::test]
+async fn the_example_iam_policy_is_exactly_enough() {
+    let count = iam_fixture(&["count"]);
+    let server =
+        common::moto::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", count.trim().to_string())]);
+    let policy_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(policy_file.path(), policy(None)).unwrap();
+    let keys: Value = serde_json::from_str(&iam_fixture(&[
+        "setup",
+        &server.url,
+        policy_file.path().to_str().unwrap(),
+        "iam-bucket",
+    ]))
+    .unwrap();
+    let key = |who: &str, i: usize| keys[who][i].as_str().unwrap().to_string();
+    let set_policy = |without: Option<&str>| {
+        iam_fixture(&[
+            "policy",
+            &server.url,
+            &key("admin", 0),
+            &key("admin", 1),
+            keys["policy"].as_str().unwrap(),
+            &policy(without),
+        ])
+    };
+    let params = json!({
+        "db": {"password": {"ssm": "/shop/db-password"}},
+        "api": {"secretsmanager": "shop/api"},
+        "v": {"ssm": "/shop/db-password:1"},
+        "bootstage": {
+            "import": [{"ssm_path": "/shop/imported"}],
+            // The whole bucket: moto's signature check fails on a prefix with a '/' in it.
+            "sync": [{"from": "s3://iam-bucket", "to": "/dev/null/replaced"}],
+        },
+    });
+    let sandbox = Sandbox::new();
+    let dest = sandbox.path("dest/config");
+    let mut params = params;
+    params["bootstage"]["sync"][0]["to"] = json!(dest);
+    let file = sandbox.path("user-data.json");
+    std::fs::write(&file, params.to_string()).unwrap();
+    let stage = |args: &[&str]| {
+        let mut cmd = sandbox.command(args);
+        for (k, v) in moto().env() {
+            cmd.env(k, v);
+        }
+        cmd.env("AWS_ENDPOINT_URL", &server.url)
+            .env("AWS_ACCESS_KEY_ID", key("app", 0))
+            .env("AWS_SECRET_ACCESS_KEY", key("app", 1));
+        common::run(cmd)
+    };
+    let metadata_args = [
+        "metadata",
+        "--user-data-file",
+        file.to_str().unwrap(),
+        "--fact",
+        "instance-id=i-0iam",
+        "--timeout",
+        "20s",
+    ];
+    let sync_args = ["s3-sync", "--sync-timeout", "20s"];
+
+    let out = stage(&metadata_args).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let json = read_json(&sandbox.state().join("params.json"));
+    assert_eq!(
+        (
+            &json["db"]["password"],
+            &json["api"],
+            &json["v"],
+            &json["port"]
+        ),
+        (
+            &json!("iam-secret-1"),
+            &json!("iam-secret-2"),
+            &json!("iam-secret-1"),
+            &json!("5432")
+        )
+    );
+    let out = stage(&sync_args).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(dest.join("config/app.conf")).unwrap(),
+        "port=1\n"
+    );
+
+    for (action, sync) in [
+        ("ssm:GetParameters", false),
+        ("ssm:GetParameter", false),
+        ("ssm:GetParametersByPath", false),
+        ("secretsmanager:GetSecretValue", false),
+        ("s3:ListBucket", true),
+    ] {
+        set_policy(Some(action));
+        let out = match sync {
+            false => stage(&metadata_args).await,
+            true => stage(&sync_args).await,
+        };
+        let said = match sync {
+            false => format!("{action} was refused"),
+            true => format!("s3://iam-bucket/: access refused: {action}"),
+        };
+        assert_exit(&out, 77, &said);
+    }
+    // s3:GetObject: a changed object must be fetched to find out.
+    set_policy(Some("s3:GetObject"));
+    std::fs::remove_file(dest.clone()).unwrap();
+    let out = stage(&sync_args).await;
+    assert_exit(&out, 77, "access refused: s3:GetObject");
+    set_policy(None);
+    let out = stage(&sync_args).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}

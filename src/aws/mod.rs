@@ -224,6 +224,9 @@ where
     match (code.as_deref(), status) {
         (Some(c), _) if REFUSED.contains(&c) => Failure::Refused(why),
         (Some(c), _) if THROTTLED.contains(&c) => Failure::Throttled(why),
+        // A 403 whose body did not parse (moto answers the JSON APIs' denials in XML) is
+        // a refusal all the same.
+        (_, Some(403)) => Failure::Refused(why),
         (_, Some(429 | 503)) => Failure::Throttled(why),
         (_, Some(500..=599)) => Failure::Transient(why),
         (None, None) => Failure::Transient(why),

@@ -9,12 +9,20 @@
 //! When bootstage is disabled (the units' kill switch: `/etc/bootstage/disabled`, or
 //! `bootstage=disabled` on the kernel command line) it runs no stage: the app starts with
 //! whatever `params.env` holds, or without it.
+//!
+//! An app under its own `User=` cannot read root's `/run/bootstage` (0700). Its unit gets
+//! the file as a systemd credential instead (`LoadCredential=bootstage.env:/run/bootstage/
+//! params.env`): when `$CREDENTIALS_DIRECTORY/bootstage.env` exists, `launch` reads it and
+//! runs no stage (the unit orders itself after `bootstage.target`). When it can read
+//! neither, it exits 77 with the two lines to add to the unit, instead of trying to run a
+//! stage it has no right to.
 
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 
 use crate::base::notify::Notifier;
 use crate::base::switch::disabled_reason;
-use crate::stage::error::{Error, Result};
+use crate::stage::error::{Error, ExitCode, ExitStatus, Result};
 use crate::stage::hooks;
 use crate::stage::hooks::HookDirs;
 use crate::stage::metadata;
@@ -32,10 +40,63 @@ pub struct Settings {
     pub command: Vec<String>,
 }
 
+/// The credential name an app's unit gives `params.env` (`LoadCredential=`).
+pub const CREDENTIAL: &str = "bootstage.env";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(
+        "cannot read {} as uid {uid}: it is root's. Give the app's unit these two lines:\n  After=bootstage.target\n  LoadCredential={CREDENTIAL}:{}",
+        path.display(),
+        path.display()
+    )]
+    NotReadable { path: PathBuf, uid: u32 },
+}
+
+impl From<LaunchError> for Error {
+    fn from(e: LaunchError) -> Error {
+        Error::Stage(Box::new(e))
+    }
+}
+
+impl ExitStatus for LaunchError {
+    fn exit_code(&self) -> ExitCode {
+        ExitCode::NoPerm
+    }
+}
+
+/// `$CREDENTIALS_DIRECTORY/NAME`, if the unit passed that credential.
+pub fn credential(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+    let path = Path::new(&dir).join(name);
+    path.exists().then_some(path)
+}
+
 pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<()> {
     let (program, rest) = args.command.split_first().ok_or_else(|| {
         Error::Usage("launch needs a command: bootstage launch -- CMD [ARGS…]".into())
     })?;
+    if let Some(path) = credential(CREDENTIAL) {
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let vars = crate::state::envfile::parse(&text, &path.display().to_string())?;
+        tracing::info!(
+            program,
+            variables = vars.len(),
+            "launching with the parameters of the credential {CREDENTIAL}"
+        );
+        return exec(program, rest, vars);
+    }
+    // Not root's to read: say how to pass it, rather than run a stage that cannot write.
+    if let Err(e) = std::fs::File::open(state.params_env())
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        let uid = nix::unistd::geteuid().as_raw();
+        let path = state.params_env();
+        return Err(LaunchError::NotReadable { path, uid }.into());
+    }
     let disabled = disabled_reason();
     if let Some(why) = &disabled {
         tracing::warn!("bootstage is disabled ({why}): running no stage");
@@ -54,6 +115,11 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
         Err(e) => return Err(e.into()),
     };
     tracing::info!(program, variables = vars.len(), "launching");
+    exec(program, rest, vars)
+}
+
+/// Replaces this process with the app; returns only if that fails.
+fn exec(program: &String, rest: &[String], vars: Vec<(String, String)>) -> Result<()> {
     let error = std::process::Command::new(program)
         .args(rest)
         .envs(vars)

@@ -59,13 +59,20 @@ pub fn run(state: &StateDir, args: &Settings) -> Result<()> {
     Ok(())
 }
 
-/// Both files, whole, or an error.
+/// The credentials an app's unit may pass instead of the state dir's files
+/// (`LoadCredential=bootstage.params.json:/run/bootstage/params.json`, and likewise
+/// `bootstage.instance.json`), for an app under its own `User=`.
+pub const CREDENTIALS: [&str; 2] = ["bootstage.params.json", "bootstage.instance.json"];
+
+/// Both files, whole, or an error: through the unit's credentials when it has both.
 pub fn document(state: &StateDir) -> Result<Value> {
     let mut doc = Map::new();
-    for (name, path) in [
-        ("params", state.params_json()),
-        ("instance", state.instance_json()),
-    ] {
+    let from_credentials = CREDENTIALS.map(crate::stage::launch::credential);
+    let paths = match from_credentials {
+        [Some(params), Some(instance)] => [params, instance],
+        _ => [state.params_json(), state.instance_json()],
+    };
+    for (name, path) in ["params", "instance"].into_iter().zip(paths) {
         let text = match std::fs::read(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

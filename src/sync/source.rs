@@ -167,7 +167,7 @@ impl Source {
                 let (mut objects, mut count) = (Vec::new(), 0);
                 while let Some(page) = pages.next().await {
                     count += 1;
-                    let page = page.map_err(|e| self.sdk_error(e))?;
+                    let page = page.map_err(|e| self.sdk_error("s3:ListBucket", e))?;
                     for o in page.contents() {
                         let key = url_decode(o.key().unwrap_or_default());
                         let version = match (o.e_tag(), o.last_modified()) {
@@ -236,7 +236,7 @@ impl Source {
                         Some(412) => SourceError::Changed {
                             key: object.key.clone(),
                         },
-                        _ => self.sdk_error(e),
+                        _ => self.sdk_error("s3:GetObject", e),
                     })?;
                 let changed = match &object.version {
                     Version::ETag(listed) => answer
@@ -311,8 +311,10 @@ impl Source {
         Ok(written)
     }
 
+    /// An S3 error; a refusal names the IAM action that was refused.
     fn sdk_error<E>(
         &self,
+        action: &str,
         e: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
     ) -> SourceError
     where
@@ -320,7 +322,10 @@ impl Source {
     {
         let url = self.url();
         match aws::classify("S3", &e) {
-            Failure::Refused(why) => SourceError::Refused { url, why },
+            Failure::Refused(why) => SourceError::Refused {
+                url,
+                why: format!("{action}: {why}"),
+            },
             // Every other answer may pass on a later attempt of the pass: a prefix whose
             // objects moved, a throttled or unreachable S3.
             Failure::Throttled(why) | Failure::Transient(why) | Failure::Permanent(why) => {

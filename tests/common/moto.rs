@@ -21,10 +21,15 @@ pub struct Moto {
 static MOTO: OnceLock<Moto> = OnceLock::new();
 
 pub fn moto() -> &'static Moto {
-    MOTO.get_or_init(start)
+    MOTO.get_or_init(|| start_with(&[]))
 }
 
-fn start() -> Moto {
+/// A moto server of its own, with extra environment (`INITIAL_NO_AUTH_ACTION_COUNT` …).
+pub fn start_with(env: &[(&str, String)]) -> Moto {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -45,6 +50,7 @@ fn start() -> Moto {
             "-p",
             &port.to_string(),
         ])
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
