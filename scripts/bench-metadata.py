@@ -12,8 +12,15 @@ Runs against the project's IMDS emulator on 127.0.0.1 only. Two measurements:
 Outputs go to a tmpfs directory, as /run/bootstage is one on a real boot. The notify
 listener reads every datagram, BARRIER=1 included, as systemd does.
 
-Usage: scripts/bench-metadata.py [--runs N]. Prints a Markdown table and rewrites the
-metadata section of BENCHMARKS.md.
+3. References (issue 11): user-data with 0, 10 and 100 SSM references, resolved against
+   moto's server on 127.0.0.1. Reported: wall time to READY (user-data already there),
+   its excess over no references, calls per API (bootstage's own count, and moto's
+   request log as a check); beside it, what an operator's hook would do instead
+   (`aws ssm get-parameters`, 10 names a call), and the server's floor (the same
+   GetParameters calls from one boto3 client in one process).
+
+Usage: scripts/bench-metadata.py [--runs N] [--only imds|references]. Prints Markdown
+tables and rewrites the metadata sections of BENCHMARKS.md.
 """
 import argparse, json, os, platform, random, re, socket, threading, statistics, subprocess, sys, tempfile, time, urllib.request
 from pathlib import Path
@@ -110,11 +117,123 @@ def run_once(argv, notify, work, emu, appear_after):
     return delay, before, end - start, rss_kib
 
 
+class Moto:
+    """moto's server on 127.0.0.1, counting the requests it logs."""
+
+    def __init__(self):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines = []
+        started = threading.Event()
+
+        def read():
+            for line in self.proc.stderr:
+                if "Running on" in line:
+                    started.set()
+                if '"POST / ' in line:
+                    self.lines.append(line)
+        threading.Thread(target=read, daemon=True).start()
+        assert started.wait(60), "moto started"
+
+    def env(self):
+        return {"AWS_ENDPOINT_URL": self.url, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "bench",
+                "AWS_SECRET_ACCESS_KEY": "bench", "AWS_EC2_METADATA_DISABLED": "true",
+                "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null"}
+
+    def ssm(self):
+        import boto3
+        return boto3.client("ssm", endpoint_url=self.url, region_name="us-east-1",
+                            aws_access_key_id="bench", aws_secret_access_key="bench")
+
+    def count(self):
+        time.sleep(0.3)  # moto logs a request after answering it
+        return len(self.lines)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def references(runs):
+    """Rows for 0, 10 and 100 SSM references."""
+    import base64
+    moto = Moto()
+    names = [f"/bench/p{i:03}" for i in range(100)]
+    ssm = moto.ssm()
+    for name in names:
+        ssm.put_parameter(Name=name, Value=f"value of {name}", Type="SecureString")
+    emu = Emulator()
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory(dir="/dev/shm") as work:
+            base = json.loads((ROOT / "examples" / "params.json").read_text())
+            for n in (0, 10, 100):
+                params = dict(base, refs={f"p{i:03}": {"ssm": names[i]} for i in range(n)})
+                emu.reset(base64.b64encode(json.dumps(params).encode()).decode())
+                argv = [str(BIN / "bootstage"), "--state-dir", f"{work}/state", "metadata", "--imds-endpoint", emu.url, "--timeout", "30s"]
+                env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BOOTSTAGE_", "NOTIFY_"))}
+                env.update(moto.env(), BOOTSTAGE_LOG="info")
+                walls, calls, logged = [], None, []
+                for _ in range(runs):
+                    before = moto.count()
+                    start = time.monotonic()
+                    out = subprocess.run(argv, env=env, capture_output=True, text=True)
+                    walls.append(time.monotonic() - start)
+                    assert out.returncode == 0, out.stderr
+                    logged.append(moto.count() - before)
+                    found = re.search(r"get_parameters=(\d+) get_parameter=(\d+) get_parameters_by_path=(\d+) get_secret_value=(\d+)", out.stderr)
+                    calls = tuple(int(x) for x in found.groups()) if found else (0, 0, 0, 0)
+                # What an operator's hook would do: aws ssm get-parameters, 10 names a call.
+                cli_walls = []
+                for _ in range(max(1, runs // 3)):
+                    start = time.monotonic()
+                    for i in range(0, n, 10):
+                        subprocess.run(["aws", "ssm", "get-parameters", "--with-decryption", "--names", *names[i:i + 10],
+                                        "--endpoint-url", moto.url, "--region", "us-east-1", "--output", "json"],
+                                       env=dict(env, AWS_CONFIG_FILE="/dev/null"), check=True, capture_output=True)
+                    cli_walls.append(time.monotonic() - start)
+                # The server's floor: the same calls from one warm client in one process.
+                floors = []
+                for _ in range(runs):
+                    start = time.monotonic()
+                    for i in range(0, n, 10):
+                        ssm.get_parameters(Names=names[i:i + 10], WithDecryption=True)
+                    floors.append(time.monotonic() - start)
+                rows.append({"refs": n, "wall": statistics.median(walls), "calls": calls,
+                             "logged": statistics.median(logged), "cli": statistics.median(cli_walls),
+                             "floor": statistics.median(floors)})
+    finally:
+        emu.stop()
+        moto.stop()
+    zero = rows[0]["wall"]
+    lines = [
+        f"Machine: {os.cpu_count()} cores, {platform.machine()}; {runs} runs per row (aws CLI: {max(1, runs // 3)}); IMDS emulator and moto on 127.0.0.1; SecureString parameters.",
+        "",
+        "| references | bootstage: user-data → READY, median | over 0 references | bootstage calls: GetParameters / GetParameter / ByPath / GetSecretValue | requests in moto's log | aws ssm get-parameters, 10 a call (the hook it replaces) | server floor: same calls, one warm boto3 client |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        c = r["calls"]
+        lines.append(f"| {r['refs']} | {r['wall'] * 1000:.0f} ms | +{(r['wall'] - zero) * 1000:.0f} ms | {c[0]} / {c[1]} / {c[2]} / {c[3]} | {r['logged']:.0f} | {r['cli'] * 1000:.0f} ms | {r['floor'] * 1000:.0f} ms |")
+    table = "\n".join(lines)
+    print(table)
+    benchlib.write_section("metadata-references", "metadata stage with SSM references (`scripts/bench-metadata.py`)", table)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--only", choices=["imds", "references"])
     args = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "bootstage", "-p", "imds-emulator"], cwd=ROOT, check=True)
+    if args.only != "imds":
+        references(args.runs)
+    if args.only == "references":
+        return
     emu = Emulator()
     rows = []
     try:
