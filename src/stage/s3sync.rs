@@ -169,7 +169,7 @@ impl Bounds {
 
     /// The command line's defaults, for syncs that `launch` runs.
     fn defaults() -> Bounds {
-        let timeout = humantime::parse_duration(DEFAULT_SYNC_TIMEOUT).expect("a valid default");
+        let timeout = crate::base::duration::parse(DEFAULT_SYNC_TIMEOUT).expect("a valid default");
         Bounds {
             concurrency: DEFAULT_CONCURRENCY.into(),
             timeout,
