@@ -159,3 +159,169 @@ async fn a_bad_header_setting_never_shows_its_value() {
         assert!(hook.received().is_empty());
     }
 }
+
+/// `sb.command(args)` run under `prefix` (`/usr/bin/time …`), same environment.
+fn wrapped(sb: &Sandbox, prefix: &[&str], args: &[&str]) -> tokio::process::Command {
+    let inner = sb.command(args);
+    let std = inner.as_std();
+    let mut cmd = tokio::process::Command::new(prefix[0]);
+    cmd.args(&prefix[1..])
+        .arg(std.get_program())
+        .args(std.get_args());
+    for (k, v) in std.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn metadata_with(sb: &Sandbox, user_data: &[u8]) -> common::Outcome {
+    let file = sb.path("user-data");
+    std::fs::write(&file, user_data).unwrap();
+    sb.run(&["metadata", "--user-data-file", file.to_str().unwrap()])
+        .await
+}
+
+/// Item 8: a Unicode noncharacter made systemd reject the whole EnvironmentFile (every
+/// `EnvironmentFile=` app failed to start) while dash, bash and launch read it fine.
+/// Item 11: a tag value with a NUL failed the whole stage. Parameters are refused by key;
+/// such tags are left out of params.env with a warning.
+#[tokio::test(flavor = "multi_thread")]
+async fn values_systemd_cannot_take_are_refused_or_left_out() {
+    for value in ["\u{FFFE}", "a\u{FDD0}b", "\u{10FFFF}", "x\u{1FFFF}"] {
+        let sb = Sandbox::new();
+        let out = metadata_with(&sb, json!({"db": {"pw": value}}).to_string().as_bytes()).await;
+        assert_exit(
+            &out,
+            65,
+            "parameter \"db.pw\" contains a Unicode noncharacter (U+FDD0-U+FDEF, U+xFFFE, U+xFFFF), which makes systemd reject the whole EnvironmentFile",
+        );
+        assert!(!out.stderr.contains(value));
+    }
+    let tags = [("Name", "web"), ("Weird", "a\u{FFFF}"), ("Nul", "a\0b")]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+    let emu = Emulator::start(Config {
+        user_data: Some(common::b64("{\"a\":1}")),
+        tags: Some(tags.into_iter().collect()),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let sb = Sandbox::new();
+    let out = sb.metadata(&emu.url(), &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let env = sb.read("params.env").unwrap();
+    assert!(env.contains("BOOTSTAGE_TAG_NAME=\"web\"\n"), "{env}");
+    assert!(
+        !env.contains("TAG_WEIRD") && !env.contains("TAG_NUL"),
+        "{env}"
+    );
+    for tag in ["Weird", "Nul"] {
+        assert!(
+            out.stderr.contains(&format!("an instance tag's value has a NUL or a Unicode noncharacter, which systemd's EnvironmentFile= cannot take; leaving it out of params.env tag=\"{tag}\"")),
+            "{}",
+            out.stderr
+        );
+    }
+    let instance: Value = serde_json::from_str(&sb.read("instance.json").unwrap()).unwrap();
+    assert_eq!(instance["tags"]["Weird"], "a\u{FFFF}");
+}
+
+/// Item 9: names the shells or systemd treat specially are reserved, with the reason.
+/// The first check shows why: bash --posix (/bin/sh on Amazon Linux) aborts on UID.
+#[tokio::test]
+async fn names_shells_and_systemd_treat_specially_are_reserved() {
+    let sb = Sandbox::new();
+    let file = sb.path("uid.env");
+    std::fs::write(&file, "UID=\"1\"\nAFTER=\"x\"\n").unwrap();
+    let posix = std::process::Command::new("bash")
+        .args(["--posix", "-c", ". \"$1\"; echo \"after=$AFTER\"", "sh"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_ne!(
+        String::from_utf8_lossy(&posix.stdout),
+        "after=x\n",
+        "bash --posix stops at UID"
+    );
+
+    let shell = "how the shell parses, finds commands or starts";
+    let bash = "a variable bash keeps read-only or sets itself";
+    let libc = "the C library and dynamic loader of every program";
+    let systemd = "what systemd sets for a service";
+    for (key, name, why) in [
+        ("uid", "UID", bash),
+        ("_", "_", bash),
+        ("random", "RANDOM", bash),
+        ("bash.argv0", "BASH_ARGV0", shell),
+        ("optind", "OPTIND", shell),
+        ("posixly_correct", "POSIXLY_CORRECT", shell),
+        ("glibc.tunables", "GLIBC_TUNABLES", libc),
+        ("malloc.arena_max", "MALLOC_ARENA_MAX", libc),
+        ("credentials_directory", "CREDENTIALS_DIRECTORY", systemd),
+        ("listen.pid", "LISTEN_PID", systemd),
+        ("watchdog.usec", "WATCHDOG_USEC", systemd),
+    ] {
+        let sb = Sandbox::new();
+        let out = metadata_with(&sb, json!({ key: "v" }).to_string().as_bytes()).await;
+        assert_exit(
+            &out,
+            65,
+            &format!("parameter \"{key}\" would be exported as {name}, a name reserved for {why}"),
+        );
+    }
+}
+
+/// Item 10: each variable repeats its ancestors' names, so 14 KB of JSON rendered 7 MB
+/// (every later exec failed with E2BIG) and a small gzip hundreds of MB. Names and the
+/// file are capped, and refused before the memory is spent.
+#[tokio::test]
+async fn the_env_file_is_capped_and_rendering_stays_small() {
+    // Long keys nested: every leaf's name would be kilobytes.
+    let key = "k".repeat(120);
+    let deep = json!({ key.clone(): { key.clone(): { key.clone(): 1 } } });
+    let sb = Sandbox::new();
+    let out = metadata_with(&sb, deep.to_string().as_bytes()).await;
+    assert_exit(
+        &out,
+        65,
+        "would be exported as a name of 362 bytes; names are limited to 255",
+    );
+
+    // 26^3 leaves under a 200-byte prefix, gzipped to a few KB: about 3.8 MB rendered.
+    let letters: Vec<String> = (b'a'..=b'z').map(|c| (c as char).to_string()).collect();
+    let level = |inner: &Value| -> Value {
+        Value::Object(letters.iter().map(|l| (l.clone(), inner.clone())).collect())
+    };
+    let wide = json!({ "p".repeat(200): level(&level(&level(&json!(0)))) });
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut gz, wide.to_string().as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    assert!(gz.len() < 16 * 1024, "{} bytes of gzip", gz.len());
+    let sb = Sandbox::new();
+    let file = sb.path("user-data");
+    std::fs::write(&file, &gz).unwrap();
+    let rss = sb.path("rss");
+    let cmd = wrapped(
+        &sb,
+        &["/usr/bin/time", "-f", "%M", "-o", rss.to_str().unwrap()],
+        &["metadata", "--user-data-file", file.to_str().unwrap()],
+    );
+    let out = common::run(cmd).await;
+    assert_exit(
+        &out,
+        65,
+        "params.env would be over 1048576 bytes (at parameter",
+    );
+    // GNU time writes "Command exited with non-zero status 65" first.
+    let text = std::fs::read_to_string(&rss).unwrap();
+    let kib: u64 = text.lines().last().unwrap().trim().parse().unwrap();
+    assert!(kib < 100 * 1024, "peak RSS {kib} KiB");
+    assert_eq!(sb.read("params.env"), None);
+}
