@@ -325,3 +325,110 @@ async fn the_env_file_is_capped_and_rendering_stays_small() {
     assert!(kib < 100 * 1024, "peak RSS {kib} KiB");
     assert_eq!(sb.read("params.env"), None);
 }
+
+fn hook(sb: &Sandbox, rel: &str, script: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = sb.path("hooks").join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn seed_for_hooks(sb: &Sandbox) {
+    sb.seed("params.json", "{}");
+    sb.seed(
+        "instance.json",
+        "{\"source\":\"flags\",\"instance_id\":\"i-0hooks\"}",
+    );
+    sb.seed("params.env", "");
+}
+
+/// Item 18: hooks ran as root with no ownership or mode check, following symlinks: a
+/// hook or directory another user can write handed that user root. Such hooks are
+/// refused (77) before any hook runs, naming the path and why.
+#[tokio::test]
+async fn a_hook_anyone_but_root_can_change_is_refused_before_any_runs() {
+    use std::os::unix::fs::PermissionsExt;
+    type Make = fn(&Sandbox, &std::path::Path);
+    let cases: [(&str, Make); 4] = [
+        ("is owned by uid 12345", |_, h| {
+            std::os::unix::fs::chown(h, Some(12345), None).unwrap()
+        }),
+        ("is writable by others (mode 775)", |_, h| {
+            std::fs::set_permissions(h, std::fs::Permissions::from_mode(0o775)).unwrap()
+        }),
+        ("per-boot.d is writable by others (mode 777)", |sb, _| {
+            let dir = sb.path("hooks/per-boot.d");
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap()
+        }),
+        // A symlink into a tree the app owns (a synced destination with `owner`).
+        ("app is owned by uid 12345", |sb, h| {
+            let app = sb.path("app");
+            std::fs::create_dir_all(&app).unwrap();
+            std::fs::rename(h, app.join("20-evil")).unwrap();
+            std::os::unix::fs::chown(&app, Some(12345), None).unwrap();
+            std::os::unix::fs::symlink(app.join("20-evil"), h).unwrap();
+        }),
+    ];
+    for (why, make) in cases {
+        let sb = Sandbox::new();
+        seed_for_hooks(&sb);
+        let ran = sb.path("ran");
+        hook(
+            &sb,
+            "per-instance.d/10-good",
+            &format!("echo good >> {}", ran.display()),
+        );
+        let evil = hook(
+            &sb,
+            "per-boot.d/20-evil",
+            &format!("echo evil >> {}", ran.display()),
+        );
+        make(&sb, &evil);
+        let out = sb.run(&["hooks"]).await;
+        assert_exit(&out, 77, "is not safe to run as root: ");
+        assert!(out.stderr.contains(why), "{why}: {}", out.stderr);
+        assert!(!ran.exists(), "{why}: no hook ran");
+    }
+    // A symlink to a hook only root can change runs.
+    let sb = Sandbox::new();
+    seed_for_hooks(&sb);
+    let ran = sb.path("ran");
+    let real = hook(
+        &sb,
+        "lib/30-real",
+        &format!("echo real >> {}", ran.display()),
+    );
+    std::fs::create_dir_all(sb.path("hooks/per-boot.d")).unwrap();
+    std::os::unix::fs::symlink(&real, sb.path("hooks/per-boot.d/30-link")).unwrap();
+    let out = sb.run(&["hooks"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "real\n");
+}
+
+/// Item 19: the hooks stage took no lock, so `bootstage hooks` by hand beside the unit
+/// could run a one-time hook twice. Runs hold the state lock and check markers under it.
+#[tokio::test]
+async fn two_hook_runs_at_once_run_a_one_time_hook_once() {
+    let sb = Sandbox::new();
+    seed_for_hooks(&sb);
+    let log = sb.path("log");
+    // A slow one-time hook: both runs start while it runs.
+    hook(
+        &sb,
+        "per-instance.d/10-once",
+        &format!("echo ran >> {}; sleep 1", log.display()),
+    );
+    let (a, b) = tokio::join!(sb.run(&["hooks"]), sb.run(&["hooks"]));
+    assert_eq!((a.code, b.code), (0, 0), "{}\n{}", a.stderr, b.stderr);
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "ran\n");
+    let waited = [&a, &b]
+        .iter()
+        .filter(|o| {
+            o.stderr
+                .contains("another bootstage run holds the state dir; waiting")
+        })
+        .count();
+    assert_eq!(waited, 1, "{}\n{}", a.stderr, b.stderr);
+}
