@@ -33,10 +33,18 @@ if [ "$action" = uninstall ]; then
 fi
 
 [ -x "$binary" ] || { echo "$binary: build it first (cargo build --release)" >&2; exit 66; }
-install -D -m 0755 "$binary" "$dest/usr/bin/bootstage"
-install -D -m 0644 README.md "$dest/usr/share/doc/bootstage/README.md"
-mkdir -p "$unitdir" "$wants" "$dest/etc/bootstage/hooks/per-instance.d" "$dest/etc/bootstage/hooks/per-boot.d"
-for u in $units; do install -m 0644 "systemd/$u" "$unitdir/$u"; done
+# Every directory and file with an explicit owner and mode, whatever the caller's umask:
+# bootstage runs hooks from /etc/bootstage/hooks as root and refuses any that another
+# user could change (a umask of 000 would have made them world-writable).
+for d in /usr /usr/bin /usr/lib /usr/lib/systemd /usr/lib/systemd/system /usr/share \
+         /usr/share/doc /usr/share/doc/bootstage /etc /etc/systemd /etc/systemd/system \
+         /etc/systemd/system/multi-user.target.wants /etc/bootstage /etc/bootstage/hooks \
+         /etc/bootstage/hooks/per-instance.d /etc/bootstage/hooks/per-boot.d; do
+  [ -d "$dest$d" ] || install -d -o root -g root -m 0755 "$dest$d"
+done
+install -o root -g root -m 0755 "$binary" "$dest/usr/bin/bootstage"
+install -o root -g root -m 0644 README.md "$dest/usr/share/doc/bootstage/README.md"
+for u in $units; do install -o root -g root -m 0644 "systemd/$u" "$unitdir/$u"; done
 # Enabling is one symlink; made directly so it works the same offline (DESTDIR).
 ln -sfn /usr/lib/systemd/system/bootstage.target "$wants/bootstage.target"
 [ -z "$dest" ] && command -v systemctl >/dev/null && systemctl daemon-reload 2>/dev/null || true

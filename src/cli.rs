@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::base::duration;
 use crate::stage::{hooks, launch, metadata, notice, query, s3sync, status};
 use crate::state;
 
@@ -62,7 +63,7 @@ pub struct HookDirs {
     pub lib_dir: PathBuf,
 
     /// Deadline for all hooks of one run together; keep it below the unit's TimeoutStartSec.
-    #[arg(long, env = "BOOTSTAGE_HOOK_TIMEOUT", default_value = hooks::DEFAULT_HOOK_TIMEOUT, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "BOOTSTAGE_HOOK_TIMEOUT", default_value = hooks::DEFAULT_HOOK_TIMEOUT, value_parser = duration::parse, value_name = "DURATION")]
     pub hook_timeout: Duration,
 }
 
@@ -89,7 +90,7 @@ pub struct StatusArgs {
     pub wait: bool,
 
     /// With --wait: give up after this long (exit 1).
-    #[arg(long, default_value = status::DEFAULT_WAIT_TIMEOUT, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = status::DEFAULT_WAIT_TIMEOUT, value_parser = duration::parse, value_name = "DURATION")]
     pub timeout: Duration,
 
     /// Print JSON: {"state": …, "stages": [{"stage", "state", "started_at", …}]}.
@@ -150,16 +151,16 @@ pub struct MetadataArgs {
     pub imds_v2_only: bool,
 
     /// Overall deadline for the stage; keep it below the unit's TimeoutStartSec.
-    #[arg(long, env = "BOOTSTAGE_TIMEOUT", default_value = metadata::DEFAULT_TIMEOUT, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "BOOTSTAGE_TIMEOUT", default_value = metadata::DEFAULT_TIMEOUT, value_parser = duration::parse, value_name = "DURATION")]
     pub timeout: Duration,
 
     /// How long a missing user-data (404) counts as "not there yet" before it is final
     /// [default: 30s, or --timeout if shorter].
-    #[arg(long, env = "BOOTSTAGE_USER_DATA_WAIT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, env = "BOOTSTAGE_USER_DATA_WAIT", value_parser = duration::parse, value_name = "DURATION")]
     pub user_data_wait: Option<Duration>,
 
     /// Bound on each HTTP request, connect included.
-    #[arg(long, default_value = metadata::DEFAULT_REQUEST_TIMEOUT, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = metadata::DEFAULT_REQUEST_TIMEOUT, value_parser = duration::parse, value_name = "DURATION")]
     pub request_timeout: Duration,
 
     /// Boot with empty parameters when the instance has no user-data.
@@ -211,7 +212,7 @@ pub struct SyncArgs {
     pub concurrency: u16,
 
     /// Overall deadline for one sync pass; keep it below the unit's TimeoutStartSec.
-    #[arg(long, default_value = s3sync::DEFAULT_SYNC_TIMEOUT, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = s3sync::DEFAULT_SYNC_TIMEOUT, value_parser = duration::parse, value_name = "DURATION")]
     pub sync_timeout: Duration,
 
     /// Re-run the metadata stage first even if its outputs exist.
@@ -219,7 +220,7 @@ pub struct SyncArgs {
     pub refresh: bool,
 
     /// Keep running after READY and re-sync every INTERVAL.
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "INTERVAL")]
+    #[arg(long, value_parser = duration::parse, value_name = "INTERVAL")]
     pub watch: Option<Duration>,
 
     /// With --watch: run this command (via /bin/sh -c) after a change is swapped in.
@@ -231,6 +232,26 @@ pub struct SyncArgs {
         next_help_heading = "Metadata (run first when its outputs are missing)"
     )]
     pub metadata: MetadataArgs,
+}
+
+/// The `BOOTSTAGE_*` variables that hold a duration.
+const DURATION_VARS: &[&str] = &[
+    "BOOTSTAGE_TIMEOUT",
+    "BOOTSTAGE_USER_DATA_WAIT",
+    "BOOTSTAGE_HOOK_TIMEOUT",
+];
+
+/// Checks the duration variables before clap reads them, so a bad one is reported by its
+/// name (clap names only the flag): `BOOTSTAGE_TIMEOUT="abc": not a duration; …`.
+pub fn check_env() -> Result<(), String> {
+    for var in DURATION_VARS {
+        if let Ok(value) = std::env::var(var)
+            && let Err(why) = duration::parse(&value)
+        {
+            return Err(format!("{var}={value:?}: {why}"));
+        }
+    }
+    Ok(())
 }
 
 impl From<MetadataArgs> for metadata::Settings {

@@ -5,8 +5,9 @@
 //! The folders are the layers, top to bottom; a module may use what is below it, never
 //! what is above (ARCHITECTURE.md):
 //! - `cli` (the command line) and `stage/` (one module per stage or command);
-//! - `imds/` (the IMDS protocol, user-data decoding, the facts), `sync/` (sources, key
-//!   safety, atomic generations of a synced tree) and `aws/` (the shared SDK
+//! - `imds/` (the IMDS protocol, user-data decoding, the facts), `secrets/` (references
+//!   to SSM and Secrets Manager), `sync/` (sources, key safety, descriptor-relative file
+//!   steps, atomic generations of a synced tree) and `aws/` (the shared SDK
 //!   configuration and the reading of AWS errors);
 //! - `state/` (the state dir, atomic writes, the env file);
 //! - `base/` (exit codes, the retry policy and deadlines, child processes, sd_notify,

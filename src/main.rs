@@ -13,6 +13,10 @@ use bootstage::state::StateDir;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    if let Err(why) = bootstage::cli::check_env() {
+        eprintln!("error: {why}");
+        return ExitCode::from(exit::ExitCode::Usage as u8);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

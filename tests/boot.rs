@@ -132,10 +132,39 @@ impl Machine {
             "per-boot.d/10-every",
             "echo \"pb $BOOTSTAGE_INSTANCE_ID\" >> /results/hooks.log; bootstage status --json > /results/status-during-hooks.json || [ $? = 2 ]",
         );
+        // The shipped examples, as shipped: an app as root, and one under its own user.
+        for example in ["myapp.service", "myapp-user.service"] {
+            let text = std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("systemd/examples")
+                    .join(example),
+            )
+            .unwrap();
+            m.write(&format!("etc/systemd/system/{example}"), &text);
+        }
+        let passwd = m.root().join("etc/passwd");
+        let mut users = std::fs::read_to_string(&passwd).unwrap();
+        users.push_str("app:x:1001:1001::/nonexistent:/usr/sbin/nologin\n");
+        std::fs::write(&passwd, users).unwrap();
+        let group = m.root().join("etc/group");
+        let mut groups = std::fs::read_to_string(&group).unwrap();
+        groups.push_str("app:x:1001:\n");
+        std::fs::write(&group, groups).unwrap();
+        m.write("usr/local/bin/myapp", MYAPP);
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                m.root().join("usr/local/bin/myapp"),
+                std::fs::Permissions::from_mode(0o755),
+            )
+            .unwrap();
+        }
         for app in [
             "test-app-launch.service",
             "test-app-envfile.service",
             "test-status-wait.service",
+            "myapp.service",
+            "myapp-user.service",
         ] {
             let link = m
                 .root()
@@ -177,6 +206,9 @@ impl Machine {
     /// machine runs.
     fn boot_with(&self, during: impl FnOnce(&Path)) -> Results {
         let results = tempfile::tempdir().unwrap();
+        // The example app under its own user writes its results too.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(results.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
         let mut child = Command::new("systemd-nspawn")
             .args(["-q", "--register=no", "--keep-unit", "--console=pipe", "-D"])
             .arg(self.root())
@@ -267,6 +299,16 @@ EnvironmentFile=/run/bootstage/params.env
 ExecStart=/bin/sh -c 'env -0 > /results/env-file'
 ";
 
+/// What the shipped example units start: records its arguments, environment, the secret
+/// it got as a credential, and whether it can read /run/bootstage, by uid.
+const MYAPP: &str = "#!/bin/sh
+u=$(id -u)
+env -0 > /results/myapp-$u-env
+[ -z \"$CREDENTIALS_DIRECTORY\" ] || cat \"$CREDENTIALS_DIRECTORY/db.password\" > /results/myapp-$u-secret
+if cat /run/bootstage/params.env > /dev/null 2>&1; then echo readable; else echo denied; fi > /results/myapp-$u-run
+printf '%s\\n' \"$@\" > /results/myapp-$u-args
+";
+
 /// A long-running app that the watch-mode drop-in reloads after a change.
 const APP_WATCHED: &str = "[Unit]
 Requires=bootstage.target
@@ -293,10 +335,10 @@ ExecStart=/bin/sh -c 'bootstage status --wait --json > /results/wait.json; echo 
 /// Runs last (after the apps, the notices and the waiter), saves what the host asserts on,
 /// and ends the boot.
 const CHECK: &str = "[Unit]
-After=test-app-launch.service test-app-envfile.service test-status-wait.service bootstage.target bootstage-ready.service bootstage-failure@bootstage-metadata.service.service bootstage-failure@bootstage-s3-sync.service.service
+After=test-app-launch.service test-app-envfile.service test-status-wait.service myapp.service myapp-user.service bootstage.target bootstage-ready.service bootstage-failure@bootstage-metadata.service.service bootstage-failure@bootstage-s3-sync.service.service
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'if [ -e /etc/test-wait-for-reload ]; then i=0; while [ ! -s /results/reloaded ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; fi; systemctl show > /results/manager.show; for u in bootstage-metadata.service bootstage-s3-sync.service bootstage-hooks.service bootstage.target test-app-launch.service test-app-envfile.service test-status-wait.service bootstage-failure@bootstage-metadata.service.service bootstage-failure@bootstage-s3-sync.service.service; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; bootstage status --json > /results/status.json; echo $? > /results/status.rc; systemctl --no-block exit 0'
+ExecStart=/bin/sh -c 'if [ -e /etc/test-expect-myapp ]; then for f in myapp-0-args myapp-1001-args; do i=0; while [ ! -e /results/$f ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; done; fi; if [ -e /etc/test-wait-for-reload ]; then i=0; while [ ! -s /results/reloaded ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; fi; systemctl show > /results/manager.show; for u in bootstage-ready.service myapp.service myapp-user.service bootstage-metadata.service bootstage-s3-sync.service bootstage-hooks.service bootstage.target test-app-launch.service test-app-envfile.service test-status-wait.service bootstage-failure@bootstage-metadata.service.service bootstage-failure@bootstage-s3-sync.service.service; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; bootstage status --json > /results/status.json; echo $? > /results/status.rc; systemctl --no-block exit 0'
 ";
 
 fn user_data(values: &[String], sync_from: &str) -> String {
@@ -308,6 +350,12 @@ fn user_data(values: &[String], sync_from: &str) -> String {
     params.insert(
         "bootstage".into(),
         serde_json::json!({"sync": [{"from": sync_from, "to": "/srv/app/config"}]}),
+    );
+    // For the shipped examples: a port on the command line, a secret from SSM.
+    params.insert("app".into(), serde_json::json!({"port": 8080}));
+    params.insert(
+        "db".into(),
+        serde_json::json!({"password": {"ssm": "/boot/db-password"}}),
     );
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(serde_json::Value::Object(params).to_string().as_bytes())
@@ -339,6 +387,18 @@ async fn boots_under_systemd() {
     let hook = Webhook::start(&[]).await;
     let bucket = moto().bucket("boot-config").await;
     bucket.put("app/app.conf", "port=8080\n").await;
+    const SECRET: &str = "boot-secret: $HOME \"q\" `x`";
+    moto()
+        .ssm()
+        .await
+        .put_parameter()
+        .name("/boot/db-password")
+        .value(SECRET)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .overwrite(true)
+        .send()
+        .await
+        .unwrap();
     bucket.put("app/nested/deep.txt", "deep\n").await;
 
     // 1. A normal boot: hard order, exact values through EnvironmentFile= and launch.
@@ -349,6 +409,7 @@ async fn boots_under_systemd() {
     .await
     .unwrap();
     let machine = Machine::new(&bootstage_env(&emu.url()), &hook.url);
+    machine.write("etc/test-expect-myapp", "");
     let verify = Command::new("systemd-analyze")
         .arg(format!("--root={}", machine.root().display()))
         .arg("verify")
@@ -415,6 +476,62 @@ async fn boots_under_systemd() {
         secs(app_start)
     );
     assert_eq!(first.text("app-conf"), "port=8080\n");
+
+    // The shipped examples, as shipped. As root: the parameter reaches the command line
+    // through the shell ($$ in the unit), not systemd's own (empty) expansion.
+    assert_eq!(first.text("myapp-0-args"), "--port\n8080\n", "{journal}");
+    // Under User=app with LoadCredential=: every parameter exactly through launch, the
+    // SSM secret as a credential file too, and no way into /run/bootstage.
+    let user_env = first.env("myapp-1001-env");
+    for (i, want) in values.iter().enumerate() {
+        assert_eq!(
+            user_env.get(&format!("K{i:04}")),
+            Some(want),
+            "myapp-user: K{i:04}"
+        );
+    }
+    assert_eq!(
+        user_env.get("DB_PASSWORD").map(String::as_str),
+        Some(SECRET)
+    );
+    assert_eq!(first.text("myapp-1001-secret"), SECRET);
+    assert_eq!(first.text("myapp-1001-run"), "denied\n");
+    assert_eq!(
+        first.text("myapp-1001-args"),
+        "\n",
+        "printf with no argument"
+    );
+    // The stages and the notice units run hardened (issue 10, item 21).
+    for unit in [
+        "bootstage-metadata.service",
+        "bootstage-s3-sync.service",
+        "bootstage-ready.service",
+    ] {
+        let show = first.unit(unit);
+        assert_eq!(
+            show.get("UMask").map(String::as_str),
+            Some("0077"),
+            "{unit}"
+        );
+        assert_eq!(
+            show.get("ProtectProc").map(String::as_str),
+            Some("invisible"),
+            "{unit}"
+        );
+        assert!(
+            show.get("SystemCallFilter")
+                .is_some_and(|f| f.contains("chown")),
+            "{unit}: {:?}",
+            show.get("SystemCallFilter")
+        );
+    }
+    assert_eq!(
+        first
+            .unit("bootstage-ready.service")
+            .get("Result")
+            .map(String::as_str),
+        Some("success")
+    );
     for file in ["env-launch", "env-file"] {
         let env = first.env(file);
         for (i, want) in values.iter().enumerate() {
@@ -509,7 +626,12 @@ async fn boots_under_systemd() {
         },
     )
     .await;
-    let env = bootstage_env(&other.url()).replace(&moto().url, &down.url);
+    // Only S3 through the proxy: the metadata stage's SSM reference goes to moto.
+    let env = format!(
+        "{}AWS_ENDPOINT_URL_S3={}\n",
+        bootstage_env(&other.url()),
+        down.url
+    );
     machine.write("etc/bootstage/bootstage.env", &env);
     let (third, machine) = tokio::task::spawn_blocking(move || (machine.boot(), machine))
         .await

@@ -31,12 +31,49 @@ fn files(root: &Path) -> Vec<String> {
 }
 
 fn install(dest: &Path, args: &[&str]) {
-    let status = Command::new("scripts/install.sh")
+    install_with_umask(dest, args, "022");
+}
+
+fn install_with_umask(dest: &Path, args: &[&str], umask: &str) {
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("umask {umask}; exec scripts/install.sh \"$@\""))
+        .arg("sh")
         .args(args)
         .env("DESTDIR", dest)
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// Item 18 of issue 10: whatever the caller's umask, everything is root's with exact
+/// modes; a umask of 000 made the hook directories world-writable (root runs hooks).
+#[test]
+fn modes_and_owners_do_not_depend_on_the_umask() {
+    use std::os::unix::fs::MetadataExt;
+    for umask in ["077", "000"] {
+        let dest = tempfile::tempdir().unwrap();
+        install_with_umask(dest.path(), &["--binary", common::BIN], umask);
+        for (path, mode) in [
+            ("etc/bootstage", 0o755),
+            ("etc/bootstage/hooks", 0o755),
+            ("etc/bootstage/hooks/per-instance.d", 0o755),
+            ("etc/bootstage/hooks/per-boot.d", 0o755),
+            ("usr/lib/systemd/system", 0o755),
+            ("usr/share/doc/bootstage", 0o755),
+            ("usr/bin/bootstage", 0o755),
+            ("usr/lib/systemd/system/bootstage-hooks.service", 0o644),
+            ("usr/share/doc/bootstage/README.md", 0o644),
+        ] {
+            let at = dest.path().join(path);
+            let meta = std::fs::metadata(&at).unwrap();
+            assert_eq!(
+                (common::mode(&at), meta.uid(), meta.gid()),
+                (mode, 0, 0),
+                "umask {umask}: {path}"
+            );
+        }
+    }
 }
 
 #[test]

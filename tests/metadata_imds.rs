@@ -196,8 +196,52 @@ async fn v1_only_endpoints_fall_back_unless_v2_is_required() {
     }
 }
 
+/// Item 12 of issue 10: one token request that never answers no longer fails the boot.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_hanging_token_request_with_answering_gets_names_the_hop_limit() {
+async fn one_hung_token_request_is_retried() {
+    let emu = Emulator::start(with_user_data(Config {
+        hang_token_first: 1,
+        v2_only: true,
+        ..Config::default()
+    }))
+    .await
+    .unwrap();
+    let sb = Sandbox::new();
+    let out = sb
+        .metadata(
+            &emu.url(),
+            &["--request-timeout", "400ms", "--imds-v2-only"],
+        )
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_written(&sb);
+    assert_eq!(count(&emu, "PUT", "/latest/api/token"), 2);
+}
+
+/// Token requests that keep timing out while plain GETs answer: the hop limit. IMDSv1 with
+/// a warning that names it, or with --imds-v2-only a failure that does.
+#[tokio::test(flavor = "multi_thread")]
+async fn token_requests_that_keep_hanging_are_the_hop_limit() {
+    let emu = Emulator::start(with_user_data(Config {
+        token: TokenMode::Hang,
+        ..Config::default()
+    }))
+    .await
+    .unwrap();
+    let sb = Sandbox::new();
+    let out = sb
+        .metadata(&emu.url(), &["--request-timeout", "400ms"])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_written(&sb);
+    assert!(
+        out.stderr
+            .contains("metadata hop limit is probably too low for this container or network namespace (raise HttpPutResponseHopLimit to 2); falling back to IMDSv1"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(count(&emu, "PUT", "/latest/api/token"), 3);
+
     let emu = Emulator::start(with_user_data(Config {
         token: TokenMode::Hang,
         v2_only: true,
@@ -207,11 +251,39 @@ async fn a_hanging_token_request_with_answering_gets_names_the_hop_limit() {
     .unwrap();
     let sb = Sandbox::new();
     let out = sb
-        .metadata(&emu.url(), &["--request-timeout", "400ms"])
+        .metadata(
+            &emu.url(),
+            &["--request-timeout", "400ms", "--imds-v2-only"],
+        )
         .await;
-    common::assert_exit(&out, 75, "hop limit");
-    assert!(out.elapsed < Duration::from_secs(2), "{:?}", out.elapsed);
+    common::assert_exit(
+        &out,
+        75,
+        "(IMDSv2 hop limit? raise HttpPutResponseHopLimit to 2)",
+    );
+    assert_eq!(count(&emu, "PUT", "/latest/api/token"), 3);
+    assert!(out.elapsed < Duration::from_secs(4), "{:?}", out.elapsed);
     assert_eq!(sb.read("params.json"), None);
+}
+
+/// Item 13: a Retry-After of u64::MAX seconds panicked (Instant overflow); every wait is
+/// clamped to the deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_retry_after_is_clamped_to_the_deadline() {
+    let emu = Emulator::start(with_user_data(Config {
+        unavailable_first: 1_000,
+        retry_after: Some(u64::MAX),
+        ..Config::default()
+    }))
+    .await
+    .unwrap();
+    let sb = Sandbox::new();
+    let out = sb
+        .metadata(&emu.url(), &["--timeout", "2s", "--user-data-wait", "1s"])
+        .await;
+    common::assert_exit(&out, 75, "HTTP 503");
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    assert!(out.elapsed < Duration::from_secs(4), "{:?}", out.elapsed);
 }
 
 #[tokio::test(flavor = "multi_thread")]

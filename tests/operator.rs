@@ -452,13 +452,26 @@ async fn notices_are_bounded_and_never_sent_unasked() {
     assert_eq!(sb.run(&["notify", "ready"]).await.code, 0);
     assert_eq!(hook.received().len(), 0);
 
-    // A stage that never ran (failed by dependency): the earlier stage's notice covers it.
+    // A stage that never ran because an earlier one failed: the earlier stage's notice
+    // covers it.
+    std::fs::create_dir_all(sb.state().join("status")).unwrap();
+    sb.seed(
+        "status/metadata.json",
+        &json!({"stage": "metadata", "state": "failed", "exit_code": 66, "error": "no user-data"})
+            .to_string(),
+    );
     let out = sb
         .run(&["notify", "failure", "--unit", "bootstage-hooks.service"])
         .await;
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stderr.contains("the stage never ran"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the stage never ran because an earlier one failed: no notice of its own"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(hook.received().len(), 0);
+    std::fs::remove_file(sb.state().join("status/metadata.json")).unwrap();
 
     // A 4xx is final: one attempt, exit 75, the boot is not held.
     let hook = Webhook::start(&[404]).await;

@@ -217,7 +217,11 @@ async fn hostile_keys_are_refused_and_the_old_tree_kept() {
     let home: Vec<_> = std::fs::read_dir(sb.path("dest/.config.bootstage"))
         .unwrap()
         .collect();
-    assert_eq!(home.len(), 3, "no staging dir left behind");
+    assert_eq!(
+        home.len(),
+        4,
+        "lock, generation, manifest, seal: no staging dir left behind"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -322,8 +326,8 @@ async fn sigkill_at_any_point_leaves_a_complete_old_or_new_tree() {
         .collect();
     assert_eq!(
         home.len(),
-        3,
-        "leftovers were cleaned: lock, generation, manifest"
+        4,
+        "leftovers were cleaned: lock, generation, manifest, seal"
     );
 }
 
@@ -462,7 +466,11 @@ async fn watch_mode_swaps_a_change_runs_the_hook_once_and_stops_cleanly() {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(home.len(), 3, "no staging dir left: {home:?}");
+    assert_eq!(
+        home.len(),
+        4,
+        "lock, generation, manifest, seal; no staging dir left: {home:?}"
+    );
 }
 
 async fn sync_through(

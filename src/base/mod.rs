@@ -2,6 +2,7 @@
 //! policy and deadlines, bounded child processes, sd_notify, logging.
 
 pub mod child;
+pub mod duration;
 pub mod exit;
 pub mod logging;
 pub mod notify;

@@ -149,6 +149,15 @@ impl Facts {
         }
         let mut by_name: BTreeMap<String, Vec<(&str, &str)>> = BTreeMap::new();
         for (key, value) in self.tags.iter().flatten() {
+            // Tags are anyone's with ec2:CreateTags: one that no env file can carry is left
+            // out (and stays in instance.json), never the end of the boot.
+            if value.contains('\0') || value.chars().any(envfile::is_noncharacter) {
+                tracing::warn!(
+                    tag = key,
+                    "an instance tag's value has a NUL or a Unicode noncharacter, which systemd's EnvironmentFile= cannot take; leaving it out of params.env"
+                );
+                continue;
+            }
             let name = format!(
                 "{FACT_PREFIX}TAG_{}",
                 envfile::env_name(&[key]).trim_start_matches('_')

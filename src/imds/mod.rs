@@ -6,8 +6,11 @@
 //! - Sessions: an IMDSv2 token (TTL 6 h) is fetched once with `PUT /latest/api/token`,
 //!   sent on every GET and replaced when a GET answers 401. A 403 on the PUT means IMDS is
 //!   disabled for this instance (stop at once); 404/405 means the endpoint only speaks
-//!   IMDSv1, which we fall back to unless `--imds-v2-only`. A PUT that times out while
-//!   plain GETs are answered is the classic hop-limit trap in containers: we stop and say so.
+//!   IMDSv1, which we fall back to unless `--imds-v2-only`. A token PUT that times out is
+//!   retried like any request (one slow answer must not fail a boot); only after
+//!   [`HOP_LIMIT_TIMEOUTS`] in a row, while plain GETs are answered, is it the classic
+//!   hop-limit trap in containers: then IMDSv1 with a warning naming the hop limit (as
+//!   botocore does), or with `--imds-v2-only` a failure that says so.
 //! - Every request is bounded by `--request-timeout` and by the stage deadline; no proxy
 //!   is ever used (IMDS is link-local) and redirects are not followed.
 //!
@@ -27,6 +30,8 @@ use crate::base::exit::{ExitCode, ExitStatus};
 use crate::base::retry::{self, Deadline, RetryHint};
 
 pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
+/// Token PUTs that time out in a row, with plain GETs answered, before it is the hop limit.
+pub const HOP_LIMIT_TIMEOUTS: u32 = 3;
 pub const IPV6_ENDPOINT: &str = "http://[fd00:ec2::254]";
 
 const TOKEN_PATH: &str = "/latest/api/token";
@@ -195,6 +200,8 @@ pub struct Client {
     session: Mutex<Session>,
     /// Set by a throttling answer: no request of this client goes out before it.
     not_before: std::sync::Mutex<Option<Instant>>,
+    /// Token PUTs that timed out since the last answer to one.
+    token_timeouts: std::sync::atomic::AtomicU32,
 }
 
 struct Answer {
@@ -222,6 +229,7 @@ impl Client {
             deadline: opts.deadline,
             session: Mutex::new(Session::Unknown),
             not_before: std::sync::Mutex::new(None),
+            token_timeouts: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -299,6 +307,10 @@ impl Client {
             match verdict(Request::Get, answer.status, self.v2_only) {
                 Verdict::Body => return Ok(answer.body),
                 Verdict::Absent => return Err(ImdsError::NotFound(what)),
+                // IMDSv1 after token timeouts, and IMDS wants a token: the hop limit.
+                Verdict::TokenRejected if session == Session::V1 => {
+                    return Err(ImdsError::HopLimit(self.endpoint.clone()));
+                }
                 Verdict::TokenRejected => self.forget(&session).await,
                 Verdict::Retry => return Err(retry_later(what, &answer)),
                 Verdict::Disabled => {
@@ -340,14 +352,32 @@ impl Client {
         let request = self
             .request(Method::PUT, TOKEN_PATH)?
             .header(TOKEN_TTL_HEADER, TOKEN_TTL_SECS);
+        use std::sync::atomic::Ordering;
+        // Decided already, by this run's earlier requests: do not ask again.
+        if self.v2_only && self.token_timeouts.load(Ordering::Relaxed) >= HOP_LIMIT_TIMEOUTS {
+            return Err(ImdsError::HopLimit(self.endpoint.clone()));
+        }
         let answer = match self.send(request, &what).await {
-            Ok(answer) => answer,
+            Ok(answer) => {
+                self.token_timeouts.store(0, Ordering::Relaxed);
+                answer
+            }
             Err(e @ ImdsError::TimedOut(_)) => {
-                return Err(if self.answers_plain_get().await {
-                    ImdsError::HopLimit(self.endpoint.clone())
-                } else {
-                    e
-                });
+                let timeouts = self.token_timeouts.fetch_add(1, Ordering::Relaxed) + 1;
+                if timeouts < HOP_LIMIT_TIMEOUTS || !self.answers_plain_get().await {
+                    // Retried by the caller like any transient failure.
+                    return Err(e);
+                }
+                if self.v2_only {
+                    return Err(ImdsError::HopLimit(self.endpoint.clone()));
+                }
+                tracing::warn!(
+                    timeouts,
+                    "the IMDSv2 token request timed out while plain requests are answered: the \
+                     instance's metadata hop limit is probably too low for this container or \
+                     network namespace (raise HttpPutResponseHopLimit to 2); falling back to IMDSv1"
+                );
+                return Ok(Session::V1);
             }
             Err(e) => return Err(e),
         };
@@ -441,7 +471,8 @@ impl Client {
     /// IMDS is rate-limited per instance: a Retry-After holds back every request of this
     /// run, not only the one that got it.
     fn throttle(&self, wait: Duration) {
-        let until = Instant::now() + wait;
+        // A server may ask for any wait (u64::MAX seconds included): none outlasts ours.
+        let until = Instant::now() + wait.min(self.deadline.remaining());
         let mut not_before = self.not_before.lock().unwrap_or_else(|e| e.into_inner());
         *not_before = Some(not_before.map_or(until, |t| t.max(until)));
     }

@@ -11,6 +11,19 @@
 //! `.dpkg-dist`, `.dpkg-tmp`, `.ucf-*`, `.rpmnew`, `.rpmsave`) are skipped; so is a file
 //! without an execute bit, with a warning (that is how to switch a hook off).
 //!
+//! Hooks run as root, so only root may be able to change one, as sshd's StrictModes
+//! requires of a key file: the hook (a symlink resolved) must be owned by root (or the
+//! user running bootstage) and not group- or world-writable, and so must every directory
+//! from `/` down to it, and the directory holding a symlinked hook. A sticky
+//! world-writable directory (`/tmp`) is not trusted either. One hook that fails the check
+//! fails the stage before any hook runs (exit 77), naming the path and why. The checked,
+//! resolved path is what is executed: since nobody but root can change any directory on
+//! it, nobody can swap the file between the check and the exec.
+//!
+//! A run holds the state dir's lock while hooks run and checks each per-instance marker
+//! under it, so two runs at once (the unit, and `bootstage hooks` by hand or a `launch`)
+//! never run a one-time hook twice.
+//!
 //! A per-instance hook that succeeded leaves a marker in
 //! `<lib dir>/instances/<instance-id>/per-instance.d/<name>`. The instance id is part of the
 //! path, so an image baked from a running instance carries that instance's markers and a
@@ -84,6 +97,8 @@ pub enum HookError {
     NoInstanceId,
     #[error("instance id {0:?} cannot name a directory")]
     BadInstanceId(String),
+    #[error("hook {} is not safe to run as root: {why}", path.display())]
+    Untrusted { path: PathBuf, why: String },
 }
 
 /// The stage as its unit runs it: earlier stages first if their outputs are missing (run
@@ -114,6 +129,19 @@ async fn run_hooks(state: &StateDir, args: &HookDirs, notifier: Notifier) -> Res
     if per_instance.is_empty() && per_boot.is_empty() {
         return Ok("no hooks".into());
     }
+    // Every hook is checked before the first runs: a refused one runs nothing.
+    let mut resolved = std::collections::HashMap::new();
+    for (kind, hooks) in [
+        (Kind::PerInstance, &per_instance),
+        (Kind::PerBoot, &per_boot),
+    ] {
+        for hook in hooks {
+            let path = args.hooks_dir.join(kind.dir()).join(hook);
+            resolved.insert(path.clone(), trusted(&path)?);
+        }
+    }
+    // One run at a time: a per-instance marker is checked under the lock.
+    let _lock = state.lock(deadline).await?;
     let env = state.load_env()?;
     let markers = match per_instance.is_empty() {
         true => None,
@@ -133,8 +161,8 @@ async fn run_hooks(state: &StateDir, args: &HookDirs, notifier: Notifier) -> Res
             }
             notifier.status(&format!("running hook {name}"));
             tracing::info!(hook = name, "running hook");
-            let mut command =
-                tokio::process::Command::new(args.hooks_dir.join(kind.dir()).join(&hook));
+            let path = args.hooks_dir.join(kind.dir()).join(&hook);
+            let mut command = tokio::process::Command::new(&resolved[&path]);
             command
                 .envs(env.iter().map(|(k, v)| (k, v)))
                 .env("BOOTSTAGE_HOOK", &name)
@@ -265,8 +293,48 @@ impl From<HookError> for Error {
 
 impl ExitStatus for HookError {
     fn exit_code(&self) -> ExitCode {
-        ExitCode::HookFailed
+        match self {
+            HookError::Untrusted { .. } => ExitCode::NoPerm,
+            _ => ExitCode::HookFailed,
+        }
     }
+}
+
+/// The hook at `path`, resolved, if only root (or we) can change it: the file and every
+/// directory from `/` to it (and to the link, for a symlinked hook) are owned by root or
+/// the effective user and writable by no one else.
+fn trusted(path: &Path) -> std::result::Result<PathBuf, HookError> {
+    use std::os::unix::fs::MetadataExt;
+    let untrusted = |at: &Path, why: String| HookError::Untrusted {
+        path: path.to_path_buf(),
+        why: match at == path {
+            true => why,
+            false => format!("{} {why}", at.display()),
+        },
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    let check = |at: &Path| -> std::result::Result<(), HookError> {
+        let meta = std::fs::symlink_metadata(at).map_err(|e| untrusted(at, e.to_string()))?;
+        if meta.uid() != 0 && meta.uid() != me {
+            return Err(untrusted(at, format!("is owned by uid {}", meta.uid())));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(untrusted(
+                at,
+                format!("is writable by others (mode {:o})", meta.mode() & 0o7777),
+            ));
+        }
+        Ok(())
+    };
+    let real = std::fs::canonicalize(path).map_err(|e| untrusted(path, e.to_string()))?;
+    let mut chain: Vec<PathBuf> = real.ancestors().map(Path::to_path_buf).collect();
+    if let Some(dir) = path.parent().and_then(|d| std::fs::canonicalize(d).ok()) {
+        chain.extend(dir.ancestors().map(Path::to_path_buf));
+    }
+    for at in chain.iter().rev() {
+        check(at)?;
+    }
+    Ok(real)
 }
 
 #[cfg(test)]

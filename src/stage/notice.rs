@@ -12,7 +12,7 @@
 //! stage failed, and so has no parameters, is still heard of). `url` gets the notice as an
 //! HTTP POST (any 2xx is delivered; 429, 5xx and network errors are retried with backoff
 //! until `timeout`, default 30 s, at most 60 s; other 4xx are final). `command` runs with `/bin/sh -c`,
-//! the notice on its stdin, bounded by the same timeout. The ready notice is sent only
+//! the notice on its stdin, at the same time as the POST, each with the whole timeout. The ready notice is sent only
 //! when `ready` is true. Header values are never logged. Delivery failure is logged and
 //! exits 75; it never blocks the boot: both units run beside the chain, not in it.
 //! A stage that never ran (systemd fails it, and triggers its `OnFailure=`, when an
@@ -27,7 +27,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::base::child;
@@ -59,17 +59,78 @@ pub enum Event {
 }
 
 /// `bootstage.notify`, or the image's fallback file.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct Config {
     pub url: Option<String>,
-    #[serde(default)]
     pub headers: BTreeMap<String, String>,
     pub command: Option<String>,
-    #[serde(default)]
     pub ready: bool,
-    #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+}
+
+impl Config {
+    /// Reads the settings field by field. A message names the setting (`origin.key`) and
+    /// what it should be, never its value: a header value is a bearer token, a webhook URL
+    /// often carries its own secret.
+    fn from_value(value: &Value, origin: &str) -> std::result::Result<Config, NoticeError> {
+        let bad = |key: &str, why: &str| NoticeError::Config(format!("{origin}.{key} {why}"));
+        let Value::Object(map) = value else {
+            return Err(NoticeError::Config(format!("{origin} must be an object")));
+        };
+        let text = |key: &str| -> std::result::Result<Option<String>, NoticeError> {
+            match map.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(bad(key, "must be a string")),
+            }
+        };
+        let mut config = Config::default();
+        for (key, value) in map {
+            match key.as_str() {
+                "url" => config.url = text(key)?,
+                "command" => config.command = text(key)?,
+                "ready" => {
+                    config.ready = match value {
+                        Value::Bool(b) => *b,
+                        Value::Null => false,
+                        _ => return Err(bad(key, "must be true or false")),
+                    }
+                }
+                "timeout" => {
+                    let timeout = crate::base::duration::from_json(value)
+                        .map_err(|why| bad(key, &format!("is {why}")))?;
+                    config.timeout = Some(timeout);
+                }
+                "headers" => {
+                    let Value::Object(headers) = value else {
+                        return Err(bad(key, "must be an object of header names to strings"));
+                    };
+                    for (name, value) in headers {
+                        let at = format!("headers.{name}");
+                        if http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                            return Err(bad(&at, "is not a valid header name"));
+                        }
+                        let Value::String(value) = value else {
+                            return Err(bad(&at, "must be a string"));
+                        };
+                        if http::header::HeaderValue::from_str(value).is_err() {
+                            return Err(bad(
+                                &at,
+                                "is not a valid header value (a control character or a line break)",
+                            ));
+                        }
+                        config.headers.insert(name.clone(), value.clone());
+                    }
+                }
+                other => {
+                    return Err(NoticeError::Config(format!(
+                        "{origin}: unknown setting {other:?} (known: url, headers, command, ready, timeout)"
+                    )));
+                }
+            }
+        }
+        Ok(config)
+    }
 }
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -114,27 +175,41 @@ pub async fn run(state: &StateDir, args: &Settings) -> Result<()> {
     }
     // systemd triggers OnFailure= also for the later stages whose start failed because an
     // earlier one did; those never ran (no record). The earlier stage's notice is the one
-    // that names the cause: one failure, one notice.
+    // that names the cause: one failure, one notice. A stage that failed before writing
+    // its first record for a reason of its own (a bad setting, a missing binary, a
+    // namespace failure at start) is heard of: only an earlier failed stage silences it.
     if args.event == Event::Failure
         && let Some(stage) = args.unit.as_deref().and_then(Stage::of_unit)
         && status::read(state, stage).is_ok_and(|r| r.state == State::Pending)
+        && let Some(earlier) = Stage::ALL
+            .iter()
+            .take_while(|s| **s != stage)
+            .find(|s| status::read(state, **s).is_ok_and(|r| r.state == State::Failed))
     {
-        tracing::info!(%stage, "the stage never ran (an earlier stage failed): no notice of its own");
+        tracing::info!(%stage, earlier = %earlier, "the stage never ran because an earlier one failed: no notice of its own");
         return Ok(());
     }
     let notice = compose(state, args);
     let body = serde_json::to_vec(&notice).expect("notices serialize");
     let deadline = Deadline::after(config.timeout.unwrap_or(DEFAULT_TIMEOUT).min(MAX_TIMEOUT));
+    // The webhook and the command at once, each with the whole budget: a webhook that is
+    // down must not leave the command (often the one that still works) no time.
+    let posting = async {
+        let url = config.url.as_ref()?;
+        Some(post(url, &config.headers, &body, deadline).await)
+    };
+    let running = async {
+        let command = config.command.as_ref()?;
+        Some(run_command(command, &notice, &body, deadline).await)
+    };
+    let (posted, ran) = tokio::join!(posting, running);
     let mut failures = Vec::new();
-    if let Some(url) = &config.url {
-        match post(url, &config.headers, &body, deadline).await {
-            Ok(status) => tracing::info!(event = notice.event, status, "notice delivered"),
-            Err(e) => failures.push(format!("POST: {e}")),
-        }
+    match posted {
+        Some(Ok(status)) => tracing::info!(event = notice.event, status, "notice delivered"),
+        Some(Err(e)) => failures.push(format!("POST: {e}")),
+        None => {}
     }
-    if let Some(command) = &config.command
-        && let Err(e) = run_command(command, &notice, &body, deadline).await
-    {
+    if let Some(Err(e)) = ran {
         failures.push(format!("command: {e}"));
     }
     match failures.is_empty() {
@@ -166,8 +241,7 @@ fn config(state: &StateDir, fallback: &Path) -> Result<Option<Config>> {
             }
         },
     };
-    let config: Config =
-        serde_json::from_value(value).map_err(|e| NoticeError::Config(format!("{origin}: {e}")))?;
+    let config = Config::from_value(&value, &origin)?;
     if let Some(url) = &config.url
         && !(url.starts_with("http://") || url.starts_with("https://"))
     {
@@ -195,9 +269,12 @@ fn compose(state: &StateDir, args: &Settings) -> Notice {
         Event::Failure => (
             "failure",
             record.as_ref().and_then(|r| r.error.clone()).or_else(|| {
-                args.unit
-                    .as_ref()
-                    .map(|u| format!("{u} failed; see journalctl -u {u}"))
+                args.unit.as_ref().map(|u| match stage {
+                    Some(_) => format!(
+                        "{u} failed before it wrote a status record (a bad setting, a missing binary, or a failure at start); see journalctl -u {u}"
+                    ),
+                    None => format!("{u} failed; see journalctl -u {u}"),
+                })
             }),
         ),
         Event::Ready => ("ready", None),

@@ -20,7 +20,6 @@
 //! Any error discards the half-built generation: the destination keeps its old tree.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,9 +37,10 @@ use crate::stage::metadata;
 use crate::state::StateDir;
 use crate::state::envfile;
 use crate::state::status::{self, Stage};
+use crate::sync::fsat;
 use crate::sync::keys::{self, KeyError};
 use crate::sync::source::{Location, Object, Source, SourceError};
-use crate::sync::tree::{Destination, Entry, Manifest, TreeError};
+use crate::sync::tree::{Destination, Entry, Manifest, Staging, TreeError};
 
 pub const DEFAULT_CONCURRENCY: u16 = 16;
 pub const DEFAULT_SYNC_TIMEOUT: &str = "5m";
@@ -169,7 +169,7 @@ impl Bounds {
 
     /// The command line's defaults, for syncs that `launch` runs.
     fn defaults() -> Bounds {
-        let timeout = humantime::parse_duration(DEFAULT_SYNC_TIMEOUT).expect("a valid default");
+        let timeout = crate::base::duration::parse(DEFAULT_SYNC_TIMEOUT).expect("a valid default");
         Bounds {
             concurrency: DEFAULT_CONCURRENCY.into(),
             timeout,
@@ -295,14 +295,32 @@ fn configured(state: &StateDir) -> Result<Vec<SyncSpec>> {
         }
         Location::parse(&spec.from).map_err(SyncError::from)?;
     }
-    let destinations: BTreeSet<&Path> = specs.iter().map(|s| s.to.as_path()).collect();
-    if destinations.len() != specs.len() {
-        return Err(SyncError::Settings(
-            "bootstage.sync: two entries share one destination".into(),
-        )
-        .into());
-    }
+    check_destinations(&specs)?;
     Ok(specs)
+}
+
+/// Refuses two entries whose destinations are the same or one inside the other (one
+/// sync would swap a tree under the other's feet), before anything is written.
+fn check_destinations(specs: &[SyncSpec]) -> Result<(), SyncError> {
+    let normal = |p: &Path| -> PathBuf { p.components().collect() };
+    for (i, a) in specs.iter().enumerate() {
+        for b in &specs[i + 1..] {
+            let (x, y) = (normal(&a.to), normal(&b.to));
+            let why = if x == y {
+                "share one destination"
+            } else if y.starts_with(&x) || x.starts_with(&y) {
+                "have one destination inside the other"
+            } else {
+                continue;
+            };
+            return Err(SyncError::Settings(format!(
+                "bootstage.sync: {} and {} {why}",
+                a.to.display(),
+                b.to.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// An AWS setup error, reported as the sync's settings error (exit 65), as before.
@@ -447,8 +465,8 @@ async fn sync_one(
     bytes: &AtomicU64,
 ) -> Result<Report, SyncError> {
     let owner = Ownership::resolve(spec)?;
-    let (to, mode, wait) = (spec.to.clone(), spec.dir_mode, bounds.timeout);
-    let mut dest = tokio::task::spawn_blocking(move || Destination::open(&to, mode, wait))
+    let (to, wait) = (spec.to.clone(), bounds.timeout);
+    let mut dest = tokio::task::spawn_blocking(move || Destination::open(&to, wait))
         .await
         .map_err(|e| SyncError::Settings(format!("destination lock task: {e}")))??;
     let mut pass = 1;
@@ -497,16 +515,13 @@ async fn pass_once(
     let old = Some(dest.manifest())
         .filter(|m| m.source == url)
         .unwrap_or_default();
-    let current = dest.current().map(Path::to_path_buf);
+    // Unchanged: listed as before, and on disk exactly as bootstage sealed it.
     let unchanged: Vec<bool> = files
         .iter()
         .map(|(rel, o)| {
             let listed = old.files.get(&*rel.to_string_lossy());
-            let on_disk = current
-                .as_ref()
-                .and_then(|c| std::fs::symlink_metadata(c.join(rel)).ok());
             listed.is_some_and(|e| e.etag == o.version.token() && e.size == o.size)
-                && on_disk.is_some_and(|m| m.is_file() && m.len() == o.size)
+                && dest.unchanged(rel, o.size)
         })
         .collect();
     let names: BTreeSet<String> = files
@@ -523,13 +538,12 @@ async fn pass_once(
     // A pass that starts over counts afresh.
     counters.total.store(files.len() as u64, Ordering::Relaxed);
     counters.done.store(0, Ordering::Relaxed);
-    if current.is_some() && deleted == 0 && unchanged.iter().all(|u| *u) {
+    if dest.has_current() && deleted == 0 && unchanged.iter().all(|u| *u) {
         counters.done.store(files.len() as u64, Ordering::Relaxed);
         return Ok(report);
     }
 
-    let staging = dest.staging(spec.dir_mode)?;
-    let root = staging.dir.clone();
+    let staging = dest.staging()?;
     let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
     for (rel, _) in &files {
         dirs.extend(
@@ -539,20 +553,10 @@ async fn pass_once(
                 .map(Path::to_path_buf),
         );
     }
-    for dir in &dirs {
-        let path = root.join(dir);
-        std::fs::DirBuilder::new()
-            .mode(spec.dir_mode)
-            .create(&path)
-            .map_err(local(&path))?;
-    }
+    staging.mkdirs(&dirs)?;
     let mut fetch = Vec::new();
     for ((rel, object), same) in files.iter().zip(&unchanged) {
-        let linked = *same
-            && current
-                .as_ref()
-                .is_some_and(|c| std::fs::hard_link(c.join(rel), root.join(rel)).is_ok());
-        match linked {
+        match *same && staging.carry(dest, rel) {
             true => {
                 counters.done.fetch_add(1, Ordering::Relaxed);
             }
@@ -563,9 +567,9 @@ async fn pass_once(
     let bytes = AtomicU64::new(0);
     futures_util::stream::iter(fetch.into_iter().map(Ok::<_, SyncError>))
         .try_for_each_concurrent(concurrency, |(rel, object)| {
-            let (root, bytes) = (&root, &bytes);
+            let (staging, bytes) = (&staging, &bytes);
             async move {
-                let n = fetch_retrying(source, object, &root.join(rel)).await?;
+                let n = fetch_retrying(source, object, staging, rel).await?;
                 bytes.fetch_add(n, Ordering::Relaxed);
                 counters.done.fetch_add(1, Ordering::Relaxed);
                 total_bytes.fetch_add(n, Ordering::Relaxed);
@@ -576,12 +580,13 @@ async fn pass_once(
     report.bytes = bytes.into_inner();
     let fetched = started.elapsed();
 
-    for (rel, _) in &files {
-        owner.apply(&root.join(rel), spec.file_mode)?;
-    }
-    for dir in dirs.iter().map(|d| root.join(d)).chain([root.clone()]) {
-        owner.apply(&dir, spec.dir_mode)?;
-    }
+    // Hand the complete tree over, files then directories deepest first.
+    staging.finish(
+        files.iter().map(|(rel, _)| rel.as_path()),
+        &dirs,
+        (owner.uid, owner.gid),
+        (spec.file_mode, spec.dir_mode),
+    )?;
     let manifest = Manifest {
         source: url,
         files: files
@@ -613,16 +618,26 @@ async fn pass_once(
     Ok(report)
 }
 
-/// One object, retried when the transfer itself fails (a connection dropped mid-body is
-/// past the SDK's own retries); the partial file is removed before each new attempt.
-async fn fetch_retrying(source: &Source, object: &Object, to: &Path) -> Result<u64, SyncError> {
+/// One object into a new file of the staging tree, retried when the transfer itself
+/// fails (a connection dropped mid-body is past the SDK's own retries); the partial file
+/// is removed before each new attempt.
+async fn fetch_retrying(
+    source: &Source,
+    object: &Object,
+    staging: &Staging,
+    rel: &Path,
+) -> Result<u64, SyncError> {
     use backon::{ExponentialBuilder, Retryable};
+    let at = staging.path().join(rel);
     let attempt = || async {
-        let result = source.fetch(object, to).await;
-        if result.is_err() {
-            let _ = std::fs::remove_file(to);
+        let file = staging.create(rel)?;
+        let result = source.fetch(object, file, &at).await;
+        if result.is_err()
+            && let Ok((dir, name)) = fsat::parent_at(&staging_fd(staging), rel)
+        {
+            let _ = fsat::remove_file(&dir, name);
         }
-        result
+        result.map_err(SyncError::from)
     };
     // retry::BACKOFF's steps, but a count rather than a deadline: the pass has one.
     let backoff = ExponentialBuilder::new()
@@ -636,16 +651,15 @@ async fn fetch_retrying(source: &Source, object: &Object, to: &Path) -> Result<u
         .when(|e| e.retry_after().is_some())
         .notify(|e, _| tracing::warn!("retrying a download: {e}"))
         .await
-        .map_err(SyncError::from)
 }
 
-fn local(path: &Path) -> impl FnOnce(std::io::Error) -> SyncError + '_ {
-    move |source| {
-        SyncError::Source(SourceError::Local {
-            path: path.to_path_buf(),
-            source,
-        })
-    }
+/// The staging tree's descriptor, for removing a partial download.
+fn staging_fd(staging: &Staging) -> std::os::fd::OwnedFd {
+    use std::os::fd::AsFd;
+    staging
+        .as_fd()
+        .try_clone_to_owned()
+        .expect("a descriptor can be duplicated")
 }
 
 /// A user or group given by number or by name, as chown(1) takes it.
@@ -665,7 +679,7 @@ fn lookup<T>(
     found.map(Some).ok_or_else(missing)
 }
 
-/// The owner, group and modes a sync entry asks for.
+/// The owner and group a sync entry asks for.
 struct Ownership {
     uid: Option<nix::unistd::Uid>,
     gid: Option<nix::unistd::Gid>,
@@ -679,18 +693,6 @@ impl Ownership {
         let uid = lookup("owner", spec.owner.as_deref(), Uid::from_raw, by_user)?;
         let gid = lookup("group", spec.group.as_deref(), Gid::from_raw, by_group)?;
         Ok(Ownership { uid, gid })
-    }
-
-    fn apply(&self, path: &Path, mode: u32) -> Result<(), SyncError> {
-        if self.uid.is_some() || self.gid.is_some() {
-            std::os::unix::fs::lchown(
-                path,
-                self.uid.map(|u| u.as_raw()),
-                self.gid.map(|g| g.as_raw()),
-            )
-            .map_err(local(path))?;
-        }
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(local(path))
     }
 }
 

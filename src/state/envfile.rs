@@ -23,29 +23,99 @@ pub const SETTINGS_KEY: &str = "bootstage";
 /// Prefix of the facts bootstage exports (`BOOTSTAGE_INSTANCE_ID` …).
 pub const FACT_PREFIX: &str = "BOOTSTAGE_";
 
-/// Names a parameter may not take: they would change how the shell parses or starts, how
-/// the dynamic loader links, how commands are found, or speak systemd's protocols, for
-/// every program that loads the file. Nest such a parameter instead (`app.path`).
-const RESERVED_NAMES: &[&str] = &[
-    "PATH",
-    "IFS",
-    "ENV",
-    "BASH_ENV",
-    "SHELLOPTS",
-    "BASHOPTS",
-    "CDPATH",
-    "GLOBIGNORE",
-    "PS4",
-    "PROMPT_COMMAND",
-    "NOTIFY_SOCKET",
-    "LISTEN_PID",
-    "LISTEN_FDS",
-    "LISTEN_FDNAMES",
-    "WATCHDOG_PID",
-    "WATCHDOG_USEC",
-    "BOOTSTAGE",
+/// Names a parameter may not take, each list with why: every program that loads the file
+/// (a shell sourcing it, systemd's `EnvironmentFile=`, `launch`) must read the same
+/// variables, and none may change how the shell, the loader or systemd behave. Names are
+/// always upper case (see [`env_name`]). Nest such a parameter instead (`app.path`).
+const RESERVED: &[(&str, &[&str], &[&str])] = &[
+    (
+        "how the shell parses, finds commands or starts",
+        &[
+            "PATH",
+            "IFS",
+            "ENV",
+            "BASH_ENV",
+            "SHELLOPTS",
+            "BASHOPTS",
+            "CDPATH",
+            "GLOBIGNORE",
+            "PS1",
+            "PS2",
+            "PS4",
+            "PROMPT_COMMAND",
+            "POSIXLY_CORRECT",
+            "OPTIND",
+            "OPTARG",
+        ],
+        &["BASH_"],
+    ),
+    (
+        "a variable bash keeps read-only or sets itself (sourcing aborts under bash --posix, \
+         which is /bin/sh on Amazon Linux and RHEL, or bash changes the value while dash and \
+         systemd keep it)",
+        &[
+            "UID",
+            "EUID",
+            "PPID",
+            "_",
+            "RANDOM",
+            "SRANDOM",
+            "SECONDS",
+            "LINENO",
+            "GROUPS",
+            "BASHPID",
+            "FUNCNAME",
+            "EPOCHSECONDS",
+            "EPOCHREALTIME",
+            "HISTCMD",
+            "PIPESTATUS",
+            "DIRSTACK",
+            "COMP_WORDBREAKS",
+        ],
+        &[],
+    ),
+    (
+        "the C library and dynamic loader of every program",
+        &[
+            "GCONV_PATH",
+            "GLIBC_TUNABLES",
+            "LOCPATH",
+            "NLSPATH",
+            "HOSTALIASES",
+            "RES_OPTIONS",
+            "LOCALDOMAIN",
+            "TMPDIR",
+            "TZDIR",
+        ],
+        &["LD_", "MALLOC_"],
+    ),
+    (
+        "what systemd sets for a service",
+        &[
+            "NOTIFY_SOCKET",
+            "CREDENTIALS_DIRECTORY",
+            "JOURNAL_STREAM",
+            "INVOCATION_ID",
+            "MAINPID",
+            "MANAGERPID",
+            "SYSTEMD_EXEC_PID",
+            "RUNTIME_DIRECTORY",
+            "STATE_DIRECTORY",
+            "CACHE_DIRECTORY",
+            "LOGS_DIRECTORY",
+            "CONFIGURATION_DIRECTORY",
+        ],
+        &["LISTEN_", "WATCHDOG_", "TRIGGER_"],
+    ),
+    ("bootstage's own facts", &["BOOTSTAGE"], &[FACT_PREFIX]),
 ];
-const RESERVED_PREFIXES: &[&str] = &[FACT_PREFIX, "LD_", "BASH_FUNC_"];
+
+/// The longest variable name: far above any real one, short enough that no nesting of
+/// long keys can make every variable repeat kilobytes of its ancestors' names.
+pub const MAX_NAME: usize = 255;
+/// The whole file: well under ARG_MAX (2 MiB on Linux) with the rest of an environment,
+/// so every exec of a program that gets it can succeed.
+pub const MAX_FILE: usize = 1024 * 1024;
 
 /// Linux refuses a single `NAME=value` environment string longer than this (MAX_ARG_STRLEN
 /// less the NUL), so a longer one would fail the app's exec, not this stage. Refuse it here.
@@ -72,6 +142,18 @@ pub enum ExportError {
     #[error("parameter {0} contains a NUL character, which neither a shell nor systemd can carry")]
     Nul(String),
     #[error(
+        "parameter {0} contains a Unicode noncharacter (U+FDD0-U+FDEF, U+xFFFE, U+xFFFF), which makes systemd reject the whole EnvironmentFile"
+    )]
+    Noncharacter(String),
+    #[error(
+        "parameter {path} would be exported as a name of {len} bytes; names are limited to {MAX_NAME}"
+    )]
+    NameTooLong { path: String, len: usize },
+    #[error(
+        "params.env would be over {MAX_FILE} bytes (at parameter {0}); every program started with it would fail to exec"
+    )]
+    FileTooLarge(String),
+    #[error(
         "parameter {path} is {len} bytes as NAME=value; Linux refuses environment entries over {MAX_ENTRY} bytes"
     )]
     TooLong { path: String, len: usize },
@@ -85,6 +167,8 @@ pub enum ExportError {
 #[derive(Debug, Default)]
 pub struct Env {
     vars: BTreeMap<String, (String, String)>,
+    /// The rendered file's size so far.
+    size: usize,
 }
 
 impl Env {
@@ -114,6 +198,17 @@ impl Env {
                 path.pop();
             }
             return Ok(());
+        }
+        // Measured before anything is built from the path, so a deep nesting of long keys
+        // costs no more memory than the limit.
+        let len = path.iter().map(|k| k.len()).sum::<usize>() + path.len();
+        if len > MAX_NAME + 1 {
+            let mut shown: String = path.join(".").chars().take(60).collect();
+            shown.push('…');
+            return Err(ExportError::NameTooLong {
+                path: format!("{shown:?}"),
+                len: len - 1,
+            });
         }
         let shown = format!("{:?}", path.join("."));
         let name = env_name(path);
@@ -145,6 +240,18 @@ impl Env {
     fn insert(&mut self, name: String, path: String, value: String) -> Result<(), ExportError> {
         if value.contains('\0') {
             return Err(ExportError::Nul(path));
+        }
+        if value.chars().any(is_noncharacter) {
+            return Err(ExportError::Noncharacter(path));
+        }
+        // NAME="value"\n, with one backslash per escaped character.
+        let escaped = value
+            .bytes()
+            .filter(|b| matches!(b, b'\\' | b'"' | b'$' | b'`'))
+            .count();
+        self.size += name.len() + value.len() + escaped + 4;
+        if self.size > MAX_FILE {
+            return Err(ExportError::FileTooLarge(path));
         }
         let len = name.len() + 1 + value.len();
         if len > MAX_ENTRY {
@@ -294,17 +401,19 @@ pub fn env_name(path: &[&str]) -> String {
 }
 
 fn reserved(name: &str) -> Option<&'static str> {
-    if name == "BOOTSTAGE" || name.starts_with(FACT_PREFIX) {
-        Some("bootstage's own facts")
-    } else if name.starts_with("LD_") {
-        Some("the dynamic loader")
-    } else if RESERVED_NAMES.contains(&name)
-        || RESERVED_PREFIXES.iter().any(|p| name.starts_with(p))
-    {
-        Some("the shell, command lookup or systemd")
-    } else {
-        None
-    }
+    RESERVED
+        .iter()
+        .find(|(_, names, prefixes)| {
+            names.contains(&name) || prefixes.iter().any(|p| name.starts_with(p))
+        })
+        .map(|(why, ..)| *why)
+}
+
+/// Unicode noncharacters, which systemd's UTF-8 check refuses in an environment value
+/// (`unichar_is_valid`): U+FDD0–U+FDEF and the last two code points of every plane.
+pub fn is_noncharacter(c: char) -> bool {
+    let c = c as u32;
+    (0xFDD0..=0xFDEF).contains(&c) || c & 0xFFFE == 0xFFFE
 }
 
 impl ExitStatus for ExportError {

@@ -1,6 +1,7 @@
 //! Sync machinery: where objects come from (`source`), which keys may become files
 //! (`keys`), and atomic generations of a destination directory (`tree`).
 
+pub mod fsat;
 pub mod keys;
 pub mod source;
 pub mod tree;

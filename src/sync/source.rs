@@ -19,7 +19,7 @@
 //! source are not followed.
 
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use aws_sdk_s3::Client;
@@ -27,6 +27,7 @@ use aws_sdk_s3::types::ServerSideEncryption;
 use aws_smithy_types::error::display::DisplayErrorContext;
 
 use crate::aws::{self, Failure};
+use crate::sync::fsat;
 use md5::{Digest, Md5};
 use tokio::io::AsyncWriteExt;
 
@@ -205,21 +206,23 @@ impl Source {
         }
     }
 
-    /// Downloads `object` into a new file at `to` (created 0600, never through a
-    /// symlink), verified. Returns the bytes written.
-    pub async fn fetch(&self, object: &Object, to: &Path) -> Result<u64, SourceError> {
+    /// Downloads `object` into `file` (empty, created by the tree; `to` names it in
+    /// messages), verified: never more bytes than listed. Returns the bytes written.
+    pub async fn fetch(
+        &self,
+        object: &Object,
+        file: std::fs::File,
+        to: &Path,
+    ) -> Result<u64, SourceError> {
         let local = |source| SourceError::Local {
             path: to.to_path_buf(),
             source,
         };
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(to)
-            .map_err(local)?;
         let mut file = tokio::fs::File::from_std(file);
+        let too_long = || SourceError::Corrupt {
+            key: object.key.clone(),
+            why: format!("the body is longer than the {} bytes listed", object.size),
+        };
         let mut md5 = Md5::new();
         let mut written = 0u64;
         let mut expected_md5 = None;
@@ -264,31 +267,37 @@ impl Source {
                         url: self.url(),
                         why: format!("{}: {}", object.key, DisplayErrorContext(&e)),
                     })?;
+                    if written + chunk.len() as u64 > object.size {
+                        return Err(too_long());
+                    }
                     md5.update(&chunk);
                     written += chunk.len() as u64;
                     file.write_all(&chunk).await.map_err(local)?;
                 }
             }
             Source::Dir { root } => {
+                // The open descriptor is what is checked and copied: a file, as listed,
+                // reached without following a symlink anywhere below the root.
                 let from = root.join(&object.key);
-                let mut input =
-                    tokio::fs::File::open(&from)
-                        .await
-                        .map_err(|e| SourceError::Local {
-                            path: from.clone(),
-                            source: e,
-                        })?;
-                written = tokio::io::copy(&mut input, &mut file)
-                    .await
-                    .map_err(local)?;
-                let now = std::fs::symlink_metadata(&from).map_err(|e| SourceError::Local {
+                let source_error = |e: std::io::Error| SourceError::Local {
                     path: from.clone(),
                     source: e,
-                })?;
-                if Version::File(file_token(&now)) != object.version {
+                };
+                let (input, st) = open_below(root, Path::new(&object.key)).map_err(source_error)?;
+                if Version::File(stat_token(&st)) != object.version {
                     return Err(SourceError::Changed {
                         key: object.key.clone(),
                     });
+                }
+                let mut input = tokio::io::AsyncReadExt::take(
+                    tokio::fs::File::from_std(input),
+                    object.size + 1,
+                );
+                written = tokio::io::copy(&mut input, &mut file)
+                    .await
+                    .map_err(local)?;
+                if written > object.size {
+                    return Err(too_long());
                 }
             }
         }
@@ -368,44 +377,50 @@ fn plain_md5(etag: &str) -> Option<String> {
         .then(|| inner.to_ascii_lowercase())
 }
 
-fn file_token(meta: &std::fs::Metadata) -> String {
+fn stat_token(st: &nix::sys::stat::FileStat) -> String {
     format!(
         "mtime-{}.{:09}-{}",
-        meta.mtime(),
-        meta.mtime_nsec(),
-        meta.size()
+        st.st_mtime, st.st_mtime_nsec, st.st_size
     )
 }
 
+/// The regular file at `rel` below `root`, opened without following a symlink at any
+/// step, with its `fstat`.
+fn open_below(
+    root: &Path,
+    rel: &Path,
+) -> std::io::Result<(std::fs::File, nix::sys::stat::FileStat)> {
+    let root: OwnedFd = std::fs::File::open(root)?.into();
+    let (dir, name) = fsat::parent_at(&root, rel)?;
+    fsat::open_file(&dir, name)
+}
+
+/// Every regular file below `root`, walked through descriptors: symlinks (to files or
+/// directories) and special files are skipped with a warning, never followed.
 fn walk(root: &Path) -> Result<Vec<Object>, SourceError> {
+    let local = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SourceError::Local { path, source }
+    };
+    let top: OwnedFd = std::fs::File::open(root).map_err(local(root))?.into();
     let mut out = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let dir = root.join(&rel);
-        let entries = std::fs::read_dir(&dir).map_err(|e| SourceError::Local {
-            path: dir.clone(),
-            source: e,
-        })?;
-        for entry in entries {
-            let entry = entry.map_err(|e| SourceError::Local {
-                path: dir.clone(),
-                source: e,
-            })?;
-            let rel = rel.join(entry.file_name());
-            let meta = entry.metadata().map_err(|e| SourceError::Local {
-                path: entry.path(),
-                source: e,
-            })?;
-            if meta.is_dir() {
-                stack.push(rel);
-            } else if meta.is_file() {
+    let mut stack = vec![(PathBuf::new(), top)];
+    while let Some((rel, dir)) = stack.pop() {
+        let here = root.join(&rel);
+        for name in fsat::names(&dir).map_err(local(&here))? {
+            let path = here.join(&name);
+            let st = fsat::stat_at(&dir, &name).map_err(local(&path))?;
+            if fsat::is_dir(&st) {
+                let inner = fsat::open_dir(&dir, &name).map_err(local(&path))?;
+                stack.push((rel.join(&name), inner));
+            } else if fsat::is_file(&st) {
                 out.push(Object {
-                    key: rel.to_string_lossy().into_owned(),
-                    version: Version::File(file_token(&meta)),
-                    size: meta.size(),
+                    key: rel.join(&name).to_string_lossy().into_owned(),
+                    version: Version::File(stat_token(&st)),
+                    size: st.st_size as u64,
                 });
             } else {
-                tracing::warn!(path = %entry.path().display(), "skipping a source entry that is not a file or directory");
+                tracing::warn!(path = %path.display(), "skipping a source entry that is not a file or directory (symlinks are not followed)");
             }
         }
     }

@@ -41,6 +41,8 @@ pub struct Faults {
     pub targets: std::sync::Mutex<Vec<String>>,
     /// Answer the first N requests of the JSON APIs with 400 ThrottlingException.
     pub throttle: AtomicUsize,
+    /// Send the first N object bodies with one more byte than the object has.
+    pub lengthen: AtomicUsize,
 }
 
 pub struct Proxy {
@@ -171,6 +173,15 @@ async fn forward(
     }
     out_headers.remove("transfer-encoding");
     out_headers.remove("content-length");
+    let bytes = match object_get && status == StatusCode::OK && take(&s.faults.lengthen) {
+        true => {
+            s.faults.injected.fetch_add(1, Ordering::SeqCst);
+            let mut longer = bytes.to_vec();
+            longer.push(b'!');
+            longer.into()
+        }
+        false => bytes,
+    };
     let bytes = match list && s.faults.strip_list_etags {
         true => without_etags(&bytes).into(),
         false => bytes,

@@ -58,9 +58,11 @@ pub struct Outcome {
 }
 
 impl Sandbox {
+    /// Under the target dir, not /tmp: /tmp is world-writable, so hooks there would
+    /// rightly be refused (StrictModes), and so would anything else that checks its path.
     pub fn new() -> Sandbox {
         Sandbox {
-            dir: tempfile::tempdir().unwrap(),
+            dir: tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap(),
         }
     }
 

@@ -163,6 +163,19 @@ impl Moto {
         aws_sdk_s3::Client::from_conf(config)
     }
 
+    /// An SSM client for fixtures, pointed at moto.
+    pub async fn ssm(&self) -> aws_sdk_ssm::Client {
+        let config = aws_sdk_ssm::Config::builder()
+            .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
+            .region(aws_sdk_ssm::config::Region::new("us-east-1"))
+            .endpoint_url(&self.url)
+            .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+                "test", "test", None, None, "tests",
+            ))
+            .build();
+        aws_sdk_ssm::Client::from_conf(config)
+    }
+
     pub async fn bucket(&self, name: &str) -> Bucket {
         let client = self.client().await;
         client.create_bucket().bucket(name).send().await.unwrap();

@@ -95,6 +95,8 @@ pub struct Config {
     pub hang_first: u64,
     /// The next N requests get 503.
     pub unavailable_first: u64,
+    /// The first N token PUTs never get an answer (a slow or lost one, or the hop limit).
+    pub hang_token_first: u64,
     /// Retry-After (seconds) on those 503s.
     pub retry_after: Option<u64>,
     /// Instance tags in metadata; `None` answers 404 as when the instance does not allow it.
@@ -121,6 +123,7 @@ struct Shared {
     user_data_at: Mutex<Option<Duration>>,
     tokens: Mutex<HashMap<String, Instant>>,
     counter: AtomicU64,
+    token_puts: AtomicU64,
     log: Mutex<Vec<Record>>,
 }
 
@@ -193,6 +196,7 @@ impl Emulator {
             user_data_at: Mutex::new(user_data_at),
             tokens: Mutex::new(HashMap::new()),
             counter: AtomicU64::new(0),
+            token_puts: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
         })
     }
@@ -323,6 +327,14 @@ impl Shared {
         }
         if path == "/latest/api/token" {
             return match *method {
+                Method::PUT
+                    if self
+                        .token_puts
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                        < config.hang_token_first =>
+                {
+                    Reply::Hang
+                }
                 Method::PUT => self.token(&config, headers),
                 _ => answer(StatusCode::METHOD_NOT_ALLOWED, ""),
             };

@@ -1,0 +1,214 @@
+//! Filesystem steps relative to directory descriptors, never following a symlink: what
+//! root uses inside a tree that an app user may be able to write.
+//!
+//! Every path given here is relative to a directory descriptor and is walked one
+//! component at a time with `O_DIRECTORY|O_NOFOLLOW`, so a component swapped for a symlink
+//! fails (`ELOOP`/`ENOTDIR`) instead of leading elsewhere. Files are opened with
+//! `O_NOFOLLOW`; modes and owners are set on descriptors; removal is `unlinkat`, which
+//! never follows a link.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fstat, fstatat, mkdirat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+
+pub fn io(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+const DIR_FLAGS: OFlag = OFlag::O_DIRECTORY
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC)
+    .union(OFlag::O_RDONLY);
+
+/// Opens the directory `name` in `dir`, not through a symlink.
+pub fn open_dir(dir: impl AsFd, name: &OsStr) -> io::Result<OwnedFd> {
+    openat(dir, name, DIR_FLAGS, Mode::empty()).map_err(io)
+}
+
+/// Opens the directory at `rel` (empty: `root` itself) below `root`, component by
+/// component, none of them a symlink.
+pub fn open_dir_at(root: &OwnedFd, rel: &Path) -> io::Result<OwnedFd> {
+    let mut dir = root.try_clone()?;
+    for component in rel.components() {
+        match component {
+            Component::Normal(name) => dir = open_dir(&dir, name)?,
+            Component::CurDir => {}
+            _ => return Err(io::Error::other("not a plain relative path")),
+        }
+    }
+    Ok(dir)
+}
+
+/// The parent directory of `rel` below `root`, and `rel`'s last component.
+pub fn parent_at<'a>(root: &OwnedFd, rel: &'a Path) -> io::Result<(OwnedFd, &'a OsStr)> {
+    let name = rel
+        .file_name()
+        .ok_or_else(|| io::Error::other("no file name"))?;
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    Ok((open_dir_at(root, parent)?, name))
+}
+
+/// `lstat` of `name` in `dir`.
+pub fn stat_at(dir: impl AsFd, name: &OsStr) -> io::Result<FileStat> {
+    fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(io)
+}
+
+pub fn is_dir(st: &FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
+}
+
+pub fn is_file(st: &FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+}
+
+pub fn is_symlink(st: &FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK
+}
+
+/// Creates the directory `name` in `dir` with exactly `mode` (whatever the umask), and
+/// opens it.
+pub fn mkdir(dir: impl AsFd + Copy, name: &OsStr, mode: u32) -> io::Result<OwnedFd> {
+    mkdirat(dir, name, Mode::from_bits_truncate(0o700)).map_err(io)?;
+    let fd = open_dir(dir, name)?;
+    nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode)).map_err(io)?;
+    Ok(fd)
+}
+
+/// Creates the file `name` in `dir`: new (`O_EXCL`), 0600, not through a symlink.
+pub fn create_file(dir: impl AsFd, name: &OsStr) -> io::Result<std::fs::File> {
+    let flags =
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = openat(dir, name, flags, Mode::from_bits_truncate(0o600)).map_err(io)?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// Opens an existing regular file `name` in `dir` to read it or set its mode and owner:
+/// not through a symlink, never blocking on a FIFO, and refused unless it is a regular
+/// file once open.
+pub fn open_file(dir: impl AsFd, name: &OsStr) -> io::Result<(std::fs::File, FileStat)> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let fd = openat(dir, name, flags, Mode::empty()).map_err(io)?;
+    let st = fstat(&fd).map_err(io)?;
+    if !is_file(&st) {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok((std::fs::File::from(fd), st))
+}
+
+/// Sets owner (when given) and then mode on an open descriptor: chown first, since it
+/// clears setuid and setgid bits.
+pub fn set_owner_mode(
+    fd: impl AsFd + Copy,
+    uid: Option<nix::unistd::Uid>,
+    gid: Option<nix::unistd::Gid>,
+    mode: u32,
+) -> io::Result<()> {
+    if uid.is_some() || gid.is_some() {
+        nix::unistd::fchown(fd, uid, gid).map_err(io)?;
+    }
+    nix::sys::stat::fchmod(fd, Mode::from_bits_truncate(mode)).map_err(io)
+}
+
+/// The names in a directory, `.` and `..` left out.
+pub fn names(dir: &OwnedFd) -> io::Result<Vec<OsString>> {
+    let fd = dir.try_clone()?;
+    let mut dir = nix::dir::Dir::from_fd(fd).map_err(io)?;
+    let mut out = Vec::new();
+    for entry in dir.iter() {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            out.push(OsStr::from_bytes(name).to_os_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Removes `name` from `dir`, and everything below it if it is a directory, without ever
+/// following a symlink: a link planted anywhere in the tree is removed, not its target.
+pub fn remove_tree(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
+    let st = match stat_at(dir, name) {
+        Ok(st) => st,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if is_dir(&st) {
+        let inner = open_dir(dir, name)?;
+        for child in names(&inner)? {
+            remove_tree(&inner, &child)?;
+        }
+        unlinkat(dir, name, UnlinkatFlags::RemoveDir).map_err(io)
+    } else {
+        unlinkat(dir, name, UnlinkatFlags::NoRemoveDir).map_err(io)
+    }
+}
+
+/// Removes the file (not directory) `name` from `dir`.
+pub fn remove_file(dir: impl AsFd, name: &OsStr) -> io::Result<()> {
+    unlinkat(dir, name, UnlinkatFlags::NoRemoveDir).map_err(io)
+}
+
+/// Writes `name` in `dir` atomically: a new temporary file (0600, `O_EXCL`, not through
+/// a symlink), fsynced, renamed over `name`, and the directory fsynced.
+pub fn write_atomic(dir: &OwnedFd, name: &str, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let temp = format!("{}{name}.{}", crate::state::atomic::TEMP_PREFIX, unique());
+    let mut file = create_file(dir, OsStr::new(&temp))?;
+    let written = file
+        .write_all(contents)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| nix::fcntl::renameat(dir, temp.as_str(), dir, name).map_err(io));
+    if let Err(e) = written {
+        let _ = remove_file(dir, OsStr::new(&temp));
+        return Err(e);
+    }
+    nix::unistd::fsync(dir).map_err(io)
+}
+
+/// A name no other run uses: time and pid.
+pub fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{nanos:x}-{:x}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root(dir: &Path) -> OwnedFd {
+        std::fs::File::open(dir).unwrap().into()
+    }
+
+    #[test]
+    fn walks_refuse_symlinks_and_removal_never_follows_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (tree, victim) = (tmp.path().join("tree"), tmp.path().join("victim"));
+        std::fs::create_dir_all(tree.join("a/b")).unwrap();
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::write(victim.join("keep"), "x").unwrap();
+        std::os::unix::fs::symlink(&victim, tree.join("a/link")).unwrap();
+        std::os::unix::fs::symlink(victim.join("keep"), tree.join("a/b/file")).unwrap();
+        let fd = root(&tree);
+        assert!(open_dir_at(&fd, Path::new("a/b")).is_ok());
+        assert!(open_dir_at(&fd, Path::new("a/link")).is_err());
+        let (b, name) = parent_at(&fd, Path::new("a/b/file")).unwrap();
+        assert!(
+            open_file(&b, name).is_err(),
+            "a symlinked file is not opened"
+        );
+        assert!(create_file(&b, name).is_err(), "nor created through");
+        remove_tree(&fd, OsStr::new("a")).unwrap();
+        assert!(!tree.join("a").exists());
+        assert_eq!(std::fs::read_to_string(victim.join("keep")).unwrap(), "x");
+    }
+}

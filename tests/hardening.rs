@@ -1,0 +1,434 @@
+//! The operator surface, hardened (issue 10, items 14–17): durations as systemd reads
+//! them, notices that are heard of and never leak a header value. The real binary; a
+//! webhook and the IMDS emulator on 127.0.0.1. Each test failed before its fix.
+
+mod common;
+
+use std::time::Duration;
+
+use common::webhook::Webhook;
+use common::{Sandbox, assert_exit};
+use imds_emulator::{Config, Emulator};
+use serde_json::{Value, json};
+
+fn notify_config(sb: &Sandbox, config: Value) {
+    std::fs::write(sb.path("notify.json"), config.to_string()).unwrap();
+}
+
+/// Item 14: `BOOTSTAGE_TIMEOUT=120` in /etc/bootstage/bootstage.env was a dead boot
+/// ("time unit needed"). A bare number is seconds; a bad value names its variable.
+#[tokio::test(flavor = "multi_thread")]
+async fn durations_without_a_unit_are_seconds() {
+    let emu = Emulator::start(Config {
+        user_data: Some(common::b64("{\"a\":1}")),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let sb = Sandbox::new();
+    let url = emu.url();
+    let run = |env: Option<&str>, flags: &[&str]| {
+        let mut args = vec!["metadata", "--imds-endpoint", url.as_str()];
+        args.extend_from_slice(flags);
+        let mut cmd = sb.command(&args);
+        if let Some(value) = env {
+            cmd.env("BOOTSTAGE_TIMEOUT", value);
+        }
+        common::run(cmd)
+    };
+    for (env, flags) in [
+        (Some("120"), &[][..]),
+        (None, &["--timeout", "20"][..]),
+        (None, &["--timeout", "1.5", "--user-data-wait", "1"][..]),
+        (Some("2min"), &[][..]),
+    ] {
+        let out = run(env, flags).await;
+        assert_eq!(out.code, 0, "{env:?} {flags:?}: {}", out.stderr);
+    }
+    let forms = "not a duration; use seconds (120) or a duration with a unit (90s, 2min, 1h30m)";
+    let out = run(Some("abc"), &[]).await;
+    assert_exit(
+        &out,
+        64,
+        &format!("error: BOOTSTAGE_TIMEOUT=\"abc\": {forms}"),
+    );
+    let out = run(None, &["--timeout", "abc"]).await;
+    assert_exit(
+        &out,
+        64,
+        &format!("invalid value 'abc' for '--timeout <DURATION>': {forms}"),
+    );
+}
+
+/// Item 15: a stage that failed before its first status record (a bad setting, a missing
+/// binary) sent no notice. Now only an earlier failed stage silences it.
+#[tokio::test]
+async fn a_stage_that_failed_before_its_first_record_is_heard_of() {
+    let sb = Sandbox::new();
+    let hook = Webhook::start(&[]).await;
+    notify_config(&sb, json!({"url": hook.url}));
+    let out = sb
+        .run(&["notify", "failure", "--unit", "bootstage-s3-sync.service"])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let got = hook.wait_for(1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body["stage"], "s3-sync");
+    assert_eq!(
+        got[0].body["error"],
+        "bootstage-s3-sync.service failed before it wrote a status record (a bad setting, a missing binary, or a failure at start); see journalctl -u bootstage-s3-sync.service"
+    );
+}
+
+/// Item 16: the webhook and the command shared one deadline, so a webhook that never
+/// answers left the command no time. They run at once now, each with the whole budget.
+#[tokio::test]
+async fn a_dead_webhook_leaves_the_command_its_time() {
+    let sb = Sandbox::new();
+    // Accepts connections (the kernel's backlog) and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", silent.local_addr().unwrap());
+    let delivered = sb.path("delivered.json");
+    notify_config(
+        &sb,
+        json!({"url": url, "command": format!("cat > {}", delivered.display()), "timeout": 2}),
+    );
+    let out = sb
+        .run(&["notify", "failure", "--unit", "myapp.service"])
+        .await;
+    assert_exit(&out, 75, "the notice was not delivered: POST: ");
+    assert!(!out.stderr.contains("command:"), "{}", out.stderr);
+    let notice: Value = serde_json::from_slice(&std::fs::read(&delivered).unwrap()).unwrap();
+    assert_eq!(
+        (&notice["event"], &notice["unit"]),
+        (&json!("failure"), &json!("myapp.service"))
+    );
+    assert!(out.elapsed < Duration::from_secs(6), "{:?}", out.elapsed);
+    drop(silent);
+}
+
+/// Item 17: a mistyped `notify.headers` put the header value (a bearer token) into the
+/// error, the journal, the status record and the notice. Errors name the key only.
+#[tokio::test]
+async fn a_bad_header_setting_never_shows_its_value() {
+    const TOKEN: &str = "Bearer sekrit-0123456789";
+    let cases = [
+        (
+            json!({"Authorization": [TOKEN]}),
+            "bootstage.notify.headers.Authorization must be a string",
+        ),
+        (
+            json!({"Authorization": {"v": TOKEN}}),
+            "bootstage.notify.headers.Authorization must be a string",
+        ),
+        (
+            json!({"Authorization": format!("{TOKEN}\nX-Evil: 1")}),
+            "bootstage.notify.headers.Authorization is not a valid header value (a control character or a line break)",
+        ),
+        (
+            json!({"Bad Name": TOKEN}),
+            "bootstage.notify.headers.Bad Name is not a valid header name",
+        ),
+        (
+            json!(TOKEN),
+            "bootstage.notify.headers must be an object of header names to strings",
+        ),
+    ];
+    for (headers, message) in cases {
+        let sb = Sandbox::new();
+        let hook = Webhook::start(&[]).await;
+        let params =
+            json!({"bootstage": {"notify": {"url": hook.url, "headers": headers, "timeout": 1}}});
+        let file = sb.path("user-data.json");
+        std::fs::write(&file, params.to_string()).unwrap();
+        let out = sb
+            .run(&["metadata", "--user-data-file", file.to_str().unwrap()])
+            .await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let out = sb
+            .run(&["notify", "failure", "--unit", "bootstage-metadata.service"])
+            .await;
+        assert_exit(&out, 65, message);
+        for text in [out.stderr.as_str(), out.stdout.as_str()] {
+            assert!(!text.contains("sekrit"), "{text}");
+        }
+        for record in std::fs::read_dir(sb.state().join("status")).unwrap() {
+            let text = std::fs::read_to_string(record.unwrap().path()).unwrap();
+            assert!(!text.contains("sekrit"), "{text}");
+        }
+        assert!(hook.received().is_empty());
+    }
+}
+
+/// `sb.command(args)` run under `prefix` (`/usr/bin/time …`), same environment.
+fn wrapped(sb: &Sandbox, prefix: &[&str], args: &[&str]) -> tokio::process::Command {
+    let inner = sb.command(args);
+    let std = inner.as_std();
+    let mut cmd = tokio::process::Command::new(prefix[0]);
+    cmd.args(&prefix[1..])
+        .arg(std.get_program())
+        .args(std.get_args());
+    for (k, v) in std.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn metadata_with(sb: &Sandbox, user_data: &[u8]) -> common::Outcome {
+    let file = sb.path("user-data");
+    std::fs::write(&file, user_data).unwrap();
+    sb.run(&["metadata", "--user-data-file", file.to_str().unwrap()])
+        .await
+}
+
+/// Item 8: a Unicode noncharacter made systemd reject the whole EnvironmentFile (every
+/// `EnvironmentFile=` app failed to start) while dash, bash and launch read it fine.
+/// Item 11: a tag value with a NUL failed the whole stage. Parameters are refused by key;
+/// such tags are left out of params.env with a warning.
+#[tokio::test(flavor = "multi_thread")]
+async fn values_systemd_cannot_take_are_refused_or_left_out() {
+    for value in ["\u{FFFE}", "a\u{FDD0}b", "\u{10FFFF}", "x\u{1FFFF}"] {
+        let sb = Sandbox::new();
+        let out = metadata_with(&sb, json!({"db": {"pw": value}}).to_string().as_bytes()).await;
+        assert_exit(
+            &out,
+            65,
+            "parameter \"db.pw\" contains a Unicode noncharacter (U+FDD0-U+FDEF, U+xFFFE, U+xFFFF), which makes systemd reject the whole EnvironmentFile",
+        );
+        assert!(!out.stderr.contains(value));
+    }
+    let tags = [("Name", "web"), ("Weird", "a\u{FFFF}"), ("Nul", "a\0b")]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+    let emu = Emulator::start(Config {
+        user_data: Some(common::b64("{\"a\":1}")),
+        tags: Some(tags.into_iter().collect()),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let sb = Sandbox::new();
+    let out = sb.metadata(&emu.url(), &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let env = sb.read("params.env").unwrap();
+    assert!(env.contains("BOOTSTAGE_TAG_NAME=\"web\"\n"), "{env}");
+    assert!(
+        !env.contains("TAG_WEIRD") && !env.contains("TAG_NUL"),
+        "{env}"
+    );
+    for tag in ["Weird", "Nul"] {
+        assert!(
+            out.stderr.contains(&format!("an instance tag's value has a NUL or a Unicode noncharacter, which systemd's EnvironmentFile= cannot take; leaving it out of params.env tag=\"{tag}\"")),
+            "{}",
+            out.stderr
+        );
+    }
+    let instance: Value = serde_json::from_str(&sb.read("instance.json").unwrap()).unwrap();
+    assert_eq!(instance["tags"]["Weird"], "a\u{FFFF}");
+}
+
+/// Item 9: names the shells or systemd treat specially are reserved, with the reason.
+/// The first check shows why: bash --posix (/bin/sh on Amazon Linux) aborts on UID.
+#[tokio::test]
+async fn names_shells_and_systemd_treat_specially_are_reserved() {
+    let sb = Sandbox::new();
+    let file = sb.path("uid.env");
+    std::fs::write(&file, "UID=\"1\"\nAFTER=\"x\"\n").unwrap();
+    let posix = std::process::Command::new("bash")
+        .args(["--posix", "-c", ". \"$1\"; echo \"after=$AFTER\"", "sh"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_ne!(
+        String::from_utf8_lossy(&posix.stdout),
+        "after=x\n",
+        "bash --posix stops at UID"
+    );
+
+    let shell = "how the shell parses, finds commands or starts";
+    let bash = "a variable bash keeps read-only or sets itself";
+    let libc = "the C library and dynamic loader of every program";
+    let systemd = "what systemd sets for a service";
+    for (key, name, why) in [
+        ("uid", "UID", bash),
+        ("_", "_", bash),
+        ("random", "RANDOM", bash),
+        ("bash.argv0", "BASH_ARGV0", shell),
+        ("optind", "OPTIND", shell),
+        ("posixly_correct", "POSIXLY_CORRECT", shell),
+        ("glibc.tunables", "GLIBC_TUNABLES", libc),
+        ("malloc.arena_max", "MALLOC_ARENA_MAX", libc),
+        ("credentials_directory", "CREDENTIALS_DIRECTORY", systemd),
+        ("listen.pid", "LISTEN_PID", systemd),
+        ("watchdog.usec", "WATCHDOG_USEC", systemd),
+    ] {
+        let sb = Sandbox::new();
+        let out = metadata_with(&sb, json!({ key: "v" }).to_string().as_bytes()).await;
+        assert_exit(
+            &out,
+            65,
+            &format!("parameter \"{key}\" would be exported as {name}, a name reserved for {why}"),
+        );
+    }
+}
+
+/// Item 10: each variable repeats its ancestors' names, so 14 KB of JSON rendered 7 MB
+/// (every later exec failed with E2BIG) and a small gzip hundreds of MB. Names and the
+/// file are capped, and refused before the memory is spent.
+#[tokio::test]
+async fn the_env_file_is_capped_and_rendering_stays_small() {
+    // Long keys nested: every leaf's name would be kilobytes.
+    let key = "k".repeat(120);
+    let deep = json!({ key.clone(): { key.clone(): { key.clone(): 1 } } });
+    let sb = Sandbox::new();
+    let out = metadata_with(&sb, deep.to_string().as_bytes()).await;
+    assert_exit(
+        &out,
+        65,
+        "would be exported as a name of 362 bytes; names are limited to 255",
+    );
+
+    // 26^3 leaves under a 200-byte prefix, gzipped to a few KB: about 3.8 MB rendered.
+    let letters: Vec<String> = (b'a'..=b'z').map(|c| (c as char).to_string()).collect();
+    let level = |inner: &Value| -> Value {
+        Value::Object(letters.iter().map(|l| (l.clone(), inner.clone())).collect())
+    };
+    let wide = json!({ "p".repeat(200): level(&level(&level(&json!(0)))) });
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut gz, wide.to_string().as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    assert!(gz.len() < 16 * 1024, "{} bytes of gzip", gz.len());
+    let sb = Sandbox::new();
+    let file = sb.path("user-data");
+    std::fs::write(&file, &gz).unwrap();
+    let rss = sb.path("rss");
+    let cmd = wrapped(
+        &sb,
+        &["/usr/bin/time", "-f", "%M", "-o", rss.to_str().unwrap()],
+        &["metadata", "--user-data-file", file.to_str().unwrap()],
+    );
+    let out = common::run(cmd).await;
+    assert_exit(
+        &out,
+        65,
+        "params.env would be over 1048576 bytes (at parameter",
+    );
+    // GNU time writes "Command exited with non-zero status 65" first.
+    let text = std::fs::read_to_string(&rss).unwrap();
+    let kib: u64 = text.lines().last().unwrap().trim().parse().unwrap();
+    assert!(kib < 100 * 1024, "peak RSS {kib} KiB");
+    assert_eq!(sb.read("params.env"), None);
+}
+
+fn hook(sb: &Sandbox, rel: &str, script: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = sb.path("hooks").join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn seed_for_hooks(sb: &Sandbox) {
+    sb.seed("params.json", "{}");
+    sb.seed(
+        "instance.json",
+        "{\"source\":\"flags\",\"instance_id\":\"i-0hooks\"}",
+    );
+    sb.seed("params.env", "");
+}
+
+/// Item 18: hooks ran as root with no ownership or mode check, following symlinks: a
+/// hook or directory another user can write handed that user root. Such hooks are
+/// refused (77) before any hook runs, naming the path and why.
+#[tokio::test]
+async fn a_hook_anyone_but_root_can_change_is_refused_before_any_runs() {
+    use std::os::unix::fs::PermissionsExt;
+    type Make = fn(&Sandbox, &std::path::Path);
+    let cases: [(&str, Make); 4] = [
+        ("is owned by uid 12345", |_, h| {
+            std::os::unix::fs::chown(h, Some(12345), None).unwrap()
+        }),
+        ("is writable by others (mode 775)", |_, h| {
+            std::fs::set_permissions(h, std::fs::Permissions::from_mode(0o775)).unwrap()
+        }),
+        ("per-boot.d is writable by others (mode 777)", |sb, _| {
+            let dir = sb.path("hooks/per-boot.d");
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap()
+        }),
+        // A symlink into a tree the app owns (a synced destination with `owner`).
+        ("app is owned by uid 12345", |sb, h| {
+            let app = sb.path("app");
+            std::fs::create_dir_all(&app).unwrap();
+            std::fs::rename(h, app.join("20-evil")).unwrap();
+            std::os::unix::fs::chown(&app, Some(12345), None).unwrap();
+            std::os::unix::fs::symlink(app.join("20-evil"), h).unwrap();
+        }),
+    ];
+    for (why, make) in cases {
+        let sb = Sandbox::new();
+        seed_for_hooks(&sb);
+        let ran = sb.path("ran");
+        hook(
+            &sb,
+            "per-instance.d/10-good",
+            &format!("echo good >> {}", ran.display()),
+        );
+        let evil = hook(
+            &sb,
+            "per-boot.d/20-evil",
+            &format!("echo evil >> {}", ran.display()),
+        );
+        make(&sb, &evil);
+        let out = sb.run(&["hooks"]).await;
+        assert_exit(&out, 77, "is not safe to run as root: ");
+        assert!(out.stderr.contains(why), "{why}: {}", out.stderr);
+        assert!(!ran.exists(), "{why}: no hook ran");
+    }
+    // A symlink to a hook only root can change runs.
+    let sb = Sandbox::new();
+    seed_for_hooks(&sb);
+    let ran = sb.path("ran");
+    let real = hook(
+        &sb,
+        "lib/30-real",
+        &format!("echo real >> {}", ran.display()),
+    );
+    std::fs::create_dir_all(sb.path("hooks/per-boot.d")).unwrap();
+    std::os::unix::fs::symlink(&real, sb.path("hooks/per-boot.d/30-link")).unwrap();
+    let out = sb.run(&["hooks"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "real\n");
+}
+
+/// Item 19: the hooks stage took no lock, so `bootstage hooks` by hand beside the unit
+/// could run a one-time hook twice. Runs hold the state lock and check markers under it.
+#[tokio::test]
+async fn two_hook_runs_at_once_run_a_one_time_hook_once() {
+    let sb = Sandbox::new();
+    seed_for_hooks(&sb);
+    let log = sb.path("log");
+    // A slow one-time hook: both runs start while it runs.
+    hook(
+        &sb,
+        "per-instance.d/10-once",
+        &format!("echo ran >> {}; sleep 1", log.display()),
+    );
+    let (a, b) = tokio::join!(sb.run(&["hooks"]), sb.run(&["hooks"]));
+    assert_eq!((a.code, b.code), (0, 0), "{}\n{}", a.stderr, b.stderr);
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "ran\n");
+    let waited = [&a, &b]
+        .iter()
+        .filter(|o| {
+            o.stderr
+                .contains("another bootstage run holds the state dir; waiting")
+        })
+        .count();
+    assert_eq!(waited, 1, "{}\n{}", a.stderr, b.stderr);
+}
