@@ -160,27 +160,6 @@ async fn a_bad_header_setting_never_shows_its_value() {
     }
 }
 
-/// `sb.command(args)` run under `prefix` (`/usr/bin/time …`), same environment.
-fn wrapped(sb: &Sandbox, prefix: &[&str], args: &[&str]) -> tokio::process::Command {
-    let inner = sb.command(args);
-    let std = inner.as_std();
-    let mut cmd = tokio::process::Command::new(prefix[0]);
-    cmd.args(&prefix[1..])
-        .arg(std.get_program())
-        .args(std.get_args());
-    for (k, v) in std.get_envs() {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
-
 async fn metadata_with(sb: &Sandbox, user_data: &[u8]) -> common::Outcome {
     let file = sb.path("user-data");
     std::fs::write(&file, user_data).unwrap();
@@ -308,8 +287,7 @@ async fn the_env_file_is_capped_and_rendering_stays_small() {
     let file = sb.path("user-data");
     std::fs::write(&file, &gz).unwrap();
     let rss = sb.path("rss");
-    let cmd = wrapped(
-        &sb,
+    let cmd = sb.command_under(
         &["/usr/bin/time", "-f", "%M", "-o", rss.to_str().unwrap()],
         &["metadata", "--user-data-file", file.to_str().unwrap()],
     );

@@ -433,22 +433,14 @@ async fn a_secret_that_leaves_the_parameters_leaves_the_machine() {
 
 /// The bootstage command as uid/gid 65534 (an app's `User=`), with the sandbox's state dir.
 fn as_app_user(sandbox: &Sandbox, args: &[&str]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
-    let inner = sandbox.command(args);
-    let std = inner.as_std();
-    cmd.arg(std.get_program()).args(std.get_args());
-    for (k, v) in std.get_envs() {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    cmd
+    let setpriv = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+    ];
+    sandbox.command_under(&setpriv, args)
 }
 
 /// A directory only the app user can read, as systemd's `$CREDENTIALS_DIRECTORY` is.

@@ -253,23 +253,7 @@ async fn missing_parents_are_created_root_0755_whatever_the_umask() {
     sb.seed("params.json", &params.to_string());
     sb.seed("instance.json", "{}");
     sb.seed("params.env", "");
-    let mut cmd = tokio::process::Command::new("sh");
-    let inner = sb.command(&["s3-sync"]);
-    let std = inner.as_std();
-    let argv: Vec<String> = std::iter::once(std.get_program())
-        .chain(std.get_args())
-        .map(|a| format!("'{}'", a.to_string_lossy()))
-        .collect();
-    cmd.arg("-c")
-        .arg(format!("umask 077; exec {}", argv.join(" ")));
-    for (k, v) in std.get_envs() {
-        match v {
-            Some(v) => cmd.env(k, v),
-            None => cmd.env_remove(k),
-        };
-    }
-    cmd.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    let cmd = sb.command_under(&["sh", "-c", "umask 077; exec \"$@\"", "sh"], &["s3-sync"]);
     let out = common::run(cmd).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     for dir in ["srv", "srv/app", "srv/app/conf"] {

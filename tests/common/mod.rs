@@ -109,6 +109,28 @@ impl Sandbox {
         cmd
     }
 
+    /// `command(args)` run under `prefix` (`setpriv …`, `/usr/bin/time …`, `sh -c …`), with
+    /// the same environment.
+    pub fn command_under(&self, prefix: &[&str], args: &[&str]) -> tokio::process::Command {
+        let inner = self.command(args);
+        let std = inner.as_std();
+        let mut cmd = tokio::process::Command::new(prefix[0]);
+        cmd.args(&prefix[1..])
+            .arg(std.get_program())
+            .args(std.get_args());
+        for (k, v) in std.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
     pub async fn run(&self, args: &[&str]) -> Outcome {
         run(self.command(args)).await
     }
