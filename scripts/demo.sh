@@ -10,7 +10,10 @@ cd "$(dirname "$0")/.."
 
 cargo build --release --quiet -p bootstage -p imds-emulator
 bin=target/release
-work=$(mktemp -d)
+# Under target/, not /tmp: bootstage runs hooks only from directories no one but their
+# owner can write, and /tmp is world-writable.
+mkdir -p target
+work=$(mktemp -d "$PWD/target/demo.XXXXXX")
 emulator_pid=
 cleanup() { [ -n "$emulator_pid" ] && kill "$emulator_pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
