@@ -15,27 +15,11 @@ use serde_json::{Value, json};
 const ACCOUNT: &str = "123456789012";
 
 async fn ssm() -> aws_sdk_ssm::Client {
-    let config = aws_sdk_ssm::Config::builder()
-        .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
-        .region(aws_sdk_ssm::config::Region::new("us-east-1"))
-        .endpoint_url(&moto().url)
-        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .build();
-    aws_sdk_ssm::Client::from_conf(config)
+    moto().ssm().await
 }
 
 async fn secretsmanager() -> aws_sdk_secretsmanager::Client {
-    let config = aws_sdk_secretsmanager::Config::builder()
-        .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
-        .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
-        .endpoint_url(&moto().url)
-        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .build();
-    aws_sdk_secretsmanager::Client::from_conf(config)
+    moto().secretsmanager().await
 }
 
 async fn put_param(name: &str, value: &str, kind: aws_sdk_ssm::types::ParameterType) {

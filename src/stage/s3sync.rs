@@ -37,7 +37,6 @@ use crate::stage::metadata;
 use crate::state::StateDir;
 use crate::state::envfile;
 use crate::state::status::{self, Stage};
-use crate::sync::fsat;
 use crate::sync::keys::{self, KeyError};
 use crate::sync::source::{Location, Object, Source, SourceError};
 use crate::sync::tree::{Destination, Entry, Manifest, Staging, TreeError};
@@ -632,10 +631,8 @@ async fn fetch_retrying(
     let attempt = || async {
         let file = staging.create(rel)?;
         let result = source.fetch(object, file, &at).await;
-        if result.is_err()
-            && let Ok((dir, name)) = fsat::parent_at(&staging_fd(staging), rel)
-        {
-            let _ = fsat::remove_file(&dir, name);
+        if result.is_err() {
+            staging.remove(rel);
         }
         result.map_err(SyncError::from)
     };
@@ -651,15 +648,6 @@ async fn fetch_retrying(
         .when(|e| e.retry_after().is_some())
         .notify(|e, _| tracing::warn!("retrying a download: {e}"))
         .await
-}
-
-/// The staging tree's descriptor, for removing a partial download.
-fn staging_fd(staging: &Staging) -> std::os::fd::OwnedFd {
-    use std::os::fd::AsFd;
-    staging
-        .as_fd()
-        .try_clone_to_owned()
-        .expect("a descriptor can be duplicated")
 }
 
 /// A user or group given by number or by name, as chown(1) takes it.

@@ -53,7 +53,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, TryLockError};
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -551,6 +551,13 @@ impl Staging {
         fsat::create_file(&dir, name).map_err(io_at(&at))
     }
 
+    /// Removes the file at `rel` (a download that failed, before it is tried again).
+    pub fn remove(&self, rel: &Path) {
+        if let Ok((dir, name)) = fsat::parent_at(&self.dir, rel) {
+            let _ = fsat::remove_file(&dir, name);
+        }
+    }
+
     /// Hands the complete tree over: each file, then each directory deepest first, then
     /// the tree's root, gets `uid`/`gid` (when given) and its mode, on its own descriptor.
     pub fn finish<'a>(
@@ -595,12 +602,6 @@ impl Drop for Staging {
         if !self.name.is_empty() {
             let _ = fsat::remove_tree(&self.home, &self.name);
         }
-    }
-}
-
-impl AsFd for Staging {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.dir.as_fd()
     }
 }
 

@@ -163,6 +163,19 @@ impl Moto {
         aws_sdk_s3::Client::from_conf(config)
     }
 
+    /// A Secrets Manager client for fixtures, pointed at moto.
+    pub async fn secretsmanager(&self) -> aws_sdk_secretsmanager::Client {
+        let config = aws_sdk_secretsmanager::Config::builder()
+            .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
+            .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
+            .endpoint_url(&self.url)
+            .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+                "test", "test", None, None, "tests",
+            ))
+            .build();
+        aws_sdk_secretsmanager::Client::from_conf(config)
+    }
+
     /// An SSM client for fixtures, pointed at moto.
     pub async fn ssm(&self) -> aws_sdk_ssm::Client {
         let config = aws_sdk_ssm::Config::builder()
