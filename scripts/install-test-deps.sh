@@ -13,6 +13,13 @@ command -v mmdebstrap >/dev/null 2>&1 || need_apt+=(mmdebstrap)
 command -v systemd-nspawn >/dev/null 2>&1 || need_apt+=(systemd-container)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v tar >/dev/null 2>&1 || need_apt+=(tar)
+# The packages (scripts/build-packages.sh, tests/packages.rs): rpm to inspect and install
+# an RPM here, the aarch64 cross compiler (linker, and C for aws-lc-sys) and qemu-user to
+# run what it builds, file to tell the two apart.
+command -v rpm >/dev/null 2>&1 || need_apt+=(rpm)
+command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need_apt+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+command -v qemu-aarch64-static >/dev/null 2>&1 || need_apt+=(qemu-user-static)
+command -v file >/dev/null 2>&1 || need_apt+=(file)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}"
   apt-get update -qq
@@ -38,6 +45,13 @@ command -v dpkg-shlibdeps >/dev/null 2>&1 || {
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dpkg-dev
 }
+rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu ||
+  rustup target add aarch64-unknown-linux-gnu
+# The RPM: cargo-generate-rpm, pinned like cargo-deb.
+if [ "$(cargo generate-rpm --version 2>/dev/null)" != "cargo-generate-rpm 0.21.1" ]; then
+  echo "installing cargo-generate-rpm 0.21.1"
+  cargo install --quiet --locked --version 0.21.1 cargo-generate-rpm
+fi
 if [ "$(cargo deb --version 2>/dev/null)" != "3.8.0" ]; then
   echo "installing cargo-deb 3.8.0"
   cargo install --quiet --locked --version 3.8.0 cargo-deb

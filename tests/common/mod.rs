@@ -86,7 +86,12 @@ impl Sandbox {
 
     /// The bootstage command with a scrubbed environment and this sandbox's state dir.
     pub fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(BIN);
+        self.command_of(Path::new(BIN), args)
+    }
+
+    /// `command`, of another build of the binary (a cross-built one).
+    pub fn command_of(&self, bin: &Path, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(bin);
         for var in SCRUBBED {
             cmd.env_remove(var);
         }
@@ -112,7 +117,17 @@ impl Sandbox {
     /// `command(args)` run under `prefix` (`setpriv …`, `/usr/bin/time …`, `sh -c …`), with
     /// the same environment.
     pub fn command_under(&self, prefix: &[&str], args: &[&str]) -> tokio::process::Command {
-        let inner = self.command(args);
+        self.command_under_of(prefix, Path::new(BIN), args)
+    }
+
+    /// `command_under`, of another build of the binary (a cross-built one, under qemu).
+    pub fn command_under_of(
+        &self,
+        prefix: &[&str],
+        bin: &Path,
+        args: &[&str],
+    ) -> tokio::process::Command {
+        let inner = self.command_of(bin, args);
         let std = inner.as_std();
         let mut cmd = tokio::process::Command::new(prefix[0]);
         cmd.args(&prefix[1..])
