@@ -37,6 +37,7 @@ fn orchestrator(instances: &[&str]) -> Orch {
             count: 1,
         }],
         throttle_first: 0,
+        deny_until: 0,
     }
 }
 
@@ -92,7 +93,13 @@ impl Rig {
     }
 
     fn record(&self) -> Value {
-        serde_json::from_str(&self.sb.read("lifecycle.json").expect("lifecycle.json")).unwrap()
+        serde_json::from_str(
+            &self
+                .sb
+                .read("lifecycle/record.json")
+                .expect("lifecycle/record.json"),
+        )
+        .unwrap()
     }
 }
 
@@ -337,12 +344,14 @@ async fn hold_keeps_the_instance_past_the_hook_timeout_until_release() {
     assert_eq!(released.code, 0, "{}", released.stderr);
     let watched = exits(watcher, Duration::from_secs(5)).await;
     assert!(watched.status.success());
-    let calls = rig.orch.calls();
-    let last: Vec<_> = calls.iter().rev().take(2).cloned().collect();
+    // The watcher's and the hold's DescribeLifecycleHooks, then the release's signals (a
+    // heartbeat that crossed them found nothing waiting, and ended the watcher).
     assert_eq!(
-        signals(&last),
+        signals(&rig.orch.calls()),
         [
             "CompleteLifecycleAction ABANDON web/launch i-0123456789abcdef0 -> 200",
+            "DescribeLifecycleHooks -> 200 ",
+            "DescribeLifecycleHooks -> 200 ",
             "SignalResource FAILURE web-stack/Group i-0123456789abcdef0 -> 200",
         ]
     );
@@ -495,4 +504,108 @@ async fn target_lifecycle_state_is_a_fact() {
     );
     let instance: Value = serde_json::from_str(&rig.sb.read("instance.json").unwrap()).unwrap();
     assert_eq!(instance["target_lifecycle_state"], "InService");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_undelivered_signal_is_kept_shown_and_sent_again_by_the_watcher() {
+    let rig = Rig::new(both(), Default::default(), orchestrator(&[INSTANCE])).await;
+    rig.orch.deny_next(2);
+    let out = rig.run(&["notify", "ready"]).await;
+    common::assert_exit(
+        &out,
+        75,
+        "CompleteLifecycleAction CONTINUE: not delivered: Auto Scaling CompleteLifecycleAction: AccessDenied: User is not authorized to perform: autoscaling:CompleteLifecycleAction",
+    );
+    let status = rig.run(&["status"]).await;
+    let lines: Vec<&str> = status
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("lifecycle:"))
+        .map(|l| l.split(" at ").next().unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "lifecycle: auto scaling: group web, hook launch, 0 heartbeat(s)",
+            "lifecycle: CompleteLifecycleAction CONTINUE",
+            "lifecycle: SignalResource SUCCESS",
+        ],
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status
+            .stdout
+            .contains(": NOT delivered: Auto Scaling CompleteLifecycleAction: AccessDenied"),
+        "{}",
+        status.stdout
+    );
+    // The watcher keeps the action alive and sends the signals again.
+    let watched = exits(rig.watch(), Duration::from_secs(10)).await;
+    assert!(
+        watched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+    let delivered: Vec<_> = rig
+        .orch
+        .calls()
+        .into_iter()
+        .filter(|c| c.status == 200)
+        .collect();
+    assert_eq!(
+        signals(&delivered)
+            .into_iter()
+            .filter(|s| !s.starts_with("Describe"))
+            .collect::<Vec<_>>(),
+        [
+            "CompleteLifecycleAction CONTINUE web/launch i-0123456789abcdef0 -> 200",
+            "SignalResource SUCCESS web-stack/Group i-0123456789abcdef0 -> 200",
+        ]
+    );
+    assert_eq!(rig.record()["asg"]["delivered"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn release_continue_puts_a_held_instance_in_service() {
+    let lifecycle = json!({"asg": {"hook": "launch", "group": "web", "on_failure": "hold"},
+                           "cloudformation": {"stack": "web-stack", "resource": "Group"}});
+    let mut orch = orchestrator(&[INSTANCE]);
+    orch.groups[0].heartbeat_timeout = 60.0;
+    let rig = Rig::new(lifecycle, Default::default(), orch).await;
+    let out = rig
+        .run(&["notify", "failure", "--unit", "myapp.service"])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        rig.record()["hold"]["clamped"].is_null(),
+        "1 h fits in 100 × 60 s"
+    );
+    let released = rig.run(&["release", "--continue"]).await;
+    assert_eq!(released.code, 0, "{}", released.stderr);
+    assert_eq!(
+        signals(&rig.orch.calls()),
+        [
+            "CompleteLifecycleAction CONTINUE web/launch i-0123456789abcdef0 -> 200",
+            "DescribeLifecycleHooks -> 200 ",
+            "SignalResource SUCCESS web-stack/Group i-0123456789abcdef0 -> 200",
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_never_completes_is_abandoned_at_ready_within() {
+    let lifecycle = json!({"asg": {"hook": "launch", "group": "web", "ready_within": "2s"}});
+    let rig = Rig::new(lifecycle, Default::default(), orchestrator(&[INSTANCE])).await;
+    let watched = exits(rig.watch(), Duration::from_secs(10)).await;
+    assert!(watched.status.success());
+    assert!(
+        String::from_utf8_lossy(&watched.stderr)
+            .contains("no completion within ready_within (2s): abandoning the instance")
+    );
+    let outcome = rig.orch.actions()[INSTANCE].outcome.clone().unwrap();
+    assert_eq!(
+        (outcome.result.as_str(), outcome.by.as_str()),
+        ("ABANDON", "complete")
+    );
 }

@@ -22,6 +22,10 @@ use crate::base::retry::{self, Deadline, RetryHint};
 
 /// The hold when `hold_for` is not given.
 pub const DEFAULT_HOLD: Duration = Duration::from_secs(3600);
+/// How long the watcher keeps an instance that has neither completed nor failed.
+pub const DEFAULT_READY_WITHIN: Duration = Duration::from_secs(3600);
+/// The shortest heartbeat timeout a hook may have.
+pub const MIN_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(30);
 /// AWS's cap on a lifecycle action, whatever its heartbeats.
 pub const MAX_GLOBAL_TIMEOUT: Duration = Duration::from_secs(48 * 3600);
 /// The tag EC2 Auto Scaling puts on its instances.
@@ -51,6 +55,9 @@ pub struct AsgConfig {
     pub group: Option<String>,
     pub on_failure: OnFailure,
     pub hold_for: Duration,
+    /// No completion within this long after the watcher starts: abandon (an app that
+    /// never said it was ready, an app unit that failed without `OnFailure=`).
+    pub ready_within: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,7 +154,11 @@ impl Config {
             Some(value) => {
                 let at = format!("{origin}.asg");
                 let asg = object(value, &at)?;
-                known(asg, &at, &["hook", "group", "on_failure", "hold_for"])?;
+                known(
+                    asg,
+                    &at,
+                    &["hook", "group", "on_failure", "hold_for", "ready_within"],
+                )?;
                 let on_failure = match asg.get("on_failure") {
                     None | Some(Value::Null) => OnFailure::Abandon,
                     Some(Value::String(s)) if s == "abandon" => OnFailure::Abandon,
@@ -158,17 +169,19 @@ impl Config {
                         )));
                     }
                 };
-                let hold_for = match asg.get("hold_for") {
-                    None | Some(Value::Null) => DEFAULT_HOLD,
-                    Some(v) => crate::base::duration::from_json(v).map_err(|why| {
-                        OrchestratorError::Config(format!("{at}.hold_for is {why}"))
-                    })?,
+                let duration = |key: &str, default: Duration| match asg.get(key) {
+                    None | Some(Value::Null) => Ok(default),
+                    Some(v) => crate::base::duration::from_json(v)
+                        .map_err(|why| OrchestratorError::Config(format!("{at}.{key} is {why}"))),
                 };
+                let hold_for = duration("hold_for", DEFAULT_HOLD)?;
+                let ready_within = duration("ready_within", DEFAULT_READY_WITHIN)?;
                 Some(AsgConfig {
                     hook: name(asg, "hook", &at, true)?.unwrap_or_default(),
                     group: name(asg, "group", &at, false)?,
                     on_failure,
                     hold_for,
+                    ready_within,
                 })
             }
         };
@@ -295,14 +308,15 @@ pub struct LaunchHook {
 
 impl LaunchHook {
     /// `group` given, or found: from the instance's tag if the caller has it, else
-    /// DescribeAutoScalingInstances.
+    /// DescribeAutoScalingInstances. `None` when the instance is in no group (the same
+    /// image launched on its own): nothing to tell.
     pub async fn new(
         aws: &Aws,
         config: &AsgConfig,
         instance_id: &str,
         group_tag: Option<&str>,
         deadline: Deadline,
-    ) -> Result<LaunchHook, OrchestratorError> {
+    ) -> Result<Option<LaunchHook>, OrchestratorError> {
         let client = aws.autoscaling();
         let group = match (&config.group, group_tag) {
             (Some(group), _) => group.clone(),
@@ -314,9 +328,17 @@ impl LaunchHook {
                 tag.to_string()
             }
             (None, None) => {
-                let answer = call("Auto Scaling", "DescribeAutoScalingInstances", deadline, || {
-                    client.describe_auto_scaling_instances().instance_ids(instance_id).send()
-                })
+                let answer = call(
+                    "Auto Scaling",
+                    "DescribeAutoScalingInstances",
+                    deadline,
+                    || {
+                        client
+                            .describe_auto_scaling_instances()
+                            .instance_ids(instance_id)
+                            .send()
+                    },
+                )
                 .await
                 .map_err(|f| {
                     OrchestratorError::Undelivered(format!(
@@ -324,17 +346,18 @@ impl LaunchHook {
                         describe(&f)
                     ))
                 })?;
-                let group = answer
+                let found = answer
                     .auto_scaling_instances()
                     .iter()
                     .find(|i| i.instance_id() == Some(instance_id))
                     .and_then(|i| i.auto_scaling_group_name())
-                    .map(str::to_string)
-                    .ok_or_else(|| {
-                        OrchestratorError::Undelivered(format!(
-                            "instance {instance_id} is in no auto scaling group (DescribeAutoScalingInstances)"
-                        ))
-                    })?;
+                    .map(str::to_string);
+                let Some(group) = found else {
+                    tracing::info!(
+                        "instance {instance_id} is in no auto scaling group (DescribeAutoScalingInstances): no lifecycle hook to tell"
+                    );
+                    return Ok(None);
+                };
                 tracing::info!(
                     group,
                     "auto scaling group from DescribeAutoScalingInstances"
@@ -342,12 +365,12 @@ impl LaunchHook {
                 group
             }
         };
-        Ok(LaunchHook {
+        Ok(Some(LaunchHook {
             client,
             group,
             hook: config.hook.clone(),
             instance_id: instance_id.to_string(),
-        })
+        }))
     }
 
     /// The hook's heartbeat timeout (DescribeLifecycleHooks).
@@ -472,6 +495,7 @@ mod tests {
                 group: None,
                 on_failure: OnFailure::Hold,
                 hold_for: Duration::from_secs(7200),
+                ready_within: DEFAULT_READY_WITHIN,
             })
         );
         assert_eq!(config.complete_on, CompleteOn::Target);

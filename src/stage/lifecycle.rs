@@ -13,11 +13,11 @@
 //! - On success (`bootstage.target` reached, or the app's `lifecycle complete`):
 //!   `CompleteLifecycleAction CONTINUE` and `SignalResource SUCCESS`, at once.
 //! - On failure, after the failure notice: `ABANDON` and `SignalResource FAILURE`; or, with
-//!   `on_failure: hold`, a hold in `lifecycle.json` that the watcher keeps alive with
+//!   `on_failure: hold`, a hold in `lifecycle/record.json` that the watcher keeps alive with
 //!   heartbeats until `bootstage release` or `hold_for` (clamped to the group's limits:
 //!   100 heartbeat timeouts, 48 h, counted from boot), then abandons.
 //!
-//! A signal that cannot be delivered is logged, kept in `lifecycle.json` (shown by
+//! A signal that cannot be delivered is logged, kept in `lifecycle/record.json` (shown by
 //! `status`) and exits 75; it never blocks the app: none of these runs in the chain.
 
 use std::path::{Path, PathBuf};
@@ -42,12 +42,14 @@ pub const DEFAULT_CONFIG: &str = "/etc/bootstage/lifecycle.json";
 pub const SIGNAL_TIMEOUT: Duration = Duration::from_secs(20);
 /// Heartbeats when the hook's timeout cannot be read: a third of AWS's 30 s minimum.
 const FALLBACK_HEARTBEAT: Duration = Duration::from_secs(10);
-/// How often the watcher looks at `lifecycle.json` for a hold, a release or a completion.
+/// How often the watcher looks at `lifecycle/record.json` for a hold, a release or a completion.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 /// How long after a stage failed the watcher leaves the failure unit to abandon or hold
 /// the instance before it abandons it itself: the failure unit's notice and signals take
 /// at most 60 s + 2 × 20 s.
 const FAILURE_GRACE: Duration = Duration::from_secs(120);
+/// A heartbeat or a final signal that was not delivered is tried again this soon.
+const RETRY_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -170,7 +172,7 @@ async fn connect(state: &StateDir, config: Config, deadline: Deadline) -> Result
                 .as_ref()
                 .and_then(|t| t.get(orchestrator::GROUP_TAG))
                 .map(String::as_str);
-            Some(LaunchHook::new(&aws, asg, &instance_id, tag, deadline).await?)
+            LaunchHook::new(&aws, asg, &instance_id, tag, deadline).await?
         }
         None => None,
     };
@@ -259,10 +261,17 @@ async fn finish(state: &StateDir, link: &Link, success: bool) -> Result<()> {
             r.group = Some(group);
             r.hook = Some(hook);
         }
-        if let Some((s, _)) = &asg {
+        // Two senders may race (a release and the end of a hold): the signal the service
+        // took stays on record, not the later one that found nothing waiting.
+        let keep = |old: &Option<Signal>| old.as_ref().is_some_and(Signal::taken);
+        if let Some((s, _)) = &asg
+            && !keep(&r.asg)
+        {
             r.asg = Some(s.clone());
         }
-        if let Some((s, _)) = &cfn {
+        if let Some((s, _)) = &cfn
+            && !keep(&r.cloudformation)
+        {
             r.cloudformation = Some(s.clone());
         }
     })?;
@@ -304,7 +313,7 @@ impl Abandon {
     }
 }
 
-/// Before the failure notice: decides a hold (written to `lifecycle.json` at once, so the
+/// Before the failure notice: decides a hold (written to `lifecycle/record.json` at once, so the
 /// notice and the watcher see it), or returns the abandon to send after the notice. Only
 /// a hold talks to AWS here: an abandon must not delay the notice.
 pub async fn failure(
@@ -323,8 +332,14 @@ pub async fn failure(
     else {
         return Ok(Some(Abandon(config)));
     };
+    if lifecycle::read(state)?.is_some_and(|r| lifecycle::settled(&r.asg)) {
+        tracing::info!("the lifecycle action is already complete: no hold");
+        return Ok(Some(Abandon(config)));
+    }
     let link = connect(state, config, Deadline::after(SIGNAL_TIMEOUT)).await?;
-    let hook = link.hook.as_ref().expect("asg settings make a hook");
+    let Some(hook) = link.hook.as_ref() else {
+        return Ok(Some(Abandon(link.config)));
+    };
     let hold = plan_hold(hook, hold_for, link.launched, reason).await;
     tracing::warn!(
         until = hold.until,
@@ -399,7 +414,10 @@ fn since_boot() -> Duration {
 
 /// `bootstage release [--continue|--abandon]`: ends a hold now.
 pub async fn release(state: &StateDir, settings: &Settings, proceed: bool) -> Result<()> {
-    let held = lifecycle::read(state)?.and_then(|r| if r.asg.is_none() { r.hold } else { None });
+    let held = lifecycle::read(state)?.and_then(|r| match lifecycle::settled(&r.asg) {
+        true => None,
+        false => r.hold,
+    });
     let Some(hold) = held else {
         return Err(LifecycleError::NotHeld.into());
     };
@@ -417,17 +435,26 @@ pub async fn watch(state: &StateDir, settings: &Settings, notifier: Notifier) ->
         tracing::info!("no bootstage.lifecycle: nothing to keep alive");
         return Ok(());
     };
-    if config.asg.is_none() {
+    let Some(ready_within) = config.asg.as_ref().map(|a| a.ready_within) else {
         notifier.ready("no auto scaling hook to keep alive");
         return Ok(());
-    }
+    };
     let link = connect(state, config, Deadline::after(SIGNAL_TIMEOUT)).await?;
-    let hook = link.hook.as_ref().expect("asg settings make a hook");
+    let Some(hook) = link.hook.as_ref() else {
+        notifier.ready("in no auto scaling group: nothing to keep alive");
+        return Ok(());
+    };
     let every = match hook
         .heartbeat_timeout(Deadline::after(SIGNAL_TIMEOUT))
         .await
     {
         Ok(timeout) => (timeout / 3).max(Duration::from_secs(1)),
+        // A hook that does not exist is a setting to fix, not a reason to heartbeat.
+        Err(e @ OrchestratorError::Config(_)) => {
+            let why = e.to_string();
+            lifecycle::update(state, |r| r.heartbeat_error = Some(why))?;
+            return Err(e.into());
+        }
         Err(e) => {
             tracing::warn!(
                 "the hook's heartbeat timeout is unknown ({e}); heartbeating every {FALLBACK_HEARTBEAT:?}"
@@ -447,23 +474,29 @@ pub async fn watch(state: &StateDir, settings: &Settings, notifier: Notifier) ->
     notifier.ready(&format!("heartbeating {} every {every:?}", hook.hook));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| OrchestratorError::Undelivered(format!("cannot watch for SIGTERM: {e}")))?;
-    let mut next = tokio::time::Instant::now();
+    let started = tokio::time::Instant::now();
+    // No lifecycle action outlives 48 h, so no watch does either.
+    let end = started + orchestrator::MAX_GLOBAL_TIMEOUT;
+    let mut next = started;
+    let mut retry_final = started;
     let mut announced_hold = false;
     let mut failed_since = None;
-    loop {
+    while tokio::time::Instant::now() < end {
         let record = lifecycle::read(state).ok().flatten().unwrap_or_default();
         // A failed boot is never kept alive by accident: if the failure unit neither
         // abandoned nor held the instance (it could not reach AWS, or it never ran), the
-        // watcher abandons it once the grace is over.
-        let failed = matches!(status::snapshot(state), Ok((status::State::Failed, _)));
-        let failed_for = match failed {
-            true => failed_since
-                .get_or_insert_with(tokio::time::Instant::now)
-                .elapsed(),
-            false => Duration::ZERO,
-        };
-        match (&record.asg, &record.hold) {
-            (Some(done), _) => {
+        // watcher abandons it once the grace is over. Only a failure a stage wrote itself
+        // counts: this unit cannot see the stages' processes.
+        match status::failure_written(state) {
+            true => {
+                failed_since.get_or_insert_with(tokio::time::Instant::now);
+            }
+            false => failed_since = None,
+        }
+        let failed_for = failed_since.map_or(Duration::ZERO, |t| t.elapsed());
+        // The final signal, if one is due, and why.
+        let due: Option<(bool, String)> = match (&record.asg, &record.hold) {
+            (Some(done), _) if done.delivered => {
                 tracing::info!(
                     result = done.result,
                     "the lifecycle action is complete: nothing left to keep alive"
@@ -471,27 +504,51 @@ pub async fn watch(state: &StateDir, settings: &Settings, notifier: Notifier) ->
                 notifier.status(&format!("lifecycle action complete: {}", done.result));
                 return Ok(());
             }
+            // Sent but not delivered: keep the action alive and send it again.
+            (Some(undelivered), _) => (tokio::time::Instant::now() >= retry_final).then(|| {
+                (
+                    undelivered.result == "CONTINUE",
+                    format!("{} was not delivered: sending it again", undelivered.result),
+                )
+            }),
             (None, Some(hold)) if unix_now() >= hold.until_unix => {
-                tracing::warn!(
-                    since = hold.since,
-                    "the hold is over: abandoning the instance"
-                );
-                return finish(state, &link, false).await;
+                Some((false, "the hold is over: abandoning the instance".into()))
             }
-            (None, None) if failed_for >= FAILURE_GRACE => {
-                tracing::warn!(
+            (None, Some(hold)) => {
+                if !announced_hold {
+                    announced_hold = true;
+                    notifier.status(&format!(
+                        "held for debugging until {}: bootstage release --abandon ends it",
+                        hold.until
+                    ));
+                }
+                None
+            }
+            (None, None) if failed_for >= FAILURE_GRACE => Some((
+                false,
+                format!(
                     "a stage failed {FAILURE_GRACE:?} ago and the instance was neither abandoned nor held: abandoning it"
-                );
-                return finish(state, &link, false).await;
+                ),
+            )),
+            (None, None) if started.elapsed() >= ready_within => Some((
+                false,
+                format!(
+                    "no completion within ready_within ({}): abandoning the instance",
+                    humantime::format_duration(ready_within)
+                ),
+            )),
+            (None, None) => None,
+        };
+        if let Some((proceed, why)) = due {
+            tracing::warn!("{why}");
+            match finish(state, &link, proceed).await {
+                Ok(()) => return Ok(()),
+                // Recorded as not delivered: tried again while the heartbeats go on.
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    retry_final = tokio::time::Instant::now() + every.min(RETRY_EVERY);
+                }
             }
-            (None, Some(hold)) if !announced_hold => {
-                announced_hold = true;
-                notifier.status(&format!(
-                    "held for debugging until {}: bootstage release --abandon ends it",
-                    hold.until
-                ));
-            }
-            _ => {}
         }
         if tokio::time::Instant::now() >= next {
             next = tokio::time::Instant::now() + every;
@@ -516,10 +573,13 @@ pub async fn watch(state: &StateDir, settings: &Settings, notifier: Notifier) ->
                     tracing::warn!("heartbeat not delivered: {e}");
                     let why = e.to_string();
                     lifecycle::update(state, |r| r.heartbeat_error = Some(why))?;
+                    // Sooner than a third of the timeout: two misses must not end it.
+                    next = tokio::time::Instant::now() + every.min(RETRY_EVERY);
                 }
             }
         }
         let wait = next
+            .min(retry_final.max(tokio::time::Instant::now()))
             .saturating_duration_since(tokio::time::Instant::now())
             .min(LOOK_EVERY);
         tokio::select! {
@@ -530,6 +590,8 @@ pub async fn watch(state: &StateDir, settings: &Settings, notifier: Notifier) ->
             }
         }
     }
+    tracing::warn!("no lifecycle action lasts longer than 48 h: the watch ends");
+    Ok(())
 }
 
 /// The lines `bootstage status` prints for the record.

@@ -17,9 +17,9 @@
 //! exits 75; it never blocks the boot: both units run beside the chain, not in it.
 //! A stage that never ran (systemd fails it, and triggers its `OnFailure=`, when an
 //! earlier stage failed) sends no notice of its own: one root failure, one notice.
-//! After the notice, the orchestrator is told (`stage::lifecycle`): CONTINUE and SUCCESS
-//! after the ready notice, ABANDON and FAILURE (or a hold) after a failure notice; the
-//! failure notice carries the hold, if one was decided.
+//! The orchestrator is told too (`stage::lifecycle`): CONTINUE and SUCCESS beside the
+//! ready notice, ABANDON and FAILURE (or a hold) after a failure notice; the failure
+//! notice carries the hold, if one was decided.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -156,7 +156,7 @@ pub struct Notice {
     pub exit_code: Option<u8>,
     pub instance: Value,
     pub timings: Vec<Record>,
-    /// What the orchestrator was told, or a hold: `lifecycle.json`, when there is one.
+    /// What the orchestrator was told, or a hold: `lifecycle/record.json`, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<crate::state::lifecycle::Record>,
 }
@@ -207,9 +207,12 @@ pub async fn run(state: &StateDir, args: &Settings) -> Result<()> {
             };
             both(sent, told)
         }
+        // At once: a webhook that is down must not keep the instance out of service.
         Event::Ready => {
-            let sent = send(state, args, &notice).await;
-            let told = lifecycle::ready(state, &args.lifecycle, false).await;
+            let (sent, told) = tokio::join!(
+                send(state, args, &notice),
+                lifecycle::ready(state, &args.lifecycle, false)
+            );
             both(sent, told)
         }
     }

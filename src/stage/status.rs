@@ -3,7 +3,7 @@
 //! Exits 0 when every stage is done (or bootstage is disabled), 1 when a stage failed, 2
 //! while one is pending or running. `--wait` watches the directory with inotify and returns
 //! the moment the outcome is known (0 or 1); at its deadline it returns 1. What the
-//! orchestrator was told, and a hold, follow the stages (`lifecycle.json`).
+//! orchestrator was told, and a hold, follow the stages (`lifecycle/record.json`).
 
 use std::fmt::Write as _;
 use std::os::unix::fs::DirBuilderExt;

@@ -1,11 +1,13 @@
-//! The orchestrator record, `<state dir>/lifecycle.json`: what bootstage told the auto
+//! The orchestrator record, `<state dir>/lifecycle/record.json`: what bootstage told the auto
 //! scaling group and CloudFormation (or could not tell them), the launch hook's heartbeats,
 //! and a hold in progress. Whoever signals writes it (the notices, `release`, the heartbeat
 //! watcher); `status` and the watcher read it.
 //!
 //! Several processes update it, so every change is a read-modify-write under an exclusive
-//! `flock` on `lifecycle.lock`, written through the atomic writer: a reader sees the old
-//! record or the new one, and no writer loses another's change.
+//! `flock` on `lifecycle/.lock`, written through the atomic writer: a reader sees the old
+//! record or the new one, and no writer loses another's change. It has a directory of its
+//! own so that the units which write it (the notices run the operator's command) may
+//! write there and nowhere else in the state dir.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -68,8 +70,12 @@ pub struct Record {
     pub cloudformation: Option<Signal>,
 }
 
+fn dir(state: &StateDir) -> PathBuf {
+    state.root().join("lifecycle")
+}
+
 fn path(state: &StateDir) -> PathBuf {
-    state.root().join("lifecycle.json")
+    dir(state).join("record.json")
 }
 
 /// The record; `None` when nothing was signalled this boot.
@@ -94,9 +100,9 @@ pub fn update(state: &StateDir, change: impl FnOnce(&mut Record)) -> Result<Reco
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(state.root())
-        .map_err(write_error(state.root().to_path_buf()))?;
-    let lock_path = state.root().join("lifecycle.lock");
+        .create(dir(state))
+        .map_err(write_error(dir(state)))?;
+    let lock_path = dir(state).join(".lock");
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -113,4 +119,17 @@ pub fn update(state: &StateDir, change: impl FnOnce(&mut Record)) -> Result<Reco
     atomic::write_file(&path(state), &text)
         .map_err(|(path, source)| StateError::Write { path, source })?;
     Ok(record)
+}
+
+impl Signal {
+    /// Taken by the service (not merely "nothing was waiting"): a later signal that found
+    /// nothing waiting must not replace it in the record.
+    pub fn taken(&self) -> bool {
+        self.delivered && self.note.is_none()
+    }
+}
+
+/// Whether a final signal went through (taken, or nothing was waiting for it).
+pub fn settled(signal: &Option<Signal>) -> bool {
+    signal.as_ref().is_some_and(|s| s.delivered)
 }

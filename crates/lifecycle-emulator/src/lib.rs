@@ -15,7 +15,7 @@
 //!   `ValidationError` "… cannot be signaled", as a resource that has completed does.
 //!
 //! A test can script throttling (the next N calls answer `Throttling`, HTTP 400, as both
-//! services do). Every API call is recorded with its parameters, its answer, and the wall
+//! services do) and refusals (`AccessDenied`, HTTP 403). Every API call is recorded with its parameters, its answer, and the wall
 //! clock time, so a boot test can compare it with systemd's own timestamps.
 //!
 //! Control from another process: `GET /_emulator/calls`, `GET /_emulator/actions` (JSON),
@@ -87,6 +87,10 @@ pub struct Config {
     pub stacks: Vec<Stack>,
     /// The first N API calls are answered `Throttling`.
     pub throttle_first: u64,
+    /// API calls from number `throttle_first` on, up to this number, are answered
+    /// `AccessDenied` (HTTP 403): a policy without the action.
+    #[serde(default)]
+    pub deny_until: u64,
 }
 
 /// One API call as the emulator saw it.
@@ -261,6 +265,14 @@ impl Emulator {
         let done = self.shared.counter.load(Ordering::SeqCst);
         lock(&self.shared.config).throttle_first = done + n;
     }
+
+    /// The next `n` API calls answer `AccessDenied`.
+    pub fn deny_next(&self, n: u64) {
+        let done = self.shared.counter.load(Ordering::SeqCst);
+        let mut config = lock(&self.shared.config);
+        config.throttle_first = config.throttle_first.min(done);
+        config.deny_until = done + n;
+    }
 }
 
 impl Shared {
@@ -305,9 +317,16 @@ async fn handle(
         _ => ("unknown", ASG_NS),
     };
     let n = shared.counter.fetch_add(1, Ordering::SeqCst);
-    let throttled = n < lock(&shared.config).throttle_first;
+    let (throttled, denied) = {
+        let config = lock(&shared.config);
+        (n < config.throttle_first, n < config.deny_until)
+    };
     let answer = match (throttled, service) {
         (true, _) => Err(("Throttling", "Rate exceeded".to_string())),
+        (false, _) if denied => Err((
+            "AccessDenied",
+            format!("User is not authorized to perform: {service}:{action}"),
+        )),
         (false, "autoscaling") => autoscaling(&shared, &action, &params),
         (false, "cloudformation") => cloudformation(&shared, &action, &params),
         _ => Err((
@@ -318,7 +337,10 @@ async fn handle(
     let (status, error, xml) = match answer {
         Ok(result) => (StatusCode::OK, None, success(&action, ns, &result)),
         Err((code, message)) => (
-            StatusCode::BAD_REQUEST,
+            match code {
+                "AccessDenied" => StatusCode::FORBIDDEN,
+                _ => StatusCode::BAD_REQUEST,
+            },
             Some(code.to_string()),
             failure(ns, code, &message),
         ),
