@@ -16,7 +16,7 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--binary PATH] [--uninstall]" >&2; exit 64 ;;
   esac
 done
-units="bootstage-metadata.service bootstage-s3-sync.service bootstage-hooks.service bootstage.target bootstage-ready.service bootstage-failure@.service"
+units="bootstage-metadata.service bootstage-s3-sync.service bootstage-hooks.service bootstage.target bootstage-ready.service bootstage-failure@.service bootstage-lifecycle.service"
 unitdir=$dest/usr/lib/systemd/system
 wants=$dest/etc/systemd/system/multi-user.target.wants
 

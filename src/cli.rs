@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::base::duration;
-use crate::stage::{hooks, launch, metadata, notice, query, s3sync, status};
+use crate::stage::{hooks, launch, lifecycle, metadata, notice, query, s3sync, status};
 use crate::state;
 
 #[derive(Debug, Parser)]
@@ -48,8 +48,59 @@ pub enum Command {
     /// params.app.port, or just app.port (read under params); numbers index lists.
     /// Exit status: 1 when there is no such key.
     Query(QueryArgs),
-    /// Send the failure or ready notice configured in bootstage.notify.
+    /// Send the failure or ready notice configured in bootstage.notify, then tell the
+    /// auto scaling group and CloudFormation (bootstage.lifecycle).
     Notify(NotifyArgs),
+    /// The auto scaling launch hook and CloudFormation signal (bootstage.lifecycle).
+    Lifecycle(LifecycleArgs),
+    /// End the hold on a failed instance now: abandon it (the group replaces it) or, with
+    /// --continue, put it in service.
+    Release(ReleaseArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LifecycleConfig {
+    /// Used when the parameters have no bootstage.lifecycle (e.g. the metadata stage failed).
+    #[arg(
+        long = "lifecycle-config",
+        env = "BOOTSTAGE_LIFECYCLE_CONFIG",
+        default_value = lifecycle::DEFAULT_CONFIG,
+        value_name = "PATH"
+    )]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LifecycleArgs {
+    #[command(subcommand)]
+    pub command: LifecycleCommand,
+
+    #[command(flatten)]
+    pub config: LifecycleConfig,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum LifecycleCommand {
+    /// Keep the launch hook alive with heartbeats until it is completed or a hold ends
+    /// (bootstage-lifecycle.service).
+    Watch,
+    /// CONTINUE and SUCCESS now: for an app that signals after its own readiness check
+    /// (bootstage.lifecycle.complete_on = "app"), e.g. in ExecStartPost=.
+    Complete,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReleaseArgs {
+    /// Put the instance in service (CONTINUE, SUCCESS) instead of abandoning it.
+    #[arg(long = "continue", conflicts_with = "abandon")]
+    pub proceed: bool,
+
+    /// Abandon the instance (ABANDON, FAILURE): the default.
+    #[arg(long)]
+    pub abandon: bool,
+
+    #[command(flatten)]
+    pub config: LifecycleConfig,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -137,6 +188,9 @@ pub struct NotifyArgs {
         value_name = "PATH"
     )]
     pub config: PathBuf,
+
+    #[command(flatten)]
+    pub lifecycle: LifecycleConfig,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -344,6 +398,13 @@ impl From<NotifyArgs> for notice::Settings {
             },
             unit: a.unit,
             config: a.config,
+            lifecycle: a.lifecycle.into(),
         }
+    }
+}
+
+impl From<LifecycleConfig> for lifecycle::Settings {
+    fn from(a: LifecycleConfig) -> Self {
+        lifecycle::Settings { config: a.path }
     }
 }

@@ -8,7 +8,8 @@
 //! - `imds/` (the IMDS protocol, user-data decoding, the facts), `secrets/` (references
 //!   to SSM and Secrets Manager), `sync/` (sources, key safety, descriptor-relative file
 //!   steps, atomic generations of a synced tree) and `aws/` (the shared SDK
-//!   configuration and the reading of AWS errors);
+//!   configuration and the reading of AWS errors), `orchestrator/` (the lifecycle
+//!   hook's and CloudFormation's signals);
 //! - `state/` (the state dir, atomic writes, the env file);
 //! - `base/` (exit codes, the retry policy and deadlines, child processes, sd_notify,
 //!   logging, the kill switch).
@@ -17,6 +18,7 @@ pub mod aws;
 pub mod base;
 pub mod cli;
 pub mod imds;
+pub mod orchestrator;
 pub mod secrets;
 pub mod stage;
 pub mod state;

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use bootstage::base::exit::{self, ExitStatus};
 use bootstage::base::logging;
 use bootstage::base::notify::Notifier;
-use bootstage::cli::{Cli, Command};
+use bootstage::cli::{Cli, Command, LifecycleCommand};
 use bootstage::stage::error::Error;
-use bootstage::stage::{hooks, launch, metadata, notice, query, s3sync, status};
+use bootstage::stage::{hooks, launch, lifecycle, metadata, notice, query, s3sync, status};
 use bootstage::state::StateDir;
 use clap::Parser;
 
@@ -62,6 +62,16 @@ async fn run(cli: Cli, notifier: Notifier) -> Result<exit::ExitCode, Error> {
         Command::Status(args) => return status::run(&state, &args.into()).await,
         Command::Query(args) => query::run(&state, &args.into())?,
         Command::Notify(args) => notice::run(&state, &args.into()).await?,
+        Command::Lifecycle(args) => {
+            let settings = args.config.into();
+            match args.command {
+                LifecycleCommand::Watch => lifecycle::watch(&state, &settings, notifier).await?,
+                LifecycleCommand::Complete => lifecycle::ready(&state, &settings, true).await?,
+            }
+        }
+        Command::Release(args) => {
+            lifecycle::release(&state, &args.config.into(), args.proceed).await?
+        }
     }
     Ok(exit::ExitCode::Ok)
 }

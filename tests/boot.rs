@@ -116,6 +116,7 @@ impl Machine {
             "etc/bootstage/notify.json",
             &serde_json::json!({"url": notify_url, "ready": true}).to_string(),
         );
+        m.write("etc/bootstage/lifecycle.json", LIFECYCLE);
         for (name, unit) in [
             ("test-app-launch.service", APP_LAUNCH),
             ("test-app-envfile.service", APP_ENVFILE),
@@ -334,11 +335,21 @@ ExecStart=/bin/sh -c 'bootstage status --wait --json > /results/wait.json; echo 
 
 /// Runs last (after the apps, the notices and the waiter), saves what the host asserts on,
 /// and ends the boot.
+/// The lifecycle emulator's URL, for `bootstage_env`.
+static ORCHESTRATOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The image's lifecycle settings: every machine tells the group and the stack.
+const LIFECYCLE: &str = r#"{"asg": {"hook": "launch", "group": "web"},
+ "cloudformation": {"stack": "web-stack", "resource": "Group"}}"#;
+
+/// The instance of the boot whose metadata stage fails.
+const FAILED_ID: &str = "i-0000000000000bad0";
+
 const CHECK: &str = "[Unit]
-After=test-app-launch.service test-app-envfile.service test-status-wait.service myapp.service myapp-user.service bootstage.target bootstage-ready.service bootstage-failure@bootstage-metadata.service.service bootstage-failure@bootstage-s3-sync.service.service
+After=test-app-launch.service test-app-envfile.service test-status-wait.service myapp.service myapp-user.service bootstage.target bootstage-ready.service bootstage-failure@bootstage-metadata.service.service bootstage-failure@bootstage-s3-sync.service.service bootstage-lifecycle.service
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'if [ -e /etc/test-expect-myapp ]; then for f in myapp-0-args myapp-1001-args; do i=0; while [ ! -e /results/$f ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; done; fi; if [ -e /etc/test-wait-for-reload ]; then i=0; while [ ! -s /results/reloaded ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; fi; systemctl show > /results/manager.show; for u in bootstage-ready.service myapp.service myapp-user.service bootstage-metadata.service bootstage-s3-sync.service bootstage-hooks.service bootstage.target test-app-launch.service test-app-envfile.service test-status-wait.service bootstage-failure@bootstage-metadata.service.service bootstage-failure@bootstage-s3-sync.service.service; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; bootstage status --json > /results/status.json; echo $? > /results/status.rc; systemctl --no-block exit 0'
+ExecStart=/bin/sh -c 'if [ -e /etc/test-expect-myapp ]; then for f in myapp-0-args myapp-1001-args; do i=0; while [ ! -e /results/$f ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; done; fi; if [ -e /etc/test-wait-for-reload ]; then i=0; while [ ! -s /results/reloaded ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; fi; systemctl show > /results/manager.show; for u in bootstage-lifecycle.service bootstage-ready.service myapp.service myapp-user.service bootstage-metadata.service bootstage-s3-sync.service bootstage-hooks.service bootstage.target test-app-launch.service test-app-envfile.service test-status-wait.service bootstage-failure@bootstage-metadata.service.service bootstage-failure@bootstage-s3-sync.service.service; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; bootstage status --json > /results/status.json; echo $? > /results/status.rc; systemctl --no-block exit 0'
 ";
 
 fn user_data(values: &[String], sync_from: &str) -> String {
@@ -363,7 +374,12 @@ fn user_data(values: &[String], sync_from: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(gz.finish().unwrap())
 }
 
+/// The environment every machine gets: IMDS, moto, and the lifecycle emulator for Auto
+/// Scaling and CloudFormation.
 fn bootstage_env(imds: &str) -> String {
+    let orch = ORCHESTRATOR
+        .get()
+        .expect("the lifecycle emulator is started first");
     let moto_env: Vec<String> = moto()
         .env()
         .into_iter()
@@ -374,7 +390,7 @@ fn bootstage_env(imds: &str) -> String {
         .filter(|l| !l.starts_with("AWS_EC2_METADATA_DISABLED"))
         .collect();
     format!(
-        "AWS_EC2_METADATA_SERVICE_ENDPOINT={imds}\nBOOTSTAGE_USER_DATA_WAIT=2s\nBOOTSTAGE_TIMEOUT=20s\n{}\n",
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT={imds}\nBOOTSTAGE_USER_DATA_WAIT=2s\nBOOTSTAGE_TIMEOUT=20s\n{}\nAWS_ENDPOINT_URL_AUTO_SCALING={orch}\nAWS_ENDPOINT_URL_CLOUDFORMATION={orch}\n",
         moto_env.join("\n")
     )
 }
@@ -383,6 +399,32 @@ fn bootstage_env(imds: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn boots_under_systemd() {
     let _ = rootfs_tar();
+    // Every instance of these boots starts in the group's launch hook when the test starts
+    // (a heartbeat timeout that outlasts building the machines); the stack's resource
+    // takes a signal from each.
+    let orch = lifecycle_emulator::Emulator::start(lifecycle_emulator::Config {
+        groups: vec![lifecycle_emulator::Group {
+            name: "web".into(),
+            hook: "launch".into(),
+            heartbeat_timeout: 900.0,
+            default_result: "ABANDON".into(),
+            instances: vec![
+                "i-0123456789abcdef0".into(),
+                "i-0fedcba9876543210".into(),
+                FAILED_ID.into(),
+            ],
+        }],
+        stacks: vec![lifecycle_emulator::Stack {
+            name: "web-stack".into(),
+            resources: vec!["Group".into()],
+            count: 10,
+        }],
+        throttle_first: 0,
+        deny_until: 0,
+    })
+    .await
+    .unwrap();
+    ORCHESTRATOR.set(orch.url()).unwrap();
     let values = adversarial::values(300, 2026);
     let hook = Webhook::start(&[]).await;
     let bucket = moto().bucket("boot-config").await;
@@ -423,6 +465,7 @@ async fn boots_under_systemd() {
                 "bootstage.target",
                 "bootstage-ready.service",
                 "bootstage-failure@x.service",
+                "bootstage-lifecycle.service",
             ]
             .map(|u| {
                 machine
@@ -506,6 +549,7 @@ async fn boots_under_systemd() {
         "bootstage-metadata.service",
         "bootstage-s3-sync.service",
         "bootstage-ready.service",
+        "bootstage-lifecycle.service",
     ] {
         let show = first.unit(unit);
         assert_eq!(
@@ -575,6 +619,61 @@ async fn boots_under_systemd() {
     assert_eq!(
         common::states(&notices[0].body["timings"]),
         ["done", "done", "done"]
+    );
+    // The orchestrator (issue 12): heartbeats while the boot ran, then exactly one CONTINUE
+    // and one SUCCESS, after systemd reached bootstage.target.
+    let target = first.monotonic("bootstage.target", "ActiveEnterTimestampMonotonic");
+    let calls: Vec<_> = orch
+        .calls()
+        .into_iter()
+        .filter(|c| {
+            c.params
+                .get("InstanceId")
+                .or(c.params.get("UniqueId"))
+                .map(String::as_str)
+                == Some(first_id)
+        })
+        .collect();
+    let mut signals: Vec<String> = calls
+        .iter()
+        .filter(|c| {
+            c.action != "RecordLifecycleActionHeartbeat" && !c.action.starts_with("Describe")
+        })
+        .map(|c| {
+            let result = c
+                .params
+                .get("LifecycleActionResult")
+                .or(c.params.get("Status"));
+            format!("{} {} {}", c.action, result.unwrap(), c.status)
+        })
+        .collect();
+    signals.sort();
+    assert_eq!(
+        signals,
+        [
+            "CompleteLifecycleAction CONTINUE 200",
+            "SignalResource SUCCESS 200"
+        ],
+        "{journal}"
+    );
+    let (beats, ends): (Vec<_>, Vec<_>) = calls
+        .iter()
+        .partition(|c| c.action == "RecordLifecycleActionHeartbeat");
+    assert!(!beats.is_empty(), "no heartbeat: {journal}");
+    for end in &ends {
+        assert!(
+            end.monotonic_usec > target,
+            "{} before bootstage.target",
+            end.action
+        );
+        assert!(beats.iter().all(|b| b.monotonic_usec < end.monotonic_usec));
+    }
+    assert_eq!(
+        first
+            .unit("bootstage-lifecycle.service")
+            .get("Result")
+            .map(String::as_str),
+        Some("success")
     );
 
     // 4. The same disk again: idempotent, nothing downloaded.
@@ -660,7 +759,15 @@ async fn boots_under_systemd() {
     drop(machine);
 
     // 2. No user-data: metadata fails with 66, no restart, OnFailure= runs, no app.
-    let empty = Emulator::start(Config::default()).await.unwrap();
+    let empty = Emulator::start(Config {
+        instance: imds_emulator::Instance {
+            instance_id: FAILED_ID.into(),
+            ..Default::default()
+        },
+        ..Config::default()
+    })
+    .await
+    .unwrap();
     let machine = Machine::new(&bootstage_env(&empty.url()), &hook.url);
     let (r, _m) = tokio::task::spawn_blocking(move || (machine.boot(), machine))
         .await
@@ -685,7 +792,8 @@ async fn boots_under_systemd() {
         ),
         0
     );
-    let notice = hook.wait_for(4).await[3].body.clone();
+    let received = hook.wait_for(4).await[3].clone();
+    let notice = received.body.clone();
     assert_eq!(
         notice["event"], "failure",
         "OnFailure= sent the notice: {notice}"
@@ -707,6 +815,57 @@ async fn boots_under_systemd() {
         ["failed", "pending", "pending"]
     );
     assert!(r.text("journal").contains("this instance has no user-data"));
+    // The orchestrator, from the image's settings (no parameters): ABANDON and FAILURE,
+    // after the metadata stage failed and after the failure notice arrived.
+    let failed_at = r.monotonic(
+        "bootstage-metadata.service",
+        "ExecMainExitTimestampMonotonic",
+    );
+    let ends: Vec<_> = orch
+        .calls()
+        .into_iter()
+        .filter(|c| {
+            c.action != "RecordLifecycleActionHeartbeat"
+                && c.params
+                    .get("InstanceId")
+                    .or(c.params.get("UniqueId"))
+                    .map(String::as_str)
+                    == Some(FAILED_ID)
+        })
+        .collect();
+    let mut signals: Vec<String> = ends
+        .iter()
+        .map(|c| {
+            let result = c
+                .params
+                .get("LifecycleActionResult")
+                .or(c.params.get("Status"));
+            format!("{} {} {}", c.action, result.unwrap(), c.status)
+        })
+        .collect();
+    signals.sort();
+    assert_eq!(
+        signals,
+        [
+            "CompleteLifecycleAction ABANDON 200",
+            "SignalResource FAILURE 200"
+        ],
+        "{}",
+        r.text("journal")
+    );
+    for end in &ends {
+        assert!(failed_at > 0 && end.monotonic_usec > failed_at);
+        assert!(
+            end.monotonic_usec > received.monotonic_usec,
+            "{} before the notice",
+            end.action
+        );
+    }
+    let outcome = orch.actions()[FAILED_ID].outcome.clone().unwrap();
+    assert_eq!(
+        (outcome.result.as_str(), outcome.by.as_str()),
+        ("ABANDON", "complete")
+    );
 
     // 3. S3 failure: the app never starts.
     let emu = Emulator::start(Config {

@@ -88,6 +88,7 @@ fn installs_enables_is_idempotent_and_uninstalls() {
             "usr/bin/bootstage",
             "usr/lib/systemd/system/bootstage-failure@.service",
             "usr/lib/systemd/system/bootstage-hooks.service",
+            "usr/lib/systemd/system/bootstage-lifecycle.service",
             "usr/lib/systemd/system/bootstage-metadata.service",
             "usr/lib/systemd/system/bootstage-ready.service",
             "usr/lib/systemd/system/bootstage-s3-sync.service",

@@ -15,7 +15,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["cli"],
     &["stage"],
-    &["imds", "sync", "secrets", "aws"],
+    &["imds", "sync", "secrets", "orchestrator", "aws"],
     &["state"],
     &["base"],
 ];

@@ -121,6 +121,24 @@ impl Aws {
         aws_sdk_ssm::Client::from_conf(config)
     }
 
+    /// The Auto Scaling client (the lifecycle hook), retried by the caller as SSM's is.
+    pub fn autoscaling(&self) -> aws_sdk_autoscaling::Client {
+        let config = aws_sdk_autoscaling::config::Builder::from(&self.shared)
+            .retry_config(RetryConfig::disabled())
+            .build();
+        aws_sdk_autoscaling::Client::from_conf(config)
+    }
+
+    /// The CloudFormation client, in `region` if given (a stack in another region).
+    pub fn cloudformation(&self, region: Option<&str>) -> aws_sdk_cloudformation::Client {
+        let mut config = aws_sdk_cloudformation::config::Builder::from(&self.shared)
+            .retry_config(RetryConfig::disabled());
+        if let Some(region) = region {
+            config = config.region(Region::new(region.to_string()));
+        }
+        aws_sdk_cloudformation::Client::from_conf(config.build())
+    }
+
     /// A Secrets Manager client for `region`, retried by the caller as SSM's is.
     pub fn secretsmanager(&self, region: &str) -> aws_sdk_secretsmanager::Client {
         let config = aws_sdk_secretsmanager::config::Builder::from(&self.shared)

@@ -2,7 +2,10 @@
 //!
 //! On EC2 they come from IMDS: the identity document (instance id, region, zone, type,
 //! AMI, account, private IP) plus `local-hostname` and `mac` from meta-data, fetched
-//! concurrently with the user-data wait so they add no latency. Tags are read only if
+//! concurrently with the user-data wait so they add no latency, and, in an auto scaling
+//! group, `autoscaling/target-lifecycle-state` (the state the group is moving the instance
+//! to: `InService` during a launch hook, `Terminated` once it is being replaced, or
+//! `Warmed:*` in a warm pool). Tags are read only if
 //! IMDS exposes them, in a single attempt: they are absent while an auto-scaling
 //! lifecycle hook holds the instance, so waiting for them could hang a boot.
 //! Off-cloud (`--user-data-file`) they come from `--fact NAME=VALUE` flags or are absent,
@@ -16,7 +19,7 @@ use crate::imds::{Client, ImdsError};
 use crate::state::envfile::{self, Env, ExportError, FACT_PREFIX};
 
 /// The fact names, as `--fact` takes them; exported as `BOOTSTAGE_INSTANCE_ID` etc.
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 10] = [
     "instance-id",
     "region",
     "availability-zone",
@@ -26,6 +29,7 @@ pub const NAMES: [&str; 9] = [
     "local-ipv4",
     "local-hostname",
     "mac",
+    "target-lifecycle-state",
 ];
 
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -41,6 +45,13 @@ pub struct Facts {
     pub local_ipv4: Option<String>,
     pub local_hostname: Option<String>,
     pub mac: Option<String>,
+    /// In an auto scaling group: the lifecycle state the group is moving the instance to.
+    #[serde(default)]
+    pub target_lifecycle_state: Option<String>,
+    /// When the instance entered `pending` (the identity document's `pendingTime`): where a
+    /// launch lifecycle action's time limit is counted from.
+    #[serde(default)]
+    pub pending_time: Option<String>,
     /// Instance tags, when IMDS exposes them; `null` otherwise.
     pub tags: Option<BTreeMap<String, String>>,
 }
@@ -55,11 +66,12 @@ struct IdentityDocument {
     image_id: Option<String>,
     account_id: Option<String>,
     private_ip: Option<String>,
+    pending_time: Option<String>,
 }
 
 impl Facts {
     /// The facts by their `NAMES` entry, in that order.
-    pub fn named(&self) -> [(&'static str, Option<&str>); 9] {
+    pub fn named(&self) -> [(&'static str, Option<&str>); 10] {
         let values = [
             &self.instance_id,
             &self.region,
@@ -70,6 +82,7 @@ impl Facts {
             &self.local_ipv4,
             &self.local_hostname,
             &self.mac,
+            &self.target_lifecycle_state,
         ];
         std::array::from_fn(|i| (NAMES[i], values[i].as_deref()))
     }
@@ -85,6 +98,7 @@ impl Facts {
             "local-ipv4" => &mut self.local_ipv4,
             "local-hostname" => &mut self.local_hostname,
             "mac" => &mut self.mac,
+            "target-lifecycle-state" => &mut self.target_lifecycle_state,
             _ => return None,
         })
     }
@@ -109,10 +123,11 @@ impl Facts {
 
     /// Facts from IMDS; the identity document is required, the rest best effort.
     pub async fn from_imds(imds: &Client) -> Result<Facts, ImdsError> {
-        let (document, local_hostname, mac, tags) = tokio::join!(
+        let (document, local_hostname, mac, target_lifecycle_state, tags) = tokio::join!(
             imds.get_retrying("/latest/dynamic/instance-identity/document"),
             optional_text(imds, "/latest/meta-data/local-hostname"),
             optional_text(imds, "/latest/meta-data/mac"),
+            optional_text(imds, "/latest/meta-data/autoscaling/target-lifecycle-state"),
             tags(imds),
         );
         let doc: IdentityDocument =
@@ -131,6 +146,8 @@ impl Facts {
             local_ipv4: doc.private_ip,
             local_hostname: local_hostname?,
             mac: mac?,
+            target_lifecycle_state: target_lifecycle_state?,
+            pending_time: doc.pending_time,
             tags,
         })
     }

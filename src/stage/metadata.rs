@@ -137,7 +137,8 @@ async fn fetch(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<
     let missing: Vec<&str> = facts
         .named()
         .iter()
-        .filter(|f| f.1.is_none())
+        // Outside an auto scaling group there is no target lifecycle state: not a gap.
+        .filter(|f| f.1.is_none() && f.0 != "target-lifecycle-state")
         .map(|f| f.0)
         .collect();
     if !missing.is_empty() {

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod hooks;
 pub mod launch;
+pub mod lifecycle;
 pub mod metadata;
 pub mod notice;
 pub mod query;

@@ -17,6 +17,9 @@
 //! exits 75; it never blocks the boot: both units run beside the chain, not in it.
 //! A stage that never ran (systemd fails it, and triggers its `OnFailure=`, when an
 //! earlier stage failed) sends no notice of its own: one root failure, one notice.
+//! The orchestrator is told too (`stage::lifecycle`): CONTINUE and SUCCESS beside the
+//! ready notice, ABANDON and FAILURE (or a hold) after a failure notice; the failure
+//! notice carries the hold, if one was decided.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,7 +37,7 @@ use crate::base::child;
 use crate::base::retry::{self, Deadline, RetryHint};
 use crate::stage::error::{Error, Result};
 use crate::stage::error::{ExitCode, ExitStatus};
-use crate::stage::query;
+use crate::stage::{lifecycle, query};
 use crate::state::StateDir;
 use crate::state::status::{self, Record, Stage, State};
 
@@ -46,6 +49,8 @@ pub struct Settings {
     pub unit: Option<String>,
     /// The image's notice settings, used when the parameters have none.
     pub config: PathBuf,
+    /// Where the orchestrator is told, after the notice.
+    pub lifecycle: lifecycle::Settings,
 }
 
 pub const DEFAULT_CONFIG: &str = "/etc/bootstage/notify.json";
@@ -151,6 +156,9 @@ pub struct Notice {
     pub exit_code: Option<u8>,
     pub instance: Value,
     pub timings: Vec<Record>,
+    /// What the orchestrator was told, or a hold: `lifecycle/record.json`, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<crate::state::lifecycle::Record>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,22 +170,12 @@ pub enum NoticeError {
 }
 
 pub async fn run(state: &StateDir, args: &Settings) -> Result<()> {
-    let Some(config) = config(state, &args.config)? else {
-        tracing::info!(
-            "no bootstage.notify and no {}: nothing to send",
-            args.config.display()
-        );
-        return Ok(());
-    };
-    if args.event == Event::Ready && !config.ready {
-        tracing::info!("bootstage.notify.ready is off: no ready notice");
-        return Ok(());
-    }
     // systemd triggers OnFailure= also for the later stages whose start failed because an
     // earlier one did; those never ran (no record). The earlier stage's notice is the one
-    // that names the cause: one failure, one notice. A stage that failed before writing
-    // its first record for a reason of its own (a bad setting, a missing binary, a
-    // namespace failure at start) is heard of: only an earlier failed stage silences it.
+    // that names the cause: one failure, one notice (and one ABANDON). A stage that failed
+    // before writing its first record for a reason of its own (a bad setting, a missing
+    // binary, a namespace failure at start) is heard of: only an earlier failed stage
+    // silences it.
     if args.event == Event::Failure
         && let Some(stage) = args.unit.as_deref().and_then(Stage::of_unit)
         && status::read(state, stage).is_ok_and(|r| r.state == State::Pending)
@@ -189,8 +187,63 @@ pub async fn run(state: &StateDir, args: &Settings) -> Result<()> {
         tracing::info!(%stage, earlier = %earlier, "the stage never ran because an earlier one failed: no notice of its own");
         return Ok(());
     }
-    let notice = compose(state, args);
-    let body = serde_json::to_vec(&notice).expect("notices serialize");
+    let mut notice = compose(state, args);
+    match args.event {
+        // The notice first, then the orchestrator: whoever reads the notice learns why
+        // before the group replaces the instance. A hold is decided before the notice, so
+        // the notice says how long the instance is kept and how to release it.
+        Event::Failure => {
+            let reason = notice
+                .error
+                .clone()
+                .unwrap_or_else(|| "a unit failed".into());
+            let after = lifecycle::failure(state, &args.lifecycle, &reason).await;
+            notice.lifecycle = crate::state::lifecycle::read(state).ok().flatten();
+            let sent = send(state, args, &notice).await;
+            let told = match after {
+                Ok(Some(abandon)) => abandon.send(state).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            both(sent, told)
+        }
+        // At once: a webhook that is down must not keep the instance out of service.
+        Event::Ready => {
+            let (sent, told) = tokio::join!(
+                send(state, args, &notice),
+                lifecycle::ready(state, &args.lifecycle, false)
+            );
+            both(sent, told)
+        }
+    }
+}
+
+/// The first error of two steps that both had to run; the second is logged.
+fn both(first: Result<()>, second: Result<()>) -> Result<()> {
+    match (first, second) {
+        (Err(e), Err(also)) => {
+            tracing::error!("{also}");
+            Err(e)
+        }
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(())) => Ok(()),
+    }
+}
+
+/// Sends the notice where `bootstage.notify` (or the image's file) says.
+async fn send(state: &StateDir, args: &Settings, notice: &Notice) -> Result<()> {
+    let Some(config) = config(state, &args.config)? else {
+        tracing::info!(
+            "no bootstage.notify and no {}: nothing to send",
+            args.config.display()
+        );
+        return Ok(());
+    };
+    if args.event == Event::Ready && !config.ready {
+        tracing::info!("bootstage.notify.ready is off: no ready notice");
+        return Ok(());
+    }
+    let body = serde_json::to_vec(notice).expect("notices serialize");
     let deadline = Deadline::after(config.timeout.unwrap_or(DEFAULT_TIMEOUT).min(MAX_TIMEOUT));
     // The webhook and the command at once, each with the whole budget: a webhook that is
     // down must not leave the command (often the one that still works) no time.
@@ -200,7 +253,7 @@ pub async fn run(state: &StateDir, args: &Settings) -> Result<()> {
     };
     let running = async {
         let command = config.command.as_ref()?;
-        Some(run_command(command, &notice, &body, deadline).await)
+        Some(run_command(command, notice, &body, deadline).await)
     };
     let (posted, ran) = tokio::join!(posting, running);
     let mut failures = Vec::new();
@@ -290,6 +343,7 @@ fn compose(state: &StateDir, args: &Settings) -> Notice {
         exit_code: record.and_then(|r| r.exit_code),
         instance,
         timings: status::timings(state),
+        lifecycle: None,
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Exits 0 when every stage is done (or bootstage is disabled), 1 when a stage failed, 2
 //! while one is pending or running. `--wait` watches the directory with inotify and returns
-//! the moment the outcome is known (0 or 1); at its deadline it returns 1.
+//! the moment the outcome is known (0 or 1); at its deadline it returns 1. What the
+//! orchestrator was told, and a hold, follow the stages (`lifecycle/record.json`).
 
 use std::fmt::Write as _;
 use std::os::unix::fs::DirBuilderExt;
@@ -12,6 +13,7 @@ use futures_util::StreamExt;
 
 use crate::base::exit::ExitCode;
 use crate::stage::error::{Error, Result};
+use crate::stage::lifecycle;
 use crate::state::StateDir;
 use crate::state::status::{Record, State, snapshot, status_dir};
 
@@ -33,13 +35,21 @@ pub async fn run(state: &StateDir, args: &Settings) -> Result<ExitCode> {
         let waited = wait(state, args.timeout).await?;
         (overall, records) = waited;
     }
+    let orchestrator = crate::state::lifecycle::read(state).ok().flatten();
     let text = if args.json {
-        let doc = serde_json::json!({"state": overall, "stages": records});
+        let mut doc = serde_json::json!({"state": overall, "stages": records});
+        if let Some(record) = &orchestrator {
+            doc["lifecycle"] = serde_json::to_value(record).expect("records serialize");
+        }
         let mut text = serde_json::to_string_pretty(&doc).expect("records serialize");
         text.push('\n');
         text
     } else {
-        table(overall, &records)
+        let mut text = table(overall, &records);
+        for line in orchestrator.iter().flat_map(lifecycle::describe) {
+            text += &format!("lifecycle: {line}\n");
+        }
+        text
     };
     print!("{text}");
     Ok(match overall {

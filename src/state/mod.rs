@@ -4,6 +4,7 @@
 
 pub mod atomic;
 pub mod envfile;
+pub mod lifecycle;
 pub mod status;
 
 use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};

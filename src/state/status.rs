@@ -187,6 +187,18 @@ pub fn read(state: &StateDir, stage: Stage) -> Result<Record, StateError> {
     Ok(record)
 }
 
+/// Whether a stage wrote a `failed` record itself. Unlike [`read`], this never infers a
+/// failure from a `running` record whose process it cannot see: a reader without
+/// capabilities under `ProtectProc=invisible` cannot see a stage that kept some.
+pub fn failure_written(state: &StateDir) -> bool {
+    Stage::ALL.iter().any(|&stage| {
+        std::fs::read(record_path(state, stage))
+            .ok()
+            .and_then(|text| serde_json::from_slice::<Record>(&text).ok())
+            .is_some_and(|r| r.state == State::Failed)
+    })
+}
+
 /// Every stage's record, in boot order, and the overall state.
 pub fn snapshot(state: &StateDir) -> Result<(State, Vec<Record>), StateError> {
     if let Some(why) = switch::disabled_reason() {

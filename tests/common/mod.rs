@@ -30,10 +30,13 @@ const SCRUBBED: &[&str] = &[
     "BOOTSTAGE_LIB_DIR",
     "BOOTSTAGE_HOOK_TIMEOUT",
     "BOOTSTAGE_NOTIFY_CONFIG",
+    "BOOTSTAGE_LIFECYCLE_CONFIG",
     "NOTIFY_SOCKET",
     "JOURNAL_STREAM",
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL_AUTO_SCALING",
+    "AWS_ENDPOINT_URL_CLOUDFORMATION",
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
     "AWS_PROFILE",
@@ -104,6 +107,10 @@ impl Sandbox {
             .env("BOOTSTAGE_HOOKS_DIR", self.path("hooks"))
             .env("BOOTSTAGE_LIB_DIR", self.path("lib"))
             .env("BOOTSTAGE_NOTIFY_CONFIG", self.path("notify.json"))
+            .env(
+                "BOOTSTAGE_LIFECYCLE_CONFIG",
+                self.path("lifecycle-image.json"),
+            )
             .arg("--state-dir")
             .arg(self.state())
             .args(args)

@@ -12,6 +12,8 @@ use axum::routing::post;
 pub struct Received {
     pub headers: HeaderMap,
     pub body: serde_json::Value,
+    /// CLOCK_MONOTONIC at arrival, in microseconds (systemd's `…TimestampMonotonic`).
+    pub monotonic_usec: u64,
 }
 
 #[derive(Default)]
@@ -82,6 +84,9 @@ async fn receive(
     let status = {
         let mut inner = inner.lock().unwrap();
         inner.received.push(Received {
+            monotonic_usec: nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+                .map(|t| std::time::Duration::from(t).as_micros() as u64)
+                .unwrap_or_default(),
             headers,
             body: serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
         });

@@ -58,6 +58,8 @@ pub struct Instance {
     pub private_ip: String,
     pub local_hostname: String,
     pub mac: String,
+    /// The identity document's `pendingTime` (RFC 3339).
+    pub pending_time: String,
 }
 
 impl Default for Instance {
@@ -72,6 +74,9 @@ impl Default for Instance {
             private_ip: "10.0.0.12".into(),
             local_hostname: "ip-10-0-0-12.eu-west-1.compute.internal".into(),
             mac: "0e:00:00:00:00:01".into(),
+            // The instance entered pending as the emulator was set up.
+            pending_time: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                .to_string(),
         }
     }
 }
@@ -101,6 +106,9 @@ pub struct Config {
     pub retry_after: Option<u64>,
     /// Instance tags in metadata; `None` answers 404 as when the instance does not allow it.
     pub tags: Option<BTreeMap<String, String>>,
+    /// `autoscaling/target-lifecycle-state` (an instance in an auto scaling group);
+    /// `None` answers 404 as outside a group.
+    pub target_lifecycle_state: Option<String>,
     pub instance: Instance,
 }
 
@@ -416,6 +424,12 @@ impl Shared {
             "/latest/meta-data/local-ipv4" => text(&i.private_ip),
             "/latest/meta-data/local-hostname" => text(&i.local_hostname),
             "/latest/meta-data/mac" => text(&i.mac),
+            "/latest/meta-data/autoscaling/target-lifecycle-state" => {
+                match &config.target_lifecycle_state {
+                    Some(state) => text(state),
+                    None => answer(StatusCode::NOT_FOUND, ""),
+                }
+            }
             "/latest/meta-data/placement/region" => text(&i.region),
             "/latest/meta-data/placement/availability-zone" => text(&i.availability_zone),
             "/latest/dynamic/instance-identity/document" => {
@@ -423,7 +437,7 @@ impl Shared {
                     "accountId": i.account_id, "architecture": "x86_64",
                     "availabilityZone": i.availability_zone, "imageId": i.image_id,
                     "instanceId": i.instance_id, "instanceType": i.instance_type,
-                    "pendingTime": "2026-11-23T12:00:00Z", "privateIp": i.private_ip,
+                    "pendingTime": i.pending_time, "privateIp": i.private_ip,
                     "region": i.region, "version": "2017-09-30",
                 });
                 text(&serde_json::to_string_pretty(&doc).unwrap_or_default())

@@ -1,0 +1,52 @@
+//! `lifecycle-emulator`: the Auto Scaling and CloudFormation emulator as a process, for the
+//! systemd boot test and the demo. Prints `listening on URL` once it accepts connections,
+//! then serves until SIGINT or SIGTERM.
+//!
+//! Usage: lifecycle-emulator [--listen 127.0.0.1:PORT] [--config SCENARIO.json]
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use lifecycle_emulator::{Config, Emulator};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("lifecycle-emulator: {e}");
+        std::process::exit(2);
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let mut listen: SocketAddr = "127.0.0.1:0".parse().expect("valid address");
+    let mut config = Config::default();
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--listen" => listen = value()?.parse().map_err(|e| format!("--listen: {e}"))?,
+            "--config" => {
+                let path = value()?;
+                let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+                config = serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+            }
+            "-h" | "--help" => {
+                println!("usage: lifecycle-emulator [--listen 127.0.0.1:PORT] [--config FILE]");
+                return Ok(());
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    let emulator = Emulator::bind(listen, config)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("listening on {}", emulator.url());
+    let _ = std::io::stdout().flush();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,634 @@
+//! Telling the auto scaling group and CloudFormation how the boot went, and holding a
+//! failed instance for debugging: `bootstage lifecycle watch` (the heartbeat unit),
+//! `bootstage lifecycle complete` (the success signals, for an app that sends them after
+//! its own readiness check), `bootstage release` (ends a hold), and the two steps the
+//! notices take after they are sent ([`ready`], [`failure`]).
+//!
+//! Settings: the parameters' `bootstage.lifecycle`, else the image's
+//! `/etc/bootstage/lifecycle.json` (so a boot whose metadata stage failed is still
+//! abandoned or held), as the notices do. Without either, every step here does nothing.
+//!
+//! - While the boot runs, the watcher sends `RecordLifecycleActionHeartbeat` every third
+//!   of the hook's heartbeat timeout, so a long first sync is never cut off by the group.
+//! - On success (`bootstage.target` reached, or the app's `lifecycle complete`):
+//!   `CompleteLifecycleAction CONTINUE` and `SignalResource SUCCESS`, at once.
+//! - On failure, after the failure notice: `ABANDON` and `SignalResource FAILURE`; or, with
+//!   `on_failure: hold`, a hold in `lifecycle/record.json` that the watcher keeps alive with
+//!   heartbeats until `bootstage release` or `hold_for` (clamped to the group's limits:
+//!   100 heartbeat timeouts, 48 h, counted from boot), then abandons.
+//!
+//! A signal that cannot be delivered is logged, kept in `lifecycle/record.json` (shown by
+//! `status`) and exits 75; it never blocks the app: none of these runs in the chain.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::aws::Aws;
+use crate::base::notify::Notifier;
+use crate::base::retry::Deadline;
+use crate::imds::{self, facts::Facts};
+use crate::orchestrator::{
+    self, CompleteOn, Config, Delivery, LaunchHook, OnFailure, OrchestratorError,
+};
+use crate::stage::error::{Error, ExitCode, ExitStatus, Result};
+use crate::stage::query;
+use crate::state::StateDir;
+use crate::state::lifecycle::{self, Hold, Record, Signal};
+use crate::state::status;
+
+/// Where the image's settings are.
+pub const DEFAULT_CONFIG: &str = "/etc/bootstage/lifecycle.json";
+/// Each signal's budget, its retries included: inside the units' TimeoutStartSec.
+pub const SIGNAL_TIMEOUT: Duration = Duration::from_secs(20);
+/// Heartbeats when the hook's timeout cannot be read: a third of AWS's 30 s minimum.
+const FALLBACK_HEARTBEAT: Duration = Duration::from_secs(10);
+/// How often the watcher looks at `lifecycle/record.json` for a hold, a release or a completion.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+/// How long after a stage failed the watcher leaves the failure unit to abandon or hold
+/// the instance before it abandons it itself: the failure unit's notice and signals take
+/// at most 60 s + 2 × 20 s.
+const FAILURE_GRACE: Duration = Duration::from_secs(120);
+/// A heartbeat or a final signal that was not delivered is tried again this soon.
+const RETRY_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The image's settings, used when the parameters have none.
+    pub config: PathBuf,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            config: DEFAULT_CONFIG.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("no hold is in progress: nothing to release (bootstage status shows the lifecycle)")]
+    NotHeld,
+    #[error("the instance's identity is unknown: no instance.json and IMDS did not say ({0})")]
+    NoIdentity(String),
+}
+
+impl ExitStatus for LifecycleError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            LifecycleError::NotHeld => ExitCode::Failed,
+            LifecycleError::NoIdentity(_) => ExitCode::TempFail,
+        }
+    }
+}
+
+impl From<LifecycleError> for Error {
+    fn from(e: LifecycleError) -> Error {
+        Error::Stage(Box::new(e))
+    }
+}
+
+impl From<OrchestratorError> for Error {
+    fn from(e: OrchestratorError) -> Error {
+        Error::Stage(Box::new(e))
+    }
+}
+
+/// The parameters' `bootstage.lifecycle` if they have one, else the image's file, else none.
+pub fn config(state: &StateDir, fallback: &Path) -> Result<Option<Config>> {
+    let from_params = query::document(state)
+        .ok()
+        .and_then(|doc| query::lookup(&doc, "params.bootstage.lifecycle").cloned());
+    let (value, origin) = match from_params {
+        Some(value) => (value, "bootstage.lifecycle".to_string()),
+        None => match std::fs::read(fallback) {
+            Ok(text) => {
+                let value = serde_json::from_slice(&text).map_err(|e| {
+                    OrchestratorError::Config(format!("{}: not JSON ({e})", fallback.display()))
+                })?;
+                (value, fallback.display().to_string())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(Error::Read {
+                    path: fallback.into(),
+                    source,
+                });
+            }
+        },
+    };
+    Ok(Some(Config::from_value(&value, &origin)?))
+}
+
+/// Everything a signal needs: the shared AWS config, who this instance is, and its hook.
+struct Link {
+    config: Config,
+    aws: Aws,
+    instance_id: String,
+    hook: Option<LaunchHook>,
+    /// How long ago the lifecycle action began: since the identity document's
+    /// `pendingTime`, else since the kernel's boot (the action starts before either).
+    launched: Duration,
+}
+
+/// The instance's facts: `instance.json`, else IMDS (the metadata stage may have failed).
+async fn whoami(state: &StateDir) -> Result<Facts> {
+    if let Ok(text) = std::fs::read(state.instance_json())
+        && let Ok(facts) = serde_json::from_slice::<Facts>(&text)
+        && facts.instance_id.is_some()
+    {
+        return Ok(facts);
+    }
+    let endpoint = imds::resolve_endpoint(None, |v| std::env::var(v).ok())
+        .map_err(LifecycleError::NoIdentity)?;
+    let client = imds::Client::new(imds::Options {
+        endpoint,
+        v2_only: false,
+        request_timeout: Duration::from_secs(2),
+        deadline: Deadline::after(Duration::from_secs(10)),
+    })?;
+    Facts::from_imds(&client)
+        .await
+        .map_err(|e| LifecycleError::NoIdentity(e.to_string()).into())
+}
+
+async fn connect(state: &StateDir, config: Config, deadline: Deadline) -> Result<Link> {
+    let facts = whoami(state).await?;
+    let instance_id = facts
+        .instance_id
+        .clone()
+        .ok_or_else(|| LifecycleError::NoIdentity("no instance id".into()))?;
+    let aws = Aws::load(
+        facts.region.clone(),
+        &["AUTO_SCALING", "CLOUDFORMATION"],
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| OrchestratorError::Undelivered(e.to_string()))?;
+    let hook = match &config.asg {
+        Some(asg) => {
+            let tag = facts
+                .tags
+                .as_ref()
+                .and_then(|t| t.get(orchestrator::GROUP_TAG))
+                .map(String::as_str);
+            LaunchHook::new(&aws, asg, &instance_id, tag, deadline).await?
+        }
+        None => None,
+    };
+    let launched = facts
+        .pending_time
+        .as_deref()
+        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .unwrap_or_else(since_boot);
+    Ok(Link {
+        config,
+        aws,
+        instance_id,
+        hook,
+        launched,
+    })
+}
+
+fn now() -> String {
+    status::timestamp(SystemTime::now())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// Turns a delivery into its record, logging it.
+fn signal(
+    what: &str,
+    result: &str,
+    delivery: &std::result::Result<Delivery, OrchestratorError>,
+) -> Signal {
+    let (delivered, note) = match delivery {
+        Ok(Delivery::Delivered) => {
+            tracing::info!("{what} {result}: delivered");
+            (true, None)
+        }
+        Ok(Delivery::NothingWaiting(why)) => {
+            tracing::info!("{what} {result}: nothing was waiting for it ({why}); done");
+            (true, Some(why.clone()))
+        }
+        Err(e) => {
+            tracing::error!("{what} {result}: not delivered: {e}");
+            (false, Some(e.to_string()))
+        }
+    };
+    Signal {
+        result: result.into(),
+        at: now(),
+        delivered,
+        note,
+    }
+}
+
+/// Sends the final signals: CONTINUE and SUCCESS, or ABANDON and FAILURE, at once, and
+/// records them. Fails (75) when one was not delivered.
+async fn finish(state: &StateDir, link: &Link, success: bool) -> Result<()> {
+    let deadline = Deadline::after(SIGNAL_TIMEOUT);
+    let asg = async {
+        let hook = link.hook.as_ref()?;
+        let result = if success { "CONTINUE" } else { "ABANDON" };
+        let delivery = hook.complete(success, deadline).await;
+        Some((
+            signal("CompleteLifecycleAction", result, &delivery),
+            delivery,
+        ))
+    };
+    let cfn = async {
+        let cfn = link.config.cloudformation.as_ref()?;
+        let result = if success { "SUCCESS" } else { "FAILURE" };
+        let delivery =
+            orchestrator::signal_resource(&link.aws, cfn, &link.instance_id, success, deadline)
+                .await;
+        Some((signal("SignalResource", result, &delivery), delivery))
+    };
+    let (asg, cfn) = tokio::join!(asg, cfn);
+    let group = link
+        .hook
+        .as_ref()
+        .map(|h| (h.group.clone(), h.hook.clone()));
+    lifecycle::update(state, |r| {
+        if let Some((group, hook)) = group {
+            r.group = Some(group);
+            r.hook = Some(hook);
+        }
+        // Two senders may race (a release and the end of a hold): the signal the service
+        // took stays on record, not the later one that found nothing waiting.
+        let keep = |old: &Option<Signal>| old.as_ref().is_some_and(Signal::taken);
+        if let Some((s, _)) = &asg
+            && !keep(&r.asg)
+        {
+            r.asg = Some(s.clone());
+        }
+        if let Some((s, _)) = &cfn
+            && !keep(&r.cloudformation)
+        {
+            r.cloudformation = Some(s.clone());
+        }
+    })?;
+    let failed: Vec<String> = [asg, cfn]
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, d)| d.err().map(|e| e.to_string()))
+        .collect();
+    match failed.is_empty() {
+        true => Ok(()),
+        false => Err(OrchestratorError::Undelivered(failed.join("; ")).into()),
+    }
+}
+
+/// After the ready notice (`from_app` false) or from the app's `lifecycle complete`:
+/// CONTINUE and SUCCESS, unless the settings leave it to the app.
+pub async fn ready(state: &StateDir, settings: &Settings, from_app: bool) -> Result<()> {
+    let Some(config) = config(state, &settings.config)? else {
+        tracing::info!("no bootstage.lifecycle: no orchestrator to tell");
+        return Ok(());
+    };
+    if !from_app && config.complete_on == CompleteOn::App {
+        tracing::info!(
+            "bootstage.lifecycle.complete_on is \"app\": the app runs `bootstage lifecycle complete` when it is ready"
+        );
+        return Ok(());
+    }
+    let link = connect(state, config, Deadline::after(SIGNAL_TIMEOUT)).await?;
+    finish(state, &link, true).await
+}
+
+/// ABANDON and FAILURE, to send once the failure notice is out.
+pub struct Abandon(Config);
+
+impl Abandon {
+    pub async fn send(self, state: &StateDir) -> Result<()> {
+        let link = connect(state, self.0, Deadline::after(SIGNAL_TIMEOUT)).await?;
+        finish(state, &link, false).await
+    }
+}
+
+/// Before the failure notice: decides a hold (written to `lifecycle/record.json` at once, so the
+/// notice and the watcher see it), or returns the abandon to send after the notice. Only
+/// a hold talks to AWS here: an abandon must not delay the notice.
+pub async fn failure(
+    state: &StateDir,
+    settings: &Settings,
+    reason: &str,
+) -> Result<Option<Abandon>> {
+    let Some(config) = config(state, &settings.config)? else {
+        return Ok(None);
+    };
+    let Some(hold_for) = config
+        .asg
+        .as_ref()
+        .filter(|a| a.on_failure == OnFailure::Hold)
+        .map(|a| a.hold_for)
+    else {
+        return Ok(Some(Abandon(config)));
+    };
+    if lifecycle::read(state)?.is_some_and(|r| lifecycle::settled(&r.asg)) {
+        tracing::info!("the lifecycle action is already complete: no hold");
+        return Ok(Some(Abandon(config)));
+    }
+    let link = connect(state, config, Deadline::after(SIGNAL_TIMEOUT)).await?;
+    let Some(hook) = link.hook.as_ref() else {
+        return Ok(Some(Abandon(link.config)));
+    };
+    let hold = plan_hold(hook, hold_for, link.launched, reason).await;
+    tracing::warn!(
+        until = hold.until,
+        "holding this failed instance for debugging{}: `bootstage release --abandon` ends the hold (or `--continue` to put it in service)",
+        hold.clamped
+            .as_deref()
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default()
+    );
+    lifecycle::update(state, |r| {
+        r.group = Some(hook.group.clone());
+        r.hook = Some(hook.hook.clone());
+        r.hold = Some(hold);
+    })?;
+    Ok(None)
+}
+
+/// The hold, cut to what the group allows: a lifecycle action lasts at most 100 heartbeat
+/// timeouts or 48 h, whichever is shorter, counted from the instance's launch, with one
+/// heartbeat timeout to spare.
+async fn plan_hold(hook: &LaunchHook, asked: Duration, launched: Duration, reason: &str) -> Hold {
+    let timeout = match hook
+        .heartbeat_timeout(Deadline::after(SIGNAL_TIMEOUT))
+        .await
+    {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(
+                "the hook's heartbeat timeout is unknown ({e}); the hold is cut to 48 h only"
+            );
+            None
+        }
+    };
+    let limit = timeout
+        .map(|t| (t * 100).min(orchestrator::MAX_GLOBAL_TIMEOUT))
+        .unwrap_or(orchestrator::MAX_GLOBAL_TIMEOUT);
+    let room = limit
+        .saturating_sub(launched)
+        .saturating_sub(timeout.unwrap_or(FALLBACK_HEARTBEAT));
+    let room = Duration::from_secs(room.as_secs());
+    let (held, clamped) = match asked > room {
+        true => (
+            room,
+            Some(format!(
+                "hold_for {} cut to {}: the group ends a lifecycle action after {}",
+                humantime::format_duration(asked),
+                humantime::format_duration(room),
+                humantime::format_duration(limit)
+            )),
+        ),
+        false => (asked, None),
+    };
+    let until = SystemTime::now() + held;
+    Hold {
+        reason: reason.into(),
+        since: now(),
+        until: status::timestamp(until),
+        until_unix: until
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default(),
+        clamped,
+    }
+}
+
+/// Time since the kernel booted (CLOCK_BOOTTIME).
+fn since_boot() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(Duration::from)
+        .unwrap_or_default()
+}
+
+/// `bootstage release [--continue|--abandon]`: ends a hold now.
+pub async fn release(state: &StateDir, settings: &Settings, proceed: bool) -> Result<()> {
+    let held = lifecycle::read(state)?.and_then(|r| match lifecycle::settled(&r.asg) {
+        true => None,
+        false => r.hold,
+    });
+    let Some(hold) = held else {
+        return Err(LifecycleError::NotHeld.into());
+    };
+    let config = config(state, &settings.config)?.ok_or(LifecycleError::NotHeld)?;
+    tracing::info!(since = hold.since, "releasing the held instance");
+    let link = connect(state, config, Deadline::after(SIGNAL_TIMEOUT)).await?;
+    finish(state, &link, proceed).await
+}
+
+/// `bootstage lifecycle watch`: heartbeats until the hook is completed (by us or anyone),
+/// a hold ends, or SIGTERM. Tells systemd READY once it knows what to keep alive.
+pub async fn watch(state: &StateDir, settings: &Settings, notifier: Notifier) -> Result<()> {
+    let Some(config) = config(state, &settings.config)? else {
+        notifier.ready("no bootstage.lifecycle: nothing to keep alive");
+        tracing::info!("no bootstage.lifecycle: nothing to keep alive");
+        return Ok(());
+    };
+    let Some(ready_within) = config.asg.as_ref().map(|a| a.ready_within) else {
+        notifier.ready("no auto scaling hook to keep alive");
+        return Ok(());
+    };
+    let link = connect(state, config, Deadline::after(SIGNAL_TIMEOUT)).await?;
+    let Some(hook) = link.hook.as_ref() else {
+        notifier.ready("in no auto scaling group: nothing to keep alive");
+        return Ok(());
+    };
+    let every = match hook
+        .heartbeat_timeout(Deadline::after(SIGNAL_TIMEOUT))
+        .await
+    {
+        Ok(timeout) => (timeout / 3).max(Duration::from_secs(1)),
+        // A hook that does not exist is a setting to fix, not a reason to heartbeat.
+        Err(e @ OrchestratorError::Config(_)) => {
+            let why = e.to_string();
+            lifecycle::update(state, |r| r.heartbeat_error = Some(why))?;
+            return Err(e.into());
+        }
+        Err(e) => {
+            tracing::warn!(
+                "the hook's heartbeat timeout is unknown ({e}); heartbeating every {FALLBACK_HEARTBEAT:?}"
+            );
+            FALLBACK_HEARTBEAT
+        }
+    };
+    lifecycle::update(state, |r| {
+        r.group = Some(hook.group.clone());
+        r.hook = Some(hook.hook.clone());
+    })?;
+    tracing::info!(
+        group = hook.group,
+        hook = hook.hook,
+        "keeping the launch hook alive: a heartbeat every {every:?}"
+    );
+    notifier.ready(&format!("heartbeating {} every {every:?}", hook.hook));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| OrchestratorError::Undelivered(format!("cannot watch for SIGTERM: {e}")))?;
+    let started = tokio::time::Instant::now();
+    // No lifecycle action outlives 48 h, so no watch does either.
+    let end = started + orchestrator::MAX_GLOBAL_TIMEOUT;
+    let mut next = started;
+    let mut retry_final = started;
+    let mut announced_hold = false;
+    let mut failed_since = None;
+    while tokio::time::Instant::now() < end {
+        let record = lifecycle::read(state).ok().flatten().unwrap_or_default();
+        // A failed boot is never kept alive by accident: if the failure unit neither
+        // abandoned nor held the instance (it could not reach AWS, or it never ran), the
+        // watcher abandons it once the grace is over. Only a failure a stage wrote itself
+        // counts: this unit cannot see the stages' processes.
+        match status::failure_written(state) {
+            true => {
+                failed_since.get_or_insert_with(tokio::time::Instant::now);
+            }
+            false => failed_since = None,
+        }
+        let failed_for = failed_since.map_or(Duration::ZERO, |t| t.elapsed());
+        // The final signal, if one is due, and why.
+        let due: Option<(bool, String)> = match (&record.asg, &record.hold) {
+            (Some(done), _) if done.delivered => {
+                tracing::info!(
+                    result = done.result,
+                    "the lifecycle action is complete: nothing left to keep alive"
+                );
+                notifier.status(&format!("lifecycle action complete: {}", done.result));
+                return Ok(());
+            }
+            // Sent but not delivered: keep the action alive and send it again.
+            (Some(undelivered), _) => (tokio::time::Instant::now() >= retry_final).then(|| {
+                (
+                    undelivered.result == "CONTINUE",
+                    format!("{} was not delivered: sending it again", undelivered.result),
+                )
+            }),
+            (None, Some(hold)) if unix_now() >= hold.until_unix => {
+                Some((false, "the hold is over: abandoning the instance".into()))
+            }
+            (None, Some(hold)) => {
+                if !announced_hold {
+                    announced_hold = true;
+                    notifier.status(&format!(
+                        "held for debugging until {}: bootstage release --abandon ends it",
+                        hold.until
+                    ));
+                }
+                None
+            }
+            (None, None) if failed_for >= FAILURE_GRACE => Some((
+                false,
+                format!(
+                    "a stage failed {FAILURE_GRACE:?} ago and the instance was neither abandoned nor held: abandoning it"
+                ),
+            )),
+            (None, None) if started.elapsed() >= ready_within => Some((
+                false,
+                format!(
+                    "no completion within ready_within ({}): abandoning the instance",
+                    humantime::format_duration(ready_within)
+                ),
+            )),
+            (None, None) => None,
+        };
+        if let Some((proceed, why)) = due {
+            tracing::warn!("{why}");
+            match finish(state, &link, proceed).await {
+                Ok(()) => return Ok(()),
+                // Recorded as not delivered: tried again while the heartbeats go on.
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    retry_final = tokio::time::Instant::now() + every.min(RETRY_EVERY);
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= next {
+            next = tokio::time::Instant::now() + every;
+            match hook
+                .heartbeat(Deadline::after(every.min(SIGNAL_TIMEOUT)))
+                .await
+            {
+                Ok(Delivery::Delivered) => {
+                    lifecycle::update(state, |r| {
+                        r.heartbeats += 1;
+                        r.last_heartbeat_at = Some(now());
+                        r.heartbeat_error = None;
+                    })?;
+                }
+                Ok(Delivery::NothingWaiting(why)) => {
+                    tracing::info!(
+                        "no lifecycle action is in progress ({why}): the hook was completed or timed out, or this boot is not a launch; nothing to keep alive"
+                    );
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!("heartbeat not delivered: {e}");
+                    let why = e.to_string();
+                    lifecycle::update(state, |r| r.heartbeat_error = Some(why))?;
+                    // Sooner than a third of the timeout: two misses must not end it.
+                    next = tokio::time::Instant::now() + every.min(RETRY_EVERY);
+                }
+            }
+        }
+        let wait = next
+            .min(retry_final.max(tokio::time::Instant::now()))
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(LOOK_EVERY);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: stopping the heartbeats");
+                return Ok(());
+            }
+        }
+    }
+    tracing::warn!("no lifecycle action lasts longer than 48 h: the watch ends");
+    Ok(())
+}
+
+/// The lines `bootstage status` prints for the record.
+pub fn describe(record: &Record) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(group) = &record.group {
+        let mut line = format!(
+            "auto scaling: group {group}, hook {}, {} heartbeat(s)",
+            record.hook.as_deref().unwrap_or("?"),
+            record.heartbeats
+        );
+        if let Some(e) = &record.heartbeat_error {
+            line += &format!("; last heartbeat failed: {e}");
+        }
+        lines.push(line);
+    }
+    if let (Some(hold), None) = (&record.hold, &record.asg) {
+        lines.push(format!(
+            "held for debugging until {} ({}): `bootstage release --abandon` ends it, `--continue` puts it in service",
+            hold.until, hold.reason
+        ));
+        if let Some(c) = &hold.clamped {
+            lines.push(format!("  {c}"));
+        }
+    }
+    for (name, s) in [
+        ("CompleteLifecycleAction", &record.asg),
+        ("SignalResource", &record.cloudformation),
+    ] {
+        if let Some(s) = s {
+            let how = match (s.delivered, &s.note) {
+                (true, None) => "delivered".to_string(),
+                (true, Some(n)) => format!("nothing was waiting ({n})"),
+                (false, n) => format!("NOT delivered: {}", n.as_deref().unwrap_or("?")),
+            };
+            lines.push(format!("{name} {} at {}: {how}", s.result, s.at));
+        }
+    }
+    lines
+}

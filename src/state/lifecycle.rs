@@ -1,0 +1,135 @@
+//! The orchestrator record, `<state dir>/lifecycle/record.json`: what bootstage told the auto
+//! scaling group and CloudFormation (or could not tell them), the launch hook's heartbeats,
+//! and a hold in progress. Whoever signals writes it (the notices, `release`, the heartbeat
+//! watcher); `status` and the watcher read it.
+//!
+//! Several processes update it, so every change is a read-modify-write under an exclusive
+//! `flock` on `lifecycle/.lock`, written through the atomic writer: a reader sees the old
+//! record or the new one, and no writer loses another's change. It has a directory of its
+//! own so that the units which write it (the notices run the operator's command) may
+//! write there and nowhere else in the state dir.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::{StateDir, StateError, atomic};
+
+/// One signal sent, or tried, to one orchestrator.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Signal {
+    /// `CONTINUE`/`ABANDON` (Auto Scaling), `SUCCESS`/`FAILURE` (CloudFormation).
+    pub result: String,
+    pub at: String,
+    /// The service took it (or had nothing waiting for it: see `note`).
+    pub delivered: bool,
+    /// Why it was not delivered, or what the service said instead of taking it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// A failed instance kept alive for debugging.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hold {
+    /// The failed unit and its error.
+    pub reason: String,
+    pub since: String,
+    /// When the watcher abandons the instance, unless released before.
+    pub until: String,
+    /// `until` as seconds since the Unix epoch, for the watcher.
+    pub until_unix: u64,
+    /// Set when the asked-for hold was cut to the group's limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clamped: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The auto scaling group and its launch hook, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<String>,
+    /// Heartbeats the group took.
+    #[serde(default)]
+    pub heartbeats: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_at: Option<String>,
+    /// The last heartbeat that was not delivered, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
+    /// CompleteLifecycleAction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asg: Option<Signal>,
+    /// SignalResource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloudformation: Option<Signal>,
+}
+
+fn dir(state: &StateDir) -> PathBuf {
+    state.root().join("lifecycle")
+}
+
+fn path(state: &StateDir) -> PathBuf {
+    dir(state).join("record.json")
+}
+
+/// The record; `None` when nothing was signalled this boot.
+pub fn read(state: &StateDir) -> Result<Option<Record>, StateError> {
+    let path = path(state);
+    match std::fs::read(&path) {
+        Ok(text) => serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|e| StateError::Read {
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError::Read { path, source }),
+    }
+}
+
+/// Changes the record under its lock and returns the new one. A record that cannot be
+/// read is started afresh (it is a report, not an input the boot depends on).
+pub fn update(state: &StateDir, change: impl FnOnce(&mut Record)) -> Result<Record, StateError> {
+    let write_error = |path: PathBuf| move |source| StateError::Write { path, source };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir(state))
+        .map_err(write_error(dir(state)))?;
+    let lock_path = dir(state).join(".lock");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(&lock_path)
+        .map_err(write_error(lock_path.clone()))?;
+    // Held for a read and a small write: no deadline needed.
+    lock.lock().map_err(write_error(lock_path))?;
+    let mut record = read(state).ok().flatten().unwrap_or_default();
+    change(&mut record);
+    let text = serde_json::to_vec_pretty(&record).expect("records serialize");
+    atomic::write_file(&path(state), &text)
+        .map_err(|(path, source)| StateError::Write { path, source })?;
+    Ok(record)
+}
+
+impl Signal {
+    /// Taken by the service (not merely "nothing was waiting"): a later signal that found
+    /// nothing waiting must not replace it in the record.
+    pub fn taken(&self) -> bool {
+        self.delivered && self.note.is_none()
+    }
+}
+
+/// Whether a final signal went through (taken, or nothing was waiting for it).
+pub fn settled(signal: &Option<Signal>) -> bool {
+    signal.as_ref().is_some_and(|s| s.delivered)
+}

@@ -1,0 +1,611 @@
+//! Telling the orchestrator: the real binary and the real Auto Scaling and CloudFormation
+//! SDK clients against the lifecycle emulator (AWS Query protocol on loopback), after a
+//! real metadata stage against the IMDS emulator.
+
+mod common;
+
+use std::time::Duration;
+
+use common::faults::Faults;
+use common::moto::moto;
+use common::{Outcome, Sandbox, b64};
+use lifecycle_emulator::{Call, Config as Orch, Emulator as Orchestrator, Group, Stack};
+use serde_json::{Value, json};
+
+const INSTANCE: &str = "i-0123456789abcdef0";
+
+struct Rig {
+    sb: Sandbox,
+    orch: Orchestrator,
+    _imds: imds_emulator::Emulator,
+}
+
+/// A launch hook with a 2 s heartbeat timeout (a heartbeat a second), a stack resource
+/// waiting for one signal, and an instance whose parameters say `lifecycle`.
+fn orchestrator(instances: &[&str]) -> Orch {
+    Orch {
+        groups: vec![Group {
+            name: "web".into(),
+            hook: "launch".into(),
+            heartbeat_timeout: 2.0,
+            default_result: "ABANDON".into(),
+            instances: instances.iter().map(|s| s.to_string()).collect(),
+        }],
+        stacks: vec![Stack {
+            name: "web-stack".into(),
+            resources: vec!["Group".into()],
+            count: 1,
+        }],
+        throttle_first: 0,
+        deny_until: 0,
+    }
+}
+
+impl Rig {
+    async fn new(lifecycle: Value, imds: imds_emulator::Config, orch: Orch) -> Rig {
+        let params = json!({"bootstage": {"lifecycle": lifecycle}});
+        let imds = imds_emulator::Emulator::start(imds_emulator::Config {
+            user_data: Some(b64(&params.to_string())),
+            ..imds
+        })
+        .await
+        .unwrap();
+        let orch = Orchestrator::start(orch).await.unwrap();
+        let sb = Sandbox::new();
+        let out = sb.metadata(&imds.url(), &[]).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        Rig {
+            sb,
+            orch,
+            _imds: imds,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = self.sb.command(args);
+        cmd.env("AWS_ENDPOINT_URL_AUTO_SCALING", self.orch.url())
+            .env("AWS_ENDPOINT_URL_CLOUDFORMATION", self.orch.url())
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+        cmd
+    }
+
+    async fn run(&self, args: &[&str]) -> Outcome {
+        common::run(self.command(args)).await
+    }
+
+    fn watch(&self) -> tokio::process::Child {
+        self.command(&["lifecycle", "watch"]).spawn().unwrap()
+    }
+
+    /// Waits (at most 10 s) until the group has taken `n` heartbeats.
+    async fn heartbeats(&self, n: u64) {
+        for _ in 0..200 {
+            if self.orch.actions()[INSTANCE].heartbeats >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("fewer than {n} heartbeats: {:?}", self.orch.calls());
+    }
+
+    fn record(&self) -> Value {
+        serde_json::from_str(
+            &self
+                .sb
+                .read("lifecycle/record.json")
+                .expect("lifecycle/record.json"),
+        )
+        .unwrap()
+    }
+}
+
+/// The signals, without heartbeats, as `Action Result group/hook instance` or
+/// `SignalResource Status stack/resource unique-id`, sorted (they go out at once).
+fn signals(calls: &[Call]) -> Vec<String> {
+    let p = |c: &Call, k: &str| c.params.get(k).cloned().unwrap_or_default();
+    let mut out: Vec<String> = calls
+        .iter()
+        .filter(|c| c.action != "RecordLifecycleActionHeartbeat")
+        .map(|c| match c.action.as_str() {
+            "CompleteLifecycleAction" => format!(
+                "CompleteLifecycleAction {} {}/{} {} -> {}",
+                p(c, "LifecycleActionResult"),
+                p(c, "AutoScalingGroupName"),
+                p(c, "LifecycleHookName"),
+                p(c, "InstanceId"),
+                c.status
+            ),
+            "SignalResource" => format!(
+                "SignalResource {} {}/{} {} -> {}",
+                p(c, "Status"),
+                p(c, "StackName"),
+                p(c, "LogicalResourceId"),
+                p(c, "UniqueId"),
+                c.status
+            ),
+            other => format!(
+                "{other} -> {} {}",
+                c.status,
+                c.error.clone().unwrap_or_default()
+            ),
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn exits(child: tokio::process::Child, within: Duration) -> std::process::Output {
+    tokio::time::timeout(within, child.wait_with_output())
+        .await
+        .expect("the watcher exited in time")
+        .unwrap()
+}
+
+fn both() -> Value {
+    json!({"asg": {"hook": "launch", "group": "web"},
+           "cloudformation": {"stack": "web-stack", "resource": "Group"}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn success_heartbeats_through_the_boot_then_one_continue_and_one_success() {
+    let rig = Rig::new(both(), Default::default(), orchestrator(&[INSTANCE])).await;
+    let watcher = rig.watch();
+    // A slow first sync: the proxy holds the object's GET until the test lets it go.
+    let bucket = moto().bucket("lifecycle-slow").await;
+    bucket.put("app/app.conf", "port=8080\n").await;
+    let (hit, reached) = tokio::sync::oneshot::channel();
+    let (release, go) = tokio::sync::oneshot::channel();
+    let faults = Faults {
+        hold: std::sync::Mutex::new(Some(("/lifecycle-slow/app/app.conf".into(), hit, go))),
+        ..Default::default()
+    };
+    let proxy = common::faults::start(&moto().url, faults).await;
+    let to = rig.sb.path("config");
+    let mut sync = rig.sb.command(&[
+        "s3-sync",
+        "--from",
+        "s3://lifecycle-slow/app/",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    sync.envs(moto().env()).env("AWS_ENDPOINT_URL", &proxy.url);
+    let syncing = tokio::spawn(common::run(sync));
+    reached.await.unwrap();
+    // Three heartbeats a second apart while the sync waits: the boot outlasts the hook's
+    // 2 s timeout, and the action is still waiting for us.
+    rig.heartbeats(3).await;
+    assert_eq!(rig.orch.actions()[INSTANCE].outcome, None);
+    release.send(()).unwrap();
+    let synced = syncing.await.unwrap();
+    assert_eq!(synced.code, 0, "{}", synced.stderr);
+    assert_eq!(
+        std::fs::read_to_string(to.join("app.conf")).unwrap(),
+        "port=8080\n"
+    );
+
+    let out = rig.run(&["notify", "ready"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let watched = exits(watcher, Duration::from_secs(5)).await;
+    assert!(
+        watched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+
+    let calls = rig.orch.calls();
+    assert_eq!(
+        signals(&calls),
+        [
+            "CompleteLifecycleAction CONTINUE web/launch i-0123456789abcdef0 -> 200",
+            "DescribeLifecycleHooks -> 200 ",
+            "SignalResource SUCCESS web-stack/Group i-0123456789abcdef0 -> 200",
+        ]
+    );
+    let outcome = rig.orch.actions()[INSTANCE].outcome.clone().unwrap();
+    assert_eq!(
+        (outcome.result.as_str(), outcome.by.as_str()),
+        ("CONTINUE", "complete")
+    );
+    // Every heartbeat went out before the completion; none after.
+    let completed = calls
+        .iter()
+        .find(|c| c.action == "CompleteLifecycleAction")
+        .unwrap()
+        .at;
+    assert!(
+        calls
+            .iter()
+            .filter(|c| c.action == "RecordLifecycleActionHeartbeat")
+            .all(|c| c.at < completed && c.status == 200)
+    );
+
+    let record = rig.record();
+    assert_eq!(record["asg"]["result"], "CONTINUE");
+    assert_eq!(record["asg"]["delivered"], true);
+    assert_eq!(record["cloudformation"]["result"], "SUCCESS");
+    let status = rig.run(&["status"]).await;
+    let lines: Vec<&str> = status
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("lifecycle:"))
+        .map(|l| l.split(" at ").next().unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "lifecycle: auto scaling: group web, hook launch, {} heartbeat(s)",
+                record["heartbeats"]
+            )
+            .as_str(),
+            "lifecycle: CompleteLifecycleAction CONTINUE",
+            "lifecycle: SignalResource SUCCESS",
+        ]
+    );
+
+    // A second signal is harmless: nothing is waiting for it, and that is success.
+    let again = rig.run(&["lifecycle", "complete"]).await;
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("nothing was waiting for it"),
+        "{}",
+        again.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failure_sends_the_notice_first_then_abandon_and_failure() {
+    let rig = Rig::new(both(), Default::default(), orchestrator(&[INSTANCE])).await;
+    let stamp = rig.sb.path("notice-at");
+    std::fs::write(
+        rig.sb.path("notify.json"),
+        json!({"command": format!("date +%s%6N > {}", stamp.display())}).to_string(),
+    )
+    .unwrap();
+    let out = rig
+        .run(&["notify", "failure", "--unit", "bootstage-s3-sync.service"])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let calls = rig.orch.calls();
+    assert_eq!(
+        signals(&calls),
+        [
+            "CompleteLifecycleAction ABANDON web/launch i-0123456789abcdef0 -> 200",
+            "SignalResource FAILURE web-stack/Group i-0123456789abcdef0 -> 200",
+        ]
+    );
+    let notice_at: u64 = std::fs::read_to_string(&stamp)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        calls.iter().all(|c| c.unix_usec > notice_at),
+        "a signal went out before the notice: {notice_at} vs {calls:?}"
+    );
+    let outcome = rig.orch.actions()[INSTANCE].outcome.clone().unwrap();
+    assert_eq!(
+        (outcome.result.as_str(), outcome.by.as_str()),
+        ("ABANDON", "complete")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hold_keeps_the_instance_past_the_hook_timeout_until_release() {
+    let lifecycle = json!({"asg": {"hook": "launch", "group": "web", "on_failure": "hold", "hold_for": "1h"},
+                           "cloudformation": {"stack": "web-stack", "resource": "Group"}});
+    let rig = Rig::new(lifecycle, Default::default(), orchestrator(&[INSTANCE])).await;
+    let watcher = rig.watch();
+    rig.heartbeats(1).await;
+    let notice = rig.sb.path("notice.json");
+    std::fs::write(
+        rig.sb.path("notify.json"),
+        json!({"command": format!("cat > {}", notice.display())}).to_string(),
+    )
+    .unwrap();
+    let out = rig
+        .run(&["notify", "failure", "--unit", "bootstage-s3-sync.service"])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // The notice says how long the instance is held.
+    let notice: Value = serde_json::from_slice(&std::fs::read(&notice).unwrap()).unwrap();
+    assert_eq!(notice["lifecycle"]["hold"], rig.record()["hold"]);
+    // Held: no signal, and the hold is cut to the group's limit (100 × 2 s).
+    assert_eq!(
+        signals(&rig.orch.calls()),
+        ["DescribeLifecycleHooks -> 200 "; 2]
+    );
+    let hold = &rig.record()["hold"];
+    let clamped = hold["clamped"].as_str().unwrap();
+    assert!(
+        clamped.starts_with("hold_for 1h cut to 3m 1")
+            && clamped.ends_with("the group ends a lifecycle action after 3m 20s"),
+        "{clamped}"
+    );
+    let status = rig.run(&["status"]).await;
+    assert!(
+        status.stdout.contains(&format!(
+            "lifecycle: held for debugging until {} (bootstage-s3-sync.service failed before it wrote a status record",
+            hold["until"].as_str().unwrap()
+        )),
+        "{}",
+        status.stdout
+    );
+    // Three more heartbeats: past the hook's 2 s timeout, the instance is still held.
+    let before = rig.orch.actions()[INSTANCE].heartbeats;
+    rig.heartbeats(before + 3).await;
+    assert_eq!(rig.orch.actions()[INSTANCE].outcome, None);
+
+    let released = rig.run(&["release", "--abandon"]).await;
+    assert_eq!(released.code, 0, "{}", released.stderr);
+    let watched = exits(watcher, Duration::from_secs(5)).await;
+    assert!(watched.status.success());
+    // The watcher's and the hold's DescribeLifecycleHooks, then the release's signals (a
+    // heartbeat that crossed them found nothing waiting, and ended the watcher).
+    assert_eq!(
+        signals(&rig.orch.calls()),
+        [
+            "CompleteLifecycleAction ABANDON web/launch i-0123456789abcdef0 -> 200",
+            "DescribeLifecycleHooks -> 200 ",
+            "DescribeLifecycleHooks -> 200 ",
+            "SignalResource FAILURE web-stack/Group i-0123456789abcdef0 -> 200",
+        ]
+    );
+    let again = rig.run(&["release", "--abandon"]).await;
+    common::assert_exit(&again, 1, "no hold is in progress");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hold_ends_by_itself_at_hold_for() {
+    let lifecycle =
+        json!({"asg": {"hook": "launch", "group": "web", "on_failure": "hold", "hold_for": "2s"}});
+    let rig = Rig::new(lifecycle, Default::default(), orchestrator(&[INSTANCE])).await;
+    let watcher = rig.watch();
+    rig.heartbeats(1).await;
+    let out = rig
+        .run(&["notify", "failure", "--unit", "myapp.service"])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let watched = exits(watcher, Duration::from_secs(10)).await;
+    assert!(watched.status.success());
+    let outcome = rig.orch.actions()[INSTANCE].outcome.clone().unwrap();
+    assert_eq!(
+        (outcome.result.as_str(), outcome.by.as_str()),
+        ("ABANDON", "complete")
+    );
+    assert!(
+        String::from_utf8_lossy(&watched.stderr)
+            .contains("the hold is over: abandoning the instance")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_group_is_found_from_the_tag_else_by_describe() {
+    let lifecycle = json!({"asg": {"hook": "launch"}});
+    let tagged = imds_emulator::Config {
+        tags: Some([("aws:autoscaling:groupName".to_string(), "web".to_string())].into()),
+        ..Default::default()
+    };
+    let rig = Rig::new(lifecycle.clone(), tagged, orchestrator(&[INSTANCE])).await;
+    let out = rig.run(&["notify", "ready"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        signals(&rig.orch.calls()),
+        ["CompleteLifecycleAction CONTINUE web/launch i-0123456789abcdef0 -> 200"]
+    );
+
+    let rig = Rig::new(lifecycle, Default::default(), orchestrator(&[INSTANCE])).await;
+    let out = rig.run(&["notify", "ready"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        signals(&rig.orch.calls()),
+        [
+            "CompleteLifecycleAction CONTINUE web/launch i-0123456789abcdef0 -> 200",
+            "DescribeAutoScalingInstances -> 200 ",
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_active_lifecycle_action_is_success_and_the_watcher_stops() {
+    // The group has no action for this instance: a reboot, or a hook that already ended.
+    let rig = Rig::new(both(), Default::default(), orchestrator(&[])).await;
+    let watched = exits(rig.watch(), Duration::from_secs(10)).await;
+    assert!(watched.status.success());
+    assert!(
+        String::from_utf8_lossy(&watched.stderr).contains("no lifecycle action is in progress"),
+        "{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+    let out = rig.run(&["notify", "ready"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("CompleteLifecycleAction CONTINUE: nothing was waiting for it"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        rig.record()["asg"]["note"],
+        "ValidationError: No active Lifecycle Action found with instance ID i-0123456789abcdef0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn throttling_is_retried_and_complete_on_app_waits_for_the_app() {
+    let lifecycle = json!({"asg": {"hook": "launch", "group": "web"}, "complete_on": "app"});
+    // No watcher here: a hook timeout that outlasts the throttled retries.
+    let mut orch = orchestrator(&[INSTANCE]);
+    orch.groups[0].heartbeat_timeout = 60.0;
+    let rig = Rig::new(lifecycle, Default::default(), orch).await;
+    // The ready unit leaves it to the app.
+    let out = rig.run(&["notify", "ready"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(rig.orch.calls().is_empty());
+    rig.orch.throttle_next(3);
+    let out = rig.run(&["lifecycle", "complete"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let calls = rig.orch.calls();
+    let answers: Vec<_> = calls
+        .iter()
+        .map(|c| format!("{} {}", c.action, c.error.as_deref().unwrap_or("ok")))
+        .collect();
+    assert_eq!(
+        answers,
+        [
+            "CompleteLifecycleAction Throttling",
+            "CompleteLifecycleAction Throttling",
+            "CompleteLifecycleAction Throttling",
+            "CompleteLifecycleAction ok",
+        ]
+    );
+    assert_eq!(
+        out.stderr
+            .matches("Throttling: Rate exceeded; retrying")
+            .count(),
+        3,
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_the_watcher_at_once() {
+    let rig = Rig::new(both(), Default::default(), orchestrator(&[INSTANCE])).await;
+    let watcher = rig.watch();
+    rig.heartbeats(1).await;
+    let pid = nix::unistd::Pid::from_raw(watcher.id().unwrap() as i32);
+    let sent = std::time::Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let watched = exits(watcher, Duration::from_secs(5)).await;
+    assert!(watched.status.success());
+    assert!(
+        sent.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        sent.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn target_lifecycle_state_is_a_fact() {
+    let imds = imds_emulator::Config {
+        target_lifecycle_state: Some("InService".into()),
+        ..Default::default()
+    };
+    let rig = Rig::new(json!(null), imds, orchestrator(&[])).await;
+    let env = rig.sb.read("params.env").unwrap();
+    assert!(
+        env.contains("\nBOOTSTAGE_TARGET_LIFECYCLE_STATE=\"InService\"\n"),
+        "{env}"
+    );
+    let instance: Value = serde_json::from_str(&rig.sb.read("instance.json").unwrap()).unwrap();
+    assert_eq!(instance["target_lifecycle_state"], "InService");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_undelivered_signal_is_kept_shown_and_sent_again_by_the_watcher() {
+    let rig = Rig::new(both(), Default::default(), orchestrator(&[INSTANCE])).await;
+    rig.orch.deny_next(2);
+    let out = rig.run(&["notify", "ready"]).await;
+    common::assert_exit(
+        &out,
+        75,
+        "CompleteLifecycleAction CONTINUE: not delivered: Auto Scaling CompleteLifecycleAction: AccessDenied: User is not authorized to perform: autoscaling:CompleteLifecycleAction",
+    );
+    let status = rig.run(&["status"]).await;
+    let lines: Vec<&str> = status
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("lifecycle:"))
+        .map(|l| l.split(" at ").next().unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "lifecycle: auto scaling: group web, hook launch, 0 heartbeat(s)",
+            "lifecycle: CompleteLifecycleAction CONTINUE",
+            "lifecycle: SignalResource SUCCESS",
+        ],
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status
+            .stdout
+            .contains(": NOT delivered: Auto Scaling CompleteLifecycleAction: AccessDenied"),
+        "{}",
+        status.stdout
+    );
+    // The watcher keeps the action alive and sends the signals again.
+    let watched = exits(rig.watch(), Duration::from_secs(10)).await;
+    assert!(
+        watched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+    let delivered: Vec<_> = rig
+        .orch
+        .calls()
+        .into_iter()
+        .filter(|c| c.status == 200)
+        .collect();
+    assert_eq!(
+        signals(&delivered)
+            .into_iter()
+            .filter(|s| !s.starts_with("Describe"))
+            .collect::<Vec<_>>(),
+        [
+            "CompleteLifecycleAction CONTINUE web/launch i-0123456789abcdef0 -> 200",
+            "SignalResource SUCCESS web-stack/Group i-0123456789abcdef0 -> 200",
+        ]
+    );
+    assert_eq!(rig.record()["asg"]["delivered"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn release_continue_puts_a_held_instance_in_service() {
+    let lifecycle = json!({"asg": {"hook": "launch", "group": "web", "on_failure": "hold"},
+                           "cloudformation": {"stack": "web-stack", "resource": "Group"}});
+    let mut orch = orchestrator(&[INSTANCE]);
+    orch.groups[0].heartbeat_timeout = 60.0;
+    let rig = Rig::new(lifecycle, Default::default(), orch).await;
+    let out = rig
+        .run(&["notify", "failure", "--unit", "myapp.service"])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        rig.record()["hold"]["clamped"].is_null(),
+        "1 h fits in 100 × 60 s"
+    );
+    let released = rig.run(&["release", "--continue"]).await;
+    assert_eq!(released.code, 0, "{}", released.stderr);
+    assert_eq!(
+        signals(&rig.orch.calls()),
+        [
+            "CompleteLifecycleAction CONTINUE web/launch i-0123456789abcdef0 -> 200",
+            "DescribeLifecycleHooks -> 200 ",
+            "SignalResource SUCCESS web-stack/Group i-0123456789abcdef0 -> 200",
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_that_never_completes_is_abandoned_at_ready_within() {
+    let lifecycle = json!({"asg": {"hook": "launch", "group": "web", "ready_within": "2s"}});
+    let rig = Rig::new(lifecycle, Default::default(), orchestrator(&[INSTANCE])).await;
+    let watched = exits(rig.watch(), Duration::from_secs(10)).await;
+    assert!(watched.status.success());
+    assert!(
+        String::from_utf8_lossy(&watched.stderr)
+            .contains("no completion within ready_within (2s): abandoning the instance")
+    );
+    let outcome = rig.orch.actions()[INSTANCE].outcome.clone().unwrap();
+    assert_eq!(
+        (outcome.result.as_str(), outcome.by.as_str()),
+        ("ABANDON", "complete")
+    );
+}
