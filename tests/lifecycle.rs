@@ -299,7 +299,28 @@ async fn hold_keeps_the_instance_past_the_hook_timeout_until_release() {
     let lifecycle = json!({"asg": {"hook": "launch", "group": "web", "on_failure": "hold", "hold_for": "1h"},
                            "cloudformation": {"stack": "web-stack", "resource": "Group"}});
     let rig = Rig::new(lifecycle, Default::default(), orchestrator(&[INSTANCE])).await;
-    let watcher = rig.watch();
+    // The watcher's sd_notify messages, on a real datagram socket.
+    let socket_path = rig.sb.path("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let messages = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = socket.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let held = text.contains("STATUS=held");
+            seen.push(text);
+            if held {
+                break;
+            }
+        }
+        seen
+    });
+    let mut watch = rig.command(&["lifecycle", "watch"]);
+    watch.env("NOTIFY_SOCKET", &socket_path);
+    let watcher = watch.spawn().unwrap();
     rig.heartbeats(1).await;
     let notice = rig.sb.path("notice.json");
     std::fs::write(
@@ -334,6 +355,23 @@ async fn hold_keeps_the_instance_past_the_hook_timeout_until_release() {
         )),
         "{}",
         status.stdout
+    );
+    // systemd's STATUS= says so too.
+    let messages = messages.join().unwrap();
+    assert_eq!(
+        messages.last().map(String::as_str),
+        Some(
+            format!(
+                "STATUS=held for debugging until {}: bootstage release --abandon ends it\n",
+                hold["until"].as_str().unwrap()
+            )
+            .as_str()
+        ),
+        "{messages:?}"
+    );
+    assert!(
+        messages[0].starts_with("READY=1\nSTATUS=heartbeating launch every 1s"),
+        "{messages:?}"
     );
     // Three more heartbeats: past the hook's 2 s timeout, the instance is still held.
     let before = rig.orch.actions()[INSTANCE].heartbeats;
