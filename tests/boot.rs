@@ -395,6 +395,35 @@ fn bootstage_env(imds: &str) -> String {
     )
 }
 
+/// The lifecycle emulator's calls about one instance (by InstanceId, or UniqueId).
+fn calls_of(orch: &lifecycle_emulator::Emulator, id: &str) -> Vec<lifecycle_emulator::Call> {
+    orch.calls()
+        .into_iter()
+        .filter(|c| {
+            c.params
+                .get("InstanceId")
+                .or(c.params.get("UniqueId"))
+                .map(String::as_str)
+                == Some(id)
+        })
+        .collect()
+}
+
+/// The completions and stack signals among `calls`, as `Action RESULT status`, sorted
+/// (they go out at once).
+fn final_signals(calls: &[lifecycle_emulator::Call]) -> Vec<String> {
+    let mut signals: Vec<String> = calls
+        .iter()
+        .filter(|c| matches!(c.action.as_str(), "CompleteLifecycleAction" | "SignalResource"))
+        .map(|c| {
+            let result = c.params.get("LifecycleActionResult").or(c.params.get("Status"));
+            format!("{} {} {}", c.action, result.unwrap(), c.status)
+        })
+        .collect();
+    signals.sort();
+    signals
+}
+
 /// All boots run one after another: each needs most of the machine.
 #[tokio::test(flavor = "multi_thread")]
 async fn boots_under_systemd() {
@@ -623,31 +652,8 @@ async fn boots_under_systemd() {
     // The orchestrator (issue 12): heartbeats while the boot ran, then exactly one CONTINUE
     // and one SUCCESS, after systemd reached bootstage.target.
     let target = first.monotonic("bootstage.target", "ActiveEnterTimestampMonotonic");
-    let calls: Vec<_> = orch
-        .calls()
-        .into_iter()
-        .filter(|c| {
-            c.params
-                .get("InstanceId")
-                .or(c.params.get("UniqueId"))
-                .map(String::as_str)
-                == Some(first_id)
-        })
-        .collect();
-    let mut signals: Vec<String> = calls
-        .iter()
-        .filter(|c| {
-            c.action != "RecordLifecycleActionHeartbeat" && !c.action.starts_with("Describe")
-        })
-        .map(|c| {
-            let result = c
-                .params
-                .get("LifecycleActionResult")
-                .or(c.params.get("Status"));
-            format!("{} {} {}", c.action, result.unwrap(), c.status)
-        })
-        .collect();
-    signals.sort();
+    let calls = calls_of(&orch, first_id);
+    let signals = final_signals(&calls);
     assert_eq!(
         signals,
         [
@@ -821,29 +827,11 @@ async fn boots_under_systemd() {
         "bootstage-metadata.service",
         "ExecMainExitTimestampMonotonic",
     );
-    let ends: Vec<_> = orch
-        .calls()
+    let ends: Vec<_> = calls_of(&orch, FAILED_ID)
         .into_iter()
-        .filter(|c| {
-            c.action != "RecordLifecycleActionHeartbeat"
-                && c.params
-                    .get("InstanceId")
-                    .or(c.params.get("UniqueId"))
-                    .map(String::as_str)
-                    == Some(FAILED_ID)
-        })
+        .filter(|c| c.action != "RecordLifecycleActionHeartbeat")
         .collect();
-    let mut signals: Vec<String> = ends
-        .iter()
-        .map(|c| {
-            let result = c
-                .params
-                .get("LifecycleActionResult")
-                .or(c.params.get("Status"));
-            format!("{} {} {}", c.action, result.unwrap(), c.status)
-        })
-        .collect();
-    signals.sort();
+    let signals = final_signals(&ends);
     assert_eq!(
         signals,
         [

@@ -24,6 +24,7 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::base::exit::{ExitCode, ExitStatus};
+use crate::base::retry::RetryHint;
 use crate::imds::facts::Facts;
 use crate::state::StateDir;
 
@@ -186,6 +187,25 @@ pub enum Failure {
     Transient(String),
     /// Anything else the service said no to.
     Permanent(String),
+}
+
+impl Failure {
+    /// What happened: the code and the service's message, or the cause.
+    pub fn why(&self) -> &str {
+        match self {
+            Failure::Refused(w) | Failure::Throttled(w) | Failure::Transient(w) | Failure::Permanent(w) => w,
+        }
+    }
+}
+
+/// Throttled and transient failures are retried under `base::retry`; the others are not.
+impl RetryHint for Failure {
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Failure::Throttled(_) | Failure::Transient(_) => Some(Duration::ZERO),
+            Failure::Refused(_) | Failure::Permanent(_) => None,
+        }
+    }
 }
 
 /// Error codes that mean "not allowed", across services.

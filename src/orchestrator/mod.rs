@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use crate::aws::{self, Aws, Failure};
 use crate::base::exit::{ExitCode, ExitStatus};
-use crate::base::retry::{self, Deadline, RetryHint};
+use crate::base::retry::{self, Deadline};
 
 /// The hold when `hold_for` is not given.
 pub const DEFAULT_HOLD: Duration = Duration::from_secs(3600);
@@ -214,28 +214,6 @@ pub enum Delivery {
     NothingWaiting(String),
 }
 
-/// A failed call, for the retry loop.
-#[derive(Debug)]
-struct CallError(Failure);
-
-impl RetryHint for CallError {
-    fn retry_after(&self) -> Option<Duration> {
-        match self.0 {
-            Failure::Throttled(_) | Failure::Transient(_) => Some(Duration::ZERO),
-            Failure::Refused(_) | Failure::Permanent(_) => None,
-        }
-    }
-}
-
-fn describe(f: &Failure) -> &str {
-    match f {
-        Failure::Refused(w)
-        | Failure::Throttled(w)
-        | Failure::Transient(w)
-        | Failure::Permanent(w) => w,
-    }
-}
-
 /// One API call, retried while throttled or failing transiently, each attempt and the
 /// whole bounded by `deadline`. `service.action` names it in logs and errors.
 async fn call<T, E, F, Fut>(
@@ -254,25 +232,24 @@ where
         async move {
             match tokio::time::timeout(deadline.remaining(), sent).await {
                 Ok(Ok(answer)) => Ok(answer),
-                Ok(Err(e)) => Err(CallError(aws::classify(service, &e))),
-                Err(_) => Err(CallError(Failure::Transient("timed out".into()))),
+                Ok(Err(e)) => Err(aws::classify(service, &e)),
+                Err(_) => Err(Failure::Transient("timed out".into())),
             }
         }
     };
     retry::until_deadline(
         retry::THROTTLED,
         deadline,
-        |e: &CallError, attempt, sleep| {
+        |e: &Failure, attempt, sleep| {
             tracing::warn!(
                 attempt,
                 "{service} {action}: {}; retrying in {sleep:?}",
-                describe(&e.0)
+                e.why()
             )
         },
         attempt,
     )
     .await
-    .map_err(|CallError(f)| f)
 }
 
 /// `ValidationError` answers that mean "nothing is waiting for this signal".
@@ -290,10 +267,10 @@ fn delivery(
 ) -> Result<Delivery, OrchestratorError> {
     match result {
         Ok(()) => Ok(Delivery::Delivered),
-        Err(f) if nothing_waiting(&f) => Ok(Delivery::NothingWaiting(describe(&f).to_string())),
+        Err(f) if nothing_waiting(&f) => Ok(Delivery::NothingWaiting(f.why().to_string())),
         Err(f) => Err(OrchestratorError::Undelivered(format!(
             "{service} {action}: {}",
-            describe(&f)
+            f.why()
         ))),
     }
 }
@@ -343,7 +320,7 @@ impl LaunchHook {
                 .map_err(|f| {
                     OrchestratorError::Undelivered(format!(
                         "cannot find this instance's auto scaling group (DescribeAutoScalingInstances: {})",
-                        describe(&f)
+                        f.why()
                     ))
                 })?;
                 let found = answer
@@ -389,7 +366,7 @@ impl LaunchHook {
         .map_err(|f| {
             OrchestratorError::Undelivered(format!(
                 "Auto Scaling DescribeLifecycleHooks: {}",
-                describe(&f)
+                f.why()
             ))
         })?;
         answer

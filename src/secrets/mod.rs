@@ -34,7 +34,7 @@ use serde_json::{Map, Value};
 
 use crate::aws::{self, Aws, AwsError, Failure};
 use crate::base::exit::{ExitCode, ExitStatus};
-use crate::base::retry::{self, Deadline, RetryHint};
+use crate::base::retry::{self, Deadline};
 use refs::{Import, RefError, Reference, Target, dotted};
 
 /// Calls in flight at once, over both services: a fleet booting together is what
@@ -481,18 +481,6 @@ async fn run(aws: &Aws, task: Task, deadline: Deadline, calls: &Calls) -> Result
     }
 }
 
-/// One failed call, sorted.
-struct CallError(Failure);
-
-impl RetryHint for CallError {
-    fn retry_after(&self) -> Option<Duration> {
-        match self.0 {
-            Failure::Throttled(_) | Failure::Transient(_) => Some(Duration::ZERO),
-            Failure::Refused(_) | Failure::Permanent(_) => None,
-        }
-    }
-}
-
 /// Error codes that mean the KMS key refused to decrypt.
 const KMS_REFUSED: &[&str] = &[
     "DecryptionFailure",
@@ -526,23 +514,18 @@ where
                     .is_some_and(|c| KMS_REFUSED.contains(&c));
                 match (kms, aws::classify(service, &e)) {
                     (true, Failure::Refused(why) | Failure::Permanent(why)) => {
-                        CallError(Failure::Refused(format!("kms:Decrypt: {why}")))
+                        Failure::Refused(format!("kms:Decrypt: {why}"))
                     }
-                    (_, failure) => CallError(failure),
+                    (_, failure) => failure,
                 }
             })
         }
     };
     let last = std::sync::Mutex::new(String::new());
-    let on_retry = |e: &CallError, attempt: u32, sleep: Duration| {
-        let why = match &e.0 {
-            Failure::Throttled(w)
-            | Failure::Transient(w)
-            | Failure::Refused(w)
-            | Failure::Permanent(w) => w,
-        };
+    let on_retry = |e: &Failure, attempt: u32, sleep: Duration| {
+        let why = e.why();
         tracing::warn!("{action}: {why}; trying again in {sleep:.1?} (retry {attempt})");
-        *last.lock().unwrap() = why.clone();
+        *last.lock().unwrap() = why.to_string();
     };
     let result = tokio::time::timeout(
         deadline.remaining(),
@@ -551,15 +534,15 @@ where
     .await;
     match result {
         Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(CallError(Failure::Refused(why)))) => Err(SecretError::Denied {
+        Ok(Err(Failure::Refused(why))) => Err(SecretError::Denied {
             action: match why.starts_with("kms:Decrypt") {
                 true => "kms:Decrypt",
                 false => action,
             },
             why,
         }),
-        Ok(Err(CallError(Failure::Permanent(why)))) => Err(SecretError::Rejected { action, why }),
-        Ok(Err(CallError(Failure::Throttled(why) | Failure::Transient(why)))) => {
+        Ok(Err(Failure::Permanent(why))) => Err(SecretError::Rejected { action, why }),
+        Ok(Err(Failure::Throttled(why) | Failure::Transient(why))) => {
             Err(SecretError::Unavailable { action, why })
         }
         Err(_) => {

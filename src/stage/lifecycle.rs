@@ -96,26 +96,11 @@ impl From<OrchestratorError> for Error {
 
 /// The parameters' `bootstage.lifecycle` if they have one, else the image's file, else none.
 pub fn config(state: &StateDir, fallback: &Path) -> Result<Option<Config>> {
-    let from_params = query::document(state)
-        .ok()
-        .and_then(|doc| query::lookup(&doc, "params.bootstage.lifecycle").cloned());
-    let (value, origin) = match from_params {
-        Some(value) => (value, "bootstage.lifecycle".to_string()),
-        None => match std::fs::read(fallback) {
-            Ok(text) => {
-                let value = serde_json::from_slice(&text).map_err(|e| {
-                    OrchestratorError::Config(format!("{}: not JSON ({e})", fallback.display()))
-                })?;
-                (value, fallback.display().to_string())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(Error::Read {
-                    path: fallback.into(),
-                    source,
-                });
-            }
-        },
+    let Some((value, origin)) = query::setting(state, "lifecycle", fallback, |why| {
+        OrchestratorError::Config(why).into()
+    })?
+    else {
+        return Ok(None);
     };
     Ok(Some(Config::from_value(&value, &origin)?))
 }

@@ -273,26 +273,10 @@ async fn send(state: &StateDir, args: &Settings, notice: &Notice) -> Result<()> 
 
 /// The parameters' `bootstage.notify` if they have one, else the image's file, else none.
 fn config(state: &StateDir, fallback: &Path) -> Result<Option<Config>> {
-    let from_params = query::document(state)
-        .ok()
-        .and_then(|doc| query::lookup(&doc, "params.bootstage.notify").cloned());
-    let (value, origin) = match from_params {
-        Some(value) => (value, "bootstage.notify".to_string()),
-        None => match std::fs::read(fallback) {
-            Ok(text) => {
-                let value = serde_json::from_slice(&text).map_err(|e| {
-                    NoticeError::Config(format!("{}: not JSON ({e})", fallback.display()))
-                })?;
-                (value, fallback.display().to_string())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(Error::Read {
-                    path: fallback.into(),
-                    source,
-                });
-            }
-        },
+    let Some((value, origin)) =
+        query::setting(state, "notify", fallback, |why| NoticeError::Config(why).into())?
+    else {
+        return Ok(None);
     };
     let config = Config::from_value(&value, &origin)?;
     if let Some(url) = &config.url

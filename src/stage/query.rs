@@ -89,6 +89,36 @@ pub fn document(state: &StateDir) -> Result<Value> {
     Ok(Value::Object(doc))
 }
 
+/// A `bootstage.NAME` setting (`notify`, `lifecycle`): the parameters' if they have it,
+/// else the image's file `fallback` (so a boot whose metadata stage failed still has it),
+/// else `None`; with where it came from, for messages. `not_json` makes the error for a
+/// file that is not JSON, in the caller's own terms.
+pub fn setting(
+    state: &StateDir,
+    name: &str,
+    fallback: &std::path::Path,
+    not_json: impl FnOnce(String) -> Error,
+) -> Result<Option<(Value, String)>> {
+    let from_params = document(state)
+        .ok()
+        .and_then(|doc| lookup(&doc, &format!("params.bootstage.{name}")).cloned());
+    if let Some(value) = from_params {
+        return Ok(Some((value, format!("bootstage.{name}"))));
+    }
+    match std::fs::read(fallback) {
+        Ok(text) => {
+            let value = serde_json::from_slice(&text)
+                .map_err(|e| not_json(format!("{}: not JSON ({e})", fallback.display())))?;
+            Ok(Some((value, fallback.display().to_string())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Read {
+            path: fallback.into(),
+            source,
+        }),
+    }
+}
+
 pub fn lookup<'a>(doc: &'a Value, key: &str) -> Option<&'a Value> {
     let mut segments: Vec<&str> = key.split('.').collect();
     if !matches!(segments.first(), Some(&"params" | &"instance")) {
