@@ -414,9 +414,17 @@ fn calls_of(orch: &lifecycle_emulator::Emulator, id: &str) -> Vec<lifecycle_emul
 fn final_signals(calls: &[lifecycle_emulator::Call]) -> Vec<String> {
     let mut signals: Vec<String> = calls
         .iter()
-        .filter(|c| matches!(c.action.as_str(), "CompleteLifecycleAction" | "SignalResource"))
+        .filter(|c| {
+            matches!(
+                c.action.as_str(),
+                "CompleteLifecycleAction" | "SignalResource"
+            )
+        })
         .map(|c| {
-            let result = c.params.get("LifecycleActionResult").or(c.params.get("Status"));
+            let result = c
+                .params
+                .get("LifecycleActionResult")
+                .or(c.params.get("Status"));
             format!("{} {} {}", c.action, result.unwrap(), c.status)
         })
         .collect();

@@ -193,7 +193,10 @@ impl Failure {
     /// What happened: the code and the service's message, or the cause.
     pub fn why(&self) -> &str {
         match self {
-            Failure::Refused(w) | Failure::Throttled(w) | Failure::Transient(w) | Failure::Permanent(w) => w,
+            Failure::Refused(w)
+            | Failure::Throttled(w)
+            | Failure::Transient(w)
+            | Failure::Permanent(w) => w,
         }
     }
 }

@@ -273,8 +273,9 @@ async fn send(state: &StateDir, args: &Settings, notice: &Notice) -> Result<()> 
 
 /// The parameters' `bootstage.notify` if they have one, else the image's file, else none.
 fn config(state: &StateDir, fallback: &Path) -> Result<Option<Config>> {
-    let Some((value, origin)) =
-        query::setting(state, "notify", fallback, |why| NoticeError::Config(why).into())?
+    let Some((value, origin)) = query::setting(state, "notify", fallback, |why| {
+        NoticeError::Config(why).into()
+    })?
     else {
         return Ok(None);
     };
