@@ -92,6 +92,15 @@ impl Rig {
         panic!("fewer than {n} heartbeats: {:?}", self.orch.calls());
     }
 
+    /// The image's notice settings: run `command` with the notice on its stdin.
+    fn notify_command(&self, command: String) {
+        std::fs::write(
+            self.sb.path("notify.json"),
+            json!({ "command": command }).to_string(),
+        )
+        .unwrap();
+    }
+
     fn record(&self) -> Value {
         serde_json::from_str(
             &self
@@ -261,11 +270,7 @@ async fn success_heartbeats_through_the_boot_then_one_continue_and_one_success()
 async fn failure_sends_the_notice_first_then_abandon_and_failure() {
     let rig = Rig::new(both(), Default::default(), orchestrator(&[INSTANCE])).await;
     let stamp = rig.sb.path("notice-at");
-    std::fs::write(
-        rig.sb.path("notify.json"),
-        json!({"command": format!("date +%s%6N > {}", stamp.display())}).to_string(),
-    )
-    .unwrap();
+    rig.notify_command(format!("date +%s%6N > {}", stamp.display()));
     let out = rig
         .run(&["notify", "failure", "--unit", "bootstage-s3-sync.service"])
         .await;
@@ -323,11 +328,7 @@ async fn hold_keeps_the_instance_past_the_hook_timeout_until_release() {
     let watcher = watch.spawn().unwrap();
     rig.heartbeats(1).await;
     let notice = rig.sb.path("notice.json");
-    std::fs::write(
-        rig.sb.path("notify.json"),
-        json!({"command": format!("cat > {}", notice.display())}).to_string(),
-    )
-    .unwrap();
+    rig.notify_command(format!("cat > {}", notice.display()));
     let out = rig
         .run(&["notify", "failure", "--unit", "bootstage-s3-sync.service"])
         .await;
@@ -645,5 +646,29 @@ async fn an_instance_that_never_completes_is_abandoned_at_ready_within() {
     assert_eq!(
         (outcome.result.as_str(), outcome.by.as_str()),
         ("ABANDON", "complete")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hold_with_an_unknown_heartbeat_timeout_is_cut_to_the_shortest_limit() {
+    let lifecycle = json!({"asg": {"hook": "launch", "group": "web", "on_failure": "hold"}});
+    let mut orch = orchestrator(&[INSTANCE]);
+    orch.groups[0].heartbeat_timeout = 7200.0;
+    let rig = Rig::new(lifecycle, Default::default(), orch).await;
+    // DescribeLifecycleHooks is refused: the hook may have AWS's shortest timeout, 30 s,
+    // whose limit (100 × 30 s = 50 min) a 1 h hold would outlast.
+    rig.orch.deny_next(1);
+    let out = rig
+        .run(&["notify", "failure", "--unit", "myapp.service"])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let clamped = rig.record()["hold"]["clamped"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        clamped.starts_with("hold_for 1h cut to 49m")
+            && clamped.ends_with("the group ends a lifecycle action after 50m"),
+        "{clamped}"
     );
 }

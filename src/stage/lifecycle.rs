@@ -15,7 +15,8 @@
 //! - On failure, after the failure notice: `ABANDON` and `SignalResource FAILURE`; or, with
 //!   `on_failure: hold`, a hold in `lifecycle/record.json` that the watcher keeps alive with
 //!   heartbeats until `bootstage release` or `hold_for` (clamped to the group's limits:
-//!   100 heartbeat timeouts, 48 h, counted from boot), then abandons.
+//!   100 heartbeat timeouts, 48 h, counted from the instance's `pendingTime`), then
+//!   abandons.
 //!
 //! A signal that cannot be delivered is logged, kept in `lifecycle/record.json` (shown by
 //! `status`) and exits 75; it never blocks the app: none of these runs in the chain.
@@ -353,14 +354,13 @@ async fn plan_hold(hook: &LaunchHook, asked: Duration, launched: Duration, reaso
         Ok(t) => Some(t),
         Err(e) => {
             tracing::warn!(
-                "the hook's heartbeat timeout is unknown ({e}); the hold is cut to 48 h only"
+                "the hook's heartbeat timeout is unknown ({e}); the hold is cut to what AWS's shortest timeout (30 s) would allow"
             );
             None
         }
     };
-    let limit = timeout
-        .map(|t| (t * 100).min(orchestrator::MAX_GLOBAL_TIMEOUT))
-        .unwrap_or(orchestrator::MAX_GLOBAL_TIMEOUT);
+    let limit = (timeout.unwrap_or(orchestrator::MIN_HEARTBEAT_TIMEOUT) * 100)
+        .min(orchestrator::MAX_GLOBAL_TIMEOUT);
     let room = limit
         .saturating_sub(launched)
         .saturating_sub(timeout.unwrap_or(FALLBACK_HEARTBEAT));
