@@ -437,16 +437,30 @@ async fn the_group_is_found_from_the_tag_else_by_describe() {
         ["CompleteLifecycleAction CONTINUE web/launch i-0123456789abcdef0 -> 200"]
     );
 
-    let rig = Rig::new(lifecycle, Default::default(), orchestrator(&[INSTANCE])).await;
-    let out = rig.run(&["notify", "ready"]).await;
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(
-        signals(&rig.orch.calls()),
-        [
-            "CompleteLifecycleAction CONTINUE web/launch i-0123456789abcdef0 -> 200",
-            "DescribeAutoScalingInstances -> 200 ",
-        ]
-    );
+    // No tag, or a tag that is no group name (a line break in it): the group is asked.
+    let forged = imds_emulator::Config {
+        tags: Some(
+            [(
+                "aws:autoscaling:groupName".to_string(),
+                "web\nforged".to_string(),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    for imds in [Default::default(), forged] {
+        let rig = Rig::new(lifecycle.clone(), imds, orchestrator(&[INSTANCE])).await;
+        let out = rig.run(&["notify", "ready"]).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(!out.stderr.contains("forged"), "{}", out.stderr);
+        assert_eq!(
+            signals(&rig.orch.calls()),
+            [
+                "CompleteLifecycleAction CONTINUE web/launch i-0123456789abcdef0 -> 200",
+                "DescribeAutoScalingInstances -> 200 ",
+            ]
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

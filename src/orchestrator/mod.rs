@@ -295,6 +295,15 @@ impl LaunchHook {
         deadline: Deadline,
     ) -> Result<Option<LaunchHook>, OrchestratorError> {
         let client = aws.autoscaling();
+        // A tag is anyone's with ec2:CreateTags: one that is no group name is not used
+        // (nor logged).
+        let group_tag = group_tag.filter(|tag| {
+            let fits = !tag.is_empty() && tag.len() <= 255 && !tag.chars().any(char::is_control);
+            if !fits {
+                tracing::warn!("the instance's {GROUP_TAG} tag is not a group name; asking Auto Scaling instead");
+            }
+            fits
+        });
         let group = match (&config.group, group_tag) {
             (Some(group), _) => group.clone(),
             (None, Some(tag)) => {
