@@ -686,3 +686,24 @@ async fn a_hold_with_an_unknown_heartbeat_timeout_is_cut_to_the_shortest_limit()
         "{clamped}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_lock_held_elsewhere_is_waited_for_5_s_not_forever() {
+    let rig = Rig::new(
+        json!({"asg": {"hook": "launch", "group": "web"}}),
+        Default::default(),
+        orchestrator(&[INSTANCE]),
+    )
+    .await;
+    let dir = rig.sb.state().join("lifecycle");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lock = std::fs::File::create(dir.join(".lock")).unwrap();
+    lock.lock().unwrap();
+    let out = rig.run(&["lifecycle", "complete"]).await;
+    common::assert_exit(
+        &out,
+        73,
+        "another process held the lifecycle record's lock for 5 s",
+    );
+    drop(lock);
+}

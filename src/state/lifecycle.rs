@@ -9,7 +9,7 @@
 //! own so that the units which write it (the notices run the operator's command) may
 //! write there and nowhere else in the state dir.
 
-use std::fs::OpenOptions;
+use std::fs::{OpenOptions, TryLockError};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 
@@ -70,6 +70,9 @@ pub struct Record {
     pub cloudformation: Option<Signal>,
 }
 
+/// The longest wait for another writer of the record.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn dir(state: &StateDir) -> PathBuf {
     state.root().join("lifecycle")
 }
@@ -111,8 +114,26 @@ pub fn update(state: &StateDir, change: impl FnOnce(&mut Record)) -> Result<Reco
         .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(&lock_path)
         .map_err(write_error(lock_path.clone()))?;
-    // Held for a read and a small write: no deadline needed.
-    lock.lock().map_err(write_error(lock_path))?;
+    // Every holder only reads and writes a small file; still, a wait has a deadline.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => break,
+            Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(StateError::Write {
+                    path: lock_path,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "another process held the lifecycle record's lock for 5 s",
+                    ),
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(write_error(lock_path)(e)),
+        }
+    }
     let mut record = read(state).ok().flatten().unwrap_or_default();
     change(&mut record);
     let text = serde_json::to_vec_pretty(&record).expect("records serialize");
