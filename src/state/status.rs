@@ -276,6 +276,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_a_failure_a_stage_wrote_counts_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::new(dir.path());
+        std::fs::create_dir_all(status_dir(&state)).unwrap();
+        let write = |r: &Record| {
+            std::fs::write(
+                record_path(&state, Stage::S3Sync),
+                serde_json::to_vec(r).unwrap(),
+            )
+            .unwrap()
+        };
+        // A running stage whose process this reader cannot see (gone, or hidden by
+        // ProtectProc=invisible): `read` infers a failure, the watcher must not.
+        write(&Record {
+            pid: Some(u32::MAX - 1),
+            ..Record::empty(Stage::S3Sync, State::Running)
+        });
+        assert_eq!(read(&state, Stage::S3Sync).unwrap().state, State::Failed);
+        assert!(!failure_written(&state));
+        write(&Record::empty(Stage::S3Sync, State::Failed));
+        assert!(failure_written(&state));
+    }
+
+    #[test]
     fn units_name_their_stage() {
         assert_eq!(
             Stage::of_unit("bootstage-s3-sync.service"),
