@@ -16,8 +16,9 @@ pub enum ExitCode {
     Usage = 64,
     /// EX_DATAERR: user-data present but not valid parameters. Permanent.
     BadUserData = 65,
-    /// EX_NOINPUT: the instance has no user-data (after the grace period). Permanent.
-    NoUserData = 66,
+    /// EX_NOINPUT: the instance has no user-data (after the grace period), or a sync
+    /// source has nothing in it (an empty prefix, a missing archive). Permanent.
+    NoInput = 66,
     /// EX_UNAVAILABLE: IMDS is disabled, or IMDSv2 is required but not offered. Permanent.
     ImdsDisabled = 69,
     /// EX_SOFTWARE: a boot hook failed or outlived its deadline.
@@ -26,7 +27,8 @@ pub enum ExitCode {
     CantCreate = 73,
     /// EX_TEMPFAIL: IMDS or S3 did not answer usefully before the deadline. A restart may help.
     TempFail = 75,
-    /// EX_PROTOCOL: downloaded data failed verification (size or MD5).
+    /// EX_PROTOCOL: downloaded data failed verification (size, checksum, MD5, or a pinned
+    /// SHA-256).
     Protocol = 76,
     /// EX_NOPERM: the sync source refused access (AccessDenied, NoSuchBucket, bad keys), or
     /// a file cannot be read for lack of permission.

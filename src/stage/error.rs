@@ -69,7 +69,7 @@ impl ExitStatus for Error {
     fn exit_code(&self) -> ExitCode {
         match self {
             Error::Usage(_) => ExitCode::Usage,
-            Error::NoUserData { .. } => ExitCode::NoUserData,
+            Error::NoUserData { .. } => ExitCode::NoInput,
             Error::Read { source, .. } => read_exit_code(source),
             Error::Write { .. } => ExitCode::CantCreate,
             Error::Exec { source, .. } if source.kind() == io::ErrorKind::NotFound => {
@@ -91,7 +91,7 @@ impl ExitStatus for Error {
 pub fn read_exit_code(source: &io::Error) -> ExitCode {
     match source.kind() {
         io::ErrorKind::PermissionDenied => ExitCode::NoPerm,
-        _ => ExitCode::NoUserData,
+        _ => ExitCode::NoInput,
     }
 }
 

@@ -44,7 +44,7 @@ impl ExitStatus for QueryError {
     fn exit_code(&self) -> ExitCode {
         match self {
             QueryError::NoSuchKey(_) => ExitCode::Failed,
-            QueryError::NotYet(_) => ExitCode::NoUserData,
+            QueryError::NotYet(_) => ExitCode::NoInput,
         }
     }
 }

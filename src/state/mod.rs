@@ -41,7 +41,7 @@ impl ExitStatus for StateError {
             {
                 ExitCode::NoPerm
             }
-            StateError::Read { .. } => ExitCode::NoUserData,
+            StateError::Read { .. } => ExitCode::NoInput,
             StateError::Write { .. } => ExitCode::CantCreate,
             StateError::EnvFile(e) => e.exit_code(),
         }

@@ -1,6 +1,8 @@
 //! Sync machinery: where objects come from (`source`), which keys may become files
-//! (`keys`), and atomic generations of a destination directory (`tree`).
+//! (`keys`), archives unpacked safely (`archive`), and atomic generations of a
+//! destination directory (`tree`).
 
+pub mod archive;
 pub mod fsat;
 pub mod keys;
 pub mod source;

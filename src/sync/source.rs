@@ -2,10 +2,15 @@
 //! directory (`file:///srv/fixtures/config/`).
 //!
 //! S3: one ListObjectsV2 pass (paginated) gives every key with its ETag and size; no HEAD
-//! per object. A download is a GET with `If-Match: <listed ETag>`, streamed to disk in
-//! chunks (memory does not grow with object size), its size always checked and its MD5
-//! checked when the ETag is a plain MD5 (a multipart `…-N` is not one, nor is the ETag of
-//! an SSE-KMS or SSE-C object). An object replaced between LIST and GET answers 412 (or,
+//! per object. A download is a GET with `If-Match: <listed ETag>` and
+//! `x-amz-checksum-mode: ENABLED`, streamed to disk in chunks (memory does not grow with
+//! object size). Its size is always checked, and then the strongest check the object
+//! allows: S3's full-object checksum (CRC64NVME, CRC32C, CRC32, SHA-1 or SHA-256, which
+//! the SDK computes over the body as it streams and compares at its end), else the MD5 of
+//! a single-part ETag (a multipart `…-N` is not one, nor is the ETag of an SSE-KMS or
+//! SSE-C object), else the size alone. A composite checksum of a multipart upload
+//! (`…-N`) covers parts, not the object, and is not checked. An object replaced between
+//! LIST and GET answers 412 (or,
 //! from a server that ignores If-Match, another ETag) and is reported as
 //! [`SourceError::Changed`], so the caller can list again.
 //!
@@ -17,6 +22,10 @@
 //! Directories: an object's version is the file's mtime and size, and a file whose mtime
 //! or size moves while it is copied is reported as changed the same way. Symlinks in the
 //! source are not followed.
+//!
+//! Bundles ([`Bundle`]): one archive object (or file), fetched with one conditional GET
+//! (`If-None-Match: <the ETag unpacked last>`: a 304 costs no body) and verified as above
+//! while it streams, plus an optional pinned SHA-256.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -27,9 +36,14 @@ use aws_sdk_s3::types::ServerSideEncryption;
 use aws_smithy_types::error::display::DisplayErrorContext;
 
 use crate::aws::{self, Failure};
+use crate::sync::archive::Format;
 use crate::sync::fsat;
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumMode, ChecksumType};
+use bytes::Bytes;
 use md5::{Digest, Md5};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// One object as listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +86,9 @@ impl Version {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("{0}: expected s3://BUCKET/PREFIX or file:///ABSOLUTE/DIR")]
+    #[error(
+        "{0}: expected s3://BUCKET/PREFIX/, s3://BUCKET/KEY.tar[.gz|.zst], or the same as file:///ABSOLUTE/PATH"
+    )]
     BadUrl(String),
     #[error("{url}: access refused: {why}")]
     Refused { url: String, why: String },
@@ -97,11 +113,27 @@ pub enum Source {
     },
 }
 
-/// A source URL split into its parts; the prefix always ends in `/` unless empty.
+/// A source URL split into its parts; the prefix always ends in `/` unless empty. A URL
+/// whose last segment ends in `.tar`, `.tar.gz`, `.tgz` or `.tar.zst` (and not in `/`)
+/// names one archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
-    S3 { bucket: String, prefix: String },
-    Dir { root: PathBuf },
+    S3 {
+        bucket: String,
+        prefix: String,
+    },
+    Dir {
+        root: PathBuf,
+    },
+    S3Archive {
+        bucket: String,
+        key: String,
+        format: Format,
+    },
+    FileArchive {
+        path: PathBuf,
+        format: Format,
+    },
 }
 
 impl Location {
@@ -111,6 +143,13 @@ impl Location {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
                 return Err(bad());
+            }
+            if let Some(format) = Format::of(prefix) {
+                return Ok(Location::S3Archive {
+                    bucket: bucket.into(),
+                    key: prefix.into(),
+                    format,
+                });
             }
             let mut prefix = prefix.to_string();
             if !prefix.is_empty() && !prefix.ends_with('/') {
@@ -124,6 +163,9 @@ impl Location {
             let root = PathBuf::from(path);
             if !root.is_absolute() {
                 return Err(bad());
+            }
+            if let Some(format) = Format::of(path) {
+                return Ok(Location::FileArchive { path: root, format });
             }
             Ok(Location::Dir { root })
         } else {
@@ -233,6 +275,7 @@ impl Source {
                     .bucket(bucket)
                     .key(&object.key)
                     .set_if_match(object.version.etag().map(str::to_string))
+                    .checksum_mode(ChecksumMode::Enabled)
                     .send()
                     .await
                     .map_err(|e| match e.raw_response().map(|r| r.status().as_u16()) {
@@ -256,21 +299,17 @@ impl Source {
                         key: object.key.clone(),
                     });
                 }
-                expected_md5 = md5_in_etag(
-                    answer.e_tag().or(object.version.etag()),
-                    answer.server_side_encryption(),
-                    answer.sse_customer_algorithm().is_some(),
-                );
+                let check = Check::of(&answer, object.version.etag());
+                expected_md5 = check.md5.clone();
                 let mut body = answer.body;
                 while let Some(chunk) = body.next().await {
-                    let chunk = chunk.map_err(|e| SourceError::Failed {
-                        url: self.url(),
-                        why: format!("{}: {}", object.key, DisplayErrorContext(&e)),
-                    })?;
+                    let chunk = chunk.map_err(|e| check.body_error(&self.url(), &object.key, e))?;
                     if written + chunk.len() as u64 > object.size {
                         return Err(too_long());
                     }
-                    md5.update(&chunk);
+                    if expected_md5.is_some() {
+                        md5.update(&chunk);
+                    }
                     written += chunk.len() as u64;
                     file.write_all(&chunk).await.map_err(local)?;
                 }
@@ -329,17 +368,321 @@ impl Source {
     where
         E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
     {
-        let url = self.url();
-        match aws::classify("S3", &e) {
-            Failure::Refused(why) => SourceError::Refused {
-                url,
-                why: format!("{action}: {why}"),
-            },
-            // Every other answer may pass on a later attempt of the pass: a prefix whose
-            // objects moved, a throttled or unreachable S3.
-            Failure::Throttled(why) | Failure::Transient(why) | Failure::Permanent(why) => {
-                SourceError::Failed { url, why }
+        sdk_error(&self.url(), action, e)
+    }
+}
+
+/// How one GET answer is verified beyond its size.
+struct Check {
+    /// The full-object checksum the SDK verifies as the body streams (its name).
+    checksum: Option<&'static str>,
+    /// Else the MD5 a single-part ETag promises, which we verify.
+    md5: Option<String>,
+}
+
+impl Check {
+    fn of(answer: &GetObjectOutput, listed_etag: Option<&str>) -> Check {
+        // The SDK's order: the first of these the answer carries is the one it verifies.
+        let composite = matches!(answer.checksum_type(), Some(ChecksumType::Composite));
+        let checksum = [
+            ("CRC64NVME", answer.checksum_crc64_nvme()),
+            ("CRC32C", answer.checksum_crc32_c()),
+            ("CRC32", answer.checksum_crc32()),
+            ("SHA-1", answer.checksum_sha1()),
+            ("SHA-256", answer.checksum_sha256()),
+        ]
+        .into_iter()
+        .find_map(|(name, value)| value.map(|v| (name, v)))
+        .filter(|(_, value)| !composite && !value.contains('-'))
+        .map(|(name, _)| name);
+        let md5 = match checksum {
+            Some(_) => None,
+            None => md5_in_etag(
+                answer.e_tag().or(listed_etag),
+                answer.server_side_encryption(),
+                answer.sse_customer_algorithm().is_some(),
+            ),
+        };
+        Check { checksum, md5 }
+    }
+
+    /// What was verified, for the log and the manifest.
+    fn name(&self) -> &'static str {
+        match (self.checksum, &self.md5) {
+            (Some(name), _) => name,
+            (None, Some(_)) => "MD5",
+            (None, None) => "size",
+        }
+    }
+
+    /// A body that failed mid-stream: a checksum the SDK found wrong is corruption (76);
+    /// anything else (a dropped connection) is a transfer to try again.
+    fn body_error(
+        &self,
+        url: &str,
+        key: &str,
+        e: aws_smithy_types::byte_stream::error::Error,
+    ) -> SourceError {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(c) = cause {
+            if c.is::<aws_smithy_checksums::body::validate::Error>() {
+                return SourceError::Corrupt {
+                    key: key.to_string(),
+                    why: format!(
+                        "the body does not match its {} checksum",
+                        self.checksum.unwrap_or("S3")
+                    ),
+                };
             }
+            cause = c.source();
+        }
+        SourceError::Failed {
+            url: url.to_string(),
+            why: format!("{key}: {}", DisplayErrorContext(&e)),
+        }
+    }
+}
+
+/// One archive: an S3 object or a local file.
+pub enum Bundle {
+    S3 {
+        client: Client,
+        bucket: String,
+        key: String,
+        format: Format,
+    },
+    File {
+        path: PathBuf,
+        format: Format,
+    },
+}
+
+/// What asking for a bundle found.
+pub enum Fetched {
+    /// The version given as `known` is still the current one (S3 answered 304).
+    Unchanged,
+    /// No such object or file.
+    Missing,
+    Body(Box<Download>),
+}
+
+/// A bundle's bytes as they arrive, each chunk checked and counted.
+pub struct Download {
+    /// The version's token (the ETag, for S3) and size.
+    pub etag: String,
+    pub size: u64,
+    key: String,
+    url: String,
+    body: Body,
+    check: Check,
+    read: u64,
+    md5: Md5,
+    sha256: Option<sha2::Sha256>,
+}
+
+enum Body {
+    S3(ByteStream),
+    File(tokio::fs::File),
+}
+
+impl Bundle {
+    pub fn url(&self) -> String {
+        match self {
+            Bundle::S3 { bucket, key, .. } => format!("s3://{bucket}/{key}"),
+            Bundle::File { path, .. } => format!("file://{}", path.display()),
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        match self {
+            Bundle::S3 { format, .. } | Bundle::File { format, .. } => *format,
+        }
+    }
+
+    /// Asks for the bundle: nothing more than a 304 when `known` (a token from an
+    /// earlier [`Download::etag`]) is still current. With `sha256`, the download computes
+    /// the archive's SHA-256 for [`Download::finish`].
+    pub async fn fetch(&self, known: Option<&str>, sha256: bool) -> Result<Fetched, SourceError> {
+        use sha2::Digest as _;
+        let url = self.url();
+        let (etag, size, key, body, check) = match self {
+            Bundle::S3 {
+                client,
+                bucket,
+                key,
+                ..
+            } => {
+                let answer = client
+                    .get_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .set_if_none_match(known.map(str::to_string))
+                    .checksum_mode(ChecksumMode::Enabled)
+                    .send()
+                    .await;
+                let answer = match answer {
+                    Ok(answer) => answer,
+                    Err(e) => {
+                        return match e.raw_response().map(|r| r.status().as_u16()) {
+                            Some(304) => Ok(Fetched::Unchanged),
+                            Some(404) => Ok(Fetched::Missing),
+                            _ => Err(sdk_error(&url, "s3:GetObject", e)),
+                        };
+                    }
+                };
+                let etag = match (answer.e_tag(), answer.last_modified()) {
+                    (Some(etag), _) if !etag.is_empty() => etag.to_string(),
+                    (_, Some(t)) => Version::Modified(*t).token(),
+                    _ => {
+                        return Err(SourceError::Corrupt {
+                            key: key.clone(),
+                            why: "answered with neither ETag nor Last-Modified".into(),
+                        });
+                    }
+                };
+                let size = answer.content_length().unwrap_or_default().max(0) as u64;
+                let check = Check::of(&answer, None);
+                (etag, size, key.clone(), Body::S3(answer.body), check)
+            }
+            Bundle::File { path, .. } => {
+                let local = |source| SourceError::Local {
+                    path: path.clone(),
+                    source,
+                };
+                let flags = nix::fcntl::OFlag::O_RDONLY
+                    | nix::fcntl::OFlag::O_NOFOLLOW
+                    | nix::fcntl::OFlag::O_NONBLOCK
+                    | nix::fcntl::OFlag::O_CLOEXEC;
+                let fd = match nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()) {
+                    Ok(fd) => fd,
+                    Err(nix::errno::Errno::ENOENT) => return Ok(Fetched::Missing),
+                    Err(e) => return Err(local(fsat::io(e))),
+                };
+                let st = nix::sys::stat::fstat(&fd).map_err(|e| local(fsat::io(e)))?;
+                if !fsat::is_file(&st) {
+                    return Err(local(std::io::Error::other("not a regular file")));
+                }
+                let etag = stat_token(&st);
+                if known == Some(etag.as_str()) {
+                    return Ok(Fetched::Unchanged);
+                }
+                let file = tokio::fs::File::from_std(std::fs::File::from(fd));
+                let check = Check {
+                    checksum: None,
+                    md5: None,
+                };
+                let key = path.display().to_string();
+                (etag, st.st_size as u64, key, Body::File(file), check)
+            }
+        };
+        Ok(Fetched::Body(Box::new(Download {
+            etag,
+            size,
+            key,
+            url,
+            body,
+            check,
+            read: 0,
+            md5: Md5::new(),
+            sha256: sha256.then(sha2::Sha256::new),
+        })))
+    }
+}
+
+impl Download {
+    /// The next chunk of the body; `None` at its end. Never more bytes than announced.
+    pub async fn next(&mut self) -> Option<Result<Bytes, SourceError>> {
+        use sha2::Digest as _;
+        let chunk = match &mut self.body {
+            Body::S3(stream) => match stream.next().await? {
+                Ok(chunk) => chunk,
+                Err(e) => return Some(Err(self.check.body_error(&self.url, &self.key, e))),
+            },
+            Body::File(file) => {
+                let mut buffer = vec![0u8; 256 * 1024];
+                match file.read(&mut buffer).await {
+                    Ok(0) => return None,
+                    Ok(n) => {
+                        buffer.truncate(n);
+                        Bytes::from(buffer)
+                    }
+                    Err(source) => {
+                        let path = PathBuf::from(&self.key);
+                        return Some(Err(SourceError::Local { path, source }));
+                    }
+                }
+            }
+        };
+        if self.read + chunk.len() as u64 > self.size {
+            return Some(Err(SourceError::Corrupt {
+                key: self.key.clone(),
+                why: format!("the body is longer than the {} bytes announced", self.size),
+            }));
+        }
+        self.read += chunk.len() as u64;
+        if self.check.md5.is_some() {
+            self.md5.update(&chunk);
+        }
+        if let Some(sha) = &mut self.sha256 {
+            sha.update(&chunk);
+        }
+        Some(Ok(chunk))
+    }
+
+    /// After the last chunk: the size, the MD5 of a plain ETag, and `pin` (a SHA-256 in
+    /// hex) checked. Returns what was verified (`"CRC64NVME"`, `"MD5"`, `"size"`, with
+    /// `"+SHA-256"` when pinned).
+    pub fn finish(self, pin: Option<&str>) -> Result<String, SourceError> {
+        use sha2::Digest as _;
+        let corrupt = |why: String| SourceError::Corrupt {
+            key: self.key.clone(),
+            why,
+        };
+        if self.read != self.size {
+            return Err(corrupt(format!(
+                "{} bytes received, {} announced",
+                self.read, self.size
+            )));
+        }
+        if let Some(expected) = &self.check.md5 {
+            let got = hex::encode(self.md5.finalize());
+            if got != *expected {
+                return Err(corrupt(format!("MD5 {got}, ETag says {expected}")));
+            }
+        }
+        let mut verified = self.check.name().to_string();
+        if let (Some(pin), Some(sha)) = (pin, self.sha256) {
+            let got = hex::encode(sha.finalize());
+            if !got.eq_ignore_ascii_case(pin) {
+                return Err(corrupt(format!(
+                    "its SHA-256 is {got}, the entry pins {pin}: not the archive it names"
+                )));
+            }
+            verified.push_str("+SHA-256");
+        }
+        Ok(verified)
+    }
+}
+
+/// An S3 error; a refusal names the IAM action that was refused.
+fn sdk_error<E>(
+    url: &str,
+    action: &str,
+    e: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> SourceError
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let url = url.to_string();
+    match aws::classify("S3", &e) {
+        Failure::Refused(why) => SourceError::Refused {
+            url,
+            why: format!("{action}: {why}"),
+        },
+        // Every other answer may pass on a later attempt of the pass: a prefix whose
+        // objects moved, a throttled or unreachable S3.
+        Failure::Throttled(why) | Failure::Transient(why) | Failure::Permanent(why) => {
+            SourceError::Failed { url, why }
         }
     }
 }

@@ -72,6 +72,20 @@ pub struct Manifest {
     pub source: String,
     /// Relative path → the object it came from.
     pub files: BTreeMap<String, Entry>,
+    /// For a tree unpacked from one archive: which version of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<Archived>,
+}
+
+/// The archive a generation was unpacked from: what the next run asks S3 about.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Archived {
+    /// Its [`crate::sync::source::Version::token`] (the ETag, for S3).
+    pub etag: String,
+    pub size: u64,
+    /// Its SHA-256, when the entry pinned one and the archive matched it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -359,6 +373,14 @@ impl Destination {
             .is_some_and(|st| st.st_size as u64 == size)
     }
 
+    /// Whether every file of `manifest` is in the current generation as sealed.
+    pub fn intact(&self, manifest: &Manifest) -> bool {
+        manifest
+            .files
+            .iter()
+            .all(|(rel, entry)| self.unchanged(Path::new(rel), entry.size))
+    }
+
     pub fn staging(&self) -> Result<Staging, TreeError> {
         let name = OsString::from(format!("staging-{}", fsat::unique()));
         let path = self.home_path.join(&name);
@@ -544,6 +566,37 @@ impl Staging {
         }
     }
 
+    /// A new directory at `rel` (its parent exists), root-only until `finish`; one that is
+    /// there already as a directory is fine. `EEXIST` when something else is.
+    pub fn make_dir(&self, rel: &Path) -> io::Result<()> {
+        let (parent, name) = fsat::parent_at(&self.dir, rel)?;
+        match fsat::mkdir(&parent, name, 0o700) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                match fsat::is_dir(&fsat::stat_at(&parent, name)?) {
+                    true => Ok(()),
+                    false => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A new symlink at `rel` to `target` (checked by the caller: it stays in the tree).
+    pub fn symlink(&self, rel: &Path, target: &Path) -> io::Result<()> {
+        let (parent, name) = fsat::parent_at(&self.dir, rel)?;
+        nix::unistd::symlinkat(target, &parent, name).map_err(io)
+    }
+
+    /// Bytes that may still be written to the staging tree's file system: what is
+    /// available to unprivileged users, less 1 % of the file system kept for everyone else.
+    pub fn room(&self) -> io::Result<u64> {
+        let vfs = nix::sys::statvfs::fstatvfs(&self.dir).map_err(io)?;
+        let block = vfs.fragment_size();
+        let keep = vfs.blocks() * block / 100;
+        Ok((vfs.blocks_available() * block).saturating_sub(keep))
+    }
+
     /// A new file at `rel`, 0600, for a download.
     pub fn create(&self, rel: &Path) -> Result<File, TreeError> {
         let at = self.path.join(rel);
@@ -558,20 +611,30 @@ impl Staging {
         }
     }
 
-    /// Hands the complete tree over: each file, then each directory deepest first, then
-    /// the tree's root, gets `uid`/`gid` (when given) and its mode, on its own descriptor.
+    /// Hands the complete tree over: each file (with its own mode), each symlink, then
+    /// each directory deepest first, then the tree's root, gets `uid`/`gid` (when given)
+    /// and its mode, on its own descriptor (a symlink's owner with `AT_SYMLINK_NOFOLLOW`).
     pub fn finish<'a>(
         &self,
-        files: impl IntoIterator<Item = &'a Path>,
+        files: impl IntoIterator<Item = (&'a Path, u32)>,
+        links: &[PathBuf],
         dirs: &BTreeSet<PathBuf>,
         (uid, gid): (Option<Uid>, Option<Gid>),
-        (file_mode, dir_mode): (u32, u32),
+        dir_mode: u32,
     ) -> Result<(), TreeError> {
-        for rel in files {
+        for (rel, file_mode) in files {
             let at = self.path.join(rel);
             let (dir, name) = fsat::parent_at(&self.dir, rel).map_err(io_at(&at))?;
             let (file, _) = fsat::open_file(&dir, name).map_err(io_at(&at))?;
             fsat::set_owner_mode(&file, uid, gid, file_mode).map_err(io_at(&at))?;
+        }
+        if uid.is_some() || gid.is_some() {
+            for rel in links {
+                let at = self.path.join(rel);
+                let (dir, name) = fsat::parent_at(&self.dir, rel).map_err(io_at(&at))?;
+                nix::unistd::fchownat(&dir, name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map_err(|e| io_at(&at)(io(e)))?;
+            }
         }
         let mut deepest_first: Vec<&PathBuf> = dirs.iter().collect();
         deepest_first.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
@@ -647,10 +710,11 @@ mod tests {
         let names: Vec<PathBuf> = files.iter().map(|(n, _)| PathBuf::from(n)).collect();
         staging
             .finish(
-                names.iter().map(PathBuf::as_path),
+                names.iter().map(|n| (n.as_path(), 0o644)),
+                &[],
                 &dirs,
                 (None, None),
-                (0o644, 0o755),
+                0o755,
             )
             .unwrap();
         dest.commit(staging, &manifest).unwrap();

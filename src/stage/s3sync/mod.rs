@@ -17,7 +17,13 @@
 //!    so a `Restart=` would sync the tree and still leave the app down;
 //! 4. READY=1 after every destination is swapped in; with `--watch`, keep re-syncing.
 //!
+//! A source that names one archive (`….tar`, `.tar.gz`, `.tgz`, `.tar.zst`) is a bundle
+//! instead (`bundle.rs`): one conditional GET, unpacked as it streams into a new
+//! generation, swapped in the same way.
+//!
 //! Any error discards the half-built generation: the destination keeps its old tree.
+
+mod bundle;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -37,8 +43,9 @@ use crate::stage::metadata;
 use crate::state::StateDir;
 use crate::state::envfile;
 use crate::state::status::{self, Stage};
+use crate::sync::archive::{self, UnpackError};
 use crate::sync::keys::{self, KeyError};
-use crate::sync::source::{Location, Object, Source, SourceError};
+use crate::sync::source::{Bundle, Location, Object, Source, SourceError};
 use crate::sync::tree::{Destination, Entry, Manifest, Staging, TreeError};
 
 pub const DEFAULT_CONCURRENCY: u16 = 16;
@@ -78,6 +85,11 @@ pub enum SyncError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Tree(#[from] TreeError),
+    #[error(transparent)]
+    Unpack(#[from] UnpackError),
+    /// An empty prefix or a missing archive, without `allow_empty`.
+    #[error("{0}: {1}; if it may be empty, say \"allow_empty\": true in its bootstage.sync entry")]
+    Empty(String, &'static str),
     /// The source, the limit, and what failed last if a pass was retried.
     #[error("{0}: the sync did not finish within --sync-timeout {1}{2}")]
     Deadline(String, String, String),
@@ -94,7 +106,12 @@ impl ExitStatus for SyncError {
         match self {
             SyncError::Settings(_)
             | SyncError::Key(_)
-            | SyncError::Source(SourceError::BadUrl(_)) => ExitCode::BadUserData,
+            | SyncError::Source(SourceError::BadUrl(_))
+            | SyncError::Unpack(UnpackError::Refused { .. } | UnpackError::Malformed { .. }) => {
+                ExitCode::BadUserData
+            }
+            SyncError::Empty(..) => ExitCode::NoInput,
+            SyncError::Unpack(UnpackError::Tree(_)) => ExitCode::CantCreate,
             SyncError::Source(SourceError::Refused { .. }) => ExitCode::NoPerm,
             SyncError::Source(SourceError::Corrupt { .. }) => ExitCode::Protocol,
             SyncError::Source(SourceError::Local { .. }) | SyncError::Tree(_) => {
@@ -120,6 +137,17 @@ pub struct SyncSpec {
     pub file_mode: u32,
     #[serde(default = "default_dir_mode", deserialize_with = "octal")]
     pub dir_mode: u32,
+    /// An empty prefix (or a missing archive) syncs an empty tree instead of failing.
+    #[serde(default)]
+    pub allow_empty: bool,
+    /// For an archive: the SHA-256 (hex) its bytes must have.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// For an archive: at most this many entries, and this many bytes unpacked.
+    #[serde(default)]
+    pub max_entries: Option<u64>,
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
 }
 
 fn default_file_mode() -> u32 {
@@ -262,7 +290,44 @@ impl SyncSpec {
             group: None,
             file_mode: default_file_mode(),
             dir_mode: default_dir_mode(),
+            allow_empty: false,
+            sha256: None,
+            max_entries: None,
+            max_bytes: None,
         }
+    }
+
+    /// What an archive of this entry may unpack to.
+    fn limits(&self) -> archive::Limits {
+        archive::Limits {
+            max_entries: self.max_entries.unwrap_or(archive::DEFAULT_MAX_ENTRIES),
+            max_bytes: self.max_bytes.unwrap_or(archive::DEFAULT_MAX_BYTES),
+        }
+    }
+
+    /// The archive-only settings make sense only for an archive, and a pin only as 64 hex
+    /// digits.
+    fn check(&self) -> Result<(), SyncError> {
+        let location = Location::parse(&self.from)?;
+        let archive = matches!(
+            location,
+            Location::S3Archive { .. } | Location::FileArchive { .. }
+        );
+        let bad = |why: String| Err(SyncError::Settings(format!("bootstage.sync: {why}")));
+        if !archive
+            && (self.sha256.is_some() || self.max_entries.is_some() || self.max_bytes.is_some())
+        {
+            return bad(format!(
+                "{}: \"sha256\", \"max_entries\" and \"max_bytes\" are for an archive source (….tar, .tar.gz, .tgz, .tar.zst)",
+                self.from
+            ));
+        }
+        if let Some(pin) = &self.sha256
+            && !(pin.len() == 64 && pin.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return bad(format!("{}: \"sha256\" must be 64 hex digits", self.from));
+        }
+        Ok(())
     }
 }
 
@@ -292,7 +357,7 @@ fn configured(state: &StateDir) -> Result<Vec<SyncSpec>> {
             );
             return Err(SyncError::Settings(why).into());
         }
-        Location::parse(&spec.from).map_err(SyncError::from)?;
+        spec.check()?;
     }
     check_destinations(&specs)?;
     Ok(specs)
@@ -408,22 +473,38 @@ impl Syncer {
         results
     }
 
-    fn source(&self, spec: &SyncSpec) -> Result<Source, SyncError> {
+    fn source(&self, spec: &SyncSpec) -> Result<Origin, SyncError> {
+        let client = || {
+            self.client
+                .clone()
+                .expect("Syncer::new builds a client for s3:// specs")
+        };
         Ok(match Location::parse(&spec.from)? {
-            Location::S3 { bucket, prefix } => {
-                let client = self
-                    .client
-                    .clone()
-                    .expect("Syncer::new builds a client for s3:// specs");
-                Source::S3 {
-                    client,
-                    bucket,
-                    prefix,
-                }
-            }
-            Location::Dir { root } => Source::Dir { root },
+            Location::S3 { bucket, prefix } => Origin::Prefix(Source::S3 {
+                client: client(),
+                bucket,
+                prefix,
+            }),
+            Location::Dir { root } => Origin::Prefix(Source::Dir { root }),
+            Location::S3Archive {
+                bucket,
+                key,
+                format,
+            } => Origin::Bundle(Bundle::S3 {
+                client: client(),
+                bucket,
+                key,
+                format,
+            }),
+            Location::FileArchive { path, format } => Origin::Bundle(Bundle::File { path, format }),
         })
     }
+}
+
+/// What a destination is synced from: many objects, or one archive.
+enum Origin {
+    Prefix(Source),
+    Bundle(Bundle),
 }
 
 /// Transient: the source failed in a way a later attempt may not. Everything else
@@ -455,9 +536,10 @@ fn all_ok(results: Vec<Result<Report, SyncError>>) -> Result<Vec<Report>> {
         .collect()
 }
 
-/// One destination, starting over from a fresh LIST when an object changes mid-pass.
+/// One destination: a bundle in one pass, a prefix starting over from a fresh LIST when
+/// an object changes mid-pass.
 async fn sync_one(
-    source: &Source,
+    origin: &Origin,
     spec: &SyncSpec,
     bounds: Bounds,
     counters: &Counters,
@@ -468,6 +550,12 @@ async fn sync_one(
     let mut dest = tokio::task::spawn_blocking(move || Destination::open(&to, wait))
         .await
         .map_err(|e| SyncError::Settings(format!("destination lock task: {e}")))??;
+    let source = match origin {
+        Origin::Bundle(bundle) => {
+            return bundle::pass(bundle, &mut dest, spec, &owner, counters, bytes).await;
+        }
+        Origin::Prefix(source) => source,
+    };
     let mut pass = 1;
     loop {
         match pass_once(
@@ -511,6 +599,9 @@ async fn pass_once(
     keys::check_no_file_dir_conflict(files.iter().map(|(rel, o)| (o.key.as_str(), rel.as_path())))?;
 
     let url = source.url();
+    if files.is_empty() && !spec.allow_empty {
+        return Err(SyncError::Empty(url, "no objects under it"));
+    }
     let old = Some(dest.manifest())
         .filter(|m| m.source == url)
         .unwrap_or_default();
@@ -581,10 +672,11 @@ async fn pass_once(
 
     // Hand the complete tree over, files then directories deepest first.
     staging.finish(
-        files.iter().map(|(rel, _)| rel.as_path()),
+        files.iter().map(|(rel, _)| (rel.as_path(), spec.file_mode)),
+        &[],
         &dirs,
         (owner.uid, owner.gid),
-        (spec.file_mode, spec.dir_mode),
+        spec.dir_mode,
     )?;
     let manifest = Manifest {
         source: url,
@@ -599,6 +691,7 @@ async fn pass_once(
                 (rel.to_string_lossy().into_owned(), entry)
             })
             .collect::<BTreeMap<_, _>>(),
+        archive: None,
     };
     dest.commit(staging, &manifest)?;
     report.swapped = true;

@@ -1,0 +1,222 @@
+//! One pass of a bundle: one archive object into a new generation of its destination.
+//!
+//! 1. If the current generation came from this archive and is intact as sealed (and any
+//!    pinned SHA-256 is the one it was verified against), ask with `If-None-Match` its
+//!    ETag: a 304 ends the pass, no body sent, nothing written.
+//! 2. Else stream the body: each chunk is counted and hashed (and the SDK checks S3's
+//!    full-object checksum) as it is handed, through a bounded channel, to a blocking
+//!    thread that decompresses and unpacks it into a staging generation
+//!    (`sync::archive`). Memory stays bounded whatever the archive's size.
+//! 3. Only when the whole body arrived and verified (size, checksum or MD5, the pin) and
+//!    every entry unpacked is the tree handed over and swapped in. A download that fails
+//!    part way wins over what the unpacker made of the truncated stream: the pass is
+//!    retried as any transfer is. A refused entry stops the download at once.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Buf, Bytes};
+use tokio::sync::mpsc;
+
+use super::{Counters, Ownership, Report, SyncError, SyncSpec};
+use crate::sync::archive;
+use crate::sync::source::{Bundle, Fetched};
+use crate::sync::tree::{Archived, Destination, Entry, Manifest};
+
+/// Chunks in flight between the download and the unpacker (each at most a few hundred KiB).
+const CHANNEL: usize = 32;
+
+pub(super) async fn pass(
+    bundle: &Bundle,
+    dest: &mut Destination,
+    spec: &SyncSpec,
+    owner: &Ownership,
+    counters: &Counters,
+    total_bytes: &AtomicU64,
+) -> Result<Report, SyncError> {
+    let started = std::time::Instant::now();
+    let url = bundle.url();
+    let old = Some(dest.manifest())
+        .filter(|m| m.source == url)
+        .unwrap_or_default();
+    let pin = spec.sha256.as_deref().map(str::to_ascii_lowercase);
+    let known = old
+        .archive
+        .as_ref()
+        .filter(|a| pin.is_none() || a.sha256 == pin)
+        .filter(|_| dest.has_current() && dest.intact(&old))
+        .map(|a| a.etag.clone());
+    counters.total.store(1, Ordering::Relaxed);
+    counters.done.store(0, Ordering::Relaxed);
+    let unchanged = Report {
+        objects: old.files.len(),
+        ..Report::default()
+    };
+    let mut download = match bundle.fetch(known.as_deref(), pin.is_some()).await? {
+        Fetched::Unchanged => {
+            counters.done.store(1, Ordering::Relaxed);
+            return Ok(unchanged);
+        }
+        Fetched::Missing if !spec.allow_empty => {
+            return Err(SyncError::Empty(url, "no such archive"));
+        }
+        Fetched::Missing => {
+            if dest.has_current()
+                && old.source == url
+                && old.archive.is_none()
+                && old.files.is_empty()
+            {
+                return Ok(unchanged);
+            }
+            let staging = dest.staging()?;
+            staging.finish(
+                [],
+                &[],
+                &Default::default(),
+                (owner.uid, owner.gid),
+                spec.dir_mode,
+            )?;
+            let manifest = Manifest {
+                source: url,
+                ..Manifest::default()
+            };
+            dest.commit(staging, &manifest)?;
+            return Ok(Report {
+                deleted: old.files.len(),
+                swapped: true,
+                ..Report::default()
+            });
+        }
+        Fetched::Body(download) => download,
+    };
+    let (etag, size) = (download.etag.clone(), download.size);
+
+    let staging = dest.staging()?;
+    let (format, limits) = (bundle.format(), spec.limits());
+    let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL);
+    let unpacker = tokio::task::spawn_blocking(move || {
+        let mut reader = ChannelReader {
+            rx,
+            chunk: Bytes::new(),
+        };
+        let unpacked = archive::unpack(&mut reader, format, &staging, limits);
+        // Past the archive's end marker (a tar's padding, trailing bytes): the rest of
+        // the body still arrives, to be verified, and is not unpacked.
+        if unpacked.is_ok() {
+            while reader.rx.blocking_recv().is_some() {}
+        }
+        (staging, unpacked)
+    });
+    let fed = async move {
+        while let Some(chunk) = download.next().await {
+            let chunk = chunk?;
+            total_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            if tx.send(chunk).await.is_err() {
+                // The unpacker stopped: its error says why.
+                return Ok(None);
+            }
+        }
+        drop(tx);
+        download
+            .finish(pin.as_deref())
+            .map(|verified| Some((verified, pin)))
+    };
+    let fed = fed.await;
+    let (staging, unpacked) = unpacker
+        .await
+        .map_err(|e| SyncError::Settings(format!("unpacking task: {e}")))?;
+    // A failed or unverified download decides the pass, whatever the unpacker made of it.
+    let (verified, pin) = match fed? {
+        Some(done) => done,
+        None => {
+            unpacked?;
+            let why = "the unpacker stopped reading before the end of the archive".into();
+            return Err(SyncError::Settings(why));
+        }
+    };
+    let unpacked = unpacked?;
+    let fetched = started.elapsed();
+
+    staging.finish(
+        unpacked
+            .files
+            .iter()
+            .map(|(rel, _, exec)| (rel.as_path(), archive::file_mode(spec.file_mode, *exec))),
+        &unpacked.links,
+        &unpacked.dirs,
+        (owner.uid, owner.gid),
+        spec.dir_mode,
+    )?;
+    let files: BTreeMap<String, Entry> = unpacked
+        .files
+        .iter()
+        .map(|(rel, size, _)| {
+            let name = rel.to_string_lossy().into_owned();
+            let entry = Entry {
+                key: name.clone(),
+                etag: etag.clone(),
+                size: *size,
+            };
+            (name, entry)
+        })
+        .collect();
+    let manifest = Manifest {
+        source: url,
+        files,
+        archive: Some(Archived {
+            etag,
+            size,
+            sha256: pin,
+        }),
+    };
+    dest.commit(staging, &manifest)?;
+    counters.done.store(1, Ordering::Relaxed);
+    let report = Report {
+        objects: unpacked.files.len(),
+        downloaded: 1,
+        bytes: size,
+        deleted: old
+            .files
+            .keys()
+            .filter(|k| !manifest.files.contains_key(*k))
+            .count(),
+        list_pages: 0,
+        swapped: true,
+    };
+    let ms = |d: std::time::Duration| d.as_millis() as u64;
+    tracing::info!(
+        dest = %spec.to.display(),
+        files = report.objects,
+        links = unpacked.links.len(),
+        bytes = size,
+        unpacked_bytes = unpacked.bytes,
+        verified,
+        fetch_ms = ms(fetched),
+        commit_ms = ms(started.elapsed() - fetched),
+        "swapped in a new generation from the archive"
+    );
+    Ok(report)
+}
+
+/// The unpacker's side of the channel, as a blocking `Read`: the end of the channel (the
+/// download finished, failed, or was dropped) is the end of the stream.
+struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    chunk: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.chunk = chunk,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        self.chunk.advance(n);
+        Ok(n)
+    }
+}
