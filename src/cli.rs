@@ -252,7 +252,8 @@ pub struct LaunchArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct SyncArgs {
-    /// Sync this source (s3://BUCKET/PREFIX/ or file:///DIR/) instead of the parameters'
+    /// Sync this source (s3://BUCKET/PREFIX/, file:///DIR/, or one archive:
+    /// s3://BUCKET/KEY.tar.zst, .tar.gz, .tgz, .tar) instead of the parameters'
     /// `bootstage.sync` list.
     #[arg(long, requires = "to", value_name = "URL")]
     pub from: Option<String>,
@@ -260,6 +261,15 @@ pub struct SyncArgs {
     /// Destination for --from: a path that becomes a symlink to the synced tree.
     #[arg(long, requires = "from", value_name = "DIR")]
     pub to: Option<PathBuf>,
+
+    /// With --from naming an archive: the SHA-256 (64 hex digits) it must have.
+    #[arg(long, requires = "from", value_name = "HEX")]
+    pub sha256: Option<String>,
+
+    /// With --from: an empty prefix (or a missing archive) syncs an empty tree instead of
+    /// failing with 66.
+    #[arg(long, requires = "from")]
+    pub allow_empty_source: bool,
 
     /// Downloads in flight at once, per destination.
     #[arg(long, default_value_t = s3sync::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -359,6 +369,8 @@ impl From<SyncArgs> for s3sync::Settings {
         s3sync::Settings {
             from: a.from,
             to: a.to,
+            sha256: a.sha256,
+            allow_empty: a.allow_empty_source,
             concurrency: a.concurrency,
             sync_timeout: a.sync_timeout,
             refresh: a.refresh,

@@ -79,6 +79,7 @@ async fn full_sync_then_a_no_change_resync_makes_one_list_and_nothing_else() {
         Counts {
             list: 1,
             get: 32,
+            not_modified: 0,
             head: 0,
             other: 0
         }
@@ -95,6 +96,7 @@ async fn full_sync_then_a_no_change_resync_makes_one_list_and_nothing_else() {
         Counts {
             list: 1,
             get: 0,
+            not_modified: 0,
             head: 0,
             other: 0
         }
@@ -140,6 +142,7 @@ async fn every_change_is_caught_including_same_size_ones_and_deletions() {
         Counts {
             list: 1,
             get: 11,
+            not_modified: 0,
             head: 0,
             other: 0
         }
@@ -184,6 +187,7 @@ async fn over_a_thousand_objects_and_a_multipart_one() {
         Counts {
             list: 2,
             get: 1051,
+            not_modified: 0,
             head: 0,
             other: 0
         }
@@ -688,6 +692,7 @@ async fn without_listed_etags_changes_are_found_by_size_and_last_modified() {
     let nothing = Counts {
         list: 1,
         get: 0,
+        not_modified: 0,
         head: 0,
         other: 0,
     };

@@ -122,6 +122,7 @@ pub fn unpack(
     let mut archive = tar::Archive::new(reader);
     let mut out = Unpacked::default();
     let mut links: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
+    let mut files: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     let mut entries = 0u64;
     let mut buffer = vec![0u8; 256 * 1024];
     for entry in archive.entries().map_err(malformed)? {
@@ -150,7 +151,7 @@ pub fn unpack(
             );
             return Err(refused(&name, why));
         }
-        if links.contains_key(&rel) {
+        if links.contains_key(&rel) || files.contains(&rel) {
             return Err(refused(&name, "the name appears twice in the archive"));
         }
         let is_dir = kind.is_dir() || (kind.is_file() && name.ends_with('/'));
@@ -174,6 +175,9 @@ pub fn unpack(
             if target.is_empty() || target.starts_with('/') {
                 let why = format!("its symlink target {target:?} leads outside the destination");
                 return Err(refused(&name, why));
+            }
+            if out.dirs.contains(&rel) {
+                return Err(refused(&name, "the name appears twice in the archive"));
             }
             make_dirs(staging, &rel, false, &mut out.dirs, &name)?;
             links.insert(rel, PathBuf::from(target));
@@ -221,6 +225,7 @@ pub fn unpack(
             return Err(malformed(io::Error::new(io::ErrorKind::UnexpectedEof, why)));
         }
         out.bytes += size;
+        files.insert(rel.clone());
         let executable = entry.header().mode().unwrap_or(0) & 0o111 != 0;
         out.files.push((rel, size, executable));
     }
@@ -373,4 +378,57 @@ fn components(target: &Path) -> Option<Vec<OsString>> {
         }
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_plain_relative_paths() {
+        assert_eq!(clean("./").unwrap(), None);
+        assert_eq!(clean(".").unwrap(), None);
+        assert_eq!(clean("./a/b/").unwrap(), Some(PathBuf::from("a/b")));
+        assert_eq!(clean("a/b.txt").unwrap(), Some(PathBuf::from("a/b.txt")));
+        assert_eq!(clean("..hidden").unwrap(), Some(PathBuf::from("..hidden")));
+        for bad in ["/etc/passwd", "../x", "a/../../x", "a//b", "a/./b", "a\nb"] {
+            assert!(clean(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn symlinks_are_resolved_as_the_kernel_will() {
+        let links: BTreeMap<PathBuf, PathBuf> = [
+            ("deep/a/b/s", "../../../t"),
+            ("loop1", "loop2"),
+            ("loop2", "loop1"),
+            ("d/up", ".."),
+        ]
+        .into_iter()
+        .map(|(l, t)| (PathBuf::from(l), PathBuf::from(t)))
+        .collect();
+        let judge = |link: &str, target: &str| escapes(Path::new(link), Path::new(target), &links);
+        assert_eq!(judge("bin/conf", "../etc/app.conf"), None);
+        assert_eq!(judge("a", "b/c/../../d"), None);
+        assert_eq!(judge("deep/a/b/l", "s/x"), None);
+        assert_eq!(
+            judge("deep/a/b/l", "s/../../../../x"),
+            Some("leads outside the destination")
+        );
+        assert_eq!(judge("x", "d/up/.."), Some("leads outside the destination"));
+        assert_eq!(judge("x", "d/up/y"), None);
+        assert_eq!(judge("a", "../a"), Some("leads outside the destination"));
+        assert_eq!(judge("x", "loop1"), Some("is a loop of symlinks"));
+    }
+
+    #[test]
+    fn executables_keep_an_executable_bit_where_they_can_be_read() {
+        assert_eq!(file_mode(0o644, true), 0o755);
+        assert_eq!(file_mode(0o640, true), 0o750);
+        assert_eq!(file_mode(0o600, true), 0o700);
+        assert_eq!(file_mode(0o644, false), 0o644);
+        assert_eq!(Format::of("a.tgz"), Some(Format::Gzip));
+        assert_eq!(Format::of("a.tar.zst"), Some(Format::Zstd));
+        assert_eq!(Format::of("a.zip"), None);
+    }
 }

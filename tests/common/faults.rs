@@ -1,6 +1,7 @@
 //! A fault-injecting HTTP proxy in front of moto, on 127.0.0.1: forwards every request,
 //! except that it can answer the first N object GETs with 503 SlowDown, cut the first N
-//! object bodies off halfway (the connection drops mid-transfer), or hold the first GET of
+//! object bodies off halfway (the connection drops mid-transfer), flip a byte of the first
+//! N bodies, or hold the first GET of
 //! one object until the test has replaced it (the object changes between LIST and GET).
 //! It can also play an S3-compatible server that lists no ETags (s3s-fs) or ignores
 //! If-Match, record which JSON-API calls (SSM, Secrets Manager) pass, and throttle them.
@@ -43,6 +44,8 @@ pub struct Faults {
     pub throttle: AtomicUsize,
     /// Send the first N object bodies with one more byte than the object has.
     pub lengthen: AtomicUsize,
+    /// Send the first N object bodies with one byte in the middle flipped (same length).
+    pub corrupt: AtomicUsize,
 }
 
 pub struct Proxy {
@@ -179,6 +182,20 @@ async fn forward(
             let mut longer = bytes.to_vec();
             longer.push(b'!');
             longer.into()
+        }
+        false => bytes,
+    };
+    let bytes = match object_get
+        && status == StatusCode::OK
+        && !bytes.is_empty()
+        && take(&s.faults.corrupt)
+    {
+        true => {
+            s.faults.injected.fetch_add(1, Ordering::SeqCst);
+            let mut flipped = bytes.to_vec();
+            let middle = flipped.len() / 2;
+            flipped[middle] ^= 0x01;
+            flipped.into()
         }
         false => bytes,
     };

@@ -72,8 +72,12 @@ pub fn start_with(env: &[(&str, String)]) -> Moto {
             {
                 let _ = r.send(());
             }
-            if let Some(request) = line.split('"').nth(1) {
-                lines.0.lock().unwrap().push(request.to_string());
+            // `… "GET /b/k HTTP/1.1" 200 -`: the request, then its status.
+            let mut quoted = line.split('"');
+            if let Some(request) = quoted.nth(1) {
+                let status = quoted.next().unwrap_or("").split_whitespace().next();
+                let entry = format!("{request} {}", status.unwrap_or("-"));
+                lines.0.lock().unwrap().push(entry);
                 lines.1.notify_all();
             }
         }
@@ -89,10 +93,12 @@ pub fn start_with(env: &[(&str, String)]) -> Moto {
 }
 
 /// Request counts for one bucket since `mark`, by method; LIST = GET on the bucket itself.
+/// An object GET answered 304 Not Modified is counted apart from `get`: no body was sent.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub list: usize,
     pub get: usize,
+    pub not_modified: usize,
     pub head: usize,
     pub other: usize,
 }
@@ -139,8 +145,10 @@ impl Moto {
             let Some(rest) = path.strip_prefix(&format!("/{bucket}")) else {
                 continue;
             };
+            let status = request.rsplit(' ').next().unwrap_or("");
             match (method, rest) {
                 ("GET", "" | "/") => c.list += 1,
+                ("GET", _) if status == "304" => c.not_modified += 1,
                 ("GET", _) => c.get += 1,
                 ("HEAD", _) => c.head += 1,
                 _ => c.other += 1,
@@ -242,12 +250,26 @@ impl Bucket {
 
     /// A multipart object of `parts` (each but the last at least 5 MiB).
     pub async fn put_multipart(&self, key: &str, parts: &[Vec<u8>]) {
-        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        self.multipart(key, parts, false).await
+    }
+
+    /// The same, with a full-object CRC32 checksum (not a composite of the parts').
+    pub async fn put_multipart_crc32(&self, key: &str, parts: &[Vec<u8>]) {
+        self.multipart(key, parts, true).await
+    }
+
+    async fn multipart(&self, key: &str, parts: &[Vec<u8>], crc32: bool) {
+        use aws_sdk_s3::types::{
+            ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart,
+        };
+        let algorithm = crc32.then_some(ChecksumAlgorithm::Crc32);
         let upload = self
             .client
             .create_multipart_upload()
             .bucket(&self.name)
             .key(key)
+            .set_checksum_algorithm(algorithm.clone())
+            .set_checksum_type(crc32.then_some(ChecksumType::FullObject))
             .send()
             .await
             .unwrap();
@@ -262,6 +284,7 @@ impl Bucket {
                 .key(key)
                 .upload_id(id)
                 .part_number(n)
+                .set_checksum_algorithm(algorithm.clone())
                 .body(ByteStream::from(part.clone()))
                 .send()
                 .await

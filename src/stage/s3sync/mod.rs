@@ -57,6 +57,9 @@ pub struct Settings {
     /// Sync this source instead of the parameters' `bootstage.sync` list (with `to`).
     pub from: Option<String>,
     pub to: Option<PathBuf>,
+    /// With `from`: the archive's pinned SHA-256, and whether it may be empty.
+    pub sha256: Option<String>,
+    pub allow_empty: bool,
     /// Downloads in flight at once, per destination.
     pub concurrency: u16,
     /// Deadline for one sync pass.
@@ -219,7 +222,15 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
     let configured_stage = args.from.is_none();
     let first = async {
         let specs = match (&args.from, &args.to) {
-            (Some(from), Some(to)) => vec![SyncSpec::plain(from, to)],
+            (Some(from), Some(to)) => {
+                let spec = SyncSpec {
+                    sha256: args.sha256.clone(),
+                    allow_empty: args.allow_empty,
+                    ..SyncSpec::plain(from, to)
+                };
+                spec.check()?;
+                vec![spec]
+            }
             _ => {
                 metadata::ensure(state, &args.metadata, args.refresh, notifier).await?;
                 configured(state)?
@@ -313,7 +324,7 @@ impl SyncSpec {
             location,
             Location::S3Archive { .. } | Location::FileArchive { .. }
         );
-        let bad = |why: String| Err(SyncError::Settings(format!("bootstage.sync: {why}")));
+        let bad = |why: String| Err(SyncError::Settings(why));
         if !archive
             && (self.sha256.is_some() || self.max_entries.is_some() || self.max_bytes.is_some())
         {

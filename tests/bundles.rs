@@ -1,0 +1,560 @@
+//! Bundles: one archive per destination, against moto on 127.0.0.1 (and the fault proxy
+//! in front of it): unpacked byte for byte, fetched once and then only asked about,
+//! verified, pinned, refused when hostile, atomic under SIGKILL.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::faults::{self, Faults};
+use common::moto::{Counts, moto};
+use common::{Outcome, Sandbox, assert_exit};
+
+/// One archive entry, written as raw header fields: names and types a careful builder
+/// would refuse are exactly what these tests need.
+enum E<'a> {
+    Dir(&'a str),
+    File(&'a str, &'a [u8], u32),
+    Link(&'a str, &'a str),
+    /// Any type flag, with a link name.
+    Raw(&'a str, u8, &'a str),
+}
+
+fn header(name: &str, kind: u8, link: &str, size: u64, mode: u32) -> tar::Header {
+    let mut h = tar::Header::new_old();
+    let old = h.as_old_mut();
+    old.name[..name.len()].copy_from_slice(name.as_bytes());
+    old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_uid(4321);
+    h.set_gid(4321);
+    h.set_mtime(1_700_000_000);
+    h.set_entry_type(tar::EntryType::new(kind));
+    h.set_cksum();
+    h
+}
+
+fn tar_of(entries: &[E]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let (h, data): (tar::Header, &[u8]) = match e {
+            E::Dir(name) => (header(name, b'5', "", 0, 0o700), b""),
+            E::File(name, data, mode) => (header(name, b'0', "", data.len() as u64, *mode), data),
+            E::Link(name, target) => (header(name, b'2', target, 0, 0o777), b""),
+            E::Raw(name, kind, link) => (header(name, *kind, link, 0, 0o644), b""),
+        };
+        b.append(&h, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Tar,
+    Gz,
+    Zst,
+}
+
+impl Kind {
+    fn ext(self) -> &'static str {
+        match self {
+            Kind::Tar => "tar",
+            Kind::Gz => "tar.gz",
+            Kind::Zst => "tar.zst",
+        }
+    }
+
+    fn pack(self, tar: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        match self {
+            Kind::Tar => tar.to_vec(),
+            Kind::Gz => {
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), Default::default());
+                gz.write_all(tar).unwrap();
+                gz.finish().unwrap()
+            }
+            Kind::Zst => zstd::encode_all(tar, 3).unwrap(),
+        }
+    }
+}
+
+/// What the destination holds, through its symlink: every entry with its type, mode and
+/// contents (or target).
+fn listing(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let mode = meta.permissions().mode() & 0o7777;
+            let what = if meta.is_symlink() {
+                format!("link {}", std::fs::read_link(&path).unwrap().display())
+            } else if meta.is_dir() {
+                stack.push(path);
+                format!("dir {mode:o}")
+            } else {
+                let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+                format!("file {mode:o} {text}")
+            };
+            out.insert(rel, what);
+        }
+    }
+    out
+}
+
+fn expect(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The app as a build would tar it (`tar -C build .`): `./` names, an empty directory,
+/// an executable, a setuid bit, a private file, an internal relative symlink, and
+/// directories that appear only in the files' names.
+fn app(version: &str) -> Vec<u8> {
+    let conf = format!("version={version}\n");
+    tar_of(&[
+        E::Dir("./"),
+        E::Dir("./bin/"),
+        E::File("./bin/run", b"#!/bin/sh\necho run\n", 0o755),
+        E::File("./bin/setuid", b"x", 0o4755),
+        E::Dir("./empty/"),
+        E::File("./etc/nested/deep/app.conf", conf.as_bytes(), 0o600),
+        E::Link("./bin/conf", "../etc/nested/deep/app.conf"),
+    ])
+}
+
+fn app_listing(version: &str) -> BTreeMap<String, String> {
+    let conf = format!("file 644 version={version}\n");
+    expect(&[
+        ("bin", "dir 755"),
+        ("bin/run", "file 755 #!/bin/sh\necho run\n"),
+        ("bin/setuid", "file 755 x"),
+        ("bin/conf", "link ../etc/nested/deep/app.conf"),
+        ("empty", "dir 755"),
+        ("etc", "dir 755"),
+        ("etc/nested", "dir 755"),
+        ("etc/nested/deep", "dir 755"),
+        ("etc/nested/deep/app.conf", &conf),
+    ])
+}
+
+async fn sync_from(sb: &Sandbox, url: &str, endpoint: &str, extra: &[&str]) -> Outcome {
+    let to = sb.path("dest/app");
+    let mut args = vec!["s3-sync", "--from", url, "--to", to.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let mut cmd = sb.command(&args);
+    cmd.envs(moto().env()).env("AWS_ENDPOINT_URL", endpoint);
+    common::run(cmd).await
+}
+
+async fn sync(sb: &Sandbox, url: &str, extra: &[&str]) -> Outcome {
+    sync_from(sb, url, &moto().url, extra).await
+}
+
+fn counts(get: usize, not_modified: usize) -> Counts {
+    Counts {
+        get,
+        not_modified,
+        ..Counts::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_format_unpacks_byte_for_byte_with_one_get_then_none() {
+    let bucket = moto().bucket("bundles").await;
+    for kind in [Kind::Tar, Kind::Gz, Kind::Zst] {
+        let key = format!("releases/app.{}", kind.ext());
+        let url = format!("s3://bundles/{key}");
+        bucket.put(&key, kind.pack(&app("1"))).await;
+        let sb = Sandbox::new();
+        let mark = moto().mark();
+        let out = sync(&sb, &url, &[]).await;
+        assert_eq!(out.code, 0, "{kind:?}: {}", out.stderr);
+        assert_eq!(listing(&sb.path("dest/app")), app_listing("1"), "{kind:?}");
+        assert_eq!(moto().counts("bundles", mark), counts(1, 0), "{kind:?}");
+
+        let mark = moto().mark();
+        let out = sync(&sb, &url, &[]).await;
+        assert_eq!(out.code, 0, "{kind:?}: {}", out.stderr);
+        assert_eq!(moto().counts("bundles", mark), counts(0, 1), "{kind:?}");
+        assert!(
+            out.stderr.contains("0 downloaded, 0 swapped in"),
+            "{}",
+            out.stderr
+        );
+    }
+    // A new object at the same key is a new release.
+    bucket
+        .put("releases/app.tar.zst", Kind::Zst.pack(&app("2")))
+        .await;
+    let sb = Sandbox::new();
+    assert_eq!(
+        sync(&sb, "s3://bundles/releases/app.tar.zst", &[])
+            .await
+            .code,
+        0
+    );
+    assert_eq!(listing(&sb.path("dest/app")), app_listing("2"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_archive_file_works_the_same_for_a_vm() {
+    let sb = Sandbox::new();
+    let file = sb.path("app.tar.gz");
+    std::fs::write(&file, Kind::Gz.pack(&app("local"))).unwrap();
+    let url = format!("file://{}", file.display());
+    let out = sync(&sb, &url, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(listing(&sb.path("dest/app")), app_listing("local"));
+    let out = sync(&sb, &url, &[]).await;
+    assert!(
+        out.stderr.contains("0 downloaded, 0 swapped in"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_touched_tree_is_fetched_again() {
+    let bucket = moto().bucket("touched").await;
+    bucket.put("app.tar", app("1")).await;
+    let sb = Sandbox::new();
+    assert_eq!(sync(&sb, "s3://touched/app.tar", &[]).await.code, 0);
+    std::fs::write(sb.path("dest/app/bin/run"), "edited").unwrap();
+    let mark = moto().mark();
+    assert_eq!(sync(&sb, "s3://touched/app.tar", &[]).await.code, 0);
+    assert_eq!(moto().counts("touched", mark), counts(1, 0));
+    assert_eq!(listing(&sb.path("dest/app")), app_listing("1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_sha256_admits_only_those_bytes() {
+    use sha2::Digest;
+    let bucket = moto().bucket("pinned").await;
+    let v1 = Kind::Zst.pack(&app("1"));
+    let pin = hex::encode(sha2::Sha256::digest(&v1));
+    bucket.put("app.tar.zst", v1).await;
+    let sb = Sandbox::new();
+    let url = "s3://pinned/app.tar.zst";
+    let out = sync(&sb, url, &["--sha256", &pin]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("verified=\"CRC32+SHA-256\""),
+        "{}",
+        out.stderr
+    );
+    let mark = moto().mark();
+    assert_eq!(sync(&sb, url, &["--sha256", &pin]).await.code, 0);
+    assert_eq!(moto().counts("pinned", mark), counts(0, 1));
+
+    // Someone replaces the object: user-data still names the old bytes.
+    let v2 = Kind::Zst.pack(&app("2"));
+    let got = hex::encode(sha2::Sha256::digest(&v2));
+    bucket.put("app.tar.zst", v2).await;
+    let out = sync(&sb, url, &["--sha256", &pin]).await;
+    assert_exit(
+        &out,
+        76,
+        &format!(
+            "app.tar.zst: verification failed: its SHA-256 is {got}, the entry pins {pin}: not the archive it names"
+        ),
+    );
+    assert_eq!(listing(&sb.path("dest/app")), app_listing("1"));
+    let out = sync(&sb, url, &["--sha256", "abc"]).await;
+    assert_exit(
+        &out,
+        65,
+        "s3://pinned/app.tar.zst: \"sha256\" must be 64 hex digits",
+    );
+}
+
+/// The names the hostile archives aim at, relative to the sandbox: none may exist after.
+const VICTIMS: &[&str] = &["victim", "dest/victim", "outside/pwned", "x"];
+
+async fn refused(name: &str, archive: Vec<u8>, entry: &str, why: &str) {
+    let bucket = moto().bucket(&format!("hostile-{name}")).await;
+    bucket.put("evil.tar.zst", archive).await;
+    let sb = Sandbox::new();
+    std::fs::create_dir(sb.path("outside")).unwrap();
+    let out = sync(&sb, &format!("s3://hostile-{name}/evil.tar.zst"), &[]).await;
+    assert_exit(&out, 65, &format!("archive entry {entry:?} refused: {why}"));
+    assert!(
+        std::fs::symlink_metadata(sb.path("dest/app")).is_err(),
+        "{name}"
+    );
+    let home: Vec<String> = std::fs::read_dir(sb.path("dest/.app.bootstage"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(home, [".lock"], "{name}: the staging generation is gone");
+    for victim in VICTIMS {
+        assert!(
+            std::fs::symlink_metadata(sb.path(victim)).is_err(),
+            "{name}: {victim} was written"
+        );
+    }
+    assert_eq!(std::fs::read_dir(sb.path("outside")).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_archives_are_refused_naming_the_entry() {
+    let sb_root = Sandbox::new();
+    let absolute = sb_root.path("victim").display().to_string();
+    let zst = |entries: &[E]| Kind::Zst.pack(&tar_of(entries));
+    let cases: Vec<(&str, Vec<u8>, String, &str)> = vec![
+        (
+            "absolute",
+            zst(&[E::File(&absolute, b"x", 0o644)]),
+            absolute.clone(),
+            "it is an absolute path",
+        ),
+        (
+            "dotdot",
+            zst(&[
+                E::File("ok", b"x", 0o644),
+                E::File("../../victim", b"x", 0o644),
+            ]),
+            "../../victim".into(),
+            "it has a '.' or '..' segment",
+        ),
+        (
+            "through-link",
+            zst(&[
+                E::Link("evil", "../../../outside"),
+                E::File("evil/pwned", b"x", 0o644),
+            ]),
+            "evil/pwned".into(),
+            "it would be written through the symlink \"evil\"",
+        ),
+        (
+            "escaping-link",
+            zst(&[E::Link("up", "../../x")]),
+            "up".into(),
+            "its symlink target \"../../x\" leads outside the destination",
+        ),
+        (
+            // Inside by its letters, outside once `s` is followed as the kernel will.
+            "link-via-link",
+            zst(&[
+                E::Dir("t/"),
+                E::Dir("deep/a/b/"),
+                E::Link("deep/a/b/s", "../../../t"),
+                E::Link("deep/a/b/l", "s/../../../../x"),
+            ]),
+            "deep/a/b/l".into(),
+            "its symlink target \"s/../../../../x\" leads outside the destination",
+        ),
+        (
+            "absolute-link",
+            zst(&[E::Link("etc", "/etc")]),
+            "etc".into(),
+            "its symlink target \"/etc\" leads outside the destination",
+        ),
+        (
+            "hard-link",
+            zst(&[E::File("a", b"x", 0o644), E::Raw("hard", b'1', "a")]),
+            "hard".into(),
+            "hard links are not unpacked",
+        ),
+        (
+            "device",
+            zst(&[E::Raw("dev/sda", b'4', "")]),
+            "dev/sda".into(),
+            "device nodes and FIFOs are not unpacked",
+        ),
+        (
+            "fifo",
+            zst(&[E::Raw("pipe", b'6', "")]),
+            "pipe".into(),
+            "device nodes and FIFOs are not unpacked",
+        ),
+        (
+            "twice",
+            zst(&[E::File("a", b"1", 0o644), E::Link("a", "b")]),
+            "a".into(),
+            "the name appears twice in the archive",
+        ),
+        (
+            "bomb",
+            zero_bomb(),
+            "zeros".into(),
+            "the archive unpacks to more than 8589934592 bytes (max_bytes)",
+        ),
+    ];
+    for (name, archive, entry, why) in cases {
+        refused(name, archive, &entry, why).await;
+    }
+}
+
+/// 10 GB of zeros in one entry, zstd-compressed: a few hundred KiB on the wire.
+fn zero_bomb() -> Vec<u8> {
+    use std::io::Write;
+    let size: u64 = 10_000_000_000;
+    let mut z = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+    z.write_all(header("zeros", b'0', "", size, 0o644).as_bytes())
+        .unwrap();
+    let zeros = vec![0u8; 8 << 20];
+    let mut left = size + 1024; // the entry, its padding and the end blocks
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        z.write_all(&zeros[..n]).unwrap();
+        left -= n as u64;
+    }
+    z.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_prefixes_and_missing_archives_fail_unless_allowed() {
+    let bucket = moto().bucket("empties").await;
+    bucket.put("other/x", "x").await;
+    let sb = Sandbox::new();
+    let out = sync(&sb, "s3://empties/typo/", &[]).await;
+    assert_exit(
+        &out,
+        66,
+        "s3://empties/typo/: no objects under it; if it may be empty, say \"allow_empty\": true in its bootstage.sync entry",
+    );
+    let out = sync(&sb, "s3://empties/app.tar.zst", &[]).await;
+    assert_exit(&out, 66, "s3://empties/app.tar.zst: no such archive;");
+    assert!(std::fs::symlink_metadata(sb.path("dest/app")).is_err());
+    let out = sync(&sb, "s3://empties/app.tar.zst", &["--allow-empty-source"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(listing(&sb.path("dest/app")), BTreeMap::new());
+    let out = sync(&sb, "s3://empties/typo/", &["--allow-empty-source"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(listing(&sb.path("dest/app")), BTreeMap::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_download_is_fetched_again_and_verified() {
+    let bucket = moto().bucket("cut-bundle").await;
+    bucket.put("app.tar.gz", Kind::Gz.pack(&app("1"))).await;
+    let proxy = faults::start(
+        &moto().url,
+        Faults {
+            cut: AtomicUsize::new(1),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let sb = Sandbox::new();
+    let out = sync_from(&sb, "s3://cut-bundle/app.tar.gz", &proxy.url, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(proxy.faults.injected.load(Ordering::SeqCst), 1);
+    assert_eq!(listing(&sb.path("dest/app")), app_listing("1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupted_body_is_caught_by_its_checksum() {
+    let bucket = moto().bucket("corrupt").await;
+    bucket.put("b/app.tar", app("1")).await;
+    // A multipart object with a full-object CRC32: no MD5 in its ETag to check.
+    let part1: Vec<u8> = (0..5 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let part2 = b"tail".to_vec();
+    bucket
+        .put_multipart_crc32("p/big.bin", &[part1.clone(), part2.clone()])
+        .await;
+    for (url, key) in [
+        ("s3://corrupt/b/app.tar", "b/app.tar"),
+        ("s3://corrupt/p/", "p/big.bin"),
+    ] {
+        let proxy = faults::start(
+            &moto().url,
+            Faults {
+                corrupt: AtomicUsize::new(100),
+                ..Faults::default()
+            },
+        )
+        .await;
+        let sb = Sandbox::new();
+        let out = sync_from(&sb, url, &proxy.url, &[]).await;
+        assert_exit(
+            &out,
+            76,
+            &format!("{key}: verification failed: the body does not match its CRC32 checksum"),
+        );
+        assert!(std::fs::symlink_metadata(sb.path("dest/app")).is_err());
+    }
+    let sb = Sandbox::new();
+    let out = sync(&sb, "s3://corrupt/p/", &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        std::fs::read(sb.path("dest/app/big.bin")).unwrap(),
+        [part1, part2].concat()
+    );
+}
+
+/// SIGKILL at random instants while a 2,000-file archive unpacks: the destination is
+/// always the complete old tree or the complete new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_while_unpacking_leaves_a_complete_old_or_new_tree() {
+    let bucket = moto().bucket("killed-bundle").await;
+    let version = |v: usize| -> (Vec<u8>, BTreeMap<String, String>) {
+        let files: Vec<(String, Vec<u8>)> = (0..2000)
+            .map(|i| {
+                (
+                    format!("d{}/f{i}", i % 20),
+                    format!("v{v}-{i}-").repeat(40 + v).into_bytes(),
+                )
+            })
+            .collect();
+        let entries: Vec<E> = files.iter().map(|(n, b)| E::File(n, b, 0o644)).collect();
+        let mut want = BTreeMap::new();
+        for d in 0..20 {
+            want.insert(format!("d{d}"), "dir 755".to_string());
+        }
+        for (n, b) in &files {
+            want.insert(
+                n.clone(),
+                format!("file 644 {}", String::from_utf8_lossy(b)),
+            );
+        }
+        (Kind::Zst.pack(&tar_of(&entries)), want)
+    };
+    let versions = [version(0), version(1)];
+    bucket.put("app.tar.zst", versions[0].0.clone()).await;
+    let sb = Sandbox::new();
+    let url = "s3://killed-bundle/app.tar.zst";
+    assert_eq!(sync(&sb, url, &[]).await.code, 0);
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut outcomes = [0usize; 2];
+    for round in 0..16 {
+        let v = (round + 1) % 2;
+        bucket.put("app.tar.zst", versions[v].0.clone()).await;
+        let to = sb.path("dest/app");
+        let mut cmd = sb.command(&["s3-sync", "--from", url, "--to", to.to_str().unwrap()]);
+        cmd.envs(moto().env());
+        let mut child = cmd.spawn().unwrap();
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..300))).await;
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        let got = listing(&to);
+        let which = versions.iter().position(|(_, want)| *want == got);
+        assert!(
+            which.is_some(),
+            "round {round}: a mixed or partial tree of {} entries",
+            got.len()
+        );
+        outcomes[which.unwrap()] += 1;
+        let out = sync(&sb, url, &[]).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(listing(&to), versions[v].1);
+    }
+    eprintln!(
+        "after SIGKILL: old tree {} times, new tree {} times",
+        outcomes[0], outcomes[1]
+    );
+}
