@@ -558,3 +558,175 @@ async fn sigkill_while_unpacking_leaves_a_complete_old_or_new_tree() {
         outcomes[0], outcomes[1]
     );
 }
+
+/// The configured sync (`bootstage.sync` = `entries`), parameters seeded as the metadata
+/// stage would have written them.
+async fn sync_configured(sb: &Sandbox, entries: serde_json::Value) -> Outcome {
+    let params = serde_json::json!({ "bootstage": { "sync": entries } });
+    sb.seed("params.json", &params.to_string());
+    sb.seed(
+        "instance.json",
+        "{\"source\":\"flags\",\"instance_id\":\"i-1\"}",
+    );
+    sb.seed("params.env", "");
+    let mut cmd = sb.command(&["s3-sync", "--sync-timeout", "20s"]);
+    cmd.envs(moto().env());
+    common::run(cmd).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entry_sets_owner_modes_pin_and_caps() {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
+    let bucket = moto().bucket("entry").await;
+    let archive = Kind::Gz.pack(&app("1"));
+    let pin = hex::encode(sha2::Sha256::digest(&archive));
+    bucket.put("app.tgz", archive).await;
+    let sb = Sandbox::new();
+    let to = sb.path("dest/app");
+    let entry = |extra: serde_json::Value| {
+        let mut e = serde_json::json!({
+            "from": "s3://entry/app.tgz",
+            "to": to,
+            "owner": "nobody",
+            "group": "nogroup",
+            "file_mode": "0640",
+            "dir_mode": "0750",
+        });
+        e.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        serde_json::json!([e])
+    };
+    let out = sync_configured(&sb, entry(serde_json::json!({"max_entries": 3}))).await;
+    assert_exit(
+        &out,
+        65,
+        "archive entry \"./bin/setuid\" refused: the archive has more than 3 entries (max_entries)",
+    );
+    let out = sync_configured(&sb, entry(serde_json::json!({"max_bytes": 20}))).await;
+    assert_exit(
+        &out,
+        65,
+        "archive entry \"./etc/nested/deep/app.conf\" refused: the archive unpacks to more than 20 bytes (max_bytes)",
+    );
+    assert!(std::fs::symlink_metadata(&to).is_err());
+    let out = sync_configured(&sb, entry(serde_json::json!({"sha256": pin}))).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mode = |rel: &str| std::fs::symlink_metadata(to.join(rel)).unwrap().mode() & 0o7777;
+    let owner = |rel: &str| {
+        let m = std::fs::symlink_metadata(to.join(rel)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(
+        [
+            mode("bin/run"),
+            mode("bin/setuid"),
+            mode("etc/nested/deep/app.conf"),
+            mode("empty"),
+            mode(".")
+        ],
+        [0o750, 0o750, 0o640, 0o750, 0o750]
+    );
+    for rel in [
+        ".",
+        "bin",
+        "bin/run",
+        "bin/conf",
+        "empty",
+        "etc/nested/deep/app.conf",
+    ] {
+        assert_eq!(owner(rel), (65534, 65534), "{rel}");
+    }
+    let out = sync_configured(
+        &sb,
+        entry(serde_json::json!({"sha256": pin, "max_bytes": 1})),
+    )
+    .await;
+    assert_eq!(
+        out.code, 0,
+        "unchanged: nothing fetched, nothing unpacked: {}",
+        out.stderr
+    );
+    let out = sync_configured(
+        &sb,
+        serde_json::json!([{"from": "s3://entry/p/", "to": to, "sha256": pin}]),
+    )
+    .await;
+    assert_exit(
+        &out,
+        65,
+        "s3://entry/p/: \"sha256\", \"max_entries\" and \"max_bytes\" are for an archive source",
+    );
+}
+
+/// Watch mode with a bundle: each quiet interval is one conditional GET answered 304; a
+/// new release is swapped in and the hook run once.
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_mode_asks_about_a_bundle_and_swaps_a_new_release() {
+    use std::os::unix::net::UnixDatagram;
+    let bucket = moto().bucket("watched-bundle").await;
+    bucket.put("app.tar.zst", Kind::Zst.pack(&app("1"))).await;
+    let sb = Sandbox::new();
+    let socket_path = sb.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let to = sb.path("dest/app");
+    let hook_log = sb.path("hook.log");
+    let hook = format!(
+        "echo \"changed $BOOTSTAGE_CHANGED\" >> {}",
+        hook_log.display()
+    );
+    let mut cmd = sb.command(&[
+        "s3-sync",
+        "--from",
+        "s3://watched-bundle/app.tar.zst",
+        "--to",
+        to.to_str().unwrap(),
+        "--watch",
+        "150ms",
+        "--on-change",
+        &hook,
+    ]);
+    cmd.envs(moto().env()).env("NOTIFY_SOCKET", &socket_path);
+    let mut child = cmd.spawn().unwrap();
+    next(&socket, "READY=1");
+    assert_eq!(listing(&to), app_listing("1"));
+    let quiet = moto().mark();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let counts = moto().counts("watched-bundle", quiet);
+    assert!(
+        counts.not_modified >= 2 && counts.get == 0 && counts.list == 0,
+        "{counts:?}"
+    );
+    bucket.put("app.tar.zst", Kind::Zst.pack(&app("2"))).await;
+    next(&socket, "RELOADING=1");
+    next(&socket, "READY=1");
+    assert_eq!(listing(&to), app_listing("2"));
+    assert_eq!(
+        std::fs::read_to_string(&hook_log).unwrap(),
+        format!("changed {}\n", to.display())
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().await.unwrap().code(), Some(0));
+}
+
+/// Reads notifications until one has the line `want`.
+fn next(socket: &std::os::unix::net::UnixDatagram, want: &str) {
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = socket.recv(&mut buf).expect("a notification");
+        if String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l == want)
+        {
+            return;
+        }
+    }
+}
