@@ -49,7 +49,7 @@ def fleet(method, server, env, work, n):
     os.sync()
     insts = [work / f"i{i}" for i in range(n)]
     for inst in insts:
-        inst.mkdir(exist_ok=True)
+        inst.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     procs = {subprocess.Popen(argv_for(method, server, inst), env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE).pid: inst for inst in insts}
@@ -66,14 +66,13 @@ def fleet(method, server, env, work, n):
     return time.monotonic() - start, times, cpu
 
 
-def served_bytes(lines, sizes):
-    """Bytes of the object GETs answered 200 among logged lines (`GET /bench/key 200`)."""
+def served_bytes(lines):
+    """Body bytes of the GETs answered 200 or 206 among logged lines (`GET /b/k 200 1234`)."""
     total = 0
     for line in lines:
-        method, target, status = (line.split(" ") + ["", ""])[:3]
-        key = target.split("?")[0].removeprefix("/bench/")
-        if method == "GET" and status == "200" and key in sizes:
-            total += sizes[key]
+        method, _, status, length = (line.split(" ") + ["", "", ""])[:4]
+        if method == "GET" and status in ("200", "206") and length.isdigit():
+            total += int(length)
     return total
 
 
@@ -114,8 +113,6 @@ def main():
             s3, objects = build_tree(server, args.small)
             bundle = make_bundle(objects, work)
             s3.put_object(Bucket="bench", Key="bundle/tree.tar.zst", Body=bundle)
-            object_sizes = {k: len(v) for k, v in objects.items()}
-            object_sizes["bundle/tree.tar.zst"] = len(bundle)
             tree_mb = sum(len(v) for v in objects.values()) / 1e6
             for n in sizes:
                 for method in METHODS:
@@ -125,9 +122,8 @@ def main():
                     before = len(server.requests())
                     wall, times, cpu = fleet(method, server, env, run_dir, n)
                     lines = server.requests()[before:]
-                    gets = sum(1 for l in lines if l.startswith("GET "))
-                    served = served_bytes(lines, object_sizes)
-                    rows.append((n, method, wall, pct(times, 50), pct(times, 99), len(lines), gets, served, cpu))
+                    served = served_bytes(lines)
+                    rows.append((n, method, wall, pct(times, 50), pct(times, 99), len(lines), served, cpu))
                     print(f"N={n:3} {method:30} wall {wall:7.2f} s  p50 {pct(times, 50):7.2f}  p99 {pct(times, 99):7.2f}"
                           f"  {len(lines):7} requests  {served / 1e6:9.0f} MB  cpu {cpu:7.2f} s", flush=True)
                     if method != "bootstage, bundle":
@@ -145,9 +141,9 @@ def main():
         "| N | method | wall | p50 | p99 | requests | bytes served | client CPU |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for n, method, wall, p50, p99, reqs, gets, served, cpu in rows:
+    for n, method, wall, p50, p99, reqs, served, cpu in rows:
         lines.append(f"| {n} | {method} | {wall:.2f} s | {p50:.2f} s | {p99:.2f} s | {reqs} | {served / 1e6:.0f} MB | {cpu:.2f} s |")
-    by = {(n, m): (wall, reqs) for n, m, wall, _, _, reqs, _, _, _ in rows}
+    by = {(n, m): (wall, reqs) for n, m, wall, _, _, reqs, _, _ in rows}
     lines.append("")
     for n in sizes:
         prefix, bundle_ = by[(n, "bootstage, prefix")], by[(n, "bootstage, bundle")]

@@ -71,20 +71,6 @@ def change_ten(s3, objects, seed):
     return changed
 
 
-def run(argv, env, work):
-    # Every tool starts with nothing left to write back: bootstage's syncfs would otherwise
-    # pay for flushing the uploads or the previous tool's files.
-    os.sync()
-    out = Path(work) / "time.out"
-    start = time.monotonic()
-    proc = subprocess.run(["/usr/bin/time", "-f", "%U %S %M", "-o", str(out), *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wall = time.monotonic() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{argv[0]} failed: {proc.stderr[-2000:]}")
-    user, sys_, rss = out.read_text().split()[-3:]
-    return wall, float(user) + float(sys_), int(rss) / 1024
-
-
 def bench_server(server_cls, small, rounds, work, results):
     """Against one fresh server, `rounds` times: every tool, every phase, each round into
     fresh destinations. Appends to results[(server, tool, phase)] one measurement a round."""

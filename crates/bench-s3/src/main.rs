@@ -16,7 +16,7 @@
 //!     ignores the header and sends the body);
 //!   - HEAD or GET of a key that is a directory on disk (`tree` when `tree/a` exists) is
 //!     404 NoSuchKey (s3s-fs: 500, which rclone retries for seconds).
-//! - One line per request on stdout (`METHOD PATH STATUS`), which the benchmarks count, as
+//! - One line per request on stdout (`METHOD PATH STATUS LENGTH`), which the benchmarks count, as
 //!   they count moto's request log.
 //!
 //! Usage: `bench-s3 ADDR ROOT ACCESS_KEY SECRET_KEY` (ADDR on loopback, e.g. 127.0.0.1:9000).
@@ -73,14 +73,22 @@ async fn main() -> Result<(), BoxError> {
     }
 }
 
-/// Serves the request, then logs it with its status (`GET /b/k 200`, or `ERR`). A lost log
-/// line would miscount the benchmark, so it fails the request instead.
+/// Serves the request, then logs it with its status and body length (`GET /b/k 200 1234`,
+/// or `ERR -`). A lost log line would miscount the benchmark, so it fails the request
+/// instead.
 async fn logged(service: S3Service, request: Request<Incoming>) -> Result<HttpResponse, BoxError> {
     let line = format!("{} {}", request.method(), request.uri());
     let answer = Service::call(&service, request).await;
     let status = match &answer {
-        Ok(response) => response.status().as_u16().to_string(),
-        Err(_) => "ERR".to_string(),
+        Ok(response) => {
+            let length = response
+                .headers()
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            format!("{} {length}", response.status().as_u16())
+        }
+        Err(_) => "ERR -".to_string(),
     };
     std::io::stdout()
         .lock()
