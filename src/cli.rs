@@ -291,6 +291,11 @@ pub struct SyncArgs {
     #[arg(long, requires = "watch", value_name = "CMD")]
     pub on_change: Option<String>,
 
+    /// With --watch: an SQS queue whose S3 events or deployment messages start a pass at
+    /// once (else `bootstage.watch.sqs` in the parameters); polling stays the safety net.
+    #[arg(long, requires = "watch", value_name = "QUEUE_URL")]
+    pub sqs: Option<String>,
+
     #[command(
         flatten,
         next_help_heading = "Metadata (run first when its outputs are missing)"
@@ -376,6 +381,7 @@ impl From<SyncArgs> for s3sync::Settings {
             refresh: a.refresh,
             watch: a.watch,
             on_change: a.on_change,
+            sqs: a.sqs,
             metadata: a.metadata.into(),
         }
     }

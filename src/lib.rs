@@ -9,7 +9,7 @@
 //!   to SSM and Secrets Manager), `sync/` (sources, key safety, descriptor-relative file
 //!   steps, atomic generations of a synced tree) and `aws/` (the shared SDK
 //!   configuration and the reading of AWS errors), `orchestrator/` (the lifecycle
-//!   hook's and CloudFormation's signals);
+//!   hook's and CloudFormation's signals), `events/` (SQS wake-ups for watch mode);
 //! - `state/` (the state dir, atomic writes, the env file);
 //! - `base/` (exit codes, the retry policy and deadlines, child processes, sd_notify,
 //!   logging, the kill switch).
@@ -17,6 +17,7 @@
 pub mod aws;
 pub mod base;
 pub mod cli;
+pub mod events;
 pub mod imds;
 pub mod orchestrator;
 pub mod secrets;

@@ -15,7 +15,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["cli"],
     &["stage"],
-    &["imds", "sync", "secrets", "orchestrator", "aws"],
+    &["imds", "sync", "secrets", "orchestrator", "events", "aws"],
     &["state"],
     &["base"],
 ];

@@ -140,6 +140,16 @@ impl Aws {
         aws_sdk_cloudformation::Client::from_conf(config.build())
     }
 
+    /// An SQS client, in `region` if given (the queue's, from its URL). The SDK's own
+    /// retries; the watcher keeps polling whatever SQS answers.
+    pub fn sqs(&self, region: Option<&str>) -> aws_sdk_sqs::Client {
+        let mut config = aws_sdk_sqs::config::Builder::from(&self.shared);
+        if let Some(region) = region {
+            config = config.region(Region::new(region.to_string()));
+        }
+        aws_sdk_sqs::Client::from_conf(config.build())
+    }
+
     /// A Secrets Manager client for `region`, retried by the caller as SSM's is.
     pub fn secretsmanager(&self, region: &str) -> aws_sdk_secretsmanager::Client {
         let config = aws_sdk_secretsmanager::config::Builder::from(&self.shared)

@@ -687,8 +687,9 @@ where
     }
 }
 
-/// Keys from an `encoding-type=url` listing: `+` is a space, `%XX` a byte.
-fn url_decode(key: &str) -> String {
+/// Keys from an `encoding-type=url` listing (and S3 event notifications): `+` is a space,
+/// `%XX` a byte.
+pub fn url_decode(key: &str) -> String {
     let spaced = key.replace('+', " ");
     percent_encoding::percent_decode_str(&spaced)
         .decode_utf8_lossy()

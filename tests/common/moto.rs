@@ -197,6 +197,19 @@ impl Moto {
         aws_sdk_ssm::Client::from_conf(config)
     }
 
+    /// An SQS client for fixtures, pointed at moto.
+    pub async fn sqs(&self) -> aws_sdk_sqs::Client {
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .endpoint_url(&self.url)
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "test", "test", None, None, "tests",
+            ))
+            .build();
+        aws_sdk_sqs::Client::from_conf(config)
+    }
+
     pub async fn bucket(&self, name: &str) -> Bucket {
         let client = self.client().await;
         client.create_bucket().bucket(name).send().await.unwrap();

@@ -24,6 +24,7 @@
 //! Any error discards the half-built generation: the destination keeps its old tree.
 
 mod bundle;
+mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -35,9 +36,9 @@ use futures_util::TryStreamExt;
 use serde::Deserialize;
 
 use crate::aws::{self, Aws, AwsError};
-use crate::base::child;
 use crate::base::notify::Notifier;
 use crate::base::retry::{self, Deadline, RetryHint};
+use crate::events::Queue;
 use crate::stage::error::{Error, ExitCode, ExitStatus, Result};
 use crate::stage::metadata;
 use crate::state::StateDir;
@@ -70,6 +71,8 @@ pub struct Settings {
     pub watch: Option<Duration>,
     /// With `watch`: a command for `/bin/sh -c` after a change is swapped in.
     pub on_change: Option<String>,
+    /// With `watch`: an SQS queue whose messages start a pass at once.
+    pub sqs: Option<String>,
     pub metadata: metadata::Settings,
 }
 
@@ -236,7 +239,21 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
                 configured(state)?
             }
         };
-        let syncer = Syncer::new(state, &specs, Bounds::of(args)).await?;
+        let watching = match (args.watch, configured_stage) {
+            (None, _) => None,
+            (Some(interval), false) => Some(WatchSpec {
+                sqs: args.sqs.clone(),
+                interval: Some(interval),
+            }),
+            (Some(interval), true) => {
+                let mut spec = watch_settings(state)?;
+                spec.interval = spec.interval.or(Some(interval));
+                spec.sqs = args.sqs.clone().or(spec.sqs);
+                Some(spec)
+            }
+        };
+        let needs_sqs = watching.as_ref().is_some_and(|w| w.sqs.is_some());
+        let syncer = Syncer::new(state, &specs, Bounds::of(args), needs_sqs).await?;
         let pass = async {
             let reports = all_ok(syncer.sync_all(&specs, notifier, true).await)?;
             Ok::<_, Error>(summarize(&reports))
@@ -245,9 +262,9 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
             true => status::track(state, Stage::S3Sync, pass).await?,
             false => pass.await?,
         };
-        Ok::<_, Error>((syncer, specs, summary))
+        Ok::<_, Error>((syncer, specs, summary, watching))
     };
-    let (syncer, specs, summary) = match &mut stop {
+    let (syncer, specs, summary, watching) = match &mut stop {
         Some(stop) => tokio::select! {
             first = first => first?,
             _ = stop.requested() => return Ok(()),
@@ -255,13 +272,86 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
         None => first.await?,
     };
     tracing::info!("{summary}");
-    notifier.ready(&summary);
-    match (args.watch, stop) {
-        (Some(interval), Some(stop)) => {
-            watch(&syncer, &specs, args, notifier, interval, stop).await
+    let (Some(watching), Some(stop)) = (watching, stop) else {
+        notifier.ready(&summary);
+        return Ok(());
+    };
+    // READY once the queue's first receive is on its way: nothing after the first pass
+    // can be missed.
+    let listener = match (&watching.sqs, &syncer.aws) {
+        (Some(url), Some(aws)) => {
+            let client = aws.sqs(Queue::region_of(url).as_deref());
+            let hidden = args.sync_timeout + Duration::from_secs(60);
+            tracing::info!(
+                queue = url,
+                "watch: woken by the queue, polling as the safety net"
+            );
+            Some(watch::listen(Queue::new(client, url), hidden).await)
         }
-        _ => Ok(()),
+        _ => None,
+    };
+    notifier.ready(&summary);
+    let interval = watching.interval.expect("set from --watch at least");
+    watch::watch(&syncer, &specs, args, notifier, interval, listener, stop).await
+}
+
+/// `bootstage.watch` in the parameters: the queue, and the polling interval that
+/// replaces `--watch`'s (the parameters are per deployment; the unit's is the image's).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct WatchSpec {
+    #[serde(default)]
+    sqs: Option<String>,
+    #[serde(default, deserialize_with = "optional_duration")]
+    interval: Option<Duration>,
+}
+
+/// A duration as systemd takes it: a string (`"10m"`, `"90"`: seconds) or a number of
+/// seconds.
+fn optional_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Duration>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    let text = match &value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => n.to_string(),
+        _ => return Err(serde::de::Error::custom("expected a duration like \"10m\"")),
+    };
+    crate::base::duration::parse(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// The parameters' `bootstage.watch`, checked.
+fn watch_settings(state: &StateDir) -> Result<WatchSpec> {
+    let path = state.params_json();
+    let text = std::fs::read(&path).map_err(|source| Error::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let params: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| SyncError::Settings(format!("{}: not JSON ({e})", path.display())))?;
+    let Some(spec) = params
+        .get(envfile::SETTINGS_KEY)
+        .and_then(|b| b.get("watch"))
+    else {
+        return Ok(WatchSpec::default());
+    };
+    let spec: WatchSpec = serde_json::from_value(spec.clone())
+        .map_err(|e| SyncError::Settings(format!("bootstage.watch: {e}")))?;
+    if let Some(url) = &spec.sqs
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        let why = "bootstage.watch: \"sqs\" must be a queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)";
+        return Err(SyncError::Settings(why.into()).into());
     }
+    if spec.interval.is_some_and(|i| i.is_zero()) {
+        return Err(SyncError::Settings(
+            "bootstage.watch: \"interval\" must be more than 0".into(),
+        )
+        .into());
+    }
+    Ok(spec)
 }
 
 /// For `launch` run by hand, after the metadata stage: syncs every configured destination
@@ -281,7 +371,7 @@ pub async fn sync_missing(state: &StateDir, refresh: bool, notifier: Notifier) -
             "syncing what is missing before launch"
         );
         let pass = async {
-            let syncer = Syncer::new(state, &specs, Bounds::defaults()).await?;
+            let syncer = Syncer::new(state, &specs, Bounds::defaults(), false).await?;
             let reports = all_ok(syncer.sync_all(&specs, notifier, true).await)?;
             Ok::<_, Error>(summarize(&reports))
         };
@@ -403,25 +493,42 @@ fn settings(e: AwsError) -> SyncError {
     SyncError::Settings(e.to_string())
 }
 
-/// What every pass of a process shares: the S3 client (built once, so watch mode does not
-/// load credentials again each interval) and the bounds.
+/// What every pass of a process shares: the AWS configuration and S3 client (built once,
+/// so watch mode does not load credentials again each interval) and the bounds.
 struct Syncer {
+    aws: Option<Aws>,
     client: Option<aws_sdk_s3::Client>,
     bounds: Bounds,
 }
 
 impl Syncer {
-    async fn new(state: &StateDir, specs: &[SyncSpec], bounds: Bounds) -> Result<Syncer> {
-        let client = match specs.iter().any(|s| s.from.starts_with("s3://")) {
-            true => {
-                let aws = Aws::load(aws::instance_region(state), &["S3"], bounds.timeout)
-                    .await
-                    .map_err(settings)?;
-                Some(aws.s3())
-            }
-            false => None,
+    async fn new(
+        state: &StateDir,
+        specs: &[SyncSpec],
+        bounds: Bounds,
+        sqs: bool,
+    ) -> Result<Syncer> {
+        let s3 = specs.iter().any(|s| s.from.starts_with("s3://"));
+        let services: &[&'static str] = match (s3, sqs) {
+            (true, true) => &["S3", "SQS"],
+            (true, false) => &["S3"],
+            (false, true) => &["SQS"],
+            (false, false) => &[],
         };
-        Ok(Syncer { client, bounds })
+        let aws = match services.is_empty() {
+            false => Some(
+                Aws::load(aws::instance_region(state), services, bounds.timeout)
+                    .await
+                    .map_err(settings)?,
+            ),
+            true => None,
+        };
+        let client = aws.as_ref().filter(|_| s3).map(Aws::s3);
+        Ok(Syncer {
+            aws,
+            client,
+            bounds,
+        })
     }
 
     /// Syncs every destination concurrently, each bounded by the pass timeout; one result
@@ -878,87 +985,5 @@ impl Stop {
             _ = self.int.recv() => {}
         }
         tracing::info!("stopping on a signal");
-    }
-}
-
-/// `--watch`: re-sync every interval (one LIST per destination when nothing changed) until
-/// SIGTERM. After a change is swapped in, run the `--on-change` hook between RELOADING=1
-/// and READY=1. A failed pass keeps the old tree and is retried at the next interval.
-async fn watch(
-    syncer: &Syncer,
-    specs: &[SyncSpec],
-    args: &Settings,
-    notifier: Notifier,
-    interval: Duration,
-    mut stop: Stop,
-) -> Result<()> {
-    let watchdog = notifier.watchdog_interval().map(|every| {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                notifier.watchdog();
-            }
-        })
-    });
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.requested() => break,
-        }
-        let results = tokio::select! {
-            results = syncer.sync_all(specs, notifier, false) => results,
-            _ = stop.requested() => break,
-        };
-        // Destinations are independent: one that failed keeps its old tree, and the hook
-        // still runs for the others that swapped.
-        let mut reports = Vec::new();
-        let mut changed = Vec::new();
-        for (spec, result) in specs.iter().zip(results) {
-            match result {
-                Ok(report) => {
-                    if report.swapped {
-                        changed.push(spec.to.display().to_string());
-                    }
-                    reports.push(report);
-                }
-                Err(e) => {
-                    tracing::error!(
-                        "watch: {} keeps its old tree, this pass failed: {e}",
-                        spec.to.display()
-                    );
-                    notifier.status(&format!("last pass failed for {}: {e}", spec.to.display()));
-                }
-            }
-        }
-        if changed.is_empty() {
-            tracing::debug!("watch: no change");
-            continue;
-        }
-        let summary = summarize(&reports);
-        tracing::info!("{summary}");
-        notifier.reloading();
-        if let Some(hook) = &args.on_change {
-            run_hook(hook, &changed.join(":"), args.sync_timeout).await;
-        }
-        notifier.ready(&summary);
-    }
-    if let Some(task) = watchdog {
-        task.abort();
-    }
-    Ok(())
-}
-
-/// Runs the change hook with `/bin/sh -c`, bounded; its failure is logged, never fatal.
-async fn run_hook(hook: &str, changed: &str, limit: Duration) {
-    let mut command = tokio::process::Command::new("/bin/sh");
-    command
-        .arg("-c")
-        .arg(hook)
-        .env("BOOTSTAGE_CHANGED", changed);
-    match child::run_bounded(command, limit).await {
-        Ok(status) if status.success() => tracing::info!("--on-change hook done"),
-        Ok(status) => tracing::error!("--on-change hook {}", child::describe(status)),
-        Err(e) => tracing::error!("--on-change hook: {e}"),
     }
 }

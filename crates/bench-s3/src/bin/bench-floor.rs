@@ -16,7 +16,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 async fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().collect();
     let [_, endpoint, bucket, concurrency, access, secret] = &args[..] else {
-        return Err("usage: bench-floor ENDPOINT BUCKET CONCURRENCY ACCESS_KEY SECRET_KEY < keys".into());
+        return Err(
+            "usage: bench-floor ENDPOINT BUCKET CONCURRENCY ACCESS_KEY SECRET_KEY < keys".into(),
+        );
     };
     if !endpoint.starts_with("http://127.0.0.1:") && !endpoint.starts_with("http://[::1]:") {
         return Err("bench-floor only talks to a server on loopback".into());

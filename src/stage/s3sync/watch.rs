@@ -1,0 +1,316 @@
+//! Watch mode: after READY, keep every destination synced until SIGTERM.
+//!
+//! Two things start a pass:
+//! - the interval (`--watch`, or `bootstage.watch.interval`): a pass over every
+//!   destination, one LIST each (one conditional GET for a bundle) when nothing changed.
+//!   With a queue this is the safety net, for a message that was lost or never sent;
+//! - a message on the SQS queue (`--sqs`, or `bootstage.watch.sqs`) that names a synced
+//!   source or destination (`events/`): a pass over what it names, at once. A task
+//!   long-polls the queue (20 s waits) from before READY, so a change made after the
+//!   first pass is never missed: its message waits in the queue if nothing is reading.
+//!   Messages that arrive together, or while a pass runs, make one pass (the next one):
+//!   a pass syncs to what the source holds now, so order and duplicates do not matter.
+//!   A message is deleted once the pass over what it names succeeded; after a failed
+//!   pass it is made visible again after 5 s, doubling with each receive up to 15 min.
+//!   Messages that name nothing of ours are deleted at once.
+//!
+//! An unreadable queue (gone, refused, unreachable) is logged and shown in `STATUS=`;
+//! polling goes on and the queue is tried again, 1 s doubling to 60 s. After a change is
+//! swapped in, the `--on-change` hook runs between RELOADING=1 and READY=1. A failed
+//! pass keeps the old tree; SIGTERM ends any wait or pass at once (exit 0, no staging dir
+//! left).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::{Settings, Stop, SyncSpec, Syncer, summarize};
+use crate::base::child;
+use crate::base::notify::Notifier;
+use crate::events::{Message, Queue, QueueError, Wake, Watched};
+use crate::stage::error::Result;
+use crate::sync::source::Location;
+
+/// What the queue reader hands the watch loop.
+enum Polled {
+    /// A receive answered (with no messages, when none came in 20 s).
+    Received(Vec<Message>),
+    Failed(QueueError),
+}
+
+/// The queue reader, running.
+pub(super) struct Listener {
+    queue: Arc<Queue>,
+    rx: mpsc::UnboundedReceiver<Polled>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts reading `queue`; returns once the first receive is on its way. Each message is
+/// hidden from other receives for `hidden` (longer than a pass may take).
+pub(super) async fn listen(queue: Queue, hidden: Duration) -> Listener {
+    let queue = Arc::new(queue);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (started, on_its_way) = oneshot::channel();
+    let task = tokio::spawn(receive_loop(queue.clone(), hidden, tx, started));
+    let _ = on_its_way.await;
+    Listener { queue, rx, task }
+}
+
+async fn receive_loop(
+    queue: Arc<Queue>,
+    hidden: Duration,
+    tx: mpsc::UnboundedSender<Polled>,
+    started: oneshot::Sender<()>,
+) {
+    let mut started = Some(started);
+    let mut failures = 0u32;
+    loop {
+        let receive = queue.receive(hidden);
+        if let Some(started) = started.take() {
+            let _ = started.send(());
+        }
+        let polled = match receive.await {
+            Ok(messages) => {
+                failures = 0;
+                Polled::Received(messages)
+            }
+            Err(e) => {
+                failures += 1;
+                Polled::Failed(e)
+            }
+        };
+        if tx.send(polled).is_err() {
+            return;
+        }
+        if failures > 0 {
+            let wait = Duration::from_secs(1 << failures.min(6)).min(Duration::from_secs(60));
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// When a message whose pass failed comes back: 5 s after its first receive, doubling
+/// with each one, at most 15 min.
+fn again_after(receives: u32) -> Duration {
+    let doubled = Duration::from_secs(5).saturating_mul(1 << receives.saturating_sub(1).min(8));
+    doubled.min(Duration::from_secs(15 * 60))
+}
+
+/// Runs until SIGTERM: a pass every `interval`, and one at once for each batch of
+/// messages on the queue, if there is one.
+pub(super) async fn watch(
+    syncer: &Syncer,
+    specs: &[SyncSpec],
+    args: &Settings,
+    notifier: Notifier,
+    interval: Duration,
+    mut listener: Option<Listener>,
+    mut stop: Stop,
+) -> Result<()> {
+    let watchdog = notifier.watchdog_interval().map(|every| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                notifier.watchdog();
+            }
+        })
+    });
+    let watched: Vec<Watched> = specs
+        .iter()
+        .filter_map(|s| {
+            Some(Watched {
+                from: Location::parse(&s.from).ok()?,
+                from_url: s.from.clone(),
+                to: s.to.clone(),
+            })
+        })
+        .collect();
+    let every = humantime::format_duration(interval).to_string();
+    let mut due = Instant::now() + interval;
+    let mut pending: Vec<(Message, Wake)> = Vec::new();
+    let mut queue_failing = false;
+    loop {
+        let mut polled = Vec::new();
+        let mut timer = false;
+        tokio::select! {
+            _ = tokio::time::sleep_until(due) => timer = true,
+            Some(p) = async { listener.as_mut()?.rx.recv().await }, if listener.is_some() => polled.push(p),
+            _ = stop.requested() => break,
+        }
+        // Whatever else has arrived joins this pass.
+        if let Some(l) = listener.as_mut() {
+            while let Ok(p) = l.rx.try_recv() {
+                polled.push(p);
+            }
+        }
+        let mut ignored = Vec::new();
+        for p in polled {
+            match p {
+                Polled::Received(messages) => {
+                    if queue_failing {
+                        tracing::info!("watch: the queue can be read again");
+                        notifier.status("watching");
+                        queue_failing = false;
+                    }
+                    for m in messages {
+                        match Wake::of(&m.body, &watched) {
+                            Some(wake) => pending.push((m, wake)),
+                            None => ignored.push(m.handle),
+                        }
+                    }
+                }
+                Polled::Failed(e) => {
+                    tracing::warn!(
+                        "watch: cannot read the queue, polling every {every} meanwhile: {e}"
+                    );
+                    notifier.status(&format!("queue unreadable, polling every {every}: {e}"));
+                    queue_failing = true;
+                }
+            }
+        }
+        if let Some(l) = &listener
+            && !ignored.is_empty()
+        {
+            tracing::debug!(
+                messages = ignored.len(),
+                "watch: deleting messages that name nothing synced here"
+            );
+            if let Err(e) = l.queue.delete(&ignored).await {
+                tracing::warn!("watch: {e}");
+            }
+        }
+        if !timer && pending.is_empty() {
+            continue;
+        }
+        let batch = std::mem::take(&mut pending);
+        let chosen: BTreeSet<usize> = match timer || batch.iter().any(|(_, w)| *w == Wake::All) {
+            true => (0..specs.len()).collect(),
+            false => batch
+                .iter()
+                .flat_map(|(_, w)| match w {
+                    Wake::Some(named) => named.clone(),
+                    Wake::All => BTreeSet::new(),
+                })
+                .collect(),
+        };
+        if timer {
+            due = Instant::now() + interval;
+        }
+        if !batch.is_empty() {
+            tracing::info!(
+                messages = batch.len(),
+                destinations = chosen.len(),
+                "watch: woken by the queue"
+            );
+        }
+        let subset: Vec<SyncSpec> = chosen.iter().map(|&i| specs[i].clone()).collect();
+        let results = tokio::select! {
+            results = syncer.sync_all(&subset, notifier, false) => results,
+            _ = stop.requested() => break,
+        };
+        // Destinations are independent: one that failed keeps its old tree, and the hook
+        // still runs for the others that swapped.
+        let mut reports = Vec::new();
+        let mut changed = Vec::new();
+        let mut failed = BTreeSet::new();
+        for ((&i, spec), result) in chosen.iter().zip(&subset).zip(results) {
+            match result {
+                Ok(report) => {
+                    if report.swapped {
+                        changed.push(spec.to.display().to_string());
+                    }
+                    reports.push(report);
+                }
+                Err(e) => {
+                    failed.insert(i);
+                    tracing::error!(
+                        "watch: {} keeps its old tree, this pass failed: {e}",
+                        spec.to.display()
+                    );
+                    notifier.status(&format!("last pass failed for {}: {e}", spec.to.display()));
+                }
+            }
+        }
+        if let Some(l) = &listener {
+            settle(&l.queue, batch, &failed).await;
+        }
+        if changed.is_empty() {
+            tracing::debug!("watch: no change");
+            continue;
+        }
+        let summary = summarize(&reports);
+        tracing::info!("{summary}");
+        notifier.reloading();
+        if let Some(hook) = &args.on_change {
+            run_hook(hook, &changed.join(":"), args.sync_timeout).await;
+        }
+        notifier.ready(&summary);
+    }
+    if let Some(task) = watchdog {
+        task.abort();
+    }
+    Ok(())
+}
+
+/// Deletes the messages whose destinations all synced; the others come back later.
+async fn settle(queue: &Queue, batch: Vec<(Message, Wake)>, failed: &BTreeSet<usize>) {
+    let mut done = Vec::new();
+    for (m, wake) in batch {
+        let ok = match &wake {
+            Wake::All => failed.is_empty(),
+            Wake::Some(named) => named.is_disjoint(failed),
+        };
+        if ok {
+            done.push(m.handle);
+            continue;
+        }
+        let after = again_after(m.receives);
+        tracing::info!("watch: the pass a message asked for failed; it comes back in {after:?}");
+        if let Err(e) = queue.retry_later(&m.handle, after).await {
+            tracing::warn!("watch: {e}");
+        }
+    }
+    if !done.is_empty()
+        && let Err(e) = queue.delete(&done).await
+    {
+        tracing::warn!("watch: {e}; the messages come back and cost one more pass");
+    }
+}
+
+/// Runs the change hook with `/bin/sh -c`, bounded; its failure is logged, never fatal.
+async fn run_hook(hook: &str, changed: &str, limit: Duration) {
+    let mut command = tokio::process::Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(hook)
+        .env("BOOTSTAGE_CHANGED", changed);
+    match child::run_bounded(command, limit).await {
+        Ok(status) if status.success() => tracing::info!("--on-change hook done"),
+        Ok(status) => tracing::error!("--on-change hook {}", child::describe(status)),
+        Err(e) => tracing::error!("--on-change hook: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_message_comes_back_later_each_time() {
+        let secs = |n| again_after(n).as_secs();
+        assert_eq!(
+            [secs(1), secs(2), secs(3), secs(8), secs(9), secs(50)],
+            [5, 10, 20, 640, 900, 900]
+        );
+    }
+}
