@@ -13,6 +13,7 @@ use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration};
 use aws_sdk_sqs::types::QueueAttributeName;
 use common::Sandbox;
 use common::moto::{Bucket, moto};
+use tokio::io::AsyncBufReadExt;
 
 struct Queue {
     client: aws_sdk_sqs::Client,
@@ -113,6 +114,8 @@ async fn notify(bucket: &Bucket, queue: &Queue) {
 /// A watching s3-sync and its notification socket.
 struct Watcher {
     child: tokio::process::Child,
+    /// Its stderr so far (read as it comes, so the pipe never fills).
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
     socket: UnixDatagram,
     dest: PathBuf,
     hook_log: PathBuf,
@@ -127,6 +130,23 @@ impl Watcher {
         interval: &str,
         env: &[(&str, &str)],
     ) -> Watcher {
+        let dest = sb.path("dest/config");
+        let args = [
+            "s3-sync",
+            "--from",
+            from,
+            "--to",
+            dest.to_str().unwrap(),
+            "--watch",
+            interval,
+            "--sqs",
+            queue,
+        ];
+        Watcher::start_with(sb, &args, env).await
+    }
+
+    /// Starts `s3-sync ARGS` with the hook and a short sync timeout; waits for READY=1.
+    async fn start_with(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Watcher {
         let socket_path = sb.path("notify.sock");
         let socket = UnixDatagram::bind(&socket_path).unwrap();
         socket
@@ -138,34 +158,37 @@ impl Watcher {
             "echo \"changed $BOOTSTAGE_CHANGED\" >> {}",
             hook_log.display()
         );
-        let mut cmd = sb.command(&[
-            "s3-sync",
-            "--from",
-            from,
-            "--to",
-            dest.to_str().unwrap(),
-            "--watch",
-            interval,
-            "--sqs",
-            queue,
-            "--on-change",
-            &hook,
-            "--sync-timeout",
-            "20s",
-        ]);
+        let mut args = args.to_vec();
+        args.extend(["--on-change", &hook, "--sync-timeout", "20s"]);
+        let mut cmd = sb.command(&args);
         cmd.envs(moto().env()).env("NOTIFY_SOCKET", &socket_path);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().unwrap();
+        let mut child = cmd.spawn().unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let sink = stderr.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut text = sink.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
         let w = Watcher {
             child,
+            stderr,
             socket,
             dest,
             hook_log,
         };
         w.next("READY=1");
         w
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     /// Reads notifications until one has the line `want` (or starts with it, for a
@@ -399,4 +422,40 @@ async fn sigterm_ends_a_long_poll_at_once() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(home.len(), 4, "no staging dir left: {home:?}");
+}
+
+/// The configured watch: `bootstage.watch` in the parameters names each instance's own
+/// queue through `{instance_id}`, and its interval replaces the unit's `--watch`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_parameters_name_the_queue_per_instance() {
+    let bucket = moto().bucket("sqs-params").await;
+    let queue = Queue::new("deploys-i-0abc123").await;
+    bucket.put("w/app.conf", "v1").await;
+    notify(&bucket, &queue).await;
+    let sb = Sandbox::new();
+    let dest = sb.path("dest/config");
+    let templated = queue
+        .url
+        .replace("deploys-i-0abc123", "deploys-{instance_id}");
+    let params = serde_json::json!({"bootstage": {
+        "sync": [{"from": "s3://sqs-params/w/", "to": dest}],
+        "watch": {"sqs": templated, "interval": "10m"},
+    }});
+    sb.seed("params.json", &params.to_string());
+    sb.seed(
+        "instance.json",
+        r#"{"source":"flags","instance_id":"i-0abc123"}"#,
+    );
+    sb.seed("params.env", "");
+    let w = Watcher::start_with(&sb, &["s3-sync", "--watch", "1s"], &[]).await;
+    bucket.put("w/app.conf", "v2").await;
+    w.next("READY=1");
+    assert_eq!(tree(&dest), files(&[("app.conf", "v2")]));
+    queue.drained().await;
+    let stderr = w.stderr();
+    assert!(
+        stderr.contains(&format!("queue=\"{}\"", queue.url)) && stderr.contains("interval=10m"),
+        "{stderr}"
+    );
+    assert_eq!(w.stop().await.code(), Some(0));
 }

@@ -280,10 +280,13 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
     // can be missed.
     let listener = match (&watching.sqs, &syncer.aws) {
         (Some(url), Some(aws)) => {
+            let url = &queue_url(state, url)?;
             let client = aws.sqs(Queue::region_of(url).as_deref());
             let hidden = args.sync_timeout + Duration::from_secs(60);
+            let every = humantime::format_duration(watching.interval.unwrap_or_default());
             tracing::info!(
                 queue = url,
+                interval = %every,
                 "watch: woken by the queue, polling as the safety net"
             );
             Some(watch::listen(Queue::new(client, url), hidden).await)
@@ -320,6 +323,48 @@ fn optional_duration<'de, D: serde::Deserializer<'de>>(
     crate::base::duration::parse(&text)
         .map(Some)
         .map_err(serde::de::Error::custom)
+}
+
+/// The queue URL with `{instance_id}`, `{region}` and `{account_id}` filled in from the
+/// instance's facts: one launch template's user-data names each instance's own queue.
+fn queue_url(state: &StateDir, url: &str) -> Result<String, SyncError> {
+    if !url.contains('{') {
+        return Ok(url.to_string());
+    }
+    let facts: Option<crate::imds::facts::Facts> = std::fs::read(state.instance_json())
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let mut out = url.to_string();
+    for (name, value) in [
+        (
+            "{instance_id}",
+            facts.as_ref().and_then(|f| f.instance_id.clone()),
+        ),
+        ("{region}", facts.as_ref().and_then(|f| f.region.clone())),
+        (
+            "{account_id}",
+            facts.as_ref().and_then(|f| f.account_id.clone()),
+        ),
+    ] {
+        if !out.contains(name) {
+            continue;
+        }
+        // Facts come from IMDS, but a URL is no place for anything but a plain name.
+        let value = value
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        let Some(value) = value else {
+            return Err(SyncError::Settings(format!(
+                "bootstage.watch: the queue URL asks for {name}, which this instance's facts do not give"
+            )));
+        };
+        out = out.replace(name, &value);
+    }
+    if out.contains('{') {
+        return Err(SyncError::Settings(
+            "bootstage.watch: the queue URL has a placeholder other than {instance_id}, {region} or {account_id}".into(),
+        ));
+    }
+    Ok(out)
 }
 
 /// The parameters' `bootstage.watch`, checked.
