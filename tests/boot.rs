@@ -321,7 +321,8 @@ ExecReload=/bin/sh -c 'cat /srv/app/config/app.conf >> /results/reloaded'
 WantedBy=multi-user.target
 ";
 
-/// The shipped watch drop-in's ExecStart, with a 1 s interval and the test app to reload.
+/// The shipped watch drop-in's ExecStart, with a 1 s interval (which `bootstage.watch`
+/// may replace) and the test app to reload.
 const WATCH_FAST: &str = "[Service]
 ExecStart=
 ExecStart=/usr/bin/bootstage s3-sync --watch 1s --on-change \"systemctl reload test-app-watched.service\"
@@ -353,6 +354,11 @@ ExecStart=/bin/sh -c 'if [ -e /etc/test-expect-myapp ]; then for f in myapp-0-ar
 ";
 
 fn user_data(values: &[String], sync_from: &str) -> String {
+    encode(params(values, sync_from))
+}
+
+/// The parameters `user_data` encodes.
+fn params(values: &[String], sync_from: &str) -> serde_json::Map<String, serde_json::Value> {
     let mut params: serde_json::Map<String, serde_json::Value> = values
         .iter()
         .enumerate()
@@ -368,6 +374,11 @@ fn user_data(values: &[String], sync_from: &str) -> String {
         "db".into(),
         serde_json::json!({"password": {"ssm": "/boot/db-password"}}),
     );
+    params
+}
+
+/// Parameters as user-data: gzipped JSON in base64.
+fn encode(params: serde_json::Map<String, serde_json::Value>) -> String {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(serde_json::Value::Object(params).to_string().as_bytes())
         .unwrap();
@@ -942,13 +953,18 @@ async fn boots_under_systemd() {
         "no notice from a disabled machine"
     );
 
-    // 7. Watch mode under systemd: the shipped drop-in (interval shortened by a second
-    // drop-in), a change made after the boot's sync is swapped in and the app reloaded by
-    // `systemctl reload` from inside the sandboxed unit; READY came after the first sync.
+    // 7. Watch mode under systemd, woken by SQS: the shipped drop-in (its ExecStart with
+    // the test app), the parameters naming the queue and a 10-minute interval, so the
+    // change the host makes after the boot's sync can only come through S3's event
+    // notification to the queue. It is swapped in and the app reloaded by `systemctl
+    // reload` from inside the sandboxed unit; READY came after the first sync.
     let bucket = moto().bucket("boot-watch").await;
     bucket.put("app/app.conf", "v1\n").await;
+    let queue = watched_queue(&bucket).await;
+    let mut watching = params(&values[..5], "s3://boot-watch/app/");
+    watching["bootstage"]["watch"] = serde_json::json!({"sqs": queue, "interval": "10m"});
     let emu = Emulator::start(Config {
-        user_data: Some(user_data(&values[..5], "s3://boot-watch/app/")),
+        user_data: Some(encode(watching)),
         ..Config::default()
     })
     .await
@@ -994,4 +1010,50 @@ async fn boots_under_systemd() {
     assert_eq!(sync.get("WatchdogUSec").map(String::as_str), Some("3min"));
     assert_eq!(sync.get("NRestarts").map(String::as_str), Some("0"));
     assert!(journal.contains("--on-change hook done"), "{journal}");
+    assert!(
+        journal.contains("watch: woken by the queue messages=1 destinations=1"),
+        "{journal}"
+    );
+}
+
+/// A queue on moto that receives `bucket`'s S3 event notifications; its URL.
+async fn watched_queue(bucket: &common::moto::Bucket) -> String {
+    use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration};
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let sqs = moto().sqs().await;
+    let url = sqs
+        .create_queue()
+        .queue_name(&bucket.name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap();
+    let arn = attrs.attributes().unwrap()[&QueueAttributeName::QueueArn].clone();
+    let to_queue = QueueConfiguration::builder()
+        .queue_arn(arn)
+        .events(Event::S3ObjectCreated)
+        .build()
+        .unwrap();
+    bucket
+        .client
+        .put_bucket_notification_configuration()
+        .bucket(&bucket.name)
+        .notification_configuration(
+            NotificationConfiguration::builder()
+                .queue_configurations(to_queue)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    url
 }
