@@ -42,6 +42,9 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code() as u8)
         }
     };
+    // A blocking thread still at work (an unpacker whose pass was dropped) must not hold
+    // the exit: it stops at its next check, or with the process.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     notifier.settle();
     code
 }

@@ -39,6 +39,22 @@ fn header(name: &str, kind: u8, link: &str, size: u64, mode: u32) -> tar::Header
     h
 }
 
+/// A raw entry of any type with `data` (an extension record: `L`, `x`).
+fn raw_entry(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: u8, data: &[u8]) {
+    let h = header(name, kind, "", data.len() as u64, 0o644);
+    b.append(&h, data).unwrap();
+}
+
+/// A PAX record: `"<len> key=value\n"`, its length counting itself.
+fn pax_record(key: &str, value: &str) -> Vec<u8> {
+    let body = format!(" {key}={value}\n");
+    let mut len = body.len() + 1;
+    while format!("{len}{body}").len() != len {
+        len += 1;
+    }
+    format!("{len}{body}").into_bytes()
+}
+
 fn tar_of(entries: &[E]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
@@ -393,6 +409,60 @@ async fn hostile_archives_are_refused_naming_the_entry() {
             "zeros".into(),
             "the archive unpacks to more than 8589934592 bytes (max_bytes)",
         ),
+        (
+            // The tar crate would read any size of long name into memory.
+            "long-name",
+            {
+                let mut b = tar::Builder::new(Vec::new());
+                raw_entry(&mut b, "././@LongLink", b'L', &vec![b'a'; 100_000]);
+                raw_entry(&mut b, "short", b'0', b"");
+                Kind::Zst.pack(&b.into_inner().unwrap())
+            },
+            "././@LongLink".into(),
+            "its extension record holds 100000 bytes, more than 65536",
+        ),
+        (
+            // Two parsers that disagree on a size see two different archives.
+            "pax-size",
+            {
+                let mut b = tar::Builder::new(Vec::new());
+                raw_entry(&mut b, "PaxHeaders/f", b'x', &pax_record("size", "1024"));
+                raw_entry(&mut b, "f", b'0', b"");
+                Kind::Zst.pack(&b.into_inner().unwrap())
+            },
+            "f".into(),
+            "its PAX size disagrees with its header",
+        ),
+        (
+            // A PAX path is the entry's name, and is judged like any other.
+            "pax-path",
+            {
+                let mut b = tar::Builder::new(Vec::new());
+                raw_entry(
+                    &mut b,
+                    "PaxHeaders/f",
+                    b'x',
+                    &pax_record("path", "../../victim"),
+                );
+                raw_entry(&mut b, "harmless", b'0', b"");
+                Kind::Zst.pack(&b.into_inner().unwrap())
+            },
+            "../../victim".into(),
+            "it has a '.' or '..' segment",
+        ),
+        (
+            // 129 levels, the name in a GNU long-name record as tar writes it.
+            "deep",
+            {
+                let mut b = tar::Builder::new(Vec::new());
+                let name = "d/".repeat(129);
+                raw_entry(&mut b, "././@LongLink", b'L', name.as_bytes());
+                raw_entry(&mut b, "d/d/d", b'5', b"");
+                Kind::Zst.pack(&b.into_inner().unwrap())
+            },
+            "d/".repeat(129),
+            "its name is longer than 4095 bytes or deeper than 128",
+        ),
     ];
     for (name, archive, entry, why) in cases {
         refused(name, archive, &entry, why).await;
@@ -648,6 +718,14 @@ async fn an_entry_sets_owner_modes_pin_and_caps() {
         "unchanged: nothing fetched, nothing unpacked: {}",
         out.stderr
     );
+    // Other modes are another version of the tree: unpacked again, not a 304.
+    let mark = moto().mark();
+    let mut other = entry(serde_json::json!({"sha256": pin}));
+    other[0]["file_mode"] = serde_json::json!("0600");
+    let out = sync_configured(&sb, other).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(moto().counts("entry", mark), counts(1, 0));
+    assert_eq!(mode("etc/nested/deep/app.conf"), 0o600);
     let out = sync_configured(
         &sb,
         serde_json::json!([{"from": "s3://entry/p/", "to": to, "sha256": pin}]),
@@ -729,4 +807,28 @@ fn next(socket: &std::os::unix::net::UnixDatagram, want: &str) {
             return;
         }
     }
+}
+
+/// A pinned archive replaced by one the unpacker refuses: the failure is that these are
+/// not the pinned bytes (76), found by reading to the end, not the refusal (65).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_pinned_archive_is_a_verification_failure_even_when_refused() {
+    use sha2::Digest;
+    let bucket = moto().bucket("pinned-hostile").await;
+    let good = Kind::Zst.pack(&app("1"));
+    let pin = hex::encode(sha2::Sha256::digest(&good));
+    let evil = Kind::Zst.pack(&tar_of(&[
+        E::File("../../victim", b"x", 0o644),
+        E::File("padding", &[7u8; 300_000], 0o644),
+    ]));
+    let got = hex::encode(sha2::Sha256::digest(&evil));
+    bucket.put("app.tar.zst", evil).await;
+    let sb = Sandbox::new();
+    let out = sync(&sb, "s3://pinned-hostile/app.tar.zst", &["--sha256", &pin]).await;
+    assert_exit(
+        &out,
+        76,
+        &format!("its SHA-256 is {got}, the entry pins {pin}: not the archive it names"),
+    );
+    assert!(std::fs::symlink_metadata(sb.path("dest/app")).is_err());
 }

@@ -272,7 +272,20 @@ async fn a_put_is_swapped_in_and_the_hook_run_through_the_queue() {
     queue.drained().await;
     let counts = moto().counts("sqs-put", mark);
     assert_eq!((counts.list, counts.get), (1, 1), "one pass: {counts:?}");
+    let shown = sb.run(&["status"]).await.stdout;
+    assert!(
+        shown.contains(&format!(
+            "watch: woken by {}; polling every 10m as the safety net\n",
+            queue.url
+        )),
+        "{shown}"
+    );
     assert_eq!(w.stop().await.code(), Some(0));
+    let shown = sb.run(&["status"]).await.stdout;
+    assert!(
+        !shown.contains("watch:"),
+        "a stopped watcher is not shown: {shown}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -398,6 +411,16 @@ async fn polling_still_catches_a_change_when_the_queue_is_gone() {
         .unwrap();
     let status = w.next("STATUS=queue unreadable, polling every 1s");
     assert!(status.contains(&queue.url), "{status}");
+    let shown = sb.run(&["status"]).await.stdout;
+    let line = shown
+        .lines()
+        .find(|l| l.starts_with("watch: "))
+        .unwrap_or_default();
+    assert!(
+        line.starts_with(&format!("watch: {} unreadable since ", queue.url))
+            && line.ends_with("; polling every 1s meanwhile"),
+        "{shown}"
+    );
     bucket.put("w/app.conf", "v2").await;
     w.next("READY=1");
     assert_eq!(tree(&w.dest), files(&[("app.conf", "v2")]));
@@ -458,4 +481,36 @@ async fn the_parameters_name_the_queue_per_instance() {
         "{stderr}"
     );
     assert_eq!(w.stop().await.code(), Some(0));
+}
+
+/// A queue URL that cannot be filled in fails the stage before anything is synced.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_queue_url_fails_before_the_first_pass() {
+    let bucket = moto().bucket("sqs-bad-url").await;
+    bucket.put("w/app.conf", "v1").await;
+    let sb = Sandbox::new();
+    let dest = sb.path("dest/config");
+    for (queue, said) in [
+        (
+            "http://127.0.0.1:9/123/q-{instance_id}",
+            "the queue URL asks for {instance_id}, which this instance's facts do not give",
+        ),
+        ("sqs-by-name", "\"sqs\" must be a queue URL"),
+    ] {
+        let mut cmd = sb.command(&[
+            "s3-sync",
+            "--from",
+            "s3://sqs-bad-url/w/",
+            "--to",
+            dest.to_str().unwrap(),
+            "--watch",
+            "1s",
+            "--sqs",
+            queue,
+        ]);
+        cmd.envs(moto().env());
+        let out = common::run(cmd).await;
+        common::assert_exit(&out, 65, said);
+        assert!(std::fs::symlink_metadata(&dest).is_err());
+    }
 }

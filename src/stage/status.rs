@@ -3,7 +3,8 @@
 //! Exits 0 when every stage is done (or bootstage is disabled), 1 when a stage failed, 2
 //! while one is pending or running. `--wait` watches the directory with inotify and returns
 //! the moment the outcome is known (0 or 1); at its deadline it returns 1. What the
-//! orchestrator was told, and a hold, follow the stages (`lifecycle/record.json`).
+//! orchestrator was told, and a hold, follow the stages (`lifecycle/record.json`), then what
+//! a running watcher listens to and whether it can (`watch.json`).
 
 use std::fmt::Write as _;
 use std::os::unix::fs::DirBuilderExt;
@@ -36,10 +37,14 @@ pub async fn run(state: &StateDir, args: &Settings) -> Result<ExitCode> {
         (overall, records) = waited;
     }
     let orchestrator = crate::state::lifecycle::read(state).ok().flatten();
+    let watching = crate::state::watch::read(state);
     let text = if args.json {
         let mut doc = serde_json::json!({"state": overall, "stages": records});
         if let Some(record) = &orchestrator {
             doc["lifecycle"] = serde_json::to_value(record).expect("records serialize");
+        }
+        if let Some(watch) = &watching {
+            doc["watch"] = serde_json::to_value(watch).expect("records serialize");
         }
         let mut text = serde_json::to_string_pretty(&doc).expect("records serialize");
         text.push('\n');
@@ -48,6 +53,9 @@ pub async fn run(state: &StateDir, args: &Settings) -> Result<ExitCode> {
         let mut text = table(overall, &records);
         for line in orchestrator.iter().flat_map(lifecycle::describe) {
             text += &format!("lifecycle: {line}\n");
+        }
+        if let Some(watch) = &watching {
+            text += &format!("watch: {}\n", watch.describe());
         }
         text
     };

@@ -6,6 +6,7 @@ pub mod atomic;
 pub mod envfile;
 pub mod lifecycle;
 pub mod status;
+pub mod watch;
 
 use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::sync::tree::{Staging, TreeError};
 
@@ -99,12 +100,30 @@ fn refused(entry: &str, why: impl Into<String>) -> UnpackError {
     }
 }
 
-/// Unpacks `input` (the archive's bytes as they arrive) into `staging`. Blocking.
+/// A name or a set of PAX records in one extension entry: at most this many bytes.
+const MAX_EXTENSION: u64 = 64 * 1024;
+/// An entry's name or a symlink's target: at most this many bytes (PATH_MAX less one)…
+const MAX_NAME: usize = 4095;
+/// …and this many directories deep (a removal holds one descriptor per level).
+const MAX_DEPTH: usize = 128;
+/// The names kept in memory for the whole archive, together.
+const MAX_NAME_BYTES: usize = 256 << 20;
+/// Steps spent resolving every symlink of the archive, together.
+const MAX_RESOLVE_STEPS: u64 = 50_000_000;
+
+/// Unpacks `input` (the archive's bytes as they arrive) into `staging`. Blocking; stops
+/// with an error soon after `cancel` is set (the pass was dropped: a deadline, SIGTERM).
+///
+/// Entries are read raw: the `tar` crate would read a GNU long name or a PAX record set
+/// of any size into memory before returning the entry it describes, so those are read
+/// here, each at most [`MAX_EXTENSION`] bytes. A PAX `size` that disagrees with its
+/// entry's header is refused (parsers that disagree on sizes see different archives).
 pub fn unpack(
     input: impl Read,
     format: Format,
     staging: &Staging,
     limits: Limits,
+    cancel: &AtomicBool,
 ) -> Result<Unpacked, UnpackError> {
     let malformed = |e: io::Error| UnpackError::Malformed {
         format: format.name(),
@@ -118,20 +137,88 @@ pub fn unpack(
     let room = staging
         .room()
         .map_err(|e| io_error(staging, Path::new(""), e))?;
-    let budget = limits.max_bytes.min(room);
     let mut archive = tar::Archive::new(reader);
     let mut out = Unpacked::default();
     let mut links: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
     let mut files: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
-    let mut entries = 0u64;
+    let (mut entries, mut charged, mut names) = (0u64, 0u64, 0usize);
     let mut buffer = vec![0u8; 256 * 1024];
-    for entry in archive.entries().map_err(malformed)? {
+    // What extension records say about the next entry: a GNU long name and long link
+    // target, and a PAX record set.
+    let mut long_name: Option<Vec<u8>> = None;
+    let mut long_link: Option<Vec<u8>> = None;
+    let mut pax: Option<Vec<u8>> = None;
+    for entry in archive.entries().map_err(malformed)?.raw(true) {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(cancelled());
+        }
         let mut entry = entry.map_err(malformed)?;
-        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let kind = entry.header().entry_type();
-        if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() {
+        let extension = kind.is_gnu_longname()
+            || kind.is_gnu_longlink()
+            || kind.is_pax_local_extensions()
+            || kind.is_pax_global_extensions();
+        if extension {
+            let header_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            if entry.size() > MAX_EXTENSION {
+                let why = format!(
+                    "its extension record holds {} bytes, more than {MAX_EXTENSION}",
+                    entry.size()
+                );
+                return Err(refused(&header_name, why));
+            }
+            let mut data = Vec::with_capacity(entry.size() as usize);
+            entry.read_to_end(&mut data).map_err(malformed)?;
+            let slot = match () {
+                _ if kind.is_gnu_longname() => &mut long_name,
+                _ if kind.is_gnu_longlink() => &mut long_link,
+                _ if kind.is_pax_local_extensions() => &mut pax,
+                _ => continue, // global PAX records: nothing bootstage uses
+            };
+            if slot.replace(data).is_some() {
+                return Err(refused(
+                    &header_name,
+                    "two extension records describe one entry",
+                ));
+            }
             continue;
         }
+        let mut name_bytes = long_name
+            .take()
+            .unwrap_or_else(|| entry.path_bytes().into_owned());
+        let mut link_bytes = long_link
+            .take()
+            .or_else(|| entry.link_name_bytes().map(|l| l.into_owned()));
+        for bytes in [Some(&mut name_bytes), link_bytes.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            while bytes.last() == Some(&0) {
+                bytes.pop();
+            }
+        }
+        if let Some(records) = pax.take() {
+            for record in tar::PaxExtensions::new(&records) {
+                let record = record.map_err(malformed)?;
+                match record.key_bytes() {
+                    b"path" => name_bytes = record.value_bytes().to_vec(),
+                    b"linkpath" => link_bytes = Some(record.value_bytes().to_vec()),
+                    b"size"
+                        if record.value().ok().and_then(|v| v.parse().ok())
+                            != Some(entry.size()) =>
+                    {
+                        let name = String::from_utf8_lossy(&name_bytes).into_owned();
+                        return Err(refused(&name, "its PAX size disagrees with its header"));
+                    }
+                    key if key.starts_with(b"GNU.sparse") => {
+                        let name = String::from_utf8_lossy(&name_bytes).into_owned();
+                        return Err(refused(&name, "sparse files are not unpacked"));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let name = String::from_utf8_lossy(&name_bytes).into_owned();
         entries += 1;
         if entries > limits.max_entries {
             let why = format!(
@@ -140,10 +227,21 @@ pub fn unpack(
             );
             return Err(refused(&name, why));
         }
-        if std::str::from_utf8(&entry.path_bytes()).is_err() {
+        if entries > room.inodes {
+            let why = format!(
+                "unpacking it would leave the file system of {} with less than 1 % of its inodes free",
+                staging.path().display()
+            );
+            return Err(refused(&name, why));
+        }
+        if std::str::from_utf8(&name_bytes).is_err() {
             return Err(refused(&name, "its name is not UTF-8"));
         }
         let Some(rel) = clean(&name)? else { continue };
+        names += name.len();
+        if names > MAX_NAME_BYTES {
+            return Err(refused(&name, "the archive's names take more than 256 MiB"));
+        }
         if let Some(link) = rel.ancestors().skip(1).find(|a| links.contains_key(*a)) {
             let why = format!(
                 "it would be written through the symlink {:?}",
@@ -153,6 +251,21 @@ pub fn unpack(
         }
         if links.contains_key(&rel) || files.contains(&rel) {
             return Err(refused(&name, "the name appears twice in the archive"));
+        }
+        // What the entry costs the file system: an inode's block, and its content's blocks.
+        let size = match kind.is_file() || kind.is_contiguous() {
+            true => entry.size(),
+            false => 0,
+        };
+        charged = charged
+            .saturating_add(room.block)
+            .saturating_add(size.div_ceil(room.block).saturating_mul(room.block));
+        if charged > room.bytes {
+            let why = format!(
+                "unpacking it would leave the file system of {} with less than 1 % free",
+                staging.path().display()
+            );
+            return Err(refused(&name, why));
         }
         let is_dir = kind.is_dir() || (kind.is_file() && name.ends_with('/'));
         if is_dir {
@@ -169,16 +282,20 @@ pub fn unpack(
             return Err(refused(&name, "sparse files are not unpacked"));
         }
         if kind.is_symlink() {
-            let target = entry.link_name_bytes().unwrap_or_default();
+            let target = link_bytes.unwrap_or_default();
             let target = std::str::from_utf8(&target)
                 .map_err(|_| refused(&name, "its symlink target is not UTF-8"))?;
             if target.is_empty() || target.starts_with('/') {
                 let why = format!("its symlink target {target:?} leads outside the destination");
                 return Err(refused(&name, why));
             }
+            if target.len() > MAX_NAME || target.split('/').count() > 2 * MAX_DEPTH {
+                return Err(refused(&name, "its symlink target is too long"));
+            }
             if out.dirs.contains(&rel) {
                 return Err(refused(&name, "the name appears twice in the archive"));
             }
+            names += target.len();
             make_dirs(staging, &rel, false, &mut out.dirs, &name)?;
             links.insert(rel, PathBuf::from(target));
             continue;
@@ -189,18 +306,11 @@ pub fn unpack(
                 "only files, directories and symlinks are unpacked",
             ));
         }
-        let size = entry.size();
-        if out.bytes.saturating_add(size) > budget {
-            let why = match budget == limits.max_bytes {
-                true => format!(
-                    "the archive unpacks to more than {} bytes (max_bytes)",
-                    limits.max_bytes
-                ),
-                false => format!(
-                    "unpacking it would leave the file system of {} with less than 1 % free",
-                    staging.path().display()
-                ),
-            };
+        if out.bytes.saturating_add(size) > limits.max_bytes {
+            let why = format!(
+                "the archive unpacks to more than {} bytes (max_bytes)",
+                limits.max_bytes
+            );
             return Err(refused(&name, why));
         }
         make_dirs(staging, &rel, false, &mut out.dirs, &name)?;
@@ -229,9 +339,17 @@ pub fn unpack(
         let executable = entry.header().mode().unwrap_or(0) & 0o111 != 0;
         out.files.push((rel, size, executable));
     }
+    // Past the end marker: up to 1 MiB more (a tar's padding) is read through the
+    // decompressor, so that its own check (gzip's CRC, zstd's checksum) is verified.
+    let mut rest = archive.into_inner().take(1 << 20);
+    io::copy(&mut rest, &mut io::sink()).map_err(malformed)?;
     // Every symlink is judged against the whole tree, then made.
+    let mut steps = 0u64;
     for (rel, target) in &links {
-        if let Some(why) = escapes(rel, target, &links) {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(cancelled());
+        }
+        if let Some(why) = escapes(rel, target, &links, &mut steps) {
             let why = format!(
                 "its symlink target {:?} {why}",
                 target.display().to_string()
@@ -244,6 +362,13 @@ pub fn unpack(
         out.links.push(rel.clone());
     }
     Ok(out)
+}
+
+fn cancelled() -> UnpackError {
+    UnpackError::Tree(TreeError::Io {
+        path: PathBuf::from("(staging)"),
+        source: io::Error::new(io::ErrorKind::Interrupted, "the pass was stopped"),
+    })
 }
 
 /// The mode a file gets: the entry's `file_mode`, plus an executable bit wherever it
@@ -266,6 +391,10 @@ fn clean(name: &str) -> Result<Option<PathBuf>, UnpackError> {
     }
     if rest.is_empty() || rest == "." {
         return Ok(None);
+    }
+    if rest.len() > MAX_NAME || rest.split('/').count() > MAX_DEPTH {
+        let why = format!("its name is longer than {MAX_NAME} bytes or deeper than {MAX_DEPTH}");
+        return Err(refused(name, why));
     }
     for segment in rest.split('/') {
         let why = match segment {
@@ -328,7 +457,12 @@ fn io_error(staging: &Staging, rel: &Path, source: io::Error) -> UnpackError {
 /// Why the symlink `link` → `target` leads out of the tree, if it does, resolving as the
 /// kernel will once every symlink of the archive exists: component by component, each
 /// symlink met replaced by its target, `..` from the root leaving the tree.
-fn escapes(link: &Path, target: &Path, links: &BTreeMap<PathBuf, PathBuf>) -> Option<&'static str> {
+fn escapes(
+    link: &Path,
+    target: &Path,
+    links: &BTreeMap<PathBuf, PathBuf>,
+    steps: &mut u64,
+) -> Option<&'static str> {
     let mut at: Vec<OsString> = link
         .parent()
         .into_iter()
@@ -342,6 +476,10 @@ fn escapes(link: &Path, target: &Path, links: &BTreeMap<PathBuf, PathBuf>) -> Op
     todo.reverse();
     let mut hops = 0;
     while let Some(part) = todo.pop() {
+        *steps += at.len() as u64 + 1;
+        if *steps > MAX_RESOLVE_STEPS {
+            return Some("takes too long to resolve with the archive's other symlinks");
+        }
         if part == ".." {
             if at.pop().is_none() {
                 return OUTSIDE;
@@ -407,7 +545,8 @@ mod tests {
         .into_iter()
         .map(|(l, t)| (PathBuf::from(l), PathBuf::from(t)))
         .collect();
-        let judge = |link: &str, target: &str| escapes(Path::new(link), Path::new(target), &links);
+        let judge =
+            |link: &str, target: &str| escapes(Path::new(link), Path::new(target), &links, &mut 0);
         assert_eq!(judge("bin/conf", "../etc/app.conf"), None);
         assert_eq!(judge("a", "b/c/../../d"), None);
         assert_eq!(judge("deep/a/b/l", "s/x"), None);

@@ -86,6 +86,9 @@ pub struct Archived {
     /// Its SHA-256, when the entry pinned one and the archive matched it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The owner, group and modes it was handed over with: other settings unpack it again.
+    #[serde(default)]
+    pub settings: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -141,6 +144,15 @@ struct Generation {
     name: OsString,
     dir: OwnedFd,
     seal: Option<Seal>,
+}
+
+/// Room left on a staging tree's file system.
+#[derive(Debug, Clone, Copy)]
+pub struct Room {
+    pub bytes: u64,
+    pub inodes: u64,
+    /// Its block size: what the smallest file costs.
+    pub block: u64,
 }
 
 /// A tree being built.
@@ -333,7 +345,10 @@ impl Destination {
                 continue;
             }
             tracing::debug!(path = %path.display(), "removing a leftover of an interrupted sync");
-            fsat::remove_tree(&self.home, &name).map_err(io_at(&path))?;
+            // A leftover that cannot go costs disk space, not the sync.
+            if let Err(e) = fsat::remove_tree(&self.home, &name) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a leftover of an interrupted sync");
+            }
         }
         Ok(())
     }
@@ -588,13 +603,23 @@ impl Staging {
         nix::unistd::symlinkat(target, &parent, name).map_err(io)
     }
 
-    /// Bytes that may still be written to the staging tree's file system: what is
-    /// available to unprivileged users, less 1 % of the file system kept for everyone else.
-    pub fn room(&self) -> io::Result<u64> {
+    /// What may still be written to the staging tree's file system: what is available to
+    /// unprivileged users, less 1 % of the file system (bytes and inodes) kept for
+    /// everyone else.
+    pub fn room(&self) -> io::Result<Room> {
         let vfs = nix::sys::statvfs::fstatvfs(&self.dir).map_err(io)?;
-        let block = vfs.fragment_size();
+        let block = vfs.fragment_size().max(512);
         let keep = vfs.blocks() * block / 100;
-        Ok((vfs.blocks_available() * block).saturating_sub(keep))
+        let inodes = match vfs.files() {
+            // No inode count (btrfs and others allocate them as needed).
+            0 => u64::MAX,
+            total => vfs.files_available().saturating_sub(total / 100),
+        };
+        Ok(Room {
+            bytes: (vfs.blocks_available() * block).saturating_sub(keep),
+            inodes,
+            block,
+        })
     }
 
     /// A new file at `rel`, 0600, for a download.

@@ -142,7 +142,11 @@ impl Moto {
             let mut parts = request.split(' ');
             let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
             let path = target.split('?').next().unwrap_or("");
-            let Some(rest) = path.strip_prefix(&format!("/{bucket}")) else {
+            // `/bucket`, `/bucket/` or `/bucket/key`, not `/bucket-other/…`.
+            let Some(rest) = path
+                .strip_prefix(&format!("/{bucket}"))
+                .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+            else {
                 continue;
             };
             let status = request.rsplit(' ').next().unwrap_or("");

@@ -14,7 +14,8 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::{Buf, Bytes};
 use tokio::sync::mpsc;
@@ -41,10 +42,15 @@ pub(super) async fn pass(
         .filter(|m| m.source == url)
         .unwrap_or_default();
     let pin = spec.sha256.as_deref().map(str::to_ascii_lowercase);
+    let settings = format!(
+        "owner={:?} group={:?} file_mode={:o} dir_mode={:o}",
+        spec.owner, spec.group, spec.file_mode, spec.dir_mode
+    );
     let known = old
         .archive
         .as_ref()
         .filter(|a| pin.is_none() || a.sha256 == pin)
+        .filter(|a| a.settings == settings)
         .filter(|_| dest.has_current() && dest.intact(&old))
         .map(|a| a.etag.clone());
     counters.total.store(1, Ordering::Relaxed);
@@ -95,12 +101,15 @@ pub(super) async fn pass(
     let staging = dest.staging()?;
     let (format, limits) = (bundle.format(), spec.limits());
     let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL);
+    // Dropping this pass (its deadline, SIGTERM) stops the unpacker's thread too.
+    let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+    let stop = cancel.0.clone();
     let unpacker = tokio::task::spawn_blocking(move || {
         let mut reader = ChannelReader {
             rx,
             chunk: Bytes::new(),
         };
-        let unpacked = archive::unpack(&mut reader, format, &staging, limits);
+        let unpacked = archive::unpack(&mut reader, format, &staging, limits, &stop);
         // Past the archive's end marker (a tar's padding, trailing bytes): the rest of
         // the body still arrives, to be verified, and is not unpacked.
         if unpacked.is_ok() {
@@ -113,7 +122,14 @@ pub(super) async fn pass(
             let chunk = chunk?;
             total_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             if tx.send(chunk).await.is_err() {
-                // The unpacker stopped: its error says why.
+                // The unpacker stopped: its error says why, unless the entry pins the
+                // archive and these are not its bytes: then that is the failure (76).
+                if pin.is_some() {
+                    while let Some(chunk) = download.next().await {
+                        chunk?;
+                    }
+                    download.finish(pin.as_deref())?;
+                }
                 return Ok(None);
             }
         }
@@ -168,6 +184,7 @@ pub(super) async fn pass(
             etag,
             size,
             sha256: pin,
+            settings,
         }),
     };
     dest.commit(staging, &manifest)?;
@@ -197,6 +214,15 @@ pub(super) async fn pass(
         "swapped in a new generation from the archive"
     );
     Ok(report)
+}
+
+/// Sets its flag when dropped: the unpacker checks it between entries.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The unpacker's side of the channel, as a blocking `Read`: the end of the channel (the

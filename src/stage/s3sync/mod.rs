@@ -252,6 +252,15 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
                 Some(spec)
             }
         };
+        // The queue's URL is checked (and filled in) before the first pass, so a bad one
+        // fails the stage before anything is synced.
+        let watching = match watching {
+            Some(mut w) => {
+                w.sqs = w.sqs.map(|url| queue_url(state, &url)).transpose()?;
+                Some(w)
+            }
+            None => None,
+        };
         let needs_sqs = watching.as_ref().is_some_and(|w| w.sqs.is_some());
         let syncer = Syncer::new(state, &specs, Bounds::of(args), needs_sqs).await?;
         let pass = async {
@@ -280,9 +289,10 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
     // can be missed.
     let listener = match (&watching.sqs, &syncer.aws) {
         (Some(url), Some(aws)) => {
-            let url = &queue_url(state, url)?;
             let client = aws.sqs(Queue::region_of(url).as_deref());
-            let hidden = args.sync_timeout + Duration::from_secs(60);
+            // Received during a pass, a message waits for that pass, the hook and its own
+            // pass before it is deleted.
+            let hidden = args.sync_timeout * 3 + Duration::from_secs(60);
             let every = humantime::format_duration(watching.interval.unwrap_or_default());
             tracing::info!(
                 queue = url,
@@ -295,7 +305,10 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
     };
     notifier.ready(&summary);
     let interval = watching.interval.expect("set from --watch at least");
-    watch::watch(&syncer, &specs, args, notifier, interval, listener, stop).await
+    watch::watch(
+        state, &syncer, &specs, args, notifier, interval, listener, stop,
+    )
+    .await
 }
 
 /// `bootstage.watch` in the parameters: the queue, and the polling interval that
@@ -328,6 +341,10 @@ fn optional_duration<'de, D: serde::Deserializer<'de>>(
 /// The queue URL with `{instance_id}`, `{region}` and `{account_id}` filled in from the
 /// instance's facts: one launch template's user-data names each instance's own queue.
 fn queue_url(state: &StateDir, url: &str) -> Result<String, SyncError> {
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        let why = "bootstage.watch: \"sqs\" must be a queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)";
+        return Err(SyncError::Settings(why.into()));
+    }
     if !url.contains('{') {
         return Ok(url.to_string());
     }
@@ -384,12 +401,6 @@ fn watch_settings(state: &StateDir) -> Result<WatchSpec> {
     };
     let spec: WatchSpec = serde_json::from_value(spec.clone())
         .map_err(|e| SyncError::Settings(format!("bootstage.watch: {e}")))?;
-    if let Some(url) = &spec.sqs
-        && !(url.starts_with("https://") || url.starts_with("http://"))
-    {
-        let why = "bootstage.watch: \"sqs\" must be a queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)";
-        return Err(SyncError::Settings(why.into()).into());
-    }
     if spec.interval.is_some_and(|i| i.is_zero()) {
         return Err(SyncError::Settings(
             "bootstage.watch: \"interval\" must be more than 0".into(),

@@ -8,13 +8,16 @@
 //!   source or destination (`events/`): a pass over what it names, at once. A task
 //!   long-polls the queue (20 s waits) from before READY, so a change made after the
 //!   first pass is never missed: its message waits in the queue if nothing is reading.
-//!   Messages that arrive together, or while a pass runs, make one pass (the next one):
+//!   Messages that arrive together (within 200 ms of each other, for at most 1 s), or
+//!   while a pass runs, make one pass (the next one):
 //!   a pass syncs to what the source holds now, so order and duplicates do not matter.
 //!   A message is deleted once the pass over what it names succeeded; after a failed
-//!   pass it is made visible again after 5 s, doubling with each receive up to 15 min.
+//!   pass one message per distinct request is made visible again after 5 s, doubling
+//!   with each receive up to 15 min, and its duplicates are deleted.
 //!   Messages that name nothing of ours are deleted at once.
 //!
-//! An unreadable queue (gone, refused, unreachable) is logged and shown in `STATUS=`;
+//! An unreadable queue (gone, refused, unreachable) is logged and shown in `STATUS=` and
+//! `bootstage status` (the watch record, `state::watch`);
 //! polling goes on and the queue is tried again, 1 s doubling to 60 s. After a change is
 //! swapped in, the `--on-change` hook runs between RELOADING=1 and READY=1. A failed
 //! pass keeps the old tree; SIGTERM ends any wait or pass at once (exit 0, no staging dir
@@ -32,6 +35,8 @@ use crate::base::child;
 use crate::base::notify::Notifier;
 use crate::events::{Message, Queue, QueueError, Wake, Watched};
 use crate::stage::error::Result;
+use crate::state::StateDir;
+use crate::state::watch::{self as record, Watch};
 use crate::sync::source::Location;
 
 /// What the queue reader hands the watch loop.
@@ -44,7 +49,7 @@ enum Polled {
 /// The queue reader, running.
 pub(super) struct Listener {
     queue: Arc<Queue>,
-    rx: mpsc::UnboundedReceiver<Polled>,
+    rx: mpsc::Receiver<Polled>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -58,7 +63,9 @@ impl Drop for Listener {
 /// hidden from other receives for `hidden` (longer than a pass may take).
 pub(super) async fn listen(queue: Queue, hidden: Duration) -> Listener {
     let queue = Arc::new(queue);
-    let (tx, rx) = mpsc::unbounded_channel();
+    // One batch waits while a pass runs; the reader waits for it to be taken, so nothing
+    // piles up in memory whatever the queue holds.
+    let (tx, rx) = mpsc::channel(1);
     let (started, on_its_way) = oneshot::channel();
     let task = tokio::spawn(receive_loop(queue.clone(), hidden, tx, started));
     let _ = on_its_way.await;
@@ -68,7 +75,7 @@ pub(super) async fn listen(queue: Queue, hidden: Duration) -> Listener {
 async fn receive_loop(
     queue: Arc<Queue>,
     hidden: Duration,
-    tx: mpsc::UnboundedSender<Polled>,
+    tx: mpsc::Sender<Polled>,
     started: oneshot::Sender<()>,
 ) {
     let mut started = Some(started);
@@ -88,7 +95,7 @@ async fn receive_loop(
                 Polled::Failed(e)
             }
         };
-        if tx.send(polled).is_err() {
+        if tx.send(polled).await.is_err() {
             return;
         }
         if failures > 0 {
@@ -97,6 +104,11 @@ async fn receive_loop(
         }
     }
 }
+
+/// After a message, a pass waits until no more have come for this long…
+const QUIET: Duration = Duration::from_millis(200);
+/// …but no longer than this.
+const GATHER_AT_MOST: Duration = Duration::from_secs(1);
 
 /// When a message whose pass failed comes back: 5 s after its first receive, doubling
 /// with each one, at most 15 min.
@@ -107,7 +119,9 @@ fn again_after(receives: u32) -> Duration {
 
 /// Runs until SIGTERM: a pass every `interval`, and one at once for each batch of
 /// messages on the queue, if there is one.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn watch(
+    state: &StateDir,
     syncer: &Syncer,
     specs: &[SyncSpec],
     args: &Settings,
@@ -139,6 +153,13 @@ pub(super) async fn watch(
     let mut due = Instant::now() + interval;
     let mut pending: Vec<(Message, Wake)> = Vec::new();
     let mut queue_failing = false;
+    let mut shown = Watch {
+        interval_secs: interval.as_secs(),
+        queue: listener.as_ref().map(|l| l.queue.url().to_string()),
+        queue_problem: None,
+        since: None,
+    };
+    record::write(state, &shown);
     loop {
         let mut polled = Vec::new();
         let mut timer = false;
@@ -147,10 +168,20 @@ pub(super) async fn watch(
             Some(p) = async { listener.as_mut()?.rx.recv().await }, if listener.is_some() => polled.push(p),
             _ = stop.requested() => break,
         }
-        // Whatever else has arrived joins this pass.
-        if let Some(l) = listener.as_mut() {
-            while let Ok(p) = l.rx.try_recv() {
+        // Whatever else arrives until the queue has been quiet for a moment joins this
+        // pass: a burst of events (a deploy writing many objects) makes one pass.
+        if let Some(l) = listener.as_mut()
+            && !polled.is_empty()
+        {
+            let gathering = Instant::now() + GATHER_AT_MOST;
+            while let Ok(Some(p)) =
+                tokio::time::timeout_at(gathering.min(Instant::now() + QUIET), l.rx.recv()).await
+            {
+                let quiet = matches!(&p, Polled::Received(m) if m.is_empty());
                 polled.push(p);
+                if quiet {
+                    break;
+                }
             }
         }
         let mut ignored = Vec::new();
@@ -161,6 +192,9 @@ pub(super) async fn watch(
                         tracing::info!("watch: the queue can be read again");
                         notifier.status("watching");
                         queue_failing = false;
+                        shown.queue_problem = None;
+                        shown.since = None;
+                        record::write(state, &shown);
                     }
                     for m in messages {
                         match Wake::of(&m.body, &watched) {
@@ -174,6 +208,12 @@ pub(super) async fn watch(
                         "watch: cannot read the queue, polling every {every} meanwhile: {e}"
                     );
                     notifier.status(&format!("queue unreadable, polling every {every}: {e}"));
+                    if !queue_failing {
+                        shown.queue_problem = Some(e.to_string());
+                        shown.since =
+                            Some(crate::state::status::timestamp(std::time::SystemTime::now()));
+                        record::write(state, &shown);
+                    }
                     queue_failing = true;
                 }
             }
@@ -242,7 +282,10 @@ pub(super) async fn watch(
             }
         }
         if let Some(l) = &listener {
-            settle(&l.queue, batch, &failed).await;
+            tokio::select! {
+                _ = settle(&l.queue, batch, &failed) => {}
+                _ = stop.requested() => break,
+            }
         }
         if changed.is_empty() {
             tracing::debug!("watch: no change");
@@ -252,28 +295,37 @@ pub(super) async fn watch(
         tracing::info!("{summary}");
         notifier.reloading();
         if let Some(hook) = &args.on_change {
-            run_hook(hook, &changed.join(":"), args.sync_timeout).await;
+            let changed = changed.join(":");
+            tokio::select! {
+                _ = run_hook(hook, &changed, args.sync_timeout) => {}
+                _ = stop.requested() => break,
+            }
         }
         notifier.ready(&summary);
     }
+    record::remove(state);
     if let Some(task) = watchdog {
         task.abort();
     }
     Ok(())
 }
 
-/// Deletes the messages whose destinations all synced; the others come back later.
+/// Deletes the messages whose destinations all synced. Of those whose pass failed, one
+/// per distinct request comes back later (a source that stays broken costs one retried
+/// pass, not one per message); the rest are deleted.
 async fn settle(queue: &Queue, batch: Vec<(Message, Wake)>, failed: &BTreeSet<usize>) {
     let mut done = Vec::new();
+    let mut kept: Vec<Wake> = Vec::new();
     for (m, wake) in batch {
         let ok = match &wake {
             Wake::All => failed.is_empty(),
             Wake::Some(named) => named.is_disjoint(failed),
         };
-        if ok {
+        if ok || kept.contains(&wake) {
             done.push(m.handle);
             continue;
         }
+        kept.push(wake);
         let after = again_after(m.receives);
         tracing::info!("watch: the pass a message asked for failed; it comes back in {after:?}");
         if let Err(e) = queue.retry_later(&m.handle, after).await {
