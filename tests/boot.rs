@@ -1018,42 +1018,7 @@ async fn boots_under_systemd() {
 
 /// A queue on moto that receives `bucket`'s S3 event notifications; its URL.
 async fn watched_queue(bucket: &common::moto::Bucket) -> String {
-    use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration};
-    use aws_sdk_sqs::types::QueueAttributeName;
-    let sqs = moto().sqs().await;
-    let url = sqs
-        .create_queue()
-        .queue_name(&bucket.name)
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_string();
-    let attrs = sqs
-        .get_queue_attributes()
-        .queue_url(&url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap();
-    let arn = attrs.attributes().unwrap()[&QueueAttributeName::QueueArn].clone();
-    let to_queue = QueueConfiguration::builder()
-        .queue_arn(arn)
-        .events(Event::S3ObjectCreated)
-        .build()
-        .unwrap();
-    bucket
-        .client
-        .put_bucket_notification_configuration()
-        .bucket(&bucket.name)
-        .notification_configuration(
-            NotificationConfiguration::builder()
-                .queue_configurations(to_queue)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let (url, arn) = moto().queue(&bucket.name).await;
+    bucket.notify(&arn).await;
     url
 }

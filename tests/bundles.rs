@@ -770,7 +770,7 @@ async fn watch_mode_asks_about_a_bundle_and_swaps_a_new_release() {
     ]);
     cmd.envs(moto().env()).env("NOTIFY_SOCKET", &socket_path);
     let mut child = cmd.spawn().unwrap();
-    next(&socket, "READY=1");
+    common::next_notification(&socket, "READY=1");
     assert_eq!(listing(&to), app_listing("1"));
     let quiet = moto().mark();
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -780,8 +780,8 @@ async fn watch_mode_asks_about_a_bundle_and_swaps_a_new_release() {
         "{counts:?}"
     );
     bucket.put("app.tar.zst", Kind::Zst.pack(&app("2"))).await;
-    next(&socket, "RELOADING=1");
-    next(&socket, "READY=1");
+    common::next_notification(&socket, "RELOADING=1");
+    common::next_notification(&socket, "READY=1");
     assert_eq!(listing(&to), app_listing("2"));
     assert_eq!(
         std::fs::read_to_string(&hook_log).unwrap(),
@@ -793,20 +793,6 @@ async fn watch_mode_asks_about_a_bundle_and_swaps_a_new_release() {
     )
     .unwrap();
     assert_eq!(child.wait().await.unwrap().code(), Some(0));
-}
-
-/// Reads notifications until one has the line `want`.
-fn next(socket: &std::os::unix::net::UnixDatagram, want: &str) {
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = socket.recv(&mut buf).expect("a notification");
-        if String::from_utf8_lossy(&buf[..n])
-            .lines()
-            .any(|l| l == want)
-        {
-            return;
-        }
-    }
 }
 
 /// A pinned archive replaced by one the unpacker refuses: the failure is that these are

@@ -430,12 +430,12 @@ async fn watch_mode_swaps_a_change_runs_the_hook_once_and_stops_cleanly() {
     ]);
     cmd.envs(moto().env()).env("NOTIFY_SOCKET", &socket_path);
     let mut child = cmd.spawn().unwrap();
-    next(&socket, "READY=1");
+    common::next_notification(&socket, "READY=1");
     assert_eq!(tree(&to), files(&[("app.conf", b"v1")]));
     let mark = moto().mark();
     bucket.put("w/app.conf", "v2").await;
-    next(&socket, "RELOADING=1");
-    next(&socket, "READY=1");
+    common::next_notification(&socket, "RELOADING=1");
+    common::next_notification(&socket, "READY=1");
     assert_eq!(tree(&to), files(&[("app.conf", b"v2")]));
     assert_eq!(
         std::fs::read_to_string(&hook_log).unwrap(),
@@ -845,11 +845,11 @@ async fn watch_mode_runs_the_hook_for_a_change_even_when_another_destination_fai
         .env("BOOTSTAGE_USER_DATA_FILE", sb.path("user-data"))
         .env("NOTIFY_SOCKET", &socket_path);
     let mut child = cmd.spawn().unwrap();
-    next(&socket, "READY=1");
+    common::next_notification(&socket, "READY=1");
     std::fs::remove_dir_all(&fixtures).unwrap();
     bucket.put("h/app.conf", "v2").await;
-    next(&socket, "RELOADING=1");
-    next(&socket, "READY=1");
+    common::next_notification(&socket, "RELOADING=1");
+    common::next_notification(&socket, "READY=1");
     assert_eq!(tree(&a), files(&[("app.conf", b"v2")]));
     assert_eq!(
         tree(&b),
@@ -866,18 +866,4 @@ async fn watch_mode_runs_the_hook_for_a_change_even_when_another_destination_fai
     )
     .unwrap();
     assert_eq!(child.wait().await.unwrap().code(), Some(0));
-}
-
-/// Reads notifications until one has the line `want`.
-fn next(socket: &std::os::unix::net::UnixDatagram, want: &str) {
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = socket.recv(&mut buf).expect("a notification");
-        if String::from_utf8_lossy(&buf[..n])
-            .lines()
-            .any(|l| l == want)
-        {
-            return;
-        }
-    }
 }

@@ -9,7 +9,6 @@ use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration};
 use aws_sdk_sqs::types::QueueAttributeName;
 use common::Sandbox;
 use common::moto::{Bucket, moto};
@@ -23,26 +22,8 @@ struct Queue {
 
 impl Queue {
     async fn new(name: &str) -> Queue {
+        let (url, arn) = moto().queue(name).await;
         let client = moto().sqs().await;
-        let url = client
-            .create_queue()
-            .queue_name(name)
-            .send()
-            .await
-            .unwrap()
-            .queue_url()
-            .unwrap()
-            .to_string();
-        let arn = client
-            .get_queue_attributes()
-            .queue_url(&url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .unwrap()
-            .attributes()
-            .unwrap()[&QueueAttributeName::QueueArn]
-            .clone();
         Queue { client, url, arn }
     }
 
@@ -91,24 +72,7 @@ impl Queue {
 
 /// S3 sends an event to `queue` for every object created or removed in `bucket`.
 async fn notify(bucket: &Bucket, queue: &Queue) {
-    let config = QueueConfiguration::builder()
-        .queue_arn(&queue.arn)
-        .events(Event::S3ObjectCreated)
-        .events(Event::S3ObjectRemoved)
-        .build()
-        .unwrap();
-    bucket
-        .client
-        .put_bucket_notification_configuration()
-        .bucket(&bucket.name)
-        .notification_configuration(
-            NotificationConfiguration::builder()
-                .queue_configurations(config)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    bucket.notify(&queue.arn).await;
 }
 
 /// A watching s3-sync and its notification socket.

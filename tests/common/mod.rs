@@ -255,3 +255,17 @@ pub fn states(records: &serde_json::Value) -> Vec<String> {
         .map(|r| r["state"].as_str().expect("a state").to_string())
         .collect()
 }
+
+/// Reads sd_notify datagrams from `socket` until one has the line `want`.
+pub fn next_notification(socket: &std::os::unix::net::UnixDatagram, want: &str) {
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = socket.recv(&mut buf).expect("a notification");
+        if String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l == want)
+        {
+            return;
+        }
+    }
+}

@@ -214,6 +214,23 @@ impl Moto {
         aws_sdk_sqs::Client::from_conf(config)
     }
 
+    /// A new SQS queue on moto: its URL and ARN.
+    pub async fn queue(&self, name: &str) -> (String, String) {
+        use aws_sdk_sqs::types::QueueAttributeName;
+        let sqs = self.sqs().await;
+        let created = sqs.create_queue().queue_name(name).send().await.unwrap();
+        let url = created.queue_url().unwrap().to_string();
+        let attrs = sqs
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap();
+        let arn = attrs.attributes().unwrap()[&QueueAttributeName::QueueArn].clone();
+        (url, arn)
+    }
+
     pub async fn bucket(&self, name: &str) -> Bucket {
         let client = self.client().await;
         client.create_bucket().bucket(name).send().await.unwrap();
@@ -250,6 +267,28 @@ impl Bucket {
             .bucket(&self.name)
             .key(key)
             .body(ByteStream::from(body))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// S3 sends an event to the queue `queue_arn` for every object created or removed.
+    pub async fn notify(&self, queue_arn: &str) {
+        use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration};
+        let to_queue = QueueConfiguration::builder()
+            .queue_arn(queue_arn)
+            .events(Event::S3ObjectCreated)
+            .events(Event::S3ObjectRemoved)
+            .build()
+            .unwrap();
+        self.client
+            .put_bucket_notification_configuration()
+            .bucket(&self.name)
+            .notification_configuration(
+                NotificationConfiguration::builder()
+                    .queue_configurations(to_queue)
+                    .build(),
+            )
             .send()
             .await
             .unwrap();

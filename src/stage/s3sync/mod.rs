@@ -386,20 +386,10 @@ fn queue_url(state: &StateDir, url: &str) -> Result<String, SyncError> {
 
 /// The parameters' `bootstage.watch`, checked.
 fn watch_settings(state: &StateDir) -> Result<WatchSpec> {
-    let path = state.params_json();
-    let text = std::fs::read(&path).map_err(|source| Error::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let params: serde_json::Value = serde_json::from_slice(&text)
-        .map_err(|e| SyncError::Settings(format!("{}: not JSON ({e})", path.display())))?;
-    let Some(spec) = params
-        .get(envfile::SETTINGS_KEY)
-        .and_then(|b| b.get("watch"))
-    else {
+    let Some(spec) = setting(state, "watch")? else {
         return Ok(WatchSpec::default());
     };
-    let spec: WatchSpec = serde_json::from_value(spec.clone())
+    let spec: WatchSpec = serde_json::from_value(spec)
         .map_err(|e| SyncError::Settings(format!("bootstage.watch: {e}")))?;
     if spec.interval.is_some_and(|i| i.is_zero()) {
         return Err(SyncError::Settings(
@@ -488,8 +478,8 @@ impl SyncSpec {
     }
 }
 
-/// The parameters' `bootstage.sync` list, checked.
-fn configured(state: &StateDir) -> Result<Vec<SyncSpec>> {
+/// `bootstage.KEY` in the parameters, if there.
+fn setting(state: &StateDir, key: &str) -> Result<Option<serde_json::Value>> {
     let path = state.params_json();
     let text = std::fs::read(&path).map_err(|source| Error::Read {
         path: path.clone(),
@@ -497,10 +487,15 @@ fn configured(state: &StateDir) -> Result<Vec<SyncSpec>> {
     })?;
     let params: serde_json::Value = serde_json::from_slice(&text)
         .map_err(|e| SyncError::Settings(format!("{}: not JSON ({e})", path.display())))?;
-    let list = params
+    Ok(params
         .get(envfile::SETTINGS_KEY)
-        .and_then(|b| b.get("sync"))
-        .cloned();
+        .and_then(|b| b.get(key))
+        .cloned())
+}
+
+/// The parameters' `bootstage.sync` list, checked.
+fn configured(state: &StateDir) -> Result<Vec<SyncSpec>> {
+    let list = setting(state, "sync")?;
     let specs: Vec<SyncSpec> = match list {
         None => Vec::new(),
         Some(list) => serde_json::from_value(list)
