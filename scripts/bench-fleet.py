@@ -51,14 +51,18 @@ def fleet(method, server, env, work, n):
     for inst in insts:
         inst.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    procs = {subprocess.Popen(argv_for(method, server, inst), env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE).pid: inst for inst in insts}
+    # The Popen objects are kept: one dropped while its process runs is reaped by the next
+    # Popen() (subprocess._cleanup), and wait4 below would then wait for it forever.
+    procs = {}
+    for inst in insts:
+        p = subprocess.Popen(argv_for(method, server, inst), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs[p.pid] = (p, inst)
     times, cpu = [], 0.0
     while procs:
         pid, status, usage = os.wait4(-1, 0)
         if pid not in procs:
             continue
-        inst = procs.pop(pid)
+        _, inst = procs.pop(pid)
         times.append(time.monotonic() - start)
         cpu += usage.ru_utime + usage.ru_stime
         if os.waitstatus_to_exitcode(status) != 0:

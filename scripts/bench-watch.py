@@ -95,6 +95,7 @@ def main():
             poll_proc.terminate(); poll_proc.wait()
             sqs_idle = idle_requests(server)
             sqs_proc.terminate(); sqs_proc.wait()
+            time.sleep(21)  # moto logs its last long poll when that ends, 20 s on
             poll_proc, _ = watcher("poll-idle", work, env, ["--watch", "60s"])
             poll_idle = idle_requests(server)
             poll_proc.terminate(); poll_proc.wait()
