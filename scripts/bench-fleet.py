@@ -45,7 +45,8 @@ def argv_for(method, server, inst):
 
 
 def fleet(method, server, env, work, n):
-    """Starts n instances together; returns (wall, per-instance times, cpu)."""
+    """Starts n instances together; returns (wall, per-instance times, cpu, how many failed).
+    A failed instance is counted, not fatal: at N = 50 aws s3 sync has failed one."""
     os.sync()
     insts = [work / f"i{i}" for i in range(n)]
     for inst in insts:
@@ -57,7 +58,7 @@ def fleet(method, server, env, work, n):
     for inst in insts:
         p = subprocess.Popen(argv_for(method, server, inst), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs[p.pid] = (p, inst)
-    times, cpu = [], 0.0
+    times, cpu, failed = [], 0.0, 0
     while procs:
         pid, status, usage = os.wait4(-1, 0)
         if pid not in procs:
@@ -66,8 +67,9 @@ def fleet(method, server, env, work, n):
         times.append(time.monotonic() - start)
         cpu += usage.ru_utime + usage.ru_stime
         if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"{method}: instance {inst.name} failed ({status})")
-    return time.monotonic() - start, times, cpu
+            failed += 1
+            print(f"{method}: instance {inst.name} failed ({status})", flush=True)
+    return time.monotonic() - start, times, cpu, failed
 
 
 def served_bytes(lines):
@@ -135,10 +137,11 @@ def main():
                     if method == "bootstage, bundle unchanged":
                         run_dir = work / f"n{n}-{METHODS.index('bootstage, bundle')}"
                     before = len(server.requests())
-                    wall, times, cpu = fleet(method, server, env, run_dir, n)
+                    wall, times, cpu, failed = fleet(method, server, env, run_dir, n)
                     lines = server.requests()[before:]
                     served = served_bytes(lines)
-                    rows.append((n, method, wall, pct(times, 50), pct(times, 99), len(lines), served, cpu))
+                    label = f"{method} ({failed} of {n} failed)" if failed else method
+                    rows.append((n, label, wall, pct(times, 50), pct(times, 99), len(lines), served, cpu))
                     print(f"N={n:3} {method:30} wall {wall:7.2f} s  p50 {pct(times, 50):7.2f}  p99 {pct(times, 99):7.2f}"
                           f"  {len(lines):7} requests  {served / 1e6:9.0f} MB  cpu {cpu:7.2f} s", flush=True)
                     if method != "bootstage, bundle":
@@ -158,7 +161,7 @@ def main():
     ]
     for n, method, wall, p50, p99, reqs, served, cpu in rows:
         lines.append(f"| {n} | {method} | {wall:.2f} s | {p50:.2f} s | {p99:.2f} s | {reqs} | {served / 1e6:.0f} MB | {cpu:.2f} s |")
-    by = {(n, m): (wall, reqs) for n, m, wall, _, _, reqs, _, _ in rows}
+    by = {(n, m.split(" (")[0]): (wall, reqs) for n, m, wall, _, _, reqs, _, _ in rows}
     lines.append("")
     for n in sizes:
         prefix, bundle_ = by[(n, "bootstage, prefix")], by[(n, "bootstage, bundle")]
