@@ -632,13 +632,7 @@ async fn sigkill_while_unpacking_leaves_a_complete_old_or_new_tree() {
 /// The configured sync (`bootstage.sync` = `entries`), parameters seeded as the metadata
 /// stage would have written them.
 async fn sync_configured(sb: &Sandbox, entries: serde_json::Value) -> Outcome {
-    let params = serde_json::json!({ "bootstage": { "sync": entries } });
-    sb.seed("params.json", &params.to_string());
-    sb.seed(
-        "instance.json",
-        "{\"source\":\"flags\",\"instance_id\":\"i-1\"}",
-    );
-    sb.seed("params.env", "");
+    sb.seed_sync(entries);
     let mut cmd = sb.command(&["s3-sync", "--sync-timeout", "20s"]);
     cmd.envs(moto().env());
     common::run(cmd).await

@@ -21,13 +21,7 @@ async fn sync_dir(sb: &Sandbox, src: &Path, dest: &Path) -> Outcome {
 /// The configured sync (`bootstage.sync` = `entries`), with the parameters seeded as the
 /// metadata stage would have written them.
 async fn sync_configured(sb: &Sandbox, entries: serde_json::Value) -> Outcome {
-    let params = serde_json::json!({ "bootstage": { "sync": entries } });
-    sb.seed("params.json", &params.to_string());
-    sb.seed(
-        "instance.json",
-        "{\"source\":\"flags\",\"instance_id\":\"i-1\"}",
-    );
-    sb.seed("params.env", "");
+    sb.seed_sync(entries);
     sb.run(&["s3-sync", "--sync-timeout", "20s"]).await
 }
 

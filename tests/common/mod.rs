@@ -87,6 +87,18 @@ impl Sandbox {
         std::fs::write(self.state().join(name), contents).unwrap();
     }
 
+    /// Seeds the state dir as the metadata stage would have left it, with `bootstage.sync`
+    /// = `entries` in the parameters.
+    pub fn seed_sync(&self, entries: serde_json::Value) {
+        let params = serde_json::json!({ "bootstage": { "sync": entries } });
+        self.seed("params.json", &params.to_string());
+        self.seed(
+            "instance.json",
+            "{\"source\":\"flags\",\"instance_id\":\"i-1\"}",
+        );
+        self.seed("params.env", "");
+    }
+
     /// The bootstage command with a scrubbed environment and this sandbox's state dir.
     pub fn command(&self, args: &[&str]) -> tokio::process::Command {
         self.command_of(Path::new(BIN), args)
