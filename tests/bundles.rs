@@ -797,9 +797,19 @@ async fn a_replaced_pinned_archive_is_a_verification_failure_even_when_refused()
     let bucket = moto().bucket("pinned-hostile").await;
     let good = Kind::Zst.pack(&app("1"));
     let pin = hex::encode(sha2::Sha256::digest(&good));
+    // Refused at its first entry, with 8 MB of incompressible bytes after it: far more
+    // than the channel holds, so the download is still running when the unpacker stops.
+    let mut noise = Vec::with_capacity(8 << 20);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while noise.len() < 8 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.extend_from_slice(&x.to_le_bytes());
+    }
     let evil = Kind::Zst.pack(&tar_of(&[
         E::File("../../victim", b"x", 0o644),
-        E::File("padding", &[7u8; 300_000], 0o644),
+        E::File("padding", &noise, 0o644),
     ]));
     let got = hex::encode(sha2::Sha256::digest(&evil));
     bucket.put("app.tar.zst", evil).await;
