@@ -186,7 +186,12 @@ impl Destination {
                 what: "no file name",
             })?
             .to_os_string();
-        let parent_path = path.parent().unwrap_or(Path::new("/"));
+        // `--to config` by hand names ./config: its parent is "", which no call can open.
+        let parent_path = match path.parent() {
+            Some(p) if p.as_os_str().is_empty() => Path::new("."),
+            Some(p) => p,
+            None => Path::new("/"),
+        };
         create_parents(parent_path)?;
         let parent: OwnedFd = File::open(parent_path).map_err(io_at(parent_path))?.into();
         let mut home_name = OsString::from(".");
