@@ -531,6 +531,36 @@ async fn throttling_and_dropped_connections_are_retried() {
     assert!(out.stderr.contains("retrying a download"), "{}", out.stderr);
 }
 
+/// Item 6 of issue 13: a download S3 throttles more often than the old budget (the SDK's 3
+/// attempts, 4 times: 12) waits its turn within the deadline. It used to fail the pass,
+/// which started over and listed (and, for a fleet, fetched everything) again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttled_download_waits_its_turn_without_starting_over() {
+    use common::faults::{Faults, start};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let bucket = moto().bucket("throttled").await;
+    bucket.put("t/app.conf", "setting=1\n").await;
+    let proxy = start(
+        &moto().url,
+        Faults {
+            slow_down: AtomicUsize::new(13),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let sb = Sandbox::new();
+    let mark = moto().mark();
+    let out = sync_through(&sb, &proxy, "s3://throttled/t/", &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(proxy.faults.injected.load(Ordering::SeqCst), 13);
+    let counts = moto().counts("throttled", mark);
+    assert_eq!((counts.list, counts.get), (1, 1), "{counts:?}");
+    assert_eq!(
+        std::fs::read_to_string(sb.path("dest/config/app.conf")).unwrap(),
+        "setting=1\n"
+    );
+}
+
 /// moto lists LastModified to the second: returns once the clock is past the second in
 /// which every object so far was written, so that the next write lists as newer.
 async fn into_the_next_second() {

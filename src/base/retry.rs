@@ -14,8 +14,9 @@
 //!   at most ~25/s (IMDS is rate-limited per instance, at about 1,000 packets/s).
 //! - [`BACKOFF`]: something is failing (connection refused, 5xx). 100 ms doubling to 1 s,
 //!   plus jitter.
-//! - [`THROTTLED`]: an AWS API answering "slow down" (SSM, Secrets Manager). 250 ms
-//!   doubling to 8 s, plus jitter.
+//! - [`THROTTLED`]: an AWS API answering "slow down" (SSM, Secrets Manager, S3's 503
+//!   SlowDown). 250 ms doubling to 8 s, plus jitter; for one download of many,
+//!   [`Policy::full_jitter`].
 //! - [`NOTICE`]: a webhook that is down. 1 s doubling to 8 s, plus jitter: about six
 //!   attempts in the default 30 s, so a struggling receiver is not hammered.
 
@@ -81,6 +82,21 @@ pub const THROTTLED: Policy = Policy {
     first: Duration::from_millis(250),
     cap: Duration::from_secs(8),
 };
+
+impl Policy {
+    /// Waits between attempts, without end, as AWS's "full jitter": each drawn uniformly
+    /// from zero up to the step, the step doubling from `first` to `cap`. Many clients
+    /// throttled at once then spread evenly over the step instead of coming back together;
+    /// at the cap, K of them waiting ask about K / (cap / 2) times a second in all.
+    pub fn full_jitter(self) -> impl Iterator<Item = Duration> {
+        let mut step = self.first;
+        std::iter::repeat_with(move || {
+            let wait = step.mul_f64(fastrand::f64());
+            step = (step * 2).min(self.cap);
+            wait
+        })
+    }
+}
 
 pub const NOTICE: Policy = Policy {
     first: Duration::from_secs(1),
@@ -166,6 +182,25 @@ mod tests {
             "{:?} left unused",
             deadline.remaining()
         );
+    }
+
+    #[test]
+    fn full_jitter_draws_each_wait_below_a_doubling_step() {
+        let steps = [250, 500, 1000, 2000, 4000, 8000, 8000, 8000];
+        for _ in 0..200 {
+            let waits: Vec<Duration> = THROTTLED.full_jitter().take(steps.len()).collect();
+            for (wait, step) in waits.iter().zip(steps) {
+                assert!(*wait <= Duration::from_millis(step), "{wait:?} > {step} ms");
+            }
+        }
+        // Uniform from zero: over many draws at the cap, some below a tenth of it.
+        let low = THROTTLED
+            .full_jitter()
+            .skip(6)
+            .take(1000)
+            .filter(|w| *w < Duration::from_millis(800))
+            .count();
+        assert!((50..200).contains(&low), "{low} of 1000 below 800 ms");
     }
 
     #[tokio::test(start_paused = true)]

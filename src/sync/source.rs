@@ -94,6 +94,9 @@ pub enum SourceError {
     Refused { url: String, why: String },
     #[error("{url}: {why}")]
     Failed { url: String, why: String },
+    /// S3 asked us to slow down (503 SlowDown, 429): try again later, however often.
+    #[error("{url}: {why}")]
+    Throttled { url: String, why: String },
     #[error("{key}: changed while it was being synced")]
     Changed { key: String },
     #[error("{key}: verification failed: {why}")]
@@ -679,11 +682,10 @@ where
             url,
             why: format!("{action}: {why}"),
         },
+        Failure::Throttled(why) => SourceError::Throttled { url, why },
         // Every other answer may pass on a later attempt of the pass: a prefix whose
-        // objects moved, a throttled or unreachable S3.
-        Failure::Throttled(why) | Failure::Transient(why) | Failure::Permanent(why) => {
-            SourceError::Failed { url, why }
-        }
+        // objects moved, an unreachable S3.
+        Failure::Transient(why) | Failure::Permanent(why) => SourceError::Failed { url, why },
     }
 }
 

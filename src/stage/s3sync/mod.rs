@@ -78,7 +78,8 @@ pub struct Settings {
 
 /// How often a pass starts over because an object changed between LIST and GET.
 const PASSES: u32 = 3;
-/// Retries of one download whose transfer failed.
+/// Retries of one download whose transfer failed (a throttled one is retried until the
+/// pass's deadline).
 const FETCH_RETRIES: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +124,11 @@ impl ExitStatus for SyncError {
             SyncError::Source(SourceError::Local { .. }) | SyncError::Tree(_) => {
                 ExitCode::CantCreate
             }
-            SyncError::Source(SourceError::Failed { .. } | SourceError::Changed { .. })
+            SyncError::Source(
+                SourceError::Failed { .. }
+                | SourceError::Throttled { .. }
+                | SourceError::Changed { .. },
+            )
             | SyncError::Deadline(..) => ExitCode::TempFail,
         }
     }
@@ -613,7 +618,9 @@ impl Syncer {
                         spec.to.display()
                     );
                     let why = match e {
-                        SyncError::Source(SourceError::Failed { why, .. }) => why.clone(),
+                        SyncError::Source(
+                            SourceError::Failed { why, .. } | SourceError::Throttled { why, .. },
+                        ) => why.clone(),
                         other => other.to_string(),
                     };
                     *last_error.lock().unwrap() = format!("; last error: {why}");
@@ -682,7 +689,7 @@ enum Origin {
 impl RetryHint for SourceError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            SourceError::Failed { .. } => Some(Duration::ZERO),
+            SourceError::Failed { .. } | SourceError::Throttled { .. } => Some(Duration::ZERO),
             _ => None,
         }
     }
@@ -880,36 +887,43 @@ async fn pass_once(
 }
 
 /// One object into a new file of the staging tree, retried when the transfer itself
-/// fails (a connection dropped mid-body is past the SDK's own retries); the partial file
-/// is removed before each new attempt.
+/// fails (a connection dropped mid-body is past the SDK's own retries) or S3 throttles it;
+/// the partial file is removed before each new attempt.
+///
+/// A failed transfer is tried `FETCH_RETRIES` more times, then fails the pass. A throttled
+/// one (503 SlowDown) waits its turn for as long as the pass's deadline allows, with
+/// [`retry::THROTTLED`]'s full jitter: a fleet booting at once asks one prefix for more
+/// than S3 serves, and giving up would start the whole pass over, asking for every object
+/// again.
 async fn fetch_retrying(
     source: &Source,
     object: &Object,
     staging: &Staging,
     rel: &Path,
 ) -> Result<u64, SyncError> {
-    use backon::{ExponentialBuilder, Retryable};
     let at = staging.path().join(rel);
-    let attempt = || async {
+    let mut failed = retry::BACKOFF.full_jitter().take(FETCH_RETRIES);
+    let mut throttled = retry::THROTTLED.full_jitter();
+    loop {
         let file = staging.create(rel)?;
-        let result = source.fetch(object, file, &at).await;
-        if result.is_err() {
-            staging.remove(rel);
-        }
-        result.map_err(SyncError::from)
-    };
-    // retry::BACKOFF's steps, but a count rather than a deadline: the pass has one.
-    let backoff = ExponentialBuilder::new()
-        .with_min_delay(retry::BACKOFF.first)
-        .with_max_delay(retry::BACKOFF.cap)
-        .with_jitter()
-        .with_max_times(FETCH_RETRIES);
-    attempt
-        .retry(backoff)
-        .sleep(tokio::time::sleep)
-        .when(|e| e.retry_after().is_some())
-        .notify(|e, _| tracing::warn!("retrying a download: {e}"))
-        .await
+        let error = match source.fetch(object, file, &at).await {
+            Ok(n) => return Ok(n),
+            Err(e) => {
+                staging.remove(rel);
+                SyncError::from(e)
+            }
+        };
+        let wait = match &error {
+            SyncError::Source(SourceError::Throttled { .. }) => throttled.next(),
+            e if e.retry_after().is_some() => failed.next(),
+            _ => None,
+        };
+        let Some(wait) = wait else {
+            return Err(error);
+        };
+        tracing::debug!("retrying a download in {wait:.1?}: {error}");
+        tokio::time::sleep(wait).await;
+    }
 }
 
 /// A user or group given by number or by name, as chown(1) takes it.
