@@ -16,15 +16,23 @@
 //!     ignores the header and sends the body);
 //!   - HEAD or GET of a key that is a directory on disk (`tree` when `tree/a` exists) is
 //!     404 NoSuchKey (s3s-fs: 500, which rclone retries for seconds).
+//! - A GET's body is read from its file 256 KiB at a time (s3s-fs: 4 KiB, one read and
+//!   one socket write each). Real S3 spends none of our cores; the stand-in sharing them
+//!   with N clients should spend as few as it can.
+//! - With `--get-rate N`, at most N GETs and HEADs a second (a token bucket holding one
+//!   second's worth) are served; the rest are answered 503 SlowDown, as S3 answers a
+//!   prefix asked for more than its partition serves (5,500 a second).
 //! - One line per request on stdout (`METHOD PATH STATUS LENGTH`), which the benchmarks count, as
 //!   they count moto's request log.
 //!
-//! Usage: `bench-s3 ADDR ROOT ACCESS_KEY SECRET_KEY` (ADDR on loopback, e.g. 127.0.0.1:9000).
+//! Usage: `bench-s3 ADDR ROOT ACCESS_KEY SECRET_KEY [--get-rate N]` (ADDR on loopback,
+//! e.g. 127.0.0.1:9000).
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use hyper::Request;
 use hyper::body::Incoming;
@@ -34,6 +42,7 @@ use s3s::auth::SimpleAuth;
 use s3s::dto::*;
 use s3s::service::{S3Service, S3ServiceBuilder};
 use s3s::{HttpResponse, S3, S3Request, S3Response, S3Result, s3_error};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::TcpListener;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -41,9 +50,16 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [addr, root, access_key, secret_key] = args.as_slice() else {
-        return Err("usage: bench-s3 ADDR ROOT ACCESS_KEY SECRET_KEY".into());
+    let usage = "usage: bench-s3 ADDR ROOT ACCESS_KEY SECRET_KEY [--get-rate N]";
+    let (addr, root, access_key, secret_key, rate) = match args.as_slice() {
+        [addr, root, access_key, secret_key] => (addr, root, access_key, secret_key, None),
+        [addr, root, access_key, secret_key, flag, n] if flag == "--get-rate" => {
+            let n: f64 = n.parse().map_err(|_| usage)?;
+            (addr, root, access_key, secret_key, Some(n))
+        }
+        _ => return Err(usage.into()),
     };
+    let limit = Arc::new(rate.map(Limit::new));
     let service = {
         let fs = s3s_fs::FileSystem::new(root).map_err(|e| format!("{root}: {e:?}"))?;
         let mut builder = S3ServiceBuilder::new(Store {
@@ -62,7 +78,8 @@ async fn main() -> Result<(), BoxError> {
         let (socket, _) = listener.accept().await?;
         socket.set_nodelay(true)?;
         let service = service.clone();
-        let logged = service_fn(move |request| logged(service.clone(), request));
+        let limit = limit.clone();
+        let logged = service_fn(move |request| logged(service.clone(), limit.clone(), request));
         tokio::spawn(async move {
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(socket), logged);
@@ -76,9 +93,17 @@ async fn main() -> Result<(), BoxError> {
 /// Serves the request, then logs it with its status and body length (`GET /b/k 200 1234`,
 /// or `ERR -`). A lost log line would miscount the benchmark, so it fails the request
 /// instead.
-async fn logged(service: S3Service, request: Request<Incoming>) -> Result<HttpResponse, BoxError> {
+async fn logged(
+    service: S3Service,
+    limit: Arc<Option<Limit>>,
+    request: Request<Incoming>,
+) -> Result<HttpResponse, BoxError> {
     let line = format!("{} {}", request.method(), request.uri());
-    let answer = Service::call(&service, request).await;
+    let read = matches!(*request.method(), hyper::Method::GET | hyper::Method::HEAD);
+    let answer = match limit.as_ref() {
+        Some(limit) if read && !limit.take() => Ok(slow_down()),
+        _ => Service::call(&service, request).await,
+    };
     let status = match &answer {
         Ok(response) => {
             let length = response
@@ -94,6 +119,50 @@ async fn logged(service: S3Service, request: Request<Incoming>) -> Result<HttpRe
         .lock()
         .write_all(format!("{line} {status}\n").as_bytes())?;
     answer.map_err(|e| format!("{e:?}").into())
+}
+
+/// A token bucket: `rate` a second, holding at most one second's worth.
+struct Limit {
+    rate: f64,
+    /// Tokens left, and when they were counted.
+    bucket: Mutex<(f64, Instant)>,
+}
+
+impl Limit {
+    fn new(rate: f64) -> Limit {
+        Limit {
+            rate,
+            bucket: Mutex::new((rate, Instant::now())),
+        }
+    }
+
+    fn take(&self) -> bool {
+        let mut bucket = self.bucket.lock().unwrap();
+        let now = Instant::now();
+        let tokens =
+            (bucket.0 + now.duration_since(bucket.1).as_secs_f64() * self.rate).min(self.rate);
+        let served = tokens >= 1.0;
+        *bucket = (if served { tokens - 1.0 } else { tokens }, now);
+        served
+    }
+}
+
+/// S3's answer to a prefix asked for more than it serves.
+fn slow_down() -> HttpResponse {
+    let xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>\
+               <Message>Please reduce your request rate.</Message></Error>";
+    let mut response = HttpResponse::new(s3s::Body::from(xml.to_string()));
+    *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+    let headers = response.headers_mut();
+    headers.insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/xml"),
+    );
+    headers.insert(
+        "content-length",
+        hyper::header::HeaderValue::from(xml.len()),
+    );
+    response
 }
 
 /// s3s-fs's store, with S3's answers where s3s-fs's differ.
@@ -191,7 +260,26 @@ store_impl! {
                     return Err(s3_error!(NotModified));
                 }
             }
-            self.fs.get_object(req).await
+            let path = self.root.join(&req.input.bucket).join(&req.input.key);
+            let mut answer = self.fs.get_object(req).await?;
+            // The same bytes s3s-fs would send, read 256 KiB at a time.
+            let length = answer.output.content_length.unwrap_or(0) as u64;
+            let size = tokio::fs::metadata(&path).await.map_err(|e| s3_error!(e, NoSuchKey))?.len();
+            let start = answer
+                .output
+                .content_range
+                .as_deref()
+                .and_then(|r| r.strip_prefix("bytes "))
+                .and_then(|r| r.split('-').next())
+                .and_then(|first| first.parse::<u64>().ok())
+                .unwrap_or(size - length);
+            let mut file = tokio::fs::File::open(&path).await.map_err(|e| s3_error!(e, NoSuchKey))?;
+            file.seek(std::io::SeekFrom::Start(start))
+                .await
+                .map_err(|e| s3_error!(e, InternalError))?;
+            let body = tokio_util::io::ReaderStream::with_capacity(file.take(length), 256 * 1024);
+            answer.output.body = Some(StreamingBlob::wrap(body));
+            Ok(answer)
         }
 
         async fn put_object(
