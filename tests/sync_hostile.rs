@@ -44,23 +44,25 @@ fn entries(dir: &Path) -> Vec<String> {
     names
 }
 
-/// `--to dest` by hand, relative to the working directory, syncs into ./dest. It failed
-/// with ": No such file or directory (os error 2)", naming nothing: the parent of `dest`
-/// is "".
+/// `--to dest` and `--to new/dir/dest` by hand, relative to the working directory, sync
+/// there. Both failed with ": No such file or directory (os error 2)", naming nothing: the
+/// parent of `dest`, and the first missing directory's, is "".
 #[tokio::test]
 async fn a_relative_destination_is_the_working_directory_s() {
     let sb = Sandbox::new();
     let src = source(&sb, &[("a.conf", "data")]);
     let from = format!("file://{}/", src.display());
-    let mut cmd = sb.command(&["s3-sync", "--from", &from, "--to", "dest"]);
-    cmd.current_dir(sb.path(""));
-    let out = common::run(cmd).await;
-    assert_exit(&out, 0, "");
-    assert_eq!(entries(&sb.path("dest")), ["a.conf"]);
-    assert_eq!(
-        std::fs::read_to_string(sb.path("dest/a.conf")).unwrap(),
-        "data"
-    );
+    for to in ["dest", "new/dir/dest"] {
+        let mut cmd = sb.command(&["s3-sync", "--from", &from, "--to", to]);
+        cmd.current_dir(sb.path(""));
+        let out = common::run(cmd).await;
+        assert_exit(&out, 0, "");
+        assert_eq!(entries(&sb.path(to)), ["a.conf"]);
+        assert_eq!(
+            std::fs::read_to_string(sb.path(to).join("a.conf")).unwrap(),
+            "data"
+        );
+    }
 }
 
 /// Item 1: `.config.bootstage -> /some/dir` made root delete every file in /some/dir and

@@ -179,6 +179,9 @@ impl Destination {
     /// Locks the destination (waiting at most `wait` for another run to finish), checks what
     /// is there, and removes leftovers of interrupted runs. Blocking: call it off the runtime.
     pub fn open(path: &Path, wait: Duration) -> Result<Destination, TreeError> {
+        // `--to a/config` by hand names ./a/config; made absolute, no parent is "", which
+        // no call can open or create.
+        let path = &std::path::absolute(path).map_err(io_at(path))?;
         let name = path
             .file_name()
             .ok_or_else(|| TreeError::Occupied {
@@ -186,12 +189,7 @@ impl Destination {
                 what: "no file name",
             })?
             .to_os_string();
-        // `--to config` by hand names ./config: its parent is "", which no call can open.
-        let parent_path = match path.parent() {
-            Some(p) if p.as_os_str().is_empty() => Path::new("."),
-            Some(p) => p,
-            None => Path::new("/"),
-        };
+        let parent_path = path.parent().unwrap_or(Path::new("/"));
         create_parents(parent_path)?;
         let parent: OwnedFd = File::open(parent_path).map_err(io_at(parent_path))?.into();
         let mut home_name = OsString::from(".");
