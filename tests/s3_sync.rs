@@ -561,6 +561,49 @@ async fn a_throttled_download_waits_its_turn_without_starting_over() {
     );
 }
 
+/// A prefix S3 throttles past the deadline fails with 75, saying so; it used to say only
+/// that the deadline passed (a throttled download never failed a pass to say why).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_download_throttled_past_the_deadline_says_so() {
+    use common::faults::{Faults, start};
+    use std::sync::atomic::AtomicUsize;
+    let bucket = moto().bucket("throttled-long").await;
+    bucket.put("t/app.conf", "setting=1\n").await;
+    let proxy = start(
+        &moto().url,
+        Faults {
+            slow_down: AtomicUsize::new(usize::MAX),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let sb = Sandbox::new();
+    let out = sync_through(
+        &sb,
+        &proxy,
+        "s3://throttled-long/t/",
+        &["--sync-timeout", "3s"],
+    )
+    .await;
+    common::assert_exit(
+        &out,
+        75,
+        "s3://throttled-long/t/: the sync did not finish within --sync-timeout 3s; S3 throttled downloads ",
+    );
+    assert!(
+        out.stderr.contains(" times (503 SlowDown)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.stderr.matches("S3 is throttling downloads").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    assert!(!sb.path("dest/config").exists());
+}
+
 /// moto lists LastModified to the second: returns once the clock is past the second in
 /// which every object so far was written, so that the next write lists as newer.
 async fn into_the_next_second() {

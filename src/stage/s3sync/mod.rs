@@ -638,7 +638,13 @@ impl Syncer {
                     .await
                     .unwrap_or_else(|_| {
                         let limit = humantime::format_duration(self.bounds.timeout).to_string();
-                        let last = std::mem::take(&mut *last_error.lock().unwrap());
+                        let mut last = std::mem::take(&mut *last_error.lock().unwrap());
+                        let throttled = counters.throttled.load(Ordering::Relaxed);
+                        if last.is_empty() && throttled > 0 {
+                            last = format!(
+                                "; S3 throttled downloads {throttled} times (503 SlowDown)"
+                            );
+                        }
                         Err(SyncError::Deadline(spec.from.clone(), limit, last))
                     })
             }
@@ -835,7 +841,7 @@ async fn pass_once(
         .try_for_each_concurrent(concurrency, |(rel, object)| {
             let (staging, bytes) = (&staging, &bytes);
             async move {
-                let n = fetch_retrying(source, object, staging, rel).await?;
+                let n = fetch_retrying(source, object, staging, rel, counters).await?;
                 bytes.fetch_add(n, Ordering::Relaxed);
                 counters.done.fetch_add(1, Ordering::Relaxed);
                 total_bytes.fetch_add(n, Ordering::Relaxed);
@@ -900,6 +906,7 @@ async fn fetch_retrying(
     object: &Object,
     staging: &Staging,
     rel: &Path,
+    counters: &Counters,
 ) -> Result<u64, SyncError> {
     let at = staging.path().join(rel);
     let mut failed = retry::BACKOFF.full_jitter().take(FETCH_RETRIES);
@@ -914,7 +921,16 @@ async fn fetch_retrying(
             }
         };
         let wait = match &error {
-            SyncError::Source(SourceError::Throttled { .. }) => throttled.next(),
+            SyncError::Source(SourceError::Throttled { why, .. }) => {
+                // Said once a sync; the deadline's message counts them all.
+                if counters.throttled.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::warn!(
+                        "{}: S3 is throttling downloads ({why}); each waits its turn, up to --sync-timeout",
+                        staging.path().display()
+                    );
+                }
+                throttled.next()
+            }
             e if e.retry_after().is_some() => failed.next(),
             _ => None,
         };
@@ -965,6 +981,8 @@ impl Ownership {
 struct Counters {
     total: AtomicU64,
     done: AtomicU64,
+    /// Downloads S3 answered 503 SlowDown (or 429) in this sync.
+    throttled: AtomicU64,
 }
 
 /// Counters behind the `STATUS=` lines, and the progress bar when stderr is a terminal.
