@@ -78,13 +78,21 @@ def fleet(method, server, env, work, downloads, n, timeout):
     start = time.monotonic()
     # The Popen objects are kept: one dropped while its process runs is reaped by the next
     # Popen() (subprocess._cleanup), and wait4 below would then wait for it forever.
+    # Each instance is its own process group, so that the deadline stops `sh -c`'s aws and
+    # tar too. killpg, not Popen.kill: that polls, and could reap a child behind wait4.
     procs = {}
     for inst in insts:
-        p = subprocess.Popen(argv_for(method, server, inst, downloads, timeout), env=env,
+        p = subprocess.Popen(argv_for(method, server, inst, downloads, timeout), env=env, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs[p.pid] = (p, inst)
-    alive = list(procs.values())
-    stop = threading.Timer(DEADLINE, lambda: [p.kill() for p, _ in alive if p.returncode is None])
+
+    def kill_the_rest():
+        for pid in list(procs):
+            try:
+                os.killpg(pid, 9)
+            except ProcessLookupError:
+                pass
+    stop = threading.Timer(DEADLINE, kill_the_rest)
     stop.start()
     times, cpu, failed = [], 0.0, 0
     while procs:
@@ -151,11 +159,12 @@ def section(server, env, work, downloads, sizes, methods, timeout, title, rows):
             print(f"{title} N={n:3} {method:30} wall {wall:7.2f} s  p50 {pct(times, 50):7.2f}  p99 {pct(times, 99):7.2f}"
                   f"  {len(lines):7} requests ({slowed} SlowDown)  {served / 1e6:9.0f} MB  cpu {cpu:7.2f} s"
                   f"  server {server_cpu:7.2f} s", flush=True)
+            # The bundle's trees stay for "unchanged", then go: two sets of 50 trees
+            # would not fit in memory.
             if method != "bootstage, bundle":
                 shutil.rmtree(run_dir, ignore_errors=True)
             for archive in downloads.iterdir():
                 archive.unlink()
-        shutil.rmtree(work / f"{title}-n{n}-{METHODS.index('bootstage, bundle')}", ignore_errors=True)
 
 
 def table(rows, sizes, throttled):

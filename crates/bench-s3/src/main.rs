@@ -19,8 +19,8 @@
 //! - A GET's body is read from its file 256 KiB at a time (s3s-fs: 4 KiB, one read and
 //!   one socket write each). Real S3 spends none of our cores; the stand-in sharing them
 //!   with N clients should spend as few as it can.
-//! - With `--get-rate N`, at most N GETs and HEADs a second (a token bucket holding one
-//!   second's worth) are served; the rest are answered 503 SlowDown, as S3 answers a
+//! - With `--get-rate N`, at most N GETs and HEADs a second, LISTs included (a token
+//!   bucket holding one second's worth) are served; the rest are answered 503 SlowDown, as S3 answers a
 //!   prefix asked for more than its partition serves (5,500 a second).
 //! - One line per request on stdout (`METHOD PATH STATUS LENGTH`), which the benchmarks count, as
 //!   they count moto's request log.
@@ -55,6 +55,9 @@ async fn main() -> Result<(), BoxError> {
         [addr, root, access_key, secret_key] => (addr, root, access_key, secret_key, None),
         [addr, root, access_key, secret_key, flag, n] if flag == "--get-rate" => {
             let n: f64 = n.parse().map_err(|_| usage)?;
+            if !(n.is_finite() && n >= 1.0) {
+                return Err("--get-rate: at least 1 a second".into());
+            }
             (addr, root, access_key, secret_key, Some(n))
         }
         _ => return Err(usage.into()),
@@ -264,7 +267,6 @@ store_impl! {
             let mut answer = self.fs.get_object(req).await?;
             // The same bytes s3s-fs would send, read 256 KiB at a time.
             let length = answer.output.content_length.unwrap_or(0) as u64;
-            let size = tokio::fs::metadata(&path).await.map_err(|e| s3_error!(e, NoSuchKey))?.len();
             let start = answer
                 .output
                 .content_range
@@ -272,7 +274,7 @@ store_impl! {
                 .and_then(|r| r.strip_prefix("bytes "))
                 .and_then(|r| r.split('-').next())
                 .and_then(|first| first.parse::<u64>().ok())
-                .unwrap_or(size - length);
+                .unwrap_or(0);
             let mut file = tokio::fs::File::open(&path).await.map_err(|e| s3_error!(e, NoSuchKey))?;
             file.seek(std::io::SeekFrom::Start(start))
                 .await
