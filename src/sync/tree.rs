@@ -75,6 +75,12 @@ pub struct Manifest {
     /// For a tree unpacked from one archive: which version of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<Archived>,
+    /// For a tree unpacked from one archive: its symlinks and directories, which must be
+    /// as they were made for the tree to be intact (a prefix's tree has neither of its own).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub links: BTreeSet<String>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub dirs: BTreeSet<String>,
 }
 
 /// The archive a generation was unpacked from: what the next run asks S3 about.
@@ -373,7 +379,9 @@ impl Destination {
 
     /// How the current generation's file `rel` is now, if it is a regular file exactly as
     /// sealed (same inode, ctime and size): one bootstage wrote and nobody changed since.
-    fn untouched(&self, rel: &Path) -> Option<FileStat> {
+    /// `rel`'s stat, if it is still what was sealed: of the `kind` (a file, a symlink),
+    /// and the same inode and ctime.
+    fn untouched(&self, rel: &Path, kind: fn(&FileStat) -> bool) -> Option<FileStat> {
         let generation = self.current.as_ref()?;
         let sealed = generation
             .seal
@@ -382,21 +390,33 @@ impl Destination {
             .get(&*rel.to_string_lossy())?;
         let (dir, name) = fsat::parent_at(&generation.dir, rel).ok()?;
         let st = fsat::stat_at(&dir, name).ok()?;
-        (fsat::is_file(&st) && seal_of(&st) == *sealed).then_some(st)
+        (kind(&st) && seal_of(&st) == *sealed).then_some(st)
     }
 
     /// Whether `rel` can be carried forward: untouched since sealed, and `size` bytes.
     pub fn unchanged(&self, rel: &Path, size: u64) -> bool {
-        self.untouched(rel)
+        self.untouched(rel, fsat::is_file)
             .is_some_and(|st| st.st_size as u64 == size)
     }
 
-    /// Whether every file of `manifest` is in the current generation as sealed.
+    /// Whether every file and symlink of `manifest` is in the current generation as
+    /// sealed, and every directory it names is still a directory there.
     pub fn intact(&self, manifest: &Manifest) -> bool {
+        let Some(generation) = self.current.as_ref() else {
+            return false;
+        };
         manifest
             .files
             .iter()
             .all(|(rel, entry)| self.unchanged(Path::new(rel), entry.size))
+            && manifest
+                .links
+                .iter()
+                .all(|rel| self.untouched(Path::new(rel), fsat::is_symlink).is_some())
+            && manifest
+                .dirs
+                .iter()
+                .all(|rel| fsat::open_dir_at(&generation.dir, Path::new(rel)).is_ok())
     }
 
     pub fn staging(&self) -> Result<Staging, TreeError> {
@@ -464,7 +484,7 @@ impl Destination {
         // After the last link-count change of this generation's files: seal them.
         let mut seal = Seal::default();
         let current = self.current.as_ref().expect("just set");
-        for rel in manifest.files.keys() {
+        for rel in manifest.files.keys().chain(&manifest.links) {
             let st = fsat::parent_at(&current.dir, Path::new(rel))
                 .and_then(|(dir, name)| fsat::stat_at(&dir, name));
             if let Ok(st) = st {
@@ -556,7 +576,9 @@ impl Staging {
     /// Carries `rel` forward from the current generation with a hard link, if it is
     /// untouched there and the new name is that very inode once linked. `false`: fetch it.
     pub fn carry(&self, dest: &Destination, rel: &Path) -> bool {
-        let (Some(checked), Some(current)) = (dest.untouched(rel), dest.current.as_ref()) else {
+        let (Some(checked), Some(current)) =
+            (dest.untouched(rel, fsat::is_file), dest.current.as_ref())
+        else {
             return false;
         };
         let Ok((from, name)) = fsat::parent_at(&current.dir, rel) else {

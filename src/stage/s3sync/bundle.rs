@@ -12,8 +12,9 @@
 //!    part way wins over what the unpacker made of the truncated stream: the pass is
 //!    retried as any transfer is. A refused entry stops the download at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -180,6 +181,8 @@ pub(super) async fn pass(
     let manifest = Manifest {
         source: url,
         files,
+        links: names(&unpacked.links),
+        dirs: names(&unpacked.dirs),
         archive: Some(Archived {
             etag,
             size,
@@ -223,6 +226,14 @@ impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
     }
+}
+
+/// Relative paths as the manifest keeps them.
+fn names<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) -> BTreeSet<String> {
+    paths
+        .into_iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect()
 }
 
 /// The unpacker's side of the channel, as a blocking `Read`: the end of the channel (the

@@ -873,7 +873,7 @@ async fn pass_once(
                 (rel.to_string_lossy().into_owned(), entry)
             })
             .collect::<BTreeMap<_, _>>(),
-        archive: None,
+        ..Manifest::default()
     };
     dest.commit(staging, &manifest)?;
     report.swapped = true;
