@@ -531,29 +531,44 @@ async fn throttling_and_dropped_connections_are_retried() {
     assert!(out.stderr.contains("retrying a download"), "{}", out.stderr);
 }
 
-/// Item 6 of issue 13: a download S3 throttles more often than the old budget (the SDK's 3
-/// attempts, 4 times: 12) waits its turn within the deadline. It used to fail the pass,
-/// which started over and listed (and, for a fleet, fetched everything) again.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_throttled_download_waits_its_turn_without_starting_over() {
+/// `s3://BUCKET/t/` holding one app.conf, synced through a proxy that answers the first
+/// `slow_downs` object GETs 503 SlowDown: the sandbox, the outcome, how many SlowDowns were
+/// sent, and moto's counts for the bucket meanwhile.
+async fn sync_throttled(
+    name: &str,
+    slow_downs: usize,
+    extra: &[&str],
+) -> (Sandbox, Outcome, usize, Counts) {
     use common::faults::{Faults, start};
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let bucket = moto().bucket("throttled").await;
-    bucket.put("t/app.conf", "setting=1\n").await;
+    moto()
+        .bucket(name)
+        .await
+        .put("t/app.conf", "setting=1\n")
+        .await;
     let proxy = start(
         &moto().url,
         Faults {
-            slow_down: AtomicUsize::new(13),
+            slow_down: AtomicUsize::new(slow_downs),
             ..Faults::default()
         },
     )
     .await;
     let sb = Sandbox::new();
     let mark = moto().mark();
-    let out = sync_through(&sb, &proxy, "s3://throttled/t/", &[]).await;
+    let out = sync_through(&sb, &proxy, &format!("s3://{name}/t/"), extra).await;
+    let sent = proxy.faults.injected.load(Ordering::SeqCst);
+    (sb, out, sent, moto().counts(name, mark))
+}
+
+/// Item 6 of issue 13: a download S3 throttles more often than the old budget (the SDK's 3
+/// attempts, 4 times: 12) waits its turn within the deadline. It used to fail the pass,
+/// which started over and listed (and, for a fleet, fetched everything) again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttled_download_waits_its_turn_without_starting_over() {
+    let (sb, out, sent, counts) = sync_throttled("throttled", 13, &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(proxy.faults.injected.load(Ordering::SeqCst), 13);
-    let counts = moto().counts("throttled", mark);
+    assert_eq!(sent, 13);
     assert_eq!((counts.list, counts.get), (1, 1), "{counts:?}");
     assert_eq!(
         std::fs::read_to_string(sb.path("dest/config/app.conf")).unwrap(),
@@ -565,26 +580,8 @@ async fn a_throttled_download_waits_its_turn_without_starting_over() {
 /// that the deadline passed (a throttled download never failed a pass to say why).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_download_throttled_past_the_deadline_says_so() {
-    use common::faults::{Faults, start};
-    use std::sync::atomic::AtomicUsize;
-    let bucket = moto().bucket("throttled-long").await;
-    bucket.put("t/app.conf", "setting=1\n").await;
-    let proxy = start(
-        &moto().url,
-        Faults {
-            slow_down: AtomicUsize::new(usize::MAX),
-            ..Faults::default()
-        },
-    )
-    .await;
-    let sb = Sandbox::new();
-    let out = sync_through(
-        &sb,
-        &proxy,
-        "s3://throttled-long/t/",
-        &["--sync-timeout", "3s"],
-    )
-    .await;
+    let (sb, out, _, _) =
+        sync_throttled("throttled-long", usize::MAX, &["--sync-timeout", "3s"]).await;
     common::assert_exit(
         &out,
         75,
