@@ -9,7 +9,7 @@
 //! /srv/app/.config.bootstage/                         the home: owned by root, 0755
 //! /srv/app/.config.bootstage/gen-17a2…/               the current tree
 //! /srv/app/.config.bootstage/gen-17a2….manifest.json  key → ETag, size of that tree
-//! /srv/app/.config.bootstage/gen-17a2….seal.json      inode, ctime, size of each file
+//! /srv/app/.config.bootstage/gen-17a2….seal.json      inode, ctime, size of each file and symlink
 //! /srv/app/.config.bootstage/staging-…/               a tree being built (a crash leftover otherwise)
 //! /srv/app/.config.bootstage/.lock                    one sync per destination at a time
 //! ```
@@ -377,10 +377,9 @@ impl Destination {
             .unwrap_or_default()
     }
 
-    /// How the current generation's file `rel` is now, if it is a regular file exactly as
-    /// sealed (same inode, ctime and size): one bootstage wrote and nobody changed since.
-    /// `rel`'s stat, if it is still what was sealed: of the `kind` (a file, a symlink),
-    /// and the same inode and ctime.
+    /// How the current generation's `rel` is now, if it is of the `kind` (a regular file,
+    /// a symlink) and exactly as sealed (same inode, ctime and size): one bootstage made
+    /// and nobody changed since.
     fn untouched(&self, rel: &Path, kind: fn(&FileStat) -> bool) -> Option<FileStat> {
         let generation = self.current.as_ref()?;
         let sealed = generation
