@@ -48,7 +48,7 @@ fn entries(dir: &Path) -> Vec<String> {
 /// there. Both failed with ": No such file or directory (os error 2)", naming nothing: the
 /// parent of `dest`, and the first missing directory's, is "".
 #[tokio::test]
-async fn a_relative_destination_is_the_working_directory_s() {
+async fn a_relative_destination_is_below_the_working_directory() {
     let sb = Sandbox::new();
     let src = source(&sb, &[("a.conf", "data")]);
     let from = format!("file://{}/", src.display());

@@ -920,24 +920,26 @@ async fn fetch_retrying(
                 SyncError::from(e)
             }
         };
-        let wait = match &error {
-            SyncError::Source(SourceError::Throttled { why, .. }) => {
-                // Said once a sync; the deadline's message counts them all.
-                if counters.throttled.fetch_add(1, Ordering::Relaxed) == 0 {
-                    tracing::warn!(
-                        "{}: S3 is throttling downloads ({why}); each waits its turn, up to --sync-timeout",
-                        staging.path().display()
-                    );
-                }
-                throttled.next()
-            }
-            e if e.retry_after().is_some() => failed.next(),
-            _ => None,
+        let is_throttled = matches!(error, SyncError::Source(SourceError::Throttled { .. }));
+        let wait = match error.retry_after() {
+            Some(_) if is_throttled => throttled.next(),
+            Some(_) => failed.next(),
+            None => None,
         };
         let Some(wait) = wait else {
             return Err(error);
         };
-        tracing::debug!("retrying a download in {wait:.1?}: {error}");
+        if !is_throttled {
+            tracing::warn!("retrying a download in {wait:.1?}: {error}");
+        } else if counters.throttled.fetch_add(1, Ordering::Relaxed) == 0 {
+            // Once a sync: a fleet's prefix is throttled thousands of times, and the
+            // deadline's message counts them all.
+            tracing::warn!(
+                "{error}; S3 is throttling downloads: each waits its turn, up to --sync-timeout"
+            );
+        } else {
+            tracing::debug!("retrying a throttled download in {wait:.1?}: {error}");
+        }
         tokio::time::sleep(wait).await;
     }
 }
