@@ -528,7 +528,14 @@ async fn throttling_and_dropped_connections_are_retried() {
         "3 throttled and 3 cut"
     );
     assert_eq!(tree(&sb.path("dest/config")), want);
-    assert!(out.stderr.contains("retrying a download"), "{}", out.stderr);
+    // A retried transfer is a warning (a throttled one is, once a sync).
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.contains(" WARN ") && l.contains("retrying a download in ")),
+        "{}",
+        out.stderr
+    );
 }
 
 /// `s3://BUCKET/t/` holding one app.conf, synced through a proxy that answers the first
