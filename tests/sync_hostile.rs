@@ -65,6 +65,70 @@ async fn a_relative_destination_is_below_the_working_directory() {
     }
 }
 
+/// The parent of `to` was opened by path, following symlinks: the app that owns
+/// `srv/app` planted `srv/app/etc -> victim` (a root-owned directory), and `to:
+/// srv/app/etc/config` removed victim's empty `config` and put the app's generation there.
+/// A symlink on the way is now followed only where root owns it and every directory above
+/// it; anything else is refused (65), naming the link, before anything is written.
+#[tokio::test]
+async fn a_destination_behind_a_symlink_someone_else_controls_is_refused() {
+    let sb = Sandbox::new();
+    let src = source(&sb, &[("a.conf", "data")]);
+    let victim = sb.path("victim");
+    std::fs::create_dir_all(victim.join("config")).unwrap();
+    let app = sb.path("srv/app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::os::unix::fs::chown(&app, Some(65534), Some(65534)).unwrap();
+    // The app's own link, and a link of root's in the app's directory (which the app can
+    // replace at any moment): both refused.
+    let theirs = app.join("etc");
+    std::os::unix::fs::symlink(&victim, &theirs).unwrap();
+    std::os::unix::fs::lchown(&theirs, Some(65534), Some(65534)).unwrap();
+    let roots = app.join("etc2");
+    std::os::unix::fs::symlink(&victim, &roots).unwrap();
+    let cases = [
+        (
+            theirs.join("config"),
+            format!("{} is a symlink owned by uid 65534", theirs.display()),
+        ),
+        (
+            theirs.join("new/dir/config"),
+            format!("{} is a symlink owned by uid 65534", theirs.display()),
+        ),
+        (
+            roots.join("config"),
+            format!(
+                "{} is a symlink in {}, which a user other than root can change",
+                roots.display(),
+                app.display()
+            ),
+        ),
+    ];
+    for (to, message) in cases {
+        let out = sync_dir(&sb, &src, &to).await;
+        assert_exit(&out, 65, &message);
+        assert_eq!(entries(&victim), ["config"], "{}", to.display());
+        assert!(entries(&victim.join("config")).is_empty());
+    }
+
+    // Root's link in root's directories (as `/var/run -> ../run` is) is followed, and
+    // missing directories behind it are created.
+    let real = sb.path("real");
+    std::fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink("real", sb.path("link")).unwrap();
+    for to in ["link/config", "link/new/../dir/config"] {
+        let out = sync_dir(&sb, &src, &sb.path(to)).await;
+        assert_exit(&out, 0, "");
+    }
+    assert_eq!(
+        entries(&real),
+        [".config.bootstage", "config", "dir", "new"]
+    );
+    for file in ["config/a.conf", "dir/config/a.conf"] {
+        assert_eq!(std::fs::read_to_string(real.join(file)).unwrap(), "data");
+    }
+}
+
 /// Item 1: `.config.bootstage -> /some/dir` made root delete every file in /some/dir and
 /// build its generations there.
 #[tokio::test]

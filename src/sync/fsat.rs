@@ -11,7 +11,7 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat};
@@ -170,6 +170,127 @@ pub fn write_atomic(dir: &OwnedFd, name: &str, contents: &[u8]) -> io::Result<()
         return Err(e);
     }
     nix::unistd::fsync(dir).map_err(io)
+}
+
+/// Why [`open_dir_path`] refused a path.
+#[derive(Debug, thiserror::Error)]
+pub enum WalkError {
+    /// A symlink on the way that root must not follow.
+    #[error("{} is {why}", at.display())]
+    Symlink { at: PathBuf, why: String },
+    #[error("{}: {source}", at.display())]
+    Io { at: PathBuf, source: io::Error },
+}
+
+/// How many symlinks one walk follows at most (the kernel's `MAXSYMLINKS`).
+const MAX_SYMLINKS: u32 = 40;
+
+/// Opens the directory at the absolute `path` from `/`, one component at a time with
+/// `O_NOFOLLOW`, creating missing ones (owned by the caller, exactly 0755) when `create`
+/// says so. A component that is a symlink is followed only where nobody but root could
+/// have made or changed it: root (or the caller) owns the link and every directory from
+/// `/` down to it, and none of those directories lets another user replace the link
+/// (not group- or world-writable, unless sticky). This is systemd-tmpfiles' and `chase()`'s
+/// unsafe-transition rule: `/var/run -> ../run` is followed, `/srv/app/etc -> /var/lib/x`
+/// planted by the app that owns `/srv/app` is refused. A followed link's target is walked
+/// by the same rules, and `..` goes back one directory of the walk, as the kernel would.
+pub fn open_dir_path(path: &Path, create: bool) -> Result<OwnedFd, WalkError> {
+    let me = nix::unistd::geteuid().as_raw();
+    let fail = |at: &Path| {
+        let at = at.to_path_buf();
+        move |source: io::Error| WalkError::Io { at, source }
+    };
+    // Trusted: nobody but root (or us) can change what this directory holds.
+    let trusted = |st: &FileStat| {
+        (st.st_uid == 0 || st.st_uid == me) && (st.st_mode & 0o022 == 0 || st.st_mode & 0o1000 != 0)
+    };
+    let root = Path::new("/");
+    let fd = openat(nix::fcntl::AT_FDCWD, root, DIR_FLAGS, Mode::empty())
+        .map_err(|e| fail(root)(io(e)))?;
+    let st = fstat(&fd).map_err(|e| fail(root)(io(e)))?;
+    // The walk so far: each directory, whether it and all above it are trusted.
+    let mut stack = vec![(fd, trusted(&st))];
+    let mut shown = PathBuf::from("/");
+    let mut todo: std::collections::VecDeque<OsString> = std::collections::VecDeque::new();
+    let push_front = |todo: &mut std::collections::VecDeque<OsString>, path: &Path| {
+        for component in path.components().rev() {
+            match component {
+                Component::Normal(name) => todo.push_front(name.to_os_string()),
+                Component::ParentDir => todo.push_front(OsString::from("..")),
+                Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            }
+        }
+    };
+    if !path.is_absolute() {
+        return Err(fail(path)(io::Error::other("not an absolute path")));
+    }
+    push_front(&mut todo, path);
+    let mut links = 0;
+    while let Some(name) = todo.pop_front() {
+        if name == ".." {
+            if stack.len() > 1 {
+                stack.pop();
+            }
+            shown.pop();
+            continue;
+        }
+        let at = shown.join(&name);
+        let (dir, dir_trusted) = stack.last().expect("the walk starts at /");
+        let dir_trusted = *dir_trusted;
+        let opened = match open_dir(dir, &name) {
+            Err(e) if create && e.kind() == io::ErrorKind::NotFound => {
+                match mkdir(dir, &name, 0o755) {
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open_dir(dir, &name),
+                    other => other,
+                }
+            }
+            other => other,
+        };
+        match opened {
+            Ok(fd) => {
+                let st = fstat(&fd).map_err(|e| fail(&at)(io(e)))?;
+                stack.push((fd, dir_trusted && trusted(&st)));
+                shown = at;
+            }
+            Err(e)
+                if [Errno::ELOOP, Errno::ENOTDIR]
+                    .iter()
+                    .any(|n| e.raw_os_error() == Some(*n as i32)) =>
+            {
+                let st = stat_at(dir, &name).map_err(fail(&at))?;
+                if !is_symlink(&st) {
+                    return Err(fail(&at)(e));
+                }
+                let why = if st.st_uid != 0 && st.st_uid != me {
+                    Some(format!("a symlink owned by uid {}", st.st_uid))
+                } else if !dir_trusted {
+                    Some(format!(
+                        "a symlink in {}, which a user other than root can change (it, or a \
+                         directory above it, is owned by another user or writable by others)",
+                        shown.display()
+                    ))
+                } else if links == MAX_SYMLINKS {
+                    Some(format!("one of more than {MAX_SYMLINKS} symlinks in a row"))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return Err(WalkError::Symlink { at, why });
+                }
+                links += 1;
+                let target =
+                    nix::fcntl::readlinkat(dir, name.as_os_str()).map_err(|e| fail(&at)(io(e)))?;
+                let target = Path::new(&target);
+                if target.is_absolute() {
+                    stack.truncate(1);
+                    shown = PathBuf::from("/");
+                }
+                push_front(&mut todo, target);
+            }
+            Err(e) => return Err(fail(&at)(e)),
+        }
+    }
+    Ok(stack.pop().expect("the walk starts at /").0)
 }
 
 /// A name no other run uses: time and pid.

@@ -24,7 +24,10 @@
 //! systemd-tmpfiles require of what root trusts); anything else is refused, untouched. A
 //! home that exists without our `.lock` was not made by bootstage and is refused too; in
 //! ours, only names bootstage makes (`staging-…`, `gen-…`, `link-…`, temporary files) are
-//! ever removed. Missing parent directories are created owned by root, 0755.
+//! ever removed. The parent is reached from `/` one component at a time (`fsat::open_dir_path`):
+//! a symlink on the way is followed only if root owns it and every directory above it,
+//! else refused (65) before anything is written; missing parent directories are created
+//! owned by root, 0755.
 //!
 //! **Owners.** A tree is built root-only (0700) and handed to `owner`/`group` bottom-up
 //! only when complete (`Staging::finish`), each mode and owner set on an open descriptor:
@@ -63,6 +66,7 @@ use nix::sys::stat::{FileStat, Mode};
 use nix::unistd::{Gid, Uid};
 use serde::{Deserialize, Serialize};
 
+use crate::base::exit::{ExitCode, ExitStatus};
 use crate::sync::fsat::{self, io};
 
 /// What a generation holds, for change detection on the next run.
@@ -122,8 +126,21 @@ pub enum TreeError {
     Occupied { path: PathBuf, what: &'static str },
     #[error("{} is not a home bootstage can trust ({why}); bootstage will not write or delete anything in it: remove it, and make sure only root can write it", path.display())]
     Untrusted { path: PathBuf, why: String },
+    #[error("{} is {why}: bootstage does not follow it to a destination, since whoever can change it could point root's writes anywhere; name the real directory in \"to\", or make the link and every directory above it root's", path.display())]
+    Symlink { path: PathBuf, why: String },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
+}
+
+impl ExitStatus for TreeError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            TreeError::Symlink { .. } => ExitCode::BadUserData,
+            TreeError::Occupied { .. } | TreeError::Untrusted { .. } | TreeError::Io { .. } => {
+                ExitCode::CantCreate
+            }
+        }
+    }
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> TreeError + '_ {
@@ -196,8 +213,10 @@ impl Destination {
             })?
             .to_os_string();
         let parent_path = path.parent().unwrap_or(Path::new("/"));
-        create_parents(parent_path)?;
-        let parent: OwnedFd = File::open(parent_path).map_err(io_at(parent_path))?.into();
+        let parent = fsat::open_dir_path(parent_path, true).map_err(|e| match e {
+            fsat::WalkError::Symlink { at, why } => TreeError::Symlink { path: at, why },
+            fsat::WalkError::Io { at, source } => TreeError::Io { path: at, source },
+        })?;
         let mut home_name = OsString::from(".");
         home_name.push(&name);
         home_name.push(".bootstage");
@@ -528,32 +547,6 @@ fn trust(home: &OwnedFd, path: &Path) -> Result<(), TreeError> {
         }),
         None => Ok(()),
     }
-}
-
-/// Creates the missing directories of `path`, each owned by the user running bootstage and
-/// exactly 0755 (not the sync entry's `dir_mode`, which could lock the app out of its own
-/// directory, and whatever the umask).
-fn create_parents(path: &Path) -> Result<(), TreeError> {
-    let mut missing = Vec::new();
-    let mut at = path;
-    while std::fs::symlink_metadata(at).is_err() {
-        missing.push(at);
-        match at.parent() {
-            Some(p) => at = p,
-            None => break,
-        }
-    }
-    for dir in missing.into_iter().rev() {
-        match std::fs::create_dir(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(io_at(dir)(e)),
-        }
-        let fd: OwnedFd = File::open(dir).map_err(io_at(dir))?.into();
-        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o755))
-            .map_err(|e| io_at(dir)(io(e)))?;
-    }
-    Ok(())
 }
 
 impl Staging {

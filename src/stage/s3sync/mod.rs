@@ -121,9 +121,8 @@ impl ExitStatus for SyncError {
             SyncError::Unpack(UnpackError::Tree(_)) => ExitCode::CantCreate,
             SyncError::Source(SourceError::Refused { .. }) => ExitCode::NoPerm,
             SyncError::Source(SourceError::Corrupt { .. }) => ExitCode::Protocol,
-            SyncError::Source(SourceError::Local { .. }) | SyncError::Tree(_) => {
-                ExitCode::CantCreate
-            }
+            SyncError::Source(SourceError::Local { .. }) => ExitCode::CantCreate,
+            SyncError::Tree(e) => e.exit_code(),
             SyncError::Source(
                 SourceError::Failed { .. }
                 | SourceError::Throttled { .. }
