@@ -685,3 +685,156 @@ async fn the_example_iam_policy_is_exactly_enough() {
     let out = stage(&sync_args).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
+
+/// Whoever may write under an import's path is not who may edit the launch template: a
+/// parameter named `/…/bootstage/notify/command` set the command `notify ready` runs as
+/// root, and `PERL5OPT` in params.env ran code in a root perl hook. An import now never
+/// sets bootstage's own settings (any case or separator) nor a variable that steers an
+/// interpreter, the loader or a tool; each is left out with a warning naming it.
+#[tokio::test]
+async fn an_import_never_configures_bootstage_nor_steers_a_root_hook() {
+    use aws_sdk_ssm::types::ParameterType::{SecureString, String as Plain};
+    let sandbox = Sandbox::new();
+    let pwned = sandbox.path("pwned");
+    let payload = format!("-Mstrict;system(\"touch {}\")", pwned.display());
+    let hostile = [
+        "/t22/app/bootstage/notify/command",
+        "/t22/app/Bootstage/lifecycle/hold",
+        "/t22/app/BOOTSTAGE_SYNC",
+        "/t22/app/bootstage.watch/sqs",
+        "/t22/app/bootstage-x",
+        "/t22/app/PERL5OPT",
+        "/t22/app/LD_PRELOAD",
+        "/t22/app/node/options",
+        "/t22/app/PYTHONPATH",
+        "/t22/app/GIT_SSH_COMMAND",
+        "/t22/app/AWS_CONFIG_FILE",
+        "/t22/app/https_proxy",
+        "/t22/app/ssl/cert/file",
+        "/t22/app/PATH",
+    ];
+    for name in hostile {
+        put_param(name, &payload, Plain).await;
+    }
+    put_param("/t22/app/BASH_ENV", &payload, SecureString).await;
+    put_param("/t22/app/db/host", "db.internal", Plain).await;
+    let hook = sandbox.path("hooks/per-boot.d/10-perl");
+    std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
+    std::fs::write(
+        &hook,
+        "#!/usr/bin/perl\nprint STDERR \"perl hook ran with DB_HOST=$ENV{DB_HOST}\\n\";\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let params = json!({
+        "bootstage": {"import": [{"ssm_path": "/t22/app/", "recursive": true}]},
+    });
+    let out = metadata(&sandbox, &moto().url, &params, "20s").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let json = read_json(&sandbox.state().join("params.json"));
+    assert_eq!(
+        json,
+        json!({"bootstage": params["bootstage"], "db": {"host": "db.internal"}})
+    );
+    let env = shell_readback("dash", &sandbox.state().join("params.env"));
+    let names: Vec<&str> = env
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !k.starts_with("BOOTSTAGE_"))
+        .collect();
+    assert_eq!(names, ["DB_HOST"]);
+    assert!(!sandbox.state().join("credentials").exists());
+    let settings = "not imported: it would set bootstage's own settings, which only user-data and the image configure";
+    for name in &hostile[..5] {
+        let line = format!("{settings} parameter=\"{name}\"");
+        assert!(out.stderr.contains(&line), "{line:?} in:\n{}", out.stderr);
+    }
+    for (name, var) in [
+        ("PERL5OPT", "PERL5OPT"),
+        ("LD_PRELOAD", "LD_PRELOAD"),
+        ("node/options", "NODE_OPTIONS"),
+        ("PYTHONPATH", "PYTHONPATH"),
+        ("GIT_SSH_COMMAND", "GIT_SSH_COMMAND"),
+        ("AWS_CONFIG_FILE", "AWS_CONFIG_FILE"),
+        ("https_proxy", "HTTPS_PROXY"),
+        ("ssl/cert/file", "SSL_CERT_FILE"),
+        ("PATH", "PATH"),
+        ("BASH_ENV", "BASH_ENV"),
+    ] {
+        let line = format!("not imported: its variable {var} is reserved for");
+        let param = format!("parameter=\"/t22/app/{name}\"");
+        assert!(
+            out.stderr
+                .lines()
+                .any(|l| l.contains(&line) && l.contains(&param)),
+            "{line:?} {param:?} in:\n{}",
+            out.stderr
+        );
+    }
+    assert_nowhere(&sandbox, &out, &[&payload]);
+
+    // The root hook's interpreter never sees the payload.
+    let out = sandbox.run(&["hooks"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("perl hook ran with DB_HOST=db.internal"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !pwned.exists(),
+        "the imported PERL5OPT ran in the root hook"
+    );
+}
+
+/// An imported SecureString `/…/tls.key` overwrote the credential file of the operator's
+/// `tls.key` reference (`env: false`), and its value landed in params.env. Two sources of
+/// one credential file, or an import exporting the variable an `env: false` reference
+/// keeps out, are refused (65) naming both, and nothing is written.
+#[tokio::test]
+async fn two_sources_of_one_credential_are_refused_naming_both() {
+    use aws_sdk_ssm::types::ParameterType::SecureString;
+    put_param("/t22c/tls.key", "imported-key", SecureString).await;
+    put_param("/t22c/only/api.token", "imported-token", SecureString).await;
+    put_param("/t22c/operator-key", "operator-secret", SecureString).await;
+    let sandbox = Sandbox::new();
+    sandbox.seed("params.json", "old json\n");
+    sandbox.seed("params.env", "OLD=\"env\"\n");
+    let cases = [
+        (
+            json!({
+                "tls": {"key": {"ssm": "/t22c/operator-key", "env": false}},
+                "bootstage": {"import": [{"ssm_path": "/t22c/"}]},
+            }),
+            "parameter \"tls.key\" (SSM parameter \"/t22c/operator-key\") and SSM parameter \"/t22c/tls.key\" (imported) both name the variable TLS_KEY, which \"env\": false keeps out of params.env",
+        ),
+        (
+            json!({
+                "tls.key": {"ssm": "/t22c/operator-key"},
+                "tls": {"key": {"ssm": "/t22c/operator-key"}},
+            }),
+            "parameter \"tls.key\" (SSM parameter \"/t22c/operator-key\") and parameter \"tls.key\" (SSM parameter \"/t22c/operator-key\") both name the credential file \"tls.key\"",
+        ),
+        (
+            json!({
+                "api": {"token": {"ssm": "/t22c/operator-key"}},
+                "bootstage": {"import": [{"ssm_path": "/t22c/only/"}]},
+            }),
+            "parameter \"api.token\" (SSM parameter \"/t22c/operator-key\") and SSM parameter \"/t22c/only/api.token\" (imported) both name the credential file \"api.token\"",
+        ),
+    ];
+    for (params, message) in cases {
+        let out = metadata(&sandbox, &moto().url, &params, "20s").await;
+        assert_exit(&out, 65, message);
+        assert_eq!(sandbox.read("params.json").unwrap(), "old json\n");
+        assert_eq!(sandbox.read("params.env").unwrap(), "OLD=\"env\"\n");
+        assert!(!sandbox.state().join("credentials").exists());
+        assert_nowhere(
+            &sandbox,
+            &out,
+            &["imported-key", "operator-secret", "imported-token"],
+        );
+    }
+}

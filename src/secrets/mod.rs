@@ -35,7 +35,8 @@ use serde_json::{Map, Value};
 use crate::aws::{self, Aws, AwsError, Failure};
 use crate::base::exit::{ExitCode, ExitStatus};
 use crate::base::retry::{self, Deadline};
-use refs::{Import, RefError, Reference, Target, dotted};
+use crate::state::envfile;
+use refs::{Import, Imported, RefError, Reference, Target, dotted};
 
 /// Calls in flight at once, over both services: a fleet booting together is what
 /// throttles, so one instance stays modest.
@@ -57,6 +58,13 @@ pub enum SecretError {
     Rejected { action: &'static str, why: String },
     #[error("{action} did not succeed before the deadline: {why}")]
     Unavailable { action: &'static str, why: String },
+    /// Two sources for one credential file or one variable: refused, naming both.
+    #[error("{first} and {second} both name {what}; rename one of them")]
+    Collision {
+        what: String,
+        first: String,
+        second: String,
+    },
     #[error(transparent)]
     Aws(#[from] AwsError),
 }
@@ -66,6 +74,7 @@ impl ExitStatus for SecretError {
         match self {
             SecretError::Ref(e) => e.exit_code(),
             SecretError::Missing(_)
+            | SecretError::Collision { .. }
             | SecretError::Unusable { .. }
             | SecretError::Rejected { .. } => ExitCode::BadUserData,
             SecretError::Denied { .. } => ExitCode::NoPerm,
@@ -122,9 +131,19 @@ pub async fn resolve(
         env: params,
         credentials: Vec::new(),
     };
+    // Who names each credential file, and each variable an `env: false` reference keeps
+    // out of params.env: a second source of either is refused, never a silent overwrite.
+    let mut credential_of: BTreeMap<String, String> = BTreeMap::new();
+    let mut hidden: BTreeMap<String, String> = BTreeMap::new();
     for reference in &references {
         let value = fetched.value(&reference.target)?;
         let key = dotted(&reference.path);
+        let source = format!("parameter {key:?} ({})", reference.target.describe());
+        claim(
+            &mut credential_of,
+            format!("the credential file {key:?}"),
+            source.clone(),
+        )?;
         match reference.env {
             true => {
                 refs::set(&mut out.json, &reference.path, Value::String(value.clone()));
@@ -134,25 +153,46 @@ pub async fn resolve(
                 let placeholder = serde_json::json!({ "credential": key });
                 refs::set(&mut out.json, &reference.path, placeholder);
                 refs::remove(&mut out.env, &reference.path);
+                let segments: Vec<&str> = reference.path.iter().map(String::as_str).collect();
+                hidden.insert(envfile::env_name(&segments), source);
             }
         }
         out.credentials.push((key, value));
     }
     let mut imported = 0;
-    for (keys, value, secure) in fetched.imported {
-        let key = dotted(&keys);
-        if !refs::merge_import(&mut out.json, &keys, Value::String(value.clone())) {
+    for item in fetched.imported {
+        let key = dotted(&item.keys);
+        if let Some(why) = refs::import_refusal(&item.keys) {
+            tracing::warn!(parameter = item.name, "not imported: {why}");
+            continue;
+        }
+        if !refs::merge_import(&mut out.json, &item.keys, Value::String(item.value.clone())) {
             tracing::info!(
                 key,
                 "user-data sets this key: the imported value is not used"
             );
             continue;
         }
-        refs::merge_import(&mut out.env, &keys, Value::String(value.clone()));
+        let source = format!("SSM parameter {:?} (imported)", item.name);
+        let segments: Vec<&str> = item.keys.iter().map(String::as_str).collect();
+        let name = envfile::env_name(&segments);
+        if let Some(first) = hidden.get(&name) {
+            return Err(SecretError::Collision {
+                what: format!("the variable {name}, which \"env\": false keeps out of params.env"),
+                first: first.clone(),
+                second: source,
+            });
+        }
+        refs::merge_import(&mut out.env, &item.keys, Value::String(item.value.clone()));
         imported += 1;
-        if secure {
-            refs::check_credential_name(&keys)?;
-            out.credentials.push((key, value));
+        if item.secure {
+            refs::check_credential_name(&item.keys)?;
+            claim(
+                &mut credential_of,
+                format!("the credential file {key:?}"),
+                source,
+            )?;
+            out.credentials.push((key, item.value));
         }
     }
     let n = |c: &AtomicU32| c.load(Ordering::Relaxed);
@@ -170,14 +210,32 @@ pub async fn resolve(
     Ok(out)
 }
 
+/// Records `source` as what names `what`; a second source is refused, naming both.
+fn claim(
+    names: &mut BTreeMap<String, String>,
+    what: String,
+    source: String,
+) -> Result<(), SecretError> {
+    match names.get(&what) {
+        Some(first) => Err(SecretError::Collision {
+            what,
+            first: first.clone(),
+            second: source,
+        }),
+        None => {
+            names.insert(what, source);
+            Ok(())
+        }
+    }
+}
+
 /// Everything fetched, by target, and the imported parameters in import order.
 #[derive(Default)]
 struct Fetched {
     ssm: BTreeMap<String, String>,
     /// (id, version_stage, version_id) → SecretString.
     secrets: BTreeMap<(String, Option<String>, Option<String>), String>,
-    /// Path below the import's prefix, value, whether it was a SecureString.
-    imported: Vec<(Vec<String>, String, bool)>,
+    imported: Vec<Imported>,
 }
 
 impl Fetched {
@@ -244,7 +302,7 @@ enum Task {
 enum Got {
     Ssm(Vec<(String, String)>),
     Secret((String, Option<String>, Option<String>), String),
-    Import(usize, Vec<(Vec<String>, String, bool)>),
+    Import(usize, Vec<Imported>),
 }
 
 async fn fetch_all(
@@ -320,9 +378,9 @@ async fn fetch_all(
     // Imports in the order written: the first that names a key wins over a later one.
     let mut seen = BTreeSet::new();
     for values in imports_done.into_values() {
-        for (keys, value, secure) in values {
-            if seen.insert(keys.clone()) {
-                fetched.imported.push((keys, value, secure));
+        for item in values {
+            if seen.insert(item.keys.clone()) {
+                fetched.imported.push(item);
             }
         }
     }
@@ -466,7 +524,12 @@ async fn run(aws: &Aws, task: Task, deadline: Deadline, calls: &Calls) -> Result
                     }
                     let secure =
                         p.r#type() == Some(&aws_sdk_ssm::types::ParameterType::SecureString);
-                    values.push((keys, value.to_string(), secure));
+                    values.push(Imported {
+                        name: name.to_string(),
+                        keys,
+                        value: value.to_string(),
+                        secure,
+                    });
                 }
                 token = page
                     .next_token()

@@ -14,13 +14,15 @@
 //!
 //! `bootstage.import: [{"ssm_path": "/shop/staging/", "recursive": true}]` brings every
 //! parameter under the path, named by its path below the prefix (`db/password` →
-//! `db.password`). A key that user-data sets wins over an import.
+//! `db.password`). A key that user-data sets wins over an import. An import never sets
+//! bootstage's own settings nor a variable that steers an interpreter, the loader or a
+//! tool ([`import_refusal`]): such a parameter is left out with a warning naming it.
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::base::exit::{ExitCode, ExitStatus};
-use crate::state::envfile::SETTINGS_KEY;
+use crate::state::envfile::{SETTINGS_KEY, env_name, steering};
 
 /// A parameter's place in the parameters: object keys, and list indexes as numbers.
 pub type Path = Vec<String>;
@@ -295,6 +297,35 @@ pub fn remove(params: &mut Map<String, Value>, path: &[String]) {
     }
 }
 
+/// One parameter an import brought: its SSM name, its place below the import's prefix,
+/// its value, and whether it was a SecureString.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    pub name: String,
+    pub keys: Path,
+    pub value: String,
+    pub secure: bool,
+}
+
+/// Why an imported parameter is left out, if it is: whoever can write under an import's
+/// path (a developer, a CI role) is not trusted with what root runs. So an import never
+/// sets bootstage's own settings (`bootstage…` in any case, with any separator that maps
+/// to it) nor a variable that steers an interpreter, the loader or a tool
+/// (`envfile::steering`), nor a reserved one.
+pub fn import_refusal(keys: &[String]) -> Option<String> {
+    let segments: Vec<&str> = keys.iter().map(String::as_str).collect();
+    // `bootstage`, `Bootstage`, `BOOTSTAGE_NOTIFY`, `bootstage.notify`, `bootstage-x` …
+    let first = env_name(&segments[..segments.len().min(1)]);
+    if first == "BOOTSTAGE" || first.starts_with("BOOTSTAGE_") {
+        return Some(
+            "it would set bootstage's own settings, which only user-data and the image configure"
+                .into(),
+        );
+    }
+    let name = env_name(&segments);
+    steering(&name).map(|why| format!("its variable {name} is reserved for {why}"))
+}
+
 /// Adds an imported value at `keys` unless user-data already sets that key or a parent
 /// of it to something else; returns `false` (and adds nothing) then.
 pub fn merge_import(params: &mut Map<String, Value>, keys: &[String], value: Value) -> bool {
@@ -427,6 +458,52 @@ mod tests {
             Value::Object(params),
             json!({"db": {"host": "mine", "user": "u"}, "port": 1})
         );
+    }
+
+    #[test]
+    fn an_import_never_sets_settings_nor_a_steering_variable() {
+        let refusal = |keys: &[&str]| {
+            let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            import_refusal(&keys)
+        };
+        let settings = Some(
+            "it would set bootstage's own settings, which only user-data and the image configure"
+                .to_string(),
+        );
+        for keys in [
+            &["bootstage", "notify", "command"][..],
+            &["Bootstage", "sync"],
+            &["BOOTSTAGE_SYNC"],
+            &["bootstage.watch", "sqs"],
+            &["bootstage-x"],
+            &["bootstage"],
+        ] {
+            assert_eq!(refusal(keys), settings, "{keys:?}");
+        }
+        for (keys, name) in [
+            (&["PERL5OPT"][..], "PERL5OPT"),
+            (&["node", "options"], "NODE_OPTIONS"),
+            (&["ld", "preload"], "LD_PRELOAD"),
+            (&["PYTHONPATH"], "PYTHONPATH"),
+            (&["git", "dir"], "GIT_DIR"),
+            (&["aws", "region"], "AWS_REGION"),
+            (&["https_proxy"], "HTTPS_PROXY"),
+            (&["path"], "PATH"),
+        ] {
+            let why = refusal(keys).unwrap_or_default();
+            assert!(
+                why.starts_with(&format!("its variable {name} is reserved for ")),
+                "{why}"
+            );
+        }
+        for keys in [
+            &["db", "host"][..],
+            &["bootstager"],
+            &["app", "bootstage"],
+            &["perl", "version"],
+        ] {
+            assert_eq!(refusal(keys), None, "{keys:?}");
+        }
     }
 
     #[test]

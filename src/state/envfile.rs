@@ -110,6 +110,55 @@ const RESERVED: &[(&str, &[&str], &[&str])] = &[
     ("bootstage's own facts", &["BOOTSTAGE"], &[FACT_PREFIX]),
 ];
 
+/// Names that change what an interpreter, the loader, a tool or an AWS client does. An
+/// imported parameter never takes one (whoever can write an import path is not trusted to
+/// steer root's hooks); user-data may, since whoever writes user-data already decides what
+/// root runs (`bootstage.notify.command`). Each list with why; names are upper case.
+const STEERING: &[(&str, &[&str], &[&str])] = &[
+    (
+        "code an interpreter loads or runs at start",
+        &[
+            "PERL5OPT",
+            "PERL5LIB",
+            "PERLLIB",
+            "PERL5DB",
+            "RUBYOPT",
+            "RUBYLIB",
+            "NODE_OPTIONS",
+            "NODE_PATH",
+            "JAVA_TOOL_OPTIONS",
+            "_JAVA_OPTIONS",
+            "JDK_JAVA_OPTIONS",
+            "CLASSPATH",
+            "BASH_ENV",
+            "ENV",
+            "ZDOTDIR",
+            "TCLLIBPATH",
+            "LUA_PATH",
+            "LUA_CPATH",
+            "GCONV_PATH",
+        ],
+        &["PYTHON", "LD_", "GIT_"],
+    ),
+    (
+        "where a program's network traffic goes or whom it trusts",
+        &[
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "NO_PROXY",
+            "FTP_PROXY",
+            "SSL_CERT_FILE",
+            "SSL_CERT_DIR",
+            "CURL_CA_BUNDLE",
+            "REQUESTS_CA_BUNDLE",
+            "NODE_EXTRA_CA_CERTS",
+            "OPENSSL_CONF",
+        ],
+        &["AWS_"],
+    ),
+];
+
 /// The longest variable name: far above any real one, short enough that no nesting of
 /// long keys can make every variable repeat kilobytes of its ancestors' names.
 pub const MAX_NAME: usize = 255;
@@ -400,8 +449,19 @@ pub fn env_name(path: &[&str]) -> String {
     name
 }
 
-fn reserved(name: &str) -> Option<&'static str> {
-    RESERVED
+/// Why no parameter may be exported as `name`, if none may.
+pub fn reserved(name: &str) -> Option<&'static str> {
+    listed(RESERVED, name)
+}
+
+/// Why an imported parameter may not be exported as `name`, if it may not: a reserved
+/// name, or one that steers an interpreter, the loader or a tool ([`STEERING`]).
+pub fn steering(name: &str) -> Option<&'static str> {
+    listed(RESERVED, name).or_else(|| listed(STEERING, name))
+}
+
+fn listed(lists: &[(&'static str, &[&str], &[&str])], name: &str) -> Option<&'static str> {
+    lists
         .iter()
         .find(|(_, names, prefixes)| {
             names.contains(&name) || prefixes.iter().any(|p| name.starts_with(p))
