@@ -329,7 +329,7 @@ fn seed_for_hooks(sb: &Sandbox) {
 async fn a_hook_anyone_but_root_can_change_is_refused_before_any_runs() {
     use std::os::unix::fs::PermissionsExt;
     type Make = fn(&Sandbox, &std::path::Path);
-    let cases: [(&str, Make); 4] = [
+    let cases: [(&str, Make); 6] = [
         ("is owned by uid 12345", |_, h| {
             std::os::unix::fs::chown(h, Some(12345), None).unwrap()
         }),
@@ -339,6 +339,17 @@ async fn a_hook_anyone_but_root_can_change_is_refused_before_any_runs() {
         ("per-boot.d is writable by others (mode 777)", |sb, _| {
             let dir = sb.path("hooks/per-boot.d");
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap()
+        }),
+        // Item 7's guards: a directory on the way that others can write and that is not
+        // sticky (anyone could rename what is below it), and a sticky hook directory
+        // (anyone could add a hook to it).
+        ("/hooks is writable by others (mode 777)", |sb, _| {
+            let dir = sb.path("hooks");
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap()
+        }),
+        ("per-boot.d is writable by others (mode 1777)", |sb, _| {
+            let dir = sb.path("hooks/per-boot.d");
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap()
         }),
         // A symlink into a tree the app owns (a synced destination with `owner`).
         ("app is owned by uid 12345", |sb, h| {
@@ -383,6 +394,104 @@ async fn a_hook_anyone_but_root_can_change_is_refused_before_any_runs() {
     let out = sb.run(&["hooks"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(std::fs::read_to_string(&ran).unwrap(), "real\n");
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Item 7: a clone under /tmp failed the hook check, and the demo exited 77: a sticky
+/// directory others can write was refused, although the entry below it is root's and the
+/// sticky bit lets nobody else rename or remove it (systemd's `chase()` rule). Such a
+/// directory is accepted on the way: above the hooks directory, and above the file of a
+/// symlinked hook.
+#[tokio::test]
+async fn a_sticky_directory_on_the_way_is_trusted_when_the_entry_below_it_is_roots() {
+    let sb = Sandbox::new();
+    seed_for_hooks(&sb);
+    let ran = sb.path("ran");
+    hook(
+        &sb,
+        "per-boot.d/10-listed",
+        &format!("echo listed >> {}", ran.display()),
+    );
+    // The sandbox is sticky and world-writable, as /tmp is; hooks/ below it is root's.
+    set_mode(sb.dir.path(), 0o1777);
+    // A symlinked hook whose file sits right in another such directory.
+    let public = sb.path("public");
+    std::fs::create_dir(&public).unwrap();
+    set_mode(&public, 0o1777);
+    let real = public.join("20-real");
+    std::fs::write(
+        &real,
+        format!("#!/bin/sh\necho real >> {}\n", ran.display()),
+    )
+    .unwrap();
+    set_mode(&real, 0o755);
+    std::os::unix::fs::symlink(&real, sb.path("hooks/per-boot.d/20-link")).unwrap();
+
+    let out = sb.run(&["hooks"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&ran).unwrap(), "listed\nreal\n");
+}
+
+/// Item 7, the other half: below a sticky directory, an entry someone else owns is
+/// refused (77, naming it): its owner can rename it and put anything in its place.
+#[tokio::test]
+async fn under_a_sticky_directory_an_entry_someone_else_owns_is_refused() {
+    // hooks/ owned by another user, below a sticky world-writable sandbox.
+    let sb = Sandbox::new();
+    seed_for_hooks(&sb);
+    let ran = sb.path("ran");
+    let listed = hook(
+        &sb,
+        "per-boot.d/10-listed",
+        &format!("echo listed >> {}", ran.display()),
+    );
+    set_mode(sb.dir.path(), 0o1777);
+    std::os::unix::fs::chown(sb.path("hooks"), Some(12345), None).unwrap();
+    let out = sb.run(&["hooks"]).await;
+    assert_exit(
+        &out,
+        77,
+        &format!(
+            "hook {} is not safe to run as root: {} is owned by uid 12345\n",
+            listed.display(),
+            sb.path("hooks").display()
+        ),
+    );
+    assert!(!ran.exists(), "no hook ran");
+
+    // The file of a symlinked hook owned by another user, in a sticky directory.
+    let sb = Sandbox::new();
+    seed_for_hooks(&sb);
+    let ran = sb.path("ran");
+    let public = sb.path("public");
+    std::fs::create_dir(&public).unwrap();
+    set_mode(&public, 0o1777);
+    let real = public.join("20-real");
+    std::fs::write(
+        &real,
+        format!("#!/bin/sh\necho real >> {}\n", ran.display()),
+    )
+    .unwrap();
+    set_mode(&real, 0o755);
+    std::os::unix::fs::chown(&real, Some(12345), None).unwrap();
+    std::fs::create_dir_all(sb.path("hooks/per-boot.d")).unwrap();
+    let link = sb.path("hooks/per-boot.d/20-link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let out = sb.run(&["hooks"]).await;
+    assert_exit(
+        &out,
+        77,
+        &format!(
+            "hook {} is not safe to run as root: {} is owned by uid 12345\n",
+            link.display(),
+            real.display()
+        ),
+    );
+    assert!(!ran.exists(), "no hook ran");
 }
 
 /// Item 19: the hooks stage took no lock, so `bootstage hooks` by hand beside the unit

@@ -14,11 +14,15 @@
 //! Hooks run as root, so only root may be able to change one, as sshd's StrictModes
 //! requires of a key file: the hook (a symlink resolved) must be owned by root (or the
 //! user running bootstage) and not group- or world-writable, and so must every directory
-//! from `/` down to it, and the directory holding a symlinked hook. A sticky
-//! world-writable directory (`/tmp`) is not trusted either. One hook that fails the check
-//! fails the stage before any hook runs (exit 77), naming the path and why. The checked,
-//! resolved path is what is executed: since nobody but root can change any directory on
-//! it, nobody can swap the file between the check and the exec.
+//! from `/` down to it, and the directory holding a symlinked hook. One exception, the
+//! unsafe-transition rule of systemd's `chase()` (and `sync::fsat`): a sticky directory
+//! others can write (`/tmp`) may be on the way, since the entry below it must be owned by
+//! root (or that user) too, and the sticky bit lets nobody else rename or remove it. The
+//! directory the hooks are listed from is never excused: anyone could add a hook to it.
+//! One hook that fails the check fails the stage before any hook runs (exit 77), naming
+//! the path and why. The checked, resolved path is what is executed: since nobody but
+//! root can change any directory on it, nobody can swap the file between the check and
+//! the exec.
 //!
 //! A run holds the state dir's lock while hooks run and checks each per-instance marker
 //! under it, so two runs at once (the unit, and `bootstage hooks` by hand or a `launch`)
@@ -301,8 +305,9 @@ impl ExitStatus for HookError {
 }
 
 /// The hook at `path`, resolved, if only root (or we) can change it: the file and every
-/// directory from `/` to it (and to the link, for a symlinked hook) are owned by root or
-/// the effective user and writable by no one else.
+/// directory from `/` to it (and to the directory it is listed in, for a symlinked hook)
+/// are owned by root or the effective user and writable by no one else, but for a sticky
+/// directory above another on the way (see the module's doc).
 fn trusted(path: &Path) -> std::result::Result<PathBuf, HookError> {
     use std::os::unix::fs::MetadataExt;
     let untrusted = |at: &Path, why: String| HookError::Untrusted {
@@ -313,12 +318,16 @@ fn trusted(path: &Path) -> std::result::Result<PathBuf, HookError> {
         },
     };
     let me = nix::unistd::geteuid().as_raw();
-    let check = |at: &Path| -> std::result::Result<(), HookError> {
+    // `at`, with `below` saying whether the walk goes on through an entry in it.
+    let check = |at: &Path, below: bool| -> std::result::Result<(), HookError> {
         let meta = std::fs::symlink_metadata(at).map_err(|e| untrusted(at, e.to_string()))?;
         if meta.uid() != 0 && meta.uid() != me {
             return Err(untrusted(at, format!("is owned by uid {}", meta.uid())));
         }
-        if meta.mode() & 0o022 != 0 {
+        // Others may add entries to a sticky directory but not rename or remove the one
+        // below it, which the next step checks is root's (or ours).
+        let sticky_on_the_way = below && meta.is_dir() && meta.mode() & 0o1000 != 0;
+        if meta.mode() & 0o022 != 0 && !sticky_on_the_way {
             return Err(untrusted(
                 at,
                 format!("is writable by others (mode {:o})", meta.mode() & 0o7777),
@@ -327,12 +336,15 @@ fn trusted(path: &Path) -> std::result::Result<PathBuf, HookError> {
         Ok(())
     };
     let real = std::fs::canonicalize(path).map_err(|e| untrusted(path, e.to_string()))?;
-    let mut chain: Vec<PathBuf> = real.ancestors().map(Path::to_path_buf).collect();
-    if let Some(dir) = path.parent().and_then(|d| std::fs::canonicalize(d).ok()) {
-        chain.extend(dir.ancestors().map(Path::to_path_buf));
-    }
-    for at in chain.iter().rev() {
-        check(at)?;
+    // Where the hook is listed (what `list` reads), then the file that runs; each from `/`.
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let listed = std::fs::canonicalize(dir).map_err(|e| untrusted(dir, e.to_string()))?;
+    for end in [&listed, &real] {
+        let mut chain: Vec<&Path> = end.ancestors().collect();
+        chain.reverse();
+        for at in chain {
+            check(at, at != end.as_path())?;
+        }
     }
     Ok(real)
 }
