@@ -15,6 +15,10 @@ use base64::Engine;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_bootstage");
 
+/// Where sandboxes (and the demo's copy of the tree) are made: /tmp itself, not
+/// `$TMPDIR`, which may point into a home no other user can traverse.
+pub const TMP: &str = "/tmp";
+
 /// Variables that could point bootstage anywhere but where a test says.
 const SCRUBBED: &[&str] = &[
     "AWS_EC2_METADATA_SERVICE_ENDPOINT",
@@ -61,11 +65,16 @@ pub struct Outcome {
 }
 
 impl Sandbox {
-    /// Under the target dir, not /tmp: /tmp is world-writable, so hooks there would
-    /// rightly be refused (StrictModes), and so would anything else that checks its path.
+    /// A fresh `mktemp -d` in /tmp (root's, 0700), not under the clone: a clone may sit
+    /// under /root (0700), where a test's unprivileged user cannot reach its sandbox.
+    /// Hooks in it sit below sticky /tmp, which the hook check accepts since the directory
+    /// below /tmp is root's.
     pub fn new() -> Sandbox {
         Sandbox {
-            dir: tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap(),
+            dir: tempfile::Builder::new()
+                .prefix("bootstage-test.")
+                .tempdir_in(TMP)
+                .unwrap(),
         }
     }
 
