@@ -5,13 +5,22 @@
 # name (a file:// source, as on a developer's VM) into place, atomically, twice; bootstage
 # hooks runs a per-instance and a per-boot hook; status and query show the outcome;
 # bootstage launch then execs an "app" with the parameters in its environment.
+#
+#   scripts/demo.sh                builds bootstage and the emulator (release), then runs
+#   scripts/demo.sh --debug-build  runs the debug build as it is (tests/demo.rs does)
+# Both find the build under $CARGO_TARGET_DIR if it is set, else under target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --quiet -p bootstage -p imds-emulator
-bin=target/release
-# Under target/, not /tmp: bootstage runs hooks only from directories no one but their
-# owner can write, and /tmp is world-writable.
+target=${CARGO_TARGET_DIR:-target}
+case "${1:-}" in
+  "") cargo build --release --quiet -p bootstage -p imds-emulator; bin=$target/release ;;
+  --debug-build) bin=$target/debug ;;
+  *) echo "usage: $0 [--debug-build]" >&2; exit 64 ;;
+esac
+# In the clone's target/. bootstage runs hooks only from directories no one but their
+# owner (or root) can write; a clone under /tmp is fine, as the sticky bit keeps others
+# from renaming the clone away.
 mkdir -p target
 work=$(mktemp -d "$PWD/target/demo.XXXXXX")
 emulator_pid=

@@ -1,0 +1,106 @@
+//! `scripts/demo.sh` as someone trying the project runs it: from a clone under /tmp, the
+//! most common place for one. Item 7: there its hooks sat below sticky /tmp, the hook
+//! check refused them, and the demo exited 77.
+//!
+//! The clone is a copy of what the demo reads (`scripts/`, `examples/`) in a fresh
+//! `mktemp -d` under /tmp. It runs with `--debug-build` and `CARGO_TARGET_DIR` pointing at
+//! this build's target dir, so it runs the bootstage under test and no second build: a
+//! release build of the tree would take many minutes. `cargo test` builds no
+//! imds-emulator binary, so the test builds it first, into that same target dir (a few
+//! crates the first time, nothing after).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+#[tokio::test]
+async fn the_demo_runs_from_a_clone_under_tmp() {
+    let debug = Path::new(common::BIN).parent().unwrap();
+    let target = debug.parent().unwrap();
+    let built = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "imds-emulator",
+            "--bin",
+            "imds-emulator",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CARGO_TARGET_DIR", target)
+        .status()
+        .expect("cargo");
+    assert!(built.success(), "cargo build -p imds-emulator: {built}");
+    assert!(debug.join("imds-emulator").is_file());
+
+    let tmp = tempfile::Builder::new()
+        .prefix("bootstage-demo.")
+        .tempdir_in(common::TMP)
+        .unwrap();
+    let clone = tmp.path().join("clone");
+    std::fs::create_dir(&clone).unwrap();
+    let copied = Command::new("cp")
+        .args(["-R", "--preserve=mode", "scripts", "examples"])
+        .arg(&clone)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("cp");
+    assert!(copied.success(), "cp: {copied}");
+
+    let mut demo = tokio::process::Command::new(clone.join("scripts/demo.sh"));
+    demo.arg("--debug-build")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap())
+        .env("CARGO_TARGET_DIR", target)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let out = common::run(demo).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let count = |line: &str| lines.iter().filter(|l| **l == line).count();
+    // Two runs of the hooks stage: the per-instance hook once, the per-boot one each time.
+    assert_eq!(
+        count("   per-instance hook: first boot of i-0123456789abcdef0, setting up shop-web"),
+        1,
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        count("   per-boot hook: per-boot.d/10-every-boot"),
+        2,
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("hooks     done ")),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(count("bootstage: done"), 1, "{}", out.stdout);
+    assert_eq!(
+        count(
+            "shop-web (staging) on port 8080, instance i-0123456789abcdef0 in eu-west-1; \
+             config: listen = 8080 workers = 4 "
+        ),
+        1,
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        out.stdout.lines().last(),
+        Some("BOOTSTAGE_REGION=\"local-1\""),
+        "{}",
+        out.stdout
+    );
+    // The demo removes its work dir: the clone holds what was copied and target/.
+    let mut left: Vec<String> = std::fs::read_dir(&clone)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["examples", "scripts", "target"]);
+    assert_eq!(std::fs::read_dir(clone.join("target")).unwrap().count(), 0);
+}
