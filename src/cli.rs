@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::base::duration;
-use crate::stage::{hooks, launch, lifecycle, metadata, notice, query, s3sync, status};
+use crate::stage::{hooks, launch, lifecycle, metadata, notice, query, s3sync, status, validate};
 use crate::state;
 
 #[derive(Debug, Parser)]
@@ -53,9 +53,27 @@ pub enum Command {
     Notify(NotifyArgs),
     /// The auto scaling launch hook and CloudFormation signal (bootstage.lifecycle).
     Lifecycle(LifecycleArgs),
+    /// Check user-data offline, as the metadata stage would read it: decoding, references,
+    /// every bootstage.* setting. Prints the variable names it would export (never a
+    /// value). Exit status: 0 valid, 65 not.
+    Validate(ValidateArgs),
     /// End the hold on a failed instance now: abandon it (the group replaces it) or, with
     /// --continue, put it in service.
     Release(ReleaseArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    /// The user-data file (JSON, base64 or gzip, as EC2 would serve it); `-` or none:
+    /// standard input.
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
+impl From<ValidateArgs> for validate::Settings {
+    fn from(a: ValidateArgs) -> Self {
+        validate::Settings { file: a.file }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -323,6 +341,14 @@ pub fn check_env() -> Result<(), String> {
     Ok(())
 }
 
+/// An image settings file: where the variable its command's flag reads says, else the
+/// default (the metadata stage checks it without having that command's flags).
+fn image_file(variable: &str, default: &str) -> PathBuf {
+    std::env::var_os(variable)
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(default), PathBuf::from)
+}
+
 impl From<MetadataArgs> for metadata::Settings {
     fn from(a: MetadataArgs) -> Self {
         metadata::Settings {
@@ -334,6 +360,16 @@ impl From<MetadataArgs> for metadata::Settings {
             allow_empty: a.allow_empty,
             user_data_file: a.user_data_file,
             facts: a.facts,
+            image_files: vec![
+                (
+                    "notify",
+                    image_file("BOOTSTAGE_NOTIFY_CONFIG", notice::DEFAULT_CONFIG),
+                ),
+                (
+                    "lifecycle",
+                    image_file("BOOTSTAGE_LIFECYCLE_CONFIG", lifecycle::DEFAULT_CONFIG),
+                ),
+            ],
         }
     }
 }

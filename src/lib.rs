@@ -9,7 +9,8 @@
 //!   to SSM and Secrets Manager), `sync/` (sources, key safety, descriptor-relative file
 //!   steps, atomic generations of a synced tree) and `aws/` (the shared SDK
 //!   configuration and the reading of AWS errors), `orchestrator/` (the lifecycle
-//!   hook's and CloudFormation's signals), `events/` (SQS wake-ups for watch mode);
+//!   hook's and CloudFormation's signals), `events/` (SQS wake-ups for watch mode),
+//!   `settings/` (the schema of bootstage's own settings, `bootstage.*`);
 //! - `state/` (the state dir, atomic writes, the env file);
 //! - `base/` (exit codes, the retry policy and deadlines, child processes, sd_notify,
 //!   logging, the kill switch).
@@ -21,6 +22,7 @@ pub mod events;
 pub mod imds;
 pub mod orchestrator;
 pub mod secrets;
+pub mod settings;
 pub mod stage;
 pub mod state;
 pub mod sync;

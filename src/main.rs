@@ -8,7 +8,9 @@ use bootstage::base::logging;
 use bootstage::base::notify::Notifier;
 use bootstage::cli::{Cli, Command, LifecycleCommand};
 use bootstage::stage::error::Error;
-use bootstage::stage::{hooks, launch, lifecycle, metadata, notice, query, s3sync, status};
+use bootstage::stage::{
+    hooks, launch, lifecycle, metadata, notice, query, s3sync, status, validate,
+};
 use bootstage::state::StateDir;
 use clap::Parser;
 
@@ -64,6 +66,7 @@ async fn run(cli: Cli, notifier: Notifier) -> Result<exit::ExitCode, Error> {
         Command::Launch(args) => launch::run(&state, &args.into(), notifier).await?,
         Command::Status(args) => return status::run(&state, &args.into()).await,
         Command::Query(args) => query::run(&state, &args.into())?,
+        Command::Validate(args) => validate::run(&args.into())?,
         Command::Notify(args) => notice::run(&state, &args.into()).await?,
         Command::Lifecycle(args) => {
             let settings = args.config.into();

@@ -15,7 +15,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["cli"],
     &["stage"],
-    &["imds", "sync", "secrets", "orchestrator", "events", "aws"],
+    &["imds", "sync", "secrets", "settings", "orchestrator", "events", "aws"],
     &["state"],
     &["base"],
 ];

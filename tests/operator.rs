@@ -513,3 +513,132 @@ async fn notices_are_bounded_and_never_sent_unasked() {
     assert_eq!(out.code, 65);
     assert!(out.stderr.contains("url must be http:// or https://"));
 }
+
+/// A typo in bootstage's own settings booted an instance with no config and exit 0:
+/// `{"bootstage": {"sycn": […]}}` passed `metadata`, and s3-sync only said "nothing to
+/// sync". The whole `bootstage` object (and the image's settings files) is now checked
+/// before anything is written: 65, naming the path and the likely key.
+#[tokio::test]
+async fn a_misspelt_setting_fails_the_first_stage_and_writes_nothing() {
+    let sb = Sandbox::new();
+    sb.seed("params.json", "old json\n");
+    let cases = [
+        (
+            r#"{"bootstage": {"sycn": [{"from": "s3://b/p/", "to": "/srv/c"}]}}"#,
+            "bootstage.sycn: unknown setting; did you mean bootstage.sync? (known: sync, watch, import, notify, lifecycle)",
+        ),
+        (
+            r#"{"bootstage": {"sync": [{"from": "s3://b/p/", "to": "/srv/c", "file_mode": 640}]}}"#,
+            "bootstage.sync[0].file_mode: expected a string like \"0640\", got the number 640",
+        ),
+        (
+            r#"{"bootstage": {"lifecycle": {"asg": {"hook": "launch", "hold_fro": "1h"}}}}"#,
+            "bootstage.lifecycle.asg.hold_fro: unknown setting; did you mean bootstage.lifecycle.asg.hold_for?",
+        ),
+        (
+            r#"{"bootstage": {"notify": {"url": "https://hooks.example/T0KEN-IN-URL", "header": {}}}}"#,
+            "bootstage.notify.header: unknown setting; did you mean bootstage.notify.headers?",
+        ),
+    ];
+    for (params, message) in cases {
+        let out = stage(&sb, "metadata", params, "i-1").await;
+        common::assert_exit(&out, 65, message);
+        assert!(!out.stderr.contains("T0KEN"), "{}", out.stderr);
+        assert_eq!(sb.read("params.json").unwrap(), "old json\n");
+        assert!(sb.read("params.env").is_none());
+    }
+    // The image's file is checked with the parameters, named by its path.
+    std::fs::write(
+        sb.path("lifecycle-image.json"),
+        r#"{"asgs": {"hook": "h"}}"#,
+    )
+    .unwrap();
+    let out = stage(&sb, "metadata", "{}", "i-1").await;
+    common::assert_exit(
+        &out,
+        65,
+        &format!(
+            "{}.asgs: unknown setting; did you mean {}.asg?",
+            sb.path("lifecycle-image.json").display(),
+            sb.path("lifecycle-image.json").display()
+        ),
+    );
+    std::fs::remove_file(sb.path("lifecycle-image.json")).unwrap();
+
+    // Near misses that could be meant are warnings, and the boot goes on.
+    let out = stage(
+        &sb,
+        "metadata",
+        r#"{"bootstrap": {"sync": []}, "db": {"password": {"smm": "/x"}}}"#,
+        "i-1",
+    )
+    .await;
+    common::assert_exit(
+        &out,
+        0,
+        "the top-level key \"bootstrap\" is not bootstage's settings",
+    );
+    assert!(
+        out.stderr.contains(
+            "parameter \"db.password\" looks like a reference with a misspelt key (did you mean \"ssm\"?)"
+        ),
+        "{}",
+        out.stderr
+    );
+}
+
+/// `bootstage validate` checks user-data offline as `metadata` would: every example in
+/// the README and `examples/` is valid (a README fragment is wrapped as what it shows: a
+/// `"bootstage": …` member, or one sync entry), a typo is 65, and only names are printed.
+#[tokio::test]
+async fn every_documented_example_validates_and_a_typo_does_not() {
+    let sb = Sandbox::new();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let mut examples =
+        vec![std::fs::read_to_string(format!("{root}/examples/params.json")).unwrap()];
+    for block in readme.split("```json\n").skip(1) {
+        let text = block.split("```").next().unwrap().trim();
+        let example = if text.starts_with("\"bootstage\"") {
+            format!("{{{text}}}")
+        } else if text.contains("\"from\"") && !text.contains("\"bootstage\"") {
+            format!("{{\"bootstage\": {{\"sync\": [{text}]}}}}")
+        } else {
+            text.to_string()
+        };
+        examples.push(example);
+    }
+    assert!(examples.len() >= 6, "{} examples", examples.len());
+    for (i, example) in examples.iter().enumerate() {
+        serde_json::from_str::<Value>(example).unwrap_or_else(|e| panic!("{e}: {example}"));
+        let file = sb.path(&format!("example-{i}.json"));
+        std::fs::write(&file, example).unwrap();
+        let out = sb.run(&["validate", file.to_str().unwrap()]).await;
+        common::assert_exit(&out, 0, "valid;");
+    }
+
+    let file = sb.path("typo.json");
+    std::fs::write(
+        &file,
+        r#"{"db": {"password": {"ssm": "/shop/db"}}, "tls": {"secretsmanager": "k", "env": false},
+            "app": {"port": 8080, "token": "s3cr3t-value"},
+            "bootstage": {"sync": [{"from": "s3://b/p/", "to": "/srv/c", "dir_mode": "0755"}]}}"#,
+    )
+    .unwrap();
+    let out = sb.run(&["validate", file.to_str().unwrap()]).await;
+    common::assert_exit(&out, 0, "valid; 3 variables, 2 references, 0 imports");
+    assert_eq!(out.stdout, "APP_PORT\nAPP_TOKEN\nDB_PASSWORD\n");
+    assert!(!out.stderr.contains("s3cr3t") && !out.stdout.contains("s3cr3t"));
+    std::fs::write(
+        &file,
+        r#"{"bootstage": {"sync": [{"from": "s3://b/p/", "to": "/srv/c", "dir_mod": "0755"}]}}"#,
+    )
+    .unwrap();
+    let out = sb.run(&["validate", file.to_str().unwrap()]).await;
+    common::assert_exit(
+        &out,
+        65,
+        "bootstage.sync[0].dir_mod: unknown setting; did you mean bootstage.sync[0].dir_mode?",
+    );
+    assert_eq!(out.stdout, "");
+}

@@ -18,10 +18,11 @@
 //! bootstage's own settings nor a variable that steers an interpreter, the loader or a
 //! tool ([`import_refusal`]): such a parameter is left out with a warning naming it.
 
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::base::exit::{ExitCode, ExitStatus};
+use crate::settings;
+pub use crate::settings::Import;
 use crate::state::envfile::{SETTINGS_KEY, env_name, steering};
 
 /// A parameter's place in the parameters: object keys, and list indexes as numbers.
@@ -76,20 +77,11 @@ impl Target {
     }
 }
 
-/// One entry of `bootstage.import`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Import {
-    pub ssm_path: String,
-    #[serde(default)]
-    pub recursive: bool,
-}
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RefError {
     #[error("parameter {path}: {why}")]
     Shape { path: String, why: String },
-    #[error("bootstage.import: {0}")]
+    #[error("{0}")]
     Import(String),
     #[error(
         "parameter {0} cannot name a credential file (a '/', an empty or a '.'/'..' segment, a control character, or over 255 bytes)"
@@ -226,20 +218,11 @@ pub fn check_credential_name(path: &[String]) -> Result<(), RefError> {
 
 /// `bootstage.import`, checked.
 pub fn imports(params: &Map<String, Value>) -> Result<Vec<Import>, RefError> {
-    let Some(list) = params.get(SETTINGS_KEY).and_then(|b| b.get("import")) else {
-        return Ok(Vec::new());
-    };
-    let imports: Vec<Import> =
-        serde_json::from_value(list.clone()).map_err(|e| RefError::Import(e.to_string()))?;
-    for import in &imports {
-        if !import.ssm_path.starts_with('/') {
-            return Err(RefError::Import(format!(
-                "ssm_path {:?} must start with '/'",
-                import.ssm_path
-            )));
-        }
+    match params.get(SETTINGS_KEY).and_then(|b| b.get("import")) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(list) => settings::sync::imports(list, &format!("{SETTINGS_KEY}.import"))
+            .map_err(|e| RefError::Import(e.0)),
     }
-    Ok(imports)
 }
 
 /// Puts `value` at `path`, replacing the reference object there.
@@ -519,7 +502,7 @@ mod tests {
         let bad = obj(json!({"bootstage": {"import": [{"ssm_path": "a/"}]}}));
         assert_eq!(
             imports(&bad).unwrap_err().to_string(),
-            "bootstage.import: ssm_path \"a/\" must start with '/'"
+            "bootstage.import[0].ssm_path: \"a/\" must start with '/'"
         );
         let unknown = obj(json!({"bootstage": {"import": [{"path": "/a"}]}}));
         assert!(imports(&unknown).is_err());

@@ -12,6 +12,7 @@ pub use crate::base::exit::{ExitCode, ExitStatus};
 use crate::imds::ImdsError;
 use crate::imds::userdata::DecodeError;
 use crate::secrets::SecretError;
+use crate::settings::SettingsError;
 use crate::state::StateError;
 use crate::state::envfile::{ExportError, ParseError};
 
@@ -47,6 +48,9 @@ pub enum Error {
     #[error("{0}")]
     Secret(#[from] SecretError),
 
+    #[error("{0}")]
+    Settings(#[from] SettingsError),
+
     #[error("params.env cannot be read back: {0}")]
     EnvFile(#[from] ParseError),
 
@@ -81,6 +85,7 @@ impl ExitStatus for Error {
             Error::Imds(e) => e.exit_code(),
             Error::State(e) => e.exit_code(),
             Error::Secret(e) => e.exit_code(),
+            Error::Settings(e) => e.exit_code(),
             Error::EnvFile(e) => e.exit_code(),
             Error::Stage(e) => e.exit_code(),
         }

@@ -98,7 +98,7 @@ impl From<OrchestratorError> for Error {
 /// The parameters' `bootstage.lifecycle` if they have one, else the image's file, else none.
 pub fn config(state: &StateDir, fallback: &Path) -> Result<Option<Config>> {
     let Some((value, origin)) = query::setting(state, "lifecycle", fallback, |why| {
-        OrchestratorError::Config(why).into()
+        OrchestratorError::Config(crate::settings::SettingsError(why)).into()
     })?
     else {
         return Ok(None);

@@ -26,6 +26,7 @@ use crate::imds::facts::Facts;
 use crate::imds::userdata::{self, DecodeError};
 use crate::imds::{self, Client};
 use crate::secrets;
+use crate::settings::{self, Bootstage};
 use crate::stage::error::{Error, Result};
 use crate::state::StateDir;
 use crate::state::atomic;
@@ -51,6 +52,9 @@ pub struct Settings {
     pub user_data_file: Option<PathBuf>,
     /// `NAME=VALUE` facts for `user_data_file`.
     pub facts: Vec<String>,
+    /// The image's own settings files (`notify` → `/etc/bootstage/notify.json` …), checked
+    /// with the parameters so a typo there fails the first stage, not a later unit.
+    pub image_files: Vec<(&'static str, PathBuf)>,
 }
 
 pub const DEFAULT_TIMEOUT: &str = "90s";
@@ -76,6 +80,27 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// Checks each of the image's settings files that exists against its section's schema.
+fn check_image_files(files: &[(&'static str, PathBuf)]) -> Result<()> {
+    for (section, path) in files {
+        let text = match std::fs::read(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(Error::Read {
+                    path: path.clone(),
+                    source,
+                });
+            }
+        };
+        let origin = path.display().to_string();
+        let value: Value = serde_json::from_slice(&text)
+            .map_err(|e| settings::SettingsError(format!("{origin}: not JSON ({e})")))?;
+        settings::check_image_file(section, &value, &origin)?;
+    }
+    Ok(())
 }
 
 /// For a later stage run by hand: runs this stage in-process when its outputs are missing,
@@ -132,6 +157,12 @@ async fn fetch(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<
     };
     notifier.status("resolving references");
     let resolved = secrets::resolve(params, facts.region.clone(), deadline).await?;
+    // bootstage's own settings, whole, before anything is written: a typo fails here.
+    Bootstage::from_params(&resolved.json)?;
+    check_image_files(&args.image_files)?;
+    for warning in settings::warnings(&resolved.json) {
+        tracing::warn!("{warning}");
+    }
     let mut env = Env::from_params(&resolved.env)?;
     facts.export(&mut env)?;
     let missing: Vec<&str> = facts

@@ -10,3 +10,4 @@ pub mod notice;
 pub mod query;
 pub mod s3sync;
 pub mod status;
+pub mod validate;

@@ -35,6 +35,8 @@ use serde_json::Value;
 
 use crate::base::child;
 use crate::base::retry::{self, Deadline, RetryHint};
+use crate::settings::SettingsError;
+use crate::settings::notify::Config;
 use crate::stage::error::{Error, Result};
 use crate::stage::error::{ExitCode, ExitStatus};
 use crate::stage::{lifecycle, query};
@@ -63,81 +65,6 @@ pub enum Event {
     Ready,
 }
 
-/// `bootstage.notify`, or the image's fallback file.
-#[derive(Debug, Default)]
-pub struct Config {
-    pub url: Option<String>,
-    pub headers: BTreeMap<String, String>,
-    pub command: Option<String>,
-    pub ready: bool,
-    pub timeout: Option<Duration>,
-}
-
-impl Config {
-    /// Reads the settings field by field. A message names the setting (`origin.key`) and
-    /// what it should be, never its value: a header value is a bearer token, a webhook URL
-    /// often carries its own secret.
-    fn from_value(value: &Value, origin: &str) -> std::result::Result<Config, NoticeError> {
-        let bad = |key: &str, why: &str| NoticeError::Config(format!("{origin}.{key} {why}"));
-        let Value::Object(map) = value else {
-            return Err(NoticeError::Config(format!("{origin} must be an object")));
-        };
-        let text = |key: &str| -> std::result::Result<Option<String>, NoticeError> {
-            match map.get(key) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s.clone())),
-                Some(_) => Err(bad(key, "must be a string")),
-            }
-        };
-        let mut config = Config::default();
-        for (key, value) in map {
-            match key.as_str() {
-                "url" => config.url = text(key)?,
-                "command" => config.command = text(key)?,
-                "ready" => {
-                    config.ready = match value {
-                        Value::Bool(b) => *b,
-                        Value::Null => false,
-                        _ => return Err(bad(key, "must be true or false")),
-                    }
-                }
-                "timeout" => {
-                    let timeout = crate::base::duration::from_json(value)
-                        .map_err(|why| bad(key, &format!("is {why}")))?;
-                    config.timeout = Some(timeout);
-                }
-                "headers" => {
-                    let Value::Object(headers) = value else {
-                        return Err(bad(key, "must be an object of header names to strings"));
-                    };
-                    for (name, value) in headers {
-                        let at = format!("headers.{name}");
-                        if http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                            return Err(bad(&at, "is not a valid header name"));
-                        }
-                        let Value::String(value) = value else {
-                            return Err(bad(&at, "must be a string"));
-                        };
-                        if http::header::HeaderValue::from_str(value).is_err() {
-                            return Err(bad(
-                                &at,
-                                "is not a valid header value (a control character or a line break)",
-                            ));
-                        }
-                        config.headers.insert(name.clone(), value.clone());
-                    }
-                }
-                other => {
-                    return Err(NoticeError::Config(format!(
-                        "{origin}: unknown setting {other:?} (known: url, headers, command, ready, timeout)"
-                    )));
-                }
-            }
-        }
-        Ok(config)
-    }
-}
-
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A longer `timeout` is cut to this, to stay inside the units' TimeoutStartSec=90.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
@@ -163,8 +90,8 @@ pub struct Notice {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NoticeError {
-    #[error("bootstage.notify: {0}")]
-    Config(String),
+    #[error(transparent)]
+    Config(SettingsError),
     #[error("the notice was not delivered: {0}")]
     Undelivered(String),
 }
@@ -274,20 +201,14 @@ async fn send(state: &StateDir, args: &Settings, notice: &Notice) -> Result<()> 
 /// The parameters' `bootstage.notify` if they have one, else the image's file, else none.
 fn config(state: &StateDir, fallback: &Path) -> Result<Option<Config>> {
     let Some((value, origin)) = query::setting(state, "notify", fallback, |why| {
-        NoticeError::Config(why).into()
+        NoticeError::Config(SettingsError(why)).into()
     })?
     else {
         return Ok(None);
     };
-    let config = Config::from_value(&value, &origin)?;
-    if let Some(url) = &config.url
-        && !(url.starts_with("http://") || url.starts_with("https://"))
-    {
-        return Err(
-            NoticeError::Config(format!("{origin}: url must be http:// or https://")).into(),
-        );
-    }
-    Ok(Some(config))
+    Ok(Some(
+        Config::from_value(&value, &origin).map_err(NoticeError::Config)?,
+    ))
 }
 
 fn compose(state: &StateDir, args: &Settings) -> Notice {

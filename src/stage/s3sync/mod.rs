@@ -33,18 +33,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::TryStreamExt;
-use serde::Deserialize;
 
 use crate::aws::{self, Aws, AwsError};
 use crate::base::notify::Notifier;
 use crate::base::retry::{self, Deadline, RetryHint};
 use crate::events::Queue;
+use crate::settings::{Bootstage, SyncSpec, WatchSpec};
 use crate::stage::error::{Error, ExitCode, ExitStatus, Result};
 use crate::stage::metadata;
 use crate::state::StateDir;
-use crate::state::envfile;
 use crate::state::status::{self, Stage};
-use crate::sync::archive::{self, UnpackError};
+use crate::sync::archive::UnpackError;
 use crate::sync::keys::{self, KeyError};
 use crate::sync::source::{Bundle, Location, Object, Source, SourceError};
 use crate::sync::tree::{Destination, Entry, Manifest, Staging, TreeError};
@@ -133,51 +132,6 @@ impl ExitStatus for SyncError {
     }
 }
 
-/// One entry of `bootstage.sync`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct SyncSpec {
-    pub from: String,
-    pub to: PathBuf,
-    #[serde(default)]
-    pub owner: Option<String>,
-    #[serde(default)]
-    pub group: Option<String>,
-    #[serde(default = "default_file_mode", deserialize_with = "octal")]
-    pub file_mode: u32,
-    #[serde(default = "default_dir_mode", deserialize_with = "octal")]
-    pub dir_mode: u32,
-    /// An empty prefix (or a missing archive) syncs an empty tree instead of failing.
-    #[serde(default)]
-    pub allow_empty: bool,
-    /// For an archive: the SHA-256 (hex) its bytes must have.
-    #[serde(default)]
-    pub sha256: Option<String>,
-    /// For an archive: at most this many entries, and this many bytes unpacked.
-    #[serde(default)]
-    pub max_entries: Option<u64>,
-    #[serde(default)]
-    pub max_bytes: Option<u64>,
-}
-
-fn default_file_mode() -> u32 {
-    0o644
-}
-
-fn default_dir_mode() -> u32 {
-    0o755
-}
-
-fn octal<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u32, D::Error> {
-    let text = String::deserialize(d)?;
-    u32::from_str_radix(&text, 8)
-        .ok()
-        .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| {
-            serde::de::Error::custom(format!("{text:?} is not an octal mode like \"0644\""))
-        })
-}
-
 /// What one destination's pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -235,7 +189,7 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
                     allow_empty: args.allow_empty,
                     ..SyncSpec::plain(from, to)
                 };
-                spec.check()?;
+                spec.check().map_err(SyncError::Settings)?;
                 vec![spec]
             }
             _ => {
@@ -315,33 +269,6 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
     .await
 }
 
-/// `bootstage.watch` in the parameters: the queue, and the polling interval that
-/// replaces `--watch`'s (the parameters are per deployment; the unit's is the image's).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-struct WatchSpec {
-    #[serde(default)]
-    sqs: Option<String>,
-    #[serde(default, deserialize_with = "optional_duration")]
-    interval: Option<Duration>,
-}
-
-/// A duration as systemd takes it: a string (`"10m"`, `"90"`: seconds) or a number of
-/// seconds.
-fn optional_duration<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<Duration>, D::Error> {
-    let value = serde_json::Value::deserialize(d)?;
-    let text = match &value {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Number(n) => n.to_string(),
-        _ => return Err(serde::de::Error::custom("expected a duration like \"10m\"")),
-    };
-    crate::base::duration::parse(&text)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
-}
-
 /// The queue URL with `{instance_id}`, `{region}` and `{account_id}` filled in from the
 /// instance's facts: one launch template's user-data names each instance's own queue.
 fn queue_url(state: &StateDir, url: &str) -> Result<String, SyncError> {
@@ -390,18 +317,7 @@ fn queue_url(state: &StateDir, url: &str) -> Result<String, SyncError> {
 
 /// The parameters' `bootstage.watch`, checked.
 fn watch_settings(state: &StateDir) -> Result<WatchSpec> {
-    let Some(spec) = setting(state, "watch")? else {
-        return Ok(WatchSpec::default());
-    };
-    let spec: WatchSpec = serde_json::from_value(spec)
-        .map_err(|e| SyncError::Settings(format!("bootstage.watch: {e}")))?;
-    if spec.interval.is_some_and(|i| i.is_zero()) {
-        return Err(SyncError::Settings(
-            "bootstage.watch: \"interval\" must be more than 0".into(),
-        )
-        .into());
-    }
-    Ok(spec)
+    Ok(bootstage(state)?.watch.unwrap_or_default())
 }
 
 /// For `launch` run by hand, after the metadata stage: syncs every configured destination
@@ -431,116 +347,21 @@ pub async fn sync_missing(state: &StateDir, refresh: bool, notifier: Notifier) -
     Ok(())
 }
 
-impl SyncSpec {
-    /// `--from/--to`: default modes, no owner change.
-    fn plain(from: &str, to: &Path) -> SyncSpec {
-        SyncSpec {
-            from: from.to_string(),
-            to: to.to_path_buf(),
-            owner: None,
-            group: None,
-            file_mode: default_file_mode(),
-            dir_mode: default_dir_mode(),
-            allow_empty: false,
-            sha256: None,
-            max_entries: None,
-            max_bytes: None,
-        }
-    }
-
-    /// What an archive of this entry may unpack to.
-    fn limits(&self) -> archive::Limits {
-        archive::Limits {
-            max_entries: self.max_entries.unwrap_or(archive::DEFAULT_MAX_ENTRIES),
-            max_bytes: self.max_bytes.unwrap_or(archive::DEFAULT_MAX_BYTES),
-        }
-    }
-
-    /// The archive-only settings make sense only for an archive, and a pin only as 64 hex
-    /// digits.
-    fn check(&self) -> Result<(), SyncError> {
-        let location = Location::parse(&self.from)?;
-        let archive = matches!(
-            location,
-            Location::S3Archive { .. } | Location::FileArchive { .. }
-        );
-        let bad = |why: String| Err(SyncError::Settings(why));
-        if !archive
-            && (self.sha256.is_some() || self.max_entries.is_some() || self.max_bytes.is_some())
-        {
-            return bad(format!(
-                "{}: \"sha256\", \"max_entries\" and \"max_bytes\" are for an archive source (….tar, .tar.gz, .tgz, .tar.zst)",
-                self.from
-            ));
-        }
-        if let Some(pin) = &self.sha256
-            && !(pin.len() == 64 && pin.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
-            return bad(format!("{}: \"sha256\" must be 64 hex digits", self.from));
-        }
-        Ok(())
-    }
-}
-
-/// `bootstage.KEY` in the parameters, if there.
-fn setting(state: &StateDir, key: &str) -> Result<Option<serde_json::Value>> {
+/// The parameters' `bootstage` settings, checked.
+fn bootstage(state: &StateDir) -> Result<Bootstage> {
     let path = state.params_json();
     let text = std::fs::read(&path).map_err(|source| Error::Read {
         path: path.clone(),
         source,
     })?;
-    let params: serde_json::Value = serde_json::from_slice(&text)
-        .map_err(|e| SyncError::Settings(format!("{}: not JSON ({e})", path.display())))?;
-    Ok(params
-        .get(envfile::SETTINGS_KEY)
-        .and_then(|b| b.get(key))
-        .cloned())
+    let params: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&text)
+        .map_err(|e| SyncError::Settings(format!("{}: not a JSON object ({e})", path.display())))?;
+    Ok(Bootstage::from_params(&params).map_err(|e| SyncError::Settings(e.0))?)
 }
 
 /// The parameters' `bootstage.sync` list, checked.
 fn configured(state: &StateDir) -> Result<Vec<SyncSpec>> {
-    let list = setting(state, "sync")?;
-    let specs: Vec<SyncSpec> = match list {
-        None => Vec::new(),
-        Some(list) => serde_json::from_value(list)
-            .map_err(|e| SyncError::Settings(format!("bootstage.sync: {e}")))?,
-    };
-    for spec in &specs {
-        if !spec.to.is_absolute() {
-            let why = format!(
-                "bootstage.sync: \"to\" must be an absolute path, not {:?}",
-                spec.to
-            );
-            return Err(SyncError::Settings(why).into());
-        }
-        spec.check()?;
-    }
-    check_destinations(&specs)?;
-    Ok(specs)
-}
-
-/// Refuses two entries whose destinations are the same or one inside the other (one
-/// sync would swap a tree under the other's feet), before anything is written.
-fn check_destinations(specs: &[SyncSpec]) -> Result<(), SyncError> {
-    let normal = |p: &Path| -> PathBuf { p.components().collect() };
-    for (i, a) in specs.iter().enumerate() {
-        for b in &specs[i + 1..] {
-            let (x, y) = (normal(&a.to), normal(&b.to));
-            let why = if x == y {
-                "share one destination"
-            } else if y.starts_with(&x) || x.starts_with(&y) {
-                "have one destination inside the other"
-            } else {
-                continue;
-            };
-            return Err(SyncError::Settings(format!(
-                "bootstage.sync: {} and {} {why}",
-                a.to.display(),
-                b.to.display()
-            )));
-        }
-    }
-    Ok(())
+    Ok(bootstage(state)?.sync)
 }
 
 /// An AWS setup error, reported as the sync's settings error (exit 65), as before.

@@ -1,0 +1,132 @@
+//! `bootstage validate [FILE|-]`: check user-data before it reaches an instance, as the
+//! metadata stage would read it, without a network call: decode it (JSON, base64, gzip),
+//! check every reference's shape and every `bootstage.*` setting against the schema
+//! (`settings`), flatten it as `params.env` would be, and print the variable names that
+//! would be exported (never a value). Exit 0 when it would boot, 65 when it would not.
+//! Operators run it in CI before publishing a launch template version.
+//!
+//! Offline, nothing is resolved: a reference is exported under its own name (unless
+//! `"env": false`), an import's parameters are unknown (it is named instead), and a
+//! reference inside bootstage's own settings stands for a URL-shaped string.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use serde_json::{Map, Value};
+
+use crate::imds::userdata;
+use crate::secrets::{SecretError, refs};
+use crate::settings::{self, Bootstage};
+use crate::stage::error::{Error, Result};
+use crate::state::envfile::{Env, SETTINGS_KEY};
+
+/// What to check: a file, or standard input.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `None` or `-`: standard input.
+    pub file: Option<PathBuf>,
+}
+
+/// What a reference in bootstage's settings stands for offline.
+const PLACEHOLDER: &str = "https://resolved-at-boot.invalid/";
+
+pub fn run(args: &Settings) -> Result<()> {
+    let (raw, name) = match args.file.as_deref() {
+        None => (read_stdin()?, "standard input".to_string()),
+        Some(p) if p.as_os_str() == "-" => (read_stdin()?, "standard input".to_string()),
+        Some(path) => (
+            std::fs::read(path).map_err(|source| Error::Read {
+                path: path.into(),
+                source,
+            })?,
+            path.display().to_string(),
+        ),
+    };
+    let params = userdata::decode(&raw)?;
+    let references = refs::find(&params).map_err(SecretError::from)?;
+    let imports = refs::imports(&params).map_err(SecretError::from)?;
+    let mut offline = params.clone();
+    if let Some(Value::Object(own)) = offline.get_mut(SETTINGS_KEY) {
+        stand_in(own);
+    }
+    Bootstage::from_params(&offline)?;
+    for warning in settings::warnings(&params) {
+        tracing::warn!("{warning}");
+    }
+    // params.env as the boot would write it, a reference standing for its value.
+    let mut env_params = params.clone();
+    for reference in &references {
+        match reference.env {
+            true => refs::set(
+                &mut env_params,
+                &reference.path,
+                Value::String(String::new()),
+            ),
+            false => refs::remove(&mut env_params, &reference.path),
+        }
+    }
+    let env = Env::from_params(&env_params)?;
+    let mut out = String::new();
+    for (name, _) in env.iter() {
+        out.push_str(name);
+        out.push('\n');
+    }
+    print!("{out}");
+    eprintln!(
+        "{name}: valid; {} variables, {} references, {} imports{}",
+        env.len(),
+        references.len(),
+        imports.len(),
+        match imports.is_empty() {
+            true => String::new(),
+            false => format!(
+                " (their parameters are known only at boot: {})",
+                imports
+                    .iter()
+                    .map(|i| i.ssm_path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    );
+    Ok(())
+}
+
+fn read_stdin() -> Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    std::io::stdin()
+        .take(userdata::MAX_RAW as u64 + 1)
+        .read_to_end(&mut raw)
+        .map_err(|source| Error::Read {
+            path: "standard input".into(),
+            source,
+        })?;
+    Ok(raw)
+}
+
+/// Replaces every reference in bootstage's settings with [`PLACEHOLDER`].
+fn stand_in(map: &mut Map<String, Value>) {
+    for value in map.values_mut() {
+        match value {
+            Value::Object(inner)
+                if inner.contains_key("ssm") || inner.contains_key("secretsmanager") =>
+            {
+                *value = Value::String(PLACEHOLDER.into());
+            }
+            Value::Object(inner) => stand_in(inner),
+            Value::Array(items) => {
+                for item in items {
+                    if let Value::Object(inner) = item {
+                        let mut wrapper = Map::from_iter([(
+                            "x".to_string(),
+                            Value::Object(std::mem::take(inner)),
+                        )]);
+                        stand_in(&mut wrapper);
+                        *item = wrapper.remove("x").unwrap_or(Value::Null);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
