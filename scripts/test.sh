@@ -10,8 +10,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-# bench-s3 serves the benchmark only; clippy above still checks it.
-cargo test --workspace --exclude bench-s3 2>&1 | tee "$log" || status=$?
+# bench-s3 serves the benchmark only; clippy above still checks it. --no-fail-fast: a
+# failing test binary must not hide the ones after it, or the closing line counts a part.
+cargo test --workspace --exclude bench-s3 --no-fail-fast 2>&1 | tee "$log" || status=$?
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$log"
 exit "$status"
