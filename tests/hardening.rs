@@ -141,14 +141,20 @@ async fn a_bad_header_setting_never_shows_its_value() {
             json!({"bootstage": {"notify": {"url": hook.url, "headers": headers, "timeout": 1}}});
         let file = sb.path("user-data.json");
         std::fs::write(&file, params.to_string()).unwrap();
+        // The metadata stage checks bootstage's settings before it writes anything…
         let out = sb
             .run(&["metadata", "--user-data-file", file.to_str().unwrap()])
             .await;
-        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_exit(&out, 65, message);
+        assert_eq!(sb.read("params.json"), None);
+        // …and `notify` checks the image's file, which the metadata stage cannot fix.
+        let image = sb.path("notify.json");
+        std::fs::write(&image, params["bootstage"]["notify"].to_string()).unwrap();
         let out = sb
             .run(&["notify", "failure", "--unit", "bootstage-metadata.service"])
             .await;
-        assert_exit(&out, 65, message);
+        let in_file = message.replacen("bootstage.notify", &image.display().to_string(), 1);
+        assert_exit(&out, 65, &in_file);
         for text in [out.stderr.as_str(), out.stdout.as_str()] {
             assert!(!text.contains("sekrit"), "{text}");
         }
@@ -518,4 +524,51 @@ async fn two_hook_runs_at_once_run_a_one_time_hook_once() {
         })
         .count();
     assert_eq!(waited, 1, "{}\n{}", a.stderr, b.stderr);
+}
+
+/// Hooks inherited bootstage's whole environment: a `PERL5OPT` or `BASH_ENV` in the
+/// shell that ran `bootstage hooks` (or a unit's `Environment=`) reached every root hook.
+/// A hook now gets a clean environment: a fixed PATH, the locale, the parameters and
+/// bootstage's two variables, exactly.
+#[tokio::test]
+async fn a_hook_runs_in_a_clean_environment_with_the_parameters() {
+    let sb = Sandbox::new();
+    sb.seed("params.json", "{}");
+    sb.seed(
+        "instance.json",
+        "{\"source\":\"flags\",\"instance_id\":\"i-0env\"}",
+    );
+    sb.seed("params.env", "DB_HOST=\"db.internal\"\n");
+    let out_file = sb.path("hook-env");
+    hook(
+        &sb,
+        "per-boot.d/10-env",
+        &format!("env -0 > {}", out_file.display()),
+    );
+    let mut cmd = sb.command(&["hooks"]);
+    cmd.env("PERL5OPT", "-Mhostile")
+        .env("BASH_ENV", "/tmp/hostile")
+        .env("LANG", "C.UTF-8")
+        .env("PATH", "/hostile/bin:/usr/bin:/bin");
+    let out = common::run(cmd).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = std::fs::read(&out_file).unwrap();
+    let mut vars: Vec<String> = text
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        // The shell running the hook adds its own.
+        .filter(|v| !v.starts_with("PWD=") && !v.starts_with("SHLVL=") && !v.starts_with("_="))
+        .collect();
+    vars.sort();
+    assert_eq!(
+        vars,
+        [
+            "BOOTSTAGE_HOOK=per-boot.d/10-env".to_string(),
+            format!("BOOTSTAGE_STATE_DIR={}", sb.state().display()),
+            "DB_HOST=db.internal".into(),
+            "LANG=C.UTF-8".into(),
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ]
+    );
 }

@@ -3,8 +3,12 @@
 //!
 //! Executables in `<hooks dir>/per-instance.d/` run once per instance id, then those in
 //! `<hooks dir>/per-boot.d/` on every boot; each directory in byte order of the file names,
-//! one at a time, with the parameters (`params.env`) in their environment plus
-//! `BOOTSTAGE_HOOK` (e.g. `per-instance.d/10-disk`) and `BOOTSTAGE_STATE_DIR`.
+//! one at a time, in a clean environment: a fixed `PATH`, the locale and time zone of
+//! bootstage's own (`LANG`, `LC_ALL`, `TZ`), the parameters (`params.env`, imported
+//! ones included: data for the hook, never code, see `secrets::refs`), `BOOTSTAGE_HOOK`
+//! (e.g. `per-instance.d/10-disk`) and `BOOTSTAGE_STATE_DIR`. Nothing else of the
+//! caller's environment (a shell's `PERL5OPT`, a unit's `Environment=`) reaches a root
+//! hook.
 //!
 //! Which files run: regular files (symlinks followed) that are executable. Names starting
 //! with `.`, editor backups (`~`) and package-manager leftovers (`.dpkg-old`, `.dpkg-new`,
@@ -51,6 +55,11 @@ use crate::stage::s3sync;
 use crate::state::StateDir;
 use crate::state::atomic;
 use crate::state::status::{self, Stage};
+
+/// A hook's `PATH`: the system's, never the caller's.
+const HOOK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The only variables a hook gets from bootstage's own environment.
+const KEPT: &[&str] = &["LANG", "LC_ALL", "TZ"];
 
 pub const DEFAULT_HOOKS_DIR: &str = "/etc/bootstage/hooks";
 pub const DEFAULT_LIB_DIR: &str = "/var/lib/bootstage";
@@ -168,6 +177,9 @@ async fn run_hooks(state: &StateDir, args: &HookDirs, notifier: Notifier) -> Res
             let path = args.hooks_dir.join(kind.dir()).join(&hook);
             let mut command = tokio::process::Command::new(&resolved[&path]);
             command
+                .env_clear()
+                .env("PATH", HOOK_PATH)
+                .envs(KEPT.iter().filter_map(|k| Some((k, std::env::var_os(k)?))))
                 .envs(env.iter().map(|(k, v)| (k, v)))
                 .env("BOOTSTAGE_HOOK", &name)
                 .env("BOOTSTAGE_STATE_DIR", state.root())
