@@ -572,3 +572,36 @@ async fn a_hook_runs_in_a_clean_environment_with_the_parameters() {
         ]
     );
 }
+
+/// `bootstage.watch` without the watch drop-in was ignored in silence: the operator
+/// believed the destinations were kept in step. The s3-sync stage now warns, naming the
+/// drop-in, and `status` says so while no watcher runs.
+#[tokio::test]
+async fn a_watch_setting_no_unit_acts_on_is_a_warning_naming_the_drop_in() {
+    let sb = Sandbox::new();
+    let src = sb.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.conf"), "x").unwrap();
+    let params = json!({"bootstage": {
+        "sync": [{"from": format!("file://{}/", src.display()), "to": sb.path("dest")}],
+        "watch": {"interval": "5m"},
+    }});
+    sb.seed("params.json", &params.to_string());
+    sb.seed(
+        "instance.json",
+        "{\"source\":\"flags\",\"instance_id\":\"i-0watch\"}",
+    );
+    sb.seed("params.env", "");
+    let warning = "bootstage.watch is set, but s3-sync runs without --watch: install the watch drop-in (systemd/examples/bootstage-s3-sync.service.d/watch.conf as /etc/systemd/system/bootstage-s3-sync.service.d/watch.conf) or remove bootstage.watch";
+    let out = sb.run(&["s3-sync", "--sync-timeout", "20s"]).await;
+    assert_exit(&out, 0, warning);
+    let out = sb.run(&["status"]).await;
+    assert!(
+        out.stdout.contains(&format!("warning: {warning}\n")),
+        "{}",
+        out.stdout
+    );
+    let out = sb.run(&["status", "--json"]).await;
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(doc["warnings"], json!([warning]));
+}

@@ -14,9 +14,9 @@ use futures_util::StreamExt;
 
 use crate::base::exit::ExitCode;
 use crate::stage::error::{Error, Result};
-use crate::stage::lifecycle;
+use crate::stage::{lifecycle, s3sync};
 use crate::state::StateDir;
-use crate::state::status::{Record, State, snapshot, status_dir};
+use crate::state::status::{Record, Stage, State, snapshot, status_dir};
 
 /// `bootstage status [--wait [--timeout]] [--json]`.
 #[derive(Debug, Clone)]
@@ -38,6 +38,15 @@ pub async fn run(state: &StateDir, args: &Settings) -> Result<ExitCode> {
     }
     let orchestrator = crate::state::lifecycle::read(state).ok().flatten();
     let watching = crate::state::watch::read(state);
+    // Settings that only a unit the image lacks would act on.
+    let s3sync_done = records
+        .iter()
+        .any(|r| r.stage == Stage::S3Sync.name() && r.state == State::Done);
+    let warnings: Vec<&str> = match watching.is_none() && s3sync_done && s3sync::wants_watch(state)
+    {
+        true => vec![s3sync::UNWATCHED],
+        false => Vec::new(),
+    };
     let text = if args.json {
         let mut doc = serde_json::json!({"state": overall, "stages": records});
         if let Some(record) = &orchestrator {
@@ -45,6 +54,9 @@ pub async fn run(state: &StateDir, args: &Settings) -> Result<ExitCode> {
         }
         if let Some(watch) = &watching {
             doc["watch"] = serde_json::to_value(watch).expect("records serialize");
+        }
+        if !warnings.is_empty() {
+            doc["warnings"] = serde_json::json!(warnings);
         }
         let mut text = serde_json::to_string_pretty(&doc).expect("records serialize");
         text.push('\n');
@@ -56,6 +68,9 @@ pub async fn run(state: &StateDir, args: &Settings) -> Result<ExitCode> {
         }
         if let Some(watch) = &watching {
             text += &format!("watch: {}\n", watch.describe());
+        }
+        for warning in &warnings {
+            text += &format!("warning: {warning}\n");
         }
         text
     };

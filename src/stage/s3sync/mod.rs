@@ -194,7 +194,11 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
             }
             _ => {
                 metadata::ensure(state, &args.metadata, args.refresh, notifier).await?;
-                configured(state)?
+                let own = bootstage(state)?;
+                if args.watch.is_none() && own.watch.is_some() {
+                    tracing::warn!("{UNWATCHED}");
+                }
+                own.sync
             }
         };
         let watching = match (args.watch, configured_stage) {
@@ -313,6 +317,21 @@ fn queue_url(state: &StateDir, url: &str) -> Result<String, SyncError> {
         ));
     }
     Ok(out)
+}
+
+/// What a `bootstage.watch` that nothing acts on means, for the journal and `status`.
+pub const UNWATCHED: &str = "bootstage.watch is set, but s3-sync runs without --watch: install the watch drop-in (systemd/examples/bootstage-s3-sync.service.d/watch.conf as /etc/systemd/system/bootstage-s3-sync.service.d/watch.conf) or remove bootstage.watch";
+
+/// Whether the parameters hold a `bootstage.watch` (for `status`; unchecked).
+pub fn wants_watch(state: &StateDir) -> bool {
+    std::fs::read(state.params_json())
+        .ok()
+        .and_then(|text| serde_json::from_slice::<serde_json::Value>(&text).ok())
+        .is_some_and(|p| {
+            p.get("bootstage")
+                .and_then(|b| b.get("watch"))
+                .is_some_and(|w| !w.is_null())
+        })
 }
 
 /// The parameters' `bootstage.watch`, checked.
