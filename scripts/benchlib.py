@@ -20,9 +20,11 @@ def write_section(name, title, table):
 
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = ROOT / "target" / "release" / "bootstage"
-BENCH_S3 = ROOT / "target" / "release" / "bench-s3"
-BENCH_FLOOR = ROOT / "target" / "release" / "bench-floor"
+# Where `cargo build --release` puts the binaries: CARGO_TARGET_DIR when set.
+RELEASE = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "release"
+BIN = RELEASE / "bootstage"
+BENCH_S3 = RELEASE / "bench-s3"
+BENCH_FLOOR = RELEASE / "bench-floor"
 ACCESS_KEY, SECRET_KEY = "test", "testtest"
 
 

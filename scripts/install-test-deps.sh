@@ -26,10 +26,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
-# A real S3-compatible server for the sync tests.
-if ! python3 -c "import moto.server, flask, flask_cors" >/dev/null 2>&1; then
-  echo "installing moto[server]"
-  python3 -m pip install --quiet 'moto[server]'
+# A real S3-compatible server for the sync tests, pinned: the tests depend on its quirks
+# (multipart ETags, XML denials for JSON APIs, IAM enforcement after N setup calls).
+MOTO_VERSION=5.2.1
+if [ "$(python3 -c "import moto.server, flask, flask_cors, moto; print(moto.__version__)" 2>/dev/null)" != "$MOTO_VERSION" ]; then
+  echo "installing moto[server]==$MOTO_VERSION"
+  python3 -m pip install --quiet "moto[server]==$MOTO_VERSION"
 fi
 
 for component in rustfmt clippy; do
