@@ -34,7 +34,8 @@ fn header(name: &str, kind: u8, link: &str, size: u64, mode: u32) -> tar::Header
     h.set_uid(4321);
     h.set_gid(4321);
     h.set_mtime(1_700_000_000);
-    h.set_entry_type(tar::EntryType::new(kind));
+    // The byte itself: `EntryType::new(0)` would write '0', not the old NUL type.
+    h.as_old_mut().linkflag = [kind];
     h.set_cksum();
     h
 }
@@ -846,4 +847,659 @@ async fn a_replaced_pinned_archive_is_a_verification_failure_even_when_refused()
         &format!("its SHA-256 is {got}, the entry pins {pin}: not the archive it names"),
     );
     assert!(std::fs::symlink_metadata(sb.path("dest/app")).is_err());
+}
+
+/// A tar stream written block by block, exactly as told: headers as given (sizes that lie
+/// included), bodies padded to a block, no end marker unless asked for.
+#[derive(Default)]
+struct Tape(Vec<u8>);
+
+impl Tape {
+    fn header(mut self, h: &tar::Header) -> Tape {
+        self.0.extend_from_slice(h.as_bytes());
+        self
+    }
+
+    fn body(mut self, data: &[u8]) -> Tape {
+        self.0.extend_from_slice(data);
+        self.0.resize(self.0.len().next_multiple_of(512), 0);
+        self
+    }
+
+    /// A header whose size is its body's, then the body.
+    fn entry(self, name: &str, kind: u8, data: &[u8], mode: u32) -> Tape {
+        self.header(&header(name, kind, "", data.len() as u64, mode))
+            .body(data)
+    }
+
+    fn file(self, name: &str, data: &[u8], mode: u32) -> Tape {
+        self.entry(name, b'0', data, mode)
+    }
+
+    /// A PAX record set: `x` for the next entry, `g` for every entry after it.
+    fn pax(self, kind: u8, records: &[(&str, &str)]) -> Tape {
+        let data: Vec<u8> = records.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
+        let name = match kind {
+            b'g' => "pax_global_header",
+            _ => "PaxHeaders/next",
+        };
+        self.entry(name, kind, &data, 0o644)
+    }
+
+    /// A GNU long-name (`L`) or long-link (`K`) record, as GNU tar writes it.
+    fn long(self, kind: u8, name: &str) -> Tape {
+        let data = [name.as_bytes(), b"\0"].concat();
+        self.entry("././@LongLink", kind, &data, 0o644)
+    }
+
+    /// The two zero blocks that end an archive.
+    fn end(self) -> Vec<u8> {
+        self.zeros(1024)
+    }
+
+    fn zeros(mut self, n: usize) -> Vec<u8> {
+        self.0.resize(self.0.len() + n, 0);
+        self.0
+    }
+
+    fn bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// A ustar header (magic `ustar\0`, version `00`) whose name is `prefix` + `/` + `name`.
+fn ustar_header(prefix: &str, name: &str, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    let ustar = h.as_ustar_mut().unwrap();
+    ustar.prefix[..prefix.len()].copy_from_slice(prefix.as_bytes());
+    ustar.name[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    h
+}
+
+/// A file entry whose header gives its size in base-256, as GNU tar does past 8 GiB.
+fn base256_file(name: &str, data: &[u8]) -> Tape {
+    let mut h = header(name, b'0', "", 0, 0o644);
+    let size = &mut h.as_old_mut().size;
+    size.fill(0);
+    size[0] = 0x80;
+    size[4..].copy_from_slice(&(data.len() as u64).to_be_bytes());
+    h.set_cksum();
+    Tape::default().header(&h).body(data)
+}
+
+/// An old (v7) header with bytes in what ustar calls the name prefix: Python's tarfile
+/// prepends them to the name, GNU tar and the `tar` crate do not.
+fn v7_with_prefix(prefix: &str, name: &str) -> tar::Header {
+    let mut h = header(name, b'0', "", 0, 0o644);
+    h.as_mut_bytes()[345..345 + prefix.len()].copy_from_slice(prefix.as_bytes());
+    h.set_cksum();
+    h
+}
+
+/// Every file, directory and symlink under `root` (through its symlink, if it is one): a
+/// file as its mode, size and SHA-256, a directory as its mode, a symlink as its target.
+/// `normalize`: a file's mode as bootstage would make it with the default modes (0755
+/// where any executable bit is set, else 0644), a directory's as 0755: for GNU tar's
+/// extraction, which keeps the archive's modes.
+fn described(root: &Path, normalize: bool) -> BTreeMap<String, String> {
+    use sha2::Digest;
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let rel = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let mode = meta.permissions().mode() & 0o7777;
+            let what = if meta.is_symlink() {
+                format!("link {}", std::fs::read_link(&path).unwrap().display())
+            } else if meta.is_dir() {
+                stack.push(path);
+                format!("dir {:o}", if normalize { 0o755 } else { mode })
+            } else if meta.is_file() {
+                let data = std::fs::read(&path).unwrap();
+                let mode = match normalize {
+                    true if mode & 0o111 != 0 => 0o755,
+                    true => 0o644,
+                    false => mode,
+                };
+                let sha = hex::encode(sha2::Sha256::digest(&data));
+                format!("file {mode:o} {} {sha}", data.len())
+            } else {
+                format!("other {:o}", meta.permissions().mode())
+            };
+            out.insert(rel, what);
+        }
+    }
+    out
+}
+
+/// What Python's tarfile reads in the (uncompressed) archive at `tar`, in `described`'s
+/// form (tests/fixtures/tarlist.py); its error when it cannot read it.
+fn tarfile_reads(tar: &Path) -> Result<BTreeMap<String, String>, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tarlist.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(tar)
+        .output()
+        .expect("python3 runs");
+    match out.status.success() {
+        true => Ok(serde_json::from_slice(&out.stdout).unwrap()),
+        false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+    }
+}
+
+/// What GNU tar extracts from the archive at `tar` into `into`, in `described`'s
+/// normalized form; its error when it refuses the archive.
+fn gnu_tar_writes(tar: &Path, into: &Path) -> Result<BTreeMap<String, String>, String> {
+    std::fs::create_dir_all(into).unwrap();
+    let out = std::process::Command::new("tar")
+        .args(["-x", "--no-same-owner", "--no-same-permissions", "-f"])
+        .arg(tar)
+        .arg("-C")
+        .arg(into)
+        .output()
+        .expect("GNU tar runs");
+    match out.status.success() {
+        true => Ok(described(into, true)),
+        false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+    }
+}
+
+/// What bootstage must make of an archive.
+enum Verdict {
+    /// Exit 0, and the tree is what Python's tarfile reads (the reference reader); GNU tar
+    /// accepts it (`gnu`) and extracts the same, or refuses it.
+    Same { gnu: bool },
+    /// Exit 65 with this message; nothing swapped in.
+    Refused(String),
+}
+
+/// One archive of a table: its name, the tar stream the references read, the bytes
+/// bootstage reads (that stream packed as `kind`, or other bytes: a broken gzip trailer)
+/// and what must come of it.
+struct Case {
+    name: &'static str,
+    tar: Vec<u8>,
+    packed: (Kind, Vec<u8>),
+    verdict: Verdict,
+}
+
+fn plain(name: &'static str, tar: Vec<u8>, verdict: Verdict) -> Case {
+    Case {
+        name,
+        packed: (Kind::Tar, tar.clone()),
+        tar,
+        verdict,
+    }
+}
+
+fn refusal(entry: &str, why: &str) -> Verdict {
+    Verdict::Refused(format!("archive entry {entry:?} refused: {why}"))
+}
+
+fn malformed(kind: Kind, why: &str) -> Verdict {
+    Verdict::Refused(format!(
+        "the archive is not a readable {} archive: {why}",
+        kind.ext()
+    ))
+}
+
+/// Unpacks each case from a file:// source and holds it to its verdict; every case that
+/// fails is named in one panic at the end.
+async fn judge(cases: Vec<Case>) {
+    let version = std::process::Command::new("tar")
+        .arg("--version")
+        .output()
+        .expect("GNU tar runs");
+    assert!(
+        String::from_utf8_lossy(&version.stdout).starts_with("tar (GNU tar)"),
+        "tar is not GNU tar"
+    );
+    let mut failures = Vec::new();
+    for case in cases {
+        let sb = Sandbox::new();
+        let raw = sb.path("reference.tar");
+        std::fs::write(&raw, &case.tar).unwrap();
+        let file = sb.path(&format!("{}.{}", case.name, case.packed.0.ext()));
+        std::fs::write(&file, &case.packed.1).unwrap();
+        let to = sb.path("dest/app");
+        let url = format!("file://{}", file.display());
+        let out =
+            common::run(sb.command(&["s3-sync", "--from", &url, "--to", to.to_str().unwrap()]))
+                .await;
+        let name = case.name;
+        match case.verdict {
+            Verdict::Same { gnu } => {
+                if out.code != 0 {
+                    failures.push(format!("{name}: exit {}: {}", out.code, last_line(&out)));
+                    continue;
+                }
+                let reference = match tarfile_reads(&raw) {
+                    Ok(tree) => tree,
+                    Err(e) => {
+                        failures.push(format!("{name}: accepted, but tarfile refuses it: {e}"));
+                        continue;
+                    }
+                };
+                let wrote = described(&to, false);
+                if wrote != reference {
+                    failures.push(format!(
+                        "{name}: bootstage wrote {wrote:?}, tarfile reads {reference:?}"
+                    ));
+                }
+                match (gnu, gnu_tar_writes(&raw, &sb.path("gnu"))) {
+                    (true, Ok(tree)) if tree == reference => {}
+                    (false, Err(_)) => {}
+                    (_, theirs) => failures.push(format!(
+                        "{name}: GNU tar should {}: it gives {theirs:?}, tarfile reads {reference:?}",
+                        if gnu { "accept it" } else { "refuse it" }
+                    )),
+                }
+            }
+            Verdict::Refused(message) => {
+                if out.code != 65 || !out.stderr.contains(&message) {
+                    failures.push(format!(
+                        "{name}: expected exit 65 with {message:?}, got exit {}: {}",
+                        out.code,
+                        last_line(&out)
+                    ));
+                }
+                if std::fs::symlink_metadata(&to).is_ok() {
+                    failures.push(format!("{name}: refused, yet {} was made", to.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} case(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+fn last_line(out: &Outcome) -> String {
+    let line = out
+        .stderr
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    line.chars().take(400).collect()
+}
+
+/// The archive bootstage unpacks is the archive Python's tarfile and GNU tar read, or it is
+/// refused: entries whose framing or names those readers (and the `tar` crate) disagree
+/// on are refused, and every archive accepted unpacks to exactly what tarfile lists.
+#[tokio::test(flavor = "multi_thread")]
+async fn bootstage_unpacks_what_tarfile_and_gnu_tar_read_or_refuses() {
+    let evil = Tape::default()
+        .file("evil.sh", b"echo pwned\n", 0o755)
+        .bytes();
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let long_dir = "d".repeat(200);
+    let long_file = format!("{long_dir}/{}", "f".repeat(150));
+    let long_target = format!("../{}", "t".repeat(160));
+    let cases = vec![
+        plain("app", app("1"), Verdict::Same { gnu: true }),
+        plain(
+            "gnu-long-names",
+            Tape::default()
+                .long(b'L', &long_file)
+                .file("short", b"long\n", 0o644)
+                .long(b'L', &format!("{long_dir}/link"))
+                .long(b'K', &long_target)
+                .header(&header("short-link", b'2', "short", 0, 0o777))
+                .file(&format!("{}.txt", "t".repeat(96)), b"target\n", 0o644)
+                .entry(&"t".repeat(100), b'5', b"", 0o755)
+                .end(),
+            Verdict::Same { gnu: true },
+        ),
+        plain(
+            "pax-path-and-linkpath",
+            Tape::default()
+                .pax(
+                    b'x',
+                    &[("path", "pax/named.txt"), ("mtime", "1700000000.5")],
+                )
+                .file("ignored", b"pax\n", 0o600)
+                .pax(b'x', &[("linkpath", "named.txt")])
+                .header(&header("pax/link", b'2', "ignored", 0, 0o777))
+                .end(),
+            Verdict::Same { gnu: true },
+        ),
+        // As `git archive` writes it: a global header with the commit, nothing else.
+        plain(
+            "global-comment",
+            Tape::default()
+                .pax(b'g', &[("comment", sha)])
+                .entry("repo/", b'5', b"", 0o755)
+                .file("repo/run.sh", b"#!/bin/sh\n", 0o775)
+                .end(),
+            Verdict::Same { gnu: true },
+        ),
+        // Owners and times bootstage ignores in every entry anyway.
+        plain(
+            "global-owners-and-times",
+            Tape::default()
+                .pax(
+                    b'g',
+                    &[
+                        ("mtime", "1700000000"),
+                        ("atime", "1700000000"),
+                        ("uid", "0"),
+                        ("gid", "0"),
+                        ("uname", "root"),
+                        ("gname", "root"),
+                    ],
+                )
+                .file("a", b"a\n", 0o644)
+                .end(),
+            Verdict::Same { gnu: true },
+        ),
+        // A v7 directory: a regular file of the old type ('\0') whose name ends in '/'.
+        plain(
+            "v7-directory",
+            Tape::default()
+                .entry("old/", 0, b"", 0o755)
+                .file("old/file", b"x", 0o100)
+                .end(),
+            Verdict::Same { gnu: true },
+        ),
+        plain(
+            "ustar-prefix",
+            Tape::default()
+                .header(&ustar_header("some/deep/dir", "file.txt", 6))
+                .body(b"ustar\n")
+                .end(),
+            Verdict::Same { gnu: true },
+        ),
+        plain(
+            "base-256-size",
+            base256_file("b256", b"binary size\n").end(),
+            Verdict::Same { gnu: true },
+        ),
+        // The issue's: `docs/` says 512 bytes follow; tarfile and GNU tar read no data for a
+        // directory and see `benign.txt`, whose data is `evil.sh`; the `tar` crate skipped
+        // the 512 bytes (benign.txt's header) and unpacked evil.sh, mode 0755.
+        plain(
+            "directory-with-a-size",
+            Tape::default()
+                .header(&header("docs/", b'5', "", 512, 0o755))
+                .entry("benign.txt", b'0', &evil, 0o644)
+                .end(),
+            refusal(
+                "docs/",
+                "its header gives this directory a size of 512 bytes: tar readers disagree on whether data follows it",
+            ),
+        ),
+        plain(
+            "symlink-with-a-size",
+            Tape::default()
+                .header(&header("readme", b'2', "benign.txt", 512, 0o777))
+                .entry("benign.txt", b'0', &evil, 0o644)
+                .end(),
+            refusal(
+                "readme",
+                "its header gives this symlink a size of 512 bytes: tar readers disagree on whether data follows it",
+            ),
+        ),
+        plain(
+            "v7-directory-with-a-size",
+            Tape::default()
+                .header(&header("old/", 0, "", 512, 0o755))
+                .entry("benign.txt", b'0', &evil, 0o644)
+                .end(),
+            refusal(
+                "old/",
+                "its header gives this directory a size of 512 bytes: tar readers disagree on whether data follows it",
+            ),
+        ),
+        // tarfile reads a file named "dir/", GNU tar makes a directory.
+        plain(
+            "regular-file-named-as-a-directory",
+            Tape::default().file("dir/", b"", 0o644).end(),
+            refusal("dir/", "it is a regular file, but its name ends in '/'"),
+        ),
+        // The issue's: a global size makes `readme` 1,024 bytes for tarfile and GNU tar,
+        // `evil.sh` among them; bootstage read an empty readme, then evil.sh.
+        plain(
+            "global-size",
+            Tape::default()
+                .pax(b'g', &[("size", "1024")])
+                .file("readme", b"", 0o644)
+                .file("evil.sh", b"echo pwned\n", 0o755)
+                .end(),
+            refusal(
+                "pax_global_header",
+                "it sets \"size\" for the entries after it, which bootstage does not apply",
+            ),
+        ),
+        plain(
+            "global-path",
+            Tape::default()
+                .pax(b'g', &[("path", "renamed.txt")])
+                .file("evil.sh", b"echo pwned\n", 0o755)
+                .end(),
+            refusal(
+                "pax_global_header",
+                "it sets \"path\" for the entries after it, which bootstage does not apply",
+            ),
+        ),
+        plain(
+            "global-path-before-a-long-name",
+            Tape::default()
+                .pax(b'g', &[("comment", sha), ("path", "evil.sh")])
+                .long(b'L', &long_file)
+                .file("short", b"x", 0o644)
+                .end(),
+            refusal(
+                "pax_global_header",
+                "it sets \"path\" for the entries after it, which bootstage does not apply",
+            ),
+        ),
+        plain(
+            "global-linkpath",
+            Tape::default()
+                .pax(b'g', &[("linkpath", "/etc/shadow")])
+                .header(&header("conf", b'2', "app.conf", 0, 0o777))
+                .file("app.conf", b"x", 0o644)
+                .end(),
+            refusal(
+                "pax_global_header",
+                "it sets \"linkpath\" for the entries after it, which bootstage does not apply",
+            ),
+        ),
+        plain(
+            "global-unknown-key",
+            Tape::default()
+                .pax(b'g', &[("hdrcharset", "BINARY")])
+                .file("a", b"a", 0o644)
+                .end(),
+            refusal(
+                "pax_global_header",
+                "it sets \"hdrcharset\" for the entries after it, which bootstage does not apply",
+            ),
+        ),
+        // tarfile takes the GNU long name when it comes first, GNU tar the PAX path.
+        plain(
+            "long-name-then-pax-path",
+            Tape::default()
+                .long(b'L', "from-long-name")
+                .pax(b'x', &[("path", "from-pax")])
+                .file("header", b"x", 0o644)
+                .end(),
+            refusal(
+                "from-pax",
+                "both a GNU long name and a PAX path name it, and tar readers differ on which counts",
+            ),
+        ),
+        plain(
+            "v7-header-with-a-prefix",
+            Tape::default()
+                .header(&v7_with_prefix("elsewhere", "file"))
+                .end(),
+            refusal(
+                "file",
+                "its header is not ustar but has bytes in the ustar name prefix, which some tar readers prepend to its name",
+            ),
+        ),
+    ];
+    judge(cases).await;
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    Kind::Gz.pack(data)
+}
+
+/// zstd with the frame checksum (as the `zstd` tool writes it by default).
+fn zstd_checked(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    z.include_checksum(true).unwrap();
+    z.write_all(data).unwrap();
+    z.finish().unwrap()
+}
+
+/// `bytes` with the byte at `from_end` places before its end flipped.
+fn flipped(mut bytes: Vec<u8>, from_end: usize) -> Vec<u8> {
+    let at = bytes.len() - from_end;
+    bytes[at] ^= 0xff;
+    bytes
+}
+
+/// An archive ends at its end-of-archive marker, with nothing but zeros after it, and the
+/// compressed stream is read to its end (every gzip member's CRC, zstd's checksum): data
+/// hidden after the marker, a broken check 2 MiB past it, or an archive that stops at an
+/// entry boundary with no marker at all is refused (65). A lone zero block ends an archive
+/// as GNU tar (with a warning) and tarfile accept it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_archive_ends_at_its_marker_with_only_zeros_after_it() {
+    let app = app("1");
+    let two_mib = 2 << 20;
+    let padded = {
+        let mut t = app.clone();
+        t.resize(t.len() + two_mib, 0);
+        t
+    };
+    let junk = Tape::default().file("junk", b"hidden\n", 0o755).end();
+    let zeros_then_junk = [padded.clone(), junk].concat();
+    let zst_frames = [zstd_checked(&app[..1536]), zstd_checked(&app[1536..])].concat();
+    let cases = vec![
+        plain(
+            "lone-zero-block",
+            Tape::default().file("a", b"a\n", 0o644).zeros(512),
+            Verdict::Same { gnu: true },
+        ),
+        plain(
+            "zeros-after-the-end",
+            padded.clone(),
+            Verdict::Same { gnu: true },
+        ),
+        Case {
+            name: "gzip-members",
+            packed: (Kind::Gz, [gzip(&app[..1536]), gzip(&app[1536..])].concat()),
+            tar: app.clone(),
+            verdict: Verdict::Same { gnu: true },
+        },
+        Case {
+            name: "zstd-frames",
+            packed: (Kind::Zst, zst_frames),
+            tar: app.clone(),
+            verdict: Verdict::Same { gnu: true },
+        },
+        plain(
+            "junk-after-a-lone-zero-block",
+            [
+                Tape::default().file("a", b"a\n", 0o644).zeros(512),
+                Tape::default().file("junk", b"hidden\n", 0o755).end(),
+            ]
+            .concat(),
+            malformed(
+                Kind::Tar,
+                "it has data after its end-of-archive marker, at byte 1536 of the tar stream",
+            ),
+        ),
+        // The issue's: 2 MiB of zeros after the marker, then a member.
+        Case {
+            name: "gzip-zeros-then-a-member",
+            packed: (Kind::Gz, gzip(&zeros_then_junk)),
+            tar: zeros_then_junk.clone(),
+            verdict: malformed(
+                Kind::Gz,
+                &format!(
+                    "it has data after its end-of-archive marker, at byte {} of the tar stream",
+                    padded.len()
+                ),
+            ),
+        },
+        // The CRC (the trailer's first 4 bytes) is read only at the stream's end.
+        Case {
+            name: "gzip-crc-past-2-mib-of-zeros",
+            packed: (Kind::Gz, flipped(gzip(&padded), 8)),
+            tar: padded.clone(),
+            verdict: malformed(
+                Kind::Gz,
+                "corrupt gzip stream does not have a matching checksum",
+            ),
+        },
+        Case {
+            name: "zstd-checksum-past-2-mib-of-zeros",
+            packed: (Kind::Zst, flipped(zstd_checked(&padded), 1)),
+            tar: padded.clone(),
+            verdict: malformed(Kind::Zst, "Restored data doesn't match checksum"),
+        },
+        plain(
+            "cut-at-an-entry-boundary",
+            Tape::default()
+                .file("a", b"a\n", 0o644)
+                .file("b", b"b\n", 0o644)
+                .bytes(),
+            malformed(
+                Kind::Tar,
+                "it stops after the entry \"b\" without an end-of-archive marker",
+            ),
+        ),
+        Case {
+            name: "zstd-cut-at-an-entry-boundary",
+            packed: (
+                Kind::Zst,
+                zstd_checked(&Tape::default().file("a", b"a\n", 0o644).bytes()),
+            ),
+            tar: Vec::new(),
+            verdict: malformed(
+                Kind::Zst,
+                "it stops after the entry \"a\" without an end-of-archive marker",
+            ),
+        },
+        plain(
+            "empty",
+            Vec::new(),
+            malformed(
+                Kind::Tar,
+                "it stops before any entry without an end-of-archive marker",
+            ),
+        ),
+        plain(
+            "an-extension-record-then-the-end",
+            Tape::default()
+                .file("a", b"a\n", 0o644)
+                .pax(b'x', &[("path", "b")])
+                .end(),
+            refusal(
+                "PaxHeaders/next",
+                "it is an extension record with no entry after it",
+            ),
+        ),
+    ];
+    judge(cases).await;
 }

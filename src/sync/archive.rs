@@ -3,8 +3,22 @@
 //! entry that writes somewhere it should not.
 //!
 //! The rules, each refusal naming the entry (exit 65, nothing swapped in):
+//! - the archive is the one GNU tar and Python's tarfile read: wherever they (or the `tar`
+//!   crate) would read its bytes differently, it is refused. So only a regular file has
+//!   data: a directory or symlink whose header gives a size is refused (GNU tar and
+//!   tarfile read no data after a directory's header, tarfile none after a symlink's);
+//!   a global PAX header may only carry a comment, owners or times (which bootstage
+//!   ignores in every entry), any other key (`size`, `path`, `linkpath`…) is refused, as
+//!   readers apply it to every entry after it; an entry named both by a GNU long name and
+//!   a PAX path, a regular file whose name ends in `/`, a non-ustar header with a name
+//!   prefix, malformed PAX records, and numeric fields in forms the readers parse
+//!   differently are refused;
+//! - the archive ends with an end-of-archive marker (a lone zero block counts, as GNU tar
+//!   accepts it with a warning), and only zeros may follow it: the stream is read to its
+//!   end through the decompressor, so every gzip member's CRC and zstd's frame checksum is
+//!   checked. An archive that stops at an entry boundary is refused;
 //! - names are plain relative paths (`./` prefixes dropped): no absolute path, no `..`,
-//!   no empty segment, no control character, UTF-8;
+//!   no empty segment, no control character, UTF-8, at most 4,095 bytes and 128 levels;
 //! - only files, directories and symlinks: a hard link, a device node, a FIFO, a socket or
 //!   a sparse file is refused; a name that appears twice is refused;
 //! - nothing is written through a symlink: an entry below a symlink of the archive is
@@ -30,7 +44,7 @@ use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::sync::tree::{Staging, TreeError};
+use crate::sync::tree::{Room, Staging, TreeError};
 
 /// The compression of an archive, from its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,22 +116,33 @@ fn refused(entry: &str, why: impl Into<String>) -> UnpackError {
 
 /// A name or a set of PAX records in one extension entry: at most this many bytes.
 const MAX_EXTENSION: u64 = 64 * 1024;
-/// An entry's name or a symlink's target: at most this many bytes (PATH_MAX less one)…
+/// An entry's name or a symlink's target: at most this many bytes (PATH_MAX, 4,096 with
+/// its NUL)…
 const MAX_NAME: usize = 4095;
 /// …and this many directories deep (a removal holds one descriptor per level).
 const MAX_DEPTH: usize = 128;
 /// The names kept in memory for the whole archive, together.
-const MAX_NAME_BYTES: usize = 256 << 20;
+const MAX_NAME_BYTES: u64 = 256 << 20;
 /// Steps spent resolving every symlink of the archive, together.
 const MAX_RESOLVE_STEPS: u64 = 50_000_000;
+/// Global PAX records (`g`) that change nothing bootstage writes: owners and times, which
+/// it ignores in every entry, and a comment (`git archive` puts the commit there). Any
+/// other global record (`size`, `path`, `linkpath`, `hdrcharset`…) is refused: other tar
+/// readers apply it to every entry after it.
+const GLOBAL_KEYS: &[&[u8]] = &[
+    b"comment", b"mtime", b"atime", b"ctime", b"uid", b"gid", b"uname", b"gname",
+];
+const BLOCK: usize = 512;
 
 /// Unpacks `input` (the archive's bytes as they arrive) into `staging`. Blocking; stops
 /// with an error soon after `cancel` is set (the pass was dropped: a deadline, SIGTERM).
 ///
-/// Entries are read raw: the `tar` crate would read a GNU long name or a PAX record set
-/// of any size into memory before returning the entry it describes, so those are read
-/// here, each at most [`MAX_EXTENSION`] bytes. A PAX `size` that disagrees with its
-/// entry's header is refused (parsers that disagree on sizes see different archives).
+/// The tar stream is read here, block by block (`tar::Header` only decodes a header's
+/// fields), so that every byte is accounted for: a GNU long name or a PAX record set is
+/// read whole, at most [`MAX_EXTENSION`] bytes; only a regular file has data, as much as
+/// its header says; the archive ends at its first zero block, and only zeros may follow it
+/// to the end of the stream. Wherever GNU tar, Python's tarfile and the `tar` crate would
+/// read the same bytes differently, the entry is refused.
 pub fn unpack(
     input: impl Read,
     format: Format,
@@ -125,55 +150,96 @@ pub fn unpack(
     limits: Limits,
     cancel: &AtomicBool,
 ) -> Result<Unpacked, UnpackError> {
-    let malformed = |e: io::Error| UnpackError::Malformed {
-        format: format.name(),
-        why: e.to_string(),
-    };
     let reader: Box<dyn Read> = match format {
         Format::Tar => Box::new(input),
         Format::Gzip => Box::new(flate2::read::MultiGzDecoder::new(input)),
-        Format::Zstd => Box::new(zstd::stream::read::Decoder::new(input).map_err(malformed)?),
+        Format::Zstd => Box::new(
+            zstd::stream::read::Decoder::new(input)
+                .map_err(|e| malformed(format, e.to_string()))?,
+        ),
     };
+    let broken = |e: io::Error| malformed(format, e.to_string());
     let room = staging
         .room()
         .map_err(|e| io_error(staging, Path::new(""), e))?;
-    let mut archive = tar::Archive::new(reader);
-    let mut out = Unpacked::default();
-    let mut links: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
-    let mut files: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
-    let (mut entries, mut charged, mut names) = (0u64, 0u64, 0usize);
+    let mut tape = Tape {
+        inner: reader,
+        offset: 0,
+    };
+    let mut u = Unpacker {
+        staging,
+        format,
+        limits,
+        room,
+        out: Unpacked::default(),
+        links: BTreeMap::new(),
+        files: std::collections::HashSet::new(),
+        entries: 0,
+        charged: 0,
+        names: 0,
+    };
     let mut buffer = vec![0u8; 256 * 1024];
-    // What extension records say about the next entry: a GNU long name and long link
-    // target, and a PAX record set.
-    let mut long_name: Option<Vec<u8>> = None;
-    let mut long_link: Option<Vec<u8>> = None;
-    let mut pax: Option<Vec<u8>> = None;
-    for entry in archive.entries().map_err(malformed)?.raw(true) {
+    let mut block = [0u8; BLOCK];
+    let mut next = Extensions::default();
+    let mut last: Option<String> = None;
+    loop {
         if cancel.load(Ordering::Relaxed) {
             return Err(cancelled());
         }
-        let mut entry = entry.map_err(malformed)?;
-        let kind = entry.header().entry_type();
-        let extension = kind.is_gnu_longname()
-            || kind.is_gnu_longlink()
-            || kind.is_pax_local_extensions()
-            || kind.is_pax_global_extensions();
-        if extension {
-            let header_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            if entry.size() > MAX_EXTENSION {
-                let why = format!(
-                    "its extension record holds {} bytes, more than {MAX_EXTENSION}",
-                    entry.size()
-                );
+        let at = tape.offset;
+        let more = tape.fill(&mut block).map_err(broken)?;
+        let ended = !more || zeros(&block);
+        if let Some(record) = next.record.take().filter(|_| ended) {
+            return Err(refused(
+                &record,
+                "it is an extension record with no entry after it",
+            ));
+        }
+        if !more {
+            let why = match last {
+                Some(name) => {
+                    format!("it stops after the entry {name:?} without an end-of-archive marker")
+                }
+                None => "it stops before any entry without an end-of-archive marker".into(),
+            };
+            return Err(malformed(format, why));
+        }
+        if ended {
+            break;
+        }
+        let header = tar::Header::from_byte_slice(&block);
+        let header_name = String::from_utf8_lossy(&header.path_bytes()).into_owned();
+        if !checksum_matches(&block) {
+            let why = format!(
+                "the header at byte {at} of the tar stream ({header_name:?}) does not match its checksum"
+            );
+            return Err(malformed(format, why));
+        }
+        let size = number(&block[124..136]).ok_or_else(|| {
+            malformed(
+                format,
+                format!("the header of {header_name:?} has no readable size"),
+            )
+        })?;
+        let kind = block[156];
+        if let b'L' | b'K' | b'x' | b'g' = kind {
+            if size > MAX_EXTENSION {
+                let why =
+                    format!("its extension record holds {size} bytes, more than {MAX_EXTENSION}");
                 return Err(refused(&header_name, why));
             }
-            let mut data = Vec::with_capacity(entry.size() as usize);
-            entry.read_to_end(&mut data).map_err(malformed)?;
-            let slot = match () {
-                _ if kind.is_gnu_longname() => &mut long_name,
-                _ if kind.is_gnu_longlink() => &mut long_link,
-                _ if kind.is_pax_local_extensions() => &mut pax,
-                _ => continue, // global PAX records: nothing bootstage uses
+            let mut data = vec![0u8; size as usize];
+            tape.exact(&mut data).map_err(broken)?;
+            tape.padding(size).map_err(broken)?;
+            let slot = match kind {
+                b'L' => &mut next.long_name,
+                b'K' => &mut next.long_link,
+                b'x' => &mut next.pax,
+                _ => {
+                    global(&data).map_err(|why| refused(&header_name, why))?;
+                    next.record = Some(header_name);
+                    continue;
+                }
             };
             if slot.replace(data).is_some() {
                 return Err(refused(
@@ -181,175 +247,48 @@ pub fn unpack(
                     "two extension records describe one entry",
                 ));
             }
+            next.record = Some(header_name);
             continue;
         }
-        let mut name_bytes = long_name
-            .take()
-            .unwrap_or_else(|| entry.path_bytes().into_owned());
-        let mut link_bytes = long_link
-            .take()
-            .or_else(|| entry.link_name_bytes().map(|l| l.into_owned()));
-        for bytes in [Some(&mut name_bytes), link_bytes.as_mut()]
-            .into_iter()
-            .flatten()
-        {
-            while bytes.last() == Some(&0) {
-                bytes.pop();
-            }
-        }
-        if let Some(records) = pax.take() {
-            for record in tar::PaxExtensions::new(&records) {
-                let record = record.map_err(malformed)?;
-                match record.key_bytes() {
-                    b"path" => name_bytes = record.value_bytes().to_vec(),
-                    b"linkpath" => link_bytes = Some(record.value_bytes().to_vec()),
-                    b"size"
-                        if record.value().ok().and_then(|v| v.parse().ok())
-                            != Some(entry.size()) =>
-                    {
-                        let name = String::from_utf8_lossy(&name_bytes).into_owned();
-                        return Err(refused(&name, "its PAX size disagrees with its header"));
-                    }
-                    key if key.starts_with(b"GNU.sparse") => {
-                        let name = String::from_utf8_lossy(&name_bytes).into_owned();
-                        return Err(refused(&name, "sparse files are not unpacked"));
-                    }
-                    _ => {}
-                }
-            }
-        }
-        let name = String::from_utf8_lossy(&name_bytes).into_owned();
-        entries += 1;
-        if entries > limits.max_entries {
-            let why = format!(
-                "the archive has more than {} entries (max_entries)",
-                limits.max_entries
-            );
-            return Err(refused(&name, why));
-        }
-        if entries > room.inodes {
-            let why = format!(
-                "unpacking it would leave the file system of {} with less than 1 % of its inodes free",
-                staging.path().display()
-            );
-            return Err(refused(&name, why));
-        }
-        if std::str::from_utf8(&name_bytes).is_err() {
-            return Err(refused(&name, "its name is not UTF-8"));
-        }
-        let Some(rel) = clean(&name)? else { continue };
-        names += name.len();
-        if names > MAX_NAME_BYTES {
-            return Err(refused(&name, "the archive's names take more than 256 MiB"));
-        }
-        if let Some(link) = rel.ancestors().skip(1).find(|a| links.contains_key(*a)) {
-            let why = format!(
-                "it would be written through the symlink {:?}",
-                link.display().to_string()
-            );
-            return Err(refused(&name, why));
-        }
-        if links.contains_key(&rel) || files.contains(&rel) {
-            return Err(refused(&name, "the name appears twice in the archive"));
-        }
-        // What the entry costs the file system: an inode's block, and its content's blocks.
-        let size = match kind.is_file() || kind.is_contiguous() {
-            true => entry.size(),
-            false => 0,
-        };
-        charged = charged
-            .saturating_add(room.block)
-            .saturating_add(size.div_ceil(room.block).saturating_mul(room.block));
-        if charged > room.bytes {
-            let why = format!(
-                "unpacking it would leave the file system of {} with less than 1 % free",
-                staging.path().display()
-            );
-            return Err(refused(&name, why));
-        }
-        let is_dir = kind.is_dir() || (kind.is_file() && name.ends_with('/'));
-        if is_dir {
-            make_dirs(staging, &rel, true, &mut out.dirs, &name)?;
-            continue;
-        }
-        if kind.is_hard_link() {
-            return Err(refused(&name, "hard links are not unpacked"));
-        }
-        if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
-            return Err(refused(&name, "device nodes and FIFOs are not unpacked"));
-        }
-        if kind.is_gnu_sparse() {
-            return Err(refused(&name, "sparse files are not unpacked"));
-        }
-        if kind.is_symlink() {
-            let target = link_bytes.unwrap_or_default();
-            let target = std::str::from_utf8(&target)
-                .map_err(|_| refused(&name, "its symlink target is not UTF-8"))?;
-            if target.is_empty() || target.starts_with('/') {
-                let why = format!("its symlink target {target:?} leads outside the destination");
-                return Err(refused(&name, why));
-            }
-            if target.len() > MAX_NAME || target.split('/').count() > 2 * MAX_DEPTH {
-                return Err(refused(&name, "its symlink target is too long"));
-            }
-            if out.dirs.contains(&rel) {
-                return Err(refused(&name, "the name appears twice in the archive"));
-            }
-            names += target.len();
-            make_dirs(staging, &rel, false, &mut out.dirs, &name)?;
-            links.insert(rel, PathBuf::from(target));
-            continue;
-        }
-        if !(kind.is_file() || kind.is_contiguous()) {
-            return Err(refused(
-                &name,
-                "only files, directories and symlinks are unpacked",
-            ));
-        }
-        if out.bytes.saturating_add(size) > limits.max_bytes {
-            let why = format!(
-                "the archive unpacks to more than {} bytes (max_bytes)",
-                limits.max_bytes
-            );
-            return Err(refused(&name, why));
-        }
-        make_dirs(staging, &rel, false, &mut out.dirs, &name)?;
-        let mut file = staging.create(&rel).map_err(|e| match e {
-            TreeError::Io { ref source, .. } if source.kind() == io::ErrorKind::AlreadyExists => {
-                refused(&name, "the name appears twice in the archive")
-            }
-            other => UnpackError::Tree(other),
+        let (name, link) = next.entry(header, &block, size)?;
+        let mode = number(&block[100..108]).ok_or_else(|| {
+            malformed(
+                format,
+                format!("the header of {name:?} has no readable mode"),
+            )
         })?;
-        let mut written = 0u64;
-        loop {
-            let n = entry.read(&mut buffer).map_err(malformed)?;
-            if n == 0 {
-                break;
-            }
-            file.write_all(&buffer[..n])
-                .map_err(|e| io_error(staging, &rel, e))?;
-            written += n as u64;
+        if let Some(rel) = u.admit(&name, link, kind, size)? {
+            u.write_file(&mut tape, &mut buffer, &name, rel, size, mode, cancel)?;
         }
-        if written != size {
-            let why = format!("{name}: {written} of its {size} bytes");
-            return Err(malformed(io::Error::new(io::ErrorKind::UnexpectedEof, why)));
-        }
-        out.bytes += size;
-        files.insert(rel.clone());
-        let executable = entry.header().mode().unwrap_or(0) & 0o111 != 0;
-        out.files.push((rel, size, executable));
+        last = Some(name);
     }
-    // Past the end marker: up to 1 MiB more (a tar's padding) is read through the
-    // decompressor, so that its own check (gzip's CRC, zstd's checksum) is verified.
-    let mut rest = archive.into_inner().take(1 << 20);
-    io::copy(&mut rest, &mut io::sink()).map_err(malformed)?;
-    // Every symlink is judged against the whole tree, then made.
-    let mut steps = 0u64;
-    for (rel, target) in &links {
+    // Past the end marker, to the end of the stream: zeros only (a tar's padding to its
+    // record size), read through the decompressor, so that every gzip member's CRC and
+    // zstd's frame checksum is checked.
+    loop {
         if cancel.load(Ordering::Relaxed) {
             return Err(cancelled());
         }
-        if let Some(why) = escapes(rel, target, &links, &mut steps) {
+        let at = tape.offset;
+        let n = tape.read(&mut buffer).map_err(broken)?;
+        if n == 0 {
+            break;
+        }
+        if let Some(i) = buffer[..n].iter().position(|b| *b != 0) {
+            let why = format!(
+                "it has data after its end-of-archive marker, at byte {} of the tar stream",
+                at + i as u64
+            );
+            return Err(malformed(format, why));
+        }
+    }
+    // Every symlink is judged against the whole tree, then made.
+    let mut steps = 0u64;
+    for (rel, target) in &u.links {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(cancelled());
+        }
+        if let Some(why) = escapes(rel, target, &u.links, &mut steps) {
             let why = format!(
                 "its symlink target {:?} {why}",
                 target.display().to_string()
@@ -359,9 +298,490 @@ pub fn unpack(
         staging
             .symlink(rel, target)
             .map_err(|e| io_error(staging, rel, e))?;
-        out.links.push(rel.clone());
+    }
+    let mut out = u.out;
+    out.links = u.links.into_keys().collect();
+    Ok(out)
+}
+
+fn malformed(format: Format, why: String) -> UnpackError {
+    UnpackError::Malformed {
+        format: format.name(),
+        why,
+    }
+}
+
+fn zeros(block: &[u8]) -> bool {
+    block.iter().all(|b| *b == 0)
+}
+
+/// Whether a header's checksum field is the sum of its bytes, the field itself counted as
+/// spaces (the unsigned sum, the one the `tar` crate accepts).
+fn checksum_matches(block: &[u8; BLOCK]) -> bool {
+    let sum: u64 = block[..148]
+        .iter()
+        .chain(&[b' '; 8])
+        .chain(&block[156..])
+        .map(|b| u64::from(*b))
+        .sum();
+    number(&block[148..156]) == Some(sum)
+}
+
+/// A numeric header field, read only in the forms GNU tar, tarfile and the `tar` crate
+/// all read alike: octal digits with spaces around them, ended by a NUL or the field's
+/// end; or base-256, its first byte exactly 0x80, its value within 64 bits.
+fn number(field: &[u8]) -> Option<u64> {
+    if field.first() == Some(&0x80) {
+        let (high, low) = field[1..].split_at(field.len().saturating_sub(9));
+        if high.iter().any(|b| *b != 0) {
+            return None;
+        }
+        return Some(low.iter().fold(0, |n, b| (n << 8) | u64::from(*b)));
+    }
+    let text = field.split(|b| *b == 0).next().unwrap_or_default();
+    let start = text.iter().position(|b| *b != b' ')?;
+    let end = text.iter().rposition(|b| *b != b' ')? + 1;
+    text[start..end].iter().try_fold(0u64, |n, d| match d {
+        b'0'..=b'7' => n.checked_mul(8)?.checked_add(u64::from(d - b'0')),
+        _ => None,
+    })
+}
+
+/// A PAX record: its key and its value.
+type Record<'a> = (&'a [u8], &'a [u8]);
+
+/// The records of a PAX extension (`"<length> <key>=<value>\n"`, the length counting the
+/// whole record), read by their lengths as GNU tar and tarfile read them (a value may hold
+/// a newline). Anything else (a length that does not end at a newline, a record without
+/// `=`, bytes after the last record) is refused: readers differ on it.
+fn pax_records(mut data: &[u8]) -> Result<Vec<Record<'_>>, &'static str> {
+    const BAD: &str = "its PAX records are malformed";
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let space = data.iter().position(|b| *b == b' ').ok_or(BAD)?;
+        let digits = &data[..space];
+        if digits.is_empty() || digits.len() > 6 || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(BAD);
+        }
+        let len = digits
+            .iter()
+            .fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
+        if len <= space + 1 || len > data.len() || data[len - 1] != b'\n' {
+            return Err(BAD);
+        }
+        let record = &data[space + 1..len - 1];
+        let eq = record
+            .iter()
+            .position(|b| *b == b'=')
+            .filter(|eq| *eq > 0)
+            .ok_or(BAD)?;
+        out.push((&record[..eq], &record[eq + 1..]));
+        data = &data[len..];
     }
     Ok(out)
+}
+
+/// Checks a global PAX record set: each of its keys must be one that changes nothing
+/// bootstage writes ([`GLOBAL_KEYS`]).
+fn global(data: &[u8]) -> Result<(), String> {
+    for (key, _) in pax_records(data)? {
+        if !GLOBAL_KEYS.contains(&key) {
+            let key: String = String::from_utf8_lossy(key).chars().take(64).collect();
+            return Err(format!(
+                "it sets {key:?} for the entries after it, which bootstage does not apply"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What extension records said about the next entry.
+#[derive(Default)]
+struct Extensions {
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+    pax: Option<Vec<u8>>,
+    /// The name of the last extension record read: an entry must follow it.
+    record: Option<String>,
+}
+
+impl Extensions {
+    /// The name and link target of the entry with this header, taking the extension
+    /// records read for it: a GNU long name and long link, a PAX path and linkpath.
+    fn entry(
+        &mut self,
+        header: &tar::Header,
+        block: &[u8; BLOCK],
+        size: u64,
+    ) -> Result<(String, Option<Vec<u8>>), UnpackError> {
+        let lossy = |n: &[u8]| String::from_utf8_lossy(n).into_owned();
+        let long_name = self.long_name.take();
+        let long_link = self.long_link.take();
+        let (mut named_by_header, mut linked_by_k) = (long_name.is_none(), long_link.is_some());
+        let mut name = long_name.unwrap_or_else(|| header.path_bytes().into_owned());
+        let mut link = long_link.or_else(|| header.link_name_bytes().map(|l| l.into_owned()));
+        for bytes in [Some(&mut name), link.as_mut()].into_iter().flatten() {
+            while bytes.last() == Some(&0) {
+                bytes.pop();
+            }
+        }
+        if let Some(records) = self.pax.take() {
+            for (key, value) in pax_records(&records).map_err(|why| refused(&lossy(&name), why))? {
+                match key {
+                    // tarfile keeps a long name read before the PAX path, GNU tar the path.
+                    b"path" if !named_by_header => {
+                        let why = "both a GNU long name and a PAX path name it, and tar readers differ on which counts";
+                        return Err(refused(&lossy(value), why));
+                    }
+                    b"path" => {
+                        name = value.to_vec();
+                        named_by_header = false;
+                    }
+                    b"linkpath" if linked_by_k => {
+                        let why = "both a GNU long link and a PAX linkpath give its target, and tar readers differ on which counts";
+                        return Err(refused(&lossy(&name), why));
+                    }
+                    b"linkpath" => {
+                        link = Some(value.to_vec());
+                        linked_by_k = false;
+                    }
+                    b"size" => {
+                        let pax = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+                        if pax != Some(size) {
+                            let why = "its PAX size disagrees with its header";
+                            return Err(refused(&lossy(&name), why));
+                        }
+                    }
+                    key if key.starts_with(b"GNU.sparse") => {
+                        return Err(refused(&lossy(&name), "sparse files are not unpacked"));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let name = String::from_utf8(name)
+            .map_err(|e| refused(&lossy(e.as_bytes()), "its name is not UTF-8"))?;
+        // tarfile prepends the ustar prefix field to a header's name whatever the header's
+        // magic; GNU tar and the `tar` crate only in a ustar header.
+        let ustar = &block[257..265] == b"ustar\x0000";
+        if named_by_header && !ustar && block[345] != 0 {
+            let why = "its header is not ustar but has bytes in the ustar name prefix, which some tar readers prepend to its name";
+            return Err(refused(&name, why));
+        }
+        Ok((name, link))
+    }
+}
+
+/// The stream of tar blocks, and how far into it reading is.
+struct Tape<R> {
+    inner: R,
+    offset: u64,
+}
+
+impl<R: Read> Tape<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.inner.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+                Ok(n) => {
+                    self.offset += n as u64;
+                    return Ok(n);
+                }
+            }
+        }
+    }
+
+    /// Fills `buf`; `false` when the stream ended before its first byte.
+    fn fill(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        let mut n = 0;
+        while n < buf.len() {
+            match self.read(&mut buf[n..])? {
+                0 if n == 0 => return Ok(false),
+                0 => return Err(self.cut()),
+                k => n += k,
+            }
+        }
+        Ok(true)
+    }
+
+    fn exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        match self.fill(buf)? {
+            true => Ok(()),
+            false => Err(self.cut()),
+        }
+    }
+
+    /// The padding after `size` bytes of data, up to the next block.
+    fn padding(&mut self, size: u64) -> io::Result<()> {
+        let pad = (BLOCK - (size % BLOCK as u64) as usize) % BLOCK;
+        self.exact(&mut [0u8; BLOCK][..pad])
+    }
+
+    fn cut(&self) -> io::Error {
+        let why = format!(
+            "it stops in the middle of an entry, at byte {} of the tar stream",
+            self.offset
+        );
+        io::Error::new(io::ErrorKind::UnexpectedEof, why)
+    }
+}
+
+/// What an entry makes.
+#[derive(PartialEq, Eq)]
+enum Is {
+    File,
+    Dir,
+    Link,
+}
+
+/// An unpacking in progress: what it made, and what it has spent.
+struct Unpacker<'a> {
+    staging: &'a Staging,
+    format: Format,
+    limits: Limits,
+    room: Room,
+    out: Unpacked,
+    /// The archive's symlinks, made once every entry is read: path → target.
+    links: BTreeMap<PathBuf, PathBuf>,
+    /// The archive's regular files, for a symlink of the same name.
+    files: std::collections::HashSet<PathBuf>,
+    entries: u64,
+    /// Bytes the tree will take on the file system.
+    charged: u64,
+    /// Bytes of names kept ([`MAX_NAME_BYTES`]).
+    names: u64,
+}
+
+impl Unpacker<'_> {
+    /// Judges an entry by its header (every rule but its data's) and makes it, unless it
+    /// is a regular file: then the path to write its data at.
+    fn admit(
+        &mut self,
+        name: &str,
+        link: Option<Vec<u8>>,
+        kind: u8,
+        size: u64,
+    ) -> Result<Option<PathBuf>, UnpackError> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            let why = format!(
+                "the archive has more than {} entries (max_entries)",
+                self.limits.max_entries
+            );
+            return Err(refused(name, why));
+        }
+        if self.entries > self.room.inodes {
+            let why = format!(
+                "unpacking it would leave the file system of {} with less than 1 % of its inodes free",
+                self.staging.path().display()
+            );
+            return Err(refused(name, why));
+        }
+        let slash = name.ends_with('/');
+        let is = match kind {
+            // tarfile reads a file named `dir/`, GNU tar and the `tar` crate a directory.
+            b'0' | b'7' if slash => {
+                return Err(refused(
+                    name,
+                    "it is a regular file, but its name ends in '/'",
+                ));
+            }
+            b'0' | b'7' => Is::File,
+            // The old (v7) type: a directory when its name ends in '/', as all read it.
+            0 if slash => Is::Dir,
+            0 => Is::File,
+            b'5' => Is::Dir,
+            b'2' => Is::Link,
+            b'1' => return Err(refused(name, "hard links are not unpacked")),
+            b'3' | b'4' | b'6' => {
+                return Err(refused(name, "device nodes and FIFOs are not unpacked"));
+            }
+            b'S' => return Err(refused(name, "sparse files are not unpacked")),
+            _ => {
+                return Err(refused(
+                    name,
+                    "only files, directories and symlinks are unpacked",
+                ));
+            }
+        };
+        // GNU tar and tarfile read no data after a directory's header, whatever its size,
+        // and tarfile none after a symlink's either; the `tar` crate skips that many bytes.
+        if is != Is::File && size != 0 {
+            let what = if is == Is::Dir {
+                "directory"
+            } else {
+                "symlink"
+            };
+            let why = format!(
+                "its header gives this {what} a size of {size} bytes: tar readers disagree on whether data follows it"
+            );
+            return Err(refused(name, why));
+        }
+        let Some(rel) = clean(name)? else {
+            return match is {
+                Is::Dir => Ok(None),
+                _ => Err(refused(name, "it names the destination itself")),
+            };
+        };
+        if let Some(link) = rel
+            .ancestors()
+            .skip(1)
+            .find(|a| self.links.contains_key(*a))
+        {
+            let why = format!(
+                "it would be written through the symlink {:?}",
+                link.display().to_string()
+            );
+            return Err(refused(name, why));
+        }
+        if self.links.contains_key(&rel) || self.files.contains(&rel) {
+            return Err(refused(name, "the name appears twice in the archive"));
+        }
+        self.keep(name, name.len())?;
+        match is {
+            Is::Dir => {
+                self.charge(name, self.room.block)?;
+                self.make_dirs(&rel, true, name)?;
+                Ok(None)
+            }
+            Is::Link => {
+                let target = link.unwrap_or_default();
+                let target = String::from_utf8(target)
+                    .map_err(|_| refused(name, "its symlink target is not UTF-8"))?;
+                if target.is_empty() || target.starts_with('/') {
+                    let why =
+                        format!("its symlink target {target:?} leads outside the destination");
+                    return Err(refused(name, why));
+                }
+                if target.len() > MAX_NAME || target.split('/').count() > 2 * MAX_DEPTH {
+                    return Err(refused(name, "its symlink target is too long"));
+                }
+                if self.out.dirs.contains(&rel) {
+                    return Err(refused(name, "the name appears twice in the archive"));
+                }
+                self.keep(name, target.len())?;
+                self.charge(name, self.room.block)?;
+                self.make_dirs(&rel, false, name)?;
+                self.links.insert(rel, PathBuf::from(target));
+                Ok(None)
+            }
+            Is::File => {
+                if self.out.bytes.saturating_add(size) > self.limits.max_bytes {
+                    let why = format!(
+                        "the archive unpacks to more than {} bytes (max_bytes)",
+                        self.limits.max_bytes
+                    );
+                    return Err(refused(name, why));
+                }
+                let blocks = size
+                    .div_ceil(self.room.block)
+                    .saturating_mul(self.room.block);
+                self.charge(name, self.room.block.saturating_add(blocks))?;
+                self.make_dirs(&rel, false, name)?;
+                Ok(Some(rel))
+            }
+        }
+    }
+
+    /// Writes a regular file's data, `size` bytes read from `tape`, at `rel`.
+    #[allow(clippy::too_many_arguments)]
+    fn write_file<R: Read>(
+        &mut self,
+        tape: &mut Tape<R>,
+        buffer: &mut [u8],
+        name: &str,
+        rel: PathBuf,
+        size: u64,
+        mode: u64,
+        cancel: &AtomicBool,
+    ) -> Result<(), UnpackError> {
+        let broken = |e: io::Error| malformed(self.format, e.to_string());
+        let mut file = self.staging.create(&rel).map_err(|e| match e {
+            TreeError::Io { ref source, .. } if source.kind() == io::ErrorKind::AlreadyExists => {
+                refused(name, "the name appears twice in the archive")
+            }
+            other => UnpackError::Tree(other),
+        })?;
+        let mut left = size;
+        while left > 0 {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(cancelled());
+            }
+            let want = left.min(buffer.len() as u64) as usize;
+            let n = tape.read(&mut buffer[..want]).map_err(broken)?;
+            if n == 0 {
+                let why = format!("{name}: {} of its {size} bytes", size - left);
+                return Err(malformed(self.format, why));
+            }
+            file.write_all(&buffer[..n])
+                .map_err(|e| io_error(self.staging, &rel, e))?;
+            left -= n as u64;
+        }
+        tape.padding(size).map_err(broken)?;
+        self.out.bytes += size;
+        self.files.insert(rel.clone());
+        self.out.files.push((rel, size, mode & 0o111 != 0));
+        Ok(())
+    }
+
+    /// Counts `bytes` more of names kept in memory.
+    fn keep(&mut self, name: &str, bytes: usize) -> Result<(), UnpackError> {
+        self.names += bytes as u64;
+        if self.names > MAX_NAME_BYTES {
+            let why = format!(
+                "the archive's names take more than {} MiB ({MAX_NAME_BYTES} bytes)",
+                MAX_NAME_BYTES >> 20
+            );
+            return Err(refused(name, why));
+        }
+        Ok(())
+    }
+
+    /// Counts `bytes` more of the file system's room, before they are written.
+    fn charge(&mut self, name: &str, bytes: u64) -> Result<(), UnpackError> {
+        self.charged = self.charged.saturating_add(bytes);
+        if self.charged > self.room.bytes {
+            let why = format!(
+                "unpacking it would leave the file system of {} with less than 1 % free",
+                self.staging.path().display()
+            );
+            return Err(refused(name, why));
+        }
+        Ok(())
+    }
+
+    /// Creates `rel`'s missing parent directories (and `rel` itself with `itself`).
+    fn make_dirs(&mut self, rel: &Path, itself: bool, name: &str) -> Result<(), UnpackError> {
+        let mut wanted: Vec<&Path> = rel
+            .ancestors()
+            .skip(if itself { 0 } else { 1 })
+            .filter(|d| !d.as_os_str().is_empty())
+            .collect();
+        wanted.reverse();
+        for dir in wanted {
+            if self.out.dirs.contains(dir) {
+                continue;
+            }
+            match self.staging.make_dir(dir) {
+                Ok(()) => {
+                    self.out.dirs.insert(dir.to_path_buf());
+                }
+                Err(e)
+                    if e.kind() == io::ErrorKind::AlreadyExists
+                        || e.raw_os_error() == Some(nix::libc::ENOTDIR) =>
+                {
+                    let why = format!(
+                        "{} is a file in the archive, not a directory",
+                        dir.display()
+                    );
+                    return Err(refused(name, why));
+                }
+                Err(e) => return Err(io_error(self.staging, dir, e)),
+            }
+        }
+        Ok(())
+    }
 }
 
 fn cancelled() -> UnpackError {
@@ -407,44 +827,6 @@ fn clean(name: &str) -> Result<Option<PathBuf>, UnpackError> {
         return Err(refused(name, why));
     }
     Ok(Some(PathBuf::from(rest)))
-}
-
-/// Creates `rel`'s missing parent directories (and `rel` itself with `itself`).
-fn make_dirs(
-    staging: &Staging,
-    rel: &Path,
-    itself: bool,
-    dirs: &mut BTreeSet<PathBuf>,
-    name: &str,
-) -> Result<(), UnpackError> {
-    let mut wanted: Vec<&Path> = rel
-        .ancestors()
-        .skip(if itself { 0 } else { 1 })
-        .filter(|d| !d.as_os_str().is_empty())
-        .collect();
-    wanted.reverse();
-    for dir in wanted {
-        if dirs.contains(dir) {
-            continue;
-        }
-        match staging.make_dir(dir) {
-            Ok(()) => {
-                dirs.insert(dir.to_path_buf());
-            }
-            Err(e)
-                if e.kind() == io::ErrorKind::AlreadyExists
-                    || e.raw_os_error() == Some(nix::libc::ENOTDIR) =>
-            {
-                let why = format!(
-                    "{} is a file in the archive, not a directory",
-                    dir.display()
-                );
-                return Err(refused(name, why));
-            }
-            Err(e) => return Err(io_error(staging, dir, e)),
-        }
-    }
-    Ok(())
 }
 
 fn io_error(staging: &Staging, rel: &Path, source: io::Error) -> UnpackError {
@@ -569,5 +951,52 @@ mod tests {
         assert_eq!(Format::of("a.tgz"), Some(Format::Gzip));
         assert_eq!(Format::of("a.tar.zst"), Some(Format::Zstd));
         assert_eq!(Format::of("a.zip"), None);
+    }
+
+    #[test]
+    fn numbers_are_read_only_where_every_reader_agrees() {
+        assert_eq!(number(b"00000001750\0"), Some(1000));
+        assert_eq!(number(b"  1750 \0\0\0\0\0"), Some(1000));
+        assert_eq!(number(b"0000644\0"), Some(0o644));
+        let mut base256 = [0u8; 12];
+        base256[0] = 0x80;
+        base256[11] = 5;
+        assert_eq!(number(&base256), Some(5));
+        base256[2] = 1; // beyond 64 bits: the `tar` crate would drop it
+        assert_eq!(number(&base256), None);
+        base256 = [0xff; 12]; // negative
+        assert_eq!(number(&base256), None);
+        for bad in [
+            &b"\0\0\0\0"[..],
+            b"    ",
+            b"+17\0",
+            b"1_7\0",
+            b"0o17",
+            b"18\0",
+            b"1 7\0",
+        ] {
+            assert_eq!(number(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn pax_records_are_read_by_their_lengths() {
+        let records = pax_records(b"12 path=a\nb\n11 size=42\n").unwrap();
+        assert_eq!(records, [(&b"path"[..], &b"a\nb"[..]), (b"size", b"42")]);
+        for bad in [
+            &b"12 path=ab\n"[..], // longer than what is there
+            b"10 path=ab\n",      // shorter: it does not end at the newline
+            b"11 path=ab\n junk", // bytes after the last record
+            b"9 =value\n",        // no key
+            b"11 pathab\n\n",     // no '='
+            b"x1 path=a\n",
+        ] {
+            assert!(pax_records(bad).is_err(), "{bad:?}");
+        }
+        assert!(global(b"28 comment=0123456789abcdef\n").is_ok());
+        assert_eq!(
+            global(b"11 size=10\n").unwrap_err(),
+            "it sets \"size\" for the entries after it, which bootstage does not apply"
+        );
     }
 }
