@@ -642,3 +642,26 @@ async fn every_documented_example_validates_and_a_typo_does_not() {
     );
     assert_eq!(out.stdout, "");
 }
+
+// The first mistakes of a newcomer: each says what is wrong and what to type instead, and
+// ends with the exit code the README gives it.
+
+/// `--user-data-file` naming no file: the file and the OS error (66), not "no user-data".
+#[tokio::test]
+async fn a_missing_user_data_file_is_named_with_the_os_error() {
+    let sb = Sandbox::new();
+    let missing = sb.path("nope.json");
+    let out = sb
+        .run(&["metadata", "--user-data-file", missing.to_str().unwrap()])
+        .await;
+    common::assert_exit(
+        &out,
+        66,
+        &format!(
+            "user-data file {}: No such file or directory (os error 2)",
+            missing.display()
+        ),
+    );
+    assert!(!out.stderr.contains("has no user-data"), "{}", out.stderr);
+    assert!(sb.read("params.json").is_none());
+}

@@ -33,6 +33,17 @@ pub enum Error {
     )]
     NoUserData { waited: Duration },
 
+    /// `--user-data-file` that cannot be read (missing: 66), named with the OS error.
+    #[error("user-data file {}: {source}{}", path.display(), user_data_file_hint(source))]
+    UserDataFile { path: PathBuf, source: io::Error },
+
+    /// `--user-data-file` that is empty: no user-data, said of the file.
+    #[error(
+        "user-data file {} is empty; write the parameters in it, or pass --allow-empty to boot with none",
+        path.display()
+    )]
+    EmptyUserDataFile { path: PathBuf },
+
     #[error("{0}")]
     Imds(#[from] ImdsError),
 
@@ -73,7 +84,8 @@ impl ExitStatus for Error {
     fn exit_code(&self) -> ExitCode {
         match self {
             Error::Usage(_) => ExitCode::Usage,
-            Error::NoUserData { .. } => ExitCode::NoInput,
+            Error::NoUserData { .. } | Error::EmptyUserDataFile { .. } => ExitCode::NoInput,
+            Error::UserDataFile { source, .. } => read_exit_code(source),
             Error::Read { source, .. } => read_exit_code(source),
             Error::Write { .. } => ExitCode::CantCreate,
             Error::Exec { source, .. } if source.kind() == io::ErrorKind::NotFound => {
@@ -97,6 +109,14 @@ pub fn read_exit_code(source: &io::Error) -> ExitCode {
     match source.kind() {
         io::ErrorKind::PermissionDenied => ExitCode::NoPerm,
         _ => ExitCode::NoInput,
+    }
+}
+
+/// Where a missing user-data file's name came from, for whoever mistyped it.
+fn user_data_file_hint(source: &io::Error) -> &'static str {
+    match source.kind() {
+        io::ErrorKind::NotFound => " (--user-data-file, or BOOTSTAGE_USER_DATA_FILE)",
+        _ => "",
     }
 }
 

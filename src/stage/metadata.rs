@@ -149,11 +149,14 @@ async fn fetch(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<
             tracing::warn!("no user-data; going on with empty parameters (--allow-empty)");
             Map::new()
         }
-        None => {
-            return Err(Error::NoUserData {
-                waited: deadline.elapsed(),
-            });
-        }
+        None => match &args.user_data_file {
+            Some(path) => return Err(Error::EmptyUserDataFile { path: path.clone() }),
+            None => {
+                return Err(Error::NoUserData {
+                    waited: deadline.elapsed(),
+                });
+            }
+        },
     };
     notifier.status("resolving references");
     let resolved = secrets::resolve(params, facts.region.clone(), deadline).await?;
@@ -262,17 +265,14 @@ async fn from_imds(
     Ok((user_data.filter(|raw| !raw.trim_ascii().is_empty()), facts))
 }
 
-/// A missing or empty file is "no user-data"; one over EC2's size limit is refused unread.
+/// An empty file is "no user-data"; a missing one is an error naming it (a typo is likelier
+/// than an instance without parameters); one over EC2's size limit is refused unread.
 fn read_user_data_file(path: &std::path::Path) -> Result<Option<Vec<u8>>> {
-    let read_error = |source| Error::Read {
+    let read_error = |source| Error::UserDataFile {
         path: path.into(),
         source,
     };
-    let file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(read_error(e)),
-    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
     let mut raw = Vec::new();
     file.take(userdata::MAX_RAW as u64 + 1)
         .read_to_end(&mut raw)
