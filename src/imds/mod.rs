@@ -110,8 +110,8 @@ pub fn resolve_endpoint(
     flag: Option<&str>,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<String, String> {
-    let chosen = if let Some(flag) = flag {
-        flag.to_string()
+    let (chosen, origin) = if let Some(flag) = flag {
+        (flag.to_string(), "--imds-endpoint")
     } else if env("AWS_EC2_METADATA_DISABLED")
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
     {
@@ -120,9 +120,9 @@ pub fn resolve_endpoint(
                 .into(),
         );
     } else if let Some(url) = env("AWS_EC2_METADATA_SERVICE_ENDPOINT").filter(|v| !v.is_empty()) {
-        url
+        (url, "AWS_EC2_METADATA_SERVICE_ENDPOINT=")
     } else {
-        match env("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE")
+        let url = match env("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE")
             .as_deref()
             .map(str::trim)
         {
@@ -134,15 +134,38 @@ pub fn resolve_endpoint(
                     "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE={m:?}: expected IPv4 or IPv6"
                 ));
             }
-        }
+        };
+        (url, "IMDS endpoint ")
     };
-    let url = reqwest::Url::parse(&chosen).map_err(|e| format!("IMDS endpoint {chosen:?}: {e}"))?;
-    if url.scheme() != "http" || url.host().is_none() {
+    check_endpoint(&chosen).map_err(|why| format!("{origin}{chosen:?}{why}"))?;
+    Ok(chosen.trim_end_matches('/').to_string())
+}
+
+/// An endpoint is an address alone, `http://HOST[:PORT]`: bootstage adds `/latest/…`
+/// itself. What is wrong, said after the endpoint, with what to write instead.
+fn check_endpoint(chosen: &str) -> Result<(), String> {
+    if !chosen.contains("://") {
+        let bare = chosen.trim_end_matches('/');
         return Err(format!(
-            "IMDS endpoint {chosen:?}: expected http://HOST[:PORT] (IMDS is plain HTTP)"
+            " needs http:// (IMDS is plain HTTP): write http://{bare}"
         ));
     }
-    Ok(chosen.trim_end_matches('/').to_string())
+    let url = reqwest::Url::parse(chosen).map_err(|e| format!(": {e}"))?;
+    if url.scheme() != "http" || url.host().is_none() {
+        return Err(": expected http://HOST[:PORT] (IMDS is plain HTTP)".into());
+    }
+    let extra = match (url.path(), url.query(), url.fragment()) {
+        ("" | "/", None, None) => return Ok(()),
+        (path, query, fragment) => {
+            let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+            let fragment = fragment.map(|f| format!("#{f}")).unwrap_or_default();
+            format!("{path}{query}{fragment}")
+        }
+    };
+    Err(format!(
+        ": give the address alone, without {extra} (bootstage adds the paths): write {}",
+        url.origin().ascii_serialization()
+    ))
 }
 
 pub struct Options {
@@ -569,6 +592,20 @@ mod tests {
                 .contains("disabled")
         );
         assert!(resolve_endpoint(Some("https://x"), env(&[])).is_err());
+        assert_eq!(
+            resolve_endpoint(Some("127.0.0.1:1338"), env(&[])).unwrap_err(),
+            "--imds-endpoint \"127.0.0.1:1338\" needs http:// (IMDS is plain HTTP): write http://127.0.0.1:1338"
+        );
+        assert_eq!(
+            resolve_endpoint(Some("http://[::1]:8/latest/"), env(&[])).unwrap_err(),
+            "--imds-endpoint \"http://[::1]:8/latest/\": give the address alone, without /latest/ (bootstage adds the paths): write http://[::1]:8"
+        );
+        let no_scheme = [("AWS_EC2_METADATA_SERVICE_ENDPOINT", "169.254.169.254")];
+        assert!(
+            resolve_endpoint(None, env(&no_scheme))
+                .unwrap_err()
+                .starts_with("AWS_EC2_METADATA_SERVICE_ENDPOINT=\"169.254.169.254\" needs http://")
+        );
         let bad_mode = [("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", "v7")];
         assert!(resolve_endpoint(None, env(&bad_mode)).is_err());
     }
