@@ -665,3 +665,47 @@ async fn a_missing_user_data_file_is_named_with_the_os_error() {
     assert!(!out.stderr.contains("has no user-data"), "{}", out.stderr);
     assert!(sb.read("params.json").is_none());
 }
+
+/// An IMDS endpoint without `http://`, or with `/latest` on it: bad usage at once (64),
+/// saying what to write, never a wait for the deadline.
+#[tokio::test]
+async fn an_imds_endpoint_without_scheme_or_with_a_path_is_refused_at_once() {
+    let sb = Sandbox::new();
+    let out = sb
+        .run(&[
+            "metadata",
+            "--imds-endpoint",
+            "127.0.0.1:1338",
+            "--timeout",
+            "5s",
+        ])
+        .await;
+    common::assert_exit(
+        &out,
+        64,
+        "--imds-endpoint \"127.0.0.1:1338\" needs http:// (IMDS is plain HTTP): write http://127.0.0.1:1338",
+    );
+    let out = sb
+        .run(&[
+            "metadata",
+            "--imds-endpoint",
+            "http://127.0.0.1:1338/latest",
+            "--timeout",
+            "5s",
+        ])
+        .await;
+    common::assert_exit(
+        &out,
+        64,
+        "--imds-endpoint \"http://127.0.0.1:1338/latest\": give the address alone, without /latest (bootstage adds the paths): write http://127.0.0.1:1338",
+    );
+    // The SDK's variable is checked the same way, and named.
+    let mut cmd = sb.command(&["metadata", "--timeout", "5s"]);
+    cmd.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "127.0.0.1:1338");
+    let out = common::run(cmd).await;
+    common::assert_exit(
+        &out,
+        64,
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT=\"127.0.0.1:1338\" needs http://",
+    );
+}

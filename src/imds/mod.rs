@@ -111,7 +111,7 @@ pub fn resolve_endpoint(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<String, String> {
     let (chosen, origin) = if let Some(flag) = flag {
-        (flag.to_string(), "--imds-endpoint")
+        (flag.to_string(), "--imds-endpoint ")
     } else if env("AWS_EC2_METADATA_DISABLED")
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
     {
