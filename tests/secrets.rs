@@ -364,7 +364,7 @@ async fn throttling_is_retried_and_a_lasting_one_ends_at_the_deadline() {
     );
     assert!(
         out.stderr
-            .contains("ssm:GetParameters: ThrottlingException: Rate exceeded; trying again"),
+            .contains("ssm:GetParameters: ThrottlingException: Rate exceeded; retrying in"),
         "{}",
         out.stderr
     );

@@ -24,7 +24,7 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::base::exit::{ExitCode, ExitStatus};
-use crate::base::retry::RetryHint;
+use crate::base::retry::{self, Deadline, RetryHint};
 use crate::imds::facts::Facts;
 use crate::state::StateDir;
 
@@ -187,38 +187,99 @@ fn check_ca_store(service: &'static str, endpoint: Option<&str>) -> Result<(), A
 }
 
 /// What an AWS error means for the caller.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Failure {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
     /// Access denied, bad credentials, no such bucket: the same request fails again.
-    Refused(String),
+    Refused,
     /// Throttled (429, `SlowDown`, `ThrottlingException` …): retry with jittered backoff.
-    Throttled(String),
+    Throttled,
     /// Unreachable, timed out, 5xx: a later attempt may pass.
-    Transient(String),
+    Transient,
     /// Anything else the service said no to.
-    Permanent(String),
+    Permanent,
+}
+
+/// An AWS failure: its kind, the service's error code when it gave one (callers match on
+/// this, never on the message), and the text for messages (`Code: message`, or the cause
+/// of a connection failure; never a response body).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: Kind,
+    pub code: Option<String>,
+    pub message: String,
 }
 
 impl Failure {
+    pub fn new(kind: Kind, code: Option<&str>, message: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            code: code.map(str::to_string),
+            message: message.into(),
+        }
+    }
+
     /// What happened: the code and the service's message, or the cause.
     pub fn why(&self) -> &str {
-        match self {
-            Failure::Refused(w)
-            | Failure::Throttled(w)
-            | Failure::Transient(w)
-            | Failure::Permanent(w) => w,
-        }
+        &self.message
+    }
+
+    /// Whether the service answered with one of `codes`.
+    pub fn is(&self, codes: &[&str]) -> bool {
+        self.code.as_deref().is_some_and(|c| codes.contains(&c))
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }
 
 /// Throttled and transient failures are retried under `base::retry`; the others are not.
 impl RetryHint for Failure {
     fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Failure::Throttled(_) | Failure::Transient(_) => Some(Duration::ZERO),
-            Failure::Refused(_) | Failure::Permanent(_) => None,
+        match self.kind {
+            Kind::Throttled | Kind::Transient => Some(Duration::ZERO),
+            Kind::Refused | Kind::Permanent => None,
         }
     }
+}
+
+/// One AWS API call (`service` sorts its errors, `name` says it in logs: `ssm:GetParameters`,
+/// `Auto Scaling CompleteLifecycleAction`): each attempt bounded by what is left of
+/// `deadline`, throttled and transient failures retried under `policy` while the deadline
+/// leaves room; the last failure otherwise (a refusal or a permanent answer at once).
+pub async fn call<T, E, F, Fut>(
+    service: &str,
+    name: &str,
+    policy: retry::Policy,
+    deadline: Deadline,
+    mut op: F,
+) -> Result<T, Failure>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+{
+    let attempt = || {
+        let sent = op();
+        async move {
+            match tokio::time::timeout(deadline.remaining(), sent).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(e)) => Err(classify(service, &e)),
+                Err(_) => Err(Failure::new(Kind::Transient, None, "no answer (timed out)")),
+            }
+        }
+    };
+    retry::until_deadline(
+        policy,
+        deadline,
+        |e: &Failure, attempt, sleep| {
+            tracing::warn!("{name}: {e}; retrying in {sleep:.1?} (retry {attempt})")
+        },
+        attempt,
+    )
+    .await
 }
 
 /// Error codes that mean "not allowed", across services.
@@ -272,16 +333,21 @@ where
         (SdkError::DispatchFailure(_), ..) => format!("cannot reach {service}: {}", root_cause(e)),
         _ => DisplayErrorContext(e).to_string(),
     };
-    match (code.as_deref(), status) {
-        (Some(c), _) if REFUSED.contains(&c) => Failure::Refused(why),
-        (Some(c), _) if THROTTLED.contains(&c) => Failure::Throttled(why),
+    let kind = match (code.as_deref(), status) {
+        (Some(c), _) if REFUSED.contains(&c) => Kind::Refused,
+        (Some(c), _) if THROTTLED.contains(&c) => Kind::Throttled,
         // A 403 whose body did not parse (moto answers the JSON APIs' denials in XML) is
         // a refusal all the same.
-        (_, Some(403)) => Failure::Refused(why),
-        (_, Some(429 | 503)) => Failure::Throttled(why),
-        (_, Some(500..=599)) => Failure::Transient(why),
-        (None, None) => Failure::Transient(why),
-        _ => Failure::Permanent(why),
+        (_, Some(403)) => Kind::Refused,
+        (_, Some(429 | 503)) => Kind::Throttled,
+        (_, Some(500..=599)) => Kind::Transient,
+        (None, None) => Kind::Transient,
+        _ => Kind::Permanent,
+    };
+    Failure {
+        kind,
+        code,
+        message: why,
     }
 }
 
@@ -313,30 +379,50 @@ mod tests {
 
     #[test]
     fn errors_are_sorted_by_code_then_status() {
-        let said = |c: &str| format!("{c}: said the service");
-        assert_eq!(
-            classify("S3", &answer(403, Some("AccessDenied"))),
-            Failure::Refused(said("AccessDenied"))
-        );
-        assert_eq!(
-            classify("SSM", &answer(400, Some("ThrottlingException"))),
-            Failure::Throttled(said("ThrottlingException"))
-        );
-        assert_eq!(
-            classify("S3", &answer(503, Some("SlowDown"))),
-            Failure::Throttled(said("SlowDown"))
-        );
-        assert_eq!(
-            classify("S3", &answer(503, None)),
-            Failure::Throttled("unexpected answer (HTTP 503)".into())
-        );
-        assert_eq!(
-            classify("S3", &answer(500, Some("InternalError"))),
-            Failure::Transient(said("InternalError"))
-        );
-        assert_eq!(
-            classify("S3", &answer(404, Some("NoSuchKey"))),
-            Failure::Permanent(said("NoSuchKey"))
-        );
+        let said = |kind, c: &str| Failure::new(kind, Some(c), format!("{c}: said the service"));
+        let cases = [
+            (
+                403,
+                Some("AccessDenied"),
+                said(Kind::Refused, "AccessDenied"),
+            ),
+            (
+                400,
+                Some("ThrottlingException"),
+                said(Kind::Throttled, "ThrottlingException"),
+            ),
+            (503, Some("SlowDown"), said(Kind::Throttled, "SlowDown")),
+            (
+                503,
+                None,
+                Failure::new(Kind::Throttled, None, "unexpected answer (HTTP 503)"),
+            ),
+            (
+                403,
+                None,
+                Failure::new(Kind::Refused, None, "unexpected answer (HTTP 403)"),
+            ),
+            (
+                500,
+                Some("InternalError"),
+                said(Kind::Transient, "InternalError"),
+            ),
+            (404, Some("NoSuchKey"), said(Kind::Permanent, "NoSuchKey")),
+            (
+                400,
+                Some("ParameterNotFound"),
+                said(Kind::Permanent, "ParameterNotFound"),
+            ),
+        ];
+        for (status, code, expected) in cases {
+            assert_eq!(
+                classify("S3", &answer(status, code)),
+                expected,
+                "{status} {code:?}"
+            );
+        }
+        let f = said(Kind::Permanent, "ParameterNotFound");
+        assert!(f.is(&["ParameterVersionNotFound", "ParameterNotFound"]));
+        assert!(!f.is(&["ResourceNotFoundException"]));
     }
 }

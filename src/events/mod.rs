@@ -22,7 +22,7 @@ use std::time::Duration;
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
 use serde_json::Value;
 
-use crate::aws::{self, Failure};
+use crate::aws::{self, Kind};
 use crate::sync::source::{Location, url_decode};
 
 /// A watched entry: where it syncs from, and to.
@@ -168,14 +168,15 @@ impl Queue {
         E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
     {
         let url = self.url.clone();
-        match aws::classify("SQS", &e) {
-            Failure::Refused(why) => QueueError::Refused {
+        let failure = aws::classify("SQS", &e);
+        match failure.kind {
+            Kind::Refused => QueueError::Refused {
                 url,
-                why: format!("{action}: {why}"),
+                why: format!("{action}: {failure}"),
             },
-            other => QueueError::Failed {
+            _ => QueueError::Failed {
                 url,
-                why: other.why().to_string(),
+                why: failure.message,
             },
         }
     }

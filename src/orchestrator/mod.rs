@@ -15,7 +15,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use crate::aws::{self, Aws, Failure};
+use crate::aws::{self, Aws, Failure, Kind};
 use crate::base::exit::{ExitCode, ExitStatus};
 use crate::base::retry::{self, Deadline};
 use crate::settings::SettingsError;
@@ -53,50 +53,30 @@ pub enum Delivery {
     NothingWaiting(String),
 }
 
-/// One API call, retried while throttled or failing transiently, each attempt and the
-/// whole bounded by `deadline`. `service.action` names it in logs and errors.
+/// `ValidationError` answers that mean "nothing is waiting for this signal".
+/// AWS gives them no code of their own, so the message tells them from another
+/// `ValidationError` (a group or hook that does not exist).
+fn nothing_waiting(f: &Failure) -> bool {
+    f.kind == Kind::Permanent
+        && f.is(&["ValidationError"])
+        && (f.message.contains("No active Lifecycle Action")
+            || f.message.contains("cannot be signaled"))
+}
+
+/// One call to `service`, retried while throttled or failing transiently (`aws::call`).
 async fn call<T, E, F, Fut>(
     service: &'static str,
     action: &'static str,
     deadline: Deadline,
-    mut op: F,
+    op: F,
 ) -> Result<T, Failure>
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
 {
-    let attempt = || {
-        let sent = op();
-        async move {
-            match tokio::time::timeout(deadline.remaining(), sent).await {
-                Ok(Ok(answer)) => Ok(answer),
-                Ok(Err(e)) => Err(aws::classify(service, &e)),
-                Err(_) => Err(Failure::Transient("timed out".into())),
-            }
-        }
-    };
-    retry::until_deadline(
-        retry::THROTTLED,
-        deadline,
-        |e: &Failure, attempt, sleep| {
-            tracing::warn!(
-                attempt,
-                "{service} {action}: {}; retrying in {sleep:?}",
-                e.why()
-            )
-        },
-        attempt,
-    )
-    .await
-}
-
-/// `ValidationError` answers that mean "nothing is waiting for this signal".
-fn nothing_waiting(f: &Failure) -> bool {
-    let Failure::Permanent(why) = f else {
-        return false;
-    };
-    why.contains("No active Lifecycle Action") || why.contains("cannot be signaled")
+    let name = format!("{service} {action}");
+    aws::call(service, &name, retry::THROTTLED, deadline, op).await
 }
 
 fn delivery(
@@ -306,17 +286,48 @@ mod tests {
 
     #[test]
     fn only_nothing_waiting_answers_are_harmless() {
-        assert!(nothing_waiting(&Failure::Permanent(
-            "ValidationError: No active Lifecycle Action found with instance ID i-1".into()
-        )));
-        assert!(nothing_waiting(&Failure::Permanent(
-            "ValidationError: Resource G is in CREATE_COMPLETE state and cannot be signaled".into()
-        )));
-        assert!(!nothing_waiting(&Failure::Refused(
-            "AccessDenied: no".into()
-        )));
-        assert!(!nothing_waiting(&Failure::Permanent(
-            "ValidationError: Group x not found".into()
-        )));
+        let said = |kind, code, message: &str| Failure::new(kind, Some(code), message);
+        let validation = "ValidationError";
+        for (failure, waiting) in [
+            (
+                said(
+                    Kind::Permanent,
+                    validation,
+                    "ValidationError: No active Lifecycle Action found with instance ID i-1",
+                ),
+                true,
+            ),
+            (
+                said(
+                    Kind::Permanent,
+                    validation,
+                    "ValidationError: Stack arn:aws:cloudformation:eu-west-1:1:stack/web/1 is in CREATE_COMPLETE state and cannot be signaled",
+                ),
+                true,
+            ),
+            (
+                said(Kind::Refused, "AccessDenied", "AccessDenied: no"),
+                false,
+            ),
+            (
+                said(
+                    Kind::Permanent,
+                    validation,
+                    "ValidationError: Group x not found",
+                ),
+                false,
+            ),
+            // The words alone, under another code, are not the answer.
+            (
+                said(
+                    Kind::Permanent,
+                    "InternalFailure",
+                    "No active Lifecycle Action",
+                ),
+                false,
+            ),
+        ] {
+            assert_eq!(nothing_waiting(&failure), waiting, "{failure:?}");
+        }
     }
 }

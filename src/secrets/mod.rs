@@ -24,7 +24,7 @@ pub mod refs;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
@@ -32,7 +32,7 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use futures_util::{StreamExt, TryStreamExt};
 use serde_json::{Map, Value};
 
-use crate::aws::{self, Aws, AwsError, Failure};
+use crate::aws::{self, Aws, AwsError, Failure, Kind};
 use crate::base::exit::{ExitCode, ExitStatus};
 use crate::base::retry::{self, Deadline};
 use crate::state::envfile;
@@ -400,7 +400,8 @@ async fn run(aws: &Aws, task: Task, deadline: Deadline, calls: &Calls) -> Result
                     .with_decryption(true)
                     .send()
             })
-            .await?;
+            .await
+            .map_err(|f| failed(action, f))?;
             let missing: Vec<String> = answer
                 .invalid_parameters()
                 .iter()
@@ -426,7 +427,8 @@ async fn run(aws: &Aws, task: Task, deadline: Deadline, calls: &Calls) -> Result
         Task::SsmOne { region, name } => {
             let client = aws.ssm(&region);
             let reference = Target::Ssm { name: name.clone() }.describe();
-            let answer = call("ssm:GetParameter", deadline, || {
+            let action = "ssm:GetParameter";
+            let answer = call(action, deadline, || {
                 calls.get_parameter.fetch_add(1, Ordering::Relaxed);
                 client
                     .get_parameter()
@@ -435,14 +437,11 @@ async fn run(aws: &Aws, task: Task, deadline: Deadline, calls: &Calls) -> Result
                     .send()
             })
             .await
-            .map_err(|e| match e {
-                SecretError::Rejected { why, .. }
-                    if why.starts_with("ParameterNotFound")
-                        || why.starts_with("ParameterVersionNotFound") =>
-                {
-                    SecretError::Missing(reference.clone())
+            .map_err(|f| {
+                match f.is(&["ParameterNotFound", "ParameterVersionNotFound"]) {
+                    true => SecretError::Missing(reference.clone()),
+                    false => failed(action, f),
                 }
-                other => other,
             })?;
             let value = answer
                 .parameter()
@@ -472,13 +471,9 @@ async fn run(aws: &Aws, task: Task, deadline: Deadline, calls: &Calls) -> Result
                     .send()
             })
             .await
-            .map_err(|e| match e {
-                SecretError::Rejected { why, .. }
-                    if why.starts_with("ResourceNotFoundException") =>
-                {
-                    SecretError::Missing(reference.clone())
-                }
-                other => other,
+            .map_err(|f| match f.is(&["ResourceNotFoundException"]) {
+                true => SecretError::Missing(reference.clone()),
+                false => failed(action, f),
             })?;
             let text = answer.secret_string().ok_or_else(|| SecretError::Unusable {
                 reference,
@@ -507,7 +502,8 @@ async fn run(aws: &Aws, task: Task, deadline: Deadline, calls: &Calls) -> Result
                         .set_next_token(token.clone())
                         .send()
                 })
-                .await?;
+                .await
+                .map_err(|f| failed(action, f))?;
                 for p in page.parameters() {
                     let (Some(name), Some(value)) = (p.name(), p.value()) else {
                         continue;
@@ -554,74 +550,76 @@ const KMS_REFUSED: &[&str] = &[
     "InvalidKeyId",
 ];
 
-/// Sends one request under the throttling policy until the deadline; a refusal, a
-/// permanent error or the deadline ends it.
-async fn call<T, E, F, Fut>(
-    action: &'static str,
-    deadline: Deadline,
-    mut op: F,
-) -> Result<T, SecretError>
+/// Sends one request under the throttling policy until the deadline (`aws::call`).
+async fn call<T, E, F, Fut>(action: &'static str, deadline: Deadline, op: F) -> Result<T, Failure>
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
 {
     let service = action.split(':').next().unwrap_or_default();
-    let attempt = || {
-        let sent = op();
-        async move {
-            sent.await.map_err(|e| {
-                let kms = e
-                    .as_service_error()
-                    .and_then(|s| s.code())
-                    .is_some_and(|c| KMS_REFUSED.contains(&c));
-                match (kms, aws::classify(service, &e)) {
-                    (true, Failure::Refused(why) | Failure::Permanent(why)) => {
-                        Failure::Refused(format!("kms:Decrypt: {why}"))
-                    }
-                    (_, failure) => failure,
-                }
-            })
-        }
+    let service = if service == "ssm" {
+        "SSM"
+    } else {
+        "Secrets Manager"
     };
-    let last = std::sync::Mutex::new(String::new());
-    let on_retry = |e: &Failure, attempt: u32, sleep: Duration| {
-        let why = e.why();
-        tracing::warn!("{action}: {why}; trying again in {sleep:.1?} (retry {attempt})");
-        *last.lock().unwrap() = why.to_string();
-    };
-    let result = tokio::time::timeout(
-        deadline.remaining(),
-        retry::until_deadline(retry::THROTTLED, deadline, on_retry, attempt),
-    )
-    .await;
-    match result {
-        Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(Failure::Refused(why))) => Err(SecretError::Denied {
-            action: match why.starts_with("kms:Decrypt") {
-                true => "kms:Decrypt",
-                false => action,
-            },
+    aws::call(service, action, retry::THROTTLED, deadline, op).await
+}
+
+/// What a failed call means for the reference: a KMS key that refused to decrypt is
+/// `kms:Decrypt` refused, whatever the call; a refusal 77, a "no" 65, no answer by the
+/// deadline 75.
+fn failed(action: &'static str, f: Failure) -> SecretError {
+    let why = f.message.clone();
+    match f.kind {
+        Kind::Refused | Kind::Permanent if f.is(KMS_REFUSED) => SecretError::Denied {
+            action: "kms:Decrypt",
             why,
-        }),
-        Ok(Err(Failure::Permanent(why))) => Err(SecretError::Rejected { action, why }),
-        Ok(Err(Failure::Throttled(why) | Failure::Transient(why))) => {
-            Err(SecretError::Unavailable { action, why })
-        }
-        Err(_) => {
-            let last = std::mem::take(&mut *last.lock().unwrap());
-            let why = match last.is_empty() {
-                true => "no answer".to_string(),
-                false => format!("no answer; last error: {last}"),
-            };
-            Err(SecretError::Unavailable { action, why })
-        }
+        },
+        Kind::Refused => SecretError::Denied { action, why },
+        Kind::Permanent => SecretError::Rejected { action, why },
+        Kind::Throttled | Kind::Transient => SecretError::Unavailable { action, why },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_map_by_kind_and_code_and_kms_is_named() {
+        let f = |kind, code: &str| Failure::new(kind, Some(code), format!("{code}: said"));
+        let action = "ssm:GetParameters";
+        let cases = [
+            (
+                f(Kind::Permanent, "KMSAccessDeniedException"),
+                "kms:Decrypt was refused: KMSAccessDeniedException: said",
+                77,
+            ),
+            (
+                f(Kind::Refused, "AccessDeniedException"),
+                "ssm:GetParameters was refused: AccessDeniedException: said",
+                77,
+            ),
+            (
+                f(Kind::Permanent, "ValidationException"),
+                "ssm:GetParameters failed: ValidationException: said",
+                65,
+            ),
+            (
+                f(Kind::Throttled, "ThrottlingException"),
+                "ssm:GetParameters did not succeed before the deadline: ThrottlingException: said",
+                75,
+            ),
+        ];
+        for (failure, message, code) in cases {
+            let e = failed(action, failure);
+            assert_eq!(
+                (e.to_string().as_str(), e.exit_code() as i32),
+                (message, code)
+            );
+        }
+    }
 
     #[test]
     fn arns_name_their_region_and_json_keys_pick_fields() {

@@ -35,7 +35,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::types::ServerSideEncryption;
 use aws_smithy_types::error::display::DisplayErrorContext;
 
-use crate::aws::{self, Failure};
+use crate::aws::{self, Kind};
 use crate::sync::archive::Format;
 use crate::sync::fsat;
 use aws_sdk_s3::operation::get_object::GetObjectOutput;
@@ -677,15 +677,17 @@ where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
 {
     let url = url.to_string();
-    match aws::classify("S3", &e) {
-        Failure::Refused(why) => SourceError::Refused {
+    let failure = aws::classify("S3", &e);
+    let why = failure.message;
+    match failure.kind {
+        Kind::Refused => SourceError::Refused {
             url,
             why: format!("{action}: {why}"),
         },
-        Failure::Throttled(why) => SourceError::Throttled { url, why },
+        Kind::Throttled => SourceError::Throttled { url, why },
         // Every other answer may pass on a later attempt of the pass: a prefix whose
         // objects moved, an unreachable S3.
-        Failure::Transient(why) | Failure::Permanent(why) => SourceError::Failed { url, why },
+        Kind::Transient | Kind::Permanent => SourceError::Failed { url, why },
     }
 }
 
