@@ -261,10 +261,29 @@ async fn an_occupied_destination_is_refused_untouched() {
     );
 }
 
-/// SIGKILL at random instants: the destination is always a complete old or new tree.
+/// Where a round of the SIGKILL test kills the sync.
+#[derive(Clone, Copy, Debug)]
+enum KillAt {
+    /// Once moto has answered the LIST and this many object GETs (of 60): mid-download.
+    Downloaded(usize),
+    /// This many ms after moto has answered the 60th GET: while the tree is staged,
+    /// fsynced and swapped in, or just after.
+    Finishing(u64),
+    /// The moment the destination's symlink points elsewhere: after the swap, while the
+    /// old generation is removed and the new one sealed.
+    Swapped,
+}
+
+/// SIGKILL at chosen points of a sync (by what moto and the destination show, not by the
+/// clock): the destination is always a complete old or new tree. A kill mid-download
+/// leaves the old tree and a kill after the swap the new one; most rounds must really die
+/// of signal 9 while syncing, and both outcomes must occur, or the test would only check
+/// syncs that finished.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_at_any_point_leaves_a_complete_old_or_new_tree() {
-    let bucket = moto().bucket("killed").await;
+    use std::os::unix::process::ExitStatusExt;
+    const BUCKET: &str = "killed";
+    let bucket = moto().bucket(BUCKET).await;
     let versions: Vec<BTreeMap<String, Vec<u8>>> = (0..2)
         .map(|v| {
             (0..60)
@@ -288,12 +307,21 @@ async fn sigkill_at_any_point_leaves_a_complete_old_or_new_tree() {
     upload(0).await;
     let sb = Sandbox::new();
     assert_eq!(sync(&sb, "s3://killed/k/", &[]).await.code, 0);
+    let to = sb.path("dest/config");
     let mut rng = fastrand::Rng::with_seed(7);
-    let mut outcomes = [0usize; 2];
-    for round in 0..24 {
+    let rounds = 24;
+    // (killed, kept the old tree) per round, and which point each round chose.
+    let mut results = Vec::new();
+    for round in 0..rounds {
         let v = (round + 1) % 2;
         upload(v).await;
-        let to = sb.path("dest/config");
+        let at = match round % 4 {
+            0 | 1 => KillAt::Downloaded(rng.usize(0..60)),
+            2 => KillAt::Finishing(rng.u64(0..20)),
+            _ => KillAt::Swapped,
+        };
+        let mark = moto().mark();
+        let before = generation(&sb);
         let mut cmd = sb.command(&[
             "s3-sync",
             "--from",
@@ -305,25 +333,89 @@ async fn sigkill_at_any_point_leaves_a_complete_old_or_new_tree() {
         ]);
         cmd.envs(moto().env());
         let mut child = cmd.spawn().unwrap();
-        tokio::time::sleep(Duration::from_millis(rng.u64(0..400))).await;
+        // Read stderr as it comes, or a full pipe would stop the sync short of any point.
+        let mut stderr = child.stderr.take().unwrap();
+        let log = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
+            text
+        });
+        let reached = match at {
+            KillAt::Downloaded(n) => tokio::task::spawn_blocking(move || {
+                moto().wait_for(BUCKET, mark, Duration::from_secs(30), |c| {
+                    c.list >= 1 && c.get >= n
+                })
+            })
+            .await
+            .unwrap(),
+            KillAt::Finishing(ms) => {
+                let reached = tokio::task::spawn_blocking(move || {
+                    moto().wait_for(BUCKET, mark, Duration::from_secs(30), |c| c.get >= 60)
+                })
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                reached
+            }
+            KillAt::Swapped => {
+                let until = std::time::Instant::now() + Duration::from_secs(30);
+                loop {
+                    if std::fs::read_link(&to).is_ok_and(|now| now != before) {
+                        break true;
+                    }
+                    if child.try_wait().unwrap().is_some() || std::time::Instant::now() > until {
+                        break false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        };
         let _ = child.start_kill();
-        let _ = child.wait().await;
-        let got = tree(&to);
-        let which = versions.iter().position(|v| *v == got);
+        let status = child.wait().await.unwrap();
+        let stderr = log.await.unwrap();
         assert!(
-            which.is_some(),
-            "round {round}: a mixed or partial tree of {} files",
+            reached,
+            "round {round}: never reached {at:?}: {status}\n{stderr}"
+        );
+        let killed = status.signal() == Some(9);
+        assert!(
+            killed || status.success(),
+            "round {round}: {status}\n{stderr}"
+        );
+        let got = tree(&to);
+        let old = got == versions[1 - v];
+        assert!(
+            old || got == versions[v],
+            "round {round}, {at:?}: a mixed or partial tree of {} files",
             got.len()
         );
-        outcomes[which.unwrap()] += 1;
+        if killed {
+            match at {
+                KillAt::Downloaded(_) => assert!(old, "round {round}: {at:?} kept the new tree"),
+                KillAt::Swapped => assert!(!old, "round {round}: {at:?} kept the old tree"),
+                KillAt::Finishing(_) => {}
+            }
+        }
+        results.push((at, killed, old));
         // Bring the tree to `v` for the next round's starting point.
         let out = sync(&sb, "s3://killed/k/", &[]).await;
         assert_eq!(out.code, 0, "{}", out.stderr);
         assert_eq!(tree(&to), versions[v]);
     }
+    let killed = |old: bool| results.iter().filter(|r| r.1 && r.2 == old).count();
+    let (killed_old, killed_new) = (killed(true), killed(false));
     eprintln!(
-        "after SIGKILL: old tree {} times, new tree {} times",
-        outcomes[0], outcomes[1]
+        "{rounds} rounds: SIGKILL left the old tree {killed_old} times, the new tree \
+         {killed_new} times; the rest had finished: {results:?}"
+    );
+    assert!(
+        (killed_old + killed_new) * 4 >= rounds * 3,
+        "only {} of {rounds} rounds died of SIGKILL mid-sync: {results:?}",
+        killed_old + killed_new
+    );
+    assert!(
+        killed_old >= 1 && killed_new >= 1,
+        "a kill must leave each of the old and the new tree at least once: {results:?}"
     );
     let home: Vec<_> = std::fs::read_dir(sb.path("dest/.config.bootstage"))
         .unwrap()

@@ -136,29 +136,26 @@ impl Moto {
 
     pub fn counts(&self, bucket: &str, since: usize) -> Counts {
         self.settle();
-        let log = self.log.0.lock().unwrap();
-        let mut c = Counts::default();
-        for request in &log[since..] {
-            let mut parts = request.split(' ');
-            let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let path = target.split('?').next().unwrap_or("");
-            // `/bucket`, `/bucket/` or `/bucket/key`, not `/bucket-other/…`.
-            let Some(rest) = path
-                .strip_prefix(&format!("/{bucket}"))
-                .filter(|rest| rest.is_empty() || rest.starts_with('/'))
-            else {
-                continue;
-            };
-            let status = request.rsplit(' ').next().unwrap_or("");
-            match (method, rest) {
-                ("GET", "" | "/") => c.list += 1,
-                ("GET", _) if status == "304" => c.not_modified += 1,
-                ("GET", _) => c.get += 1,
-                ("HEAD", _) => c.head += 1,
-                _ => c.other += 1,
-            }
-        }
-        c
+        tally(&self.log.0.lock().unwrap()[since..], bucket)
+    }
+
+    /// Waits until the requests for `bucket` that moto has logged since `since` satisfy
+    /// `done`, and says whether they did within `timeout`. Unlike `counts` it sends nothing
+    /// and does not settle: it watches a run still under way, and a request is logged only
+    /// once moto has answered it. Blocks the thread.
+    pub fn wait_for(
+        &self,
+        bucket: &str,
+        since: usize,
+        timeout: Duration,
+        done: impl Fn(&Counts) -> bool,
+    ) -> bool {
+        let (log, logged) = &*self.log;
+        let log = log.lock().unwrap();
+        let (_guard, waited) = logged
+            .wait_timeout_while(log, timeout, |log| !done(&tally(&log[since..], bucket)))
+            .unwrap();
+        !waited.timed_out()
     }
 
     /// An S3 client for fixtures, pointed at moto.
@@ -252,6 +249,32 @@ impl Moto {
             ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
         ]
     }
+}
+
+/// Request counts for `bucket` in `log` (see `Counts`).
+fn tally(log: &[String], bucket: &str) -> Counts {
+    let mut c = Counts::default();
+    for request in log {
+        let mut parts = request.split(' ');
+        let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let path = target.split('?').next().unwrap_or("");
+        // `/bucket`, `/bucket/` or `/bucket/key`, not `/bucket-other/…`.
+        let Some(rest) = path
+            .strip_prefix(&format!("/{bucket}"))
+            .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+        else {
+            continue;
+        };
+        let status = request.rsplit(' ').next().unwrap_or("");
+        match (method, rest) {
+            ("GET", "" | "/") => c.list += 1,
+            ("GET", _) if status == "304" => c.not_modified += 1,
+            ("GET", _) => c.get += 1,
+            ("HEAD", _) => c.head += 1,
+            _ => c.other += 1,
+        }
+    }
+    c
 }
 
 pub struct Bucket {
