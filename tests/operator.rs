@@ -709,3 +709,49 @@ async fn an_imds_endpoint_without_scheme_or_with_a_path_is_refused_at_once() {
         "AWS_EC2_METADATA_SERVICE_ENDPOINT=\"127.0.0.1:1338\" needs http://",
     );
 }
+
+/// A hooks dir that is not there, or hooks put in `per-boot/` instead of `per-boot.d/`:
+/// a warning naming the path; the stage still succeeds.
+#[tokio::test]
+async fn a_missing_hooks_dir_or_one_without_d_is_warned_about() {
+    let sb = Sandbox::new();
+    let out = stage(&sb, "hooks", PARAMS, "i-1").await;
+    common::assert_exit(
+        &out,
+        0,
+        &format!(
+            "the hooks dir {} does not exist: no hooks run (hooks go in per-instance.d/ and per-boot.d/ in it)",
+            sb.path("hooks").display()
+        ),
+    );
+    for dir in ["per-boot", "per-instance"] {
+        let sb = Sandbox::new();
+        hook(&sb, dir, "10-setup", "true");
+        let out = stage(&sb, "hooks", PARAMS, "i-1").await;
+        common::assert_exit(
+            &out,
+            0,
+            &format!(
+                "{} is not read: hooks go in {}.d/",
+                sb.path("hooks").join(dir).display(),
+                sb.path("hooks").join(dir).display()
+            ),
+        );
+    }
+}
+
+/// A hook without `#!`: the stage fails (70) saying that a hook needs one.
+#[tokio::test]
+async fn a_hook_without_a_shebang_says_it_needs_one() {
+    let sb = Sandbox::new();
+    let dir = sb.path("hooks").join("per-boot.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("10-setup"), "echo set up\n").unwrap();
+    std::fs::set_permissions(dir.join("10-setup"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = stage(&sb, "hooks", PARAMS, "i-1").await;
+    common::assert_exit(
+        &out,
+        70,
+        "hook per-boot.d/10-setup cannot start: Exec format error (os error 8): a hook needs a #! line first (e.g. #!/bin/sh)",
+    );
+}

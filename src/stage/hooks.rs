@@ -137,6 +137,7 @@ pub async fn ensure(
 
 async fn run_hooks(state: &StateDir, args: &HookDirs, notifier: Notifier) -> Result<String> {
     let deadline = Deadline::after(args.hook_timeout);
+    warn_misplaced(&args.hooks_dir);
     let per_instance = list(&args.hooks_dir.join(Kind::PerInstance.dir()))?;
     let per_boot = list(&args.hooks_dir.join(Kind::PerBoot.dir()))?;
     if per_instance.is_empty() && per_boot.is_empty() {
@@ -198,6 +199,15 @@ async fn run_hooks(state: &StateDir, args: &HookDirs, notifier: Notifier) -> Res
                     ))
                     .into());
                 }
+                // The kernel runs a script only with an interpreter named on its first line.
+                Err(child::ChildError::Spawn(source))
+                    if source.raw_os_error() == Some(nix::libc::ENOEXEC) =>
+                {
+                    return Err(failed(format!(
+                        "cannot start: {source}: a hook needs a #! line first (e.g. #!/bin/sh), or to be a program"
+                    ))
+                    .into());
+                }
                 Err(e) => return Err(failed(e.to_string()).into()),
             }
             ran += 1;
@@ -209,6 +219,30 @@ async fn run_hooks(state: &StateDir, args: &HookDirs, notifier: Notifier) -> Res
     Ok(format!(
         "hooks done: {ran} ran, {skipped} per-instance already ran"
     ))
+}
+
+/// Hooks that would never run, said before the run: a hooks dir that does not exist (a
+/// mistyped `--hooks-dir`), and hooks put in `per-boot/` or `per-instance/` without `.d`.
+fn warn_misplaced(hooks_dir: &Path) {
+    if std::fs::symlink_metadata(hooks_dir).is_err() {
+        tracing::warn!(
+            "the hooks dir {} does not exist: no hooks run (hooks go in per-instance.d/ and \
+             per-boot.d/ in it)",
+            hooks_dir.display()
+        );
+        return;
+    }
+    for kind in [Kind::PerInstance, Kind::PerBoot] {
+        let dir = kind.dir();
+        let near = hooks_dir.join(dir.trim_end_matches(".d"));
+        if std::fs::symlink_metadata(&near).is_ok() {
+            tracing::warn!(
+                "{} is not read: hooks go in {}/",
+                near.display(),
+                hooks_dir.join(dir).display()
+            );
+        }
+    }
 }
 
 /// The hooks in `dir`, in byte order of their names; a missing dir holds none.
