@@ -1,5 +1,6 @@
 //! The bottom layer, used by everything above and using nothing of bootstage's: the retry
-//! policy and deadlines, bounded child processes, sd_notify, logging.
+//! policy and deadlines, bounded child processes, sd_notify, logging, SIGTERM as a future
+//! (`stop`).
 
 pub mod child;
 pub mod duration;
@@ -7,4 +8,5 @@ pub mod exit;
 pub mod logging;
 pub mod notify;
 pub mod retry;
+pub mod stop;
 pub mod switch;

@@ -27,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::aws::Aws;
 use crate::base::notify::Notifier;
 use crate::base::retry::Deadline;
+use crate::base::stop::Stop;
 use crate::imds::{self, facts::Facts};
 use crate::orchestrator::{
     self, CompleteOn, Config, Delivery, LaunchHook, OnFailure, OrchestratorError,
@@ -457,7 +458,7 @@ pub async fn watch(state: &StateDir, settings: &Settings, notifier: Notifier) ->
         "keeping the launch hook alive: a heartbeat every {every:?}"
     );
     notifier.ready(&format!("heartbeating {} every {every:?}", hook.hook));
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    let mut stop = Stop::install()
         .map_err(|e| OrchestratorError::Undelivered(format!("cannot watch for SIGTERM: {e}")))?;
     let started = tokio::time::Instant::now();
     // No lifecycle action outlives 48 h, so no watch does either.
@@ -569,8 +570,8 @@ pub async fn watch(state: &StateDir, settings: &Settings, notifier: Notifier) ->
             .min(LOOK_EVERY);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = term.recv() => {
-                tracing::info!("SIGTERM: stopping the heartbeats");
+            _ = stop.requested() => {
+                tracing::info!("stopping the heartbeats");
                 return Ok(());
             }
         }

@@ -24,19 +24,20 @@
 //! Any error discards the half-built generation: the destination keeps its old tree.
 
 mod bundle;
+mod owner;
+mod prefix;
+mod progress;
 mod watch;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
-
 use crate::aws::{self, Aws, AwsError};
 use crate::base::notify::Notifier;
 use crate::base::retry::{self, Deadline, RetryHint};
+use crate::base::stop::Stop;
 use crate::events::Queue;
 use crate::settings::{Bootstage, SyncSpec, WatchSpec};
 use crate::stage::error::{Error, ExitCode, ExitStatus, Result};
@@ -44,9 +45,12 @@ use crate::stage::metadata;
 use crate::state::StateDir;
 use crate::state::status::{self, Stage};
 use crate::sync::archive::UnpackError;
-use crate::sync::keys::{self, KeyError};
-use crate::sync::source::{Bundle, Location, Object, Source, SourceError};
-use crate::sync::tree::{Destination, Entry, Manifest, Staging, TreeError};
+use crate::sync::keys::KeyError;
+use crate::sync::source::{Bundle, Location, Source, SourceError};
+use crate::sync::tree::{Destination, TreeError};
+use owner::Ownership;
+use prefix::pass_once;
+use progress::{Counters, Progress};
 
 pub const DEFAULT_CONCURRENCY: u16 = 16;
 pub const DEFAULT_SYNC_TIMEOUT: &str = "5m";
@@ -99,6 +103,12 @@ pub enum SyncError {
     /// The source, the limit, and what failed last if a pass was retried.
     #[error("{0}: the sync did not finish within --sync-timeout {1}{2}")]
     Deadline(String, String, String),
+    /// The AWS setup: no region, no CA store, an endpoint the SDK cannot use.
+    #[error("sync settings: {0}")]
+    Aws(AwsError),
+    /// No credentials for the sources named (S3 URLs), with why.
+    #[error("{0}: {1}")]
+    Credentials(String, AwsError),
 }
 
 impl From<SyncError> for Error {
@@ -122,6 +132,7 @@ impl ExitStatus for SyncError {
             SyncError::Source(SourceError::Corrupt { .. }) => ExitCode::Protocol,
             SyncError::Source(SourceError::Local { .. }) => ExitCode::CantCreate,
             SyncError::Tree(e) => e.exit_code(),
+            SyncError::Aws(e) | SyncError::Credentials(_, e) => e.exit_code(),
             SyncError::Source(
                 SourceError::Failed { .. }
                 | SourceError::Throttled { .. }
@@ -383,11 +394,6 @@ fn configured(state: &StateDir) -> Result<Vec<SyncSpec>> {
     Ok(bootstage(state)?.sync)
 }
 
-/// An AWS setup error, reported as the sync's settings error (exit 65), as before.
-fn settings(e: AwsError) -> SyncError {
-    SyncError::Settings(e.to_string())
-}
-
 /// What every pass of a process shares: the AWS configuration and S3 client (built once,
 /// so watch mode does not load credentials again each interval) and the bounds.
 struct Syncer {
@@ -414,10 +420,23 @@ impl Syncer {
             false => Some(
                 Aws::load(aws::instance_region(state), services, bounds.timeout)
                     .await
-                    .map_err(settings)?,
+                    .map_err(SyncError::Aws)?,
             ),
             true => None,
         };
+        // No credentials at all is said within seconds, not after every request of every
+        // pass has failed until the deadline.
+        if let (true, Some(aws)) = (s3, &aws) {
+            let wait = aws::credentials::WAIT.min(bounds.timeout);
+            if let Err(e) = aws::credentials::check(aws, "S3", wait).await {
+                let urls: Vec<&str> = specs
+                    .iter()
+                    .filter(|s| s.from.starts_with("s3://"))
+                    .map(|s| s.from.as_str())
+                    .collect();
+                return Err(SyncError::Credentials(urls.join(", "), e).into());
+            }
+        }
         let client = aws.as_ref().filter(|_| s3).map(Aws::s3);
         Ok(Syncer {
             aws,
@@ -599,285 +618,6 @@ async fn sync_one(
     }
 }
 
-async fn pass_once(
-    source: &Source,
-    dest: &mut Destination,
-    spec: &SyncSpec,
-    owner: &Ownership,
-    concurrency: usize,
-    counters: &Counters,
-    total_bytes: &AtomicU64,
-) -> Result<Report, SyncError> {
-    let started = std::time::Instant::now();
-    let (objects, list_pages) = source.list().await?;
-    let listed = started.elapsed();
-    let mut files: Vec<(PathBuf, Object)> = Vec::with_capacity(objects.len());
-    for object in objects {
-        if let Some(rel) = keys::relative_path(&object.key, source.rest(&object.key))? {
-            files.push((rel, object));
-        }
-    }
-    keys::check_no_file_dir_conflict(files.iter().map(|(rel, o)| (o.key.as_str(), rel.as_path())))?;
-
-    let url = source.url();
-    if files.is_empty() && !spec.allow_empty {
-        return Err(SyncError::Empty(url, "no objects under it"));
-    }
-    let old = Some(dest.manifest())
-        .filter(|m| m.source == url)
-        .unwrap_or_default();
-    // Unchanged: listed as before, and on disk exactly as bootstage sealed it.
-    let unchanged: Vec<bool> = files
-        .iter()
-        .map(|(rel, o)| {
-            let listed = old.files.get(&*rel.to_string_lossy());
-            listed.is_some_and(|e| e.etag == o.version.token() && e.size == o.size)
-                && dest.unchanged(rel, o.size)
-        })
-        .collect();
-    let names: BTreeSet<String> = files
-        .iter()
-        .map(|(rel, _)| rel.to_string_lossy().into_owned())
-        .collect();
-    let deleted = old.files.keys().filter(|k| !names.contains(*k)).count();
-    let mut report = Report {
-        objects: files.len(),
-        deleted,
-        list_pages,
-        ..Report::default()
-    };
-    // A pass that starts over counts afresh.
-    counters.total.store(files.len() as u64, Ordering::Relaxed);
-    counters.done.store(0, Ordering::Relaxed);
-    if dest.has_current() && deleted == 0 && unchanged.iter().all(|u| *u) {
-        counters.done.store(files.len() as u64, Ordering::Relaxed);
-        return Ok(report);
-    }
-
-    let staging = dest.staging()?;
-    let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
-    for (rel, _) in &files {
-        dirs.extend(
-            rel.ancestors()
-                .skip(1)
-                .filter(|d| !d.as_os_str().is_empty())
-                .map(Path::to_path_buf),
-        );
-    }
-    staging.mkdirs(&dirs)?;
-    let mut fetch = Vec::new();
-    for ((rel, object), same) in files.iter().zip(&unchanged) {
-        match *same && staging.carry(dest, rel) {
-            true => {
-                counters.done.fetch_add(1, Ordering::Relaxed);
-            }
-            false => fetch.push((rel, object)),
-        }
-    }
-    report.downloaded = fetch.len();
-    let bytes = AtomicU64::new(0);
-    futures_util::stream::iter(fetch.into_iter().map(Ok::<_, SyncError>))
-        .try_for_each_concurrent(concurrency, |(rel, object)| {
-            let (staging, bytes) = (&staging, &bytes);
-            async move {
-                let n = fetch_retrying(source, object, staging, rel, counters).await?;
-                bytes.fetch_add(n, Ordering::Relaxed);
-                counters.done.fetch_add(1, Ordering::Relaxed);
-                total_bytes.fetch_add(n, Ordering::Relaxed);
-                Ok(())
-            }
-        })
-        .await?;
-    report.bytes = bytes.into_inner();
-    let fetched = started.elapsed();
-
-    // Hand the complete tree over, files then directories deepest first.
-    staging.finish(
-        files.iter().map(|(rel, _)| (rel.as_path(), spec.file_mode)),
-        &[],
-        &dirs,
-        (owner.uid, owner.gid),
-        spec.dir_mode,
-    )?;
-    let manifest = Manifest {
-        source: url,
-        files: files
-            .iter()
-            .map(|(rel, o)| {
-                let entry = Entry {
-                    key: o.key.clone(),
-                    etag: o.version.token(),
-                    size: o.size,
-                };
-                (rel.to_string_lossy().into_owned(), entry)
-            })
-            .collect::<BTreeMap<_, _>>(),
-        ..Manifest::default()
-    };
-    dest.commit(staging, &manifest)?;
-    report.swapped = true;
-    let ms = |d: Duration| d.as_millis() as u64;
-    tracing::info!(
-        dest = %spec.to.display(),
-        objects = report.objects,
-        downloaded = report.downloaded,
-        deleted = report.deleted,
-        bytes = report.bytes,
-        list_ms = ms(listed),
-        fetch_ms = ms(fetched - listed),
-        commit_ms = ms(started.elapsed() - fetched),
-        "swapped in a new generation"
-    );
-    Ok(report)
-}
-
-/// One object into a new file of the staging tree, retried when the transfer itself
-/// fails (a connection dropped mid-body is past the SDK's own retries) or S3 throttles it;
-/// the partial file is removed before each new attempt.
-///
-/// A failed transfer is tried `FETCH_RETRIES` more times, then fails the pass. A throttled
-/// one (503 SlowDown) waits its turn for as long as the pass's deadline allows, with
-/// [`retry::THROTTLED`]'s full jitter: a fleet booting at once asks one prefix for more
-/// than S3 serves, and giving up would start the whole pass over, asking for every object
-/// again.
-async fn fetch_retrying(
-    source: &Source,
-    object: &Object,
-    staging: &Staging,
-    rel: &Path,
-    counters: &Counters,
-) -> Result<u64, SyncError> {
-    let at = staging.path().join(rel);
-    let mut failed = retry::BACKOFF.full_jitter().take(FETCH_RETRIES);
-    let mut throttled = retry::THROTTLED.full_jitter();
-    loop {
-        let file = staging.create(rel)?;
-        let error = match source.fetch(object, file, &at).await {
-            Ok(n) => return Ok(n),
-            Err(e) => {
-                staging.remove(rel);
-                SyncError::from(e)
-            }
-        };
-        let is_throttled = matches!(error, SyncError::Source(SourceError::Throttled { .. }));
-        let wait = match error.retry_after() {
-            Some(_) if is_throttled => throttled.next(),
-            Some(_) => failed.next(),
-            None => None,
-        };
-        let Some(wait) = wait else {
-            return Err(error);
-        };
-        if !is_throttled {
-            tracing::warn!("retrying a download in {wait:.1?}: {error}");
-        } else if counters.throttled.fetch_add(1, Ordering::Relaxed) == 0 {
-            // Once a sync: a fleet's prefix is throttled thousands of times, and the
-            // deadline's message counts them all.
-            tracing::warn!(
-                "{error}; S3 is throttling downloads: each waits its turn, up to --sync-timeout"
-            );
-        } else {
-            tracing::debug!("retrying a throttled download in {wait:.1?}: {error}");
-        }
-        tokio::time::sleep(wait).await;
-    }
-}
-
-/// A user or group given by number or by name, as chown(1) takes it.
-fn lookup<T>(
-    what: &str,
-    given: Option<&str>,
-    from_number: impl Fn(u32) -> T,
-    by_name: impl Fn(&str) -> Option<T>,
-) -> Result<Option<T>, SyncError> {
-    let Some(given) = given else { return Ok(None) };
-    let found = match given.parse::<u32>() {
-        Ok(number) => Some(from_number(number)),
-        Err(_) => by_name(given),
-    };
-    let missing =
-        || SyncError::Settings(format!("{what} {given:?} does not exist on this machine"));
-    found.map(Some).ok_or_else(missing)
-}
-
-/// The owner and group a sync entry asks for.
-struct Ownership {
-    uid: Option<nix::unistd::Uid>,
-    gid: Option<nix::unistd::Gid>,
-}
-
-impl Ownership {
-    fn resolve(spec: &SyncSpec) -> Result<Ownership, SyncError> {
-        use nix::unistd::{Gid, Group, Uid, User};
-        let by_user = |n: &str| User::from_name(n).ok().flatten().map(|u| u.uid);
-        let by_group = |n: &str| Group::from_name(n).ok().flatten().map(|g| g.gid);
-        let uid = lookup("owner", spec.owner.as_deref(), Uid::from_raw, by_user)?;
-        let gid = lookup("group", spec.group.as_deref(), Gid::from_raw, by_group)?;
-        Ok(Ownership { uid, gid })
-    }
-}
-
-/// One destination's counts in the current pass.
-#[derive(Default)]
-struct Counters {
-    total: AtomicU64,
-    done: AtomicU64,
-    /// Downloads S3 answered 503 SlowDown (or 429) in this sync.
-    throttled: AtomicU64,
-}
-
-/// Counters behind the `STATUS=` lines, and the progress bar when stderr is a terminal.
-struct Progress {
-    dests: Vec<Counters>,
-    bytes: AtomicU64,
-    bar: Option<indicatif::ProgressBar>,
-}
-
-impl Progress {
-    fn new(destinations: usize) -> Progress {
-        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
-            let style = indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} objects, {msg} {elapsed}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-            indicatif::ProgressBar::new(0).with_style(style)
-        });
-        let dests = (0..destinations).map(|_| Counters::default()).collect();
-        Progress {
-            dests,
-            bytes: AtomicU64::new(0),
-            bar,
-        }
-    }
-
-    async fn report(self: Arc<Self>, notifier: Notifier) {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tick.tick().await;
-            let sum = |f: fn(&Counters) -> &AtomicU64| {
-                self.dests
-                    .iter()
-                    .map(|c| f(c).load(Ordering::Relaxed))
-                    .sum::<u64>()
-            };
-            let (done, total) = (sum(|c| &c.done), sum(|c| &c.total));
-            let mb = format!("{:.0} MB", self.bytes.load(Ordering::Relaxed) as f64 / 1e6);
-            if let Some(bar) = &self.bar {
-                bar.set_length(total);
-                bar.set_position(done);
-                bar.set_message(mb.clone());
-            }
-            notifier.status(&format!("syncing: {done}/{total} objects, {mb}"));
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
-}
-
 fn summarize(reports: &[Report]) -> String {
     let objects: usize = reports.iter().map(|r| r.objects).sum();
     let downloaded: usize = reports.iter().map(|r| r.downloaded).sum();
@@ -886,28 +626,4 @@ fn summarize(reports: &[Report]) -> String {
         "synced {} destination(s): {objects} objects, {downloaded} downloaded, {swapped} swapped in",
         reports.len()
     )
-}
-
-/// SIGTERM or SIGINT, as a future.
-struct Stop {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Stop {
-    fn install() -> std::io::Result<Stop> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Stop {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    async fn requested(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-        tracing::info!("stopping on a signal");
-    }
 }

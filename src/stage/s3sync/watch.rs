@@ -30,9 +30,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{Settings, Stop, SyncSpec, Syncer, summarize};
+use super::{Settings, SyncSpec, Syncer, summarize};
 use crate::base::child;
 use crate::base::notify::Notifier;
+use crate::base::stop::Stop;
 use crate::events::{Message, Queue, QueueError, Wake, Watched};
 use crate::stage::error::Result;
 use crate::state::StateDir;

@@ -1,0 +1,205 @@
+//! One pass over a prefix source (S3 or a directory) into a destination: list, compare
+//! with the current generation's manifest, carry unchanged files forward, download the
+//! rest with bounded concurrency (each retried on its own, a throttled one waiting its
+//! turn), verify, set modes and owners, and swap the new generation in. `mod.rs` starts a
+//! pass over when an object changes mid-pass; `bundle.rs` does the same for an archive.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::TryStreamExt;
+
+use super::owner::Ownership;
+use super::progress::Counters;
+use super::{FETCH_RETRIES, Report, SyncError};
+use crate::base::retry::{self, RetryHint};
+use crate::settings::SyncSpec;
+use crate::sync::keys;
+use crate::sync::source::{Object, Source, SourceError};
+use crate::sync::tree::{Destination, Entry, Manifest, Staging};
+
+pub(super) async fn pass_once(
+    source: &Source,
+    dest: &mut Destination,
+    spec: &SyncSpec,
+    owner: &Ownership,
+    concurrency: usize,
+    counters: &Counters,
+    total_bytes: &AtomicU64,
+) -> Result<Report, SyncError> {
+    let started = std::time::Instant::now();
+    let (objects, list_pages) = source.list().await?;
+    let listed = started.elapsed();
+    let mut files: Vec<(PathBuf, Object)> = Vec::with_capacity(objects.len());
+    for object in objects {
+        if let Some(rel) = keys::relative_path(&object.key, source.rest(&object.key))? {
+            files.push((rel, object));
+        }
+    }
+    keys::check_no_file_dir_conflict(files.iter().map(|(rel, o)| (o.key.as_str(), rel.as_path())))?;
+
+    let url = source.url();
+    if files.is_empty() && !spec.allow_empty {
+        return Err(SyncError::Empty(url, "no objects under it"));
+    }
+    let old = Some(dest.manifest())
+        .filter(|m| m.source == url)
+        .unwrap_or_default();
+    // Unchanged: listed as before, and on disk exactly as bootstage sealed it.
+    let unchanged: Vec<bool> = files
+        .iter()
+        .map(|(rel, o)| {
+            let listed = old.files.get(&*rel.to_string_lossy());
+            listed.is_some_and(|e| e.etag == o.version.token() && e.size == o.size)
+                && dest.unchanged(rel, o.size)
+        })
+        .collect();
+    let names: BTreeSet<String> = files
+        .iter()
+        .map(|(rel, _)| rel.to_string_lossy().into_owned())
+        .collect();
+    let deleted = old.files.keys().filter(|k| !names.contains(*k)).count();
+    let mut report = Report {
+        objects: files.len(),
+        deleted,
+        list_pages,
+        ..Report::default()
+    };
+    // A pass that starts over counts afresh.
+    counters.total.store(files.len() as u64, Ordering::Relaxed);
+    counters.done.store(0, Ordering::Relaxed);
+    if dest.has_current() && deleted == 0 && unchanged.iter().all(|u| *u) {
+        counters.done.store(files.len() as u64, Ordering::Relaxed);
+        return Ok(report);
+    }
+
+    let staging = dest.staging()?;
+    let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
+    for (rel, _) in &files {
+        dirs.extend(
+            rel.ancestors()
+                .skip(1)
+                .filter(|d| !d.as_os_str().is_empty())
+                .map(Path::to_path_buf),
+        );
+    }
+    staging.mkdirs(&dirs)?;
+    let mut fetch = Vec::new();
+    for ((rel, object), same) in files.iter().zip(&unchanged) {
+        match *same && staging.carry(dest, rel) {
+            true => {
+                counters.done.fetch_add(1, Ordering::Relaxed);
+            }
+            false => fetch.push((rel, object)),
+        }
+    }
+    report.downloaded = fetch.len();
+    let bytes = AtomicU64::new(0);
+    futures_util::stream::iter(fetch.into_iter().map(Ok::<_, SyncError>))
+        .try_for_each_concurrent(concurrency, |(rel, object)| {
+            let (staging, bytes) = (&staging, &bytes);
+            async move {
+                let n = fetch_retrying(source, object, staging, rel, counters).await?;
+                bytes.fetch_add(n, Ordering::Relaxed);
+                counters.done.fetch_add(1, Ordering::Relaxed);
+                total_bytes.fetch_add(n, Ordering::Relaxed);
+                Ok(())
+            }
+        })
+        .await?;
+    report.bytes = bytes.into_inner();
+    let fetched = started.elapsed();
+
+    // Hand the complete tree over, files then directories deepest first.
+    staging.finish(
+        files.iter().map(|(rel, _)| (rel.as_path(), spec.file_mode)),
+        &[],
+        &dirs,
+        (owner.uid, owner.gid),
+        spec.dir_mode,
+    )?;
+    let manifest = Manifest {
+        source: url,
+        files: files
+            .iter()
+            .map(|(rel, o)| {
+                let entry = Entry {
+                    key: o.key.clone(),
+                    etag: o.version.token(),
+                    size: o.size,
+                };
+                (rel.to_string_lossy().into_owned(), entry)
+            })
+            .collect::<BTreeMap<_, _>>(),
+        ..Manifest::default()
+    };
+    dest.commit(staging, &manifest)?;
+    report.swapped = true;
+    let ms = |d: Duration| d.as_millis() as u64;
+    tracing::info!(
+        dest = %spec.to.display(),
+        objects = report.objects,
+        downloaded = report.downloaded,
+        deleted = report.deleted,
+        bytes = report.bytes,
+        list_ms = ms(listed),
+        fetch_ms = ms(fetched - listed),
+        commit_ms = ms(started.elapsed() - fetched),
+        "swapped in a new generation"
+    );
+    Ok(report)
+}
+
+/// One object into a new file of the staging tree, retried when the transfer itself
+/// fails (a connection dropped mid-body is past the SDK's own retries) or S3 throttles it;
+/// the partial file is removed before each new attempt.
+///
+/// A failed transfer is tried `FETCH_RETRIES` more times, then fails the pass. A throttled
+/// one (503 SlowDown) waits its turn for as long as the pass's deadline allows, with
+/// [`retry::THROTTLED`]'s full jitter: a fleet booting at once asks one prefix for more
+/// than S3 serves, and giving up would start the whole pass over, asking for every object
+/// again.
+async fn fetch_retrying(
+    source: &Source,
+    object: &Object,
+    staging: &Staging,
+    rel: &Path,
+    counters: &Counters,
+) -> Result<u64, SyncError> {
+    let at = staging.path().join(rel);
+    let mut failed = retry::BACKOFF.full_jitter().take(FETCH_RETRIES);
+    let mut throttled = retry::THROTTLED.full_jitter();
+    loop {
+        let file = staging.create(rel)?;
+        let error = match source.fetch(object, file, &at).await {
+            Ok(n) => return Ok(n),
+            Err(e) => {
+                staging.remove(rel);
+                SyncError::from(e)
+            }
+        };
+        let is_throttled = matches!(error, SyncError::Source(SourceError::Throttled { .. }));
+        let wait = match error.retry_after() {
+            Some(_) if is_throttled => throttled.next(),
+            Some(_) => failed.next(),
+            None => None,
+        };
+        let Some(wait) = wait else {
+            return Err(error);
+        };
+        if !is_throttled {
+            tracing::warn!("retrying a download in {wait:.1?}: {error}");
+        } else if counters.throttled.fetch_add(1, Ordering::Relaxed) == 0 {
+            // Once a sync: a fleet's prefix is throttled thousands of times, and the
+            // deadline's message counts them all.
+            tracing::warn!(
+                "{error}; S3 is throttling downloads: each waits its turn, up to --sync-timeout"
+            );
+        } else {
+            tracing::debug!("retrying a throttled download in {wait:.1?}: {error}");
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
