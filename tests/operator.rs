@@ -755,3 +755,79 @@ async fn a_hook_without_a_shebang_says_it_needs_one() {
         "hook per-boot.d/10-setup cannot start: Exec format error (os error 8): a hook needs a #! line first (e.g. #!/bin/sh)",
     );
 }
+
+/// `s3-sync` from S3 as the operator runs it off-cloud: a region, and the endpoint and
+/// credentials the test gives (none by default). S3 itself is never reached.
+fn s3_sync_command(sb: &Sandbox, from: &str, extra: &[&str]) -> tokio::process::Command {
+    let to = sb.path("dest");
+    let mut args = vec!["s3-sync", "--from", from, "--to", to.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let mut cmd = sb.command(&args);
+    cmd.env("AWS_REGION", "eu-west-1")
+        .env("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+        // No profile files of this machine's user.
+        .env("HOME", sb.dir.path())
+        .env("AWS_CONFIG_FILE", sb.path("no-aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", sb.path("no-aws-credentials"));
+    cmd
+}
+
+/// No credentials at all for an `s3://` source: 77 within seconds, one line per cause,
+/// and none of the SDK's chain dumps at the default log level.
+#[tokio::test]
+async fn no_aws_credentials_fail_at_once_with_each_cause() {
+    let sb = Sandbox::new();
+    // IMDS (the harness's default) is a closed loopback port.
+    let mut cmd = s3_sync_command(&sb, "s3://bucket/app/", &["--sync-timeout", "60s"]);
+    cmd.env_remove("BOOTSTAGE_LOG");
+    let out = common::run(cmd).await;
+    common::assert_exit(&out, 77, "s3://bucket/app/: no AWS credentials for S3:");
+    for cause in [
+        "\n  no credential source found (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE",
+        "\n  the instance's role: IMDS at http://127.0.0.1:9 cannot be reached",
+    ] {
+        assert!(out.stderr.contains(cause), "{cause:?} in:\n{}", out.stderr);
+    }
+    assert!(!out.stderr.contains("Attempted"), "{}", out.stderr);
+    assert!(!out.stderr.contains("syncing again"), "{}", out.stderr);
+    assert!(out.stderr.lines().count() <= 5, "{}", out.stderr);
+
+    // IMDS turned off: said so.
+    let mut cmd = s3_sync_command(&sb, "s3://bucket/app/", &["--sync-timeout", "60s"]);
+    cmd.env("AWS_EC2_METADATA_DISABLED", "true");
+    let out = common::run(cmd).await;
+    common::assert_exit(
+        &out,
+        77,
+        "\n  the instance's role: IMDS is disabled (AWS_EC2_METADATA_DISABLED=true)",
+    );
+
+    // IMDS answers, but the instance has no role.
+    let emu = imds_emulator::Emulator::start(imds_emulator::Config::default())
+        .await
+        .unwrap();
+    let mut cmd = s3_sync_command(&sb, "s3://bucket/app/", &["--sync-timeout", "60s"]);
+    cmd.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", emu.url());
+    let out = common::run(cmd).await;
+    common::assert_exit(
+        &out,
+        77,
+        "\n  the instance's role: this instance has no IAM role (no instance profile): attach one whose policy allows what bootstage calls",
+    );
+}
+
+/// `AWS_ENDPOINT_URL_S3` without a scheme: bad usage (64) before any request.
+#[tokio::test]
+async fn an_aws_endpoint_without_scheme_is_bad_usage_at_once() {
+    let sb = Sandbox::new();
+    let mut cmd = s3_sync_command(&sb, "s3://bucket/app/", &["--sync-timeout", "5s"]);
+    cmd.env("AWS_ENDPOINT_URL_S3", "127.0.0.1:9000")
+        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "example");
+    let out = common::run(cmd).await;
+    common::assert_exit(
+        &out,
+        64,
+        "AWS_ENDPOINT_URL_S3=\"127.0.0.1:9000\" needs a scheme: write http://127.0.0.1:9000 (or https://)",
+    );
+}

@@ -12,12 +12,16 @@
 //!   decides, logging each cause.
 //! - Errors: [`classify`] sorts any SDK error into refused, throttled, transient or
 //!   permanent, with a message that never carries the response body.
+//! - Credentials: [`credentials::check`] asks the chain once, so that none at all is said
+//!   within seconds, with why, instead of every request failing until the deadline.
+//! - Endpoints: an `AWS_ENDPOINT_URL…` that is not an http(s) URL is bad usage at once.
 //!
 //! A new service is one line: `aws_sdk_ssm::Client::new(aws.sdk_config())`.
 
 use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig, retry::RetryConfig, timeout::TimeoutConfig};
+use aws_credential_types::provider::error::CredentialsError;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
@@ -28,6 +32,8 @@ use crate::base::retry::{self, Deadline, RetryHint};
 use crate::imds::facts::Facts;
 use crate::state::StateDir;
 
+pub mod credentials;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AwsError {
     #[error("no AWS region: set AWS_REGION, or run the metadata stage on EC2")]
@@ -36,11 +42,28 @@ pub enum AwsError {
         "this machine has no CA certificates (install ca-certificates): {0} over https cannot be verified"
     )]
     NoCaCertificates(&'static str),
+    /// An endpoint override that the SDK would refuse at every request.
+    #[error("{variable}={value:?} {why}")]
+    BadEndpoint {
+        variable: String,
+        value: String,
+        why: String,
+    },
+    /// No source of the chain gave credentials: one line per cause.
+    #[error("no AWS credentials for {service}:{}", causes.iter().map(|c| format!("\n  {c}")).collect::<String>())]
+    NoCredentials {
+        service: &'static str,
+        causes: Vec<String>,
+    },
 }
 
 impl ExitStatus for AwsError {
     fn exit_code(&self) -> ExitCode {
-        ExitCode::BadUserData
+        match self {
+            AwsError::NoRegion | AwsError::NoCaCertificates(_) => ExitCode::BadUserData,
+            AwsError::BadEndpoint { .. } => ExitCode::Usage,
+            AwsError::NoCredentials { .. } => ExitCode::NoPerm,
+        }
     }
 }
 
@@ -61,9 +84,11 @@ impl Aws {
         services: &[&'static str],
         attempt_timeout: Duration,
     ) -> Result<Aws, AwsError> {
-        // Before the SDK builds its connector: without a CA store it would fail every
-        // request with an obscure TLS error (and a debug build panics).
+        // Before the SDK builds its connector: an endpoint it cannot use, or no CA store,
+        // would fail every request until the deadline with an obscure error (and a debug
+        // build panics).
         for &service in services {
+            check_endpoints(service)?;
             check_ca_store(service, endpoint(service).as_deref())?;
         }
         let region = std::env::var("AWS_REGION")
@@ -175,6 +200,37 @@ pub fn endpoint(service_env_name: &str) -> Option<String> {
     ]
     .iter()
     .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+}
+
+/// Each endpoint variable the SDK reads for `service` that is set: an http(s) URL with a
+/// host, or bad usage naming the variable and what to write.
+fn check_endpoints(service: &str) -> Result<(), AwsError> {
+    for variable in [
+        format!("AWS_ENDPOINT_URL_{service}"),
+        "AWS_ENDPOINT_URL".to_string(),
+    ] {
+        let Some(value) = std::env::var(&variable).ok().filter(|v| !v.is_empty()) else {
+            continue;
+        };
+        let why = if !value.contains("://") {
+            let bare = value.trim_end_matches('/');
+            format!("needs a scheme: write http://{bare} (or https://)")
+        } else {
+            match reqwest::Url::parse(&value) {
+                Ok(url) if ["http", "https"].contains(&url.scheme()) && url.host().is_some() => {
+                    continue;
+                }
+                Ok(_) => "is not an http:// or https:// URL with a host".to_string(),
+                Err(e) => format!("is not a URL ({e})"),
+            }
+        };
+        return Err(AwsError::BadEndpoint {
+            variable,
+            value,
+            why,
+        });
+    }
+    Ok(())
 }
 
 /// An https endpoint (AWS's own, or an https override) needs CA certificates.
@@ -316,6 +372,9 @@ pub fn classify<E>(service: &str, e: &SdkError<E, HttpResponse>) -> Failure
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
+    if let Some(failure) = credentials_failure(e) {
+        return failure;
+    }
     let answer = e.as_service_error();
     let code = answer.and_then(|s| s.code()).map(str::to_string);
     let status = e.raw_response().map(|r| r.status().as_u16());
@@ -351,8 +410,42 @@ where
     }
 }
 
+/// A request that failed for want of credentials, in one line: the chain's own account
+/// (a line per source) is for debug logs; `credentials::check` says why up front.
+fn credentials_failure(e: &(dyn std::error::Error + 'static)) -> Option<Failure> {
+    let mut cause = Some(e);
+    let found = loop {
+        let error = cause?;
+        if let Some(found) = error.downcast_ref::<CredentialsError>() {
+            break found;
+        }
+        cause = error.source();
+    };
+    tracing::debug!("credentials: {}", DisplayErrorContext(found));
+    Some(match found {
+        CredentialsError::CredentialsNotLoaded(_) => Failure::new(
+            Kind::Refused,
+            None,
+            "no AWS credentials: no source of the SDK's chain gave any",
+        ),
+        CredentialsError::InvalidConfiguration(_) => Failure::new(
+            Kind::Refused,
+            None,
+            format!("the AWS configuration is invalid: {}", root_cause(found)),
+        ),
+        _ => Failure::new(
+            Kind::Transient,
+            None,
+            format!(
+                "cannot get AWS credentials: {}",
+                root_cause(found).lines().next().unwrap_or_default()
+            ),
+        ),
+    })
+}
+
 /// The last error in `e`'s source chain.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = e;
     while let Some(next) = cause.source() {
         cause = next;
