@@ -480,50 +480,32 @@ pub async fn watch(state: &StateDir, settings: &Settings, notifier: Notifier) ->
             false => failed_since = None,
         }
         let failed_for = failed_since.map_or(Duration::ZERO, |t| t.elapsed());
-        // The final signal, if one is due, and why.
-        let due: Option<(bool, String)> = match (&record.asg, &record.hold) {
-            (Some(done), _) if done.delivered => {
+        let moment = Moment {
+            unix: unix_now(),
+            retry_final: tokio::time::Instant::now() >= retry_final,
+            failed_for,
+            watched_for: started.elapsed(),
+        };
+        let due = match next_step(&record, &moment, ready_within, FAILURE_GRACE) {
+            Step::Complete(result) => {
                 tracing::info!(
-                    result = done.result,
+                    result,
                     "the lifecycle action is complete: nothing left to keep alive"
                 );
-                notifier.status(&format!("lifecycle action complete: {}", done.result));
+                notifier.status(&format!("lifecycle action complete: {result}"));
                 return Ok(());
             }
-            // Sent but not delivered: keep the action alive and send it again.
-            (Some(undelivered), _) => (tokio::time::Instant::now() >= retry_final).then(|| {
-                (
-                    undelivered.result == "CONTINUE",
-                    format!("{} was not delivered: sending it again", undelivered.result),
-                )
-            }),
-            (None, Some(hold)) if unix_now() >= hold.until_unix => {
-                Some((false, "the hold is over: abandoning the instance".into()))
-            }
-            (None, Some(hold)) => {
+            Step::Held(until) => {
                 if !announced_hold {
                     announced_hold = true;
                     notifier.status(&format!(
-                        "held for debugging until {}: bootstage release --abandon ends it",
-                        hold.until
+                        "held for debugging until {until}: bootstage release --abandon ends it"
                     ));
                 }
                 None
             }
-            (None, None) if failed_for >= FAILURE_GRACE => Some((
-                false,
-                format!(
-                    "a stage failed {FAILURE_GRACE:?} ago and the instance was neither abandoned nor held: abandoning it"
-                ),
-            )),
-            (None, None) if started.elapsed() >= ready_within => Some((
-                false,
-                format!(
-                    "no completion within ready_within ({}): abandoning the instance",
-                    humantime::format_duration(ready_within)
-                ),
-            )),
-            (None, None) => None,
+            Step::Finish { proceed, why } => Some((proceed, why)),
+            Step::Heartbeat => None,
         };
         if let Some((proceed, why)) = due {
             tracing::warn!("{why}");
@@ -580,6 +562,65 @@ pub async fn watch(state: &StateDir, settings: &Settings, notifier: Notifier) ->
     Ok(())
 }
 
+/// What the watcher knows of time at one look: the wall clock, whether a final signal
+/// that was not delivered may be sent again, how long a stage's failure has been written,
+/// and how long the watch has run.
+#[derive(Debug, Clone)]
+struct Moment {
+    unix: u64,
+    retry_final: bool,
+    failed_for: Duration,
+    watched_for: Duration,
+}
+
+/// What the watcher does at one look, besides heartbeating.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    /// The action is complete (this result was delivered): nothing left to keep alive.
+    Complete(String),
+    /// Send the final signal now: CONTINUE (`proceed`) or ABANDON, and why.
+    Finish { proceed: bool, why: String },
+    /// Held for debugging until this time: keep heartbeating.
+    Held(String),
+    /// Keep heartbeating.
+    Heartbeat,
+}
+
+/// The watcher's decision, from the record and the clock alone. In order: a delivered
+/// final signal ends the watch; one not delivered is sent again when its retry is due; a
+/// hold keeps the instance until its end, then abandons it; a failure written by a stage
+/// that neither abandoned nor held the instance abandons it after `grace`; no completion
+/// within `ready_within` abandons it.
+fn next_step(record: &Record, now: &Moment, ready_within: Duration, grace: Duration) -> Step {
+    match (&record.asg, &record.hold) {
+        (Some(done), _) if done.delivered => Step::Complete(done.result.clone()),
+        (Some(undelivered), _) if now.retry_final => Step::Finish {
+            proceed: undelivered.result == "CONTINUE",
+            why: format!("{} was not delivered: sending it again", undelivered.result),
+        },
+        (Some(_), _) => Step::Heartbeat,
+        (None, Some(hold)) if now.unix >= hold.until_unix => Step::Finish {
+            proceed: false,
+            why: "the hold is over: abandoning the instance".into(),
+        },
+        (None, Some(hold)) => Step::Held(hold.until.clone()),
+        (None, None) if now.failed_for >= grace => Step::Finish {
+            proceed: false,
+            why: format!(
+                "a stage failed {grace:?} ago and the instance was neither abandoned nor held: abandoning it"
+            ),
+        },
+        (None, None) if now.watched_for >= ready_within => Step::Finish {
+            proceed: false,
+            why: format!(
+                "no completion within ready_within ({}): abandoning the instance",
+                humantime::format_duration(ready_within)
+            ),
+        },
+        (None, None) => Step::Heartbeat,
+    }
+}
+
 /// The lines `bootstage status` prints for the record.
 pub fn describe(record: &Record) -> Vec<String> {
     let mut lines = Vec::new();
@@ -617,4 +658,117 @@ pub fn describe(record: &Record) -> Vec<String> {
         }
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+    const GRACE: Duration = Duration::from_secs(120);
+
+    fn signal(result: &str, delivered: bool) -> Signal {
+        Signal {
+            result: result.into(),
+            at: "2026-12-06T00:00:00Z".into(),
+            delivered,
+            note: None,
+        }
+    }
+
+    fn hold(until_unix: u64) -> Hold {
+        Hold {
+            reason: "bootstage-hooks.service failed".into(),
+            since: "2026-12-06T00:00:00Z".into(),
+            until: "2026-12-06T01:00:00Z".into(),
+            until_unix,
+            clamped: None,
+        }
+    }
+
+    #[test]
+    fn what_is_due_follows_the_record_and_the_clock() {
+        let at = |unix, retry_final, failed_for, watched_for| Moment {
+            unix,
+            retry_final,
+            failed_for: Duration::from_secs(failed_for),
+            watched_for: Duration::from_secs(watched_for),
+        };
+        let record = |asg: Option<Signal>, hold: Option<Hold>| Record {
+            asg,
+            hold,
+            ..Record::default()
+        };
+        let finish = |proceed, why: &str| Step::Finish {
+            proceed,
+            why: why.into(),
+        };
+        let cases = [
+            // A delivered signal ends the watch, whatever else is true.
+            (
+                record(Some(signal("CONTINUE", true)), None),
+                at(0, true, 999, 99_999),
+                Step::Complete("CONTINUE".into()),
+            ),
+            (
+                record(Some(signal("ABANDON", true)), Some(hold(0))),
+                at(9, false, 0, 0),
+                Step::Complete("ABANDON".into()),
+            ),
+            // Not delivered: sent again when its retry is due, heartbeats meanwhile.
+            (
+                record(Some(signal("CONTINUE", false)), None),
+                at(0, true, 0, 0),
+                finish(true, "CONTINUE was not delivered: sending it again"),
+            ),
+            (
+                record(Some(signal("ABANDON", false)), None),
+                at(0, true, 0, 0),
+                finish(false, "ABANDON was not delivered: sending it again"),
+            ),
+            (
+                record(Some(signal("CONTINUE", false)), None),
+                at(0, false, 999, 99_999),
+                Step::Heartbeat,
+            ),
+            // A hold keeps the instance until its end, failure or not.
+            (
+                record(None, Some(hold(100))),
+                at(99, false, 999, 99_999),
+                Step::Held("2026-12-06T01:00:00Z".into()),
+            ),
+            (
+                record(None, Some(hold(100))),
+                at(100, false, 0, 0),
+                finish(false, "the hold is over: abandoning the instance"),
+            ),
+            // A failure nobody acted on: abandoned after the grace, not before.
+            (record(None, None), at(0, false, 119, 0), Step::Heartbeat),
+            (
+                record(None, None),
+                at(0, false, 120, 0),
+                finish(
+                    false,
+                    "a stage failed 120s ago and the instance was neither abandoned nor held: abandoning it",
+                ),
+            ),
+            // No completion within ready_within.
+            (record(None, None), at(0, false, 0, 3599), Step::Heartbeat),
+            (
+                record(None, None),
+                at(0, false, 0, 3600),
+                finish(
+                    false,
+                    "no completion within ready_within (1h): abandoning the instance",
+                ),
+            ),
+        ];
+        for (record, moment, expected) in cases {
+            assert_eq!(
+                next_step(&record, &moment, HOUR, GRACE),
+                expected,
+                "{record:?} {moment:?}"
+            );
+        }
+    }
 }
