@@ -158,10 +158,8 @@ impl Watcher {
     /// Reads notifications until one has the line `want` (or starts with it, for a
     /// `STATUS=` prefix); returns that line.
     fn next(&self, want: &str) -> String {
-        let mut buf = [0u8; 4096];
         loop {
-            let n = self.socket.recv(&mut buf).expect("a notification in time");
-            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let text = common::recv_notification(&self.socket).expect("a notification in time");
             if let Some(line) = text.lines().find(|l| l.starts_with(want)) {
                 return line.to_string();
             }
@@ -174,24 +172,37 @@ impl Watcher {
             .unwrap_or(0)
     }
 
-    async fn stop(mut self) -> std::process::ExitStatus {
-        // Read what the watcher still sends: its last datagram is the BARRIER=1 it waits
-        // on before exiting, acknowledged (as systemd does) by closing the descriptor that
-        // came with it, which recv() does by taking no descriptors.
+    async fn stop(self) -> std::process::ExitStatus {
+        self.stop_reading().await.0
+    }
+
+    /// SIGTERM, then the exit status, the time from the signal to the exit, and the
+    /// notifications read meanwhile.
+    async fn stop_reading(mut self) -> (std::process::ExitStatus, Duration, Vec<String>) {
+        // Read what the watcher still sends, as systemd does: its last datagram is the
+        // BARRIER=1 it waits on before exiting, acknowledged by closing the descriptor that
+        // came with it. Left unread, the barrier would hold the exit for its 5 s bound.
         let socket = self.socket.try_clone().unwrap();
+        let read = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = read.clone();
         std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while socket.recv(&mut buf).is_ok() {}
+            while let Ok(text) = common::recv_notification(&socket) {
+                sink.lock().unwrap().push(text);
+            }
         });
+        let asked = Instant::now();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id().unwrap() as i32),
             nix::sys::signal::Signal::SIGTERM,
         )
         .unwrap();
-        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .expect("the watcher exits on SIGTERM")
-            .unwrap()
+            .unwrap();
+        let took = asked.elapsed();
+        let read = read.lock().unwrap().clone();
+        (status, took, read)
     }
 }
 
@@ -391,19 +402,57 @@ async fn polling_still_catches_a_change_when_the_queue_is_gone() {
     assert_eq!(w.stop().await.code(), Some(0));
 }
 
+/// SQS through the fault proxy, so the test sees the long poll (20 s) in flight: passed on
+/// to moto, no answer yet. SIGTERM then ends the watcher within 2 s, with the poll still
+/// unanswered: the claim is "at once", and 2 s is well under both the 20 s a watcher that
+/// waited the poll out would take and the barrier's 5 s bound, yet about 20 times what the
+/// exit takes on an idle machine (~0.1 s), room for a loaded 2-core one.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_ends_a_long_poll_at_once() {
+    use common::faults::{Faults, start};
+    const RECEIVE: &str = "AmazonSQS.ReceiveMessage";
     let bucket = moto().bucket("sqs-term").await;
     let queue = Queue::new("sqs-term").await;
     bucket.put("w/app.conf", "v1").await;
+    let proxy = start(&moto().url, Faults::default()).await;
     let sb = Sandbox::new();
-    let w = Watcher::start(&sb, "s3://sqs-term/w/", &queue.url, "10m", &[]).await;
-    // The first receive is on its way before READY; give it time to be waiting at moto.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let asked = Instant::now();
-    let status = w.stop().await;
-    eprintln!("exited {:?} after SIGTERM", asked.elapsed());
+    let w = Watcher::start(
+        &sb,
+        "s3://sqs-term/w/",
+        &queue.url,
+        "10m",
+        &[("AWS_ENDPOINT_URL_SQS", &proxy.url)],
+    )
+    .await;
+    let count = |list: &std::sync::Mutex<Vec<String>>| {
+        list.lock()
+            .unwrap()
+            .iter()
+            .filter(|t| *t == RECEIVE)
+            .count()
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    while count(&proxy.faults.targets) <= count(&proxy.faults.answered) {
+        assert!(Instant::now() < until, "no ReceiveMessage in flight");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let answered = count(&proxy.faults.answered);
+    let (status, took, read) = w.stop_reading().await;
+    eprintln!("exited {took:?} after SIGTERM");
     assert_eq!(status.code(), Some(0));
+    assert!(
+        took < Duration::from_secs(2),
+        "exited {took:?} after SIGTERM"
+    );
+    assert_eq!(
+        count(&proxy.faults.answered),
+        answered,
+        "the long poll ended before the watcher did"
+    );
+    assert!(
+        read.iter().any(|t| t.lines().any(|l| l == "BARRIER=1")),
+        "the exit's barrier was read and acknowledged: {read:?}"
+    );
     let home: Vec<_> = std::fs::read_dir(sb.path("dest/.config.bootstage"))
         .unwrap()
         .map(|e| e.unwrap().file_name())

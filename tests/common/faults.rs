@@ -40,6 +40,9 @@ pub struct Faults {
     /// The `X-Amz-Target` of every request that has one (the JSON APIs: SSM, Secrets
     /// Manager, SQS), in order: how the tests count calls per API.
     pub targets: std::sync::Mutex<Vec<String>>,
+    /// The same, each once its answer has come back from upstream: a target in `targets`
+    /// more often than here is a request still in flight (an SQS long poll).
+    pub answered: std::sync::Mutex<Vec<String>>,
     /// Answer the first N requests of the JSON APIs with 400 ThrottlingException.
     pub throttle: AtomicUsize,
     /// Send the first N object bodies with one more byte than the object has.
@@ -160,6 +163,9 @@ async fn forward(
     let status = upstream.status();
     let mut out_headers = upstream.headers().clone();
     let bytes = upstream.bytes().await.unwrap_or_default();
+    if let Some(target) = headers.get("x-amz-target").and_then(|t| t.to_str().ok()) {
+        s.faults.answered.lock().unwrap().push(target.to_string());
+    }
     if object_get && status == StatusCode::OK && bytes.len() > 1 && take(&s.faults.cut) {
         s.faults.injected.fetch_add(1, Ordering::SeqCst);
         // Promise the whole body, send half, then fail the stream: the connection drops.

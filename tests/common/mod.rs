@@ -279,14 +279,51 @@ pub fn states(records: &serde_json::Value) -> Vec<String> {
 
 /// Reads sd_notify datagrams from `socket` until one has the line `want`.
 pub fn next_notification(socket: &std::os::unix::net::UnixDatagram, want: &str) {
-    let mut buf = [0u8; 4096];
     loop {
-        let n = socket.recv(&mut buf).expect("a notification");
-        if String::from_utf8_lossy(&buf[..n])
-            .lines()
-            .any(|l| l == want)
-        {
+        let text = recv_notification(socket).expect("a notification");
+        if text.lines().any(|l| l == want) {
             return;
         }
+    }
+}
+
+/// Reads one sd_notify datagram as systemd does: with room for the descriptors that come
+/// with it, which it then closes. `BARRIER=1` comes with a pipe's write end, and closing
+/// it is the acknowledgement the sender waits for (at most 5 s, while a datagram sits
+/// unread). Returns the datagram's text.
+pub fn recv_notification(socket: &std::os::unix::net::UnixDatagram) -> std::io::Result<String> {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 4096];
+    // u64s, for the alignment of a cmsghdr: room for 64 descriptors.
+    let mut control = [0u64; 36];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; every pointer in it outlives the call, and the
+    // control messages are read only within the length the kernel reports.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        let n = libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let fds = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+                let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for i in 0..len / std::mem::size_of::<libc::c_int>() {
+                    libc::close(fds.add(i).read_unaligned());
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        Ok(String::from_utf8_lossy(&buf[..n as usize]).into_owned())
     }
 }
