@@ -831,3 +831,60 @@ async fn an_aws_endpoint_without_scheme_is_bad_usage_at_once() {
         "AWS_ENDPOINT_URL_S3=\"127.0.0.1:9000\" needs a scheme: write http://127.0.0.1:9000 (or https://)",
     );
 }
+
+/// A source of the wrong shape says what it is and what to write (65); a missing directory
+/// is missing input (66), like a missing archive; neither is a bare OS error.
+#[tokio::test]
+async fn a_source_of_the_wrong_shape_or_a_missing_directory_says_what_to_write() {
+    let sb = Sandbox::new();
+    let fixtures = sb.path("fixtures");
+    std::fs::create_dir_all(&fixtures).unwrap();
+    std::fs::write(fixtures.join("notes.txt"), "a file").unwrap();
+    let status = std::process::Command::new("tar")
+        .arg("cf")
+        .arg(fixtures.join("app.tar"))
+        .arg("-C")
+        .arg(&fixtures)
+        .arg("notes.txt")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let sync = |from: String| {
+        let to = sb.path("dest");
+        let args = ["s3-sync", "--from", &from, "--to", to.to_str().unwrap()].map(str::to_string);
+        let cmd = sb.command(&args.each_ref().map(String::as_str));
+        common::run(cmd)
+    };
+    let at = fixtures.display();
+
+    let out = sync(format!("file://{at}/app.tar/")).await;
+    common::assert_exit(
+        &out,
+        65,
+        &format!(
+            "file://{at}/app.tar/: ends in / (a directory), but app.tar is an archive's name: write file://{at}/app.tar"
+        ),
+    );
+    let out = sync("s3://bucket/releases/app-1.4.tar.zst/".into()).await;
+    common::assert_exit(
+        &out,
+        65,
+        "s3://bucket/releases/app-1.4.tar.zst/: ends in / (a prefix), but app-1.4.tar.zst is an archive's name: write s3://bucket/releases/app-1.4.tar.zst",
+    );
+    let out = sync(format!("file://{at}/notes.txt")).await;
+    common::assert_exit(
+        &out,
+        65,
+        &format!(
+            "file://{at}/notes.txt: a file, not a directory: a file:// source is a directory (file:///DIR/) or an archive (.tar, .tar.gz, .tgz, .tar.zst)"
+        ),
+    );
+    assert!(!out.stderr.contains("os error"), "{}", out.stderr);
+    let out = sync(format!("file://{at}/confg/")).await;
+    common::assert_exit(
+        &out,
+        66,
+        &format!("file://{at}/confg/: no such directory ({at} has no confg)"),
+    );
+    assert!(!out.stderr.contains("os error"), "{}", out.stderr);
+}

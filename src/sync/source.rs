@@ -90,6 +90,12 @@ pub enum SourceError {
         "{0}: expected s3://BUCKET/PREFIX/, s3://BUCKET/KEY.tar[.gz|.zst], or the same as file:///ABSOLUTE/PATH"
     )]
     BadUrl(String),
+    /// A URL of the wrong shape for what it names, with what to write instead.
+    #[error("{url}: {why}")]
+    Shape { url: String, why: String },
+    /// A `file://` directory that does not exist.
+    #[error("{url}: no such directory ({why})")]
+    NoDirectory { url: String, why: String },
     #[error("{url}: access refused: {why}")]
     Refused { url: String, why: String },
     #[error("{url}: {why}")]
@@ -142,6 +148,24 @@ pub enum Location {
 impl Location {
     pub fn parse(url: &str) -> Result<Location, SourceError> {
         let bad = || SourceError::BadUrl(url.to_string());
+        // `…/app.tar.zst/`: a prefix or directory by its `/`, an archive by its name.
+        if let Some(name) = Some(url.trim_end_matches('/'))
+            .filter(|u| u.len() < url.len())
+            .and_then(|u| u.rsplit('/').next())
+            .filter(|name| Format::of(name).is_some())
+        {
+            let what = match url.starts_with("s3://") {
+                true => "a prefix",
+                false => "a directory",
+            };
+            return Err(SourceError::Shape {
+                url: url.to_string(),
+                why: format!(
+                    "ends in / ({what}), but {name} is an archive's name: write {}",
+                    url.trim_end_matches('/')
+                ),
+            });
+        }
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
@@ -750,6 +774,24 @@ fn walk(root: &Path) -> Result<Vec<Object>, SourceError> {
         let path = path.to_path_buf();
         move |source| SourceError::Local { path, source }
     };
+    let url = || format!("file://{}", root.display());
+    match std::fs::metadata(root) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(SourceError::NoDirectory {
+                url: url(),
+                why: nearest_directory(root),
+            });
+        }
+        Ok(meta) if !meta.is_dir() => {
+            return Err(SourceError::Shape {
+                url: url(),
+                why: "a file, not a directory: a file:// source is a directory (file:///DIR/) \
+                      or an archive (.tar, .tar.gz, .tgz, .tar.zst)"
+                    .into(),
+            });
+        }
+        _ => {}
+    }
     let top: OwnedFd = std::fs::File::open(root).map_err(local(root))?.into();
     let mut out = Vec::new();
     let mut stack = vec![(PathBuf::new(), top)];
@@ -774,6 +816,27 @@ fn walk(root: &Path) -> Result<Vec<Object>, SourceError> {
     }
     out.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(out)
+}
+
+/// For a missing directory: which part of its path is missing.
+fn nearest_directory(missing: &Path) -> String {
+    let mut path = missing.components().as_path();
+    let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    if parent.is_dir() {
+        return format!("{} has no {name}", parent.display());
+    }
+    while let Some(up) = path.parent() {
+        path = up;
+        if path.is_dir() {
+            break;
+        }
+    }
+    format!(
+        "neither does {}; the nearest that exists is {}",
+        parent.display(),
+        path.display()
+    )
 }
 
 #[cfg(test)]
@@ -804,6 +867,13 @@ mod tests {
         );
         for bad in ["s3:///x", "file://rel/x", "http://x", "/abs"] {
             assert!(Location::parse(bad).is_err(), "{bad}");
+        }
+        for (shape, write) in [
+            ("s3://b/app.tar.zst/", "s3://b/app.tar.zst"),
+            ("file:///srv/app.tgz//", "file:///srv/app.tgz"),
+        ] {
+            let e = Location::parse(shape).unwrap_err().to_string();
+            assert!(e.ends_with(&format!("is an archive's name: write {write}")), "{e}");
         }
         assert_eq!(
             plain_md5("\"9E107D9D372BB6826BD81D3542A419D6\"").as_deref(),

@@ -122,11 +122,13 @@ impl ExitStatus for SyncError {
         match self {
             SyncError::Settings(_)
             | SyncError::Key(_)
-            | SyncError::Source(SourceError::BadUrl(_))
+            | SyncError::Source(SourceError::BadUrl(_) | SourceError::Shape { .. })
             | SyncError::Unpack(UnpackError::Refused { .. } | UnpackError::Malformed { .. }) => {
                 ExitCode::BadUserData
             }
-            SyncError::Empty(..) => ExitCode::NoInput,
+            SyncError::Empty(..) | SyncError::Source(SourceError::NoDirectory { .. }) => {
+                ExitCode::NoInput
+            }
             SyncError::Unpack(UnpackError::Tree(_)) => ExitCode::CantCreate,
             SyncError::Source(SourceError::Refused { .. }) => ExitCode::NoPerm,
             SyncError::Source(SourceError::Corrupt { .. }) => ExitCode::Protocol,
