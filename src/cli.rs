@@ -272,7 +272,8 @@ pub struct LaunchArgs {
 pub struct SyncArgs {
     /// Sync this source (s3://BUCKET/PREFIX/, file:///DIR/, or one archive:
     /// s3://BUCKET/KEY.tar.zst, .tar.gz, .tgz, .tar) instead of the parameters'
-    /// `bootstage.sync` list.
+    /// `bootstage.sync` list. The metadata stage runs first only if a metadata flag below
+    /// (--user-data-file, --fact …) or --refresh is given.
     #[arg(long, requires = "to", value_name = "URL")]
     pub from: Option<String>,
 

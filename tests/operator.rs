@@ -888,3 +888,62 @@ async fn a_source_of_the_wrong_shape_or_a_missing_directory_says_what_to_write()
     );
     assert!(!out.stderr.contains("os error"), "{}", out.stderr);
 }
+
+/// `s3-sync --from` with the metadata flags `--help` lists under "run first": they are
+/// honoured (the metadata stage runs first when its outputs are missing), not ignored.
+#[tokio::test]
+async fn s3_sync_from_honours_the_metadata_flags() {
+    let sb = Sandbox::new();
+    let source = sb.path("source");
+    std::fs::create_dir_all(&source).unwrap();
+    std::fs::write(source.join("app.conf"), "x").unwrap();
+    let file = user_data(&sb, PARAMS);
+    let to = sb.path("dest");
+    let from = format!("file://{}/", source.display());
+    let out = sb
+        .run(&[
+            "s3-sync",
+            "--from",
+            &from,
+            "--to",
+            to.to_str().unwrap(),
+            "--user-data-file",
+            &file,
+            "--fact",
+            "region=eu-west-1",
+            "--fact",
+            "instance-id=i-1",
+        ])
+        .await;
+    common::assert_exit(
+        &out,
+        0,
+        "parameters missing or --refresh: running the metadata stage first",
+    );
+    let facts: Value = serde_json::from_str(&sb.read("instance.json").unwrap()).unwrap();
+    assert_eq!(facts["region"], "eu-west-1");
+    assert!(to.join("app.conf").exists());
+
+    // From S3, the fact's region is the one used: no "no AWS region" (S3 itself is a
+    // closed port here, so the pass runs out of time).
+    let sb = Sandbox::new();
+    let file = user_data(&sb, PARAMS);
+    let mut cmd = s3_sync_command(
+        &sb,
+        "s3://bucket/app/",
+        &[
+            "--user-data-file",
+            &file,
+            "--fact",
+            "region=eu-west-1",
+            "--sync-timeout",
+            "2s",
+        ],
+    );
+    cmd.env_remove("AWS_REGION")
+        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "example");
+    let out = common::run(cmd).await;
+    assert!(!out.stderr.contains("no AWS region"), "{}", out.stderr);
+    common::assert_exit(&out, 75, "the sync did not finish within --sync-timeout 2s");
+}

@@ -68,6 +68,17 @@ impl Settings {
             .unwrap_or(DEFAULT_USER_DATA_WAIT.min(self.timeout))
     }
 
+    /// Whether the caller asked for the stage's input by a flag (a user-data file, facts,
+    /// an endpoint, a policy): what a one-off `s3-sync --from` takes as "run it first".
+    pub fn names_a_source(&self) -> bool {
+        self.user_data_file.is_some()
+            || !self.facts.is_empty()
+            || self.imds_endpoint.is_some()
+            || self.imds_v2_only
+            || self.allow_empty
+            || self.user_data_wait.is_some()
+    }
+
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.timeout.is_zero() || self.request_timeout.is_zero() {
             return Err("--timeout and --request-timeout must be above zero".into());

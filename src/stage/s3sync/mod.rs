@@ -203,6 +203,13 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
                     ..SyncSpec::plain(from, to)
                 };
                 spec.check().map_err(SyncError::Settings)?;
+                // The metadata flags `--help` lists under "run first" hold here too: given
+                // (or --refresh), the metadata stage runs first when its outputs are
+                // missing, and the region comes from its facts. Without them a one-off sync
+                // needs no IMDS.
+                if args.refresh || args.metadata.names_a_source() {
+                    metadata::ensure(state, &args.metadata, args.refresh, notifier).await?;
+                }
                 vec![spec]
             }
             _ => {
