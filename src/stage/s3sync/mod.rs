@@ -287,10 +287,15 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
     };
     notifier.ready(&summary);
     let interval = watching.interval.expect("set from --watch at least");
-    watch::watch(
-        state, &syncer, &specs, args, notifier, interval, listener, stop,
-    )
-    .await
+    let watcher = watch::Watcher {
+        state,
+        syncer: &syncer,
+        specs: &specs,
+        args,
+        notifier,
+        interval,
+    };
+    watch::watch(watcher, listener, stop).await
 }
 
 /// The queue URL with `{instance_id}`, `{region}` and `{account_id}` filled in from the

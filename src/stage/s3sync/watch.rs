@@ -118,19 +118,110 @@ fn again_after(receives: u32) -> Duration {
     doubled.min(Duration::from_secs(15 * 60))
 }
 
+/// The messages a pass settles, and the destinations (by index) it covers.
+type Batch = (Vec<(Message, Wake)>, BTreeSet<usize>);
+
+/// What one watch loop works with: the stage's own, and the polling interval.
+pub(super) struct Watcher<'a> {
+    pub state: &'a StateDir,
+    pub syncer: &'a Syncer,
+    pub specs: &'a [SyncSpec],
+    pub args: &'a Settings,
+    pub notifier: Notifier,
+    pub interval: Duration,
+}
+
+/// The watch loop's state between passes, and its transitions; no I/O here.
+struct Waiting {
+    /// Messages that name something synced here, for the next pass.
+    pending: Vec<(Message, Wake)>,
+    /// What `status` shows: the interval, the queue, and whether it can be read.
+    shown: Watch,
+}
+
+/// What taking in the queue's answers asks of the loop.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Taken {
+    /// Messages that name nothing synced here: delete them.
+    ignored: Vec<String>,
+    /// The queue answered again after failing.
+    recovered: bool,
+    /// Each failed receive, to log.
+    failures: Vec<String>,
+    /// `shown` changed: write the record.
+    record: bool,
+}
+
+impl Waiting {
+    /// Takes in what the queue reader handed over; `now` stamps a new problem.
+    fn take(&mut self, polled: Vec<Polled>, watched: &[Watched], now: &str) -> Taken {
+        let mut taken = Taken::default();
+        for p in polled {
+            match p {
+                Polled::Received(messages) => {
+                    if self.shown.queue_problem.take().is_some() {
+                        self.shown.since = None;
+                        taken.recovered = true;
+                        taken.record = true;
+                    }
+                    for m in messages {
+                        match Wake::of(&m.body, watched) {
+                            Some(wake) => self.pending.push((m, wake)),
+                            None => taken.ignored.push(m.handle),
+                        }
+                    }
+                }
+                Polled::Failed(e) => {
+                    if self.shown.queue_problem.is_none() {
+                        self.shown.queue_problem = Some(e.to_string());
+                        self.shown.since = Some(now.to_string());
+                        taken.record = true;
+                    }
+                    taken.recovered = false;
+                    taken.failures.push(e.to_string());
+                }
+            }
+        }
+        taken
+    }
+
+    /// The pass to run now, if one is due: the messages it settles and the destinations
+    /// (by index) it covers. The timer or a message for all covers every destination;
+    /// messages alone cover what they name.
+    fn batch(&mut self, timer: bool, destinations: usize) -> Option<Batch> {
+        if !timer && self.pending.is_empty() {
+            return None;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let chosen = match timer || batch.iter().any(|(_, w)| *w == Wake::All) {
+            true => (0..destinations).collect(),
+            false => batch
+                .iter()
+                .flat_map(|(_, w)| match w {
+                    Wake::Some(named) => named.clone(),
+                    Wake::All => BTreeSet::new(),
+                })
+                .collect(),
+        };
+        Some((batch, chosen))
+    }
+}
+
 /// Runs until SIGTERM: a pass every `interval`, and one at once for each batch of
 /// messages on the queue, if there is one.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn watch(
-    state: &StateDir,
-    syncer: &Syncer,
-    specs: &[SyncSpec],
-    args: &Settings,
-    notifier: Notifier,
-    interval: Duration,
+    w: Watcher<'_>,
     mut listener: Option<Listener>,
     mut stop: Stop,
 ) -> Result<()> {
+    let Watcher {
+        state,
+        syncer,
+        specs,
+        args,
+        notifier,
+        interval,
+    } = w;
     let watchdog = notifier.watchdog_interval().map(|every| {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -152,15 +243,16 @@ pub(super) async fn watch(
         .collect();
     let every = humantime::format_duration(interval).to_string();
     let mut due = Instant::now() + interval;
-    let mut pending: Vec<(Message, Wake)> = Vec::new();
-    let mut queue_failing = false;
-    let mut shown = Watch {
-        interval_secs: interval.as_secs(),
-        queue: listener.as_ref().map(|l| l.queue.url().to_string()),
-        queue_problem: None,
-        since: None,
+    let mut waiting = Waiting {
+        pending: Vec::new(),
+        shown: Watch {
+            interval_secs: interval.as_secs(),
+            queue: listener.as_ref().map(|l| l.queue.url().to_string()),
+            queue_problem: None,
+            since: None,
+        },
     };
-    record::write(state, &shown);
+    record::write(state, &waiting.shown);
     loop {
         let mut polled = Vec::new();
         let mut timer = false;
@@ -185,64 +277,33 @@ pub(super) async fn watch(
                 }
             }
         }
-        let mut ignored = Vec::new();
-        for p in polled {
-            match p {
-                Polled::Received(messages) => {
-                    if queue_failing {
-                        tracing::info!("watch: the queue can be read again");
-                        notifier.status("watching");
-                        queue_failing = false;
-                        shown.queue_problem = None;
-                        shown.since = None;
-                        record::write(state, &shown);
-                    }
-                    for m in messages {
-                        match Wake::of(&m.body, &watched) {
-                            Some(wake) => pending.push((m, wake)),
-                            None => ignored.push(m.handle),
-                        }
-                    }
-                }
-                Polled::Failed(e) => {
-                    tracing::warn!(
-                        "watch: cannot read the queue, polling every {every} meanwhile: {e}"
-                    );
-                    notifier.status(&format!("queue unreadable, polling every {every}: {e}"));
-                    if !queue_failing {
-                        shown.queue_problem = Some(e.to_string());
-                        shown.since =
-                            Some(crate::state::status::timestamp(std::time::SystemTime::now()));
-                        record::write(state, &shown);
-                    }
-                    queue_failing = true;
-                }
-            }
+        let now = crate::state::status::timestamp(std::time::SystemTime::now());
+        let taken = waiting.take(polled, &watched, &now);
+        // The record first: whoever sees the STATUS= line and asks `status` finds it.
+        if taken.record {
+            record::write(state, &waiting.shown);
+        }
+        if taken.recovered {
+            tracing::info!("watch: the queue can be read again");
+            notifier.status("watching");
+        }
+        for e in &taken.failures {
+            tracing::warn!("watch: cannot read the queue, polling every {every} meanwhile: {e}");
+            notifier.status(&format!("queue unreadable, polling every {every}: {e}"));
         }
         if let Some(l) = &listener
-            && !ignored.is_empty()
+            && !taken.ignored.is_empty()
         {
             tracing::debug!(
-                messages = ignored.len(),
+                messages = taken.ignored.len(),
                 "watch: deleting messages that name nothing synced here"
             );
-            if let Err(e) = l.queue.delete(&ignored).await {
+            if let Err(e) = l.queue.delete(&taken.ignored).await {
                 tracing::warn!("watch: {e}");
             }
         }
-        if !timer && pending.is_empty() {
+        let Some((batch, chosen)) = waiting.batch(timer, specs.len()) else {
             continue;
-        }
-        let batch = std::mem::take(&mut pending);
-        let chosen: BTreeSet<usize> = match timer || batch.iter().any(|(_, w)| *w == Wake::All) {
-            true => (0..specs.len()).collect(),
-            false => batch
-                .iter()
-                .flat_map(|(_, w)| match w {
-                    Wake::Some(named) => named.clone(),
-                    Wake::All => BTreeSet::new(),
-                })
-                .collect(),
         };
         if timer {
             due = Instant::now() + interval;
@@ -365,5 +426,116 @@ mod tests {
             [secs(1), secs(2), secs(3), secs(8), secs(9), secs(50)],
             [5, 10, 20, 640, 900, 900]
         );
+    }
+
+    fn message(handle: &str, body: &str) -> Message {
+        Message {
+            handle: handle.into(),
+            body: body.into(),
+            receives: 1,
+        }
+    }
+
+    fn failed(why: &str) -> Polled {
+        Polled::Failed(QueueError::Failed {
+            url: "https://sqs.local/q".into(),
+            why: why.into(),
+        })
+    }
+
+    fn waiting() -> Waiting {
+        Waiting {
+            pending: Vec::new(),
+            shown: Watch {
+                interval_secs: 600,
+                queue: Some("https://sqs.local/q".into()),
+                queue_problem: None,
+                since: None,
+            },
+        }
+    }
+
+    #[test]
+    fn the_queue_health_is_recorded_on_each_change_only() {
+        let watched = [Watched {
+            from: Location::parse("s3://b/a/").unwrap(),
+            from_url: "s3://b/a/".into(),
+            to: "/srv/a".into(),
+        }];
+        let mut w = waiting();
+        // A failure is recorded once, with its time; each is logged.
+        let taken = w.take(vec![failed("down"), failed("still down")], &watched, "T1");
+        assert_eq!(
+            taken,
+            Taken {
+                failures: vec![
+                    "https://sqs.local/q: down".into(),
+                    "https://sqs.local/q: still down".into()
+                ],
+                record: true,
+                ..Taken::default()
+            }
+        );
+        assert_eq!(
+            (w.shown.queue_problem.as_deref(), w.shown.since.as_deref()),
+            (Some("https://sqs.local/q: down"), Some("T1"))
+        );
+        let taken = w.take(vec![failed("down again")], &watched, "T2");
+        assert!(!taken.record);
+        assert_eq!(w.shown.since.as_deref(), Some("T1"));
+        // An answer clears it; messages that name nothing here are to be deleted.
+        let answer = Polled::Received(vec![
+            message("h1", r#"{"sync": ["/srv/a"]}"#),
+            message("h2", "not json"),
+        ]);
+        let taken = w.take(vec![answer], &watched, "T3");
+        assert_eq!(
+            taken,
+            Taken {
+                ignored: vec!["h2".into()],
+                recovered: true,
+                record: true,
+                ..Taken::default()
+            }
+        );
+        assert_eq!(
+            (w.shown.queue_problem.as_ref(), w.shown.since.as_ref()),
+            (None, None)
+        );
+        assert_eq!(w.pending.len(), 1);
+    }
+
+    #[test]
+    fn a_pass_covers_what_its_messages_name_or_everything_on_the_timer() {
+        let named = |i: &[usize]| Wake::Some(i.iter().copied().collect());
+        let all: BTreeSet<usize> = (0..3).collect();
+        let cases: [(bool, Vec<Wake>, Option<BTreeSet<usize>>); 5] = [
+            (false, vec![], None),
+            (true, vec![], Some(all.clone())),
+            (
+                false,
+                vec![named(&[1]), named(&[1, 2])],
+                Some([1, 2].into()),
+            ),
+            (false, vec![named(&[1]), Wake::All], Some(all.clone())),
+            (true, vec![named(&[0])], Some(all.clone())),
+        ];
+        for (timer, wakes, expected) in cases {
+            let mut w = waiting();
+            w.pending = wakes
+                .into_iter()
+                .map(|wake| (message("h", "{}"), wake))
+                .collect();
+            let pending = w.pending.len();
+            let got = w.batch(timer, 3);
+            assert_eq!(
+                got.as_ref().map(|(_, chosen)| chosen.clone()),
+                expected,
+                "timer {timer}"
+            );
+            // A pass takes every pending message with it.
+            assert_eq!(got.map_or(pending, |(batch, _)| batch.len()), pending);
+            assert!(w.pending.is_empty());
+        }
     }
 }
