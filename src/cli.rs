@@ -79,8 +79,10 @@ impl From<ValidateArgs> for validate::Settings {
 #[derive(Debug, Clone, Args)]
 pub struct LifecycleConfig {
     /// Used when the parameters have no bootstage.lifecycle (e.g. the metadata stage failed).
+    /// Before or after the subcommand: `lifecycle watch --lifecycle-config PATH` too.
     #[arg(
         long = "lifecycle-config",
+        global = true,
         env = "BOOTSTAGE_LIFECYCLE_CONFIG",
         default_value = lifecycle::DEFAULT_CONFIG,
         value_name = "PATH"
@@ -132,7 +134,7 @@ pub struct HookDirs {
     pub lib_dir: PathBuf,
 
     /// Deadline for all hooks of one run together; keep it below the unit's TimeoutStartSec.
-    #[arg(long, env = "BOOTSTAGE_HOOK_TIMEOUT", default_value = hooks::DEFAULT_HOOK_TIMEOUT, value_parser = duration::parse, value_name = "DURATION")]
+    #[arg(long, env = "BOOTSTAGE_HOOK_TIMEOUT", default_value = hooks::DEFAULT_HOOK_TIMEOUT, value_parser = duration::parse, allow_hyphen_values = true, value_name = "DURATION")]
     pub hook_timeout: Duration,
 }
 
@@ -159,7 +161,7 @@ pub struct StatusArgs {
     pub wait: bool,
 
     /// With --wait: give up after this long (exit 1).
-    #[arg(long, default_value = status::DEFAULT_WAIT_TIMEOUT, value_parser = duration::parse, value_name = "DURATION")]
+    #[arg(long, default_value = status::DEFAULT_WAIT_TIMEOUT, value_parser = duration::parse, allow_hyphen_values = true, value_name = "DURATION")]
     pub timeout: Duration,
 
     /// Print JSON: {"state": …, "stages": [{"stage", "state", "started_at", …}]}.
@@ -223,16 +225,16 @@ pub struct MetadataArgs {
     pub imds_v2_only: bool,
 
     /// Overall deadline for the stage; keep it below the unit's TimeoutStartSec.
-    #[arg(long, env = "BOOTSTAGE_TIMEOUT", default_value = metadata::DEFAULT_TIMEOUT, value_parser = duration::parse, value_name = "DURATION")]
+    #[arg(long, env = "BOOTSTAGE_TIMEOUT", default_value = metadata::DEFAULT_TIMEOUT, value_parser = duration::parse, allow_hyphen_values = true, value_name = "DURATION")]
     pub timeout: Duration,
 
     /// How long a missing user-data (404) counts as "not there yet" before it is final
     /// [default: 30s, or --timeout if shorter].
-    #[arg(long, env = "BOOTSTAGE_USER_DATA_WAIT", value_parser = duration::parse, value_name = "DURATION")]
+    #[arg(long, env = "BOOTSTAGE_USER_DATA_WAIT", value_parser = duration::parse, allow_hyphen_values = true, value_name = "DURATION")]
     pub user_data_wait: Option<Duration>,
 
     /// Bound on each HTTP request, connect included.
-    #[arg(long, default_value = metadata::DEFAULT_REQUEST_TIMEOUT, value_parser = duration::parse, value_name = "DURATION")]
+    #[arg(long, default_value = metadata::DEFAULT_REQUEST_TIMEOUT, value_parser = duration::parse, allow_hyphen_values = true, value_name = "DURATION")]
     pub request_timeout: Duration,
 
     /// Boot with empty parameters when the instance has no user-data.
@@ -295,7 +297,7 @@ pub struct SyncArgs {
     pub concurrency: u16,
 
     /// Overall deadline for one sync pass; keep it below the unit's TimeoutStartSec.
-    #[arg(long, default_value = s3sync::DEFAULT_SYNC_TIMEOUT, value_parser = duration::parse, value_name = "DURATION")]
+    #[arg(long, default_value = s3sync::DEFAULT_SYNC_TIMEOUT, value_parser = duration::parse, allow_hyphen_values = true, value_name = "DURATION")]
     pub sync_timeout: Duration,
 
     /// Re-run the metadata stage first even if its outputs exist.
@@ -303,7 +305,7 @@ pub struct SyncArgs {
     pub refresh: bool,
 
     /// Keep running after READY and re-sync every INTERVAL.
-    #[arg(long, value_parser = duration::parse, value_name = "INTERVAL")]
+    #[arg(long, value_parser = duration::parse, allow_hyphen_values = true, value_name = "INTERVAL")]
     pub watch: Option<Duration>,
 
     /// With --watch: run this command (via /bin/sh -c) after a change is swapped in.
@@ -320,6 +322,48 @@ pub struct SyncArgs {
         next_help_heading = "Metadata (run first when its outputs are missing)"
     )]
     pub metadata: MetadataArgs,
+}
+
+/// A parse error, with what to type added where a newcomer's mistake is plain: the app's
+/// command given to `launch` without `--` before it (`args`: the whole command line).
+pub fn explain(mut error: clap::Error, args: &[String]) -> clap::Error {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let Some(ContextValue::String(invalid)) = error.get(ContextKind::InvalidArg) else {
+        return error;
+    };
+    // Where `launch` is, and the first word after it that clap did not take.
+    let launch = args.iter().position(|a| a == "launch").filter(|&i| i > 0);
+    let at = launch.and_then(|l| (l + 1..args.len()).find(|&i| args[i] == *invalid));
+    let (Some(at), ErrorKind::UnknownArgument) = (at, error.kind()) else {
+        return error;
+    };
+    if invalid.starts_with('-') || args.iter().any(|a| a == "--") {
+        return error;
+    }
+    let words: Vec<String> = std::iter::once("bootstage".to_string())
+        .chain(args[1..at].iter().cloned())
+        .chain(std::iter::once("--".to_string()))
+        .chain(args[at..].iter().cloned())
+        .map(|word| shell_word(&word))
+        .collect();
+    let tip = format!("the app's command goes after --: {}", words.join(" "));
+    error.insert(
+        ContextKind::Suggested,
+        ContextValue::StyledStrs(vec![tip.into()]),
+    );
+    error
+}
+
+/// `word` as a shell reads it back: quoted when it holds anything but plain characters.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b));
+    match plain {
+        true => word.to_string(),
+        false => format!("'{}'", word.replace('\'', r"'\''")),
+    }
 }
 
 /// The `BOOTSTAGE_*` variables that hold a duration.

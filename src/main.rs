@@ -19,9 +19,13 @@ fn main() -> ExitCode {
         eprintln!("error: {why}");
         return ExitCode::from(exit::ExitCode::Usage as u8);
     }
-    let cli = match Cli::try_parse() {
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let cli = match Cli::try_parse_from(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
+            let e = bootstage::cli::explain(e, &args);
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() {
                 exit::ExitCode::Usage as u8

@@ -947,3 +947,53 @@ async fn s3_sync_from_honours_the_metadata_flags() {
     assert!(!out.stderr.contains("no AWS region"), "{}", out.stderr);
     common::assert_exit(&out, 75, "the sync did not finish within --sync-timeout 2s");
 }
+
+/// A negative duration says it cannot be negative and what to type (64).
+#[tokio::test]
+async fn a_negative_duration_says_what_to_type() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["metadata", "--timeout", "-5s"]).await;
+    common::assert_exit(
+        &out,
+        64,
+        "invalid value '-5s' for '--timeout <DURATION>': a duration cannot be negative; use seconds (120) or a duration with a unit (90s, 2min, 1h30m)",
+    );
+}
+
+/// `launch myapp` without `--` says where the command goes (64).
+#[tokio::test]
+async fn launch_without_dashes_says_where_the_command_goes() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["launch", "myapp", "--port", "80"]).await;
+    common::assert_exit(
+        &out,
+        64,
+        &format!(
+            "tip: the app's command goes after --: bootstage --state-dir {} launch -- myapp --port 80",
+            sb.state().display()
+        ),
+    );
+}
+
+/// `lifecycle watch --lifecycle-config FILE`, the flag after the subcommand, is read.
+#[tokio::test]
+async fn a_lifecycle_flag_after_the_subcommand_is_honoured() {
+    let sb = Sandbox::new();
+    let config = sb.path("lifecycle.json");
+    std::fs::write(&config, r#"{"asgs": {"hook": "h"}}"#).unwrap();
+    for args in [
+        ["lifecycle", "watch", "--lifecycle-config"],
+        ["lifecycle", "--lifecycle-config", "watch"],
+    ] {
+        let mut args = args.map(str::to_string).to_vec();
+        let at = args.iter().position(|a| a == "--lifecycle-config").unwrap();
+        args.insert(at + 1, config.display().to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = sb.run(&args).await;
+        common::assert_exit(
+            &out,
+            65,
+            &format!("{}.asgs: unknown setting", config.display()),
+        );
+    }
+}

@@ -11,6 +11,9 @@ pub const FORMS: &str = "use seconds (120) or a duration with a unit (90s, 2min,
 /// A duration, or why not (the value is not repeated: the caller names where it came from).
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
+    if text.starts_with('-') {
+        return Err(format!("a duration cannot be negative; {FORMS}"));
+    }
     if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
         return text
             .parse::<f64>()
@@ -45,7 +48,14 @@ mod tests {
         assert_eq!(ms("2min"), Ok(120_000));
         assert_eq!(ms("1h30m"), Ok(5_400_000));
         assert_eq!(ms(" 20 "), Ok(20_000));
-        for bad in ["", "abc", "1.2.3", "-5", "5 parsecs", "."] {
+        for negative in ["-5", "-5s", " -1min"] {
+            assert_eq!(
+                parse(negative),
+                Err(format!("a duration cannot be negative; {FORMS}")),
+                "{negative:?}"
+            );
+        }
+        for bad in ["", "abc", "1.2.3", "5 parsecs", "."] {
             assert_eq!(
                 parse(bad),
                 Err(format!("not a duration; {FORMS}")),
