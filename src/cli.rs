@@ -88,6 +88,10 @@ pub struct LifecycleConfig {
         value_name = "PATH"
     )]
     pub path: PathBuf,
+
+    /// How long the watcher leaves a failed boot to the failure unit (hidden: for tests).
+    #[arg(long, hide = true, default_value = lifecycle::DEFAULT_FAILURE_GRACE, value_parser = duration::parse, value_name = "DURATION")]
+    pub failure_grace: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -504,6 +508,9 @@ impl From<NotifyArgs> for notice::Settings {
 
 impl From<LifecycleConfig> for lifecycle::Settings {
     fn from(a: LifecycleConfig) -> Self {
-        lifecycle::Settings { config: a.path }
+        lifecycle::Settings {
+            config: a.path,
+            failure_grace: a.failure_grace,
+        }
     }
 }

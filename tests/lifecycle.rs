@@ -543,6 +543,72 @@ async fn sigterm_ends_the_watcher_at_once() {
     );
 }
 
+/// The backstop: a stage failed and nothing abandoned or held the instance (the failure
+/// unit never ran, or could not reach AWS). The watcher abandons it itself once the failure
+/// grace is over (120 s; 3 s here, through the hidden `--failure-grace`), and not before:
+/// the ABANDON goes out at least 3 s after the failing stage started, by the emulator's
+/// clock, while the heartbeats go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failure_nobody_acted_on_is_abandoned_by_the_watcher_after_the_grace() {
+    let rig = Rig::new(
+        json!({"asg": {"hook": "launch", "group": "web"}}),
+        Default::default(),
+        orchestrator(&[INSTANCE]),
+    )
+    .await;
+    let watcher = rig
+        .command(&["lifecycle", "--failure-grace", "3s", "watch"])
+        .spawn()
+        .unwrap();
+    rig.heartbeats(1).await;
+    // A stage fails for real (a hook that exits 3), and no failure unit follows.
+    let hook = rig.sb.path("hooks/per-boot.d/10-fails");
+    std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
+    std::fs::write(&hook, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let failing = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let hooks = rig.run(&["hooks"]).await;
+    common::assert_exit(&hooks, 70, "10-fails");
+    let watched = exits(watcher, Duration::from_secs(60)).await;
+    let stderr = String::from_utf8_lossy(&watched.stderr);
+    assert!(watched.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "a stage failed 3s ago and the instance was neither abandoned nor held: abandoning it"
+        ),
+        "{stderr}"
+    );
+    let outcome = rig.orch.actions()[INSTANCE].outcome.clone().unwrap();
+    assert_eq!(
+        (outcome.result.as_str(), outcome.by.as_str()),
+        ("ABANDON", "complete")
+    );
+    let calls = rig.orch.calls();
+    let abandoned = calls
+        .iter()
+        .find(|c| c.action == "CompleteLifecycleAction")
+        .unwrap()
+        .unix_usec;
+    let after = Duration::from_micros(abandoned).saturating_sub(failing);
+    assert!(
+        after >= Duration::from_secs(3),
+        "abandoned {after:?} after the stage began to fail"
+    );
+    let heartbeats_meanwhile = calls
+        .iter()
+        .filter(|c| {
+            c.action == "RecordLifecycleActionHeartbeat"
+                && Duration::from_micros(c.unix_usec) > failing
+        })
+        .count();
+    assert!(
+        heartbeats_meanwhile >= 1,
+        "the heartbeats went on during the grace: {calls:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn target_lifecycle_state_is_a_fact() {
     let imds = imds_emulator::Config {

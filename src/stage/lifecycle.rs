@@ -48,8 +48,8 @@ const FALLBACK_HEARTBEAT: Duration = Duration::from_secs(10);
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 /// How long after a stage failed the watcher leaves the failure unit to abandon or hold
 /// the instance before it abandons it itself: the failure unit's notice and signals take
-/// at most 60 s + 2 × 20 s.
-const FAILURE_GRACE: Duration = Duration::from_secs(120);
+/// at most 60 s + 2 × 20 s. A hidden flag (`lifecycle --failure-grace`), for the tests.
+pub const DEFAULT_FAILURE_GRACE: &str = "120s";
 /// A heartbeat or a final signal that was not delivered is tried again this soon.
 const RETRY_EVERY: Duration = Duration::from_secs(5);
 
@@ -57,12 +57,16 @@ const RETRY_EVERY: Duration = Duration::from_secs(5);
 pub struct Settings {
     /// The image's settings, used when the parameters have none.
     pub config: PathBuf,
+    /// The watcher's wait for the failure unit ([`DEFAULT_FAILURE_GRACE`]).
+    pub failure_grace: Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
             config: DEFAULT_CONFIG.into(),
+            failure_grace: crate::base::duration::parse(DEFAULT_FAILURE_GRACE)
+                .expect("a valid default"),
         }
     }
 }
@@ -486,7 +490,7 @@ pub async fn watch(state: &StateDir, settings: &Settings, notifier: Notifier) ->
             failed_for,
             watched_for: started.elapsed(),
         };
-        let due = match next_step(&record, &moment, ready_within, FAILURE_GRACE) {
+        let due = match next_step(&record, &moment, ready_within, settings.failure_grace) {
             Step::Complete(result) => {
                 tracing::info!(
                     result,
