@@ -1503,3 +1503,127 @@ async fn an_archive_ends_at_its_marker_with_only_zeros_after_it() {
     ];
     judge(cases).await;
 }
+
+/// Runs `s3-sync --from file://ARCHIVE` with the destination's parent on a tmpfs of `size`
+/// (mounted in a mount namespace of its own, gone with the process).
+async fn sync_on_tmpfs(sb: &Sandbox, archive: &[u8], size: &str) -> Outcome {
+    let file = sb.path("names.tar.zst");
+    std::fs::write(&file, archive).unwrap();
+    let parent = sb.path("dest");
+    std::fs::create_dir_all(&parent).unwrap();
+    let script = format!("mount -t tmpfs -o size={size} tmpfs \"$1\" && shift && exec \"$@\"");
+    let url = format!("file://{}", file.display());
+    let to = parent.join("app");
+    let prefix = [
+        "unshare",
+        "-m",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+        parent.to_str().unwrap(),
+    ];
+    let args = ["s3-sync", "--from", &url, "--to", to.to_str().unwrap()];
+    common::run(sb.command_under(&prefix, &args)).await
+}
+
+/// A directory of 15 segments of 255 bytes led by `tag`, and a 4,095-byte file name in it
+/// (the longest path there is: PATH_MAX with its NUL).
+fn long_path(tag: &str, i: usize) -> (String, String) {
+    let first: String = format!("{tag}{}", "d".repeat(255))
+        .chars()
+        .take(255)
+        .collect();
+    let dir = [first]
+        .into_iter()
+        .chain(std::iter::repeat_n("d".repeat(255), 14))
+        .collect::<Vec<_>>()
+        .join("/");
+    let last = 4095 - dir.len() - 1;
+    let file = format!("{dir}/{:x<last$}", format!("f{i}-"));
+    (dir, file)
+}
+
+/// Empty files with these names, each in a GNU long-name record, zstd-compressed.
+fn long_named(names: &[String]) -> Vec<u8> {
+    let mut tape = Tape::default();
+    for name in names {
+        tape = tape.long(b'L', name).file("short", b"", 0o644);
+    }
+    zstd::encode_all(&tape.end()[..], 1).unwrap()
+}
+
+/// The entry at which the names kept (each entry's path, each link's target, each
+/// directory made) first pass 64 MiB.
+fn past_the_name_cap(names: &[String]) -> usize {
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut total = 0;
+    for (i, name) in names.iter().enumerate() {
+        total += name.len();
+        for (at, _) in name.match_indices('/') {
+            if dirs.insert(&name[..at]) {
+                total += at;
+            }
+        }
+        if total > 64 << 20 {
+            return i;
+        }
+    }
+    panic!("the names stay under the cap");
+}
+
+/// The issue's archive: thousands of 4,095-byte names. The names bootstage keeps
+/// (entries, link targets, and the directories it makes for them) are capped at 64 MiB,
+/// and what the manifest and seal will take is charged against the file system's room
+/// with the tree: refused (65, naming the entry) instead of unpacked without bound and
+/// failing to write the manifest (73).
+#[tokio::test(flavor = "multi_thread")]
+async fn names_are_capped_and_the_manifest_charged_against_the_room() {
+    // 16,400 files in one 3,839-byte directory: 67 MB of names.
+    let names: Vec<String> = (0..16_400).map(|i| long_path("shared", i).1).collect();
+    let at = past_the_name_cap(&names);
+    let sb = Sandbox::new();
+    let out = sync_on_tmpfs(&sb, &long_named(&names), "1g").await;
+    let why = "the archive's names take more than 64 MiB (67108864 bytes)";
+    assert_exit(
+        &out,
+        65,
+        &format!("archive entry {:?} refused: {why}", names[at]),
+    );
+    assert!(std::fs::symlink_metadata(sb.path("dest/app")).is_err());
+
+    // 2,200 files, each in 15 directories of its own: the entries' names are 9 MB, the
+    // directories made for them 67 MB.
+    let names: Vec<String> = (0..2_200)
+        .map(|i| long_path(&format!("t{i}-"), i).1)
+        .collect();
+    let at = past_the_name_cap(&names);
+    let sb = Sandbox::new();
+    let out = sync_on_tmpfs(&sb, &long_named(&names), "1g").await;
+    assert_exit(
+        &out,
+        65,
+        &format!("archive entry {:?} refused: {why}", names[at]),
+    );
+
+    // On 16 MiB: 1,000 such files fit with their manifest and seal; 3,000 take 12 MB of
+    // blocks as a tree but three times that with their manifest and seal.
+    let (dir, _) = long_path("shared", 0);
+    let names = |n| {
+        (0..n)
+            .map(|i| long_path("shared", i).1)
+            .collect::<Vec<String>>()
+    };
+    let sb = Sandbox::new();
+    let out = sync_on_tmpfs(&sb, &long_named(&names(1_000)), "16m").await;
+    assert_eq!(out.code, 0, "{}", last_line(&out));
+    let sb = Sandbox::new();
+    let out = sync_on_tmpfs(&sb, &long_named(&names(3_000)), "16m").await;
+    assert_exit(&out, 65, &format!("archive entry \"{dir}/f"));
+    assert_exit(
+        &out,
+        65,
+        "refused: unpacking it would leave the file system of",
+    );
+    assert!(std::fs::symlink_metadata(sb.path("dest/app")).is_err());
+}

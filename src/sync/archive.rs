@@ -30,9 +30,12 @@
 //!   the entry's `file_mode` (with the executable bits added where the archive had any
 //!   executable bit), directories its `dir_mode`;
 //! - at most `max_entries` entries and `max_bytes` bytes of file content, and never more
-//!   than the file system's room (less 1 % kept free), each checked from the entry's
-//!   header before a byte of it is written: a decompression bomb fails at its first
-//!   oversized entry, without filling the disk.
+//!   than the file system's room (less 1 % kept free), counting an inode's block for each
+//!   file, symlink and directory and what the generation's manifest and seal will take,
+//!   each checked from the entry's header before a byte of it is written: a decompression
+//!   bomb fails at its first oversized entry, without filling the disk;
+//! - the names kept in memory (each path, each symlink target, each directory made, each
+//!   kept once) at most [`MAX_NAME_BYTES`] together, an extension record at most 64 KiB.
 //!
 //! Decompression is streamed (memory stays bounded: gzip's window is 32 KiB, zstd's is
 //! capped at the library's default 128 MiB), and runs on a blocking thread fed by the
@@ -121,10 +124,19 @@ const MAX_EXTENSION: u64 = 64 * 1024;
 const MAX_NAME: usize = 4095;
 /// …and this many directories deep (a removal holds one descriptor per level).
 const MAX_DEPTH: usize = 128;
-/// The names kept in memory for the whole archive, together.
-const MAX_NAME_BYTES: u64 = 256 << 20;
+/// The names kept in memory for the whole archive, together, each kept once: every file's,
+/// symlink's and directory's path (a directory made for another entry's name too) and
+/// every symlink's target.
+pub const MAX_NAME_BYTES: u64 = 64 << 20;
 /// Steps spent resolving every symlink of the archive, together.
 const MAX_RESOLVE_STEPS: u64 = 50_000_000;
+/// What listing one path in the generation's manifest or in its seal costs on disk beyond
+/// the path itself (`tree.rs` writes both as JSON): quotes, indentation, and a size or the
+/// seal's four numbers. A file and a symlink are listed in both, a directory in the
+/// manifest only.
+const LISTED: u64 = 128;
+/// The manifest's own fields (the source, the archive's version, the settings), at most.
+const LISTING_HEAD: u64 = 8 * 1024;
 /// Global PAX records (`g`) that change nothing bootstage writes: owners and times, which
 /// it ignores in every entry, and a comment (`git archive` puts the commit there). Any
 /// other global record (`size`, `path`, `linkpath`, `hdrcharset`…) is refused: other tar
@@ -173,9 +185,9 @@ pub fn unpack(
         room,
         out: Unpacked::default(),
         links: BTreeMap::new(),
-        files: std::collections::HashSet::new(),
         entries: 0,
-        charged: 0,
+        // The manifest's and seal's own fields, and a block each rounding them up.
+        charged: LISTING_HEAD + 2 * room.block,
         names: 0,
     };
     let mut buffer = vec![0u8; 256 * 1024];
@@ -295,9 +307,16 @@ pub fn unpack(
             );
             return Err(refused(&rel.to_string_lossy(), why));
         }
-        staging
-            .symlink(rel, target)
-            .map_err(|e| io_error(staging, rel, e))?;
+        match staging.symlink(rel, target) {
+            Ok(()) => {}
+            // A file of the archive has its name (files are not kept in a set: one copy
+            // of each name).
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let why = "the name appears twice in the archive";
+                return Err(refused(&rel.to_string_lossy(), why));
+            }
+            Err(e) => return Err(io_error(staging, rel, e)),
+        }
     }
     let mut out = u.out;
     out.links = u.links.into_keys().collect();
@@ -544,10 +563,8 @@ struct Unpacker<'a> {
     out: Unpacked,
     /// The archive's symlinks, made once every entry is read: path → target.
     links: BTreeMap<PathBuf, PathBuf>,
-    /// The archive's regular files, for a symlink of the same name.
-    files: std::collections::HashSet<PathBuf>,
     entries: u64,
-    /// Bytes the tree will take on the file system.
+    /// Bytes the tree will take on the file system, with its manifest and seal.
     charged: u64,
     /// Bytes of names kept ([`MAX_NAME_BYTES`]).
     names: u64,
@@ -635,13 +652,11 @@ impl Unpacker<'_> {
             );
             return Err(refused(name, why));
         }
-        if self.links.contains_key(&rel) || self.files.contains(&rel) {
+        if self.links.contains_key(&rel) {
             return Err(refused(name, "the name appears twice in the archive"));
         }
-        self.keep(name, name.len())?;
         match is {
             Is::Dir => {
-                self.charge(name, self.room.block)?;
                 self.make_dirs(&rel, true, name)?;
                 Ok(None)
             }
@@ -660,8 +675,8 @@ impl Unpacker<'_> {
                 if self.out.dirs.contains(&rel) {
                     return Err(refused(name, "the name appears twice in the archive"));
                 }
-                self.keep(name, target.len())?;
-                self.charge(name, self.room.block)?;
+                self.keep(name, rel.as_os_str().len() + target.len())?;
+                self.charge(name, self.room.block + 2 * listed(&rel))?;
                 self.make_dirs(&rel, false, name)?;
                 self.links.insert(rel, PathBuf::from(target));
                 Ok(None)
@@ -674,10 +689,16 @@ impl Unpacker<'_> {
                     );
                     return Err(refused(name, why));
                 }
+                self.keep(name, rel.as_os_str().len())?;
                 let blocks = size
                     .div_ceil(self.room.block)
                     .saturating_mul(self.room.block);
-                self.charge(name, self.room.block.saturating_add(blocks))?;
+                let cost = self
+                    .room
+                    .block
+                    .saturating_add(blocks)
+                    .saturating_add(2 * listed(&rel));
+                self.charge(name, cost)?;
                 self.make_dirs(&rel, false, name)?;
                 Ok(Some(rel))
             }
@@ -720,7 +741,6 @@ impl Unpacker<'_> {
         }
         tape.padding(size).map_err(broken)?;
         self.out.bytes += size;
-        self.files.insert(rel.clone());
         self.out.files.push((rel, size, mode & 0o111 != 0));
         Ok(())
     }
@@ -751,7 +771,8 @@ impl Unpacker<'_> {
         Ok(())
     }
 
-    /// Creates `rel`'s missing parent directories (and `rel` itself with `itself`).
+    /// Creates `rel`'s missing parent directories (and `rel` itself with `itself`), each
+    /// a name kept, an inode and a line of the manifest.
     fn make_dirs(&mut self, rel: &Path, itself: bool, name: &str) -> Result<(), UnpackError> {
         let mut wanted: Vec<&Path> = rel
             .ancestors()
@@ -763,6 +784,8 @@ impl Unpacker<'_> {
             if self.out.dirs.contains(dir) {
                 continue;
             }
+            self.keep(name, dir.as_os_str().len())?;
+            self.charge(name, self.room.block + listed(dir))?;
             match self.staging.make_dir(dir) {
                 Ok(()) => {
                     self.out.dirs.insert(dir.to_path_buf());
@@ -782,6 +805,14 @@ impl Unpacker<'_> {
         }
         Ok(())
     }
+}
+
+/// The bytes `rel` takes in the manifest or the seal: JSON-escaped (control characters
+/// are refused; `"` and `\` take two bytes), and [`LISTED`] around it.
+fn listed(rel: &Path) -> u64 {
+    let bytes = rel.as_os_str().as_encoded_bytes();
+    let escaped = bytes.iter().filter(|b| matches!(b, b'"' | b'\\')).count();
+    (bytes.len() + escaped) as u64 + LISTED
 }
 
 fn cancelled() -> UnpackError {

@@ -158,12 +158,24 @@ pub fn remove_file(dir: impl AsFd, name: &OsStr) -> io::Result<()> {
 /// Writes `name` in `dir` atomically: a new temporary file (0600, `O_EXCL`, not through
 /// a symlink), fsynced, renamed over `name`, and the directory fsynced.
 pub fn write_atomic(dir: &OwnedFd, name: &str, contents: &[u8]) -> io::Result<()> {
+    write_atomic_with(dir, name, |file| std::io::Write::write_all(file, contents))
+}
+
+/// [`write_atomic`], the contents written by `write` as they are made (through a buffer),
+/// never whole in memory.
+pub fn write_atomic_with(
+    dir: &OwnedFd,
+    name: &str,
+    write: impl FnOnce(&mut dyn std::io::Write) -> io::Result<()>,
+) -> io::Result<()> {
     use std::io::Write;
     let temp = format!("{}{name}.{}", crate::state::atomic::TEMP_PREFIX, unique());
-    let mut file = create_file(dir, OsStr::new(&temp))?;
-    let written = file
-        .write_all(contents)
-        .and_then(|()| file.sync_all())
+    let file = create_file(dir, OsStr::new(&temp))?;
+    let mut buffered = std::io::BufWriter::with_capacity(64 * 1024, file);
+    let written = write(&mut buffered)
+        .and_then(|()| buffered.flush())
+        .and_then(|()| buffered.into_inner().map_err(|e| e.into_error()))
+        .and_then(|file| file.sync_all())
         .and_then(|()| nix::fcntl::renameat(dir, temp.as_str(), dir, name).map_err(io));
     if let Err(e) = written {
         let _ = remove_file(dir, OsStr::new(&temp));

@@ -8,7 +8,7 @@
 //! /srv/app/config -> .config.bootstage/gen-17a2…      the symlink the app reads through
 //! /srv/app/.config.bootstage/                         the home: owned by root, 0755
 //! /srv/app/.config.bootstage/gen-17a2…/               the current tree
-//! /srv/app/.config.bootstage/gen-17a2….manifest.json  key → ETag, size of that tree
+//! /srv/app/.config.bootstage/gen-17a2….manifest.json  key → ETag, size (an archive's tree: path → size)
 //! /srv/app/.config.bootstage/gen-17a2….seal.json      inode, ctime, size of each file and symlink
 //! /srv/app/.config.bootstage/staging-…/               a tree being built (a crash leftover otherwise)
 //! /srv/app/.config.bootstage/.lock                    one sync per destination at a time
@@ -55,7 +55,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, TryLockError};
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -101,10 +101,15 @@ pub struct Archived {
     pub settings: String,
 }
 
+/// One file of a manifest. A tree unpacked from an archive leaves `key` and `etag` empty
+/// (its files are the archive's, whose version [`Archived`] holds) and they are not
+/// written: each name once in the file, as `archive.rs` charges it against the room.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Entry {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub key: String,
     /// The object's [`crate::sync::source::Version::token`]: its ETag where the listing has one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub etag: String,
     pub size: u64,
 }
@@ -381,11 +386,10 @@ impl Destination {
         Ok(())
     }
 
+    /// Reads a manifest or a seal as it streams from the file, never whole in memory.
     fn read_json<T: serde::de::DeserializeOwned>(&self, name: &OsStr) -> Option<T> {
-        let (mut file, _) = fsat::open_file(&self.home, name).ok()?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        let (file, _) = fsat::open_file(&self.home, name).ok()?;
+        serde_json::from_reader(io::BufReader::with_capacity(64 * 1024, file)).ok()
     }
 
     /// The current generation's manifest; empty when there is none or it is unreadable.
@@ -466,10 +470,11 @@ impl Destination {
         )
         .map_err(|e| io_at(&gen_path)(io(e)))?;
         let staged_dir = staging.take();
-        let json = serde_json::to_vec_pretty(manifest).expect("manifests serialize");
         let manifest_name = suffixed(&generation, ".manifest.json");
-        fsat::write_atomic(&self.home, &manifest_name.to_string_lossy(), &json)
-            .map_err(io_at(&self.home_path.join(&manifest_name)))?;
+        fsat::write_atomic_with(&self.home, &manifest_name.to_string_lossy(), |file| {
+            Ok(serde_json::to_writer_pretty(file, manifest)?)
+        })
+        .map_err(io_at(&self.home_path.join(&manifest_name)))?;
         let link = OsString::from(format!("link-{}", fsat::unique()));
         let target = Path::new(&self.home_name).join(&generation);
         nix::unistd::symlinkat(&target, &self.home, link.as_os_str())
@@ -509,9 +514,11 @@ impl Destination {
                 seal.files.insert(rel.clone(), seal_of(&st));
             }
         }
-        let json = serde_json::to_vec(&seal).expect("seals serialize");
         let seal_name = suffixed(&generation, ".seal.json");
-        if let Err(e) = fsat::write_atomic(&self.home, &seal_name.to_string_lossy(), &json) {
+        let written = fsat::write_atomic_with(&self.home, &seal_name.to_string_lossy(), |file| {
+            Ok(serde_json::to_writer(file, &seal)?)
+        });
+        if let Err(e) = written {
             tracing::warn!(error = %e, "cannot write the generation's seal; the next sync fetches every file again");
         }
         self.current.as_mut().expect("just set").seal = Some(seal);

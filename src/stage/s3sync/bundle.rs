@@ -60,6 +60,11 @@ pub(super) async fn pass(
         objects: old.files.len(),
         ..Report::default()
     };
+    // What the rest of the pass needs of the old manifest; not the manifest itself, which
+    // would be held beside the new one while the archive unpacks.
+    let was_empty = old.source == url && old.archive.is_none() && old.files.is_empty();
+    let old_files = old.files.len();
+    drop(old);
     let mut download = match bundle.fetch(known.as_deref(), pin.is_some()).await? {
         Fetched::Unchanged => {
             counters.done.store(1, Ordering::Relaxed);
@@ -69,11 +74,7 @@ pub(super) async fn pass(
             return Err(SyncError::Empty(url, "no such archive"));
         }
         Fetched::Missing => {
-            if dest.has_current()
-                && old.source == url
-                && old.archive.is_none()
-                && old.files.is_empty()
-            {
+            if dest.has_current() && was_empty {
                 return Ok(unchanged);
             }
             let staging = dest.staging()?;
@@ -90,7 +91,7 @@ pub(super) async fn pass(
             };
             dest.commit(staging, &manifest)?;
             return Ok(Report {
-                deleted: old.files.len(),
+                deleted: old_files,
                 swapped: true,
                 ..Report::default()
             });
@@ -165,24 +166,33 @@ pub(super) async fn pass(
         (owner.uid, owner.gid),
         spec.dir_mode,
     )?;
+    // The unpacked names move into the manifest: each kept once (an archive's entries need
+    // no key, and the archive's ETag is `archive`'s). The old manifest is read again only
+    // to count what went, while the new one is all that is held.
+    let (objects, links, unpacked_bytes) =
+        (unpacked.files.len(), unpacked.links.len(), unpacked.bytes);
     let files: BTreeMap<String, Entry> = unpacked
         .files
-        .iter()
+        .into_iter()
         .map(|(rel, size, _)| {
-            let name = rel.to_string_lossy().into_owned();
             let entry = Entry {
-                key: name.clone(),
-                etag: etag.clone(),
-                size: *size,
+                key: String::new(),
+                etag: String::new(),
+                size,
             };
-            (name, entry)
+            (name_of(rel), entry)
         })
         .collect();
+    let deleted = Some(dest.manifest())
+        .filter(|m| m.source == url)
+        .map_or(0, |m| {
+            m.files.keys().filter(|k| !files.contains_key(*k)).count()
+        });
     let manifest = Manifest {
         source: url,
         files,
-        links: names(&unpacked.links),
-        dirs: names(&unpacked.dirs),
+        links: names(unpacked.links),
+        dirs: names(unpacked.dirs),
         archive: Some(Archived {
             etag,
             size,
@@ -193,14 +203,10 @@ pub(super) async fn pass(
     dest.commit(staging, &manifest)?;
     counters.done.store(1, Ordering::Relaxed);
     let report = Report {
-        objects: unpacked.files.len(),
+        objects,
         downloaded: 1,
         bytes: size,
-        deleted: old
-            .files
-            .keys()
-            .filter(|k| !manifest.files.contains_key(*k))
-            .count(),
+        deleted,
         list_pages: 0,
         swapped: true,
     };
@@ -208,9 +214,9 @@ pub(super) async fn pass(
     tracing::info!(
         dest = %spec.to.display(),
         files = report.objects,
-        links = unpacked.links.len(),
+        links,
         bytes = size,
-        unpacked_bytes = unpacked.bytes,
+        unpacked_bytes,
         verified,
         fetch_ms = ms(fetched),
         commit_ms = ms(started.elapsed() - fetched),
@@ -229,11 +235,15 @@ impl Drop for CancelOnDrop {
 }
 
 /// Relative paths as the manifest keeps them.
-fn names<'a>(paths: impl IntoIterator<Item = &'a PathBuf>) -> BTreeSet<String> {
-    paths
-        .into_iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect()
+fn names(paths: impl IntoIterator<Item = PathBuf>) -> BTreeSet<String> {
+    paths.into_iter().map(name_of).collect()
+}
+
+/// A path as the manifest keeps it, moved, not copied (an archive's names are UTF-8).
+fn name_of(path: PathBuf) -> String {
+    path.into_os_string()
+        .into_string()
+        .unwrap_or_else(|p| p.to_string_lossy().into_owned())
 }
 
 /// The unpacker's side of the channel, as a blocking `Read`: the end of the channel (the
