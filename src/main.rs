@@ -7,7 +7,7 @@ use bootstage::base::exit::{self, ExitStatus};
 use bootstage::base::logging;
 use bootstage::base::notify::Notifier;
 use bootstage::cli::{Cli, Command, LifecycleCommand};
-use bootstage::stage::error::Error;
+use bootstage::stage::error::{self, Error};
 use bootstage::stage::{
     hooks, launch, lifecycle, metadata, notice, query, s3sync, status, validate,
 };
@@ -57,6 +57,17 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli, notifier: Notifier) -> Result<exit::ExitCode, Error> {
     let state = StateDir::new(cli.state_dir);
+    // A stage that writes the state dir, run as another user: "run as root" before it
+    // starts. (`launch` says what the app's unit needs instead; a one-off `s3-sync
+    // --from` may sync into a user's own directory.)
+    match &cli.command {
+        Command::Metadata(_) => error::require_root_for_state(&state, "metadata")?,
+        Command::Hooks(_) => error::require_root_for_state(&state, "hooks")?,
+        Command::S3Sync(args) if args.from.is_none() => {
+            error::require_root_for_state(&state, "s3-sync")?
+        }
+        _ => {}
+    }
     match cli.command {
         Command::Metadata(args) => {
             let summary = metadata::run(&state, &args.into(), notifier).await?;

@@ -997,3 +997,44 @@ async fn a_lifecycle_flag_after_the_subcommand_is_honoured() {
         );
     }
 }
+
+/// A root-only command run as another user: 77, "run as root" and why.
+#[tokio::test]
+async fn root_only_commands_as_another_user_say_run_as_root() {
+    let sb = Sandbox::new();
+    // The state dir as a boot leaves it: root's, 0700, below a directory anyone may enter.
+    let out = stage(&sb, "metadata", PARAMS, "i-1").await;
+    assert_eq!(out.code, 0, "{out:?}");
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        let setpriv = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+        ];
+        common::run(sb.command_under(&setpriv, args))
+    };
+    let out = as_nobody(&["status"]).await;
+    common::assert_exit(
+        &out,
+        77,
+        &format!(
+            "cannot read {} as uid 65534: run as root (sudo bootstage status): the stages' records are root's",
+            sb.state().join("status/metadata.json").display()
+        ),
+    );
+    assert_eq!(out.stdout, "");
+    let file = user_data(&sb, PARAMS);
+    let out = as_nobody(&["metadata", "--user-data-file", &file]).await;
+    common::assert_exit(
+        &out,
+        77,
+        &format!(
+            "cannot write {} as uid 65534: run as root (sudo bootstage metadata): the state dir is root's",
+            sb.state().display()
+        ),
+    );
+    assert!(!out.stderr.contains("cannot record"), "{}", out.stderr);
+}

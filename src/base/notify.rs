@@ -35,10 +35,12 @@ impl Notifier {
         }
     }
 
-    /// Best effort: never blocks.
+    /// Best effort: never blocks. One line (a newline would end the field): an error of
+    /// several lines is joined.
     pub fn status(&self, status: &str) {
+        let status: Vec<&str> = status.lines().map(str::trim).collect();
         if self.enabled
-            && let Err(e) = send_nonblocking(&format!("STATUS={status}\n"))
+            && let Err(e) = send_nonblocking(&format!("STATUS={}\n", status.join(" ")))
             && e.kind() != std::io::ErrorKind::WouldBlock
         {
             tracing::debug!(error = %e, "cannot send a status to systemd");

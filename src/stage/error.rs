@@ -13,8 +13,8 @@ use crate::imds::ImdsError;
 use crate::imds::userdata::DecodeError;
 use crate::secrets::SecretError;
 use crate::settings::SettingsError;
-use crate::state::StateError;
 use crate::state::envfile::{ExportError, ParseError};
+use crate::state::{StateDir, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -71,6 +71,20 @@ pub enum Error {
 
     #[error("cannot run {program:?}: {source}")]
     Exec { program: String, source: io::Error },
+
+    /// A command that needs root, run as another user: stopped by a path only root may
+    /// use, said so, with why that path is root's.
+    #[error(
+        "cannot {verb} {} as uid {uid}: run as root (sudo bootstage {command}): {why}",
+        path.display()
+    )]
+    NotRoot {
+        command: &'static str,
+        verb: &'static str,
+        path: PathBuf,
+        uid: u32,
+        why: &'static str,
+    },
 }
 
 /// An error type of one stage, boxed so that this file needs to know no stage: each stage
@@ -92,6 +106,7 @@ impl ExitStatus for Error {
                 ExitCode::NotFound
             }
             Error::Exec { .. } => ExitCode::CannotExecute,
+            Error::NotRoot { .. } => ExitCode::NoPerm,
             Error::BadUserData(e) => e.exit_code(),
             Error::BadParams(e) => e.exit_code(),
             Error::Imds(e) => e.exit_code(),
@@ -120,7 +135,51 @@ fn user_data_file_hint(source: &io::Error) -> &'static str {
     }
 }
 
+/// Why the state dir is root's, for whoever meets it as another user.
+pub const STATE_DIR_IS_ROOTS: &str = "the state dir is root's (0700), since it holds the \
+     parameters and the credentials of secrets; the stages run as root from their units";
+
+/// For a command that writes the state dir, run as a user other than root: stops it before
+/// it writes anything (a status record, the lock) when the dir is root's.
+pub fn require_root_for_state(state: &StateDir, command: &'static str) -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    state.writable().map_err(|source| {
+        Error::Write {
+            path: state.root().to_path_buf(),
+            source,
+        }
+        .as_other_user(command, STATE_DIR_IS_ROOTS)
+    })
+}
+
 impl Error {
+    /// This error, met by a user other than root on a path only root may use (permission
+    /// denied), said so: run `command` as root, and `why` the path is root's.
+    pub fn as_other_user(self, command: &'static str, why: &'static str) -> Error {
+        let uid = nix::unistd::geteuid();
+        let (verb, path, source) = match &self {
+            Error::Read { path, source } | Error::State(StateError::Read { path, source }) => {
+                ("read", path, source)
+            }
+            Error::Write { path, source } | Error::State(StateError::Write { path, source }) => {
+                ("write", path, source)
+            }
+            _ => return self,
+        };
+        if uid.is_root() || source.kind() != io::ErrorKind::PermissionDenied {
+            return self;
+        }
+        Error::NotRoot {
+            command,
+            verb,
+            path: path.clone(),
+            uid: uid.as_raw(),
+            why,
+        }
+    }
+
     pub fn write(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Error {
         let path = path.into();
         move |source| Error::Write { path, source }

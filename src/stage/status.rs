@@ -29,8 +29,18 @@ pub struct Settings {
 
 pub const DEFAULT_WAIT_TIMEOUT: &str = "15m";
 
+/// Why the records are root's, for whoever meets them as another user.
+const RECORDS_ARE_ROOTS: &str = "the stages' records are root's (0600), in the state dir \
+     beside the parameters and the credentials of secrets";
+
 /// `bootstage status [--wait] [--json]`.
 pub async fn run(state: &StateDir, args: &Settings) -> Result<ExitCode> {
+    report(state, args)
+        .await
+        .map_err(|e| e.as_other_user("status", RECORDS_ARE_ROOTS))
+}
+
+async fn report(state: &StateDir, args: &Settings) -> Result<ExitCode> {
     let (mut overall, mut records) = snapshot(state)?;
     if args.wait && !decided(overall) {
         let waited = wait(state, args.timeout).await?;
@@ -145,6 +155,8 @@ fn table(overall: State, records: &[Record]) -> String {
         };
         let _ = write!(out, "{:<9} {:<9} {timing}", r.stage, state);
         if let Some(error) = &r.error {
+            // An error of several lines (one per cause) keeps the column.
+            let error = error.replace('\n', "\n          ");
             match r.exit_code {
                 Some(code) => {
                     let _ = write!(out, "\n          exit {code}: {error}");

@@ -182,4 +182,19 @@ impl StateDir {
     pub fn exists(&self, path: &Path) -> bool {
         fs::metadata(path).is_ok()
     }
+
+    /// Whether this process may write the state dir, or create it in the nearest
+    /// directory above it that exists: the permission a stage needs, asked before it
+    /// starts (`access(2)`, so ACLs count).
+    pub fn writable(&self) -> std::io::Result<()> {
+        let mut dir = self.root.as_path();
+        while !dir.exists() {
+            match dir.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => dir = parent,
+                _ => return Ok(()),
+            }
+        }
+        use nix::unistd::{AccessFlags, access};
+        access(dir, AccessFlags::W_OK | AccessFlags::X_OK).map_err(std::io::Error::from)
+    }
 }
