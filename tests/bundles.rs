@@ -1177,6 +1177,15 @@ async fn bootstage_unpacks_what_tarfile_and_gnu_tar_read_or_refuses() {
                 .end(),
             Verdict::Same { gnu: true },
         ),
+        // Two records of one key: every reader takes the last.
+        plain(
+            "pax-path-twice",
+            Tape::default()
+                .pax(b'x', &[("path", "first"), ("path", "second")])
+                .file("header", b"2\n", 0o644)
+                .end(),
+            Verdict::Same { gnu: true },
+        ),
         // As `git archive` writes it: a global header with the commit, nothing else.
         plain(
             "global-comment",
@@ -1341,6 +1350,19 @@ async fn bootstage_unpacks_what_tarfile_and_gnu_tar_read_or_refuses() {
             refusal(
                 "from-pax",
                 "both a GNU long name and a PAX path name it, and tar readers differ on which counts",
+            ),
+        ),
+        plain(
+            "long-link-then-pax-linkpath",
+            Tape::default()
+                .file("a", b"a\n", 0o644)
+                .long(b'K', "a")
+                .pax(b'x', &[("linkpath", "elsewhere")])
+                .header(&header("conf", b'2', "", 0, 0o777))
+                .end(),
+            refusal(
+                "conf",
+                "both a GNU long link and a PAX linkpath give its target, and tar readers differ on which counts",
             ),
         ),
         plain(

@@ -436,7 +436,8 @@ impl Extensions {
         let lossy = |n: &[u8]| String::from_utf8_lossy(n).into_owned();
         let long_name = self.long_name.take();
         let long_link = self.long_link.take();
-        let (mut named_by_header, mut linked_by_k) = (long_name.is_none(), long_link.is_some());
+        let (long_named, long_linked) = (long_name.is_some(), long_link.is_some());
+        let mut named_by_header = !long_named;
         let mut name = long_name.unwrap_or_else(|| header.path_bytes().into_owned());
         let mut link = long_link.or_else(|| header.link_name_bytes().map(|l| l.into_owned()));
         for bytes in [Some(&mut name), link.as_mut()].into_iter().flatten() {
@@ -448,7 +449,7 @@ impl Extensions {
             for (key, value) in pax_records(&records).map_err(|why| refused(&lossy(&name), why))? {
                 match key {
                     // tarfile keeps a long name read before the PAX path, GNU tar the path.
-                    b"path" if !named_by_header => {
+                    b"path" if long_named => {
                         let why = "both a GNU long name and a PAX path name it, and tar readers differ on which counts";
                         return Err(refused(&lossy(value), why));
                     }
@@ -456,14 +457,11 @@ impl Extensions {
                         name = value.to_vec();
                         named_by_header = false;
                     }
-                    b"linkpath" if linked_by_k => {
+                    b"linkpath" if long_linked => {
                         let why = "both a GNU long link and a PAX linkpath give its target, and tar readers differ on which counts";
                         return Err(refused(&lossy(&name), why));
                     }
-                    b"linkpath" => {
-                        link = Some(value.to_vec());
-                        linked_by_k = false;
-                    }
+                    b"linkpath" => link = Some(value.to_vec()),
                     b"size" => {
                         let pax = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
                         if pax != Some(size) {
