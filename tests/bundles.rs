@@ -1,6 +1,8 @@
 //! Bundles: one archive per destination, against moto on 127.0.0.1 (and the fault proxy
 //! in front of it): unpacked byte for byte, fetched once and then only asked about,
-//! verified, pinned, refused when hostile, atomic under SIGKILL.
+//! verified, pinned, refused when hostile, atomic under SIGKILL. Tables of crafted archives
+//! (from file://) are held to the trees Python's tarfile lists and GNU tar extracts, or
+//! must be refused; names are capped and the manifest charged on a small tmpfs.
 
 mod common;
 
