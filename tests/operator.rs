@@ -1038,3 +1038,57 @@ async fn root_only_commands_as_another_user_say_run_as_root() {
     );
     assert!(!out.stderr.contains("cannot record"), "{}", out.stderr);
 }
+
+/// The README's exit-code table has a row for every code of `base/exit.rs` and no other,
+/// in numeric order, and names the cases a newcomer meets first.
+#[test]
+fn the_readme_lists_every_exit_code_in_order() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let source = std::fs::read_to_string(format!("{root}/src/base/exit.rs")).unwrap();
+    let enum_body = source
+        .split("pub enum ExitCode {")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .unwrap();
+    let mut codes: Vec<u32> = enum_body
+        .lines()
+        .filter_map(|l| l.trim().split_once(" = "))
+        .map(|(_, n)| n.trim_end_matches(',').parse().unwrap())
+        .collect();
+    codes.sort();
+    assert!(codes.len() >= 14, "{codes:?}");
+
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let table = readme
+        .split("## Exit codes\n")
+        .nth(1)
+        .unwrap()
+        .split("\n\n")
+        .find(|block| block.trim_start().starts_with('|'))
+        .unwrap();
+    let mut rows: Vec<(u32, &str)> = Vec::new();
+    for line in table.trim().lines().skip(2) {
+        let cells: Vec<&str> = line.split(" | ").collect();
+        for code in cells[0].trim_start_matches('|').trim().split(", ") {
+            rows.push((code.parse().unwrap(), line));
+        }
+    }
+    let listed: Vec<u32> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(
+        listed, codes,
+        "the README's rows, in order, against exit.rs"
+    );
+    let row = |code: u32| rows.iter().find(|r| r.0 == code).unwrap().1;
+    assert!(
+        row(66).contains("`query` before the metadata stage ran"),
+        "{}",
+        row(66)
+    );
+    assert!(
+        row(66).contains("a `file://` directory that does not exist"),
+        "{}",
+        row(66)
+    );
+    assert!(row(77).contains("run as another user"), "{}", row(77));
+    assert!(row(64).contains("endpoint"), "{}", row(64));
+}

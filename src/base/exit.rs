@@ -12,12 +12,14 @@ pub enum ExitCode {
     Failed = 1,
     /// `status` without `--wait`: a stage is still pending or running.
     StillRunning = 2,
-    /// EX_USAGE: bad flags or arguments. Permanent.
+    /// EX_USAGE: bad flags or arguments, or an endpoint that cannot be used as written.
+    /// Permanent.
     Usage = 64,
     /// EX_DATAERR: user-data present but not valid parameters. Permanent.
     BadUserData = 65,
-    /// EX_NOINPUT: the instance has no user-data (after the grace period), or a sync
-    /// source has nothing in it (an empty prefix, a missing archive). Permanent.
+    /// EX_NOINPUT: the instance has no user-data (after the grace period), a user-data file
+    /// is missing or empty, `query` finds no parameters yet, or a sync source has nothing
+    /// in it (an empty prefix, a missing archive, a missing `file://` directory). Permanent.
     NoInput = 66,
     /// EX_UNAVAILABLE: IMDS is disabled, or IMDSv2 is required but not offered. Permanent.
     ImdsDisabled = 69,
@@ -30,8 +32,9 @@ pub enum ExitCode {
     /// EX_PROTOCOL: downloaded data failed verification (size, checksum, MD5, or a pinned
     /// SHA-256).
     Protocol = 76,
-    /// EX_NOPERM: the sync source refused access (AccessDenied, NoSuchBucket, bad keys), or
-    /// a file cannot be read for lack of permission.
+    /// EX_NOPERM: AWS refused access (AccessDenied, NoSuchBucket, bad keys) or there are no
+    /// credentials at all, a file cannot be read for lack of permission, or a command that
+    /// needs root was run as another user.
     NoPerm = 77,
     /// The shell's code: the app's command exists but cannot be executed.
     CannotExecute = 126,
