@@ -10,7 +10,7 @@ writes it, synced from file:// (no server: only bootstage's own memory is measur
 - the same with `zstd --long=27`: a 128 MiB window, the most the decoder accepts, which
   the decoder holds beside everything else;
 - "largest accepted": as many such files as fit under the cap on the archive's names
-  (MAX_NAME_BYTES, 64 MiB), the worst an archive within the cap can do;
+  (MAX_NAME_BYTES, 48 MiB), the worst an archive within the cap can do;
 - "distinct deep directories": files under 4,000 distinct directories each 15 levels deep,
   so the directories bootstage makes (not named by any entry) hold 8 times the entries'
   names.
@@ -33,7 +33,7 @@ import benchlib  # noqa: E402
 
 ROOT = benchlib.ROOT
 NAME_MAX, PATH_MAX = 255, 4095
-NAMES_CAP = 64 << 20
+NAMES_CAP = 48 << 20
 
 
 def long_dir(tag, levels=15):

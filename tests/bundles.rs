@@ -595,11 +595,51 @@ async fn a_corrupted_body_is_caught_by_its_checksum() {
     );
 }
 
-/// SIGKILL at random instants while a 2,000-file archive unpacks: the destination is
-/// always the complete old tree or the complete new one.
+/// Where a round of the SIGKILL test kills the sync.
+#[derive(Clone, Copy, Debug)]
+enum KillAt {
+    /// Once the tree being built (`staging-…`) holds this many of the 2,000 files.
+    Unpacked(usize),
+    /// This many ms after moto has sent the whole archive: the last files unpacked, the
+    /// tree fsynced and swapped in, or just after.
+    Finishing(u64),
+    /// The moment the destination's symlink points elsewhere: after the swap, while the
+    /// old generation is removed and the new one sealed.
+    Swapped,
+}
+
+/// Regular files under the `staging-…` directories of `home` (none once it is swapped in).
+fn staged_files(home: &Path) -> usize {
+    let mut count = 0;
+    let mut stack: Vec<_> = std::fs::read_dir(home)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("staging-"))
+        .map(|e| e.path())
+        .collect();
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(entry.path()),
+                Ok(t) if t.is_file() => count += 1,
+                _ => {}
+            }
+        }
+    }
+    count
+}
+
+/// SIGKILL at chosen points while a 2,000-file archive unpacks (by what the staging tree,
+/// moto and the destination show, not by the clock): the destination is always the
+/// complete old tree or the complete new one. A kill mid-unpack leaves the old tree and a
+/// kill after the swap the new one; most rounds must really die of signal 9 while syncing,
+/// and both outcomes must occur, or the test would only check syncs that finished.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_while_unpacking_leaves_a_complete_old_or_new_tree() {
-    let bucket = moto().bucket("killed-bundle").await;
+    use std::os::unix::process::ExitStatusExt;
+    const BUCKET: &str = "killed-bundle";
+    let bucket = moto().bucket(BUCKET).await;
     let version = |v: usize| -> (Vec<u8>, BTreeMap<String, String>) {
         let files: Vec<(String, Vec<u8>)> = (0..2000)
             .map(|i| {
@@ -627,33 +667,102 @@ async fn sigkill_while_unpacking_leaves_a_complete_old_or_new_tree() {
     let sb = Sandbox::new();
     let url = "s3://killed-bundle/app.tar.zst";
     assert_eq!(sync(&sb, url, &[]).await.code, 0);
+    let to = sb.path("dest/app");
+    let home = sb.path("dest/.app.bootstage");
     let mut rng = fastrand::Rng::with_seed(11);
-    let mut outcomes = [0usize; 2];
-    for round in 0..16 {
+    let rounds = 16;
+    // (where, killed, kept the old tree) per round.
+    let mut results = Vec::new();
+    for round in 0..rounds {
         let v = (round + 1) % 2;
         bucket.put("app.tar.zst", versions[v].0.clone()).await;
-        let to = sb.path("dest/app");
+        let at = match round % 4 {
+            0 | 1 => KillAt::Unpacked(rng.usize(1..2000)),
+            2 => KillAt::Finishing(rng.u64(0..20)),
+            _ => KillAt::Swapped,
+        };
+        let mark = moto().mark();
+        let before = std::fs::read_link(&to).unwrap();
         let mut cmd = sb.command(&["s3-sync", "--from", url, "--to", to.to_str().unwrap()]);
         cmd.envs(moto().env());
         let mut child = cmd.spawn().unwrap();
-        tokio::time::sleep(Duration::from_millis(rng.u64(0..300))).await;
+        // Read stderr as it comes, or a full pipe would stop the sync short of any point.
+        let mut stderr = child.stderr.take().unwrap();
+        let log = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
+            text
+        });
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        let reached = match at {
+            KillAt::Finishing(ms) => {
+                let reached = tokio::task::spawn_blocking(move || {
+                    moto().wait_for(BUCKET, mark, Duration::from_secs(30), |c| c.get >= 1)
+                })
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                reached
+            }
+            KillAt::Unpacked(_) | KillAt::Swapped => loop {
+                let there = match at {
+                    KillAt::Unpacked(n) => staged_files(&home) >= n,
+                    _ => std::fs::read_link(&to).is_ok_and(|now| now != before),
+                };
+                if there {
+                    break true;
+                }
+                if child.try_wait().unwrap().is_some() || std::time::Instant::now() > until {
+                    break false;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            },
+        };
         let _ = child.start_kill();
-        let _ = child.wait().await;
-        let got = listing(&to);
-        let which = versions.iter().position(|(_, want)| *want == got);
+        let status = child.wait().await.unwrap();
+        let stderr = log.await.unwrap();
         assert!(
-            which.is_some(),
-            "round {round}: a mixed or partial tree of {} entries",
+            reached,
+            "round {round}: never reached {at:?}: {status}\n{stderr}"
+        );
+        let killed = status.signal() == Some(9);
+        assert!(
+            killed || status.success(),
+            "round {round}: {status}\n{stderr}"
+        );
+        let got = listing(&to);
+        let old = got == versions[1 - v].1;
+        assert!(
+            old || got == versions[v].1,
+            "round {round}, {at:?}: a mixed or partial tree of {} entries",
             got.len()
         );
-        outcomes[which.unwrap()] += 1;
+        if killed {
+            match at {
+                KillAt::Unpacked(_) => assert!(old, "round {round}: {at:?} kept the new tree"),
+                KillAt::Swapped => assert!(!old, "round {round}: {at:?} kept the old tree"),
+                KillAt::Finishing(_) => {}
+            }
+        }
+        results.push((at, killed, old));
         let out = sync(&sb, url, &[]).await;
         assert_eq!(out.code, 0, "{}", out.stderr);
         assert_eq!(listing(&to), versions[v].1);
     }
+    let killed = |old: bool| results.iter().filter(|r| r.1 && r.2 == old).count();
+    let (killed_old, killed_new) = (killed(true), killed(false));
     eprintln!(
-        "after SIGKILL: old tree {} times, new tree {} times",
-        outcomes[0], outcomes[1]
+        "{rounds} rounds: SIGKILL left the old tree {killed_old} times, the new tree \
+         {killed_new} times; the rest had finished: {results:?}"
+    );
+    assert!(
+        (killed_old + killed_new) * 4 >= rounds * 3,
+        "only {} of {rounds} rounds died of SIGKILL mid-sync: {results:?}",
+        killed_old + killed_new
+    );
+    assert!(
+        killed_old >= 1 && killed_new >= 1,
+        "a kill must leave each of the old and the new tree at least once: {results:?}"
     );
 }
 
@@ -1578,7 +1687,7 @@ fn long_named(names: &[String]) -> Vec<u8> {
 }
 
 /// The entry at which the names kept (each entry's path, each link's target, each
-/// directory made) first pass 64 MiB.
+/// directory made) first pass 48 MiB.
 fn past_the_name_cap(names: &[String]) -> usize {
     let mut dirs = std::collections::BTreeSet::new();
     let mut total = 0;
@@ -1589,7 +1698,7 @@ fn past_the_name_cap(names: &[String]) -> usize {
                 total += at;
             }
         }
-        if total > 64 << 20 {
+        if total > 48 << 20 {
             return i;
         }
     }
@@ -1597,7 +1706,7 @@ fn past_the_name_cap(names: &[String]) -> usize {
 }
 
 /// The issue's archive: thousands of 4,095-byte names. The names bootstage keeps
-/// (entries, link targets, and the directories it makes for them) are capped at 64 MiB,
+/// (entries, link targets, and the directories it makes for them) are capped at 48 MiB,
 /// and what the manifest and seal will take is charged against the file system's room
 /// with the tree: refused (65, naming the entry) instead of unpacked without bound and
 /// failing to write the manifest (73).
@@ -1608,7 +1717,7 @@ async fn names_are_capped_and_the_manifest_charged_against_the_room() {
     let at = past_the_name_cap(&names);
     let sb = Sandbox::new();
     let out = sync_on_tmpfs(&sb, &long_named(&names), "1g").await;
-    let why = "the archive's names take more than 64 MiB (67108864 bytes)";
+    let why = "the archive's names take more than 48 MiB (50331648 bytes)";
     assert_exit(
         &out,
         65,

@@ -127,7 +127,7 @@ const MAX_DEPTH: usize = 128;
 /// The names kept in memory for the whole archive, together, each kept once: every file's,
 /// symlink's and directory's path (a directory made for another entry's name too) and
 /// every symlink's target.
-pub const MAX_NAME_BYTES: u64 = 64 << 20;
+pub const MAX_NAME_BYTES: u64 = 48 << 20;
 /// Steps spent resolving every symlink of the archive, together.
 const MAX_RESOLVE_STEPS: u64 = 50_000_000;
 /// What listing one path in the generation's manifest or in its seal costs on disk beyond
