@@ -607,3 +607,56 @@ async fn a_watch_setting_no_unit_acts_on_is_a_warning_naming_the_drop_in() {
     let doc: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(doc["warnings"], json!([warning]));
 }
+
+/// A root hook that is a symlink through a link someone else controls: the operator's
+/// `per-boot.d/20-tool -> app/tool`, and the app (owning `app/`) re-points `app/tool` at
+/// any root-owned program, which then ran as the hook. Only the hook's final file and its
+/// directories were checked, not the links on the way. Each link followed must now be
+/// root's, in a directory only root can change.
+#[tokio::test]
+async fn a_hook_reached_through_a_link_someone_else_controls_is_refused() {
+    let sb = Sandbox::new();
+    seed_for_hooks(&sb);
+    let ran = sb.path("ran");
+    // A root-owned program the app should never be able to choose.
+    let other = hook(
+        &sb,
+        "lib/other",
+        &format!("echo chosen-by-the-app >> {}", ran.display()),
+    );
+    let app = sb.path("app");
+    std::fs::create_dir(&app).unwrap();
+    std::os::unix::fs::chown(&app, Some(65534), Some(65534)).unwrap();
+    std::fs::create_dir_all(sb.path("hooks/per-boot.d")).unwrap();
+    std::os::unix::fs::symlink(app.join("tool"), sb.path("hooks/per-boot.d/20-tool")).unwrap();
+    // The app's own link, in its own directory.
+    std::os::unix::fs::symlink(&other, app.join("tool")).unwrap();
+    std::os::unix::fs::lchown(app.join("tool"), Some(65534), Some(65534)).unwrap();
+    let out = sb.run(&["hooks"]).await;
+    assert_exit(
+        &out,
+        77,
+        &format!(
+            "{} is a symlink owned by uid 65534",
+            app.join("tool").display()
+        ),
+    );
+    // A link of root's in the app's directory: the app can replace it at any moment.
+    std::fs::remove_file(app.join("tool")).unwrap();
+    std::os::unix::fs::symlink(&other, app.join("tool")).unwrap();
+    let out = sb.run(&["hooks"]).await;
+    assert_exit(
+        &out,
+        77,
+        &format!("{} is owned by uid 65534", app.display()),
+    );
+    assert!(!ran.exists(), "a hook ran");
+    // Root's links in root's directories are followed.
+    std::os::unix::fs::chown(&app, Some(0), Some(0)).unwrap();
+    let out = sb.run(&["hooks"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&ran).unwrap(),
+        "chosen-by-the-app\n"
+    );
+}

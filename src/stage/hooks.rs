@@ -18,7 +18,10 @@
 //! Hooks run as root, so only root may be able to change one, as sshd's StrictModes
 //! requires of a key file: the hook (a symlink resolved) must be owned by root (or the
 //! user running bootstage) and not group- or world-writable, and so must every directory
-//! from `/` down to it, and the directory holding a symlinked hook. One exception, the
+//! from `/` down to it, and the directory holding a symlinked hook. Every symlink
+//! followed on the way (the hook's, and any link it leads through) is resolved one at a
+//! time and must be owned by root (or that user) in such a directory: a link its owner
+//! could re-point would let them choose which root-owned program runs. One exception, the
 //! unsafe-transition rule of systemd's `chase()` (and `sync::fsat`): a sticky directory
 //! others can write (`/tmp`) may be on the way, since the entry below it must be owned by
 //! root (or that user) too, and the sticky bit lets nobody else rename or remove it. The
@@ -381,16 +384,95 @@ fn trusted(path: &Path) -> std::result::Result<PathBuf, HookError> {
         }
         Ok(())
     };
-    let real = std::fs::canonicalize(path).map_err(|e| untrusted(path, e.to_string()))?;
-    // Where the hook is listed (what `list` reads), then the file that runs; each from `/`.
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let listed = std::fs::canonicalize(dir).map_err(|e| untrusted(dir, e.to_string()))?;
-    for end in [&listed, &real] {
+    // Every directory from `/` down to `end`, each a step below the one before.
+    let chain_to = |end: &Path| -> std::result::Result<(), HookError> {
         let mut chain: Vec<&Path> = end.ancestors().collect();
         chain.reverse();
         for at in chain {
-            check(at, at != end.as_path())?;
+            check(at, at != end)?;
         }
+        Ok(())
+    };
+    // Each symlink on the way decides which file runs, so each must be root's, in a
+    // directory only root can change: one the app owns (or a dangling link in /tmp) would
+    // let its owner pick any root-owned program to run as a hook.
+    let followed = |link: &Path, in_dir: &Path| -> std::result::Result<(), HookError> {
+        let meta = std::fs::symlink_metadata(link).map_err(|e| untrusted(link, e.to_string()))?;
+        if meta.uid() != 0 && meta.uid() != me {
+            return Err(untrusted(
+                link,
+                format!("is a symlink owned by uid {}", meta.uid()),
+            ));
+        }
+        chain_to(in_dir)
+    };
+    let absolute = std::path::absolute(path).map_err(|e| untrusted(path, e.to_string()))?;
+    let real = resolve(&absolute, &followed).map_err(|e| match e {
+        Resolve::Refused(e) => e,
+        Resolve::Io(at, e) => untrusted(&at, e.to_string()),
+    })?;
+    // Where the hook is listed (what `list` reads), then the file that runs; each from `/`.
+    let dir = absolute.parent().unwrap_or(Path::new("/"));
+    let listed = resolve(dir, &followed).map_err(|e| match e {
+        Resolve::Refused(e) => e,
+        Resolve::Io(at, e) => untrusted(&at, e.to_string()),
+    })?;
+    for end in [&listed, &real] {
+        chain_to(end)?;
+    }
+    Ok(real)
+}
+
+/// Why [`resolve`] stopped.
+enum Resolve {
+    Refused(HookError),
+    Io(PathBuf, std::io::Error),
+}
+
+/// The absolute `path` with every symlink resolved as the kernel would, one component at
+/// a time, `followed(link, its directory)` approving each link before it is followed.
+fn resolve(
+    path: &Path,
+    followed: &dyn Fn(&Path, &Path) -> std::result::Result<(), HookError>,
+) -> std::result::Result<PathBuf, Resolve> {
+    use std::collections::VecDeque;
+    use std::path::Component;
+    let push_front = |todo: &mut VecDeque<OsString>, p: &Path| {
+        for c in p.components().rev() {
+            match c {
+                Component::Normal(name) => todo.push_front(name.to_os_string()),
+                Component::ParentDir => todo.push_front("..".into()),
+                _ => {}
+            }
+        }
+    };
+    let mut todo = VecDeque::new();
+    push_front(&mut todo, path);
+    // `real` never holds a symlink, so `..` is its parent.
+    let mut real = PathBuf::from("/");
+    let mut links = 0;
+    while let Some(name) = todo.pop_front() {
+        if name == ".." {
+            real.pop();
+            continue;
+        }
+        let next = real.join(&name);
+        let meta = std::fs::symlink_metadata(&next).map_err(|e| Resolve::Io(next.clone(), e))?;
+        if !meta.file_type().is_symlink() {
+            real = next;
+            continue;
+        }
+        links += 1;
+        if links > 40 {
+            let e = std::io::Error::other("too many levels of symlinks");
+            return Err(Resolve::Io(next, e));
+        }
+        followed(&next, &real).map_err(Resolve::Refused)?;
+        let target = std::fs::read_link(&next).map_err(|e| Resolve::Io(next.clone(), e))?;
+        if target.is_absolute() {
+            real = PathBuf::from("/");
+        }
+        push_front(&mut todo, &target);
     }
     Ok(real)
 }
