@@ -328,6 +328,7 @@ fn seed_for_hooks(sb: &Sandbox) {
         "{\"source\":\"flags\",\"instance_id\":\"i-0hooks\"}",
     );
     sb.seed("params.env", "");
+    sb.seed("hooks.env", "");
 }
 
 /// Item 18: hooks ran as root with no ownership or mode check, following symlinks: a
@@ -540,7 +541,8 @@ async fn a_hook_runs_in_a_clean_environment_with_the_parameters() {
         "instance.json",
         "{\"source\":\"flags\",\"instance_id\":\"i-0env\"}",
     );
-    sb.seed("params.env", "DB_HOST=\"db.internal\"\n");
+    sb.seed("params.env", "DB_HOST=\"db.internal\"\nIMPORTED=\"x\"\n");
+    sb.seed("hooks.env", "DB_HOST=\"db.internal\"\n");
     let out_file = sb.path("hook-env");
     hook(
         &sb,
@@ -569,6 +571,7 @@ async fn a_hook_runs_in_a_clean_environment_with_the_parameters() {
             "BOOTSTAGE_HOOK=per-boot.d/10-env".to_string(),
             format!("BOOTSTAGE_STATE_DIR={}", sb.state().display()),
             "DB_HOST=db.internal".into(),
+            "HOME=/root".into(),
             "LANG=C.UTF-8".into(),
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         ]
@@ -594,6 +597,7 @@ async fn a_watch_setting_no_unit_acts_on_is_a_warning_naming_the_drop_in() {
         "{\"source\":\"flags\",\"instance_id\":\"i-0watch\"}",
     );
     sb.seed("params.env", "");
+    sb.seed("hooks.env", "");
     let warning = "bootstage.watch is set, but s3-sync runs without --watch: install the watch drop-in (systemd/examples/bootstage-s3-sync.service.d/watch.conf as /etc/systemd/system/bootstage-s3-sync.service.d/watch.conf) or remove bootstage.watch";
     let out = sb.run(&["s3-sync", "--sync-timeout", "20s"]).await;
     assert_exit(&out, 0, warning);

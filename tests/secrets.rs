@@ -298,7 +298,7 @@ async fn an_import_pages_to_the_end_and_user_data_wins() {
     assert_eq!(std::fs::read_dir(&creds).unwrap().count(), 1);
     assert!(
         out.stderr
-            .contains("user-data sets this key: the imported value is not used key=\"db.host\""),
+            .contains("user-data (or an earlier import) sets this key: the imported value is not used key=\"db.host\""),
         "{}",
         out.stderr
     );
@@ -690,7 +690,9 @@ async fn the_example_iam_policy_is_exactly_enough() {
 /// parameter named `/…/bootstage/notify/command` set the command `notify ready` runs as
 /// root, and `PERL5OPT` in params.env ran code in a root perl hook. An import now never
 /// sets bootstage's own settings (any case or separator) nor a variable that steers an
-/// interpreter, the loader or a tool; each is left out with a warning naming it.
+/// interpreter, the loader or a tool; each is left out with a warning naming it. And no
+/// imported value reaches a root hook: hooks get `hooks.env`, without them, and their
+/// own HOME (an imported HOME made a root python load an app-owned `.pth`).
 #[tokio::test]
 async fn an_import_never_configures_bootstage_nor_steers_a_root_hook() {
     use aws_sdk_ssm::types::ParameterType::{SecureString, String as Plain};
@@ -712,6 +714,9 @@ async fn an_import_never_configures_bootstage_nor_steers_a_root_hook() {
         "/t22/app/https_proxy",
         "/t22/app/ssl/cert/file",
         "/t22/app/PATH",
+        "/t22/app/home",
+        "/t22/app/tar/options",
+        "/t22/app/xdg/config/home",
     ];
     for name in hostile {
         put_param(name, &payload, Plain).await;
@@ -722,7 +727,7 @@ async fn an_import_never_configures_bootstage_nor_steers_a_root_hook() {
     std::fs::create_dir_all(hook.parent().unwrap()).unwrap();
     std::fs::write(
         &hook,
-        "#!/usr/bin/perl\nprint STDERR \"perl hook ran with DB_HOST=$ENV{DB_HOST}\\n\";\n",
+        "#!/usr/bin/perl\nprint STDERR \"perl hook ran with DB_HOST=\", $ENV{DB_HOST} // \"unset\", \" HOME=$ENV{HOME}\\n\";\n",
     )
     .unwrap();
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -761,6 +766,9 @@ async fn an_import_never_configures_bootstage_nor_steers_a_root_hook() {
         ("ssl/cert/file", "SSL_CERT_FILE"),
         ("PATH", "PATH"),
         ("BASH_ENV", "BASH_ENV"),
+        ("home", "HOME"),
+        ("tar/options", "TAR_OPTIONS"),
+        ("xdg/config/home", "XDG_CONFIG_HOME"),
     ] {
         let line = format!("not imported: its variable {var} is reserved for");
         let param = format!("parameter=\"/t22/app/{name}\"");
@@ -774,12 +782,20 @@ async fn an_import_never_configures_bootstage_nor_steers_a_root_hook() {
     }
     assert_nowhere(&sandbox, &out, &[&payload]);
 
-    // The root hook's interpreter never sees the payload.
+    // What an import brought is the app's (params.env), never a root hook's (hooks.env).
+    assert!(
+        sandbox
+            .read("params.env")
+            .unwrap()
+            .contains("DB_HOST=\"db.internal\"")
+    );
+    assert!(!sandbox.read("hooks.env").unwrap().contains("DB_HOST"));
+    // The root hook's interpreter never sees the payload, nor an imported value.
     let out = sandbox.run(&["hooks"]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
         out.stderr
-            .contains("perl hook ran with DB_HOST=db.internal"),
+            .contains("perl hook ran with DB_HOST=unset HOME=/root"),
         "{}",
         out.stderr
     );
@@ -836,5 +852,38 @@ async fn two_sources_of_one_credential_are_refused_naming_both() {
             &out,
             &["imported-key", "operator-secret", "imported-token"],
         );
+    }
+}
+
+/// Whoever writes under an import path could stop every boot: `/…/DB/HOST` beside
+/// user-data's `db.host` merged (the JSON paths differ) and then collided as `DB_HOST`
+/// (65). User-data now wins by the variable's name, and of two imports the first does.
+#[tokio::test]
+async fn an_import_spelled_differently_never_fails_the_boot() {
+    use aws_sdk_ssm::types::ParameterType::String as Plain;
+    put_param("/t22d/a/DB/HOST", "attacker", Plain).await;
+    put_param("/t22d/a/app/Color", "blue", Plain).await;
+    put_param("/t22d/b/APP/COLOR", "red", Plain).await;
+    let sandbox = Sandbox::new();
+    let params = json!({
+        "db.host": "db.internal",
+        "bootstage": {"import": [
+            {"ssm_path": "/t22d/a/", "recursive": true},
+            {"ssm_path": "/t22d/b/", "recursive": true},
+        ]},
+    });
+    let out = metadata(&sandbox, &moto().url, &params, "20s").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let env = shell_readback("dash", &sandbox.state().join("params.env"));
+    assert_eq!(
+        (
+            env.get("DB_HOST").map(String::as_str),
+            env.get("APP_COLOR").map(String::as_str)
+        ),
+        (Some("db.internal"), Some("blue"))
+    );
+    for key in ["DB.HOST", "APP.COLOR"] {
+        let line = format!("the imported value is not used key=\"{key}\"");
+        assert!(out.stderr.contains(&line), "{line} in:\n{}", out.stderr);
     }
 }

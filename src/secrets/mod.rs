@@ -93,6 +93,8 @@ pub struct Resolved {
     pub env: Map<String, Value>,
     /// One file each under `credentials/`: every reference, every imported SecureString.
     pub credentials: Vec<(String, String)>,
+    /// The variables that came from an import: not for the hooks' environment.
+    pub imported: BTreeSet<String>,
 }
 
 /// Calls made, per API, for the log and the benchmark.
@@ -117,7 +119,7 @@ pub async fn resolve(
         return Ok(Resolved {
             json: params.clone(),
             env: params,
-            credentials: Vec::new(),
+            ..Resolved::default()
         });
     }
     let started = Instant::now();
@@ -129,7 +131,7 @@ pub async fn resolve(
     let mut out = Resolved {
         json: params.clone(),
         env: params,
-        credentials: Vec::new(),
+        ..Resolved::default()
     };
     // Who names each credential file, and each variable an `env: false` reference keeps
     // out of params.env: a second source of either is refused, never a silent overwrite.
@@ -159,18 +161,13 @@ pub async fn resolve(
         }
         out.credentials.push((key, value));
     }
-    let mut imported = 0;
+    // The variables user-data sets: an import never takes one, however it spells the key
+    // (`DB/HOST` beside user-data's `db.host`), so it can neither override nor collide.
+    let mut taken = envfile::names(&out.env);
     for item in fetched.imported {
         let key = dotted(&item.keys);
         if let Some(why) = refs::import_refusal(&item.keys) {
             tracing::warn!(parameter = item.name, "not imported: {why}");
-            continue;
-        }
-        if !refs::merge_import(&mut out.json, &item.keys, Value::String(item.value.clone())) {
-            tracing::info!(
-                key,
-                "user-data sets this key: the imported value is not used"
-            );
             continue;
         }
         let source = format!("SSM parameter {:?} (imported)", item.name);
@@ -183,8 +180,28 @@ pub async fn resolve(
                 second: source,
             });
         }
+        // One credential file, two sources: refused whichever wins the variable.
+        if item.secure
+            && let Some(first) = credential_of.get(&format!("the credential file {key:?}"))
+        {
+            return Err(SecretError::Collision {
+                what: format!("the credential file {key:?}"),
+                first: first.clone(),
+                second: source,
+            });
+        }
+        if taken.contains(&name)
+            || !refs::merge_import(&mut out.json, &item.keys, Value::String(item.value.clone()))
+        {
+            tracing::info!(
+                key,
+                "user-data (or an earlier import) sets this key: the imported value is not used"
+            );
+            continue;
+        }
+        taken.insert(name.clone());
         refs::merge_import(&mut out.env, &item.keys, Value::String(item.value.clone()));
-        imported += 1;
+        out.imported.insert(name);
         if item.secure {
             refs::check_credential_name(&item.keys)?;
             claim(
@@ -198,7 +215,7 @@ pub async fn resolve(
     let n = |c: &AtomicU32| c.load(Ordering::Relaxed);
     tracing::info!(
         references = references.len(),
-        imported,
+        imported = out.imported.len(),
         credentials = out.credentials.len(),
         get_parameters = n(&calls.get_parameters),
         get_parameter = n(&calls.get_parameter),

@@ -4,11 +4,13 @@
 //! Executables in `<hooks dir>/per-instance.d/` run once per instance id, then those in
 //! `<hooks dir>/per-boot.d/` on every boot; each directory in byte order of the file names,
 //! one at a time, in a clean environment: a fixed `PATH`, the locale and time zone of
-//! bootstage's own (`LANG`, `LC_ALL`, `TZ`), the parameters (`params.env`, imported
-//! ones included: data for the hook, never code, see `secrets::refs`), `BOOTSTAGE_HOOK`
-//! (e.g. `per-instance.d/10-disk`) and `BOOTSTAGE_STATE_DIR`. Nothing else of the
-//! caller's environment (a shell's `PERL5OPT`, a unit's `Environment=`) reaches a root
-//! hook.
+//! bootstage's own (`LANG`, `LC_ALL`, `TZ`), the parameters from user-data and the facts
+//! (`hooks.env`: `params.env` less what an import brought, which no root hook sees),
+//! `HOME` (the home of the user running bootstage, whatever a parameter says),
+//! `BOOTSTAGE_HOOK` (e.g. `per-instance.d/10-disk`) and `BOOTSTAGE_STATE_DIR`. Nothing
+//! else of the caller's environment (a shell's `PERL5OPT`, a unit's `Environment=`)
+//! reaches a root hook; an imported value is read with `bootstage query` if a hook needs
+//! it, as data.
 //!
 //! Which files run: regular files (symlinks followed) that are executable. Names starting
 //! with `.`, editor backups (`~`) and package-manager leftovers (`.dpkg-old`, `.dpkg-new`,
@@ -159,7 +161,11 @@ async fn run_hooks(state: &StateDir, args: &HookDirs, notifier: Notifier) -> Res
     }
     // One run at a time: a per-instance marker is checked under the lock.
     let _lock = state.lock(deadline).await?;
-    let env = state.load_env()?;
+    let env = state.load_hooks_env()?;
+    let home = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map_or_else(|| PathBuf::from("/"), |u| u.dir);
     let markers = match per_instance.is_empty() {
         true => None,
         false => Some(marker_dir(state, &args.lib_dir)?),
@@ -185,6 +191,7 @@ async fn run_hooks(state: &StateDir, args: &HookDirs, notifier: Notifier) -> Res
                 .env("PATH", HOOK_PATH)
                 .envs(KEPT.iter().filter_map(|k| Some((k, std::env::var_os(k)?))))
                 .envs(env.iter().map(|(k, v)| (k, v)))
+                .env("HOME", &home)
                 .env("BOOTSTAGE_HOOK", &name)
                 .env("BOOTSTAGE_STATE_DIR", state.root())
                 .stdin(std::process::Stdio::null());

@@ -126,6 +126,7 @@ pub async fn ensure(
         state.params_json(),
         state.instance_json(),
         state.params_env(),
+        state.hooks_env(),
     ]
     .iter()
     .all(|p| state.exists(p));
@@ -197,10 +198,14 @@ async fn fetch(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<
     let params_json = pretty(&Value::Object(resolved.json));
     let instance_json = pretty(&serde_json::to_value(&facts).expect("facts serialize"));
     let params_env = env.render();
-    let (pj, ij, pe) = (
+    // Root's hooks never get what an import brought (a value is data for the app; in a
+    // root hook's environment a name like HOME or TAR_OPTIONS would steer it).
+    let hooks_env = env.render_without(&resolved.imported);
+    let (pj, ij, pe, he) = (
         state.params_json(),
         state.instance_json(),
         state.params_env(),
+        state.hooks_env(),
     );
     let credentials_dir = state.credentials_dir();
     if !resolved.credentials.is_empty() {
@@ -225,6 +230,7 @@ async fn fetch(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<
         (pj.as_path(), params_json.as_bytes()),
         (ij.as_path(), instance_json.as_bytes()),
         (pe.as_path(), params_env.as_bytes()),
+        (he.as_path(), hooks_env.as_bytes()),
     ]);
     atomic::write_files(&files).map_err(|(path, source)| Error::Write { path, source })?;
     let names: Vec<&str> = resolved
@@ -242,7 +248,7 @@ async fn fetch(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<
         facts = facts.source,
         dir = %state.root().display(),
         elapsed_ms = deadline.elapsed().as_millis() as u64,
-        "wrote params.json, instance.json, params.env"
+        "wrote params.json, instance.json, params.env, hooks.env"
     );
     Ok(format!("parameters ready: {} variables", env.len()))
 }

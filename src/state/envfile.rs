@@ -116,8 +116,52 @@ const RESERVED: &[(&str, &[&str], &[&str])] = &[
 /// root runs (`bootstage.notify.command`). Each list with why; names are upper case.
 const STEERING: &[(&str, &[&str], &[&str])] = &[
     (
+        "where a program finds its user's configuration (which it may run)",
+        &[
+            "HOME",
+            "SHELL",
+            "CURL_HOME",
+            "WGETRC",
+            "GNUPGHOME",
+            "INPUTRC",
+            "TERMINFO",
+            "PHPRC",
+            "PHP_INI_SCAN_DIR",
+            "KUBECONFIG",
+            "BOTO_CONFIG",
+            "DOCKER_CONFIG",
+            "DOCKER_HOST",
+            "EDITOR",
+            "VISUAL",
+            "PAGER",
+            "LESSOPEN",
+            "LESSCLOSE",
+            "TAR_OPTIONS",
+            "MAKEFLAGS",
+            "SSH_ASKPASS",
+            "SSH_AUTH_SOCK",
+            "SUDO_ASKPASS",
+            "GIT_ASKPASS",
+            "SSLKEYLOGFILE",
+        ],
+        &[
+            "XDG_",
+            "SYSTEMD_",
+            "NPM_CONFIG_",
+            "PIP_",
+            "GEM_",
+            "BUNDLE_",
+            "OPENSSL_",
+        ],
+    ),
+    (
         "code an interpreter loads or runs at start",
         &[
+            "JAVA_OPTS",
+            "JAVA_HOME",
+            "LUA_INIT",
+            "NODE_TLS_REJECT_UNAUTHORIZED",
+            "NODE_REPL_EXTERNAL_MODULE",
             "PERL5OPT",
             "PERL5LIB",
             "PERLLIB",
@@ -138,7 +182,7 @@ const STEERING: &[(&str, &[&str], &[&str])] = &[
             "LUA_CPATH",
             "GCONV_PATH",
         ],
-        &["PYTHON", "LD_", "GIT_"],
+        &["PYTHON", "PERL", "RUBY", "LD_", "GIT_"],
     ),
     (
         "where a program's network traffic goes or whom it trusts",
@@ -332,8 +376,13 @@ impl Env {
 
     /// The file's text.
     pub fn render(&self) -> String {
+        self.render_without(&std::collections::BTreeSet::new())
+    }
+
+    /// The file's text without the variables in `left_out` (`hooks.env`: no imported ones).
+    pub fn render_without(&self, left_out: &std::collections::BTreeSet<String>) -> String {
         let mut out = String::new();
-        for (name, value) in self.iter() {
+        for (name, value) in self.iter().filter(|(name, _)| !left_out.contains(*name)) {
             out.push_str(name);
             out.push_str("=\"");
             for c in value.chars() {
@@ -428,6 +477,35 @@ pub fn parse(text: &str, path: &str) -> Result<Vec<(String, String)>, ParseError
         vars.push((name, value));
     }
     Ok(vars)
+}
+
+/// The names `params` would be exported as (no value checked), for precedence: what
+/// user-data sets, an import does not.
+pub fn names(params: &Map<String, Value>) -> std::collections::BTreeSet<String> {
+    fn walk<'a>(
+        path: &mut Vec<&'a str>,
+        value: &'a Value,
+        out: &mut std::collections::BTreeSet<String>,
+    ) {
+        match value {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    path.push(key);
+                    walk(path, value, out);
+                    path.pop();
+                }
+            }
+            _ => {
+                out.insert(env_name(path));
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    for (key, value) in params.iter().filter(|(k, _)| *k != SETTINGS_KEY) {
+        let mut path = vec![key.as_str()];
+        walk(&mut path, value, &mut out);
+    }
+    out
 }
 
 /// The variable name for a parameter path.

@@ -92,6 +92,11 @@ impl StateDir {
         self.root.join("params.env")
     }
 
+    /// `params.env` less the variables that came from an import: the hooks' environment.
+    pub fn hooks_env(&self) -> PathBuf {
+        self.root.join("hooks.env")
+    }
+
     /// One file per resolved secret, for `LoadCredential=` (0700, files 0600).
     pub fn credentials_dir(&self) -> PathBuf {
         self.root.join("credentials")
@@ -168,7 +173,15 @@ impl StateDir {
 
     /// `params.env` read back with the file's own semantics, for the processes we start.
     pub fn load_env(&self) -> Result<Vec<(String, String)>> {
-        let path = self.params_env();
+        self.load_env_file(self.params_env())
+    }
+
+    /// The hooks' variables (`hooks.env`).
+    pub fn load_hooks_env(&self) -> Result<Vec<(String, String)>> {
+        self.load_env_file(self.hooks_env())
+    }
+
+    fn load_env_file(&self, path: PathBuf) -> Result<Vec<(String, String)>> {
         let text = fs::read_to_string(&path).map_err(|source| StateError::Read {
             path: path.clone(),
             source,

@@ -106,6 +106,7 @@ impl Sandbox {
             "{\"source\":\"flags\",\"instance_id\":\"i-1\"}",
         );
         self.seed("params.env", "");
+        self.seed("hooks.env", "");
     }
 
     /// The bootstage command with a scrubbed environment and this sandbox's state dir.
