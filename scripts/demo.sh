@@ -7,7 +7,7 @@
 # bootstage launch then execs an "app" with the parameters in its environment.
 #
 #   scripts/demo.sh                builds bootstage and the emulator (release), then runs
-#   scripts/demo.sh --debug-build  runs the debug build as it is (tests/demo.rs does)
+#   scripts/demo.sh --debug-build  runs the debug build as it is (tests/it/demo.rs does)
 # Both find the build under $CARGO_TARGET_DIR if it is set, else under target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -13,7 +13,7 @@ command -v mmdebstrap >/dev/null 2>&1 || need_apt+=(mmdebstrap)
 command -v systemd-nspawn >/dev/null 2>&1 || need_apt+=(systemd-container)
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v tar >/dev/null 2>&1 || need_apt+=(tar)
-# The packages (scripts/build-packages.sh, tests/packages.rs): rpm to inspect and install
+# The packages (scripts/build-packages.sh, tests/it/packages.rs): rpm to inspect and install
 # an RPM here, the aarch64 cross compiler (linker, and C for aws-lc-sys) and qemu-user to
 # run what it builds, file to tell the two apart.
 command -v rpm >/dev/null 2>&1 || need_apt+=(rpm)

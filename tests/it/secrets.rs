@@ -2,7 +2,7 @@
 //! metadata stage against moto on 127.0.0.1, through the fault proxy (which counts calls
 //! per API by their `X-Amz-Target` and can throttle them).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

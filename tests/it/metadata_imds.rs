@@ -6,7 +6,7 @@
 //! gaps between requests it saw) or given [`HEADROOM`], and each one says which wrong
 //! behaviour would take longer.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -239,7 +239,7 @@ async fn v1_only_endpoints_fall_back_unless_v2_is_required() {
     }
 }
 
-/// Item 12 of issue 10: one token request that never answers no longer fails the boot.
+/// one token request that never answers no longer fails the boot.
 #[tokio::test(flavor = "multi_thread")]
 async fn one_hung_token_request_is_retried() {
     let emu = Emulator::start(with_user_data(Config {
@@ -310,7 +310,7 @@ async fn token_requests_that_keep_hanging_are_the_hop_limit() {
     assert_eq!(sb.read("params.json"), None);
 }
 
-/// Item 13: a Retry-After of u64::MAX seconds panicked (Instant overflow); every wait is
+/// a Retry-After of u64::MAX seconds panicked (Instant overflow); every wait is
 /// clamped to the deadline.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_huge_retry_after_is_clamped_to_the_deadline() {

@@ -4,7 +4,7 @@
 //! (from file://) are held to the trees Python's tarfile lists and GNU tar extracts, or
 //! must be refused; names are capped and the manifest charged on a small tmpfs.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;

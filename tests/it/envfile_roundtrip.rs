@@ -2,7 +2,7 @@
 //! byte, for thousands of adversarial values. The systemd half of the round trip is in
 //! the boot test, with the same generator.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

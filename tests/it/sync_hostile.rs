@@ -1,8 +1,8 @@
-//! s3-sync as root in directories an app user can write (issue 10, items 1–7): the real
+//! s3-sync as root in directories an app user can write: the real
 //! binary, a scratch tree, the smallest input that showed each defect. Each test failed
 //! before its fix.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -129,7 +129,7 @@ async fn a_destination_behind_a_symlink_someone_else_controls_is_refused() {
     }
 }
 
-/// Item 1: `.config.bootstage -> /some/dir` made root delete every file in /some/dir and
+/// `.config.bootstage -> /some/dir` made root delete every file in /some/dir and
 /// build its generations there.
 #[tokio::test]
 async fn a_symlinked_home_is_refused_and_its_target_untouched() {
@@ -157,7 +157,7 @@ async fn a_symlinked_home_is_refused_and_its_target_untouched() {
     assert!(std::fs::symlink_metadata(sb.path("srv/x/config")).is_err());
 }
 
-/// Item 1: a home the app made (its owner, or writable by others, or without our lock)
+/// a home the app made (its owner, or writable by others, or without our lock)
 /// is refused, and nothing in it is deleted.
 #[tokio::test]
 async fn a_home_bootstage_cannot_trust_is_refused_untouched() {
@@ -194,7 +194,7 @@ async fn a_home_bootstage_cannot_trust_is_refused_untouched() {
     }
 }
 
-/// Item 2: with `owner`, the app owns the current generation and can put a symlink where
+/// with `owner`, the app owns the current generation and can put a symlink where
 /// a file was; the next sync carried it forward and chmodded its target as root.
 #[tokio::test]
 async fn root_never_chmods_or_chowns_through_a_planted_symlink() {
@@ -241,7 +241,7 @@ async fn root_never_chmods_or_chowns_through_a_planted_symlink() {
     }
 }
 
-/// Item 3: carry-forward compared sizes only, so the app's same-size edit (mtime put
+/// carry-forward compared sizes only, so the app's same-size edit (mtime put
 /// back) survived every later sync.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_same_size_edit_is_fetched_again() {
@@ -295,7 +295,7 @@ async fn a_same_size_edit_is_fetched_again() {
     assert_eq!(moto().counts("edited", mark).get, 0);
 }
 
-/// Item 4: nested destinations are refused before anything is written.
+/// nested destinations are refused before anything is written.
 #[tokio::test]
 async fn nested_destinations_are_refused_before_anything_is_written() {
     let sb = Sandbox::new();
@@ -319,7 +319,7 @@ async fn nested_destinations_are_refused_before_anything_is_written() {
     assert!(!sb.path("srv").exists());
 }
 
-/// Item 5: missing parents are root's and 0755, not `dir_mode` (which could lock the app
+/// missing parents are root's and 0755, not `dir_mode` (which could lock the app
 /// out of its own directory), whatever the umask.
 #[tokio::test]
 async fn missing_parents_are_created_root_0755_whatever_the_umask() {
@@ -342,7 +342,7 @@ async fn missing_parents_are_created_root_0755_whatever_the_umask() {
     assert_eq!(mode(&dest.join(".")), 0o700, "the tree itself has dir_mode");
 }
 
-/// Item 6: the new tree is in place once swapped; failing to remove the old one is a
+/// the new tree is in place once swapped; failing to remove the old one is a
 /// warning, not a failed boot.
 #[tokio::test]
 async fn an_old_generation_that_cannot_be_removed_is_only_a_warning() {
@@ -377,7 +377,7 @@ async fn an_old_generation_that_cannot_be_removed_is_only_a_warning() {
     assert!(!old.exists());
 }
 
-/// Item 7: a `file://` source's symlinks (to a file or a directory outside it) are not
+/// a `file://` source's symlinks (to a file or a directory outside it) are not
 /// followed; root copies nothing it was pointed at.
 #[tokio::test]
 async fn file_sources_never_follow_symlinks() {
@@ -402,7 +402,7 @@ async fn file_sources_never_follow_symlinks() {
     );
 }
 
-/// Item 7: an S3 body longer than listed is never written past the listed size; it fails
+/// an S3 body longer than listed is never written past the listed size; it fails
 /// verification and nothing is swapped in.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_s3_body_longer_than_listed_is_refused() {

@@ -1,8 +1,8 @@
-//! The operator surface, hardened (issue 10, items 14–17): durations as systemd reads
+//! The operator surface, hardened: durations as systemd reads
 //! them, notices that are heard of and never leak a header value. The real binary; a
 //! webhook and the IMDS emulator on 127.0.0.1. Each test failed before its fix.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ fn notify_config(sb: &Sandbox, config: Value) {
     std::fs::write(sb.path("notify.json"), config.to_string()).unwrap();
 }
 
-/// Item 14: `BOOTSTAGE_TIMEOUT=120` in /etc/bootstage/bootstage.env was a dead boot
+/// `BOOTSTAGE_TIMEOUT=120` in /etc/bootstage/bootstage.env was a dead boot
 /// ("time unit needed"). A bare number is seconds; a bad value names its variable.
 #[tokio::test(flavor = "multi_thread")]
 async fn durations_without_a_unit_are_seconds() {
@@ -60,7 +60,7 @@ async fn durations_without_a_unit_are_seconds() {
     );
 }
 
-/// Item 15: a stage that failed before its first status record (a bad setting, a missing
+/// a stage that failed before its first status record (a bad setting, a missing
 /// binary) sent no notice. Now only an earlier failed stage silences it.
 #[tokio::test]
 async fn a_stage_that_failed_before_its_first_record_is_heard_of() {
@@ -80,7 +80,7 @@ async fn a_stage_that_failed_before_its_first_record_is_heard_of() {
     );
 }
 
-/// Item 16: the webhook and the command shared one deadline, so a webhook that never
+/// the webhook and the command shared one deadline, so a webhook that never
 /// answers left the command no time. They run at once now, each with the whole budget.
 #[tokio::test]
 async fn a_dead_webhook_leaves_the_command_its_time() {
@@ -109,7 +109,7 @@ async fn a_dead_webhook_leaves_the_command_its_time() {
     drop(silent);
 }
 
-/// Item 17: a mistyped `notify.headers` put the header value (a bearer token) into the
+/// a mistyped `notify.headers` put the header value (a bearer token) into the
 /// error, the journal, the status record and the notice. Errors name the key only.
 #[tokio::test]
 async fn a_bad_header_setting_never_shows_its_value() {
@@ -175,9 +175,9 @@ async fn metadata_with(sb: &Sandbox, user_data: &[u8]) -> common::Outcome {
         .await
 }
 
-/// Item 8: a Unicode noncharacter made systemd reject the whole EnvironmentFile (every
+/// a Unicode noncharacter made systemd reject the whole EnvironmentFile (every
 /// `EnvironmentFile=` app failed to start) while dash, bash and launch read it fine.
-/// Item 11: a tag value with a NUL failed the whole stage. Parameters are refused by key;
+/// a tag value with a NUL failed the whole stage. Parameters are refused by key;
 /// such tags are left out of params.env with a warning.
 #[tokio::test(flavor = "multi_thread")]
 async fn values_systemd_cannot_take_are_refused_or_left_out() {
@@ -220,7 +220,7 @@ async fn values_systemd_cannot_take_are_refused_or_left_out() {
     assert_eq!(instance["tags"]["Weird"], "a\u{FFFF}");
 }
 
-/// Item 9: names the shells or systemd treat specially are reserved, with the reason.
+/// names the shells or systemd treat specially are reserved, with the reason.
 /// The first check shows why: bash --posix (/bin/sh on Amazon Linux) aborts on UID.
 #[tokio::test]
 async fn names_shells_and_systemd_treat_specially_are_reserved() {
@@ -265,7 +265,7 @@ async fn names_shells_and_systemd_treat_specially_are_reserved() {
     }
 }
 
-/// Item 10: each variable repeats its ancestors' names, so 14 KB of JSON rendered 7 MB
+/// each variable repeats its ancestors' names, so 14 KB of JSON rendered 7 MB
 /// (every later exec failed with E2BIG) and a small gzip hundreds of MB. Names and the
 /// file are capped, and refused before the memory is spent.
 #[tokio::test]
@@ -331,7 +331,7 @@ fn seed_for_hooks(sb: &Sandbox) {
     sb.seed("hooks.env", "");
 }
 
-/// Item 18: hooks ran as root with no ownership or mode check, following symlinks: a
+/// hooks ran as root with no ownership or mode check, following symlinks: a
 /// hook or directory another user can write handed that user root. Such hooks are
 /// refused (77) before any hook runs, naming the path and why.
 #[tokio::test]
@@ -349,7 +349,7 @@ async fn a_hook_anyone_but_root_can_change_is_refused_before_any_runs() {
             let dir = sb.path("hooks/per-boot.d");
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap()
         }),
-        // Item 7's guards: a directory on the way that others can write and that is not
+        // The guards: a directory on the way that others can write and that is not
         // sticky (anyone could rename what is below it), and a sticky hook directory
         // (anyone could add a hook to it).
         ("/hooks is writable by others (mode 777)", |sb, _| {
@@ -410,7 +410,7 @@ fn set_mode(path: &std::path::Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// Item 7: a clone under /tmp failed the hook check, and the demo exited 77: a sticky
+/// a clone under /tmp failed the hook check, and the demo exited 77: a sticky
 /// directory others can write was refused, although the entry below it is root's and the
 /// sticky bit lets nobody else rename or remove it (systemd's `chase()` rule). Such a
 /// directory is accepted on the way: above the hooks directory, and above the file of a
@@ -445,7 +445,7 @@ async fn a_sticky_directory_on_the_way_is_trusted_when_the_entry_below_it_is_roo
     assert_eq!(std::fs::read_to_string(&ran).unwrap(), "listed\nreal\n");
 }
 
-/// Item 7, the other half: below a sticky directory, an entry someone else owns is
+/// The other half: below a sticky directory, an entry someone else owns is
 /// refused (77, naming it): its owner can rename it and put anything in its place.
 #[tokio::test]
 async fn under_a_sticky_directory_an_entry_someone_else_owns_is_refused() {
@@ -503,7 +503,7 @@ async fn under_a_sticky_directory_an_entry_someone_else_owns_is_refused() {
     assert!(!ran.exists(), "no hook ran");
 }
 
-/// Item 19: the hooks stage took no lock, so `bootstage hooks` by hand beside the unit
+/// the hooks stage took no lock, so `bootstage hooks` by hand beside the unit
 /// could run a one-time hook twice. Runs hold the state lock and check markers under it.
 #[tokio::test]
 async fn two_hook_runs_at_once_run_a_one_time_hook_once() {

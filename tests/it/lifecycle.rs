@@ -2,7 +2,7 @@
 //! SDK clients against the lifecycle emulator (AWS Query protocol on loopback), after a
 //! real metadata stage against the IMDS emulator.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

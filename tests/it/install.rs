@@ -1,6 +1,6 @@
 //! scripts/install.sh into a DESTDIR: what it installs, idempotence, and uninstall.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;
@@ -46,7 +46,7 @@ fn install_with_umask(dest: &Path, args: &[&str], umask: &str) {
     assert!(status.success());
 }
 
-/// Item 18 of issue 10: whatever the caller's umask, everything is root's with exact
+/// whatever the caller's umask, everything is root's with exact
 /// modes; a umask of 000 made the hook directories world-writable (root runs hooks).
 #[test]
 fn modes_and_owners_do_not_depend_on_the_umask() {

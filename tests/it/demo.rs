@@ -1,5 +1,5 @@
 //! `scripts/demo.sh` as someone trying the project runs it: from a clone under /tmp, the
-//! most common place for one. Item 7: there its hooks sat below sticky /tmp, the hook
+//! most common place for one. There its hooks sat below sticky /tmp, the hook
 //! check refused them, and the demo exited 77.
 //!
 //! The clone is a copy of what the demo reads (`scripts/`, `examples/`) in a fresh
@@ -9,7 +9,7 @@
 //! imds-emulator binary, so the test builds it first, into that same target dir (a few
 //! crates the first time, nothing after).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

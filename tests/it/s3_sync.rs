@@ -1,6 +1,6 @@
 //! The s3-sync stage against a real moto server on 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -665,7 +665,7 @@ async fn sync_throttled(
     (sb, out, sent, moto().counts(name, mark))
 }
 
-/// Item 6 of issue 13: a download S3 throttles more often than the old budget (the SDK's 3
+/// a download S3 throttles more often than the old budget (the SDK's 3
 /// attempts, 4 times: 12) waits its turn within the deadline. It used to fail the pass,
 /// which started over and listed (and, for a fleet, fetched everything) again.
 #[tokio::test(flavor = "multi_thread")]

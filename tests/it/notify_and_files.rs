@@ -1,6 +1,6 @@
 //! sd_notify over a real unix datagram socket, file permissions, and what logs may say.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;

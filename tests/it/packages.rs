@@ -1,9 +1,9 @@
-//! The packages an image build installs (issue 15): the RPM carries exactly the .deb's
+//! The packages an image build installs: the RPM carries exactly the .deb's
 //! files with the same modes, the RPM world's scriptlets and preset, and installs into an
 //! empty root; the aarch64 binary, cross-built, runs the metadata stage under qemu-user
 //! and writes files identical to the x86_64 binary's.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The user-data decoding matrix, through the library and through the binary
 //! (`--user-data-file`), with exact error messages that never echo content.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 

@@ -2,7 +2,7 @@
 //! `hooks` stage, and `notify` against a webhook receiver on loopback. Off-cloud: the
 //! parameters come from a user-data file, the instance id from `--fact`.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! loopback (nspawn shares the host's network). Asserts from systemd's own timestamps and
 //! the journal. The rootfs is built once with mmdebstrap and cached outside the repo.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -631,7 +631,7 @@ async fn boots_under_systemd() {
         "\n",
         "printf with no argument"
     );
-    // The stages and the notice units run hardened (issue 10, item 21).
+    // The stages and the notice units run hardened.
     for unit in [
         "bootstage-metadata.service",
         "bootstage-s3-sync.service",
@@ -707,7 +707,7 @@ async fn boots_under_systemd() {
         common::states(&notices[0].body["timings"]),
         ["done", "done", "done"]
     );
-    // The orchestrator (issue 12): heartbeats while the boot ran, then exactly one CONTINUE
+    // The orchestrator: heartbeats while the boot ran, then exactly one CONTINUE
     // and one SUCCESS, after systemd reached bootstage.target.
     let target = first.monotonic("bootstage.target", "ActiveEnterTimestampMonotonic");
     let calls = calls_of(&orch, first_id);
@@ -1007,7 +1007,7 @@ async fn boots_under_systemd() {
     .unwrap();
     let machine = Machine::new(&bootstage_env(&emu.url()), &hook.url);
     let dropins = "etc/systemd/system/bootstage-s3-sync.service.d";
-    let shipped = include_str!("../systemd/examples/bootstage-s3-sync.service.d/watch.conf");
+    let shipped = include_str!("../../systemd/examples/bootstage-s3-sync.service.d/watch.conf");
     machine.write(&format!("{dropins}/watch.conf"), shipped);
     machine.write(&format!("{dropins}/zz-test.conf"), WATCH_FAST);
     machine.write("etc/systemd/system/test-app-watched.service", APP_WATCHED);

@@ -1,7 +1,7 @@
 //! `bootstage launch`: the app gets params.env's values exactly, replaces bootstage, and a
 //! hand run first runs whatever stage is missing.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::Write;

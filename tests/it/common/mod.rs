@@ -1,5 +1,4 @@
 //! Shared test harness: run the real `bootstage` binary in a sandbox, pointed at loopback.
-#![allow(dead_code)]
 
 pub mod adversarial;
 pub mod faults;

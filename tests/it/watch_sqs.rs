@@ -2,7 +2,7 @@
 //! S3's own event notifications to it. Every watcher polls only every 10 minutes unless a
 //! test says otherwise, so what a test sees within its run came through the queue.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::os::unix::net::UnixDatagram;
