@@ -15,7 +15,15 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     &["cli"],
     &["stage"],
-    &["imds", "sync", "secrets", "settings", "orchestrator", "events", "aws"],
+    &[
+        "imds",
+        "sync",
+        "secrets",
+        "settings",
+        "orchestrator",
+        "events",
+        "aws",
+    ],
     &["state"],
     &["base"],
 ];

@@ -821,7 +821,11 @@ fn walk(root: &Path) -> Result<Vec<Object>, SourceError> {
 /// For a missing directory: which part of its path is missing.
 fn nearest_directory(missing: &Path) -> String {
     let mut path = missing.components().as_path();
-    let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let name = path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     let parent = path.parent().unwrap_or(Path::new("/"));
     if parent.is_dir() {
         return format!("{} has no {name}", parent.display());
@@ -873,7 +877,10 @@ mod tests {
             ("file:///srv/app.tgz//", "file:///srv/app.tgz"),
         ] {
             let e = Location::parse(shape).unwrap_err().to_string();
-            assert!(e.ends_with(&format!("is an archive's name: write {write}")), "{e}");
+            assert!(
+                e.ends_with(&format!("is an archive's name: write {write}")),
+                "{e}"
+            );
         }
         assert_eq!(
             plain_md5("\"9E107D9D372BB6826BD81D3542A419D6\"").as_deref(),
