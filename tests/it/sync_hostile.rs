@@ -332,6 +332,7 @@ async fn missing_parents_are_created_root_0755_whatever_the_umask() {
     sb.seed("params.json", &params.to_string());
     sb.seed("instance.json", "{}");
     sb.seed("params.env", "");
+    sb.seed("hooks.env", "");
     let cmd = sb.command_under(&["sh", "-c", "umask 077; exec \"$@\"", "sh"], &["s3-sync"]);
     let out = common::run(cmd).await;
     assert_eq!(out.code, 0, "{}", out.stderr);

@@ -483,6 +483,7 @@ async fn the_parameters_name_the_queue_per_instance() {
         r#"{"source":"flags","instance_id":"i-0abc123"}"#,
     );
     sb.seed("params.env", "");
+    sb.seed("hooks.env", "");
     let w = Watcher::start_with(&sb, &["s3-sync", "--watch", "1s"], &[]).await;
     bucket.put("w/app.conf", "v2").await;
     w.next("READY=1");
