@@ -15,6 +15,8 @@
 //! - `base/` (exit codes, the retry policy and deadlines, child processes, sd_notify,
 //!   logging, the kill switch).
 
+#![forbid(unsafe_code)]
+
 pub mod aws;
 pub mod base;
 pub mod cli;

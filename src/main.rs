@@ -1,6 +1,8 @@
 //! The `bootstage` binary: parse the command line, set up logging, run one stage, and
 //! turn its outcome into an exit code (see `error.rs`).
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use bootstage::base::exit::{self, ExitStatus};
