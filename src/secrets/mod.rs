@@ -163,24 +163,23 @@ pub async fn resolve(
     }
     // The variables user-data sets: an import never takes one, however it spells the key
     // (`DB/HOST` beside user-data's `db.host`), so it can neither override nor collide.
+    // Whoever writes under an import path must not be able to fail the boot either: a
+    // parameter that cannot be exported is left out, with a warning naming it.
     let mut taken = envfile::names(&out.env);
+    let mut room = envfile::MAX_FILE
+        .saturating_sub(envfile::Env::from_params(&out.env).map_or(0, |e| e.size()));
     for item in fetched.imported {
         let key = dotted(&item.keys);
+        let skip = |why: &str| tracing::warn!(parameter = item.name, "not imported: {why}");
         if let Some(why) = refs::import_refusal(&item.keys) {
-            tracing::warn!(parameter = item.name, "not imported: {why}");
+            skip(&why);
             continue;
         }
         let source = format!("SSM parameter {:?} (imported)", item.name);
         let segments: Vec<&str> = item.keys.iter().map(String::as_str).collect();
         let name = envfile::env_name(&segments);
-        if let Some(first) = hidden.get(&name) {
-            return Err(SecretError::Collision {
-                what: format!("the variable {name}, which \"env\": false keeps out of params.env"),
-                first: first.clone(),
-                second: source,
-            });
-        }
-        // One credential file, two sources: refused whichever wins the variable.
+        // One credential file, two sources: refused (65), as a silent overwrite would be
+        // worse than a failed boot.
         if item.secure
             && let Some(first) = credential_of.get(&format!("the credential file {key:?}"))
         {
@@ -189,6 +188,25 @@ pub async fn resolve(
                 first: first.clone(),
                 second: source,
             });
+        }
+        if hidden.contains_key(&name) {
+            skip(&format!(
+                "its variable {name} is one an \"env\": false reference keeps out of params.env"
+            ));
+            continue;
+        }
+        let line = envfile::line_len(&name, &item.value);
+        let unusable = envfile::unexportable(&name, &item.value)
+            .or_else(|| {
+                (item.secure && refs::check_credential_name(&item.keys).is_err())
+                    .then(|| "its name cannot name a credential file".to_string())
+            })
+            .or_else(|| {
+                (line > room).then(|| format!("params.env would pass {} bytes", envfile::MAX_FILE))
+            });
+        if let Some(why) = unusable {
+            skip(&why);
+            continue;
         }
         if taken.contains(&name)
             || !refs::merge_import(&mut out.json, &item.keys, Value::String(item.value.clone()))
@@ -199,11 +217,11 @@ pub async fn resolve(
             );
             continue;
         }
+        room -= line;
         taken.insert(name.clone());
         refs::merge_import(&mut out.env, &item.keys, Value::String(item.value.clone()));
         out.imported.insert(name);
         if item.secure {
-            refs::check_credential_name(&item.keys)?;
             claim(
                 &mut credential_of,
                 format!("the credential file {key:?}"),

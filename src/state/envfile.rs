@@ -337,12 +337,7 @@ impl Env {
         if value.chars().any(is_noncharacter) {
             return Err(ExportError::Noncharacter(path));
         }
-        // NAME="value"\n, with one backslash per escaped character.
-        let escaped = value
-            .bytes()
-            .filter(|b| matches!(b, b'\\' | b'"' | b'$' | b'`'))
-            .count();
-        self.size += name.len() + value.len() + escaped + 4;
+        self.size += line_len(&name, &value);
         if self.size > MAX_FILE {
             return Err(ExportError::FileTooLarge(path));
         }
@@ -363,6 +358,11 @@ impl Env {
 
     pub fn len(&self) -> usize {
         self.vars.len()
+    }
+
+    /// The rendered file's size so far.
+    pub fn size(&self) -> usize {
+        self.size
     }
 
     pub fn is_empty(&self) -> bool {
@@ -506,6 +506,39 @@ pub fn names(params: &Map<String, Value>) -> std::collections::BTreeSet<String> 
         walk(&mut path, value, &mut out);
     }
     out
+}
+
+/// The bytes `NAME="value"\n` takes in the file, one backslash per escaped character.
+pub fn line_len(name: &str, value: &str) -> usize {
+    let escaped = value
+        .bytes()
+        .filter(|b| matches!(b, b'\\' | b'"' | b'$' | b'`'))
+        .count();
+    name.len() + value.len() + escaped + 4
+}
+
+/// Why `value` cannot be exported as `name` on its own, if it cannot: what `Env` would
+/// refuse for the whole file, asked of one imported parameter so that it alone is left out.
+pub fn unexportable(name: &str, value: &str) -> Option<String> {
+    if name.len() > MAX_NAME {
+        return Some(format!(
+            "its variable name would be {} bytes, over {MAX_NAME}",
+            name.len()
+        ));
+    }
+    if value.contains('\0') {
+        return Some("its value holds a NUL character".into());
+    }
+    if value.chars().any(is_noncharacter) {
+        return Some("its value holds a Unicode noncharacter, which systemd refuses".into());
+    }
+    let len = name.len() + 1 + value.len();
+    if len > MAX_ENTRY {
+        return Some(format!(
+            "it would be {len} bytes as NAME=value, over Linux's {MAX_ENTRY}"
+        ));
+    }
+    None
 }
 
 /// The variable name for a parameter path.

@@ -824,7 +824,7 @@ async fn two_sources_of_one_credential_are_refused_naming_both() {
                 "tls": {"key": {"ssm": "/t22c/operator-key", "env": false}},
                 "bootstage": {"import": [{"ssm_path": "/t22c/"}]},
             }),
-            "parameter \"tls.key\" (SSM parameter \"/t22c/operator-key\") and SSM parameter \"/t22c/tls.key\" (imported) both name the variable TLS_KEY, which \"env\": false keeps out of params.env",
+            "parameter \"tls.key\" (SSM parameter \"/t22c/operator-key\") and SSM parameter \"/t22c/tls.key\" (imported) both name the credential file \"tls.key\"",
         ),
         (
             json!({
@@ -886,4 +886,64 @@ async fn an_import_spelled_differently_never_fails_the_boot() {
         let line = format!("the imported value is not used key=\"{key}\"");
         assert!(out.stderr.contains(&line), "{line} in:\n{}", out.stderr);
     }
+}
+
+/// Whoever writes under an import path could still fail every boot (65) with a parameter
+/// that cannot be exported: a plain one spelled like an `"env": false` reference's
+/// variable, a name over 255 bytes, a NUL in a value, a SecureString under a key that
+/// cannot name a credential file. Each is now left out with a warning naming it, and the
+/// boot goes on; what user-data asked for stays as it asked.
+#[tokio::test]
+async fn an_import_that_cannot_be_exported_is_left_out_not_fatal() {
+    use aws_sdk_ssm::types::ParameterType::{SecureString, String as Plain};
+    put_param("/t22e/ref", "the-operators-secret", SecureString).await;
+    put_param("/t22e/a/DB/PASSWORD", "imported-plain", Plain).await;
+    let long = format!("/t22e/a/{}/{}", "a".repeat(120), "b".repeat(140));
+    put_param(&long, "x", Plain).await;
+    put_param("/t22e/a/nul", "a\u{0}b", Plain).await;
+    put_param("/t22e/a/.env", "hidden", SecureString).await;
+    put_param("/t22e/a/app/color", "blue", Plain).await;
+    let sandbox = Sandbox::new();
+    let params = json!({
+        "db": {"password": {"ssm": "/t22e/ref", "env": false}},
+        "bootstage": {"import": [{"ssm_path": "/t22e/a/", "recursive": true}]},
+    });
+    let out = metadata(&sandbox, &moto().url, &params, "20s").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let env = shell_readback("dash", &sandbox.state().join("params.env"));
+    let names: Vec<&str> = env
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !k.starts_with("BOOTSTAGE_"))
+        .collect();
+    assert_eq!(names, ["APP_COLOR"]);
+    let creds: Vec<String> = std::fs::read_dir(sandbox.state().join("credentials"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(creds, ["db.password"]);
+    for (parameter, why) in [
+        (
+            "/t22e/a/DB/PASSWORD",
+            "its variable DB_PASSWORD is one an \"env\": false reference keeps out of params.env",
+        ),
+        (
+            long.as_str(),
+            "its variable name would be 261 bytes, over 255",
+        ),
+        ("/t22e/a/nul", "its value holds a NUL character"),
+        ("/t22e/a/.env", "its name cannot name a credential file"),
+    ] {
+        let line = format!("not imported: {why} parameter=\"{parameter}\"");
+        assert!(
+            out.stderr.lines().any(|l| l.contains(&line)),
+            "{line:?} in:\n{}",
+            out.stderr
+        );
+    }
+    assert_nowhere(
+        &sandbox,
+        &out,
+        &["the-operators-secret", "imported-plain", "hidden"],
+    );
 }
