@@ -114,6 +114,22 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
         }
         Err(e) => return Err(e.into()),
     };
+    // An app that runs as root with imported variables runs with values whoever writes
+    // the import path chose (hooks never get them: `hooks.env`). Say so, once a boot.
+    if nix::unistd::geteuid().is_root()
+        && let Ok(hooks) = state.load_hooks_env()
+    {
+        let imported = vars
+            .iter()
+            .filter(|(k, _)| !hooks.iter().any(|(h, _)| h == k))
+            .count();
+        if imported > 0 {
+            tracing::warn!(
+                imported,
+                "the app runs as root with variables an import set: run it as its own user (User=, systemd/examples/myapp-user.service)"
+            );
+        }
+    }
     tracing::info!(program, variables = vars.len(), "launching");
     exec(program, rest, vars)
 }

@@ -664,3 +664,27 @@ async fn a_hook_reached_through_a_link_someone_else_controls_is_refused() {
         "chosen-by-the-app\n"
     );
 }
+
+/// An app launched as root gets the imported variables that no hook gets: whoever writes
+/// the import path chooses values in a root process. `launch` says so, naming the fix.
+#[tokio::test]
+async fn launching_as_root_with_imported_variables_is_a_warning() {
+    let sb = Sandbox::new();
+    seed_for_hooks(&sb);
+    sb.seed("params.env", "DB_HOST=\"db.internal\"\nFROM_IMPORT=\"x\"\n");
+    sb.seed("hooks.env", "DB_HOST=\"db.internal\"\n");
+    let out = sb.run(&["launch", "--", "/bin/true"]).await;
+    assert_exit(
+        &out,
+        0,
+        "the app runs as root with variables an import set: run it as its own user (User=, systemd/examples/myapp-user.service) imported=1",
+    );
+    sb.seed("params.env", "DB_HOST=\"db.internal\"\n");
+    let out = sb.run(&["launch", "--", "/bin/true"]).await;
+    assert_exit(&out, 0, "launching");
+    assert!(
+        !out.stderr.contains("variables an import set"),
+        "{}",
+        out.stderr
+    );
+}
