@@ -532,7 +532,7 @@ async fn boots_under_systemd() {
 
     // 1. A normal boot: hard order, exact values through EnvironmentFile= and launch.
     let emu = Emulator::start(Config {
-        user_data: Some(user_data(&values, "s3://boot-config/app/")),
+        user_data: Some(user_data(&values, "s3://boot-config/app/").into()),
         ..Config::default()
     })
     .await
@@ -773,7 +773,7 @@ async fn boots_under_systemd() {
     // within its one start (no Restart=, which would leave the app down), and the boot
     // ends ready, with no failure notice.
     let other = Emulator::start(Config {
-        user_data: Some(user_data(&values, "s3://boot-config/app/")),
+        user_data: Some(user_data(&values, "s3://boot-config/app/").into()),
         instance: imds_emulator::Instance {
             instance_id: "i-0fedcba9876543210".into(),
             ..Default::default()
@@ -906,7 +906,7 @@ async fn boots_under_systemd() {
 
     // 3. S3 failure: the app never starts.
     let emu = Emulator::start(Config {
-        user_data: Some(user_data(&values[..5], "s3://no-such-bucket/app/")),
+        user_data: Some(user_data(&values[..5], "s3://no-such-bucket/app/").into()),
         ..Config::default()
     })
     .await
@@ -935,7 +935,7 @@ async fn boots_under_systemd() {
 
     // 5. The kill switch: stages skipped, IMDS never asked, the app starts without parameters.
     let emu = Emulator::start(Config {
-        user_data: Some(user_data(&values[..5], "s3://boot-config/app/")),
+        user_data: Some(user_data(&values[..5], "s3://boot-config/app/").into()),
         ..Config::default()
     })
     .await
@@ -1000,7 +1000,7 @@ async fn boots_under_systemd() {
     let mut watching = params(&values[..5], "s3://boot-watch/app/");
     watching["bootstage"]["watch"] = serde_json::json!({"sqs": queue, "interval": "10m"});
     let emu = Emulator::start(Config {
-        user_data: Some(encode(watching)),
+        user_data: Some(encode(watching).into()),
         ..Config::default()
     })
     .await

@@ -20,7 +20,7 @@ fn notify_config(sb: &Sandbox, config: Value) {
 #[tokio::test(flavor = "multi_thread")]
 async fn durations_without_a_unit_are_seconds() {
     let emu = Emulator::start(Config {
-        user_data: Some(common::b64("{\"a\":1}")),
+        user_data: Some(common::b64("{\"a\":1}").into()),
         ..Config::default()
     })
     .await
@@ -194,7 +194,7 @@ async fn values_systemd_cannot_take_are_refused_or_left_out() {
     let tags = [("Name", "web"), ("Weird", "a\u{FFFF}"), ("Nul", "a\0b")]
         .map(|(k, v)| (k.to_string(), v.to_string()));
     let emu = Emulator::start(Config {
-        user_data: Some(common::b64("{\"a\":1}")),
+        user_data: Some(common::b64("{\"a\":1}").into()),
         tags: Some(tags.into_iter().collect()),
         ..Config::default()
     })

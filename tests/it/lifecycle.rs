@@ -45,7 +45,7 @@ impl Rig {
     async fn new(lifecycle: Value, imds: imds_emulator::Config, orch: Orch) -> Rig {
         let params = json!({"bootstage": {"lifecycle": lifecycle}});
         let imds = imds_emulator::Emulator::start(imds_emulator::Config {
-            user_data: Some(b64(&params.to_string())),
+            user_data: Some(b64(&params.to_string()).into()),
             ..imds
         })
         .await

@@ -19,7 +19,7 @@ const PARAMS: &str =
 
 fn with_user_data(config: Config) -> Config {
     Config {
-        user_data: Some(b64(PARAMS)),
+        user_data: Some(b64(PARAMS).into()),
         ..config
     }
 }
@@ -556,4 +556,32 @@ async fn aws_ec2_metadata_disabled_is_respected() {
     cmd.env("AWS_EC2_METADATA_DISABLED", "true");
     let out = common::run(cmd).await;
     common::assert_exit(&out, 64, "AWS_EC2_METADATA_DISABLED");
+}
+
+/// User-data as EC2 serves it, bytes and all: gzip (which cloud-init users send raw) and
+/// base64 of gzip. The emulator kept user-data as text and mangled gzip's bytes, so this
+/// path was never tested over IMDS; both decode to the same parameters.
+#[tokio::test(flavor = "multi_thread")]
+async fn gzip_user_data_over_imds_raw_and_in_base64() {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(PARAMS.as_bytes()).unwrap();
+    let gzipped = gz.finish().unwrap();
+    assert!(
+        String::from_utf8(gzipped.clone()).is_err(),
+        "gzip is not text"
+    );
+    let b64_of_gzip = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &gzipped);
+    for user_data in [gzipped, b64_of_gzip.into_bytes()] {
+        let emu = Emulator::start(Config {
+            user_data: Some(user_data),
+            ..Config::default()
+        })
+        .await
+        .unwrap();
+        let sb = Sandbox::new();
+        let out = sb.metadata(&emu.url(), &[]).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_written(&sb);
+    }
 }

@@ -47,7 +47,7 @@ fn collect(
 #[tokio::test(flavor = "multi_thread")]
 async fn status_while_waiting_and_ready_only_after_the_files_exist() {
     let emu = Emulator::start(Config {
-        user_data: Some(user_data()),
+        user_data: Some(user_data().into()),
         user_data_after: Some(Duration::from_millis(600)),
         ..Config::default()
     })
@@ -134,7 +134,7 @@ async fn a_failure_reports_status_and_never_ready() {
 #[tokio::test(flavor = "multi_thread")]
 async fn files_are_0600_and_the_dir_0700_under_umask_000() {
     let emu = Emulator::start(Config {
-        user_data: Some(user_data()),
+        user_data: Some(user_data().into()),
         ..Config::default()
     })
     .await
@@ -167,7 +167,7 @@ async fn files_are_0600_and_the_dir_0700_under_umask_000() {
 #[tokio::test(flavor = "multi_thread")]
 async fn no_secret_and_no_token_in_logs_even_at_trace() {
     let emu = Emulator::start(Config {
-        user_data: Some(user_data()),
+        user_data: Some(user_data().into()),
         ..Config::default()
     })
     .await
@@ -195,7 +195,7 @@ async fn no_secret_and_no_token_in_logs_even_at_trace() {
 #[tokio::test(flavor = "multi_thread")]
 async fn journald_gets_priority_prefixes_and_no_timestamps() {
     let emu = Emulator::start(Config {
-        user_data: Some(user_data()),
+        user_data: Some(user_data().into()),
         ..Config::default()
     })
     .await

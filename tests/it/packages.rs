@@ -164,7 +164,7 @@ async fn the_aarch64_binary_writes_what_the_x86_64_one_does() {
 
     let params = std::fs::read_to_string("examples/params.json").unwrap();
     let emu = imds_emulator::Emulator::start(imds_emulator::Config {
-        user_data: Some(common::b64(&params)),
+        user_data: Some(common::b64(&params).into()),
         tags: Some([("Name".to_string(), "web-1".to_string())].into()),
         ..Default::default()
     })

@@ -81,12 +81,19 @@ impl Default for Instance {
     }
 }
 
+/// User-data in a config file: a string, kept as its bytes.
+fn text_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(String::into_bytes))
+}
+
 /// A scenario. Loaded from JSON by the binary (`--config`), built in code by tests.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// The raw user-data; `None` answers 404.
-    pub user_data: Option<String>,
+    /// The raw user-data, bytes as EC2 serves them (gzip included); `None` answers 404.
+    /// A config file gives it as a string.
+    #[serde(deserialize_with = "text_bytes")]
+    pub user_data: Option<Vec<u8>>,
     /// Answer 404 for user-data until this long after start.
     #[serde(with = "humantime_serde_opt")]
     pub user_data_after: Option<Duration>,
@@ -220,8 +227,7 @@ impl Emulator {
 
     /// Makes user-data available now (`Some`) or absent (`None`).
     pub fn set_user_data(&self, user_data: Option<&[u8]>) {
-        self.shared
-            .set_user_data(user_data.map(|b| String::from_utf8_lossy(b).into_owned()));
+        self.shared.set_user_data(user_data.map(<[u8]>::to_vec));
     }
 
     /// Every token issued so far now answers 401.
@@ -298,7 +304,7 @@ const TOKEN: &str = "x-aws-ec2-metadata-token";
 const TOKEN_TTL: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 
 impl Shared {
-    fn set_user_data(&self, user_data: Option<String>) {
+    fn set_user_data(&self, user_data: Option<Vec<u8>>) {
         let at = user_data.as_ref().map(|_| self.started.elapsed());
         lock(&self.config).user_data = user_data;
         *lock(&self.user_data_at) = at;
@@ -306,9 +312,7 @@ impl Shared {
 
     fn control(&self, method: &Method, what: &str, body: Bytes) -> Response {
         match (method.as_str(), what) {
-            ("PUT", "user-data") => {
-                self.set_user_data(Some(String::from_utf8_lossy(&body).into_owned()))
-            }
+            ("PUT", "user-data") => self.set_user_data(Some(body.to_vec())),
             ("DELETE", "user-data") => self.set_user_data(None),
             ("POST", "expire-tokens") => lock(&self.tokens).clear(),
             ("DELETE", "requests") => lock(&self.log).clear(),
@@ -410,7 +414,7 @@ impl Shared {
                     (Some(data), Some(at)) if self.started.elapsed() >= at => Reply::Answer(
                         StatusCode::OK,
                         vec![("content-type", "application/octet-stream".into())],
-                        data.clone().into_bytes(),
+                        data.clone(),
                     ),
                     _ => answer(StatusCode::NOT_FOUND, ""),
                 }

@@ -34,7 +34,7 @@ async fn run() -> Result<(), String> {
             "--user-data-file" => {
                 let path = value()?;
                 let data = std::fs::read(&path).map_err(|e| format!("{path}: {e}"))?;
-                config.user_data = Some(String::from_utf8_lossy(&data).into_owned());
+                config.user_data = Some(data);
             }
             "--user-data-after" => {
                 config.user_data_after = Some(
