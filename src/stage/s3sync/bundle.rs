@@ -21,7 +21,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use bytes::{Buf, Bytes};
 use tokio::sync::mpsc;
 
-use super::{Counters, Ownership, Report, SyncError, SyncSpec};
+use super::owner::Ownership;
+use super::progress::Counters;
+use super::{Report, SyncError};
+use crate::settings::SyncSpec;
 use crate::sync::archive;
 use crate::sync::source::{Bundle, Fetched};
 use crate::sync::tree::{Archived, Destination, Entry, Manifest};

@@ -412,7 +412,8 @@ fn configured(state: &StateDir) -> Result<Vec<SyncSpec>> {
 /// so watch mode does not load credentials again each interval) and the bounds.
 struct Syncer {
     aws: Option<Aws>,
-    client: Option<aws_sdk_s3::Client>,
+    /// Each spec's source, by its `from`, resolved once (with the S3 client it needs).
+    origins: std::collections::BTreeMap<String, Arc<Origin>>,
     bounds: Bounds,
 }
 
@@ -452,9 +453,14 @@ impl Syncer {
             }
         }
         let client = aws.as_ref().filter(|_| s3).map(Aws::s3);
+        let mut origins = std::collections::BTreeMap::new();
+        for spec in specs {
+            let resolved = origin(&spec.from, client.as_ref())?;
+            origins.insert(spec.from.clone(), Arc::new(resolved));
+        }
         Ok(Syncer {
             aws,
-            client,
+            origins,
             bounds,
         })
     }
@@ -480,7 +486,9 @@ impl Syncer {
         let passes = specs.iter().zip(&progress.dests).map(|(spec, counters)| {
             let bytes = &progress.bytes;
             async move {
-                let source = self.source(spec)?;
+                let source = self.origins.get(&spec.from).ok_or_else(|| {
+                    SyncError::Settings(format!("{}: not a source of this run", spec.from))
+                })?;
                 let pass = || sync_one(&source, spec, self.bounds, counters, bytes);
                 let deadline = Deadline::after(self.bounds.timeout);
                 let last_error = std::sync::Mutex::new(String::new());
@@ -526,33 +534,35 @@ impl Syncer {
         progress.finish();
         results
     }
+}
 
-    fn source(&self, spec: &SyncSpec) -> Result<Origin, SyncError> {
-        let client = || {
-            self.client
-                .clone()
-                .expect("Syncer::new builds a client for s3:// specs")
-        };
-        Ok(match Location::parse(&spec.from)? {
-            Location::S3 { bucket, prefix } => Origin::Prefix(Source::S3 {
-                client: client(),
-                bucket,
-                prefix,
-            }),
-            Location::Dir { root } => Origin::Prefix(Source::Dir { root }),
-            Location::S3Archive {
-                bucket,
-                key,
-                format,
-            } => Origin::Bundle(Bundle::S3 {
-                client: client(),
-                bucket,
-                key,
-                format,
-            }),
-            Location::FileArchive { path, format } => Origin::Bundle(Bundle::File { path, format }),
+/// Where `from` is read from, with the S3 client when it is in S3 (built by
+/// `Syncer::new` whenever a spec names S3).
+fn origin(from: &str, client: Option<&aws_sdk_s3::Client>) -> Result<Origin, SyncError> {
+    let client = || {
+        client.cloned().ok_or_else(|| {
+            SyncError::Settings(format!("{from}: an S3 source, but no S3 client was built"))
         })
-    }
+    };
+    Ok(match Location::parse(from)? {
+        Location::S3 { bucket, prefix } => Origin::Prefix(Source::S3 {
+            client: client()?,
+            bucket,
+            prefix,
+        }),
+        Location::Dir { root } => Origin::Prefix(Source::Dir { root }),
+        Location::S3Archive {
+            bucket,
+            key,
+            format,
+        } => Origin::Bundle(Bundle::S3 {
+            client: client()?,
+            bucket,
+            key,
+            format,
+        }),
+        Location::FileArchive { path, format } => Origin::Bundle(Bundle::File { path, format }),
+    })
 }
 
 /// What a destination is synced from: many objects, or one archive.
