@@ -489,7 +489,7 @@ impl Syncer {
                 let source = self.origins.get(&spec.from).ok_or_else(|| {
                     SyncError::Settings(format!("{}: not a source of this run", spec.from))
                 })?;
-                let pass = || sync_one(&source, spec, self.bounds, counters, bytes);
+                let pass = || sync_one(source, spec, self.bounds, counters, bytes);
                 let deadline = Deadline::after(self.bounds.timeout);
                 let last_error = std::sync::Mutex::new(String::new());
                 let on_retry = |e: &SyncError, attempt, sleep| {
