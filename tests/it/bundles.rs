@@ -637,7 +637,7 @@ fn staged_files(home: &Path) -> usize {
 /// and both outcomes must occur, or the test would only check syncs that finished.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_while_unpacking_leaves_a_complete_old_or_new_tree() {
-    use std::os::unix::process::ExitStatusExt;
+    use common::kill;
     const BUCKET: &str = "killed-bundle";
     let bucket = moto().bucket(BUCKET).await;
     let version = |v: usize| -> (Vec<u8>, BTreeMap<String, String>) {
@@ -685,51 +685,25 @@ async fn sigkill_while_unpacking_leaves_a_complete_old_or_new_tree() {
         let before = std::fs::read_link(&to).unwrap();
         let mut cmd = sb.command(&["s3-sync", "--from", url, "--to", to.to_str().unwrap()]);
         cmd.envs(moto().env());
-        let mut child = cmd.spawn().unwrap();
-        // Read stderr as it comes, or a full pipe would stop the sync short of any point.
-        let mut stderr = child.stderr.take().unwrap();
-        let log = tokio::spawn(async move {
-            let mut text = String::new();
-            let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
-            text
-        });
-        let until = std::time::Instant::now() + Duration::from_secs(30);
+        let mut running = kill::start(cmd);
         let reached = match at {
             KillAt::Finishing(ms) => {
                 let reached = tokio::task::spawn_blocking(move || {
-                    moto().wait_for(BUCKET, mark, Duration::from_secs(30), |c| c.get >= 1)
+                    moto().wait_for(BUCKET, mark, kill::POINT_WAIT, |c| c.get >= 1)
                 })
                 .await
                 .unwrap();
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 reached
             }
-            KillAt::Unpacked(_) | KillAt::Swapped => loop {
-                let there = match at {
-                    KillAt::Unpacked(n) => staged_files(&home) >= n,
-                    _ => std::fs::read_link(&to).is_ok_and(|now| now != before),
-                };
-                if there {
-                    break true;
-                }
-                if child.try_wait().unwrap().is_some() || std::time::Instant::now() > until {
-                    break false;
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            },
+            KillAt::Unpacked(n) => running.until(|| staged_files(&home) >= n).await,
+            KillAt::Swapped => {
+                running
+                    .until(|| std::fs::read_link(&to).is_ok_and(|now| now != before))
+                    .await
+            }
         };
-        let _ = child.start_kill();
-        let status = child.wait().await.unwrap();
-        let stderr = log.await.unwrap();
-        assert!(
-            reached,
-            "round {round}: never reached {at:?}: {status}\n{stderr}"
-        );
-        let killed = status.signal() == Some(9);
-        assert!(
-            killed || status.success(),
-            "round {round}: {status}\n{stderr}"
-        );
+        let killed = running.kill(reached, round, &at).await;
         let got = listing(&to);
         let old = got == versions[1 - v].1;
         assert!(
@@ -749,21 +723,7 @@ async fn sigkill_while_unpacking_leaves_a_complete_old_or_new_tree() {
         assert_eq!(out.code, 0, "{}", out.stderr);
         assert_eq!(listing(&to), versions[v].1);
     }
-    let killed = |old: bool| results.iter().filter(|r| r.1 && r.2 == old).count();
-    let (killed_old, killed_new) = (killed(true), killed(false));
-    eprintln!(
-        "{rounds} rounds: SIGKILL left the old tree {killed_old} times, the new tree \
-         {killed_new} times; the rest had finished: {results:?}"
-    );
-    assert!(
-        (killed_old + killed_new) * 4 >= rounds * 3,
-        "only {} of {rounds} rounds died of SIGKILL mid-sync: {results:?}",
-        killed_old + killed_new
-    );
-    assert!(
-        killed_old >= 1 && killed_new >= 1,
-        "a kill must leave each of the old and the new tree at least once: {results:?}"
-    );
+    kill::assert_most_died_mid_sync(&results);
 }
 
 /// The configured sync (`bootstage.sync` = `entries`), parameters seeded as the metadata

@@ -281,7 +281,7 @@ enum KillAt {
 /// syncs that finished.
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_at_any_point_leaves_a_complete_old_or_new_tree() {
-    use std::os::unix::process::ExitStatusExt;
+    use common::kill;
     const BUCKET: &str = "killed";
     let bucket = moto().bucket(BUCKET).await;
     let versions: Vec<BTreeMap<String, Vec<u8>>> = (0..2)
@@ -332,17 +332,10 @@ async fn sigkill_at_any_point_leaves_a_complete_old_or_new_tree() {
             "4",
         ]);
         cmd.envs(moto().env());
-        let mut child = cmd.spawn().unwrap();
-        // Read stderr as it comes, or a full pipe would stop the sync short of any point.
-        let mut stderr = child.stderr.take().unwrap();
-        let log = tokio::spawn(async move {
-            let mut text = String::new();
-            let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
-            text
-        });
+        let mut running = kill::start(cmd);
         let reached = match at {
             KillAt::Downloaded(n) => tokio::task::spawn_blocking(move || {
-                moto().wait_for(BUCKET, mark, Duration::from_secs(30), |c| {
+                moto().wait_for(BUCKET, mark, kill::POINT_WAIT, |c| {
                     c.list >= 1 && c.get >= n
                 })
             })
@@ -350,7 +343,7 @@ async fn sigkill_at_any_point_leaves_a_complete_old_or_new_tree() {
             .unwrap(),
             KillAt::Finishing(ms) => {
                 let reached = tokio::task::spawn_blocking(move || {
-                    moto().wait_for(BUCKET, mark, Duration::from_secs(30), |c| c.get >= 60)
+                    moto().wait_for(BUCKET, mark, kill::POINT_WAIT, |c| c.get >= 60)
                 })
                 .await
                 .unwrap();
@@ -358,30 +351,12 @@ async fn sigkill_at_any_point_leaves_a_complete_old_or_new_tree() {
                 reached
             }
             KillAt::Swapped => {
-                let until = std::time::Instant::now() + Duration::from_secs(30);
-                loop {
-                    if std::fs::read_link(&to).is_ok_and(|now| now != before) {
-                        break true;
-                    }
-                    if child.try_wait().unwrap().is_some() || std::time::Instant::now() > until {
-                        break false;
-                    }
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
+                running
+                    .until(|| std::fs::read_link(&to).is_ok_and(|now| now != before))
+                    .await
             }
         };
-        let _ = child.start_kill();
-        let status = child.wait().await.unwrap();
-        let stderr = log.await.unwrap();
-        assert!(
-            reached,
-            "round {round}: never reached {at:?}: {status}\n{stderr}"
-        );
-        let killed = status.signal() == Some(9);
-        assert!(
-            killed || status.success(),
-            "round {round}: {status}\n{stderr}"
-        );
+        let killed = running.kill(reached, round, &at).await;
         let got = tree(&to);
         let old = got == versions[1 - v];
         assert!(
@@ -402,21 +377,7 @@ async fn sigkill_at_any_point_leaves_a_complete_old_or_new_tree() {
         assert_eq!(out.code, 0, "{}", out.stderr);
         assert_eq!(tree(&to), versions[v]);
     }
-    let killed = |old: bool| results.iter().filter(|r| r.1 && r.2 == old).count();
-    let (killed_old, killed_new) = (killed(true), killed(false));
-    eprintln!(
-        "{rounds} rounds: SIGKILL left the old tree {killed_old} times, the new tree \
-         {killed_new} times; the rest had finished: {results:?}"
-    );
-    assert!(
-        (killed_old + killed_new) * 4 >= rounds * 3,
-        "only {} of {rounds} rounds died of SIGKILL mid-sync: {results:?}",
-        killed_old + killed_new
-    );
-    assert!(
-        killed_old >= 1 && killed_new >= 1,
-        "a kill must leave each of the old and the new tree at least once: {results:?}"
-    );
+    kill::assert_most_died_mid_sync(&results);
     let home: Vec<_> = std::fs::read_dir(sb.path("dest/.config.bootstage"))
         .unwrap()
         .collect();

@@ -2,6 +2,7 @@
 
 pub mod adversarial;
 pub mod faults;
+pub mod kill;
 pub mod moto;
 pub mod webhook;
 
