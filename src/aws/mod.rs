@@ -247,7 +247,8 @@ fn check_ca_store(service: &'static str, endpoint: Option<&str>) -> Result<(), A
 pub enum Kind {
     /// Access denied, bad credentials, no such bucket: the same request fails again.
     Refused,
-    /// Throttled (429, `SlowDown`, `ThrottlingException` …): retry with jittered backoff.
+    /// Throttled (429, `SlowDown`, `ThrottlingException`, Auto Scaling's
+    /// `ResourceContention` …): retry with jittered backoff.
     Throttled,
     /// Unreachable, timed out, 5xx: a later attempt may pass.
     Transient,
@@ -364,6 +365,9 @@ const THROTTLED: &[&str] = &[
     "RequestLimitExceeded",
     "ProvisionedThroughputExceededException",
     "BandwidthLimitExceeded",
+    // Auto Scaling: another update to the group (or instance) is pending. HTTP 500 in its
+    // model, but a wait for the other update, whatever the status says.
+    "ResourceContention",
 ];
 
 /// Sorts an SDK error of `service` (for the message: "cannot reach S3: …"). The message names the code and the service's message, or the
@@ -501,6 +505,18 @@ mod tests {
                 said(Kind::Transient, "InternalError"),
             ),
             (404, Some("NoSuchKey"), said(Kind::Permanent, "NoSuchKey")),
+            // Auto Scaling's "a pending update to this group": HTTP 500 in its model, a
+            // wait and another try in any case.
+            (
+                500,
+                Some("ResourceContention"),
+                said(Kind::Throttled, "ResourceContention"),
+            ),
+            (
+                400,
+                Some("ResourceContention"),
+                said(Kind::Throttled, "ResourceContention"),
+            ),
             (
                 400,
                 Some("ParameterNotFound"),

@@ -2,8 +2,9 @@
 //! calls to Auto Scaling (the launch lifecycle hook: heartbeats, CONTINUE, ABANDON) and
 //! CloudFormation (`SignalResource`).
 //!
-//! Every call is bounded by the caller's deadline, throttling and transient failures are
-//! retried under `base::retry::THROTTLED`, and "nothing is waiting for this" (the hook was
+//! Every call is bounded by the caller's deadline, throttling (Auto Scaling's
+//! `ResourceContention` included) and transient failures are retried under
+//! `base::retry::THROTTLED`, and "nothing is waiting for this" (the hook was
 //! already completed or timed out, the instance is not in a lifecycle wait, the resource
 //! was already signalled) is [`Delivery::NothingWaiting`], not an error: a second signal
 //! is harmless. Errors name the call and the service's code, never a value of the settings
@@ -55,7 +56,9 @@ pub enum Delivery {
 
 /// `ValidationError` answers that mean "nothing is waiting for this signal".
 /// AWS gives them no code of their own, so the message tells them from another
-/// `ValidationError` (a group or hook that does not exist).
+/// `ValidationError` (a group or hook that does not exist): Auto Scaling's "No active
+/// Lifecycle Action found with instance ID …", CloudFormation's "Stack arn:… is in
+/// CREATE_COMPLETE state and cannot be signaled".
 fn nothing_waiting(f: &Failure) -> bool {
     f.kind == Kind::Permanent
         && f.is(&["ValidationError"])
