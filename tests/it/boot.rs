@@ -506,8 +506,7 @@ async fn boots_under_systemd() {
             resources: vec!["Group".into()],
             count: 10,
         }],
-        throttle_first: 0,
-        deny_until: 0,
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -11,15 +11,26 @@
 //!   for an instance with no action in progress gets AWS's `ValidationError`
 //!   "No active Lifecycle Action found with instance ID …".
 //! - CloudFormation (`Version=2010-05-15`): `SignalResource`. A configured resource takes
-//!   `count` signals (its creation policy's count; a FAILURE ends it at once); another gets
-//!   `ValidationError` "… cannot be signaled", as a resource that has completed does.
+//!   `count` signals (its creation policy's count), one per `UniqueId`: a repeated
+//!   `UniqueId` is accepted and not counted again, as AWS does. A FAILURE fails the
+//!   resource at once and the stack rolls back. The stack is `CREATE_COMPLETE` once every
+//!   resource has its signals; a signal to a stack that is no longer in progress gets AWS's
+//!   `ValidationError` "Stack arn:aws:cloudformation:REGION:ACCOUNT:stack/NAME/ID is in
+//!   CREATE_COMPLETE state and cannot be signaled" (`ROLLBACK_COMPLETE` after a failure).
 //!
 //! A test can script throttling (the next N calls answer `Throttling`, HTTP 400, as both
-//! services do) and refusals (`AccessDenied`, HTTP 403). Every API call is recorded with its parameters, its answer, and the wall
-//! clock time, so a boot test can compare it with systemd's own timestamps.
+//! services do), refusals (`AccessDenied`, HTTP 403, naming the caller and the resource
+//! as AWS's do), and Auto Scaling's `ResourceContention` (HTTP 500, as its service model
+//! says: "a pending update" to the group). Every API call is recorded with its
+//! parameters, its answer, and the wall clock time, so a boot test can compare it with
+//! systemd's own timestamps.
 //!
-//! Control from another process: `GET /_emulator/calls`, `GET /_emulator/actions` (JSON),
-//! `POST /_emulator/throttle` (body: N). These are not recorded.
+//! ARNs: the region is the one the caller signed for (its SigV4 credential scope), the
+//! account is `Config::account`, group and stack ids are UUIDs derived from their names.
+//!
+//! Control from another process: `GET /_emulator/calls`, `GET /_emulator/actions`,
+//! `GET /_emulator/stacks` (JSON), `POST /_emulator/throttle`, `POST /_emulator/contend`
+//! (body: N). These are not recorded.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,7 +41,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
@@ -80,7 +91,7 @@ fn one() -> usize {
     1
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub groups: Vec<Group>,
@@ -89,8 +100,31 @@ pub struct Config {
     pub throttle_first: u64,
     /// API calls from number `throttle_first` on, up to this number, are answered
     /// `AccessDenied` (HTTP 403): a policy without the action.
-    #[serde(default)]
     pub deny_until: u64,
+    /// The next N Auto Scaling calls that are neither throttled nor denied are answered
+    /// `ResourceContention` (HTTP 500). CloudFormation calls pass: AWS documents the
+    /// fault for Auto Scaling only.
+    pub contention: u64,
+    /// The account in ARNs.
+    pub account: String,
+    /// The caller an `AccessDenied` names. By default an instance profile's role session,
+    /// named for the instance the call is about, as EC2 names it:
+    /// `arn:aws:sts::ACCOUNT:assumed-role/bootstage-instance/i-…`.
+    pub caller: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            groups: Vec::new(),
+            stacks: Vec::new(),
+            throttle_first: 0,
+            deny_until: 0,
+            contention: 0,
+            account: "123456789012".into(),
+            caller: None,
+        }
+    }
 }
 
 /// One API call as the emulator saw it.
@@ -155,14 +189,61 @@ pub struct ActionState {
     pub outcome: Option<Outcome>,
 }
 
-/// A stack resource's count and the statuses it took.
-type Signals = (usize, Vec<String>);
+/// One signal a stack resource counted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Signal {
+    pub unique_id: String,
+    /// `SUCCESS` or `FAILURE`.
+    pub status: String,
+}
+
+/// A stack resource: the signals it waits for, and those it counted (one per `UniqueId`).
+#[derive(Clone, Debug, Serialize)]
+pub struct ResourceState {
+    pub count: usize,
+    pub signals: Vec<Signal>,
+}
+
+impl ResourceState {
+    /// `CREATE_IN_PROGRESS`, `CREATE_COMPLETE`, or `CREATE_FAILED` (a FAILURE signal).
+    pub fn status(&self) -> &'static str {
+        if self.signals.iter().any(|s| s.status == "FAILURE") {
+            "CREATE_FAILED"
+        } else if self.signals.len() >= self.count {
+            "CREATE_COMPLETE"
+        } else {
+            "CREATE_IN_PROGRESS"
+        }
+    }
+}
+
+/// A stack as it stands: its id (the last part of its ARN) and its resources.
+#[derive(Clone, Debug, Serialize)]
+pub struct StackState {
+    pub id: String,
+    pub resources: BTreeMap<String, ResourceState>,
+}
+
+impl StackState {
+    /// `CREATE_IN_PROGRESS` while a resource waits, `CREATE_COMPLETE` once all have their
+    /// signals, `ROLLBACK_COMPLETE` once one failed (the emulator rolls back at once).
+    pub fn status(&self) -> &'static str {
+        let statuses: Vec<_> = self.resources.values().map(ResourceState::status).collect();
+        if statuses.contains(&"CREATE_FAILED") {
+            "ROLLBACK_COMPLETE"
+        } else if statuses.iter().all(|s| *s == "CREATE_COMPLETE") {
+            "CREATE_COMPLETE"
+        } else {
+            "CREATE_IN_PROGRESS"
+        }
+    }
+}
 
 struct Shared {
     started: Instant,
     config: Mutex<Config>,
     actions: Mutex<BTreeMap<String, Action>>,
-    signals: Mutex<BTreeMap<(String, String), Signals>>,
+    stacks: Mutex<BTreeMap<String, StackState>>,
     calls: Mutex<Vec<Call>>,
     counter: AtomicU64,
 }
@@ -220,20 +301,30 @@ impl Emulator {
                 );
             }
         }
-        let signals = config
+        let stacks = config
             .stacks
             .iter()
-            .flat_map(|s| {
-                s.resources
+            .map(|s| {
+                let resources = s
+                    .resources
                     .iter()
-                    .map(|r| ((s.name.clone(), r.clone()), (s.count, Vec::new())))
+                    .map(|r| {
+                        let state = ResourceState {
+                            count: s.count,
+                            signals: Vec::new(),
+                        };
+                        (r.clone(), state)
+                    })
+                    .collect();
+                let id = uuid_of("stack", &s.name);
+                (s.name.clone(), StackState { id, resources })
             })
             .collect();
         let shared = Arc::new(Shared {
             started: now,
             config: Mutex::new(config),
             actions: Mutex::new(actions),
-            signals: Mutex::new(signals),
+            stacks: Mutex::new(stacks),
             calls: Mutex::new(Vec::new()),
             counter: AtomicU64::new(0),
         });
@@ -273,6 +364,16 @@ impl Emulator {
         config.throttle_first = config.throttle_first.min(done);
         config.deny_until = done + n;
     }
+
+    /// The next `n` Auto Scaling calls answer `ResourceContention`.
+    pub fn contend_next(&self, n: u64) {
+        lock(&self.shared.config).contention = n;
+    }
+
+    /// Each stack as it stands now: its resources and the signals they counted.
+    pub fn stacks(&self) -> BTreeMap<String, StackState> {
+        lock(&self.shared.stacks).clone()
+    }
 }
 
 impl Shared {
@@ -300,6 +401,7 @@ async fn handle(
     State(shared): State<Arc<Shared>>,
     method: Method,
     uri: Uri,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     if let Some(control) = uri.path().strip_prefix("/_emulator/") {
@@ -317,18 +419,27 @@ async fn handle(
         _ => ("unknown", ASG_NS),
     };
     let n = shared.counter.fetch_add(1, Ordering::SeqCst);
-    let (throttled, denied) = {
-        let config = lock(&shared.config);
-        (n < config.throttle_first, n < config.deny_until)
+    let region = signed_region(&headers);
+    let fault = {
+        let mut config = lock(&shared.config);
+        if n < config.throttle_first {
+            Some(("Throttling", "Rate exceeded".to_string()))
+        } else if n < config.deny_until {
+            Some((
+                "AccessDenied",
+                refusal(&shared, &config, &region, service, &action, &params),
+            ))
+        } else if service == "autoscaling" && config.contention > 0 {
+            config.contention -= 1;
+            Some(("ResourceContention", CONTENTION.to_string()))
+        } else {
+            None
+        }
     };
-    let answer = match (throttled, service) {
-        (true, _) => Err(("Throttling", "Rate exceeded".to_string())),
-        (false, _) if denied => Err((
-            "AccessDenied",
-            format!("User is not authorized to perform: {service}:{action}"),
-        )),
-        (false, "autoscaling") => autoscaling(&shared, &action, &params),
-        (false, "cloudformation") => cloudformation(&shared, &action, &params),
+    let answer = match (fault, service) {
+        (Some(fault), _) => Err(fault),
+        (None, "autoscaling") => autoscaling(&shared, &action, &params),
+        (None, "cloudformation") => cloudformation(&shared, &region, &action, &params),
         _ => Err((
             "InvalidAction",
             format!("unknown Version {version:?} for action {action:?}"),
@@ -339,6 +450,8 @@ async fn handle(
         Err((code, message)) => (
             match code {
                 "AccessDenied" => StatusCode::FORBIDDEN,
+                // Auto Scaling's model: `"httpStatusCode": 500`, a sender fault.
+                "ResourceContention" => StatusCode::INTERNAL_SERVER_ERROR,
                 _ => StatusCode::BAD_REQUEST,
             },
             Some(code.to_string()),
@@ -377,10 +490,16 @@ fn control_reply(shared: &Shared, method: &Method, what: &str, body: &[u8]) -> R
     match (method.as_str(), what) {
         ("GET", "calls") => json(serde_json::json!(*lock(&shared.calls))),
         ("GET", "actions") => json(serde_json::json!(shared.actions())),
+        ("GET", "stacks") => json(serde_json::json!(*lock(&shared.stacks))),
         ("POST", "throttle") => {
             let n: u64 = String::from_utf8_lossy(body).trim().parse().unwrap_or(0);
             let done = shared.counter.load(Ordering::SeqCst);
             lock(&shared.config).throttle_first = done + n;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        ("POST", "contend") => {
+            let n: u64 = String::from_utf8_lossy(body).trim().parse().unwrap_or(0);
+            lock(&shared.config).contention = n;
             StatusCode::NO_CONTENT.into_response()
         }
         _ => StatusCode::NOT_FOUND.into_response(),
@@ -388,6 +507,102 @@ fn control_reply(shared: &Shared, method: &Method, what: &str, body: &[u8]) -> R
 }
 
 type Answer = Result<String, (&'static str, String)>;
+
+/// Auto Scaling's documented meaning of `ResourceContention`, as the message.
+const CONTENTION: &str = "You already have a pending update to an Amazon EC2 Auto Scaling resource (for example, an Auto Scaling group, instance, or load balancer).";
+
+/// The region in the request's SigV4 credential scope
+/// (`Credential=KEY/DATE/REGION/SERVICE/aws4_request`), else `us-east-1`.
+fn signed_region(headers: &HeaderMap) -> String {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split("Credential=").nth(1))
+        .and_then(|scope| scope.split('/').nth(2))
+        .filter(|r| !r.is_empty())
+        .unwrap_or("us-east-1")
+        .to_string()
+}
+
+/// A stable UUID for a named thing (FNV-1a of `kind/name`, twice): the ids in ARNs.
+fn uuid_of(kind: &str, name: &str) -> String {
+    let fnv = |seed: u64| {
+        format!("{kind}/{name}").bytes().fold(seed, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    let (a, b) = (fnv(0xcbf2_9ce4_8422_2325), fnv(0x8422_2325_cbf2_9ce4));
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+/// A stack's name, given its name or its ARN (`…:stack/NAME/ID`).
+fn stack_name(given: &str) -> &str {
+    match given.strip_prefix("arn:") {
+        Some(arn) => arn
+            .split_once(":stack/")
+            .map(|(_, rest)| rest.split('/').next().unwrap_or(rest))
+            .unwrap_or(given),
+        None => given,
+    }
+}
+
+fn stack_arn(region: &str, account: &str, name: &str, id: &str) -> String {
+    format!("arn:aws:cloudformation:{region}:{account}:stack/{name}/{id}")
+}
+
+/// AWS's `AccessDenied` message: who called, the action, the resource for an action that
+/// takes one (Describe calls take none), and why.
+fn refusal(
+    shared: &Shared,
+    config: &Config,
+    region: &str,
+    service: &str,
+    action: &str,
+    params: &BTreeMap<String, String>,
+) -> String {
+    let account = &config.account;
+    let caller = config.caller.clone().unwrap_or_else(|| {
+        let session = ["InstanceId", "UniqueId", "InstanceIds.member.1"]
+            .iter()
+            .find_map(|k| params.get(*k))
+            .map_or("bootstage", String::as_str);
+        format!("arn:aws:sts::{account}:assumed-role/bootstage-instance/{session}")
+    });
+    let resource = match action {
+        "CompleteLifecycleAction" | "RecordLifecycleActionHeartbeat" => {
+            params.get("AutoScalingGroupName").map(|group| {
+                let id = match config.groups.iter().any(|g| &g.name == group) {
+                    true => uuid_of("autoScalingGroup", group),
+                    false => "*".into(),
+                };
+                format!(
+                    "arn:aws:autoscaling:{region}:{account}:autoScalingGroup:{id}:autoScalingGroupName/{group}"
+                )
+            })
+        }
+        "SignalResource" => params.get("StackName").map(|given| {
+            let name = stack_name(given);
+            let id = lock(&shared.stacks)
+                .get(name)
+                .map_or_else(|| "*".to_string(), |s| s.id.clone());
+            stack_arn(region, account, name, &id)
+        }),
+        _ => None,
+    };
+    let on = resource
+        .map(|r| format!(" on resource: {r}"))
+        .unwrap_or_default();
+    format!(
+        "User: {caller} is not authorized to perform: {service}:{action}{on} because no identity-based policy allows the {service}:{action} action"
+    )
+}
 
 fn required<'a>(
     params: &'a BTreeMap<String, String>,
@@ -505,12 +720,17 @@ fn autoscaling(shared: &Shared, action: &str, params: &BTreeMap<String, String>)
     }
 }
 
-fn cloudformation(shared: &Shared, action: &str, params: &BTreeMap<String, String>) -> Answer {
+fn cloudformation(
+    shared: &Shared,
+    region: &str,
+    action: &str,
+    params: &BTreeMap<String, String>,
+) -> Answer {
     match action {
         "SignalResource" => {
-            let stack = required(params, "StackName")?;
+            let given = required(params, "StackName")?;
             let resource = required(params, "LogicalResourceId")?;
-            required(params, "UniqueId")?;
+            let unique_id = required(params, "UniqueId")?;
             let status = required(params, "Status")?;
             if status != "SUCCESS" && status != "FAILURE" {
                 return Err((
@@ -518,27 +738,43 @@ fn cloudformation(shared: &Shared, action: &str, params: &BTreeMap<String, Strin
                     "Status must be SUCCESS or FAILURE".into(),
                 ));
             }
-            let mut signals = lock(&shared.signals);
-            let Some((count, taken)) = signals.get_mut(&(stack.to_string(), resource.to_string()))
-            else {
+            let name = stack_name(given);
+            let unknown = || {
+                (
+                    "ValidationError",
+                    format!("Stack with id {given} does not exist"),
+                )
+            };
+            // The config's lock before the stacks', never after (`handle` takes both).
+            let account = lock(&shared.config).account.clone();
+            let mut stacks = lock(&shared.stacks);
+            let stack = stacks.get_mut(name).ok_or_else(unknown)?;
+            let state = stack.status();
+            if state != "CREATE_IN_PROGRESS" {
+                let arn = stack_arn(region, &account, name, &stack.id);
                 return Err((
                     "ValidationError",
-                    format!("Stack with id {stack} does not exist"),
+                    format!("Stack {arn} is in {state} state and cannot be signaled"),
                 ));
-            };
-            let failed = taken.iter().any(|s| s == "FAILURE");
-            if failed || taken.len() >= *count {
-                let state = if failed {
-                    "CREATE_FAILED"
-                } else {
-                    "CREATE_COMPLETE"
-                };
+            }
+            let r = stack.resources.get_mut(resource).ok_or_else(unknown)?;
+            let state = r.status();
+            if state != "CREATE_IN_PROGRESS" {
+                // A resource done while another of its stack still waits. AWS's words for
+                // this case are not on record (public reports quote the stack's); these
+                // follow them.
                 return Err((
                     "ValidationError",
                     format!("Resource {resource} is in {state} state and cannot be signaled"),
                 ));
             }
-            taken.push(status.to_string());
+            // One signal per UniqueId: a repeat is accepted, and not counted again.
+            if !r.signals.iter().any(|s| s.unique_id == unique_id) {
+                r.signals.push(Signal {
+                    unique_id: unique_id.to_string(),
+                    status: status.to_string(),
+                });
+            }
             Ok(String::new())
         }
         _ => Err((
