@@ -171,6 +171,9 @@ pub struct StatusArgs {
     /// Print JSON: {"state": …, "stages": [{"stage", "state", "started_at", …}]}.
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub lifecycle: LifecycleConfig,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -478,6 +481,7 @@ impl From<StatusArgs> for status::Settings {
             wait: a.wait,
             timeout: a.timeout,
             json: a.json,
+            lifecycle: a.lifecycle.into(),
         }
     }
 }

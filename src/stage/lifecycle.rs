@@ -429,6 +429,11 @@ pub async fn watch(state: &StateDir, settings: &Settings, notifier: Notifier) ->
         notifier.ready("no auto scaling hook to keep alive");
         return Ok(());
     };
+    // For `status` and the ready notice: a hook configured with no watcher ever started
+    // (the unit masked, or not installed) is worth a warning.
+    lifecycle::update(state, |r| {
+        r.watcher_started_at.get_or_insert_with(now);
+    })?;
     let link = connect(state, config, Deadline::after(SIGNAL_TIMEOUT)).await?;
     let Some(hook) = link.hook.as_ref() else {
         notifier.ready("in no auto scaling group: nothing to keep alive");
@@ -623,6 +628,24 @@ fn next_step(record: &Record, now: &Moment, ready_within: Duration, grace: Durat
         },
         (None, None) => Step::Heartbeat,
     }
+}
+
+/// What `bootstage.lifecycle.asg` without a watcher means, for `status` and the ready
+/// notice's journal.
+pub const UNWATCHED: &str = "bootstage.lifecycle.asg is set, but bootstage-lifecycle.service never started: nothing keeps the launch hook alive or holds a failed instance; install the unit and make sure it is not masked (systemctl unmask bootstage-lifecycle.service; bootstage.target wants it)";
+
+/// Whether the boot is done with an Auto Scaling hook configured and no lifecycle watcher
+/// ever started.
+pub fn unwatched(state: &StateDir, settings: &Settings) -> bool {
+    let configured = config(state, &settings.config)
+        .ok()
+        .flatten()
+        .is_some_and(|c| c.asg.is_some());
+    let started = lifecycle::read(state)
+        .ok()
+        .flatten()
+        .is_some_and(|r| r.watcher_started_at.is_some());
+    configured && !started
 }
 
 /// The lines `bootstage status` prints for the record.

@@ -136,6 +136,9 @@ pub async fn run(state: &StateDir, args: &Settings) -> Result<()> {
         }
         // At once: a webhook that is down must not keep the instance out of service.
         Event::Ready => {
+            if lifecycle::unwatched(state, &args.lifecycle) {
+                tracing::warn!("{}", lifecycle::UNWATCHED);
+            }
             let (sent, told) = tokio::join!(
                 send(state, args, &notice),
                 lifecycle::ready(state, &args.lifecycle, false)

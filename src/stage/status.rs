@@ -25,6 +25,8 @@ pub struct Settings {
     /// With `wait`: give up after this long.
     pub timeout: Duration,
     pub json: bool,
+    /// Where the image's lifecycle settings are, to tell a hook no watcher keeps alive.
+    pub lifecycle: lifecycle::Settings,
 }
 
 pub const DEFAULT_WAIT_TIMEOUT: &str = "15m";
@@ -52,11 +54,13 @@ async fn report(state: &StateDir, args: &Settings) -> Result<ExitCode> {
     let s3sync_done = records
         .iter()
         .any(|r| r.stage == Stage::S3Sync.name() && r.state == State::Done);
-    let warnings: Vec<&str> = match watching.is_none() && s3sync_done && s3sync::wants_watch(state)
-    {
-        true => vec![s3sync::UNWATCHED],
-        false => Vec::new(),
-    };
+    let mut warnings: Vec<&str> = Vec::new();
+    if watching.is_none() && s3sync_done && s3sync::wants_watch(state) {
+        warnings.push(s3sync::UNWATCHED);
+    }
+    if overall == State::Done && lifecycle::unwatched(state, &args.lifecycle) {
+        warnings.push(lifecycle::UNWATCHED);
+    }
     let text = if args.json {
         let mut doc = serde_json::json!({"state": overall, "stages": records});
         if let Some(record) = &orchestrator {

@@ -52,6 +52,9 @@ pub struct Record {
     pub group: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook: Option<String>,
+    /// When a lifecycle watcher (`bootstage-lifecycle.service`) first started this boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watcher_started_at: Option<String>,
     /// Heartbeats the group took.
     #[serde(default)]
     pub heartbeats: u64,

@@ -688,3 +688,46 @@ async fn launching_as_root_with_imported_variables_is_a_warning() {
         out.stderr
     );
 }
+
+/// A lifecycle hook configured with no watcher ever started (the unit masked or not
+/// installed) was silent: nothing kept the hook alive or held a failed instance, and the
+/// group's heartbeat timeout decided. `status` and the ready notice now say so, naming
+/// the unit.
+#[tokio::test]
+async fn a_lifecycle_hook_no_watcher_keeps_alive_is_a_warning_naming_the_unit() {
+    let sb = Sandbox::new();
+    let file = sb.path("user-data.json");
+    std::fs::write(
+        &file,
+        r#"{"bootstage": {"lifecycle": {"asg": {"hook": "launch"}}}}"#,
+    )
+    .unwrap();
+    let user_data = file.to_str().unwrap();
+    let out = sb
+        .run(&[
+            "hooks",
+            "--user-data-file",
+            user_data,
+            "--fact",
+            "instance-id=i-0lc",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let warning = "bootstage.lifecycle.asg is set, but bootstage-lifecycle.service never started: nothing keeps the launch hook alive or holds a failed instance; install the unit and make sure it is not masked (systemctl unmask bootstage-lifecycle.service; bootstage.target wants it)";
+    let out = sb.run(&["status"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains(&format!("warning: {warning}\n")),
+        "{}",
+        out.stdout
+    );
+    // Once a watcher has started this boot, nothing to say.
+    std::fs::create_dir_all(sb.state().join("lifecycle")).unwrap();
+    std::fs::write(
+        sb.state().join("lifecycle/record.json"),
+        r#"{"watcher_started_at": "2026-12-06T00:00:00Z", "heartbeats": 0}"#,
+    )
+    .unwrap();
+    let out = sb.run(&["status"]).await;
+    assert!(!out.stdout.contains("warning:"), "{}", out.stdout);
+}
