@@ -847,6 +847,81 @@ fn nearest_directory(missing: &Path) -> String {
 mod tests {
     use super::*;
 
+    /// What each answer is verified by: the SDK's full-object checksum in its order, never
+    /// a composite one (`-N`, or `ChecksumType::Composite`); else a single-part ETag's MD5,
+    /// unless the object is SSE-KMS or SSE-C (whose ETag is no MD5) or multipart; else
+    /// only the size.
+    #[test]
+    fn what_an_answer_is_verified_by() {
+        use aws_sdk_s3::types::{ChecksumType, ServerSideEncryption as Sse};
+        const MD5: &str = "\"9e107d9d372bb6826bd81d3542a419d6\"";
+        let plain = || GetObjectOutput::builder().e_tag(MD5);
+        let cases: Vec<(&str, GetObjectOutput, Option<&str>, &str)> = vec![
+            (
+                "crc32",
+                plain().checksum_crc32("AAAAAA==").build(),
+                None,
+                "CRC32",
+            ),
+            (
+                "crc64 before crc32",
+                plain()
+                    .checksum_crc32("AAAAAA==")
+                    .checksum_crc64_nvme("AAAAAAAAAAA=")
+                    .build(),
+                None,
+                "CRC64NVME",
+            ),
+            (
+                "a composite checksum",
+                plain().checksum_crc32("AAAAAA==-3").build(),
+                None,
+                "MD5",
+            ),
+            (
+                "a composite type",
+                plain()
+                    .checksum_crc32("AAAAAA==")
+                    .checksum_type(ChecksumType::Composite)
+                    .build(),
+                None,
+                "MD5",
+            ),
+            ("no checksum", plain().build(), None, "MD5"),
+            (
+                "SSE-KMS",
+                plain().server_side_encryption(Sse::AwsKms).build(),
+                None,
+                "size",
+            ),
+            (
+                "SSE-C",
+                plain().sse_customer_algorithm("AES256").build(),
+                None,
+                "size",
+            ),
+            (
+                "multipart",
+                GetObjectOutput::builder().e_tag("\"abc-2\"").build(),
+                None,
+                "size",
+            ),
+            (
+                "the listing's ETag",
+                GetObjectOutput::builder().build(),
+                Some(MD5),
+                "MD5",
+            ),
+        ];
+        for (what, answer, listed, expected) in cases {
+            assert_eq!(Check::of(&answer, listed).name(), expected, "{what}");
+        }
+        assert_eq!(
+            Check::of(&plain().build(), None).md5.as_deref(),
+            Some("9e107d9d372bb6826bd81d3542a419d6")
+        );
+    }
+
     #[test]
     fn urls() {
         assert_eq!(
