@@ -55,7 +55,10 @@ pub enum Command {
     Lifecycle(LifecycleArgs),
     /// Check user-data offline, as the metadata stage would read it: decoding, references,
     /// every bootstage.* setting. Prints the variable names it would export (never a
-    /// value). Exit status: 0 valid, 65 not.
+    /// value). With --online, also asks AWS whether each parameter, secret, import, sync
+    /// source, lifecycle hook and queue named exists and may be read (metadata only).
+    /// Exit status: 0 valid, 65 not; with --online, the first failed check's: 77 refused,
+    /// 66 missing, 75 unreachable.
     Validate(ValidateArgs),
     /// End the hold on a failed instance now: abandon it (the group replaces it) or, with
     /// --continue, put it in service.
@@ -68,11 +71,26 @@ pub struct ValidateArgs {
     /// standard input.
     #[arg(value_name = "FILE")]
     pub file: Option<PathBuf>,
+
+    /// Also check, with this machine's AWS credentials, that each SSM parameter, secret,
+    /// import path and S3 source exists and is readable, and that the lifecycle hook and
+    /// the watch queue exist (metadata calls only: nothing written, no value fetched).
+    /// Needs AWS_REGION.
+    #[arg(long)]
+    pub online: bool,
+
+    /// With --online: the bound on all of its AWS calls together.
+    #[arg(long, requires = "online", default_value = validate::DEFAULT_TIMEOUT, value_parser = duration::parse, allow_hyphen_values = true, value_name = "DURATION")]
+    pub timeout: Duration,
 }
 
 impl From<ValidateArgs> for validate::Settings {
     fn from(a: ValidateArgs) -> Self {
-        validate::Settings { file: a.file }
+        validate::Settings {
+            file: a.file,
+            online: a.online,
+            timeout: a.timeout,
+        }
     }
 }
 

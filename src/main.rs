@@ -83,7 +83,7 @@ async fn run(cli: Cli, notifier: Notifier) -> Result<exit::ExitCode, Error> {
         Command::Launch(args) => launch::run(&state, &args.into(), notifier).await?,
         Command::Status(args) => return status::run(&state, &args.into()).await,
         Command::Query(args) => query::run(&state, &args.into())?,
-        Command::Validate(args) => validate::run(&args.into())?,
+        Command::Validate(args) => return validate::run(&args.into()).await,
         Command::Notify(args) => notice::run(&state, &args.into()).await?,
         Command::Lifecycle(args) => {
             let settings = args.config.into();

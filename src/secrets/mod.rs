@@ -313,7 +313,7 @@ fn pick(text: &str, key: &str) -> Option<String> {
 }
 
 /// The region an ARN names (`arn:aws:ssm:eu-west-1:…`), if the reference is an ARN.
-fn arn_region(name: &str) -> Option<&str> {
+pub fn arn_region(name: &str) -> Option<&str> {
     let mut parts = name.strip_prefix("arn:")?.split(':');
     let (_partition, _service, region) = (parts.next()?, parts.next()?, parts.next()?);
     (!region.is_empty()).then_some(region)

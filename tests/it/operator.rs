@@ -1092,3 +1092,207 @@ fn the_readme_lists_every_exit_code_in_order() {
     assert!(row(77).contains("run as another user"), "{}", row(77));
     assert!(row(64).contains("endpoint"), "{}", row(64));
 }
+
+/// `bootstage validate --online`, with moto's credentials and endpoint.
+fn validate_online(
+    sb: &Sandbox,
+    file: &std::path::Path,
+    extra: &[&str],
+) -> tokio::process::Command {
+    let mut args = vec!["validate", "--online", file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let mut cmd = sb.command(&args);
+    cmd.envs(common::moto::moto().env());
+    cmd
+}
+
+/// Seeds moto for the online checks: SSM parameters and a secret whose values must never
+/// be printed.
+async fn online_fixtures(prefix: &str) {
+    let moto = common::moto::moto();
+    let ssm = moto.ssm().await;
+    for (name, kind) in [
+        (format!("/{prefix}/db"), "SecureString"),
+        (format!("/{prefix}/import/a"), "String"),
+        (format!("/{prefix}/import/deep/b"), "SecureString"),
+    ] {
+        ssm.put_parameter()
+            .name(name)
+            .value(format!("s3cr3t-ssm-{prefix}"))
+            .r#type(kind.into())
+            .send()
+            .await
+            .unwrap();
+    }
+    moto.secretsmanager()
+        .await
+        .create_secret()
+        .name(format!("{prefix}-api"))
+        .secret_string(format!("s3cr3t-secret-{prefix}"))
+        .send()
+        .await
+        .unwrap();
+    let bucket = moto.bucket(prefix).await;
+    bucket.put("app/config.yml", "port: 1").await;
+}
+
+/// `validate --online`: one line per thing the user-data names, the missing ones failing
+/// with why, exit 66; no value of a parameter or a secret in any output.
+#[tokio::test]
+async fn validate_online_names_what_is_missing_and_never_a_value() {
+    let sb = Sandbox::new();
+    online_fixtures("vo-missing").await;
+    let file = sb.path("user-data.json");
+    std::fs::write(
+        &file,
+        r#"{"db": {"password": {"ssm": "/vo-missing/db"}}, "gone": {"ssm": "/vo-missing/gone"},
+            "api": {"secretsmanager": "vo-missing-api", "env": false},
+            "bootstage": {"sync": [
+                {"from": "s3://vo-missing/app/", "to": "/srv/app"},
+                {"from": "s3://vo-missing/bundles/app.tar.zst", "to": "/srv/code"}]}}"#,
+    )
+    .unwrap();
+    let out = common::run(validate_online(&sb, &file, &[])).await;
+    common::assert_exit(
+        &out,
+        66,
+        "online: 5 checks, 3 ok, 0 skipped, 2 failed (exit 66)",
+    );
+    assert_eq!(
+        out.stdout,
+        "DB_PASSWORD\nGONE\n\
+         ok   SSM parameter \"/vo-missing/db\" (db.password)\n\
+         FAIL SSM parameter \"/vo-missing/gone\" (gone): does not exist (or is not visible to these credentials)\n\
+         ok   secret \"vo-missing-api\" (api)\n\
+         ok   S3 prefix \"s3://vo-missing/app/\"\n\
+         FAIL S3 archive \"s3://vo-missing/bundles/app.tar.zst\": no such object (HeadObject: 404)\n"
+    );
+    assert!(
+        !format!("{}{}", out.stdout, out.stderr).contains("s3cr3t"),
+        "{out:?}"
+    );
+}
+
+/// `validate --online` with everything in place: exit 0, the import counted, a local
+/// directory checked on disk, the lifecycle hook and the queue found; a per-instance queue
+/// is skipped, saying why; no region is bad usage (64); an endpoint that does not answer
+/// is 75 within `--timeout`.
+#[tokio::test]
+async fn validate_online_passes_when_everything_exists() {
+    let sb = Sandbox::new();
+    online_fixtures("vo-all").await;
+    let moto = common::moto::moto();
+    let (queue_url, _) = moto.queue("vo-all-events").await;
+    let config = aws_sdk_autoscaling::Config::builder()
+        .behavior_version(aws_sdk_autoscaling::config::BehaviorVersion::latest())
+        .region(aws_sdk_autoscaling::config::Region::new("us-east-1"))
+        .endpoint_url(&moto.url)
+        .credentials_provider(aws_sdk_autoscaling::config::Credentials::new(
+            "test", "test", None, None, "tests",
+        ))
+        .build();
+    let asg = aws_sdk_autoscaling::Client::from_conf(config);
+    asg.create_launch_configuration()
+        .launch_configuration_name("vo-all")
+        .image_id("ami-12c6146b")
+        .instance_type("t2.micro")
+        .send()
+        .await
+        .unwrap();
+    asg.create_auto_scaling_group()
+        .auto_scaling_group_name("vo-all")
+        .launch_configuration_name("vo-all")
+        .min_size(0)
+        .max_size(1)
+        .availability_zones("us-east-1a")
+        .send()
+        .await
+        .unwrap();
+    asg.put_lifecycle_hook()
+        .auto_scaling_group_name("vo-all")
+        .lifecycle_hook_name("boot")
+        .lifecycle_transition("autoscaling:EC2_INSTANCE_LAUNCHING")
+        .send()
+        .await
+        .unwrap();
+    std::fs::create_dir(sb.path("config")).unwrap();
+    let user_data = |queue: &str, hook: &str| {
+        json!({
+            "db": {"password": {"ssm": "/vo-all/db"}},
+            "api": {"secretsmanager": "vo-all-api", "json_key": "token"},
+            "bootstage": {
+                "import": [{"ssm_path": "/vo-all/import/", "recursive": true}],
+                "sync": [
+                    {"from": "s3://vo-all/app/", "to": "/srv/app"},
+                    {"from": format!("file://{}/", sb.path("config").display()), "to": "/srv/config"}
+                ],
+                "lifecycle": {"asg": {"hook": hook, "group": "vo-all"}},
+                "watch": {"sqs": queue}
+            }
+        })
+        .to_string()
+    };
+    let file = sb.path("user-data.json");
+    std::fs::write(&file, user_data(&queue_url, "boot")).unwrap();
+    let out = common::run(validate_online(&sb, &file, &[])).await;
+    common::assert_exit(&out, 0, "online: 7 checks, 7 ok, 0 skipped, 0 failed\n");
+    let config = format!("file://{}/", sb.path("config").display());
+    let expected = [
+        "ok   SSM parameter \"/vo-all/db\" (db.password)".to_string(),
+        "ok   secret \"vo-all-api\" (api)".to_string(),
+        "ok   import \"/vo-all/import/\": 2 parameters (recursive)".to_string(),
+        "ok   S3 prefix \"s3://vo-all/app/\"".to_string(),
+        format!("ok   directory {config:?}"),
+        "ok   lifecycle hook \"boot\" of group \"vo-all\"".to_string(),
+        format!("ok   SQS queue {queue_url:?}"),
+    ];
+    let lines: Vec<&str> = out.stdout.lines().skip(2).collect();
+    assert_eq!(lines, expected, "{}", out.stdout);
+    assert!(
+        !format!("{}{}", out.stdout, out.stderr).contains("s3cr3t"),
+        "{out:?}"
+    );
+
+    // A hook the group does not have; a per-instance queue, skipped.
+    let per_instance = "https://sqs.us-east-1.amazonaws.com/123456789012/q-{instance_id}";
+    std::fs::write(&file, user_data(per_instance, "nope")).unwrap();
+    let out = common::run(validate_online(&sb, &file, &[])).await;
+    common::assert_exit(
+        &out,
+        66,
+        "online: 7 checks, 5 ok, 1 skipped, 1 failed (exit 66)",
+    );
+    assert!(
+        out.stdout.contains(
+            "\nFAIL lifecycle hook \"nope\" of group \"vo-all\": the group has no hook of this name\n"
+        ) && out.stdout.contains(&format!(
+            "\nskip SQS queue {per_instance:?}: names a per-instance queue\n"
+        )),
+        "{}",
+        out.stdout
+    );
+
+    // No region: said, 64, before any call.
+    let mut cmd = validate_online(&sb, &file, &[]);
+    cmd.env_remove("AWS_REGION");
+    let out = common::run(cmd).await;
+    common::assert_exit(
+        &out,
+        64,
+        "validate --online needs an AWS region: set AWS_REGION",
+    );
+
+    // Nothing answers: 75 within the bound.
+    std::fs::write(&file, r#"{"db": {"ssm": "/vo-all/db"}}"#).unwrap();
+    let mut cmd = validate_online(&sb, &file, &["--timeout", "2s"]);
+    cmd.env("AWS_ENDPOINT_URL", "http://127.0.0.1:9");
+    let out = common::run(cmd).await;
+    common::assert_exit(&out, 75, "(exit 75)");
+    assert!(
+        out.stdout
+            .contains("FAIL SSM parameter \"/vo-all/db\" (db): cannot reach SSM"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.elapsed < Duration::from_secs(10), "{:?}", out.elapsed);
+}

@@ -8,12 +8,19 @@
 //! Offline, nothing is resolved: a reference is exported under its own name (unless
 //! `"env": false`), an import's parameters are unknown (it is named instead), and a
 //! reference inside bootstage's own settings stands for a URL-shaped string.
+//!
+//! With `--online`, once the offline checks pass, [`online`] asks AWS whether each thing
+//! named exists and may be read (metadata only, no value fetched), one line per check.
+
+pub mod online;
 
 use std::io::Read;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::base::exit::ExitCode;
 use crate::imds::userdata;
 use crate::secrets::{SecretError, refs};
 use crate::settings::{self, Bootstage};
@@ -25,12 +32,21 @@ use crate::state::envfile::{Env, SETTINGS_KEY};
 pub struct Settings {
     /// `None` or `-`: standard input.
     pub file: Option<PathBuf>,
+    /// Also ask AWS whether what the user-data names exists and may be read.
+    pub online: bool,
+    /// With `online`: the bound on all of its calls together.
+    pub timeout: Duration,
 }
+
+/// `--timeout`'s default.
+pub const DEFAULT_TIMEOUT: &str = "30s";
 
 /// What a reference in bootstage's settings stands for offline.
 const PLACEHOLDER: &str = "https://resolved-at-boot.invalid/";
 
-pub fn run(args: &Settings) -> Result<()> {
+/// The offline checks, then (with `online`) the online ones; the exit code of the first
+/// online check that failed.
+pub async fn run(args: &Settings) -> Result<ExitCode> {
     let (raw, name) = match args.file.as_deref() {
         None => (read_stdin()?, "standard input".to_string()),
         Some(p) if p.as_os_str() == "-" => (read_stdin()?, "standard input".to_string()),
@@ -49,7 +65,7 @@ pub fn run(args: &Settings) -> Result<()> {
     if let Some(Value::Object(own)) = offline.get_mut(SETTINGS_KEY) {
         stand_in(own);
     }
-    Bootstage::from_params(&offline)?;
+    let settings = Bootstage::from_params(&offline)?;
     for warning in settings::warnings(&params) {
         tracing::warn!("{warning}");
     }
@@ -89,7 +105,27 @@ pub fn run(args: &Settings) -> Result<()> {
             ),
         }
     );
-    Ok(())
+    if !args.online {
+        return Ok(ExitCode::Ok);
+    }
+    let tasks = online::tasks(&references, &settings, PLACEHOLDER);
+    let outcomes = online::check(tasks, args.timeout)
+        .await
+        .map_err(|e| Error::Stage(Box::new(e)))?;
+    let count = |f: fn(online::Verdict) -> bool| outcomes.iter().filter(|o| f(o.verdict)).count();
+    let code = online::exit_code(&outcomes);
+    eprintln!(
+        "{name}: online: {} checks, {} ok, {} skipped, {} failed{}",
+        outcomes.len(),
+        count(|v| v == online::Verdict::Ok),
+        count(|v| v == online::Verdict::Skipped),
+        count(|v| !matches!(v, online::Verdict::Ok | online::Verdict::Skipped)),
+        match code {
+            ExitCode::Ok => String::new(),
+            code => format!(" (exit {})", code as i32),
+        }
+    );
+    Ok(code)
 }
 
 fn read_stdin() -> Result<Vec<u8>> {
