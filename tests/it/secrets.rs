@@ -545,7 +545,8 @@ fn policy(without: Option<&str>) -> String {
         .unwrap()
         .replace("EXAMPLE-BUCKET", "iam-bucket")
         .replace("EXAMPLE-PREFIX", "config")
-        .replace("EXAMPLE-APP", "shop");
+        .replace("EXAMPLE-APP", "shop")
+        .replace("EXAMPLE-QUEUE-PREFIX", "iam-queue");
     let mut doc: Value = serde_json::from_str(&text).unwrap();
     // moto matches SSM and Secrets Manager resources only for a plain GetParameter (a
     // batch, a versioned name or a secret is matched against something else): those
@@ -553,7 +554,10 @@ fn policy(without: Option<&str>) -> String {
     // stay as shipped.
     for statement in doc["Statement"].as_array_mut().unwrap() {
         let actions = statement["Action"].to_string();
-        if actions.contains("ssm:") || actions.contains("secretsmanager:") {
+        if actions.contains("ssm:")
+            || actions.contains("secretsmanager:")
+            || actions.contains("sqs:")
+        {
             statement["Resource"] = json!("*");
         }
     }
@@ -684,6 +688,47 @@ async fn the_example_iam_policy_is_exactly_enough() {
     set_policy(None);
     let out = stage(&sync_args).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // sqs:ReceiveMessage: a watcher of the instance's queue (which holds a deployment
+    // message) reads it with the policy, and says it is refused without the action. (The
+    // policy's sqs:DeleteMessage cannot be proven here: moto authorizes a batch delete as
+    // sqs:DeleteMessageBatch, where AWS asks for sqs:DeleteMessage.)
+    let queue = keys["queue"].as_str().unwrap();
+    let watch = || {
+        let args = [
+            "s3-sync",
+            "--watch",
+            "10m",
+            "--sqs",
+            queue,
+            "--sync-timeout",
+            "20s",
+        ];
+        let mut cmd = sandbox.command_under(&["timeout", "-s", "TERM", "6"], &args);
+        for (k, v) in moto().env() {
+            cmd.env(k, v);
+        }
+        cmd.env("AWS_ENDPOINT_URL", &server.url)
+            .env("AWS_ACCESS_KEY_ID", key("app", 0))
+            .env("AWS_SECRET_ACCESS_KEY", key("app", 1))
+            .env("BOOTSTAGE_LOG", "info");
+        common::run(cmd)
+    };
+    let refused = format!("{queue}: access refused: sqs:ReceiveMessage");
+    let out = watch().await;
+    assert!(
+        out.stderr.contains("watch: woken by the queue"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(&refused), "{}", out.stderr);
+    set_policy(Some("sqs:ReceiveMessage"));
+    let out = watch().await;
+    assert!(
+        out.stderr.contains(&refused),
+        "{refused:?} in:\n{}",
+        out.stderr
+    );
 }
 
 /// Whoever may write under an import's path is not who may edit the launch template: a
