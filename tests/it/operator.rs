@@ -536,7 +536,7 @@ async fn a_misspelt_setting_fails_the_first_stage_and_writes_nothing() {
             "bootstage.lifecycle.asg.hold_fro: unknown setting; did you mean bootstage.lifecycle.asg.hold_for?",
         ),
         (
-            r#"{"bootstage": {"notify": {"url": "https://hooks.example/T0KEN-IN-URL", "header": {}}}}"#,
+            r#"{"bootstage": {"notify": {"url": "http://127.0.0.1:9/T0KEN-IN-URL", "header": {}}}}"#,
             "bootstage.notify.header: unknown setting; did you mean bootstage.notify.headers?",
         ),
     ];
@@ -1254,7 +1254,7 @@ async fn validate_online_passes_when_everything_exists() {
     );
 
     // A hook the group does not have; a per-instance queue, skipped.
-    let per_instance = "https://sqs.us-east-1.amazonaws.com/123456789012/q-{instance_id}";
+    let per_instance = "http://127.0.0.1:9/123456789012/q-{instance_id}";
     std::fs::write(&file, user_data(per_instance, "nope")).unwrap();
     let out = common::run(validate_online(&sb, &file, &[])).await;
     common::assert_exit(
