@@ -107,10 +107,12 @@ struct Calls {
 }
 
 /// Resolves every reference and import in `params`. `instance_region` is the fallback
-/// region after the environment's.
+/// region after the environment's; `reserved` is what params.env needs beside the
+/// parameters (the facts), which imports must leave room for.
 pub async fn resolve(
     params: Map<String, Value>,
     instance_region: Option<String>,
+    reserved: usize,
     deadline: Deadline,
 ) -> Result<Resolved, SecretError> {
     let references = refs::find(&params)?;
@@ -167,6 +169,7 @@ pub async fn resolve(
     // parameter that cannot be exported is left out, with a warning naming it.
     let mut taken = envfile::names(&out.env);
     let mut room = envfile::MAX_FILE
+        .saturating_sub(reserved)
         .saturating_sub(envfile::Env::from_params(&out.env).map_or(0, |e| e.size()));
     for item in fetched.imported {
         let key = dotted(&item.keys);

@@ -171,7 +171,11 @@ async fn fetch(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<
         },
     };
     notifier.status("resolving references");
-    let resolved = secrets::resolve(params, facts.region.clone(), deadline).await?;
+    // What the facts take in params.env, which imports must leave room for.
+    let mut facts_only = Env::default();
+    facts.export(&mut facts_only)?;
+    let resolved =
+        secrets::resolve(params, facts.region.clone(), facts_only.size(), deadline).await?;
     // bootstage's own settings, whole, before anything is written: a typo fails here.
     Bootstage::from_params(&resolved.json)?;
     check_image_files(&args.image_files)?;

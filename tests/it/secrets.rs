@@ -992,3 +992,33 @@ async fn an_import_that_cannot_be_exported_is_left_out_not_fatal() {
         &["the-operators-secret", "imported-plain", "hidden"],
     );
 }
+
+/// Imports that fill params.env to within a few bytes of its 1 MiB cap left no room for
+/// the facts, which the metadata stage adds after them: the boot failed (65) on a file
+/// only an import writer had filled. The room imports may take now counts the facts, and
+/// the import that would pass it is left out with a warning.
+#[tokio::test]
+async fn imports_leave_room_for_the_facts() {
+    use aws_sdk_ssm::types::ParameterType::String as Plain;
+    // 261 values of 4,000 bytes and one of 2,475: each line is NAME="value"\n, 8 bytes
+    // beside the value with a four-letter name, so params.env would hold 1,048,571 bytes
+    // of imports, 5 under the cap, before the facts' 35.
+    for i in 0..262 {
+        let len = if i == 261 { 2_475 } else { 4_000 };
+        put_param(&format!("/t22f/k{i:03}"), &"v".repeat(len), Plain).await;
+    }
+    let sandbox = Sandbox::new();
+    let params = json!({"bootstage": {"import": [{"ssm_path": "/t22f/"}]}});
+    let out = metadata(&sandbox, &moto().url, &params, "60s").await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let env = shell_readback("dash", &sandbox.state().join("params.env"));
+    assert_eq!(env["BOOTSTAGE_INSTANCE_ID"], "i-0secrets");
+    let imported = env.keys().filter(|k| k.starts_with('K')).count();
+    assert_eq!(imported, 261);
+    assert!(
+        out.stderr
+            .contains("not imported: params.env would pass 1048576 bytes parameter=\"/t22f/k261\""),
+        "{}",
+        out.stderr
+    );
+}
