@@ -202,6 +202,19 @@ pub fn endpoint(service_env_name: &str) -> Option<String> {
     .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
 }
 
+/// `value` with any `user:password@` before its host replaced by `…@`.
+fn without_userinfo(value: &str) -> String {
+    let (scheme, rest) = match value.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), value),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}…{}", &rest[at..]),
+        None => value.to_string(),
+    }
+}
+
 /// Each endpoint variable the SDK reads for `service` that is set: an http(s) URL with a
 /// host, or bad usage naming the variable and what to write.
 fn check_endpoints(service: &str) -> Result<(), AwsError> {
@@ -209,14 +222,16 @@ fn check_endpoints(service: &str) -> Result<(), AwsError> {
         format!("AWS_ENDPOINT_URL_{service}"),
         "AWS_ENDPOINT_URL".to_string(),
     ] {
-        let Some(value) = std::env::var(&variable).ok().filter(|v| !v.is_empty()) else {
+        let Some(raw) = std::env::var(&variable).ok().filter(|v| !v.is_empty()) else {
             continue;
         };
-        let why = if !value.contains("://") {
+        // An endpoint may carry `user:password@`: never in a message.
+        let value = without_userinfo(&raw);
+        let why = if !raw.contains("://") {
             let bare = value.trim_end_matches('/');
             format!("needs a scheme: write http://{bare} (or https://)")
         } else {
-            match reqwest::Url::parse(&value) {
+            match reqwest::Url::parse(&raw) {
                 Ok(url) if ["http", "https"].contains(&url.scheme()) && url.host().is_some() => {
                     continue;
                 }
@@ -530,6 +545,18 @@ mod tests {
                 "{status} {code:?}"
             );
         }
+        assert_eq!(
+            without_userinfo("me:s3cret@127.0.0.1:9000"),
+            "…@127.0.0.1:9000"
+        );
+        assert_eq!(
+            without_userinfo("http://me:s3cret@host/p@x"),
+            "http://…@host/p@x"
+        );
+        assert_eq!(
+            without_userinfo("http://127.0.0.1:9000"),
+            "http://127.0.0.1:9000"
+        );
         let f = said(Kind::Permanent, "ParameterNotFound");
         assert!(f.is(&["ParameterVersionNotFound", "ParameterNotFound"]));
         assert!(!f.is(&["ResourceNotFoundException"]));

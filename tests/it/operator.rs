@@ -830,6 +830,18 @@ async fn an_aws_endpoint_without_scheme_is_bad_usage_at_once() {
         64,
         "AWS_ENDPOINT_URL_S3=\"127.0.0.1:9000\" needs a scheme: write http://127.0.0.1:9000 (or https://)",
     );
+    // A password in the endpoint is never repeated.
+    let mut cmd = s3_sync_command(&sb, "s3://bucket/app/", &["--sync-timeout", "5s"]);
+    cmd.env("AWS_ENDPOINT_URL_S3", "me:s3cret@127.0.0.1:9000")
+        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "example");
+    let out = common::run(cmd).await;
+    common::assert_exit(
+        &out,
+        64,
+        "AWS_ENDPOINT_URL_S3=\"…@127.0.0.1:9000\" needs a scheme: write http://…@127.0.0.1:9000 (or https://)",
+    );
+    assert!(!out.stderr.contains("s3cret"), "{}", out.stderr);
 }
 
 /// A source of the wrong shape says what it is and what to write (65); a missing directory
