@@ -143,11 +143,8 @@ pub async fn resolve(
         let value = fetched.value(&reference.target)?;
         let key = dotted(&reference.path);
         let source = format!("parameter {key:?} ({})", reference.target.describe());
-        claim(
-            &mut credential_of,
-            format!("the credential file {key:?}"),
-            source.clone(),
-        )?;
+        unclaimed(&credential_of, &key, &source)?;
+        credential_of.insert(key.clone(), source.clone());
         match reference.env {
             true => {
                 refs::set(&mut out.json, &reference.path, Value::String(value.clone()));
@@ -183,14 +180,8 @@ pub async fn resolve(
         let name = envfile::env_name(&segments);
         // One credential file, two sources: refused (65), as a silent overwrite would be
         // worse than a failed boot.
-        if item.secure
-            && let Some(first) = credential_of.get(&format!("the credential file {key:?}"))
-        {
-            return Err(SecretError::Collision {
-                what: format!("the credential file {key:?}"),
-                first: first.clone(),
-                second: source,
-            });
+        if item.secure {
+            unclaimed(&credential_of, &key, &source)?;
         }
         if hidden.contains_key(&name) {
             skip(&format!(
@@ -225,11 +216,7 @@ pub async fn resolve(
         refs::merge_import(&mut out.env, &item.keys, Value::String(item.value.clone()));
         out.imported.insert(name);
         if item.secure {
-            claim(
-                &mut credential_of,
-                format!("the credential file {key:?}"),
-                source,
-            )?;
+            credential_of.insert(key.clone(), source);
             out.credentials.push((key, item.value));
         }
     }
@@ -248,22 +235,19 @@ pub async fn resolve(
     Ok(out)
 }
 
-/// Records `source` as what names `what`; a second source is refused, naming both.
-fn claim(
-    names: &mut BTreeMap<String, String>,
-    what: String,
-    source: String,
+/// Refuses `source` as a second source of the credential file `key`, naming both.
+fn unclaimed(
+    credential_of: &BTreeMap<String, String>,
+    key: &str,
+    source: &str,
 ) -> Result<(), SecretError> {
-    match names.get(&what) {
+    match credential_of.get(key) {
         Some(first) => Err(SecretError::Collision {
-            what,
+            what: format!("the credential file {key:?}"),
             first: first.clone(),
-            second: source,
+            second: source.to_string(),
         }),
-        None => {
-            names.insert(what, source);
-            Ok(())
-        }
+        None => Ok(()),
     }
 }
 

@@ -115,13 +115,15 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
         Err(e) => return Err(e.into()),
     };
     // An app that runs as root with imported variables runs with values whoever writes
-    // the import path chose (hooks never get them: `hooks.env`). Say so, once a boot.
+    // the import path chose (hooks never get them: `hooks.env`). Say so at each launch.
     if nix::unistd::geteuid().is_root()
         && let Ok(hooks) = state.load_hooks_env()
     {
+        let hooks: std::collections::BTreeSet<&str> =
+            hooks.iter().map(|(k, _)| k.as_str()).collect();
         let imported = vars
             .iter()
-            .filter(|(k, _)| !hooks.iter().any(|(h, _)| h == k))
+            .filter(|(k, _)| !hooks.contains(k.as_str()))
             .count();
         if imported > 0 {
             tracing::warn!(
