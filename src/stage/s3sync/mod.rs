@@ -353,7 +353,7 @@ pub fn wants_watch(state: &StateDir) -> bool {
         .ok()
         .and_then(|text| serde_json::from_slice::<serde_json::Value>(&text).ok())
         .is_some_and(|p| {
-            p.get("bootstage")
+            p.get(crate::state::envfile::SETTINGS_KEY)
                 .and_then(|b| b.get("watch"))
                 .is_some_and(|w| !w.is_null())
         })

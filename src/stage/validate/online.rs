@@ -291,13 +291,11 @@ pub async fn check(tasks: Vec<Task>, timeout: Duration) -> Result<Vec<Outcome>, 
     let aws = match services.first() {
         None => None,
         Some(&first) => {
-            let region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
-                .iter()
-                .find_map(|v| std::env::var(v).ok().filter(|r| !r.is_empty()));
-            if region.is_none() {
-                return Err(OnlineError::NoRegion);
-            }
-            let aws = Aws::load(None, &services, timeout).await?;
+            // Off the instance there is no instance region to fall back on.
+            let aws = match Aws::load(None, &services, timeout).await {
+                Err(aws::AwsError::NoRegion) => return Err(OnlineError::NoRegion),
+                other => other?,
+            };
             credentials::check(&aws, first, credentials::WAIT.min(deadline.remaining())).await?;
             Some(aws)
         }
