@@ -33,6 +33,12 @@
 //! root can change any directory on it, nobody can swap the file between the check and
 //! the exec.
 //!
+//! The same rules hold for the hooks of the instance's later life, each directory run by
+//! whoever sees its moment ([`run_kinds`]): `per-start.d/` each time the instance goes
+//! into service (after the boot's hooks, and again when it leaves a warm pool),
+//! `drain.d/`, `rebalance.d/`, `rebalance-undo.d/` and `maintenance.d/` (the lifecycle
+//! watcher, with the event in `BOOTSTAGE_*` variables).
+//!
 //! A run holds the state dir's lock while hooks run and checks each per-instance marker
 //! under it, so two runs at once (the unit, and `bootstage hooks` by hand or a `launch`)
 //! never run a one-time hook twice.
@@ -90,17 +96,46 @@ pub struct HookDirs {
     pub hook_timeout: std::time::Duration,
 }
 
+/// A directory of hooks: when its hooks run, and what each is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub enum Kind {
+    /// Once per instance id (a marker each), in the boot's `hooks` stage.
     PerInstance,
+    /// On every boot, in the boot's `hooks` stage.
     PerBoot,
+    /// Each time the instance goes into service: after a boot, and again when it leaves
+    /// a warm pool (a resume from hibernation is no boot), before the app starts.
+    PerStart,
+    /// Before the instance leaves: scale-in, a Spot interruption, a retiring event.
+    Drain,
+    /// Once per rebalance recommendation: an elevated risk of interruption.
+    Rebalance,
+    /// When no interruption followed a rebalance recommendation in time.
+    RebalanceUndo,
+    /// Once per scheduled maintenance event, before it begins.
+    Maintenance,
 }
 
 impl Kind {
-    fn dir(self) -> &'static str {
+    pub const ALL: [Kind; 7] = [
+        Kind::PerInstance,
+        Kind::PerBoot,
+        Kind::PerStart,
+        Kind::Drain,
+        Kind::Rebalance,
+        Kind::RebalanceUndo,
+        Kind::Maintenance,
+    ];
+
+    pub fn dir(self) -> &'static str {
         match self {
             Kind::PerInstance => "per-instance.d",
             Kind::PerBoot => "per-boot.d",
+            Kind::PerStart => "per-start.d",
+            Kind::Drain => "drain.d",
+            Kind::Rebalance => "rebalance.d",
+            Kind::RebalanceUndo => "rebalance-undo.d",
+            Kind::Maintenance => "maintenance.d",
         }
     }
 }
@@ -141,19 +176,52 @@ pub async fn ensure(
 }
 
 async fn run_hooks(state: &StateDir, args: &HookDirs, notifier: Notifier) -> Result<String> {
-    let deadline = Deadline::after(args.hook_timeout);
     warn_misplaced(&args.hooks_dir);
-    let per_instance = list(&args.hooks_dir.join(Kind::PerInstance.dir()))?;
-    let per_boot = list(&args.hooks_dir.join(Kind::PerBoot.dir()))?;
-    if per_instance.is_empty() && per_boot.is_empty() {
-        return Ok("no hooks".into());
+    let deadline = Deadline::after(args.hook_timeout);
+    let limit = format!(
+        "{} (--hook-timeout, all hooks together)",
+        humantime::format_duration(args.hook_timeout)
+    );
+    let (ran, skipped) = run_kinds(
+        state,
+        args,
+        &[Kind::PerInstance, Kind::PerBoot],
+        &[],
+        deadline,
+        &limit,
+        notifier,
+    )
+    .await?;
+    Ok(match ran + skipped {
+        0 => "no hooks".into(),
+        _ => format!("hooks done: {ran} ran, {skipped} per-instance already ran"),
+    })
+}
+
+/// Runs the hooks of each of `kinds`, in that order, with `extra` variables beside the
+/// usual ones (`BOOTSTAGE_DRAIN_REASON`…), all within `deadline` (`limit` says what
+/// it is, for the error of a hook killed at it). Every hook is checked
+/// before the first runs; the first that fails ends the run. Returns how many ran and
+/// how many per-instance hooks had already run.
+pub async fn run_kinds(
+    state: &StateDir,
+    args: &HookDirs,
+    kinds: &[Kind],
+    extra: &[(String, String)],
+    deadline: Deadline,
+    limit: &str,
+    notifier: Notifier,
+) -> Result<(usize, usize)> {
+    let mut listed = Vec::new();
+    for &kind in kinds {
+        listed.push((kind, list(&args.hooks_dir.join(kind.dir()))?));
+    }
+    if listed.iter().all(|(_, hooks)| hooks.is_empty()) {
+        return Ok((0, 0));
     }
     // Every hook is checked before the first runs: a refused one runs nothing.
     let mut resolved = std::collections::HashMap::new();
-    for (kind, hooks) in [
-        (Kind::PerInstance, &per_instance),
-        (Kind::PerBoot, &per_boot),
-    ] {
+    for (kind, hooks) in &listed {
         for hook in hooks {
             let path = args.hooks_dir.join(kind.dir()).join(hook);
             resolved.insert(path.clone(), trusted(&path)?);
@@ -166,18 +234,22 @@ async fn run_hooks(state: &StateDir, args: &HookDirs, notifier: Notifier) -> Res
         .ok()
         .flatten()
         .map_or_else(|| PathBuf::from("/"), |u| u.dir);
-    let markers = match per_instance.is_empty() {
-        true => None,
-        false => Some(marker_dir(state, &args.lib_dir)?),
+    let markers = match listed
+        .iter()
+        .any(|(kind, hooks)| *kind == Kind::PerInstance && !hooks.is_empty())
+    {
+        true => Some(marker_dir(state, &args.lib_dir)?),
+        false => None,
     };
     let (mut ran, mut skipped) = (0, 0);
-    for (kind, hooks) in [(Kind::PerInstance, per_instance), (Kind::PerBoot, per_boot)] {
+    for (kind, hooks) in listed {
         for hook in hooks {
             let name = format!("{}/{}", kind.dir(), hook.to_string_lossy());
-            let marker = markers.as_ref().map(|dir| dir.join(kind.dir()).join(&hook));
-            if let Some(marker) = marker.as_ref().filter(|_| kind == Kind::PerInstance)
-                && marker.exists()
-            {
+            let marker = match (kind, &markers) {
+                (Kind::PerInstance, Some(dir)) => Some(dir.join(kind.dir()).join(&hook)),
+                _ => None,
+            };
+            if marker.as_ref().is_some_and(|m| m.exists()) {
                 tracing::info!(hook = name, "already ran on this instance");
                 skipped += 1;
                 continue;
@@ -191,6 +263,7 @@ async fn run_hooks(state: &StateDir, args: &HookDirs, notifier: Notifier) -> Res
                 .env("PATH", HOOK_PATH)
                 .envs(KEPT.iter().filter_map(|k| Some((k, std::env::var_os(k)?))))
                 .envs(env.iter().map(|(k, v)| (k, v)))
+                .envs(extra.iter().map(|(k, v)| (k, v)))
                 .env("HOME", &home)
                 .env("BOOTSTAGE_HOOK", &name)
                 .env("BOOTSTAGE_STATE_DIR", state.root())
@@ -203,11 +276,7 @@ async fn run_hooks(state: &StateDir, args: &HookDirs, notifier: Notifier) -> Res
                 Ok(status) if status.success() => {}
                 Ok(status) => return Err(failed(child::describe(status)).into()),
                 Err(child::ChildError::TimedOut(_)) => {
-                    let limit = humantime::format_duration(args.hook_timeout);
-                    return Err(failed(format!(
-                        "did not finish within {limit} (--hook-timeout, all hooks together); killed"
-                    ))
-                    .into());
+                    return Err(failed(format!("did not finish within {limit}; killed")).into());
                 }
                 // The kernel runs a script only with an interpreter named on its first line.
                 Err(child::ChildError::Spawn(source))
@@ -221,14 +290,12 @@ async fn run_hooks(state: &StateDir, args: &HookDirs, notifier: Notifier) -> Res
                 Err(e) => return Err(failed(e.to_string()).into()),
             }
             ran += 1;
-            if let (Kind::PerInstance, Some(marker)) = (kind, marker) {
+            if let Some(marker) = marker {
                 write_marker(&marker)?;
             }
         }
     }
-    Ok(format!(
-        "hooks done: {ran} ran, {skipped} per-instance already ran"
-    ))
+    Ok((ran, skipped))
 }
 
 /// Hooks that would never run, said before the run: a hooks dir that does not exist (a
@@ -242,7 +309,7 @@ fn warn_misplaced(hooks_dir: &Path) {
         );
         return;
     }
-    for kind in [Kind::PerInstance, Kind::PerBoot] {
+    for kind in Kind::ALL {
         let dir = kind.dir();
         let near = hooks_dir.join(dir.trim_end_matches(".d"));
         if std::fs::symlink_metadata(&near).is_ok() {
