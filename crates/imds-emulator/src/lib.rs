@@ -12,9 +12,26 @@
 //! answered 503 with a Retry-After; tokens expired on demand; the listener bound late
 //! (connection refused, then up). Every IMDS request is recorded with its time and answer.
 //!
+//! An instance's life after boot, as IMDS shows it: `autoscaling/target-lifecycle-state`
+//! (404 until the group moves the instance, then `InService`, `Warmed:Stopped`, …, as
+//! plain text), `spot/instance-action` (404 until an interruption is scheduled, then
+//! `{"action": "terminate", "time": "…"}`), `events/recommendations/rebalance` (404, then
+//! `{"noticeTime": "…"}`) and `events/maintenance/scheduled` (`[]` when none is
+//! scheduled, else a JSON array of events). Each is served verbatim from its `Config`
+//! field, and listed in its directory (`/latest/meta-data/` lists `autoscaling/` and
+//! `spot/` while they are set; `events/` always, as `events/maintenance/scheduled` always
+//! answers). A scenario's `timeline` changes them at set times after the start; a test
+//! changes them at any moment (`Emulator::set_meta_data`, or `PUT /_emulator/meta-data/…`).
+//! Every change is logged with its wall clock time and its time since the start
+//! (`Emulator::changes`, `GET /_emulator/changes`), so a benchmark can measure from a state
+//! change to what a client did about it.
+//!
 //! Control from another process: `PUT /_emulator/user-data` (body), `DELETE` it,
-//! `POST /_emulator/expire-tokens`, `GET /_emulator/requests` (JSON) and `DELETE` them.
-//! These are neither recorded nor counted.
+//! `POST /_emulator/expire-tokens`, `GET /_emulator/requests` (JSON) and `DELETE` them,
+//! `PUT /_emulator/meta-data/PATH` (body: the new value) and `DELETE` it (404 again, `[]`
+//! for `events/maintenance/scheduled`) for the four paths above (`PATH` as below
+//! `/latest/meta-data/`), `GET /_emulator/changes` (JSON). These are neither recorded nor
+//! counted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -116,7 +133,88 @@ pub struct Config {
     /// `autoscaling/target-lifecycle-state` (an instance in an auto scaling group);
     /// `None` answers 404 as outside a group.
     pub target_lifecycle_state: Option<String>,
+    /// `spot/instance-action`, served as is (`{"action": "terminate", "time":
+    /// "2017-09-18T08:22:00Z"}`); `None` answers 404 as before an interruption is scheduled.
+    pub spot_instance_action: Option<String>,
+    /// `events/recommendations/rebalance`, served as is (`{"noticeTime":
+    /// "2020-10-27T08:22:00Z"}`); `None` answers 404.
+    pub rebalance: Option<String>,
+    /// `events/maintenance/scheduled`, served as is (a JSON array of events); `None`
+    /// answers `[]`, as IMDS does when none is scheduled.
+    pub maintenance_scheduled: Option<String>,
+    /// Changes to those four that apply on their own, each once its `after` has passed
+    /// since the start. Read at the start: changing it later (`update`) does nothing.
+    pub timeline: Vec<Change>,
     pub instance: Instance,
+}
+
+/// The meta-data paths (below `/latest/meta-data/`) a timeline, `set_meta_data` and
+/// `PUT /_emulator/meta-data/…` can set.
+pub const SETTABLE_PATHS: [&str; 4] = [
+    "autoscaling/target-lifecycle-state",
+    "spot/instance-action",
+    "events/recommendations/rebalance",
+    "events/maintenance/scheduled",
+];
+
+impl Config {
+    /// The field behind a settable path.
+    fn slot(&mut self, path: &str) -> Option<&mut Option<String>> {
+        match path {
+            "autoscaling/target-lifecycle-state" => Some(&mut self.target_lifecycle_state),
+            "spot/instance-action" => Some(&mut self.spot_instance_action),
+            "events/recommendations/rebalance" => Some(&mut self.rebalance),
+            "events/maintenance/scheduled" => Some(&mut self.maintenance_scheduled),
+            _ => None,
+        }
+    }
+
+    fn meta_data(&self) -> [Option<String>; 4] {
+        [
+            self.target_lifecycle_state.clone(),
+            self.spot_instance_action.clone(),
+            self.rebalance.clone(),
+            self.maintenance_scheduled.clone(),
+        ]
+    }
+}
+
+/// `path` as one of `SETTABLE_PATHS`; leading and trailing slashes are ignored.
+fn settable(path: &str) -> Option<&'static str> {
+    let path = path.trim_matches('/');
+    SETTABLE_PATHS.into_iter().find(|p| *p == path)
+}
+
+/// One change in a scenario's timeline.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Change {
+    /// When, after the emulator started (`"2s"`, `"1m 30s"` in JSON).
+    #[serde(with = "humantime_serde_dur")]
+    pub after: Duration,
+    /// One of `SETTABLE_PATHS`, e.g. `autoscaling/target-lifecycle-state`; any other is an
+    /// error at the start.
+    pub path: String,
+    /// The new value; `None` (or absent) answers 404 again (`[]` for
+    /// `events/maintenance/scheduled`).
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// One change to a settable meta-data path, as it applied.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ChangeRecord {
+    /// As in `SETTABLE_PATHS`.
+    pub path: String,
+    pub value: Option<String>,
+    /// Time since the emulator started (seconds in JSON).
+    #[serde(serialize_with = "as_secs_f64")]
+    pub at: Duration,
+    /// Wall clock: seconds since the Unix epoch.
+    pub unix: f64,
+    /// `timeline`, `control` (`/_emulator/meta-data/…`) or `api` (`set_meta_data`,
+    /// `update`).
+    pub by: String,
 }
 
 /// One IMDS request as the emulator saw it.
@@ -140,6 +238,11 @@ struct Shared {
     counter: AtomicU64,
     token_puts: AtomicU64,
     log: Mutex<Vec<Record>>,
+    /// The config's timeline, in order of `after`.
+    timeline: Vec<Change>,
+    /// How many of `timeline` have applied.
+    applied: Mutex<usize>,
+    changes: Mutex<Vec<ChangeRecord>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -151,11 +254,13 @@ pub struct Emulator {
     addr: SocketAddr,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
+    timeline: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Emulator {
     fn drop(&mut self) {
         self.task.abort();
+        self.timeline.abort();
     }
 }
 
@@ -176,16 +281,25 @@ impl Emulator {
 
     /// Starts on `addr`, which must be a loopback address.
     pub async fn bind(addr: SocketAddr, config: Config) -> std::io::Result<Emulator> {
-        let listener = tokio::net::TcpListener::bind(check_loopback(addr)?).await?;
+        let addr = check_loopback(addr)?;
+        check_timeline(&config)?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Self::shared(config);
         let task = tokio::spawn(serve(listener, shared.clone()));
-        Ok(Emulator { addr, shared, task })
+        let timeline = tokio::spawn(run_timeline(shared.clone()));
+        Ok(Emulator {
+            addr,
+            shared,
+            task,
+            timeline,
+        })
     }
 
     /// Reserves a loopback port but accepts connections only after `delay`: until then a
     /// client gets "connection refused".
     pub async fn start_later(config: Config, delay: Duration) -> std::io::Result<Emulator> {
+        check_timeline(&config)?;
         let addr = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await?
             .local_addr()?;
@@ -197,7 +311,13 @@ impl Emulator {
                 serve(listener, inner).await;
             }
         });
-        Ok(Emulator { addr, shared, task })
+        let timeline = tokio::spawn(run_timeline(shared.clone()));
+        Ok(Emulator {
+            addr,
+            shared,
+            task,
+            timeline,
+        })
     }
 
     fn shared(config: Config) -> Arc<Shared> {
@@ -205,6 +325,8 @@ impl Emulator {
             .user_data
             .as_ref()
             .map(|_| config.user_data_after.unwrap_or_default());
+        let mut timeline = config.timeline.clone();
+        timeline.sort_by_key(|c| c.after);
         Arc::new(Shared {
             config: Mutex::new(config),
             started: Instant::now(),
@@ -213,6 +335,9 @@ impl Emulator {
             counter: AtomicU64::new(0),
             token_puts: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
+            timeline,
+            applied: Mutex::new(0),
+            changes: Mutex::new(Vec::new()),
         })
     }
 
@@ -235,9 +360,41 @@ impl Emulator {
         lock(&self.shared.tokens).clear();
     }
 
-    /// Changes the scenario while running.
+    /// Changes the scenario while running. Changes to the settable meta-data paths are
+    /// logged (`changes`); the timeline is not read again.
     pub fn update(&self, change: impl FnOnce(&mut Config)) {
-        change(&mut lock(&self.shared.config));
+        self.shared.apply_due();
+        let mut config = lock(&self.shared.config);
+        let before = config.meta_data();
+        change(&mut config);
+        let after = config.meta_data();
+        for ((path, old), new) in SETTABLE_PATHS.iter().zip(before).zip(after) {
+            if old != new {
+                self.shared.log_change(path, new, "api");
+            }
+        }
+    }
+
+    /// Sets one of `SETTABLE_PATHS` (below `/latest/meta-data/`, e.g.
+    /// `spot/instance-action`) now: `Some` serves the value, `None` answers 404 again (`[]`
+    /// for `events/maintenance/scheduled`). Logged in `changes`.
+    ///
+    /// # Panics
+    /// On any other path: a mistake in the test.
+    pub fn set_meta_data(&self, path: &str, value: Option<&str>) {
+        let Some(path) = settable(path) else {
+            panic!("{path:?} is not a settable meta-data path (one of {SETTABLE_PATHS:?})");
+        };
+        self.shared.apply_due();
+        self.shared
+            .set_meta_data(path, value.map(str::to_string), "api");
+    }
+
+    /// Every change to a settable meta-data path so far (timeline, control and API), in
+    /// the order they applied.
+    pub fn changes(&self) -> Vec<ChangeRecord> {
+        self.shared.apply_due();
+        lock(&self.shared.changes).clone()
     }
 
     /// The IMDS requests so far, in arrival order.
@@ -257,6 +414,33 @@ fn check_loopback(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     }
 }
 
+/// Every timeline path must be settable.
+fn check_timeline(config: &Config) -> std::io::Result<()> {
+    match config.timeline.iter().find(|c| settable(&c.path).is_none()) {
+        None => Ok(()),
+        Some(c) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "timeline: {:?} is not a settable meta-data path (one of {})",
+                c.path,
+                SETTABLE_PATHS.join(", ")
+            ),
+        )),
+    }
+}
+
+/// Applies each timeline change when it is due. A request that comes first applies it
+/// too (`Shared::apply_due`), so no answer is older than the timeline says.
+async fn run_timeline(shared: Arc<Shared>) {
+    for i in 0..shared.timeline.len() {
+        let Some(due) = shared.started.checked_add(shared.timeline[i].after) else {
+            return;
+        };
+        tokio::time::sleep_until(due.into()).await;
+        shared.apply_due();
+    }
+}
+
 async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     let app = Router::new().fallback(handle).with_state(shared);
     let _ = axum::serve(listener, app).await;
@@ -270,6 +454,7 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_string();
+    shared.apply_due();
     if let Some(control) = path.strip_prefix("/_emulator/") {
         return shared.control(&method, control, body);
     }
@@ -310,7 +495,61 @@ impl Shared {
         *lock(&self.user_data_at) = at;
     }
 
+    /// Applies the timeline's changes that are due and not yet applied.
+    fn apply_due(&self) {
+        let mut applied = lock(&self.applied);
+        let elapsed = self.started.elapsed();
+        while let Some(c) = self.timeline.get(*applied).filter(|c| c.after <= elapsed) {
+            // Checked at the start: each path is settable.
+            if let Some(path) = settable(&c.path) {
+                self.set_meta_data(path, c.value.clone(), "timeline");
+            }
+            *applied += 1;
+        }
+    }
+
+    fn set_meta_data(&self, path: &'static str, value: Option<String>, by: &str) {
+        let mut config = lock(&self.config);
+        if let Some(slot) = config.slot(path) {
+            *slot = value.clone();
+        }
+        // Under the config's lock: the log's order is the order the values applied.
+        self.log_change(path, value, by);
+    }
+
+    fn log_change(&self, path: &str, value: Option<String>, by: &str) {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        lock(&self.changes).push(ChangeRecord {
+            path: path.to_string(),
+            value,
+            at: self.started.elapsed(),
+            unix,
+            by: by.to_string(),
+        });
+    }
+
     fn control(&self, method: &Method, what: &str, body: Bytes) -> Response {
+        if let Some(path) = what.strip_prefix("meta-data/") {
+            let Some(path) = settable(path) else {
+                let why = format!(
+                    "{path:?} is not a settable meta-data path (one of {})\n",
+                    SETTABLE_PATHS.join(", ")
+                );
+                return (StatusCode::NOT_FOUND, why).into_response();
+            };
+            match method.as_str() {
+                "PUT" => {
+                    let value = String::from_utf8_lossy(&body).into_owned();
+                    self.set_meta_data(path, Some(value), "control");
+                }
+                "DELETE" => self.set_meta_data(path, None, "control"),
+                _ => return StatusCode::METHOD_NOT_ALLOWED.into_response(),
+            }
+            return StatusCode::NO_CONTENT.into_response();
+        }
         match (method.as_str(), what) {
             ("PUT", "user-data") => self.set_user_data(Some(body.to_vec())),
             ("DELETE", "user-data") => self.set_user_data(None),
@@ -318,6 +557,10 @@ impl Shared {
             ("DELETE", "requests") => lock(&self.log).clear(),
             ("GET", "requests") => {
                 let log = serde_json::to_vec(&*lock(&self.log)).unwrap_or_default();
+                return ([(header::CONTENT_TYPE, "application/json")], log).into_response();
+            }
+            ("GET", "changes") => {
+                let log = serde_json::to_vec(&*lock(&self.changes)).unwrap_or_default();
                 return ([(header::CONTENT_TYPE, "application/json")], log).into_response();
             }
             _ => return StatusCode::NOT_FOUND.into_response(),
@@ -407,6 +650,10 @@ impl Shared {
     fn get(&self, config: &Config, path: &str) -> Reply {
         let i = &config.instance;
         let text = |s: &str| answer(StatusCode::OK, s);
+        let optional = |value: &Option<String>| match value {
+            Some(value) => text(value),
+            None => answer(StatusCode::NOT_FOUND, ""),
+        };
         match path {
             "/latest/user-data" => {
                 let at = *lock(&self.user_data_at);
@@ -419,9 +666,55 @@ impl Shared {
                     _ => answer(StatusCode::NOT_FOUND, ""),
                 }
             }
-            "/latest/meta-data" | "/latest/meta-data/" => text(
-                "ami-id\ninstance-id\ninstance-type\nlocal-hostname\nlocal-ipv4\nmac\nplacement/\ntags/",
+            "/latest/meta-data" | "/latest/meta-data/" => {
+                let autoscaling = config.target_lifecycle_state.is_some();
+                let spot = config.spot_instance_action.is_some();
+                let items = [
+                    ("ami-id", true),
+                    ("autoscaling/", autoscaling),
+                    // Always: events/maintenance/scheduled always answers.
+                    ("events/", true),
+                    ("instance-id", true),
+                    ("instance-type", true),
+                    ("local-hostname", true),
+                    ("local-ipv4", true),
+                    ("mac", true),
+                    ("placement/", true),
+                    ("spot/", spot),
+                    ("tags/", true),
+                ];
+                let listed: Vec<_> = items.iter().filter(|i| i.1).map(|i| i.0).collect();
+                text(&listed.join("\n"))
+            }
+            "/latest/meta-data/autoscaling" | "/latest/meta-data/autoscaling/" => optional(
+                &config
+                    .target_lifecycle_state
+                    .as_ref()
+                    .map(|_| "target-lifecycle-state".into()),
             ),
+            "/latest/meta-data/spot" | "/latest/meta-data/spot/" => optional(
+                &config
+                    .spot_instance_action
+                    .as_ref()
+                    .map(|_| "instance-action".into()),
+            ),
+            "/latest/meta-data/spot/instance-action" => optional(&config.spot_instance_action),
+            "/latest/meta-data/events" | "/latest/meta-data/events/" => match config.rebalance {
+                Some(_) => text("maintenance/\nrecommendations/"),
+                None => text("maintenance/"),
+            },
+            "/latest/meta-data/events/maintenance" | "/latest/meta-data/events/maintenance/" => {
+                text("history\nscheduled")
+            }
+            "/latest/meta-data/events/maintenance/history" => text("[]"),
+            "/latest/meta-data/events/maintenance/scheduled" => {
+                text(config.maintenance_scheduled.as_deref().unwrap_or("[]"))
+            }
+            "/latest/meta-data/events/recommendations"
+            | "/latest/meta-data/events/recommendations/" => {
+                optional(&config.rebalance.as_ref().map(|_| "rebalance".into()))
+            }
+            "/latest/meta-data/events/recommendations/rebalance" => optional(&config.rebalance),
             "/latest/meta-data/instance-id" => text(&i.instance_id),
             "/latest/meta-data/ami-id" => text(&i.image_id),
             "/latest/meta-data/instance-type" => text(&i.instance_type),
@@ -429,10 +722,7 @@ impl Shared {
             "/latest/meta-data/local-hostname" => text(&i.local_hostname),
             "/latest/meta-data/mac" => text(&i.mac),
             "/latest/meta-data/autoscaling/target-lifecycle-state" => {
-                match &config.target_lifecycle_state {
-                    Some(state) => text(state),
-                    None => answer(StatusCode::NOT_FOUND, ""),
-                }
+                optional(&config.target_lifecycle_state)
             }
             "/latest/meta-data/placement/region" => text(&i.region),
             "/latest/meta-data/placement/availability-zone" => text(&i.availability_zone),
@@ -494,6 +784,16 @@ fn random_u64() -> u64 {
 
 fn as_secs_f64<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
+}
+
+/// A `"2s"`-style duration in JSON scenarios.
+mod humantime_serde_dur {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        humantime::parse_duration(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
 }
 
 /// `"2s"`-style durations in JSON scenarios.

@@ -4,6 +4,10 @@
 //!
 //! Usage: imds-emulator [--listen 127.0.0.1:PORT] [--config SCENARIO.json]
 //!                      [--user-data-file PATH] [--user-data-after DURATION]
+//!
+//! The scenario is `imds_emulator::Config` as JSON, its `timeline` included (e.g.
+//! `{"timeline": [{"after": "2s", "path": "spot/instance-action", "value": "…"}]}`); a
+//! timeline path that cannot be set is an error at the start (exit status 2).
 
 use std::io::Write;
 use std::net::SocketAddr;
