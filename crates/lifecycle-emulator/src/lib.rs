@@ -8,8 +8,30 @@
 //!   with its hook's heartbeat timeout: a heartbeat extends it, a completion ends it, and
 //!   when neither comes in time the action ends with the hook's default result, as AWS
 //!   does; the global timeout (100 × heartbeat timeout, at most 48 h) ends it too. A call
-//!   for an instance with no action in progress gets AWS's `ValidationError`
-//!   "No active Lifecycle Action found with instance ID …".
+//!   for an instance with no action in progress, or naming a hook other than the one its
+//!   action waits under, gets AWS's `ValidationError` "No active Lifecycle Action found
+//!   with instance ID …"; so does a second completion of an action (exactly once), which
+//!   is also counted as refused on that action.
+//!
+//!   Warm pools (`Group::warm_pool`): the launch hook fires on entering the pool
+//!   (`Warmed:Pending:Wait`) and again on leaving it for service (`Pending:Wait`, on
+//!   `Emulator::into_service`), each its own action needing its own completion. A
+//!   `CONTINUE` of the first settles the instance directly in the pool's state
+//!   (`Warmed:Stopped`, `Warmed:Running` or `Warmed:Hibernated`: the transient
+//!   `Warmed:Pending:Proceed` is not reported), of the second directly `InService`
+//!   (likewise no `Pending:Proceed`). An `ABANDON` (or a timeout with it) leaves it
+//!   `Warmed:Terminating` (`Terminating` from `Pending:Wait`).
+//!
+//!   Termination (`Group::termination_hook`, `Emulator::terminate`): the instance waits in
+//!   `Terminating:Wait` (`Warmed:Terminating:Wait` from the pool) under the termination
+//!   hook, heartbeats and timeouts as for launch, and either result of its completion
+//!   leaves it `Terminating:Proceed` (`Warmed:Terminating:Proceed`). Without the hook it
+//!   goes there at once. A launch action still waiting ends first (`ABANDON`, by
+//!   `terminate`).
+//!
+//!   `DescribeAutoScalingInstances` reports each instance's LifecycleState as above;
+//!   `DescribeLifecycleHooks` lists the launch hook (`autoscaling:EC2_INSTANCE_LAUNCHING`)
+//!   and the termination hook (`autoscaling:EC2_INSTANCE_TERMINATING`).
 //! - CloudFormation (`Version=2010-05-15`): `SignalResource`. A configured resource takes
 //!   `count` signals (its creation policy's count), one per `UniqueId`: a repeated
 //!   `UniqueId` is accepted and not counted again, as AWS does. A FAILURE fails the
@@ -28,9 +50,11 @@
 //! ARNs: the region is the one the caller signed for (its SigV4 credential scope), the
 //! account is `Config::account`, group and stack ids are UUIDs derived from their names.
 //!
-//! Control from another process: `GET /_emulator/calls`, `GET /_emulator/actions`,
-//! `GET /_emulator/stacks` (JSON), `POST /_emulator/throttle`, `POST /_emulator/contend`
-//! (body: N). These are not recorded.
+//! Control from another process: `GET /_emulator/calls`, `GET /_emulator/actions` (each
+//! instance's state and lifecycle actions), `GET /_emulator/stacks` (JSON),
+//! `POST /_emulator/throttle`, `POST /_emulator/contend` (body: N),
+//! `POST /_emulator/into-service`, `POST /_emulator/terminate` (body: an instance id;
+//! 204, or 409 with the reason). These are not recorded.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -52,7 +76,8 @@ const CFN_NS: &str = "http://cloudformation.amazonaws.com/doc/2010-05-15/";
 /// AWS's cap on a lifecycle action, whatever its heartbeats.
 const MAX_GLOBAL_TIMEOUT: Duration = Duration::from_secs(48 * 3600);
 
-/// An auto scaling group with one launch lifecycle hook.
+/// An auto scaling group with a launch lifecycle hook, and optionally a warm pool and a
+/// termination lifecycle hook.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Group {
@@ -65,8 +90,62 @@ pub struct Group {
     /// What the group does when the action times out: `ABANDON` (AWS's default) or `CONTINUE`.
     #[serde(default = "default_result")]
     pub default_result: String,
-    /// Instances in a launch lifecycle action from the start.
+    /// Instances in a launch lifecycle action from the start (`Pending:Wait`, or
+    /// `Warmed:Pending:Wait` with a warm pool).
     pub instances: Vec<String>,
+    /// A warm pool, named by the state its instances wait in: `Warmed:Stopped`,
+    /// `Warmed:Running` or `Warmed:Hibernated`. With one, each instance starts entering the
+    /// pool (`Warmed:Pending:Wait`, under the launch hook) and leaves it for service on
+    /// `Emulator::into_service`. `None`: no pool.
+    #[serde(default)]
+    pub warm_pool: Option<String>,
+    /// A lifecycle hook on termination (`Emulator::terminate`); `None`: none.
+    #[serde(default)]
+    pub termination_hook: Option<TerminationHook>,
+}
+
+impl Default for Group {
+    fn default() -> Group {
+        Group {
+            name: String::new(),
+            hook: String::new(),
+            heartbeat_timeout: default_heartbeat(),
+            default_result: default_result(),
+            instances: Vec::new(),
+            warm_pool: None,
+            termination_hook: None,
+        }
+    }
+}
+
+/// The states a warm pool keeps its instances in.
+pub const WARM_POOL_STATES: [&str; 3] = ["Warmed:Stopped", "Warmed:Running", "Warmed:Hibernated"];
+
+/// A group's termination lifecycle hook (`autoscaling:EC2_INSTANCE_TERMINATING`); its
+/// fields mean what the launch hook's do in `Group`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TerminationHook {
+    pub name: String,
+    /// Seconds, as `Group::heartbeat_timeout`.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_timeout: f64,
+    /// `ABANDON` (AWS's default) or `CONTINUE`: on termination both let it proceed.
+    #[serde(default = "default_result")]
+    pub default_result: String,
+}
+
+/// `TerminationHook` by its shorter name.
+pub type Hook = TerminationHook;
+
+impl Default for TerminationHook {
+    fn default() -> TerminationHook {
+        TerminationHook {
+            name: String::new(),
+            heartbeat_timeout: default_heartbeat(),
+            default_result: default_result(),
+        }
+    }
 }
 
 fn default_heartbeat() -> f64 {
@@ -152,41 +231,231 @@ pub struct Call {
 pub struct Outcome {
     /// `CONTINUE` or `ABANDON`.
     pub result: String,
-    /// `complete` (a CompleteLifecycleAction) or `timeout`.
+    /// `complete` (a CompleteLifecycleAction), `timeout`, or `terminate` (a launch action
+    /// cut short by `Emulator::terminate`, as `ABANDON`).
     pub by: String,
 }
 
+/// What a lifecycle action is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Entering the warm pool (launch hook).
+    LaunchWarm,
+    /// Entering service (launch hook), at launch or from the warm pool.
+    Launch,
+    /// Leaving the group (termination hook).
+    Termination,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::LaunchWarm => "launch-warm",
+            Kind::Launch => "launch",
+            Kind::Termination => "termination",
+        }
+    }
+}
+
+/// A hook as the actions under it need it.
+#[derive(Clone)]
+struct HookSpec {
+    name: String,
+    heartbeat_timeout: Duration,
+    default_result: String,
+}
+
+impl HookSpec {
+    fn new(name: &str, heartbeat_timeout: f64, default_result: &str) -> std::io::Result<HookSpec> {
+        let heartbeat_timeout = Duration::try_from_secs_f64(heartbeat_timeout)
+            .ok()
+            .filter(|t| !t.is_zero())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "hook {name}: heartbeat_timeout must be a positive number of seconds, not {heartbeat_timeout}"
+                ))
+            })?;
+        Ok(HookSpec {
+            name: name.to_string(),
+            heartbeat_timeout,
+            default_result: default_result.to_string(),
+        })
+    }
+
+    /// A new action under this hook, waiting from `now`.
+    fn start(&self, kind: Kind, warmed: bool, now: Instant) -> Action {
+        Action {
+            kind,
+            warmed,
+            hook: self.name.clone(),
+            heartbeat_timeout: self.heartbeat_timeout,
+            default_result: self.default_result.clone(),
+            started: now,
+            started_unix: unix_now(),
+            expires: now + self.heartbeat_timeout,
+            heartbeats: 0,
+            outcome: None,
+            ended: None,
+            refused: 0,
+        }
+    }
+}
+
+fn invalid(why: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, why)
+}
+
+/// Wall clock: seconds since the Unix epoch.
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
 struct Action {
-    group: String,
+    kind: Kind,
+    /// In or from the warm pool (a `Warmed:` state).
+    warmed: bool,
     hook: String,
     heartbeat_timeout: Duration,
     default_result: String,
     started: Instant,
+    started_unix: f64,
     expires: Instant,
     heartbeats: u64,
     outcome: Option<Outcome>,
+    /// When the outcome came (the deadline, for a timeout).
+    ended: Option<Instant>,
+    /// CompleteLifecycleAction calls for it refused after it ended.
+    refused: u64,
 }
 
 impl Action {
     /// Ends the action with its default result if a timeout has passed.
     fn expire(&mut self, now: Instant) {
         let global = (self.heartbeat_timeout * 100).min(MAX_GLOBAL_TIMEOUT);
-        if self.outcome.is_none() && (now >= self.expires || now >= self.started + global) {
-            self.outcome = Some(Outcome {
-                result: self.default_result.clone(),
-                by: "timeout".into(),
-            });
+        let deadline = self.expires.min(self.started + global);
+        if self.outcome.is_none() && now >= deadline {
+            let result = self.default_result.clone();
+            self.end(result, "timeout", deadline);
+        }
+    }
+
+    fn end(&mut self, result: String, by: &str, at: Instant) {
+        self.outcome = Some(Outcome {
+            result,
+            by: by.into(),
+        });
+        self.ended = Some(at);
+    }
+
+    fn record(&self) -> ActionRecord {
+        let unix = |t: Instant| self.started_unix + t.duration_since(self.started).as_secs_f64();
+        ActionRecord {
+            hook: self.hook.clone(),
+            kind: self.kind.name().into(),
+            result: self.outcome.as_ref().map(|o| o.result.clone()),
+            by: self.outcome.as_ref().map(|o| o.by.clone()),
+            heartbeats: self.heartbeats,
+            started_at: self.started_unix,
+            completed_at: self.ended.map(unix),
+            refused: self.refused,
         }
     }
 }
 
-/// The state of one instance's lifecycle action, for tests.
+/// An instance of a configured group.
+struct Member {
+    group: String,
+    launch: HookSpec,
+    termination: Option<HookSpec>,
+    /// The warm pool's state, if the group has a pool.
+    pool: Option<String>,
+    /// Every lifecycle action so far, the last one perhaps in progress (never empty).
+    actions: Vec<Action>,
+    /// Where `Emulator::terminate` left it without a termination hook.
+    terminated: Option<&'static str>,
+}
+
+impl Member {
+    /// Applies a timeout to the action in progress (the others have ended).
+    fn expire(&mut self, now: Instant) {
+        if let Some(a) = self.actions.last_mut() {
+            a.expire(now);
+        }
+    }
+
+    /// Its LifecycleState as DescribeAutoScalingInstances reports it (after `expire`).
+    fn state(&self) -> String {
+        if let Some(state) = self.terminated {
+            return state.into();
+        }
+        let Some(a) = self.actions.last() else {
+            return "InService".into();
+        };
+        let result = a.outcome.as_ref().map(|o| o.result.as_str());
+        let state = match (a.kind, result) {
+            (Kind::LaunchWarm, None) => "Warmed:Pending:Wait",
+            (Kind::LaunchWarm, Some("CONTINUE")) => {
+                return self.pool.clone().unwrap_or_else(|| "Warmed:Stopped".into());
+            }
+            (Kind::LaunchWarm, Some(_)) => "Warmed:Terminating",
+            (Kind::Launch, None) => "Pending:Wait",
+            (Kind::Launch, Some("CONTINUE")) => "InService",
+            (Kind::Launch, Some(_)) => "Terminating",
+            (Kind::Termination, None) if a.warmed => "Warmed:Terminating:Wait",
+            (Kind::Termination, None) => "Terminating:Wait",
+            (Kind::Termination, Some(_)) if a.warmed => "Warmed:Terminating:Proceed",
+            (Kind::Termination, Some(_)) => "Terminating:Proceed",
+        };
+        state.into()
+    }
+
+    /// The action waiting under `hook`, if any (after `expire`).
+    fn waiting(&mut self, hook: &str) -> Option<&mut Action> {
+        self.actions
+            .last_mut()
+            .filter(|a| a.outcome.is_none() && a.hook == hook)
+    }
+}
+
+/// The state of one instance and its lifecycle actions, for tests. `hook`, `heartbeats`
+/// and `outcome` are those of its latest action (the one in progress, if any).
 #[derive(Clone, Debug, Serialize)]
 pub struct ActionState {
     pub group: String,
     pub hook: String,
     pub heartbeats: u64,
     pub outcome: Option<Outcome>,
+    /// Its LifecycleState, as DescribeAutoScalingInstances reports it.
+    pub state: String,
+    /// The latest action's kind: `launch-warm`, `launch` or `termination`.
+    pub kind: String,
+    /// Every action so far, oldest first.
+    pub actions: Vec<ActionRecord>,
+}
+
+/// One lifecycle action of an instance.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ActionRecord {
+    pub hook: String,
+    /// `launch-warm` (entering the warm pool), `launch` (entering service) or
+    /// `termination`.
+    pub kind: String,
+    /// `CONTINUE` or `ABANDON`; `None` while it waits.
+    pub result: Option<String>,
+    /// As `Outcome::by`; `None` while it waits.
+    pub by: Option<String>,
+    pub heartbeats: u64,
+    /// Wall clock, seconds since the Unix epoch.
+    pub started_at: f64,
+    /// Wall clock, seconds since the Unix epoch, when it ended (its deadline, for a
+    /// timeout); `None` while it waits.
+    pub completed_at: Option<f64>,
+    /// CompleteLifecycleAction calls naming its hook that were refused after it ended
+    /// (the accepted completion is `by == "complete"`): exactly once means 1 and any.
+    pub refused: u64,
 }
 
 /// One signal a stack resource counted.
@@ -242,7 +511,7 @@ impl StackState {
 struct Shared {
     started: Instant,
     config: Mutex<Config>,
-    actions: Mutex<BTreeMap<String, Action>>,
+    members: Mutex<BTreeMap<String, Member>>,
     stacks: Mutex<BTreeMap<String, StackState>>,
     calls: Mutex<Vec<Call>>,
     counter: AtomicU64,
@@ -282,23 +551,41 @@ impl Emulator {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let now = Instant::now();
-        let mut actions = BTreeMap::new();
+        let mut members = BTreeMap::new();
         for group in &config.groups {
-            let heartbeat_timeout = Duration::from_secs_f64(group.heartbeat_timeout);
+            if let Some(pool) = &group.warm_pool
+                && !WARM_POOL_STATES.contains(&pool.as_str())
+            {
+                return Err(invalid(format!(
+                    "group {}: warm_pool must be one of {}, not {pool:?}",
+                    group.name,
+                    WARM_POOL_STATES.join(", ")
+                )));
+            }
+            let launch =
+                HookSpec::new(&group.hook, group.heartbeat_timeout, &group.default_result)?;
+            let termination = match &group.termination_hook {
+                Some(h) => Some(HookSpec::new(
+                    &h.name,
+                    h.heartbeat_timeout,
+                    &h.default_result,
+                )?),
+                None => None,
+            };
+            let (kind, warmed) = match group.warm_pool {
+                Some(_) => (Kind::LaunchWarm, true),
+                None => (Kind::Launch, false),
+            };
             for instance in &group.instances {
-                actions.insert(
-                    instance.clone(),
-                    Action {
-                        group: group.name.clone(),
-                        hook: group.hook.clone(),
-                        heartbeat_timeout,
-                        default_result: group.default_result.clone(),
-                        started: now,
-                        expires: now + heartbeat_timeout,
-                        heartbeats: 0,
-                        outcome: None,
-                    },
-                );
+                let member = Member {
+                    group: group.name.clone(),
+                    actions: vec![launch.start(kind, warmed, now)],
+                    launch: launch.clone(),
+                    termination: termination.clone(),
+                    pool: group.warm_pool.clone(),
+                    terminated: None,
+                };
+                members.insert(instance.clone(), member);
             }
         }
         let stacks = config
@@ -323,7 +610,7 @@ impl Emulator {
         let shared = Arc::new(Shared {
             started: now,
             config: Mutex::new(config),
-            actions: Mutex::new(actions),
+            members: Mutex::new(members),
             stacks: Mutex::new(stacks),
             calls: Mutex::new(Vec::new()),
             counter: AtomicU64::new(0),
@@ -346,9 +633,25 @@ impl Emulator {
         lock(&self.shared.calls).clone()
     }
 
-    /// Each instance's lifecycle action as it stands now (timeouts applied).
+    /// Each instance's state and lifecycle actions as they stand now (timeouts applied).
     pub fn actions(&self) -> BTreeMap<String, ActionState> {
         self.shared.actions()
+    }
+
+    /// Sends an instance from its warm pool state into service: a new launch lifecycle
+    /// action (`Pending:Wait`, the launch hook's heartbeat timeout); its `CONTINUE` puts it
+    /// `InService`. An error (the reason) when the instance is not in a warm pool state.
+    pub fn into_service(&self, instance_id: &str) -> Result<(), String> {
+        self.shared.to_service(instance_id)
+    }
+
+    /// Terminates an instance: with a termination hook, a termination lifecycle action
+    /// (`Terminating:Wait`, or `Warmed:Terminating:Wait` from the warm pool) that ends in
+    /// `Terminating:Proceed` (`Warmed:Terminating:Proceed`); without one, straight to the
+    /// latter. A launch action in progress ends (`ABANDON`, by `terminate`). An error (the
+    /// reason) when the instance is unknown or already terminating.
+    pub fn terminate(&self, instance_id: &str) -> Result<(), String> {
+        self.shared.terminate(instance_id)
     }
 
     /// The next `n` API calls answer `Throttling`.
@@ -379,21 +682,65 @@ impl Emulator {
 impl Shared {
     fn actions(&self) -> BTreeMap<String, ActionState> {
         let now = Instant::now();
-        lock(&self.actions)
+        lock(&self.members)
             .iter_mut()
-            .map(|(id, a)| {
-                a.expire(now);
-                (
-                    id.clone(),
-                    ActionState {
-                        group: a.group.clone(),
-                        hook: a.hook.clone(),
-                        heartbeats: a.heartbeats,
-                        outcome: a.outcome.clone(),
-                    },
-                )
+            .filter_map(|(id, m)| {
+                m.expire(now);
+                let latest = m.actions.last()?;
+                let state = ActionState {
+                    group: m.group.clone(),
+                    hook: latest.hook.clone(),
+                    heartbeats: latest.heartbeats,
+                    outcome: latest.outcome.clone(),
+                    state: m.state(),
+                    kind: latest.kind.name().into(),
+                    actions: m.actions.iter().map(Action::record).collect(),
+                };
+                Some((id.clone(), state))
             })
             .collect()
+    }
+
+    fn to_service(&self, id: &str) -> Result<(), String> {
+        let now = Instant::now();
+        let mut members = lock(&self.members);
+        let m = members
+            .get_mut(id)
+            .ok_or_else(|| format!("instance {id} is in no group"))?;
+        m.expire(now);
+        let state = m.state();
+        if !WARM_POOL_STATES.contains(&state.as_str()) {
+            return Err(format!(
+                "instance {id} is {state}, not in a warm pool state ({})",
+                WARM_POOL_STATES.join(", ")
+            ));
+        }
+        let action = m.launch.start(Kind::Launch, false, now);
+        m.actions.push(action);
+        Ok(())
+    }
+
+    fn terminate(&self, id: &str) -> Result<(), String> {
+        let now = Instant::now();
+        let mut members = lock(&self.members);
+        let m = members
+            .get_mut(id)
+            .ok_or_else(|| format!("instance {id} is in no group"))?;
+        m.expire(now);
+        let state = m.state();
+        if state.contains("Terminat") {
+            return Err(format!("instance {id} is already {state}"));
+        }
+        let warmed = state.starts_with("Warmed:");
+        if let Some(a) = m.actions.last_mut().filter(|a| a.outcome.is_none()) {
+            a.end("ABANDON".into(), "terminate", now);
+        }
+        match m.termination.clone() {
+            Some(hook) => m.actions.push(hook.start(Kind::Termination, warmed, now)),
+            None if warmed => m.terminated = Some("Warmed:Terminating:Proceed"),
+            None => m.terminated = Some("Terminating:Proceed"),
+        }
+        Ok(())
     }
 }
 
@@ -491,6 +838,17 @@ fn control_reply(shared: &Shared, method: &Method, what: &str, body: &[u8]) -> R
         ("GET", "calls") => json(serde_json::json!(*lock(&shared.calls))),
         ("GET", "actions") => json(serde_json::json!(shared.actions())),
         ("GET", "stacks") => json(serde_json::json!(*lock(&shared.stacks))),
+        ("POST", "into-service" | "terminate") => {
+            let id = String::from_utf8_lossy(body).trim().to_string();
+            let done = match what {
+                "into-service" => shared.to_service(&id),
+                _ => shared.terminate(&id),
+            };
+            match done {
+                Ok(()) => StatusCode::NO_CONTENT.into_response(),
+                Err(why) => (StatusCode::CONFLICT, why + "\n").into_response(),
+            }
+        }
         ("POST", "throttle") => {
             let n: u64 = String::from_utf8_lossy(body).trim().parse().unwrap_or(0);
             let done = shared.counter.load(Ordering::SeqCst);
@@ -643,25 +1001,29 @@ fn autoscaling(shared: &Shared, action: &str, params: &BTreeMap<String, String>)
                 }
                 _ => None,
             };
-            let mut actions = lock(&shared.actions);
+            let mut members = lock(&shared.members);
             let no_action = || {
                 (
                     "ValidationError",
                     format!("No active Lifecycle Action found with instance ID {instance}"),
                 )
             };
-            let a = actions.get_mut(instance).ok_or_else(no_action)?;
-            a.expire(now);
-            if a.outcome.is_some() || a.group != group || a.hook != hook {
+            let m = members.get_mut(instance).ok_or_else(no_action)?;
+            m.expire(now);
+            if m.group != group {
                 return Err(no_action());
             }
-            match result {
-                Some(result) => {
-                    a.outcome = Some(Outcome {
-                        result,
-                        by: "complete".into(),
-                    })
+            let Some(a) = m.waiting(hook) else {
+                // A completion for an action that ended (or none under this hook waits).
+                if result.is_some()
+                    && let Some(ended) = m.actions.iter_mut().rev().find(|a| a.hook == hook)
+                {
+                    ended.refused += 1;
                 }
+                return Err(no_action());
+            };
+            match result {
+                Some(result) => a.end(result, "complete", now),
                 None => {
                     a.heartbeats += 1;
                     a.expires = now + a.heartbeat_timeout;
@@ -671,22 +1033,18 @@ fn autoscaling(shared: &Shared, action: &str, params: &BTreeMap<String, String>)
         }
         "DescribeAutoScalingInstances" => {
             let wanted = members(params, "InstanceIds");
-            let mut actions = lock(&shared.actions);
+            let mut members = lock(&shared.members);
             let mut xml = String::from("<AutoScalingInstances>");
-            for (id, a) in actions.iter_mut() {
+            for (id, m) in members.iter_mut() {
                 if !wanted.is_empty() && !wanted.contains(id) {
                     continue;
                 }
-                a.expire(now);
-                let state = match a.outcome.as_ref().map(|o| o.result.as_str()) {
-                    None => "Pending:Wait",
-                    Some("CONTINUE") => "InService",
-                    Some(_) => "Terminating",
-                };
+                m.expire(now);
                 xml += &format!(
-                    "<member><InstanceId>{}</InstanceId><InstanceType>t3.micro</InstanceType><AutoScalingGroupName>{}</AutoScalingGroupName><AvailabilityZone>eu-west-1a</AvailabilityZone><LifecycleState>{state}</LifecycleState><HealthStatus>HEALTHY</HealthStatus><ProtectedFromScaleIn>false</ProtectedFromScaleIn></member>",
+                    "<member><InstanceId>{}</InstanceId><InstanceType>t3.micro</InstanceType><AutoScalingGroupName>{}</AutoScalingGroupName><AvailabilityZone>eu-west-1a</AvailabilityZone><LifecycleState>{}</LifecycleState><HealthStatus>HEALTHY</HealthStatus><ProtectedFromScaleIn>false</ProtectedFromScaleIn></member>",
                     escape(id),
-                    escape(&a.group)
+                    escape(&m.group),
+                    escape(&m.state())
                 );
             }
             xml += "</AutoScalingInstances>";
@@ -699,15 +1057,32 @@ fn autoscaling(shared: &Shared, action: &str, params: &BTreeMap<String, String>)
             let Some(g) = config.groups.iter().find(|g| g.name == group) else {
                 return Err(("ValidationError", format!("Group {group} not found")));
             };
+            let mut hooks = vec![(
+                "autoscaling:EC2_INSTANCE_LAUNCHING",
+                &g.hook,
+                g.heartbeat_timeout,
+                &g.default_result,
+            )];
+            if let Some(h) = &g.termination_hook {
+                hooks.push((
+                    "autoscaling:EC2_INSTANCE_TERMINATING",
+                    &h.name,
+                    h.heartbeat_timeout,
+                    &h.default_result,
+                ));
+            }
             let mut xml = String::from("<LifecycleHooks>");
-            if names.is_empty() || names.contains(&g.hook) {
-                let heartbeat = g.heartbeat_timeout.ceil() as u64;
+            for (transition, name, heartbeat, default_result) in hooks {
+                if !names.is_empty() && !names.contains(name) {
+                    continue;
+                }
+                let heartbeat = heartbeat.ceil() as u64;
                 let global = (heartbeat * 100).min(MAX_GLOBAL_TIMEOUT.as_secs());
                 xml += &format!(
-                    "<member><LifecycleHookName>{}</LifecycleHookName><AutoScalingGroupName>{}</AutoScalingGroupName><LifecycleTransition>autoscaling:EC2_INSTANCE_LAUNCHING</LifecycleTransition><HeartbeatTimeout>{heartbeat}</HeartbeatTimeout><GlobalTimeout>{global}</GlobalTimeout><DefaultResult>{}</DefaultResult></member>",
-                    escape(&g.hook),
+                    "<member><LifecycleHookName>{}</LifecycleHookName><AutoScalingGroupName>{}</AutoScalingGroupName><LifecycleTransition>{transition}</LifecycleTransition><HeartbeatTimeout>{heartbeat}</HeartbeatTimeout><GlobalTimeout>{global}</GlobalTimeout><DefaultResult>{}</DefaultResult></member>",
+                    escape(name),
                     escape(&g.name),
-                    escape(&g.default_result)
+                    escape(default_result)
                 );
             }
             xml += "</LifecycleHooks>";
