@@ -1,6 +1,8 @@
 //! `bootstage.lifecycle` (or the image's `/etc/bootstage/lifecycle.json`): whom to tell
-//! how the boot went (the Auto Scaling launch hook, a CloudFormation resource) and when.
-//! `orchestrator` makes the calls. Messages name settings, never values beyond names.
+//! how the boot went (the Auto Scaling launch hook, a CloudFormation resource) and when,
+//! and how the instance leaves (`asg.termination_hook`, `drain`: which units to stop, and
+//! how long a drain may take). `orchestrator` makes the calls. Messages name settings,
+//! never values beyond names.
 
 use std::time::Duration;
 
@@ -12,6 +14,12 @@ use super::{SettingsError, known};
 pub const DEFAULT_HOLD: Duration = Duration::from_secs(3600);
 /// How long the watcher keeps an instance that has neither completed nor failed.
 pub const DEFAULT_READY_WITHIN: Duration = Duration::from_secs(3600);
+/// How long a drain may take (`drain.within`), unless a Spot notice leaves less.
+pub const DEFAULT_DRAIN_WITHIN: Duration = Duration::from_secs(300);
+/// How long before a Spot interruption's `time` a drain must be over (`drain.spot_margin`).
+pub const DEFAULT_SPOT_MARGIN: Duration = Duration::from_secs(10);
+/// How long after a rebalance recommendation with no interruption `rebalance-undo.d` runs.
+pub const DEFAULT_REBALANCE_UNDO_AFTER: Duration = Duration::from_secs(600);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnFailure {
     /// Tell the group at once: it replaces the instance.
@@ -39,6 +47,34 @@ pub struct AsgConfig {
     /// No completion within this long after the watcher starts: abandon (an app that
     /// never said it was ready, an app unit that failed without `OnFailure=`).
     pub ready_within: Duration,
+    /// The group's termination lifecycle hook: heartbeated while the instance drains,
+    /// then completed with CONTINUE once it waits in `Terminating:Wait`.
+    pub termination_hook: Option<String>,
+}
+
+/// `bootstage.lifecycle.drain`: what leaving takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DrainConfig {
+    /// Units to `systemctl stop`, in this order, after `drain.d`.
+    pub stop: Vec<String>,
+    /// The longest a drain may take (hooks and stops together).
+    pub within: Duration,
+    /// A Spot drain ends this long before the interruption's `time`.
+    pub spot_margin: Duration,
+    /// `rebalance-undo.d` runs when no interruption followed a rebalance
+    /// recommendation within this long.
+    pub rebalance_undo_after: Duration,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            stop: Vec::new(),
+            within: DEFAULT_DRAIN_WITHIN,
+            spot_margin: DEFAULT_SPOT_MARGIN,
+            rebalance_undo_after: DEFAULT_REBALANCE_UNDO_AFTER,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +90,8 @@ pub struct Config {
     pub asg: Option<AsgConfig>,
     pub cloudformation: Option<CfnConfig>,
     pub complete_on: CompleteOn,
+    /// `None` when not given: the defaults apply.
+    pub drain: Option<DrainConfig>,
 }
 
 type Map = serde_json::Map<String, Value>;
@@ -85,7 +123,11 @@ impl Config {
     /// Reads the settings; `origin` names where they came from in messages.
     pub fn from_value(value: &Value, origin: &str) -> Result<Config, SettingsError> {
         let map = object(value, origin)?;
-        known(map, origin, &["asg", "cloudformation", "complete_on"])?;
+        known(
+            map,
+            origin,
+            &["asg", "cloudformation", "complete_on", "drain"],
+        )?;
         let complete_on = match map.get("complete_on") {
             None | Some(Value::Null) => CompleteOn::Target,
             Some(Value::String(s)) if s == "target" => CompleteOn::Target,
@@ -104,7 +146,14 @@ impl Config {
                 known(
                     asg,
                     &at,
-                    &["hook", "group", "on_failure", "hold_for", "ready_within"],
+                    &[
+                        "hook",
+                        "group",
+                        "on_failure",
+                        "hold_for",
+                        "ready_within",
+                        "termination_hook",
+                    ],
                 )?;
                 let on_failure = match asg.get("on_failure") {
                     None | Some(Value::Null) => OnFailure::Abandon,
@@ -116,19 +165,15 @@ impl Config {
                         )));
                     }
                 };
-                let duration = |key: &str, default: Duration| match asg.get(key) {
-                    None | Some(Value::Null) => Ok(default),
-                    Some(v) => crate::base::duration::from_json(v)
-                        .map_err(|why| SettingsError(format!("{at}.{key} is {why}"))),
-                };
-                let hold_for = duration("hold_for", DEFAULT_HOLD)?;
-                let ready_within = duration("ready_within", DEFAULT_READY_WITHIN)?;
+                let hold_for = duration(asg, "hold_for", &at, DEFAULT_HOLD)?;
+                let ready_within = duration(asg, "ready_within", &at, DEFAULT_READY_WITHIN)?;
                 Some(AsgConfig {
                     hook: name(asg, "hook", &at, true)?.unwrap_or_default(),
                     group: name(asg, "group", &at, false)?,
                     on_failure,
                     hold_for,
                     ready_within,
+                    termination_hook: name(asg, "termination_hook", &at, false)?,
                 })
             }
         };
@@ -145,12 +190,135 @@ impl Config {
                 })
             }
         };
+        let drain = match map.get("drain") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(drain(value, &format!("{origin}.drain"))?),
+        };
         Ok(Config {
             asg,
             cloudformation,
             complete_on,
+            drain,
         })
     }
+
+    /// The drain settings given, else the defaults.
+    pub fn drain(&self) -> DrainConfig {
+        self.drain.clone().unwrap_or_default()
+    }
+
+    /// Whether the instance's leaving has anything to act on in these settings: a
+    /// termination hook to complete, or units to stop.
+    pub fn watches_leaving(&self) -> bool {
+        self.asg
+            .as_ref()
+            .is_some_and(|a| a.termination_hook.is_some())
+            || self.drain.as_ref().is_some_and(|d| !d.stop.is_empty())
+    }
+}
+
+/// A duration setting (`base::duration`: a bare number is seconds), or its default.
+fn duration(map: &Map, key: &str, at: &str, default: Duration) -> Result<Duration, SettingsError> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => crate::base::duration::from_json(v)
+            .map_err(|why| SettingsError(format!("{at}.{key} is {why}"))),
+    }
+}
+
+/// `bootstage.lifecycle.drain`.
+fn drain(value: &Value, at: &str) -> Result<DrainConfig, SettingsError> {
+    let map = object(value, at)?;
+    known(
+        map,
+        at,
+        &["stop", "within", "spot_margin", "rebalance_undo_after"],
+    )?;
+    let stop = match map.get("stop") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(units)) => units
+            .iter()
+            .enumerate()
+            .map(|(i, unit)| match unit {
+                Value::String(u) if u == "bootstage-lifecycle.service" => Err(SettingsError(
+                    format!("{at}.stop[{i}] is the unit that drains: it cannot stop itself"),
+                )),
+                Value::String(u) => unit_name(u).map(|()| u.clone()).map_err(|why| {
+                    SettingsError(format!("{at}.stop[{i}] is not a unit name: {why}"))
+                }),
+                _ => Err(SettingsError(format!(
+                    "{at}.stop[{i}] must be a unit name (a string such as \"myapp.service\")"
+                ))),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(SettingsError(format!(
+                "{at}.stop must be a list of unit names, e.g. [\"myapp.service\"]"
+            )));
+        }
+    };
+    let within = duration(map, "within", at, DEFAULT_DRAIN_WITHIN)?;
+    if within.is_zero() {
+        return Err(SettingsError(format!(
+            "{at}.within must be longer than 0 s"
+        )));
+    }
+    Ok(DrainConfig {
+        stop,
+        within,
+        spot_margin: duration(map, "spot_margin", at, DEFAULT_SPOT_MARGIN)?,
+        rebalance_undo_after: duration(
+            map,
+            "rebalance_undo_after",
+            at,
+            DEFAULT_REBALANCE_UNDO_AFTER,
+        )?,
+    })
+}
+
+/// Unit suffixes `systemctl stop` takes.
+const UNIT_SUFFIXES: &[&str] = &[
+    ".service",
+    ".socket",
+    ".target",
+    ".mount",
+    ".automount",
+    ".swap",
+    ".timer",
+    ".path",
+    ".slice",
+    ".scope",
+    ".device",
+];
+
+/// A unit name as systemd's `unit_name_is_valid` takes it: at most 255 characters of
+/// `[A-Za-z0-9:_.\@-]`, a name before the suffix, at most one `@` (an instance), a known
+/// suffix; and never a leading `-` (systemctl would read an option). Why not, without the
+/// name (it is user-data).
+fn unit_name(unit: &str) -> Result<(), String> {
+    if unit.is_empty() || unit.len() > 255 {
+        return Err("a unit name has 1 to 255 characters".into());
+    }
+    if unit.starts_with('-') {
+        return Err("a unit name cannot start with -".into());
+    }
+    if let Some(c) = unit
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || ":_.\\@-".contains(*c)))
+    {
+        return Err(match c.is_control() || c.is_whitespace() {
+            true => "it holds a space or a control character".into(),
+            false => format!("{c:?} is not allowed in a unit name"),
+        });
+    }
+    let Some(suffix) = UNIT_SUFFIXES.iter().find(|s| unit.ends_with(*s)) else {
+        return Err("it needs a unit type suffix, e.g. .service".into());
+    };
+    let stem = &unit[..unit.len() - suffix.len()];
+    if stem.is_empty() || stem.starts_with('@') || stem.matches('@').count() > 1 {
+        return Err("it needs a name before the suffix, and at most one @".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -174,8 +342,12 @@ mod tests {
                 on_failure: OnFailure::Hold,
                 hold_for: Duration::from_secs(7200),
                 ready_within: DEFAULT_READY_WITHIN,
+                termination_hook: None,
             })
         );
+        assert_eq!(config.drain, None);
+        assert_eq!(config.drain(), DrainConfig::default());
+        assert!(!config.watches_leaving());
         assert_eq!(config.complete_on, CompleteOn::Target);
         let err = |v: Value| {
             Config::from_value(&v, "bootstage.lifecycle")
@@ -200,7 +372,114 @@ mod tests {
         );
         assert_eq!(
             err(json!({"asgs": {}})),
-            "bootstage.lifecycle.asgs: unknown setting; did you mean bootstage.lifecycle.asg? (known: asg, cloudformation, complete_on)"
+            "bootstage.lifecycle.asgs: unknown setting; did you mean bootstage.lifecycle.asg? (known: asg, cloudformation, complete_on, drain)"
         );
+    }
+
+    #[test]
+    fn drain_settings_are_read_with_defaults_and_checked() {
+        let config = Config::from_value(
+            &json!({"asg": {"hook": "launch", "termination_hook": "leave"},
+                    "drain": {"stop": ["myapp.service", "worker@1.service", "web.socket"],
+                              "within": 90, "spot_margin": "15s",
+                              "rebalance_undo_after": "2min"}}),
+            "bootstage.lifecycle",
+        )
+        .unwrap();
+        assert_eq!(
+            config.asg.as_ref().unwrap().termination_hook.as_deref(),
+            Some("leave")
+        );
+        assert_eq!(
+            config.drain(),
+            DrainConfig {
+                stop: vec![
+                    "myapp.service".into(),
+                    "worker@1.service".into(),
+                    "web.socket".into()
+                ],
+                within: Duration::from_secs(90),
+                spot_margin: Duration::from_secs(15),
+                rebalance_undo_after: Duration::from_secs(120),
+            }
+        );
+        assert!(config.watches_leaving());
+        let defaults = Config::from_value(&json!({"drain": {}}), "x").unwrap();
+        assert_eq!(defaults.drain(), DrainConfig::default());
+        assert_eq!(
+            DrainConfig::default().within,
+            Duration::from_secs(300),
+            "the README's default"
+        );
+        let err = |v: Value| {
+            Config::from_value(&v, "bootstage.lifecycle")
+                .unwrap_err()
+                .to_string()
+        };
+        let cases = [
+            (
+                json!({"drain": {"stops": []}}),
+                "bootstage.lifecycle.drain.stops: unknown setting; did you mean bootstage.lifecycle.drain.stop? (known: stop, within, spot_margin, rebalance_undo_after)",
+            ),
+            (
+                json!({"asg": {"hook": "h", "termination-hook": "t"}}),
+                "bootstage.lifecycle.asg.termination-hook: unknown setting; did you mean bootstage.lifecycle.asg.termination_hook? (known: hook, group, on_failure, hold_for, ready_within, termination_hook)",
+            ),
+            (
+                json!({"drain": {"stop": "myapp.service"}}),
+                "bootstage.lifecycle.drain.stop must be a list of unit names, e.g. [\"myapp.service\"]",
+            ),
+            (
+                json!({"drain": {"stop": [3]}}),
+                "bootstage.lifecycle.drain.stop[0] must be a unit name (a string such as \"myapp.service\")",
+            ),
+            (
+                json!({"drain": {"stop": ["myapp"]}}),
+                "bootstage.lifecycle.drain.stop[0] is not a unit name: it needs a unit type suffix, e.g. .service",
+            ),
+            (
+                json!({"drain": {"stop": ["a.service", "--force.service"]}}),
+                "bootstage.lifecycle.drain.stop[1] is not a unit name: a unit name cannot start with -",
+            ),
+            (
+                json!({"drain": {"stop": ["my app.service"]}}),
+                "bootstage.lifecycle.drain.stop[0] is not a unit name: it holds a space or a control character",
+            ),
+            (
+                json!({"drain": {"stop": ["app;rm.service"]}}),
+                "bootstage.lifecycle.drain.stop[0] is not a unit name: ';' is not allowed in a unit name",
+            ),
+            (
+                json!({"drain": {"stop": [".service"]}}),
+                "bootstage.lifecycle.drain.stop[0] is not a unit name: it needs a name before the suffix, and at most one @",
+            ),
+            (
+                json!({"drain": {"stop": ["bootstage-lifecycle.service"]}}),
+                "bootstage.lifecycle.drain.stop[0] is the unit that drains: it cannot stop itself",
+            ),
+            (
+                json!({"drain": {"within": "soon"}}),
+                "bootstage.lifecycle.drain.within is not a duration; use seconds (120) or a duration with a unit (90s, 2min, 1h30m)",
+            ),
+            (
+                json!({"drain": {"within": 0}}),
+                "bootstage.lifecycle.drain.within must be longer than 0 s",
+            ),
+            (
+                json!({"drain": {"spot_margin": "-5s"}}),
+                "bootstage.lifecycle.drain.spot_margin is a duration cannot be negative; use seconds (120) or a duration with a unit (90s, 2min, 1h30m)",
+            ),
+            (
+                json!({"drain": []}),
+                "bootstage.lifecycle.drain must be an object",
+            ),
+            (
+                json!({"asg": {"hook": "h", "termination_hook": ""}}),
+                "bootstage.lifecycle.asg.termination_hook must be a name of 1 to 1600 characters without control characters",
+            ),
+        ];
+        for (value, message) in cases {
+            assert_eq!(err(value.clone()), message, "{value}");
+        }
     }
 }
