@@ -1,7 +1,10 @@
 //! The orchestrator record, `<state dir>/lifecycle/record.json`: what bootstage told the auto
 //! scaling group and CloudFormation (or could not tell them), the launch hook's heartbeats,
-//! and a hold in progress. Whoever signals writes it (the notices, `release`, the heartbeat
-//! watcher); `status` and the watcher read it.
+//! a hold in progress, and the instance's later life as the watcher saw it (a drain: why,
+//! its deadline, how it ended, the termination hook's completion; the rebalance
+//! recommendations and maintenance events acted on, so none is acted on twice). Whoever
+//! signals writes it (the notices, `release`, the heartbeat watcher); `status` and the
+//! watcher read it.
 //!
 //! Several processes update it, so every change is a read-modify-write under an exclusive
 //! `flock` on `lifecycle/.lock`, written through the atomic writer: a reader sees the old
@@ -71,6 +74,64 @@ pub struct Record {
     /// SignalResource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloudformation: Option<Signal>,
+    /// The instance's drain (one per instance life), once begun.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Drain>,
+    /// CompleteLifecycleAction CONTINUE for the termination hook, after the drain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination: Option<Signal>,
+    /// Rebalance recommendations seen, and the hooks run for them.
+    #[serde(default, skip_serializing_if = "Rebalance::is_empty")]
+    pub rebalance: Rebalance,
+    /// The scheduled maintenance events whose `maintenance.d` hooks ran (their EventId).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maintenance: Vec<String>,
+}
+
+/// A drain: begun once, whatever the number of notices.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Drain {
+    /// `scale-in`, `spot` or `maintenance` (`BOOTSTAGE_DRAIN_REASON`).
+    pub reason: String,
+    /// What was seen, in a few words (the state, the Spot action, the event's code and id).
+    pub why: String,
+    pub started: String,
+    /// When the hooks and stops must be over (`BOOTSTAGE_DRAIN_DEADLINE`).
+    pub deadline: String,
+    pub deadline_unix: u64,
+    /// When the drain ended (hooks run and units stopped, or given up at the deadline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<String>,
+    /// Why it failed or overran, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The units stopped, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stopped: Vec<String>,
+}
+
+/// Rebalance recommendations: each seen once, the soft hooks run once per episode, and
+/// the undo once when no interruption followed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rebalance {
+    /// The recommendations' `noticeTime`s seen, oldest first (the last 64).
+    #[serde(default)]
+    pub notices: Vec<String>,
+    /// Times `rebalance.d` ran.
+    #[serde(default)]
+    pub hooks_ran: u32,
+    /// When `rebalance-undo.d` is due (Unix seconds): an episode in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo_due_unix: Option<u64>,
+    /// Times `rebalance-undo.d` ran.
+    #[serde(default)]
+    pub undone: u32,
+}
+
+impl Rebalance {
+    pub fn is_empty(&self) -> bool {
+        *self == Rebalance::default()
+    }
 }
 
 /// The longest wait for another writer of the record.
