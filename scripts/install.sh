@@ -16,16 +16,21 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--binary PATH] [--uninstall]" >&2; exit 64 ;;
   esac
 done
-units="bootstage-metadata.service bootstage-s3-sync.service bootstage-hooks.service bootstage.target bootstage-ready.service bootstage-failure@.service bootstage-lifecycle.service"
+units="bootstage-metadata.service bootstage-s3-sync.service bootstage-hooks.service bootstage.target bootstage-ready.service bootstage-failure@.service bootstage-lifecycle.service bootstage-in-service.service bootstage-in-service.target bootstage-resume.service"
 unitdir=$dest/usr/lib/systemd/system
 wants=$dest/etc/systemd/system/multi-user.target.wants
 
 if [ "$action" = uninstall ]; then
-  rm -f "$wants/bootstage.target" "$dest/usr/bin/bootstage" "$dest/usr/share/doc/bootstage/README.md"
+  rm -f "$wants/bootstage.target" "$dest/usr/bin/bootstage"
+  for t in hibernate hybrid-sleep suspend-then-hibernate; do
+    rm -f "$dest/etc/systemd/system/$t.target.wants/bootstage-resume.service"
+    rmdir "$dest/etc/systemd/system/$t.target.wants" 2>/dev/null || true
+  done "$dest/usr/share/doc/bootstage/README.md"
   rmdir "$dest/usr/share/doc/bootstage" 2>/dev/null || true
   for u in $units; do rm -f "$unitdir/$u"; done
   # Empty hook dirs go; the operator's hooks and markers stay.
   rmdir "$dest/etc/bootstage/hooks/per-instance.d" "$dest/etc/bootstage/hooks/per-boot.d" \
+    "$dest/etc/bootstage/hooks/per-start.d" \
     "$dest/etc/bootstage/hooks" "$dest/etc/bootstage" 2>/dev/null || true
   [ -z "$dest" ] && command -v systemctl >/dev/null && systemctl daemon-reload 2>/dev/null || true
   echo "bootstage removed (configuration in $dest/etc/bootstage kept)"
@@ -39,7 +44,8 @@ fi
 for d in /usr /usr/bin /usr/lib /usr/lib/systemd /usr/lib/systemd/system /usr/share \
          /usr/share/doc /usr/share/doc/bootstage /etc /etc/systemd /etc/systemd/system \
          /etc/systemd/system/multi-user.target.wants /etc/bootstage /etc/bootstage/hooks \
-         /etc/bootstage/hooks/per-instance.d /etc/bootstage/hooks/per-boot.d; do
+         /etc/bootstage/hooks/per-instance.d /etc/bootstage/hooks/per-boot.d \
+         /etc/bootstage/hooks/per-start.d; do
   [ -d "$dest$d" ] || install -d -o root -g root -m 0755 "$dest$d"
 done
 install -o root -g root -m 0755 "$binary" "$dest/usr/bin/bootstage"
@@ -47,5 +53,11 @@ install -o root -g root -m 0644 README.md "$dest/usr/share/doc/bootstage/README.
 for u in $units; do install -o root -g root -m 0644 "systemd/$u" "$unitdir/$u"; done
 # Enabling is one symlink; made directly so it works the same offline (DESTDIR).
 ln -sfn /usr/lib/systemd/system/bootstage.target "$wants/bootstage.target"
+# A resume from hibernation (a warm pool's Warmed:Hibernated) is no boot: its own unit.
+for t in hibernate hybrid-sleep suspend-then-hibernate; do
+  [ -d "$dest/etc/systemd/system/$t.target.wants" ] ||
+    install -d -o root -g root -m 0755 "$dest/etc/systemd/system/$t.target.wants"
+  ln -sfn /usr/lib/systemd/system/bootstage-resume.service     "$dest/etc/systemd/system/$t.target.wants/bootstage-resume.service"
+done
 [ -z "$dest" ] && command -v systemctl >/dev/null && systemctl daemon-reload 2>/dev/null || true
 echo "bootstage installed under ${dest:-/}; bootstage.target enabled"

@@ -8,7 +8,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::base::duration;
-use crate::stage::{hooks, launch, lifecycle, metadata, notice, query, s3sync, status, validate};
+use crate::stage::{
+    hooks, in_service, launch, lifecycle, metadata, notice, query, s3sync, status, validate,
+};
 use crate::state;
 
 #[derive(Debug, Parser)]
@@ -37,6 +39,12 @@ pub enum Command {
     Hooks(HooksArgs),
     /// Load params.env into the environment and exec the app (after any missing stage).
     Launch(LaunchArgs),
+    /// Put the instance into service: wait while it is in an auto scaling warm pool
+    /// (Warmed:*), then, if it waited, read the parameters and sync again and complete the
+    /// launch action of leaving the pool; run per-start.d. Apps start after it
+    /// (bootstage-in-service.target).
+    #[command(name = "in-service")]
+    InService(InServiceArgs),
     /// Where the boot stands: each stage's state, last error and timings.
     ///
     /// Exit status: 0 every stage done (or bootstage disabled), 1 a stage failed, 2 a stage
@@ -123,12 +131,44 @@ pub struct LifecycleArgs {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum LifecycleCommand {
-    /// Keep the launch hook alive with heartbeats until it is completed or a hold ends
-    /// (bootstage-lifecycle.service).
-    Watch,
+    /// Keep the launch hook alive with heartbeats until it is completed or a hold ends;
+    /// then, when a termination hook, drain settings or a later-life hook (drain.d,
+    /// rebalance.d, rebalance-undo.d, maintenance.d) need it, watch IMDS for the
+    /// instance's leaving and drain it (bootstage-lifecycle.service).
+    Watch(WatchArgs),
     /// CONTINUE and SUCCESS now: for an app that signals after its own readiness check
     /// (bootstage.lifecycle.complete_on = "app"), e.g. in ExecStartPost=.
     Complete,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub dirs: HookDirs,
+
+    /// IMDS base URL [default: AWS_EC2_METADATA_SERVICE_ENDPOINT, else by
+    /// AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE, else http://169.254.169.254].
+    #[arg(long, value_name = "URL")]
+    pub imds_endpoint: Option<String>,
+
+    /// Used when the parameters have no bootstage.notify, for the drain, rebalance and
+    /// maintenance notices.
+    #[arg(
+        long = "notify-config",
+        env = "BOOTSTAGE_NOTIFY_CONFIG",
+        default_value = notice::DEFAULT_CONFIG,
+        value_name = "PATH"
+    )]
+    pub notify_config: PathBuf,
+
+    /// Between two looks at IMDS (hidden: for tests and the benchmark).
+    #[arg(long, hide = true, default_value = lifecycle::DEFAULT_POLL, value_parser = duration::parse, value_name = "DURATION")]
+    pub poll_every: Duration,
+
+    /// The systemctl a drain stops units with (hidden: the integration tests, which run
+    /// without systemd, give a double that records each stop; the boot test the real one).
+    #[arg(long, hide = true, default_value = lifecycle::DEFAULT_SYSTEMCTL, value_name = "PATH")]
+    pub systemctl: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -276,6 +316,37 @@ pub struct MetadataArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct InServiceArgs {
+    /// Look once (after a resume from hibernation): go into service if the instance is
+    /// there now, else exit 0 at once and leave it to the waiting unit.
+    #[arg(long)]
+    pub once: bool,
+
+    #[command(flatten)]
+    pub start: StartArgs,
+
+    #[command(flatten, next_help_heading = "Hooks (per-start.d)")]
+    pub hooks: HookDirs,
+
+    #[command(
+        flatten,
+        next_help_heading = "Metadata (run first when its outputs are missing, and again on leaving a warm pool)"
+    )]
+    pub metadata: MetadataArgs,
+}
+
+/// How the instance goes into service (`in-service`, and `launch` before the app).
+#[derive(Debug, Clone, Args)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub lifecycle: LifecycleConfig,
+
+    /// How often the target lifecycle state is read while in a warm pool.
+    #[arg(long = "warm-poll", env = "BOOTSTAGE_WARM_POLL", default_value = in_service::DEFAULT_POLL, value_parser = duration::parse, hide = true, value_name = "DURATION")]
+    pub poll: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct LaunchArgs {
     /// Re-run the metadata stage, every configured sync and the hooks first, even if done.
     #[arg(long)]
@@ -289,6 +360,9 @@ pub struct LaunchArgs {
         next_help_heading = "Metadata (run first when its outputs are missing)"
     )]
     pub metadata: MetadataArgs,
+
+    #[command(flatten)]
+    pub start: StartArgs,
 
     /// The app and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
@@ -466,12 +540,38 @@ impl From<HooksArgs> for hooks::Settings {
 
 impl From<LaunchArgs> for launch::Settings {
     fn from(a: LaunchArgs) -> Self {
+        let hooks: hooks::HookDirs = a.hooks.into();
+        let metadata: metadata::Settings = a.metadata.into();
         launch::Settings {
             refresh: a.refresh,
-            hooks: a.hooks.into(),
-            metadata: a.metadata.into(),
+            start: a.start.settings(hooks.clone(), metadata.clone(), false),
+            hooks,
+            metadata,
             command: a.command,
         }
+    }
+}
+
+impl StartArgs {
+    fn settings(
+        self,
+        hooks: hooks::HookDirs,
+        metadata: metadata::Settings,
+        once: bool,
+    ) -> in_service::Settings {
+        in_service::Settings {
+            metadata,
+            hooks,
+            lifecycle: self.lifecycle.into(),
+            poll: self.poll,
+            once,
+        }
+    }
+}
+
+impl From<InServiceArgs> for in_service::Settings {
+    fn from(a: InServiceArgs) -> Self {
+        a.start.settings(a.hooks.into(), a.metadata.into(), a.once)
     }
 }
 
@@ -524,6 +624,18 @@ impl From<NotifyArgs> for notice::Settings {
             unit: a.unit,
             config: a.config,
             lifecycle: a.lifecycle.into(),
+        }
+    }
+}
+
+impl From<WatchArgs> for lifecycle::Watch {
+    fn from(a: WatchArgs) -> Self {
+        lifecycle::Watch {
+            dirs: a.dirs.into(),
+            imds_endpoint: a.imds_endpoint,
+            poll_every: a.poll_every,
+            systemctl: a.systemctl,
+            notify_config: a.notify_config,
         }
     }
 }

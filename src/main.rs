@@ -11,7 +11,7 @@ use bootstage::base::notify::Notifier;
 use bootstage::cli::{Cli, Command, LifecycleCommand};
 use bootstage::stage::error::{self, Error};
 use bootstage::stage::{
-    hooks, launch, lifecycle, metadata, notice, query, s3sync, status, validate,
+    hooks, in_service, launch, lifecycle, metadata, notice, query, s3sync, status, validate,
 };
 use bootstage::state::StateDir;
 use clap::Parser;
@@ -65,6 +65,7 @@ async fn run(cli: Cli, notifier: Notifier) -> Result<exit::ExitCode, Error> {
     match &cli.command {
         Command::Metadata(_) => error::require_root_for_state(&state, "metadata")?,
         Command::Hooks(_) => error::require_root_for_state(&state, "hooks")?,
+        Command::InService(_) => error::require_root_for_state(&state, "in-service")?,
         Command::S3Sync(args) if args.from.is_none() => {
             error::require_root_for_state(&state, "s3-sync")?
         }
@@ -81,6 +82,11 @@ async fn run(cli: Cli, notifier: Notifier) -> Result<exit::ExitCode, Error> {
             notifier.ready(&summary);
         }
         Command::Launch(args) => launch::run(&state, &args.into(), notifier).await?,
+        Command::InService(args) => {
+            if let Some(summary) = in_service::run(&state, &args.into(), notifier).await? {
+                notifier.ready(&summary);
+            }
+        }
         Command::Status(args) => return status::run(&state, &args.into()).await,
         Command::Query(args) => query::run(&state, &args.into())?,
         Command::Validate(args) => return validate::run(&args.into()).await,
@@ -88,7 +94,9 @@ async fn run(cli: Cli, notifier: Notifier) -> Result<exit::ExitCode, Error> {
         Command::Lifecycle(args) => {
             let settings = args.config.into();
             match args.command {
-                LifecycleCommand::Watch => lifecycle::watch(&state, &settings, notifier).await?,
+                LifecycleCommand::Watch(watch) => {
+                    lifecycle::watch(&state, &settings, &watch.into(), notifier).await?
+                }
                 LifecycleCommand::Complete => lifecycle::ready(&state, &settings, true).await?,
             }
         }

@@ -127,7 +127,7 @@ impl Facts {
             imds.get_retrying("/latest/dynamic/instance-identity/document"),
             optional_text(imds, "/latest/meta-data/local-hostname"),
             optional_text(imds, "/latest/meta-data/mac"),
-            optional_text(imds, "/latest/meta-data/autoscaling/target-lifecycle-state"),
+            optional_text(imds, super::TARGET_LIFECYCLE_STATE),
             tags(imds),
         );
         let doc: IdentityDocument =

@@ -31,6 +31,8 @@ use crate::base::retry::{self, Deadline, RetryHint};
 
 pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
 /// Token PUTs that time out in a row, with plain GETs answered, before it is the hop limit.
+/// Where an instance of an auto scaling group is headed (`InService`, `Warmed:Stopped` …).
+pub const TARGET_LIFECYCLE_STATE: &str = "/latest/meta-data/autoscaling/target-lifecycle-state";
 pub const HOP_LIMIT_TIMEOUTS: u32 = 3;
 pub const IPV6_ENDPOINT: &str = "http://[fd00:ec2::254]";
 
@@ -291,6 +293,17 @@ impl Client {
         match result {
             Err(ImdsError::NotYet) => Ok(None),
             other => other.map_err(|e| self.gave_up(e)),
+        }
+    }
+
+    /// One GET of a text item (trimmed); `None` for a 404, which IMDS answers for an item
+    /// that has no value yet (`autoscaling/target-lifecycle-state` outside a group, a Spot
+    /// `instance-action` not scheduled). For a poller: one try, no retry.
+    pub async fn text(&self, path: &str) -> Result<Option<String>, ImdsError> {
+        match self.get(path).await {
+            Ok(body) => Ok(Some(String::from_utf8_lossy(&body).trim().to_string())),
+            Err(ImdsError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

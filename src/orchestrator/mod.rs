@@ -1,5 +1,6 @@
 //! Telling the orchestrator how the boot went: the settings (`bootstage.lifecycle`) and the
-//! calls to Auto Scaling (the launch lifecycle hook: heartbeats, CONTINUE, ABANDON) and
+//! calls to Auto Scaling (the launch lifecycle hook: heartbeats, CONTINUE, ABANDON; the
+//! termination hook through [`LaunchHook::other`]; where the group has the instance) and
 //! CloudFormation (`SignalResource`).
 //!
 //! Every call is bounded by the caller's deadline, throttling (Auto Scaling's
@@ -66,6 +67,34 @@ fn nothing_waiting(f: &Failure) -> bool {
             || f.message.contains("cannot be signaled"))
 }
 
+/// Whether a launch action can be waiting in this LifecycleState: `false` only for the
+/// states an instance reaches once its launch actions are complete (in service, in the
+/// warm pool, on standby, leaving), so a boot in such a state (a reboot in the pool, a
+/// reboot in service) sends no second CONTINUE. Any other state, a state the group does
+/// not know, or none at all, and the completion is sent: "No active Lifecycle Action" is
+/// harmless, a missing completion keeps the group waiting.
+pub fn launch_may_wait(state: Option<&str>) -> bool {
+    !matches!(
+        state,
+        Some(
+            "InService"
+                | "Standby"
+                | "Warmed:Stopped"
+                | "Warmed:Running"
+                | "Warmed:Hibernated"
+                | "Detached"
+                | "Terminating"
+                | "Terminating:Wait"
+                | "Terminating:Proceed"
+                | "Terminated"
+                | "Warmed:Terminating"
+                | "Warmed:Terminating:Wait"
+                | "Warmed:Terminating:Proceed"
+                | "Warmed:Terminated"
+        )
+    )
+}
+
 /// One call to `service`, retried while throttled or failing transiently (`aws::call`).
 async fn call<T, E, F, Fut>(
     service: &'static str,
@@ -98,6 +127,7 @@ fn delivery(
 }
 
 /// The launch lifecycle hook of one instance.
+#[derive(Clone)]
 pub struct LaunchHook {
     client: aws_sdk_autoscaling::Client,
     pub group: String,
@@ -181,6 +211,16 @@ impl LaunchHook {
         }))
     }
 
+    /// Another hook of the same group, for the same instance (the termination hook).
+    pub fn other(&self, hook: &str) -> LaunchHook {
+        LaunchHook {
+            client: self.client.clone(),
+            group: self.group.clone(),
+            hook: hook.to_string(),
+            instance_id: self.instance_id.clone(),
+        }
+    }
+
     /// The hook's heartbeat timeout (DescribeLifecycleHooks).
     pub async fn heartbeat_timeout(
         &self,
@@ -232,6 +272,39 @@ impl LaunchHook {
         .await
         .map(drop);
         delivery("Auto Scaling", "RecordLifecycleActionHeartbeat", result)
+    }
+
+    /// Where the group has the instance (`DescribeAutoScalingInstances`' LifecycleState:
+    /// `Pending:Wait`, `Warmed:Pending:Wait`, `InService`, `Warmed:Stopped` …); `None` when
+    /// the group does not list it.
+    pub async fn lifecycle_state(
+        &self,
+        deadline: Deadline,
+    ) -> Result<Option<String>, OrchestratorError> {
+        let answer = call(
+            "Auto Scaling",
+            "DescribeAutoScalingInstances",
+            deadline,
+            || {
+                self.client
+                    .describe_auto_scaling_instances()
+                    .instance_ids(&self.instance_id)
+                    .send()
+            },
+        )
+        .await
+        .map_err(|f| {
+            OrchestratorError::Undelivered(format!(
+                "Auto Scaling DescribeAutoScalingInstances: {}",
+                f.why()
+            ))
+        })?;
+        Ok(answer
+            .auto_scaling_instances()
+            .iter()
+            .find(|i| i.instance_id() == Some(self.instance_id.as_str()))
+            .and_then(|i| i.lifecycle_state())
+            .map(str::to_string))
     }
 
     /// `CompleteLifecycleAction` with `CONTINUE` (true) or `ABANDON`.
@@ -331,6 +404,30 @@ mod tests {
             ),
         ] {
             assert_eq!(nothing_waiting(&failure), waiting, "{failure:?}");
+        }
+    }
+
+    #[test]
+    fn a_launch_action_may_wait_unless_the_instance_is_past_its_launch() {
+        for (state, may_wait) in [
+            (None, true),
+            (Some("Pending"), true),
+            (Some("Pending:Wait"), true),
+            (Some("Pending:Proceed"), true),
+            (Some("Warmed:Pending"), true),
+            (Some("Warmed:Pending:Wait"), true),
+            (Some("Quarantined"), true),
+            (Some("InService"), false),
+            (Some("Standby"), false),
+            (Some("Warmed:Stopped"), false),
+            (Some("Warmed:Running"), false),
+            (Some("Warmed:Hibernated"), false),
+            (Some("Detached"), false),
+            (Some("Terminating:Wait"), false),
+            (Some("Warmed:Terminating:Wait"), false),
+            (Some("Warmed:Terminated"), false),
+        ] {
+            assert_eq!(launch_may_wait(state), may_wait, "{state:?}");
         }
     }
 }

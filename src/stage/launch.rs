@@ -6,6 +6,9 @@
 //! Run by hand on a fresh machine, it runs what is missing in-process first: the metadata
 //! stage when `params.env` is absent, then every configured sync whose destination is
 //! absent, then the hooks unless they are done this boot; `--refresh` re-runs all of them.
+//! Then it goes into service (`in_service`) unless that is done this boot: on an instance
+//! of a warm pool it waits there, saying so in `STATUS=`, and the app never starts
+//! before the instance is in service (SIGTERM meanwhile: exit 0, no app).
 //! When bootstage is disabled (the units' kill switch: `/etc/bootstage/disabled`, or
 //! `bootstage=disabled` on the kernel command line) it runs no stage: the app starts with
 //! whatever `params.env` holds, or without it.
@@ -25,6 +28,7 @@ use crate::base::switch::disabled_reason;
 use crate::stage::error::{Error, ExitCode, ExitStatus, Result};
 use crate::stage::hooks;
 use crate::stage::hooks::HookDirs;
+use crate::stage::in_service;
 use crate::stage::metadata;
 use crate::stage::s3sync;
 use crate::state::{StateDir, StateError};
@@ -36,6 +40,8 @@ pub struct Settings {
     pub refresh: bool,
     pub hooks: HookDirs,
     pub metadata: metadata::Settings,
+    /// Going into service first (a warm pool's instance waits for it).
+    pub start: in_service::Settings,
     /// The app and its arguments.
     pub command: Vec<String>,
 }
@@ -104,6 +110,10 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
         metadata::ensure(state, &args.metadata, args.refresh, notifier).await?;
         s3sync::sync_missing(state, args.refresh, notifier).await?;
         hooks::ensure(state, &args.hooks, args.refresh, notifier).await?;
+        // In a warm pool the app waits for service; stopped meanwhile, it never starts.
+        if !in_service::ensure(state, &args.start, notifier).await? {
+            return Ok(());
+        }
     }
     let vars = match state.load_env() {
         Ok(vars) => vars,

@@ -20,6 +20,16 @@
 //!
 //! A signal that cannot be delivered is logged, kept in `lifecycle/record.json` (shown by
 //! `status`) and exits 75; it never blocks the app: none of these runs in the chain.
+//!
+//! After the launch, the same watcher keeps an eye on the instance's later life when
+//! there is something to do about it: the drain on scale-in, a Spot interruption or a
+//! retirement, the rebalance and maintenance hooks, and the termination hook's
+//! completion (`lifecycle/life.rs` decides, `lifecycle/drain.rs` acts).
+
+mod drain;
+mod life;
+
+pub use drain::{DEFAULT_POLL, DEFAULT_SYSTEMCTL, Watch};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -117,6 +127,8 @@ struct Link {
     aws: Aws,
     instance_id: String,
     hook: Option<LaunchHook>,
+    /// IMDS's target lifecycle state at the boot's metadata stage (`None`: 404).
+    target: Option<String>,
     /// How long ago the lifecycle action began: since the identity document's
     /// `pendingTime`, else since the kernel's boot (the action starts before either).
     launched: Duration,
@@ -178,6 +190,7 @@ async fn connect(state: &StateDir, config: Config, deadline: Deadline) -> Result
         aws,
         instance_id,
         hook,
+        target: facts.target_lifecycle_state.clone(),
         launched,
     })
 }
@@ -224,18 +237,43 @@ fn signal(
 /// Sends the final signals: CONTINUE and SUCCESS, or ABANDON and FAILURE, at once, and
 /// records them. Fails (75) when one was not delivered.
 async fn finish(state: &StateDir, link: &Link, success: bool) -> Result<()> {
+    finish_to(state, link, success, true).await
+}
+
+/// [`finish`], with CloudFormation told too (`cfn`) or only the group (going into
+/// service from a warm pool: the stack heard of this instance at its first boot).
+async fn finish_to(state: &StateDir, link: &Link, success: bool, cfn: bool) -> Result<()> {
     let deadline = Deadline::after(SIGNAL_TIMEOUT);
     let asg = async {
         let hook = link.hook.as_ref()?;
         let result = if success { "CONTINUE" } else { "ABANDON" };
-        let delivery = hook.complete(success, deadline).await;
+        // A boot past its launch (a reboot in the warm pool or in service) has no action
+        // to complete: not even a second CONTINUE is sent.
+        // IMDS showing no target state (404) means no transition yet: nothing to ask.
+        let past = match link.target.is_some() {
+            false => None,
+            true => match hook.lifecycle_state(deadline).await {
+                Ok(state) if !orchestrator::launch_may_wait(state.as_deref()) => state,
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!("{e}; completing the launch action all the same");
+                    None
+                }
+            },
+        };
+        let delivery = match past {
+            Some(state) => Ok(Delivery::NothingWaiting(format!(
+                "the group has the instance {state}: its launch action is complete"
+            ))),
+            None => hook.complete(success, deadline).await,
+        };
         Some((
             signal("CompleteLifecycleAction", result, &delivery),
             delivery,
         ))
     };
     let cfn = async {
-        let cfn = link.config.cloudformation.as_ref()?;
+        let cfn = link.config.cloudformation.as_ref().filter(|_| cfn)?;
         let result = if success { "SUCCESS" } else { "FAILURE" };
         let delivery =
             orchestrator::signal_resource(&link.aws, cfn, &link.instance_id, success, deadline)
@@ -292,6 +330,38 @@ pub async fn ready(state: &StateDir, settings: &Settings, from_app: bool) -> Res
     }
     let link = connect(state, config, Deadline::after(SIGNAL_TIMEOUT)).await?;
     finish(state, &link, true).await
+}
+
+/// Going into service from the warm pool: the warm action's signal moves aside (to
+/// `warm` in the record), so the action of leaving the pool is completed, held or
+/// abandoned on its own, as a boot's is.
+pub fn entering_service(state: &StateDir) -> Result<()> {
+    lifecycle::update(state, |r| {
+        if r.warm.is_none() && r.asg.is_some() {
+            r.warm = r.asg.take();
+            r.hold = None;
+        }
+    })?;
+    Ok(())
+}
+
+/// CONTINUE for the action of leaving the warm pool for service, unless the settings
+/// leave it to the app (`complete_on: app`: its `lifecycle complete` sends it).
+pub async fn into_service(state: &StateDir, settings: &Settings) -> Result<()> {
+    let Some(config) = config(state, &settings.config)? else {
+        return Ok(());
+    };
+    if config.asg.is_none() {
+        return Ok(());
+    }
+    if config.complete_on == CompleteOn::App {
+        tracing::info!(
+            "bootstage.lifecycle.complete_on is \"app\": the app runs `bootstage lifecycle complete` when it is ready"
+        );
+        return Ok(());
+    }
+    let link = connect(state, config, Deadline::after(SIGNAL_TIMEOUT)).await?;
+    finish_to(state, &link, true, false).await
 }
 
 /// ABANDON and FAILURE, to send once the failure notice is out.
@@ -417,17 +487,52 @@ pub async fn release(state: &StateDir, settings: &Settings, proceed: bool) -> Re
     finish(state, &link, proceed).await
 }
 
-/// `bootstage lifecycle watch`: heartbeats until the hook is completed (by us or anyone),
-/// a hold ends, or SIGTERM. Tells systemd READY once it knows what to keep alive.
-pub async fn watch(state: &StateDir, settings: &Settings, notifier: Notifier) -> Result<()> {
+/// `bootstage lifecycle watch`: the launch hook's heartbeats until it is completed (by us
+/// or anyone), a hold ends, or SIGTERM; then, when the instance's leaving needs watching
+/// (`drain::watched`), its later life until it drains and leaves (`drain::watch`). Tells
+/// systemd READY once it knows what to keep alive.
+pub async fn watch(
+    state: &StateDir,
+    settings: &Settings,
+    life: &drain::Watch,
+    notifier: Notifier,
+) -> Result<()> {
+    let mut stop = Stop::install()
+        .map_err(|e| OrchestratorError::Undelivered(format!("cannot watch for SIGTERM: {e}")))?;
+    if keep_launch_alive(state, settings, notifier, &mut stop).await? == Launch::Stopped {
+        return Ok(());
+    }
+    let config = config(state, &settings.config)?;
+    if !drain::watched(config.as_ref(), &life.dirs) {
+        return Ok(());
+    }
+    drain::watch(state, config, life, notifier, &mut stop).await
+}
+
+/// How the launch part of the watch ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Launch {
+    /// Nothing (more) to keep alive.
+    Over,
+    /// SIGTERM or SIGINT: the whole watch ends.
+    Stopped,
+}
+
+/// The launch hook's heartbeats (and a hold) until the action is complete.
+async fn keep_launch_alive(
+    state: &StateDir,
+    settings: &Settings,
+    notifier: Notifier,
+    stop: &mut Stop,
+) -> Result<Launch> {
     let Some(config) = config(state, &settings.config)? else {
         notifier.ready("no bootstage.lifecycle: nothing to keep alive");
         tracing::info!("no bootstage.lifecycle: nothing to keep alive");
-        return Ok(());
+        return Ok(Launch::Over);
     };
     let Some(ready_within) = config.asg.as_ref().map(|a| a.ready_within) else {
         notifier.ready("no auto scaling hook to keep alive");
-        return Ok(());
+        return Ok(Launch::Over);
     };
     // For `status` and the ready notice: a hook configured with no watcher ever started
     // (the unit masked, or not installed) is worth a warning.
@@ -437,7 +542,7 @@ pub async fn watch(state: &StateDir, settings: &Settings, notifier: Notifier) ->
     let link = connect(state, config, Deadline::after(SIGNAL_TIMEOUT)).await?;
     let Some(hook) = link.hook.as_ref() else {
         notifier.ready("in no auto scaling group: nothing to keep alive");
-        return Ok(());
+        return Ok(Launch::Over);
     };
     let every = match hook
         .heartbeat_timeout(Deadline::after(SIGNAL_TIMEOUT))
@@ -467,8 +572,6 @@ pub async fn watch(state: &StateDir, settings: &Settings, notifier: Notifier) ->
         "keeping the launch hook alive: a heartbeat every {every:?}"
     );
     notifier.ready(&format!("heartbeating {} every {every:?}", hook.hook));
-    let mut stop = Stop::install()
-        .map_err(|e| OrchestratorError::Undelivered(format!("cannot watch for SIGTERM: {e}")))?;
     let started = tokio::time::Instant::now();
     // No lifecycle action outlives 48 h, so no watch does either.
     let end = started + orchestrator::MAX_GLOBAL_TIMEOUT;
@@ -502,7 +605,7 @@ pub async fn watch(state: &StateDir, settings: &Settings, notifier: Notifier) ->
                     "the lifecycle action is complete: nothing left to keep alive"
                 );
                 notifier.status(&format!("lifecycle action complete: {result}"));
-                return Ok(());
+                return Ok(Launch::Over);
             }
             Step::Held(until) => {
                 if !announced_hold {
@@ -519,7 +622,7 @@ pub async fn watch(state: &StateDir, settings: &Settings, notifier: Notifier) ->
         if let Some((proceed, why)) = due {
             tracing::warn!("{why}");
             match finish(state, &link, proceed).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Launch::Over),
                 // Recorded as not delivered: tried again while the heartbeats go on.
                 Err(e) => {
                     tracing::warn!("{e}");
@@ -544,7 +647,7 @@ pub async fn watch(state: &StateDir, settings: &Settings, notifier: Notifier) ->
                     tracing::info!(
                         "no lifecycle action is in progress ({why}): the hook was completed or timed out, or this boot is not a launch; nothing to keep alive"
                     );
-                    return Ok(());
+                    return Ok(Launch::Over);
                 }
                 Err(e) => {
                     tracing::warn!("heartbeat not delivered: {e}");
@@ -563,12 +666,12 @@ pub async fn watch(state: &StateDir, settings: &Settings, notifier: Notifier) ->
             _ = tokio::time::sleep(wait) => {}
             _ = stop.requested() => {
                 tracing::info!("stopping the heartbeats");
-                return Ok(());
+                return Ok(Launch::Stopped);
             }
         }
     }
     tracing::warn!("no lifecycle action lasts longer than 48 h: the watch ends");
-    Ok(())
+    Ok(Launch::Over)
 }
 
 /// What the watcher knows of time at one look: the wall clock, whether a final signal
@@ -676,15 +779,27 @@ pub fn describe(record: &Record) -> Vec<String> {
         ("SignalResource", &record.cloudformation),
     ] {
         if let Some(s) = s {
-            let how = match (s.delivered, &s.note) {
-                (true, None) => "delivered".to_string(),
-                (true, Some(n)) => format!("nothing was waiting ({n})"),
-                (false, n) => format!("NOT delivered: {}", n.as_deref().unwrap_or("?")),
-            };
-            lines.push(format!("{name} {} at {}: {how}", s.result, s.at));
+            lines.push(format!("{name} {}", said(s)));
         }
     }
+    lines.extend(drain::describe(record));
+    if let Some(s) = &record.termination {
+        lines.push(format!(
+            "CompleteLifecycleAction (termination hook) {}",
+            said(s)
+        ));
+    }
     lines
+}
+
+/// `RESULT at TIME: how it went`, for `status`.
+fn said(s: &Signal) -> String {
+    let how = match (s.delivered, &s.note) {
+        (true, None) => "delivered".to_string(),
+        (true, Some(n)) => format!("nothing was waiting ({n})"),
+        (false, n) => format!("NOT delivered: {}", n.as_deref().unwrap_or("?")),
+    };
+    format!("{} at {}: {how}", s.result, s.at)
 }
 
 #[cfg(test)]

@@ -74,6 +74,10 @@ pub struct Record {
     /// SignalResource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloudformation: Option<Signal>,
+    /// The warm pool's launch action (`Warmed:Pending:Wait`), completed before the
+    /// instance went into service; `asg` is then the action of going into service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<Signal>,
     /// The instance's drain (one per instance life), once begun.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<Drain>,

@@ -97,6 +97,12 @@ impl StateDir {
         self.root.join("hooks.env")
     }
 
+    /// Whether and since when the instance is in service this boot (the `in-service`
+    /// stage): the app starts only once it exists.
+    pub fn in_service_json(&self) -> PathBuf {
+        self.root.join("in-service.json")
+    }
+
     /// One file per resolved secret, for `LoadCredential=` (0700, files 0600).
     pub fn credentials_dir(&self) -> PathBuf {
         self.root.join("credentials")
@@ -125,12 +131,18 @@ impl StateDir {
     /// Creates the directory (0700) if needed, takes its lock, waiting at most until the
     /// deadline, and removes temporary files a killed run left behind.
     pub async fn lock(&self, deadline: Deadline) -> Result<Lock> {
+        self.lock_named(".lock", deadline).await
+    }
+
+    /// [`StateDir::lock`] with a lock of its own (`name` in the state dir), for a step
+    /// that runs stages (which take the state dir's lock) and must run once.
+    pub async fn lock_named(&self, name: &str, deadline: Deadline) -> Result<Lock> {
         DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.root)
             .map_err(write_error(&self.root))?;
-        let path = self.root.join(".lock");
+        let path = self.root.join(name);
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -30,6 +30,7 @@ fn orchestrator(instances: &[&str]) -> Orch {
             heartbeat_timeout: 2.0,
             default_result: "ABANDON".into(),
             instances: instances.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
         }],
         stacks: vec![Stack {
             name: "web-stack".into(),

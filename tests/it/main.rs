@@ -11,9 +11,11 @@
 mod common;
 
 mod boot;
+mod boot_drain;
 mod bundles;
 mod decode;
 mod demo;
+mod drain;
 mod envfile_roundtrip;
 mod hardening;
 mod install;
@@ -26,4 +28,5 @@ mod packages;
 mod s3_sync;
 mod secrets;
 mod sync_hostile;
+mod warm;
 mod watch_sqs;

@@ -1,0 +1,345 @@
+//! The `in-service` stage: the moment the instance goes into service, after the boot's
+//! chain, and the only thing that lets an app start on an instance of a warm pool.
+//!
+//! An instance launched into an auto scaling group's warm pool boots with IMDS's
+//! `autoscaling/target-lifecycle-state` at `Warmed:Stopped`, `Warmed:Running` or
+//! `Warmed:Hibernated`. The chain runs as at any boot (parameters, sync, per-instance
+//! hooks) and the ready unit completes the warm launch action with CONTINUE; then this
+//! stage waits, polling the state every `--poll` (AWS's examples poll every 5 s),
+//! bounded by nothing but SIGTERM (the group stops the instance, or leaves it running,
+//! for as long as it likes), and says so in `STATUS=`. No app ordered after
+//! `bootstage-in-service.target`, and no `bootstage launch`, starts meanwhile.
+//!
+//! When the state becomes `InService` (a later boot of the same disk begins there; a
+//! `Warmed:Running` instance sees it change; a hibernated one sees it on resume):
+//! - if the instance waited in the pool this boot, what may have changed while it slept
+//!   is read again: the metadata stage runs again (secrets are resolved again: they may
+//!   have rotated), every configured sync runs once (an unchanged bundle is one 304);
+//! - the hooks of `per-start.d/` run (on every start into service, boot or not), with
+//!   `BOOTSTAGE_START` = `boot` or `warm-pool`;
+//! - if it waited, the action of leaving the pool (`Pending:Wait`) is completed with
+//!   CONTINUE (`lifecycle::into_service`), unless the app sends it (`complete_on: app`);
+//! - `in-service.json` is written, and READY sent.
+//! A failure there fails the unit, whose `OnFailure=` sends the failure notice and then
+//! abandons or holds the instance, as at a boot. Off a group (no state: 404, or no IMDS
+//! at all) the instance is in service at once.
+//!
+//! `Terminated` and `Warmed:Terminated` (the group removes the instance from the pool)
+//! start nothing: the stage keeps waiting until it is stopped, and the lifecycle watcher
+//! drains. Exactly once: `in-service.json` is checked under a lock of its own, so the
+//! unit, `launch` and the resume unit never run the steps twice in one boot.
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::base::notify::Notifier;
+use crate::base::retry::Deadline;
+use crate::base::stop::Stop;
+use crate::imds::{self, facts::Facts};
+use crate::stage::error::{Error, Result};
+use crate::stage::hooks::{self, HookDirs, Kind};
+use crate::stage::lifecycle;
+use crate::stage::metadata;
+use crate::stage::s3sync;
+use crate::state::StateDir;
+use crate::state::atomic;
+use crate::state::status;
+
+/// How often the target lifecycle state is read while in the warm pool, as AWS's examples do.
+pub const DEFAULT_POLL: &str = "5s";
+/// The longest wait for another run of the steps (the unit and `launch` at once).
+const LOCK_WAIT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub metadata: metadata::Settings,
+    pub hooks: HookDirs,
+    pub lifecycle: lifecycle::Settings,
+    /// How often the target lifecycle state is read while waiting.
+    pub poll: Duration,
+    /// Look once: out of service now, return at once (the resume unit).
+    pub once: bool,
+}
+
+/// `in-service.json`: where this boot stands with respect to service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// `waiting` (in the warm pool, or leaving) or `in-service`.
+    pub state: String,
+    /// The target lifecycle state last seen (`None` outside a group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The warm pool state this boot waited in, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<String>,
+    pub since: String,
+}
+
+/// What a target lifecycle state means for the app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// In service, or in no group at all: the app may start.
+    Service,
+    /// In the warm pool (`Warmed:Stopped`, `Warmed:Running`, `Warmed:Hibernated`).
+    Warm(String),
+    /// On the way out of the group: the app does not start.
+    Leaving(String),
+}
+
+/// The decision, from IMDS's `autoscaling/target-lifecycle-state` alone (`None`: a 404,
+/// outside a group or before any transition). A state this code does not know starts
+/// the app: an unknown word must not keep a service down.
+pub fn target(state: Option<&str>) -> Target {
+    match state {
+        None => Target::Service,
+        Some("Terminated" | "Warmed:Terminated") => Target::Leaving(state.unwrap_or("").into()),
+        Some(s) if s.starts_with("Warmed:") => Target::Warm(s.into()),
+        Some(_) => Target::Service,
+    }
+}
+
+/// The record of this boot, if the stage got as far as writing one.
+pub fn read(state: &StateDir) -> Option<Record> {
+    let text = std::fs::read(state.in_service_json()).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Whether the instance is in service this boot (the steps are done).
+pub fn done(state: &StateDir) -> bool {
+    read(state).is_some_and(|r| r.state == "in-service")
+}
+
+fn write(state: &StateDir, record: &Record) -> Result<()> {
+    let text = serde_json::to_vec_pretty(record).expect("records serialize");
+    atomic::write_file(&state.in_service_json(), &text)
+        .map_err(|(path, source)| Error::Write { path, source })
+}
+
+fn now() -> String {
+    status::timestamp(SystemTime::now())
+}
+
+/// The stage as its unit runs it: the metadata stage first when its outputs are missing
+/// (run by hand), then the wait and the steps. Returns the READY summary, or `None` when
+/// stopped before the instance went into service.
+pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<Option<String>> {
+    metadata::ensure(state, &args.metadata, false, notifier).await?;
+    if let Some(record) = read(state).filter(|r| r.state == "in-service") {
+        return Ok(Some(format!("in service since {}", record.since)));
+    }
+    let mut stop = Stop::install().map_err(|source| Error::Write {
+        path: "SIGTERM handler".into(),
+        source,
+    })?;
+    let Some(warm) = wait(state, args, notifier, &mut stop).await? else {
+        return Ok(None);
+    };
+    start(state, args, warm, notifier).await.map(Some)
+}
+
+/// For `launch`: returns once the instance is in service this boot, running the steps
+/// in-process if nobody has; `false` when stopped (SIGTERM) before that.
+pub async fn ensure(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<bool> {
+    if done(state) {
+        return Ok(true);
+    }
+    Ok(run(state, args, notifier).await?.is_some())
+}
+
+/// Waits while the target state keeps the instance out of service. Returns the warm
+/// pool state the boot waited in (`Some(None)`: it did not), or `None` on SIGTERM.
+async fn wait(
+    state: &StateDir,
+    args: &Settings,
+    notifier: Notifier,
+    stop: &mut Stop,
+) -> Result<Option<Option<String>>> {
+    let facts: Option<Facts> = std::fs::read(state.instance_json())
+        .ok()
+        .and_then(|text| serde_json::from_slice(&text).ok());
+    let at_boot = facts.and_then(|f| f.target_lifecycle_state);
+    // A warm pool state at boot, or one seen earlier this boot by another run.
+    let mut warm = match (target(at_boot.as_deref()), read(state)) {
+        (Target::Warm(s), _) => Some(s),
+        (_, Some(r)) => r.warm,
+        _ => None,
+    };
+    // In service at boot (or in no group): the metadata stage read the state moments
+    // ago, and nothing in a group moves an instance from service back to the pool.
+    if warm.is_none() && target(at_boot.as_deref()) == Target::Service {
+        return Ok(Some(None));
+    }
+    // Off-cloud (a user-data file) there is no IMDS to ask: the facts are all there is.
+    let client = match &args.metadata.user_data_file {
+        Some(_) => None,
+        None => Some(client(&args.metadata)?),
+    };
+    let mut current = at_boot;
+    let mut said = None;
+    let mut since = now();
+    loop {
+        if let Some(client) = &client {
+            match client.text(imds::TARGET_LIFECYCLE_STATE).await {
+                Ok(state) => current = state,
+                Err(e) => tracing::warn!(
+                    "cannot read the target lifecycle state ({e}); going by the last seen"
+                ),
+            }
+        }
+        let why = match target(current.as_deref()) {
+            Target::Service => return Ok(Some(warm)),
+            Target::Warm(s) => {
+                warm = Some(s.clone());
+                format!(
+                    "in the warm pool ({s}): the app starts when the instance goes into service"
+                )
+            }
+            Target::Leaving(s) => {
+                format!("leaving the group ({s}): the app does not start")
+            }
+        };
+        if said.as_ref() != Some(&why) {
+            tracing::info!("{why}");
+            notifier.status(&why);
+            since = now();
+            write(
+                state,
+                &Record {
+                    state: "waiting".into(),
+                    target: current.clone(),
+                    warm: warm.clone(),
+                    since: since.clone(),
+                },
+            )?;
+            said = Some(why);
+        }
+        if args.once {
+            tracing::info!("not in service yet: the waiting unit goes on");
+            return Ok(None);
+        }
+        if client.is_none() {
+            // Nothing will change what the facts say.
+            tracing::info!(since, "waiting until stopped");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(args.poll) => {}
+            _ = stop.requested() => {
+                tracing::info!("stopped before the instance went into service");
+                return Ok(None);
+            }
+        }
+    }
+}
+
+fn client(args: &metadata::Settings) -> Result<imds::Client> {
+    let endpoint = imds::resolve_endpoint(args.imds_endpoint.as_deref(), |v| std::env::var(v).ok())
+        .map_err(Error::Usage)?;
+    Ok(imds::Client::new(imds::Options {
+        endpoint,
+        v2_only: args.imds_v2_only,
+        request_timeout: args.request_timeout,
+        // A poller lives as long as the wait, which only SIGTERM ends; each request is
+        // bounded by the request timeout.
+        deadline: Deadline::after(Duration::from_secs(100 * 365 * 24 * 3600)),
+    })?)
+}
+
+/// The steps of going into service, once per boot (under a lock of their own).
+async fn start(
+    state: &StateDir,
+    args: &Settings,
+    warm: Option<String>,
+    notifier: Notifier,
+) -> Result<String> {
+    let _lock = state
+        .lock_named(".in-service.lock", Deadline::after(LOCK_WAIT))
+        .await?;
+    if let Some(record) = read(state).filter(|r| r.state == "in-service") {
+        return Ok(format!("in service since {}", record.since));
+    }
+    if let Some(pool) = &warm {
+        let why = format!("going into service from the warm pool ({pool}): refreshing");
+        tracing::info!("{why}");
+        notifier.status(&why);
+        lifecycle::entering_service(state)?;
+        metadata::run(state, &args.metadata, notifier).await?;
+        s3sync::sync_missing(state, true, notifier).await?;
+    }
+    let reason = match warm {
+        Some(_) => "warm-pool",
+        None => "boot",
+    };
+    let limit = format!(
+        "{} (--hook-timeout, all per-start hooks together)",
+        humantime::format_duration(args.hooks.hook_timeout)
+    );
+    let (ran, _) = hooks::run_kinds(
+        state,
+        &args.hooks,
+        &[Kind::PerStart],
+        &[("BOOTSTAGE_START".into(), reason.into())],
+        Deadline::after(args.hooks.hook_timeout),
+        &limit,
+        notifier,
+    )
+    .await?;
+    if warm.is_some()
+        && let Err(e) = lifecycle::into_service(state, &args.lifecycle).await
+    {
+        // As at a boot: a signal that cannot be delivered is recorded (status shows it)
+        // and never keeps the app down; the group's heartbeat timeout is the backstop.
+        tracing::error!("the group was not told the instance is in service: {e}");
+    }
+    let since = now();
+    write(
+        state,
+        &Record {
+            state: "in-service".into(),
+            target: Some("InService".into()).filter(|_| warm.is_some()),
+            warm: warm.clone(),
+            since: since.clone(),
+        },
+    )?;
+    Ok(match warm {
+        Some(pool) => {
+            format!("in service (from the warm pool, {pool}): {ran} per-start hook(s) ran")
+        }
+        None => format!("in service: {ran} per-start hook(s) ran"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_target_lifecycle_state_means_for_the_app() {
+        for (state, expected) in [
+            (None, Target::Service),
+            (Some("InService"), Target::Service),
+            (Some("Standby"), Target::Service),
+            (Some("Detached"), Target::Service),
+            (Some("SomethingNew"), Target::Service),
+            (
+                Some("Warmed:Stopped"),
+                Target::Warm("Warmed:Stopped".into()),
+            ),
+            (
+                Some("Warmed:Running"),
+                Target::Warm("Warmed:Running".into()),
+            ),
+            (
+                Some("Warmed:Hibernated"),
+                Target::Warm("Warmed:Hibernated".into()),
+            ),
+            (Some("Terminated"), Target::Leaving("Terminated".into())),
+            (
+                Some("Warmed:Terminated"),
+                Target::Leaving("Warmed:Terminated".into()),
+            ),
+        ] {
+            assert_eq!(target(state), expected, "{state:?}");
+        }
+    }
+}

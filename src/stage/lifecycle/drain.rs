@@ -1,0 +1,765 @@
+//! The instance's later life, acted on (`life.rs` decides): once the launch is behind it,
+//! the lifecycle watcher looks at IMDS's four paths every 5 s with one IMDSv2 token and
+//! - runs `maintenance.d` once per event, `rebalance.d` once per rebalance episode and
+//!   `rebalance-undo.d` when no interruption followed, one directory at a time, each run
+//!   in the background so the looks go on (a drain cuts a run short);
+//! - drains once: `drain.d` with `BOOTSTAGE_DRAIN_REASON` and `BOOTSTAGE_DRAIN_DEADLINE`,
+//!   then `systemctl stop` of each unit `drain.stop` names, in order (each waits for its
+//!   unit's own `TimeoutStopSec=`), all by the drain's deadline;
+//! - beside the drain, asks the group where it has the instance, heartbeats the
+//!   termination hook once it waits in `Terminating:Wait`, and after the drain completes
+//!   it with one CONTINUE ("No active Lifecycle Action" is done too). A drain that fails
+//!   or overruns is logged, noticed (`"stage": "drain"`), and the action still completed.
+//!
+//! Each step is written to `lifecycle/record.json` as it is decided, so a watcher that
+//! restarts acts on nothing twice: a drain that was begun is never begun again.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+
+use super::life::{self, Act, Look, Memory, Plan};
+use super::{FALLBACK_HEARTBEAT, SIGNAL_TIMEOUT, connect, now, signal};
+use crate::base::child;
+use crate::base::notify::Notifier;
+use crate::base::retry::Deadline;
+use crate::base::stop::Stop;
+use crate::imds::{self, ImdsError};
+use crate::orchestrator::{Config, Delivery, LaunchHook};
+use crate::stage::error::Result;
+use crate::stage::hooks::{self, HookDirs, Kind};
+use crate::stage::notice::deliver;
+use crate::state::StateDir;
+use crate::state::lifecycle::{self, Drain, Record};
+
+/// How often IMDS is asked (four GETs: 0.8 requests a second), as AWS's examples do.
+pub const DEFAULT_POLL: &str = "5s";
+/// Where `systemctl` is.
+pub const DEFAULT_SYSTEMCTL: &str = "/usr/bin/systemctl";
+/// How often the group is asked where it has the instance while it leaves.
+const GROUP_LOOK: Duration = Duration::from_secs(2);
+/// A stop queued past the deadline: systemd answers at once.
+const QUEUE_STOP: Duration = Duration::from_secs(5);
+/// Each IMDS GET.
+const IMDS_REQUEST: Duration = Duration::from_secs(2);
+/// An instance's life has no end the watcher knows of: its IMDS client's deadline is far.
+const LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
+/// The last notices may take this long to go out before the watcher exits.
+const NOTICES_AT_EXIT: Duration = Duration::from_secs(65);
+/// The commands a drain runs get this `PATH`, nothing of the watcher's environment.
+const COMMAND_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The hook directories of the instance's later life.
+const LIFE_KINDS: [Kind; 4] = [
+    Kind::Drain,
+    Kind::Rebalance,
+    Kind::RebalanceUndo,
+    Kind::Maintenance,
+];
+
+/// What the watch of the instance's life needs beside the lifecycle settings.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    /// Where `drain.d/`, `rebalance.d/` … are, and how long a rebalance or maintenance
+    /// run may take (`hook_timeout`; a drain has its own deadline).
+    pub dirs: HookDirs,
+    /// IMDS (else the SDKs' variables, else 169.254.169.254).
+    pub imds_endpoint: Option<String>,
+    /// Between two looks at IMDS ([`DEFAULT_POLL`]).
+    pub poll_every: Duration,
+    /// The `systemctl` that stops units ([`DEFAULT_SYSTEMCTL`]).
+    pub systemctl: PathBuf,
+    /// The image's notice settings, when the parameters have none.
+    pub notify_config: PathBuf,
+}
+
+/// Whether the instance's life needs watching: a termination hook or drain settings, or a
+/// hook in one of the later life's directories.
+pub fn watched(config: Option<&Config>, dirs: &HookDirs) -> bool {
+    let has_hooks = |kind: Kind| {
+        std::fs::read_dir(dirs.hooks_dir.join(kind.dir())).is_ok_and(|mut entries| {
+            entries.any(|e| e.is_ok_and(|e| !e.file_name().as_encoded_bytes().starts_with(b".")))
+        })
+    };
+    config.is_some_and(Config::watches_leaving) || LIFE_KINDS.into_iter().any(has_hooks)
+}
+
+/// Watches the instance's life until it drains and leaves, or SIGTERM.
+pub async fn watch(
+    state: &StateDir,
+    config: Option<Config>,
+    w: &Watch,
+    notifier: Notifier,
+    stop: &mut Stop,
+) -> Result<()> {
+    let settings = config.as_ref().map(Config::drain).unwrap_or_default();
+    let mut notices = tokio::task::JoinSet::new();
+    let record = lifecycle::read(state)?.unwrap_or_default();
+    if let Some(begun) = record.drain.clone() {
+        // A restarted watcher: the drain is never run twice; what is left is the leaving.
+        if lifecycle::settled(&record.termination) {
+            tracing::info!("this instance has drained and its termination action is complete");
+            notifier.status("drained");
+            return Ok(());
+        }
+        if begun.done.is_none() {
+            let why = "the watcher restarted during the drain; a drain is not run twice";
+            tracing::warn!("{why}");
+            lifecycle::update(state, |r| {
+                if let Some(d) = r.drain.as_mut() {
+                    d.done = Some(now());
+                    d.error.get_or_insert_with(|| why.into());
+                }
+            })?;
+        }
+        let mut leaving = Leaving::new(config.as_ref(), begun.deadline_unix);
+        leaving.finish(state, stop).await;
+        return Ok(());
+    }
+    let endpoint =
+        match imds::resolve_endpoint(w.imds_endpoint.as_deref(), |v| std::env::var(v).ok()) {
+            Ok(endpoint) => endpoint,
+            Err(why) => {
+                tracing::error!("cannot watch the instance's life: {why}");
+                notifier.status("cannot reach IMDS: the instance's life is not watched");
+                return Ok(());
+            }
+        };
+    let client = imds::Client::new(imds::Options {
+        endpoint,
+        v2_only: false,
+        request_timeout: IMDS_REQUEST,
+        deadline: Deadline::after(LIFETIME),
+    })?;
+    tracing::info!(
+        "watching the instance's life: IMDS every {:?} (target lifecycle state, Spot interruption, rebalance, maintenance)",
+        w.poll_every
+    );
+    notifier.status("watching the instance's life");
+    let mut ticker = tokio::time::interval(w.poll_every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut runs = Runs::default();
+    let mut unread = Unread::default();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.requested() => {
+                tracing::info!("stopping the watch of the instance's life");
+                runs.cut("the watcher is stopping");
+                return Ok(());
+            }
+        }
+        let look = look(&client, &mut unread).await;
+        let record = lifecycle::read(state).ok().flatten().unwrap_or_default();
+        let now_unix = life::unix(SystemTime::now());
+        for act in life::next(&memory(&record), &look, now_unix, &settings) {
+            match act {
+                Act::Drain(plan) => {
+                    runs.cut("the instance drains");
+                    drain(
+                        state,
+                        config.as_ref(),
+                        w,
+                        plan,
+                        notifier,
+                        stop,
+                        &mut notices,
+                    )
+                    .await?;
+                    let _ = tokio::time::timeout(NOTICES_AT_EXIT, notices.join_all()).await;
+                    return Ok(());
+                }
+                Act::Maintenance(event) => {
+                    tracing::info!(
+                        event = event.id,
+                        code = event.code,
+                        not_before = event.not_before,
+                        "scheduled maintenance: running maintenance.d"
+                    );
+                    lifecycle::update(state, |r| r.maintenance.push(event.id.clone()))?;
+                    notify(
+                        &mut notices,
+                        state,
+                        w,
+                        "maintenance",
+                        event.raw.clone(),
+                        None,
+                    );
+                    runs.queue(Kind::Maintenance, life::event_env(&event), event.id.clone());
+                }
+                Act::Rebalance {
+                    notice,
+                    hooks,
+                    undo_due,
+                } => {
+                    lifecycle::update(state, |r| {
+                        r.rebalance.notices.push(notice.clone());
+                        let extra = r.rebalance.notices.len().saturating_sub(64);
+                        r.rebalance.notices.drain(..extra);
+                        r.rebalance.undo_due_unix = Some(undo_due);
+                        r.rebalance.hooks_ran += u32::from(hooks);
+                    })?;
+                    let undo_at = life::rfc3339(undo_due);
+                    if hooks {
+                        tracing::warn!(
+                            notice_time = notice,
+                            "rebalance recommendation: running rebalance.d (rebalance-undo.d at {undo_at} unless interrupted)"
+                        );
+                        let about = json!({"notice_time": notice, "undo_at": undo_at});
+                        notify(&mut notices, state, w, "rebalance", about, None);
+                        let env = vec![("BOOTSTAGE_REBALANCE_NOTICE_TIME".into(), notice)];
+                        runs.queue(Kind::Rebalance, env, "rebalance".into());
+                    } else {
+                        tracing::info!(
+                            notice_time = notice,
+                            "another rebalance recommendation: rebalance.d already ran; the undo moves to {undo_at}"
+                        );
+                    }
+                }
+                Act::Undo => {
+                    let last = record.rebalance.notices.last().cloned().unwrap_or_default();
+                    tracing::info!(
+                        "no interruption followed the rebalance recommendation: running rebalance-undo.d"
+                    );
+                    lifecycle::update(state, |r| {
+                        r.rebalance.undo_due_unix = None;
+                        r.rebalance.undone += 1;
+                    })?;
+                    let about = json!({"notice_time": last, "undo": true});
+                    notify(&mut notices, state, w, "rebalance", about, None);
+                    let env = vec![("BOOTSTAGE_REBALANCE_NOTICE_TIME".into(), last)];
+                    runs.queue(Kind::RebalanceUndo, env, "rebalance-undo".into());
+                }
+            }
+        }
+        runs.step(state, &w.dirs, notifier).await;
+        // Delivered notices are done with; their errors were logged.
+        while notices.try_join_next().is_some() {}
+    }
+}
+
+/// The lines `status` prints for the instance's later life: a drain in progress and its
+/// deadline, or how it ended; the rebalance recommendations and maintenance events.
+pub fn describe(record: &Record) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(d) = &record.drain {
+        lines.push(match &d.done {
+            None => format!(
+                "draining ({}: {}) until {}, since {}",
+                d.reason, d.why, d.deadline, d.started
+            ),
+            Some(done) => format!(
+                "drained ({}: {}) from {} to {} (deadline {}){}",
+                d.reason,
+                d.why,
+                d.started,
+                done,
+                d.deadline,
+                d.error
+                    .as_deref()
+                    .map(|e| format!("; FAILED: {e}"))
+                    .unwrap_or_default()
+            ),
+        });
+    }
+    let r = &record.rebalance;
+    if !r.is_empty() {
+        lines.push(format!(
+            "rebalance: {} recommendation(s) seen, rebalance.d ran {} time(s), rebalance-undo.d {} time(s){}",
+            r.notices.len(),
+            r.hooks_ran,
+            r.undone,
+            r.undo_due_unix
+                .map(|t| format!("; undo due at {}", life::rfc3339(t)))
+                .unwrap_or_default()
+        ));
+    }
+    if !record.maintenance.is_empty() {
+        lines.push(format!(
+            "maintenance: maintenance.d ran for {}",
+            record.maintenance.join(", ")
+        ));
+    }
+    lines
+}
+
+/// What the record says was acted on.
+fn memory(record: &Record) -> Memory {
+    Memory {
+        draining: record.drain.is_some(),
+        rebalance_seen: record.rebalance.notices.clone(),
+        undo_due: record.rebalance.undo_due_unix,
+        maintenance_done: record.maintenance.clone(),
+    }
+}
+
+/// IMDS paths whose last read failed, so each failure is said once, not every 5 s.
+#[derive(Default)]
+struct Unread(std::collections::BTreeSet<&'static str>);
+
+/// One look: the four GETs at once, with the client's one token.
+async fn look(client: &imds::Client, unread: &mut Unread) -> Look {
+    let (target, spot, rebalance, maintenance) = tokio::join!(
+        text(client, life::TARGET),
+        text(client, life::SPOT),
+        text(client, life::REBALANCE),
+        text(client, life::MAINTENANCE),
+    );
+    let mut read =
+        |path: &'static str, answer: std::result::Result<Option<String>, ImdsError>| match answer {
+            Ok(text) => {
+                if unread.0.remove(path) {
+                    tracing::info!(path, "IMDS answers again");
+                }
+                text
+            }
+            Err(e) => {
+                if unread.0.insert(path) {
+                    tracing::warn!(path, "cannot read IMDS: {e}; asking again at the next look");
+                }
+                None
+            }
+        };
+    Look {
+        target: read(life::TARGET, target),
+        spot: read(life::SPOT, spot).as_deref().and_then(life::spot),
+        rebalance: read(life::REBALANCE, rebalance)
+            .as_deref()
+            .and_then(life::rebalance),
+        maintenance: read(life::MAINTENANCE, maintenance)
+            .as_deref()
+            .map(life::maintenance)
+            .unwrap_or_default(),
+    }
+}
+
+/// One GET of a text item; `None` for a 404 (nothing scheduled, not in a group).
+async fn text(client: &imds::Client, path: &str) -> std::result::Result<Option<String>, ImdsError> {
+    match client.get(path).await {
+        Ok(body) => Ok(Some(String::from_utf8_lossy(&body).trim().to_string())),
+        Err(ImdsError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sends a notice of the instance's life in the background.
+fn notify(
+    notices: &mut tokio::task::JoinSet<()>,
+    state: &StateDir,
+    w: &Watch,
+    event: &'static str,
+    about: serde_json::Value,
+    failed: Option<(&'static str, String)>,
+) {
+    let (state, fallback) = (state.clone(), w.notify_config.clone());
+    notices.spawn(async move {
+        if let Err(e) = deliver::life(&state, &fallback, event, about, failed).await {
+            tracing::error!("the {event} notice: {e}");
+        }
+    });
+}
+
+/// A hook run in the background: what it is for, and its task (hooks ran, skipped).
+type Running = (String, tokio::task::JoinHandle<Result<(usize, usize)>>);
+/// A hook run waiting its turn: its directory, its variables, what it is for.
+type Queued = (Kind, Vec<(String, String)>, String);
+
+/// The rebalance, undo and maintenance hook runs: one at a time (they share the state
+/// dir's lock), each in the background, the rest queued.
+#[derive(Default)]
+struct Runs {
+    running: Option<Running>,
+    queued: VecDeque<Queued>,
+}
+
+impl Runs {
+    fn queue(&mut self, kind: Kind, env: Vec<(String, String)>, what: String) {
+        self.queued.push_back((kind, env, what));
+    }
+
+    /// Collects a run that ended, and starts the next.
+    async fn step(&mut self, state: &StateDir, dirs: &HookDirs, notifier: Notifier) {
+        if let Some((what, run)) = self.running.take_if(|(_, run)| run.is_finished()) {
+            match run.await {
+                Ok(Ok((ran, _))) => tracing::info!("{what}: {ran} hook(s) ran"),
+                Ok(Err(e)) => tracing::error!("{what}: {e}"),
+                Err(e) => tracing::error!("{what}: {e}"),
+            }
+        }
+        if self.running.is_some() {
+            return;
+        }
+        let Some((kind, env, what)) = self.queued.pop_front() else {
+            return;
+        };
+        let (state, dirs) = (state.clone(), dirs.clone());
+        let what = format!("{} ({what})", kind.dir());
+        let run = tokio::spawn(async move {
+            let limit = format!(
+                "{} (--hook-timeout)",
+                humantime::format_duration(dirs.hook_timeout)
+            );
+            let deadline = Deadline::after(dirs.hook_timeout);
+            hooks::run_kinds(&state, &dirs, &[kind], &env, deadline, &limit, notifier).await
+        });
+        self.running = Some((what, run));
+    }
+
+    /// Ends a run in progress (its hook is killed) and forgets the queue.
+    fn cut(&mut self, why: &str) {
+        if let Some((what, run)) = self.running.take()
+            && !run.is_finished()
+        {
+            tracing::warn!("{why}: {what} cut short");
+            run.abort();
+        }
+        for (_, _, what) in self.queued.drain(..) {
+            tracing::warn!("{why}: {what} not run");
+        }
+    }
+}
+
+/// The drain, begun once: recorded, noticed, run beside the termination action, which
+/// is completed after it.
+async fn drain(
+    state: &StateDir,
+    config: Option<&Config>,
+    w: &Watch,
+    plan: Plan,
+    notifier: Notifier,
+    stop: &mut Stop,
+    notices: &mut tokio::task::JoinSet<()>,
+) -> Result<()> {
+    let reason = plan.reason.name();
+    let deadline_text = life::rfc3339(plan.deadline_unix);
+    let units = config.map(Config::drain).unwrap_or_default().stop;
+    lifecycle::update(state, |r| {
+        r.drain = Some(Drain {
+            reason: reason.into(),
+            why: plan.why.clone(),
+            started: now(),
+            deadline: deadline_text.clone(),
+            deadline_unix: plan.deadline_unix,
+            ..Drain::default()
+        })
+    })?;
+    tracing::warn!(
+        reason,
+        deadline = deadline_text,
+        "draining: {}; drain.d, then stopping {units:?}",
+        plan.why
+    );
+    notifier.status(&format!("draining ({reason}) until {deadline_text}"));
+    let about =
+        json!({"reason": reason, "why": plan.why, "deadline": deadline_text, "stop": units});
+    notify(notices, state, w, "drain", about.clone(), None);
+    let left = Duration::from_secs(
+        plan.deadline_unix
+            .saturating_sub(life::unix(SystemTime::now())),
+    );
+    let deadline = Deadline::after(left);
+    let mut env = vec![
+        ("BOOTSTAGE_DRAIN_REASON".to_string(), reason.to_string()),
+        (
+            "BOOTSTAGE_DRAIN_DEADLINE".to_string(),
+            deadline_text.clone(),
+        ),
+    ];
+    env.extend(plan.env.iter().cloned());
+    let work = tokio::spawn(run_drain(
+        state.clone(),
+        w.dirs.clone(),
+        w.systemctl.clone(),
+        units,
+        env,
+        deadline,
+        deadline_text,
+        notifier,
+    ));
+    tokio::pin!(work);
+    let mut leaving = Leaving::new(config, plan.deadline_unix);
+    let mut next_look = tokio::time::Instant::now();
+    let (stopped, error) = loop {
+        tokio::select! {
+            ended = &mut work => break ended.unwrap_or_else(|e| (Vec::new(), Some(e.to_string()))),
+            _ = tokio::time::sleep_until(next_look) => {
+                leaving.look(state, false).await;
+                next_look = tokio::time::Instant::now() + leaving.between_looks();
+            }
+            _ = stop.requested() => {
+                tracing::warn!("stopping during the drain: the termination action is left to the group's timeout");
+                return Ok(());
+            }
+        }
+    };
+    lifecycle::update(state, |r| {
+        if let Some(d) = r.drain.as_mut() {
+            d.done = Some(now());
+            d.error = error.clone();
+            d.stopped = stopped.clone();
+        }
+    })?;
+    match &error {
+        None => tracing::info!(reason, "drained: stopped {stopped:?}"),
+        Some(e) => {
+            tracing::error!(
+                reason,
+                "the drain failed: {e}; completing the termination action all the same"
+            );
+            notify(
+                notices,
+                state,
+                w,
+                "drain",
+                about,
+                Some(("drain", e.clone())),
+            );
+        }
+    }
+    notifier.status("drained: completing the termination action");
+    leaving.finish(state, stop).await;
+    Ok(())
+}
+
+/// `drain.d`, then each unit stopped in order, all by `deadline`. Units are stopped
+/// whatever the hooks did: the instance leaves either way, and the app had better get
+/// its SIGTERM and its grace. Returns the units stopped and what went wrong, if anything.
+#[allow(clippy::too_many_arguments)]
+async fn run_drain(
+    state: StateDir,
+    dirs: HookDirs,
+    systemctl: PathBuf,
+    units: Vec<String>,
+    env: Vec<(String, String)>,
+    deadline: Deadline,
+    deadline_text: String,
+    notifier: Notifier,
+) -> (Vec<String>, Option<String>) {
+    let limit = format!("the drain's deadline ({deadline_text})");
+    let mut errors = Vec::new();
+    if let Err(e) = hooks::run_kinds(
+        &state,
+        &dirs,
+        &[Kind::Drain],
+        &env,
+        deadline,
+        &limit,
+        notifier,
+    )
+    .await
+    {
+        errors.push(e.to_string());
+    }
+    let mut stopped = Vec::new();
+    for unit in units {
+        if deadline.remaining().is_zero() {
+            // Past the deadline the app still gets its SIGTERM now, without a wait for it:
+            // systemd goes on stopping the unit, within its TimeoutStopSec=.
+            errors.push(format!(
+                "{unit}: stop queued (not waited for) past the drain's deadline ({deadline_text})"
+            ));
+            match queue_stop(&systemctl, &unit).await {
+                Ok(()) => stopped.push(unit),
+                Err(why) => errors.push(format!("systemctl stop --no-block {unit}: {why}")),
+            }
+            continue;
+        }
+        notifier.status(&format!("draining: stopping {unit}"));
+        tracing::info!(unit, "stopping");
+        match stop_unit(&systemctl, &unit, deadline).await {
+            Ok(()) => stopped.push(unit),
+            Err(why) => errors.push(format!("systemctl stop {unit}: {why}")),
+        }
+    }
+    let error = (!errors.is_empty()).then(|| errors.join("; "));
+    (stopped, error)
+}
+
+/// `systemctl stop -- UNIT`: returns once systemd has stopped it (after its
+/// `ExecStop=`, its SIGTERM and its `TimeoutStopSec=`), or at the deadline.
+async fn stop_unit(
+    systemctl: &Path,
+    unit: &str,
+    deadline: Deadline,
+) -> std::result::Result<(), String> {
+    let mut command = tokio::process::Command::new(systemctl);
+    command
+        .args(["stop", "--", unit])
+        .env_clear()
+        .env("PATH", COMMAND_PATH)
+        .stdin(std::process::Stdio::null());
+    match child::run_bounded(command, deadline.remaining()).await {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(child::describe(status)),
+        Err(child::ChildError::TimedOut(_)) => {
+            Err("still stopping at the drain's deadline (systemd goes on stopping it)".into())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `systemctl stop --no-block -- UNIT`: the stop queued, not waited for.
+async fn queue_stop(systemctl: &Path, unit: &str) -> std::result::Result<(), String> {
+    let mut command = tokio::process::Command::new(systemctl);
+    command
+        .args(["stop", "--no-block", "--", unit])
+        .env_clear()
+        .env("PATH", COMMAND_PATH)
+        .stdin(std::process::Stdio::null());
+    match child::run_bounded(command, QUEUE_STOP).await {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(child::describe(status)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The termination action: found, heartbeated while it waits, completed once.
+struct Leaving {
+    /// The termination hook's name, when the settings name one.
+    name: Option<String>,
+    config: Option<Config>,
+    deadline_unix: u64,
+    /// The hook, once the group is found; `None` inside: in no group.
+    hook: Option<Option<LaunchHook>>,
+    every: Duration,
+    next_beat: tokio::time::Instant,
+    said: std::collections::BTreeSet<String>,
+}
+
+impl Leaving {
+    fn new(config: Option<&Config>, deadline_unix: u64) -> Leaving {
+        Leaving {
+            name: config
+                .and_then(|c| c.asg.as_ref())
+                .and_then(|a| a.termination_hook.clone()),
+            config: config.cloned(),
+            deadline_unix,
+            hook: None,
+            every: FALLBACK_HEARTBEAT,
+            next_beat: tokio::time::Instant::now(),
+            said: Default::default(),
+        }
+    }
+
+    /// Logs `what` once (a failure repeated every look is said the first time).
+    fn once(&mut self, what: String) {
+        if self.said.insert(what.clone()) {
+            tracing::warn!("{what}");
+        }
+    }
+
+    /// The termination hook, found on first use; `None` when there is none to complete.
+    async fn hook(&mut self, state: &StateDir) -> Option<LaunchHook> {
+        let name = self.name.clone()?;
+        if self.hook.is_none() {
+            let config = self.config.clone()?;
+            match connect(state, config, Deadline::after(SIGNAL_TIMEOUT)).await {
+                Ok(link) => {
+                    let hook = link.hook.map(|h| h.other(&name));
+                    if let Some(hook) = &hook {
+                        match hook.heartbeat_timeout(Deadline::after(SIGNAL_TIMEOUT)).await {
+                            Ok(t) => self.every = (t / 3).max(Duration::from_secs(1)),
+                            Err(e) => self.once(format!(
+                                "the termination hook's heartbeat timeout is unknown ({e}); heartbeating every {FALLBACK_HEARTBEAT:?}"
+                            )),
+                        }
+                    }
+                    self.hook = Some(hook);
+                }
+                Err(e) => {
+                    self.once(format!("cannot reach the group yet: {e}"));
+                    return None;
+                }
+            }
+        }
+        self.hook.clone().flatten()
+    }
+
+    /// One look at the group: a heartbeat when the action waits and one is due; with
+    /// `drained`, the completion when it waits. Returns whether there is nothing more to do.
+    async fn look(&mut self, state: &StateDir, drained: bool) -> bool {
+        let past = life::unix(SystemTime::now()) >= self.deadline_unix;
+        if self.name.is_none() {
+            return true;
+        }
+        let Some(hook) = self.hook(state).await else {
+            // In no group (nothing to complete), or the group is not reachable yet.
+            return matches!(self.hook, Some(None)) || (drained && past);
+        };
+        let group_state = match hook.lifecycle_state(Deadline::after(GROUP_LOOK * 2)).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.once(format!(
+                    "cannot ask the group where it has the instance: {e}"
+                ));
+                return drained && past;
+            }
+        };
+        match life::leaving(group_state.as_deref(), drained, past) {
+            life::Leave::Complete => self.complete(state, &hook, past).await,
+            life::Leave::Done(why) => {
+                tracing::info!("the termination action: {why}");
+                true
+            }
+            life::Leave::GiveUp(why) => {
+                tracing::error!("the termination action: {why}; not completed");
+                true
+            }
+            life::Leave::Wait if life::waiting(group_state.as_deref()) => {
+                if tokio::time::Instant::now() >= self.next_beat {
+                    self.next_beat = tokio::time::Instant::now() + self.every;
+                    match hook.heartbeat(Deadline::after(SIGNAL_TIMEOUT)).await {
+                        Ok(Delivery::Delivered) => {
+                            let _ = lifecycle::update(state, |r| {
+                                r.heartbeats += 1;
+                                r.last_heartbeat_at = Some(now());
+                            });
+                        }
+                        Ok(Delivery::NothingWaiting(_)) => {}
+                        Err(e) => self.once(format!("termination heartbeat not delivered: {e}")),
+                    }
+                }
+                false
+            }
+            life::Leave::Wait => false,
+        }
+    }
+
+    /// CONTINUE, recorded. Returns whether it is settled (delivered, or nothing waited);
+    /// one not delivered is tried again at the next look until past the deadline.
+    async fn complete(&mut self, state: &StateDir, hook: &LaunchHook, past: bool) -> bool {
+        let delivery = hook.complete(true, Deadline::after(SIGNAL_TIMEOUT)).await;
+        let sent = signal(
+            "CompleteLifecycleAction (termination)",
+            "CONTINUE",
+            &delivery,
+        );
+        let settled = sent.delivered;
+        let _ = lifecycle::update(state, |r| {
+            if !r.termination.as_ref().is_some_and(|s| s.taken()) {
+                r.termination = Some(sent);
+            }
+        });
+        settled || past
+    }
+
+    /// After the drain: looks at the group until the action is completed or there is
+    /// nothing to complete, or SIGTERM.
+    async fn finish(&mut self, state: &StateDir, stop: &mut Stop) {
+        loop {
+            if self.look(state, true).await {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.between_looks()) => {}
+                _ = stop.requested() => return,
+            }
+        }
+    }
+
+    /// Between two looks at the group: often enough for the heartbeats.
+    fn between_looks(&self) -> Duration {
+        GROUP_LOOK.min(self.every)
+    }
+}
