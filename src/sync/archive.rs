@@ -170,7 +170,6 @@ pub fn unpack(
                 .map_err(|e| malformed(format, e.to_string()))?,
         ),
     };
-    let broken = |e: io::Error| malformed(format, e.to_string());
     let room = staging
         .room()
         .map_err(|e| io_error(staging, Path::new(""), e))?;
@@ -191,133 +190,9 @@ pub fn unpack(
         names: 0,
     };
     let mut buffer = vec![0u8; 256 * 1024];
-    let mut block = [0u8; BLOCK];
-    let mut next = Extensions::default();
-    let mut last: Option<String> = None;
-    loop {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(cancelled());
-        }
-        let at = tape.offset;
-        let more = tape.fill(&mut block).map_err(broken)?;
-        let ended = !more || zeros(&block);
-        if let Some(record) = next.record.take().filter(|_| ended) {
-            return Err(refused(
-                &record,
-                "it is an extension record with no entry after it",
-            ));
-        }
-        if !more {
-            let why = match last {
-                Some(name) => {
-                    format!("it stops after the entry {name:?} without an end-of-archive marker")
-                }
-                None => "it stops before any entry without an end-of-archive marker".into(),
-            };
-            return Err(malformed(format, why));
-        }
-        if ended {
-            break;
-        }
-        let header = tar::Header::from_byte_slice(&block);
-        let header_name = String::from_utf8_lossy(&header.path_bytes()).into_owned();
-        if !checksum_matches(&block) {
-            let why = format!(
-                "the header at byte {at} of the tar stream ({header_name:?}) does not match its checksum"
-            );
-            return Err(malformed(format, why));
-        }
-        let size = number(&block[124..136]).ok_or_else(|| {
-            malformed(
-                format,
-                format!("the header of {header_name:?} has no readable size"),
-            )
-        })?;
-        let kind = block[156];
-        if let b'L' | b'K' | b'x' | b'g' = kind {
-            if size > MAX_EXTENSION {
-                let why =
-                    format!("its extension record holds {size} bytes, more than {MAX_EXTENSION}");
-                return Err(refused(&header_name, why));
-            }
-            let mut data = vec![0u8; size as usize];
-            tape.exact(&mut data).map_err(broken)?;
-            tape.padding(size).map_err(broken)?;
-            let slot = match kind {
-                b'L' => &mut next.long_name,
-                b'K' => &mut next.long_link,
-                b'x' => &mut next.pax,
-                _ => {
-                    global(&data).map_err(|why| refused(&header_name, why))?;
-                    next.record = Some(header_name);
-                    continue;
-                }
-            };
-            if slot.replace(data).is_some() {
-                return Err(refused(
-                    &header_name,
-                    "two extension records describe one entry",
-                ));
-            }
-            next.record = Some(header_name);
-            continue;
-        }
-        let (name, link) = next.entry(header, &block, size)?;
-        let mode = number(&block[100..108]).ok_or_else(|| {
-            malformed(
-                format,
-                format!("the header of {name:?} has no readable mode"),
-            )
-        })?;
-        if let Some(rel) = u.admit(&name, link, kind, size)? {
-            u.write_file(&mut tape, &mut buffer, &name, rel, size, mode, cancel)?;
-        }
-        last = Some(name);
-    }
-    // Past the end marker, to the end of the stream: zeros only (a tar's padding to its
-    // record size), read through the decompressor, so that every gzip member's CRC and
-    // zstd's frame checksum is checked.
-    loop {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(cancelled());
-        }
-        let at = tape.offset;
-        let n = tape.read(&mut buffer).map_err(broken)?;
-        if n == 0 {
-            break;
-        }
-        if let Some(i) = buffer[..n].iter().position(|b| *b != 0) {
-            let why = format!(
-                "it has data after its end-of-archive marker, at byte {} of the tar stream",
-                at + i as u64
-            );
-            return Err(malformed(format, why));
-        }
-    }
-    // Every symlink is judged against the whole tree, then made.
-    let mut steps = 0u64;
-    for (rel, target) in &u.links {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(cancelled());
-        }
-        if let Some(why) = escapes(rel, target, &u.links, &mut steps) {
-            let why = format!(
-                "its symlink target {:?} {why}",
-                target.display().to_string()
-            );
-            return Err(refused(&rel.to_string_lossy(), why));
-        }
-        match staging.symlink(rel, target) {
-            Ok(()) => {}
-            // A file of the archive has its name (files are not kept in a set: one copy
-            // of each name).
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let why = "the name appears twice in the archive";
-                return Err(refused(&rel.to_string_lossy(), why));
-            }
-            Err(e) => return Err(io_error(staging, rel, e)),
-        }
-    }
+    u.read_entries(&mut tape, &mut buffer, cancel)?;
+    u.read_trailer(&mut tape, &mut buffer, cancel)?;
+    u.make_links(cancel)?;
     let mut out = u.out;
     out.links = u.links.into_keys().collect();
     Ok(out)
@@ -425,6 +300,45 @@ struct Extensions {
 }
 
 impl Extensions {
+    /// Reads an extension record's data (its header's type is `L`, `K`, `x` or `g`): a
+    /// name, a link target or PAX records for the entry after it; a global PAX record set
+    /// is only checked ([`global`]).
+    fn read<R: Read>(
+        &mut self,
+        kind: u8,
+        header_name: String,
+        size: u64,
+        tape: &mut Tape<R>,
+        format: Format,
+    ) -> Result<(), UnpackError> {
+        let broken = |e: io::Error| malformed(format, e.to_string());
+        if size > MAX_EXTENSION {
+            let why = format!("its extension record holds {size} bytes, more than {MAX_EXTENSION}");
+            return Err(refused(&header_name, why));
+        }
+        let mut data = vec![0u8; size as usize];
+        tape.exact(&mut data).map_err(broken)?;
+        tape.padding(size).map_err(broken)?;
+        let slot = match kind {
+            b'L' => &mut self.long_name,
+            b'K' => &mut self.long_link,
+            b'x' => &mut self.pax,
+            _ => {
+                global(&data).map_err(|why| refused(&header_name, why))?;
+                self.record = Some(header_name);
+                return Ok(());
+            }
+        };
+        if slot.replace(data).is_some() {
+            return Err(refused(
+                &header_name,
+                "two extension records describe one entry",
+            ));
+        }
+        self.record = Some(header_name);
+        Ok(())
+    }
+
     /// The name and link target of the entry with this header, taking the extension
     /// records read for it: a GNU long name and long link, a PAX path and linkpath.
     fn entry(
@@ -544,12 +458,137 @@ impl<R: Read> Tape<R> {
     }
 }
 
+/// Whether a header's type is an extension record's (`L` GNU long name, `K` GNU long
+/// link, `x` PAX, `g` global PAX): data that describes entries, read by
+/// [`Extensions::read`]; every other type is an entry, judged by [`verdict`].
+fn is_extension(kind: u8) -> bool {
+    matches!(kind, b'L' | b'K' | b'x' | b'g')
+}
+
 /// What an entry makes.
 #[derive(PartialEq, Eq)]
 enum Is {
     File,
     Dir,
     Link,
+}
+
+/// One entry as its header and the extension records before it give it.
+struct Entry<'a> {
+    /// The header's type flag.
+    kind: u8,
+    name: &'a str,
+    /// The link target (a symlink's), if any.
+    link: Option<&'a [u8]>,
+    size: u64,
+}
+
+/// What the entries before this one made, as far as a [`verdict`] depends on it.
+struct Seen<'a> {
+    links: &'a BTreeMap<PathBuf, PathBuf>,
+    dirs: &'a BTreeSet<PathBuf>,
+    /// Bytes of file content so far, and the cap on them.
+    bytes: u64,
+    max_bytes: u64,
+}
+
+/// What to do with one entry.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// The destination itself (`./`), a directory already: nothing to make.
+    Root,
+    Dir(PathBuf),
+    /// A regular file: its data follows the header.
+    File(PathBuf),
+    /// A symlink and its target, made once every entry is read.
+    Link(PathBuf, String),
+    /// Why the entry is refused.
+    Refused(String),
+}
+
+const TWICE: &str = "the name appears twice in the archive";
+
+/// The one decision per entry kind, by the entry's type, name, size and link target and
+/// what the entries before it made; the caps on names and room, and the file system's
+/// answers, are [`Unpacker::admit`]'s. Rules in order: the type (only files,
+/// directories and symlinks), no size but a file's, a plain relative name ([`clean`]),
+/// nothing below a symlink of the archive, no name twice, a symlink's target inside the
+/// tree as far as its text tells (the rest is [`escapes`]), a file within `max_bytes`.
+fn verdict(entry: &Entry<'_>, seen: &Seen<'_>) -> Verdict {
+    let refuse = |why: &str| Verdict::Refused(why.to_string());
+    let slash = entry.name.ends_with('/');
+    let is = match entry.kind {
+        // tarfile reads a file named `dir/`, GNU tar and the `tar` crate a directory.
+        b'0' | b'7' if slash => return refuse("it is a regular file, but its name ends in '/'"),
+        b'0' | b'7' => Is::File,
+        // The old (v7) type: a directory when its name ends in '/', as all read it.
+        0 if slash => Is::Dir,
+        0 => Is::File,
+        b'5' => Is::Dir,
+        b'2' => Is::Link,
+        b'1' => return refuse("hard links are not unpacked"),
+        b'3' | b'4' | b'6' => return refuse("device nodes and FIFOs are not unpacked"),
+        b'S' => return refuse("sparse files are not unpacked"),
+        _ => return refuse("only files, directories and symlinks are unpacked"),
+    };
+    // GNU tar and tarfile read no data after a directory's header, whatever its size,
+    // and tarfile none after a symlink's either; the `tar` crate skips that many bytes.
+    if is != Is::File && entry.size != 0 {
+        let what = match is {
+            Is::Dir => "directory",
+            _ => "symlink",
+        };
+        return Verdict::Refused(format!(
+            "its header gives this {what} a size of {} bytes: tar readers disagree on whether data follows it",
+            entry.size
+        ));
+    }
+    let rel = match clean(entry.name) {
+        Err(why) => return Verdict::Refused(why),
+        Ok(None) if is == Is::Dir => return Verdict::Root,
+        Ok(None) => return refuse("it names the destination itself"),
+        Ok(Some(rel)) => rel,
+    };
+    if let Some(link) = rel
+        .ancestors()
+        .skip(1)
+        .find(|a| seen.links.contains_key(*a))
+    {
+        return Verdict::Refused(format!(
+            "it would be written through the symlink {:?}",
+            link.display().to_string()
+        ));
+    }
+    if seen.links.contains_key(&rel) {
+        return refuse(TWICE);
+    }
+    match is {
+        Is::Dir => Verdict::Dir(rel),
+        Is::Link => {
+            let Ok(target) = std::str::from_utf8(entry.link.unwrap_or_default()) else {
+                return refuse("its symlink target is not UTF-8");
+            };
+            if target.is_empty() || target.starts_with('/') {
+                return Verdict::Refused(format!(
+                    "its symlink target {target:?} leads outside the destination"
+                ));
+            }
+            if target.len() > MAX_NAME || target.split('/').count() > 2 * MAX_DEPTH {
+                return refuse("its symlink target is too long");
+            }
+            if seen.dirs.contains(&rel) {
+                return refuse(TWICE);
+            }
+            Verdict::Link(rel, target.to_string())
+        }
+        Is::File if seen.bytes.saturating_add(entry.size) > seen.max_bytes => {
+            Verdict::Refused(format!(
+                "the archive unpacks to more than {} bytes (max_bytes)",
+                seen.max_bytes
+            ))
+        }
+        Is::File => Verdict::File(rel),
+    }
 }
 
 /// An unpacking in progress: what it made, and what it has spent.
@@ -569,15 +608,143 @@ struct Unpacker<'a> {
 }
 
 impl Unpacker<'_> {
-    /// Judges an entry by its header (every rule but its data's) and makes it, unless it
-    /// is a regular file: then the path to write its data at.
-    fn admit(
+    /// Reads the entries up to the end-of-archive marker, making each (a symlink is only
+    /// recorded, for [`Unpacker::make_links`]).
+    fn read_entries<R: Read>(
         &mut self,
-        name: &str,
-        link: Option<Vec<u8>>,
-        kind: u8,
-        size: u64,
-    ) -> Result<Option<PathBuf>, UnpackError> {
+        tape: &mut Tape<R>,
+        buffer: &mut [u8],
+        cancel: &AtomicBool,
+    ) -> Result<(), UnpackError> {
+        let format = self.format;
+        let broken = |e: io::Error| malformed(format, e.to_string());
+        let mut block = [0u8; BLOCK];
+        let mut next = Extensions::default();
+        let mut last: Option<String> = None;
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(cancelled());
+            }
+            let at = tape.offset;
+            let more = tape.fill(&mut block).map_err(broken)?;
+            let ended = !more || zeros(&block);
+            if let Some(record) = next.record.take().filter(|_| ended) {
+                return Err(refused(
+                    &record,
+                    "it is an extension record with no entry after it",
+                ));
+            }
+            if !more {
+                let why = match last {
+                    Some(name) => format!(
+                        "it stops after the entry {name:?} without an end-of-archive marker"
+                    ),
+                    None => "it stops before any entry without an end-of-archive marker".into(),
+                };
+                return Err(malformed(format, why));
+            }
+            if ended {
+                return Ok(());
+            }
+            let header = tar::Header::from_byte_slice(&block);
+            let header_name = String::from_utf8_lossy(&header.path_bytes()).into_owned();
+            if !checksum_matches(&block) {
+                let why = format!(
+                    "the header at byte {at} of the tar stream ({header_name:?}) does not match its checksum"
+                );
+                return Err(malformed(format, why));
+            }
+            let size = number(&block[124..136]).ok_or_else(|| {
+                let why = format!("the header of {header_name:?} has no readable size");
+                malformed(format, why)
+            })?;
+            let kind = block[156];
+            if is_extension(kind) {
+                next.read(kind, header_name, size, tape, format)?;
+                continue;
+            }
+            let (name, link) = next.entry(header, &block, size)?;
+            let mode = number(&block[100..108]).ok_or_else(|| {
+                malformed(
+                    format,
+                    format!("the header of {name:?} has no readable mode"),
+                )
+            })?;
+            let entry = Entry {
+                kind,
+                name: &name,
+                link: link.as_deref(),
+                size,
+            };
+            if let Some(rel) = self.admit(&entry)? {
+                self.write_file(tape, buffer, &name, rel, size, mode, cancel)?;
+            }
+            last = Some(name);
+        }
+    }
+
+    /// Past the end marker, to the end of the stream: zeros only (a tar's padding to its
+    /// record size), read through the decompressor, so that every gzip member's CRC and
+    /// zstd's frame checksum is checked.
+    fn read_trailer<R: Read>(
+        &self,
+        tape: &mut Tape<R>,
+        buffer: &mut [u8],
+        cancel: &AtomicBool,
+    ) -> Result<(), UnpackError> {
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(cancelled());
+            }
+            let at = tape.offset;
+            let n = tape
+                .read(buffer)
+                .map_err(|e| malformed(self.format, e.to_string()))?;
+            if n == 0 {
+                return Ok(());
+            }
+            if let Some(i) = buffer[..n].iter().position(|b| *b != 0) {
+                let why = format!(
+                    "it has data after its end-of-archive marker, at byte {} of the tar stream",
+                    at + i as u64
+                );
+                return Err(malformed(self.format, why));
+            }
+        }
+    }
+
+    /// Judges every symlink against the whole tree, then makes it.
+    fn make_links(&self, cancel: &AtomicBool) -> Result<(), UnpackError> {
+        let mut steps = 0u64;
+        for (rel, target) in &self.links {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(cancelled());
+            }
+            if let Some(why) = escapes(rel, target, &self.links, &mut steps) {
+                let why = format!(
+                    "its symlink target {:?} {why}",
+                    target.display().to_string()
+                );
+                return Err(refused(&rel.to_string_lossy(), why));
+            }
+            match self.staging.symlink(rel, target) {
+                Ok(()) => {}
+                // A file of the archive has its name (files are not kept in a set: one
+                // copy of each name).
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(refused(&rel.to_string_lossy(), TWICE));
+                }
+                Err(e) => return Err(io_error(self.staging, rel, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Counts an entry against `max_entries` and the inodes free, judges it
+    /// ([`verdict`]) and makes it, charging its name and the room it takes, unless it is
+    /// a regular file: then the path to write its data at.
+    fn admit(&mut self, entry: &Entry<'_>) -> Result<Option<PathBuf>, UnpackError> {
+        let name = entry.name;
         self.entries += 1;
         if self.entries > self.limits.max_entries {
             let why = format!(
@@ -593,102 +760,30 @@ impl Unpacker<'_> {
             );
             return Err(refused(name, why));
         }
-        let slash = name.ends_with('/');
-        let is = match kind {
-            // tarfile reads a file named `dir/`, GNU tar and the `tar` crate a directory.
-            b'0' | b'7' if slash => {
-                return Err(refused(
-                    name,
-                    "it is a regular file, but its name ends in '/'",
-                ));
-            }
-            b'0' | b'7' => Is::File,
-            // The old (v7) type: a directory when its name ends in '/', as all read it.
-            0 if slash => Is::Dir,
-            0 => Is::File,
-            b'5' => Is::Dir,
-            b'2' => Is::Link,
-            b'1' => return Err(refused(name, "hard links are not unpacked")),
-            b'3' | b'4' | b'6' => {
-                return Err(refused(name, "device nodes and FIFOs are not unpacked"));
-            }
-            b'S' => return Err(refused(name, "sparse files are not unpacked")),
-            _ => {
-                return Err(refused(
-                    name,
-                    "only files, directories and symlinks are unpacked",
-                ));
-            }
+        let seen = Seen {
+            links: &self.links,
+            dirs: &self.out.dirs,
+            bytes: self.out.bytes,
+            max_bytes: self.limits.max_bytes,
         };
-        // GNU tar and tarfile read no data after a directory's header, whatever its size,
-        // and tarfile none after a symlink's either; the `tar` crate skips that many bytes.
-        if is != Is::File && size != 0 {
-            let what = if is == Is::Dir {
-                "directory"
-            } else {
-                "symlink"
-            };
-            let why = format!(
-                "its header gives this {what} a size of {size} bytes: tar readers disagree on whether data follows it"
-            );
-            return Err(refused(name, why));
-        }
-        let Some(rel) = clean(name)? else {
-            return match is {
-                Is::Dir => Ok(None),
-                _ => Err(refused(name, "it names the destination itself")),
-            };
-        };
-        if let Some(link) = rel
-            .ancestors()
-            .skip(1)
-            .find(|a| self.links.contains_key(*a))
-        {
-            let why = format!(
-                "it would be written through the symlink {:?}",
-                link.display().to_string()
-            );
-            return Err(refused(name, why));
-        }
-        if self.links.contains_key(&rel) {
-            return Err(refused(name, "the name appears twice in the archive"));
-        }
-        match is {
-            Is::Dir => {
+        match verdict(entry, &seen) {
+            Verdict::Refused(why) => Err(refused(name, why)),
+            Verdict::Root => Ok(None),
+            Verdict::Dir(rel) => {
                 self.make_dirs(&rel, true, name)?;
                 Ok(None)
             }
-            Is::Link => {
-                let target = link.unwrap_or_default();
-                let target = String::from_utf8(target)
-                    .map_err(|_| refused(name, "its symlink target is not UTF-8"))?;
-                if target.is_empty() || target.starts_with('/') {
-                    let why =
-                        format!("its symlink target {target:?} leads outside the destination");
-                    return Err(refused(name, why));
-                }
-                if target.len() > MAX_NAME || target.split('/').count() > 2 * MAX_DEPTH {
-                    return Err(refused(name, "its symlink target is too long"));
-                }
-                if self.out.dirs.contains(&rel) {
-                    return Err(refused(name, "the name appears twice in the archive"));
-                }
+            Verdict::Link(rel, target) => {
                 self.keep(name, rel.as_os_str().len() + target.len())?;
                 self.charge(name, self.room.block + 2 * listed(&rel))?;
                 self.make_dirs(&rel, false, name)?;
                 self.links.insert(rel, PathBuf::from(target));
                 Ok(None)
             }
-            Is::File => {
-                if self.out.bytes.saturating_add(size) > self.limits.max_bytes {
-                    let why = format!(
-                        "the archive unpacks to more than {} bytes (max_bytes)",
-                        self.limits.max_bytes
-                    );
-                    return Err(refused(name, why));
-                }
+            Verdict::File(rel) => {
                 self.keep(name, rel.as_os_str().len())?;
-                let blocks = size
+                let blocks = entry
+                    .size
                     .div_ceil(self.room.block)
                     .saturating_mul(self.room.block);
                 let cost = self
@@ -718,7 +813,7 @@ impl Unpacker<'_> {
         let broken = |e: io::Error| malformed(self.format, e.to_string());
         let mut file = self.staging.create(&rel).map_err(|e| match e {
             TreeError::Io { ref source, .. } if source.kind() == io::ErrorKind::AlreadyExists => {
-                refused(name, "the name appears twice in the archive")
+                refused(name, TWICE)
             }
             other => UnpackError::Tree(other),
         })?;
@@ -830,9 +925,9 @@ pub fn file_mode(file_mode: u32, executable: bool) -> u32 {
 }
 
 /// An entry's name as a relative path: `./` prefixes dropped; `None` for the root itself.
-fn clean(name: &str) -> Result<Option<PathBuf>, UnpackError> {
+fn clean(name: &str) -> Result<Option<PathBuf>, String> {
     if name.starts_with('/') {
-        return Err(refused(name, "it is an absolute path"));
+        return Err("it is an absolute path".into());
     }
     let mut rest = name.trim_end_matches('/');
     while let Some(r) = rest.strip_prefix("./") {
@@ -842,8 +937,9 @@ fn clean(name: &str) -> Result<Option<PathBuf>, UnpackError> {
         return Ok(None);
     }
     if rest.len() > MAX_NAME || rest.split('/').count() > MAX_DEPTH {
-        let why = format!("its name is longer than {MAX_NAME} bytes or deeper than {MAX_DEPTH}");
-        return Err(refused(name, why));
+        return Err(format!(
+            "its name is longer than {MAX_NAME} bytes or deeper than {MAX_DEPTH}"
+        ));
     }
     for segment in rest.split('/') {
         let why = match segment {
@@ -853,7 +949,7 @@ fn clean(name: &str) -> Result<Option<PathBuf>, UnpackError> {
             s if s.chars().any(char::is_control) => "it contains a control character",
             _ => continue,
         };
-        return Err(refused(name, why));
+        return Err(why.into());
     }
     Ok(Some(PathBuf::from(rest)))
 }
@@ -942,6 +1038,192 @@ mod tests {
         assert_eq!(clean("..hidden").unwrap(), Some(PathBuf::from("..hidden")));
         for bad in ["/etc/passwd", "../x", "a/../../x", "a//b", "a/./b", "a\nb"] {
             assert!(clean(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Every entry kind and rule of [`verdict`], in its order, with the exact refusal.
+    #[test]
+    fn each_entry_kind_has_one_verdict() {
+        use Verdict::{Dir, File, Link, Refused, Root};
+        let links: BTreeMap<PathBuf, PathBuf> = [("l", "x"), ("d/l2", "y")]
+            .into_iter()
+            .map(|(l, t)| (PathBuf::from(l), PathBuf::from(t)))
+            .collect();
+        let dirs: BTreeSet<PathBuf> = ["d", "dir"].into_iter().map(PathBuf::from).collect();
+        let seen = Seen {
+            links: &links,
+            dirs: &dirs,
+            bytes: 90,
+            max_bytes: 100,
+        };
+        let p = PathBuf::from;
+        let no = |why: &str| Refused(why.to_string());
+        let long_segment = "x".repeat(256);
+        let long_name = ["y"; 2048].join("/");
+        let deep_name = ["y"; 129].join("/");
+        let long_target = "t".repeat(4096);
+        let deep_target = ["t"; 257].join("/");
+        let devices = "device nodes and FIFOs are not unpacked";
+        let others = "only files, directories and symlinks are unpacked";
+        let too_long = "its name is longer than 4095 bytes or deeper than 128";
+        /// Type flag, name, size, link target, verdict.
+        type Case<'a> = (u8, &'a str, u64, Option<&'a [u8]>, Verdict);
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            // Regular files: '0', '7' (contiguous), and the old NUL type.
+            (b'0', "a.txt", 10, None, File(p("a.txt"))),
+            (b'7', "c.bin", 0, None, File(p("c.bin"))),
+            (0, "old", 3, None, File(p("old"))),
+            (b'0', "./a/b", 0, None, File(p("a/b"))),
+            (b'0', ".//./a", 0, None, File(p("a"))),
+            (b'0', "..hidden", 0, None, File(p("..hidden"))),
+            (b'0', "dir/", 0, None, no("it is a regular file, but its name ends in '/'")),
+            (b'7', "dir/", 0, None, no("it is a regular file, but its name ends in '/'")),
+            // Directories: '5', and the old type with a trailing '/'.
+            (b'5', "e", 0, None, Dir(p("e"))),
+            (b'5', "d/e/", 0, None, Dir(p("d/e"))),
+            (0, "olddir/", 0, None, Dir(p("olddir"))),
+            (b'5', "./", 0, None, Root),
+            (b'5', ".", 0, None, Root),
+            (0, "./", 0, None, Root),
+            (b'5', "e", 512, None, no("its header gives this directory a size of 512 bytes: tar readers disagree on whether data follows it")),
+            // Symlinks: '2'.
+            (b'2', "s", 0, Some(b"a/b"), Link(p("s"), "a/b".into())),
+            (b'2', "s", 0, Some(b"../up"), Link(p("s"), "../up".into())),
+            (b'2', "s", 1, Some(b"a"), no("its header gives this symlink a size of 1 bytes: tar readers disagree on whether data follows it")),
+            (b'2', "s", 0, Some(b"/etc/passwd"), no("its symlink target \"/etc/passwd\" leads outside the destination")),
+            (b'2', "s", 0, Some(b""), no("its symlink target \"\" leads outside the destination")),
+            (b'2', "s", 0, None, no("its symlink target \"\" leads outside the destination")),
+            (b'2', "s", 0, Some(b"\xff"), no("its symlink target is not UTF-8")),
+            (b'2', "s", 0, Some(long_target.as_bytes()), no("its symlink target is too long")),
+            (b'2', "s", 0, Some(deep_target.as_bytes()), no("its symlink target is too long")),
+            (b'2', ".", 0, Some(b"a"), no("it names the destination itself")),
+            (b'2', "dir", 0, Some(b"a"), no(TWICE)),
+            // Every other type is refused, whatever its name.
+            (b'1', "h", 0, Some(b"a.txt"), no("hard links are not unpacked")),
+            (b'3', "tty", 0, None, no(devices)),
+            (b'4', "sda", 0, None, no(devices)),
+            (b'6', "fifo", 0, None, no(devices)),
+            (b'S', "sparse", 0, None, no("sparse files are not unpacked")),
+            (b'1', "/abs", 0, None, no("hard links are not unpacked")),
+            (b'D', "dump", 0, None, no(others)),
+            (b'M', "multi", 0, None, no(others)),
+            (b'V', "volume", 0, None, no(others)),
+            (b'N', "oldlong", 0, None, no(others)),
+            (b'A', "vendor", 0, None, no(others)),
+            // Names: plain relative paths.
+            (b'0', ".", 0, None, no("it names the destination itself")),
+            (b'0', "/etc/passwd", 0, None, no("it is an absolute path")),
+            (b'5', "/", 0, None, no("it is an absolute path")),
+            (b'0', "../x", 0, None, no("it has a '.' or '..' segment")),
+            (b'0', "a/../../x", 0, None, no("it has a '.' or '..' segment")),
+            (b'0', "a/./b", 0, None, no("it has a '.' or '..' segment")),
+            (b'0', "a//b", 0, None, no("it has an empty path segment")),
+            (b'0', "a\nb", 0, None, no("it contains a control character")),
+            (b'0', &long_segment, 0, None, no("a path segment is longer than 255 bytes")),
+            (b'0', &long_name, 0, None, no(too_long)),
+            (b'5', &deep_name, 0, None, no(too_long)),
+            // Nothing below a symlink of the archive; no name twice.
+            (b'0', "l/x", 0, None, no("it would be written through the symlink \"l\"")),
+            (b'5', "d/l2/e/f", 0, None, no("it would be written through the symlink \"d/l2\"")),
+            (b'2', "l/s", 0, Some(b"/abs"), no("it would be written through the symlink \"l\"")),
+            (b'0', "l", 0, None, no(TWICE)),
+            (b'5', "d/l2", 0, None, no(TWICE)),
+            (b'2', "l", 0, Some(b"x"), no(TWICE)),
+            // A directory made before, or a file, is no refusal here: `make_dirs` and
+            // the file system decide (a directory named twice is one directory).
+            (b'5', "d", 0, None, Dir(p("d"))),
+            (b'0', "d/f", 0, None, File(p("d/f"))),
+            // max_bytes: 90 written so far, 100 allowed.
+            (b'0', "fits", 10, None, File(p("fits"))),
+            (b'0', "big", 11, None, no("the archive unpacks to more than 100 bytes (max_bytes)")),
+            (0, "big", u64::MAX, None, no("the archive unpacks to more than 100 bytes (max_bytes)")),
+        ];
+        for (kind, name, size, link, expected) in cases {
+            let entry = Entry {
+                kind,
+                name,
+                link,
+                size,
+            };
+            let shown: String = name.chars().take(40).collect();
+            assert_eq!(
+                verdict(&entry, &seen),
+                expected,
+                "{:?} {shown:?}",
+                kind as char
+            );
+        }
+        for kind in [b'L', b'K', b'x', b'g'] {
+            assert!(is_extension(kind));
+        }
+        for kind in [0, b'0', b'1', b'2', b'5', b'S', b'X', b'G'] {
+            assert!(!is_extension(kind));
+        }
+    }
+
+    /// How extension records name the entry after them ([`Extensions::entry`]): a GNU
+    /// long name or link, a PAX path, linkpath, size; what readers disagree on is refused.
+    #[test]
+    fn extension_records_name_the_next_entry() {
+        fn block(name: &str, link: &str, ustar: bool, prefix: &str) -> [u8; BLOCK] {
+            let mut b = [0u8; BLOCK];
+            b[..name.len()].copy_from_slice(name.as_bytes());
+            b[157..157 + link.len()].copy_from_slice(link.as_bytes());
+            if ustar {
+                b[257..265].copy_from_slice(b"ustar\x0000");
+            }
+            b[345..345 + prefix.len()].copy_from_slice(prefix.as_bytes());
+            b
+        }
+        let pax = |records: &[u8]| Some(records.to_vec());
+        let ok = |name: &str, link: Option<&str>| Ok((name.to_string(), link.map(String::from)));
+        let no = |entry: &str, why: &str| Err(format!("archive entry {entry:?} refused: {why}"));
+        let plain = block("a.txt", "", true, "");
+        let linked = block("s", "short", true, "");
+        type Case = (
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            [u8; BLOCK],
+            Result<(String, Option<String>), String>,
+        );
+        #[rustfmt::skip]
+        let cases: Vec<Case> = vec![
+            (None, None, None, plain, ok("a.txt", None)),
+            (None, None, None, block("a.txt", "", true, "dir"), ok("dir/a.txt", None)),
+            (None, None, None, block("a.txt", "", false, "dir"), no("a.txt", "its header is not ustar but has bytes in the ustar name prefix, which some tar readers prepend to its name")),
+            (None, None, None, linked, ok("s", Some("short"))),
+            // A GNU long name (its NULs dropped) replaces the header's, prefix and all.
+            (Some(b"long/name\0".to_vec()), None, None, block("a.txt", "", false, "dir"), ok("long/name", None)),
+            (None, Some(b"long/target\0".to_vec()), None, linked, ok("s", Some("long/target"))),
+            // PAX records: path, linkpath, a size that must agree, others ignored.
+            (None, None, pax(b"12 path=p/x\n"), plain, ok("p/x", None)),
+            (None, None, pax(b"15 linkpath=t2\n"), linked, ok("s", Some("t2"))),
+            (None, None, pax(b"9 size=7\n20 mtime=1700000000\n"), plain, ok("a.txt", None)),
+            (None, None, pax(b"9 size=8\n"), plain, no("a.txt", "its PAX size disagrees with its header")),
+            (None, None, pax(b"9 size=x\n"), plain, no("a.txt", "its PAX size disagrees with its header")),
+            (None, None, pax(b"22 GNU.sparse.major=1\n"), plain, no("a.txt", "sparse files are not unpacked")),
+            (None, None, pax(b"9 junk\n"), plain, no("a.txt", "its PAX records are malformed")),
+            (None, None, pax(b"10 path=\xff\n"), plain, no("\u{fffd}", "its name is not UTF-8")),
+            // Both kinds name it: tarfile keeps the long name, GNU tar the PAX path.
+            (Some(b"gnu".to_vec()), None, pax(b"12 path=pax\n"), plain, no("pax", "both a GNU long name and a PAX path name it, and tar readers differ on which counts")),
+            (None, Some(b"gnu".to_vec()), pax(b"16 linkpath=pax\n"), linked, no("s", "both a GNU long link and a PAX linkpath give its target, and tar readers differ on which counts")),
+        ];
+        for (i, (long_name, long_link, pax, block, expected)) in cases.into_iter().enumerate() {
+            let mut next = Extensions {
+                long_name,
+                long_link,
+                pax,
+                record: Some("record".into()),
+            };
+            let header = tar::Header::from_byte_slice(&block);
+            let got = next
+                .entry(header, &block, 7)
+                .map(|(name, link)| (name, link.map(|l| String::from_utf8(l).unwrap())))
+                .map_err(|e| e.to_string());
+            assert_eq!(got, expected, "case {i}");
+            assert!(next.long_name.is_none() && next.long_link.is_none() && next.pax.is_none());
         }
     }
 
