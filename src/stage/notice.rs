@@ -31,6 +31,7 @@ pub mod deliver;
 use std::path::PathBuf;
 
 use crate::stage::error::Result;
+use crate::stage::in_service;
 use crate::stage::lifecycle;
 use crate::state::StateDir;
 use crate::state::status::{self, Stage, State};
@@ -59,6 +60,9 @@ pub enum Event {
     Ready,
 }
 
+/// The unit of `bootstage in-service`.
+const IN_SERVICE_UNIT: &str = "bootstage-in-service.service";
+
 pub async fn run(state: &StateDir, args: &Settings) -> Result<()> {
     // systemd triggers OnFailure= also for the later stages whose start failed because an
     // earlier one did; those never ran (no record). The earlier stage's notice is the one
@@ -75,6 +79,15 @@ pub async fn run(state: &StateDir, args: &Settings) -> Result<()> {
             .find(|s| status::read(state, **s).is_ok_and(|r| r.state == State::Failed))
     {
         tracing::info!(%stage, earlier = %earlier, "the stage never ran because an earlier one failed: no notice of its own");
+        return Ok(());
+    }
+    // The same for the unit of going into service, which requires them all.
+    if args.event == Event::Failure
+        && args.unit.as_deref() == Some(IN_SERVICE_UNIT)
+        && in_service::read(state).is_none()
+        && status::failure_written(state)
+    {
+        tracing::info!("{IN_SERVICE_UNIT} never ran because a stage failed: no notice of its own");
         return Ok(());
     }
     let mut notice = compose(state, args);

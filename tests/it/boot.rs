@@ -199,7 +199,7 @@ impl Machine {
     }
 
     /// Boots to the checker, which powers the machine off; returns the results dir.
-    fn boot(&self) -> Results {
+    pub(crate) fn boot(&self) -> Results {
         self.boot_with(|_| {})
     }
 
@@ -553,6 +553,9 @@ async fn boots_under_systemd() {
                 "bootstage-ready.service",
                 "bootstage-failure@x.service",
                 "bootstage-lifecycle.service",
+                "bootstage-in-service.service",
+                "bootstage-in-service.target",
+                "bootstage-resume.service",
             ]
             .map(|u| {
                 machine
