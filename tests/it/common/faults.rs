@@ -4,7 +4,9 @@
 //! N bodies, or hold the first GET of
 //! one object until the test has replaced it (the object changes between LIST and GET).
 //! It can also play an S3-compatible server that lists no ETags (s3s-fs) or ignores
-//! If-Match, record which JSON-API calls (SSM, Secrets Manager) pass, and throttle them.
+//! If-Match, add headers to object answers (a composite checksum, SSE-KMS), give every
+//! object an ETag that is no MD5 (as SSE-KMS does), record which JSON-API calls (SSM,
+//! Secrets Manager) pass, and throttle them.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -49,6 +51,14 @@ pub struct Faults {
     pub lengthen: AtomicUsize,
     /// Send the first N object bodies with one byte in the middle flipped (same length).
     pub corrupt: AtomicUsize,
+    /// Headers set on every object GET answered 200, as another server or another kind of
+    /// object would send them (`x-amz-checksum-type: COMPOSITE`, SSE-KMS).
+    pub add_headers: Vec<(&'static str, &'static str)>,
+    /// Every ETag is no MD5 of its body, as an SSE-KMS object's: its 32 hex digits
+    /// reversed ([`disguised`]) in LIST answers and object GET answers, and put back in a
+    /// request's If-Match and If-None-Match (reversing undoes itself), so that moto still
+    /// matches them.
+    pub disguise_etags: bool,
 }
 
 pub struct Proxy {
@@ -152,8 +162,16 @@ async fn forward(
     );
     let mut request = s.http.request(method, target).body(body);
     for (name, value) in &headers {
-        if name != "host" && !(s.faults.drop_if_match && name == "if-match") {
-            request = request.header(name, value);
+        if name == "host" || (s.faults.drop_if_match && name == "if-match") {
+            continue;
+        }
+        match value.to_str() {
+            Ok(etag)
+                if s.faults.disguise_etags && (name == "if-match" || name == "if-none-match") =>
+            {
+                request = request.header(name, disguised(etag));
+            }
+            _ => request = request.header(name, value),
         }
     }
     let upstream = match request.send().await {
@@ -209,6 +227,21 @@ async fn forward(
         true => without_etags(&bytes).into(),
         false => bytes,
     };
+    let bytes = match list && s.faults.disguise_etags {
+        true => disguised(&String::from_utf8_lossy(&bytes)).into(),
+        false => bytes,
+    };
+    if object_get && s.faults.disguise_etags {
+        let etag = out_headers.get("etag").and_then(|v| v.to_str().ok());
+        if let Some(etag) = etag.map(disguised) {
+            out_headers.insert("etag", etag.parse().unwrap());
+        }
+    }
+    if object_get && status == StatusCode::OK {
+        for (name, value) in &s.faults.add_headers {
+            out_headers.insert(*name, axum::http::HeaderValue::from_static(value));
+        }
+    }
     let mut response = Response::new(Body::from(bytes));
     *response.status_mut() = status;
     for (name, value) in &out_headers {
@@ -224,4 +257,28 @@ fn without_etags(xml: &[u8]) -> Vec<u8> {
         text.replace_range(start..end, "");
     }
     text.into_bytes()
+}
+
+/// `text` with every run of exactly 32 hex digits (an MD5, in an ETag) reversed: an ETag
+/// that is no MD5 of its body, and reversed again, the one moto knows.
+pub fn disguised(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        match run.len() {
+            32 => out.extend(run.chars().rev()),
+            _ => out.push_str(run),
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }

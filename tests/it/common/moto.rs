@@ -11,6 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::ChecksumType;
 
 pub struct Moto {
     pub url: String,
@@ -295,6 +296,44 @@ impl Bucket {
             .unwrap();
     }
 
+    /// An object uploaded with no checksum at all (the SDK's `WhenRequired`: PutObject
+    /// does not require one), as aws-cli v1 or a raw PUT would upload it: moto then keeps
+    /// none, and a GET answers only the ETag (the body's MD5).
+    pub async fn put_without_checksum(&self, key: &str, body: impl Into<Vec<u8>>) {
+        use aws_sdk_s3::config::RequestChecksumCalculation;
+        let body: Vec<u8> = body.into();
+        self.client
+            .put_object()
+            .bucket(&self.name)
+            .key(key)
+            .body(ByteStream::from(body))
+            .customize()
+            .config_override(
+                aws_sdk_s3::Config::builder()
+                    .request_checksum_calculation(RequestChecksumCalculation::WhenRequired),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// An object uploaded with a CRC64NVME checksum, which the SDK computes; moto keeps
+    /// the value it is sent (it computes none without `awscrt`) and answers it on a GET
+    /// with checksum mode.
+    pub async fn put_crc64nvme(&self, key: &str, body: impl Into<Vec<u8>>) {
+        use aws_sdk_s3::types::ChecksumAlgorithm;
+        let body: Vec<u8> = body.into();
+        self.client
+            .put_object()
+            .bucket(&self.name)
+            .key(key)
+            .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .unwrap();
+    }
+
     /// S3 sends an event to the queue `queue_arn` for every object created or removed.
     pub async fn notify(&self, queue_arn: &str) {
         use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration};
@@ -329,26 +368,33 @@ impl Bucket {
 
     /// A multipart object of `parts` (each but the last at least 5 MiB).
     pub async fn put_multipart(&self, key: &str, parts: &[Vec<u8>]) {
-        self.multipart(key, parts, false).await
+        self.multipart(key, parts, None).await
     }
 
     /// The same, with a full-object CRC32 checksum (not a composite of the parts').
     pub async fn put_multipart_crc32(&self, key: &str, parts: &[Vec<u8>]) {
-        self.multipart(key, parts, true).await
+        self.multipart(key, parts, Some(ChecksumType::FullObject))
+            .await
     }
 
-    async fn multipart(&self, key: &str, parts: &[Vec<u8>], crc32: bool) {
-        use aws_sdk_s3::types::{
-            ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart,
-        };
-        let algorithm = crc32.then_some(ChecksumAlgorithm::Crc32);
+    /// The same, with a composite CRC32 checksum (a checksum of the parts' checksums,
+    /// answered as `…-N` with `x-amz-checksum-type: COMPOSITE`).
+    pub async fn put_multipart_composite_crc32(&self, key: &str, parts: &[Vec<u8>]) {
+        self.multipart(key, parts, Some(ChecksumType::Composite))
+            .await
+    }
+
+    /// With `crc32`, a CRC32 of that type.
+    async fn multipart(&self, key: &str, parts: &[Vec<u8>], crc32: Option<ChecksumType>) {
+        use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+        let algorithm = crc32.is_some().then_some(ChecksumAlgorithm::Crc32);
         let upload = self
             .client
             .create_multipart_upload()
             .bucket(&self.name)
             .key(key)
             .set_checksum_algorithm(algorithm.clone())
-            .set_checksum_type(crc32.then_some(ChecksumType::FullObject))
+            .set_checksum_type(crc32)
             .send()
             .await
             .unwrap();
