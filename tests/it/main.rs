@@ -4,16 +4,18 @@
 //!
 //! Each module tests the real `bootstage` binary against real components on loopback
 //! (`common` says how). Tiers, by name: `cargo test --test it` runs everything (what
-//! `scripts/test.sh` and CI run); `cargo test --test it -- --skip boot:: --skip packages::
-//! --skip demo::` leaves out the three that build packages or boot systemd, for a quick
-//! loop; `cargo test --test it secrets::` runs one module.
+//! `scripts/test.sh` and CI run); `cargo test --test it -- --skip boot:: --skip boot_drain::
+//! --skip packages:: --skip demo::` leaves out the four that build packages or boot
+//! systemd, for a quick loop; `cargo test --test it secrets::` runs one module.
 
 mod common;
 
 mod boot;
 mod boot_drain;
 mod checksums;
+mod boot_warm;
 mod bundles;
+mod checksums;
 mod decode;
 mod demo;
 mod drain;
