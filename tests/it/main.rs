@@ -15,7 +15,6 @@ mod boot_drain;
 mod checksums;
 mod boot_warm;
 mod bundles;
-mod checksums;
 mod decode;
 mod demo;
 mod drain;
