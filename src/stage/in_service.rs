@@ -20,6 +20,7 @@
 //! - if it waited, the action of leaving the pool (`Pending:Wait`) is completed with
 //!   CONTINUE (`lifecycle::into_service`), unless the app sends it (`complete_on: app`);
 //! - `in-service.json` is written, and READY sent.
+//!
 //! A failure there fails the unit, whose `OnFailure=` sends the failure notice and then
 //! abandons or holds the instance, as at a boot. Off a group (no state: 404, or no IMDS
 //! at all) the instance is in service at once.
