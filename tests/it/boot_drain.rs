@@ -34,7 +34,7 @@ After=bootstage-lifecycle.service
 [Service]
 Type=oneshot
 TimeoutStartSec=infinity
-ExecStart=/bin/sh -c 'i=0; while [ ! -e /results/app-started ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; i=0; while systemctl -q is-active bootstage-lifecycle.service && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; for u in bootstage-lifecycle.service test-app-drained.service; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; bootstage status > /results/status.txt; systemctl --no-block exit 0'
+ExecStart=/bin/sh -c 'i=0; while [ ! -e /results/app-started ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; i=0; while systemctl -q is-active bootstage-lifecycle.service && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; for u in bootstage-lifecycle.service test-app-drained.service; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; bootstage status > /results/status.txt; systemctl --no-block exit 0'
 ";
 
 /// The state switches to `Terminated` (and the group holds the instance in
@@ -64,7 +64,8 @@ async fn a_scale_in_drains_the_app_under_systemd() {
         .unwrap(),
     );
     let webhook = Webhook::start(&[]).await;
-    let params = json!({"bootstage": {"lifecycle": {
+    // K0001: the machine's per-instance hook prints it.
+    let params = json!({"K0001": "one", "bootstage": {"lifecycle": {
         "asg": {"hook": "launch", "group": "web", "termination_hook": "leave"},
         "drain": {"stop": ["test-app-drained.service"], "within": "90s"}
     }}});
