@@ -11,6 +11,11 @@
 set -eu
 cd "$(dirname "$0")/.."
 . scripts/cross.sh
+# One package build at a time (the tests build both at once): each rebuilds target/assets,
+# which the other is reading. The lock goes with this shell.
+mkdir -p target
+exec 9>target/.packaging.lock
+flock 9
 output=
 build=yes
 profile=

@@ -21,11 +21,11 @@ unitdir=$dest/usr/lib/systemd/system
 wants=$dest/etc/systemd/system/multi-user.target.wants
 
 if [ "$action" = uninstall ]; then
-  rm -f "$wants/bootstage.target" "$dest/usr/bin/bootstage"
+  rm -f "$wants/bootstage.target" "$dest/usr/bin/bootstage" "$dest/usr/share/doc/bootstage/README.md"
   for t in hibernate hybrid-sleep suspend-then-hibernate; do
     rm -f "$dest/etc/systemd/system/$t.target.wants/bootstage-resume.service"
     rmdir "$dest/etc/systemd/system/$t.target.wants" 2>/dev/null || true
-  done "$dest/usr/share/doc/bootstage/README.md"
+  done
   rmdir "$dest/usr/share/doc/bootstage" 2>/dev/null || true
   for u in $units; do rm -f "$unitdir/$u"; done
   # Empty hook dirs go; the operator's hooks and markers stay.
@@ -57,7 +57,8 @@ ln -sfn /usr/lib/systemd/system/bootstage.target "$wants/bootstage.target"
 for t in hibernate hybrid-sleep suspend-then-hibernate; do
   [ -d "$dest/etc/systemd/system/$t.target.wants" ] ||
     install -d -o root -g root -m 0755 "$dest/etc/systemd/system/$t.target.wants"
-  ln -sfn /usr/lib/systemd/system/bootstage-resume.service     "$dest/etc/systemd/system/$t.target.wants/bootstage-resume.service"
+  ln -sfn /usr/lib/systemd/system/bootstage-resume.service \
+    "$dest/etc/systemd/system/$t.target.wants/bootstage-resume.service"
 done
 [ -z "$dest" ] && command -v systemctl >/dev/null && systemctl daemon-reload 2>/dev/null || true
 echo "bootstage installed under ${dest:-/}; bootstage.target enabled"

@@ -21,7 +21,7 @@
 //! stage it has no right to.
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::base::notify::Notifier;
 use crate::base::switch::disabled_reason;
@@ -71,18 +71,11 @@ impl ExitStatus for LaunchError {
     }
 }
 
-/// `$CREDENTIALS_DIRECTORY/NAME`, if the unit passed that credential.
-pub fn credential(name: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
-    let path = Path::new(&dir).join(name);
-    path.exists().then_some(path)
-}
-
 pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<()> {
     let (program, rest) = args.command.split_first().ok_or_else(|| {
         Error::Usage("launch needs a command: bootstage launch -- CMD [ARGS…]".into())
     })?;
-    if let Some(path) = credential(CREDENTIAL) {
+    if let Some(path) = crate::state::credential(CREDENTIAL) {
         let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
             path: path.clone(),
             source,

@@ -67,7 +67,7 @@ pub const CREDENTIALS: [&str; 2] = ["bootstage.params.json", "bootstage.instance
 /// Both files, whole, or an error: through the unit's credentials when it has both.
 pub fn document(state: &StateDir) -> Result<Value> {
     let mut doc = Map::new();
-    let from_credentials = CREDENTIALS.map(crate::stage::launch::credential);
+    let from_credentials = CREDENTIALS.map(crate::state::credential);
     let paths = match from_credentials {
         [Some(params), Some(instance)] => [params, instance],
         _ => [state.params_json(), state.instance_json()],

@@ -60,6 +60,14 @@ type Result<T, E = StateError> = std::result::Result<T, E>;
 
 pub const DEFAULT_DIR: &str = "/run/bootstage";
 
+/// `$CREDENTIALS_DIRECTORY/NAME`, if the unit passed that credential: how an app under
+/// its own `User=` reads what the state dir (root's) holds.
+pub fn credential(name: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+    let path = Path::new(&dir).join(name);
+    path.exists().then_some(path)
+}
+
 #[derive(Clone, Debug)]
 pub struct StateDir {
     root: PathBuf,

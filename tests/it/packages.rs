@@ -87,8 +87,8 @@ fn the_rpm_has_the_debs_files_modes_scriptlets_and_installs_into_an_empty_root()
     );
     let scripts = q("--scripts");
     for want in [
-        "systemctl --no-reload preset bootstage.target",
-        "systemctl --no-reload disable bootstage.target",
+        "systemctl --no-reload preset bootstage.target bootstage-resume.service",
+        "systemctl --no-reload disable bootstage.target bootstage-resume.service",
         "install -d -o root -g root -m 0755 /etc/bootstage/hooks",
     ] {
         assert!(scripts.contains(want), "{want}: {scripts}");
@@ -103,8 +103,9 @@ fn the_rpm_has_the_debs_files_modes_scriptlets_and_installs_into_an_empty_root()
         std::fs::read_to_string("packaging/90-bootstage.preset")
             .unwrap()
             .lines()
-            .last(),
-        Some("enable bootstage.target")
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>(),
+        ["enable bootstage.target", "enable bootstage-resume.service"]
     );
 
     // Into an empty root, where the .deb puts the same files.
