@@ -78,6 +78,7 @@ def main():
                    BOOTSTAGE_LIB_DIR=str(work / "lib"), BOOTSTAGE_NOTIFY_CONFIG=str(work / "none.json"),
                    BOOTSTAGE_LIFECYCLE_CONFIG=str(work / "none.json"))
         env.pop("AWS_EC2_METADATA_DISABLED")
+        (work / "hooks" / "per-start.d").mkdir(parents=True)
         rows = []
         try:
             for poll in ["2s", "5s"]:
