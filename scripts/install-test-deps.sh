@@ -34,6 +34,21 @@ if [ "$(python3 -c "import moto.server, flask, flask_cors, moto; print(moto.__ve
   python3 -m pip install --quiet "moto[server]==$MOTO_VERSION"
 fi
 
+# The example infrastructure (tests/it/cloudformation.rs): cfn-lint checks the CloudFormation
+# template against AWS's resource schemas, which it carries (no network when it runs);
+# python-hcl2 parses the Packer recipe. Pinned: a new release may add rules or change the
+# parse under the tests.
+CFN_LINT_VERSION=1.51.0
+PYTHON_HCL2_VERSION=8.1.4
+if [ "$(python3 -c "import importlib.metadata as m; print(m.version('cfn-lint'))" 2>/dev/null)" != "$CFN_LINT_VERSION" ]; then
+  echo "installing cfn-lint==$CFN_LINT_VERSION"
+  python3 -m pip install --quiet "cfn-lint==$CFN_LINT_VERSION"
+fi
+if [ "$(python3 -c "import importlib.metadata as m; print(m.version('python-hcl2'))" 2>/dev/null)" != "$PYTHON_HCL2_VERSION" ]; then
+  echo "installing python-hcl2==$PYTHON_HCL2_VERSION"
+  python3 -m pip install --quiet "python-hcl2==$PYTHON_HCL2_VERSION"
+fi
+
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
     rustup component add "$component"

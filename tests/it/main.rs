@@ -15,6 +15,7 @@ mod boot_drain;
 mod checksums;
 mod boot_warm;
 mod bundles;
+mod cloudformation;
 mod decode;
 mod demo;
 mod drain;

@@ -27,6 +27,19 @@ pub fn moto() -> &'static Moto {
 
 /// A moto server of its own, with extra environment (`INITIAL_NO_AUTH_ACTION_COUNT` …).
 pub fn start_with(env: &[(&str, String)]) -> Moto {
+    start_program(&["-m", "moto.server"], env)
+}
+
+/// A moto server of its own with the CloudFormation additions the example template needs
+/// (`tests/fixtures/moto_cfn.py` says which, and why each is only moto's own API).
+pub fn start_cloudformation() -> Moto {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/moto_cfn.py");
+    start_program(&[script], &[])
+}
+
+/// `python3 ARGS… -H 127.0.0.1 -p PORT`: moto's server, or a script that runs it.
+fn start_program(program: &[&str], env: &[(&str, String)]) -> Moto {
+    let program: Vec<String> = program.iter().map(|s| s.to_string()).collect();
     let env: Vec<(String, String)> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
@@ -43,9 +56,7 @@ pub fn start_with(env: &[(&str, String)]) -> Moto {
     // parent-death signal follows the spawning *thread*, and it must not fire while tests run.
     std::thread::spawn(move || {
         let mut cmd = Command::new("python3");
-        cmd.args([
-            "-m",
-            "moto.server",
+        cmd.args(&program).args([
             "-H",
             "127.0.0.1",
             "-p",
