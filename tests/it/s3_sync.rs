@@ -894,7 +894,7 @@ async fn watch_mode_pings_the_watchdog() {
     let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c")
         .arg(r#"WATCHDOG_PID=$$ exec "$0" "$@""#)
-        .arg(common::BIN)
+        .arg(common::bin())
         .args([
             "--state-dir",
             sb.state().to_str().unwrap(),

@@ -15,6 +15,25 @@ use base64::Engine;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_bootstage");
 
+/// The binary the sandboxes run: `BIN` (this build's), or `BOOTSTAGE_TEST_BIN` when set
+/// (scripts/test.sh runs the metadata, secrets and sync tests again against the release
+/// build: `panic = "abort"`, LTO). A `BOOTSTAGE_TEST_BIN` that is not there fails.
+pub fn bin() -> &'static Path {
+    static BIN_PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN_PATH.get_or_init(|| match std::env::var_os("BOOTSTAGE_TEST_BIN") {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            assert!(
+                path.is_file(),
+                "BOOTSTAGE_TEST_BIN={} does not exist",
+                path.display()
+            );
+            path
+        }
+        None => PathBuf::from(BIN),
+    })
+}
+
 /// Where sandboxes (and the demo's copy of the tree) are made: /tmp itself, not
 /// `$TMPDIR`, which may point into a home no other user can traverse.
 pub const TMP: &str = "/tmp";
@@ -111,7 +130,7 @@ impl Sandbox {
 
     /// The bootstage command with a scrubbed environment and this sandbox's state dir.
     pub fn command(&self, args: &[&str]) -> tokio::process::Command {
-        self.command_of(Path::new(BIN), args)
+        self.command_of(bin(), args)
     }
 
     /// `command`, of another build of the binary (a cross-built one).
@@ -146,7 +165,7 @@ impl Sandbox {
     /// `command(args)` run under `prefix` (`setpriv …`, `/usr/bin/time …`, `sh -c …`), with
     /// the same environment.
     pub fn command_under(&self, prefix: &[&str], args: &[&str]) -> tokio::process::Command {
-        self.command_under_of(prefix, Path::new(BIN), args)
+        self.command_under_of(prefix, bin(), args)
     }
 
     /// `command_under`, of another build of the binary (a cross-built one, under qemu).
