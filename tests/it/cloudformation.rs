@@ -502,3 +502,228 @@ async fn by_default_there_is_no_warm_pool_and_the_role_holds_only_the_example() 
         "abandon"
     );
 }
+
+const PACKER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/examples/packer/bootstage.pkr.hcl"
+);
+const INSTALL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/examples/image/install-bootstage.sh"
+);
+
+/// The Packer recipe as python-hcl2 parses it, as JSON with HCL's quotes taken off the
+/// strings and its `__is_block__` marks dropped.
+fn packer_recipe() -> Value {
+    const PARSE: &str = r#"
+import json, sys
+import hcl2
+
+def plain(v):
+    if isinstance(v, dict):
+        return {plain(k): plain(x) for k, x in v.items() if k != "__is_block__"}
+    if isinstance(v, list):
+        return [plain(x) for x in v]
+    if isinstance(v, str) and len(v) >= 2 and v[0] == v[-1] == '"':
+        return v[1:-1]
+    return v
+
+with open(sys.argv[1]) as f:
+    print(json.dumps(plain(hcl2.load(f))))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", PARSE, PACKER])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python-hcl2 (scripts/install-test-deps.sh installs it, pinned) did not parse {PACKER}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The image recipe builds Amazon Linux 2023 and Debian, both architectures, uploads the
+/// packages of scripts/build-packages.sh and runs the install script on them.
+#[test]
+fn the_packer_recipe_names_both_distributions_both_architectures_and_the_install_step() {
+    let recipe = packer_recipe();
+    let mut sources = BTreeMap::new();
+    for source in recipe["source"].as_array().unwrap() {
+        for (name, source) in source["amazon-ebs"].as_object().unwrap() {
+            let filter = &source["source_ami_filter"][0];
+            sources.insert(
+                name.clone(),
+                (
+                    filter["filters"]["name"].as_str().unwrap().to_string(),
+                    filter["filters"]["architecture"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                    source["instance_type"].as_str().unwrap().to_string(),
+                ),
+            );
+        }
+    }
+    let want = |name: &str, arch: &str, instance: &str| {
+        (name.to_string(), arch.to_string(), instance.to_string())
+    };
+    assert_eq!(
+        sources,
+        BTreeMap::from([
+            (
+                "al2023-arm64".to_string(),
+                want("al2023-ami-2023.*-kernel-*-arm64", "arm64", "t4g.small")
+            ),
+            (
+                "al2023-x86_64".to_string(),
+                want("al2023-ami-2023.*-kernel-*-x86_64", "x86_64", "t3.small")
+            ),
+            (
+                "debian12-arm64".to_string(),
+                want("debian-12-arm64-*", "arm64", "t4g.small")
+            ),
+            (
+                "debian12-x86_64".to_string(),
+                want("debian-12-amd64-*", "x86_64", "t3.small")
+            ),
+        ])
+    );
+    let build = &recipe["build"][0];
+    let built: Vec<&str> = build["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = sources
+        .keys()
+        .map(|k| format!("source.amazon-ebs.{k}"))
+        .collect();
+    let mut sorted = built.clone();
+    sorted.sort();
+    assert_eq!(sorted, expected);
+
+    // In order: the packages directory (its contents, SHA256SUMS among them), the script,
+    // then the script run on them.
+    let steps: Vec<(String, Value)> = build["provisioner"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p.as_object().unwrap().clone())
+        .collect();
+    let uploads: Vec<(&str, &str)> = steps
+        .iter()
+        .filter(|(kind, _)| kind == "file")
+        .map(|(_, p)| {
+            (
+                p["source"].as_str().unwrap(),
+                p["destination"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        uploads,
+        [
+            ("${var.packages_dir}/", "/tmp/bootstage-packages"),
+            (
+                "${path.root}/../image/install-bootstage.sh",
+                "/tmp/install-bootstage.sh"
+            ),
+        ]
+    );
+    let script = Path::new(PACKER)
+        .parent()
+        .unwrap()
+        .join("../image/install-bootstage.sh");
+    assert!(script.is_file(), "{}", script.display());
+    let last = &steps.last().unwrap().1["inline"][0];
+    assert_eq!(
+        last,
+        "sudo APP_UNIT=${var.app_unit} sh /tmp/install-bootstage.sh /tmp/bootstage-packages"
+    );
+    let default_dir = recipe["variable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|v| v.get("packages_dir"))
+        .unwrap();
+    // scripts/build-packages.sh's default output.
+    assert_eq!(default_dir["default"], "target/packages");
+    let build_script = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/build-packages.sh"
+    ))
+    .unwrap();
+    assert!(build_script.contains("output=target/packages"));
+    assert!(build_script.contains("sha256sum -- *.deb *.rpm > SHA256SUMS"));
+}
+
+/// The plain script: valid for sh, dash and bash; it installs nothing that is not in
+/// SHA256SUMS with its checksum (checked here with `--check-only`, which stops there).
+#[test]
+fn the_install_script_parses_and_refuses_a_package_its_checksums_do_not_vouch_for() {
+    for shell in ["sh", "dash", "bash"] {
+        let out = Command::new(shell).args(["-n", INSTALL]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{shell} -n: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The package this machine would take: the tests run on Debian (apt-get).
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => panic!("no package for {other}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("bootstage_1.2.3-1_{arch}.deb");
+    let other = if arch == "amd64" { "arm64" } else { "amd64" };
+    std::fs::write(dir.path().join(&name), b"the package").unwrap();
+    std::fs::write(
+        dir.path().join(format!("bootstage_1.2.3-1_{other}.deb")),
+        b"another",
+    )
+    .unwrap();
+    let sha = |bytes: &[u8]| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(bytes))
+    };
+    let check = || {
+        let out = Command::new("sh")
+            .args([INSTALL, "--check-only"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), said)
+    };
+    let sums = dir.path().join("SHA256SUMS");
+
+    let (code, said) = check();
+    assert_eq!(code, 66, "{said}");
+    assert!(said.contains("SHA256SUMS is missing"), "{said}");
+
+    std::fs::write(&sums, format!("{}  other.rpm\n", sha(b"x"))).unwrap();
+    let (code, said) = check();
+    assert_eq!(code, 65, "{said}");
+    assert!(
+        said.contains(&format!("{name} is not listed in SHA256SUMS")),
+        "{said}"
+    );
+
+    std::fs::write(&sums, format!("{}  {name}\n", sha(b"tampered"))).unwrap();
+    let (code, said) = check();
+    assert_eq!(code, 65, "{said}");
+    assert!(said.contains("does not match its checksum"), "{said}");
+
+    std::fs::write(&sums, format!("{}  {name}\n", sha(b"the package"))).unwrap();
+    let (code, said) = check();
+    assert_eq!(code, 0, "{said}");
+    assert!(said.contains(&format!("{name}: OK")), "{said}");
+}
