@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::{SettingsError, kind, known};
 use crate::sync::archive;
-use crate::sync::source::Location;
+use crate::sync::source::{Location, Parts};
 
 /// One entry of `bootstage.sync`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +27,11 @@ pub struct SyncSpec {
     /// For an archive: at most this many entries, and this many bytes unpacked.
     pub max_entries: Option<u64>,
     pub max_bytes: Option<u64>,
+    /// For an S3 archive: fetched in byte ranges above `parts_above` bytes, in parts of
+    /// `part_size` bytes, `parts_in_flight` at once (1: one stream).
+    pub parts_above: Option<u64>,
+    pub part_size: Option<u64>,
+    pub parts_in_flight: Option<u64>,
 }
 
 pub const DEFAULT_FILE_MODE: u32 = 0o644;
@@ -43,7 +48,18 @@ const SYNC_KEYS: &[&str] = &[
     "sha256",
     "max_entries",
     "max_bytes",
+    "parts_above",
+    "part_size",
+    "parts_in_flight",
 ];
+
+/// A part: at least 64 KiB (fewer bytes per request than that only multiplies requests)
+/// and at most 512 MiB…
+const PART_SIZES: std::ops::RangeInclusive<u64> = 64 << 10..=512 << 20;
+/// …at most 64 at once…
+const PARTS_IN_FLIGHT: std::ops::RangeInclusive<u64> = 1..=64;
+/// …and together at most 1 GiB: what the parts may hold in memory.
+const PARTS_MEMORY: u64 = 1 << 30;
 
 /// `bootstage.watch`: the queue, and the polling interval that replaces `--watch`'s (the
 /// parameters are per deployment; the unit's is the image's).
@@ -181,6 +197,9 @@ pub fn specs(value: &Value, at: &str) -> Result<Vec<SyncSpec>, SettingsError> {
             sha256: fields.string("sha256")?,
             max_entries: fields.count("max_entries")?,
             max_bytes: fields.count("max_bytes")?,
+            parts_above: fields.count("parts_above")?,
+            part_size: fields.count("part_size")?,
+            parts_in_flight: fields.count("parts_in_flight")?,
         };
         if !spec.to.is_absolute() {
             return Err(SettingsError(format!(
@@ -259,6 +278,21 @@ impl SyncSpec {
             sha256: None,
             max_entries: None,
             max_bytes: None,
+            parts_above: None,
+            part_size: None,
+            parts_in_flight: None,
+        }
+    }
+
+    /// How an S3 archive of this entry is fetched: in parts above a size, or one stream.
+    pub fn parts(&self) -> Parts {
+        let default = Parts::default();
+        Parts {
+            above: self.parts_above.unwrap_or(default.above),
+            size: self.part_size.unwrap_or(default.size),
+            in_flight: self
+                .parts_in_flight
+                .map_or(default.in_flight, |n| n as usize),
         }
     }
 
@@ -283,6 +317,40 @@ impl SyncSpec {
         {
             return Err(format!(
                 "{}: \"sha256\", \"max_entries\" and \"max_bytes\" are for an archive source (….tar, .tar.gz, .tgz, .tar.zst)",
+                self.from
+            ));
+        }
+        let ranged = [self.parts_above, self.part_size, self.parts_in_flight];
+        if !matches!(location, Location::S3Archive { .. }) && ranged.iter().any(Option::is_some) {
+            return Err(format!(
+                "{}: \"parts_above\", \"part_size\" and \"parts_in_flight\" are for an archive in S3 (s3://BUCKET/KEY.tar.zst …)",
+                self.from
+            ));
+        }
+        if let Some(size) = self.part_size
+            && !PART_SIZES.contains(&size)
+        {
+            return Err(format!(
+                "{}: \"part_size\" must be from {} to {} bytes",
+                self.from,
+                PART_SIZES.start(),
+                PART_SIZES.end()
+            ));
+        }
+        if let Some(n) = self.parts_in_flight
+            && !PARTS_IN_FLIGHT.contains(&n)
+        {
+            return Err(format!(
+                "{}: \"parts_in_flight\" must be from {} to {}",
+                self.from,
+                PARTS_IN_FLIGHT.start(),
+                PARTS_IN_FLIGHT.end()
+            ));
+        }
+        let parts = self.parts();
+        if parts.size.saturating_mul(parts.in_flight as u64) > PARTS_MEMORY {
+            return Err(format!(
+                "{}: \"part_size\" × \"parts_in_flight\" is what the download holds in memory: at most 1 GiB",
                 self.from
             ));
         }
@@ -317,4 +385,91 @@ fn check_destinations(specs: &[SyncSpec], at: &str) -> Result<(), SettingsError>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(from: &str, extra: Value) -> Result<Vec<SyncSpec>, SettingsError> {
+        let mut item = serde_json::json!({"from": from, "to": "/srv/app"});
+        item.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        specs(&Value::Array(vec![item]), "bootstage.sync")
+    }
+
+    /// The part settings: defaults, each key read, each bound and the memory they hold
+    /// together refused with its message, and refused on a source that is not an S3
+    /// archive.
+    #[test]
+    fn part_settings() {
+        use serde_json::json;
+        let s3 = "s3://b/app.tar.zst";
+        let parts = |extra| entry(s3, extra).map(|s| s[0].parts());
+        assert_eq!(parts(json!({})).unwrap(), Parts::default());
+        assert_eq!(
+            Parts::default(),
+            Parts {
+                above: 16 << 20,
+                size: 8 << 20,
+                in_flight: 8
+            }
+        );
+        assert_eq!(
+            parts(json!({"parts_above": 1, "part_size": 65536, "parts_in_flight": 1})).unwrap(),
+            Parts {
+                above: 1,
+                size: 65536,
+                in_flight: 1
+            }
+        );
+        let cases = [
+            (
+                json!({"part_size": 65535}),
+                "\"part_size\" must be from 65536 to 536870912 bytes",
+            ),
+            (
+                json!({"part_size": (512 << 20) + 1}),
+                "\"part_size\" must be from",
+            ),
+            (
+                json!({"parts_in_flight": 0}),
+                "\"parts_in_flight\" must be from 1 to 64",
+            ),
+            (
+                json!({"parts_in_flight": 65}),
+                "\"parts_in_flight\" must be from 1 to 64",
+            ),
+            (
+                json!({"part_size": 512 << 20, "parts_in_flight": 3}),
+                "in memory: at most 1 GiB",
+            ),
+            (
+                json!({"parts_in_flight": "8"}),
+                "parts_in_flight: expected a whole number",
+            ),
+            (json!({"parts_abvoe": 1}), "parts_above"),
+        ];
+        for (extra, message) in cases {
+            let e = entry(s3, extra.clone()).unwrap_err().0;
+            assert!(e.contains(message), "{extra}: {e}");
+        }
+        for from in [
+            "s3://b/prefix/",
+            "file:///srv/app.tar.zst",
+            "file:///srv/dir/",
+        ] {
+            let e = entry(from, json!({"part_size": 1 << 20})).unwrap_err().0;
+            assert!(e.contains("are for an archive in S3"), "{from}: {e}");
+        }
+        assert_eq!(Parts::default().count(16 << 20, true), 1);
+        assert_eq!(Parts::default().count((16 << 20) + 1, true), 3);
+        assert_eq!(Parts::default().count(1 << 30, false), 1);
+        let one = Parts {
+            in_flight: 1,
+            ..Parts::default()
+        };
+        assert_eq!(one.count(1 << 30, true), 1);
+    }
 }

@@ -28,6 +28,7 @@ mod metadata_imds;
 mod notify_and_files;
 mod operator;
 mod packages;
+mod ranged;
 mod s3_sync;
 mod secrets;
 mod sync_hostile;

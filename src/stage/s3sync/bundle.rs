@@ -3,10 +3,15 @@
 //! 1. If the current generation came from this archive and is intact as sealed (and any
 //!    pinned SHA-256 is the one it was verified against), ask with `If-None-Match` its
 //!    ETag: a 304 ends the pass, no body sent, nothing written.
-//! 2. Else stream the body: each chunk is counted and hashed (and the SDK checks S3's
-//!    full-object checksum) as it is handed, through a bounded channel, to a blocking
+//! 2. Else stream the body: each chunk is counted and hashed (and S3's full-object
+//!    checksum is checked) as it is handed, through a bounded channel, to a blocking
 //!    thread that decompresses and unpacks it into a staging generation
-//!    (`sync::archive`). Memory stays bounded whatever the archive's size.
+//!    (`sync::archive`). A large archive comes in byte ranges, several at once, handed on
+//!    in order (`source::Parts`). Memory stays bounded whatever the archive's size: the
+//!    parts (`parts_in_flight × part_size`, 64 MiB by default), the channel ([`CHANNEL`]
+//!    chunks, each at most hyper's read buffer, ~400 KiB: under 16 MiB), and the
+//!    decompressor's window (zstd's at most 128 MiB, as the archive asks; 8 MiB or less
+//!    for zstd's levels up to 19 without `--long`).
 //! 3. Only when the whole body arrived and verified (size, checksum or MD5, the pin) and
 //!    every entry unpacked is the tree handed over and swapped in. A download that fails
 //!    part way wins over what the unpacker made of the truncated stream: the pass is
@@ -24,6 +29,7 @@ use tokio::sync::mpsc;
 use super::owner::Ownership;
 use super::progress::Counters;
 use super::{Report, SyncError};
+use crate::base::retry::Deadline;
 use crate::settings::SyncSpec;
 use crate::sync::archive;
 use crate::sync::source::{Bundle, Fetched};
@@ -39,6 +45,7 @@ pub(super) async fn pass(
     owner: &Ownership,
     counters: &Counters,
     total_bytes: &AtomicU64,
+    deadline: Deadline,
 ) -> Result<Report, SyncError> {
     let started = std::time::Instant::now();
     let url = bundle.url();
@@ -68,7 +75,10 @@ pub(super) async fn pass(
     let was_empty = old.source == url && old.archive.is_none() && old.files.is_empty();
     let old_files = old.files.len();
     drop(old);
-    let mut download = match bundle.fetch(known.as_deref(), pin.is_some()).await? {
+    let mut download = match bundle
+        .fetch(known.as_deref(), pin.is_some(), spec.parts(), deadline)
+        .await?
+    {
         Fetched::Unchanged => {
             counters.done.store(1, Ordering::Relaxed);
             return Ok(unchanged);
@@ -101,7 +111,7 @@ pub(super) async fn pass(
         }
         Fetched::Body(download) => download,
     };
-    let (etag, size) = (download.etag.clone(), download.size);
+    let (etag, size, parts) = (download.etag.clone(), download.size, download.parts);
 
     let staging = dest.staging()?;
     let (format, limits) = (bundle.format(), spec.limits());
@@ -221,6 +231,7 @@ pub(super) async fn pass(
         bytes = size,
         unpacked_bytes,
         verified,
+        parts,
         fetch_ms = ms(fetched),
         commit_ms = ms(started.elapsed() - fetched),
         "swapped in a new generation from the archive"

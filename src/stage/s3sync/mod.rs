@@ -489,8 +489,8 @@ impl Syncer {
                 let source = self.origins.get(&spec.from).ok_or_else(|| {
                     SyncError::Settings(format!("{}: not a source of this run", spec.from))
                 })?;
-                let pass = || sync_one(source, spec, self.bounds, counters, bytes);
                 let deadline = Deadline::after(self.bounds.timeout);
+                let pass = || sync_one(source, spec, self.bounds, counters, bytes, deadline);
                 let last_error = std::sync::Mutex::new(String::new());
                 let on_retry = |e: &SyncError, attempt, sleep| {
                     tracing::warn!(
@@ -608,6 +608,7 @@ async fn sync_one(
     bounds: Bounds,
     counters: &Counters,
     bytes: &AtomicU64,
+    deadline: Deadline,
 ) -> Result<Report, SyncError> {
     let owner = Ownership::resolve(spec)?;
     let (to, wait) = (spec.to.clone(), bounds.timeout);
@@ -616,7 +617,7 @@ async fn sync_one(
         .map_err(|e| SyncError::Settings(format!("destination lock task: {e}")))??;
     let source = match origin {
         Origin::Bundle(bundle) => {
-            return bundle::pass(bundle, &mut dest, spec, &owner, counters, bytes).await;
+            return bundle::pass(bundle, &mut dest, spec, &owner, counters, bytes, deadline).await;
         }
         Origin::Prefix(source) => source,
     };

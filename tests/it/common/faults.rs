@@ -6,7 +6,9 @@
 //! It can also play an S3-compatible server that lists no ETags (s3s-fs) or ignores
 //! If-Match, add headers to object answers (a composite checksum, SSE-KMS), give every
 //! object an ETag that is no MD5 (as SSE-KMS does), record which JSON-API calls (SSM,
-//! Secrets Manager) pass, and throttle them.
+//! Secrets Manager) pass, and throttle them. For ranged GETs (a bundle in parts): it
+//! records every Range asked for, and can cut or corrupt the first N partial (206)
+//! bodies, or hold the first ranged GET of one object until the test has replaced it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,6 +61,14 @@ pub struct Faults {
     /// request's If-Match and If-None-Match (reversing undoes itself), so that moto still
     /// matches them.
     pub disguise_etags: bool,
+    /// The `Range` header of every object GET that has one, in order.
+    pub ranges: std::sync::Mutex<Vec<String>>,
+    /// Cut the first N partial (206) bodies off halfway, as `cut` does whole ones.
+    pub cut_partial: AtomicUsize,
+    /// Flip one byte in the middle of the first N partial (206) bodies.
+    pub corrupt_partial: AtomicUsize,
+    /// The first ranged GET of this path says so on `.1` and waits for `.2`.
+    pub hold_ranged: std::sync::Mutex<Option<Hold>>,
 }
 
 pub struct Proxy {
@@ -143,6 +153,22 @@ async fn forward(
         let xml = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
         return (StatusCode::SERVICE_UNAVAILABLE, xml).into_response();
     }
+    let range = headers.get("range").and_then(|r| r.to_str().ok());
+    if let (true, Some(range)) = (object_get, range) {
+        s.faults.ranges.lock().unwrap().push(range.to_string());
+        let held = {
+            let mut hold = s.faults.hold_ranged.lock().unwrap();
+            match hold.as_ref() {
+                Some((p, ..)) if *p == path => hold.take(),
+                _ => None,
+            }
+        };
+        if let Some((_, hit, go)) = held {
+            s.faults.injected.fetch_add(1, Ordering::SeqCst);
+            let _ = hit.send(());
+            let _ = go.await;
+        }
+    }
     let held = {
         let mut hold = s.faults.hold.lock().unwrap();
         match hold.as_ref() {
@@ -184,7 +210,12 @@ async fn forward(
     if let Some(target) = headers.get("x-amz-target").and_then(|t| t.to_str().ok()) {
         s.faults.answered.lock().unwrap().push(target.to_string());
     }
-    if object_get && status == StatusCode::OK && bytes.len() > 1 && take(&s.faults.cut) {
+    let partial = object_get && status == StatusCode::PARTIAL_CONTENT && bytes.len() > 1;
+    let cut = match partial {
+        true => take(&s.faults.cut_partial),
+        false => object_get && status == StatusCode::OK && bytes.len() > 1 && take(&s.faults.cut),
+    };
+    if cut {
         s.faults.injected.fetch_add(1, Ordering::SeqCst);
         // Promise the whole body, send half, then fail the stream: the connection drops.
         let half = bytes.slice(..bytes.len() / 2);
@@ -214,6 +245,16 @@ async fn forward(
         && !bytes.is_empty()
         && take(&s.faults.corrupt)
     {
+        true => {
+            s.faults.injected.fetch_add(1, Ordering::SeqCst);
+            let mut flipped = bytes.to_vec();
+            let middle = flipped.len() / 2;
+            flipped[middle] ^= 0x01;
+            flipped.into()
+        }
+        false => bytes,
+    };
+    let bytes = match partial && take(&s.faults.corrupt_partial) {
         true => {
             s.faults.injected.fetch_add(1, Ordering::SeqCst);
             let mut flipped = bytes.to_vec();

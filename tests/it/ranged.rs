@@ -1,0 +1,306 @@
+//! Bundles in byte ranges: a large archive fetched as parts, several at once, against moto
+//! on 127.0.0.1 (through the fault proxy, which records every Range asked for): unpacked
+//! byte for byte; a failed part fetched again alone; an object replaced mid-download (a
+//! part's If-Match answered 412) failing cleanly with the old tree kept; a corrupted part
+//! caught by the whole object's checksum; memory bounded for a 300 MB bundle.
+
+use crate::common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::faults::{self, Faults};
+use common::moto::{Counts, moto};
+use common::{Outcome, Sandbox, assert_exit};
+
+const MIB: usize = 1 << 20;
+
+/// Incompressible files of these sizes (named by index), as a `.tar` and what each holds.
+fn files(sizes: &[usize], seed: u64) -> (Vec<u8>, BTreeMap<String, Vec<u8>>) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut b = tar::Builder::new(Vec::new());
+    let mut contents = BTreeMap::new();
+    for (i, size) in sizes.iter().enumerate() {
+        let mut data = vec![0u8; *size];
+        rng.fill(&mut data);
+        let name = format!("lib/part-{i}.bin");
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, &name, data.as_slice()).unwrap();
+        contents.insert(name, data);
+    }
+    (b.into_inner().unwrap(), contents)
+}
+
+/// The destination holds exactly `contents`: every file, byte for byte, and no other.
+fn assert_holds(root: &Path, contents: &BTreeMap<String, Vec<u8>>) {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            match path.is_dir() {
+                true => stack.push(path),
+                false => found.push(path.strip_prefix(root).unwrap().display().to_string()),
+            }
+        }
+    }
+    found.sort();
+    assert_eq!(found, contents.keys().cloned().collect::<Vec<_>>());
+    for (name, data) in contents {
+        let got = std::fs::read(root.join(name)).unwrap();
+        assert!(got == *data, "{name} differs from the archive's");
+    }
+}
+
+/// One `bootstage.sync` entry of `url` into `dest/app` with these part settings, run
+/// against `endpoint` (moto, or the proxy in front of it).
+async fn sync_parts(sb: &Sandbox, url: &str, endpoint: &str, parts: [u64; 3]) -> Outcome {
+    let [above, size, in_flight] = parts;
+    sb.seed_sync(serde_json::json!([{
+        "from": url,
+        "to": sb.path("dest/app"),
+        "parts_above": above,
+        "part_size": size,
+        "parts_in_flight": in_flight,
+    }]));
+    let mut cmd = sb.command(&["s3-sync", "--sync-timeout", "60s"]);
+    cmd.envs(moto().env()).env("AWS_ENDPOINT_URL", endpoint);
+    common::run(cmd).await
+}
+
+/// 1 MiB parts above 1 MiB, three at once.
+const SMALL_PARTS: [u64; 3] = [MIB as u64, MIB as u64, 3];
+
+/// The ranges of 1 MiB parts after the first, of an object of `len` bytes.
+fn ranges_of(len: usize) -> Vec<String> {
+    (1..len.div_ceil(MIB))
+        .map(|i| format!("bytes={}-{}", i * MIB, ((i + 1) * MIB).min(len) - 1))
+        .collect()
+}
+
+fn sorted(ranges: &std::sync::Mutex<Vec<String>>) -> Vec<String> {
+    let mut ranges = ranges.lock().unwrap().clone();
+    ranges.sort_by_key(|r| r[6..].split('-').next().unwrap().parse::<usize>().unwrap());
+    ranges
+}
+
+/// A 5.5 MiB archive (6 parts of 1 MiB): the first GET serves part 0, five ranged GETs
+/// pinned to its ETag the rest, and the tree is the archive's byte for byte, verified by
+/// the full-object CRC64NVME computed over the parts in order. Asked again: one 304.
+/// With `parts_in_flight` 1, the same archive is one GET.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_bundle_comes_in_ranged_parts_and_unpacks_exactly() {
+    let bucket = moto().bucket("ranged-parts").await;
+    let (tar, contents) = files(&[3 * MIB, 2 * MIB + 12_345, 100], 1);
+    let archive = zstd::encode_all(tar.as_slice(), 1).unwrap();
+    bucket.put_crc64nvme("app.tar.zst", archive.clone()).await;
+    let proxy = faults::start(&moto().url, Faults::default()).await;
+    let sb = Sandbox::new();
+    let mark = moto().mark();
+    let url = "s3://ranged-parts/app.tar.zst";
+    let out = sync_parts(&sb, url, &proxy.url, SMALL_PARTS).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_holds(&sb.path("dest/app"), &contents);
+    assert_eq!(sorted(&proxy.faults.ranges), ranges_of(archive.len()));
+    let parts = archive.len().div_ceil(MIB);
+    assert_eq!(
+        moto().counts("ranged-parts", mark),
+        Counts {
+            get: parts,
+            ..Counts::default()
+        }
+    );
+    assert!(
+        out.stderr.contains("verified=\"CRC64NVME\""),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&format!("parts={parts}")),
+        "{}",
+        out.stderr
+    );
+
+    let mark = moto().mark();
+    let out = sync_parts(&sb, url, &proxy.url, SMALL_PARTS).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let not_modified = Counts {
+        not_modified: 1,
+        ..Counts::default()
+    };
+    assert_eq!(moto().counts("ranged-parts", mark), not_modified);
+
+    let sb = Sandbox::new();
+    let mark = moto().mark();
+    let one = [MIB as u64, MIB as u64, 1];
+    let out = sync_parts(&sb, url, &moto().url, one).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_holds(&sb.path("dest/app"), &contents);
+    let single = Counts {
+        get: 1,
+        ..Counts::default()
+    };
+    assert_eq!(moto().counts("ranged-parts", mark), single);
+}
+
+/// A part whose body is cut off is fetched again on its own: one more ranged GET of that
+/// part, not the first GET again nor any other part.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_part_that_fails_is_fetched_again_alone() {
+    let bucket = moto().bucket("ranged-retry").await;
+    let (tar, contents) = files(&[4 * MIB + 777], 2);
+    bucket.put_crc64nvme("app.tar", tar.clone()).await;
+    let proxy = faults::start(
+        &moto().url,
+        Faults {
+            cut_partial: AtomicUsize::new(1),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let sb = Sandbox::new();
+    let mark = moto().mark();
+    let out = sync_parts(&sb, "s3://ranged-retry/app.tar", &proxy.url, SMALL_PARTS).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(proxy.faults.injected.load(Ordering::SeqCst), 1);
+    assert_holds(&sb.path("dest/app"), &contents);
+    let asked = sorted(&proxy.faults.ranges);
+    let mut unique = asked.clone();
+    unique.dedup();
+    assert_eq!(unique, ranges_of(tar.len()));
+    assert_eq!(
+        asked.len(),
+        unique.len() + 1,
+        "one part asked twice: {asked:?}"
+    );
+    let parts = tar.len().div_ceil(MIB);
+    let counts = Counts {
+        get: parts + 1,
+        ..Counts::default()
+    };
+    assert_eq!(moto().counts("ranged-retry", mark), counts);
+    assert!(
+        out.stderr.contains("fetching the part again"),
+        "{}",
+        out.stderr
+    );
+}
+
+/// The object is replaced while a ranged GET is held: that part's If-Match is answered 412
+/// and the pass fails as any change mid-sync does (75), leaving the old tree whole and no
+/// staging tree behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_replaced_mid_download_fails_cleanly_leaving_the_old_tree() {
+    let bucket = moto().bucket("ranged-replaced").await;
+    let (v1, old) = files(&[3 * MIB], 3);
+    bucket.put_crc64nvme("app.tar", v1).await;
+    let proxy = faults::start(&moto().url, Faults::default()).await;
+    let sb = Sandbox::new();
+    let url = "s3://ranged-replaced/app.tar";
+    let out = sync_parts(&sb, url, &proxy.url, SMALL_PARTS).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_holds(&sb.path("dest/app"), &old);
+
+    let (v2, _) = files(&[3 * MIB, 5], 4);
+    bucket.put_crc64nvme("app.tar", v2).await;
+    let (hit, held) = tokio::sync::oneshot::channel();
+    let (go, wait) = tokio::sync::oneshot::channel();
+    let faults = Faults {
+        hold_ranged: std::sync::Mutex::new(Some(("/ranged-replaced/app.tar".into(), hit, wait))),
+        ..Faults::default()
+    };
+    let proxy = faults::start(&moto().url, faults).await;
+    let run = {
+        let (sb, url) = (&sb, proxy.url.clone());
+        async move { sync_parts(sb, "s3://ranged-replaced/app.tar", &url, SMALL_PARTS).await }
+    };
+    let replace = async {
+        held.await.unwrap();
+        let (v3, _) = files(&[2 * MIB], 5);
+        bucket.put_crc64nvme("app.tar", v3).await;
+        go.send(()).unwrap();
+    };
+    let (out, ()) = tokio::join!(run, replace);
+    assert_exit(&out, 75, "app.tar: changed while it was being synced");
+    assert_holds(&sb.path("dest/app"), &old);
+    let leftovers: Vec<_> = std::fs::read_dir(sb.path("dest"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("staging"))
+        .collect();
+    assert_eq!(leftovers, Vec::<String>::new());
+}
+
+/// A byte flipped in one part's body: the parts are hashed in order, and the whole
+/// object's checksum (CRC64NVME), or a plain ETag's MD5, fails the pass (76) with nothing
+/// swapped in.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupted_part_fails_the_whole_object_checksum() {
+    let bucket = moto().bucket("ranged-corrupt").await;
+    let (tar, _) = files(&[3 * MIB + 5], 6);
+    bucket.put_crc64nvme("crc.tar", tar.clone()).await;
+    bucket.put_without_checksum("md5.tar", tar).await;
+    for (key, why) in [
+        ("crc.tar", "the body does not match its CRC64NVME checksum"),
+        ("md5.tar", "ETag says"),
+    ] {
+        let proxy = faults::start(
+            &moto().url,
+            Faults {
+                corrupt_partial: AtomicUsize::new(1),
+                ..Faults::default()
+            },
+        )
+        .await;
+        let sb = Sandbox::new();
+        let url = format!("s3://ranged-corrupt/{key}");
+        let out = sync_parts(&sb, &url, &proxy.url, SMALL_PARTS).await;
+        assert_eq!(proxy.faults.injected.load(Ordering::SeqCst), 1);
+        assert_exit(&out, 76, &format!("{key}: verification failed: "));
+        assert!(out.stderr.contains(why), "{}", out.stderr);
+        assert!(std::fs::symlink_metadata(sb.path("dest/app")).is_err());
+    }
+}
+
+/// A 300 MB incompressible bundle with the default parts (8 MiB, 8 at once): the peak RSS
+/// of the whole process stays under 160 MiB (the parts' 64 MiB, the channel, zstd's
+/// window and the program), where holding the body would take 300 MB.
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_stays_bounded_for_a_300_mb_bundle() {
+    let bucket = moto().bucket("ranged-memory").await;
+    let (tar, _) = files(&[100 * MIB, 100 * MIB, 100 * MIB], 7);
+    let archive = zstd::encode_all(tar.as_slice(), 1).unwrap();
+    drop(tar);
+    let len = archive.len();
+    bucket.put_crc64nvme("app.tar.zst", archive).await;
+    let sb = Sandbox::new();
+    sb.seed_sync(serde_json::json!([{
+        "from": "s3://ranged-memory/app.tar.zst",
+        "to": sb.path("dest/app"),
+    }]));
+    let rss = sb.path("rss");
+    let prefix = ["/usr/bin/time", "-f", "%M", "-o", rss.to_str().unwrap()];
+    let mut cmd = sb.command_under(&prefix, &["s3-sync", "--sync-timeout", "120s"]);
+    cmd.envs(moto().env());
+    let mark = moto().mark();
+    let out = common::run(cmd).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let parts = len.div_ceil(8 * MIB);
+    let counts = Counts {
+        get: parts,
+        ..Counts::default()
+    };
+    assert_eq!(moto().counts("ranged-memory", mark), counts);
+    let kib: u64 = std::fs::read_to_string(&rss)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    eprintln!("peak RSS of a {len}-byte bundle: {} MiB", kib / 1024);
+    assert!(kib < 160 * 1024, "peak RSS {kib} KiB");
+}
