@@ -22,17 +22,26 @@
 //! - With `--get-rate N`, at most N GETs and HEADs a second, LISTs included (a token
 //!   bucket holding one second's worth) are served; the rest are answered 503 SlowDown, as S3 answers a
 //!   prefix asked for more than its partition serves (5,500 a second).
-//! - One line per request on stdout (`METHOD PATH STATUS LENGTH`), which the benchmarks count, as
-//!   they count moto's request log.
+//! - With `--conn-rate MBPS`, each connection sends at most MBPS megabytes (10^6 bytes) a
+//!   second (a token bucket holding 10 ms worth, at least 64 KiB), as S3 serves one
+//!   connection at about 85-100 MB/s and scales with connections: what a benchmark on
+//!   loopback must model for parallel ranged GETs to show what they win. Default: off.
+//! - A GET with `If-Match` naming another ETag than the current one is 412
+//!   PreconditionFailed (s3s-fs ignores the header), as S3 answers a ranged GET pinned to
+//!   an object that has since been replaced.
+//! - One line per request on stdout (`METHOD PATH STATUS LENGTH`, and ` RANGE` when the
+//!   request asked for one), which the benchmarks count, as they count moto's request log.
 //!
-//! Usage: `bench-s3 ADDR ROOT ACCESS_KEY SECRET_KEY [--get-rate N]` (ADDR on loopback,
-//! e.g. 127.0.0.1:9000).
+//! Usage: `bench-s3 ADDR ROOT ACCESS_KEY SECRET_KEY [--get-rate N] [--conn-rate MBPS]`
+//! (ADDR on loopback, e.g. 127.0.0.1:9000).
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use hyper::Request;
 use hyper::body::Incoming;
@@ -42,7 +51,7 @@ use s3s::auth::SimpleAuth;
 use s3s::dto::*;
 use s3s::service::{S3Service, S3ServiceBuilder};
 use s3s::{HttpResponse, S3, S3Request, S3Response, S3Result, s3_error};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -50,18 +59,24 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: bench-s3 ADDR ROOT ACCESS_KEY SECRET_KEY [--get-rate N]";
-    let (addr, root, access_key, secret_key, rate) = match args.as_slice() {
-        [addr, root, access_key, secret_key] => (addr, root, access_key, secret_key, None),
-        [addr, root, access_key, secret_key, flag, n] if flag == "--get-rate" => {
-            let n: f64 = n.parse().map_err(|_| usage)?;
-            if !(n.is_finite() && n >= 1.0) {
-                return Err("--get-rate: at least 1 a second".into());
-            }
-            (addr, root, access_key, secret_key, Some(n))
-        }
-        _ => return Err(usage.into()),
+    let usage = "usage: bench-s3 ADDR ROOT ACCESS_KEY SECRET_KEY [--get-rate N] [--conn-rate MBPS]";
+    let [addr, root, access_key, secret_key, flags @ ..] = args.as_slice() else {
+        return Err(usage.into());
     };
+    let (mut rate, mut conn_rate) = (None, None);
+    for pair in flags.chunks(2) {
+        let n: f64 = match pair {
+            [_, n] => n.parse().map_err(|_| usage)?,
+            _ => return Err(usage.into()),
+        };
+        match pair[0].as_str() {
+            "--get-rate" if n.is_finite() && n >= 1.0 => rate = Some(n),
+            "--get-rate" => return Err("--get-rate: at least 1 a second".into()),
+            "--conn-rate" if n.is_finite() && n > 0.0 => conn_rate = Some(n * 1e6),
+            "--conn-rate" => return Err("--conn-rate: more than 0 MB/s".into()),
+            _ => return Err(usage.into()),
+        }
+    }
     let limit = Arc::new(rate.map(Limit::new));
     let service = {
         let fs = s3s_fs::FileSystem::new(root).map_err(|e| format!("{root}: {e:?}"))?;
@@ -84,6 +99,7 @@ async fn main() -> Result<(), BoxError> {
         let limit = limit.clone();
         let logged = service_fn(move |request| logged(service.clone(), limit.clone(), request));
         tokio::spawn(async move {
+            let socket = Paced::new(socket, conn_rate);
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(socket), logged);
             if let Err(error) = connection.await {
@@ -101,6 +117,12 @@ async fn logged(
     limit: Arc<Option<Limit>>,
     request: Request<Incoming>,
 ) -> Result<HttpResponse, BoxError> {
+    let range = request
+        .headers()
+        .get("range")
+        .and_then(|r| r.to_str().ok())
+        .map(|r| format!(" {r}"))
+        .unwrap_or_default();
     let line = format!("{} {}", request.method(), request.uri());
     let read = matches!(*request.method(), hyper::Method::GET | hyper::Method::HEAD);
     let answer = match limit.as_ref() {
@@ -120,8 +142,82 @@ async fn logged(
     };
     std::io::stdout()
         .lock()
-        .write_all(format!("{line} {status}\n").as_bytes())?;
+        .write_all(format!("{line} {status}{range}\n").as_bytes())?;
     answer.map_err(|e| format!("{e:?}").into())
+}
+
+/// A connection whose writes go at most `rate` bytes a second (when given): a token bucket
+/// holding 10 ms worth (at least 64 KiB), refilled as time passes; a write finding it
+/// empty waits for the bytes it may send.
+struct Paced<T> {
+    inner: T,
+    rate: Option<f64>,
+    tokens: f64,
+    at: Instant,
+    wait: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> Paced<T> {
+    fn new(inner: T, rate: Option<f64>) -> Paced<T> {
+        Paced {
+            inner,
+            rate,
+            tokens: 0.0,
+            at: Instant::now(),
+            wait: None,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Paced<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Paced<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let Some(rate) = self.rate else {
+            return Pin::new(&mut self.inner).poll_write(cx, buf);
+        };
+        let burst = (rate / 100.0).max(64.0 * 1024.0);
+        loop {
+            if let Some(wait) = self.wait.as_mut() {
+                std::task::ready!(wait.as_mut().poll(cx));
+                self.wait = None;
+            }
+            let now = Instant::now();
+            let refill = now.duration_since(self.at).as_secs_f64() * rate;
+            self.tokens = (self.tokens + refill).min(burst);
+            self.at = now;
+            if self.tokens >= 1.0 {
+                break;
+            }
+            let short = (1024.0_f64.min(burst) - self.tokens) / rate;
+            let until = tokio::time::Instant::now() + Duration::from_secs_f64(short);
+            self.wait = Some(Box::pin(tokio::time::sleep_until(until)));
+        }
+        let allowed = (self.tokens as usize).min(buf.len());
+        let written = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &buf[..allowed]))?;
+        self.tokens -= written as f64;
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// A token bucket: `rate` a second, holding at most one second's worth.
@@ -261,6 +357,16 @@ store_impl! {
                 };
                 if matches {
                     return Err(s3_error!(NotModified));
+                }
+            }
+            if let Some(condition) = &req.input.if_match {
+                let current = self.etag(&req.input.bucket, &req.input.key).await?;
+                let matches = match condition.as_etag() {
+                    None => current.is_some(),
+                    Some(asked) => current.is_some_and(|c| c.value() == asked.value()),
+                };
+                if !matches {
+                    return Err(s3_error!(PreconditionFailed));
                 }
             }
             let path = self.root.join(&req.input.bucket).join(&req.input.key);

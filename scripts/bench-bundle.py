@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Bundle benchmark: one large .tar.zst downloaded and unpacked, each tool the same object,
+against bench-s3 on 127.0.0.1 with each connection capped (`--conn-rate`, default 90 MB/s,
+as S3 serves one connection at about 85-100 MB/s and scales with connections).
+
+The bundles are incompressible (random bytes: zstd -3 keeps them at their size): 177 MB
+and 1 GB by default, each 8 MiB files plus 1,000 small ones, uploaded with a CRC32
+full-object checksum (bootstage verifies it; boto3 computes no CRC64NVME without awscrt).
+Everything (server root, archives, destinations) is on tmpfs (benchlib.scratch says why).
+Per bundle and tool, the median of --runs runs of:
+- wall from start until the tree is unpacked; client CPU (user+sys) and peak RSS, from
+  GNU time (for a pipeline, the largest process's);
+- GETs the server logged (ranged ones apart) for the last run.
+Tools:
+- bootstage s3-sync of the bundle in parts (the defaults: above 16 MiB, 8 MiB parts, 8 at
+  once), and with `parts_in_flight: 1` (one stream, as before ranged GETs);
+- `aws s3 cp` then `tar --zstd -x`, at aws-cli's defaults (8 MiB parts, 10 at once) and
+  with max_concurrent_requests 8 (matched to bootstage's);
+- `s5cmd cp` then `tar --zstd -x`, at its defaults (50 MiB parts, 5 at once) and with
+  `--concurrency 8 --part-size 8` (matched).
+
+Usage: scripts/bench-bundle.py [--sizes 177,1024] [--conn-rate 90] [--runs 3] [--no-write]
+Needs a release build (`CARGO_TARGET_DIR=… cargo build --release --bin bootstage -p
+bench-s3`; benchlib finds it under CARGO_TARGET_DIR) and scripts/install-bench-deps.sh.
+Writes the bundle section of BENCHMARKS.md unless --no-write.
+"""
+import argparse, json, os, shutil, statistics, subprocess, sys, tarfile, time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib  # noqa: E402
+from benchlib import ACCESS_KEY, BENCH_S3, BIN, SECRET_KEY, BenchS3, env_for  # noqa: E402
+
+MIB = 1 << 20
+
+
+class PacedS3(BenchS3):
+    """bench-s3 with each connection capped at `conn_rate` MB/s."""
+
+    def __init__(self, work, conn_rate):
+        self.conn_rate = conn_rate
+        super().__init__(work)
+
+    def start(self, work):
+        root = work / "bench-s3-root"
+        root.mkdir()
+        return subprocess.Popen([str(BENCH_S3), f"127.0.0.1:{self.port}", str(root), ACCESS_KEY, SECRET_KEY,
+                                 "--conn-rate", str(self.conn_rate)],
+                                stdout=open(self.log_path, "w"), stderr=open(work / "bench-s3.err", "w"))
+
+
+def make_bundle(work, mb):
+    """An incompressible .tar.zst of about `mb` MB: 8 MiB random files and 1,000 small ones."""
+    tar_path, zst = work / f"bundle-{mb}.tar", work / f"bundle-{mb}.tar.zst"
+    big = max(1, (mb * 1_000_000 - 4_000_000) // (8 * MIB))
+    with tarfile.open(tar_path, "w") as tar:
+        for i in range(1000):
+            add(tar, f"app/conf/c{i % 10}/f{i:04}.txt", os.urandom(1024 + i % 3072))
+        for i in range(big):
+            add(tar, f"app/lib/part-{i:03}.bin", os.urandom(8 * MIB))
+    subprocess.run(["zstd", "-3", "-q", "-f", "--rm", str(tar_path), "-o", str(zst)], check=True)
+    return zst
+
+
+def add(tar, name, data):
+    import io
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def upload(server, path):
+    import boto3
+    s3 = boto3.client("s3", endpoint_url=server.url, aws_access_key_id=ACCESS_KEY,
+                      aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
+    try:
+        s3.create_bucket(Bucket="bench")
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    with open(path, "rb") as body:
+        s3.put_object(Bucket="bench", Key=f"bundle/{path.name}", Body=body, ChecksumAlgorithm="CRC32")
+
+
+def seed_state(state, url, dest, parts_in_flight):
+    """The state dir as the metadata stage leaves it, with one bootstage.sync entry."""
+    state.mkdir(parents=True, exist_ok=True)
+    entry = {"from": url, "to": str(dest)}
+    if parts_in_flight:
+        entry["parts_in_flight"] = parts_in_flight
+    (state / "params.json").write_text(json.dumps({"bootstage": {"sync": [entry]}}))
+    (state / "instance.json").write_text('{"source":"flags","instance_id":"i-1"}')
+    (state / "params.env").write_text("")
+    (state / "hooks.env").write_text("")
+
+
+TOOLS = ["bootstage, ranged (8 x 8 MiB)", "bootstage, one stream", "aws s3 cp + tar -x (default: 10 x 8 MiB)",
+         "aws s3 cp + tar -x (8 at once)", "s5cmd cp + tar -x (default: 5 x 50 MiB)", "s5cmd cp + tar -x (8 x 8 MiB)"]
+
+
+def argv_for(tool, server, work, name, dest, aws_config):
+    url = f"s3://bench/bundle/{name}"
+    archive = work / "download.tar.zst"
+    untar = f"mkdir -p {dest} && tar --zstd -xf {archive} -C {dest} && rm -f {archive}"
+    if tool.startswith("bootstage"):
+        state = work / "state"
+        shutil.rmtree(state, ignore_errors=True)
+        seed_state(state, url, dest, 1 if "one stream" in tool else None)
+        return [str(BIN), "--state-dir", str(state), "s3-sync", "--sync-timeout", "10m"], {}
+    if tool.startswith("aws"):
+        env = {"AWS_CONFIG_FILE": str(aws_config)} if "8 at once" in tool else {}
+        return ["sh", "-c", f"aws s3 cp --only-show-errors --endpoint-url {server.url} {url} {archive} && {untar}"], env
+    if tool.startswith("s5cmd"):
+        flags = "--concurrency 8 --part-size 8" if "8 x 8" in tool else ""
+        return ["sh", "-c", f"s5cmd --endpoint-url {server.url} cp {flags} {url} {archive} && {untar}"], {}
+    raise ValueError(tool)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--sizes", default="177,1024", help="bundle sizes in MB")
+    p.add_argument("--conn-rate", type=float, default=90)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--tools", default=None, help="comma-separated indexes into the tool list")
+    p.add_argument("--no-write", action="store_true")
+    a = p.parse_args()
+    if not BIN.exists() or not BENCH_S3.exists():
+        raise SystemExit(f"no release build at {BIN.parent}: CARGO_TARGET_DIR=… cargo build --release --bin bootstage -p bench-s3")
+    subprocess.run([str(benchlib.ROOT / "scripts" / "install-bench-deps.sh")], check=True)
+    tools = [TOOLS[int(i)] for i in a.tools.split(",")] if a.tools else TOOLS
+    rows = []
+    with benchlib.scratch() as tmp:
+        work = Path(tmp)
+        server = PacedS3(work, a.conn_rate)
+        env = env_for(server)
+        aws_config = work / "aws-config"
+        aws_config.write_text("[default]\ns3 =\n  max_concurrent_requests = 8\n  multipart_chunksize = 8MB\n"
+                              "  multipart_threshold = 16MB\n")
+        try:
+            for mb in [int(s) for s in a.sizes.split(",")]:
+                bundle = make_bundle(work, mb)
+                size = bundle.stat().st_size
+                upload(server, bundle)
+                bundle.unlink()
+                print(f"bundle of {size / 1e6:.0f} MB", flush=True)
+                for tool in tools:
+                    samples = []
+                    for _ in range(a.runs):
+                        dest = work / "dest"
+                        shutil.rmtree(dest, ignore_errors=True)
+                        argv, extra = argv_for(tool, server, work, bundle.name, dest, aws_config)
+                        before = len(server.requests())
+                        samples.append(benchlib.run(argv, {**env, **extra}, work))
+                        logged = server.requests()[before:]
+                        gets = [l for l in logged if l.startswith("GET /bench/bundle/")]
+                        ranged = [l for l in gets if " 206 " in l]
+                        files = sum(len(f) for _, _, f in os.walk(dest))
+                        if files < 1000:
+                            raise SystemExit(f"{tool}: only {files} files unpacked")
+                    wall, cpu, rss = (statistics.median(s[i] for s in samples) for i in range(3))
+                    row = (f"{size / 1e6:.0f} MB", tool, wall, size / wall / 1e6, cpu, rss, len(gets), len(ranged))
+                    print("  %-10s %-44s wall %6.2f s  %6.0f MB/s  cpu %6.2f s  rss %6.0f MiB  GETs %d (%d ranged)" % row,
+                          flush=True)
+                    rows.append(row)
+                shutil.rmtree(work / "dest", ignore_errors=True)
+        finally:
+            server.stop()
+    table = [f"bench-s3 on 127.0.0.1 at --conn-rate {a.conn_rate:g} MB/s per connection; tmpfs; median of "
+             f"{a.runs} runs; {os.cpu_count()} cores shared by client and server. "
+             "`scripts/bench-bundle.py` (this table: `--sizes " + a.sizes + "`).", "",
+             "| bundle | tool | wall (s) | MB/s | client CPU (s) | peak RSS (MiB) | GETs (ranged) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for size, tool, wall, rate, cpu, rss, gets, ranged in rows:
+        table.append(f"| {size} | {tool} | {wall:.2f} | {rate:.0f} | {cpu:.2f} | {rss:.0f} | {gets} ({ranged}) |")
+    print("\n".join(table))
+    if not a.no_write:
+        benchlib.write_section("bundle", "A large bundle: parallel ranged GETs", "\n".join(table))
+
+
+if __name__ == "__main__":
+    main()
