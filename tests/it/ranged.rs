@@ -59,6 +59,17 @@ fn assert_holds(root: &Path, contents: &BTreeMap<String, Vec<u8>>) {
 /// One `bootstage.sync` entry of `url` into `dest/app` with these part settings, run
 /// against `endpoint` (moto, or the proxy in front of it).
 async fn sync_parts(sb: &Sandbox, url: &str, endpoint: &str, parts: [u64; 3]) -> Outcome {
+    common::run(parts_command(sb, url, endpoint, parts, &[])).await
+}
+
+/// The command of `sync_parts`, with `extra` arguments.
+fn parts_command(
+    sb: &Sandbox,
+    url: &str,
+    endpoint: &str,
+    parts: [u64; 3],
+    extra: &[&str],
+) -> tokio::process::Command {
     let [above, size, in_flight] = parts;
     sb.seed_sync(serde_json::json!([{
         "from": url,
@@ -67,9 +78,28 @@ async fn sync_parts(sb: &Sandbox, url: &str, endpoint: &str, parts: [u64; 3]) ->
         "part_size": size,
         "parts_in_flight": in_flight,
     }]));
-    let mut cmd = sb.command(&["s3-sync", "--sync-timeout", "60s"]);
+    let mut args = vec!["s3-sync", "--sync-timeout", "60s"];
+    args.extend_from_slice(extra);
+    let mut cmd = sb.command(&args);
     cmd.envs(moto().env()).env("AWS_ENDPOINT_URL", endpoint);
-    common::run(cmd).await
+    cmd
+}
+
+/// What is left of unfinished generations beside the destination.
+fn staging_left(sb: &Sandbox) -> Vec<String> {
+    let mut left = Vec::new();
+    let mut stack = vec![sb.path("dest")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.contains("staging") {
+                left.push(name);
+            } else if entry.file_type().unwrap().is_dir() && !name.starts_with("gen-") {
+                stack.push(entry.path());
+            }
+        }
+    }
+    left
 }
 
 /// 1 MiB parts above 1 MiB, three at once.
@@ -227,13 +257,51 @@ async fn an_object_replaced_mid_download_fails_cleanly_leaving_the_old_tree() {
     let (out, ()) = tokio::join!(run, replace);
     assert_exit(&out, 75, "app.tar: changed while it was being synced");
     assert_holds(&sb.path("dest/app"), &old);
-    let leftovers: Vec<_> = std::fs::read_dir(sb.path("dest"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("staging"))
-        .collect();
-    assert_eq!(leftovers, Vec::<String>::new());
+    assert_eq!(staging_left(&sb), Vec::<String>::new());
+}
+
+/// SIGTERM while parts are downloading (one of them held by the proxy, never answered), in
+/// watch mode, where bootstage catches it: the process ends at once (exit 0, as a watch
+/// ends), the old tree whole, no staging tree left.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_mid_download_ends_at_once_leaving_the_old_tree() {
+    let bucket = moto().bucket("ranged-sigterm").await;
+    let (v1, old) = files(&[3 * MIB], 8);
+    bucket.put_crc64nvme("app.tar", v1).await;
+    let sb = Sandbox::new();
+    let url = "s3://ranged-sigterm/app.tar";
+    let out = sync_parts(&sb, url, &moto().url, SMALL_PARTS).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (v2, _) = files(&[3 * MIB, 5], 9);
+    bucket.put_crc64nvme("app.tar", v2).await;
+    let (hit, held) = tokio::sync::oneshot::channel();
+    let (_go, wait) = tokio::sync::oneshot::channel();
+    let faults = Faults {
+        hold_ranged: std::sync::Mutex::new(Some(("/ranged-sigterm/app.tar".into(), hit, wait))),
+        ..Faults::default()
+    };
+    let proxy = faults::start(&moto().url, faults).await;
+    let mut cmd = parts_command(&sb, url, &proxy.url, SMALL_PARTS, &["--watch", "1h"]);
+    let mut child = cmd.spawn().unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), held)
+        .await
+        .expect("a ranged GET reached the proxy")
+        .unwrap();
+    let asked = std::time::Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .expect("exited after SIGTERM")
+        .unwrap();
+    let took = asked.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(took < std::time::Duration::from_millis(900), "{took:?}");
+    assert_holds(&sb.path("dest/app"), &old);
+    assert_eq!(staging_left(&sb), Vec::<String>::new());
 }
 
 /// A byte flipped in one part's body: the parts are hashed in order, and the whole
