@@ -50,14 +50,21 @@ class PacedS3(BenchS3):
 
 
 def make_bundle(work, mb):
-    """An incompressible .tar.zst of about `mb` MB: 8 MiB random files and 1,000 small ones."""
+    """An incompressible .tar.zst of `mb` MB: 1,000 small random files, then 8 MiB random
+    files and one shorter to make up the size."""
     tar_path, zst = work / f"bundle-{mb}.tar", work / f"bundle-{mb}.tar.zst"
-    big = max(1, (mb * 1_000_000 - 4_000_000) // (8 * MIB))
     with tarfile.open(tar_path, "w") as tar:
+        left = mb * 1_000_000
         for i in range(1000):
-            add(tar, f"app/conf/c{i % 10}/f{i:04}.txt", os.urandom(1024 + i % 3072))
-        for i in range(big):
-            add(tar, f"app/lib/part-{i:03}.bin", os.urandom(8 * MIB))
+            data = os.urandom(1024 + i % 3072)
+            add(tar, f"app/conf/c{i % 10}/f{i:04}.txt", data)
+            left -= len(data) + 1024
+        i = 0
+        while left > 2048:
+            data = os.urandom(min(8 * MIB, left - 1024))
+            add(tar, f"app/lib/part-{i:03}.bin", data)
+            left -= len(data) + 1024
+            i += 1
     subprocess.run(["zstd", "-3", "-q", "-f", "--rm", str(tar_path), "-o", str(zst)], check=True)
     return zst
 
@@ -75,7 +82,7 @@ def upload(server, path):
                       aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
     try:
         s3.create_bucket(Bucket="bench")
-    except s3.exceptions.BucketAlreadyOwnedByYou:
+    except (s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
         pass
     with open(path, "rb") as body:
         s3.put_object(Bucket="bench", Key=f"bundle/{path.name}", Body=body, ChecksumAlgorithm="CRC32")
@@ -145,8 +152,10 @@ def main():
                 for tool in tools:
                     samples = []
                     for _ in range(a.runs):
-                        dest = work / "dest"
-                        shutil.rmtree(dest, ignore_errors=True)
+                        # The destination and, beside it, bootstage's generations and manifest.
+                        shutil.rmtree(work / "out", ignore_errors=True)
+                        dest = work / "out" / "dest"
+                        dest.parent.mkdir()
                         argv, extra = argv_for(tool, server, work, bundle.name, dest, aws_config)
                         before = len(server.requests())
                         samples.append(benchlib.run(argv, {**env, **extra}, work))
@@ -161,7 +170,7 @@ def main():
                     print("  %-10s %-44s wall %6.2f s  %6.0f MB/s  cpu %6.2f s  rss %6.0f MiB  GETs %d (%d ranged)" % row,
                           flush=True)
                     rows.append(row)
-                shutil.rmtree(work / "dest", ignore_errors=True)
+                shutil.rmtree(work / "out", ignore_errors=True)
         finally:
             server.stop()
     table = [f"bench-s3 on 127.0.0.1 at --conn-rate {a.conn_rate:g} MB/s per connection; tmpfs; median of "

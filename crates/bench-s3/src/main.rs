@@ -23,7 +23,8 @@
 //!   bucket holding one second's worth) are served; the rest are answered 503 SlowDown, as S3 answers a
 //!   prefix asked for more than its partition serves (5,500 a second).
 //! - With `--conn-rate MBPS`, each connection sends at most MBPS megabytes (10^6 bytes) a
-//!   second (a token bucket holding 10 ms worth, at least 64 KiB), as S3 serves one
+//!   second (a token bucket holding 10 ms worth, at least 64 KiB, spent in writes of at
+//!   least 64 KiB), as S3 serves one
 //!   connection at about 85-100 MB/s and scales with connections: what a benchmark on
 //!   loopback must model for parallel ranged GETs to show what they win. Default: off.
 //! - A GET with `If-Match` naming another ETag than the current one is 412
@@ -147,8 +148,8 @@ async fn logged(
 }
 
 /// A connection whose writes go at most `rate` bytes a second (when given): a token bucket
-/// holding 10 ms worth (at least 64 KiB), refilled as time passes; a write finding it
-/// empty waits for the bytes it may send.
+/// holding 10 ms worth (at least 64 KiB), refilled as time passes; a write finding less
+/// than 64 KiB in it (or than the buffer, if shorter) waits until there is.
 struct Paced<T> {
     inner: T,
     rate: Option<f64>,
@@ -198,10 +199,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Paced<T> {
             let refill = now.duration_since(self.at).as_secs_f64() * rate;
             self.tokens = (self.tokens + refill).min(burst);
             self.at = now;
-            if self.tokens >= 1.0 {
+            // Writes of at least 64 KiB (or the whole buffer), as a server sends full
+            // segments: a pacer that let a write through per KiB would have the client
+            // read 1 KiB chunks, and charge it CPU that S3 never would.
+            let quantum = (64.0 * 1024.0_f64).min(buf.len() as f64);
+            if self.tokens >= quantum {
                 break;
             }
-            let short = (1024.0_f64.min(burst) - self.tokens) / rate;
+            let short = (quantum - self.tokens) / rate;
             let until = tokio::time::Instant::now() + Duration::from_secs_f64(short);
             self.wait = Some(Box::pin(tokio::time::sleep_until(until)));
         }
