@@ -37,12 +37,13 @@ TimeoutStartSec=infinity
 ExecStart=/bin/sh -c 'i=0; until systemctl show -p StatusText --value bootstage-in-service.service | grep -q \"warm pool\" && [ \"$(systemctl show -p ActiveState --value bootstage-ready.service)\" = inactive ] && [ -n \"$(systemctl show -p ExecMainExitTimestampMonotonic --value bootstage-ready.service | grep -v ^0$)\" ] || [ $i -ge 1200 ]; do sleep 0.1; i=$((i+1)); done; sleep 1; for u in warm-app.service bootstage-in-service.service bootstage-in-service.target bootstage-ready.service bootstage.target multi-user.target; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; systemctl --no-block exit 0'
 ";
 
-/// In service: ends the boot once the app has started.
+/// In service: ends the boot once the app has started and the ready unit (which completes
+/// a new boot's launch action, beside the app) has finished.
 const CHECK_STARTED: &str = "[Unit]
 [Service]
 Type=oneshot
 TimeoutStartSec=infinity
-ExecStart=/bin/sh -c 'i=0; while [ ! -s /results/app-secret ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; for u in warm-app.service bootstage-in-service.service bootstage-ready.service; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; systemctl --no-block exit 0'
+ExecStart=/bin/sh -c 'i=0; until [ -s /results/app-secret ] && [ \"$(systemctl show -p ActiveState --value bootstage-ready.service)\" = inactive ] && [ -n \"$(systemctl show -p ExecMainExitTimestampMonotonic --value bootstage-ready.service | grep -v ^0$)\" ] || [ $i -ge 1200 ]; do sleep 0.1; i=$((i+1)); done; for u in warm-app.service bootstage-in-service.service bootstage-ready.service; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; systemctl --no-block exit 0'
 ";
 
 fn group(name: &str, pool: &str, instance: &str) -> lifecycle_emulator::Group {

@@ -334,3 +334,59 @@ async fn outside_a_warm_pool_the_instance_is_in_service_at_once_and_per_start_ru
         "start boot\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failure_on_the_way_into_service_abandons_the_second_action_not_the_first() {
+    let params = json!({"bootstage": {"lifecycle": {"asg": {"hook": "launch", "group": "web"}}}});
+    let rig = Rig::new(
+        Sandbox::new(),
+        params,
+        "Warmed:Running",
+        warm_group("Warmed:Running"),
+    )
+    .await;
+    rig.boot().await;
+    rig.hook("per-start.d/10-broken", "echo broken >&2; exit 3");
+    let unit = rig.command(&["in-service"]).spawn().unwrap();
+    rig.in_service_says("waiting").await;
+    rig.orch.into_service(INSTANCE).unwrap();
+    rig.imds.set_meta_data(STATE, Some("InService"));
+    let out = tokio::time::timeout(Duration::from_secs(60), unit.wait_with_output())
+        .await
+        .expect("in-service ended once in service")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(70), "{stderr}");
+    assert!(
+        stderr.contains("hook per-start.d/10-broken exited with 3"),
+        "{stderr}"
+    );
+    assert_eq!(
+        rig.in_service_says("waiting").await["warm"],
+        "Warmed:Running"
+    );
+    // What the unit's OnFailure= runs: the notice, then ABANDON of the action of leaving
+    // the pool (the warm one stays CONTINUE, on record beside it).
+    let out = rig
+        .run(&[
+            "notify",
+            "failure",
+            "--unit",
+            "bootstage-in-service.service",
+        ])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        rig.actions(),
+        [
+            "launch-warm CONTINUE complete refused=0",
+            "launch ABANDON complete refused=0"
+        ]
+    );
+    let record: Value =
+        serde_json::from_str(&rig.sb.read("lifecycle/record.json").unwrap()).unwrap();
+    assert_eq!(
+        (&record["warm"]["result"], &record["asg"]["result"]),
+        (&json!("CONTINUE"), &json!("ABANDON"))
+    );
+}
