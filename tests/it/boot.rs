@@ -177,6 +177,23 @@ impl Machine {
         m
     }
 
+    /// Leaves off the test units and examples `new` enables, for a test that brings its
+    /// own app and checker.
+    pub(crate) fn without_test_units(&self) {
+        let wants = self
+            .root()
+            .join("etc/systemd/system/multi-user.target.wants");
+        for unit in [
+            "test-app-launch.service",
+            "test-app-envfile.service",
+            "test-status-wait.service",
+            "myapp.service",
+            "myapp-user.service",
+        ] {
+            std::fs::remove_file(wants.join(unit)).unwrap();
+        }
+    }
+
     pub(crate) fn root(&self) -> &Path {
         self.dir.path()
     }

@@ -88,19 +88,10 @@ async fn a_scale_in_drains_the_app_under_systemd() {
         orch = orch.url()
     );
     let machine = Machine::new(&env, &webhook.url);
-    // Only this test's app and checker: the other test units and the examples stay off.
+    machine.without_test_units();
     let wants = machine
         .root()
         .join("etc/systemd/system/multi-user.target.wants");
-    for unit in [
-        "test-app-launch.service",
-        "test-app-envfile.service",
-        "test-status-wait.service",
-        "myapp.service",
-        "myapp-user.service",
-    ] {
-        let _ = std::fs::remove_file(wants.join(unit));
-    }
     machine.write("etc/systemd/system/test-app-drained.service", APP);
     std::os::unix::fs::symlink(
         "/etc/systemd/system/test-app-drained.service",

@@ -10,6 +10,7 @@ use crate::common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::actions;
 use common::moto::moto;
 use serde_json::json;
 
@@ -93,19 +94,7 @@ fn machine(imds: &str, orch: &str) -> Machine {
         moto_env.join("\n")
     );
     let machine = Machine::new(&env, "http://127.0.0.1:9/");
-    // Only this test's app: the other test units and the examples stay off.
-    let wants = machine
-        .root()
-        .join("etc/systemd/system/multi-user.target.wants");
-    for unit in [
-        "test-app-launch.service",
-        "test-app-envfile.service",
-        "test-status-wait.service",
-        "myapp.service",
-        "myapp-user.service",
-    ] {
-        let _ = std::fs::remove_file(wants.join(unit));
-    }
+    machine.without_test_units();
     let _ = std::fs::remove_file(machine.root().join("etc/bootstage/lifecycle.json"));
     // boot.rs's own hooks read its parameters; these boots have others.
     for hook in ["per-instance.d/10-once", "per-boot.d/10-every"] {
@@ -140,23 +129,6 @@ async fn put_secret(value: &str) {
         .send()
         .await
         .unwrap();
-}
-
-/// Each lifecycle action of an instance: `kind result by refused`.
-fn actions(orch: &lifecycle_emulator::Emulator, instance: &str) -> Vec<String> {
-    orch.actions()[instance]
-        .actions
-        .iter()
-        .map(|a| {
-            format!(
-                "{} {} {} refused={}",
-                a.kind,
-                a.result.as_deref().unwrap_or("-"),
-                a.by.as_deref().unwrap_or("-"),
-                a.refused
-            )
-        })
-        .collect()
 }
 
 /// Boot 1 in `Warmed:Stopped`: the chain runs and the warm action is completed once, the

@@ -93,21 +93,8 @@ impl Rig {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
 
-    /// Each launch action of the instance: `kind result by refused`.
     fn actions(&self) -> Vec<String> {
-        self.orch.actions()[INSTANCE]
-            .actions
-            .iter()
-            .map(|a| {
-                format!(
-                    "{} {} {} refused={}",
-                    a.kind,
-                    a.result.as_deref().unwrap_or("-"),
-                    a.by.as_deref().unwrap_or("-"),
-                    a.refused
-                )
-            })
-            .collect()
+        common::actions(&self.orch, INSTANCE)
     }
 
     fn completions(&self) -> usize {

@@ -347,3 +347,21 @@ pub fn recv_notification(socket: &std::os::unix::net::UnixDatagram) -> std::io::
         Ok(String::from_utf8_lossy(&buf[..n as usize]).into_owned())
     }
 }
+
+/// Each lifecycle action of an instance in the lifecycle emulator, oldest first, as
+/// `kind result by refused=N` (`-` while it waits).
+pub fn actions(orch: &lifecycle_emulator::Emulator, instance: &str) -> Vec<String> {
+    orch.actions()[instance]
+        .actions
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {} {} refused={}",
+                a.kind,
+                a.result.as_deref().unwrap_or("-"),
+                a.by.as_deref().unwrap_or("-"),
+                a.refused
+            )
+        })
+        .collect()
+}
