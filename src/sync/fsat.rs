@@ -55,6 +55,71 @@ pub fn parent_at<'a>(root: &OwnedFd, rel: &'a Path) -> io::Result<(OwnedFd, &'a 
     Ok((open_dir_at(root, parent)?, name))
 }
 
+/// At most this many directories a [`Dirs`] keeps open; past it, it closes them all and
+/// opens again as asked (a tree this wide costs a reopen per 256 directories, never more
+/// descriptors).
+pub const MAX_OPEN_DIRS: usize = 256;
+
+/// The directories below one root descriptor, each opened once for as long as the cache
+/// lives (one pass over a tree), so a step on a file costs no `openat` per component of
+/// its path. Each is opened as [`open_dir_at`] opens it: one component at a time, relative
+/// to its parent's descriptor, `O_DIRECTORY|O_NOFOLLOW`: a component that is a symlink
+/// when first opened fails as it does there. Once open, a directory is that directory: a
+/// component swapped for a symlink later is not followed either, as the descriptor does
+/// not go through the name again. Only directories that opened are kept; at most
+/// [`MAX_OPEN_DIRS`].
+pub struct Dirs {
+    root: std::sync::Arc<OwnedFd>,
+    open: std::sync::Mutex<std::collections::HashMap<PathBuf, std::sync::Arc<OwnedFd>>>,
+}
+
+impl Dirs {
+    pub fn new(root: &OwnedFd) -> io::Result<Dirs> {
+        Ok(Dirs {
+            root: std::sync::Arc::new(root.try_clone()?),
+            open: Default::default(),
+        })
+    }
+
+    /// The directory at `rel` (empty: the root).
+    pub fn dir(&self, rel: &Path) -> io::Result<std::sync::Arc<OwnedFd>> {
+        let mut key = PathBuf::new();
+        for component in rel.components() {
+            match component {
+                Component::Normal(name) => key.push(name),
+                Component::CurDir => {}
+                _ => return Err(io::Error::other("not a plain relative path")),
+            }
+        }
+        self.open_key(&key)
+    }
+
+    /// `rel`'s parent directory, and `rel`'s last component.
+    pub fn parent<'a>(&self, rel: &'a Path) -> io::Result<(std::sync::Arc<OwnedFd>, &'a OsStr)> {
+        let name = rel
+            .file_name()
+            .ok_or_else(|| io::Error::other("no file name"))?;
+        Ok((self.dir(rel.parent().unwrap_or(Path::new("")))?, name))
+    }
+
+    fn open_key(&self, key: &Path) -> io::Result<std::sync::Arc<OwnedFd>> {
+        let Some(name) = key.file_name() else {
+            return Ok(self.root.clone());
+        };
+        if let Some(dir) = self.open.lock().unwrap().get(key) {
+            return Ok(dir.clone());
+        }
+        let parent = self.open_key(key.parent().unwrap_or(Path::new("")))?;
+        let dir = std::sync::Arc::new(open_dir(&*parent, name)?);
+        let mut open = self.open.lock().unwrap();
+        if open.len() >= MAX_OPEN_DIRS {
+            open.clear();
+        }
+        open.insert(key.to_path_buf(), dir.clone());
+        Ok(dir)
+    }
+}
+
 /// `lstat` of `name` in `dir`.
 pub fn stat_at(dir: impl AsFd, name: &OsStr) -> io::Result<FileStat> {
     fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(io)
@@ -320,6 +385,41 @@ mod tests {
 
     fn root(dir: &Path) -> OwnedFd {
         std::fs::File::open(dir).unwrap().into()
+    }
+
+    /// The cache: a directory is opened once (the same descriptor every time, `./` or not),
+    /// a symlink is never a directory of it (nor the way to one), `..` is refused, a
+    /// directory stays the one first opened when its name is swapped for a symlink, and
+    /// no more than MAX_OPEN_DIRS are kept.
+    #[test]
+    fn dirs_open_each_directory_once_never_through_a_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("a/b")).unwrap();
+        std::fs::create_dir_all(t.path().join("elsewhere/b")).unwrap();
+        std::os::unix::fs::symlink("elsewhere", t.path().join("link")).unwrap();
+        let dirs = Dirs::new(&root(t.path())).unwrap();
+        let first = dirs.dir(Path::new("a/b")).unwrap();
+        assert!(std::sync::Arc::ptr_eq(
+            &first,
+            &dirs.dir(Path::new("./a/./b")).unwrap()
+        ));
+        let (parent, name) = dirs.parent(Path::new("a/b/file")).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&first, &parent));
+        assert_eq!(name, "file");
+        for bad in ["link", "link/b", "a/../link", "/a"] {
+            assert!(dirs.dir(Path::new(bad)).is_err(), "{bad}");
+        }
+        // `a` swapped for a symlink to `elsewhere`: what was opened is still `a`'s `b`.
+        std::fs::rename(t.path().join("a"), t.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink("elsewhere", t.path().join("a")).unwrap();
+        create_file(&*dirs.dir(Path::new("a/b")).unwrap(), OsStr::new("f")).unwrap();
+        assert!(t.path().join("moved/b/f").exists());
+        assert!(!t.path().join("elsewhere/b/f").exists());
+        for i in 0..MAX_OPEN_DIRS + 10 {
+            std::fs::create_dir(t.path().join(format!("d{i}"))).unwrap();
+            dirs.dir(Path::new(&format!("d{i}"))).unwrap();
+            assert!(dirs.open.lock().unwrap().len() <= MAX_OPEN_DIRS);
+        }
     }
 
     #[test]

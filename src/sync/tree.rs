@@ -170,7 +170,8 @@ pub struct Destination {
 /// The current generation: its name, its descriptor, and its seal.
 struct Generation {
     name: OsString,
-    dir: OwnedFd,
+    /// Its directories, each opened once for this pass.
+    dirs: fsat::Dirs,
     seal: Option<Seal>,
 }
 
@@ -188,6 +189,8 @@ pub struct Staging {
     home: OwnedFd,
     name: OsString,
     dir: OwnedFd,
+    /// Its directories, each opened once for this pass.
+    dirs: fsat::Dirs,
     path: PathBuf,
 }
 
@@ -333,7 +336,7 @@ impl Destination {
             return match fsat::open_dir(&self.home, generation) {
                 Ok(dir) => Ok(Some(Generation {
                     name: generation.to_os_string(),
-                    dir,
+                    dirs: fsat::Dirs::new(&dir).map_err(io_at(&self.path))?,
                     seal: self.read_json(&suffixed(generation, ".seal.json")),
                 })),
                 // Our link to a generation that is gone: start afresh.
@@ -410,8 +413,8 @@ impl Destination {
             .as_ref()?
             .files
             .get(&*rel.to_string_lossy())?;
-        let (dir, name) = fsat::parent_at(&generation.dir, rel).ok()?;
-        let st = fsat::stat_at(&dir, name).ok()?;
+        let (dir, name) = generation.dirs.parent(rel).ok()?;
+        let st = fsat::stat_at(&*dir, name).ok()?;
         (kind(&st) && seal_of(&st) == *sealed).then_some(st)
     }
 
@@ -438,7 +441,7 @@ impl Destination {
             && manifest
                 .dirs
                 .iter()
-                .all(|rel| fsat::open_dir_at(&generation.dir, Path::new(rel)).is_ok())
+                .all(|rel| generation.dirs.dir(Path::new(rel)).is_ok())
     }
 
     pub fn staging(&self) -> Result<Staging, TreeError> {
@@ -446,10 +449,12 @@ impl Destination {
         let path = self.home_path.join(&name);
         let dir = fsat::mkdir(&self.home, &name, 0o700).map_err(io_at(&path))?;
         let home = self.home.try_clone().map_err(io_at(&self.home_path))?;
+        let dirs = fsat::Dirs::new(&dir).map_err(io_at(&path))?;
         Ok(Staging {
             home,
             name,
             dir,
+            dirs,
             path,
         })
     }
@@ -489,7 +494,7 @@ impl Destination {
         nix::unistd::fsync(&self.parent).map_err(|e| io_at(&self.path)(io(e)))?;
         let new = Generation {
             name: generation.clone(),
-            dir: staged_dir,
+            dirs: fsat::Dirs::new(&staged_dir).map_err(io_at(&self.path))?,
             seal: None,
         };
         if let Some(old) = self.current.replace(new) {
@@ -508,8 +513,10 @@ impl Destination {
         let mut seal = Seal::default();
         let current = self.current.as_ref().expect("just set");
         for rel in manifest.files.keys().chain(&manifest.links) {
-            let st = fsat::parent_at(&current.dir, Path::new(rel))
-                .and_then(|(dir, name)| fsat::stat_at(&dir, name));
+            let st = current
+                .dirs
+                .parent(Path::new(rel))
+                .and_then(|(dir, name)| fsat::stat_at(&*dir, name));
             if let Ok(st) = st {
                 seal.files.insert(rel.clone(), seal_of(&st));
             }
@@ -565,9 +572,8 @@ impl Staging {
     /// Creates the directories of the tree, parents first, root-only until `finish`.
     pub fn mkdirs(&self, dirs: &BTreeSet<PathBuf>) -> Result<(), TreeError> {
         for dir in dirs {
-            let (parent, name) =
-                fsat::parent_at(&self.dir, dir).map_err(io_at(&self.path.join(dir)))?;
-            fsat::mkdir(&parent, name, 0o700).map_err(io_at(&self.path.join(dir)))?;
+            let (parent, name) = self.dirs.parent(dir).map_err(io_at(&self.path.join(dir)))?;
+            fsat::mkdir(&*parent, name, 0o700).map_err(io_at(&self.path.join(dir)))?;
         }
         Ok(())
     }
@@ -580,16 +586,16 @@ impl Staging {
         else {
             return false;
         };
-        let Ok((from, name)) = fsat::parent_at(&current.dir, rel) else {
+        let Ok((from, name)) = current.dirs.parent(rel) else {
             return false;
         };
-        let Ok((to, _)) = fsat::parent_at(&self.dir, rel) else {
+        let Ok((to, _)) = self.dirs.parent(rel) else {
             return false;
         };
-        if nix::unistd::linkat(&from, name, &to, name, AtFlags::empty()).is_err() {
+        if nix::unistd::linkat(&*from, name, &*to, name, AtFlags::empty()).is_err() {
             return false;
         }
-        match fsat::stat_at(&to, name) {
+        match fsat::stat_at(&*to, name) {
             Ok(st)
                 if fsat::is_file(&st)
                     && st.st_ino == checked.st_ino
@@ -599,7 +605,7 @@ impl Staging {
             }
             _ => {
                 tracing::warn!(file = %rel.display(), "the current generation's file changed while it was carried forward; fetching it");
-                let _ = fsat::remove_file(&to, name);
+                let _ = fsat::remove_file(&*to, name);
                 false
             }
         }
@@ -608,11 +614,11 @@ impl Staging {
     /// A new directory at `rel` (its parent exists), root-only until `finish`; one that is
     /// there already as a directory is fine. `EEXIST` when something else is.
     pub fn make_dir(&self, rel: &Path) -> io::Result<()> {
-        let (parent, name) = fsat::parent_at(&self.dir, rel)?;
-        match fsat::mkdir(&parent, name, 0o700) {
+        let (parent, name) = self.dirs.parent(rel)?;
+        match fsat::mkdir(&*parent, name, 0o700) {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                match fsat::is_dir(&fsat::stat_at(&parent, name)?) {
+                match fsat::is_dir(&fsat::stat_at(&*parent, name)?) {
                     true => Ok(()),
                     false => Err(e),
                 }
@@ -623,8 +629,8 @@ impl Staging {
 
     /// A new symlink at `rel` to `target` (checked by the caller: it stays in the tree).
     pub fn symlink(&self, rel: &Path, target: &Path) -> io::Result<()> {
-        let (parent, name) = fsat::parent_at(&self.dir, rel)?;
-        nix::unistd::symlinkat(target, &parent, name).map_err(io)
+        let (parent, name) = self.dirs.parent(rel)?;
+        nix::unistd::symlinkat(target, &*parent, name).map_err(io)
     }
 
     /// What may still be written to the staging tree's file system: what is available to
@@ -649,14 +655,14 @@ impl Staging {
     /// A new file at `rel`, 0600, for a download.
     pub fn create(&self, rel: &Path) -> Result<File, TreeError> {
         let at = self.path.join(rel);
-        let (dir, name) = fsat::parent_at(&self.dir, rel).map_err(io_at(&at))?;
-        fsat::create_file(&dir, name).map_err(io_at(&at))
+        let (dir, name) = self.dirs.parent(rel).map_err(io_at(&at))?;
+        fsat::create_file(&*dir, name).map_err(io_at(&at))
     }
 
     /// Removes the file at `rel` (a download that failed, before it is tried again).
     pub fn remove(&self, rel: &Path) {
-        if let Ok((dir, name)) = fsat::parent_at(&self.dir, rel) {
-            let _ = fsat::remove_file(&dir, name);
+        if let Ok((dir, name)) = self.dirs.parent(rel) {
+            let _ = fsat::remove_file(&*dir, name);
         }
     }
 
@@ -673,15 +679,15 @@ impl Staging {
     ) -> Result<(), TreeError> {
         for (rel, file_mode) in files {
             let at = self.path.join(rel);
-            let (dir, name) = fsat::parent_at(&self.dir, rel).map_err(io_at(&at))?;
-            let (file, _) = fsat::open_file(&dir, name).map_err(io_at(&at))?;
+            let (dir, name) = self.dirs.parent(rel).map_err(io_at(&at))?;
+            let (file, _) = fsat::open_file(&*dir, name).map_err(io_at(&at))?;
             fsat::set_owner_mode(&file, uid, gid, file_mode).map_err(io_at(&at))?;
         }
         if uid.is_some() || gid.is_some() {
             for rel in links {
                 let at = self.path.join(rel);
-                let (dir, name) = fsat::parent_at(&self.dir, rel).map_err(io_at(&at))?;
-                nix::unistd::fchownat(&dir, name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
+                let (dir, name) = self.dirs.parent(rel).map_err(io_at(&at))?;
+                nix::unistd::fchownat(&*dir, name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
                     .map_err(|e| io_at(&at)(io(e)))?;
             }
         }
@@ -689,8 +695,8 @@ impl Staging {
         deepest_first.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
         for rel in deepest_first {
             let at = self.path.join(rel);
-            let dir = fsat::open_dir_at(&self.dir, rel).map_err(io_at(&at))?;
-            fsat::set_owner_mode(&dir, uid, gid, dir_mode).map_err(io_at(&at))?;
+            let dir = self.dirs.dir(rel).map_err(io_at(&at))?;
+            fsat::set_owner_mode(&*dir, uid, gid, dir_mode).map_err(io_at(&at))?;
         }
         fsat::set_owner_mode(&self.dir, uid, gid, dir_mode).map_err(io_at(&self.path))
     }
