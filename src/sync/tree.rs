@@ -19,9 +19,11 @@
 //! home. So the parent is opened once, and every step after that (the lock, staging,
 //! generations, manifests, the link, the rename over the destination, leftover removal) is
 //! relative to the parent's and the home's descriptors, never through a path, and never
-//! through a symlink (`fsat.rs`). The home must be a real directory owned by the user
-//! running bootstage with no group or other write (as sshd's StrictModes and
-//! systemd-tmpfiles require of what root trusts); anything else is refused, untouched. A
+//! through a symlink (`fsat.rs`). Inside a generation or a staging tree, each directory
+//! is opened once per pass (`fsat::Dirs`), so a step on a file opens none again. The home
+//! must be a real directory owned by the user running bootstage with no group or other
+//! write (as sshd's StrictModes and systemd-tmpfiles require of what root trusts);
+//! anything else is refused, untouched. A
 //! home that exists without our `.lock` was not made by bootstage and is refused too; in
 //! ours, only names bootstage makes (`staging-…`, `gen-…`, `link-…`, temporary files) are
 //! ever removed. The parent is reached from `/` one component at a time (`fsat::open_dir_path`):
