@@ -19,7 +19,15 @@ Tools:
 - `s5cmd cp` then `tar --zstd -x`, at its defaults (50 MiB parts, 5 at once) and with
   `--concurrency 8 --part-size 8` (matched).
 
+With --resync BEFORE (another bootstage binary, e.g. one built before the directory cache):
+the 10-changed re-sync of bench-sync.py's prefix (2,000 small files and 20 of 8 MiB, 10
+small objects changed, 5 keeping their size) against bench-s3 without a rate cap, each
+binary in its own destination, --runs rounds: client CPU (median), and the system calls of
+one more round under `strace -c -f` (openat apart), with `aws s3 sync`'s CPU as the
+yardstick. Writes the resync section of BENCHMARKS.md unless --no-write.
+
 Usage: scripts/bench-bundle.py [--sizes 177,1024] [--conn-rate 90] [--runs 3] [--no-write]
+       scripts/bench-bundle.py --resync BEFORE [--runs 5] [--no-write]
 Needs a release build (`CARGO_TARGET_DIR=… cargo build --release --bin bootstage -p
 bench-s3`; benchlib finds it under CARGO_TARGET_DIR) and scripts/install-bench-deps.sh.
 Writes the bundle section of BENCHMARKS.md unless --no-write.
@@ -122,14 +130,77 @@ def argv_for(tool, server, work, name, dest, aws_config):
     raise ValueError(tool)
 
 
+def strace_counts(argv, env, work):
+    """(all system calls, openat calls, directory openat calls) of one run under strace -f."""
+    out = Path(work) / "strace.out"
+    subprocess.run(["strace", "-f", "-qq", "-e", "trace=all", "-o", str(out), *argv], env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    calls = [l for l in out.read_text().splitlines() if "(" in l and not l.split()[1].startswith(("+++", "---"))]
+    names = [l.split(None, 1)[1].split("(", 1)[0] for l in calls if len(l.split(None, 1)) > 1]
+    openat = [l for l in calls if " openat(" in l]
+    return len(names), len(openat), sum("O_DIRECTORY" in l for l in openat)
+
+
+def resync(a):
+    import random
+    before = Path(a.resync).resolve()
+    binaries = {"before": before, "after": BIN}
+    rows = []
+    with benchlib.scratch() as tmp:
+        work = Path(tmp)
+        server = BenchS3(work)
+        try:
+            env = env_for(server)
+            s3, objects = benchlib.build_tree(server, False)
+            keys = sorted(k for k in objects if k.endswith(".txt"))[:10]
+            def change(seed):
+                rng = random.Random(seed)
+                for n, key in enumerate(keys):
+                    size = len(objects[key]) + (0 if n < 5 else 17)
+                    objects[key] = rng.randbytes(size)
+                    s3.put_object(Bucket="bench", Key=key, Body=objects[key])
+            tools = {name: [str(b), "--state-dir", str(work / name / "state"), "s3-sync", "--from", "s3://bench/tree/",
+                            "--to", str(work / name / "tree")] for name, b in binaries.items()}
+            tools["aws s3 sync"] = ["aws", "s3", "sync", "--delete", "--only-show-errors", "--endpoint-url", server.url,
+                                    "s3://bench/tree/", str(work / "aws")]
+            for argv in tools.values():
+                benchlib.run(argv, env, work)
+            cpu = {name: [] for name in tools}
+            for round_ in range(a.runs):
+                change(100 + round_)
+                for name, argv in tools.items():
+                    cpu[name].append(benchlib.run(argv, env, work)[1])
+            change(999)
+            for name, argv in tools.items():
+                calls, openat, dirs = strace_counts(argv, env, work) if name != "aws s3 sync" else ("-", "-", "-")
+                rows.append((name, statistics.median(cpu[name]), calls, openat, dirs))
+                print(f"  {name:12} cpu {rows[-1][1]:.3f} s  syscalls {calls}  openat {openat} ({dirs} directories)", flush=True)
+        finally:
+            server.stop()
+    table = ["The 10-changed re-sync of a 2,020-object prefix (bench-sync.py's tree; 10 small objects changed, 5 "
+             f"keeping their size), bench-s3 on 127.0.0.1 without a rate cap, tmpfs; CPU: median of {a.runs} rounds; "
+             "system calls: one more round under `strace -f` (every thread). `scripts/bench-bundle.py --resync BEFORE`. "
+             "before: without the directory cache (each file's parent directories opened again, per step); "
+             "after: `fsat::Dirs`, each directory opened once per pass.", "",
+             "| client | CPU (s) | system calls | openat | of which directories |", "|---|---:|---:|---:|---:|"]
+    for name, c, calls, openat, dirs in rows:
+        table.append(f"| {name} | {c:.3f} | {calls} | {openat} | {dirs} |")
+    print("\n".join(table))
+    if not a.no_write:
+        benchlib.write_section("resync", "A re-sync of 10 changed files: the directory cache", "\n".join(table))
+
+
 def main():
     p = argparse.ArgumentParser()
+    p.add_argument("--resync", metavar="BEFORE", help="compare the 10-changed re-sync with this binary")
     p.add_argument("--sizes", default="177,1024", help="bundle sizes in MB")
     p.add_argument("--conn-rate", type=float, default=90)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--tools", default=None, help="comma-separated indexes into the tool list")
     p.add_argument("--no-write", action="store_true")
     a = p.parse_args()
+    if a.resync:
+        return resync(a)
     if not BIN.exists() or not BENCH_S3.exists():
         raise SystemExit(f"no release build at {BIN.parent}: CARGO_TARGET_DIR=… cargo build --release --bin bootstage -p bench-s3")
     subprocess.run([str(benchlib.ROOT / "scripts" / "install-bench-deps.sh")], check=True)
