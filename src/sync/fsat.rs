@@ -102,6 +102,19 @@ impl Dirs {
         Ok((self.dir(rel.parent().unwrap_or(Path::new("")))?, name))
     }
 
+    /// Keeps `dir`, just made at `rel` (by [`mkdir`]), as that directory: no second open.
+    pub fn keep(&self, rel: &Path, dir: OwnedFd) {
+        let key: PathBuf = rel
+            .components()
+            .filter(|c| !matches!(c, Component::CurDir))
+            .collect();
+        let mut open = self.open.lock().unwrap();
+        if open.len() >= MAX_OPEN_DIRS {
+            open.clear();
+        }
+        open.insert(key, std::sync::Arc::new(dir));
+    }
+
     fn open_key(&self, key: &Path) -> io::Result<std::sync::Arc<OwnedFd>> {
         let Some(name) = key.file_name() else {
             return Ok(self.root.clone());

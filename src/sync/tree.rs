@@ -575,7 +575,8 @@ impl Staging {
     pub fn mkdirs(&self, dirs: &BTreeSet<PathBuf>) -> Result<(), TreeError> {
         for dir in dirs {
             let (parent, name) = self.dirs.parent(dir).map_err(io_at(&self.path.join(dir)))?;
-            fsat::mkdir(&*parent, name, 0o700).map_err(io_at(&self.path.join(dir)))?;
+            let made = fsat::mkdir(&*parent, name, 0o700).map_err(io_at(&self.path.join(dir)))?;
+            self.dirs.keep(dir, made);
         }
         Ok(())
     }
