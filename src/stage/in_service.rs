@@ -138,7 +138,15 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
     let Some(warm) = wait(state, args, notifier, &mut stop).await? else {
         return Ok(None);
     };
-    start(state, args, warm, notifier).await.map(Some)
+    // A stop while going into service ends it at once (exit 0, no app): a hook in
+    // progress is killed, and nothing is signalled for a stop someone asked for.
+    tokio::select! {
+        started = start(state, args, warm, notifier) => started.map(Some),
+        _ = stop.requested() => {
+            tracing::info!("stopped while going into service: the app does not start");
+            Ok(None)
+        }
+    }
 }
 
 /// For `launch`: returns once the instance is in service this boot, running the steps
@@ -266,6 +274,7 @@ async fn start(
         tracing::info!("{why}");
         notifier.status(&why);
         lifecycle::entering_service(state)?;
+        watch_again(state).await;
         metadata::run(state, &args.metadata, notifier).await?;
         s3sync::sync_missing(state, true, notifier).await?;
     }
@@ -311,6 +320,32 @@ async fn start(
         None => format!("in service: {ran} per-start hook(s) ran"),
     })
 }
+
+/// The lifecycle watcher heartbeats, holds and retries one launch action, and was done
+/// with the pool's: on the boot's own state dir under systemd, it is (re)started for the
+/// action of leaving the pool. Best effort: the group's heartbeat timeout is the backstop.
+async fn watch_again(state: &StateDir) {
+    if state.root() != std::path::Path::new(crate::state::DEFAULT_DIR)
+        || std::env::var_os("INVOCATION_ID").is_none()
+    {
+        return;
+    }
+    let mut command = tokio::process::Command::new("systemctl");
+    command.args(["--no-block", "restart", WATCHER_UNIT]);
+    match crate::base::child::run_bounded(command, Duration::from_secs(10)).await {
+        Ok(status) if status.success() => {
+            tracing::info!("{WATCHER_UNIT} restarted for the action of leaving the pool")
+        }
+        Ok(status) => tracing::warn!(
+            "systemctl restart {WATCHER_UNIT}: {}",
+            crate::base::child::describe(status)
+        ),
+        Err(e) => tracing::warn!("systemctl restart {WATCHER_UNIT}: {e}"),
+    }
+}
+
+/// The lifecycle watcher's unit.
+const WATCHER_UNIT: &str = "bootstage-lifecycle.service";
 
 #[cfg(test)]
 mod tests {

@@ -16,7 +16,8 @@
 //! An app under its own `User=` cannot read root's `/run/bootstage` (0700). Its unit gets
 //! the file as a systemd credential instead (`LoadCredential=bootstage.env:/run/bootstage/
 //! params.env`): when `$CREDENTIALS_DIRECTORY/bootstage.env` exists, `launch` reads it and
-//! runs no stage (the unit orders itself after `bootstage.target`). When it can read
+//! runs no stage and does not look at the warm pool (the unit orders itself after
+//! `bootstage-in-service.target`, which is reached only in service). When it can read
 //! neither, it exits 77 with the two lines to add to the unit, instead of trying to run a
 //! stage it has no right to.
 
@@ -52,7 +53,7 @@ pub const CREDENTIAL: &str = "bootstage.env";
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     #[error(
-        "cannot read {} as uid {uid}: it is root's. Give the app's unit these two lines:\n  After=bootstage.target\n  LoadCredential={CREDENTIAL}:{}",
+        "cannot read {} as uid {uid}: it is root's. Give the app's unit these lines:\n  Requires=bootstage-in-service.target\n  After=bootstage-in-service.target\n  LoadCredential={CREDENTIAL}:{}",
         path.display(),
         path.display()
     )]

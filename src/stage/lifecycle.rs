@@ -322,7 +322,9 @@ pub async fn ready(state: &StateDir, settings: &Settings, from_app: bool) -> Res
         tracing::info!("no bootstage.lifecycle: no orchestrator to tell");
         return Ok(());
     };
-    if !from_app && config.complete_on == CompleteOn::App {
+    // In a warm pool the app does not run: the action of entering the pool is ours to
+    // complete whatever `complete_on` says (the app completes the one of leaving it).
+    if !from_app && config.complete_on == CompleteOn::App && !warm_boot(state) {
         tracing::info!(
             "bootstage.lifecycle.complete_on is \"app\": the app runs `bootstage lifecycle complete` when it is ready"
         );
@@ -330,6 +332,15 @@ pub async fn ready(state: &StateDir, settings: &Settings, from_app: bool) -> Res
     }
     let link = connect(state, config, Deadline::after(SIGNAL_TIMEOUT)).await?;
     finish(state, &link, true).await
+}
+
+/// Whether this boot began in a warm pool (`Warmed:*` in `instance.json`).
+fn warm_boot(state: &StateDir) -> bool {
+    std::fs::read(state.instance_json())
+        .ok()
+        .and_then(|text| serde_json::from_slice::<Facts>(&text).ok())
+        .and_then(|f| f.target_lifecycle_state)
+        .is_some_and(|s| s.starts_with("Warmed:") && s != "Warmed:Terminated")
 }
 
 /// Going into service from the warm pool: the warm action's signal moves aside (to
@@ -369,8 +380,11 @@ pub struct Abandon(Config);
 
 impl Abandon {
     pub async fn send(self, state: &StateDir) -> Result<()> {
+        // On the way out of a warm pool the stack heard of this instance at its first
+        // boot: a failure now is the group's business only.
+        let left_pool = lifecycle::read(state)?.is_some_and(|r| r.warm.is_some());
         let link = connect(state, self.0, Deadline::after(SIGNAL_TIMEOUT)).await?;
-        finish(state, &link, false).await
+        finish_to(state, &link, false, !left_pool).await
     }
 }
 
@@ -539,6 +553,9 @@ async fn keep_launch_alive(
     lifecycle::update(state, |r| {
         r.watcher_started_at.get_or_insert_with(now);
     })?;
+    // READY before the first call: bootstage.target waits for the units it wants, and
+    // neither it nor the app may wait on Auto Scaling's answer.
+    notifier.ready("looking up the group's lifecycle hook");
     let link = connect(state, config, Deadline::after(SIGNAL_TIMEOUT)).await?;
     let Some(hook) = link.hook.as_ref() else {
         notifier.ready("in no auto scaling group: nothing to keep alive");

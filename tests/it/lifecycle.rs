@@ -388,8 +388,14 @@ async fn hold_keeps_the_instance_past_the_hook_timeout_until_release() {
         ),
         "{messages:?}"
     );
+    // READY before the first call to Auto Scaling (nothing waits on its answer), then
+    // what it keeps alive.
+    assert_eq!(
+        messages[0], "READY=1\nSTATUS=looking up the group's lifecycle hook\n",
+        "{messages:?}"
+    );
     assert!(
-        messages[0].starts_with("READY=1\nSTATUS=heartbeating launch every 1s"),
+        messages[1].starts_with("READY=1\nSTATUS=heartbeating launch every 1s"),
         "{messages:?}"
     );
     // Three more heartbeats: past the hook's 2 s timeout, the instance is still held.

@@ -458,7 +458,7 @@ async fn an_app_under_its_own_user_reads_the_parameters_through_credentials() {
         .map(|e| e.unwrap().file_name())
         .collect();
 
-    // Without the credential: 77, the two lines to add, and no stage run.
+    // Without the credential: 77, the lines to add, and no stage run.
     let app = [
         "launch",
         "--",
@@ -472,7 +472,7 @@ async fn an_app_under_its_own_user_reads_the_parameters_through_credentials() {
         &out,
         77,
         &format!(
-            "cannot read {} as uid 65534: it is root's. Give the app's unit these two lines:\n  After=bootstage.target\n  LoadCredential=bootstage.env:{}",
+            "cannot read {} as uid 65534: it is root's. Give the app's unit these lines:\n  Requires=bootstage-in-service.target\n  After=bootstage-in-service.target\n  LoadCredential=bootstage.env:{}",
             params_env.display(),
             params_env.display()
         ),

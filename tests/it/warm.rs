@@ -377,3 +377,19 @@ async fn a_failure_on_the_way_into_service_abandons_the_second_action_not_the_fi
         (&json!("CONTINUE"), &json!("ABANDON"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_complete_on_app_the_pools_action_is_still_completed_by_bootstage() {
+    let params = json!({"bootstage": {"lifecycle": {
+        "asg": {"hook": "launch", "group": "web"}, "complete_on": "app"}}});
+    let rig = Rig::new(
+        Sandbox::new(),
+        params,
+        "Warmed:Stopped",
+        warm_group("Warmed:Stopped"),
+    )
+    .await;
+    // No app runs in the pool, so nobody else would complete the action of entering it.
+    rig.boot().await;
+    assert_eq!(rig.actions(), ["launch-warm CONTINUE complete refused=0"]);
+}

@@ -39,7 +39,7 @@ pub const DEFAULT_POLL: &str = "5s";
 /// Where `systemctl` is.
 pub const DEFAULT_SYSTEMCTL: &str = "/usr/bin/systemctl";
 /// How often the group is asked where it has the instance while it leaves.
-const GROUP_LOOK: Duration = Duration::from_secs(2);
+const GROUP_LOOK: Duration = Duration::from_secs(5);
 /// A stop queued past the deadline: systemd answers at once.
 const QUEUE_STOP: Duration = Duration::from_secs(5);
 /// Each IMDS GET.
@@ -433,7 +433,19 @@ async fn drain(
 ) -> Result<()> {
     let reason = plan.reason.name();
     let deadline_text = life::rfc3339(plan.deadline_unix);
-    let units = config.map(Config::drain).unwrap_or_default().stop;
+    let mut units = config.map(Config::drain).unwrap_or_default().stop;
+    // A Spot hibernation resumes this same boot: nothing would start a stopped app again.
+    // drain.d still runs (checkpoint, deregister); the app sleeps with the instance.
+    if plan
+        .env
+        .iter()
+        .any(|(k, v)| k == "BOOTSTAGE_SPOT_ACTION" && v == "hibernate")
+    {
+        if !units.is_empty() {
+            tracing::info!("a Spot hibernation resumes this boot: {units:?} not stopped");
+        }
+        units.clear();
+    }
     lifecycle::update(state, |r| {
         r.drain = Some(Drain {
             reason: reason.into(),
