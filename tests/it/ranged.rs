@@ -1,8 +1,9 @@
 //! Bundles in byte ranges: a large archive fetched as parts, several at once, against moto
 //! on 127.0.0.1 (through the fault proxy, which records every Range asked for): unpacked
 //! byte for byte; a failed part fetched again alone; an object replaced mid-download (a
-//! part's If-Match answered 412) failing cleanly with the old tree kept; a corrupted part
-//! caught by the whole object's checksum; memory bounded for a 300 MB bundle.
+//! part's If-Match answered 412) failing cleanly with the old tree kept; SIGTERM ending it
+//! at once; a corrupted part caught by the whole object's checksum, a composite checksum
+//! left to the size as for one GET; memory bounded for a 300 MB bundle.
 
 use crate::common;
 
@@ -302,6 +303,31 @@ async fn sigterm_mid_download_ends_at_once_leaving_the_old_tree() {
     assert!(took < std::time::Duration::from_millis(900), "{took:?}");
     assert_holds(&sb.path("dest/app"), &old);
     assert_eq!(staging_left(&sb), Vec::<String>::new());
+}
+
+/// An object whose only checksum is a composite of its upload's parts (`…-N`, which covers
+/// parts, not the object): in ranged parts it is verified as one GET verifies it, by its
+/// size, and unpacks exactly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_composite_checksum_is_checked_by_size_as_for_one_get() {
+    let bucket = moto().bucket("ranged-composite").await;
+    let (tar, contents) = files(&[5 * MIB, 700_000], 10);
+    let (first, rest) = tar.split_at(5 * MIB);
+    bucket
+        .put_multipart_composite_crc32("app.tar", &[first.to_vec(), rest.to_vec()])
+        .await;
+    let sb = Sandbox::new();
+    let url = "s3://ranged-composite/app.tar";
+    let out = sync_parts(&sb, url, &moto().url, SMALL_PARTS).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_holds(&sb.path("dest/app"), &contents);
+    let parts = tar.len().div_ceil(MIB);
+    assert!(out.stderr.contains("verified=\"size\""), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("parts={parts}")),
+        "{}",
+        out.stderr
+    );
 }
 
 /// A byte flipped in one part's body: the parts are hashed in order, and the whole
