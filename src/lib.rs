@@ -17,14 +17,17 @@
 
 #![forbid(unsafe_code)]
 
-pub mod aws;
+// What the binary, the integration tests and xtask use is `pub`; the machinery below the
+// stages is the crate's own (`pub(crate)`), so the dead-code lint sees every unused item.
+
+pub(crate) mod aws;
 pub mod base;
 pub mod cli;
-pub mod events;
+pub(crate) mod events;
 pub mod imds;
-pub mod orchestrator;
-pub mod secrets;
-pub mod settings;
+pub(crate) mod orchestrator;
+pub(crate) mod secrets;
+pub(crate) mod settings;
 pub mod stage;
 pub mod state;
-pub mod sync;
+pub(crate) mod sync;

@@ -234,12 +234,8 @@ pub fn remove_file(dir: impl AsFd, name: &OsStr) -> io::Result<()> {
 }
 
 /// Writes `name` in `dir` atomically: a new temporary file (0600, `O_EXCL`, not through
-/// a symlink), fsynced, renamed over `name`, and the directory fsynced.
-pub fn write_atomic(dir: &OwnedFd, name: &str, contents: &[u8]) -> io::Result<()> {
-    write_atomic_with(dir, name, |file| std::io::Write::write_all(file, contents))
-}
-
-/// [`write_atomic`], the contents written by `write` as they are made (through a buffer),
+/// a symlink), fsynced, renamed over `name`, and the directory fsynced; the contents
+/// written by `write` as they are made (through a buffer),
 /// never whole in memory.
 pub fn write_atomic_with(
     dir: &OwnedFd,

@@ -303,10 +303,6 @@ impl Destination {
         Ok(dest)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Whether the destination has a generation of ours.
     pub fn has_current(&self) -> bool {
         self.current.is_some()

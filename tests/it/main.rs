@@ -12,9 +12,9 @@ mod common;
 
 mod boot;
 mod boot_drain;
-mod checksums;
 mod boot_warm;
 mod bundles;
+mod checksums;
 mod cloudformation;
 mod decode;
 mod demo;

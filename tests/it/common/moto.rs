@@ -56,16 +56,12 @@ fn start_program(program: &[&str], env: &[(&str, String)]) -> Moto {
     // parent-death signal follows the spawning *thread*, and it must not fire while tests run.
     std::thread::spawn(move || {
         let mut cmd = Command::new("python3");
-        cmd.args(&program).args([
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        cmd.args(&program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         // SAFETY: prctl is async-signal-safe; the server dies with this test process.
         unsafe {
             cmd.pre_exec(|| {
