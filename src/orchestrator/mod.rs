@@ -206,7 +206,13 @@ impl LaunchHook {
         Ok(Some(LaunchHook {
             client,
             group,
-            hook: config.hook.clone(),
+            // The launch hook; a group with only a termination hook is reached through
+            // it all the same (the drain takes `other`), and the launch steps skip it.
+            hook: config
+                .hook
+                .clone()
+                .or_else(|| config.termination_hook.clone())
+                .unwrap_or_default(),
             instance_id: instance_id.to_string(),
         }))
     }

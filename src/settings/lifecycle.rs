@@ -39,7 +39,9 @@ pub enum CompleteOn {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AsgConfig {
-    pub hook: String,
+    /// The launch lifecycle hook; `None` for a group with only a termination hook (the
+    /// boot then tells the group nothing; the watcher drains).
+    pub hook: Option<String>,
     /// Else the instance's `aws:autoscaling:groupName` tag, else DescribeAutoScalingInstances.
     pub group: Option<String>,
     pub on_failure: OnFailure,
@@ -167,13 +169,20 @@ impl Config {
                 };
                 let hold_for = duration(asg, "hold_for", &at, DEFAULT_HOLD)?;
                 let ready_within = duration(asg, "ready_within", &at, DEFAULT_READY_WITHIN)?;
+                let hook = name(asg, "hook", &at, false)?;
+                let termination_hook = name(asg, "termination_hook", &at, false)?;
+                if hook.is_none() && termination_hook.is_none() {
+                    return Err(SettingsError(format!(
+                        "{at} needs hook (the launch lifecycle hook), termination_hook, or both"
+                    )));
+                }
                 Some(AsgConfig {
-                    hook: name(asg, "hook", &at, true)?.unwrap_or_default(),
+                    hook,
                     group: name(asg, "group", &at, false)?,
                     on_failure,
                     hold_for,
                     ready_within,
-                    termination_hook: name(asg, "termination_hook", &at, false)?,
+                    termination_hook,
                 })
             }
         };
@@ -356,7 +365,7 @@ mod tests {
         };
         assert_eq!(
             err(json!({"asg": {}})),
-            "bootstage.lifecycle.asg.hook is required"
+            "bootstage.lifecycle.asg needs hook (the launch lifecycle hook), termination_hook, or both"
         );
         assert_eq!(
             err(json!({"asg": {"hook": "h", "on_failure": "retry"}})),

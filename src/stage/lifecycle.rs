@@ -244,8 +244,10 @@ async fn finish(state: &StateDir, link: &Link, success: bool) -> Result<()> {
 /// service from a warm pool: the stack heard of this instance at its first boot).
 async fn finish_to(state: &StateDir, link: &Link, success: bool, cfn: bool) -> Result<()> {
     let deadline = Deadline::after(SIGNAL_TIMEOUT);
+    // No launch hook named (only a termination hook): the boot tells the group nothing.
+    let launch_hook = link.config.asg.as_ref().is_some_and(|a| a.hook.is_some());
     let asg = async {
-        let hook = link.hook.as_ref()?;
+        let hook = link.hook.as_ref().filter(|_| launch_hook)?;
         let result = if success { "CONTINUE" } else { "ABANDON" };
         // A boot past its launch (a reboot in the warm pool or in service) has no action
         // to complete: not even a second CONTINUE is sent.
@@ -362,7 +364,7 @@ pub async fn into_service(state: &StateDir, settings: &Settings) -> Result<()> {
     let Some(config) = config(state, &settings.config)? else {
         return Ok(());
     };
-    if config.asg.is_none() {
+    if config.asg.as_ref().is_none_or(|a| a.hook.is_none()) {
         return Ok(());
     }
     if config.complete_on == CompleteOn::App {
@@ -402,7 +404,7 @@ pub async fn failure(
     let Some(hold_for) = config
         .asg
         .as_ref()
-        .filter(|a| a.on_failure == OnFailure::Hold)
+        .filter(|a| a.on_failure == OnFailure::Hold && a.hook.is_some())
         .map(|a| a.hold_for)
     else {
         return Ok(Some(Abandon(config)));
@@ -544,8 +546,13 @@ async fn keep_launch_alive(
         tracing::info!("no bootstage.lifecycle: nothing to keep alive");
         return Ok(Launch::Over);
     };
-    let Some(ready_within) = config.asg.as_ref().map(|a| a.ready_within) else {
-        notifier.ready("no auto scaling hook to keep alive");
+    let Some(ready_within) = config
+        .asg
+        .as_ref()
+        .filter(|a| a.hook.is_some())
+        .map(|a| a.ready_within)
+    else {
+        notifier.ready("no auto scaling launch hook to keep alive");
         return Ok(Launch::Over);
     };
     // For `status` and the ready notice: a hook configured with no watcher ever started

@@ -731,3 +731,34 @@ async fn a_failing_drain_still_completes_the_action_and_sends_the_drain_failure_
     assert_eq!(failure["instance"]["instance_id"], INSTANCE);
     assert_eq!(rig.record()["termination"]["delivered"], true);
 }
+
+/// A group with only a termination hook (the launch left to the group's own timing): the
+/// boot sends nothing for the launch hook, the watcher goes straight to watching the
+/// instance's life, and a scale-in drains it and completes the termination action once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_with_only_a_termination_hook_is_drained_and_its_launch_left_alone() {
+    let lifecycle = json!({"asg": {"group": "web", "termination_hook": "leave"}});
+    let rig = Rig::new(lifecycle, group(60.0)).await;
+    rig.hook(
+        "drain.d/10-drain",
+        &format!("echo x >> {}/drains", rig.sb.path("").display()),
+    );
+    let out = common::run(rig.command(&["notify", "ready"])).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let _watcher = rig.watch();
+    rig.looks(3).await;
+    rig.orch.terminate(INSTANCE).unwrap();
+    rig.imds.set_meta_data(TARGET, Some("Terminated"));
+    until("one completion of the termination hook", || {
+        completions(&rig.orch.calls(), "leave").len() == 1
+    })
+    .await;
+    assert_eq!(rig.file("drains").as_deref(), Some("x\n"));
+    let launch: Vec<_> = rig
+        .orch
+        .calls()
+        .into_iter()
+        .filter(|c| c.params.get("LifecycleHookName").map(String::as_str) == Some("launch"))
+        .collect();
+    assert!(launch.is_empty(), "{launch:?}");
+}

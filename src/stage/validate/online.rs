@@ -171,8 +171,14 @@ impl Task {
                 Err(_) => format!("sync source {:?}", spec.from),
             },
             Task::Hook(asg) => match &asg.group {
-                Some(group) => format!("lifecycle hook {:?} of group {group:?}", asg.hook),
-                None => format!("lifecycle hook {:?}", asg.hook),
+                Some(group) => format!(
+                    "lifecycle hook {:?} of group {group:?}",
+                    asg.hook.as_deref().unwrap_or_default()
+                ),
+                None => format!(
+                    "lifecycle hook {:?}",
+                    asg.hook.as_deref().unwrap_or_default()
+                ),
             },
             Task::Queue(url) => format!("SQS queue {url:?}"),
         }
@@ -248,7 +254,13 @@ pub fn tasks(references: &[refs::Reference], settings: &Bootstage, placeholder: 
         }
         Task::Sync(spec)
     }));
-    if let Some(asg) = settings.lifecycle.as_ref().and_then(|l| l.asg.clone()) {
+    // The launch hook (a group with only a termination hook has none to check here).
+    if let Some(asg) = settings
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.asg.clone())
+        .filter(|a| a.hook.is_some())
+    {
         tasks.push(Task::Hook(asg));
     }
     if let Some(url) = settings.watch.as_ref().and_then(|w| w.sqs.clone()) {
@@ -646,7 +658,7 @@ async fn hook(aws: &Aws, what: &str, asg: &AsgConfig, deadline: Deadline) -> Out
             client
                 .describe_lifecycle_hooks()
                 .auto_scaling_group_name(group)
-                .lifecycle_hook_names(&asg.hook)
+                .lifecycle_hook_names(asg.hook.as_deref().unwrap_or_default())
                 .send()
         },
     )
@@ -655,7 +667,7 @@ async fn hook(aws: &Aws, what: &str, asg: &AsgConfig, deadline: Deadline) -> Out
         Ok(answer) => match answer
             .lifecycle_hooks()
             .iter()
-            .find(|h| h.lifecycle_hook_name() == Some(asg.hook.as_str()))
+            .find(|h| h.lifecycle_hook_name() == asg.hook.as_deref())
         {
             None => Outcome::of(what, Verdict::Missing, "the group has no hook of this name"),
             Some(h) if h.lifecycle_transition() != Some("autoscaling:EC2_INSTANCE_LAUNCHING") => {
