@@ -156,7 +156,16 @@ async fn fetch(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<
     };
 
     let params = match raw {
-        Some(raw) => userdata::decode(&raw)?,
+        Some(raw) => match userdata::decode(&raw) {
+            // MIME with no part of bootstage's is no user-data for bootstage.
+            Err(DecodeError::NoParameters) if args.allow_empty => {
+                tracing::warn!(
+                    "no MIME part of the user-data is bootstage's; going on with empty parameters (--allow-empty)"
+                );
+                Map::new()
+            }
+            decoded => decoded?,
+        },
         None if args.allow_empty => {
             tracing::warn!("no user-data; going on with empty parameters (--allow-empty)");
             Map::new()

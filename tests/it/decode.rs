@@ -297,3 +297,165 @@ fn numbers_and_key_order_are_kept_exactly() {
         r#"{"z":1.50,"a":12345678901234567890123,"m":-0.0,"e":1e+400}"#
     );
 }
+
+/// bootstage's parameters beside cloud-init's parts: an app parameter, bootstage's own
+/// settings, and a value that must never reach a message.
+const BESIDE: &str = r#"{"app":{"port":8080,"token":"TOPSECRET-c10d"},"bootstage":{"sync":[]}}"#;
+const CLOUD_CONFIG: &str = "#cloud-config\nruncmd:\n  - echo CLOUDSECRET-77 > /root/x\n";
+const BOUNDARY: &str = "===============5474468523413456036==";
+
+/// A multipart message as cloud-init's `make-mime` (Python's email module) writes it, parts
+/// given as (Content-Type, body); `crlf` for a message that went through a CRLF tool.
+fn multipart(parts: &[(&str, &[u8])], crlf: bool) -> Vec<u8> {
+    let nl: &[u8] = if crlf { b"\r\n" } else { b"\n" };
+    let mut out = Vec::new();
+    let mut line = |text: &[u8]| {
+        out.extend_from_slice(text);
+        out.extend_from_slice(nl);
+    };
+    line(format!("Content-Type: multipart/mixed; boundary=\"{BOUNDARY}\"").as_bytes());
+    line(b"MIME-Version: 1.0");
+    line(b"");
+    for (content_type, body) in parts {
+        line(format!("--{BOUNDARY}").as_bytes());
+        line(format!("Content-Type: {content_type}; charset=\"us-ascii\"").as_bytes());
+        line(b"MIME-Version: 1.0");
+        line(b"Content-Transfer-Encoding: 7bit");
+        line(b"Content-Disposition: attachment; filename=\"part\"");
+        line(b"");
+        line(body);
+    }
+    line(format!("--{BOUNDARY}--").as_bytes());
+    out
+}
+
+/// The forms the issue asks for: cloud-init's part first and last, `application/json` and
+/// `text/x-bootstage`, CRLF, and the whole message gzipped (`write-mime-multipart --gzip`).
+fn mime_forms() -> Vec<(&'static str, Vec<u8>)> {
+    let cloud = ("text/cloud-config", CLOUD_CONFIG.as_bytes());
+    let json = ("application/json", BESIDE.as_bytes());
+    let own = ("text/x-bootstage", BESIDE.as_bytes());
+    vec![
+        ("cloud-init first", multipart(&[cloud, json], false)),
+        ("bootstage first", multipart(&[json, cloud], false)),
+        (
+            "text/x-bootstage last, CRLF",
+            multipart(&[cloud, own], true),
+        ),
+        ("gzipped whole", gzip(&multipart(&[cloud, own], false))),
+    ]
+}
+
+fn beside() -> serde_json::Value {
+    serde_json::from_str(BESIDE).unwrap()
+}
+
+#[tokio::test]
+async fn mime_user_data_from_a_file_in_both_orders_and_validate_agrees() {
+    for (name, raw) in mime_forms() {
+        let sb = Sandbox::new();
+        let file = sb.path("user-data");
+        std::fs::write(&file, &raw).unwrap();
+        let out = sb
+            .run(&["metadata", "--user-data-file", file.to_str().unwrap()])
+            .await;
+        assert_eq!(out.code, 0, "{name}: {}", out.stderr);
+        let params: serde_json::Value =
+            serde_json::from_str(&sb.read("params.json").unwrap()).unwrap();
+        assert_eq!(params, beside(), "{name}");
+        let env = sb.read("params.env").unwrap();
+        assert!(env.contains("APP_PORT=\"8080\"\n"), "{name}: {env}");
+        assert!(!env.contains("CLOUDSECRET"), "{name}: {env}");
+
+        let out = sb.run(&["validate", file.to_str().unwrap()]).await;
+        common::assert_exit(&out, 0, "valid;");
+        assert_eq!(out.stdout, "APP_PORT\nAPP_TOKEN\n", "{name}");
+        assert!(!out.stderr.contains("SECRET"), "{name}: {}", out.stderr);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mime_user_data_from_imds_in_both_orders() {
+    for (name, raw) in mime_forms() {
+        let emu = imds_emulator::Emulator::start(imds_emulator::Config {
+            user_data: Some(raw),
+            ..imds_emulator::Config::default()
+        })
+        .await
+        .unwrap();
+        let sb = Sandbox::new();
+        let out = sb.metadata(&emu.url(), &[]).await;
+        assert_eq!(out.code, 0, "{name}: {}", out.stderr);
+        let params: serde_json::Value =
+            serde_json::from_str(&sb.read("params.json").unwrap()).unwrap();
+        assert_eq!(params, beside(), "{name}");
+        let env = sb.read("params.env").unwrap();
+        assert!(env.contains("APP_PORT=\"8080\"\n"), "{name}: {env}");
+        assert!(
+            env.contains("BOOTSTAGE_INSTANCE_ID=\"i-0123456789abcdef0\"\n"),
+            "{name}: {env}"
+        );
+    }
+}
+
+/// Through the binary: two parts of bootstage's (65, both named), none (66 as with no
+/// user-data; --allow-empty boots with none), malformed MIME (65); nothing echoed or written.
+#[tokio::test]
+async fn mime_failures_through_the_binary() {
+    let cloud = ("text/cloud-config", CLOUD_CONFIG.as_bytes());
+    let json = ("application/json", BESIDE.as_bytes());
+    let own = ("text/x-bootstage", BESIDE.as_bytes());
+    let truncated = multipart(&[cloud, json], false);
+    let truncated = truncated[..truncated.len() - 10].to_vec();
+    let cases: [(Vec<u8>, &[&str], i32, &str); 5] = [
+        (
+            multipart(&[json, cloud, own], false),
+            &[],
+            65,
+            "user-data is invalid: MIME parts 1, 3 all hold bootstage parameters; keep one",
+        ),
+        (
+            multipart(&[cloud], false),
+            &[],
+            66,
+            "no MIME part holds bootstage parameters",
+        ),
+        (
+            truncated,
+            &[],
+            65,
+            "MIME malformed: the closing boundary is missing (truncated?)",
+        ),
+        (
+            multipart(&[cloud, ("application/json", b"{\"TOPSECRET\" 1}")], false),
+            &[],
+            65,
+            "MIME part 2: JSON invalid at line 1 column 14 (expected `:`)",
+        ),
+        (
+            multipart(&[cloud], false),
+            &["--allow-empty"],
+            0,
+            "going on with empty parameters (--allow-empty)",
+        ),
+    ];
+    for (raw, extra, code, message) in cases {
+        let sb = Sandbox::new();
+        let file = sb.path("user-data");
+        std::fs::write(&file, &raw).unwrap();
+        let mut args = vec!["metadata", "--user-data-file", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let mut cmd = sb.command(&args);
+        cmd.env("BOOTSTAGE_LOG", "trace");
+        let out = common::run(cmd).await;
+        common::assert_exit(&out, code, message);
+        assert!(!out.stderr.contains("SECRET"), "echoed: {}", out.stderr);
+        if code == 0 {
+            assert_eq!(sb.read("params.json").unwrap(), "{}\n");
+        } else {
+            assert_eq!(sb.read("params.json"), None);
+            let out = sb.run(&["validate", file.to_str().unwrap()]).await;
+            common::assert_exit(&out, code, message);
+        }
+    }
+}
