@@ -459,3 +459,36 @@ async fn mime_failures_through_the_binary() {
         }
     }
 }
+
+/// The README's Python example (the email module, as cloud-init's `make-mime`) builds
+/// user-data that `validate` and `metadata` accept as they are, so the example cannot rot.
+#[tokio::test]
+async fn the_readmes_mime_example_boots() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let script = readme
+        .split("```python\n")
+        .find(|block| block.starts_with("# make-user-data.py"))
+        .and_then(|block| block.split("```").next())
+        .expect("the README's make-user-data.py example");
+    let sb = Sandbox::new();
+    std::fs::write(sb.path("make-user-data.py"), script).unwrap();
+    std::fs::write(sb.path("cloud-config.yaml"), CLOUD_CONFIG).unwrap();
+    std::fs::write(sb.path("params.json"), BESIDE).unwrap();
+    let made = std::process::Command::new("python3")
+        .arg("make-user-data.py")
+        .current_dir(sb.path(""))
+        .output()
+        .expect("python3");
+    assert!(made.status.success(), "{made:?}");
+    let file = sb.path("user-data");
+    std::fs::write(&file, &made.stdout).unwrap();
+    let out = sb.run(&["validate", file.to_str().unwrap()]).await;
+    common::assert_exit(&out, 0, "valid;");
+    let out = sb
+        .run(&["metadata", "--user-data-file", file.to_str().unwrap()])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let params: serde_json::Value = serde_json::from_str(&sb.read("params.json").unwrap()).unwrap();
+    assert_eq!(params, beside());
+}
