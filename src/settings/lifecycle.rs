@@ -346,7 +346,7 @@ mod tests {
         assert_eq!(
             config.asg,
             Some(AsgConfig {
-                hook: "launch".into(),
+                hook: Some("launch".into()),
                 group: None,
                 on_failure: OnFailure::Hold,
                 hold_for: Duration::from_secs(7200),
@@ -363,6 +363,18 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
+        // A group with only a termination hook.
+        let only_leaving = Config::from_value(
+            &json!({"asg": {"termination_hook": "leave"}}),
+            "bootstage.lifecycle",
+        )
+        .unwrap()
+        .asg
+        .unwrap();
+        assert_eq!(
+            (only_leaving.hook, only_leaving.termination_hook.as_deref()),
+            (None, Some("leave"))
+        );
         assert_eq!(
             err(json!({"asg": {}})),
             "bootstage.lifecycle.asg needs hook (the launch lifecycle hook), termination_hook, or both"
