@@ -187,8 +187,7 @@ impl Aws {
 
 /// The instance's region from `instance.json`, written by the metadata stage.
 pub fn instance_region(state: &StateDir) -> Option<String> {
-    let facts = std::fs::read(state.instance_json()).ok()?;
-    serde_json::from_slice::<Facts>(&facts).ok()?.region
+    Facts::of(state)?.region
 }
 
 /// The endpoint override for a service (`S3` → `AWS_ENDPOINT_URL_S3`, else

@@ -70,6 +70,12 @@ struct IdentityDocument {
 }
 
 impl Facts {
+    /// This boot's facts as the metadata stage wrote them (`instance.json`), if it did.
+    pub fn of(state: &crate::state::StateDir) -> Option<Facts> {
+        let text = std::fs::read(state.instance_json()).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
     /// The facts by their `NAMES` entry, in that order.
     pub fn named(&self) -> [(&'static str, Option<&str>); 10] {
         let values = [

@@ -33,6 +33,32 @@ pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
 /// Token PUTs that time out in a row, with plain GETs answered, before it is the hop limit.
 /// Where an instance of an auto scaling group is headed (`InService`, `Warmed:Stopped` …).
 pub const TARGET_LIFECYCLE_STATE: &str = "/latest/meta-data/autoscaling/target-lifecycle-state";
+
+/// What a target lifecycle state means for the app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// In service, or in no group at all: the app may start.
+    Service,
+    /// In the warm pool (`Warmed:Stopped`, `Warmed:Running`, `Warmed:Hibernated`).
+    Warm(String),
+    /// On the way out of the group: the app does not start.
+    Leaving(String),
+}
+
+/// The decision, from IMDS's `autoscaling/target-lifecycle-state` alone (`None`: a 404,
+/// outside a group or before any transition). A state this code does not know starts
+/// the app: an unknown word must not keep a service down.
+pub fn target(state: Option<&str>) -> Target {
+    match state {
+        None => Target::Service,
+        Some("Terminated" | "Warmed:Terminated") => {
+            Target::Leaving(state.unwrap_or_default().into())
+        }
+        Some(s) if s.starts_with("Warmed:") => Target::Warm(s.into()),
+        Some(_) => Target::Service,
+    }
+}
+
 pub const HOP_LIMIT_TIMEOUTS: u32 = 3;
 pub const IPV6_ENDPOINT: &str = "http://[fd00:ec2::254]";
 

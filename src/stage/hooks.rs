@@ -323,7 +323,7 @@ fn warn_misplaced(hooks_dir: &Path) {
 }
 
 /// The hooks in `dir`, in byte order of their names; a missing dir holds none.
-fn list(dir: &Path) -> Result<Vec<OsString>> {
+pub(crate) fn list(dir: &Path) -> Result<Vec<OsString>> {
     let read_error = |source| Error::Read {
         path: dir.to_path_buf(),
         source,

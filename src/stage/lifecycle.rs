@@ -136,8 +136,7 @@ struct Link {
 
 /// The instance's facts: `instance.json`, else IMDS (the metadata stage may have failed).
 async fn whoami(state: &StateDir) -> Result<Facts> {
-    if let Ok(text) = std::fs::read(state.instance_json())
-        && let Ok(facts) = serde_json::from_slice::<Facts>(&text)
+    if let Some(facts) = Facts::of(state)
         && facts.instance_id.is_some()
     {
         return Ok(facts);
@@ -338,11 +337,8 @@ pub async fn ready(state: &StateDir, settings: &Settings, from_app: bool) -> Res
 
 /// Whether this boot began in a warm pool (`Warmed:*` in `instance.json`).
 fn warm_boot(state: &StateDir) -> bool {
-    std::fs::read(state.instance_json())
-        .ok()
-        .and_then(|text| serde_json::from_slice::<Facts>(&text).ok())
-        .and_then(|f| f.target_lifecycle_state)
-        .is_some_and(|s| s.starts_with("Warmed:") && s != "Warmed:Terminated")
+    let at_boot = Facts::of(state).and_then(|f| f.target_lifecycle_state);
+    matches!(imds::target(at_boot.as_deref()), imds::Target::Warm(_))
 }
 
 /// Going into service from the warm pool: the warm action's signal moves aside (to

@@ -77,10 +77,10 @@ pub struct Watch {
 /// Whether the instance's life needs watching: a termination hook or drain settings, or a
 /// hook in one of the later life's directories.
 pub fn watched(config: Option<&Config>, dirs: &HookDirs) -> bool {
+    // What counts as a hook is the hooks stage's rule (an executable file, no editor or
+    // package leftovers): a README in drain.d keeps nothing polling.
     let has_hooks = |kind: Kind| {
-        std::fs::read_dir(dirs.hooks_dir.join(kind.dir())).is_ok_and(|mut entries| {
-            entries.any(|e| e.is_ok_and(|e| !e.file_name().as_encoded_bytes().starts_with(b".")))
-        })
+        hooks::list(&dirs.hooks_dir.join(kind.dir())).is_ok_and(|hooks| !hooks.is_empty())
     };
     config.is_some_and(Config::watches_leaving) || LIFE_KINDS.into_iter().any(has_hooks)
 }
@@ -301,10 +301,10 @@ struct Unread(std::collections::BTreeSet<&'static str>);
 /// One look: the four GETs at once, with the client's one token.
 async fn look(client: &imds::Client, unread: &mut Unread) -> Look {
     let (target, spot, rebalance, maintenance) = tokio::join!(
-        text(client, life::TARGET),
-        text(client, life::SPOT),
-        text(client, life::REBALANCE),
-        text(client, life::MAINTENANCE),
+        client.text(life::TARGET),
+        client.text(life::SPOT),
+        client.text(life::REBALANCE),
+        client.text(life::MAINTENANCE),
     );
     let mut read =
         |path: &'static str, answer: std::result::Result<Option<String>, ImdsError>| match answer {
@@ -331,15 +331,6 @@ async fn look(client: &imds::Client, unread: &mut Unread) -> Look {
             .as_deref()
             .map(life::maintenance)
             .unwrap_or_default(),
-    }
-}
-
-/// One GET of a text item; `None` for a 404 (nothing scheduled, not in a group).
-async fn text(client: &imds::Client, path: &str) -> std::result::Result<Option<String>, ImdsError> {
-    match client.get(path).await {
-        Ok(body) => Ok(Some(String::from_utf8_lossy(&body).trim().to_string())),
-        Err(ImdsError::NotFound(_)) => Ok(None),
-        Err(e) => Err(e),
     }
 }
 

@@ -25,7 +25,7 @@ use serde_json::Value;
 use crate::settings::lifecycle::DrainConfig;
 
 /// The four paths, polled with one IMDSv2 token.
-pub const TARGET: &str = "/latest/meta-data/autoscaling/target-lifecycle-state";
+pub const TARGET: &str = crate::imds::TARGET_LIFECYCLE_STATE;
 pub const SPOT: &str = "/latest/meta-data/spot/instance-action";
 pub const REBALANCE: &str = "/latest/meta-data/events/recommendations/rebalance";
 pub const MAINTENANCE: &str = "/latest/meta-data/events/maintenance/scheduled";
