@@ -235,6 +235,25 @@ fn duration(map: &Map, key: &str, at: &str, default: Duration) -> Result<Duratio
     }
 }
 
+/// [`duration`], at most `max`: a drain's times become wall-clock deadlines, and a
+/// thousand-year one would overflow them.
+fn bounded(
+    map: &Map,
+    key: &str,
+    at: &str,
+    default: Duration,
+    max: Duration,
+) -> Result<Duration, SettingsError> {
+    let value = duration(map, key, at, default)?;
+    match value > max {
+        true => Err(SettingsError(format!(
+            "{at}.{key} is longer than {}",
+            humantime::format_duration(max)
+        ))),
+        false => Ok(value),
+    }
+}
+
 /// `bootstage.lifecycle.drain`.
 fn drain(value: &Value, at: &str) -> Result<DrainConfig, SettingsError> {
     let map = object(value, at)?;
@@ -266,7 +285,9 @@ fn drain(value: &Value, at: &str) -> Result<DrainConfig, SettingsError> {
             )));
         }
     };
-    let within = duration(map, "within", at, DEFAULT_DRAIN_WITHIN)?;
+    const HOUR: Duration = Duration::from_secs(3600);
+    // No lifecycle action outlives 48 h, so no drain needs longer.
+    let within = bounded(map, "within", at, DEFAULT_DRAIN_WITHIN, 48 * HOUR)?;
     if within.is_zero() {
         return Err(SettingsError(format!(
             "{at}.within must be longer than 0 s"
@@ -275,12 +296,13 @@ fn drain(value: &Value, at: &str) -> Result<DrainConfig, SettingsError> {
     Ok(DrainConfig {
         stop,
         within,
-        spot_margin: duration(map, "spot_margin", at, DEFAULT_SPOT_MARGIN)?,
-        rebalance_undo_after: duration(
+        spot_margin: bounded(map, "spot_margin", at, DEFAULT_SPOT_MARGIN, HOUR)?,
+        rebalance_undo_after: bounded(
             map,
             "rebalance_undo_after",
             at,
             DEFAULT_REBALANCE_UNDO_AFTER,
+            7 * 24 * HOUR,
         )?,
     })
 }
@@ -485,6 +507,18 @@ mod tests {
             (
                 json!({"drain": {"within": 0}}),
                 "bootstage.lifecycle.drain.within must be longer than 0 s",
+            ),
+            (
+                json!({"drain": {"within": "300000y"}}),
+                "bootstage.lifecycle.drain.within is longer than 2days",
+            ),
+            (
+                json!({"drain": {"spot_margin": "2h"}}),
+                "bootstage.lifecycle.drain.spot_margin is longer than 1h",
+            ),
+            (
+                json!({"drain": {"rebalance_undo_after": "8d"}}),
+                "bootstage.lifecycle.drain.rebalance_undo_after is longer than 7days",
             ),
             (
                 json!({"drain": {"spot_margin": "-5s"}}),

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::base::notify::Notifier;
 use crate::base::retry::Deadline;
 use crate::base::stop::Stop;
-use crate::imds::{self, facts::Facts};
+use crate::imds::{self, Target, facts::Facts, target};
 use crate::stage::error::{Error, Result};
 use crate::stage::hooks::{self, HookDirs, Kind};
 use crate::stage::lifecycle;
@@ -51,8 +51,10 @@ use crate::state::status;
 /// poll every 5 s; 2 s keeps the app's start within a few seconds of the switch, at one
 /// request per poll while no app runs.
 pub const DEFAULT_POLL: &str = "2s";
-/// The longest wait for another run of the steps (the unit and `launch` at once).
-const LOCK_WAIT: Duration = Duration::from_secs(600);
+/// The longest wait for another run of the steps (the unit and `launch` at once): longer
+/// than the steps' own bounds (metadata 90 s, a sync 5 min, hooks 10 min), so a second
+/// run never gives up (and fails its unit) while the first is still at work.
+const LOCK_WAIT: Duration = Duration::from_secs(20 * 60);
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -77,29 +79,6 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm: Option<String>,
     pub since: String,
-}
-
-/// What a target lifecycle state means for the app.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Target {
-    /// In service, or in no group at all: the app may start.
-    Service,
-    /// In the warm pool (`Warmed:Stopped`, `Warmed:Running`, `Warmed:Hibernated`).
-    Warm(String),
-    /// On the way out of the group: the app does not start.
-    Leaving(String),
-}
-
-/// The decision, from IMDS's `autoscaling/target-lifecycle-state` alone (`None`: a 404,
-/// outside a group or before any transition). A state this code does not know starts
-/// the app: an unknown word must not keep a service down.
-pub fn target(state: Option<&str>) -> Target {
-    match state {
-        None => Target::Service,
-        Some("Terminated" | "Warmed:Terminated") => Target::Leaving(state.unwrap_or("").into()),
-        Some(s) if s.starts_with("Warmed:") => Target::Warm(s.into()),
-        Some(_) => Target::Service,
-    }
 }
 
 /// The record of this boot, if the stage got as far as writing one.
@@ -166,10 +145,7 @@ async fn wait(
     notifier: Notifier,
     stop: &mut Stop,
 ) -> Result<Option<Option<String>>> {
-    let facts: Option<Facts> = std::fs::read(state.instance_json())
-        .ok()
-        .and_then(|text| serde_json::from_slice(&text).ok());
-    let at_boot = facts.and_then(|f| f.target_lifecycle_state);
+    let at_boot = Facts::of(state).and_then(|f| f.target_lifecycle_state);
     // A warm pool state at boot, or one seen earlier this boot by another run.
     let mut warm = match (target(at_boot.as_deref()), read(state)) {
         (Target::Warm(s), _) => Some(s),
@@ -188,14 +164,24 @@ async fn wait(
     };
     let mut current = at_boot;
     let mut said = None;
-    let mut since = now();
+    let mut unread = None;
     loop {
         if let Some(client) = &client {
             match client.text(imds::TARGET_LIFECYCLE_STATE).await {
-                Ok(state) => current = state,
-                Err(e) => tracing::warn!(
-                    "cannot read the target lifecycle state ({e}); going by the last seen"
-                ),
+                Ok(state) => {
+                    current = state;
+                    unread = None;
+                }
+                // Said once per kind of failure, not at every poll of a wait of days.
+                Err(e) => {
+                    let why = e.to_string();
+                    if unread.as_ref() != Some(&why) {
+                        tracing::warn!(
+                            "cannot read the target lifecycle state ({why}); going by the last seen"
+                        );
+                        unread = Some(why);
+                    }
+                }
             }
         }
         let why = match target(current.as_deref()) {
@@ -213,16 +199,17 @@ async fn wait(
         if said.as_ref() != Some(&why) {
             tracing::info!("{why}");
             notifier.status(&why);
-            since = now();
-            write(
-                state,
-                &Record {
-                    state: "waiting".into(),
-                    target: current.clone(),
-                    warm: warm.clone(),
-                    since: since.clone(),
-                },
-            )?;
+            let record = Record {
+                state: "waiting".into(),
+                target: current.clone(),
+                warm: warm.clone(),
+                since: now(),
+            };
+            // A report for `status` and the steps' "did it wait" (also kept in memory
+            // here): one that cannot be written must not fail a waiting instance.
+            if let Err(e) = write(state, &record) {
+                tracing::warn!("{e}");
+            }
             said = Some(why);
         }
         if args.once {
@@ -230,8 +217,10 @@ async fn wait(
             return Ok(None);
         }
         if client.is_none() {
-            // Nothing will change what the facts say.
-            tracing::info!(since, "waiting until stopped");
+            // Off-cloud nothing will change what the facts say: wait for the stop.
+            tracing::info!("waiting until stopped");
+            stop.requested().await;
+            return Ok(None);
         }
         tokio::select! {
             _ = tokio::time::sleep(args.poll) => {}
@@ -263,9 +252,18 @@ async fn start(
     warm: Option<String>,
     notifier: Notifier,
 ) -> Result<String> {
-    let _lock = state
-        .lock_named(".in-service.lock", Deadline::after(LOCK_WAIT))
-        .await?;
+    // The resume unit looks once: if another run is at work, that run finishes the job.
+    let wait = if args.once { Duration::ZERO } else { LOCK_WAIT };
+    let _lock = match state
+        .lock_named(".in-service.lock", Deadline::after(wait))
+        .await
+    {
+        Ok(lock) => lock,
+        Err(_) if args.once => {
+            return Ok("another run is taking the instance into service".into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     if let Some(record) = read(state).filter(|r| r.state == "in-service") {
         return Ok(format!("in service since {}", record.since));
     }
@@ -330,8 +328,10 @@ async fn watch_again(state: &StateDir) {
     {
         return;
     }
-    let mut command = tokio::process::Command::new("systemctl");
-    command.args(["--no-block", "restart", WATCHER_UNIT]);
+    let mut command = tokio::process::Command::new("/usr/bin/systemctl");
+    command
+        .env_clear()
+        .args(["--no-block", "restart", WATCHER_UNIT]);
     match crate::base::child::run_bounded(command, Duration::from_secs(10)).await {
         Ok(status) if status.success() => {
             tracing::info!("{WATCHER_UNIT} restarted for the action of leaving the pool")

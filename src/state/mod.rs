@@ -156,6 +156,7 @@ impl StateDir {
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
             .open(&path)
             .map_err(write_error(&path))?;
         let mut announced = false;
@@ -180,6 +181,10 @@ impl StateDir {
                 }
                 Err(TryLockError::Error(e)) => return Err(StateError::Write { path, source: e }),
             }
+        }
+        // Only the state dir's own lock guards its writers' temporary files.
+        if name != ".lock" {
+            return Ok(Lock(file));
         }
         let removed = atomic::remove_leftovers(&self.root).map_err(write_error(&self.root))?;
         if removed > 0 {
