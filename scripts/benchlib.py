@@ -124,7 +124,8 @@ SERVERS = {server.name: server for server in [Moto, BenchS3]}
 
 
 def env_for(server):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RCLONE_", "BOOTSTAGE_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "RCLONE_", "BOOTSTAGE_")) and not k.lower().endswith("_proxy")}
     env.update({
         "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": "us-east-1",
         "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": server.url, "AWS_EC2_METADATA_DISABLED": "true",

@@ -111,6 +111,15 @@ impl Machine {
             link.display()
         );
         let m = Machine { dir };
+        // The guest shares the host's network (it reaches the emulators on loopback): its
+        // apt timers must never reach a mirror during a test.
+        for timer in ["apt-daily.timer", "apt-daily-upgrade.timer"] {
+            let _ = std::fs::remove_file(
+                m.root()
+                    .join("etc/systemd/system/timers.target.wants")
+                    .join(timer),
+            );
+        }
         m.write("etc/bootstage/bootstage.env", bootstage_env);
         m.write(
             "etc/bootstage/notify.json",

@@ -68,7 +68,12 @@ const SCRUBBED: &[&str] = &[
     "AWS_SESSION_TOKEN",
     "HTTP_PROXY",
     "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
     "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
 ];
 
 pub struct Sandbox {
