@@ -263,6 +263,12 @@ impl Machine {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        // A checker that gave up waiting says so: what it saved then is not the state it
+        // waited for, and the boot took its whole patience.
+        assert!(
+            !results.path().join("checker-timeout").exists(),
+            "the checker timed out waiting for the state it checks"
+        );
         Results { dir: results }
     }
 }
@@ -415,7 +421,7 @@ const CHECK: &str = "[Unit]
 After=test-app-launch.service test-app-envfile.service test-status-wait.service myapp.service myapp-user.service bootstage.target bootstage-ready.service bootstage-failure@bootstage-metadata.service.service bootstage-failure@bootstage-s3-sync.service.service bootstage-lifecycle.service
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'if [ -e /etc/test-expect-myapp ]; then for f in myapp-0-args myapp-1001-args; do i=0; while [ ! -e /results/$f ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; done; fi; if [ -e /etc/test-wait-for-reload ]; then i=0; while [ ! -s /results/reloaded ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; fi; systemctl show > /results/manager.show; for u in bootstage-lifecycle.service bootstage-ready.service myapp.service myapp-user.service bootstage-metadata.service bootstage-s3-sync.service bootstage-hooks.service bootstage.target test-app-launch.service test-app-envfile.service test-status-wait.service bootstage-failure@bootstage-metadata.service.service bootstage-failure@bootstage-s3-sync.service.service; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; bootstage status --json > /results/status.json; echo $? > /results/status.rc; systemctl --no-block exit 0'
+ExecStart=/bin/sh -c 'if [ -e /etc/test-expect-myapp ]; then for f in myapp-0-args myapp-1001-args; do i=0; while [ ! -e /results/$f ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; [ $i -lt 300 ] || echo $f > /results/checker-timeout; done; fi; if [ -e /etc/test-wait-for-reload ]; then i=0; while [ ! -s /results/reloaded ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; [ $i -lt 300 ] || echo reloaded > /results/checker-timeout; fi; systemctl show > /results/manager.show; for u in bootstage-lifecycle.service bootstage-ready.service myapp.service myapp-user.service bootstage-metadata.service bootstage-s3-sync.service bootstage-hooks.service bootstage.target test-app-launch.service test-app-envfile.service test-status-wait.service bootstage-failure@bootstage-metadata.service.service bootstage-failure@bootstage-s3-sync.service.service; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; bootstage status --json > /results/status.json; echo $? > /results/status.rc; systemctl --no-block exit 0'
 ";
 
 fn user_data(values: &[String], sync_from: &str) -> String {

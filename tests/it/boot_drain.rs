@@ -34,7 +34,7 @@ After=bootstage-lifecycle.service
 [Service]
 Type=oneshot
 TimeoutStartSec=infinity
-ExecStart=/bin/sh -c 'i=0; while [ ! -e /results/app-started ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; i=0; while systemctl -q is-active bootstage-lifecycle.service && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; for u in bootstage-lifecycle.service test-app-drained.service; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; bootstage status > /results/status.txt; systemctl --no-block exit 0'
+ExecStart=/bin/sh -c 'i=0; while [ ! -e /results/app-started ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; [ $i -lt 300 ] || echo app-started > /results/checker-timeout; i=0; while systemctl -q is-active bootstage-lifecycle.service && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; [ $i -lt 1200 ] || echo lifecycle > /results/checker-timeout; for u in bootstage-lifecycle.service test-app-drained.service; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; bootstage status > /results/status.txt; systemctl --no-block exit 0'
 ";
 
 /// The state switches to `Terminated` (and the group holds the instance in

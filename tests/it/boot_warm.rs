@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::actions;
 use common::moto::moto;
+use common::webhook::Webhook;
 use serde_json::json;
 
 const STOPPED: &str = "i-0a0a0a0a0a0a0a0a0";
@@ -35,7 +36,7 @@ const CHECK_WARM: &str = "[Unit]
 [Service]
 Type=oneshot
 TimeoutStartSec=infinity
-ExecStart=/bin/sh -c 'i=0; until systemctl show -p StatusText --value bootstage-in-service.service | grep -q \"warm pool\" && [ \"$(systemctl show -p ActiveState --value bootstage-ready.service)\" = inactive ] && [ -n \"$(systemctl show -p ExecMainExitTimestampMonotonic --value bootstage-ready.service | grep -v ^0$)\" ] || [ $i -ge 1200 ]; do sleep 0.1; i=$((i+1)); done; sleep 1; for u in warm-app.service bootstage-in-service.service bootstage-in-service.target bootstage-ready.service bootstage.target multi-user.target; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; systemctl --no-block exit 0'
+ExecStart=/bin/sh -c 'i=0; until systemctl show -p StatusText --value bootstage-in-service.service | grep -q \"warm pool\" && [ \"$(systemctl show -p ActiveState --value bootstage-ready.service)\" = inactive ] && [ -n \"$(systemctl show -p ExecMainExitTimestampMonotonic --value bootstage-ready.service | grep -v ^0$)\" ]; do [ $i -ge 1200 ] && { echo waited 120 s > /results/checker-timeout; break; }; sleep 0.1; i=$((i+1)); done; sleep 1; for u in warm-app.service bootstage-in-service.service bootstage-in-service.target bootstage-ready.service bootstage.target multi-user.target; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; systemctl --no-block exit 0'
 ";
 
 /// In service: ends the boot once the app has started and the ready unit (which completes
@@ -44,7 +45,7 @@ const CHECK_STARTED: &str = "[Unit]
 [Service]
 Type=oneshot
 TimeoutStartSec=infinity
-ExecStart=/bin/sh -c 'i=0; until [ -s /results/app-secret ] && [ \"$(systemctl show -p ActiveState --value bootstage-ready.service)\" = inactive ] && [ -n \"$(systemctl show -p ExecMainExitTimestampMonotonic --value bootstage-ready.service | grep -v ^0$)\" ] || [ $i -ge 1200 ]; do sleep 0.1; i=$((i+1)); done; for u in warm-app.service bootstage-in-service.service bootstage-ready.service; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; systemctl --no-block exit 0'
+ExecStart=/bin/sh -c 'i=0; until [ -s /results/app-secret ] && [ \"$(systemctl show -p ActiveState --value bootstage-ready.service)\" = inactive ] && [ -n \"$(systemctl show -p ExecMainExitTimestampMonotonic --value bootstage-ready.service | grep -v ^0$)\" ]; do [ $i -ge 1200 ] && { echo waited 120 s > /results/checker-timeout; break; }; sleep 0.1; i=$((i+1)); done; for u in warm-app.service bootstage-in-service.service bootstage-ready.service; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; systemctl --no-block exit 0'
 ";
 
 fn group(name: &str, pool: &str, instance: &str) -> lifecycle_emulator::Group {
@@ -82,7 +83,7 @@ async fn imds(group: &str, instance: &str, pool: &str) -> Arc<imds_emulator::Emu
     )
 }
 
-fn machine(imds: &str, orch: &str) -> Machine {
+fn machine(imds: &str, orch: &str, notices: &str) -> Machine {
     let moto_env: Vec<String> = moto()
         .env()
         .into_iter()
@@ -93,7 +94,7 @@ fn machine(imds: &str, orch: &str) -> Machine {
         "AWS_EC2_METADATA_SERVICE_ENDPOINT={imds}\nBOOTSTAGE_USER_DATA_WAIT=2s\nBOOTSTAGE_TIMEOUT=20s\n{}\nAWS_ENDPOINT_URL_AUTO_SCALING={orch}\nAWS_ENDPOINT_URL_CLOUDFORMATION={orch}\n",
         moto_env.join("\n")
     );
-    let machine = Machine::new(&env, "http://127.0.0.1:9/");
+    let machine = Machine::new(&env, notices);
     machine.without_test_units();
     let _ = std::fs::remove_file(machine.root().join("etc/bootstage/lifecycle.json"));
     // boot.rs's own hooks read its parameters; these boots have others.
@@ -149,13 +150,14 @@ async fn a_warm_pool_instance_runs_its_app_only_in_service() {
         .await
         .unwrap(),
     );
+    let webhook = Webhook::start(&[]).await;
     let bucket = moto().bucket("warm-boot").await;
     bucket.put("app/app.conf", "port=8080\n").await;
     put_secret("before-rotation").await;
 
     // Boot 1: into the pool.
     let imds_stopped = imds("warm-stopped", STOPPED, "Warmed:Stopped").await;
-    let machine = machine(&imds_stopped.url(), &orch.url());
+    let machine = machine(&imds_stopped.url(), &orch.url(), &webhook.url);
     machine.write("etc/systemd/system/test-check.service", CHECK_WARM);
     let (r, machine) = tokio::task::spawn_blocking(move || (machine.boot(), machine))
         .await
@@ -228,7 +230,7 @@ async fn a_warm_pool_instance_runs_its_app_only_in_service() {
 
     // A Warmed:Running instance: the switch happens while it runs.
     let imds_running = imds("warm-running", RUNNING, "Warmed:Running").await;
-    let machine = self::machine(&imds_running.url(), &orch.url());
+    let machine = self::machine(&imds_running.url(), &orch.url(), &webhook.url);
     machine.write("etc/systemd/system/test-check.service", CHECK_STARTED);
     let (during_imds, during_orch) = (imds_running.clone(), orch.clone());
     let r = tokio::task::spawn_blocking(move || {
