@@ -9,11 +9,17 @@
 //!   archive key it is);
 //! - a deployment message: `{"sync": "all"}`, or `{"sync": ["/srv/app/config", …]}`
 //!   naming destinations (`to`) or sources (`from`);
-//! - anything else (S3's `s3:TestEvent`, another bucket, not JSON): names nothing.
+//! - an EventBridge event saying a Parameter Store parameter or a Secrets Manager
+//!   secret changed (`eventbridge.rs`): it names the parameters' values when it names a
+//!   reference or an import of this instance (they are resolved again);
+//! - anything else (S3's `s3:TestEvent`, another bucket, another EventBridge event, not
+//!   JSON): names nothing.
 //!
 //! The queue is read, never managed: one queue per instance (SQS gives each message to
 //! one reader), created and removed by whatever launches the instance. Message bodies are
 //! never logged.
+
+pub mod eventbridge;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -24,42 +30,88 @@ use serde_json::Value;
 
 use crate::aws::{self, Kind};
 use crate::sync::source::{Location, url_decode};
+pub use eventbridge::Names;
 
 /// A watched entry: where it syncs from, and to.
 #[derive(Debug, Clone)]
 pub struct Watched {
-    pub from: Location,
+    /// `None` for a release pointer (its source is known once a pass reads it).
+    pub from: Option<Location>,
     pub from_url: String,
     pub to: PathBuf,
+    /// The release pointer's SSM parameter: a Parameter Store event naming it names
+    /// this entry.
+    pub release: Option<String>,
 }
 
 /// What one message asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Wake {
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Wake {
     /// Every watched entry (a deployment message for all).
-    All,
+    pub all: bool,
     /// These entries, by index.
-    Some(BTreeSet<usize>),
+    pub named: BTreeSet<usize>,
+    /// The parameters' references and imports: resolve them again.
+    pub values: bool,
 }
 
 impl Wake {
-    /// `None` when the message names nothing of ours.
-    pub fn of(body: &str, watched: &[Watched]) -> Option<Wake> {
-        let value: Value = serde_json::from_str(body).ok()?;
-        Wake::of_value(&value, watched, 0)
+    /// Every watched entry.
+    pub fn all() -> Wake {
+        Wake {
+            all: true,
+            ..Wake::default()
+        }
     }
 
-    fn of_value(value: &Value, watched: &[Watched], depth: u8) -> Option<Wake> {
-        // SNS fan-out: the S3 event is the notification's Message, as a string.
+    /// These watched entries.
+    pub fn some(named: impl IntoIterator<Item = usize>) -> Wake {
+        Wake {
+            named: named.into_iter().collect(),
+            ..Wake::default()
+        }
+    }
+
+    /// The references and imports.
+    pub fn values() -> Wake {
+        Wake {
+            values: true,
+            ..Wake::default()
+        }
+    }
+
+    /// `None` when the message names nothing of ours: no watched entry, and no reference
+    /// or import in `names`.
+    pub fn of(body: &str, watched: &[Watched], names: &Names) -> Option<Wake> {
+        let value: Value = serde_json::from_str(body).ok()?;
+        Wake::of_value(&value, watched, names, 0)
+    }
+
+    fn of_value(value: &Value, watched: &[Watched], names: &Names, depth: u8) -> Option<Wake> {
+        // SNS fan-out: the event is the notification's Message, as a string.
         if value.get("Type").and_then(Value::as_str) == Some("Notification")
             && let Some(inner) = value.get("Message").and_then(Value::as_str)
             && depth == 0
         {
             let inner: Value = serde_json::from_str(inner).ok()?;
-            return Wake::of_value(&inner, watched, depth + 1);
+            return Wake::of_value(&inner, watched, names, depth + 1);
         }
         if let Some(sync) = value.get("sync") {
             return deployment(sync, watched);
+        }
+        if let Some(changed) = eventbridge::changed(value) {
+            let mut wake = Wake {
+                values: names.contain(&changed),
+                ..Wake::default()
+            };
+            for (i, w) in watched.iter().enumerate() {
+                if let Some(release) = &w.release
+                    && Names::of_parameter(release).contain(&changed)
+                {
+                    wake.named.insert(i);
+                }
+            }
+            return (wake != Wake::default()).then_some(wake);
         }
         let records = value.get("Records")?.as_array()?;
         let mut named = BTreeSet::new();
@@ -77,25 +129,27 @@ impl Wake {
             let key = url_decode(key);
             for (i, w) in watched.iter().enumerate() {
                 let ours = match &w.from {
-                    Location::S3 { bucket: b, prefix } => b == bucket && key.starts_with(prefix),
-                    Location::S3Archive {
+                    Some(Location::S3 { bucket: b, prefix }) => {
+                        b == bucket && key.starts_with(prefix)
+                    }
+                    Some(Location::S3Archive {
                         bucket: b, key: k, ..
-                    } => b == bucket && *k == key,
-                    Location::Dir { .. } | Location::FileArchive { .. } => false,
+                    }) => b == bucket && *k == key,
+                    Some(Location::Dir { .. } | Location::FileArchive { .. }) | None => false,
                 };
                 if ours {
                     named.insert(i);
                 }
             }
         }
-        (!named.is_empty()).then_some(Wake::Some(named))
+        (!named.is_empty()).then(|| Wake::some(named))
     }
 }
 
 /// `{"sync": "all"}` or `{"sync": [destination or source, …]}`.
 fn deployment(sync: &Value, watched: &[Watched]) -> Option<Wake> {
     if sync.as_str() == Some("all") {
-        return Some(Wake::All);
+        return Some(Wake::all());
     }
     let names: Vec<&str> = sync.as_array()?.iter().filter_map(Value::as_str).collect();
     let named: BTreeSet<usize> = watched
@@ -104,11 +158,11 @@ fn deployment(sync: &Value, watched: &[Watched]) -> Option<Wake> {
         .filter(|(_, w)| {
             names
                 .iter()
-                .any(|n| w.to.as_os_str() == *n || w.from_url == *n)
+                .any(|n| w.to.as_os_str() == *n || (!w.from_url.is_empty() && w.from_url == *n))
         })
         .map(|(i, _)| i)
         .collect();
-    (!named.is_empty()).then_some(Wake::Some(named))
+    (!named.is_empty()).then(|| Wake::some(named))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -273,9 +327,10 @@ mod tests {
         .iter()
         .enumerate()
         .map(|(i, url)| Watched {
-            from: Location::parse(url).unwrap(),
+            from: Some(Location::parse(url).unwrap()),
             from_url: url.to_string(),
             to: PathBuf::from(format!("/srv/d{i}")),
+            release: None,
         })
         .collect()
     }
@@ -289,39 +344,134 @@ mod tests {
     #[test]
     fn s3_events_name_the_sources_they_touch() {
         let w = watched();
-        let some = |i: &[usize]| Some(Wake::Some(i.iter().copied().collect()));
-        assert_eq!(Wake::of(&event("b", "app/config/a.conf"), &w), some(&[0]));
+        let some = |i: &[usize]| Some(Wake::some(i.iter().copied()));
         assert_eq!(
-            Wake::of(&event("b", "app/config/with+space%21"), &w),
+            Wake::of(&event("b", "app/config/a.conf"), &w, &Names::default()),
             some(&[0])
         );
-        assert_eq!(Wake::of(&event("b", "rel/app.tar.zst"), &w), some(&[1]));
-        assert_eq!(Wake::of(&event("b", "rel/app.tar.zst.bak"), &w), None);
-        assert_eq!(Wake::of(&event("b", "app/configs/x"), &w), None);
-        assert_eq!(Wake::of(&event("c", "app/config/a"), &w), None);
+        assert_eq!(
+            Wake::of(
+                &event("b", "app/config/with+space%21"),
+                &w,
+                &Names::default()
+            ),
+            some(&[0])
+        );
+        assert_eq!(
+            Wake::of(&event("b", "rel/app.tar.zst"), &w, &Names::default()),
+            some(&[1])
+        );
+        assert_eq!(
+            Wake::of(&event("b", "rel/app.tar.zst.bak"), &w, &Names::default()),
+            None
+        );
+        assert_eq!(
+            Wake::of(&event("b", "app/configs/x"), &w, &Names::default()),
+            None
+        );
+        assert_eq!(
+            Wake::of(&event("c", "app/config/a"), &w, &Names::default()),
+            None
+        );
         let sns =
             serde_json::json!({"Type": "Notification", "TopicArn": "arn:aws:sns:us-east-1:1:t",
             "Message": event("other", "x/y")})
             .to_string();
-        assert_eq!(Wake::of(&sns, &w), some(&[2]));
+        assert_eq!(Wake::of(&sns, &w, &Names::default()), some(&[2]));
         let test_event = r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Bucket":"b"}"#;
-        assert_eq!(Wake::of(test_event, &w), None);
-        assert_eq!(Wake::of("not json", &w), None);
+        assert_eq!(Wake::of(test_event, &w, &Names::default()), None);
+        assert_eq!(Wake::of("not json", &w, &Names::default()), None);
     }
 
     #[test]
     fn deployment_messages_name_destinations_or_sources() {
         let w = watched();
-        assert_eq!(Wake::of(r#"{"sync": "all"}"#, &w), Some(Wake::All));
         assert_eq!(
-            Wake::of(r#"{"sync": ["/srv/d2", "s3://b/rel/app.tar.zst"]}"#, &w),
-            Some(Wake::Some([1, 2].into()))
+            Wake::of(r#"{"sync": "all"}"#, &w, &Names::default()),
+            Some(Wake::all())
         );
-        assert_eq!(Wake::of(r#"{"sync": ["/srv/elsewhere"]}"#, &w), None);
+        assert_eq!(
+            Wake::of(
+                r#"{"sync": ["/srv/d2", "s3://b/rel/app.tar.zst"]}"#,
+                &w,
+                &Names::default()
+            ),
+            Some(Wake::some([1, 2]))
+        );
+        assert_eq!(
+            Wake::of(r#"{"sync": ["/srv/elsewhere"]}"#, &w, &Names::default()),
+            None
+        );
         assert_eq!(
             Queue::region_of("https://sqs.eu-west-1.amazonaws.com/123/q").as_deref(),
             Some("eu-west-1")
         );
         assert_eq!(Queue::region_of("http://127.0.0.1:5000/123/q"), None);
+    }
+
+    /// A Parameter Store event naming a release pointer names its destination; with a
+    /// reference of the same name, the values too.
+    #[test]
+    fn a_release_pointer_event_names_its_destination() {
+        let mut w = watched();
+        w.push(Watched {
+            from: None,
+            from_url: String::new(),
+            to: PathBuf::from("/srv/app/code"),
+            release: Some("/shop/web/release".into()),
+        });
+        let event = |name: &str| {
+            serde_json::json!({"version": "0", "source": "aws.ssm", "detail-type": "Parameter Store Change",
+                "detail": {"name": name, "type": "String", "operation": "Update"}})
+            .to_string()
+        };
+        let none = Names::default();
+        assert_eq!(
+            Wake::of(&event("/shop/web/release"), &w, &none),
+            Some(Wake::some([3]))
+        );
+        assert_eq!(Wake::of(&event("/shop/web/other"), &w, &none), None);
+        let both = Names::of_parameter("/shop/web/release");
+        assert_eq!(
+            Wake::of(&event("/shop/web/release"), &w, &both),
+            Some(Wake {
+                named: [3].into(),
+                values: true,
+                ..Wake::default()
+            })
+        );
+        // A deployment message naming an empty source names no pointer.
+        assert_eq!(Wake::of(r#"{"sync": [""]}"#, &w, &none), None);
+    }
+
+    /// An EventBridge event wakes the values when it names a reference or an import of
+    /// ours, straight or through SNS; otherwise it names nothing (and is deleted).
+    #[test]
+    fn eventbridge_events_name_the_values_they_change() {
+        let w = watched();
+        let ours = {
+            let mut n = Names::default();
+            n.add_parameter("/rotation/db-password");
+            n.add_secret("rotation/api-token");
+            n
+        };
+        let theirs = {
+            let mut n = Names::default();
+            n.add_parameter("/elsewhere/db-password");
+            n.add_secret("elsewhere/api-token");
+            n
+        };
+        for fixture in [
+            include_str!("../../tests/fixtures/eventbridge/parameter-store-change.json"),
+            include_str!("../../tests/fixtures/eventbridge/secretsmanager-rotation-succeeded.json"),
+            include_str!("../../tests/fixtures/eventbridge/secretsmanager-put-secret-value.json"),
+        ] {
+            let sns = serde_json::json!({"Type": "Notification", "Message": fixture}).to_string();
+            for body in [fixture, sns.as_str()] {
+                assert_eq!(Wake::of(body, &w, &ours), Some(Wake::values()));
+                assert_eq!(Wake::of(body, &w, &theirs), None);
+                assert_eq!(Wake::of(body, &w, &Names::default()), None);
+            }
+        }
     }
 }

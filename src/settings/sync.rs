@@ -67,6 +67,9 @@ const PARTS_MEMORY: u64 = 1 << 30;
 pub struct WatchSpec {
     pub sqs: Option<String>,
     pub interval: Option<Duration>,
+    /// How often the watcher resolves references and imports again (`None`: never; the
+    /// queue's Parameter Store and Secrets Manager events still do).
+    pub secrets_interval: Option<Duration>,
 }
 
 /// One entry of `bootstage.import`.
@@ -218,13 +221,19 @@ pub fn specs(value: &Value, at: &str) -> Result<Vec<SyncSpec>, SettingsError> {
 /// `bootstage.watch`.
 pub fn watch(value: &Value, at: &str) -> Result<WatchSpec, SettingsError> {
     let fields = Fields::of(value, at, "an object")?;
-    fields.known(&["sqs", "interval"])?;
+    fields.known(&["sqs", "interval", "secrets_interval"])?;
     let spec = WatchSpec {
         sqs: fields.string("sqs")?,
         interval: fields.duration("interval")?,
+        secrets_interval: fields.duration("secrets_interval")?,
     };
-    if spec.interval.is_some_and(|i| i.is_zero()) {
-        return Err(SettingsError(format!("{at}.interval: must be more than 0")));
+    for (key, value) in [
+        ("interval", spec.interval),
+        ("secrets_interval", spec.secrets_interval),
+    ] {
+        if value.is_some_and(|i| i.is_zero()) {
+            return Err(SettingsError(format!("{at}.{key}: must be more than 0")));
+        }
     }
     if let Some(url) = &spec.sqs
         && !(url.starts_with("https://") || url.starts_with("http://"))
@@ -390,6 +399,32 @@ fn check_destinations(specs: &[SyncSpec], at: &str) -> Result<(), SettingsError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `bootstage.watch.secrets_interval`: absent is never, a bare number is seconds, the
+    /// duration syntax works, zero and other types are refused naming the key.
+    #[test]
+    fn watch_secrets_interval() {
+        use serde_json::json;
+        let at = "bootstage.watch";
+        let secs = |v: Value| watch(&json!({ "secrets_interval": v }), at);
+        assert_eq!(watch(&json!({}), at).unwrap().secrets_interval, None);
+        assert_eq!(
+            secs(json!(300)).unwrap().secrets_interval,
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            secs(json!("1h 30m")).unwrap().secrets_interval,
+            Some(Duration::from_secs(5400))
+        );
+        assert_eq!(
+            secs(json!(0)).unwrap_err().0,
+            "bootstage.watch.secrets_interval: must be more than 0"
+        );
+        assert_eq!(
+            secs(json!(true)).unwrap_err().0,
+            "bootstage.watch.secrets_interval: expected a duration like \"10m\" or a number of seconds, got true"
+        );
+    }
 
     fn entry(from: &str, extra: Value) -> Result<Vec<SyncSpec>, SettingsError> {
         let mut item = serde_json::json!({"from": from, "to": "/srv/app"});

@@ -6,15 +6,20 @@
 //! 2. fetch user-data, polling while it is not there yet, and the facts, concurrently;
 //! 3. decode user-data into the parameters object and flatten it, with the facts, into
 //!    environment variables;
-//! 4. write the three files atomically, all staged before the first rename;
+//! 4. write `instance.json` atomically and the values (`params.json`, `params.env`,
+//!    `hooks.env`, `credentials/`) as one set (`state::values`: built beside the current
+//!    set, then made current by one rename);
 //! 5. return a summary; the caller tells systemd READY=1 (run in-process by a later stage,
 //!    this stage must not declare that stage ready).
 //!
 //! Nothing is written until every step before it has succeeded, so a failed run leaves the
 //! previous files as they were.
+//!
+//! [`Refresher`] is the same resolution for watch mode (`s3sync::watch`): the parameters
+//! as user-data gave them, read once, resolved again on demand against this boot's facts;
+//! a changed set is swapped in whole, an unchanged one writes nothing.
 
 use std::io::Read;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,6 +27,7 @@ use serde_json::{Map, Value};
 
 use crate::base::notify::Notifier;
 use crate::base::retry::Deadline;
+use crate::events::Names;
 use crate::imds::facts::Facts;
 use crate::imds::userdata::{self, DecodeError};
 use crate::imds::{self, Client};
@@ -32,6 +38,7 @@ use crate::state::StateDir;
 use crate::state::atomic;
 use crate::state::envfile::Env;
 use crate::state::status::{self, Stage};
+use crate::state::values::{self, Written};
 
 /// What the metadata stage needs to know; `cli.rs` fills it from flags and environment.
 #[derive(Debug, Clone)]
@@ -152,10 +159,56 @@ async fn fetch(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<
             read_user_data_file(path)?,
             Facts::from_flags(&args.facts).map_err(Error::Usage)?,
         ),
-        None => from_imds(args, deadline, notifier).await?,
+        None => from_imds(args, deadline, notifier, true).await?,
     };
 
-    let params = match raw {
+    let params = decode(raw, args, deadline)?;
+    notifier.status("resolving references");
+    let rendered = render(params, &facts, deadline, true).await?;
+    check_image_files(&args.image_files)?;
+    let missing: Vec<&str> = facts
+        .named()
+        .iter()
+        // Outside an auto scaling group there is no target lifecycle state: not a gap.
+        .filter(|f| f.1.is_none() && f.0 != "target-lifecycle-state")
+        .map(|f| f.0)
+        .collect();
+    if !missing.is_empty() {
+        tracing::info!(
+            source = facts.source,
+            missing = missing.join(","),
+            "some instance facts are absent"
+        );
+    }
+
+    let instance_json = pretty(&serde_json::to_value(&facts).expect("facts serialize"));
+    // The values built first, then the facts, then the values made current: a failure
+    // before the last step leaves the previous values current.
+    let staged = values::stage(state.root(), &rendered.set).map_err(write_error)?;
+    atomic::write_file(&state.instance_json(), instance_json.as_bytes()).map_err(write_error)?;
+    staged.commit().map_err(write_error)?;
+
+    tracing::info!(
+        variables = rendered.variables,
+        credentials = rendered.set.credentials.len(),
+        facts = facts.source,
+        dir = %state.root().display(),
+        elapsed_ms = deadline.elapsed().as_millis() as u64,
+        "wrote params.json, instance.json, params.env, hooks.env"
+    );
+    Ok(format!(
+        "parameters ready: {} variables",
+        rendered.variables
+    ))
+}
+
+fn write_error((path, source): (PathBuf, std::io::Error)) -> Error {
+    Error::Write { path, source }
+}
+
+/// User-data (`None`: there is none) as the parameters object.
+fn decode(raw: Option<Vec<u8>>, args: &Settings, deadline: Deadline) -> Result<Map<String, Value>> {
+    Ok(match raw {
         Some(raw) => match userdata::decode(&raw) {
             // MIME with no part of bootstage's is no user-data for bootstage.
             Err(DecodeError::NoParameters) if args.allow_empty => {
@@ -178,98 +231,137 @@ async fn fetch(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<
                 });
             }
         },
-    };
-    notifier.status("resolving references");
+    })
+}
+
+/// The values one resolution of the parameters gives.
+struct Rendered {
+    set: values::Set,
+    variables: usize,
+}
+
+/// Resolves the references and imports in `params`, checks bootstage's own settings (a
+/// typo fails here, before anything is written) and renders the set of values with the
+/// facts. `warn`: log the settings' near misses (once a boot, not at each refresh).
+async fn render(
+    params: Map<String, Value>,
+    facts: &Facts,
+    deadline: Deadline,
+    warn: bool,
+) -> Result<Rendered> {
     // What the facts take in params.env, which imports must leave room for.
     let mut facts_only = Env::default();
     facts.export(&mut facts_only)?;
     let resolved =
         secrets::resolve(params, facts.region.clone(), facts_only.size(), deadline).await?;
-    // bootstage's own settings, whole, before anything is written: a typo fails here.
     Bootstage::from_params(&resolved.json)?;
-    check_image_files(&args.image_files)?;
-    for warning in settings::warnings(&resolved.json) {
-        tracing::warn!("{warning}");
+    if warn {
+        for warning in settings::warnings(&resolved.json) {
+            tracing::warn!("{warning}");
+        }
     }
     let mut env = Env::from_params(&resolved.env)?;
     facts.export(&mut env)?;
-    let missing: Vec<&str> = facts
-        .named()
-        .iter()
-        // Outside an auto scaling group there is no target lifecycle state: not a gap.
-        .filter(|f| f.1.is_none() && f.0 != "target-lifecycle-state")
-        .map(|f| f.0)
-        .collect();
-    if !missing.is_empty() {
-        tracing::info!(
-            source = facts.source,
-            missing = missing.join(","),
-            "some instance facts are absent"
-        );
-    }
-
-    let params_json = pretty(&Value::Object(resolved.json));
-    let instance_json = pretty(&serde_json::to_value(&facts).expect("facts serialize"));
-    let params_env = env.render();
     // Root's hooks never get what an import brought (a value is data for the app; in a
     // root hook's environment a name like HOME or TAR_OPTIONS would steer it).
-    let hooks_env = env.render_without(&resolved.imported);
-    let (pj, ij, pe, he) = (
-        state.params_json(),
-        state.instance_json(),
-        state.params_env(),
-        state.hooks_env(),
-    );
-    let credentials_dir = state.credentials_dir();
-    if !resolved.credentials.is_empty() {
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .recursive(true)
-            .create(&credentials_dir)
-            .map_err(Error::write(&credentials_dir))?;
-    }
-    let credential_paths: Vec<PathBuf> = resolved
-        .credentials
-        .iter()
-        .map(|(name, _)| credentials_dir.join(name))
-        .collect();
-    let mut files: Vec<(&std::path::Path, &[u8])> = resolved
-        .credentials
-        .iter()
-        .zip(&credential_paths)
-        .map(|((_, value), path)| (path.as_path(), value.as_bytes()))
-        .collect();
-    files.extend([
-        (pj.as_path(), params_json.as_bytes()),
-        (ij.as_path(), instance_json.as_bytes()),
-        (pe.as_path(), params_env.as_bytes()),
-        (he.as_path(), hooks_env.as_bytes()),
-    ]);
-    atomic::write_files(&files).map_err(|(path, source)| Error::Write { path, source })?;
-    let names: Vec<&str> = resolved
-        .credentials
-        .iter()
-        .map(|(n, _)| n.as_str())
-        .collect();
-    state
-        .prune_credentials(&names)
-        .map_err(|(path, source)| Error::Write { path, source })?;
-
-    tracing::info!(
-        variables = env.len(),
-        credentials = resolved.credentials.len(),
-        facts = facts.source,
-        dir = %state.root().display(),
-        elapsed_ms = deadline.elapsed().as_millis() as u64,
-        "wrote params.json, instance.json, params.env, hooks.env"
-    );
-    Ok(format!("parameters ready: {} variables", env.len()))
+    let set = values::Set {
+        params_json: pretty(&Value::Object(resolved.json)).into_bytes(),
+        params_env: env.render().into_bytes(),
+        hooks_env: env.render_without(&resolved.imported).into_bytes(),
+        credentials: resolved
+            .credentials
+            .into_iter()
+            .map(|(name, value)| (name, value.into_bytes()))
+            .collect(),
+    };
+    Ok(Rendered {
+        set,
+        variables: env.len(),
+    })
 }
 
+/// Watch mode's resolution of the parameters' references and imports, again and again:
+/// the parameters as user-data gave them (read once, at [`Refresher::load`]) and the facts
+/// as `instance.json` holds them, so a refresh changes only what a reference or an import
+/// brings.
+pub struct Refresher {
+    params: Map<String, Value>,
+    facts: Facts,
+    names: Names,
+    timeout: Duration,
+}
+
+impl Refresher {
+    /// Reads user-data (the file, or IMDS) and the facts the metadata stage wrote.
+    pub async fn load(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<Refresher> {
+        args.validate().map_err(Error::Usage)?;
+        let deadline = Deadline::after(args.timeout);
+        let raw = match &args.user_data_file {
+            Some(path) => read_user_data_file(path)?,
+            None => from_imds(args, deadline, notifier, false).await?.0,
+        };
+        let params = decode(raw, args, deadline)?;
+        let facts = Facts::of(state).ok_or_else(|| Error::Read {
+            path: state.instance_json(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "missing or not the metadata stage's facts",
+            ),
+        })?;
+        let mut names = Names::default();
+        let references = secrets::refs::find(&params).map_err(secrets::SecretError::from)?;
+        for reference in references {
+            match &reference.target {
+                secrets::refs::Target::Ssm { name } => names.add_parameter(name),
+                secrets::refs::Target::Secret { id, .. } => names.add_secret(id),
+            }
+        }
+        for import in secrets::refs::imports(&params).map_err(secrets::SecretError::from)? {
+            names.add_path(&import.ssm_path, import.recursive);
+        }
+        Ok(Refresher {
+            params,
+            facts,
+            names,
+            timeout: args.timeout,
+        })
+    }
+
+    /// The parameters, secrets and paths a refresh resolves: what an event must name.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Resolves the parameters again and, if any value changed, makes the new set current
+    /// (under the state dir's lock). True when it did. On error nothing is written: the
+    /// current values stay.
+    pub async fn refresh(&self, state: &StateDir) -> Result<bool> {
+        let deadline = Deadline::after(self.timeout);
+        let rendered = render(self.params.clone(), &self.facts, deadline, false).await?;
+        let _lock = state.lock(deadline).await?;
+        match values::write(state.root(), &rendered.set).map_err(write_error)? {
+            Written::Swapped { changed } => {
+                tracing::info!(
+                    files = changed,
+                    dir = %state.root().display(),
+                    "resolved again: new values swapped in"
+                );
+                Ok(true)
+            }
+            Written::Unchanged => {
+                tracing::debug!("resolved again: no value changed");
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// User-data from IMDS, with the facts when `facts` (else empty facts).
 async fn from_imds(
     args: &Settings,
     deadline: Deadline,
     notifier: Notifier,
+    facts: bool,
 ) -> Result<(Option<Vec<u8>>, Facts)> {
     let endpoint = imds::resolve_endpoint(args.imds_endpoint.as_deref(), |k| std::env::var(k).ok())
         .map_err(Error::Usage)?;
@@ -291,7 +383,10 @@ async fn from_imds(
         }
         notifier.status(&status);
     });
-    let (user_data, facts) = tokio::try_join!(user_data, Facts::from_imds(&client))?;
+    let (user_data, facts) = match facts {
+        true => tokio::try_join!(user_data, Facts::from_imds(&client))?,
+        false => (user_data.await?, Facts::default()),
+    };
     Ok((user_data.filter(|raw| !raw.trim_ascii().is_empty()), facts))
 }
 

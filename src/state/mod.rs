@@ -6,6 +6,7 @@ pub mod atomic;
 pub mod envfile;
 pub mod lifecycle;
 pub mod status;
+pub mod values;
 pub mod watch;
 
 use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
@@ -111,29 +112,10 @@ impl StateDir {
         self.root.join("in-service.json")
     }
 
-    /// One file per resolved secret, for `LoadCredential=` (0700, files 0600).
+    /// One file per resolved secret, for `LoadCredential=` (0700, files 0600). This and
+    /// the three files above are links into the current set of values (`values.rs`).
     pub fn credentials_dir(&self) -> PathBuf {
         self.root.join("credentials")
-    }
-
-    /// Removes credential files that are not in `keep` (a secret that left the
-    /// parameters leaves the machine too), and temporary files of a killed run.
-    pub fn prune_credentials(&self, keep: &[&str]) -> Result<(), (PathBuf, std::io::Error)> {
-        let dir = self.credentials_dir();
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err((dir, e)),
-        };
-        for entry in entries {
-            let entry = entry.map_err(|e| (dir.clone(), e))?;
-            let name = entry.file_name();
-            if !keep.iter().any(|k| name.as_encoded_bytes() == k.as_bytes()) {
-                let path = entry.path();
-                fs::remove_file(&path).map_err(|e| (path, e))?;
-            }
-        }
-        Ok(())
     }
 
     /// Creates the directory (0700) if needed, takes its lock, waiting at most until the

@@ -226,6 +226,7 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
             (Some(interval), false) => Some(WatchSpec {
                 sqs: args.sqs.clone(),
                 interval: Some(interval),
+                ..WatchSpec::default()
             }),
             (Some(interval), true) => {
                 let mut spec = watch_settings(state)?;

@@ -1,11 +1,17 @@
 //! Watch mode: after READY, keep every destination synced until SIGTERM.
 //!
-//! Two things start a pass:
+//! Three things start a pass:
 //! - the interval (`--watch`, or `bootstage.watch.interval`): a pass over every
 //!   destination, one LIST each (one conditional GET for a bundle) when nothing changed.
 //!   With a queue this is the safety net, for a message that was lost or never sent;
+//! - `bootstage.watch.secrets_interval` (none by default): the parameters' references and
+//!   imports resolved again (`metadata::Refresher`); a changed value swaps
+//!   `params.json`, `params.env`, `hooks.env` and `credentials/` in together, an unchanged
+//!   one writes nothing; a failure keeps the values and is tried again at the next one;
 //! - a message on the SQS queue (`--sqs`, or `bootstage.watch.sqs`) that names a synced
-//!   source or destination (`events/`): a pass over what it names, at once. A task
+//!   source or destination, or (for the configured sync) a Parameter Store or Secrets
+//!   Manager event naming a reference or an import (`events/`): a pass over what it
+//!   names, at once. A task
 //!   long-polls the queue (20 s waits) from before READY, so a change made after the
 //!   first pass is never missed: its message waits in the queue if nothing is reading.
 //!   Messages that arrive together (within 200 ms of each other, for at most 1 s), or
@@ -18,10 +24,13 @@
 //!
 //! An unreadable queue (gone, refused, unreachable) is logged and shown in `STATUS=` and
 //! `bootstage status` (the watch record, `state::watch`);
-//! polling goes on and the queue is tried again, 1 s doubling to 60 s. After a change is
-//! swapped in, the `--on-change` hook runs between RELOADING=1 and READY=1. A failed
-//! pass keeps the old tree; SIGTERM ends any wait or pass at once (exit 0, no staging dir
-//! left).
+//! polling goes on and the queue is tried again, 1 s doubling to 60 s. After a pass
+//! swapped anything in (trees, values, or both), the `--on-change` hook runs once, between
+//! RELOADING=1 and READY=1, with `BOOTSTAGE_CHANGED` naming the destinations and the state
+//! dir. A failed pass keeps the old tree and values; SIGTERM ends any wait or pass at once
+//! (exit 0, no staging dir left). The parameters as user-data gave them are read (from
+//! IMDS, or the user-data file) only when values are first resolved again; until then an
+//! event of Parameter Store or Secrets Manager counts as naming ours.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -34,8 +43,9 @@ use super::{Settings, SyncSpec, Syncer, summarize};
 use crate::base::child;
 use crate::base::notify::Notifier;
 use crate::base::stop::Stop;
-use crate::events::{Message, Queue, QueueError, Wake, Watched};
+use crate::events::{Message, Names, Queue, QueueError, Wake, Watched};
 use crate::stage::error::Result;
+use crate::stage::metadata::Refresher;
 use crate::state::StateDir;
 use crate::state::watch::{self as record, Watch};
 use crate::sync::source::Location;
@@ -118,8 +128,33 @@ fn again_after(receives: u32) -> Duration {
     doubled.min(Duration::from_secs(15 * 60))
 }
 
-/// The messages a pass settles, and the destinations (by index) it covers.
-type Batch = (Vec<(Message, Wake)>, BTreeSet<usize>);
+/// One pass: the messages it settles and what it covers.
+#[derive(Debug, Default)]
+struct Pass {
+    messages: Vec<(Message, Wake)>,
+    /// Destinations, by index.
+    destinations: BTreeSet<usize>,
+    /// The parameters' values, resolved again.
+    values: bool,
+}
+
+/// What failed in a pass.
+#[derive(Debug, Default)]
+struct Failed {
+    destinations: BTreeSet<usize>,
+    values: bool,
+}
+
+impl Failed {
+    /// Whether what `wake` asked for was done.
+    fn settles(&self, wake: &Wake) -> bool {
+        let trees = match wake.all {
+            true => self.destinations.is_empty(),
+            false => wake.named.is_disjoint(&self.destinations),
+        };
+        trees && !(wake.values && self.values)
+    }
+}
 
 /// What one watch loop works with: the stage's own, and the polling interval.
 pub(super) struct Watcher<'a> {
@@ -153,8 +188,15 @@ struct Taken {
 }
 
 impl Waiting {
-    /// Takes in what the queue reader handed over; `now` stamps a new problem.
-    fn take(&mut self, polled: Vec<Polled>, watched: &[Watched], now: &str) -> Taken {
+    /// Takes in what the queue reader handed over; `names` are the references and imports
+    /// an event may name; `now` stamps a new problem.
+    fn take(
+        &mut self,
+        polled: Vec<Polled>,
+        watched: &[Watched],
+        names: &Names,
+        now: &str,
+    ) -> Taken {
         let mut taken = Taken::default();
         for p in polled {
             match p {
@@ -165,7 +207,7 @@ impl Waiting {
                         taken.record = true;
                     }
                     for m in messages {
-                        match Wake::of(&m.body, watched) {
+                        match Wake::of(&m.body, watched, names) {
                             Some(wake) => self.pending.push((m, wake)),
                             None => taken.ignored.push(m.handle),
                         }
@@ -185,30 +227,75 @@ impl Waiting {
         taken
     }
 
-    /// The pass to run now, if one is due: the messages it settles and the destinations
-    /// (by index) it covers. The timer or a message for all covers every destination;
-    /// messages alone cover what they name.
-    fn batch(&mut self, timer: bool, destinations: usize) -> Option<Batch> {
-        if !timer && self.pending.is_empty() {
+    /// The pass to run now, if one is due. The sync timer or a message for all covers
+    /// every destination; the values' timer or a message naming a reference or an import
+    /// covers the values; messages alone cover what they name.
+    fn batch(&mut self, timer: bool, values_timer: bool, destinations: usize) -> Option<Pass> {
+        if !timer && !values_timer && self.pending.is_empty() {
             return None;
         }
-        let batch = std::mem::take(&mut self.pending);
-        let chosen = match timer || batch.iter().any(|(_, w)| *w == Wake::All) {
+        let messages = std::mem::take(&mut self.pending);
+        let chosen = match timer || messages.iter().any(|(_, w)| w.all) {
             true => (0..destinations).collect(),
-            false => batch
+            false => messages
                 .iter()
-                .flat_map(|(_, w)| match w {
-                    Wake::Some(named) => named.clone(),
-                    Wake::All => BTreeSet::new(),
-                })
+                .flat_map(|(_, w)| w.named.iter().copied())
                 .collect(),
         };
-        Some((batch, chosen))
+        let values = values_timer || messages.iter().any(|(_, w)| w.values);
+        Some(Pass {
+            messages,
+            destinations: chosen,
+            values,
+        })
     }
 }
 
-/// Runs until SIGTERM: a pass every `interval`, and one at once for each batch of
-/// messages on the queue, if there is one.
+/// The parameters' values in watch mode, for the configured sync only (a one-off
+/// `--from/--to` watcher leaves them alone): the refresher, read when first needed.
+struct Values<'a> {
+    state: &'a StateDir,
+    args: &'a Settings,
+    notifier: Notifier,
+    /// Whether this watcher resolves values again at all.
+    enabled: bool,
+    refresher: Option<Refresher>,
+}
+
+impl Values<'_> {
+    /// What an event must name to wake the values: nothing when disabled, every parameter
+    /// and secret until the parameters are read.
+    fn names(&self) -> Names {
+        match (&self.refresher, self.enabled) {
+            (_, false) => Names::default(),
+            (Some(r), true) => r.names().clone(),
+            (None, true) => Names::everything(),
+        }
+    }
+
+    /// Resolves the values again; true when a new set was swapped in. On error the
+    /// values stay as they are.
+    async fn refresh(&mut self) -> Result<bool> {
+        if self.refresher.is_none() {
+            let loaded = Refresher::load(self.state, &self.args.metadata, self.notifier).await?;
+            if loaded.names().is_empty() {
+                tracing::info!(
+                    "watch: the parameters have no reference or import: nothing to resolve again"
+                );
+            }
+            self.refresher = Some(loaded);
+        }
+        let refresher = self.refresher.as_ref().expect("loaded above");
+        if refresher.names().is_empty() {
+            return Ok(false);
+        }
+        refresher.refresh(self.state).await
+    }
+}
+
+/// Runs until SIGTERM: a pass every `interval`, the values resolved again every
+/// `bootstage.watch.secrets_interval`, and a pass at once for each batch of messages on
+/// the queue, if there is one.
 pub(super) async fn watch(
     w: Watcher<'_>,
     mut listener: Option<Listener>,
@@ -231,18 +318,41 @@ pub(super) async fn watch(
             }
         })
     });
+    // One per spec, in order: a message's indexes are the specs'.
     let watched: Vec<Watched> = specs
         .iter()
-        .filter_map(|s| {
-            Some(Watched {
-                from: Location::parse(&s.from).ok()?,
-                from_url: s.from.clone(),
-                to: s.to.clone(),
-            })
+        .map(|s| Watched {
+            from: Location::parse(&s.from).ok(),
+            from_url: s.from.clone(),
+            to: s.to.clone(),
+            release: s.release_parameter().map(str::to_string),
         })
         .collect();
+    // The configured sync's parameters say how often values are resolved again (the
+    // stage checked them before the first pass).
+    let configured = args.from.is_none();
+    let values_every = match configured {
+        true => super::watch_settings(state)
+            .ok()
+            .and_then(|w| w.secrets_interval),
+        false => None,
+    };
+    let mut values = Values {
+        state,
+        args,
+        notifier,
+        enabled: configured && (values_every.is_some() || listener.is_some()),
+        refresher: None,
+    };
     let every = humantime::format_duration(interval).to_string();
     let mut due = Instant::now() + interval;
+    let mut values_due = values_every.map(|e| Instant::now() + e);
+    if let Some(e) = values_every {
+        tracing::info!(
+            every = %humantime::format_duration(e),
+            "watch: resolving the parameters' references and imports again"
+        );
+    }
     let mut waiting = Waiting {
         pending: Vec::new(),
         shown: Watch {
@@ -256,8 +366,10 @@ pub(super) async fn watch(
     loop {
         let mut polled = Vec::new();
         let mut timer = false;
+        let mut values_timer = false;
         tokio::select! {
             _ = tokio::time::sleep_until(due) => timer = true,
+            _ = async { tokio::time::sleep_until(values_due?).await; Some(()) }, if values_due.is_some() => values_timer = true,
             Some(p) = async { listener.as_mut()?.rx.recv().await }, if listener.is_some() => polled.push(p),
             _ = stop.requested() => break,
         }
@@ -278,7 +390,7 @@ pub(super) async fn watch(
             }
         }
         let now = crate::state::status::timestamp(std::time::SystemTime::now());
-        let taken = waiting.take(polled, &watched, &now);
+        let taken = waiting.take(polled, &watched, &values.names(), &now);
         // The record first: whoever sees the STATUS= line and asks `status` finds it.
         if taken.record {
             record::write(state, &waiting.shown);
@@ -302,30 +414,62 @@ pub(super) async fn watch(
                 tracing::warn!("watch: {e}");
             }
         }
-        let Some((batch, chosen)) = waiting.batch(timer, specs.len()) else {
+        let Some(pass) = waiting.batch(timer, values_timer, specs.len()) else {
             continue;
         };
         if timer {
             due = Instant::now() + interval;
         }
-        if !batch.is_empty() {
+        if values_timer {
+            values_due = values_every.map(|e| Instant::now() + e);
+        }
+        if !pass.messages.is_empty() {
             tracing::info!(
-                messages = batch.len(),
-                destinations = chosen.len(),
+                messages = pass.messages.len(),
+                destinations = pass.destinations.len(),
+                values = pass.values,
                 "watch: woken by the queue"
             );
         }
-        let subset: Vec<SyncSpec> = chosen.iter().map(|&i| specs[i].clone()).collect();
-        let results = tokio::select! {
-            results = syncer.sync_all(&subset, notifier, false) => results,
-            _ = stop.requested() => break,
+        let mut changed = Vec::new();
+        let mut failed = Failed::default();
+        let mut summary = Vec::new();
+        if pass.values {
+            let refreshed = tokio::select! {
+                refreshed = values.refresh() => refreshed,
+                _ = stop.requested() => break,
+            };
+            match refreshed {
+                Ok(true) => {
+                    changed.push(state.root().display().to_string());
+                    summary.push("parameters changed".to_string());
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    failed.values = true;
+                    tracing::error!(
+                        "watch: the parameters keep their values, resolving them again failed: {e}"
+                    );
+                    notifier.status(&format!("resolving the parameters again failed: {e}"));
+                }
+            }
+        }
+        let subset: Vec<SyncSpec> = pass
+            .destinations
+            .iter()
+            .map(|&i| specs[i].clone())
+            .collect();
+        let results = match subset.is_empty() {
+            true => Vec::new(),
+            false => tokio::select! {
+                results = syncer.sync_all(&subset, notifier, false) => results,
+                _ = stop.requested() => break,
+            },
         };
         // Destinations are independent: one that failed keeps its old tree, and the hook
         // still runs for the others that swapped.
         let mut reports = Vec::new();
-        let mut changed = Vec::new();
-        let mut failed = BTreeSet::new();
-        for ((&i, spec), result) in chosen.iter().zip(&subset).zip(results) {
+        for ((&i, spec), result) in pass.destinations.iter().zip(&subset).zip(results) {
             match result {
                 Ok(report) => {
                     if report.swapped {
@@ -334,7 +478,7 @@ pub(super) async fn watch(
                     reports.push(report);
                 }
                 Err(e) => {
-                    failed.insert(i);
+                    failed.destinations.insert(i);
                     tracing::error!(
                         "watch: {} keeps its old tree, this pass failed: {e}",
                         spec.to.display()
@@ -345,7 +489,7 @@ pub(super) async fn watch(
         }
         if let Some(l) = &listener {
             tokio::select! {
-                _ = settle(&l.queue, batch, &failed) => {}
+                _ = settle(&l.queue, pass.messages, &failed) => {}
                 _ = stop.requested() => break,
             }
         }
@@ -353,7 +497,10 @@ pub(super) async fn watch(
             tracing::debug!("watch: no change");
             continue;
         }
-        let summary = summarize(&reports);
+        if reports.iter().any(|r| r.swapped) {
+            summary.insert(0, summarize(&reports));
+        }
+        let summary = summary.join("; ");
         tracing::info!("{summary}");
         notifier.reloading();
         if let Some(hook) = &args.on_change {
@@ -372,18 +519,14 @@ pub(super) async fn watch(
     Ok(())
 }
 
-/// Deletes the messages whose destinations all synced. Of those whose pass failed, one
-/// per distinct request comes back later (a source that stays broken costs one retried
-/// pass, not one per message); the rest are deleted.
-async fn settle(queue: &Queue, batch: Vec<(Message, Wake)>, failed: &BTreeSet<usize>) {
+/// Deletes the messages whose work was done. Of those whose pass failed, one per
+/// distinct request comes back later (a source that stays broken costs one retried pass,
+/// not one per message); the rest are deleted.
+async fn settle(queue: &Queue, batch: Vec<(Message, Wake)>, failed: &Failed) {
     let mut done = Vec::new();
     let mut kept: Vec<Wake> = Vec::new();
     for (m, wake) in batch {
-        let ok = match &wake {
-            Wake::All => failed.is_empty(),
-            Wake::Some(named) => named.is_disjoint(failed),
-        };
-        if ok || kept.contains(&wake) {
+        if failed.settles(&wake) || kept.contains(&wake) {
             done.push(m.handle);
             continue;
         }
@@ -458,13 +601,20 @@ mod tests {
     #[test]
     fn the_queue_health_is_recorded_on_each_change_only() {
         let watched = [Watched {
-            from: Location::parse("s3://b/a/").unwrap(),
+            from: Location::parse("s3://b/a/").ok(),
             from_url: "s3://b/a/".into(),
             to: "/srv/a".into(),
+            release: None,
         }];
         let mut w = waiting();
         // A failure is recorded once, with its time; each is logged.
-        let taken = w.take(vec![failed("down"), failed("still down")], &watched, "T1");
+        let names = Names::default();
+        let taken = w.take(
+            vec![failed("down"), failed("still down")],
+            &watched,
+            &names,
+            "T1",
+        );
         assert_eq!(
             taken,
             Taken {
@@ -480,7 +630,7 @@ mod tests {
             (w.shown.queue_problem.as_deref(), w.shown.since.as_deref()),
             (Some("https://sqs.local/q: down"), Some("T1"))
         );
-        let taken = w.take(vec![failed("down again")], &watched, "T2");
+        let taken = w.take(vec![failed("down again")], &watched, &names, "T2");
         assert!(!taken.record);
         assert_eq!(w.shown.since.as_deref(), Some("T1"));
         // An answer clears it; messages that name nothing here are to be deleted.
@@ -488,7 +638,7 @@ mod tests {
             message("h1", r#"{"sync": ["/srv/a"]}"#),
             message("h2", "not json"),
         ]);
-        let taken = w.take(vec![answer], &watched, "T3");
+        let taken = w.take(vec![answer], &watched, &names, "T3");
         assert_eq!(
             taken,
             Taken {
@@ -507,35 +657,119 @@ mod tests {
 
     #[test]
     fn a_pass_covers_what_its_messages_name_or_everything_on_the_timer() {
-        let named = |i: &[usize]| Wake::Some(i.iter().copied().collect());
+        let named = |i: &[usize]| Wake::some(i.iter().copied());
         let all: BTreeSet<usize> = (0..3).collect();
-        let cases: [(bool, Vec<Wake>, Option<BTreeSet<usize>>); 5] = [
-            (false, vec![], None),
-            (true, vec![], Some(all.clone())),
+        let none = BTreeSet::new();
+        // (sync timer, values timer, messages) → (destinations, values), or no pass.
+        let cases: [(bool, bool, Vec<Wake>, Option<(BTreeSet<usize>, bool)>); 9] = [
+            (false, false, vec![], None),
+            (true, false, vec![], Some((all.clone(), false))),
             (
                 false,
+                false,
                 vec![named(&[1]), named(&[1, 2])],
-                Some([1, 2].into()),
+                Some(([1, 2].into(), false)),
             ),
-            (false, vec![named(&[1]), Wake::All], Some(all.clone())),
-            (true, vec![named(&[0])], Some(all.clone())),
+            (
+                false,
+                false,
+                vec![named(&[1]), Wake::all()],
+                Some((all.clone(), false)),
+            ),
+            (true, false, vec![named(&[0])], Some((all.clone(), false))),
+            // The values' own timer: the values alone.
+            (false, true, vec![], Some((none.clone(), true))),
+            (true, true, vec![], Some((all.clone(), true))),
+            // A Parameter Store or Secrets Manager event: the values, with what else came.
+            (
+                false,
+                false,
+                vec![Wake::values()],
+                Some((none.clone(), true)),
+            ),
+            (
+                false,
+                false,
+                vec![Wake::values(), named(&[2])],
+                Some(([2].into(), true)),
+            ),
         ];
-        for (timer, wakes, expected) in cases {
+        for (timer, values_timer, wakes, expected) in cases {
             let mut w = waiting();
             w.pending = wakes
                 .into_iter()
                 .map(|wake| (message("h", "{}"), wake))
                 .collect();
             let pending = w.pending.len();
-            let got = w.batch(timer, 3);
+            let got = w.batch(timer, values_timer, 3);
             assert_eq!(
-                got.as_ref().map(|(_, chosen)| chosen.clone()),
+                got.as_ref().map(|p| (p.destinations.clone(), p.values)),
                 expected,
-                "timer {timer}"
+                "timer {timer}, values timer {values_timer}"
             );
             // A pass takes every pending message with it.
-            assert_eq!(got.map_or(pending, |(batch, _)| batch.len()), pending);
+            assert_eq!(got.map_or(pending, |p| p.messages.len()), pending);
             assert!(w.pending.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_message_is_settled_when_what_it_named_did_not_fail() {
+        let failed = |destinations: &[usize], values: bool| Failed {
+            destinations: destinations.iter().copied().collect(),
+            values,
+        };
+        let both = Wake {
+            named: [1].into(),
+            values: true,
+            ..Wake::default()
+        };
+        let cases = [
+            (Wake::all(), failed(&[], true), true),
+            (Wake::all(), failed(&[2], false), false),
+            (Wake::some([1]), failed(&[2], true), true),
+            (Wake::some([1]), failed(&[1], false), false),
+            (Wake::values(), failed(&[0, 1, 2], false), true),
+            (Wake::values(), failed(&[], true), false),
+            (both.clone(), failed(&[], false), true),
+            (both.clone(), failed(&[], true), false),
+            (both, failed(&[1], false), false),
+        ];
+        for (wake, failed, settled) in cases {
+            assert_eq!(failed.settles(&wake), settled, "{wake:?} {failed:?}");
+        }
+    }
+
+    /// Events are matched against the references' names once read; until then every
+    /// Parameter Store or Secrets Manager event counts, and a watcher that does not
+    /// resolve values (a one-off `--from/--to`) deletes them as naming nothing.
+    #[test]
+    fn eventbridge_events_wake_the_values_by_their_names() {
+        let event = include_str!("../../../tests/fixtures/eventbridge/parameter-store-change.json");
+        let other = event.replace("/rotation/db-password", "/rotation/unrelated");
+        let ours = {
+            let mut n = Names::default();
+            n.add_parameter("/rotation/db-password");
+            n
+        };
+        for (names, body, woken) in [
+            (&ours, event, true),
+            (&ours, other.as_str(), false),
+            (&Names::everything(), other.as_str(), true),
+            (&Names::default(), event, false),
+        ] {
+            let mut w = waiting();
+            let taken = w.take(
+                vec![Polled::Received(vec![message("h", body)])],
+                &[],
+                names,
+                "T",
+            );
+            assert_eq!(taken.ignored.is_empty(), woken);
+            assert_eq!(w.pending.len(), woken as usize);
+            if woken {
+                assert_eq!(w.pending[0].1, Wake::values());
+            }
         }
     }
 }
