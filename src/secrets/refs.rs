@@ -122,6 +122,10 @@ pub fn find(params: &Map<String, Value>) -> Result<Vec<Reference>, RefError> {
 }
 
 fn walk(path: &mut Path, value: &Value, found: &mut Vec<Reference>) -> Result<(), RefError> {
+    // A sync entry's `"from": {"ssm": …}` is a release pointer, read by each sync pass.
+    if settings::sync::is_release_pointer(path) {
+        return Ok(());
+    }
     match value {
         Value::Object(map) if map.contains_key("ssm") || map.contains_key("secretsmanager") => {
             found.push(parse(path, map)?);

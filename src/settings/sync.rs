@@ -14,7 +14,19 @@ use crate::sync::source::{Location, Parts};
 /// One entry of `bootstage.sync`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncSpec {
+    /// The source's URL; empty for a release pointer until a pass resolves it
+    /// ([`SyncSpec::resolve`]).
     pub from: String,
+    /// `"from": {"ssm": NAME}`: a release pointer, the SSM parameter whose value is the
+    /// source (`s3://…` with an optional `#sha256=…` pin), read again on every pass.
+    pub release: Option<String>,
+    /// Generations kept in the destination's home, the current one included (at least 1).
+    pub keep: usize,
+    /// A command (`/bin/sh -c`) that says whether a new generation is healthy, run after
+    /// it is swapped in (and `--on-change` ran); a failure swaps the previous one back.
+    pub verify: Option<String>,
+    pub verify_timeout: Duration,
+    pub verify_attempts: u32,
     pub to: PathBuf,
     pub owner: Option<String>,
     pub group: Option<String>,
@@ -36,9 +48,21 @@ pub struct SyncSpec {
 
 pub const DEFAULT_FILE_MODE: u32 = 0o644;
 pub const DEFAULT_DIR_MODE: u32 = 0o755;
+/// Generations kept by default: the current one and the previous one.
+pub const DEFAULT_KEEP: usize = 2;
+/// At most this many (each a whole tree on disk).
+const MAX_KEEP: u64 = 32;
+pub const DEFAULT_VERIFY_TIMEOUT: Duration = Duration::from_secs(60);
+const MAX_VERIFY_ATTEMPTS: u64 = 100;
+/// A release pointer's value is at most this long (SSM's standard tier holds 4 KB).
+const MAX_POINTER: usize = 2048;
 
 const SYNC_KEYS: &[&str] = &[
     "from",
+    "keep",
+    "verify",
+    "verify_timeout",
+    "verify_attempts",
     "to",
     "owner",
     "group",
@@ -189,8 +213,57 @@ pub fn specs(value: &Value, at: &str) -> Result<Vec<SyncSpec>, SettingsError> {
     for (i, item) in items.iter().enumerate() {
         let fields = Fields::of(item, &format!("{at}[{i}]"), "a sync entry (an object)")?;
         fields.known(SYNC_KEYS)?;
+        let here = format!("{at}[{i}]");
+        let (from, release) = match fields.get("from") {
+            Some(Value::Object(_)) => (String::new(), Some(pointer(item, &here)?)),
+            _ => (fields.required("from")?, None),
+        };
+        let keep = match fields.count("keep")? {
+            None => DEFAULT_KEEP,
+            Some(n) if (1..=MAX_KEEP).contains(&n) => n as usize,
+            Some(_) => {
+                return Err(SettingsError(format!(
+                    "{here}.keep: must be from 1 to {MAX_KEEP}"
+                )));
+            }
+        };
+        let verify_attempts = match fields.count("verify_attempts")? {
+            None => 1,
+            Some(n) if (1..=MAX_VERIFY_ATTEMPTS).contains(&n) => n as u32,
+            Some(_) => {
+                return Err(SettingsError(format!(
+                    "{here}.verify_attempts: must be from 1 to {MAX_VERIFY_ATTEMPTS}"
+                )));
+            }
+        };
+        let verify_timeout = fields
+            .duration("verify_timeout")?
+            .unwrap_or(DEFAULT_VERIFY_TIMEOUT);
+        if verify_timeout.is_zero() {
+            return Err(SettingsError(format!(
+                "{here}.verify_timeout: must be more than 0"
+            )));
+        }
+        let verify = fields.string("verify")?;
+        if verify.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(SettingsError(format!(
+                "{here}.verify: an empty command; leave \"verify\" out instead"
+            )));
+        }
+        if verify.is_none()
+            && (fields.get("verify_timeout").is_some() || fields.get("verify_attempts").is_some())
+        {
+            return Err(SettingsError(format!(
+                "{here}: \"verify_timeout\" and \"verify_attempts\" are for a \"verify\" command"
+            )));
+        }
         let spec = SyncSpec {
-            from: fields.required("from")?,
+            from,
+            release,
+            keep,
+            verify,
+            verify_timeout,
+            verify_attempts,
             to: PathBuf::from(fields.required("to")?),
             owner: fields.string("owner")?,
             group: fields.string("group")?,
@@ -278,6 +351,11 @@ impl SyncSpec {
     pub fn plain(from: &str, to: &Path) -> SyncSpec {
         SyncSpec {
             from: from.to_string(),
+            release: None,
+            keep: DEFAULT_KEEP,
+            verify: None,
+            verify_timeout: DEFAULT_VERIFY_TIMEOUT,
+            verify_attempts: 1,
             to: to.to_path_buf(),
             owner: None,
             group: None,
@@ -313,9 +391,84 @@ impl SyncSpec {
         }
     }
 
+    /// The SSM parameter this entry's source is read from, if it is a release pointer.
+    pub(crate) fn release_parameter(&self) -> Option<&str> {
+        self.release.as_deref()
+    }
+
+    /// This entry with its release pointer's `value` as its source: `URL` or
+    /// `URL#sha256=<64 hex>`, checked exactly as a `from` written in user-data is. The value
+    /// is untrusted (whoever may put the parameter); a message names the parameter and
+    /// shows at most the start of the value.
+    pub fn resolve(&self, value: &str) -> Result<SyncSpec, String> {
+        let name = self.release.as_deref().unwrap_or_default();
+        let shown: String = value
+            .chars()
+            .take(120)
+            .collect::<String>()
+            .escape_debug()
+            .to_string();
+        let refuse = |why: &str| {
+            format!(
+                "release pointer SSM parameter {name:?} for {}: its value \"{shown}{}\" {why}",
+                self.to.display(),
+                if value.chars().count() > 120 {
+                    "…"
+                } else {
+                    ""
+                },
+            )
+        };
+        if value.len() > MAX_POINTER {
+            return Err(refuse(&format!("is longer than {MAX_POINTER} bytes")));
+        }
+        if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(refuse(
+                "has a space or a control character; it must be one URL (s3://BUCKET/KEY.tar.zst, optionally #sha256=<64 hex>)",
+            ));
+        }
+        let (url, pin) = match value.split_once('#') {
+            None => (value, None),
+            Some((url, fragment)) => match fragment.strip_prefix("sha256=") {
+                Some(pin) => (url, Some(pin.to_ascii_lowercase())),
+                None => return Err(refuse("has a '#' that is not followed by sha256=<64 hex>")),
+            },
+        };
+        if url.is_empty() {
+            return Err(refuse("is empty"));
+        }
+        let resolved = SyncSpec {
+            from: url.to_string(),
+            sha256: pin,
+            ..self.clone()
+        };
+        match resolved.check() {
+            Ok(()) => Ok(resolved),
+            Err(why) => {
+                // `check`'s reasons start with the URL; the value was shown already.
+                let why = why
+                    .strip_prefix(url)
+                    .map_or(why.as_str(), |w| w.trim_start_matches(':').trim_start());
+                let why: String = why.chars().take(300).collect();
+                Err(refuse(&format!("is not a source bootstage reads: {why}")))
+            }
+        }
+    }
+
     /// The source is one bootstage reads; the archive-only settings are given only for
     /// an archive, and a pin only as 64 hex digits.
     pub fn check(&self) -> Result<(), String> {
+        if self.release.is_some() && self.from.is_empty() {
+            // A release pointer: its value is checked on each pass (`resolve`); a pin
+            // comes with the value, and the archive's settings are checked against it.
+            return match self.sha256 {
+                Some(_) => Err(format!(
+                    "release pointer {:?}: \"sha256\" comes with the parameter's value (URL#sha256=<64 hex>), not in the entry",
+                    self.release.as_deref().unwrap_or_default()
+                )),
+                None => Ok(()),
+            };
+        }
         let location = Location::parse(&self.from).map_err(|e| e.to_string())?;
         let archive = matches!(
             location,
@@ -370,6 +523,34 @@ impl SyncSpec {
         }
         Ok(())
     }
+}
+
+/// The SSM parameter a `"from": {"ssm": NAME}` names: only the key `ssm`, a name as SSM
+/// spells one (letters, digits, `_.-/`, at most 1011 characters).
+fn pointer(item: &Value, at: &str) -> Result<String, SettingsError> {
+    let here = format!("{at}.from");
+    let fields = Fields::of(&item["from"], &here, "a URL or {\"ssm\": PARAMETER}")?;
+    fields.known(&["ssm"])?;
+    let name = fields.required("ssm")?;
+    let valid = !name.is_empty()
+        && name.len() <= 1011
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b))
+        && !name.ends_with('/');
+    if !valid {
+        return Err(SettingsError(format!(
+            "{here}.ssm: {name:?} is not an SSM parameter name (letters, digits and _.-/, not ending in /)"
+        )));
+    }
+    Ok(name)
+}
+
+/// Whether `path` (in the parameters, as `secrets::refs` walks them) is a sync entry's
+/// `from`: there `{"ssm": …}` is a release pointer the sync reads on each pass, not a
+/// reference the metadata stage resolves once.
+pub fn is_release_pointer(path: &[String]) -> bool {
+    matches!(path, [b, s, i, f] if b == crate::state::envfile::SETTINGS_KEY && s == "sync" && f == "from" && i.parse::<usize>().is_ok())
 }
 
 /// Refuses two entries whose destinations are the same or one inside the other (one
@@ -506,5 +687,161 @@ mod tests {
             ..Parts::default()
         };
         assert_eq!(one.count(1 << 30, true), 1);
+    }
+
+    /// A release pointer: parsed from `{"ssm": NAME}`, checked for its shape; its value
+    /// resolved through the same checks as a `from` in user-data, refused otherwise with
+    /// the parameter's name and a bounded excerpt of the value.
+    #[test]
+    fn release_pointers() {
+        use serde_json::json;
+        let pointer = |from: Value, extra: Value| {
+            let mut item = json!({"from": from, "to": "/srv/app"});
+            item.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            specs(&Value::Array(vec![item]), "bootstage.sync").map(|mut s| s.remove(0))
+        };
+        let spec = pointer(json!({"ssm": "/shop/web/release"}), json!({})).unwrap();
+        assert_eq!(spec.release_parameter(), Some("/shop/web/release"));
+        assert_eq!(
+            (spec.from.as_str(), spec.keep, spec.verify_attempts),
+            ("", 2, 1)
+        );
+        let plain = entry("s3://b/a/", json!({})).unwrap().remove(0);
+        assert_eq!(plain.release_parameter(), None);
+        let refused = [
+            (
+                json!({"ssm": "a b"}),
+                json!({}),
+                "is not an SSM parameter name",
+            ),
+            (
+                json!({"ssm": "/a/"}),
+                json!({}),
+                "is not an SSM parameter name",
+            ),
+            (json!({"ssm": 3}), json!({}), "from.ssm: expected a string"),
+            (json!({"ssm": "/a", "env": "X"}), json!({}), "env"),
+            (json!({"secretsmanager": "x"}), json!({}), "secretsmanager"),
+            (
+                json!({"ssm": "/a"}),
+                json!({"sha256": "0".repeat(64)}),
+                "comes with the parameter's value",
+            ),
+            (
+                json!({"ssm": "/a"}),
+                json!({"keep": 0}),
+                "keep: must be from 1 to 32",
+            ),
+            (
+                json!({"ssm": "/a"}),
+                json!({"keep": 33}),
+                "keep: must be from 1 to 32",
+            ),
+            (
+                json!({"ssm": "/a"}),
+                json!({"verify_attempts": 2}),
+                "are for a \"verify\" command",
+            ),
+            (
+                json!({"ssm": "/a"}),
+                json!({"verify": " "}),
+                "an empty command",
+            ),
+            (
+                json!({"ssm": "/a"}),
+                json!({"verify": "true", "verify_timeout": 0}),
+                "verify_timeout: must be more than 0",
+            ),
+        ];
+        for (from, extra, message) in refused {
+            let e = pointer(from.clone(), extra.clone()).unwrap_err().0;
+            assert!(e.contains(message), "{from} {extra}: {e}");
+        }
+        let verified = pointer(
+            json!({"ssm": "/a"}),
+            json!({"verify": "curl -f localhost", "verify_timeout": 5, "verify_attempts": 3, "keep": 3}),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                verified.verify.as_deref(),
+                verified.verify_timeout,
+                verified.verify_attempts,
+                verified.keep
+            ),
+            (Some("curl -f localhost"), Duration::from_secs(5), 3, 3)
+        );
+
+        let pin = "ab".repeat(32);
+        let ok = spec
+            .resolve(&format!(
+                "s3://art/web/1.4.2.tar.zst#sha256={}",
+                pin.to_uppercase()
+            ))
+            .unwrap();
+        assert_eq!(
+            (
+                ok.from.as_str(),
+                ok.sha256.as_deref(),
+                ok.release_parameter()
+            ),
+            (
+                "s3://art/web/1.4.2.tar.zst",
+                Some(pin.as_str()),
+                Some("/shop/web/release")
+            )
+        );
+        assert_eq!(spec.resolve("s3://art/web/1.4.2/").unwrap().sha256, None);
+        let long = format!("s3://b/{}.tar.zst", "k".repeat(3000));
+        let prefix_pinned = format!("s3://art/web/#sha256={pin}");
+        let values = [
+            ("", "is empty"),
+            ("https://evil/x.tar.zst", "is not a source bootstage reads"),
+            (
+                "s3://art/web/1.tar.zst#md5=00",
+                "a '#' that is not followed by sha256",
+            ),
+            (
+                "s3://art/web/1.tar.zst#sha256=abc",
+                "\"sha256\" must be 64 hex digits",
+            ),
+            (prefix_pinned.as_str(), "are for an archive"),
+            (
+                "s3://art/web/1.tar.zst\nrm -rf /",
+                "a space or a control character",
+            ),
+            (long.as_str(), "is longer than 2048 bytes"),
+        ];
+        for (value, message) in values {
+            let e = spec.resolve(value).unwrap_err();
+            assert!(
+                e.starts_with(
+                    "release pointer SSM parameter \"/shop/web/release\" for /srv/app: its value"
+                ),
+                "{e}"
+            );
+            assert!(e.contains(message), "{value:?}: {e}");
+            assert!(e.len() < 700, "bounded: {e}");
+        }
+        assert!(is_release_pointer(&[
+            "bootstage".into(),
+            "sync".into(),
+            "0".into(),
+            "from".into()
+        ]));
+        assert!(!is_release_pointer(&[
+            "app".into(),
+            "sync".into(),
+            "0".into(),
+            "from".into()
+        ]));
+        assert!(!is_release_pointer(&[
+            "bootstage".into(),
+            "sync".into(),
+            "0".into(),
+            "to".into()
+        ]));
     }
 }

@@ -425,13 +425,14 @@ impl Syncer {
         bounds: Bounds,
         sqs: bool,
     ) -> Result<Syncer> {
-        let s3 = specs.iter().any(|s| s.from.starts_with("s3://"));
-        let services: &[&'static str] = match (s3, sqs) {
-            (true, true) => &["S3", "SQS"],
-            (true, false) => &["S3"],
-            (false, true) => &["SQS"],
-            (false, false) => &[],
-        };
+        // A release pointer names a source in S3 (or on disk) that only a pass learns.
+        let ssm = specs.iter().any(|s| s.release_parameter().is_some());
+        let s3 = ssm || specs.iter().any(|s| s.from.starts_with("s3://"));
+        let services: Vec<&'static str> = [(s3, "S3"), (ssm, "SSM"), (sqs, "SQS")]
+            .into_iter()
+            .filter_map(|(wanted, name)| wanted.then_some(name))
+            .collect();
+        let services = services.as_slice();
         let aws = match services.is_empty() {
             false => Some(
                 Aws::load(aws::instance_region(state), services, bounds.timeout)
@@ -455,7 +456,8 @@ impl Syncer {
         }
         let client = aws.as_ref().filter(|_| s3).map(Aws::s3);
         let mut origins = std::collections::BTreeMap::new();
-        for spec in specs {
+        // A release pointer's origin is made on each pass, from the parameter's value.
+        for spec in specs.iter().filter(|s| s.release_parameter().is_none()) {
             let resolved = origin(&spec.from, client.as_ref())?;
             origins.insert(spec.from.clone(), Arc::new(resolved));
         }
