@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::base::duration;
 use crate::stage::{
-    hooks, in_service, launch, lifecycle, metadata, notice, query, s3sync, status, validate,
+    hooks, image, in_service, launch, lifecycle, metadata, notice, query, s3sync, status, validate,
 };
 use crate::state;
 
@@ -71,6 +71,60 @@ pub enum Command {
     /// End the hold on a failed instance now: abandon it (the group replaces it) or, with
     /// --continue, put it in service.
     Release(ReleaseArgs),
+    /// Ready this instance to be captured as an image, so every instance of the image
+    /// boots as a first boot (`image prepare`).
+    Image(ImageArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImageArgs {
+    #[command(subcommand)]
+    pub command: ImageCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ImageCommand {
+    /// Remove what must not travel in an image, printing one line for each path removed:
+    /// the synced destinations the parameters name (their links and generations), the
+    /// per-instance markers and all else in the lib dir, and the state dir (parameters,
+    /// facts, env files, credentials, status, lifecycle, warm-pool and watch records).
+    /// The last step before the image is captured.
+    ///
+    /// Refuses while a bootstage unit is busy (starting, stopping, or its process
+    /// running: it would write its state back), unless --force. Exit status: 0 done, 75
+    /// busy units, 73 something could not be removed or was left (said on stderr).
+    Prepare(PrepareArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PrepareArgs {
+    /// Print what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Go on even while bootstage units are busy (what they write afterwards stays in the
+    /// image).
+    #[arg(long)]
+    pub force: bool,
+
+    /// Where per-instance markers are kept: instances/INSTANCE-ID/ in it.
+    #[arg(long, env = "BOOTSTAGE_LIB_DIR", default_value = hooks::DEFAULT_LIB_DIR, value_name = "DIR")]
+    pub lib_dir: PathBuf,
+
+    /// The systemctl that lists the units (hidden: for tests).
+    #[arg(long, hide = true, default_value = lifecycle::DEFAULT_SYSTEMCTL, value_name = "PATH")]
+    pub systemctl: PathBuf,
+}
+
+impl From<PrepareArgs> for image::Settings {
+    fn from(a: PrepareArgs) -> Self {
+        image::Settings {
+            dry_run: a.dry_run,
+            force: a.force,
+            lib_dir: a.lib_dir,
+            systemctl: a.systemctl,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use bootstage::base::exit::{self, ExitStatus};
 use bootstage::base::logging;
 use bootstage::base::notify::Notifier;
-use bootstage::cli::{Cli, Command, LifecycleCommand};
+use bootstage::cli::{Cli, Command, ImageCommand, LifecycleCommand};
 use bootstage::stage::error::{self, Error};
 use bootstage::stage::{
-    hooks, in_service, launch, lifecycle, metadata, notice, query, s3sync, status, validate,
+    hooks, image, in_service, launch, lifecycle, metadata, notice, query, s3sync, status, validate,
 };
 use bootstage::state::StateDir;
 use clap::Parser;
@@ -66,6 +66,7 @@ async fn run(cli: Cli, notifier: Notifier) -> Result<exit::ExitCode, Error> {
         Command::Metadata(_) => error::require_root_for_state(&state, "metadata")?,
         Command::Hooks(_) => error::require_root_for_state(&state, "hooks")?,
         Command::InService(_) => error::require_root_for_state(&state, "in-service")?,
+        Command::Image(_) => error::require_root_for_state(&state, "image prepare")?,
         Command::S3Sync(args) if args.from.is_none() => {
             error::require_root_for_state(&state, "s3-sync")?
         }
@@ -103,6 +104,9 @@ async fn run(cli: Cli, notifier: Notifier) -> Result<exit::ExitCode, Error> {
         Command::Release(args) => {
             lifecycle::release(&state, &args.config.into(), args.proceed).await?
         }
+        Command::Image(args) => match args.command {
+            ImageCommand::Prepare(prepare) => image::prepare(&state, &prepare.into()).await?,
+        },
     }
     Ok(exit::ExitCode::Ok)
 }

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod hooks;
+pub mod image;
 pub mod in_service;
 pub mod launch;
 pub mod lifecycle;
