@@ -74,7 +74,7 @@ if [ "$(cargo generate-rpm --version 2>/dev/null)" != "cargo-generate-rpm 0.21.1
   CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=1 \
     cargo install --quiet --locked --version 0.21.1 cargo-generate-rpm
 fi
-if [ "$(cargo deb --version 2>/dev/null)" != "3.8.0" ]; then
+if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb 3.8.0" ]; then
   echo "installing cargo-deb 3.8.0"
   cargo install --quiet --locked --debug --version 3.8.0 cargo-deb
 fi
