@@ -21,6 +21,9 @@
 //! until the next write, so a reader halfway through resolving a path never finds it
 //! gone; older ones and a killed write's leftovers are removed by the next write (which
 //! holds the state dir's lock). Files are 0600 and directories 0700, created so.
+//! `credentials/` exists from the first set with a secret on (emptied when none is left,
+//! as units may name it); before that the link leads nowhere, as the directory did not
+//! exist.
 //!
 //! A state dir written by an older bootstage (plain files, a real `credentials/`) is
 //! moved to this layout by the first write: each file replaced by its link with one
@@ -233,7 +236,10 @@ fn build(dir: &Path, current: Option<&Path>, set: &Set) -> Result<usize> {
     for (name, contents) in set.files() {
         written += put(dir, current, name, contents)? as usize;
     }
-    if !set.credentials.is_empty() {
+    // Once there, `credentials/` stays (emptied when no secret is left), as units may
+    // name it.
+    let had = current.is_some_and(|c| is_dir(&c.join(CREDENTIALS)));
+    if !set.credentials.is_empty() || had {
         let credentials = dir.join(CREDENTIALS);
         make_dir(&credentials)?;
         let from = current.map(|c| c.join(CREDENTIALS));
@@ -444,14 +450,20 @@ mod tests {
     }
 
     #[test]
-    fn no_credentials_leaves_no_credentials_directory() {
+    fn no_credentials_leaves_no_credentials_directory_until_there_were_some() {
         let root = tempfile::tempdir().unwrap();
         let root = root.path();
-        let mut s = set("x", None);
-        s.credentials.clear();
-        write(root, &s).unwrap();
+        let mut none = set("x", None);
+        none.credentials.clear();
+        write(root, &none).unwrap();
         assert!(!root.join("credentials").exists());
-        assert_eq!(write(root, &s).unwrap(), Written::Unchanged);
+        assert_eq!(write(root, &none).unwrap(), Written::Unchanged);
+        // Once there, the directory stays, emptied.
+        write(root, &set("x", None)).unwrap();
+        assert_eq!(fs::read_dir(root.join("credentials")).unwrap().count(), 1);
+        write(root, &none).unwrap();
+        assert_eq!(fs::read_dir(root.join("credentials")).unwrap().count(), 0);
+        assert_eq!(write(root, &none).unwrap(), Written::Unchanged);
     }
 
     #[test]
