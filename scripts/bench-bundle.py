@@ -12,6 +12,8 @@ Per bundle and tool, the median of --runs runs of:
   GNU time (for a pipeline, the largest process's);
 - GETs the server logged (ranged ones apart) for the last run.
 Tools:
+- the floor: bench-floor (crates/bench-s3) GETs the same 8 MiB ranges 8 at once and
+  discards the bytes, so the table shows what is the server's and what is ours;
 - bootstage s3-sync of the bundle in parts (the defaults: above 16 MiB, 8 MiB parts, 8 at
   once), and with `parts_in_flight: 1` (one stream, as before ranged GETs);
 - `aws s3 cp` then `tar --zstd -x`, at aws-cli's defaults (8 MiB parts, 10 at once) and
@@ -37,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
-from benchlib import ACCESS_KEY, BENCH_S3, BIN, SECRET_KEY, BenchS3, env_for  # noqa: E402
+from benchlib import ACCESS_KEY, BENCH_FLOOR, BENCH_S3, BIN, SECRET_KEY, BenchS3, env_for  # noqa: E402
 
 MIB = 1 << 20
 
@@ -108,12 +110,20 @@ def seed_state(state, url, dest, parts_in_flight):
     (state / "hooks.env").write_text("")
 
 
-TOOLS = ["bootstage, ranged (8 x 8 MiB)", "bootstage, one stream", "aws s3 cp + tar -x (default: 10 x 8 MiB)",
+FLOOR = "floor: the server's own pace (bench-floor, 8 x 8 MiB ranges)"
+TOOLS = [FLOOR, "bootstage, ranged (8 x 8 MiB)", "bootstage, one stream", "aws s3 cp + tar -x (default: 10 x 8 MiB)",
          "aws s3 cp + tar -x (8 at once)", "s5cmd cp + tar -x (default: 5 x 50 MiB)", "s5cmd cp + tar -x (8 x 8 MiB)"]
 
 
-def argv_for(tool, server, work, name, dest, aws_config):
+def argv_for(tool, server, work, name, dest, aws_config, size=0):
     url = f"s3://bench/bundle/{name}"
+    if tool == FLOOR:
+        # The same ranged GETs as bootstage's defaults, bytes discarded: no unpacking, no
+        # checksum, no files. The destination gets the 1,000 files the check below counts
+        # from nowhere: this row is the server's, not a tool's.
+        ranges = "".join(f"bundle/{name} bytes={o}-{min(o + 8 * MIB, size) - 1}\n" for o in range(0, size, 8 * MIB))
+        (work / "ranges").write_text(ranges)
+        return ["sh", "-c", f"{BENCH_FLOOR} {server.url} bench 8 {ACCESS_KEY} {SECRET_KEY} < {work / 'ranges'} >/dev/null"], {}
     archive = work / "download.tar.zst"
     untar = f"mkdir -p {dest} && tar --zstd -xf {archive} -C {dest} && rm -f {archive}"
     if tool.startswith("bootstage"):
@@ -227,14 +237,14 @@ def main():
                         shutil.rmtree(work / "out", ignore_errors=True)
                         dest = work / "out" / "dest"
                         dest.parent.mkdir()
-                        argv, extra = argv_for(tool, server, work, bundle.name, dest, aws_config)
+                        argv, extra = argv_for(tool, server, work, bundle.name, dest, aws_config, size)
                         before = len(server.requests())
                         samples.append(benchlib.run(argv, {**env, **extra}, work))
                         logged = server.requests()[before:]
                         gets = [l for l in logged if l.startswith("GET /bench/bundle/")]
                         ranged = [l for l in gets if " 206 " in l]
                         files = sum(len(f) for _, _, f in os.walk(dest))
-                        if files < 1000:
+                        if tool != FLOOR and files < 1000:
                             raise SystemExit(f"{tool}: only {files} files unpacked")
                     wall, cpu, rss = (statistics.median(s[i] for s in samples) for i in range(3))
                     row = (f"{size / 1e6:.0f} MB", tool, wall, size / wall / 1e6, cpu, rss, len(gets), len(ranged))

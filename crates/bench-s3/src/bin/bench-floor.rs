@@ -1,10 +1,11 @@
-//! The floor of `scripts/bench-sync.py`: the server's own pace. GETs every key read from
-//! stdin (one per line) at the given concurrency and discards the bytes: no listing, no
-//! files, no verification beyond what the SDK does by default. Whatever a sync tool takes
-//! beyond this is the tool's own.
+//! The floor of `scripts/bench-sync.py` and `scripts/bench-bundle.py`: the server's own
+//! pace. GETs every line read from stdin at the given concurrency and discards the bytes:
+//! no listing, no files, no verification beyond what the SDK does by default. Whatever a
+//! sync tool takes beyond this is the tool's own. A line is a key, or a key, a space and
+//! an HTTP range (`bundle/app.tar.zst bytes=0-8388607`: one part of a ranged download).
 //!
-//! Usage: `bench-floor ENDPOINT BUCKET CONCURRENCY ACCESS_KEY SECRET_KEY < keys`
-//! (ENDPOINT on loopback). Prints `<objects> <bytes>`.
+//! Usage: `bench-floor ENDPOINT BUCKET CONCURRENCY ACCESS_KEY SECRET_KEY < lines`
+//! (ENDPOINT on loopback). Prints `<GETs> <bytes>`.
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use futures_util::StreamExt;
@@ -36,7 +37,17 @@ async fn main() -> Result<(), BoxError> {
     let gets = futures_util::stream::iter(keys.iter().map(|key| {
         let client = &client;
         async move {
-            let answer = client.get_object().bucket(bucket).key(key).send().await?;
+            let (key, range) = match key.split_once(' ') {
+                Some((key, range)) => (key, Some(range.to_string())),
+                None => (key.as_str(), None),
+            };
+            let answer = client
+                .get_object()
+                .bucket(bucket)
+                .key(key)
+                .set_range(range)
+                .send()
+                .await?;
             let mut body = answer.body;
             let mut bytes = 0u64;
             while let Some(chunk) = body.next().await {
