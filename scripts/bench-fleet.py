@@ -11,9 +11,11 @@ tree/ and as one tree.tar.zst (zstd -3; the random bytes barely compress). Per N
 - requests the server logged, and bytes it served (bodies of the GETs);
 - client CPU (user+sys) summed over the instances, from wait4.
 - the server's own CPU over the same time (it shares the cores with the instances).
-Methods: bootstage s3-sync of the prefix; bootstage s3-sync of the bundle; the same bundle
-again with nothing changed (one conditional GET each, answered 304); `aws s3 cp` of the
-archive then `tar --zstd -x`; `aws s3 sync` of the prefix.
+Methods: bootstage s3-sync of the prefix; bootstage s3-sync of the bundle (its defaults:
+ranged GETs, 8 MiB parts, 8 at once); the same bundle again with nothing changed (one
+conditional GET each, answered 304); `aws s3 cp` of the archive then `tar --zstd -x`;
+`aws s3 sync` of the prefix; and the matched pair: bootstage's bundle as one stream, and
+`aws s3 cp` at 8 parts at once (`max_concurrent_requests = 8`; its default is 10).
 
 Destinations and the archives `aws s3 cp` downloads are all on tmpfs (benchlib.scratch
 says why): one file system for every method. Each archive is removed as soon as it is
@@ -29,18 +31,22 @@ there, so that the prefix's time is measured rather than cut at the 5-minute def
 take the benchmark's whole time. Any fleet still running after 10 minutes is stopped and
 its instances counted as failed.
 
-Usage: scripts/bench-fleet.py [--sizes 1,10,50] [--small] [--no-throttled]
+Usage: scripts/bench-fleet.py [--sizes 1,10,50] [--small] [--no-throttled] [--methods 1,5,…]
   --small: 200 files + 2 x 8 MiB, for a quick look (BENCHMARKS.md is left alone)
 Writes the fleet section of BENCHMARKS.md.
 """
-import argparse, os, shutil, subprocess, sys, tarfile, tempfile, threading, time
+import argparse, json, os, shutil, subprocess, sys, tarfile, tempfile, threading, time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib  # noqa: E402
 from benchlib import BIN, ROOT, BenchS3, build_tree, env_for  # noqa: E402
 
-METHODS = ["bootstage, prefix", "bootstage, bundle", "bootstage, bundle unchanged", "aws s3 cp + tar -x", "aws s3 sync, prefix"]
+METHODS = ["bootstage, prefix", "bootstage, bundle", "bootstage, bundle unchanged", "aws s3 cp + tar -x", "aws s3 sync, prefix",
+           "bootstage, bundle, one stream", "aws s3 cp + tar -x (8 at once)"]
+# The last two: bootstage's bundle as one GET stream (`parts_in_flight: 1`, as before ranged
+# GETs), and aws-cli at bootstage's 8 parts at once (its default is 10): the matched pair.
+MATCHED = METHODS[5:]
 
 
 # The 1,000-instance model: S3's GETs per second per prefix, and how many instances each
@@ -56,11 +62,22 @@ def argv_for(method, server, inst, downloads, timeout):
     sync = [str(BIN), "--state-dir", str(state), "s3-sync", "--sync-timeout", timeout]
     if method == "bootstage, prefix":
         return [*sync, "--from", "s3://bench/tree/", "--to", str(dest)]
+    if method == "bootstage, bundle, one stream":
+        # The one-stream setting exists in user-data only: the state dir as the metadata
+        # stage leaves it, with one bootstage.sync entry.
+        state.mkdir(parents=True, exist_ok=True)
+        entry = {"from": "s3://bench/bundle/tree.tar.zst", "to": str(dest), "parts_in_flight": 1}
+        (state / "params.json").write_text(json.dumps({"bootstage": {"sync": [entry]}}))
+        (state / "instance.json").write_text('{"source":"flags","instance_id":"i-1"}')
+        (state / "params.env").write_text("")
+        (state / "hooks.env").write_text("")
+        return sync
     if method.startswith("bootstage, bundle"):
         return [*sync, "--from", "s3://bench/bundle/tree.tar.zst", "--to", str(dest)]
-    if method == "aws s3 cp + tar -x":
+    if method.startswith("aws s3 cp + tar -x"):
         archive = downloads / f"{inst.parent.name}-{inst.name}.tar.zst"
-        script = (f"aws s3 cp --only-show-errors --endpoint-url {server.url} s3://bench/bundle/tree.tar.zst {archive}"
+        config = f"AWS_CONFIG_FILE={downloads.parent / 'aws-config-8'} " if "8 at once" in method else ""
+        script = (f"{config}aws s3 cp --only-show-errors --endpoint-url {server.url} s3://bench/bundle/tree.tar.zst {archive}"
                   f" && mkdir -p {dest} && tar --zstd -xf {archive} -C {dest} && rm -f {archive}")
         return ["sh", "-c", script]
     if method == "aws s3 sync, prefix":
@@ -180,6 +197,9 @@ def table(rows, sizes, throttled):
     by = {(n, m.split(" (")[0]): (wall, reqs) for n, m, wall, _, _, reqs, *_ in rows}
     lines.append("")
     for n in sizes:
+        if not all((n, m) in by for m in ["bootstage, prefix", "bootstage, bundle", "aws s3 cp + tar -x",
+                                          "bootstage, bundle unchanged"]):
+            continue
         prefix, bundle_ = by[(n, "bootstage, prefix")], by[(n, "bootstage, bundle")]
         cp = by[(n, "aws s3 cp + tar -x")]
         where = f"N = {n}, throttled" if throttled else f"N = {n}"
@@ -194,7 +214,10 @@ def main():
     ap.add_argument("--sizes", default="1,10,50")
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--no-throttled", action="store_true")
+    ap.add_argument("--methods", default=None,
+                    help="comma-separated indexes into METHODS (default: all); 'bundle unchanged' needs 'bundle'")
     args = ap.parse_args()
+    chosen = [METHODS[int(i)] for i in args.methods.split(",")] if args.methods else METHODS
     sizes = [int(s) for s in args.sizes.split(",")]
     rate = S3_GET_RATE * MODEL_N // FLEET
     subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "bootstage", "-p", "bench-s3"], cwd=ROOT, check=True)
@@ -202,9 +225,10 @@ def main():
     with benchlib.scratch() as tmp:
         work, downloads = Path(tmp), Path(tmp) / "downloads"
         downloads.mkdir()
-        runs = [(None, "5m", sizes, METHODS, "unthrottled", rows)]
+        (work / "aws-config-8").write_text("[default]\ns3 =\n  max_concurrent_requests = 8\n")
+        runs = [(None, "5m", sizes, chosen, "unthrottled", rows)]
         if not args.no_throttled:
-            runs.append((rate, "30m", [MODEL_N], METHODS[:4], "throttled", throttled))
+            runs.append((rate, "30m", [MODEL_N], [m for m in chosen if m != "aws s3 sync, prefix"], "throttled", throttled))
         for get_rate, timeout, these, methods, label, into in runs:
             home = work / label
             home.mkdir()
@@ -240,7 +264,7 @@ def main():
         ]
     text = "\n".join(lines)
     print(text)
-    if not args.small and sizes == [1, 10, 50] and throttled:
+    if not args.small and sizes == [1, 10, 50] and throttled and chosen == METHODS:
         benchlib.write_section("fleet", "Fleet: a prefix or a bundle per instance (`scripts/bench-fleet.py`)", text)
 
 
