@@ -289,6 +289,7 @@ fn clean(state: &StateDir, args: &Settings, out: &mut dyn std::io::Write) -> Res
 fn state_entry(name: &OsStr) -> &'static str {
     match name.as_bytes() {
         b"params.json" => "the parameters",
+        b".values" => "the parameters' values behind their links",
         b"instance.json" => "the instance's facts",
         b"params.env" => "the parameters as environment",
         b"hooks.env" => "the hooks' environment",

@@ -12,6 +12,7 @@ mod common;
 
 mod boot;
 mod boot_drain;
+mod boot_image;
 mod boot_warm;
 mod bundles;
 mod checksums;
