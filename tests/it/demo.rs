@@ -89,6 +89,19 @@ async fn the_demo_runs_from_a_clone_under_tmp() {
         "{}",
         out.stdout
     );
+    // The example's password is an SSM reference, which moto's SSM answered (this machine
+    // has moto: the tests need it), and the app got it: 20 characters.
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("== moto's SSM at http://127.0.0.1:")
+                && l.ends_with(" holds /shop-web/staging/db-password"))
+            .count(),
+        1,
+        "{}",
+        out.stdout
+    );
+    assert_eq!(count("db password: 20 characters"), 1, "{}", out.stdout);
     assert_eq!(
         out.stdout.lines().last(),
         Some("BOOTSTAGE_REGION=\"local-1\""),

@@ -1,4 +1,5 @@
-//! scripts/install.sh into a DESTDIR: what it installs, idempotence, and uninstall.
+//! scripts/install.sh into a DESTDIR: what it installs (what the packages install: the
+//! asset list in Cargo.toml), idempotence, and uninstall.
 
 use crate::common;
 
@@ -30,6 +31,75 @@ fn files(root: &Path) -> Vec<String> {
     out
 }
 
+/// The man pages and completions, as scripts/build-assets.sh makes them, in a directory of
+/// this test's own (target/assets is rebuilt by the package builds running beside it).
+fn assets() -> &'static Path {
+    static ASSETS: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    ASSETS
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let status = Command::new(env!("CARGO"))
+                .args(["run", "--quiet", "-p", "xtask", "--", "assets"])
+                .arg(dir.path())
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .unwrap();
+            assert!(status.success(), "xtask assets: {status}");
+            let status = Command::new("sh")
+                .arg("-c")
+                .arg("gzip -9n \"$1\"/man/*.1")
+                .arg("sh")
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success(), "gzip: {status}");
+            dir
+        })
+        .path()
+}
+
+/// Where the Debian package puts each of its assets (Cargo.toml's
+/// `[package.metadata.deb] assets`, which the RPM shares), with `assets()` for
+/// target/assets and the binary under test for the release one.
+fn package_files() -> Vec<String> {
+    let manifest = std::fs::read_to_string("Cargo.toml").unwrap();
+    let list = manifest
+        .split("[package.metadata.deb]")
+        .nth(1)
+        .unwrap()
+        .split("assets = [")
+        .nth(1)
+        .unwrap()
+        .split("\n]")
+        .next()
+        .unwrap();
+    let mut out = Vec::new();
+    for line in list.lines().filter(|l| l.trim_start().starts_with('[')) {
+        let entry: Vec<String> = serde_json::from_str(line.trim().trim_end_matches(',')).unwrap();
+        let (source, to) = (&entry[0], &entry[1]);
+        let sources: Vec<String> = match source.strip_prefix("target/assets/") {
+            Some(rel) if rel.contains('*') => {
+                let (dir, suffix) = rel.split_once("/*").unwrap();
+                let mut names: Vec<String> = std::fs::read_dir(assets().join(dir))
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(suffix))
+                    .collect();
+                names.sort();
+                names
+            }
+            _ => vec![source.rsplit('/').next().unwrap().to_string()],
+        };
+        for name in sources {
+            out.push(match to.ends_with('/') {
+                true => format!("{to}{name}"),
+                false => to.clone(),
+            });
+        }
+    }
+    out
+}
+
 fn install(dest: &Path, args: &[&str]) {
     install_with_umask(dest, args, "022");
 }
@@ -39,6 +109,8 @@ fn install_with_umask(dest: &Path, args: &[&str], umask: &str) {
         .arg("-c")
         .arg(format!("umask {umask}; exec scripts/install.sh \"$@\""))
         .arg("sh")
+        .arg("--assets")
+        .arg(assets())
         .args(args)
         .env("DESTDIR", dest)
         .status()
@@ -66,6 +138,10 @@ fn modes_and_owners_do_not_depend_on_the_umask() {
             ("usr/bin/bootstage", 0o755),
             ("usr/lib/systemd/system/bootstage-hooks.service", 0o644),
             ("usr/share/doc/bootstage/README.md", 0o644),
+            ("usr/share/man/man1/bootstage.1.gz", 0o644),
+            ("usr/share/man/man1/bootstage-image-prepare.1.gz", 0o644),
+            ("usr/share/bash-completion/completions/bootstage", 0o644),
+            ("etc/bootstage/bootstage.env", 0o644),
         ] {
             let at = dest.path().join(path);
             let meta = std::fs::metadata(&at).unwrap();
@@ -83,26 +159,31 @@ fn installs_enables_is_idempotent_and_uninstalls() {
     let dest = tempfile::tempdir().unwrap();
     install(dest.path(), &["--binary", common::BIN]);
     let first = files(dest.path());
-    assert_eq!(
-        first,
+    // What the packages install, and the links that enable the units.
+    let mut expected = package_files();
+    expected.extend(
         [
             "etc/systemd/system/hibernate.target.wants/bootstage-resume.service",
             "etc/systemd/system/hybrid-sleep.target.wants/bootstage-resume.service",
             "etc/systemd/system/multi-user.target.wants/bootstage.target",
             "etc/systemd/system/suspend-then-hibernate.target.wants/bootstage-resume.service",
-            "usr/bin/bootstage",
-            "usr/lib/systemd/system/bootstage-failure@.service",
-            "usr/lib/systemd/system/bootstage-hooks.service",
-            "usr/lib/systemd/system/bootstage-in-service.service",
-            "usr/lib/systemd/system/bootstage-in-service.target",
-            "usr/lib/systemd/system/bootstage-lifecycle.service",
-            "usr/lib/systemd/system/bootstage-metadata.service",
-            "usr/lib/systemd/system/bootstage-ready.service",
-            "usr/lib/systemd/system/bootstage-resume.service",
-            "usr/lib/systemd/system/bootstage-s3-sync.service",
-            "usr/lib/systemd/system/bootstage.target",
-            "usr/share/doc/bootstage/README.md",
         ]
+        .map(String::from),
+    );
+    expected.sort();
+    assert_eq!(first, expected);
+    for file in [
+        "usr/share/man/man1/bootstage.1.gz",
+        "usr/share/man/man1/bootstage-image-prepare.1.gz",
+        "usr/share/zsh/vendor-completions/_bootstage",
+        "etc/bootstage/bootstage.env",
+        "usr/share/doc/bootstage/examples/myapp.service",
+    ] {
+        assert!(first.iter().any(|f| f == file), "{file}: {first:?}");
+    }
+    assert_eq!(
+        std::fs::read(dest.path().join("etc/bootstage/bootstage.env")).unwrap(),
+        std::fs::read("packaging/bootstage.env").unwrap()
     );
     let link = dest
         .path()
@@ -124,11 +205,17 @@ fn installs_enables_is_idempotent_and_uninstalls() {
         "a second install changes nothing"
     );
 
+    // The operator's settings are kept over by an install, and by an uninstall.
     std::fs::write(
         dest.path().join("etc/bootstage/bootstage.env"),
         "AWS_REGION=eu-west-1\n",
     )
     .unwrap();
+    install(dest.path(), &["--binary", common::BIN]);
+    assert_eq!(
+        std::fs::read_to_string(dest.path().join("etc/bootstage/bootstage.env")).unwrap(),
+        "AWS_REGION=eu-west-1\n"
+    );
     install(dest.path(), &["--uninstall"]);
     assert_eq!(
         files(dest.path()),
