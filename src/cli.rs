@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::base::duration;
 use crate::stage::{
-    hooks, image, in_service, launch, lifecycle, metadata, notice, query, s3sync, status, validate,
+    hooks, image, in_service, launch, lifecycle, metadata, notice, query, rollback, s3sync, status,
+    validate,
 };
 use crate::state;
 
@@ -74,6 +75,80 @@ pub enum Command {
     /// Ready this instance to be captured as an image, so every instance of the image
     /// boots as a first boot (`image prepare`).
     Image(ImageArgs),
+    /// Swap a synced destination back to its previous kept generation (or --to one), run
+    /// --on-change, and hold it there: the watcher does not swap in the version rolled
+    /// back from again until the source holds another one (or --clear).
+    ///
+    /// Exit status: 0 done, 66 no generation to roll back to, 73 the destination cannot
+    /// be written.
+    Rollback(RollbackArgs),
+    /// List a synced destination's kept generations: source, version, time and state
+    /// (current, previous, failed, rolled-back), and a rollback's pin.
+    Generations(GenerationsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RollbackArgs {
+    /// The destination (a `to` of bootstage.sync).
+    #[arg(value_name = "DEST")]
+    pub dest: PathBuf,
+    /// A kept generation (`gen-…`, as `bootstage generations DEST` lists them).
+    #[arg(long, value_name = "GENERATION", conflicts_with = "clear")]
+    pub to: Option<String>,
+    /// End the hold of an earlier rollback instead: the next pass swaps in what the
+    /// source holds.
+    #[arg(long)]
+    pub clear: bool,
+    /// Run this command (via /bin/sh -c) after the swap, as the watcher's --on-change.
+    #[arg(long, value_name = "CMD")]
+    pub on_change: Option<String>,
+    /// How long to wait for a running sync of DEST; bounds --on-change too.
+    #[arg(long, value_parser = duration::parse, default_value = "60s", value_name = "DURATION")]
+    pub timeout: Duration,
+    /// The image's notice settings, used when the parameters have no bootstage.notify.
+    #[arg(
+        long = "notify-config",
+        env = "BOOTSTAGE_NOTIFY_CONFIG",
+        default_value = notice::DEFAULT_CONFIG,
+        value_name = "PATH"
+    )]
+    pub notify_config: PathBuf,
+}
+
+impl From<RollbackArgs> for rollback::Settings {
+    fn from(a: RollbackArgs) -> Self {
+        rollback::Settings {
+            dest: a.dest,
+            to: a.to,
+            clear: a.clear,
+            on_change: a.on_change,
+            timeout: a.timeout,
+            notify: a.notify_config,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GenerationsArgs {
+    /// The destination (a `to` of bootstage.sync).
+    #[arg(value_name = "DEST")]
+    pub dest: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// How long to wait for a running sync of DEST.
+    #[arg(long, value_parser = duration::parse, default_value = "60s", value_name = "DURATION")]
+    pub timeout: Duration,
+}
+
+impl From<GenerationsArgs> for rollback::ListSettings {
+    fn from(a: GenerationsArgs) -> Self {
+        rollback::ListSettings {
+            dest: a.dest,
+            json: a.json,
+            timeout: a.timeout,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -11,7 +11,8 @@ use bootstage::base::notify::Notifier;
 use bootstage::cli::{Cli, Command, ImageCommand, LifecycleCommand};
 use bootstage::stage::error::{self, Error};
 use bootstage::stage::{
-    hooks, image, in_service, launch, lifecycle, metadata, notice, query, s3sync, status, validate,
+    hooks, image, in_service, launch, lifecycle, metadata, notice, query, rollback, s3sync, status,
+    validate,
 };
 use bootstage::state::StateDir;
 use clap::Parser;
@@ -107,6 +108,8 @@ async fn run(cli: Cli, notifier: Notifier) -> Result<exit::ExitCode, Error> {
         Command::Image(args) => match args.command {
             ImageCommand::Prepare(prepare) => image::prepare(&state, &prepare.into()).await?,
         },
+        Command::Rollback(args) => rollback::run(&state, &args.into()).await?,
+        Command::Generations(args) => rollback::generations(&args.into()).await?,
     }
     Ok(exit::ExitCode::Ok)
 }

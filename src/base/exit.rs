@@ -36,6 +36,11 @@ pub enum ExitCode {
     /// credentials at all, a file cannot be read for lack of permission, or a command that
     /// needs root was run as another user.
     NoPerm = 77,
+    /// A new generation's `verify` command failed: the previous generation was swapped
+    /// back (or, with none kept, the failed one stays, marked failed). Not EX_*: its own
+    /// code, so a script can tell a release that failed its health check from a sync
+    /// that failed.
+    VerifyFailed = 79,
     /// The shell's code: the app's command exists but cannot be executed.
     CannotExecute = 126,
     /// The shell's code: the app's command was not found.

@@ -10,6 +10,7 @@ pub mod lifecycle;
 pub mod metadata;
 pub mod notice;
 pub mod query;
+pub mod rollback;
 pub mod s3sync;
 pub mod status;
 pub mod validate;

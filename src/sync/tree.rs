@@ -12,7 +12,19 @@
 //! /srv/app/.config.bootstage/gen-17a2….seal.json      inode, ctime, size of each file and symlink
 //! /srv/app/.config.bootstage/staging-…/               a tree being built (a crash leftover otherwise)
 //! /srv/app/.config.bootstage/.lock                    one sync per destination at a time
+//! /srv/app/.config.bootstage/generations.json         the kept generations, a rollback's pin
 //! ```
+//!
+//! **Generations kept.** The current generation and up to `keep - 1` older ones stay
+//! (`keep`, 2 by default), each with its source, version (an archive's ETag, or a digest
+//! of a prefix's listing), time and marks (`failed`: its `verify` failed; `rolled back`:
+//! someone rolled back from it), in `generations.json`. The symlink says which one is
+//! current; the record only annotates. Pruning removes failed ones first, then the
+//! oldest. A rollback swaps the link to a kept generation: one rename, as a swap is; its
+//! record (the pin, the marks) is written before the rename, so a SIGKILL leaves one
+//! complete generation current whatever the instant. The decisions (which generation a
+//! rollback chooses, whether a version may be swapped in, what is pruned) are pure
+//! functions ([`rollback_target`], [`blocked`], [`prune`]) with table tests.
 //!
 //! **Hostile parents.** The destination's parent may belong to the app (`/srv/app`), so
 //! the app can rename, replace or plant anything there, including a symlink named like the
@@ -123,6 +135,221 @@ struct Seal {
     files: BTreeMap<String, (u64, i64, i64, u64)>,
 }
 
+/// One source's version: an archive's ETag, or the digest of a prefix's listing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Version {
+    pub source: String,
+    pub version: String,
+}
+
+/// A kept generation, as `generations.json` records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Made {
+    /// Its directory's name in the home (`gen-…`).
+    pub name: String,
+    pub source: String,
+    /// An archive's ETag, or `sha256:` and the digest of a prefix's listing.
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// When it was made (RFC 3339).
+    pub time: String,
+    /// Its `verify` failed: when, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+    /// Someone rolled back from it: who, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<String>,
+}
+
+/// A rollback that holds: the version rolled back from is not swapped in again until the
+/// source holds another one (or `rollback --clear`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pin {
+    pub from: Version,
+    /// The generation rolled back to.
+    pub to: String,
+    pub by: String,
+    pub at: String,
+}
+
+/// `generations.json`: the kept generations, oldest first; versions that failed their
+/// verify (kept after their trees are pruned, at most [`FAILED_KEPT`]); the pin.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record {
+    #[serde(default)]
+    pub generations: Vec<Made>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<Version>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<Pin>,
+}
+
+const RECORD: &str = "generations.json";
+/// Failed versions remembered.
+const FAILED_KEPT: usize = 32;
+
+/// What a kept generation is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum State {
+    Current,
+    Previous,
+    Failed,
+    RolledBack,
+}
+
+impl State {
+    pub fn of(made: &Made, current: Option<&str>) -> State {
+        if current == Some(made.name.as_str()) {
+            State::Current
+        } else if made.failed.is_some() {
+            State::Failed
+        } else if made.rolled_back.is_some() {
+            State::RolledBack
+        } else {
+            State::Previous
+        }
+    }
+}
+
+/// Why a version the source holds is not swapped in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Blocked {
+    /// Someone rolled back from it.
+    Pinned(Pin),
+    /// Its verify failed.
+    Failed,
+}
+
+/// Whether `version` of `source` may be swapped in: not the version a rollback holds
+/// the destination away from, nor one whose verify failed.
+pub fn blocked(record: &Record, source: &str, version: &str) -> Option<Blocked> {
+    let this = Version {
+        source: source.into(),
+        version: version.into(),
+    };
+    match &record.pin {
+        Some(pin) if pin.from == this => Some(Blocked::Pinned(pin.clone())),
+        _ if record.failed.contains(&this) => Some(Blocked::Failed),
+        _ => None,
+    }
+}
+
+/// The version of `source` to ask S3 about (`If-None-Match`) instead of the current
+/// one: the pinned or failed one, so an unchanged source costs a 304, not a download.
+pub fn blocked_version<'a>(record: &'a Record, source: &str) -> Option<&'a str> {
+    let pinned = record.pin.as_ref().map(|p| &p.from);
+    pinned
+        .into_iter()
+        .chain(record.failed.iter().rev())
+        .find(|v| v.source == source)
+        .map(|v| v.version.as_str())
+}
+
+/// The generation a rollback swaps in: `to` (a kept generation's name, not the current
+/// one, not failed), or the newest kept one that is neither failed nor rolled back from.
+pub fn rollback_target<'a>(
+    record: &'a Record,
+    current: Option<&str>,
+    to: Option<&str>,
+) -> Result<&'a Made, String> {
+    match to {
+        Some(name) => {
+            let made = record
+                .generations
+                .iter()
+                .find(|m| m.name == name)
+                .ok_or_else(|| format!("no kept generation is named {name:?}"))?;
+            match State::of(made, current) {
+                State::Current => Err(format!("{name} is the current generation already")),
+                State::Failed => Err(format!(
+                    "{name} failed its verify; bootstage does not swap it in again"
+                )),
+                State::Previous | State::RolledBack => Ok(made),
+            }
+        }
+        None => record
+            .generations
+            .iter()
+            .rev()
+            .find(|m| State::of(m, current) == State::Previous)
+            .ok_or_else(|| {
+                "no previous generation is kept (none, or each failed or was rolled back from)"
+                    .to_string()
+            }),
+    }
+}
+
+/// The generations to remove so that at most `keep` stay: failed ones first, then those
+/// rolled back from, then the oldest good ones (what a rollback would want); never the
+/// current one.
+pub fn prune(record: &Record, current: Option<&str>, keep: usize) -> Vec<String> {
+    let excess = record.generations.len().saturating_sub(keep.max(1));
+    let of = |state: State| {
+        record
+            .generations
+            .iter()
+            .filter(move |m| State::of(m, current) == state)
+    };
+    of(State::Failed)
+        .chain(of(State::RolledBack))
+        .chain(of(State::Previous))
+        .take(excess)
+        .map(|m| m.name.clone())
+        .collect()
+}
+
+/// The version of a prefix's listing: a digest of each relative path, object version
+/// and size, in path order.
+pub fn listing_version<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str, u64)>) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for (path, version, size) in entries {
+        for part in [path.as_bytes(), b"\0", version.as_bytes(), b"\0"] {
+            hash.update(part);
+        }
+        hash.update(size.to_le_bytes());
+    }
+    format!("sha256:{}", hex::encode(hash.finalize()))
+}
+
+impl Manifest {
+    /// Which version of its source this tree is.
+    pub fn version(&self) -> String {
+        match &self.archive {
+            Some(a) => a.etag.clone(),
+            None => listing_version(
+                self.files
+                    .iter()
+                    .map(|(rel, e)| (rel.as_str(), e.etag.as_str(), e.size)),
+            ),
+        }
+    }
+}
+
+/// Who is running this: `SUDO_USER` (a person behind sudo), else `USER`, with the uid.
+pub fn who() -> String {
+    let uid = nix::unistd::getuid().as_raw();
+    let name = ["SUDO_USER", "USER"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok())
+        .find(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
+        });
+    match name {
+        Some(name) => format!("{name} (uid {uid})"),
+        None => format!("uid {uid}"),
+    }
+}
+
+fn now() -> String {
+    crate::state::status::timestamp(std::time::SystemTime::now())
+}
+
 fn seal_of(st: &FileStat) -> (u64, i64, i64, u64) {
     (st.st_ino, st.st_ctime, st.st_ctime_nsec, st.st_size as u64)
 }
@@ -137,12 +364,16 @@ pub enum TreeError {
     Symlink { path: PathBuf, why: String },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
+    /// A rollback that has nothing to swap in.
+    #[error("{}: {why}", path.display())]
+    NoGeneration { path: PathBuf, why: String },
 }
 
 impl ExitStatus for TreeError {
     fn exit_code(&self) -> ExitCode {
         match self {
             TreeError::Symlink { .. } => ExitCode::BadUserData,
+            TreeError::NoGeneration { .. } => ExitCode::NoInput,
             TreeError::Occupied { .. } | TreeError::Untrusted { .. } | TreeError::Io { .. } => {
                 ExitCode::CantCreate
             }
@@ -167,6 +398,9 @@ pub struct Destination {
     home: OwnedFd,
     _lock: File,
     current: Option<Generation>,
+    /// `generations.json`, as read at `open` and kept up to date.
+    record: Record,
+    keep: usize,
 }
 
 /// The current generation: its name, its descriptor, and its seal.
@@ -297,10 +531,206 @@ impl Destination {
             home,
             _lock: lock,
             current: None,
+            record: Record::default(),
+            keep: crate::settings::sync::DEFAULT_KEEP,
         };
         dest.current = dest.find_current()?;
+        dest.record = dest.read_json(OsStr::new(RECORD)).unwrap_or_default();
+        dest.reconcile();
         dest.remove_leftovers()?;
         Ok(dest)
+    }
+
+    /// How many generations to keep, the current one included (at least 1).
+    pub fn set_keep(&mut self, keep: usize) {
+        self.keep = keep.max(1);
+    }
+
+    /// The record of the kept generations.
+    pub fn record(&self) -> &Record {
+        &self.record
+    }
+
+    /// The current generation's name.
+    pub fn current_name(&self) -> Option<&str> {
+        self.current.as_ref().and_then(|g| g.name.to_str())
+    }
+
+    /// The current generation's record, if it has one.
+    pub fn current_made(&self) -> Option<&Made> {
+        let name = self.current_name()?;
+        self.record.generations.iter().find(|m| m.name == name)
+    }
+
+    /// The kept generations, oldest first, each with what it is now.
+    pub fn list(&self) -> Vec<(Made, State)> {
+        let current = self.current_name();
+        self.record
+            .generations
+            .iter()
+            .map(|m| (m.clone(), State::of(m, current)))
+            .collect()
+    }
+
+    /// The record made true to what is on disk: generations that are gone are dropped,
+    /// and a current one it lacks (a SIGKILL between the swap and the record's write)
+    /// is added from its manifest. Written only if it changed.
+    fn reconcile(&mut self) {
+        let before = self.record.clone();
+        let current = self.current_name().map(str::to_string);
+        self.record.generations.retain(|m| {
+            current.as_deref() == Some(m.name.as_str())
+                || fsat::open_dir(&self.home, OsStr::new(&m.name)).is_ok()
+        });
+        if let Some(name) = current
+            && !self.record.generations.iter().any(|m| m.name == name)
+        {
+            let manifest = self.manifest();
+            self.record.generations.push(Made {
+                name,
+                version: manifest.version(),
+                sha256: manifest.archive.as_ref().and_then(|a| a.sha256.clone()),
+                source: manifest.source,
+                time: now(),
+                failed: None,
+                rolled_back: None,
+            });
+        }
+        if self.record != before {
+            self.write_record();
+        }
+    }
+
+    /// Writes `generations.json` (atomically); a failure costs the annotations, not the
+    /// tree: it is logged.
+    fn write_record(&self) {
+        let written = fsat::write_atomic_with(&self.home, RECORD, |file| {
+            Ok(serde_json::to_writer_pretty(file, &self.record)?)
+        });
+        if let Err(e) = written {
+            tracing::warn!(path = %self.home_path.join(RECORD).display(), error = %e, "cannot write the generations' record");
+        }
+    }
+
+    /// Writes `generations.json`, or fails: for a rollback, whose pin must hold.
+    fn write_record_or_fail(&self) -> Result<(), TreeError> {
+        fsat::write_atomic_with(&self.home, RECORD, |file| {
+            Ok(serde_json::to_writer_pretty(file, &self.record)?)
+        })
+        .map_err(io_at(&self.home_path.join(RECORD)))
+    }
+
+    /// Drops the pin of a rollback (`rollback --clear`): the next pass may swap in what
+    /// the source holds. Whether there was one.
+    pub fn clear_pin(&mut self) -> Result<bool, TreeError> {
+        let had = self.record.pin.take().is_some();
+        if had {
+            self.write_record_or_fail()?;
+        }
+        Ok(had)
+    }
+
+    /// Swaps a kept generation in (see [`rollback_target`] for which): the record first
+    /// (with `pin`, the current version is held away until the source changes; with
+    /// `failed`, the current one is marked failed), then one rename of the link. Returns
+    /// the generation now current.
+    pub fn roll_back(
+        &mut self,
+        to: Option<&str>,
+        by: &str,
+        pin: bool,
+        failed: Option<&str>,
+    ) -> Result<Made, TreeError> {
+        let current = self.current_name().map(str::to_string);
+        let target = rollback_target(&self.record, current.as_deref(), to)
+            .map_err(|why| TreeError::NoGeneration {
+                path: self.path.clone(),
+                why,
+            })?
+            .clone();
+        let at = now();
+        if let Some(made) = self
+            .record
+            .generations
+            .iter_mut()
+            .find(|m| Some(&m.name) == current.as_ref())
+        {
+            let from = Version {
+                source: made.source.clone(),
+                version: made.version.clone(),
+            };
+            match failed {
+                Some(why) => {
+                    made.failed = Some(format!("{at}: {why}"));
+                    self.record.failed.retain(|v| *v != from);
+                    self.record.failed.push(from);
+                    let excess = self.record.failed.len().saturating_sub(FAILED_KEPT);
+                    self.record.failed.drain(..excess);
+                }
+                None => made.rolled_back = Some(format!("by {by} at {at}")),
+            }
+            if pin {
+                self.record.pin = Some(Pin {
+                    from: Version {
+                        source: made.source.clone(),
+                        version: made.version.clone(),
+                    },
+                    to: target.name.clone(),
+                    by: by.to_string(),
+                    at: at.clone(),
+                });
+            }
+        }
+        self.write_record_or_fail()?;
+        let name = OsString::from(&target.name);
+        let dir = fsat::open_dir(&self.home, &name).map_err(io_at(&self.home_path.join(&name)))?;
+        let dirs = fsat::Dirs::new(&dir).map_err(io_at(&self.path))?;
+        self.point_at(&name)?;
+        self.current = Some(Generation {
+            seal: self.read_json(&suffixed(&name, ".seal.json")),
+            name,
+            dirs,
+        });
+        Ok(target)
+    }
+
+    /// Marks the current generation failed (its verify failed and nothing older can be
+    /// swapped in): it stays, and the next pass does not pass it as good.
+    pub fn mark_failed(&mut self, why: &str) {
+        let at = now();
+        let name = self.current_name().map(str::to_string);
+        if let Some(made) = self
+            .record
+            .generations
+            .iter_mut()
+            .find(|m| Some(&m.name) == name.as_ref())
+        {
+            made.failed = Some(format!("{at}: {why}"));
+            let from = Version {
+                source: made.source.clone(),
+                version: made.version.clone(),
+            };
+            self.record.failed.retain(|v| *v != from);
+            self.record.failed.push(from);
+            self.write_record();
+        }
+    }
+
+    /// One atomic step: a new symlink to `generation`, renamed over the destination, and
+    /// the parent fsynced.
+    fn point_at(&self, generation: &OsStr) -> Result<(), TreeError> {
+        let link = OsString::from(format!("link-{}", fsat::unique()));
+        let target = Path::new(&self.home_name).join(generation);
+        nix::unistd::symlinkat(&target, &self.home, link.as_os_str())
+            .map_err(|e| io_at(&self.home_path.join(&link))(io(e)))?;
+        nix::fcntl::renameat(
+            &self.home,
+            link.as_os_str(),
+            &self.parent,
+            self.name.as_os_str(),
+        )
+        .map_err(|e| io_at(&self.path)(io(e)))?;
+        nix::unistd::fsync(&self.parent).map_err(|e| io_at(&self.path)(io(e)))
     }
 
     /// Whether the destination has a generation of ours.
@@ -361,16 +791,23 @@ impl Destination {
     }
 
     fn remove_leftovers(&self) -> Result<(), TreeError> {
-        let keep: Vec<OsString> = match &self.current {
-            Some(g) => vec![
-                g.name.clone(),
-                suffixed(&g.name, ".manifest.json"),
-                suffixed(&g.name, ".seal.json"),
-            ],
-            None => Vec::new(),
-        };
+        let kept = self.current.iter().map(|g| g.name.clone()).chain(
+            self.record
+                .generations
+                .iter()
+                .map(|m| OsString::from(&m.name)),
+        );
+        let keep: Vec<OsString> = kept
+            .flat_map(|name| {
+                [
+                    suffixed(&name, ".manifest.json"),
+                    suffixed(&name, ".seal.json"),
+                    name,
+                ]
+            })
+            .collect();
         for name in fsat::names(&self.home).map_err(io_at(&self.home_path))? {
-            if name == ".lock" || keep.contains(&name) {
+            if name == ".lock" || name == RECORD || keep.contains(&name) {
                 continue;
             }
             let path = self.home_path.join(&name);
@@ -478,35 +915,44 @@ impl Destination {
             Ok(serde_json::to_writer_pretty(file, manifest)?)
         })
         .map_err(io_at(&self.home_path.join(&manifest_name)))?;
-        let link = OsString::from(format!("link-{}", fsat::unique()));
-        let target = Path::new(&self.home_name).join(&generation);
-        nix::unistd::symlinkat(&target, &self.home, link.as_os_str())
-            .map_err(|e| io_at(&self.home_path.join(&link))(io(e)))?;
-        nix::fcntl::renameat(
-            &self.home,
-            link.as_os_str(),
-            &self.parent,
-            self.name.as_os_str(),
-        )
-        .map_err(|e| io_at(&self.path)(io(e)))?;
-        nix::unistd::fsync(&self.parent).map_err(|e| io_at(&self.path)(io(e)))?;
+        self.point_at(&generation)?;
         let new = Generation {
             name: generation.clone(),
             dirs: fsat::Dirs::new(&staged_dir).map_err(io_at(&self.path))?,
             seal: None,
         };
-        if let Some(old) = self.current.replace(new) {
-            // The new tree is in place: a failure here costs disk space, not the boot.
+        self.current = Some(new);
+        // The new tree is in place: it is recorded (a move forward ends a rollback's
+        // pin), and the generations past `keep` go. A failure here costs disk space or
+        // the annotations, not the boot.
+        self.record.generations.push(Made {
+            name: generation.to_string_lossy().into_owned(),
+            source: manifest.source.clone(),
+            version: manifest.version(),
+            sha256: manifest.archive.as_ref().and_then(|a| a.sha256.clone()),
+            time: now(),
+            failed: None,
+            rolled_back: None,
+        });
+        self.record.pin = None;
+        let current = self.current_name().map(str::to_string);
+        let pruned = prune(&self.record, current.as_deref(), self.keep);
+        for old in &pruned {
+            let old = OsString::from(old);
             for name in [
-                suffixed(&old.name, ".manifest.json"),
-                suffixed(&old.name, ".seal.json"),
-                old.name.clone(),
+                suffixed(&old, ".manifest.json"),
+                suffixed(&old, ".seal.json"),
+                old.clone(),
             ] {
                 if let Err(e) = fsat::remove_tree(&self.home, &name) {
-                    tracing::warn!(path = %self.home_path.join(&name).display(), error = %e, "cannot remove the previous generation; the next run will");
+                    tracing::warn!(path = %self.home_path.join(&name).display(), error = %e, "cannot remove an old generation; the next run will");
                 }
             }
         }
+        self.record
+            .generations
+            .retain(|m| !pruned.contains(&m.name));
+        self.write_record();
         // After the last link-count change of this generation's files: seal them.
         let mut seal = Seal::default();
         let current = self.current.as_ref().expect("just set");
@@ -796,6 +1242,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let path = root.path().join("config");
         let mut dest = Destination::open(&path, Duration::ZERO).unwrap();
+        dest.set_keep(1);
         assert!(!dest.has_current());
         build(&mut dest, &[("a", "1"), ("d/b", "2")]);
         assert_eq!(std::fs::read_to_string(path.join("d/b")).unwrap(), "2");
@@ -812,9 +1259,313 @@ mod tests {
                 ".lock".into(),
                 "gen".into(),
                 "gen.manifest".into(),
-                "gen.seal".into()
+                "gen.seal".into(),
+                "generations.json".into(),
             ])
         );
+        assert_eq!(dest.list().len(), 1);
+    }
+
+    fn made(name: &str, version: &str, failed: bool, rolled_back: bool) -> Made {
+        Made {
+            name: name.into(),
+            source: "s3://b/app.tar.zst".into(),
+            version: version.into(),
+            sha256: None,
+            time: "T".into(),
+            failed: failed.then(|| "T: verify exited with 1".into()),
+            rolled_back: rolled_back.then(|| "by ops at T".into()),
+        }
+    }
+
+    fn record(gens: &[(&str, bool, bool)]) -> Record {
+        Record {
+            generations: gens
+                .iter()
+                .map(|(n, f, r)| made(n, &format!("v-{n}"), *f, *r))
+                .collect(),
+            ..Record::default()
+        }
+    }
+
+    /// Which generation a rollback swaps in: the newest good one before, or the one
+    /// named; never the current one, never a failed one.
+    #[test]
+    fn which_generation_a_rollback_chooses() {
+        let ok = |r: Result<&Made, String>| r.map(|m| m.name.clone());
+        let three = record(&[
+            ("g1", false, false),
+            ("g2", false, false),
+            ("g3", false, false),
+        ]);
+        type Case<'a> = (
+            Record,
+            Option<&'a str>,
+            Option<&'a str>,
+            Result<String, &'a str>,
+        );
+        let cases: Vec<Case> = vec![
+            (three.clone(), Some("g3"), None, Ok("g2".into())),
+            (three.clone(), Some("g2"), None, Ok("g3".into())),
+            (three.clone(), Some("g3"), Some("g1"), Ok("g1".into())),
+            (
+                three.clone(),
+                Some("g3"),
+                Some("g3"),
+                Err("is the current generation already"),
+            ),
+            (
+                three.clone(),
+                Some("g3"),
+                Some("g9"),
+                Err("no kept generation is named \"g9\""),
+            ),
+            (
+                record(&[
+                    ("g1", false, false),
+                    ("g2", true, false),
+                    ("g3", false, false),
+                ]),
+                Some("g3"),
+                None,
+                Ok("g1".into()),
+            ),
+            (
+                record(&[
+                    ("g1", false, false),
+                    ("g2", true, false),
+                    ("g3", false, false),
+                ]),
+                Some("g3"),
+                Some("g2"),
+                Err("failed its verify"),
+            ),
+            (
+                record(&[
+                    ("g1", false, false),
+                    ("g2", false, true),
+                    ("g3", false, false),
+                ]),
+                Some("g3"),
+                None,
+                Ok("g1".into()),
+            ),
+            (
+                record(&[
+                    ("g1", false, false),
+                    ("g2", false, true),
+                    ("g3", false, false),
+                ]),
+                Some("g3"),
+                Some("g2"),
+                Ok("g2".into()),
+            ),
+            (
+                record(&[("g1", false, false)]),
+                Some("g1"),
+                None,
+                Err("no previous generation is kept"),
+            ),
+            (
+                record(&[]),
+                None,
+                None,
+                Err("no previous generation is kept"),
+            ),
+        ];
+        for (rec, current, to, expected) in cases {
+            let got = ok(rollback_target(&rec, current, to));
+            match (&got, &expected) {
+                (Ok(g), Ok(e)) => assert_eq!(g, e, "{current:?} {to:?}"),
+                (Err(g), Err(e)) => assert!(g.contains(e), "{current:?} {to:?}: {g}"),
+                _ => panic!("{current:?} {to:?}: got {got:?}, expected {expected:?}"),
+            }
+        }
+    }
+
+    /// What a pass may swap in: not the version rolled back from while the pin holds,
+    /// not a version that failed its verify; and what S3 is asked about instead.
+    #[test]
+    fn whether_a_version_may_be_swapped_in() {
+        let v = |source: &str, version: &str| Version {
+            source: source.into(),
+            version: version.into(),
+        };
+        let pin = Pin {
+            from: v("s3://b/2.tar.zst", "e2"),
+            to: "g1".into(),
+            by: "ops".into(),
+            at: "T".into(),
+        };
+        let rec = Record {
+            generations: Vec::new(),
+            failed: vec![
+                v("s3://b/3.tar.zst", "e3"),
+                v("s3://b/app.tar.zst", "old"),
+                v("s3://b/app.tar.zst", "e4"),
+            ],
+            pin: Some(pin.clone()),
+        };
+        let cases = [
+            ("s3://b/2.tar.zst", "e2", Some(Blocked::Pinned(pin.clone()))),
+            ("s3://b/2.tar.zst", "e2b", None),
+            ("s3://b/1.tar.zst", "e1", None),
+            ("s3://b/3.tar.zst", "e3", Some(Blocked::Failed)),
+            ("s3://b/3.tar.zst", "e3b", None),
+            ("s3://b/app.tar.zst", "e4", Some(Blocked::Failed)),
+            ("s3://b/app.tar.zst", "old", Some(Blocked::Failed)),
+        ];
+        for (source, version, expected) in cases {
+            assert_eq!(
+                blocked(&rec, source, version),
+                expected,
+                "{source} {version}"
+            );
+        }
+        assert_eq!(blocked(&Record::default(), "s3://b/2.tar.zst", "e2"), None);
+        // The pin first, then the newest failure of that source.
+        assert_eq!(blocked_version(&rec, "s3://b/2.tar.zst"), Some("e2"));
+        assert_eq!(blocked_version(&rec, "s3://b/app.tar.zst"), Some("e4"));
+        assert_eq!(blocked_version(&rec, "s3://b/1.tar.zst"), None);
+    }
+
+    /// What goes past `keep`: failed ones first, then those rolled back from, then the
+    /// oldest; never the current one.
+    #[test]
+    fn what_is_pruned() {
+        let cases: Vec<(Record, &str, usize, Vec<&str>)> = vec![
+            (
+                record(&[("g1", false, false), ("g2", false, false)]),
+                "g2",
+                2,
+                vec![],
+            ),
+            (
+                record(&[
+                    ("g1", false, false),
+                    ("g2", false, false),
+                    ("g3", false, false),
+                ]),
+                "g3",
+                2,
+                vec!["g1"],
+            ),
+            (
+                record(&[
+                    ("g1", false, false),
+                    ("g2", false, false),
+                    ("g3", false, false),
+                ]),
+                "g3",
+                1,
+                vec!["g1", "g2"],
+            ),
+            (
+                record(&[
+                    ("g1", false, false),
+                    ("g2", true, false),
+                    ("g3", false, false),
+                ]),
+                "g3",
+                2,
+                vec!["g2"],
+            ),
+            (
+                record(&[
+                    ("g1", false, false),
+                    ("g2", false, true),
+                    ("g3", false, false),
+                ]),
+                "g3",
+                2,
+                vec!["g2"],
+            ),
+            (
+                record(&[
+                    ("g1", false, true),
+                    ("g2", true, false),
+                    ("g3", false, false),
+                    ("g4", false, false),
+                ]),
+                "g4",
+                2,
+                vec!["g2", "g1"],
+            ),
+            // After a rollback the current one is older than the others.
+            (
+                record(&[
+                    ("g1", false, false),
+                    ("g2", false, true),
+                    ("g3", false, false),
+                ]),
+                "g1",
+                1,
+                vec!["g2", "g3"],
+            ),
+            (
+                record(&[
+                    ("g1", false, false),
+                    ("g2", false, false),
+                    ("g3", false, false),
+                    ("g4", false, false),
+                ]),
+                "g4",
+                3,
+                vec!["g1"],
+            ),
+            (record(&[("g1", false, false)]), "g1", 0, vec![]),
+        ];
+        for (rec, current, keep, expected) in cases {
+            assert_eq!(
+                prune(&rec, Some(current), keep),
+                expected,
+                "{current} keep {keep}"
+            );
+        }
+    }
+
+    /// A rollback on disk: the previous tree current again with one rename, the pin and
+    /// the mark recorded and read back after a reopen; `keep: 3` keeps three; a new
+    /// generation ends the pin; --clear ends it too.
+    #[test]
+    fn rollback_swaps_back_and_pins() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("config");
+        let mut dest = Destination::open(&path, Duration::ZERO).unwrap();
+        dest.set_keep(3);
+        for v in ["1", "2", "3", "4"] {
+            build(&mut dest, &[("a", v)]);
+        }
+        let names: Vec<String> = dest.list().into_iter().map(|(m, _)| m.name).collect();
+        assert_eq!(names.len(), 3);
+        let gens = std::fs::read_dir(root.path().join(".config.bootstage"))
+            .unwrap()
+            .filter(|e| {
+                let n = e.as_ref().unwrap().file_name().into_string().unwrap();
+                n.starts_with("gen-") && !n.ends_with(".json")
+            })
+            .count();
+        assert_eq!(gens, 3);
+        let back = dest.roll_back(None, "ops (uid 0)", true, None).unwrap();
+        assert_eq!(back.name, names[1]);
+        assert_eq!(std::fs::read_to_string(path.join("a")).unwrap(), "3");
+        drop(dest);
+        let mut dest = Destination::open(&path, Duration::ZERO).unwrap();
+        let states: Vec<State> = dest.list().into_iter().map(|(_, s)| s).collect();
+        assert_eq!(states, [State::Previous, State::Current, State::RolledBack]);
+        let pin = dest.record().pin.clone().unwrap();
+        assert_eq!(
+            (pin.to.as_str(), pin.by.as_str()),
+            (names[1].as_str(), "ops (uid 0)")
+        );
+        assert_eq!(pin.from.version, dest.list()[2].0.version);
+        assert!(dest.clear_pin().unwrap());
+        assert!(!dest.clear_pin().unwrap());
+        dest.roll_back(None, "ops", true, None).unwrap();
+        assert_eq!(std::fs::read_to_string(path.join("a")).unwrap(), "2");
+        build(&mut dest, &[("a", "5")]);
+        assert_eq!(dest.record().pin, None, "a move forward ends the pin");
+        assert_eq!(std::fs::read_to_string(path.join("a")).unwrap(), "5");
     }
 
     #[test]

@@ -30,6 +30,7 @@ mod notify_and_files;
 mod operator;
 mod packages;
 mod ranged;
+mod releases;
 mod s3_sync;
 mod secrets;
 mod sync_hostile;

@@ -33,7 +33,7 @@ use crate::base::retry::Deadline;
 use crate::settings::SyncSpec;
 use crate::sync::archive;
 use crate::sync::source::{Bundle, Fetched};
-use crate::sync::tree::{Archived, Destination, Entry, Manifest};
+use crate::sync::tree::{self, Archived, Destination, Entry, Manifest};
 
 /// Chunks in flight between the download and the unpacker (each at most a few hundred KiB).
 const CHANNEL: usize = 32;
@@ -64,6 +64,10 @@ pub(super) async fn pass(
         .filter(|a| a.settings == settings)
         .filter(|_| dest.has_current() && dest.intact(&old))
         .map(|a| a.etag.clone());
+    // A version rolled back from, or that failed its verify, is what S3 is asked about
+    // instead: while the source still holds it, a 304 ends the pass.
+    let held = tree::blocked_version(dest.record(), &url).map(str::to_string);
+    let known = held.or(known);
     counters.total.store(1, Ordering::Relaxed);
     counters.done.store(0, Ordering::Relaxed);
     let unchanged = Report {
@@ -111,6 +115,11 @@ pub(super) async fn pass(
         }
         Fetched::Body(download) => download,
     };
+    if let Some(why) = tree::blocked(dest.record(), &url, &download.etag) {
+        held_back(spec, &url, &why);
+        counters.done.store(1, Ordering::Relaxed);
+        return Ok(unchanged);
+    }
     let (etag, size, parts) = (download.etag.clone(), download.size, download.parts);
 
     let staging = dest.staging()?;
@@ -237,6 +246,23 @@ pub(super) async fn pass(
         "swapped in a new generation from the archive"
     );
     Ok(report)
+}
+
+/// Says why the version a source holds is not swapped in.
+pub(super) fn held_back(spec: &SyncSpec, url: &str, why: &tree::Blocked) {
+    match why {
+        tree::Blocked::Pinned(pin) => tracing::info!(
+            dest = %spec.to.display(),
+            source = url,
+            "staying on the generation {} rolled back to (by {} at {}) until the source holds another version; `bootstage rollback --clear` ends this",
+            pin.to, pin.by, pin.at
+        ),
+        tree::Blocked::Failed => tracing::info!(
+            dest = %spec.to.display(),
+            source = url,
+            "the source holds a version that failed its verify here; staying on the current generation until it changes"
+        ),
+    }
 }
 
 /// Sets its flag when dropped: the unpacker checks it between entries.

@@ -27,6 +27,7 @@ mod bundle;
 mod owner;
 mod prefix;
 mod progress;
+mod release;
 mod watch;
 
 use std::path::PathBuf;
@@ -109,6 +110,20 @@ pub enum SyncError {
     /// No credentials for the sources named (S3 URLs), with why.
     #[error("{0}: {1}")]
     Credentials(String, AwsError),
+    /// A release pointer that cannot be read, or whose value is not a source; its code.
+    #[error("{0}")]
+    Pointer(String, ExitCode),
+    /// A new generation failed its `verify`: which release, why, and what runs now.
+    #[error("{dest}: the release {failed} failed its verify ({why}); {}", match running {
+        Some(r) => format!("the previous generation ({r}) is current again"),
+        None => "no previous generation is kept, so it stays current, marked failed".to_string(),
+    })]
+    Verify {
+        dest: String,
+        failed: String,
+        why: String,
+        running: Option<String>,
+    },
 }
 
 impl From<SyncError> for Error {
@@ -135,6 +150,8 @@ impl ExitStatus for SyncError {
             SyncError::Source(SourceError::Local { .. }) => ExitCode::CantCreate,
             SyncError::Tree(e) => e.exit_code(),
             SyncError::Aws(e) | SyncError::Credentials(_, e) => e.exit_code(),
+            SyncError::Pointer(_, code) => *code,
+            SyncError::Verify { .. } => ExitCode::VerifyFailed,
             SyncError::Source(
                 SourceError::Failed { .. }
                 | SourceError::Throttled { .. }
@@ -245,7 +262,20 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
             None => None,
         };
         let needs_sqs = watching.as_ref().is_some_and(|w| w.sqs.is_some());
-        let syncer = Syncer::new(state, &specs, Bounds::of(args), needs_sqs).await?;
+        let mut syncer = Syncer::new(state, &specs, Bounds::of(args), needs_sqs).await?;
+        syncer.hooks.notifier = notifier;
+        if let Some((_, file)) = args
+            .metadata
+            .image_files
+            .iter()
+            .find(|(k, _)| *k == "notify")
+        {
+            syncer.hooks.notify = file.clone();
+        }
+        if watching.is_some() {
+            // A release's verify runs after the hook: the app serves the new tree first.
+            syncer.hooks.on_change = args.on_change.clone();
+        }
         let pass = async {
             let reports = all_ok(syncer.sync_all(&specs, notifier, true).await)?;
             Ok::<_, Error>(summarize(&reports))
@@ -413,6 +443,10 @@ fn configured(state: &StateDir) -> Result<Vec<SyncSpec>> {
 /// so watch mode does not load credentials again each interval) and the bounds.
 struct Syncer {
     aws: Option<Aws>,
+    /// The S3 client, for release pointers' sources (built once).
+    s3: Option<aws_sdk_s3::Client>,
+    /// What a release's verify needs: the change hook (watch mode), the notice settings.
+    hooks: release::Hooks,
     /// Each spec's source, by its `from`, resolved once (with the S3 client it needs).
     origins: std::collections::BTreeMap<String, Arc<Origin>>,
     bounds: Bounds,
@@ -463,6 +497,14 @@ impl Syncer {
         }
         Ok(Syncer {
             aws,
+            s3: client,
+            hooks: release::Hooks {
+                on_change: None,
+                state: state.clone(),
+                notify: PathBuf::from(crate::stage::notice::DEFAULT_CONFIG),
+                limit: bounds.timeout,
+                notifier: Notifier::from_env(),
+            },
             origins,
             bounds,
         })
@@ -486,56 +528,113 @@ impl Syncer {
         }
         let progress = Arc::new(Progress::new(specs.len()));
         let ticker = tokio::spawn(progress.clone().report(notifier));
-        let passes = specs.iter().zip(&progress.dests).map(|(spec, counters)| {
-            let bytes = &progress.bytes;
-            async move {
-                let source = self.origins.get(&spec.from).ok_or_else(|| {
-                    SyncError::Settings(format!("{}: not a source of this run", spec.from))
-                })?;
-                let deadline = Deadline::after(self.bounds.timeout);
-                let pass = || sync_one(source, spec, self.bounds, counters, bytes, deadline);
-                let last_error = std::sync::Mutex::new(String::new());
-                let on_retry = |e: &SyncError, attempt, sleep| {
-                    tracing::warn!(
-                        "{}: {e}; syncing again in {sleep:.1?} (retry {attempt})",
-                        spec.to.display()
-                    );
-                    let why = match e {
-                        SyncError::Source(
-                            SourceError::Failed { why, .. } | SourceError::Throttled { why, .. },
-                        ) => why.clone(),
-                        other => other.to_string(),
+        let resolved = self.resolve(specs).await;
+        let passes = resolved
+            .into_iter()
+            .zip(&progress.dests)
+            .map(|(spec, counters)| {
+                let bytes = &progress.bytes;
+                async move {
+                    let spec = &spec?;
+                    let made;
+                    let source = match spec.release_parameter() {
+                        Some(_) => {
+                            made = origin(&spec.from, self.s3.as_ref())?;
+                            &made
+                        }
+                        None => self.origins.get(&spec.from).map(|o| &**o).ok_or_else(|| {
+                            SyncError::Settings(format!("{}: not a source of this run", spec.from))
+                        })?,
                     };
-                    *last_error.lock().unwrap() = format!("; last error: {why}");
-                };
-                let passes = async {
-                    match retry {
-                        true => {
-                            retry::until_deadline(retry::BACKOFF, deadline, on_retry, pass).await
+                    let deadline = Deadline::after(self.bounds.timeout);
+                    let hooks = &self.hooks;
+                    let pass =
+                        || sync_one(source, spec, self.bounds, counters, bytes, deadline, hooks);
+                    let last_error = std::sync::Mutex::new(String::new());
+                    let on_retry = |e: &SyncError, attempt, sleep| {
+                        tracing::warn!(
+                            "{}: {e}; syncing again in {sleep:.1?} (retry {attempt})",
+                            spec.to.display()
+                        );
+                        let why = match e {
+                            SyncError::Source(
+                                SourceError::Failed { why, .. }
+                                | SourceError::Throttled { why, .. },
+                            ) => why.clone(),
+                            other => other.to_string(),
+                        };
+                        *last_error.lock().unwrap() = format!("; last error: {why}");
+                    };
+                    let passes = async {
+                        match retry {
+                            true => {
+                                retry::until_deadline(retry::BACKOFF, deadline, on_retry, pass)
+                                    .await
+                            }
+                            false => pass().await,
                         }
-                        false => pass().await,
-                    }
-                };
-                // The deadline ends the retries; this also ends a pass that hangs.
-                tokio::time::timeout(self.bounds.timeout, passes)
-                    .await
-                    .unwrap_or_else(|_| {
-                        let limit = humantime::format_duration(self.bounds.timeout).to_string();
-                        let mut last = std::mem::take(&mut *last_error.lock().unwrap());
-                        let throttled = counters.throttled.load(Ordering::Relaxed);
-                        if last.is_empty() && throttled > 0 {
-                            last = format!(
-                                "; S3 throttled downloads {throttled} times (503 SlowDown)"
-                            );
-                        }
-                        Err(SyncError::Deadline(spec.from.clone(), limit, last))
-                    })
-            }
-        });
+                    };
+                    // The deadline ends the retries; this also ends a pass that hangs.
+                    tokio::time::timeout(self.bounds.timeout, passes)
+                        .await
+                        .unwrap_or_else(|_| {
+                            let limit = humantime::format_duration(self.bounds.timeout).to_string();
+                            let mut last = std::mem::take(&mut *last_error.lock().unwrap());
+                            let throttled = counters.throttled.load(Ordering::Relaxed);
+                            if last.is_empty() && throttled > 0 {
+                                last = format!(
+                                    "; S3 throttled downloads {throttled} times (503 SlowDown)"
+                                );
+                            }
+                            Err(SyncError::Deadline(spec.from.clone(), limit, last))
+                        })
+                }
+            });
         let results = futures_util::future::join_all(passes).await;
         ticker.abort();
         progress.finish();
         results
+    }
+
+    /// Each spec with its release pointer read (all of this pass's pointers in one call,
+    /// retried while throttled or unreachable until the pass's deadline) and its value
+    /// checked as a `from` in user-data is; the others as they are.
+    async fn resolve(&self, specs: &[SyncSpec]) -> Vec<Result<SyncSpec, SyncError>> {
+        let mut names: Vec<&str> = specs.iter().filter_map(|s| s.release_parameter()).collect();
+        names.sort();
+        names.dedup();
+        let values = match (&self.aws, names.is_empty()) {
+            (_, true) => Default::default(),
+            (Some(aws), false) => {
+                release::values(aws, &names, Deadline::after(self.bounds.timeout)).await
+            }
+            (None, false) => Default::default(),
+        };
+        specs
+            .iter()
+            .map(|spec| {
+                let Some(name) = spec.release_parameter() else {
+                    return Ok(spec.clone());
+                };
+                match values.get(name) {
+                    Some(Ok(value)) => {
+                        let resolved = spec
+                            .resolve(value)
+                            .map_err(|why| SyncError::Pointer(why, ExitCode::BadUserData))?;
+                        tracing::debug!(
+                            parameter = name,
+                            source = resolved.from,
+                            "release pointer read"
+                        );
+                        Ok(resolved)
+                    }
+                    Some(Err(e)) => Err(SyncError::Pointer(e.to_string(), e.exit_code())),
+                    None => Err(SyncError::Settings(format!(
+                        "release pointer {name:?}: no SSM client was built"
+                    ))),
+                }
+            })
+            .collect()
     }
 }
 
@@ -590,6 +689,7 @@ impl RetryHint for SyncError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             SyncError::Source(e) => e.retry_after(),
+            SyncError::Pointer(_, ExitCode::TempFail) => Some(Duration::ZERO),
             _ => None,
         }
     }
@@ -612,25 +712,42 @@ async fn sync_one(
     counters: &Counters,
     bytes: &AtomicU64,
     deadline: Deadline,
+    hooks: &release::Hooks,
 ) -> Result<Report, SyncError> {
     let owner = Ownership::resolve(spec)?;
     let (to, wait) = (spec.to.clone(), bounds.timeout);
     let mut dest = tokio::task::spawn_blocking(move || Destination::open(&to, wait))
         .await
         .map_err(|e| SyncError::Settings(format!("destination lock task: {e}")))??;
-    let source = match origin {
+    dest.set_keep(spec.keep);
+    let report = match origin {
         Origin::Bundle(bundle) => {
-            return bundle::pass(bundle, &mut dest, spec, &owner, counters, bytes, deadline).await;
+            bundle::pass(bundle, &mut dest, spec, &owner, counters, bytes, deadline).await?
         }
-        Origin::Prefix(source) => source,
+        Origin::Prefix(source) => {
+            prefix_passes(source, &mut dest, spec, &owner, bounds, counters, bytes).await?
+        }
     };
+    release::check(&mut dest, spec, hooks, report).await
+}
+
+/// A prefix's pass, started over from a fresh LIST when an object changes mid-pass.
+async fn prefix_passes(
+    source: &Source,
+    dest: &mut Destination,
+    spec: &SyncSpec,
+    owner: &Ownership,
+    bounds: Bounds,
+    counters: &Counters,
+    bytes: &AtomicU64,
+) -> Result<Report, SyncError> {
     let mut pass = 1;
     loop {
         match pass_once(
             source,
-            &mut dest,
+            dest,
             spec,
-            &owner,
+            owner,
             bounds.concurrency,
             counters,
             bytes,

@@ -18,7 +18,7 @@ use crate::base::retry::{self, RetryHint};
 use crate::settings::SyncSpec;
 use crate::sync::keys;
 use crate::sync::source::{Object, Source, SourceError};
-use crate::sync::tree::{Destination, Entry, Manifest, Staging};
+use crate::sync::tree::{self, Destination, Entry, Manifest, Staging};
 
 pub(super) async fn pass_once(
     source: &Source,
@@ -43,6 +43,16 @@ pub(super) async fn pass_once(
     let url = source.url();
     if files.is_empty() && !spec.allow_empty {
         return Err(SyncError::Empty(url, "no objects under it"));
+    }
+    if let Some(why) = tree::blocked(dest.record(), &url, &listing_version(&files)) {
+        super::bundle::held_back(spec, &url, &why);
+        counters.total.store(files.len() as u64, Ordering::Relaxed);
+        counters.done.store(files.len() as u64, Ordering::Relaxed);
+        return Ok(Report {
+            objects: files.len(),
+            list_pages,
+            ..Report::default()
+        });
     }
     let old = Some(dest.manifest())
         .filter(|m| m.source == url)
@@ -202,4 +212,22 @@ async fn fetch_retrying(
         }
         tokio::time::sleep(wait).await;
     }
+}
+
+/// The listing's version, as `Manifest::version` gives it for the tree made from it.
+fn listing_version(files: &[(PathBuf, Object)]) -> String {
+    let entries: BTreeMap<String, (String, u64)> = files
+        .iter()
+        .map(|(rel, o)| {
+            (
+                rel.to_string_lossy().into_owned(),
+                (o.version.token(), o.size),
+            )
+        })
+        .collect();
+    tree::listing_version(
+        entries
+            .iter()
+            .map(|(rel, (v, size))| (rel.as_str(), v.as_str(), *size)),
+    )
 }

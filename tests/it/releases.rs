@@ -1,0 +1,443 @@
+//! Releases (#28): a release pointer in SSM that a pass reads each time, generations kept
+//! (`keep`), a `verify` that swaps the previous generation back when a release fails it,
+//! and `bootstage rollback` with its pin; against moto (SSM, S3) and a webhook on
+//! loopback.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::common::{self, Sandbox, kill, moto::moto, webhook::Webhook};
+
+const POINTER: &str = "/shop/web/release";
+
+/// A release as a build would tar it: `version` and a file per release.
+fn release(v: &str) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, body) in [
+        ("version".to_string(), format!("{v}\n")),
+        (format!("bin/app-{v}"), "#!/bin/sh\n".to_string()),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, &name, body.as_bytes()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// Which release `dest` serves, and that its tree is whole.
+fn serving(dest: &Path) -> String {
+    let v = std::fs::read_to_string(dest.join("version")).unwrap();
+    let v = v.trim().to_string();
+    assert!(
+        dest.join(format!("bin/app-{v}")).is_file(),
+        "{v}: a whole tree"
+    );
+    v
+}
+
+/// An SSM parameter (in its own namespace per test: moto is shared) set to `value`.
+async fn point(name: &str, value: &str) {
+    moto()
+        .ssm()
+        .await
+        .put_parameter()
+        .name(name)
+        .value(value)
+        .r#type(aws_sdk_ssm::types::ParameterType::String)
+        .overwrite(true)
+        .send()
+        .await
+        .unwrap();
+}
+
+struct Fixture {
+    sb: Sandbox,
+    bucket: String,
+    pointer: String,
+    dest: PathBuf,
+}
+
+impl Fixture {
+    /// A bucket holding releases 1..=n, a pointer to release 1, and the parameters with
+    /// one sync entry (`extra` added to it) and `notify` if given.
+    async fn new(name: &str, n: usize, extra: serde_json::Value, notify: Option<&str>) -> Fixture {
+        let bucket = moto().bucket(name).await;
+        for v in 1..=n {
+            bucket
+                .put(&format!("web/{v}.tar"), release(&v.to_string()))
+                .await;
+        }
+        let sb = Sandbox::new();
+        let dest = sb.path("srv/code");
+        let pointer = format!("/{name}{POINTER}");
+        let mut entry = serde_json::json!({"from": {"ssm": pointer}, "to": dest});
+        entry
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        sb.seed_sync(serde_json::json!([entry]));
+        if let Some(url) = notify {
+            let params =
+                serde_json::json!({"bootstage": {"sync": [entry], "notify": {"url": url}}});
+            sb.seed("params.json", &params.to_string());
+        }
+        let f = Fixture {
+            sb,
+            bucket: name.to_string(),
+            pointer,
+            dest,
+        };
+        f.point(1).await;
+        f
+    }
+
+    async fn point(&self, v: usize) {
+        point(&self.pointer, &format!("s3://{}/web/{v}.tar", self.bucket)).await;
+    }
+
+    async fn run(&self, args: &[&str]) -> common::Outcome {
+        let mut cmd = self.sb.command(args);
+        cmd.envs(moto().env());
+        common::run(cmd).await
+    }
+
+    async fn sync(&self) -> common::Outcome {
+        self.run(&["s3-sync", "--sync-timeout", "20s"]).await
+    }
+
+    /// `bootstage generations DEST --json`.
+    async fn generations(&self) -> serde_json::Value {
+        let out = self
+            .run(&["generations", self.dest.to_str().unwrap(), "--json"])
+            .await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        serde_json::from_str(&out.stdout).unwrap()
+    }
+
+    /// Each kept generation's release (from its source's name) and state, oldest first.
+    async fn states(&self) -> Vec<(String, String)> {
+        let listed = self.generations().await;
+        listed["generations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                let source = g["source"].as_str().unwrap();
+                let v = source.rsplit('/').next().unwrap().trim_end_matches(".tar");
+                (v.to_string(), g["state"].as_str().unwrap().to_string())
+            })
+            .collect()
+    }
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// A new instance starts on the release the pointer names; a watcher swaps within one
+/// pass when the pointer moves, and runs the hook once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_moved_pointer_is_swapped_in_on_the_next_pass() {
+    use std::os::unix::net::UnixDatagram;
+    let f = Fixture::new("rel-moved", 2, serde_json::json!({}), None).await;
+    let socket_path = f.sb.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let hook_log = f.sb.path("hook.log");
+    let hook = format!("echo \"$BOOTSTAGE_CHANGED\" >> {}", hook_log.display());
+    let mut cmd =
+        f.sb.command(&["s3-sync", "--watch", "200ms", "--on-change", &hook]);
+    cmd.envs(moto().env()).env("NOTIFY_SOCKET", &socket_path);
+    let mut child = cmd.spawn().unwrap();
+    common::next_notification(&socket, "READY=1");
+    assert_eq!(serving(&f.dest), "1");
+    f.point(2).await;
+    common::next_notification(&socket, "RELOADING=1");
+    common::next_notification(&socket, "READY=1");
+    assert_eq!(serving(&f.dest), "2");
+    assert_eq!(
+        std::fs::read_to_string(&hook_log).unwrap(),
+        format!("{}\n", f.dest.display())
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().await.unwrap().code(), Some(0));
+    assert_eq!(
+        f.states().await,
+        pairs(&[("1", "previous"), ("2", "current")])
+    );
+}
+
+/// A pointer whose value is not a source is refused as user-data would be, naming the
+/// parameter; a missing one says so; the tree stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_pointer_is_refused_naming_the_parameter() {
+    let f = Fixture::new("rel-bad", 1, serde_json::json!({}), None).await;
+    assert_eq!(f.sync().await.code, 0);
+    point(&f.pointer, "https://elsewhere.example/1.tar").await;
+    let out = f.sync().await;
+    common::assert_exit(
+        &out,
+        65,
+        &format!(
+            "release pointer SSM parameter {:?} for {}: its value \"https://elsewhere.example/1.tar\" is not a source bootstage reads",
+            f.pointer,
+            f.dest.display()
+        ),
+    );
+    assert_eq!(serving(&f.dest), "1");
+    let missing = Fixture::new("rel-missing", 1, serde_json::json!({}), None).await;
+    moto()
+        .ssm()
+        .await
+        .delete_parameter()
+        .name(&missing.pointer)
+        .send()
+        .await
+        .unwrap();
+    let out = missing.sync().await;
+    common::assert_exit(
+        &out,
+        66,
+        &format!(
+            "release pointer SSM parameter {:?}: no such parameter",
+            missing.pointer
+        ),
+    );
+}
+
+/// Release 2 fails its verify (twice: two attempts): release 1 is current again, 2 is
+/// marked failed, the run exits 79, the notice names both; the next pass asks S3 about
+/// release 2 and stays (a 304, no download).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_that_fails_its_verify_is_rolled_back_marked_and_noticed() {
+    let webhook = Webhook::start(&[]).await;
+    let sb_log = tempfile::NamedTempFile::new().unwrap();
+    let log = sb_log.path().display().to_string();
+    let verify = format!(
+        "echo \"$(cat $BOOTSTAGE_DEST/version) $BOOTSTAGE_SOURCE\" >> {log}; test \"$(cat $BOOTSTAGE_DEST/version)\" != 2"
+    );
+    let extra = serde_json::json!({"verify": verify, "verify_attempts": 2, "verify_timeout": 10});
+    let f = Fixture::new("rel-verify", 2, extra, Some(&webhook.url)).await;
+    assert_eq!(f.sync().await.code, 0);
+    f.point(2).await;
+    let out = f.sync().await;
+    common::assert_exit(
+        &out,
+        79,
+        &format!(
+            "{}: the release s3://rel-verify/web/2.tar failed its verify (verify exited with 1 (attempt 2 of 2)); the previous generation (s3://rel-verify/web/1.tar) is current again",
+            f.dest.display()
+        ),
+    );
+    assert_eq!(serving(&f.dest), "1");
+    assert_eq!(
+        std::fs::read_to_string(sb_log.path()).unwrap(),
+        "1 s3://rel-verify/web/1.tar\n2 s3://rel-verify/web/2.tar\n2 s3://rel-verify/web/2.tar\n"
+    );
+    assert_eq!(
+        f.states().await,
+        pairs(&[("1", "current"), ("2", "failed")])
+    );
+    let notices = webhook.received();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    let body = &notices[0].body;
+    assert_eq!(body["event"], "release_failed");
+    let about = &body["release_failed"];
+    assert_eq!(about["dest"], f.dest.display().to_string());
+    assert_eq!(about["failed"]["source"], "s3://rel-verify/web/2.tar");
+    assert_eq!(about["running"]["source"], "s3://rel-verify/web/1.tar");
+    assert_eq!(about["why"], "verify exited with 1 (attempt 2 of 2)");
+    // The pointer still names release 2: it is not tried again.
+    let mark = moto().mark();
+    let out = f.sync().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(serving(&f.dest), "1");
+    let counts = moto().counts("rel-verify", mark);
+    assert_eq!((counts.get, counts.not_modified), (0, 1), "{counts:?}");
+    assert_eq!(
+        std::fs::read_to_string(sb_log.path())
+            .unwrap()
+            .lines()
+            .count(),
+        3,
+        "no verify for a release that is not swapped in"
+    );
+}
+
+/// At boot, a release that fails its verify with nothing before it fails the stage
+/// (79), and a second run does not pass it either.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_release_that_fails_its_verify_fails_the_stage() {
+    let extra = serde_json::json!({"verify": "exit 3"});
+    let f = Fixture::new("rel-first", 1, extra, None).await;
+    for _ in 0..2 {
+        let out = f.sync().await;
+        common::assert_exit(
+            &out,
+            79,
+            "failed its verify (verify exited with 3); no previous generation is kept, so it stays current, marked failed",
+        );
+    }
+    let out = f.sync().await;
+    assert_eq!(out.code, 79);
+    assert_eq!(f.states().await, pairs(&[("1", "current")]));
+    let listed = f.generations().await;
+    assert!(listed["generations"][0]["failed"].is_string(), "{listed}");
+}
+
+/// `rollback` swaps the previous release back, runs the hook, records who; the pass
+/// keeps it there while the pointer names the release rolled back from; `--clear` lets
+/// the next pass move forward; a new release moves it forward too.
+#[tokio::test(flavor = "multi_thread")]
+async fn rollback_holds_until_the_source_moves_or_clear() {
+    let f = Fixture::new("rel-rollback", 3, serde_json::json!({}), None).await;
+    assert_eq!(f.sync().await.code, 0);
+    f.point(2).await;
+    assert_eq!(f.sync().await.code, 0);
+    assert_eq!(serving(&f.dest), "2");
+    let hook_log = f.sb.path("hook.log");
+    let hook = format!("echo \"$BOOTSTAGE_CHANGED\" >> {}", hook_log.display());
+    let dest = f.dest.to_str().unwrap();
+    let mut cmd = f.sb.command(&["rollback", dest, "--on-change", &hook]);
+    cmd.env("SUDO_USER", "alice");
+    let out = common::run(cmd).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(serving(&f.dest), "1");
+    assert_eq!(
+        std::fs::read_to_string(&hook_log).unwrap(),
+        format!("{dest}\n")
+    );
+    assert_eq!(
+        f.states().await,
+        pairs(&[("1", "current"), ("2", "rolled-back")])
+    );
+    let listed = f.generations().await;
+    assert_eq!(listed["pin"]["by"], "alice (uid 0)");
+    assert_eq!(
+        listed["pin"]["from"]["source"],
+        "s3://rel-rollback/web/2.tar"
+    );
+    // The pointer still says 2: the pass stays on 1, asking S3 about 2 (a 304).
+    let mark = moto().mark();
+    assert_eq!(f.sync().await.code, 0);
+    assert_eq!(serving(&f.dest), "1");
+    let counts = moto().counts("rel-rollback", mark);
+    assert_eq!((counts.get, counts.not_modified), (0, 1), "{counts:?}");
+    // Nothing earlier to roll back to.
+    let out = f.run(&["rollback", dest]).await;
+    common::assert_exit(&out, 66, "no previous generation is kept");
+    // --clear: the next pass swaps release 2 in.
+    let out = f.run(&["rollback", dest, "--clear"]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("the rollback's pin is cleared"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(f.sync().await.code, 0);
+    assert_eq!(serving(&f.dest), "2");
+    // Rolled back again, then the pointer moves to 3: the pass moves forward.
+    assert_eq!(f.run(&["rollback", dest]).await.code, 0);
+    assert_eq!(serving(&f.dest), "1");
+    f.point(3).await;
+    assert_eq!(f.sync().await.code, 0);
+    assert_eq!(serving(&f.dest), "3");
+    assert_eq!(f.generations().await["pin"], serde_json::Value::Null);
+}
+
+/// `keep: 3` keeps exactly three generations on disk, the newest; `--to` names one.
+#[tokio::test(flavor = "multi_thread")]
+async fn keep_3_keeps_exactly_three() {
+    let f = Fixture::new("rel-keep", 5, serde_json::json!({"keep": 3}), None).await;
+    for v in 1..=5 {
+        f.point(v).await;
+        let out = f.sync().await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+    assert_eq!(
+        f.states().await,
+        pairs(&[("3", "previous"), ("4", "previous"), ("5", "current")])
+    );
+    let home = f.sb.path("srv/.code.bootstage");
+    let mut gens: Vec<String> = std::fs::read_dir(&home)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("gen-") && !n.ends_with(".json"))
+        .collect();
+    gens.sort();
+    assert_eq!(gens.len(), 3, "{gens:?}");
+    let oldest = f.generations().await["generations"][0]["generation"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = f
+        .run(&["rollback", f.dest.to_str().unwrap(), "--to", &oldest])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(serving(&f.dest), "3");
+}
+
+/// SIGKILL at any instant of a rollback (or of its way back with `--to`) leaves one
+/// complete generation current, and the next command reads the destination as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_any_point_of_a_rollback_leaves_one_complete_generation() {
+    let f = Fixture::new("rel-killed", 2, serde_json::json!({}), None).await;
+    assert_eq!(f.sync().await.code, 0);
+    f.point(2).await;
+    assert_eq!(f.sync().await.code, 0);
+    let listed = f.generations().await;
+    let name = |i: usize| {
+        listed["generations"][i]["generation"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (one, two) = (name(0), name(1));
+    let dest = f.dest.to_str().unwrap().to_string();
+    // How long one rollback takes here: the kills land from its start to past its end.
+    let started = std::time::Instant::now();
+    assert_eq!(f.run(&["rollback", &dest, "--to", &one]).await.code, 0);
+    let span = started.elapsed().as_micros() as u64;
+    let mut rng = fastrand::Rng::with_seed(28);
+    let mut results = Vec::new();
+    for round in 0..40 {
+        let before = serving(&f.dest);
+        let target = if before == "1" { &two } else { &one };
+        let at = rng.u64(0..span);
+        let mut cmd = f.sb.command(&["rollback", &dest, "--to", target]);
+        cmd.envs(moto().env());
+        let running = kill::start(cmd);
+        tokio::time::sleep(Duration::from_micros(at)).await;
+        let killed = running.kill(true, round, &at).await;
+        let now = serving(&f.dest);
+        assert!(now == "1" || now == "2", "round {round}: {now}");
+        results.push((at, killed, now == before));
+    }
+    eprintln!("{results:?}");
+    let killed = results.iter().filter(|r| r.1).count();
+    assert!(
+        killed >= 10,
+        "{killed} of 40 rounds died of the kill: {results:?}"
+    );
+    // The destination is read and used as usual after it all.
+    let states = f.states().await;
+    assert_eq!(states.len(), 2, "{states:?}");
+    assert_eq!(
+        states.iter().filter(|(_, s)| s == "current").count(),
+        1,
+        "{states:?}"
+    );
+    assert!(f.run(&["rollback", &dest, "--clear"]).await.code == 0);
+    assert_eq!(f.sync().await.code, 0);
+    assert_eq!(serving(&f.dest), "2");
+}
