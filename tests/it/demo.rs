@@ -117,3 +117,34 @@ async fn the_demo_runs_from_a_clone_under_tmp() {
     assert_eq!(left, ["examples", "scripts", "target"]);
     assert_eq!(std::fs::read_dir(clone.join("target")).unwrap().count(), 0);
 }
+
+/// The README's example scenario for `imds-emulator --config` (section "Off-cloud") is one
+/// the emulator takes: every key known, the timeline's path settable, and it serves what
+/// the file says.
+#[tokio::test]
+async fn the_readme_emulator_scenario_runs() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let after = readme
+        .split("`--config SCENARIO.json`")
+        .nth(1)
+        .expect("the README documents --config");
+    let block = after
+        .split("```json\n")
+        .nth(1)
+        .unwrap()
+        .split("\n```")
+        .next()
+        .unwrap();
+    let config: imds_emulator::Config = serde_json::from_str(block).expect("a valid scenario");
+    assert_eq!(config.instance.instance_id, "i-0123456789abcdef0");
+    assert_eq!(config.timeline.len(), 1);
+    let emu = imds_emulator::Emulator::start(config).await.unwrap();
+    let sb = common::Sandbox::new();
+    let url = emu.url();
+    let out = common::run(sb.command(&["metadata", "--imds-endpoint", url.as_str()])).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        sb.read("params.env").unwrap().lines().next(),
+        Some("APP_PORT=\"8080\"")
+    );
+}
