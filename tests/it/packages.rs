@@ -163,7 +163,19 @@ async fn the_aarch64_binary_writes_what_the_x86_64_one_does() {
     let file = run(Command::new("file").arg("-b").arg(&arm));
     assert!(file.contains("ARM aarch64"), "{file}");
 
+    // The example's password is an SSM reference: moto holds it.
     let params = std::fs::read_to_string("examples/params.json").unwrap();
+    common::moto::moto()
+        .ssm()
+        .await
+        .put_parameter()
+        .name("/shop-web/staging/db-password")
+        .value("example-secret")
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .overwrite(true)
+        .send()
+        .await
+        .unwrap();
     let emu = imds_emulator::Emulator::start(imds_emulator::Config {
         user_data: Some(common::b64(&params).into()),
         tags: Some([("Name".to_string(), "web-1".to_string())].into()),
@@ -176,7 +188,7 @@ async fn the_aarch64_binary_writes_what_the_x86_64_one_does() {
         let sb = common::Sandbox::new();
         let url = emu.url();
         let args = ["metadata", "--imds-endpoint", url.as_str()];
-        let cmd = match under_qemu {
+        let mut cmd = match under_qemu {
             false => sb.command(&args),
             true => sb.command_under_of(
                 &["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu"],
@@ -184,6 +196,12 @@ async fn the_aarch64_binary_writes_what_the_x86_64_one_does() {
                 &args,
             ),
         };
+        cmd.envs(
+            common::moto::moto()
+                .env()
+                .into_iter()
+                .filter(|(k, _)| *k != "AWS_EC2_METADATA_DISABLED"),
+        );
         let out = common::run(cmd).await;
         assert_eq!(out.code, 0, "qemu {under_qemu}: {}", out.stderr);
         outputs.push(["params.json", "instance.json", "params.env"].map(|f| sb.read(f).unwrap()));
