@@ -73,6 +73,7 @@ impl Wake {
     }
 
     /// The references and imports.
+    #[cfg(test)]
     pub fn values() -> Wake {
         Wake {
             values: true,

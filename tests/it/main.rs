@@ -31,6 +31,7 @@ mod operator;
 mod packages;
 mod ranged;
 mod releases;
+mod rotation;
 mod s3_sync;
 mod secrets;
 mod sync_hostile;

@@ -273,19 +273,35 @@ impl Values<'_> {
         }
     }
 
+    /// Takes the parameters as read (at the start, in the background of the loop).
+    fn loaded(&mut self, loaded: Result<Refresher>) {
+        match loaded {
+            Ok(refresher) => {
+                match refresher.names().is_empty() {
+                    true => tracing::info!(
+                        "watch: the parameters have no reference or import: nothing to resolve again"
+                    ),
+                    false => tracing::info!(
+                        "watch: the parameters' references and imports are known; events name them"
+                    ),
+                }
+                self.refresher = Some(refresher);
+            }
+            Err(e) => tracing::warn!(
+                "watch: cannot read the parameters to resolve them again (tried again when needed): {e}"
+            ),
+        }
+    }
+
     /// Resolves the values again; true when a new set was swapped in. On error the
     /// values stay as they are.
     async fn refresh(&mut self) -> Result<bool> {
         if self.refresher.is_none() {
+            // The first read failed: read again; its error is this pass's.
             let loaded = Refresher::load(self.state, &self.args.metadata, self.notifier).await?;
-            if loaded.names().is_empty() {
-                tracing::info!(
-                    "watch: the parameters have no reference or import: nothing to resolve again"
-                );
-            }
-            self.refresher = Some(loaded);
+            self.loaded(Ok(loaded));
         }
-        let refresher = self.refresher.as_ref().expect("loaded above");
+        let refresher = self.refresher.as_ref().expect("read above");
         if refresher.names().is_empty() {
             return Ok(false);
         }
@@ -344,6 +360,11 @@ pub(super) async fn watch(
         enabled: configured && (values_every.is_some() || listener.is_some()),
         refresher: None,
     };
+    // The parameters as user-data gave them are read beside the loop, so a slow IMDS
+    // holds up no pass; until then an event of either service counts as ours.
+    let mut loading = values
+        .enabled
+        .then(|| Box::pin(Refresher::load(state, &args.metadata, notifier)));
     let every = humantime::format_duration(interval).to_string();
     let mut due = Instant::now() + interval;
     let mut values_due = values_every.map(|e| Instant::now() + e);
@@ -370,6 +391,13 @@ pub(super) async fn watch(
         tokio::select! {
             _ = tokio::time::sleep_until(due) => timer = true,
             _ = async { tokio::time::sleep_until(values_due?).await; Some(()) }, if values_due.is_some() => values_timer = true,
+            loaded = async { loading.as_mut()?.await.into() }, if loading.is_some() => {
+                loading = None;
+                if let Some(loaded) = loaded {
+                    values.loaded(loaded);
+                }
+                continue;
+            }
             Some(p) = async { listener.as_mut()?.rx.recv().await }, if listener.is_some() => polled.push(p),
             _ = stop.requested() => break,
         }
@@ -435,6 +463,13 @@ pub(super) async fn watch(
         let mut failed = Failed::default();
         let mut summary = Vec::new();
         if pass.values {
+            if let Some(pending) = loading.take() {
+                let loaded = tokio::select! {
+                    loaded = pending => loaded,
+                    _ = stop.requested() => break,
+                };
+                values.loaded(loaded);
+            }
             let refreshed = tokio::select! {
                 refreshed = values.refresh() => refreshed,
                 _ = stop.requested() => break,
@@ -661,7 +696,8 @@ mod tests {
         let all: BTreeSet<usize> = (0..3).collect();
         let none = BTreeSet::new();
         // (sync timer, values timer, messages) → (destinations, values), or no pass.
-        let cases: [(bool, bool, Vec<Wake>, Option<(BTreeSet<usize>, bool)>); 9] = [
+        type Case = (bool, bool, Vec<Wake>, Option<(BTreeSet<usize>, bool)>);
+        let cases: [Case; 9] = [
             (false, false, vec![], None),
             (true, false, vec![], Some((all.clone(), false))),
             (
