@@ -1,14 +1,18 @@
 #!/bin/sh
 # Installs bootstage into an image being built: the package of this machine's format
 # (.deb where apt-get is, else .rpm) and architecture, from DIR as scripts/build-packages.sh
-# writes it, checked against DIR/SHA256SUMS first; then the watch-mode drop-in.
+# writes it, checked against DIR/SHA256SUMS first; then the watch-mode drop-in; then
+# `bootstage image prepare`, which removes what a boot of this machine left (per-instance
+# markers, records, synced trees) so every instance of the image boots as a first boot.
 # The same steps as examples/packer/bootstage.pkr.hcl, for EC2 Image Builder or any baker.
+# When steps of yours follow this script, end with `sudo bootstage image prepare` instead,
+# the last step before the image is captured (PREPARE=0 leaves it out here).
 #
 #   sudo sh install-bootstage.sh DIR               check, install, set up watch mode
 #   sh install-bootstage.sh --check-only DIR       check the package only (no root needed)
 #
 # Environment: APP_UNIT (myapp.service) is the unit the watch drop-in reloads after a
-# change; WATCH=0 leaves watch mode out.
+# change; WATCH=0 leaves watch mode out; PREPARE=0 leaves out `bootstage image prepare`.
 set -eu
 
 check_only=0
@@ -83,3 +87,8 @@ fi
 
 bootstage --version
 systemctl is-enabled bootstage.target
+
+# The last step before the capture (refused, exit 75, while a bootstage unit runs).
+if [ "${PREPARE:-1}" != 0 ]; then
+  bootstage image prepare
+fi

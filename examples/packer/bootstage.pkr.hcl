@@ -9,6 +9,10 @@
 # examples/image/install-bootstage.sh, which checks the package of the image's format and
 # architecture against SHA256SUMS, installs it (enabling bootstage.target, starting
 # nothing) and installs the watch-mode drop-in. Add your app in a provisioner after it.
+# The last provisioner, `bootstage image prepare`, removes what a boot of the build
+# instance left (markers, records, synced trees; nothing when it never booted with
+# bootstage) and lists it, so every instance of the image boots as a first boot: keep it
+# last.
 # tests/it/cloudformation.rs parses this file (python-hcl2) and checks these steps.
 
 packer {
@@ -144,5 +148,12 @@ build {
       "sudo APP_UNIT=${var.app_unit} sh /tmp/install-bootstage.sh /tmp/bootstage-packages",
       "rm -rf /tmp/bootstage-packages /tmp/install-bootstage.sh",
     ]
+  }
+
+  # Your app's provisioners go here.
+
+  # The last step before the image is captured: nothing of this instance travels.
+  provisioner "shell" {
+    inline = ["sudo bootstage image prepare"]
   }
 }

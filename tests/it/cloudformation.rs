@@ -637,10 +637,15 @@ fn the_packer_recipe_names_both_distributions_both_architectures_and_the_install
         .unwrap()
         .join("../image/install-bootstage.sh");
     assert!(script.is_file(), "{}", script.display());
-    let last = &steps.last().unwrap().1["inline"][0];
+    let install = &steps[steps.len() - 2].1["inline"][0];
     assert_eq!(
-        last,
+        install,
         "sudo APP_UNIT=${var.app_unit} sh /tmp/install-bootstage.sh /tmp/bootstage-packages"
+    );
+    // The last step before the capture: nothing of the build instance travels.
+    assert_eq!(
+        steps.last().unwrap().1["inline"],
+        serde_json::json!(["sudo bootstage image prepare"])
     );
     let default_dir = recipe["variable"]
         .as_array()
