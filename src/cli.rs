@@ -405,6 +405,20 @@ pub struct NotifyArgs {
 
     #[command(flatten)]
     pub lifecycle: LifecycleConfig,
+
+    /// Used when the parameters have no bootstage.report (e.g. the metadata stage failed).
+    #[arg(
+        long = "report-config",
+        env = "BOOTSTAGE_REPORT_CONFIG",
+        default_value = notice::report::DEFAULT_CONFIG,
+        value_name = "PATH"
+    )]
+    pub report_config: PathBuf,
+
+    /// The journalctl a failed boot's journal excerpt is read with (hidden: the
+    /// integration tests, which run without systemd, give a script).
+    #[arg(long, hide = true, default_value = notice::report::DEFAULT_JOURNALCTL, value_name = "PATH")]
+    pub journalctl: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -642,6 +656,10 @@ impl From<MetadataArgs> for metadata::Settings {
                     "lifecycle",
                     image_file("BOOTSTAGE_LIFECYCLE_CONFIG", lifecycle::DEFAULT_CONFIG),
                 ),
+                (
+                    "report",
+                    image_file("BOOTSTAGE_REPORT_CONFIG", notice::report::DEFAULT_CONFIG),
+                ),
             ],
         }
     }
@@ -753,6 +771,8 @@ impl From<NotifyArgs> for notice::Settings {
             unit: a.unit,
             config: a.config,
             lifecycle: a.lifecycle.into(),
+            report_config: a.report_config,
+            journalctl: a.journalctl,
         }
     }
 }

@@ -10,7 +10,8 @@
 //!   steps, atomic generations of a synced tree) and `aws/` (the shared SDK
 //!   configuration and the reading of AWS errors), `orchestrator/` (the lifecycle
 //!   hook's and CloudFormation's signals), `events/` (SQS wake-ups for watch mode),
-//!   `settings/` (the schema of bootstage's own settings, `bootstage.*`);
+//!   `settings/` (the schema of bootstage's own settings, `bootstage.*`), `report/` (a
+//!   failed boot's forensics to S3, the boot's metrics as embedded metric format lines);
 //! - `state/` (the state dir, atomic writes, the env file);
 //! - `base/` (exit codes, the retry policy and deadlines, child processes, sd_notify,
 //!   logging, the kill switch).
@@ -26,6 +27,7 @@ pub mod cli;
 pub(crate) mod events;
 pub mod imds;
 pub(crate) mod orchestrator;
+pub(crate) mod report;
 pub(crate) mod secrets;
 pub(crate) mod settings;
 pub mod stage;

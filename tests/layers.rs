@@ -23,6 +23,7 @@ const LAYERS: &[&[&str]] = &[
         "orchestrator",
         "events",
         "aws",
+        "report",
     ],
     &["state"],
     &["base"],

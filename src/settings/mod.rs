@@ -1,6 +1,7 @@
 //! bootstage's own settings: the top-level `bootstage` object of the parameters, as one
 //! schema with one parser. Each section is a typed struct (`sync`, `watch`, `import` in
-//! `sync.rs`; `notify` in `notify.rs`; `lifecycle` in `lifecycle.rs`); stages receive
+//! `sync.rs`; `notify` in `notify.rs`; `lifecycle` in `lifecycle.rs`; `report` in
+//! `report.rs`); stages receive
 //! those, never the raw JSON.
 //!
 //! The metadata stage checks the whole object before it writes anything, so a typo fails
@@ -14,6 +15,7 @@
 
 pub mod lifecycle;
 pub mod notify;
+pub mod report;
 pub mod sync;
 
 use serde_json::{Map, Value};
@@ -35,7 +37,7 @@ impl ExitStatus for SettingsError {
 }
 
 /// Every section of `bootstage`, in the order the README lists them.
-pub const SECTIONS: &[&str] = &["sync", "watch", "import", "notify", "lifecycle"];
+pub const SECTIONS: &[&str] = &["sync", "watch", "import", "notify", "lifecycle", "report"];
 
 /// The `bootstage` object, parsed. A section that is absent is empty (`None`, `[]`).
 #[derive(Debug, Clone, Default)]
@@ -45,6 +47,7 @@ pub struct Bootstage {
     pub import: Vec<Import>,
     pub notify: Option<notify::Config>,
     pub lifecycle: Option<lifecycle::Config>,
+    pub report: Option<report::Config>,
 }
 
 impl Bootstage {
@@ -80,6 +83,9 @@ impl Bootstage {
             lifecycle: section("lifecycle")
                 .map(|v| lifecycle::Config::from_value(v, &at("lifecycle")))
                 .transpose()?,
+            report: section("report")
+                .map(|v| report::Config::from_value(v, &at("report")))
+                .transpose()?,
         })
     }
 }
@@ -90,6 +96,7 @@ pub fn check_image_file(section: &str, value: &Value, origin: &str) -> Result<()
     match section {
         "notify" => notify::Config::from_value(value, origin).map(drop),
         "lifecycle" => lifecycle::Config::from_value(value, origin).map(drop),
+        "report" => report::Config::from_value(value, origin).map(drop),
         other => Err(SettingsError(format!(
             "{origin}: the image has no settings file for bootstage.{other}"
         ))),
@@ -241,7 +248,7 @@ mod tests {
         let cases = [
             (
                 json!({"bootstage": {"sycn": []}}),
-                "bootstage.sycn: unknown setting; did you mean bootstage.sync? (known: sync, watch, import, notify, lifecycle)",
+                "bootstage.sycn: unknown setting; did you mean bootstage.sync? (known: sync, watch, import, notify, lifecycle, report)",
             ),
             (
                 json!({"bootstage": {"sync": [{"from": "s3://b/p/", "to": "/srv/c", "file_mod": "0640"}]}}),

@@ -135,7 +135,7 @@ struct Link {
 }
 
 /// The instance's facts: `instance.json`, else IMDS (the metadata stage may have failed).
-async fn whoami(state: &StateDir) -> Result<Facts> {
+pub(crate) async fn whoami(state: &StateDir) -> Result<Facts> {
     if let Some(facts) = Facts::of(state)
         && facts.instance_id.is_some()
     {

@@ -21,12 +21,17 @@
 //! ready notice, ABANDON and FAILURE (or a hold) after a failure notice; the failure
 //! notice carries the hold, if one was decided.
 //!
+//! With `bootstage.report` (`notice::report`): a failure's forensics go to S3 after the
+//! notice and before ABANDON (bounded; a failed upload is logged and the abandon goes
+//! on), and both notices write the boot's metrics as one embedded metric format line.
+//!
 //! Delivery (the JSON, the POST, the command) is `notice::deliver`, which the lifecycle
 //! watcher also uses for the notices of the instance's later life: `"event": "drain"`
 //! (with `"drain": {"reason", "deadline", …}`), `"rebalance"`, `"maintenance"`, and a
 //! failed drain's failure notice (`"stage": "drain"`).
 
 pub mod deliver;
+pub mod report;
 
 use std::path::PathBuf;
 
@@ -48,6 +53,10 @@ pub struct Settings {
     pub config: PathBuf,
     /// Where the orchestrator is told, after the notice.
     pub lifecycle: lifecycle::Settings,
+    /// The image's report settings, used when the parameters have none.
+    pub report_config: PathBuf,
+    /// The journalctl a failed boot's journal is read with.
+    pub journalctl: PathBuf,
 }
 
 pub const DEFAULT_CONFIG: &str = "/etc/bootstage/notify.json";
@@ -91,6 +100,10 @@ pub async fn run(state: &StateDir, args: &Settings) -> Result<()> {
         return Ok(());
     }
     let mut notice = compose(state, args);
+    let report = report::config(state, &args.report_config);
+    if let Some(report) = &report {
+        report::metrics(state, args, report);
+    }
     match args.event {
         // The notice first, then the orchestrator: whoever reads the notice learns why
         // before the group replaces the instance. A hold is decided before the notice, so
@@ -103,6 +116,11 @@ pub async fn run(state: &StateDir, args: &Settings) -> Result<()> {
             let after = lifecycle::failure(state, &args.lifecycle, &reason).await;
             notice.lifecycle = crate::state::lifecycle::read(state).ok().flatten();
             let sent = send(state, args, &notice).await;
+            // The forensics before the instance goes: within their own deadline, never
+            // an error of their own.
+            if let Some(logs) = report.as_ref().and_then(|r| r.logs.as_ref()) {
+                report::forensics(state, args, logs).await;
+            }
             let told = match after {
                 Ok(Some(abandon)) => abandon.send(state).await,
                 Ok(None) => Ok(()),

@@ -31,6 +31,7 @@ mod operator;
 mod packages;
 mod ranged;
 mod releases;
+mod report;
 mod rotation;
 mod s3_sync;
 mod secrets;

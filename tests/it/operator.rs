@@ -525,7 +525,7 @@ async fn a_misspelt_setting_fails_the_first_stage_and_writes_nothing() {
     let cases = [
         (
             r#"{"bootstage": {"sycn": [{"from": "s3://b/p/", "to": "/srv/c"}]}}"#,
-            "bootstage.sycn: unknown setting; did you mean bootstage.sync? (known: sync, watch, import, notify, lifecycle)",
+            "bootstage.sycn: unknown setting; did you mean bootstage.sync? (known: sync, watch, import, notify, lifecycle, report)",
         ),
         (
             r#"{"bootstage": {"sync": [{"from": "s3://b/p/", "to": "/srv/c", "file_mode": 640}]}}"#,

@@ -1,0 +1,210 @@
+//! `bootstage.report` at the notices (`report` does the work): on a failure, the boot's
+//! forensics to S3 after the notice and before ABANDON; on READY and on a failure, the
+//! boot's metrics as one embedded metric format line on standard output (the journal).
+//!
+//! Where the settings come from: the parameters' `bootstage.report`, else the image's
+//! `/etc/bootstage/report.json` (a boot whose metadata stage failed has no parameters).
+//!
+//! The failure unit's budget (`TimeoutStartSec=150`): the notice at most 60 s, then the
+//! forensics at most [`FORENSICS_DEADLINE`] (20 s, finding the instance and the region
+//! included), then ABANDON: finding the instance (IMDS, at most 10 s, when `instance.json`
+//! is missing), loading the SDK (10 s), finding the group and hook (20 s) and the signals
+//! (20 s): 60 + 20 + 60 = 140 s, inside 150. An upload that fails is logged, never
+//! returned: the abandon goes on.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::aws::Aws;
+use crate::base::retry::Deadline;
+use crate::imds::facts::Facts;
+use crate::orchestrator::GROUP_TAG;
+use crate::report::{capture, emf, forensics};
+use crate::settings::SettingsError;
+use crate::settings::report::{Config, Logs};
+use crate::stage::lifecycle;
+use crate::stage::notice::{Event, NoticeError, Settings};
+use crate::stage::query;
+use crate::state::StateDir;
+use crate::state::status::{self, Stage, State};
+
+pub const DEFAULT_CONFIG: &str = "/etc/bootstage/report.json";
+pub const DEFAULT_JOURNALCTL: &str = "/usr/bin/journalctl";
+
+/// Everything the forensics do, within the failure unit's budget (see above).
+pub const FORENSICS_DEADLINE: Duration = Duration::from_secs(20);
+/// `bootstage status --json`, run as a child for its exact output.
+const STATUS_LIMIT: Duration = Duration::from_secs(5);
+/// Each attempt of each PutObject.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The parameters' `bootstage.report`, else the image's file, else none. A setting that
+/// does not parse (only the image's file can: the metadata stage checked the parameters)
+/// is logged, and nothing is reported.
+pub fn config(state: &StateDir, fallback: &Path) -> Option<Config> {
+    let found = query::setting(state, "report", fallback, |why| {
+        NoticeError::Config(SettingsError(why)).into()
+    });
+    let parsed = match found {
+        Ok(Some((value, origin))) => Config::from_value(&value, &origin).map_err(|e| e.0),
+        Ok(None) => return None,
+        Err(e) => Err(e.to_string()),
+    };
+    parsed
+        .inspect_err(|e| tracing::warn!("{e}: no report of this boot"))
+        .ok()
+}
+
+/// The boot's metrics line, when `bootstage.report.metrics` is on: `TimeToReady` on READY
+/// (from IMDS `pendingTime`), each stage's duration, `BootFailed`.
+pub fn metrics(state: &StateDir, args: &Settings, config: &Config) {
+    if !config.metrics {
+        return;
+    }
+    let now = SystemTime::now();
+    let facts = Facts::of(state);
+    let failed = args.event == Event::Failure;
+    let time_to_ready = match failed {
+        true => None,
+        false => {
+            let pending = facts
+                .as_ref()
+                .and_then(|f| f.pending_time.as_deref())
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok());
+            let booted = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+                .ok()
+                .and_then(|up| now.checked_sub(Duration::from(up)));
+            match (pending, booted) {
+                (Some(pending), Some(booted)) => emf::time_to_ready(pending, booted, now),
+                _ => None,
+            }
+        }
+    };
+    if !failed && time_to_ready.is_none() {
+        tracing::info!(
+            "no TimeToReady: no pendingTime in instance.json, or this boot is not the launch's own (a reboot, a start out of a warm pool)"
+        );
+    }
+    let stages = status::timings(state)
+        .into_iter()
+        .filter(|r| matches!(r.state, State::Done | State::Failed))
+        .filter_map(|r| Some((r.stage, Duration::from_millis(r.duration_ms?))))
+        .collect();
+    let boot = emf::Boot {
+        at: now,
+        group: group(state, args, facts.as_ref()),
+        time_to_ready,
+        stages,
+        failed,
+    };
+    // One line, one journal entry: the whole message is the document, as CloudWatch
+    // Logs wants it.
+    println!("{}", emf::document(&boot));
+}
+
+/// The group's name, for the dimension: what the orchestrator found, else the settings',
+/// else the instance's `aws:autoscaling:groupName` tag.
+fn group(state: &StateDir, args: &Settings, facts: Option<&Facts>) -> Option<String> {
+    let recorded = crate::state::lifecycle::read(state)
+        .ok()
+        .flatten()
+        .and_then(|r| r.group);
+    let configured = || {
+        lifecycle::config(state, &args.lifecycle.config)
+            .ok()
+            .flatten()
+            .and_then(|c| c.asg)
+            .and_then(|a| a.group)
+    };
+    let tagged = || {
+        facts
+            .and_then(|f| f.tags.as_ref())
+            .and_then(|t| t.get(GROUP_TAG))
+            .cloned()
+    };
+    recorded
+        .or_else(configured)
+        .or_else(tagged)
+        .filter(|g| !g.is_empty() && g.len() <= 255)
+}
+
+/// A failed boot's forensics to `logs`' prefix, within [`FORENSICS_DEADLINE`]. Logs what
+/// went, or why not; never fails.
+pub async fn forensics(state: &StateDir, args: &Settings, logs: &Logs) {
+    let deadline = Deadline::after(FORENSICS_DEADLINE);
+    let work = gather_and_upload(state, args, logs, deadline);
+    match tokio::time::timeout(deadline.remaining(), work).await {
+        Ok(Ok((bucket, prefix, count))) => tracing::info!(
+            "the failed boot's forensics are at s3://{bucket}/{prefix} ({count} objects)"
+        ),
+        Ok(Err(why)) => {
+            tracing::error!("the failed boot's forensics were not uploaded: {why}")
+        }
+        Err(_) => tracing::error!(
+            "the failed boot's forensics were not uploaded within {}",
+            humantime::format_duration(FORENSICS_DEADLINE)
+        ),
+    }
+}
+
+async fn gather_and_upload(
+    state: &StateDir,
+    args: &Settings,
+    logs: &Logs,
+    deadline: Deadline,
+) -> Result<(String, String, usize), String> {
+    let mut units: Vec<String> = args.unit.iter().cloned().collect();
+    units.extend(logs.units.iter().cloned());
+    let argv = forensics::journal_command(&args.journalctl, &units, logs.lines);
+    let mut objects = Vec::new();
+    // Half the budget at most for the journal: the upload needs the rest.
+    match forensics::journal(&argv, logs.bytes, deadline.remaining() / 2).await {
+        Ok(journal) => objects.push(journal),
+        Err(e) => tracing::warn!("the journal's excerpt: {e}"),
+    }
+    match status_json(state).await {
+        Ok(status) => objects.push(status),
+        Err(e) => tracing::warn!("status --json: {e}"),
+    }
+    for stage in Stage::ALL {
+        let path = status::status_dir(state).join(format!("{}.json", stage.name()));
+        if let Ok(body) = std::fs::read(&path) {
+            objects.push(forensics::Object {
+                name: format!("records/{}.json", stage.name()),
+                body,
+                content_type: "application/json",
+            });
+        }
+    }
+    // instance.json, else IMDS: a boot whose metadata stage failed has none.
+    let facts = lifecycle::whoami(state).await.ok();
+    let instance_id = facts.as_ref().and_then(|f| f.instance_id.as_deref());
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string());
+    let prefix = forensics::prefix(logs, instance_id, boot_id.as_deref());
+    let region = facts.and_then(|f| f.region);
+    let aws = Aws::load(region, &["S3"], ATTEMPT_TIMEOUT.min(deadline.remaining()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let count = forensics::upload(&aws, &logs.bucket, &prefix, &objects, deadline).await?;
+    Ok((logs.bucket.clone(), prefix, count))
+}
+
+/// `bootstage status --json` of this state dir, as the operator would see it.
+async fn status_json(state: &StateDir) -> Result<forensics::Object, String> {
+    let exe: PathBuf = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut command = tokio::process::Command::new(exe);
+    command
+        .arg("--state-dir")
+        .arg(state.root())
+        .args(["status", "--json"]);
+    let out = capture::tail(command, 1024 * 1024, STATUS_LIMIT)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(forensics::Object {
+        name: "status.json".into(),
+        body: out.bytes,
+        content_type: "application/json",
+    })
+}
