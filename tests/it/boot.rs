@@ -236,7 +236,7 @@ impl Machine {
         // The example app under its own user writes its results too.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(results.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let mut child = Command::new("systemd-nspawn")
+        let child = Command::new("systemd-nspawn")
             .args(["-q", "--register=no", "--keep-unit", "--console=pipe", "-D"])
             .arg(self.root())
             .arg(format!("--bind={}:/results", results.path().display()))
@@ -246,6 +246,8 @@ impl Machine {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("systemd-nspawn (scripts/install-test-deps.sh installs it)");
+        let mut child = Running(child);
+        let child = &mut child.0;
         during(results.path());
         let deadline = std::time::Instant::now() + Duration::from_secs(150);
         loop {
@@ -270,6 +272,33 @@ impl Machine {
             "the checker timed out waiting for the state it checks"
         );
         Results { dir: results }
+    }
+}
+
+/// A booted machine that a failed assertion must not leave running: dropped while its
+/// systemd-nspawn still runs, the container's init is killed (which ends every process in
+/// its PID namespace), then systemd-nspawn, and it is reaped.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let nspawn = self.0.id();
+            let children = format!("/proc/{nspawn}/task/{nspawn}/children");
+            for pid in std::fs::read_to_string(children)
+                .unwrap_or_default()
+                .split_whitespace()
+            {
+                if let Ok(pid) = pid.parse() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 }
 
