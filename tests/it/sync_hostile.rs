@@ -362,14 +362,17 @@ async fn an_old_generation_that_cannot_be_removed_is_only_a_warning() {
         assert!(ok.success(), "chattr {flag}");
     };
     chattr("+i");
+    // The previous generation is kept (`keep`, 2 by default): the one after it prunes it.
     std::fs::write(src.join("a"), "2").unwrap();
+    assert_eq!(sync_dir(&sb, &src, &dest).await.code, 0);
+    std::fs::write(src.join("a"), "3").unwrap();
     let out = sync_dir(&sb, &src, &dest).await;
     chattr("-i");
     assert_eq!(out.code, 0, "{}", out.stderr);
-    assert_eq!(std::fs::read_to_string(dest.join("a")).unwrap(), "2");
+    assert_eq!(std::fs::read_to_string(dest.join("a")).unwrap(), "3");
     assert!(
         out.stderr
-            .contains("cannot remove the previous generation; the next run will"),
+            .contains("cannot remove an old generation; the next run will"),
         "{}",
         out.stderr
     );

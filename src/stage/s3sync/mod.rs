@@ -547,9 +547,7 @@ impl Syncer {
                         })?,
                     };
                     let deadline = Deadline::after(self.bounds.timeout);
-                    let hooks = &self.hooks;
-                    let pass =
-                        || sync_one(source, spec, self.bounds, counters, bytes, deadline, hooks);
+                    let pass = || sync_one(source, spec, self.bounds, counters, bytes, deadline);
                     let last_error = std::sync::Mutex::new(String::new());
                     let on_retry = |e: &SyncError, attempt, sleep| {
                         tracing::warn!(
@@ -574,8 +572,10 @@ impl Syncer {
                             false => pass().await,
                         }
                     };
-                    // The deadline ends the retries; this also ends a pass that hangs.
-                    tokio::time::timeout(self.bounds.timeout, passes)
+                    // The deadline ends the retries; this also ends a pass that hangs. A
+                    // release's verify comes after it, under its own bounds: the new tree
+                    // is in place by then, and a cut verify would leave it unchecked.
+                    let synced = tokio::time::timeout(self.bounds.timeout, passes)
                         .await
                         .unwrap_or_else(|_| {
                             let limit = humantime::format_duration(self.bounds.timeout).to_string();
@@ -587,7 +587,9 @@ impl Syncer {
                                 );
                             }
                             Err(SyncError::Deadline(spec.from.clone(), limit, last))
-                        })
+                        });
+                    let (report, mut dest) = synced?;
+                    release::check(&mut dest, spec, &self.hooks, report).await
                 }
             });
         let results = futures_util::future::join_all(passes).await;
@@ -712,8 +714,7 @@ async fn sync_one(
     counters: &Counters,
     bytes: &AtomicU64,
     deadline: Deadline,
-    hooks: &release::Hooks,
-) -> Result<Report, SyncError> {
+) -> Result<(Report, Destination), SyncError> {
     let owner = Ownership::resolve(spec)?;
     let (to, wait) = (spec.to.clone(), bounds.timeout);
     let mut dest = tokio::task::spawn_blocking(move || Destination::open(&to, wait))
@@ -728,7 +729,7 @@ async fn sync_one(
             prefix_passes(source, &mut dest, spec, &owner, bounds, counters, bytes).await?
         }
     };
-    release::check(&mut dest, spec, hooks, report).await
+    Ok((report, dest))
 }
 
 /// A prefix's pass, started over from a fresh LIST when an object changes mid-pass.
