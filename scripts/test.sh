@@ -14,8 +14,9 @@ status=0
 # bench-s3 serves the benchmark only; clippy above still checks it.
 cargo test --workspace --exclude bench-s3 --no-run
 # The release build runs beside the tests (cargo locks target/debug and target/release
-# apart): most tests wait on servers, boots and timers, and leave a core idle.
-cargo build --release --package bootstage >"$release_log" 2>&1 &
+# apart): most tests wait on servers, boots and timers, and leave a core idle. At the
+# lowest priority, so that the tests (some of which time what they wait for) come first.
+nice -n 19 cargo build --release --package bootstage >"$release_log" 2>&1 &
 release=$!
 # --no-fail-fast: a failing test binary must not hide the ones after it, or the closing
 # line counts a part. Four at a time: most of them wait, not compute.

@@ -153,7 +153,7 @@ async fn the_aarch64_binary_writes_what_the_x86_64_one_does() {
     let build = Command::new("sh")
         .args([
             "-c",
-            ". scripts/cross.sh && set_target aarch64 && cargo build --quiet -p bootstage $cargo_target",
+            ". scripts/cross.sh && set_target aarch64 && nice -n 19 cargo build --quiet -p bootstage $cargo_target",
         ])
         .status()
         .unwrap();
