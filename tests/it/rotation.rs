@@ -511,3 +511,55 @@ async fn an_unrelated_event_is_deleted_and_writes_nothing() {
     );
     assert_no_value(&stderr, &[]);
 }
+
+/// A Parameter Store event naming a release pointer (`"from": {"ssm": …}`) wakes a pass
+/// over that destination: the new release is swapped in and the hook runs once, with no
+/// reference resolved again (the pointer is no reference).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_pointer_event_wakes_its_destination() {
+    let bucket = moto().bucket("rot-release").await;
+    bucket.put("r1/app.conf", "release 1").await;
+    bucket.put("r2/app.conf", "release 2").await;
+    let ssm = moto().ssm().await;
+    let pointer = |value: &'static str| {
+        ssm.put_parameter()
+            .name("/rot-release/pointer")
+            .value(value)
+            .r#type(ParameterType::String)
+            .overwrite(true)
+            .send()
+    };
+    pointer("s3://rot-release/r1/").await.unwrap();
+    let queue = Queue::new("rotation-release").await;
+    let proxy = faults::start(&moto().url, Faults::default()).await;
+    let sb = Sandbox::new();
+    let dest = sb.path("dest/app");
+    let params = json!({"bootstage": {
+        "sync": [{"from": {"ssm": "/rot-release/pointer"}, "to": dest}],
+        "watch": {"sqs": queue.url, "interval": "10m"},
+    }});
+    let w = Watcher::start(&sb, &params, &proxy.url).await;
+    assert_eq!(
+        std::fs::read_to_string(dest.join("app.conf")).unwrap(),
+        "release 1"
+    );
+    pointer("s3://rot-release/r2/").await.unwrap();
+    let event = PARAMETER_EVENT
+        .replace("/rotation/db-password", "/rot-release/pointer")
+        .replace("SecureString", "String");
+    queue.send(&event).await;
+    w.next("RELOADING=1");
+    w.next("READY=1");
+    assert_eq!(
+        std::fs::read_to_string(dest.join("app.conf")).unwrap(),
+        "release 2"
+    );
+    assert_eq!(
+        w.hook_runs(),
+        [format!("changed {}", dest.display())],
+        "the hook, once, for the destination alone"
+    );
+    queue.drained().await;
+    let (code, stderr) = w.stop().await;
+    assert_eq!(code, 0, "{stderr}");
+}
