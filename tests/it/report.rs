@@ -480,3 +480,61 @@ async fn a_failed_boot_counts_in_boot_failed() {
     assert_eq!(line["BootFailed"], 1);
     assert!(line.get("TimeToReady").is_none());
 }
+
+/// A boot whose metadata stage failed has no parameters: the image's report.json says
+/// where, and IMDS says who the instance is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_metadata_stage_is_reported_from_the_images_settings() {
+    let logs = moto().bucket("report-forensics-md").await;
+    let imds = imds_emulator::Emulator::start(imds_emulator::Config::default())
+        .await
+        .unwrap();
+    let sb = Sandbox::new();
+    std::fs::write(
+        sb.path("report.json"),
+        json!({"logs": "s3://report-forensics-md/{instance_id}/{boot_id}/"}).to_string(),
+    )
+    .unwrap();
+    let mut cmd = sb.command(&[
+        "metadata",
+        "--imds-endpoint",
+        &imds.url(),
+        "--user-data-wait",
+        "1s",
+    ]);
+    cmd.envs(moto().env())
+        .env("BOOTSTAGE_REPORT_CONFIG", sb.path("report.json"));
+    let out = common::run(cmd).await;
+    assert_eq!(out.code, 66, "no user-data: {}", out.stderr);
+    let mut rig = Rig {
+        sb,
+        orch: Orchestrator::start(Orch::default()).await.unwrap(),
+        journal: out.stderr,
+        _imds: imds,
+    };
+    rig.fake_journal();
+    let mut cmd = rig.command(
+        &[
+            "notify",
+            "failure",
+            "--unit",
+            "bootstage-metadata.service",
+            "--journalctl",
+            rig.sb.path("journalctl").to_str().unwrap(),
+        ],
+        &moto().url,
+    );
+    cmd.env("BOOTSTAGE_REPORT_CONFIG", rig.sb.path("report.json"))
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", rig._imds.url())
+        // On EC2 IMDS is there: the SDK's credentials come first from the environment.
+        .env_remove("AWS_EC2_METADATA_DISABLED");
+    let out = common::run(cmd).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let got = objects(&logs.name, &format!("{INSTANCE}/{}/", boot_id())).await;
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        ["journal.log", "records/metadata.json", "status.json"]
+    );
+    assert_eq!(String::from_utf8_lossy(&got["journal.log"]), rig.journal);
+    assert!(rig.journal.contains("no user-data"), "{}", rig.journal);
+}
