@@ -48,8 +48,8 @@ pub struct SyncSpec {
 
 pub const DEFAULT_FILE_MODE: u32 = 0o644;
 pub const DEFAULT_DIR_MODE: u32 = 0o755;
-/// Generations kept by default: the current one and the previous one.
-pub const DEFAULT_KEEP: usize = 2;
+/// Generations kept per destination: the current and the previous (`sync::tree` owns them).
+pub use crate::sync::tree::DEFAULT_KEEP;
 /// At most this many (each a whole tree on disk).
 const MAX_KEEP: u64 = 32;
 pub const DEFAULT_VERIFY_TIMEOUT: Duration = Duration::from_secs(60);

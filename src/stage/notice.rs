@@ -41,7 +41,7 @@ use crate::stage::lifecycle;
 use crate::state::StateDir;
 use crate::state::status::{self, Stage, State};
 
-pub use deliver::{DEFAULT_TIMEOUT, MAX_TIMEOUT, Notice, NoticeError};
+pub use deliver::{DEFAULT_CONFIG, DEFAULT_TIMEOUT, MAX_TIMEOUT, Notice, NoticeError};
 
 /// `bootstage notify failure|ready [--unit UNIT]`.
 #[derive(Debug, Clone)]
@@ -58,8 +58,6 @@ pub struct Settings {
     /// The journalctl a failed boot's journal is read with.
     pub journalctl: PathBuf,
 }
-
-pub const DEFAULT_CONFIG: &str = "/etc/bootstage/notify.json";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {

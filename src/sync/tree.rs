@@ -185,6 +185,9 @@ pub struct Record {
     pub pin: Option<Pin>,
 }
 
+/// Generations kept by default: the current one and the previous one.
+pub const DEFAULT_KEEP: usize = 2;
+
 const RECORD: &str = "generations.json";
 /// Failed versions remembered.
 const FAILED_KEPT: usize = 32;
@@ -532,7 +535,7 @@ impl Destination {
             _lock: lock,
             current: None,
             record: Record::default(),
-            keep: crate::settings::sync::DEFAULT_KEEP,
+            keep: DEFAULT_KEEP,
         };
         dest.current = dest.find_current()?;
         dest.record = dest.read_json(OsStr::new(RECORD)).unwrap_or_default();

@@ -27,6 +27,9 @@ use crate::stage::query;
 use crate::state::StateDir;
 use crate::state::status::{self, Record};
 
+/// The image's notice settings, used where user-data has no `bootstage.notify`.
+pub const DEFAULT_CONFIG: &str = "/etc/bootstage/notify.json";
+
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// A longer `timeout` is cut to this, to stay inside the units' TimeoutStartSec=90.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);

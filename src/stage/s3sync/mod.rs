@@ -501,7 +501,7 @@ impl Syncer {
             hooks: release::Hooks {
                 on_change: None,
                 state: state.clone(),
-                notify: PathBuf::from(crate::stage::notice::DEFAULT_CONFIG),
+                notify: PathBuf::from(crate::stage::notice::deliver::DEFAULT_CONFIG),
                 limit: bounds.timeout,
                 notifier: Notifier::from_env(),
             },
