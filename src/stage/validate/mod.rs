@@ -142,8 +142,11 @@ fn read_stdin() -> Result<Vec<u8>> {
 
 /// Replaces every reference in bootstage's settings with [`PLACEHOLDER`].
 fn stand_in(map: &mut Map<String, Value>) {
-    for value in map.values_mut() {
+    for (key, value) in map.iter_mut() {
         match value {
+            // A sync entry's `"from": {"ssm": …}` is a release pointer, not a reference:
+            // the sync settings read it as it is (and the boot leaves it to each pass).
+            Value::Object(inner) if key == "from" && inner.contains_key("ssm") => {}
             Value::Object(inner)
                 if inner.contains_key("ssm") || inner.contains_key("secretsmanager") =>
             {
