@@ -39,8 +39,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::release::run_hook;
 use super::{Settings, SyncSpec, Syncer, summarize};
-use crate::base::child;
 use crate::base::notify::Notifier;
 use crate::base::stop::Stop;
 use crate::events::{Message, Names, Queue, QueueError, Wake, Watched};
@@ -576,20 +576,6 @@ async fn settle(queue: &Queue, batch: Vec<(Message, Wake)>, failed: &Failed) {
         && let Err(e) = queue.delete(&done).await
     {
         tracing::warn!("watch: {e}; the messages come back and cost one more pass");
-    }
-}
-
-/// Runs the change hook with `/bin/sh -c`, bounded; its failure is logged, never fatal.
-async fn run_hook(hook: &str, changed: &str, limit: Duration) {
-    let mut command = tokio::process::Command::new("/bin/sh");
-    command
-        .arg("-c")
-        .arg(hook)
-        .env("BOOTSTAGE_CHANGED", changed);
-    match child::run_bounded(command, limit).await {
-        Ok(status) if status.success() => tracing::info!("--on-change hook done"),
-        Ok(status) => tracing::error!("--on-change hook {}", child::describe(status)),
-        Err(e) => tracing::error!("--on-change hook: {e}"),
     }
 }
 
