@@ -437,6 +437,13 @@ impl SyncSpec {
         if url.is_empty() {
             return Err(refuse("is empty"));
         }
+        // The value is SSM's, not user-data's: it may choose which object, never a local
+        // path (file:// would have root copy any file it can read into the app's tree).
+        if !url.starts_with("s3://") {
+            return Err(refuse(
+                "is not an s3:// URL (a release pointer names an object or a prefix in S3, never a local path)",
+            ));
+        }
         let resolved = SyncSpec {
             from: url.to_string(),
             sha256: pin,
@@ -798,7 +805,11 @@ mod tests {
         let prefix_pinned = format!("s3://art/web/#sha256={pin}");
         let values = [
             ("", "is empty"),
-            ("https://evil/x.tar.zst", "is not a source bootstage reads"),
+            ("https://evil/x.tar.zst", "is not an s3:// URL"),
+            ("s3://", "is not a source bootstage reads"),
+            // A parameter's value never names a local path for root to copy from.
+            ("file:///etc/", "is not an s3:// URL"),
+            ("file:///root/app.tar.zst", "is not an s3:// URL"),
             (
                 "s3://art/web/1.tar.zst#md5=00",
                 "a '#' that is not followed by sha256",
