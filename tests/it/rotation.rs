@@ -19,7 +19,6 @@ use common::Sandbox;
 use common::faults::{self, Faults};
 use common::moto::moto;
 use serde_json::{Value, json};
-use tokio::io::AsyncBufReadExt;
 
 const PARAMETER_EVENT: &str = include_str!("../fixtures/eventbridge/parameter-store-change.json");
 const ROTATION_EVENT: &str =
@@ -184,16 +183,7 @@ impl Watcher {
             .env("AWS_ENDPOINT_URL", proxy)
             .env("NOTIFY_SOCKET", &socket_path);
         let mut child = cmd.spawn().unwrap();
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let sink = stderr.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut text = sink.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
-            }
-        });
+        let stderr = common::capture_stderr(&mut child);
         let w = Watcher {
             child,
             stderr,

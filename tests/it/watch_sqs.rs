@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::types::QueueAttributeName;
 use common::Sandbox;
 use common::moto::{Bucket, moto};
-use tokio::io::AsyncBufReadExt;
 
 struct Queue {
     client: aws_sdk_sqs::Client,
@@ -130,16 +129,7 @@ impl Watcher {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().unwrap();
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let sink = stderr.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                let mut text = sink.lock().unwrap();
-                text.push_str(&line);
-                text.push('\n');
-            }
-        });
+        let stderr = common::capture_stderr(&mut child);
         let w = Watcher {
             child,
             stderr,

@@ -302,6 +302,25 @@ pub fn states(records: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// A running child's stderr, collected line by line as it comes (the watch-mode tests
+/// read it while the process runs); the child must have been spawned with a piped stderr.
+pub fn capture_stderr(
+    child: &mut tokio::process::Child,
+) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use tokio::io::AsyncBufReadExt;
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let sink = text.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut text = sink.lock().unwrap();
+            text.push_str(&line);
+            text.push('\n');
+        }
+    });
+    text
+}
+
 /// Reads sd_notify datagrams from `socket` until one has the line `want`.
 pub fn next_notification(socket: &std::os::unix::net::UnixDatagram, want: &str) {
     loop {
