@@ -402,21 +402,12 @@ impl SyncSpec {
     /// shows at most the start of the value.
     pub fn resolve(&self, value: &str) -> Result<SyncSpec, String> {
         let name = self.release.as_deref().unwrap_or_default();
-        let shown: String = value
-            .chars()
-            .take(120)
-            .collect::<String>()
-            .escape_debug()
-            .to_string();
+        // The value itself is never shown: a pointer aimed at the wrong parameter (a
+        // SecureString) would put a secret into the log and the status record.
         let refuse = |why: &str| {
             format!(
-                "release pointer SSM parameter {name:?} for {}: its value \"{shown}{}\" {why}",
+                "release pointer SSM parameter {name:?} for {}: its value {why}",
                 self.to.display(),
-                if value.chars().count() > 120 {
-                    "…"
-                } else {
-                    ""
-                },
             )
         };
         if value.len() > MAX_POINTER {
@@ -452,7 +443,7 @@ impl SyncSpec {
         match resolved.check() {
             Ok(()) => Ok(resolved),
             Err(why) => {
-                // `check`'s reasons start with the URL; the value was shown already.
+                // `check`'s reasons start with the URL, which is not shown.
                 let why = why
                     .strip_prefix(url)
                     .map_or(why.as_str(), |w| w.trim_start_matches(':').trim_start());

@@ -183,17 +183,20 @@ async fn a_moved_pointer_is_swapped_in_on_the_next_pass() {
 async fn a_bad_pointer_is_refused_naming_the_parameter() {
     let f = Fixture::new("rel-bad", 1, serde_json::json!({}), None).await;
     assert_eq!(f.sync().await.code, 0);
-    point(&f.pointer, "https://elsewhere.example/1.tar").await;
+    // A value that is not an s3:// URL, shaped like a secret that should never be
+    // echoed: the parameter is named, its value is not.
+    point(&f.pointer, "file:///etc/Sup3r-s3cret").await;
     let out = f.sync().await;
     common::assert_exit(
         &out,
         65,
         &format!(
-            "release pointer SSM parameter {:?} for {}: its value \"https://elsewhere.example/1.tar\" is not a source bootstage reads",
+            "release pointer SSM parameter {:?} for {}: its value is not an s3:// URL",
             f.pointer,
             f.dest.display()
         ),
     );
+    assert!(!out.stderr.contains("Sup3r-s3cret"), "{}", out.stderr);
     assert_eq!(serving(&f.dest), "1");
     let missing = Fixture::new("rel-missing", 1, serde_json::json!({}), None).await;
     moto()
