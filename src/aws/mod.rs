@@ -11,7 +11,8 @@
 //!   SDK's standard 3 attempts, after which the caller's retry policy (`base::retry`)
 //!   decides, logging each cause.
 //! - Errors: [`classify`] sorts any SDK error into refused, throttled, transient or
-//!   permanent, with a message that never carries the response body.
+//!   permanent, with a message that never carries the response body ([`kind_of`] is the
+//!   reading itself, which the EC2 Query-API client (`ec2`) shares).
 //! - Credentials: [`credentials::check`] asks the chain once, so that none at all is said
 //!   within seconds, with why, instead of every request failing until the deadline.
 //! - Endpoints: an `AWS_ENDPOINT_URL…` that is not an http(s) URL is bad usage at once.
@@ -33,6 +34,7 @@ use crate::imds::facts::Facts;
 use crate::state::StateDir;
 
 pub mod credentials;
+pub mod ec2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AwsError {
@@ -365,6 +367,10 @@ const REFUSED: &[&str] = &[
     "InvalidClientTokenId",
     "ExpiredToken",
     "ExpiredTokenException",
+    // EC2's: a missing permission, bad or unusable credentials.
+    "UnauthorizedOperation",
+    "AuthFailure",
+    "OptInRequired",
 ];
 
 /// Error codes that mean "slow down", across services.
@@ -410,7 +416,18 @@ where
         (SdkError::DispatchFailure(_), ..) => format!("cannot reach {service}: {}", root_cause(e)),
         _ => DisplayErrorContext(e).to_string(),
     };
-    let kind = match (code.as_deref(), status) {
+    Failure {
+        kind: kind_of(code.as_deref(), status),
+        code,
+        message: why,
+    }
+}
+
+/// What an answer means, from the service's error code and the HTTP status (either may be
+/// missing): the one reading, for the SDK's errors ([`classify`]) and the Query-API
+/// client's (`ec2`).
+pub fn kind_of(code: Option<&str>, status: Option<u16>) -> Kind {
+    match (code, status) {
         (Some(c), _) if REFUSED.contains(&c) => Kind::Refused,
         (Some(c), _) if THROTTLED.contains(&c) => Kind::Throttled,
         // A 403 whose body did not parse (moto answers the JSON APIs' denials in XML) is
@@ -420,11 +437,6 @@ where
         (_, Some(500..=599)) => Kind::Transient,
         (None, None) => Kind::Transient,
         _ => Kind::Permanent,
-    };
-    Failure {
-        kind,
-        code,
-        message: why,
     }
 }
 

@@ -11,9 +11,6 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -197,16 +194,7 @@ async fn post(
     body: &[u8],
     deadline: Deadline,
 ) -> std::result::Result<u16, String> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(REQUEST_TIMEOUT));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .map_err(|e| format!("no CA certificates for https: {e}"))?
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+    let client = crate::base::http::client(REQUEST_TIMEOUT)?;
     let body = Bytes::copy_from_slice(body);
     let attempt = || async {
         let mut request = http::Request::post(url)
@@ -231,7 +219,9 @@ async fn post(
         })
         .await
         .map_err(|_| PostError::Transient("no answer within 10 s".into()))?
-        .map_err(|e| PostError::Transient(format!("{e}: {}", source_chain(&e))))?;
+        .map_err(|e| {
+            PostError::Transient(format!("{e}: {}", crate::base::http::source_chain(&e)))
+        })?;
         match response.as_u16() {
             200..=299 => Ok(response.as_u16()),
             429 | 500..=599 => Err(PostError::Transient(format!("HTTP {response}"))),
@@ -248,16 +238,6 @@ async fn post(
     )
     .await
     .map_err(|e| e.to_string())
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut source = e.source();
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    parts.join(": ")
 }
 
 async fn run_command(
