@@ -4,7 +4,8 @@
 //! ```json
 //! "report": {
 //!   "logs": "s3://bucket/boot-logs/{instance_id}/{boot_id}/",
-//!   "metrics": true
+//!   "metrics": true,
+//!   "tags": true
 //! }
 //! ```
 //!
@@ -13,7 +14,9 @@
 //! (the journal's last `lines` lines of the boot, at most `bytes` of them, for
 //! `bootstage-*` units, the unit that failed and `units`). `{instance_id}` and `{boot_id}`
 //! are the only placeholders. `metrics` writes CloudWatch embedded metric format lines
-//! to the journal. Messages name the setting, never its value.
+//! to the journal. `tags` keeps the instance's `bootstage:status`, `bootstage:release` and
+//! `bootstage:ready-seconds` tags up to date (`stage::tags`). Messages name the setting,
+//! never its value.
 
 use serde_json::Value;
 
@@ -35,6 +38,7 @@ pub const PLACEHOLDERS: &[&str] = &["instance_id", "boot_id"];
 pub struct Config {
     pub logs: Option<Logs>,
     pub metrics: bool,
+    pub tags: bool,
 }
 
 /// Where a failed boot's forensics go, and how much of the journal.
@@ -57,22 +61,26 @@ impl Config {
                 kind(value)
             )));
         };
-        known(map, origin, &["logs", "metrics"])?;
-        let metrics = match map.get("metrics") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(other) => {
-                return Err(SettingsError(format!(
-                    "{origin}.metrics: expected true or false, got {}",
-                    kind(other)
-                )));
-            }
+        known(map, origin, &["logs", "metrics", "tags"])?;
+        let switch = |key: &str| match map.get(key) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(SettingsError(format!(
+                "{origin}.{key}: expected true or false, got {}",
+                kind(other)
+            ))),
         };
+        let metrics = switch("metrics")?;
+        let tags = switch("tags")?;
         let logs = match map.get("logs") {
             None | Some(Value::Null) => None,
             Some(v) => Some(Logs::from_value(v, &format!("{origin}.logs"))?),
         };
-        Ok(Config { logs, metrics })
+        Ok(Config {
+            logs,
+            metrics,
+            tags,
+        })
     }
 }
 
@@ -230,6 +238,7 @@ mod tests {
                     units: vec![],
                 }),
                 metrics: true,
+                tags: false,
             })
         );
         assert_eq!(
@@ -245,6 +254,7 @@ mod tests {
                     units: vec!["myapp.service".into(), "web@*.service".into()],
                 }),
                 metrics: false,
+                tags: false,
             })
         );
         assert_eq!(
@@ -256,14 +266,29 @@ mod tests {
             ""
         );
         assert_eq!(parse(json!({})), Ok(Config::default()));
+        assert_eq!(
+            parse(json!({"tags": true})),
+            Ok(Config {
+                tags: true,
+                ..Config::default()
+            })
+        );
     }
 
     #[test]
     fn what_is_refused_is_named_without_its_value() {
         let cases = [
             (
-                json!({"tags": true}),
-                "bootstage.report.tags: unknown setting (known: logs, metrics)",
+                json!({"status": true}),
+                "bootstage.report.status: unknown setting (known: logs, metrics, tags)",
+            ),
+            (
+                json!({"tag": true}),
+                "bootstage.report.tag: unknown setting; did you mean bootstage.report.tags?",
+            ),
+            (
+                json!({"tags": "yes"}),
+                "bootstage.report.tags: expected true or false, got a string",
             ),
             (
                 json!({"metrix": true}),
