@@ -16,7 +16,7 @@ command -v tar >/dev/null 2>&1 || need_apt+=(tar)
 # The packages (scripts/build-packages.sh, tests/it/packages.rs): rpm to inspect and install
 # an RPM here, the aarch64 cross compiler (linker, and C for aws-lc-sys) and qemu-user to
 # run what it builds, file to tell the two apart.
-command -v rpm >/dev/null 2>&1 || need_apt+=(rpm)
+command -v rpm >/dev/null 2>&1 && command -v rpmbuild >/dev/null 2>&1 || need_apt+=(rpm)
 command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need_apt+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 command -v qemu-aarch64-static >/dev/null 2>&1 || need_apt+=(qemu-user-static)
 command -v file >/dev/null 2>&1 || need_apt+=(file)
@@ -64,16 +64,9 @@ command -v dpkg-shlibdeps >/dev/null 2>&1 || {
 }
 rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu ||
   rustup target add aarch64-unknown-linux-gnu
-# The RPM: cargo-generate-rpm, pinned like cargo-deb.
-# Both are built for the tests, not shipped: without their own release profile's LTO
-# (cargo-generate-rpm's takes 277 CPU-seconds to build, 198 this way, and packs an RPM as
-# fast), and cargo-deb as a debug build (36 CPU-seconds instead of 80; it only copies
-# files and calls dpkg's tools).
-if [ "$(cargo generate-rpm --version 2>/dev/null)" != "cargo-generate-rpm 0.21.1" ]; then
-  echo "installing cargo-generate-rpm 0.21.1"
-  CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=1 \
-    cargo install --quiet --locked --version 0.21.1 cargo-generate-rpm
-fi
+# cargo-deb is built for the tests, not shipped: a debug build (36 CPU-seconds instead of
+# 80; it only copies files and calls dpkg's tools). The RPM needs no cargo tool: rpmbuild,
+# from the rpm package above, packs it (scripts/build-rpm.sh).
 if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb 3.8.0" ]; then
   echo "installing cargo-deb 3.8.0"
   cargo install --quiet --locked --debug --version 3.8.0 cargo-deb

@@ -131,7 +131,7 @@ fn the_rpm_has_the_debs_files_modes_scriptlets_and_installs_into_an_empty_root()
         );
         assert_eq!(common::mode(&a), common::mode(&b), "{path}");
         if path == "/usr/bin/bootstage" {
-            // A test package's debug binary: cargo-deb strips it, cargo-generate-rpm never
+            // A test package's debug binary: cargo-deb strips it, build-rpm.sh never
             // strips. Release packages ship the same bytes (the release profile strips and
             // build-deb.sh passes --no-strip); here, the same program.
             let version = |bin: &Path| run(Command::new(bin).arg("--version"));
