@@ -1,6 +1,7 @@
 //! Running the operator's commands (boot hooks, `--on-change`, notice commands): each in a
 //! process group of its own, bounded by a deadline, after which the whole group is
-//! killed, so a hook's stray children cannot hold a boot either.
+//! killed, so a hook's stray children cannot hold a boot either; a wait cut short (SIGTERM
+//! dropped it) kills the group too.
 
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -29,15 +30,35 @@ pub async fn run_bounded(
         .spawn()
         .map_err(ChildError::Spawn)?;
     let pid = child.id();
-    match tokio::time::timeout(limit, child.wait()).await {
+    // Dropped before the child is reaped (SIGTERM ended the wait), the whole group goes,
+    // not the shell alone: its group id cannot be reused while the leader is unreaped.
+    let mut group = Group(pid);
+    let ended = match tokio::time::timeout(limit, child.wait()).await {
         Ok(status) => status.map_err(ChildError::Wait),
         Err(_) => {
-            if let Some(pid) = pid {
-                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            }
+            group.kill();
             let _ = child.wait().await;
             Err(ChildError::TimedOut(limit))
         }
+    };
+    group.0 = None;
+    ended
+}
+
+/// A running child's process group, killed when dropped unless disarmed.
+struct Group(Option<u32>);
+
+impl Group {
+    fn kill(&self) {
+        if let Some(pid) = self.0 {
+            let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

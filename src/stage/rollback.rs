@@ -132,6 +132,7 @@ pub async fn generations(args: &ListSettings) -> Result<()> {
                     "time": m.time,
                     "failed": m.failed,
                     "rolled_back": m.rolled_back,
+                    "unverified": m.unverified,
                 })
             })
             .collect();

@@ -444,3 +444,227 @@ async fn sigkill_at_any_point_of_a_rollback_leaves_one_complete_generation() {
     assert_eq!(f.sync().await.code, 0);
     assert_eq!(serving(&f.dest), "2");
 }
+
+/// A watcher, its notification socket, and its stderr as it comes.
+struct Watching {
+    child: tokio::process::Child,
+    socket: std::os::unix::net::UnixDatagram,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Watching {
+    /// `s3-sync --watch 200ms --on-change HOOK` of the sandbox's configured sync, once
+    /// READY.
+    fn start(sb: &Sandbox, hook: &str) -> Watching {
+        let socket_path = sb.path("notify.sock");
+        let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut cmd = sb.command(&[
+            "s3-sync",
+            "--watch",
+            "200ms",
+            "--sync-timeout",
+            "20s",
+            "--on-change",
+            hook,
+        ]);
+        cmd.envs(moto().env()).env("NOTIFY_SOCKET", &socket_path);
+        let mut child = cmd.spawn().unwrap();
+        let stderr = common::capture_stderr(&mut child);
+        let w = Watching {
+            child,
+            socket,
+            stderr,
+        };
+        w.next("READY=1");
+        w
+    }
+
+    fn next(&self, want: &str) {
+        common::next_notification(&self.socket, want);
+    }
+
+    /// SIGTERM; the exit code and how long the exit took.
+    async fn stop(mut self) -> (Option<i32>, Duration, String) {
+        // systemd reads every notification; the exit waits for that (its barrier).
+        let socket = self.socket.try_clone().unwrap();
+        std::thread::spawn(move || while common::recv_notification(&socket).is_ok() {});
+        let started = std::time::Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id().unwrap() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let code = self.child.wait().await.unwrap().code();
+        let took = started.elapsed();
+        (code, took, self.stderr.lock().unwrap().clone())
+    }
+}
+
+/// Two destinations with a `verify`, both moved by one pointer in one pass: the hook
+/// runs once after both swaps, each verify after it; when both fail, both are swapped
+/// back and the hook runs once more. (It ran once per destination, before.)
+#[tokio::test(flavor = "multi_thread")]
+async fn two_verified_destinations_run_the_hook_once_a_pass() {
+    let name = "rel-two";
+    let bucket = moto().bucket(name).await;
+    for v in 1..=3 {
+        bucket
+            .put(&format!("web/{v}.tar"), release(&v.to_string()))
+            .await;
+    }
+    let sb = Sandbox::new();
+    let (a, b) = (sb.path("srv/a"), sb.path("srv/b"));
+    let hook_log = sb.path("hook.log");
+    let verify_log = sb.path("verify.log");
+    std::fs::write(&hook_log, "").unwrap();
+    // Each verify notes which tree it checked and after how many hook runs; release 3
+    // fails.
+    let verify = format!(
+        "echo \"$(basename $BOOTSTAGE_DEST) $(cat $BOOTSTAGE_DEST/version) after $(wc -l < {h})\" >> {v}; test \"$(cat $BOOTSTAGE_DEST/version)\" != 3",
+        h = hook_log.display(),
+        v = verify_log.display()
+    );
+    let pointer = format!("/{name}{POINTER}");
+    let entry =
+        |to: &Path| serde_json::json!({"from": {"ssm": pointer}, "to": to, "verify": verify});
+    sb.seed_sync(serde_json::json!([entry(&a), entry(&b)]));
+    let to = |v: usize| format!("s3://{name}/web/{v}.tar");
+    point(&pointer, &to(1)).await;
+    let hook = format!("echo \"$BOOTSTAGE_CHANGED\" >> {}", hook_log.display());
+    let both = format!("{}:{}", a.display(), b.display());
+    // Each verify's lines of a pass, in order (they run together).
+    let verified = |from: usize| {
+        let text = std::fs::read_to_string(&verify_log).unwrap();
+        let mut lines: Vec<String> = text.lines().skip(from).map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+    let hooks = || std::fs::read_to_string(&hook_log).unwrap();
+    let w = Watching::start(&sb, &hook);
+    // The first pass swapped both in: one hook, then both verifies.
+    assert_eq!(hooks(), format!("{both}\n"), "{}", w.stderr.lock().unwrap());
+    assert_eq!(verified(0), ["a 1 after 1", "b 1 after 1"]);
+    point(&pointer, &to(2)).await;
+    w.next("RELOADING=1");
+    w.next("READY=1");
+    assert_eq!(hooks(), format!("{both}\n{both}\n"));
+    assert_eq!(verified(2), ["a 2 after 2", "b 2 after 2"]);
+    assert_eq!((serving(&a), serving(&b)), ("2".into(), "2".into()));
+    // Release 3 fails both: one hook after the swaps, both verifies, both swapped back,
+    // one hook after that.
+    point(&pointer, &to(3)).await;
+    w.next("RELOADING=1");
+    w.next("READY=1");
+    assert_eq!(
+        hooks(),
+        format!("{both}\n{both}\n{both}\n{both}\n"),
+        "{}",
+        w.stderr.lock().unwrap()
+    );
+    assert_eq!(verified(4), ["a 3 after 3", "b 3 after 3"]);
+    assert_eq!((serving(&a), serving(&b)), ("2".into(), "2".into()));
+    let (code, _, stderr) = w.stop().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    // The next passes asked S3 about release 3 and left both alone: no hook since.
+    assert_eq!(hooks().lines().count(), 4, "{stderr}");
+}
+
+/// SIGTERM while a new release's verify runs: the verify ends at once (its whole process
+/// group), the watcher exits 0, and the release stays current marked `unverified`: the
+/// app's hook already ran for it, so swapping back without a hook would leave the app
+/// and its tree apart, and a hook is no job for a stopping unit. The next start verifies
+/// it again: here it fails, so the previous release is swapped back. (Before, the next
+/// start passed it unverified.)
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_a_verify_leaves_it_unverified_and_the_next_start_verifies_it() {
+    let sb_dir = tempfile::tempdir().unwrap();
+    let fifo = sb_dir.path().join("verifying");
+    let block = sb_dir.path().join("block");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    std::fs::write(&block, "").unwrap();
+    // Release 2's verify, while `block` exists, says it started on the FIFO (holding it
+    // open, as its sleep does) and waits; without `block` it fails.
+    let verify = format!(
+        "v=$(cat $BOOTSTAGE_DEST/version); if [ $v = 2 ] && [ -e {block} ]; then exec 3>{fifo}; echo started >&3; sleep 60; exit 1; fi; test $v != 2",
+        block = block.display(),
+        fifo = fifo.display()
+    );
+    let extra = serde_json::json!({"verify": verify, "verify_timeout": 120});
+    let f = Fixture::new("rel-sigterm", 2, extra, None).await;
+    assert_eq!(f.sync().await.code, 0);
+    let hook_log = f.sb.path("hook.log");
+    let hook = format!("echo \"$BOOTSTAGE_CHANGED\" >> {}", hook_log.display());
+    let w = Watching::start(&f.sb, &hook);
+    f.point(2).await;
+    // The verify has started: its first line; the rest of the FIFO is its end.
+    let reader = {
+        let fifo = fifo.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::{BufRead, Read};
+            let mut r = std::io::BufReader::new(std::fs::File::open(&fifo).unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut rest = String::new();
+                let _ = r.read_to_string(&mut rest);
+                let _ = tx.send(());
+            });
+            (line, rx)
+        })
+    };
+    let (line, ended) = tokio::time::timeout(Duration::from_secs(30), reader)
+        .await
+        .expect("the verify started")
+        .unwrap();
+    assert_eq!(line, "started\n");
+    let (code, took, stderr) = w.stop().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(took < Duration::from_secs(5), "{took:?}: {stderr}");
+    // The verify's whole group is gone (its sleep too): the FIFO's writers are closed.
+    ended
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the verify's processes ended with the watcher");
+    assert_eq!(serving(&f.dest), "2");
+    assert_eq!(
+        std::fs::read_to_string(&hook_log).unwrap(),
+        format!("{}\n", f.dest.display())
+    );
+    let listed = f.generations().await;
+    assert_eq!(
+        f.states().await,
+        pairs(&[("1", "previous"), ("2", "current")])
+    );
+    assert!(
+        listed["generations"][1]["unverified"].is_string(),
+        "{listed}"
+    );
+    assert_eq!(
+        listed["generations"][0]["unverified"],
+        serde_json::Value::Null
+    );
+    // The next start verifies release 2 (now failing): release 1 is swapped back.
+    std::fs::remove_file(&block).unwrap();
+    let out = f.sync().await;
+    common::assert_exit(
+        &out,
+        79,
+        &format!(
+            "{}: the release s3://rel-sigterm/web/2.tar failed its verify (verify exited with 1); the previous generation (s3://rel-sigterm/web/1.tar) is current again",
+            f.dest.display()
+        ),
+    );
+    assert_eq!(serving(&f.dest), "1");
+    assert_eq!(
+        f.states().await,
+        pairs(&[("1", "current"), ("2", "failed")])
+    );
+    // A release that passes a verify cut short is no longer unverified.
+    assert_eq!(
+        f.generations().await["generations"][0]["unverified"],
+        serde_json::Value::Null
+    );
+}

@@ -510,16 +510,31 @@ impl Syncer {
         })
     }
 
-    /// Syncs every destination concurrently, each bounded by the pass timeout; one result
-    /// per spec, in order. With `retry`, a destination whose pass fails transiently is
-    /// synced again until the timeout (the boot's sync); without, the failure is returned
-    /// at once (watch mode: the next interval is the retry).
+    /// Syncs every destination concurrently, each bounded by the pass timeout, then checks
+    /// the new releases (`release::gate`); one result per spec, in order. With `retry`, a
+    /// destination whose pass fails transiently is synced again until the timeout (the
+    /// boot's sync); without, the failure is returned at once (watch mode: the next
+    /// interval is the retry).
     async fn sync_all(
         &self,
         specs: &[SyncSpec],
         notifier: Notifier,
         retry: bool,
     ) -> Vec<Result<Report, SyncError>> {
+        let swapped = self.swap_all(specs, notifier, retry).await;
+        release::gate(swapped, specs, &self.hooks, &[])
+            .await
+            .results
+    }
+
+    /// `sync_all` up to the swaps: each destination's report with the destination, still
+    /// locked, for `release::gate`.
+    async fn swap_all(
+        &self,
+        specs: &[SyncSpec],
+        notifier: Notifier,
+        retry: bool,
+    ) -> Vec<release::Swapped> {
         if specs.is_empty() {
             tracing::warn!(
                 "nothing to sync: no --from/--to and no bootstage.sync in the parameters"
@@ -573,9 +588,9 @@ impl Syncer {
                         }
                     };
                     // The deadline ends the retries; this also ends a pass that hangs. A
-                    // release's verify comes after it, under its own bounds: the new tree
-                    // is in place by then, and a cut verify would leave it unchecked.
-                    let synced = tokio::time::timeout(self.bounds.timeout, passes)
+                    // release's verify comes after every destination's pass, under its own
+                    // bounds (`release::gate`).
+                    tokio::time::timeout(self.bounds.timeout, passes)
                         .await
                         .unwrap_or_else(|_| {
                             let limit = humantime::format_duration(self.bounds.timeout).to_string();
@@ -587,9 +602,7 @@ impl Syncer {
                                 );
                             }
                             Err(SyncError::Deadline(spec.from.clone(), limit, last))
-                        });
-                    let (report, mut dest) = synced?;
-                    release::check(&mut dest, spec, &self.hooks, report).await
+                        })
                 }
             });
         let results = futures_util::future::join_all(passes).await;
@@ -721,6 +734,7 @@ async fn sync_one(
         .await
         .map_err(|e| SyncError::Settings(format!("destination lock task: {e}")))??;
     dest.set_keep(spec.keep);
+    dest.set_verify(spec.verify.is_some());
     let report = match origin {
         Origin::Bundle(bundle) => {
             bundle::pass(bundle, &mut dest, spec, &owner, counters, bytes, deadline).await?

@@ -1,8 +1,10 @@
 //! Releases: a sync entry's release pointer read on each pass (one `GetParameter`, or
-//! one `GetParameters` for up to 10 pointers), and a new generation's health check: after
-//! the swap (and `--on-change`), the entry's `verify` command, bounded and retried; if it
-//! fails, the previous generation swapped back with one rename, `--on-change` again, the
-//! failed one marked (`tree::Record`), and a `release_failed` notice.
+//! one `GetParameters` for up to 10 pointers), and the new generations' health checks
+//! (`gate`): after every destination's swap, `--on-change` once, then each entry's
+//! `verify` command, bounded and retried; for each that fails, the previous generation
+//! swapped back with one rename and marked (`tree::Record`), `--on-change` once more,
+//! and a `release_failed` notice. A generation is `unverified` until its verify passes,
+//! so one that a SIGTERM or a crash cut short is verified again by the next pass.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -139,71 +141,200 @@ fn described(made: Option<&Made>) -> serde_json::Value {
     }
 }
 
-/// After a pass with a `verify` command: a new generation is checked (and rolled back
-/// from if it fails); an unchanged destination whose current generation failed its
-/// verify fails again (a restart must not pass a release that failed).
-pub(super) async fn check(
-    dest: &mut Destination,
-    spec: &SyncSpec,
+/// One destination after its pass: what the pass did, and the destination, still locked.
+pub(super) type Swapped = Result<(Report, Destination), SyncError>;
+
+/// What [`gate`] did.
+pub(super) struct Gated {
+    /// One per destination, in order.
+    pub results: Vec<Result<Report, SyncError>>,
+    /// `--on-change` ran (after RELOADING=1): the caller must not run it again for this
+    /// pass, and owes READY=1.
+    pub hooked: bool,
+}
+
+/// What one destination needs after its pass.
+enum Needs {
+    /// Nothing: its result as it is.
+    Done(Result<Report, SyncError>),
+    /// A verify: of a generation swapped in by this pass (`fresh`), or of a current one
+    /// a run left unverified (a SIGTERM or a crash during its verify).
+    Verify { fresh: bool },
+}
+
+/// After every destination's pass: the new generations that have a `verify` are checked
+/// together. `--on-change` runs once, after every swap, naming each change of the pass
+/// (`also`, the parameters' values, and every destination swapped in), so the app serves
+/// the new trees; then every verify, at once; the destinations whose verify failed are
+/// swapped back and `--on-change` runs once more, naming them. A current generation that
+/// a run left `unverified` is verified again, with no hook first (nothing changed on disk
+/// and its hook ran when it was swapped in). An unchanged destination whose current
+/// generation failed its verify fails again (a restart must not pass a release that
+/// failed).
+///
+/// Each generation is recorded `unverified` when it is swapped in and stays so until its
+/// verify passes: a SIGTERM ends a verify at once (the caller drops this future, which
+/// kills the verify's process group) and leaves it so, as a crash does.
+pub(super) async fn gate(
+    passes: Vec<Swapped>,
+    specs: &[SyncSpec],
     hooks: &Hooks,
-    mut report: Report,
-) -> Result<Report, SyncError> {
-    let Some(verify) = &spec.verify else {
-        return Ok(report);
-    };
-    let to = spec.to.display().to_string();
-    if !report.swapped {
-        return match dest.current_made().filter(|m| m.failed.is_some()) {
-            Some(m) => {
-                let recorded = m.failed.as_deref().unwrap_or_default();
-                let why = recorded.split_once(": ").map_or(recorded, |(_, why)| why);
-                Err(SyncError::Verify {
-                    dest: to,
-                    failed: m.source.clone(),
-                    why: why.to_string(),
-                    running: None,
-                })
+    also: &[String],
+) -> Gated {
+    let mut needs = Vec::new();
+    let mut held = Vec::new();
+    for (spec, pass) in specs.iter().zip(passes) {
+        match pass {
+            Err(e) => {
+                needs.push(Needs::Done(Err(e)));
+                held.push(None);
             }
-            None => Ok(report),
-        };
+            Ok((report, mut dest)) => {
+                needs.push(judged(&mut dest, spec, &report));
+                held.push(Some((report, dest)));
+            }
+        }
     }
-    let new = dest.current_made().cloned();
-    // The hook here, not after the pass: the app must serve the new tree before it is
-    // checked. The watch loop is told no swap is left to hook.
-    if let Some(hook) = &hooks.on_change {
+    let fresh = needs
+        .iter()
+        .any(|n| matches!(n, Needs::Verify { fresh: true }));
+    let mut hooked = false;
+    // The hook here, not after the pass: the app must serve the new trees before they
+    // are checked.
+    if let (Some(hook), true) = (&hooks.on_change, fresh) {
+        let swapped = held
+            .iter()
+            .zip(specs)
+            .filter(|(h, _)| h.as_ref().is_some_and(|(r, _)| r.swapped))
+            .map(|(_, spec)| spec.to.display().to_string());
+        let changed: Vec<String> = also.iter().cloned().chain(swapped).collect();
         hooks.notifier.reloading();
-        run_hook(hook, &to, hooks.limit).await;
-        report.swapped = false;
+        run_hook(hook, &changed.join(":"), hooks.limit).await;
+        hooked = true;
     }
-    let outcome = run_verify(verify, spec, new.as_ref()).await;
-    let Err(why) = outcome else {
+    let verdicts = futures_util::future::join_all(needs.iter().zip(specs).zip(&held).map(
+        |((need, spec), held)| async move {
+            let (Needs::Verify { .. }, Some(verify), Some((_, dest))) = (need, &spec.verify, held)
+            else {
+                return None;
+            };
+            let new = dest.current_made();
+            Some(run_verify(verify, spec, new).await)
+        },
+    ))
+    .await;
+    let mut results = Vec::new();
+    let mut back = Vec::new();
+    let mut notices = Vec::new();
+    for (((need, spec), held), verdict) in needs.into_iter().zip(specs).zip(held).zip(verdicts) {
+        let (Some((report, mut dest)), Some(verdict)) = (held, verdict) else {
+            results.push(match need {
+                Needs::Done(result) => result,
+                Needs::Verify { .. } => unreachable!("a verify has a destination"),
+            });
+            continue;
+        };
+        match settle(&mut dest, spec, verdict) {
+            None => results.push(Ok(report)),
+            Some(Failure { error, notice }) => {
+                if let SyncError::Verify {
+                    running: Some(_), ..
+                } = &error
+                {
+                    back.push(spec.to.display().to_string());
+                }
+                notices.extend(notice);
+                results.push(Err(error));
+            }
+        }
+    }
+    if let (Some(hook), false) = (&hooks.on_change, back.is_empty()) {
+        if !hooked {
+            hooks.notifier.reloading();
+        }
+        run_hook(hook, &back.join(":"), hooks.limit).await;
+        hooked = true;
+    }
+    for about in notices {
+        if let Err(e) =
+            deliver::life(&hooks.state, &hooks.notify, "release_failed", about, None).await
+        {
+            tracing::warn!("the release_failed notice: {e}");
+        }
+    }
+    Gated { results, hooked }
+}
+
+/// What a destination needs after its pass, from its record: a verify, or nothing.
+fn judged(dest: &mut Destination, spec: &SyncSpec, report: &Report) -> Needs {
+    let current = dest.current_made();
+    if spec.verify.is_none() {
+        // A mark left by a run that ended between its swap and its record.
+        if current.is_some_and(|m| m.unverified.is_some()) {
+            dest.mark_verified();
+        }
+        return Needs::Done(Ok(report.clone()));
+    }
+    match current {
+        _ if report.swapped => Needs::Verify { fresh: true },
+        Some(m) if m.unverified.is_some() => {
+            tracing::info!(
+                dest = %spec.to.display(),
+                generation = m.name,
+                "the current generation's verify did not finish (SIGTERM or a crash); verifying it again"
+            );
+            Needs::Verify { fresh: false }
+        }
+        Some(m) if m.failed.is_some() => {
+            let recorded = m.failed.as_deref().unwrap_or_default();
+            let why = recorded.split_once(": ").map_or(recorded, |(_, why)| why);
+            Needs::Done(Err(SyncError::Verify {
+                dest: spec.to.display().to_string(),
+                failed: m.source.clone(),
+                why: why.to_string(),
+                running: None,
+            }))
+        }
+        _ => Needs::Done(Ok(report.clone())),
+    }
+}
+
+/// Acts on a verify's verdict: a pass clears the mark; a failure swaps the previous
+/// generation back (or marks the current one failed when there is none) and is returned
+/// (with no notice if the swap back itself failed).
+fn settle(dest: &mut Destination, spec: &SyncSpec, verdict: Result<(), String>) -> Option<Failure> {
+    let to = spec.to.display().to_string();
+    let new = dest.current_made().cloned();
+    let Err(why) = verdict else {
+        dest.mark_verified();
         tracing::info!(
             dest = to,
             generation = new.as_ref().map(|m| m.name.as_str()),
             "the new generation passed its verify"
         );
-        if hooks.on_change.is_some() {
-            hooks.notifier.ready(&format!("{to}: new release verified"));
-        }
-        return Ok(report);
+        return None;
     };
     let failed_source = new.as_ref().map(|m| m.source.clone()).unwrap_or_default();
     let has_previous =
         crate::sync::tree::rollback_target(dest.record(), dest.current_name(), None).is_ok();
     let running = match has_previous {
-        true => {
-            let back = dest.roll_back(None, "verify", false, Some(&why))?;
-            tracing::error!(
-                dest = to,
-                failed = failed_source,
-                running = back.source,
-                "the new generation failed its verify ({why}); the previous one is swapped back"
-            );
-            if let Some(hook) = &hooks.on_change {
-                run_hook(hook, &to, hooks.limit).await;
+        true => match dest.roll_back(None, "verify", false, Some(&why)) {
+            Ok(back) => {
+                tracing::error!(
+                    dest = to,
+                    failed = failed_source,
+                    running = back.source,
+                    "the new generation failed its verify ({why}); the previous one is swapped back"
+                );
+                Some(back)
             }
-            Some(back)
-        }
+            Err(e) => {
+                return Some(Failure {
+                    error: e.into(),
+                    notice: None,
+                });
+            }
+        },
         false => {
             dest.mark_failed(&why);
             tracing::error!(
@@ -214,27 +345,28 @@ pub(super) async fn check(
             None
         }
     };
-    if hooks.on_change.is_some() {
-        hooks
-            .notifier
-            .ready(&format!("{to}: new release failed its verify"));
-    }
     let about = json!({
         "dest": to,
         "failed": described(new.as_ref()),
         "running": described(running.as_ref()),
         "why": why,
     });
-    if let Err(e) = deliver::life(&hooks.state, &hooks.notify, "release_failed", about, None).await
-    {
-        tracing::warn!("the release_failed notice: {e}");
-    }
-    Err(SyncError::Verify {
+    let failure = SyncError::Verify {
         dest: to,
         failed: failed_source,
         why,
         running: running.map(|m| m.source),
+    };
+    Some(Failure {
+        error: failure,
+        notice: Some(about),
     })
+}
+
+/// A verify that failed: the destination's error, and the `release_failed` notice's body.
+struct Failure {
+    error: SyncError,
+    notice: Option<serde_json::Value>,
 }
 
 /// The verify command, up to `verify_attempts` times (1 s apart), each bounded by

@@ -27,7 +27,8 @@
 //! polling goes on and the queue is tried again, 1 s doubling to 60 s. After a pass
 //! swapped anything in (trees, values, or both), the `--on-change` hook runs once, between
 //! RELOADING=1 and READY=1, with `BOOTSTAGE_CHANGED` naming the destinations and the state
-//! dir. A failed pass keeps the old tree and values; SIGTERM ends any wait or pass at once
+//! dir; with a release's `verify`, once after every swap and before the verifies, and once
+//! more naming the destinations a failed verify swapped back (`release::gate`). A failed pass keeps the old tree and values; SIGTERM ends any wait or pass at once
 //! (exit 0, no staging dir left). The parameters as user-data gave them are read (from
 //! IMDS, or the user-data file) only when values are first resolved again; until then an
 //! event of Parameter Store or Secrets Manager counts as naming ours.
@@ -39,7 +40,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::release::run_hook;
+use super::release::{self, run_hook};
 use super::{Settings, SyncSpec, Syncer, summarize};
 use crate::base::notify::Notifier;
 use crate::base::stop::Stop;
@@ -494,13 +495,21 @@ pub(super) async fn watch(
             .iter()
             .map(|&i| specs[i].clone())
             .collect();
-        let results = match subset.is_empty() {
+        let swapped = match subset.is_empty() {
             true => Vec::new(),
             false => tokio::select! {
-                results = syncer.sync_all(&subset, notifier, false) => results,
+                swapped = syncer.swap_all(&subset, notifier, false) => swapped,
                 _ = stop.requested() => break,
             },
         };
+        // Every swap is done: the new releases' verifies, with the hook once before them
+        // (naming the values too, if they changed). SIGTERM ends a verify at once; its
+        // generation stays current, recorded unverified, and the next start verifies it.
+        let gated = tokio::select! {
+            gated = release::gate(swapped, &subset, &syncer.hooks, &changed) => gated,
+            _ = stop.requested() => break,
+        };
+        let results = gated.results;
         // Destinations are independent: one that failed keeps its old tree, and the hook
         // still runs for the others that swapped.
         let mut reports = Vec::new();
@@ -528,21 +537,28 @@ pub(super) async fn watch(
                 _ = stop.requested() => break,
             }
         }
-        if changed.is_empty() {
+        if changed.is_empty() && !gated.hooked {
             tracing::debug!("watch: no change");
             continue;
         }
         if reports.iter().any(|r| r.swapped) {
             summary.insert(0, summarize(&reports));
         }
+        if !failed.destinations.is_empty() {
+            let n = failed.destinations.len();
+            summary.push(format!("{n} destination(s) failed this pass"));
+        }
         let summary = summary.join("; ");
         tracing::info!("{summary}");
-        notifier.reloading();
-        if let Some(hook) = &args.on_change {
-            let changed = changed.join(":");
-            tokio::select! {
-                _ = run_hook(hook, &changed, args.sync_timeout) => {}
-                _ = stop.requested() => break,
+        // Once a pass: the gate ran the hook if a release was verified.
+        if !gated.hooked {
+            notifier.reloading();
+            if let Some(hook) = &args.on_change {
+                let changed = changed.join(":");
+                tokio::select! {
+                    _ = run_hook(hook, &changed, args.sync_timeout) => {}
+                    _ = stop.requested() => break,
+                }
             }
         }
         notifier.ready(&summary);

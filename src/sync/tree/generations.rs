@@ -1,5 +1,6 @@
 //! The record of a destination's kept generations (`generations.json`: each generation's
-//! source, version, time and marks; failed versions; a rollback's pin) and the decisions
+//! source, version, time and marks (failed, rolled back from, not yet verified); failed
+//! versions; a rollback's pin) and the decisions
 //! on it, pure and table-tested: which generation a rollback chooses, whether a version
 //! may be swapped in, what is pruned. `super` (the tree) does the renames they decide.
 
@@ -30,6 +31,10 @@ pub struct Made {
     /// Someone rolled back from it: who, and when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back: Option<String>,
+    /// Swapped in for a destination with a `verify` that has not passed yet (it runs, or
+    /// a SIGTERM or a crash ended it): since when. The next pass verifies it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unverified: Option<String>,
 }
 
 /// A rollback that holds: the version rolled back from is not swapped in again until the
@@ -222,6 +227,7 @@ mod tests {
             time: "T".into(),
             failed: failed.then(|| "T: verify exited with 1".into()),
             rolled_back: rolled_back.then(|| "by ops at T".into()),
+            unverified: None,
         }
     }
 

@@ -208,6 +208,8 @@ pub struct Destination {
     /// `generations.json`, as read at `open` and kept up to date.
     record: Record,
     keep: usize,
+    /// A new generation must pass a `verify`: it is recorded `unverified` until then.
+    verify: bool,
 }
 
 /// The current generation: its name, its descriptor, and its seal.
@@ -340,6 +342,7 @@ impl Destination {
             current: None,
             record: Record::default(),
             keep: DEFAULT_KEEP,
+            verify: false,
         };
         dest.current = dest.find_current()?;
         dest.record = dest.read_json(OsStr::new(RECORD)).unwrap_or_default();
@@ -351,6 +354,12 @@ impl Destination {
     /// How many generations to keep, the current one included (at least 1).
     pub fn set_keep(&mut self, keep: usize) {
         self.keep = keep.max(1);
+    }
+
+    /// Whether a new generation must pass a `verify`: if so, it is recorded `unverified`
+    /// in the same write that records it, until [`Destination::mark_verified`].
+    pub fn set_verify(&mut self, verify: bool) {
+        self.verify = verify;
     }
 
     /// The record of the kept generations.
@@ -401,6 +410,9 @@ impl Destination {
                 time: now(),
                 failed: None,
                 rolled_back: None,
+                // A run ended between the swap and the record: no verify judged it (a
+                // destination without one drops the mark at its next pass).
+                unverified: Some(now()),
             });
         }
         if self.record != before {
@@ -469,6 +481,7 @@ impl Destination {
             match failed {
                 Some(why) => {
                     made.failed = Some(format!("{at}: {why}"));
+                    made.unverified = None;
                     self.record.failed.retain(|v| *v != from);
                     self.record.failed.push(from);
                     let excess = self.record.failed.len().saturating_sub(FAILED_KEPT);
@@ -513,12 +526,28 @@ impl Destination {
             .find(|m| Some(&m.name) == name.as_ref())
         {
             made.failed = Some(format!("{at}: {why}"));
+            made.unverified = None;
             let from = Version {
                 source: made.source.clone(),
                 version: made.version.clone(),
             };
             self.record.failed.retain(|v| *v != from);
             self.record.failed.push(from);
+            self.write_record();
+        }
+    }
+
+    /// The current generation passed its verify (or its destination has none): its
+    /// `unverified` mark goes. Writes the record only if it had one.
+    pub fn mark_verified(&mut self) {
+        let name = self.current_name().map(str::to_string);
+        let marked = self
+            .record
+            .generations
+            .iter_mut()
+            .find(|m| Some(&m.name) == name.as_ref())
+            .and_then(|m| m.unverified.take());
+        if marked.is_some() {
             self.write_record();
         }
     }
@@ -740,6 +769,7 @@ impl Destination {
             time: now(),
             failed: None,
             rolled_back: None,
+            unverified: self.verify.then(now),
         });
         self.record.pin = None;
         let current = self.current_name().map(str::to_string);
