@@ -677,7 +677,8 @@ mod tests {
             let e = entry(from, json!({"part_size": 1 << 20})).unwrap_err().0;
             assert!(e.contains("are for an archive in S3"), "{from}: {e}");
         }
-        assert_eq!(Parts::default().count(16 << 20, true), 1);
+        assert_eq!(Parts::default().count(8 << 20, true), 1);
+        assert_eq!(Parts::default().count(16 << 20, true), 2);
         assert_eq!(Parts::default().count((16 << 20) + 1, true), 3);
         assert_eq!(Parts::default().count(1 << 30, false), 1);
         let one = Parts {

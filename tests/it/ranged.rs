@@ -1,6 +1,8 @@
 //! Bundles in byte ranges: a large archive fetched as parts, several at once, against moto
-//! on 127.0.0.1 (through the fault proxy, which records every Range asked for): unpacked
-//! byte for byte; a failed part fetched again alone; an object replaced mid-download (a
+//! on 127.0.0.1 (through the fault proxy, which records every Range asked for): the first
+//! GET asks for the first part only, so a small bundle is one GET and a large one its
+//! ranged GETs and one HEAD (for the full-object checksum), no body dropped; unpacked byte
+//! for byte; a failed part's rest fetched again alone; an object replaced mid-download (a
 //! part's If-Match answered 412) failing cleanly with the old tree kept; SIGTERM ending it
 //! at once; a corrupted part caught by the whole object's checksum, a composite checksum
 //! left to the size as for one GET; memory bounded for a 300 MB bundle.
@@ -106,9 +108,9 @@ fn staging_left(sb: &Sandbox) -> Vec<String> {
 /// 1 MiB parts above 1 MiB, three at once.
 const SMALL_PARTS: [u64; 3] = [MIB as u64, MIB as u64, 3];
 
-/// The ranges of 1 MiB parts after the first, of an object of `len` bytes.
+/// The ranges of 1 MiB parts of an object of `len` bytes, the first one's included.
 fn ranges_of(len: usize) -> Vec<String> {
-    (1..len.div_ceil(MIB))
+    (0..len.div_ceil(MIB))
         .map(|i| format!("bytes={}-{}", i * MIB, ((i + 1) * MIB).min(len) - 1))
         .collect()
 }
@@ -119,10 +121,11 @@ fn sorted(ranges: &std::sync::Mutex<Vec<String>>) -> Vec<String> {
     ranges
 }
 
-/// A 5.5 MiB archive (6 parts of 1 MiB): the first GET serves part 0, five ranged GETs
-/// pinned to its ETag the rest, and the tree is the archive's byte for byte, verified by
-/// the full-object CRC64NVME computed over the parts in order. Asked again: one 304.
-/// With `parts_in_flight` 1, the same archive is one GET.
+/// A 5.5 MiB archive (6 parts of 1 MiB): the first GET asks for part 0 only, five ranged
+/// GETs pinned to its ETag the rest, one HEAD the full-object checksum; every GET carries
+/// a Range, none overlaps (no body dropped), and the tree is the archive's byte for byte,
+/// verified by the full-object CRC64NVME computed over the parts in order. Asked again:
+/// one 304. With `parts_in_flight` 1, the same archive is one GET of the whole object.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_large_bundle_comes_in_ranged_parts_and_unpacks_exactly() {
     let bucket = moto().bucket("ranged-parts").await;
@@ -142,6 +145,7 @@ async fn a_large_bundle_comes_in_ranged_parts_and_unpacks_exactly() {
         moto().counts("ranged-parts", mark),
         Counts {
             get: parts,
+            head: 1,
             ..Counts::default()
         }
     );
@@ -168,9 +172,11 @@ async fn a_large_bundle_comes_in_ranged_parts_and_unpacks_exactly() {
     let sb = Sandbox::new();
     let mark = moto().mark();
     let one = [MIB as u64, MIB as u64, 1];
-    let out = sync_parts(&sb, url, &moto().url, one).await;
+    let proxy = faults::start(&moto().url, Faults::default()).await;
+    let out = sync_parts(&sb, url, &proxy.url, one).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_holds(&sb.path("dest/app"), &contents);
+    assert_eq!(sorted(&proxy.faults.ranges), Vec::<String>::new());
     let single = Counts {
         get: 1,
         ..Counts::default()
@@ -178,8 +184,70 @@ async fn a_large_bundle_comes_in_ranged_parts_and_unpacks_exactly() {
     assert_eq!(moto().counts("ranged-parts", mark), single);
 }
 
-/// A part whose body is cut off is fetched again on its own: one more ranged GET of that
-/// part, not the first GET again nor any other part.
+/// A bundle no larger than a part is one GET (of `bytes=0-(part-1)`, whose answer covers
+/// it, with the full-object checksum verified) and no HEAD; one up to `parts_above` is the
+/// first part and the rest in one more ranged GET, plus the HEAD.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bundle_of_one_part_is_one_get() {
+    let bucket = moto().bucket("ranged-small").await;
+    let (small, small_contents) = files(&[MIB / 2], 11);
+    bucket.put_crc64nvme("small.tar", small.clone()).await;
+    let (middle, middle_contents) = files(&[2 * MIB], 12);
+    bucket.put_crc64nvme("middle.tar", middle.clone()).await;
+    // Parts of 1 MiB above 4 MiB, three at once.
+    let parts = [4 * MIB as u64, MIB as u64, 3];
+    for (key, len, contents, counts, ranges) in [
+        (
+            "small.tar",
+            small.len(),
+            small_contents,
+            Counts {
+                get: 1,
+                ..Counts::default()
+            },
+            vec![format!("bytes=0-{}", MIB - 1)],
+        ),
+        (
+            "middle.tar",
+            middle.len(),
+            middle_contents,
+            Counts {
+                get: 2,
+                head: 1,
+                ..Counts::default()
+            },
+            vec![
+                format!("bytes=0-{}", MIB - 1),
+                format!("bytes={MIB}-{}", middle.len() - 1),
+            ],
+        ),
+    ] {
+        let proxy = faults::start(&moto().url, Faults::default()).await;
+        let sb = Sandbox::new();
+        let mark = moto().mark();
+        let url = format!("s3://ranged-small/{key}");
+        let out = sync_parts(&sb, &url, &proxy.url, parts).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_holds(&sb.path("dest/app"), &contents);
+        assert_eq!(moto().counts("ranged-small", mark), counts, "{key}");
+        assert_eq!(sorted(&proxy.faults.ranges), ranges, "{key}");
+        assert!(
+            out.stderr.contains("verified=\"CRC64NVME\""),
+            "{key}: {}",
+            out.stderr
+        );
+        let count = len.div_ceil(MIB).min(2);
+        assert!(
+            out.stderr.contains(&format!("parts={count}")),
+            "{key}: {}",
+            out.stderr
+        );
+    }
+}
+
+/// A part whose body is cut off is fetched again on its own: one more ranged GET of the
+/// rest of that part (from the first byte it lacks to its end), not the first GET again
+/// nor any other part.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_part_that_fails_is_fetched_again_alone() {
     let bucket = moto().bucket("ranged-retry").await;
@@ -200,22 +268,23 @@ async fn a_part_that_fails_is_fetched_again_alone() {
     assert_eq!(proxy.faults.injected.load(Ordering::SeqCst), 1);
     assert_holds(&sb.path("dest/app"), &contents);
     let asked = sorted(&proxy.faults.ranges);
-    let mut unique = asked.clone();
-    unique.dedup();
-    assert_eq!(unique, ranges_of(tar.len()));
-    assert_eq!(
-        asked.len(),
-        unique.len() + 1,
-        "one part asked twice: {asked:?}"
-    );
-    let parts = tar.len().div_ceil(MIB);
+    let parts = ranges_of(tar.len());
+    let again: Vec<&String> = asked.iter().filter(|r| !parts.contains(r)).collect();
+    assert_eq!(asked.len(), parts.len() + 1, "{asked:?}");
+    assert!(parts.iter().all(|r| asked.contains(r)), "{asked:?}");
+    // The rest of one part: from past its first byte to its last.
+    let (from, to) = again[0][6..].split_once('-').unwrap();
+    let (from, to) = (from.parse::<usize>().unwrap(), to.parse::<usize>().unwrap());
+    assert!(from % MIB != 0, "{again:?}");
+    assert_eq!(to, ((from / MIB + 1) * MIB).min(tar.len()) - 1, "{again:?}");
     let counts = Counts {
-        get: parts + 1,
+        get: parts.len() + 1,
+        head: 1,
         ..Counts::default()
     };
     assert_eq!(moto().counts("ranged-retry", mark), counts);
     assert!(
-        out.stderr.contains("fetching the part again"),
+        out.stderr.contains("fetching the rest of the part again"),
         "{}",
         out.stderr
     );
@@ -261,7 +330,7 @@ async fn an_object_replaced_mid_download_fails_cleanly_leaving_the_old_tree() {
     assert_eq!(staging_left(&sb), Vec::<String>::new());
 }
 
-/// SIGTERM while parts are downloading (one of them held by the proxy, never answered), in
+/// SIGTERM while parts are downloading (one after the first held by the proxy, never answered), in
 /// watch mode, where bootstage catches it: the process ends at once (exit 0, as a watch
 /// ends), the old tree whole, no staging tree left.
 #[tokio::test(flavor = "multi_thread")]
@@ -387,6 +456,7 @@ async fn memory_stays_bounded_for_a_300_mb_bundle() {
     let parts = len.div_ceil(8 * MIB);
     let counts = Counts {
         get: parts,
+        head: 1,
         ..Counts::default()
     };
     assert_eq!(moto().counts("ranged-memory", mark), counts);

@@ -2,21 +2,28 @@
 //! (`If-None-Match: <the ETag unpacked last>`: a 304 costs no body) and verified as an
 //! object of a prefix is (`mod.rs`) while it streams, plus an optional pinned SHA-256.
 //!
-//! A bundle larger than [`Parts::above`] (and than one part) comes in byte ranges, several
-//! at once, as aws-cli, s5cmd and the CRT fetch large objects: S3 serves each connection
-//! at about 90 MB/s and scales with connections. The first GET's answer (the same request
-//! as above, so a 304 still costs one request) gives the ETag, the size and the checksum;
-//! its body serves the first part and is then dropped. Every other part is a GET of
-//! `Range: bytes=A-B` with `If-Match: <that ETag>`, so all parts are of one version (a 412
-//! is [`SourceError::Changed`], as for a prefix). At most [`Parts::in_flight`] parts are
-//! downloading or waiting at once, each held whole in memory until its turn; they are
-//! handed on in order, so the archive still streams into the unpacker and is hashed in
-//! order. The body's memory is at most `in_flight × size` (64 MiB by default) plus the
-//! chunks in the unpacker's channel. A part that fails is fetched again on its own under
-//! the retry policy ([`retry::BACKOFF`]) until the pass's deadline. The whole object is
-//! verified as a single GET is: S3 answers no checksum to a ranged GET, so the full-object
-//! checksum of the first answer is computed here over the parts in order (where S3 has
-//! only a composite checksum, as for one GET, the size and the pin are what is checked).
+//! In parts ([`Parts`], unless `in_flight` is 1), that first GET asks for the first part
+//! only (`Range: bytes=0-(size-1)`): its answer gives the ETag and, in `Content-Range`,
+//! the object's size, so no body is ever dropped. A bundle no larger than a part is then
+//! complete: one request, and S3 answers a range that covers the whole object with its
+//! full-object checksum, as for a GET without a range. A larger one comes in byte ranges,
+//! several at once, as aws-cli, s5cmd and the CRT fetch large objects (S3 serves each
+//! connection at about 90 MB/s and scales with connections): the rest of it in parts of
+//! [`Parts::size`] when it is larger than [`Parts::above`], else in one more range
+//! ([`Layout`]). Every range after the first is a GET of `Range: bytes=A-B` with
+//! `If-Match: <that ETag>`, so all parts are of one version (a 412 is
+//! [`SourceError::Changed`], as for a prefix). S3 answers no checksum for a part of an
+//! object, so one HEAD with `If-Match` and the checksum mode asks for the full-object
+//! checksum while the parts download. At most [`Parts::in_flight`] parts are downloading
+//! or waiting at once, each held whole in memory until its turn; they are handed on in
+//! order, so the archive still streams into the unpacker and is hashed in order. The
+//! body's memory is at most `in_flight × size` (64 MiB by default; for a bundle of at most
+//! `above` bytes, its size) plus the chunks in the unpacker's channel. A part that fails is
+//! fetched again on its own under the retry policy ([`retry::BACKOFF`]) until the pass's
+//! deadline. The whole object is verified as a single GET is: the full-object checksum the
+//! HEAD answered is computed here over the parts in order (where S3 has only a composite
+//! checksum, as for one GET, the size and the pin are what is checked). An empty object
+//! (a range of it is 416) and a server that answers no ETag are fetched as one GET.
 
 use std::path::PathBuf;
 
@@ -26,6 +33,7 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use crate::base::retry::{self, Deadline};
 use crate::sync::archive::Format;
 use crate::sync::fsat;
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ChecksumMode;
 use aws_smithy_checksums::http::HttpChecksum;
@@ -33,6 +41,7 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::AsyncReadExt;
 
 use super::{Check, SourceError, Version, sdk_error, stat_token};
@@ -107,12 +116,55 @@ impl Default for Parts {
 }
 
 impl Parts {
-    /// How many parts an object of `size` bytes is fetched in (1: one stream). Only an
-    /// answer with an ETag can pin its ranges to one version.
+    /// Whether the first GET asks for the first part only.
+    fn ranged(&self) -> bool {
+        self.in_flight > 1 && self.size > 0
+    }
+
+    /// How many GETs an object of `size` bytes takes (1: one stream). Only an answer with
+    /// an ETag can pin its ranges to one version.
     pub fn count(&self, size: u64, etag: bool) -> u64 {
-        match etag && self.in_flight > 1 && size > self.above && size > self.size {
-            true => size.div_ceil(self.size.max(1)),
+        match etag && self.ranged() {
+            true => self.layout(size, self.size).count(),
             false => 1,
+        }
+    }
+
+    /// How an object of `size` bytes is fetched once the first GET answered its bytes
+    /// `0..first`.
+    fn layout(&self, size: u64, first: u64) -> Layout {
+        let first = first.min(size);
+        let part = match size > self.above {
+            true => self.size.max(1),
+            false => (size - first).max(1),
+        };
+        Layout { size, first, part }
+    }
+}
+
+/// The byte ranges of one object: part 0 is what the first GET answered, the rest follow
+/// in parts of `part` bytes (the last one shorter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    size: u64,
+    first: u64,
+    part: u64,
+}
+
+impl Layout {
+    /// How many GETs the body takes.
+    fn count(&self) -> u64 {
+        1 + (self.size - self.first).div_ceil(self.part)
+    }
+
+    /// Part `index`'s bytes, `start..end`.
+    fn range(&self, index: u64) -> (u64, u64) {
+        match index {
+            0 => (0, self.first),
+            _ => {
+                let start = self.first + (index - 1) * self.part;
+                (start, (start + self.part).min(self.size))
+            }
         }
     }
 }
@@ -151,11 +203,13 @@ impl Bundle {
                 key,
                 ..
             } => {
+                let ranged = parts.ranged();
                 let answer = client
                     .get_object()
                     .bucket(bucket)
                     .key(key)
                     .set_if_none_match(known.map(str::to_string))
+                    .set_range(ranged.then(|| format!("bytes=0-{}", parts.size - 1)))
                     .checksum_mode(ChecksumMode::Enabled)
                     .send()
                     .await;
@@ -165,6 +219,19 @@ impl Bundle {
                         return match e.raw_response().map(|r| r.status().as_u16()) {
                             Some(304) => Ok(Fetched::Unchanged),
                             Some(404) => Ok(Fetched::Missing),
+                            // No byte 0: an empty object, which one GET fetches.
+                            Some(416) if ranged => {
+                                Box::pin(self.fetch(
+                                    known,
+                                    sha256,
+                                    Parts {
+                                        in_flight: 1,
+                                        ..parts
+                                    },
+                                    deadline,
+                                ))
+                                .await
+                            }
                             _ => Err(sdk_error(&url, "s3:GetObject", e)),
                         };
                     }
@@ -179,31 +246,57 @@ impl Bundle {
                         });
                     }
                 };
-                let size = answer.content_length().unwrap_or_default().max(0) as u64;
-                let check = Check::of(&answer, None);
-                let pinned = answer.e_tag().filter(|e| !e.is_empty());
-                let body = match (pinned, parts.count(size, pinned.is_some())) {
-                    (Some(pinned), count) if count > 1 => {
+                let length = answer.content_length().unwrap_or_default().max(0) as u64;
+                let size = match answer.content_range() {
+                    Some(range) => total_of(range, length).ok_or_else(|| SourceError::Corrupt {
+                        key: key.clone(),
+                        why: format!(
+                            "asked for bytes=0-{}, answered {range} for {length} bytes",
+                            parts.size - 1
+                        ),
+                    })?,
+                    // A 200: the whole object (a server that ignores ranges, or one stream).
+                    None => length,
+                };
+                let pinned = answer.e_tag().filter(|e| !e.is_empty()).map(str::to_string);
+                match (length < size, pinned) {
+                    // The whole object: one stream, its checksum verified by the SDK.
+                    (false, _) => {
+                        let check = Check::of(&answer, None);
+                        (etag, size, key.clone(), Body::S3(answer.body), check)
+                    }
+                    // Without an ETag the parts cannot be pinned to one version.
+                    (true, None) => {
+                        drop(answer);
+                        let one = Parts {
+                            in_flight: 1,
+                            ..parts
+                        };
+                        return Box::pin(self.fetch(known, sha256, one, deadline)).await;
+                    }
+                    (true, Some(pinned)) => {
                         let get = Arc::new(PartGet {
                             client: client.clone(),
                             bucket: bucket.clone(),
                             key: key.clone(),
-                            etag: pinned.to_string(),
+                            etag: pinned,
                             url: url.clone(),
-                            size,
-                            part: parts.size,
+                            layout: parts.layout(size, length),
                             deadline,
                         });
-                        Body::Parts(Box::new(Ranges::start(
-                            get,
-                            count,
-                            parts.in_flight,
-                            answer.body,
-                        )))
+                        let ranges = Ranges::start(get.clone(), parts.in_flight, answer.body);
+                        // While the parts download: the full-object checksum.
+                        let head = get.head().await?;
+                        let check = Check::of(&head, None);
+                        (
+                            etag,
+                            size,
+                            key.clone(),
+                            Body::Parts(Box::new(ranges)),
+                            check,
+                        )
                     }
-                    _ => Body::S3(answer.body),
-                };
-                (etag, size, key.clone(), body, check)
+                }
             }
             Bundle::File { path, .. } => {
                 let local = |source| SourceError::Local {
@@ -238,7 +331,7 @@ impl Bundle {
             }
         };
         let (checksum, parts) = match &body {
-            Body::Parts(ranges) => (check.hasher(), ranges.count),
+            Body::Parts(ranges) => (check.hasher(), ranges.get.layout.count()),
             Body::S3(_) | Body::File(_) => (None, 1),
         };
         Ok(Fetched::Body(Box::new(Download {
@@ -348,6 +441,19 @@ impl Download {
     }
 }
 
+/// The object's size in a `Content-Range` answered to `bytes=0-…` for `length` bytes
+/// (`bytes 0-E/SIZE`); `None` unless it says exactly that.
+fn total_of(range: &str, length: u64) -> Option<u64> {
+    let (span, size) = range.strip_prefix("bytes ")?.split_once('/')?;
+    let (start, end) = span.split_once('-')?;
+    let (start, end, size) = (
+        start.parse::<u64>().ok()?,
+        end.parse::<u64>().ok()?,
+        size.parse::<u64>().ok()?,
+    );
+    (start == 0 && end.checked_add(1) == Some(length) && length <= size).then_some(size)
+}
+
 /// What every part's GET shares: the object, pinned to one ETag.
 struct PartGet {
     client: Client,
@@ -355,41 +461,89 @@ struct PartGet {
     key: String,
     etag: String,
     url: String,
-    size: u64,
-    part: u64,
+    layout: Layout,
     deadline: Deadline,
 }
 
 impl PartGet {
-    /// Part `index`'s bytes: from `first` (the first GET's body, for part 0) if it serves
-    /// them whole, else by ranged GETs, retried until the deadline.
-    async fn fetch(
-        self: Arc<Self>,
-        index: u64,
-        first: Option<ByteStream>,
-    ) -> Result<Vec<Bytes>, SourceError> {
-        let start = index * self.part;
-        let end = (start + self.part).min(self.size);
+    /// Sends part `index`'s bytes on `tx` as they arrive: from `first` (the first GET's
+    /// body, for part 0), else by ranged GETs; a GET that fails part way is followed by
+    /// one of the bytes still missing, retried until the deadline. A failure that is not
+    /// retried is sent as the part's last item. Stops when `tx`'s receiver is gone.
+    async fn fetch(self: Arc<Self>, index: u64, first: Option<ByteStream>, tx: PartSender) {
+        let (start, end) = self.layout.range(index);
+        let got = AtomicU64::new(start);
         if let Some(body) = first {
-            match self.read(body, end - start, start).await {
-                Ok(chunks) => return Ok(chunks),
+            match self.read(body, &got, end, &tx).await {
+                Ok(()) => return,
                 Err(SourceError::Failed { why, .. }) => {
-                    tracing::warn!(key = %self.key, part = index, "{why}; fetching the part again");
+                    tracing::warn!(key = %self.key, part = index, "{why}; fetching the rest of the part again");
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
             }
         }
         let on_retry = |e: &SourceError, attempt: u32, sleep: std::time::Duration| {
-            tracing::warn!(key = %self.key, part = index, "{e}; fetching the part again in {sleep:.1?} (retry {attempt})");
+            tracing::warn!(key = %self.key, part = index, "{e}; fetching the rest of the part again in {sleep:.1?} (retry {attempt})");
         };
-        retry::until_deadline(retry::BACKOFF, self.deadline, on_retry, || {
-            self.get(start, end)
+        let fetched = retry::until_deadline(retry::BACKOFF, self.deadline, on_retry, || {
+            self.get(&got, end, &tx)
         })
-        .await
+        .await;
+        if let Err(e) = fetched {
+            let _ = tx.send(Err(e));
+        }
     }
 
-    /// One ranged GET of bytes `start..end`, pinned to the ETag.
-    async fn get(&self, start: u64, end: u64) -> Result<Vec<Bytes>, SourceError> {
+    /// The object's full-object checksum (and what else [`Check`] reads), from a HEAD
+    /// pinned to the ETag, retried until the deadline: S3 answers none for a part.
+    async fn head(&self) -> Result<GetObjectOutput, SourceError> {
+        let on_retry = |e: &SourceError, attempt: u32, sleep: std::time::Duration| {
+            tracing::warn!(key = %self.key, "{e}; asking for its checksum again in {sleep:.1?} (retry {attempt})");
+        };
+        let head = retry::until_deadline(retry::BACKOFF, self.deadline, on_retry, || async {
+            self.client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(&self.key)
+                .if_match(&self.etag)
+                .checksum_mode(ChecksumMode::Enabled)
+                .send()
+                .await
+                .map_err(|e| match e.raw_response().map(|r| r.status().as_u16()) {
+                    Some(412) => SourceError::Changed {
+                        key: self.key.clone(),
+                    },
+                    _ => sdk_error(&self.url, "s3:GetObject", e),
+                })
+        })
+        .await?;
+        if head
+            .e_tag()
+            .is_some_and(|got| got.trim_matches('"') != self.etag.trim_matches('"'))
+        {
+            return Err(SourceError::Changed {
+                key: self.key.clone(),
+            });
+        }
+        Ok(GetObjectOutput::builder()
+            .set_e_tag(head.e_tag)
+            .set_checksum_crc64_nvme(head.checksum_crc64_nvme)
+            .set_checksum_crc32_c(head.checksum_crc32_c)
+            .set_checksum_crc32(head.checksum_crc32)
+            .set_checksum_sha1(head.checksum_sha1)
+            .set_checksum_sha256(head.checksum_sha256)
+            .set_checksum_type(head.checksum_type)
+            .set_server_side_encryption(head.server_side_encryption)
+            .set_sse_customer_algorithm(head.sse_customer_algorithm)
+            .build())
+    }
+
+    /// One ranged GET of bytes `got..end`, pinned to the ETag, sent on `tx`.
+    async fn get(&self, got: &AtomicU64, end: u64, tx: &PartSender) -> Result<(), SourceError> {
+        let start = got.load(Ordering::Relaxed);
         // No checksum mode: S3 answers none for a range, and a server that sent the
         // whole object's would fail the part. The whole object is verified in order.
         let answer = self
@@ -420,7 +574,7 @@ impl PartGet {
                 key: self.key.clone(),
             });
         }
-        let asked = format!("bytes {start}-{}/{}", end - 1, self.size);
+        let asked = format!("bytes {start}-{}/{}", end - 1, self.layout.size);
         if answer.content_range() != Some(asked.as_str()) {
             return Err(SourceError::Corrupt {
                 key: self.key.clone(),
@@ -430,120 +584,275 @@ impl PartGet {
                 ),
             });
         }
-        self.read(answer.body, end - start, start).await
+        self.read(answer.body, got, end, tx).await
     }
 
-    /// `len` bytes of `body` (which may go on past them), as they came.
+    /// The bytes of `body` from `got` up to `end` (it may go on past them), sent on `tx`
+    /// as they come; `got` counts them.
     async fn read(
         &self,
         mut body: ByteStream,
-        len: u64,
-        start: u64,
-    ) -> Result<Vec<Bytes>, SourceError> {
-        let mut chunks = Vec::new();
-        let mut got = 0u64;
-        while got < len {
+        got: &AtomicU64,
+        end: u64,
+        tx: &PartSender,
+    ) -> Result<(), SourceError> {
+        let start = got.load(Ordering::Relaxed);
+        loop {
+            let at = got.load(Ordering::Relaxed);
+            if at >= end {
+                return Ok(());
+            }
             let mut chunk = match body.next().await {
                 Some(Ok(chunk)) => chunk,
                 Some(Err(e)) => {
                     return Err(SourceError::Failed {
                         url: self.url.clone(),
-                        why: format!(
-                            "{}: bytes from {}: {}",
-                            self.key,
-                            start + got,
-                            DisplayErrorContext(&e)
-                        ),
+                        why: format!("{}: bytes from {at}: {}", self.key, DisplayErrorContext(&e)),
                     });
                 }
                 None => {
                     return Err(SourceError::Failed {
                         url: self.url.clone(),
                         why: format!(
-                            "{}: the part from byte {start} ended after {got} of its {len} bytes",
+                            "{}: the range from byte {start} ended at {at}, before {end}",
                             self.key
                         ),
                     });
                 }
             };
-            if got + chunk.len() as u64 > len {
-                chunk.truncate((len - got) as usize);
+            if at + chunk.len() as u64 > end {
+                chunk.truncate((end - at) as usize);
             }
-            got += chunk.len() as u64;
-            chunks.push(chunk);
+            got.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            if tx.send(Ok(chunk)).is_err() {
+                return Ok(());
+            }
         }
-        Ok(chunks)
     }
 }
 
-/// A part being fetched on its own task; dropping it (the pass ends: its deadline,
-/// SIGTERM, an error) stops the fetch.
-struct PartTask(tokio::task::JoinHandle<Result<Vec<Bytes>, SourceError>>);
+/// Where a part's task sends its bytes, in order; an error is its last item. Unbounded,
+/// and bounded all the same: a part is at most its range's bytes.
+type PartSender = tokio::sync::mpsc::UnboundedSender<Result<Bytes, SourceError>>;
 
-impl Drop for PartTask {
+/// A part being fetched on its own task, and its bytes as they come; dropping it (the
+/// pass ends: its deadline, SIGTERM, an error) stops the fetch.
+struct Part {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Result<Bytes, SourceError>>,
+    task: tokio::task::JoinHandle<()>,
+    /// Its bytes not yet handed on.
+    left: u64,
+}
+
+impl Drop for Part {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
     }
 }
 
-/// The parts of one object, handed on in order. Bounded memory: at most `in_flight` parts
-/// are downloading or waiting (`queue`), and a new one starts only when the part before
-/// it has been handed on entirely, so the parts hold at most `in_flight × part` bytes.
+/// The fewest parts downloading at once: the one handed on and the next.
+const MIN_WIDTH: usize = 2;
+
+/// The parts of one object, handed on in order as they arrive, several downloading at
+/// once: as many as keep the unpacker fed, up to `in_flight`. Each time the part being
+/// handed on has no bytes ready, the network is what the unpacker waits for, and one
+/// more part may download at once; each time the next part is already whole when its turn
+/// comes, one fewer. So a link slower than the unpacker (S3's ~90 MB/s a connection) gets
+/// `in_flight` connections, and a fast one (loopback, a CPU-bound instance) reads ahead
+/// only a part or two, which costs no memory, page faults or cold copies it has no use
+/// for. Bounded memory: at most `in_flight` parts exist (`queue`), each holding at most its
+/// range's bytes not yet handed on, so at most `in_flight × part` bytes.
 struct Ranges {
     get: Arc<PartGet>,
-    count: u64,
     in_flight: usize,
+    /// How many parts may download at once now: `MIN_WIDTH..=in_flight`.
+    width: usize,
     /// The next part to start.
     next: u64,
-    queue: VecDeque<PartTask>,
-    /// The chunks of the part being handed on.
-    current: VecDeque<Bytes>,
+    queue: VecDeque<Part>,
 }
 
 impl Ranges {
-    fn start(get: Arc<PartGet>, count: u64, in_flight: usize, first: ByteStream) -> Ranges {
+    fn start(get: Arc<PartGet>, in_flight: usize, first: ByteStream) -> Ranges {
+        let in_flight = in_flight.max(MIN_WIDTH);
         let mut ranges = Ranges {
             get,
-            count,
-            in_flight: in_flight.max(1),
+            in_flight,
+            width: MIN_WIDTH,
             next: 0,
             queue: VecDeque::new(),
-            current: VecDeque::new(),
         };
-        let part0 = tokio::spawn(ranges.get.clone().fetch(0, Some(first)));
-        ranges.queue.push_back(PartTask(part0));
-        ranges.next = 1;
+        ranges.spawn(Some(first));
         ranges.top_up();
         ranges
     }
 
-    /// Starts parts until `in_flight` are under way (or none is left).
+    /// Starts the next part.
+    fn spawn(&mut self, first: Option<ByteStream>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (start, end) = self.get.layout.range(self.next);
+        let task = tokio::spawn(self.get.clone().fetch(self.next, first, tx));
+        self.queue.push_back(Part {
+            rx,
+            task,
+            left: end - start,
+        });
+        self.next += 1;
+    }
+
+    /// Starts parts until `width` are under way (or none is left).
     fn top_up(&mut self) {
-        while self.queue.len() < self.in_flight && self.next < self.count {
-            let task = tokio::spawn(self.get.clone().fetch(self.next, None));
-            self.queue.push_back(PartTask(task));
-            self.next += 1;
+        while self.queue.len() < self.width && self.next < self.get.layout.count() {
+            self.spawn(None);
         }
     }
 
     async fn next(&mut self) -> Option<Result<Bytes, SourceError>> {
+        use tokio::sync::mpsc::error::TryRecvError;
         loop {
-            if let Some(chunk) = self.current.pop_front() {
-                return Some(Ok(chunk));
-            }
-            // The part before is handed on: its room goes to the next part.
-            self.top_up();
-            let mut task = self.queue.pop_front()?;
-            match (&mut task.0).await {
-                Ok(Ok(chunks)) => self.current = chunks.into(),
-                Ok(Err(e)) => return Some(Err(e)),
-                Err(e) => {
+            let head = self.queue.front_mut()?;
+            let item = match head.rx.try_recv() {
+                Ok(item) => Some(item),
+                Err(TryRecvError::Disconnected) => None,
+                Err(TryRecvError::Empty) => {
+                    // The unpacker waits for the network: one more part at once.
+                    self.width = (self.width + 1).min(self.in_flight);
+                    self.top_up();
+                    self.queue.front_mut()?.rx.recv().await
+                }
+            };
+            match item {
+                Some(Ok(chunk)) => {
+                    let head = self.queue.front_mut()?;
+                    head.left = head.left.saturating_sub(chunk.len() as u64);
+                    return Some(Ok(chunk));
+                }
+                Some(Err(e)) => return Some(Err(e)),
+                None if self.queue.front().is_some_and(|head| head.left > 0) => {
                     return Some(Err(SourceError::Failed {
                         url: self.get.url.clone(),
-                        why: format!("{}: a part's task: {e}", self.get.key),
+                        why: format!("{}: a part's task ended before its last byte", self.get.key),
                     }));
                 }
+                None => {}
             }
+            // The part is handed on: its room goes to the next one, or, if that one is
+            // already whole, the unpacker is what the network waits for: one fewer.
+            self.queue.pop_front();
+            if self
+                .queue
+                .front()
+                .is_some_and(|next| next.task.is_finished())
+            {
+                self.width = (self.width - 1).max(MIN_WIDTH);
+            }
+            self.top_up();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    /// Which byte ranges an object of each size comes in, after a first GET that asked for
+    /// one part (`first` bytes answered): one request when that covered it; above `above`,
+    /// parts of `size`; at most `above`, the rest in one range.
+    #[test]
+    fn which_ranges_an_object_comes_in() {
+        let parts = Parts {
+            above: 16 * MIB,
+            size: 8 * MIB,
+            in_flight: 8,
+        };
+        let ranges = |size: u64, first: u64| {
+            let layout = parts.layout(size, first);
+            (0..layout.count())
+                .map(|i| layout.range(i))
+                .collect::<Vec<_>>()
+        };
+        // What, the object's size, the bytes the first GET answered, the ranges.
+        type Case = (&'static str, u64, u64, Vec<(u64, u64)>);
+        let cases: Vec<Case> = vec![
+            ("one byte", 1, 1, vec![(0, 1)]),
+            ("exactly a part", 8 * MIB, 8 * MIB, vec![(0, 8 * MIB)]),
+            (
+                "a part and a byte: the rest in one range",
+                8 * MIB + 1,
+                8 * MIB,
+                vec![(0, 8 * MIB), (8 * MIB, 8 * MIB + 1)],
+            ),
+            (
+                "exactly the threshold: the rest in one range",
+                16 * MIB,
+                8 * MIB,
+                vec![(0, 8 * MIB), (8 * MIB, 16 * MIB)],
+            ),
+            (
+                "above the threshold: parts, the last shorter",
+                20 * MIB,
+                8 * MIB,
+                vec![(0, 8 * MIB), (8 * MIB, 16 * MIB), (16 * MIB, 20 * MIB)],
+            ),
+            (
+                "a server that answered less than asked",
+                20 * MIB,
+                MIB,
+                vec![
+                    (0, MIB),
+                    (MIB, 9 * MIB),
+                    (9 * MIB, 17 * MIB),
+                    (17 * MIB, 20 * MIB),
+                ],
+            ),
+        ];
+        for (what, size, first, expected) in cases {
+            assert_eq!(ranges(size, first), expected, "{what}");
+        }
+        let small = Parts {
+            above: 0,
+            size: 3,
+            in_flight: 2,
+        };
+        let layout = small.layout(10, 3);
+        assert_eq!(
+            (0..layout.count())
+                .map(|i| layout.range(i))
+                .collect::<Vec<_>>(),
+            [(0, 3), (3, 6), (6, 9), (9, 10)]
+        );
+    }
+
+    /// The object's size from the first answer's `Content-Range`, only when it is the
+    /// range asked for (from byte 0) and as long as the body.
+    #[test]
+    fn the_size_in_a_content_range() {
+        let cases = [
+            ("bytes 0-9/10", 10, Some(10)),
+            ("bytes 0-9/100", 10, Some(100)),
+            ("bytes 0-9/5", 10, None),
+            ("bytes 1-9/100", 9, None),
+            ("bytes 0-9/100", 9, None),
+            ("bytes 0-9/*", 10, None),
+            ("bytes */100", 0, None),
+            ("0-9/100", 10, None),
+            ("bytes 0-18446744073709551615/100", 0, None),
+        ];
+        for (range, length, expected) in cases {
+            assert_eq!(total_of(range, length), expected, "{range}");
+        }
+    }
+
+    /// In parts only with more than one at once: one stream asks for the whole object.
+    #[test]
+    fn one_in_flight_is_one_stream() {
+        let one = Parts {
+            in_flight: 1,
+            ..Parts::default()
+        };
+        assert!(!one.ranged());
+        assert!(Parts::default().ranged());
     }
 }

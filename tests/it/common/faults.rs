@@ -8,7 +8,9 @@
 //! object an ETag that is no MD5 (as SSE-KMS does), record which JSON-API calls (SSM,
 //! Secrets Manager) pass, and throttle them. For ranged GETs (a bundle in parts): it
 //! records every Range asked for, and can cut or corrupt the first N partial (206)
-//! bodies, or hold the first ranged GET of one object until the test has replaced it.
+//! bodies, or hold the first ranged GET pinned with If-Match (a part after the first
+//! answer) of one object until the test has replaced it. A 206 that covers the whole
+//! object (the first GET of a small bundle) is a whole body to the faults above.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,7 +69,7 @@ pub struct Faults {
     pub cut_partial: AtomicUsize,
     /// Flip one byte in the middle of the first N partial (206) bodies.
     pub corrupt_partial: AtomicUsize,
-    /// The first ranged GET of this path says so on `.1` and waits for `.2`.
+    /// The first ranged GET of this path with If-Match says so on `.1` and waits for `.2`.
     pub hold_ranged: std::sync::Mutex<Option<Hold>>,
 }
 
@@ -156,10 +158,11 @@ async fn forward(
     let range = headers.get("range").and_then(|r| r.to_str().ok());
     if let (true, Some(range)) = (object_get, range) {
         s.faults.ranges.lock().unwrap().push(range.to_string());
+        let pinned = headers.contains_key("if-match");
         let held = {
             let mut hold = s.faults.hold_ranged.lock().unwrap();
             match hold.as_ref() {
-                Some((p, ..)) if *p == path => hold.take(),
+                Some((p, ..)) if pinned && *p == path => hold.take(),
                 _ => None,
             }
         };
@@ -206,14 +209,23 @@ async fn forward(
     };
     let status = upstream.status();
     let mut out_headers = upstream.headers().clone();
+    // A range that covers the whole object is a whole body (the first GET of a bundle).
+    let whole = status == StatusCode::PARTIAL_CONTENT
+        && out_headers
+            .get("content-range")
+            .and_then(|r| r.to_str().ok())
+            .and_then(|r| r.strip_prefix("bytes 0-"))
+            .and_then(|r| r.split_once('/'))
+            .is_some_and(|(end, size)| end.parse::<u64>().ok().map(|e| e + 1) == size.parse().ok());
+    let ok = status == StatusCode::OK || whole;
     let bytes = upstream.bytes().await.unwrap_or_default();
     if let Some(target) = headers.get("x-amz-target").and_then(|t| t.to_str().ok()) {
         s.faults.answered.lock().unwrap().push(target.to_string());
     }
-    let partial = object_get && status == StatusCode::PARTIAL_CONTENT && bytes.len() > 1;
+    let partial = object_get && status == StatusCode::PARTIAL_CONTENT && !whole && bytes.len() > 1;
     let cut = match partial {
         true => take(&s.faults.cut_partial),
-        false => object_get && status == StatusCode::OK && bytes.len() > 1 && take(&s.faults.cut),
+        false => object_get && ok && bytes.len() > 1 && take(&s.faults.cut),
     };
     if cut {
         s.faults.injected.fetch_add(1, Ordering::SeqCst);
@@ -231,7 +243,7 @@ async fn forward(
     }
     out_headers.remove("transfer-encoding");
     out_headers.remove("content-length");
-    let bytes = match object_get && status == StatusCode::OK && take(&s.faults.lengthen) {
+    let bytes = match object_get && ok && take(&s.faults.lengthen) {
         true => {
             s.faults.injected.fetch_add(1, Ordering::SeqCst);
             let mut longer = bytes.to_vec();
@@ -240,11 +252,7 @@ async fn forward(
         }
         false => bytes,
     };
-    let bytes = match object_get
-        && status == StatusCode::OK
-        && !bytes.is_empty()
-        && take(&s.faults.corrupt)
-    {
+    let bytes = match object_get && ok && !bytes.is_empty() && take(&s.faults.corrupt) {
         true => {
             s.faults.injected.fetch_add(1, Ordering::SeqCst);
             let mut flipped = bytes.to_vec();
@@ -278,7 +286,7 @@ async fn forward(
             out_headers.insert("etag", etag.parse().unwrap());
         }
     }
-    if object_get && status == StatusCode::OK {
+    if object_get && ok {
         for (name, value) in &s.faults.add_headers {
             out_headers.insert(*name, axum::http::HeaderValue::from_static(value));
         }
