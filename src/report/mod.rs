@@ -6,8 +6,11 @@
 //! - `emf`: CloudWatch embedded metric format lines (`TimeToReady`, each stage's duration,
 //!   `BootFailed`), one JSON object a line, for the CloudWatch agent to ship from the
 //!   journal;
+//! - `tags`: the instance's status tags (`bootstage:status`, `:release`,
+//!   `:ready-seconds`): what a moment says, what changed;
 //! - `capture`: a bounded child's output, its last bytes kept (the journal's reader).
 
 pub mod capture;
 pub mod emf;
 pub mod forensics;
+pub mod tags;

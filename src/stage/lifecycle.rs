@@ -25,6 +25,9 @@
 //! there is something to do about it: the drain on scale-in, a Spot interruption or a
 //! retirement, the rebalance and maintenance hooks, and the termination hook's
 //! completion (`lifecycle/life.rs` decides, `lifecycle/drain.rs` acts).
+//!
+//! With `bootstage.report.tags`, the watcher's start tags the instance `booting`, and a
+//! drain `draining` (`stage::tags`).
 
 mod drain;
 mod life;
@@ -42,8 +45,10 @@ use crate::imds::{self, facts::Facts};
 use crate::orchestrator::{
     self, CompleteOn, Config, Delivery, LaunchHook, OnFailure, OrchestratorError,
 };
+use crate::report::tags::Status;
 use crate::stage::error::{Error, ExitCode, ExitStatus, Result};
 use crate::stage::query;
+use crate::stage::tags;
 use crate::state::StateDir;
 use crate::state::lifecycle::{self, Hold, Record, Signal};
 use crate::state::status;
@@ -511,7 +516,13 @@ pub async fn watch(
 ) -> Result<()> {
     let mut stop = Stop::install()
         .map_err(|e| OrchestratorError::Undelivered(format!("cannot watch for SIGTERM: {e}")))?;
-    if keep_launch_alive(state, settings, notifier, &mut stop).await? == Launch::Stopped {
+    // `bootstage:status=booting` beside the launch's watch (bounded, never an error).
+    let booting = tags::publish(state, Path::new(tags::REPORT_CONFIG), Status::Booting, None);
+    let (launch, ()) = tokio::join!(
+        keep_launch_alive(state, settings, notifier, &mut stop),
+        booting
+    );
+    if launch? == Launch::Stopped {
         return Ok(());
     }
     let config = config(state, &settings.config)?;

@@ -2,6 +2,7 @@
 //! its work through the layers below, and returns a summary or an error with an exit code.
 
 pub mod error;
+pub mod fleet;
 pub mod hooks;
 pub mod image;
 pub mod in_service;
@@ -13,4 +14,5 @@ pub mod query;
 pub mod rollback;
 pub mod s3sync;
 pub mod status;
+pub mod tags;
 pub mod validate;

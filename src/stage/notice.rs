@@ -24,6 +24,8 @@
 //! With `bootstage.report` (`notice::report`): a failure's forensics go to S3 after the
 //! notice and before ABANDON (bounded; a failed upload is logged and the abandon goes
 //! on), and both notices write the boot's metrics as one embedded metric format line.
+//! With `bootstage.report.tags`, the instance's status tag (`stage::tags`) is written
+//! beside each notice: `ready`, or `failed` (`held` when a hold was decided) before ABANDON.
 //!
 //! Delivery (the JSON, the POST, the command) is `notice::deliver`, which the lifecycle
 //! watcher also uses for the notices of the instance's later life: `"event": "drain"`
@@ -35,9 +37,11 @@ pub mod report;
 
 use std::path::PathBuf;
 
+use crate::report::tags::Status;
 use crate::stage::error::Result;
 use crate::stage::in_service;
 use crate::stage::lifecycle;
+use crate::stage::tags;
 use crate::state::StateDir;
 use crate::state::status::{self, Stage, State};
 
@@ -113,7 +117,13 @@ pub async fn run(state: &StateDir, args: &Settings) -> Result<()> {
                 .unwrap_or_else(|| "a unit failed".into());
             let after = lifecycle::failure(state, &args.lifecycle, &reason).await;
             notice.lifecycle = crate::state::lifecycle::read(state).ok().flatten();
-            let sent = send(state, args, &notice).await;
+            // The status tag beside the notice (its own short bound), before ABANDON.
+            let held = notice.lifecycle.as_ref().is_some_and(|r| r.hold.is_some());
+            let status = if held { Status::Held } else { Status::Failed };
+            let (sent, ()) = tokio::join!(
+                send(state, args, &notice),
+                tags::publish(state, &args.report_config, status, None)
+            );
             // The forensics before the instance goes: within their own deadline, never
             // an error of their own.
             if let Some(logs) = report.as_ref().and_then(|r| r.logs.as_ref()) {
@@ -131,9 +141,14 @@ pub async fn run(state: &StateDir, args: &Settings) -> Result<()> {
             if lifecycle::unwatched(state, &args.lifecycle) {
                 tracing::warn!("{}", lifecycle::UNWATCHED);
             }
-            let (sent, told) = tokio::join!(
+            let ready = tags::ready_time(
+                crate::imds::facts::Facts::of(state).as_ref(),
+                std::time::SystemTime::now(),
+            );
+            let (sent, told, ()) = tokio::join!(
                 send(state, args, &notice),
-                lifecycle::ready(state, &args.lifecycle, false)
+                lifecycle::ready(state, &args.lifecycle, false),
+                tags::publish(state, &args.report_config, Status::Ready, ready)
             );
             both(sent, told)
         }

@@ -28,9 +28,11 @@ use crate::base::retry::Deadline;
 use crate::base::stop::Stop;
 use crate::imds::{self, ImdsError};
 use crate::orchestrator::{Config, Delivery, LaunchHook};
+use crate::report::tags::Status;
 use crate::stage::error::Result;
 use crate::stage::hooks::{self, HookDirs, Kind};
 use crate::stage::notice::deliver;
+use crate::stage::tags;
 use crate::state::StateDir;
 use crate::state::lifecycle::{self, Drain, Record};
 
@@ -457,6 +459,11 @@ async fn drain(
     let about =
         json!({"reason": reason, "why": plan.why, "deadline": deadline_text, "stop": units});
     notify(notices, state, w, "drain", about.clone(), None);
+    let tagging = state.clone();
+    notices.spawn(async move {
+        let fallback = std::path::Path::new(tags::REPORT_CONFIG);
+        tags::publish(&tagging, fallback, Status::Draining, None).await
+    });
     let left = Duration::from_secs(
         plan.deadline_unix
             .saturating_sub(life::unix(SystemTime::now())),

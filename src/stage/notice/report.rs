@@ -12,7 +12,7 @@
 //! (20 s): 60 + 20 + 60 = 140 s, inside 150. An upload that fails is logged, never
 //! returned: the abandon goes on.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use crate::aws::Aws;
@@ -20,15 +20,14 @@ use crate::base::retry::Deadline;
 use crate::imds::facts::Facts;
 use crate::orchestrator::GROUP_TAG;
 use crate::report::{capture, emf, forensics};
-use crate::settings::SettingsError;
 use crate::settings::report::{Config, Logs};
 use crate::stage::lifecycle;
-use crate::stage::notice::{Event, NoticeError, Settings};
-use crate::stage::query;
+use crate::stage::notice::{Event, Settings};
+use crate::stage::tags;
 use crate::state::StateDir;
 use crate::state::status::{self, Stage, State};
 
-pub const DEFAULT_CONFIG: &str = "/etc/bootstage/report.json";
+pub const DEFAULT_CONFIG: &str = tags::REPORT_CONFIG;
 pub const DEFAULT_JOURNALCTL: &str = "/usr/bin/journalctl";
 
 /// Everything the forensics do, within the failure unit's budget (see above).
@@ -38,22 +37,9 @@ const STATUS_LIMIT: Duration = Duration::from_secs(5);
 /// Each attempt of each PutObject.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The parameters' `bootstage.report`, else the image's file, else none. A setting that
-/// does not parse (only the image's file can: the metadata stage checked the parameters)
-/// is logged, and nothing is reported.
-pub fn config(state: &StateDir, fallback: &Path) -> Option<Config> {
-    let found = query::setting(state, "report", fallback, |why| {
-        NoticeError::Config(SettingsError(why)).into()
-    });
-    let parsed = match found {
-        Ok(Some((value, origin))) => Config::from_value(&value, &origin).map_err(|e| e.0),
-        Ok(None) => return None,
-        Err(e) => Err(e.to_string()),
-    };
-    parsed
-        .inspect_err(|e| tracing::warn!("{e}: no report of this boot"))
-        .ok()
-}
+/// The parameters' `bootstage.report`, else the image's file, else none (one reading,
+/// shared with the status tags).
+pub use crate::stage::tags::config;
 
 /// The boot's metrics line, when `bootstage.report.metrics` is on: `TimeToReady` on READY
 /// (from IMDS `pendingTime`), each stage's duration, `BootFailed`.
@@ -66,19 +52,7 @@ pub fn metrics(state: &StateDir, args: &Settings, config: &Config) {
     let failed = args.event == Event::Failure;
     let time_to_ready = match failed {
         true => None,
-        false => {
-            let pending = facts
-                .as_ref()
-                .and_then(|f| f.pending_time.as_deref())
-                .and_then(|t| humantime::parse_rfc3339_weak(t).ok());
-            let booted = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-                .ok()
-                .and_then(|up| now.checked_sub(Duration::from(up)));
-            match (pending, booted) {
-                (Some(pending), Some(booted)) => emf::time_to_ready(pending, booted, now),
-                _ => None,
-            }
-        }
+        false => tags::ready_time(facts.as_ref(), now),
     };
     if !failed && time_to_ready.is_none() {
         tracing::info!(
