@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::base::duration;
 use crate::stage::{
-    hooks, image, in_service, launch, lifecycle, metadata, notice, query, rollback, s3sync, status,
-    validate,
+    fleet, hooks, image, in_service, launch, lifecycle, metadata, notice, query, rollback, s3sync,
+    status, validate,
 };
 use crate::state;
 
@@ -85,6 +85,49 @@ pub enum Command {
     /// List a synced destination's kept generations: source, version, time and state
     /// (current, previous, failed, rolled-back), and a rollback's pin.
     Generations(GenerationsArgs),
+    /// List the fleet's instances as their bootstage:status tags say (bootstage.report.tags):
+    /// one line each (id, group, AZ, state, status, release, ready seconds, launch time),
+    /// failures first, then a summary. Run anywhere with credentials that may call
+    /// ec2:DescribeInstances. With --logs INSTANCE, print the forensics its last failed
+    /// boot uploaded (bootstage.report.logs) instead.
+    Fleet(FleetArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FleetArgs {
+    /// Only the instances of this auto scaling group (else every instance with a
+    /// bootstage:status tag).
+    #[arg(long, value_name = "NAME")]
+    pub group: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the forensics of this instance's last failed boot.
+    #[arg(long, value_name = "INSTANCE")]
+    pub logs: Option<String>,
+    /// Where the forensics are, as bootstage.report.logs says it
+    /// (s3://bucket/boot-logs/{instance_id}/{boot_id}/).
+    #[arg(long, env = "BOOTSTAGE_LOGS_PREFIX", value_name = "S3_PREFIX")]
+    pub logs_prefix: Option<String>,
+    /// Give up after this long.
+    #[arg(long, value_parser = duration::parse, default_value = fleet::DEFAULT_TIMEOUT, value_name = "DURATION")]
+    pub timeout: Duration,
+    /// Instances per DescribeInstances page (5 to 1000; for tests).
+    #[arg(long, hide = true, default_value_t = fleet::DEFAULT_PAGE, value_parser = clap::value_parser!(u32).range(5..=1000))]
+    pub page_size: u32,
+}
+
+impl From<FleetArgs> for fleet::Settings {
+    fn from(a: FleetArgs) -> Self {
+        fleet::Settings {
+            group: a.group,
+            json: a.json,
+            logs: a.logs,
+            logs_prefix: a.logs_prefix,
+            page_size: a.page_size,
+            timeout: a.timeout,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]

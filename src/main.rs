@@ -11,8 +11,8 @@ use bootstage::base::notify::Notifier;
 use bootstage::cli::{Cli, Command, ImageCommand, LifecycleCommand};
 use bootstage::stage::error::{self, Error};
 use bootstage::stage::{
-    hooks, image, in_service, launch, lifecycle, metadata, notice, query, rollback, s3sync, status,
-    validate,
+    fleet, hooks, image, in_service, launch, lifecycle, metadata, notice, query, rollback, s3sync,
+    status, validate,
 };
 use bootstage::state::StateDir;
 use clap::Parser;
@@ -110,6 +110,7 @@ async fn run(cli: Cli, notifier: Notifier) -> Result<exit::ExitCode, Error> {
         },
         Command::Rollback(args) => rollback::run(&state, &args.into()).await?,
         Command::Generations(args) => rollback::generations(&args.into()).await?,
+        Command::Fleet(args) => fleet::run(&state, &args.into()).await?,
     }
     Ok(exit::ExitCode::Ok)
 }
