@@ -21,6 +21,7 @@ mod decode;
 mod demo;
 mod drain;
 mod envfile_roundtrip;
+mod fleet;
 mod hardening;
 mod install;
 mod launch;

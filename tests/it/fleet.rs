@@ -1,0 +1,546 @@
+//! `bootstage.report.tags` and `bootstage fleet` against moto's EC2 (RunInstances,
+//! CreateTags, DescribeInstances) on loopback: a boot booted by the real stages (the IMDS
+//! emulator describing a moto instance) tags that instance `ready` or `failed`; values
+//! that did not change send no CreateTags; `fleet` lists 30 moto instances failures
+//! first, as text and as JSON, paging as asked; `--logs` prints a failed boot's forensics.
+//! A loopback proxy in front of moto counts each EC2 action (moto's log says only
+//! `POST /`).
+
+use crate::common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::Response;
+use common::moto::moto;
+use common::{Sandbox, b64};
+use serde_json::{Value, json};
+
+/// A proxy in front of moto that notes each Query API action it forwards.
+struct Counting {
+    url: String,
+    actions: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Counting {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Counting {
+    fn count(&self, action: &str) -> usize {
+        self.actions
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| *a == action)
+            .count()
+    }
+}
+
+type Shared = (String, reqwest::Client, Arc<Mutex<Vec<String>>>);
+
+async fn counting() -> Counting {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let actions = Arc::new(Mutex::new(Vec::new()));
+    let shared: Arc<Shared> = Arc::new((
+        moto().url.clone(),
+        reqwest::Client::builder().no_proxy().build().unwrap(),
+        actions.clone(),
+    ));
+    let app = axum::Router::new().fallback(forward).with_state(shared);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Counting { url, actions, task }
+}
+
+async fn forward(
+    State(s): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = String::from_utf8_lossy(&body).into_owned();
+    if let Some(action) = form.split('&').find_map(|kv| kv.strip_prefix("Action=")) {
+        s.2.lock().unwrap().push(action.to_string());
+    }
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut request = s.1.request(method, format!("{}{target}", s.0)).body(body);
+    for (name, value) in &headers {
+        if name != "host" && name != "content-length" {
+            request = request.header(name, value);
+        }
+    }
+    let answer = request.send().await.unwrap();
+    let mut response = Response::builder().status(answer.status());
+    for (name, value) in answer.headers() {
+        if name != "content-length" && name != "transfer-encoding" {
+            response = response.header(name, value);
+        }
+    }
+    response
+        .body(Body::from(answer.bytes().await.unwrap()))
+        .unwrap()
+}
+
+/// One EC2 Query call to moto (which checks no signature), its answer's body.
+async fn ec2(params: &[(String, String)]) -> String {
+    let mut form = vec![("Version".to_string(), "2016-11-15".to_string())];
+    form.extend_from_slice(params);
+    let answer = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(&moto().url)
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        answer.status().is_success(),
+        "{params:?}: {}",
+        answer.status()
+    );
+    answer.text().await.unwrap()
+}
+
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Each `<name>…</name>` in `xml`, in order.
+fn values(xml: &str, name: &str) -> Vec<String> {
+    let open = format!("<{name}>");
+    let close = format!("</{name}>");
+    xml.split(&open)
+        .skip(1)
+        .map(|rest| rest.split(&close).next().unwrap().to_string())
+        .collect()
+}
+
+/// A moto instance in `zone`, tagged `tags` at launch: its id and launch time.
+async fn run_instance(zone: &str, tags: &[(&str, &str)]) -> (String, String) {
+    let mut params = pairs(&[
+        ("Action", "RunInstances"),
+        ("ImageId", "ami-12c6146b"),
+        ("MinCount", "1"),
+        ("MaxCount", "1"),
+        ("Placement.AvailabilityZone", zone),
+    ]);
+    if !tags.is_empty() {
+        params.extend(pairs(&[("TagSpecification.1.ResourceType", "instance")]));
+    }
+    for (i, (k, v)) in tags.iter().enumerate() {
+        params.push((
+            format!("TagSpecification.1.Tag.{}.Key", i + 1),
+            k.to_string(),
+        ));
+        params.push((
+            format!("TagSpecification.1.Tag.{}.Value", i + 1),
+            v.to_string(),
+        ));
+    }
+    let xml = ec2(&params).await;
+    (
+        values(&xml, "instanceId")[0].clone(),
+        values(&xml, "launchTime")[0].clone(),
+    )
+}
+
+/// The instance's tags, as moto keeps them.
+async fn tags_of(instance: &str) -> BTreeMap<String, String> {
+    let xml = ec2(&pairs(&[
+        ("Action", "DescribeTags"),
+        ("Filter.1.Name", "resource-id"),
+        ("Filter.1.Value.1", instance),
+    ]))
+    .await;
+    values(&xml, "key")
+        .into_iter()
+        .zip(values(&xml, "value"))
+        .collect()
+}
+
+/// A booted instance: the metadata stage (IMDS emulator describing the moto instance
+/// `id`, launched `pending_ago` ago) and the sync stage with `sync`, then the notices.
+struct Booted {
+    sb: Sandbox,
+    _imds: imds_emulator::Emulator,
+}
+
+impl Booted {
+    async fn new(id: &str, pending_ago: Duration, sync: Value) -> Booted {
+        let sb = Sandbox::new();
+        let sync = sync
+            .to_string()
+            .replace("SANDBOX", sb.dir.path().to_str().unwrap());
+        let params = json!({
+            "bootstage": {"report": {"tags": true}, "sync": serde_json::from_str::<Value>(&sync).unwrap()},
+        });
+        let pending = SystemTime::now() - pending_ago;
+        let imds = imds_emulator::Emulator::start(imds_emulator::Config {
+            user_data: Some(b64(&params.to_string()).into()),
+            instance: imds_emulator::Instance {
+                instance_id: id.into(),
+                region: "us-east-1".into(),
+                availability_zone: "us-east-1a".into(),
+                pending_time: humantime::format_rfc3339_seconds(pending).to_string(),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut cmd = sb.command(&["metadata", "--imds-endpoint", &imds.url()]);
+        cmd.envs(moto().env());
+        let out = common::run(cmd).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        Booted { sb, _imds: imds }
+    }
+
+    async fn run(&self, args: &[&str], ec2: &str) -> common::Outcome {
+        let mut cmd = self.sb.command(args);
+        cmd.envs(moto().env())
+            .env("AWS_ENDPOINT_URL_EC2", ec2)
+            .env("BOOTSTAGE_REPORT_CONFIG", self.sb.path("report.json"));
+        common::run(cmd).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ready_boot_tags_its_instance_ready_once() {
+    let bucket = moto().bucket("fleet-ready-release").await;
+    bucket.put("conf/app.conf", "port = 8080\n").await;
+    let proxy = counting().await;
+    let (id, _) = run_instance(
+        "us-east-1a",
+        &[("aws:autoscaling:groupName", "fleet-ready")],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let booted = Booted::new(
+        &id,
+        Duration::from_secs(30),
+        json!([{"from": "s3://fleet-ready-release/conf/", "to": "SANDBOX/conf"}]),
+    )
+    .await;
+    let out = booted.run(&["s3-sync"], &proxy.url).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = booted.run(&["notify", "ready"], &proxy.url).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // pendingTime is written in whole seconds: up to one more.
+    let waited = started.elapsed().as_secs() + 1;
+
+    // The release: the destination's current version, as its home records it.
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(booted.sb.path(".conf.bootstage/generations.json")).unwrap(),
+    )
+    .unwrap();
+    let current = std::fs::read_link(booted.sb.path("conf")).unwrap();
+    let current = current.file_name().unwrap().to_str().unwrap();
+    let version = record["generations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == current)
+        .unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let short = format!("sha256:{}", &version.strip_prefix("sha256:").unwrap()[..12]);
+    let tags = tags_of(&id).await;
+    let ready: u64 = tags["bootstage:ready-seconds"].parse().unwrap();
+    assert!(
+        (30..=30 + waited).contains(&ready),
+        "pendingTime was 30 s before the boot: {ready}"
+    );
+    assert_eq!(
+        tags,
+        [
+            ("aws:autoscaling:groupName", "fleet-ready"),
+            ("bootstage:ready-seconds", ready.to_string().as_str()),
+            ("bootstage:release", format!("conf={short}").as_str()),
+            ("bootstage:status", "ready"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect::<BTreeMap<_, _>>()
+    );
+    assert_eq!(proxy.count("CreateTags"), 1);
+
+    // The ready notice again (a restarted unit): nothing changed, nothing is sent.
+    let out = booted.run(&["notify", "ready"], &proxy.url).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("the instance's tags are unchanged"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(proxy.count("CreateTags"), 1, "no second CreateTags");
+    assert_eq!(tags_of(&id).await, tags);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_boot_tags_its_instance_failed_and_an_unreachable_ec2_holds_nothing() {
+    let proxy = counting().await;
+    let (id, _) = run_instance("us-east-1b", &[]).await;
+    let booted = Booted::new(
+        &id,
+        Duration::from_secs(5),
+        // The source bucket does not exist: the sync stage fails.
+        json!([{"from": "s3://fleet-no-such-bucket/conf/", "to": "SANDBOX/conf"}]),
+    )
+    .await;
+    let out = booted.run(&["s3-sync"], &proxy.url).await;
+    assert_ne!(out.code, 0, "the sync was meant to fail");
+    let out = booted
+        .run(
+            &["notify", "failure", "--unit", "bootstage-s3-sync.service"],
+            &proxy.url,
+        )
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        tags_of(&id).await,
+        [("bootstage:status".to_string(), "failed".to_string())].into()
+    );
+    assert_eq!(proxy.count("CreateTags"), 1);
+
+    // EC2 unreachable (a closed port): logged, and the notice is done within the bound.
+    std::fs::remove_file(booted.sb.state().join("tags.json")).unwrap();
+    let out = booted
+        .run(
+            &["notify", "failure", "--unit", "bootstage-s3-sync.service"],
+            "http://127.0.0.1:9",
+        )
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the instance's status tag (failed) was not written"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.elapsed < Duration::from_secs(12), "{:?}", out.elapsed);
+}
+
+/// The 30 instances of one group: their status, release and ready seconds tags.
+fn fleet_plan() -> Vec<(
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+    Option<u64>,
+)> {
+    let mut plan = Vec::new();
+    for i in 0..30u64 {
+        let (status, release, ready) = match i {
+            0..=3 => (Some("failed"), Some("conf=bbbbbbbbbbbb"), None),
+            4..=5 => (Some("held"), Some("conf=bbbbbbbbbbbb"), None),
+            6..=8 => (Some("booting"), None, None),
+            9 => (Some("draining"), Some("conf=aaaaaaaaaaaa"), Some(50)),
+            10..=11 => (None, None, None),
+            _ => (Some("ready"), Some("conf=aaaaaaaaaaaa"), Some(20 + i)),
+        };
+        let zone = if i % 2 == 0 {
+            "us-east-1a"
+        } else {
+            "us-east-1b"
+        };
+        plan.push((zone, status, release, ready));
+    }
+    plan
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_lists_thirty_instances_failures_first_in_pages() {
+    let group = "fleet-web";
+    let mut launched = Vec::new();
+    for (zone, status, release, ready) in fleet_plan() {
+        let mut tags = vec![("aws:autoscaling:groupName", group.to_string())];
+        if let Some(s) = status {
+            tags.push(("bootstage:status", s.into()));
+        }
+        if let Some(r) = release {
+            tags.push(("bootstage:release", r.into()));
+        }
+        if let Some(r) = ready {
+            tags.push(("bootstage:ready-seconds", r.to_string()));
+        }
+        let tags: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (id, at) = run_instance(zone, &tags).await;
+        launched.push((id, at, zone, status, release, ready));
+    }
+    // Another group's instance is not listed.
+    run_instance(
+        "us-east-1a",
+        &[
+            ("aws:autoscaling:groupName", "fleet-other"),
+            ("bootstage:status", "failed"),
+        ],
+    )
+    .await;
+
+    // The expected order: failed, held, booting, draining, untagged, ready; then the
+    // launch time and the id.
+    let rank = |s: Option<&str>| match s {
+        Some("failed") => 0,
+        Some("held") => 1,
+        Some("booting") => 2,
+        Some("draining") => 3,
+        None => 4,
+        _ => 5,
+    };
+    let mut expected = launched.clone();
+    expected.sort_by(|a, b| (rank(a.3), &a.1, &a.0).cmp(&(rank(b.3), &b.1, &b.0)));
+
+    let proxy = counting().await;
+    let sb = Sandbox::new();
+    let mut cmd = sb.command(&["fleet", "--group", group, "--page-size", "5"]);
+    cmd.envs(moto().env())
+        .env("AWS_ENDPOINT_URL_EC2", &proxy.url);
+    let out = common::run(cmd).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // 30 instances, 5 a page: six calls (moto pages by reservation, one instance each
+    // here); at the default 1,000 a page, 1,000 instances are one call.
+    assert_eq!(proxy.count("DescribeInstances"), 6);
+
+    let mut text = format!(
+        "{:<19}  {:<9}  {:<10}  {:<7}  {:<8}  {:<17}  {:<5}  LAUNCHED\n",
+        "INSTANCE", "GROUP", "AZ", "STATE", "STATUS", "RELEASE", "READY"
+    );
+    for (id, at, zone, status, release, ready) in &expected {
+        text += &format!(
+            "{id:<19}  {group:<9}  {zone:<10}  {:<7}  {:<8}  {:<17}  {:<5}  {at}\n",
+            "running",
+            status.unwrap_or("-"),
+            release.unwrap_or("-"),
+            ready.map_or("-".to_string(), |r| format!("{r}s")),
+        );
+    }
+    // Ready seconds 50 and 32..=49: 19 values, the median (10th) is 41.
+    let off: Vec<&String> = expected
+        .iter()
+        .filter(|e| e.4 == Some("conf=bbbbbbbbbbbb"))
+        .map(|e| &e.0)
+        .collect();
+    text += "30 instances: 4 failed, 2 held, 3 booting, 1 draining, 2 untagged, 18 ready; ready p50 41s, max 50s; 6 not on the majority release conf=aaaaaaaaaaaa\n";
+    assert_eq!(out.stdout, text);
+
+    let mut cmd = sb.command(&["fleet", "--group", group, "--json"]);
+    cmd.envs(moto().env());
+    let out = common::run(cmd).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let instances: Vec<Value> = expected
+        .iter()
+        .map(|(id, at, zone, status, release, ready)| {
+            json!({
+                "id": id,
+                "group": group,
+                "availability_zone": zone,
+                "state": "running",
+                "status": status,
+                "release": release,
+                "ready_seconds": ready,
+                "launch_time": at,
+            })
+        })
+        .collect();
+    let doc = json!({
+        "instances": instances,
+        "summary": {
+            "instances": 30,
+            "statuses": {"failed": 4, "held": 2, "booting": 3, "draining": 1, "untagged": 2, "ready": 18},
+            "ready_seconds": {"p50": 41, "max": 50},
+            "majority_release": "conf=aaaaaaaaaaaa",
+            "off_majority": off,
+        },
+    });
+    assert_eq!(
+        out.stdout,
+        serde_json::to_string_pretty(&doc).unwrap() + "\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_logs_prints_the_last_failed_boots_forensics() {
+    let bucket = moto().bucket("fleet-forensics").await;
+    let id = "i-0fa11ed0000000001";
+    // An older boot, then the last one; another instance's beside them.
+    bucket
+        .put(&format!("boot-logs/{id}/aaaa/journal.log"), "old boot\n")
+        .await;
+    // S3 keeps LastModified in whole seconds: the last boot's objects are a second later
+    // (as a reboot's are minutes later).
+    let second = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+    let now = second(SystemTime::now());
+    while second(SystemTime::now()) == now {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bucket
+        .put(
+            &format!("boot-logs/{id}/bbbb/journal.log"),
+            "the sync failed\n",
+        )
+        .await;
+    bucket
+        .put(
+            &format!("boot-logs/{id}/bbbb/status.json"),
+            "{\"state\": \"failed\"}",
+        )
+        .await;
+    bucket
+        .put(
+            "boot-logs/i-0fa11ed0000000002/cccc/journal.log",
+            "not this one\n",
+        )
+        .await;
+    let sb = Sandbox::new();
+    let mut cmd = sb.command(&["fleet", "--logs", id]);
+    cmd.envs(moto().env()).env(
+        "BOOTSTAGE_LOGS_PREFIX",
+        "s3://fleet-forensics/boot-logs/{instance_id}/{boot_id}/",
+    );
+    let out = common::run(cmd).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        format!(
+            "==> s3://fleet-forensics/boot-logs/{id}/bbbb/journal.log <==\nthe sync failed\n\
+             ==> s3://fleet-forensics/boot-logs/{id}/bbbb/status.json <==\n{{\"state\": \"failed\"}}\n"
+        )
+    );
+
+    // None for an instance, or no prefix: said, with the exit code.
+    let out = common::run({
+        let mut cmd = sb.command(&["fleet", "--logs", "i-0fa11ed0000000009"]);
+        cmd.envs(moto().env()).env(
+            "BOOTSTAGE_LOGS_PREFIX",
+            "s3://fleet-forensics/boot-logs/{instance_id}/{boot_id}/",
+        );
+        cmd
+    })
+    .await;
+    common::assert_exit(
+        &out,
+        66,
+        "no forensics of i-0fa11ed0000000009 under s3://fleet-forensics/boot-logs/i-0fa11ed0000000009/",
+    );
+    let out = sb.run(&["fleet", "--logs", id]).await;
+    common::assert_exit(&out, 64, "--logs needs the forensics' prefix");
+}
