@@ -213,6 +213,7 @@ async fn the_template_deploys_and_makes_what_the_user_data_names() {
     // The instance role: the one inline policy is the IAM example, filled in; nothing else.
     let example = iam_example(&[
         ("EXAMPLE-BUCKET", "shop-web-config"),
+        ("EXAMPLE-LOGS-BUCKET", "shop-web-config"),
         ("EXAMPLE-PREFIX", "config"),
         ("EXAMPLE-APP", "shop"),
         ("EXAMPLE-KEY-ID", "1234abcd-12ab-34cd-56ef-1234567890ab"),
@@ -482,6 +483,7 @@ async fn by_default_there_is_no_warm_pool_and_the_role_holds_only_the_example() 
     assert!(pool.warm_pool_configuration().is_none());
     let example = iam_example(&[
         ("EXAMPLE-BUCKET", "plain-config"),
+        ("EXAMPLE-LOGS-BUCKET", "plain-config"),
         ("EXAMPLE-PREFIX", "config"),
         ("EXAMPLE-APP", "myapp"),
         ("EXAMPLE-KEY-ID", "none"),
