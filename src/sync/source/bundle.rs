@@ -14,16 +14,21 @@
 //! `If-Match: <that ETag>`, so all parts are of one version (a 412 is
 //! [`SourceError::Changed`], as for a prefix). S3 answers no checksum for a part of an
 //! object, so one HEAD with `If-Match` and the checksum mode asks for the full-object
-//! checksum while the parts download. At most [`Parts::in_flight`] parts are downloading
-//! or waiting at once, each held whole in memory until its turn; they are handed on in
-//! order, so the archive still streams into the unpacker and is hashed in order. The
-//! body's memory is at most `in_flight × size` (64 MiB by default; for a bundle of at most
-//! `above` bytes, its size) plus the chunks in the unpacker's channel. A part that fails is
-//! fetched again on its own under the retry policy ([`retry::BACKOFF`]) until the pass's
-//! deadline. The whole object is verified as a single GET is: the full-object checksum the
-//! HEAD answered is computed here over the parts in order (where S3 has only a composite
-//! checksum, as for one GET, the size and the pin are what is checked). An empty object
-//! (a range of it is 416) and a server that answers no ETag are fetched as one GET.
+//! checksum while the parts download.
+//!
+//! Each part downloads on its own task and sends its bytes as they arrive; they are
+//! handed on in order, so the archive streams into the unpacker and is hashed in order.
+//! How many parts download at once adapts ([`Ranges`]), from 2 up to [`Parts::in_flight`]:
+//! as many as a link slower than the unpacker needs, a part or two ahead on a fast one.
+//! Memory: at most `in_flight` parts exist, each holding at most its range's bytes not yet
+//! handed on: `in_flight × size` (64 MiB by default; a bundle of at most `above` bytes, at
+//! most its size), plus the chunks in the unpacker's channel. A part whose GET fails is
+//! fetched again on its own, from its first byte not yet received, under the retry policy
+//! ([`retry::BACKOFF`]) until the pass's deadline. The whole object is verified as a
+//! single GET is: the full-object checksum the HEAD answered is computed here over the
+//! parts in order (where S3 has only a composite checksum, as for one GET, the size and
+//! the pin are what is checked). An empty object (a range of it is 416) and a server that
+//! answers a part without an ETag are fetched as one GET.
 
 use std::path::PathBuf;
 
@@ -653,11 +658,16 @@ impl Drop for Part {
 /// The fewest parts downloading at once: the one handed on and the next.
 const MIN_WIDTH: usize = 2;
 
+/// How long the unpacker may wait for the part it reads, in all, before one more part
+/// downloads at once: on a link slower than the unpacker that is at once (every part
+/// in flight within a few milliseconds), on a fast one rarely.
+const GROW_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// The parts of one object, handed on in order as they arrive, several downloading at
-/// once: as many as keep the unpacker fed, up to `in_flight`. Each time the part being
-/// handed on has no bytes ready, the network is what the unpacker waits for, and one
-/// more part may download at once; each time the next part is already whole when its turn
-/// comes, one fewer. So a link slower than the unpacker (S3's ~90 MB/s a connection) gets
+/// once: as many as keep the unpacker fed, up to `in_flight`. Each time the unpacker has
+/// waited [`GROW_AFTER`] in all for the part it reads, the network is what it waits for,
+/// and one more part may download at once; each time the next part is already whole when
+/// its turn comes, the unpacker is what the network waits for: one fewer. So a link slower than the unpacker (S3's ~90 MB/s a connection) gets
 /// `in_flight` connections, and a fast one (loopback, a CPU-bound instance) reads ahead
 /// only a part or two, which costs no memory, page faults or cold copies it has no use
 /// for. Bounded memory: at most `in_flight` parts exist (`queue`), each holding at most its
@@ -667,6 +677,8 @@ struct Ranges {
     in_flight: usize,
     /// How many parts may download at once now: `MIN_WIDTH..=in_flight`.
     width: usize,
+    /// How long the unpacker has waited for bytes since `width` last changed.
+    waited: std::time::Duration,
     /// The next part to start.
     next: u64,
     queue: VecDeque<Part>,
@@ -679,6 +691,7 @@ impl Ranges {
             get,
             in_flight,
             width: MIN_WIDTH,
+            waited: std::time::Duration::ZERO,
             next: 0,
             queue: VecDeque::new(),
         };
@@ -714,12 +727,23 @@ impl Ranges {
             let item = match head.rx.try_recv() {
                 Ok(item) => Some(item),
                 Err(TryRecvError::Disconnected) => None,
-                Err(TryRecvError::Empty) => {
-                    // The unpacker waits for the network: one more part at once.
-                    self.width = (self.width + 1).min(self.in_flight);
-                    self.top_up();
-                    self.queue.front_mut()?.rx.recv().await
-                }
+                Err(TryRecvError::Empty) => loop {
+                    let left = GROW_AFTER.saturating_sub(self.waited);
+                    let since = std::time::Instant::now();
+                    let head = &mut self.queue.front_mut()?.rx;
+                    match tokio::time::timeout(left, head.recv()).await {
+                        Ok(item) => {
+                            self.waited += since.elapsed();
+                            break item;
+                        }
+                        // The unpacker waits for the network: one more part at once.
+                        Err(_) => {
+                            self.waited = std::time::Duration::ZERO;
+                            self.width = (self.width + 1).min(self.in_flight);
+                            self.top_up();
+                        }
+                    }
+                },
             };
             match item {
                 Some(Ok(chunk)) => {
@@ -745,6 +769,7 @@ impl Ranges {
                 .is_some_and(|next| next.task.is_finished())
             {
                 self.width = (self.width - 1).max(MIN_WIDTH);
+                self.waited = std::time::Duration::ZERO;
             }
             self.top_up();
         }
