@@ -31,8 +31,10 @@ there, so that the prefix's time is measured rather than cut at the 5-minute def
 take the benchmark's whole time. Any fleet still running after 10 minutes is stopped and
 its instances counted as failed.
 
-Usage: scripts/bench-fleet.py [--sizes 1,10,50] [--small] [--no-throttled] [--methods 1,5,…]
+Usage: scripts/bench-fleet.py [--sizes 1,10,50] [--small] [--no-throttled] [--methods 1,5,…] [--no-build]
   --small: 200 files + 2 x 8 MiB, for a quick look (BENCHMARKS.md is left alone)
+  --no-build: run the binaries already in $CARGO_TARGET_DIR/release (e.g. two builds of
+    committed code side by side, each in its own directory) instead of building this tree
 Writes the fleet section of BENCHMARKS.md.
 """
 import argparse, json, os, shutil, subprocess, sys, tarfile, tempfile, threading, time
@@ -214,13 +216,16 @@ def main():
     ap.add_argument("--sizes", default="1,10,50")
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--no-throttled", action="store_true")
+    ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--methods", default=None,
                     help="comma-separated indexes into METHODS (default: all); 'bundle unchanged' needs 'bundle'")
     args = ap.parse_args()
     chosen = [METHODS[int(i)] for i in args.methods.split(",")] if args.methods else METHODS
     sizes = [int(s) for s in args.sizes.split(",")]
     rate = S3_GET_RATE * MODEL_N // FLEET
-    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "bootstage", "-p", "bench-s3"], cwd=ROOT, check=True)
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "bootstage", "-p", "bench-s3"], cwd=ROOT, check=True)
+    print(f"binaries: {BIN} and {benchlib.BENCH_S3}", flush=True)
     rows, throttled = [], []
     with benchlib.scratch() as tmp:
         work, downloads = Path(tmp), Path(tmp) / "downloads"
