@@ -660,8 +660,8 @@ mod tests {
         assert_eq!(
             table(&rows, &summary),
             "\
-INSTANCE  GROUP  AZ          STATE    STATUS  RELEASE      READY  LAUNCHED
-i-1       web    us-east-1a  running  failed  -            -      2026-12-06T10:00:01Z
+INSTANCE  GROUP  AZ          STATE    STATUS  RELEASE     READY  LAUNCHED
+i-1       web    us-east-1a  running  failed  -           -      2026-12-06T10:00:01Z
 i-0abc    web    us-east-1b  running  ready   c=?[31mred  42s    2026-12-06T10:00:00.000Z
 2 instances: 1 failed, 1 ready; ready p50 42s, max 42s; 0 not on the majority release c=?[31mred
 "

@@ -340,13 +340,16 @@ async fn a_failed_boot_tags_its_instance_failed_and_an_unreachable_ec2_holds_not
     assert!(out.elapsed < Duration::from_secs(12), "{:?}", out.elapsed);
 }
 
-/// The 30 instances of one group: their status, release and ready seconds tags.
-fn fleet_plan() -> Vec<(
+/// An instance of the plan: its zone, status, release and ready seconds.
+type Planned = (
     &'static str,
     Option<&'static str>,
     Option<&'static str>,
     Option<u64>,
-)> {
+);
+
+/// The 30 instances of one group: their status, release and ready seconds tags.
+fn fleet_plan() -> Vec<Planned> {
     let mut plan = Vec::new();
     for i in 0..30u64 {
         let (status, release, ready) = match i {
