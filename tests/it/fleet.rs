@@ -224,7 +224,7 @@ impl Booted {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_ready_boot_tags_its_instance_ready_once() {
+async fn a_boot_tags_its_instance_booting_then_ready_once() {
     let bucket = moto().bucket("fleet-ready-release").await;
     bucket.put("conf/app.conf", "port = 8080\n").await;
     let proxy = counting().await;
@@ -240,6 +240,22 @@ async fn a_ready_boot_tags_its_instance_ready_once() {
         json!([{"from": "s3://fleet-ready-release/conf/", "to": "SANDBOX/conf"}]),
     )
     .await;
+    // The lifecycle watcher starts after the metadata stage: booting (it has nothing else
+    // to watch here, so it ends once the tag is written).
+    let out = booted.run(&["lifecycle", "watch"], &proxy.url).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        tags_of(&id).await,
+        [
+            (
+                "aws:autoscaling:groupName".to_string(),
+                "fleet-ready".to_string()
+            ),
+            ("bootstage:status".to_string(), "booting".to_string()),
+        ]
+        .into()
+    );
+    assert_eq!(proxy.count("CreateTags"), 1);
     let out = booted.run(&["s3-sync"], &proxy.url).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     let out = booted.run(&["notify", "ready"], &proxy.url).await;
@@ -282,7 +298,7 @@ async fn a_ready_boot_tags_its_instance_ready_once() {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect::<BTreeMap<_, _>>()
     );
-    assert_eq!(proxy.count("CreateTags"), 1);
+    assert_eq!(proxy.count("CreateTags"), 2);
 
     // The ready notice again (a restarted unit): nothing changed, nothing is sent.
     let out = booted.run(&["notify", "ready"], &proxy.url).await;
@@ -292,7 +308,21 @@ async fn a_ready_boot_tags_its_instance_ready_once() {
         "{}",
         out.stderr
     );
-    assert_eq!(proxy.count("CreateTags"), 1, "no second CreateTags");
+    assert_eq!(
+        proxy.count("CreateTags"),
+        2,
+        "no second CreateTags for ready"
+    );
+    // A restarted watcher does not turn a ready instance back to booting.
+    let out = booted.run(&["lifecycle", "watch"], &proxy.url).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the instance's status stays ready: booting does not replace it"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(proxy.count("CreateTags"), 2);
     assert_eq!(tags_of(&id).await, tags);
 }
 
