@@ -186,13 +186,21 @@ struct Booted {
 
 impl Booted {
     async fn new(id: &str, pending_ago: Duration, sync: Value) -> Booted {
+        Booted::with(id, pending_ago, sync, Value::Null).await
+    }
+
+    /// With `lifecycle` as `bootstage.lifecycle`.
+    async fn with(id: &str, pending_ago: Duration, sync: Value, lifecycle: Value) -> Booted {
         let sb = Sandbox::new();
         let sync = sync
             .to_string()
             .replace("SANDBOX", sb.dir.path().to_str().unwrap());
-        let params = json!({
+        let mut params = json!({
             "bootstage": {"report": {"tags": true}, "sync": serde_json::from_str::<Value>(&sync).unwrap()},
         });
+        if !lifecycle.is_null() {
+            params["bootstage"]["lifecycle"] = lifecycle;
+        }
         let pending = SystemTime::now() - pending_ago;
         let imds = imds_emulator::Emulator::start(imds_emulator::Config {
             user_data: Some(b64(&params.to_string()).into()),
@@ -368,6 +376,51 @@ async fn a_failed_boot_tags_its_instance_failed_and_an_unreachable_ec2_holds_not
         out.stderr
     );
     assert!(out.elapsed < Duration::from_secs(12), "{:?}", out.elapsed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_boot_on_hold_tags_its_instance_held() {
+    let proxy = counting().await;
+    let (id, _) = run_instance("us-east-1a", &[]).await;
+    let orch = lifecycle_emulator::Emulator::start(lifecycle_emulator::Config {
+        groups: vec![lifecycle_emulator::Group {
+            name: "web".into(),
+            hook: "launch".into(),
+            heartbeat_timeout: 60.0,
+            default_result: "ABANDON".into(),
+            instances: vec![id.clone()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let booted = Booted::with(
+        &id,
+        Duration::from_secs(5),
+        json!([{"from": "s3://fleet-no-such-bucket/conf/", "to": "SANDBOX/conf"}]),
+        json!({"asg": {"hook": "launch", "group": "web", "on_failure": "hold"}}),
+    )
+    .await;
+    let out = booted.run(&["s3-sync"], &proxy.url).await;
+    assert_ne!(out.code, 0, "the sync was meant to fail");
+    let mut cmd = booted
+        .sb
+        .command(&["notify", "failure", "--unit", "bootstage-s3-sync.service"]);
+    cmd.envs(moto().env())
+        .env("AWS_ENDPOINT_URL_EC2", &proxy.url)
+        .env("AWS_ENDPOINT_URL_AUTO_SCALING", orch.url());
+    let out = common::run(cmd).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("holding this failed instance"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        tags_of(&id).await,
+        [("bootstage:status".to_string(), "held".to_string())].into()
+    );
 }
 
 /// An instance of the plan: its zone, status, release and ready seconds.
