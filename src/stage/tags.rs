@@ -5,7 +5,8 @@
 //!
 //! - One `CreateTags` on the instance itself (`aws::ec2`), only with the tags whose value
 //!   changed since the last write of this boot: what was written is recorded in the state
-//!   dir (`tags.json`, under `tags.lock`, so the watcher and a notice never interleave).
+//!   dir (`report/tags.json`, under `report/tags.lock`, so the watcher and a notice never
+//!   interleave).
 //! - Bounded: all of it (settings, credentials, the call and its retries) within
 //!   [`DEADLINE`]; a failure is logged, never returned: a tag never fails or holds a boot.
 //! - The release: each sync destination's current version, read from its home's
@@ -19,6 +20,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -45,9 +47,12 @@ pub const REPORT_CONFIG: &str = "/etc/bootstage/report.json";
 pub const DEADLINE: Duration = Duration::from_secs(10);
 /// Each attempt of `CreateTags`.
 const ATTEMPT: Duration = Duration::from_secs(4);
-/// What was written this boot, and its lock.
-const RECORD: &str = "tags.json";
-const LOCK: &str = "tags.lock";
+/// What was written this boot, and its lock, in the state dir's `report/`: a
+/// `RuntimeDirectory=` of the ready, failure and lifecycle units, so writable under their
+/// `ProtectSystem=strict`.
+const DIR: &str = "report";
+const RECORD: &str = "report/tags.json";
+const LOCK: &str = "report/tags.lock";
 /// The largest `generations.json` read for a release.
 const MAX_GENERATIONS: u64 = 1024 * 1024;
 
@@ -117,6 +122,11 @@ async fn write(
             id.starts_with("i-") && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
         .ok_or("instance.json names no instance")?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state.root().join(DIR))
+        .map_err(|e| format!("{}: {e}", state.root().join(DIR).display()))?;
     let _lock = state
         .lock_named(LOCK, deadline)
         .await

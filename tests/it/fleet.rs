@@ -361,7 +361,7 @@ async fn a_failed_boot_tags_its_instance_failed_and_an_unreachable_ec2_holds_not
     assert_eq!(proxy.count("CreateTags"), 1);
 
     // EC2 unreachable (a closed port): logged, and the notice is done within the bound.
-    std::fs::remove_file(booted.sb.state().join("tags.json")).unwrap();
+    std::fs::remove_file(booted.sb.state().join("report/tags.json")).unwrap();
     let out = booted
         .run(
             &["notify", "failure", "--unit", "bootstage-s3-sync.service"],
