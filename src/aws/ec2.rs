@@ -69,6 +69,9 @@ pub struct Ec2 {
     url: http::Uri,
     region: String,
     credentials: Option<SharedCredentialsProvider>,
+    /// The chain's last answer, reused until a minute before it expires (the chain itself
+    /// does not cache: an instance role's would be asked of IMDS for every page).
+    cached: tokio::sync::Mutex<Option<aws_credential_types::Credentials>>,
     attempt_timeout: Duration,
     calls: AtomicUsize,
 }
@@ -94,6 +97,7 @@ impl Ec2 {
             url,
             region,
             credentials: aws.sdk_config().credentials_provider(),
+            cached: tokio::sync::Mutex::new(None),
             attempt_timeout,
             calls: AtomicUsize::new(0),
         })
@@ -268,6 +272,20 @@ impl Ec2 {
     }
 
     async fn credentials(&self) -> Result<aws_credential_types::Credentials, Failure> {
+        let mut cached = self.cached.lock().await;
+        let fresh = |c: &aws_credential_types::Credentials| {
+            c.expiry()
+                .is_none_or(|at| at > SystemTime::now() + Duration::from_secs(60))
+        };
+        if let Some(credentials) = cached.as_ref().filter(|c| fresh(c)) {
+            return Ok(credentials.clone());
+        }
+        let credentials = self.ask_chain().await?;
+        *cached = Some(credentials.clone());
+        Ok(credentials)
+    }
+
+    async fn ask_chain(&self) -> Result<aws_credential_types::Credentials, Failure> {
         let Some(chain) = &self.credentials else {
             return Err(Failure::new(
                 Kind::Refused,
