@@ -630,3 +630,15 @@ async fn fleet_logs_prints_the_last_failed_boots_forensics() {
     let out = sb.run(&["fleet", "--logs", id]).await;
     common::assert_exit(&out, 64, "--logs needs the forensics' prefix");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_with_ec2_unreachable_says_so_within_its_timeout() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.command(&["fleet", "--group", "web", "--timeout", "2s"]);
+    cmd.envs(moto().env())
+        .env("AWS_ENDPOINT_URL_EC2", "http://127.0.0.1:9");
+    let out = common::run(cmd).await;
+    common::assert_exit(&out, 75, "ec2:DescribeInstances: cannot reach EC2: ");
+    assert!(out.elapsed < Duration::from_secs(5), "{:?}", out.elapsed);
+    assert_eq!(out.stdout, "");
+}
