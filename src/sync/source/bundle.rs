@@ -667,7 +667,8 @@ const GROW_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
 /// once: as many as keep the unpacker fed, up to `in_flight`. Each time the unpacker has
 /// waited [`GROW_AFTER`] in all for the part it reads, the network is what it waits for,
 /// and one more part may download at once; each time the next part is already whole when
-/// its turn comes, the unpacker is what the network waits for: one fewer. So a link slower than the unpacker (S3's ~90 MB/s a connection) gets
+/// its turn comes and the unpacker has hardly waited for the part before, the unpacker is
+/// what the network waits for: one fewer. So a link slower than the unpacker (S3's ~90 MB/s a connection) gets
 /// `in_flight` connections, and a fast one (loopback, a CPU-bound instance) reads ahead
 /// only a part or two, which costs no memory, page faults or cold copies it has no use
 /// for. Bounded memory: at most `in_flight` parts exist (`queue`), each holding at most its
@@ -677,8 +678,10 @@ struct Ranges {
     in_flight: usize,
     /// How many parts may download at once now: `MIN_WIDTH..=in_flight`.
     width: usize,
-    /// How long the unpacker has waited for bytes since `width` last changed.
+    /// How long the unpacker has waited for bytes since `width` last changed, and for
+    /// the part it reads.
     waited: std::time::Duration,
+    part_waited: std::time::Duration,
     /// The next part to start.
     next: u64,
     queue: VecDeque<Part>,
@@ -692,6 +695,7 @@ impl Ranges {
             in_flight,
             width: MIN_WIDTH,
             waited: std::time::Duration::ZERO,
+            part_waited: std::time::Duration::ZERO,
             next: 0,
             queue: VecDeque::new(),
         };
@@ -734,11 +738,13 @@ impl Ranges {
                     match tokio::time::timeout(left, head.recv()).await {
                         Ok(item) => {
                             self.waited += since.elapsed();
+                            self.part_waited += since.elapsed();
                             break item;
                         }
                         // The unpacker waits for the network: one more part at once.
                         Err(_) => {
                             self.waited = std::time::Duration::ZERO;
+                            self.part_waited += left;
                             self.width = (self.width + 1).min(self.in_flight);
                             self.top_up();
                         }
@@ -763,10 +769,15 @@ impl Ranges {
             // The part is handed on: its room goes to the next one, or, if that one is
             // already whole, the unpacker is what the network waits for: one fewer.
             self.queue.pop_front();
-            if self
-                .queue
-                .front()
-                .is_some_and(|next| next.task.is_finished())
+            // Only when the unpacker has hardly waited for this part: on a slow link parts
+            // started together end together, so the next one can be whole at its turn
+            // while the unpacker waited for the network most of the time.
+            let waited = std::mem::take(&mut self.part_waited);
+            if waited < GROW_AFTER / 4
+                && self
+                    .queue
+                    .front()
+                    .is_some_and(|next| next.task.is_finished())
             {
                 self.width = (self.width - 1).max(MIN_WIDTH);
                 self.waited = std::time::Duration::ZERO;
