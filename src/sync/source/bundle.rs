@@ -666,7 +666,8 @@ const GROW_AFTER: std::time::Duration = std::time::Duration::from_millis(2);
 /// The parts of one object, handed on in order as they arrive, several downloading at
 /// once: as many as keep the unpacker fed, up to `in_flight`. Each time the unpacker has
 /// waited [`GROW_AFTER`] in all for the part it reads, the network is what it waits for,
-/// and one more part may download at once; each time the next part is already whole when
+/// and one more part may download at once (twice as many, until the width first shrinks,
+/// so that a slow link has every part in flight within a few milliseconds); each time the next part is already whole when
 /// its turn comes and the unpacker has hardly waited for the part before, the unpacker is
 /// what the network waits for: one fewer. So a link slower than the unpacker (S3's ~90 MB/s a connection) gets
 /// `in_flight` connections, and a fast one (loopback, a CPU-bound instance) reads ahead
@@ -682,6 +683,8 @@ struct Ranges {
     /// the part it reads.
     waited: std::time::Duration,
     part_waited: std::time::Duration,
+    /// Whether the width has shrunk yet: until then it doubles as it grows.
+    shrunk: bool,
     /// The next part to start.
     next: u64,
     queue: VecDeque<Part>,
@@ -696,6 +699,7 @@ impl Ranges {
             width: MIN_WIDTH,
             waited: std::time::Duration::ZERO,
             part_waited: std::time::Duration::ZERO,
+            shrunk: false,
             next: 0,
             queue: VecDeque::new(),
         };
@@ -741,11 +745,13 @@ impl Ranges {
                             self.part_waited += since.elapsed();
                             break item;
                         }
-                        // The unpacker waits for the network: one more part at once.
+                        // The unpacker waits for the network: one more part at once (twice
+                        // as many until the width first shrinks, as TCP's slow start).
                         Err(_) => {
                             self.waited = std::time::Duration::ZERO;
                             self.part_waited += left;
-                            self.width = (self.width + 1).min(self.in_flight);
+                            let more = if self.shrunk { 1 } else { self.width };
+                            self.width = (self.width + more).min(self.in_flight);
                             self.top_up();
                         }
                     }
@@ -781,6 +787,7 @@ impl Ranges {
             {
                 self.width = (self.width - 1).max(MIN_WIDTH);
                 self.waited = std::time::Duration::ZERO;
+                self.shrunk = true;
             }
             self.top_up();
         }
