@@ -467,9 +467,20 @@ pub struct NotifyArgs {
 #[derive(Debug, Clone, Args)]
 pub struct MetadataArgs {
     /// IMDS base URL [default: AWS_EC2_METADATA_SERVICE_ENDPOINT, else by
-    /// AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE, else http://169.254.169.254].
+    /// AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE, else http://169.254.169.254]; with
+    /// --provider gcp, the metadata server's [default: GCE_METADATA_HOST, else
+    /// http://metadata.google.internal].
     #[arg(long, value_name = "URL")]
     pub imds_endpoint: Option<String>,
+
+    /// Whose metadata service gives user-data and facts: aws or gcp [default:
+    /// BOOTSTAGE_PROVIDER, else from the DMI (sys_vendor, board_asset_tag), else aws].
+    #[arg(long, value_name = "NAME")]
+    pub provider: Option<String>,
+
+    /// Where the DMI strings are read (hidden: the integration tests give their own).
+    #[arg(long, hide = true, env = "BOOTSTAGE_DMI_DIR", default_value = crate::imds::provider::DMI_ROOT, value_name = "DIR")]
+    pub dmi_dir: PathBuf,
 
     /// Refuse IMDSv1: fail if the endpoint offers no IMDSv2 token.
     #[arg(long, env = "BOOTSTAGE_IMDS_V2_ONLY")]
@@ -683,6 +694,8 @@ impl From<MetadataArgs> for metadata::Settings {
     fn from(a: MetadataArgs) -> Self {
         metadata::Settings {
             imds_endpoint: a.imds_endpoint,
+            provider: a.provider,
+            dmi_root: a.dmi_dir,
             imds_v2_only: a.imds_v2_only,
             timeout: a.timeout,
             user_data_wait: a.user_data_wait,

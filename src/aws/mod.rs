@@ -187,9 +187,10 @@ impl Aws {
     }
 }
 
-/// The instance's region from `instance.json`, written by the metadata stage.
+/// The instance's region from `instance.json`, written by the metadata stage (EC2's only:
+/// another cloud's region is no AWS region).
 pub fn instance_region(state: &StateDir) -> Option<String> {
-    Facts::of(state)?.region
+    Facts::of(state)?.aws_region()
 }
 
 /// The endpoint override for a service (`S3` → `AWS_ENDPOINT_URL_S3`, else

@@ -8,6 +8,8 @@
 //! `Warmed:*` in a warm pool). Tags are read only if
 //! IMDS exposes them, in a single attempt: they are absent while an auto-scaling
 //! lifecycle hook holds the instance, so waiting for them could hang a boot.
+//! On Compute Engine they come from its metadata server (`imds::gcp`), under the same
+//! names where they mean the same thing, plus `project-id`.
 //! Off-cloud (`--user-data-file`) they come from `--fact NAME=VALUE` flags or are absent,
 //! and `instance.json` says so in its `source` field.
 
@@ -19,7 +21,7 @@ use crate::imds::{Client, ImdsError};
 use crate::state::envfile::{self, Env, ExportError, FACT_PREFIX};
 
 /// The fact names, as `--fact` takes them; exported as `BOOTSTAGE_INSTANCE_ID` etc.
-pub const NAMES: [&str; 10] = [
+pub const NAMES: [&str; 11] = [
     "instance-id",
     "region",
     "availability-zone",
@@ -30,11 +32,12 @@ pub const NAMES: [&str; 10] = [
     "local-hostname",
     "mac",
     "target-lifecycle-state",
+    "project-id",
 ];
 
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Facts {
-    /// Where the facts came from: `imds` or `flags`.
+    /// Where the facts came from: `imds` (EC2), `gcp` or `flags`.
     pub source: String,
     pub instance_id: Option<String>,
     pub region: Option<String>,
@@ -52,6 +55,9 @@ pub struct Facts {
     /// launch lifecycle action's time limit is counted from.
     #[serde(default)]
     pub pending_time: Option<String>,
+    /// On Compute Engine: the project's id. Left out of `instance.json` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
     /// Instance tags, when IMDS exposes them; `null` otherwise.
     pub tags: Option<BTreeMap<String, String>>,
 }
@@ -77,7 +83,7 @@ impl Facts {
     }
 
     /// The facts by their `NAMES` entry, in that order.
-    pub fn named(&self) -> [(&'static str, Option<&str>); 10] {
+    pub fn named(&self) -> [(&'static str, Option<&str>); 11] {
         let values = [
             &self.instance_id,
             &self.region,
@@ -89,6 +95,7 @@ impl Facts {
             &self.local_hostname,
             &self.mac,
             &self.target_lifecycle_state,
+            &self.project_id,
         ];
         std::array::from_fn(|i| (NAMES[i], values[i].as_deref()))
     }
@@ -105,6 +112,7 @@ impl Facts {
             "local-hostname" => &mut self.local_hostname,
             "mac" => &mut self.mac,
             "target-lifecycle-state" => &mut self.target_lifecycle_state,
+            "project-id" => &mut self.project_id,
             _ => return None,
         })
     }
@@ -125,6 +133,15 @@ impl Facts {
             *slot = Some(value.to_string());
         }
         Ok(facts)
+    }
+
+    /// The region AWS calls (SSM, Secrets Manager references) default to: EC2's region,
+    /// or one given by `--fact`; another cloud's region is no AWS region.
+    pub fn aws_region(&self) -> Option<String> {
+        match self.source.as_str() {
+            "gcp" => None,
+            _ => self.region.clone(),
+        }
     }
 
     /// Facts from IMDS; the identity document is required, the rest best effort.
@@ -154,6 +171,7 @@ impl Facts {
             mac: mac?,
             target_lifecycle_state: target_lifecycle_state?,
             pending_time: doc.pending_time,
+            project_id: None,
             tags,
         })
     }
@@ -285,5 +303,18 @@ mod tests {
                 .contains("unknown fact")
         );
         assert!(Facts::from_flags(&["region".into()]).is_err());
+    }
+
+    /// Only EC2's region (or one given by --fact) is a default region for AWS calls.
+    #[test]
+    fn aws_region_is_ec2s_only() {
+        let with = |source: &str| Facts {
+            source: source.into(),
+            region: Some("r-1".into()),
+            ..Facts::default()
+        };
+        assert_eq!(with("imds").aws_region().as_deref(), Some("r-1"));
+        assert_eq!(with("flags").aws_region().as_deref(), Some("r-1"));
+        assert_eq!(with("gcp").aws_region(), None);
     }
 }

@@ -15,8 +15,13 @@
 //!   is ever used (IMDS is link-local) and redirects are not followed.
 //!
 //! How each HTTP status is handled lives in one place: [`verdict`].
+//!
+//! Other clouds' metadata services live beside it (`gcp.rs`: Compute Engine's), and
+//! `provider.rs` decides which one the metadata stage asks.
 
 pub mod facts;
+pub mod gcp;
+pub mod provider;
 pub mod userdata;
 
 use std::time::Duration;
@@ -91,6 +96,10 @@ pub enum ImdsError {
     Invalid { what: String, why: String },
     #[error("{0}: not found")]
     NotFound(String),
+    #[error(
+        "{what}: the answer from {endpoint} lacks Metadata-Flavor: Google, so it is not Compute Engine's metadata server; refusing it"
+    )]
+    NotGoogle { what: String, endpoint: String },
     #[error("{0}: timed out")]
     TimedOut(String),
     #[error("{what}: {why}")]
@@ -119,6 +128,7 @@ impl ImdsError {
                 | ImdsError::V2Unsupported { .. }
                 | ImdsError::Unexpected { .. }
                 | ImdsError::Invalid { .. }
+                | ImdsError::NotGoogle { .. }
         )
     }
 }

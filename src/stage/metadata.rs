@@ -1,6 +1,9 @@
 //! The `metadata` stage: from IMDS (or a user-data file) to `params.json`,
 //! `instance.json` and `params.env` in the state dir, then READY.
 //!
+//! The user-data and facts come from a provider (`imds::provider`: EC2's IMDS by default,
+//! or Compute Engine's metadata server); nothing above this stage knows which.
+//!
 //! A boot, step by step:
 //! 1. take the state dir's lock (creating the dir 0700);
 //! 2. fetch user-data, polling while it is not there yet, and the facts, concurrently;
@@ -29,6 +32,7 @@ use crate::base::notify::Notifier;
 use crate::base::retry::Deadline;
 use crate::events::Names;
 use crate::imds::facts::Facts;
+use crate::imds::provider::{self, Dmi, Provider};
 use crate::imds::userdata::{self, DecodeError};
 use crate::imds::{self, Client};
 use crate::secrets;
@@ -43,8 +47,13 @@ use crate::state::values::{self, Written};
 /// What the metadata stage needs to know; `cli.rs` fills it from flags and environment.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// IMDS base URL; `None`: the SDK's environment variables, else the link-local address.
+    /// The metadata service's base URL; `None`: the provider's environment variables, else
+    /// its documented address.
     pub imds_endpoint: Option<String>,
+    /// `--provider` (`aws`, `gcp`); `None`: `BOOTSTAGE_PROVIDER`, else the DMI, else aws.
+    pub provider: Option<String>,
+    /// Where the DMI strings are read (`/sys/class/dmi/id`; a test gives its own).
+    pub dmi_root: PathBuf,
     /// Refuse IMDSv1.
     pub imds_v2_only: bool,
     /// The stage's overall deadline.
@@ -81,6 +90,7 @@ impl Settings {
         self.user_data_file.is_some()
             || !self.facts.is_empty()
             || self.imds_endpoint.is_some()
+            || self.provider.is_some()
             || self.imds_v2_only
             || self.allow_empty
             || self.user_data_wait.is_some()
@@ -169,8 +179,9 @@ async fn fetch(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<
     let missing: Vec<&str> = facts
         .named()
         .iter()
-        // Outside an auto scaling group there is no target lifecycle state: not a gap.
-        .filter(|f| f.1.is_none() && f.0 != "target-lifecycle-state")
+        // Outside an auto scaling group there is no target lifecycle state, and outside GCP
+        // no project: not gaps.
+        .filter(|f| f.1.is_none() && f.0 != "target-lifecycle-state" && f.0 != "project-id")
         .map(|f| f.0)
         .collect();
     if !missing.is_empty() {
@@ -253,7 +264,7 @@ async fn render(
     let mut facts_only = Env::default();
     facts.export(&mut facts_only)?;
     let resolved =
-        secrets::resolve(params, facts.region.clone(), facts_only.size(), deadline).await?;
+        secrets::resolve(params, facts.aws_region(), facts_only.size(), deadline).await?;
     Bootstage::from_params(&resolved.json)?;
     if warn {
         for warning in settings::warnings(&resolved.json) {
@@ -356,13 +367,30 @@ impl Refresher {
     }
 }
 
-/// User-data from IMDS, with the facts when `facts` (else empty facts).
+/// The provider `--provider`, `BOOTSTAGE_PROVIDER` or the DMI names (else aws).
+fn chosen_provider(args: &Settings) -> Result<Provider> {
+    let env = std::env::var("BOOTSTAGE_PROVIDER").ok();
+    let (provider, why) = provider::choose(
+        args.provider.as_deref(),
+        env.as_deref(),
+        &Dmi::read(&args.dmi_root),
+    )
+    .map_err(Error::Usage)?;
+    tracing::debug!(provider = provider.name(), by = why, "metadata provider");
+    Ok(provider)
+}
+
+/// User-data from the provider's metadata service, with the facts when `facts` (else
+/// empty facts).
 async fn from_imds(
     args: &Settings,
     deadline: Deadline,
     notifier: Notifier,
     facts: bool,
 ) -> Result<(Option<Vec<u8>>, Facts)> {
+    if chosen_provider(args)? == Provider::Gcp {
+        return from_gcp(args, deadline, notifier, facts).await;
+    }
     let endpoint = imds::resolve_endpoint(args.imds_endpoint.as_deref(), |k| std::env::var(k).ok())
         .map_err(Error::Usage)?;
     tracing::info!(endpoint, "reading user-data and facts from IMDS");
@@ -385,6 +413,43 @@ async fn from_imds(
     });
     let (user_data, facts) = match facts {
         true => tokio::try_join!(user_data, Facts::from_imds(&client))?,
+        false => (user_data.await?, Facts::default()),
+    };
+    Ok((user_data.filter(|raw| !raw.trim_ascii().is_empty()), facts))
+}
+
+/// `from_imds` on Compute Engine.
+async fn from_gcp(
+    args: &Settings,
+    deadline: Deadline,
+    notifier: Notifier,
+    facts: bool,
+) -> Result<(Option<Vec<u8>>, Facts)> {
+    let endpoint =
+        imds::gcp::resolve_endpoint(args.imds_endpoint.as_deref(), |k| std::env::var(k).ok())
+            .map_err(Error::Usage)?;
+    tracing::info!(
+        endpoint,
+        "reading user-data and facts from the GCP metadata server"
+    );
+    let client = imds::gcp::Client::new(imds::gcp::Options {
+        endpoint,
+        request_timeout: args.request_timeout,
+        deadline,
+    })?;
+    notifier.status("waiting for user-data");
+    let user_data = client.user_data(args.user_data_wait(), |attempt, waited| {
+        let status = format!(
+            "waiting for user-data: attempt {attempt}, {:.1} s",
+            waited.as_secs_f64()
+        );
+        if attempt == 1 || attempt % 20 == 0 {
+            tracing::info!("{status}");
+        }
+        notifier.status(&status);
+    });
+    let (user_data, facts) = match facts {
+        true => tokio::try_join!(user_data, client.facts())?,
         false => (user_data.await?, Facts::default()),
     };
     Ok((user_data.filter(|raw| !raw.trim_ascii().is_empty()), facts))

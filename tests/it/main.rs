@@ -30,6 +30,7 @@ mod metadata_imds;
 mod notify_and_files;
 mod operator;
 mod packages;
+mod providers;
 mod ranged;
 mod releases;
 mod report;

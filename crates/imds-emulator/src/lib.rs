@@ -26,6 +26,18 @@
 //! (`Emulator::changes`, `GET /_emulator/changes`), so a benchmark can measure from a state
 //! change to what a client did about it.
 //!
+//! Compute Engine's metadata server, with `flavor: gcp` (`--flavor gcp`), as Google
+//! documents it: every request needs `Metadata-Flavor: Google` (403 without it, or with
+//! `X-Forwarded-For`), every answer carries it (unless `omit_flavor_header`, a server that
+//! is not Google's); below `/computeMetadata/v1/`: `instance/attributes/NAME` (the
+//! user-data at `gcp.user_data_attribute`, `bootstage` by default, on the same schedule
+//! as EC2's, and `gcp.attributes`; `instance/attributes/` lists them), `instance/id`,
+//! `instance/zone` (`projects/NUMBER/zones/ZONE`), `instance/machine-type`
+//! (`projects/NUMBER/machineTypes/TYPE`), `instance/hostname`,
+//! `instance/network-interfaces/0/ip` and `…/mac`, `project/project-id`,
+//! `project/numeric-project-id`; 404 for anything else. EC2's paths answer 404 there.
+//! `hang_first` and `unavailable_first` apply to both flavors.
+//!
 //! Control from another process: `PUT /_emulator/user-data` (body), `DELETE` it,
 //! `POST /_emulator/expire-tokens`, `GET /_emulator/requests` (JSON) and `DELETE` them,
 //! `PUT /_emulator/meta-data/PATH` (body: the new value) and `DELETE` it (404 again, `[]`
@@ -60,6 +72,52 @@ pub enum TokenMode {
     MethodNotAllowed,
     /// Never answers: the hop-limit trap inside a container.
     Hang,
+}
+
+/// Which cloud's metadata service the emulator is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Flavor {
+    /// EC2's IMDS.
+    #[default]
+    Aws,
+    /// Compute Engine's metadata server.
+    Gcp,
+}
+
+/// The Compute Engine instance the emulator describes with `flavor: gcp`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcpInstance {
+    pub id: String,
+    pub zone: String,
+    pub machine_type: String,
+    pub project_id: String,
+    pub numeric_project_id: String,
+    pub hostname: String,
+    pub ip: String,
+    pub mac: String,
+    /// The attribute the user-data is served as: `bootstage` or `user-data`.
+    pub user_data_attribute: String,
+    /// Other instance attributes, served as they are.
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl Default for GcpInstance {
+    fn default() -> Self {
+        GcpInstance {
+            id: "4520031799277581759".into(),
+            zone: "europe-west4-b".into(),
+            machine_type: "e2-medium".into(),
+            project_id: "bootstage-test".into(),
+            numeric_project_id: "123456789012".into(),
+            hostname: "web-1.europe-west4-b.c.bootstage-test.internal".into(),
+            ip: "10.164.0.2".into(),
+            mac: "42:01:0a:a4:00:02".into(),
+            user_data_attribute: "bootstage".into(),
+            attributes: BTreeMap::new(),
+        }
+    }
 }
 
 /// The instance the emulator describes.
@@ -146,6 +204,12 @@ pub struct Config {
     /// since the start. Read at the start: changing it later (`update`) does nothing.
     pub timeline: Vec<Change>,
     pub instance: Instance,
+    pub flavor: Flavor,
+    /// With `flavor: gcp`: the instance.
+    pub gcp: GcpInstance,
+    /// With `flavor: gcp`: answer without `Metadata-Flavor: Google`, as a server that is
+    /// not Google's would.
+    pub omit_flavor_header: bool,
 }
 
 /// The meta-data paths (below `/latest/meta-data/`) a timeline, `set_meta_data` and
@@ -225,6 +289,8 @@ pub struct Record {
     /// `None` when the emulator never answered.
     pub status: Option<u16>,
     pub had_token: bool,
+    /// The request carried `Metadata-Flavor: Google`.
+    pub had_flavor: bool,
     /// Time since the emulator started.
     #[serde(serialize_with = "as_secs_f64")]
     pub at: Duration,
@@ -469,6 +535,9 @@ async fn handle(
         path,
         status,
         had_token: headers.contains_key(TOKEN),
+        had_flavor: headers
+            .get(FLAVOR_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"Google"),
         at: shared.started.elapsed(),
     });
     match reply {
@@ -486,6 +555,8 @@ async fn handle(
 }
 
 const TOKEN: &str = "x-aws-ec2-metadata-token";
+const FLAVOR_HEADER: &str = "metadata-flavor";
+const GCP_PREFIX: &str = "/computeMetadata/v1/";
 const TOKEN_TTL: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 
 impl Shared {
@@ -580,6 +651,18 @@ impl Shared {
                 .unwrap_or_default();
             return Reply::Answer(StatusCode::SERVICE_UNAVAILABLE, extra, Vec::new());
         }
+        if config.flavor == Flavor::Gcp {
+            return match self.gcp(&config, method, path, headers) {
+                Reply::Answer(status, mut extra, body) => {
+                    if !config.omit_flavor_header {
+                        extra.push((FLAVOR_HEADER, "Google".into()));
+                    }
+                    extra.push(("content-type", "application/text".into()));
+                    Reply::Answer(status, extra, body)
+                }
+                Reply::Hang => Reply::Hang,
+            };
+        }
         if path == "/latest/api/token" {
             return match *method {
                 Method::PUT
@@ -612,6 +695,68 @@ impl Shared {
             None => {}
         }
         self.get(&config, path)
+    }
+
+    /// Compute Engine's metadata server (flavor `gcp`).
+    fn gcp(&self, config: &Config, method: &Method, path: &str, headers: &HeaderMap) -> Reply {
+        let flavored = headers
+            .get(FLAVOR_HEADER)
+            .is_some_and(|v| v.as_bytes() == b"Google");
+        if !flavored || headers.contains_key("x-forwarded-for") {
+            return answer(
+                StatusCode::FORBIDDEN,
+                "Your client does not have permission to get URL from this server. Missing Metadata-Flavor:Google header.\n",
+            );
+        }
+        if *method != Method::GET {
+            return answer(StatusCode::METHOD_NOT_ALLOWED, "");
+        }
+        let g = &config.gcp;
+        let text = |s: &str| answer(StatusCode::OK, s);
+        let Some(item) = path.strip_prefix(GCP_PREFIX) else {
+            return answer(StatusCode::NOT_FOUND, "");
+        };
+        let user_data = {
+            let at = *lock(&self.user_data_at);
+            match (&config.user_data, at) {
+                (Some(data), Some(at)) if self.started.elapsed() >= at => Some(data.clone()),
+                _ => None,
+            }
+        };
+        if let Some(name) = item.strip_prefix("instance/attributes/") {
+            let mut attributes: BTreeMap<&str, Vec<u8>> = g
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone().into_bytes()))
+                .collect();
+            if let Some(data) = user_data {
+                attributes.insert(g.user_data_attribute.as_str(), data);
+            }
+            return match name {
+                "" => text(&attributes.keys().copied().collect::<Vec<_>>().join("\n")),
+                name => match attributes.remove(name) {
+                    Some(value) => answer(StatusCode::OK, value),
+                    None => answer(StatusCode::NOT_FOUND, ""),
+                },
+            };
+        }
+        match item {
+            "instance/id" => text(&g.id),
+            "instance/zone" => text(&format!(
+                "projects/{}/zones/{}",
+                g.numeric_project_id, g.zone
+            )),
+            "instance/machine-type" => text(&format!(
+                "projects/{}/machineTypes/{}",
+                g.numeric_project_id, g.machine_type
+            )),
+            "instance/hostname" => text(&g.hostname),
+            "instance/network-interfaces/0/ip" => text(&g.ip),
+            "instance/network-interfaces/0/mac" => text(&g.mac),
+            "project/project-id" => text(&g.project_id),
+            "project/numeric-project-id" => text(&g.numeric_project_id),
+            _ => answer(StatusCode::NOT_FOUND, ""),
+        }
     }
 
     fn token(&self, config: &Config, headers: &HeaderMap) -> Reply {

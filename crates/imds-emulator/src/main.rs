@@ -4,6 +4,10 @@
 //!
 //! Usage: imds-emulator [--listen 127.0.0.1:PORT] [--config SCENARIO.json]
 //!                      [--user-data-file PATH] [--user-data-after DURATION]
+//!                      [--flavor aws|gcp]
+//!
+//! `--flavor gcp` serves Compute Engine's metadata server instead of EC2's IMDS (the
+//! user-data as the instance attribute `bootstage`; see the library's documentation).
 //!
 //! The scenario is `imds_emulator::Config` as JSON, its `timeline` included (e.g.
 //! `{"timeline": [{"after": "2s", "path": "spot/instance-action", "value": "…"}]}`); a
@@ -46,9 +50,16 @@ async fn run() -> Result<(), String> {
                         .map_err(|e| format!("--user-data-after: {e}"))?,
                 )
             }
+            "--flavor" => {
+                config.flavor = match value()?.as_str() {
+                    "aws" => imds_emulator::Flavor::Aws,
+                    "gcp" => imds_emulator::Flavor::Gcp,
+                    other => return Err(format!("--flavor {other:?}: expected aws or gcp")),
+                }
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: imds-emulator [--listen 127.0.0.1:PORT] [--config FILE] [--user-data-file PATH] [--user-data-after DURATION]"
+                    "usage: imds-emulator [--listen 127.0.0.1:PORT] [--config FILE] [--user-data-file PATH] [--user-data-after DURATION] [--flavor aws|gcp]"
                 );
                 return Ok(());
             }

@@ -43,6 +43,9 @@ const SCRUBBED: &[&str] = &[
     "AWS_EC2_METADATA_SERVICE_ENDPOINT",
     "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
     "AWS_EC2_METADATA_DISABLED",
+    "GCE_METADATA_HOST",
+    "BOOTSTAGE_PROVIDER",
+    "BOOTSTAGE_DMI_DIR",
     "BOOTSTAGE_STATE_DIR",
     "BOOTSTAGE_USER_DATA_FILE",
     "BOOTSTAGE_IMDS_V2_ONLY",
@@ -147,6 +150,11 @@ impl Sandbox {
         // Anything that reaches for IMDS without being pointed at an emulator lands on a
         // closed loopback port, never on the real address.
         cmd.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
+            // Likewise for GCP's metadata server; and the provider is never chosen by this
+            // machine's DMI (on a GCE runner it would say Google): the sandbox's `dmi`
+            // folder, absent unless a test writes it, is read instead.
+            .env("GCE_METADATA_HOST", "127.0.0.1:9")
+            .env("BOOTSTAGE_DMI_DIR", self.path("dmi"))
             .env("BOOTSTAGE_LOG", "debug")
             // Hooks, their markers and the notice fallback live in the sandbox, never in
             // this machine's /etc/bootstage or /var/lib/bootstage.
