@@ -342,9 +342,7 @@ fn destination(to: &Path, dry_run: bool, plan: &mut Plan) -> Result<()> {
         return Ok(());
     };
     let parent = std::sync::Arc::new(parent);
-    let mut home_name = OsString::from(".");
-    home_name.push(name);
-    home_name.push(".bootstage");
+    let home_name = crate::sync::tree::home_name(name);
     let home_path = parent_path.join(&home_name);
     let home = match fsat::open_dir(&*parent, &home_name) {
         Ok(home) => Some(home),

@@ -19,7 +19,6 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -38,7 +37,7 @@ use crate::stage::error::Error;
 use crate::stage::query;
 use crate::state::StateDir;
 use crate::sync::fsat;
-use crate::sync::tree::Record as Generations;
+use crate::sync::tree::{self, Record as Generations};
 
 /// The image's report settings, used when the parameters have none (the notices take
 /// theirs from `--report-config`; the watcher uses this).
@@ -222,16 +221,15 @@ fn releases(state: &StateDir) -> Vec<(String, String)> {
 }
 
 /// The version of `dest`'s current generation, read as the tree keeps it (`dest` a link to
-/// `.NAME.bootstage/gen-…`, whose `generations.json` records each generation's version),
+/// `gen-…` in its home, `sync::tree::home_name`, whose record, `sync::tree::GENERATIONS`,
+/// holds each generation's version),
 /// relative to descriptors, following no symlink bootstage did not make; nothing is
 /// locked or changed. `None` when anything is not as bootstage leaves it.
 fn current_version(dest: &Path) -> Option<String> {
     let dest = std::path::absolute(dest).ok()?;
     let name = dest.file_name()?;
     let parent = fsat::open_dir_path(dest.parent()?, false).ok()?;
-    let mut home_name = std::ffi::OsString::from(".");
-    home_name.push(name);
-    home_name.push(".bootstage");
+    let home_name = tree::home_name(name);
     let home = fsat::open_dir(&parent, &home_name).ok()?;
     let st = nix::sys::stat::fstat(&home).ok()?;
     if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_mode & 0o022 != 0 {
@@ -243,7 +241,7 @@ fn current_version(dest: &Path) -> Option<String> {
         return None;
     }
     let generation = target.file_name()?.to_str()?;
-    let (file, _) = fsat::open_file(&home, OsStr::from_bytes(b"generations.json")).ok()?;
+    let (file, _) = fsat::open_file(&home, OsStr::new(tree::GENERATIONS)).ok()?;
     let mut text = Vec::new();
     file.take(MAX_GENERATIONS).read_to_end(&mut text).ok()?;
     let record: Generations = serde_json::from_slice(&text).ok()?;

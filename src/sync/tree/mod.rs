@@ -91,6 +91,18 @@ pub use generations::{
 };
 use generations::{FAILED_KEPT, RECORD, now};
 
+/// The name of a destination's home, its hidden sibling: `.NAME.bootstage` for `NAME`.
+pub(crate) fn home_name(name: &OsStr) -> OsString {
+    let mut home = OsString::from(".");
+    home.push(name);
+    home.push(".bootstage");
+    home
+}
+
+/// The home's record of its kept generations (each one's name and version), which a
+/// reader outside a sync (the status tags) may read without the lock.
+pub(crate) const GENERATIONS: &str = RECORD;
+
 /// What a generation holds, for change detection on the next run.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Manifest {
@@ -270,9 +282,7 @@ impl Destination {
             fsat::WalkError::Symlink { at, why } => TreeError::Symlink { path: at, why },
             fsat::WalkError::Io { at, source } => TreeError::Io { path: at, source },
         })?;
-        let mut home_name = OsString::from(".");
-        home_name.push(&name);
-        home_name.push(".bootstage");
+        let home_name = home_name(&name);
         let home_path = parent_path.join(&home_name);
         let (home, fresh) = match fsat::open_dir(&parent, &home_name) {
             Ok(home) => (home, false),
