@@ -91,8 +91,9 @@ pub fn document(state: &StateDir) -> Result<Value> {
 
 /// A `bootstage.NAME` setting (`notify`, `lifecycle`): the parameters' if they have it,
 /// else the image's file `fallback` (so a boot whose metadata stage failed still has it),
-/// else `None`; with where it came from, for messages. `not_json` makes the error for a
-/// file that is not JSON, in the caller's own terms.
+/// else `None`; with where it came from, for messages. A `null` in the parameters is no
+/// setting, as `settings::Bootstage` reads it: the image's file applies. `not_json` makes
+/// the error for a file that is not JSON, in the caller's own terms.
 pub fn setting(
     state: &StateDir,
     name: &str,
@@ -101,7 +102,8 @@ pub fn setting(
 ) -> Result<Option<(Value, String)>> {
     let from_params = document(state)
         .ok()
-        .and_then(|doc| lookup(&doc, &format!("params.bootstage.{name}")).cloned());
+        .and_then(|doc| lookup(&doc, &format!("params.bootstage.{name}")).cloned())
+        .filter(|value| !value.is_null());
     if let Some(value) = from_params {
         return Ok(Some((value, format!("bootstage.{name}"))));
     }

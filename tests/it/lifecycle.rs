@@ -1081,3 +1081,31 @@ async fn resource_contention_is_retried_until_the_call_goes_through() {
     );
     assert_eq!(rig.record()["asg"]["delivered"], true);
 }
+
+/// `"lifecycle": null` in user-data is no setting, as the metadata stage reads it: the
+/// notice and the watcher use the image's file (they refused the null with 65).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_null_lifecycle_in_user_data_is_absent_and_the_images_file_applies() {
+    let rig = Rig::new(Value::Null, Default::default(), orchestrator(&[INSTANCE])).await;
+    let params: Value = serde_json::from_str(&rig.sb.read("params.json").unwrap()).unwrap();
+    assert_eq!(
+        params["bootstage"].get("lifecycle"),
+        Some(&Value::Null),
+        "the parameters hold the null"
+    );
+    std::fs::write(rig.sb.path("lifecycle-image.json"), both().to_string()).unwrap();
+    let out = rig
+        .run(&["notify", "failure", "--unit", "bootstage-s3-sync.service"])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        signals(&rig.orch.calls()),
+        [
+            "CompleteLifecycleAction ABANDON web/launch i-0123456789abcdef0 -> 200",
+            "SignalResource FAILURE web-stack/Group i-0123456789abcdef0 -> 200",
+        ]
+    );
+    let watched = exits(rig.watch(), Duration::from_secs(30)).await;
+    let stderr = String::from_utf8_lossy(&watched.stderr);
+    assert!(watched.status.success(), "{:?}: {stderr}", watched.status);
+}
