@@ -42,13 +42,21 @@ pub fn prefix(logs: &Logs, instance_id: Option<&str>, boot_id: Option<&str>) -> 
         .replace("{boot_id}", &plain(boot_id))
 }
 
-/// The journal's reader: this boot, `--unit=` for `bootstage-*` and each of `units` (the
-/// failed unit, the settings' `units`) not already in it, the last `lines` lines, no
-/// pager.
-pub fn journal_command(journalctl: &Path, units: &[String], lines: u32) -> Vec<String> {
+/// The journal's reader: this boot (`boot`, the journal's own ID of it, else `-b`'s idea
+/// of it), `--unit=` for `bootstage-*` and each of `units` (the failed unit, the
+/// settings' `units`) not already in it, the last `lines` lines, no pager.
+pub fn journal_command(
+    journalctl: &Path,
+    boot: Option<&str>,
+    units: &[String],
+    lines: u32,
+) -> Vec<String> {
     let mut args = vec![
         journalctl.display().to_string(),
-        "-b".into(),
+        match boot {
+            Some(id) => format!("--boot={id}"),
+            None => "-b".into(),
+        },
         "-o".into(),
         "short-monotonic".into(),
         "--no-pager".into(),
@@ -64,6 +72,44 @@ pub fn journal_command(journalctl: &Path, units: &[String], lines: u32) -> Vec<S
         }
     }
     args
+}
+
+/// The boot the journal's newest entry belongs to (its `_BOOT_ID`, 32 hex digits, the
+/// form `--boot=` takes), asked of `journalctl` within `limit`; `None` when it says
+/// nothing usable. Not the kernel's `boot_id` that `-b` alone goes by: a unit with
+/// `ProtectKernelTunables=` in a container (systemd-nspawn) reads the host's there, which
+/// journald never stamped, and `-b` then finds no entry. The newest entry is this boot's:
+/// systemd logged the failure unit's start.
+pub async fn journal_boot(journalctl: &Path, limit: Duration) -> Option<String> {
+    let mut command = tokio::process::Command::new(journalctl);
+    command.args([
+        "--lines=1",
+        "--output=json",
+        "--output-fields=_BOOT_ID",
+        "--no-pager",
+    ]);
+    let captured = capture::tail(command, 64 * 1024, limit).await.ok()?;
+    let last = String::from_utf8_lossy(&captured.bytes);
+    let entry: serde_json::Value = serde_json::from_str(last.lines().last()?).ok()?;
+    let id = entry.get("_BOOT_ID")?.as_str()?;
+    boot_id(id).map(|_| id.to_ascii_lowercase())
+}
+
+/// A journal's `_BOOT_ID` (32 hex digits) as the kernel writes a boot ID; `None` for
+/// anything else.
+pub fn boot_id(id: &str) -> Option<String> {
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let id = id.to_ascii_lowercase();
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &id[..8],
+        &id[8..12],
+        &id[12..16],
+        &id[16..20],
+        &id[20..]
+    ))
 }
 
 /// The excerpt: the journal's last lines, at most `max` bytes of them, within `limit`.
@@ -167,6 +213,7 @@ mod tests {
         assert_eq!(
             journal_command(
                 Path::new("/usr/bin/journalctl"),
+                None,
                 &[
                     "myapp.service".into(),
                     "bootstage-s3-sync.service".into(),
@@ -188,5 +235,39 @@ mod tests {
                 "--unit=web@*.service",
             ]
         );
+        assert_eq!(
+            journal_command(
+                Path::new("journalctl"),
+                Some("8fc307e1737f4f70853e145bfa54ecd9"),
+                &[],
+                5
+            ),
+            [
+                "journalctl",
+                "--boot=8fc307e1737f4f70853e145bfa54ecd9",
+                "-o",
+                "short-monotonic",
+                "--no-pager",
+                "--lines",
+                "5",
+                "--unit=bootstage-*",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_journal_boot_id_reads_as_the_kernels() {
+        assert_eq!(
+            boot_id("8FC307E1737F4F70853E145BFA54ECD9").as_deref(),
+            Some("8fc307e1-737f-4f70-853e-145bfa54ecd9")
+        );
+        for bad in [
+            "",
+            "8fc307e1-737f-4f70-853e-145bfa54ecd9",
+            "8fc307e1737f4f70853e145bfa54ecdz",
+            "8fc307e1737f4f70853e145bfa54ecd",
+        ] {
+            assert_eq!(boot_id(bad), None, "{bad}");
+        }
     }
 }

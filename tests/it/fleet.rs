@@ -135,7 +135,7 @@ fn values(xml: &str, name: &str) -> Vec<String> {
 }
 
 /// A moto instance in `zone`, tagged `tags` at launch: its id and launch time.
-async fn run_instance(zone: &str, tags: &[(&str, &str)]) -> (String, String) {
+pub(crate) async fn run_instance(zone: &str, tags: &[(&str, &str)]) -> (String, String) {
     let mut params = pairs(&[
         ("Action", "RunInstances"),
         ("ImageId", "ami-12c6146b"),
@@ -164,7 +164,7 @@ async fn run_instance(zone: &str, tags: &[(&str, &str)]) -> (String, String) {
 }
 
 /// The instance's tags, as moto keeps them.
-async fn tags_of(instance: &str) -> BTreeMap<String, String> {
+pub(crate) async fn tags_of(instance: &str) -> BTreeMap<String, String> {
     let xml = ec2(&pairs(&[
         ("Action", "DescribeTags"),
         ("Filter.1.Name", "resource-id"),

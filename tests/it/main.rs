@@ -13,6 +13,7 @@ mod common;
 mod boot;
 mod boot_drain;
 mod boot_image;
+mod boot_report;
 mod boot_warm;
 mod bundles;
 mod checksums;

@@ -129,10 +129,17 @@ async fn gather_and_upload(
 ) -> Result<(String, String, usize), String> {
     let mut units: Vec<String> = args.unit.iter().cloned().collect();
     units.extend(logs.units.iter().cloned());
-    let argv = forensics::journal_command(&args.journalctl, &units, logs.lines);
+    // Half the budget at most for the journal (a tenth to find its boot): the upload
+    // needs the rest.
+    let journal_boot = forensics::journal_boot(&args.journalctl, deadline.remaining() / 10).await;
+    let argv = forensics::journal_command(
+        &args.journalctl,
+        journal_boot.as_deref(),
+        &units,
+        logs.lines,
+    );
     let mut objects = Vec::new();
-    // Half the budget at most for the journal: the upload needs the rest.
-    match forensics::journal(&argv, logs.bytes, deadline.remaining() / 2).await {
+    match forensics::journal(&argv, logs.bytes, deadline.remaining() * 2 / 5).await {
         Ok(journal) => objects.push(journal),
         Err(e) => tracing::warn!("the journal's excerpt: {e}"),
     }
@@ -153,9 +160,15 @@ async fn gather_and_upload(
     // instance.json, else IMDS: a boot whose metadata stage failed has none.
     let facts = lifecycle::whoami(state).await.ok();
     let instance_id = facts.as_ref().and_then(|f| f.instance_id.as_deref());
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().to_string());
+    // The excerpt's boot names the prefix; the kernel's when the journal named none.
+    let boot_id = journal_boot
+        .as_deref()
+        .and_then(forensics::boot_id)
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|s| s.trim().to_string())
+        });
     let prefix = forensics::prefix(logs, instance_id, boot_id.as_deref());
     let region = facts.and_then(|f| f.region);
     let aws = Aws::load(region, &["S3"], ATTEMPT_TIMEOUT.min(deadline.remaining()))
