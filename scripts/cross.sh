@@ -14,3 +14,16 @@ set_target() {
     *) echo "unknown target $1 (x86_64 or aarch64)" >&2; exit 64 ;;
   esac
 }
+
+# The aarch64 binary the package test runs under qemu-user (tests/it/packages.rs), which
+# scripts/test.sh starts building first, beside everything else: a dev build like the
+# tests', in its own target directory, so that it never waits on (or holds up) the lock
+# of target/debug, and without debug info for bootstage itself (nobody debugs it under
+# qemu; the dependencies have none in dev builds already). At the lowest priority: it
+# fills the cores the foreground leaves idle.
+cross_test_build() {
+  set_target aarch64
+  CARGO_TARGET_DIR=target/cross CARGO_PROFILE_DEV_DEBUG=0 nice -n 19 \
+    cargo build --quiet --package bootstage $cargo_target
+}
+cross_test_binary=target/cross/aarch64-unknown-linux-gnu/debug/bootstage

@@ -5,30 +5,45 @@ cd "$(dirname "$0")/.."
 
 scripts/install-test-deps.sh
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets -- -D warnings
 
 log=$(mktemp)
 release_log=$(mktemp)
-trap 'rm -f "$log" "$release_log"' EXIT
+cross_log=$(mktemp)
+background=()
+# Each background build in its own process group (setsid), so that leaving early (a
+# clippy finding) stops its compilers too.
+stop_background() {
+  for pid in "${background[@]}"; do kill -- "-$pid" 2>/dev/null || true; done
+  rm -f "$log" "$release_log" "$cross_log"
+}
+trap stop_background EXIT
+# Two builds the later steps need, started first, each in its own lock (cargo locks
+# target/debug, target/release-semantics and target/cross apart) and at the lowest
+# priority: on 2 cores, clippy's, the test build's and most tests' single-threaded stretches
+# leave a core idle, and these take it. The binary with the release profile's behaviour,
+# for the second pass below; the aarch64 binary the package test runs under qemu-user.
+setsid nice -n 19 cargo build --profile release-semantics --package bootstage >"$release_log" 2>&1 &
+release=$!
+background+=("$release")
+setsid sh -c '. scripts/cross.sh && cross_test_build' >"$cross_log" 2>&1 &
+background+=("$!")
+
+cargo clippy --workspace --all-targets -- -D warnings
 status=0
 # bench-s3 serves the benchmark only; clippy above still checks it.
 cargo test --workspace --exclude bench-s3 --no-run
-# The release build runs beside the tests (cargo locks target/debug and target/release
-# apart): most tests wait on servers, boots and timers, and leave a core idle. At the
-# lowest priority, so that the tests (some of which time what they wait for) come first.
-nice -n 19 cargo build --release --package bootstage >"$release_log" 2>&1 &
-release=$!
 # --no-fail-fast: a failing test binary must not hide the ones after it, or the closing
 # line counts a part. Four at a time: most of them wait, not compute.
 cargo test --workspace --exclude bench-s3 --no-fail-fast -- --test-threads=4 2>&1 | tee "$log" || status=$?
 if ! wait "$release"; then
   cat "$release_log"
-  echo "the release build failed" >&2
+  echo "the release-semantics build failed" >&2
   exit 1
 fi
-# The release profile (panic = "abort", LTO) runs the stages that take untrusted input
-# again: the same test binary, pointed at the release build of bootstage.
-BOOTSTAGE_TEST_BIN="$PWD/target/release/bootstage" \
+# The release profile's behaviour (panic = "abort", no overflow checks: Cargo.toml's
+# release-semantics profile) for the stages that take untrusted input: the same test
+# binary, pointed at that build of bootstage.
+BOOTSTAGE_TEST_BIN="$PWD/target/release-semantics/bootstage" \
   cargo test --test it --no-fail-fast -- --test-threads=4 metadata_imds:: secrets:: s3_sync:: bundles:: \
   sync_hostile:: decode:: 2>&1 | tee -a "$log" || status=$?
 # One closing line for the whole run, summed over every test binary.

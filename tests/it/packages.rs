@@ -153,13 +153,17 @@ async fn the_aarch64_binary_writes_what_the_x86_64_one_does() {
     let build = Command::new("sh")
         .args([
             "-c",
-            ". scripts/cross.sh && set_target aarch64 && nice -n 19 cargo build --quiet -p bootstage $cargo_target",
+            ". scripts/cross.sh && cross_test_build && echo \"$cross_test_binary\"",
         ])
-        .status()
+        .output()
         .unwrap();
-    assert!(build.success(), "cross build");
+    assert!(
+        build.status.success(),
+        "cross build: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
     let arm = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target/aarch64-unknown-linux-gnu/debug/bootstage");
+        .join(String::from_utf8(build.stdout).unwrap().trim_end());
     let file = run(Command::new("file").arg("-b").arg(&arm));
     assert!(file.contains("ARM aarch64"), "{file}");
 

@@ -16,8 +16,9 @@ use base64::Engine;
 pub const BIN: &str = env!("CARGO_BIN_EXE_bootstage");
 
 /// The binary the sandboxes run: `BIN` (this build's), or `BOOTSTAGE_TEST_BIN` when set
-/// (scripts/test.sh runs the metadata, secrets and sync tests again against the release
-/// build: `panic = "abort"`, LTO). A `BOOTSTAGE_TEST_BIN` that is not there fails.
+/// (scripts/test.sh runs the metadata, secrets and sync tests again against a build with
+/// the release profile's behaviour: `panic = "abort"`, no overflow checks). A
+/// `BOOTSTAGE_TEST_BIN` that is not there fails.
 pub fn bin() -> &'static Path {
     static BIN_PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BIN_PATH.get_or_init(|| match std::env::var_os("BOOTSTAGE_TEST_BIN") {
