@@ -10,12 +10,13 @@ Everything (server root, archives, destinations) is on tmpfs (benchlib.scratch s
 Per bundle and tool, the median of --runs runs of:
 - wall from start until the tree is unpacked; client CPU (user+sys) and peak RSS, from
   GNU time (for a pipeline, the largest process's);
-- GETs the server logged (ranged ones apart) for the last run.
+- GETs the server logged (ranged ones apart), and HEADs, for the last run.
 Tools:
 - the floor: bench-floor (crates/bench-s3) GETs the same 8 MiB ranges 8 at once and
   discards the bytes, so the table shows what is the server's and what is ours;
-- bootstage s3-sync of the bundle in parts (the defaults: above 16 MiB, 8 MiB parts, 8 at
-  once), and with `parts_in_flight: 1` (one stream, as before ranged GETs);
+- bootstage s3-sync of the bundle in parts (the defaults: 8 MiB parts, up to 8 at once as
+  the link needs, the first GET asking for the first part, one HEAD for the full-object
+  checksum), and with `parts_in_flight: 1` (one stream, as before ranged GETs);
 - `aws s3 cp` then `tar --zstd -x`, at aws-cli's defaults (8 MiB parts, 10 at once) and
   with max_concurrent_requests 8 (matched to bootstage's);
 - `s5cmd cp` then `tar --zstd -x`, at its defaults (50 MiB parts, 5 at once) and with
@@ -243,12 +244,13 @@ def main():
                         logged = server.requests()[before:]
                         gets = [l for l in logged if l.startswith("GET /bench/bundle/")]
                         ranged = [l for l in gets if " 206 " in l]
+                        heads = [l for l in logged if l.startswith("HEAD /bench/bundle/")]
                         files = sum(len(f) for _, _, f in os.walk(dest))
                         if tool != FLOOR and files < 1000:
                             raise SystemExit(f"{tool}: only {files} files unpacked")
                     wall, cpu, rss = (statistics.median(s[i] for s in samples) for i in range(3))
-                    row = (f"{size / 1e6:.0f} MB", tool, wall, size / wall / 1e6, cpu, rss, len(gets), len(ranged))
-                    print("  %-10s %-44s wall %6.2f s  %6.0f MB/s  cpu %6.2f s  rss %6.0f MiB  GETs %d (%d ranged)" % row,
+                    row = (f"{size / 1e6:.0f} MB", tool, wall, size / wall / 1e6, cpu, rss, len(gets), len(ranged), len(heads))
+                    print("  %-10s %-44s wall %6.2f s  %6.0f MB/s  cpu %6.2f s  rss %6.0f MiB  GETs %d (%d ranged), HEADs %d" % row,
                           flush=True)
                     rows.append(row)
                 shutil.rmtree(work / "out", ignore_errors=True)
@@ -257,10 +259,10 @@ def main():
     table = [f"bench-s3 on 127.0.0.1 at --conn-rate {a.conn_rate:g} MB/s per connection; tmpfs; median of "
              f"{a.runs} runs; {os.cpu_count()} cores shared by client and server. "
              "`scripts/bench-bundle.py` (this table: `--sizes " + a.sizes + "`).", "",
-             "| bundle | tool | wall (s) | MB/s | client CPU (s) | peak RSS (MiB) | GETs (ranged) |",
+             "| bundle | tool | wall (s) | MB/s | client CPU (s) | peak RSS (MiB) | GETs (ranged), HEADs |",
              "|---|---|---:|---:|---:|---:|---:|"]
-    for size, tool, wall, rate, cpu, rss, gets, ranged in rows:
-        table.append(f"| {size} | {tool} | {wall:.2f} | {rate:.0f} | {cpu:.2f} | {rss:.0f} | {gets} ({ranged}) |")
+    for size, tool, wall, rate, cpu, rss, gets, ranged, heads in rows:
+        table.append(f"| {size} | {tool} | {wall:.2f} | {rate:.0f} | {cpu:.2f} | {rss:.0f} | {gets} ({ranged}), {heads} |")
     print("\n".join(table))
     if not a.no_write:
         benchlib.write_section("bundle", "A large bundle: parallel ranged GETs", "\n".join(table))
