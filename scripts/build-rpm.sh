@@ -46,16 +46,24 @@ esac
 scripts/build-assets.sh
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
 mkdir -p "$output" "$work/stage"
 output=$(cd "$output" && pwd)
 # The spec and the staged tree, from Cargo.toml: the binary from the profile and target
 # asked for (the asset list names target/release/bootstage, as cargo-deb wants).
 cargo metadata --no-deps --format-version 1 | python3 -c '
 import glob, json, os, shutil, sys
-stage, binary_dir = sys.argv[1], sys.argv[2]
+stage, binary_dir, spec = sys.argv[1], sys.argv[2], sys.argv[3]
 meta = json.load(sys.stdin)
 pkg = next(p for p in meta["packages"] if p["name"] == "bootstage")
-files = []
+# rpm expands macros everywhere in a spec, in scriptlets and their comments too: on a host
+# with systemd-rpm-macros, a "%systemd_post" in a comment would become shell. Every
+# text taken from elsewhere is written with its % doubled.
+def literal(text):
+    return text.replace("%", "%%")
+# RPM distributions read zsh completions from site-functions; Debian from vendor-completions.
+RPM_PATHS = {"/usr/share/zsh/vendor-completions/": "/usr/share/zsh/site-functions/"}
+files, dirs = [], set()
 for source, dest, mode in pkg["metadata"]["deb"]["assets"]:
     if source.startswith("target/release/"):
         source = binary_dir + source[len("target/release/"):]
@@ -64,6 +72,9 @@ for source, dest, mode in pkg["metadata"]["deb"]["assets"]:
         sys.exit("build-rpm.sh: no file for the asset " + source)
     for path in sources:
         target = "/" + (dest + os.path.basename(path) if dest.endswith("/") else dest)
+        for deb, rpm in RPM_PATHS.items():
+            if target.startswith(deb):
+                target = rpm + target[len(deb):]
         os.makedirs(os.path.dirname(stage + target), exist_ok=True)
         shutil.copy2(path, stage + target)
         mark = ""
@@ -71,16 +82,23 @@ for source, dest, mode in pkg["metadata"]["deb"]["assets"]:
             mark = "%config(noreplace) "
         elif target.startswith("/usr/share/doc/"):
             mark = "%doc "
-        files.append("%%attr(%s,root,root) %s%s" % (mode, mark, target))
+        files.append("%%attr(%s,root,root) %s%s" % (mode, mark, literal(target)))
+        # The directories that are bootstage'"'"'s alone, so that an erase removes them.
+        parent = os.path.dirname(target)
+        while "bootstage" in parent:
+            dirs.add(parent)
+            parent = os.path.dirname(parent)
+files += ["%%dir %%attr(0755,root,root) %s" % literal(d) for d in sorted(dirs)]
 def script(name):
     with open("packaging/rpm/" + name) as f:
-        return f.read().rstrip("\n")
-description = pkg["description"]
-print(f"""Name: bootstage
+        return literal(f.read().rstrip("\n"))
+description = literal(pkg["description"])
+with open(spec, "w") as out:
+    out.write(f"""Name: bootstage
 Version: {pkg["version"]}
 Release: 1
 Summary: {description}
-License: {pkg["license"]}
+License: {literal(pkg["license"])}
 AutoReq: no
 Requires: systemd
 Requires: glibc
@@ -96,10 +114,10 @@ cp -a %{{_stage}}/. %{{buildroot}}/
 %postun
 {script("postun")}
 %files
-""" + "\n".join(files))
-' "$work/stage" "target/$triple$profile/" > "$work/bootstage.spec"
-# Nothing to build: no debuginfo package, no strip or compression of what is staged (the
-# release profile strips already: the .deb and the .rpm carry the same bytes).
+""" + "\n".join(files) + "\n")
+print(pkg["version"])
+' "$work/stage" "target/$triple$profile/" "$work/bootstage.spec" > "$work/version"
+version=$(cat "$work/version")
 rpmbuild -bb --quiet \
   --target "$arch" \
   --define "_topdir $work/top" \
@@ -112,4 +130,4 @@ rpmbuild -bb --quiet \
   --define "__arch_install_post %{nil}" \
   --define "_build_id_links none" \
   "$work/bootstage.spec"
-echo "$output/bootstage-$(cargo metadata --no-deps --format-version 1 | python3 -c 'import json,sys; print(next(p["version"] for p in json.load(sys.stdin)["packages"] if p["name"] == "bootstage"))')-1.$arch.rpm"
+echo "$output/bootstage-$version-1.$arch.rpm"

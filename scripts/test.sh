@@ -26,7 +26,8 @@ setsid nice -n 19 cargo build --profile release-semantics --package bootstage >"
 release=$!
 background+=("$release")
 setsid sh -c '. scripts/cross.sh && cross_test_build' >"$cross_log" 2>&1 &
-background+=("$!")
+cross=$!
+background+=("$cross")
 
 cargo clippy --workspace --all-targets -- -D warnings
 status=0
@@ -35,7 +36,11 @@ cargo test --workspace --exclude bench-s3 --no-run
 # --no-fail-fast: a failing test binary must not hide the ones after it, or the closing
 # line counts a part. Four at a time: most of them wait, not compute.
 cargo test --workspace --exclude bench-s3 --no-fail-fast -- --test-threads=4 2>&1 | tee "$log" || status=$?
-if ! wait "$release"; then
+release_status=0
+wait "$release" || release_status=$?
+# Waited for: its process group id may be anyone's now.
+background=("$cross")
+if [ "$release_status" -ne 0 ]; then
   cat "$release_log"
   echo "the release-semantics build failed" >&2
   exit 1

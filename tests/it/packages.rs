@@ -46,7 +46,21 @@ fn the_rpm_has_the_debs_files_modes_scriptlets_and_installs_into_an_empty_root()
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().to_str().unwrap();
     run(Command::new("scripts/build-deb.sh").args(["--debug-build", "--output", dir]));
-    run(Command::new("scripts/build-rpm.sh").args(["--debug-build", "--output", dir]));
+    // As on a Fedora or Amazon Linux build host, where systemd-rpm-macros defines these: a
+    // spec that let rpm expand the scriptlets' text would run them as shell.
+    let rpm_home = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rpm_home.path().join(".rpmmacros"),
+        "%systemd_post() EXPANDED\n%systemd_preun() EXPANDED\n%systemd_postun() EXPANDED\n",
+    )
+    .unwrap();
+    let home = std::env::var("HOME").unwrap();
+    let or_home = |var: &str, dir: &str| std::env::var(var).unwrap_or(format!("{home}/{dir}"));
+    run(Command::new("scripts/build-rpm.sh")
+        .args(["--debug-build", "--output", dir])
+        .env("RUSTUP_HOME", or_home("RUSTUP_HOME", ".rustup"))
+        .env("CARGO_HOME", or_home("CARGO_HOME", ".cargo"))
+        .env("HOME", rpm_home.path()));
     let (deb, rpm) = (the(out.path(), "deb"), the(out.path(), "rpm"));
 
     let rpm_files = files(&run(Command::new("rpm").arg("-qlvp").arg(&rpm)));
@@ -56,6 +70,18 @@ fn the_rpm_has_the_debs_files_modes_scriptlets_and_installs_into_an_empty_root()
         "/usr/share/doc/bootstage/copyright".into(),
         "-rw-r--r--".into()
     )));
+    // One asset list, two packages; zsh reads completions from site-functions on RPM
+    // distributions, from vendor-completions on Debian.
+    let deb_files: BTreeSet<(String, String)> = deb_files
+        .into_iter()
+        .map(|(path, mode)| {
+            let path = path.replace(
+                "/usr/share/zsh/vendor-completions/",
+                "/usr/share/zsh/site-functions/",
+            );
+            (path, mode)
+        })
+        .collect();
     assert_eq!(rpm_files, deb_files, "one asset list, two packages");
     let paths: Vec<&str> = rpm_files.iter().map(|(p, _)| p.as_str()).collect();
     for want in [
@@ -86,6 +112,17 @@ fn the_rpm_has_the_debs_files_modes_scriptlets_and_installs_into_an_empty_root()
         "{requires}"
     );
     let scripts = q("--scripts");
+    let file = |name: &str| std::fs::read_to_string(format!("packaging/rpm/{name}")).unwrap();
+    assert_eq!(
+        scripts,
+        format!(
+            "postinstall scriptlet (using /bin/sh):\n{}preuninstall scriptlet (using /bin/sh):\n{}postuninstall scriptlet (using /bin/sh):\n{}",
+            file("post"),
+            file("preun"),
+            file("postun")
+        ),
+        "the scriptlets are the files, byte for byte"
+    );
     for want in [
         "systemctl --no-reload preset bootstage.target bootstage-resume.service",
         "systemctl --no-reload disable bootstage.target bootstage-resume.service",
@@ -125,9 +162,13 @@ fn the_rpm_has_the_debs_files_modes_scriptlets_and_installs_into_an_empty_root()
         .arg(&deb)
         .arg(unpacked.path()));
     for (path, _) in &deb_files {
+        let in_deb = path.replace(
+            "/usr/share/zsh/site-functions/",
+            "/usr/share/zsh/vendor-completions/",
+        );
         let (a, b) = (
             root.path().join(&path[1..]),
-            unpacked.path().join(&path[1..]),
+            unpacked.path().join(&in_deb[1..]),
         );
         assert_eq!(common::mode(&a), common::mode(&b), "{path}");
         if path == "/usr/bin/bootstage" {
