@@ -298,6 +298,7 @@ fn state_entry(name: &OsStr) -> &'static str {
         b"lifecycle" => "the lifecycle and warm-pool record",
         b"in-service.json" => "the in-service record",
         b"watch.json" => "the watch record",
+        b"report" => "the status tags last written",
         b".lock" | b".in-service.lock" => "a lock",
         _ => "bootstage's, in the state dir",
     }

@@ -160,6 +160,7 @@ async fn a_prepared_image_boots_the_next_instance_as_a_first_boot() {
         "/run/bootstage/lifecycle (the lifecycle and warm-pool record)".into(),
         "/run/bootstage/params.env (the parameters as environment)".into(),
         "/run/bootstage/params.json (the parameters)".into(),
+        "/run/bootstage/report (the status tags last written)".into(),
         "/run/bootstage/status (the stages' status records)".into(),
         "/run/bootstage (the state dir)".into(),
     ];
