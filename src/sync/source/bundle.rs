@@ -253,14 +253,19 @@ impl Bundle {
                 };
                 let length = answer.content_length().unwrap_or_default().max(0) as u64;
                 let size = match answer.content_range() {
-                    Some(range) => total_of(range, length).ok_or_else(|| SourceError::Corrupt {
-                        key: key.clone(),
-                        why: format!(
-                            "asked for bytes=0-{}, answered {range} for {length} bytes",
-                            parts.size - 1
-                        ),
-                    })?,
+                    Some(range) => {
+                        total_of(range, length, parts.size).ok_or_else(|| SourceError::Corrupt {
+                            key: key.clone(),
+                            why: format!(
+                                "asked for bytes=0-{}, answered {range} for {length} bytes",
+                                parts.size - 1
+                            ),
+                        })?
+                    }
                     // A 200: the whole object (a server that ignores ranges, or one stream).
+                    // A 206 without its Content-Range breaks HTTP (RFC 9110 §15.3.7); were
+                    // one to truncate a bundle this way, the archive's own framing (zstd
+                    // frames, tar headers) ends the unpack with an error, nothing swapped.
                     None => length,
                 };
                 let pinned = answer.e_tag().filter(|e| !e.is_empty()).map(str::to_string);
@@ -446,9 +451,11 @@ impl Download {
     }
 }
 
-/// The object's size in a `Content-Range` answered to `bytes=0-…` for `length` bytes
-/// (`bytes 0-E/SIZE`); `None` unless it says exactly that.
-fn total_of(range: &str, length: u64) -> Option<u64> {
+/// The object's size in a `Content-Range` answered to `bytes=0-(asked-1)` for `length`
+/// bytes (`bytes 0-E/SIZE`); `None` unless it says exactly that, for no more than was
+/// asked: part 0 heads the queue to the unpacker, and a server that sent more than a part
+/// would break the memory bound of parts in flight times their size.
+fn total_of(range: &str, length: u64, asked: u64) -> Option<u64> {
     let (span, size) = range.strip_prefix("bytes ")?.split_once('/')?;
     let (start, end) = span.split_once('-')?;
     let (start, end, size) = (
@@ -456,7 +463,8 @@ fn total_of(range: &str, length: u64) -> Option<u64> {
         end.parse::<u64>().ok()?,
         size.parse::<u64>().ok()?,
     );
-    (start == 0 && end.checked_add(1) == Some(length) && length <= size).then_some(size)
+    (start == 0 && end.checked_add(1) == Some(length) && length <= size && length <= asked)
+        .then_some(size)
 }
 
 /// What every part's GET shares: the object, pinned to one ETag.
@@ -860,9 +868,12 @@ mod tests {
             ("bytes */100", 0, None),
             ("0-9/100", 10, None),
             ("bytes 0-18446744073709551615/100", 0, None),
+            // More than the 16 bytes asked for.
+            ("bytes 0-99/100", 100, None),
+            ("bytes 0-15/100", 16, Some(100)),
         ];
         for (range, length, expected) in cases {
-            assert_eq!(total_of(range, length), expected, "{range}");
+            assert_eq!(total_of(range, length, 16), expected, "{range}");
         }
     }
 
