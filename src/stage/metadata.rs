@@ -169,7 +169,7 @@ async fn fetch(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<
             read_user_data_file(path)?,
             Facts::from_flags(&args.facts).map_err(Error::Usage)?,
         ),
-        None => from_imds(args, deadline, notifier, true).await?,
+        None => from_provider(chosen_provider(args)?, args, deadline, notifier, true).await?,
     };
 
     let params = decode(raw, args, deadline)?;
@@ -307,11 +307,6 @@ impl Refresher {
     pub async fn load(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<Refresher> {
         args.validate().map_err(Error::Usage)?;
         let deadline = Deadline::after(args.timeout);
-        let raw = match &args.user_data_file {
-            Some(path) => read_user_data_file(path)?,
-            None => from_imds(args, deadline, notifier, false).await?.0,
-        };
-        let params = decode(raw, args, deadline)?;
         let facts = Facts::of(state).ok_or_else(|| Error::Read {
             path: state.instance_json(),
             source: std::io::Error::new(
@@ -319,6 +314,22 @@ impl Refresher {
                 "missing or not the metadata stage's facts",
             ),
         })?;
+        let raw = match &args.user_data_file {
+            Some(path) => read_user_data_file(path)?,
+            // The service the metadata stage read, as its facts record it: a watcher
+            // started with other flags or environment must not read another one.
+            None => {
+                let provider = match facts.source.as_str() {
+                    "gcp" => Provider::Gcp,
+                    "imds" => Provider::Aws,
+                    _ => chosen_provider(args)?,
+                };
+                from_provider(provider, args, deadline, notifier, false)
+                    .await?
+                    .0
+            }
+        };
+        let params = decode(raw, args, deadline)?;
         let mut names = Names::default();
         let references = secrets::refs::find(&params).map_err(secrets::SecretError::from)?;
         for reference in references {
@@ -382,13 +393,14 @@ fn chosen_provider(args: &Settings) -> Result<Provider> {
 
 /// User-data from the provider's metadata service, with the facts when `facts` (else
 /// empty facts).
-async fn from_imds(
+async fn from_provider(
+    provider: Provider,
     args: &Settings,
     deadline: Deadline,
     notifier: Notifier,
     facts: bool,
 ) -> Result<(Option<Vec<u8>>, Facts)> {
-    if chosen_provider(args)? == Provider::Gcp {
+    if provider == Provider::Gcp {
         return from_gcp(args, deadline, notifier, facts).await;
     }
     let endpoint = imds::resolve_endpoint(args.imds_endpoint.as_deref(), |k| std::env::var(k).ok())
