@@ -11,14 +11,10 @@ use crate::boot::Machine;
 use crate::common;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, Uri};
-use axum::response::Response;
 use common::moto::moto;
+use common::stamped::{Answered, stamped};
 use serde_json::{Value, json};
 
 use crate::fleet::{run_instance, tags_of};
@@ -28,103 +24,6 @@ const BUCKET: &str = "boot-report";
 const MARKER: &str = "S3CR3T-BOOTREPORT";
 /// What the failing hook says on stderr: the journal's excerpt must hold it.
 const HOOK_SAYS: &str = "20-fail: the database at db.internal is not reachable";
-
-fn now_usec() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as u64
-}
-
-/// A request moto answered: `METHOD /path` and, for a Query API call, its `Action`; when
-/// the answer left moto (µs since the epoch).
-#[derive(Clone, Debug)]
-struct Answered {
-    request: String,
-    action: Option<String>,
-    usec: u64,
-}
-
-/// A loopback proxy in front of moto that stamps each answer (moto's log has no times,
-/// and says `POST /` for every EC2 action).
-struct Stamped {
-    url: String,
-    answered: Arc<Mutex<Vec<Answered>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Stamped {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Stamped {
-    fn answered(&self) -> Vec<Answered> {
-        self.answered.lock().unwrap().clone()
-    }
-}
-
-type Shared = (String, reqwest::Client, Arc<Mutex<Vec<Answered>>>);
-
-async fn stamped() -> Stamped {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let answered = Arc::new(Mutex::new(Vec::new()));
-    let shared: Arc<Shared> = Arc::new((
-        moto().url.clone(),
-        reqwest::Client::builder().no_proxy().build().unwrap(),
-        answered.clone(),
-    ));
-    let app = axum::Router::new().fallback(forward).with_state(shared);
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Stamped {
-        url,
-        answered,
-        task,
-    }
-}
-
-async fn forward(
-    State(s): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let action = match method == Method::POST {
-        true => String::from_utf8_lossy(&body)
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("Action="))
-            .map(str::to_string),
-        false => None,
-    };
-    let target = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut request =
-        s.1.request(method.clone(), format!("{}{target}", s.0))
-            .body(body);
-    for (name, value) in &headers {
-        if name != "host" && name != "content-length" {
-            request = request.header(name, value);
-        }
-    }
-    let answer = request.send().await.unwrap();
-    let mut response = Response::builder().status(answer.status());
-    for (name, value) in answer.headers() {
-        if name != "content-length" && name != "transfer-encoding" {
-            response = response.header(name, value);
-        }
-    }
-    let body = answer.bytes().await.unwrap();
-    s.2.lock().unwrap().push(Answered {
-        request: format!("{method} {}", uri.path()),
-        action,
-        usec: now_usec(),
-    });
-    response.body(Body::from(body)).unwrap()
-}
 
 /// The checker: once the ready or the failure notice's unit has exited (and, on a ready
 /// boot, the lifecycle watcher too), saves what the host asserts on and ends the boot.
@@ -312,7 +211,7 @@ async fn a_failed_boot_reports_before_abandon_and_a_ready_one_tags_ready_under_s
     })
     .await
     .unwrap();
-    let proxy = stamped().await;
+    let proxy = stamped(&moto().url).await;
     let pending_ago = Duration::from_secs(20);
     let ready_imds = imds(&ready_id, pending_ago).await;
     let set_up = std::time::Instant::now();

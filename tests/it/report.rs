@@ -8,92 +8,15 @@ use crate::common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::{Body, Bytes};
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, Uri};
-use axum::response::Response;
 use common::moto::moto;
+use common::stamped::stamped;
 use common::{Outcome, Sandbox, b64};
 use lifecycle_emulator::{Config as Orch, Emulator as Orchestrator, Group};
 use serde_json::{Value, json};
 
 const INSTANCE: &str = "i-0123456789abcdef0";
-
-fn now_usec() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as u64
-}
-
-/// A loopback proxy in front of moto that notes when each request was answered
-/// (`METHOD /path`, wall clock in µs): moto's own log has no times.
-struct Stamped {
-    url: String,
-    answered: Arc<Mutex<Vec<(String, u64)>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Stamped {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-type Shared = (String, reqwest::Client, Arc<Mutex<Vec<(String, u64)>>>);
-
-async fn stamped(upstream: &str) -> Stamped {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let answered = Arc::new(Mutex::new(Vec::new()));
-    let shared: Arc<Shared> = Arc::new((
-        upstream.to_string(),
-        reqwest::Client::builder().no_proxy().build().unwrap(),
-        answered.clone(),
-    ));
-    let app = axum::Router::new().fallback(forward).with_state(shared);
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Stamped {
-        url,
-        answered,
-        task,
-    }
-}
-
-async fn forward(
-    State(s): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let target = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut request =
-        s.1.request(method.clone(), format!("{}{target}", s.0))
-            .body(body);
-    for (name, value) in &headers {
-        if name != "host" && name != "content-length" {
-            request = request.header(name, value);
-        }
-    }
-    let answer = request.send().await.unwrap();
-    let mut response = Response::builder().status(answer.status());
-    for (name, value) in answer.headers() {
-        if name != "content-length" && name != "transfer-encoding" {
-            response = response.header(name, value);
-        }
-    }
-    let body = answer.bytes().await.unwrap();
-    s.2.lock()
-        .unwrap()
-        .push((format!("{method} {}", uri.path()), now_usec()));
-    response.body(Body::from(body)).unwrap()
-}
 
 /// An instance booted by the real metadata stage (IMDS emulator, SSM in moto) with
 /// `params`, in a group whose launch hook waits for it.
@@ -353,14 +276,12 @@ async fn a_failed_sync_leaves_its_journal_and_status_in_s3_before_abandon() {
 
     // Before ABANDON: every upload was answered before the group heard of it.
     let puts: Vec<u64> = proxy
-        .answered
-        .lock()
-        .unwrap()
+        .answered()
         .iter()
-        .filter(|(r, _)| r.starts_with("PUT /report-forensics/"))
-        .map(|(_, at)| *at)
+        .filter(|a| a.request.starts_with("PUT /report-forensics/"))
+        .map(|a| a.usec)
         .collect();
-    assert_eq!(puts.len(), 4, "{:?}", proxy.answered.lock().unwrap());
+    assert_eq!(puts.len(), 4, "{:?}", proxy.answered());
     let completions = rig.completions();
     assert_eq!(
         completions.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),

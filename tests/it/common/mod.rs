@@ -4,6 +4,7 @@ pub mod adversarial;
 pub mod faults;
 pub mod kill;
 pub mod moto;
+pub mod stamped;
 pub mod webhook;
 
 use std::collections::BTreeMap;
