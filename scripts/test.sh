@@ -3,9 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/install-test-deps.sh
-cargo fmt --all -- --check
-
 log=$(mktemp)
 release_log=$(mktemp)
 cross_log=$(mktemp)
@@ -19,12 +16,16 @@ stop_background() {
 trap stop_background EXIT
 # Two builds the later steps need, started first, each in its own lock (cargo locks
 # target/debug, target/release-semantics and target/cross apart) and at the lowest
-# priority: on 2 cores, clippy's, the test build's and most tests' single-threaded stretches
-# leave a core idle, and these take it. The binary with the release profile's behaviour,
-# for the second pass below; the aarch64 binary the package test runs under qemu-user.
+# priority: on 2 cores, the installs', clippy's, the test build's and most tests'
+# single-threaded stretches leave a core idle, and these take it. The binary with the
+# release profile's behaviour, for the second pass below, needs nothing the install step
+# brings; the aarch64 binary the package test runs under qemu-user needs its target and
+# cross compiler.
 setsid nice -n 19 cargo build --profile release-semantics --package bootstage >"$release_log" 2>&1 &
 release=$!
 background+=("$release")
+scripts/install-test-deps.sh
+cargo fmt --all -- --check
 setsid sh -c '. scripts/cross.sh && cross_test_build' >"$cross_log" 2>&1 &
 cross=$!
 background+=("$cross")
