@@ -456,20 +456,29 @@ impl Watching {
     /// `s3-sync --watch 200ms --on-change HOOK` of the sandbox's configured sync, once
     /// READY.
     fn start(sb: &Sandbox, hook: &str) -> Watching {
+        Watching::start_with(
+            sb,
+            &[
+                "s3-sync",
+                "--watch",
+                "200ms",
+                "--sync-timeout",
+                "20s",
+                "--on-change",
+                hook,
+            ],
+        )
+    }
+
+    /// `bootstage ARGS` (a watcher), once READY.
+    fn start_with(sb: &Sandbox, args: &[&str]) -> Watching {
         let socket_path = sb.path("notify.sock");
+        let _ = std::fs::remove_file(&socket_path);
         let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
         socket
             .set_read_timeout(Some(Duration::from_secs(30)))
             .unwrap();
-        let mut cmd = sb.command(&[
-            "s3-sync",
-            "--watch",
-            "200ms",
-            "--sync-timeout",
-            "20s",
-            "--on-change",
-            hook,
-        ]);
+        let mut cmd = sb.command(args);
         cmd.envs(moto().env()).env("NOTIFY_SOCKET", &socket_path);
         let mut child = cmd.spawn().unwrap();
         let stderr = common::capture_stderr(&mut child);
@@ -667,4 +676,344 @@ async fn sigterm_during_a_verify_leaves_it_unverified_and_the_next_start_verifie
         f.generations().await["generations"][0]["unverified"],
         serde_json::Value::Null
     );
+}
+
+/// A shell step that, while `block` exists, says it started on a FIFO (holding it open,
+/// as its sleep does) and waits; without `block` it does nothing.
+struct Held {
+    _dir: tempfile::TempDir,
+    fifo: PathBuf,
+    block: PathBuf,
+}
+
+impl Held {
+    fn new() -> Held {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("started");
+        let block = dir.path().join("block");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        Held {
+            _dir: dir,
+            fifo,
+            block,
+        }
+    }
+
+    fn shell(&self) -> String {
+        format!(
+            "if [ -e {block} ]; then exec 3>{fifo}; echo started >&3; sleep 60; fi",
+            block = self.block.display(),
+            fifo = self.fifo.display()
+        )
+    }
+
+    fn hold(&self, on: bool) {
+        match on {
+            true => std::fs::write(&self.block, "").unwrap(),
+            false => std::fs::remove_file(&self.block).unwrap(),
+        }
+    }
+
+    /// Waits for the step to start.
+    async fn started(&self) {
+        let fifo = self.fifo.clone();
+        let line = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut r = std::io::BufReader::new(std::fs::File::open(&fifo).unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            line
+        });
+        let line = tokio::time::timeout(Duration::from_secs(30), line)
+            .await
+            .expect("the held step started")
+            .unwrap();
+        assert_eq!(line, "started\n");
+    }
+}
+
+/// SIGTERM while the hook after a new release's swap runs (before its verify): the hook
+/// is owed, so the next start runs it again, then the verify. (Before, the next start
+/// verified with no hook: the app was never told of the release it then kept.)
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_the_hook_before_a_verify_owes_it_to_the_next_start() {
+    let logs = tempfile::tempdir().unwrap();
+    let (hook_log, verify_log) = (logs.path().join("hook.log"), logs.path().join("verify.log"));
+    std::fs::write(&hook_log, "").unwrap();
+    let verify = format!(
+        "echo \"$(cat $BOOTSTAGE_DEST/version) after $(wc -l < {h})\" >> {v}",
+        h = hook_log.display(),
+        v = verify_log.display()
+    );
+    let f = Fixture::new("rel-owed", 2, serde_json::json!({"verify": verify}), None).await;
+    let held = Held::new();
+    let hook = format!(
+        "echo \"$BOOTSTAGE_CHANGED\" >> {}; {}",
+        hook_log.display(),
+        held.shell()
+    );
+    let w = Watching::start(&f.sb, &hook);
+    held.hold(true);
+    f.point(2).await;
+    held.started().await;
+    let (code, _, stderr) = w.stop().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let dest = f.dest.display().to_string();
+    assert_eq!(
+        std::fs::read_to_string(&hook_log).unwrap(),
+        format!("{dest}\n{dest}\n")
+    );
+    assert_eq!(std::fs::read_to_string(&verify_log).unwrap(), "1 after 1\n");
+    held.hold(false);
+    let w = Watching::start(&f.sb, &hook);
+    let (code, _, stderr) = w.stop().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&hook_log).unwrap(),
+        format!("{dest}\n{dest}\n{dest}\n"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&verify_log).unwrap(),
+        "1 after 1\n2 after 3\n"
+    );
+    assert_eq!(serving(&f.dest), "2");
+    let listed = f.generations().await;
+    assert_eq!(
+        listed["generations"][1]["unverified"],
+        serde_json::Value::Null
+    );
+    // Paid: a third start runs no hook.
+    let w = Watching::start(&f.sb, &hook);
+    let (code, _, stderr) = w.stop().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&hook_log).unwrap().lines().count(),
+        3
+    );
+}
+
+/// A pass in which a release left unverified (a `s3-sync` by hand, killed during its
+/// verify) fails its verify again while another destination without a verify swaps: the
+/// hook names the swapped one before the verify, and the rolled-back one after. (Before,
+/// the rollback's hook named only the rolled-back one, and the watcher skipped its own:
+/// the other swap was never announced.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_hook_does_not_swallow_the_passes_other_changes() {
+    let name = "rel-unnamed";
+    let bucket = moto().bucket(name).await;
+    for v in 1..=2 {
+        bucket
+            .put(&format!("web/{v}.tar"), release(&v.to_string()))
+            .await;
+    }
+    bucket.put("other.tar", release("b1")).await;
+    let (queue, _) = moto().queue(name).await;
+    let held = Held::new();
+    let sb = Sandbox::new();
+    let (a, b) = (sb.path("srv/a"), sb.path("srv/b"));
+    let verify = format!(
+        "v=$(cat $BOOTSTAGE_DEST/version); if [ $v = 2 ]; then {}; fi; test $v != 2",
+        held.shell()
+    );
+    let pointer = format!("/{name}{POINTER}");
+    sb.seed_sync(serde_json::json!([
+        {"from": {"ssm": pointer}, "to": a, "verify": verify, "verify_timeout": 120},
+        {"from": format!("s3://{name}/other.tar"), "to": b},
+    ]));
+    point(&pointer, &format!("s3://{name}/web/1.tar")).await;
+    let hook_log = sb.path("hook.log");
+    let hook = format!("echo \"$BOOTSTAGE_CHANGED\" >> {}", hook_log.display());
+    let w = Watching::start_with(
+        &sb,
+        &[
+            "s3-sync",
+            "--watch",
+            "1h",
+            "--sqs",
+            &queue,
+            "--sync-timeout",
+            "20s",
+            "--on-change",
+            &hook,
+        ],
+    );
+    let hooks = || std::fs::read_to_string(&hook_log).unwrap();
+    let (a_, b_) = (a.display().to_string(), b.display().to_string());
+    assert_eq!(hooks(), format!("{a_}:{b_}\n"));
+    // A sync by hand swaps release 2 into a and is killed during its verify.
+    point(&pointer, &format!("s3://{name}/web/2.tar")).await;
+    held.hold(true);
+    let mut cmd = sb.command(&["s3-sync", "--sync-timeout", "20s"]);
+    cmd.envs(moto().env());
+    let mut by_hand = cmd.spawn().unwrap();
+    held.started().await;
+    held.hold(false);
+    // A one-off run dies of it (as of a crash): a leaves it unverified.
+    by_hand.kill().await.unwrap();
+    assert_eq!(serving(&a), "2");
+    // b's source moves; one message makes one pass over both.
+    bucket.put("other.tar", release("b2")).await;
+    moto()
+        .sqs()
+        .await
+        .send_message()
+        .queue_url(&queue)
+        .message_body(r#"{"sync": "all"}"#)
+        .send()
+        .await
+        .unwrap();
+    w.next("RELOADING=1");
+    w.next("READY=1");
+    assert_eq!((serving(&a), serving(&b)), ("1".into(), "b2".into()));
+    assert_eq!(
+        hooks(),
+        format!("{a_}:{b_}\n{b_}\n{a_}\n"),
+        "{}",
+        w.stderr.lock().unwrap()
+    );
+    let (code, _, stderr) = w.stop().await;
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// A SIGKILL between a failed release's mark and the rename back leaves it current and
+/// marked failed, with the previous one kept (this disk is written as that instant leaves
+/// it): the next run completes the rollback, sends the notice, and the one after passes.
+/// (Before, every run failed with the failed release current, for ever.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_cut_short_is_completed_by_the_next_run() {
+    let webhook = Webhook::start(&[]).await;
+    let f = Fixture::new(
+        "rel-halfway",
+        2,
+        serde_json::json!({"verify": "true"}),
+        Some(&webhook.url),
+    )
+    .await;
+    assert_eq!(f.sync().await.code, 0);
+    f.point(2).await;
+    assert_eq!(f.sync().await.code, 0);
+    assert_eq!(serving(&f.dest), "2");
+    let record = f.sb.path("srv/.code.bootstage/generations.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    let current = &mut json["generations"][1];
+    current["failed"] = "2026-12-07T00:00:00Z: verify exited with 1".into();
+    let failed = serde_json::json!([{"source": current["source"], "version": current["version"]}]);
+    json["failed"] = failed;
+    std::fs::write(&record, json.to_string()).unwrap();
+    let out = f.sync().await;
+    common::assert_exit(
+        &out,
+        79,
+        &format!(
+            "{}: the release s3://rel-halfway/web/2.tar failed its verify (verify exited with 1); the previous generation (s3://rel-halfway/web/1.tar) is current again",
+            f.dest.display()
+        ),
+    );
+    assert_eq!(serving(&f.dest), "1");
+    assert_eq!(
+        f.states().await,
+        pairs(&[("1", "current"), ("2", "failed")])
+    );
+    let notices = webhook.received();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    let about = &notices[0].body["release_failed"];
+    assert_eq!(about["failed"]["source"], "s3://rel-halfway/web/2.tar");
+    assert_eq!(about["running"]["source"], "s3://rel-halfway/web/1.tar");
+    assert_eq!(about["why"], "verify exited with 1");
+    let out = f.sync().await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(serving(&f.dest), "1");
+    assert_eq!(webhook.received().len(), 1, "the notice once");
+}
+
+/// SIGTERM during the hook that follows a failed release's rollback: the app may serve
+/// the failed tree and nobody has been told. The next start runs the hook (owed since
+/// the rollback's record) and sends the `release_failed` notice (owed since the `failed`
+/// mark), once each. (Before, it did neither.)
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_a_rollback_hook_owes_the_hook_and_the_notice() {
+    let webhook = Webhook::start(&[]).await;
+    let extra = serde_json::json!({"verify": "test \"$(cat $BOOTSTAGE_DEST/version)\" != 2"});
+    let f = Fixture::new("rel-owed-back", 2, extra, Some(&webhook.url)).await;
+    let held = Held::new();
+    let hook_log = f.sb.path("hook.log");
+    // Held only after a rollback to release 1 (the first pass serves 1 too: `block` is
+    // made after it).
+    let hook = format!(
+        "echo \"$BOOTSTAGE_CHANGED $(cat $BOOTSTAGE_CHANGED/version)\" >> {}; if [ \"$(cat $BOOTSTAGE_CHANGED/version)\" = 1 ]; then {}; fi",
+        hook_log.display(),
+        held.shell()
+    );
+    let w = Watching::start(&f.sb, &hook);
+    held.hold(true);
+    f.point(2).await;
+    held.started().await;
+    let (code, _, stderr) = w.stop().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(serving(&f.dest), "1");
+    let dest = f.dest.display().to_string();
+    let hooks = || std::fs::read_to_string(&hook_log).unwrap();
+    assert_eq!(hooks(), format!("{dest} 1\n{dest} 2\n{dest} 1\n"));
+    assert_eq!(webhook.received().len(), 0, "the notice follows the hook");
+    held.hold(false);
+    let w = Watching::start(&f.sb, &hook);
+    let (code, _, stderr) = w.stop().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        hooks(),
+        format!("{dest} 1\n{dest} 2\n{dest} 1\n{dest} 1\n"),
+        "{stderr}"
+    );
+    let notices = webhook.received();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    let about = &notices[0].body["release_failed"];
+    assert_eq!(about["failed"]["source"], "s3://rel-owed-back/web/2.tar");
+    assert_eq!(about["running"]["source"], "s3://rel-owed-back/web/1.tar");
+    assert_eq!(about["why"], "verify exited with 1");
+    assert_eq!(
+        f.states().await,
+        pairs(&[("1", "current"), ("2", "failed")])
+    );
+    // Paid: the next start runs no hook and sends nothing.
+    let w = Watching::start(&f.sb, &hook);
+    let (code, _, stderr) = w.stop().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(hooks().lines().count(), 4);
+    assert_eq!(webhook.received().len(), 1);
+}
+
+/// Without a `verify` too: SIGTERM during the hook that announces a watcher's swap owes
+/// it to the next start, which runs it first. (Before, the next start ran none.)
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_the_hook_of_a_swap_owes_it_to_the_next_start() {
+    let f = Fixture::new("rel-owed-plain", 2, serde_json::json!({}), None).await;
+    let held = Held::new();
+    let hook_log = f.sb.path("hook.log");
+    let hook = format!(
+        "echo \"$BOOTSTAGE_CHANGED\" >> {}; {}",
+        hook_log.display(),
+        held.shell()
+    );
+    let hooks = || std::fs::read_to_string(&hook_log).unwrap_or_default();
+    let w = Watching::start(&f.sb, &hook);
+    assert_eq!(hooks(), "", "a first pass announces no swap");
+    held.hold(true);
+    f.point(2).await;
+    held.started().await;
+    let (code, _, stderr) = w.stop().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let dest = f.dest.display().to_string();
+    assert_eq!(hooks(), format!("{dest}\n"));
+    held.hold(false);
+    let w = Watching::start(&f.sb, &hook);
+    let (code, _, stderr) = w.stop().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(hooks(), format!("{dest}\n{dest}\n"), "{stderr}");
+    assert_eq!(serving(&f.dest), "2");
+    let w = Watching::start(&f.sb, &hook);
+    let (code, _, stderr) = w.stop().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(hooks().lines().count(), 2, "paid once");
 }

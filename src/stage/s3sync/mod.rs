@@ -521,19 +521,23 @@ impl Syncer {
         notifier: Notifier,
         retry: bool,
     ) -> Vec<Result<Report, SyncError>> {
-        let swapped = self.swap_all(specs, notifier, retry).await;
+        let swapped = self.swap_all(specs, notifier, retry, false).await;
         release::gate(swapped, specs, &self.hooks, &[])
             .await
             .results
     }
 
     /// `sync_all` up to the swaps: each destination's report with the destination, still
-    /// locked, for `release::gate`.
+    /// locked, for `release::gate`. With `announce` (the watch loop's passes), every swap
+    /// is announced with `--on-change`; without (the first pass), only those of a
+    /// destination with a `verify` (the app must serve it before it is checked). Each
+    /// swap so announced records the hook owed until it ran.
     async fn swap_all(
         &self,
         specs: &[SyncSpec],
         notifier: Notifier,
         retry: bool,
+        announce: bool,
     ) -> Vec<release::Swapped> {
         if specs.is_empty() {
             tracing::warn!(
@@ -562,7 +566,10 @@ impl Syncer {
                         })?,
                     };
                     let deadline = Deadline::after(self.bounds.timeout);
-                    let pass = || sync_one(source, spec, self.bounds, counters, bytes, deadline);
+                    let hook =
+                        self.hooks.on_change.is_some() && (announce || spec.verify.is_some());
+                    let pass =
+                        || sync_one(source, spec, self.bounds, counters, bytes, deadline, hook);
                     let last_error = std::sync::Mutex::new(String::new());
                     let on_retry = |e: &SyncError, attempt, sleep| {
                         tracing::warn!(
@@ -727,6 +734,7 @@ async fn sync_one(
     counters: &Counters,
     bytes: &AtomicU64,
     deadline: Deadline,
+    hook: bool,
 ) -> Result<(Report, Destination), SyncError> {
     let owner = Ownership::resolve(spec)?;
     let (to, wait) = (spec.to.clone(), bounds.timeout);
@@ -735,6 +743,7 @@ async fn sync_one(
         .map_err(|e| SyncError::Settings(format!("destination lock task: {e}")))??;
     dest.set_keep(spec.keep);
     dest.set_verify(spec.verify.is_some());
+    dest.set_hook(hook);
     let report = match origin {
         Origin::Bundle(bundle) => {
             bundle::pass(bundle, &mut dest, spec, &owner, counters, bytes, deadline).await?

@@ -4,7 +4,9 @@
 //! `verify` command, bounded and retried; for each that fails, the previous generation
 //! swapped back with one rename and marked (`tree::Record`), `--on-change` once more,
 //! and a `release_failed` notice. A generation is `unverified` until its verify passes,
-//! so one that a SIGTERM or a crash cut short is verified again by the next pass.
+//! so one that a SIGTERM or a crash cut short is verified again by the next pass; the
+//! hook and the notice are recorded owed until they ran (`tree::Record`), so the next
+//! pass runs what a SIGTERM or a crash cut short, and a swap back cut short is completed.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -148,33 +150,38 @@ pub(super) type Swapped = Result<(Report, Destination), SyncError>;
 pub(super) struct Gated {
     /// One per destination, in order.
     pub results: Vec<Result<Report, SyncError>>,
-    /// `--on-change` ran (after RELOADING=1): the caller must not run it again for this
-    /// pass, and owes READY=1.
+    /// `--on-change` ran (after RELOADING=1): the caller owes READY=1.
     pub hooked: bool,
+    /// What the hooks it ran named: the caller runs the hook for what else changed only.
+    pub named: Vec<String>,
 }
 
 /// What one destination needs after its pass.
 enum Needs {
     /// Nothing: its result as it is.
     Done(Result<Report, SyncError>),
-    /// A verify: of a generation swapped in by this pass (`fresh`), or of a current one
-    /// a run left unverified (a SIGTERM or a crash during its verify).
-    Verify { fresh: bool },
+    /// A verify: of a generation swapped in by this pass, or of a current one a run left
+    /// unverified (a SIGTERM or a crash during its verify).
+    Verify,
 }
 
-/// After every destination's pass: the new generations that have a `verify` are checked
-/// together. `--on-change` runs once, after every swap, naming each change of the pass
-/// (`also`, the parameters' values, and every destination swapped in), so the app serves
-/// the new trees; then every verify, at once; the destinations whose verify failed are
-/// swapped back and `--on-change` runs once more, naming them. A current generation that
-/// a run left `unverified` is verified again, with no hook first (nothing changed on disk
-/// and its hook ran when it was swapped in). An unchanged destination whose current
-/// generation failed its verify fails again (a restart must not pass a release that
-/// failed).
+/// After every destination's pass: the hooks owed, then the new generations' verifies.
+/// `--on-change` runs once first, if anything is owed it (`also`, the parameters'
+/// values; each destination whose record owes the hook: this run's swap or rollback, or
+/// one of a run that ended before the hook returned), naming that and every destination
+/// the pass swapped in, so the app serves the new trees; each mark goes once the hook
+/// returned. Then every verify, at once; the destinations whose verify failed are swapped
+/// back (the hook owed again, in the same record write as the `failed` mark) and
+/// `--on-change` runs once more, naming them; then the `release_failed` notices owed
+/// (each recorded with its `failed` mark, so a run that ended first leaves it for the
+/// next). A current generation that a run left `unverified` is verified again. An
+/// unchanged destination whose current generation failed its verify fails again (a
+/// restart must not pass a release that failed), after the rollback from it is completed
+/// if one was cut short (the mark is written before the rename back).
 ///
 /// Each generation is recorded `unverified` when it is swapped in and stays so until its
-/// verify passes: a SIGTERM ends a verify at once (the caller drops this future, which
-/// kills the verify's process group) and leaves it so, as a crash does.
+/// verify passes: a SIGTERM ends a verify or a hook at once (the caller drops this
+/// future, which kills its process group) and leaves the marks so, as a crash does.
 pub(super) async fn gate(
     passes: Vec<Swapped>,
     specs: &[SyncSpec],
@@ -195,27 +202,38 @@ pub(super) async fn gate(
             }
         }
     }
-    let fresh = needs
-        .iter()
-        .any(|n| matches!(n, Needs::Verify { fresh: true }));
     let mut hooked = false;
+    let mut named = Vec::new();
     // The hook here, not after the pass: the app must serve the new trees before they
     // are checked.
-    if let (Some(hook), true) = (&hooks.on_change, fresh) {
-        let swapped = held
+    if let Some(hook) = &hooks.on_change {
+        let owing = |(r, d): &(Report, Destination)| r.swapped || d.owes_hook();
+        let owed = held
             .iter()
-            .zip(specs)
-            .filter(|(h, _)| h.as_ref().is_some_and(|(r, _)| r.swapped))
-            .map(|(_, spec)| spec.to.display().to_string());
-        let changed: Vec<String> = also.iter().cloned().chain(swapped).collect();
-        hooks.notifier.reloading();
-        run_hook(hook, &changed.join(":"), hooks.limit).await;
-        hooked = true;
+            .any(|h| h.as_ref().is_some_and(|(_, d)| d.owes_hook()));
+        if owed || !also.is_empty() {
+            let changed: Vec<String> = also
+                .iter()
+                .cloned()
+                .chain(
+                    held.iter()
+                        .zip(specs)
+                        .filter(|(h, _)| h.as_ref().is_some_and(owing))
+                        .map(|(_, spec)| spec.to.display().to_string()),
+                )
+                .collect();
+            hooks.notifier.reloading();
+            run_hook(hook, &changed.join(":"), hooks.limit).await;
+            hooked = true;
+            named = changed;
+            for (_, dest) in held.iter_mut().flatten() {
+                dest.hook_paid();
+            }
+        }
     }
     let verdicts = futures_util::future::join_all(needs.iter().zip(specs).zip(&held).map(
         |((need, spec), held)| async move {
-            let (Needs::Verify { .. }, Some(verify), Some((_, dest))) = (need, &spec.verify, held)
-            else {
+            let (Needs::Verify, Some(verify), Some((_, dest))) = (need, &spec.verify, held) else {
                 return None;
             };
             let new = dest.current_made();
@@ -224,75 +242,122 @@ pub(super) async fn gate(
     ))
     .await;
     let mut results = Vec::new();
-    let mut back = Vec::new();
-    let mut notices = Vec::new();
+    let mut kept = Vec::new();
     for (((need, spec), held), verdict) in needs.into_iter().zip(specs).zip(held).zip(verdicts) {
-        let (Some((report, mut dest)), Some(verdict)) = (held, verdict) else {
-            results.push(match need {
-                Needs::Done(result) => result,
-                Needs::Verify { .. } => unreachable!("a verify has a destination"),
-            });
-            continue;
-        };
-        match settle(&mut dest, spec, verdict) {
-            None => results.push(Ok(report)),
-            Some(Failure { error, notice }) => {
-                if let SyncError::Verify {
-                    running: Some(_), ..
-                } = &error
-                {
-                    back.push(spec.to.display().to_string());
+        match (held, verdict) {
+            (Some((report, mut dest)), Some(verdict)) => {
+                match settle(&mut dest, spec, verdict) {
+                    None => results.push(Ok(report)),
+                    Some(error) => results.push(Err(error)),
                 }
-                notices.extend(notice);
-                results.push(Err(error));
+                kept.push((spec, dest));
+            }
+            (held, _) => {
+                kept.extend(held.map(|(_, dest)| (spec, dest)));
+                results.push(match need {
+                    Needs::Done(result) => result,
+                    Needs::Verify => unreachable!("a verify has a destination"),
+                });
             }
         }
     }
-    if let (Some(hook), false) = (&hooks.on_change, back.is_empty()) {
-        if !hooked {
-            hooks.notifier.reloading();
+    if let Some(hook) = &hooks.on_change {
+        let back: Vec<String> = kept
+            .iter()
+            .filter(|(_, d)| d.owes_hook())
+            .map(|(spec, _)| spec.to.display().to_string())
+            .collect();
+        if !back.is_empty() {
+            if !hooked {
+                hooks.notifier.reloading();
+            }
+            run_hook(hook, &back.join(":"), hooks.limit).await;
+            hooked = true;
+            named.extend(back);
+            for (_, dest) in kept.iter_mut() {
+                dest.hook_paid();
+            }
         }
-        run_hook(hook, &back.join(":"), hooks.limit).await;
-        hooked = true;
     }
-    for about in notices {
+    for (spec, dest) in kept.iter_mut() {
+        let Some(failed) = dest.notice_owed().cloned() else {
+            continue;
+        };
+        let running = dest.current_made().filter(|m| m.name != failed.name);
+        let recorded = failed.failed.as_deref().unwrap_or_default();
+        let why = recorded.split_once(": ").map_or(recorded, |(_, why)| why);
+        let about = json!({
+            "dest": spec.to.display().to_string(),
+            "failed": described(Some(&failed)),
+            "running": described(running),
+            "why": why,
+        });
         if let Err(e) =
             deliver::life(&hooks.state, &hooks.notify, "release_failed", about, None).await
         {
             tracing::warn!("the release_failed notice: {e}");
         }
+        dest.notice_sent();
     }
-    Gated { results, hooked }
+    Gated {
+        results,
+        hooked,
+        named,
+    }
 }
 
 /// What a destination needs after its pass, from its record: a verify, or nothing.
 fn judged(dest: &mut Destination, spec: &SyncSpec, report: &Report) -> Needs {
-    let current = dest.current_made();
+    let current = dest.current_made().cloned();
     if spec.verify.is_none() {
         // A mark left by a run that ended between its swap and its record.
-        if current.is_some_and(|m| m.unverified.is_some()) {
+        if current.as_ref().is_some_and(|m| m.unverified.is_some()) {
             dest.mark_verified();
         }
         return Needs::Done(Ok(report.clone()));
     }
     match current {
-        _ if report.swapped => Needs::Verify { fresh: true },
+        _ if report.swapped => Needs::Verify,
         Some(m) if m.unverified.is_some() => {
             tracing::info!(
                 dest = %spec.to.display(),
                 generation = m.name,
                 "the current generation's verify did not finish (SIGTERM or a crash); verifying it again"
             );
-            Needs::Verify { fresh: false }
+            Needs::Verify
         }
         Some(m) if m.failed.is_some() => {
             let recorded = m.failed.as_deref().unwrap_or_default();
-            let why = recorded.split_once(": ").map_or(recorded, |(_, why)| why);
+            let why = recorded
+                .split_once(": ")
+                .map_or(recorded, |(_, why)| why)
+                .to_string();
+            let dest_name = spec.to.display().to_string();
+            // A rollback from it cut short (its mark is written before the rename back):
+            // completed now, with its hook and notice owed.
+            let has_previous =
+                crate::sync::tree::rollback_target(dest.record(), dest.current_name(), None)
+                    .is_ok();
+            let running = match has_previous {
+                false => None,
+                true => match dest.roll_back(None, "verify", false, Some(&why)) {
+                    Ok(back) => {
+                        tracing::error!(
+                            dest = dest_name,
+                            failed = m.source,
+                            running = back.source,
+                            "the current generation failed its verify and the rollback from it was cut short; the previous one is swapped back now"
+                        );
+                        Some(back.source)
+                    }
+                    Err(e) => return Needs::Done(Err(e.into())),
+                },
+            };
             Needs::Done(Err(SyncError::Verify {
-                dest: spec.to.display().to_string(),
-                failed: m.source.clone(),
-                why: why.to_string(),
-                running: None,
+                dest: dest_name,
+                failed: m.source,
+                why,
+                running,
             }))
         }
         _ => Needs::Done(Ok(report.clone())),
@@ -300,9 +365,13 @@ fn judged(dest: &mut Destination, spec: &SyncSpec, report: &Report) -> Needs {
 }
 
 /// Acts on a verify's verdict: a pass clears the mark; a failure swaps the previous
-/// generation back (or marks the current one failed when there is none) and is returned
-/// (with no notice if the swap back itself failed).
-fn settle(dest: &mut Destination, spec: &SyncSpec, verdict: Result<(), String>) -> Option<Failure> {
+/// generation back (or marks the current one failed when there is none), recording the
+/// hook (this run's) and the notice owed with the mark, and is returned.
+fn settle(
+    dest: &mut Destination,
+    spec: &SyncSpec,
+    verdict: Result<(), String>,
+) -> Option<SyncError> {
     let to = spec.to.display().to_string();
     let new = dest.current_made().cloned();
     let Err(why) = verdict else {
@@ -328,12 +397,7 @@ fn settle(dest: &mut Destination, spec: &SyncSpec, verdict: Result<(), String>) 
                 );
                 Some(back)
             }
-            Err(e) => {
-                return Some(Failure {
-                    error: e.into(),
-                    notice: None,
-                });
-            }
+            Err(e) => return Some(e.into()),
         },
         false => {
             dest.mark_failed(&why);
@@ -345,28 +409,12 @@ fn settle(dest: &mut Destination, spec: &SyncSpec, verdict: Result<(), String>) 
             None
         }
     };
-    let about = json!({
-        "dest": to,
-        "failed": described(new.as_ref()),
-        "running": described(running.as_ref()),
-        "why": why,
-    });
-    let failure = SyncError::Verify {
+    Some(SyncError::Verify {
         dest: to,
         failed: failed_source,
         why,
         running: running.map(|m| m.source),
-    };
-    Some(Failure {
-        error: failure,
-        notice: Some(about),
     })
-}
-
-/// A verify that failed: the destination's error, and the `release_failed` notice's body.
-struct Failure {
-    error: SyncError,
-    notice: Option<serde_json::Value>,
 }
 
 /// The verify command, up to `verify_attempts` times (1 s apart), each bounded by

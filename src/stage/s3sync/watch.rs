@@ -28,7 +28,9 @@
 //! swapped anything in (trees, values, or both), the `--on-change` hook runs once, between
 //! RELOADING=1 and READY=1, with `BOOTSTAGE_CHANGED` naming the destinations and the state
 //! dir; with a release's `verify`, once after every swap and before the verifies, and once
-//! more naming the destinations a failed verify swapped back (`release::gate`). A failed pass keeps the old tree and values; SIGTERM ends any wait or pass at once
+//! more naming the destinations a failed verify swapped back (`release::gate`, which
+//! runs them; each swap records the hook owed until it returned, so a watcher stopped
+//! before pays it at its next start). A failed pass keeps the old tree and values; SIGTERM ends any wait or pass at once
 //! (exit 0, no staging dir left). The parameters as user-data gave them are read (from
 //! IMDS, or the user-data file) only when values are first resolved again; until then an
 //! event of Parameter Store or Secrets Manager counts as naming ours.
@@ -498,13 +500,14 @@ pub(super) async fn watch(
         let swapped = match subset.is_empty() {
             true => Vec::new(),
             false => tokio::select! {
-                swapped = syncer.swap_all(&subset, notifier, false) => swapped,
+                swapped = syncer.swap_all(&subset, notifier, false, true) => swapped,
                 _ = stop.requested() => break,
             },
         };
-        // Every swap is done: the new releases' verifies, with the hook once before them
-        // (naming the values too, if they changed). SIGTERM ends a verify at once; its
-        // generation stays current, recorded unverified, and the next start verifies it.
+        // Every swap is done: the hook once, naming them and the values if they changed
+        // (each swap recorded it owed), then the new releases' verifies, and the hook once
+        // more for those swapped back. SIGTERM ends a hook or a verify at once; the marks
+        // stay (hook owed, unverified) and the next start pays them.
         let gated = tokio::select! {
             gated = release::gate(swapped, &subset, &syncer.hooks, &changed) => gated,
             _ = stop.requested() => break,
@@ -550,15 +553,21 @@ pub(super) async fn watch(
         }
         let summary = summary.join("; ");
         tracing::info!("{summary}");
-        // Once a pass: the gate ran the hook if a release was verified.
+        // The gate ran the hook for what it named (every swap, and the values); what it
+        // did not name, if anything, is announced here.
         if !gated.hooked {
             notifier.reloading();
-            if let Some(hook) = &args.on_change {
-                let changed = changed.join(":");
-                tokio::select! {
-                    _ = run_hook(hook, &changed, args.sync_timeout) => {}
-                    _ = stop.requested() => break,
-                }
+        }
+        let unnamed: Vec<&str> = changed
+            .iter()
+            .filter(|c| !gated.named.contains(c))
+            .map(String::as_str)
+            .collect();
+        if let (Some(hook), false) = (&args.on_change, unnamed.is_empty()) {
+            let unnamed = unnamed.join(":");
+            tokio::select! {
+                _ = run_hook(hook, &unnamed, args.sync_timeout) => {}
+                _ = stop.requested() => break,
             }
         }
         notifier.ready(&summary);

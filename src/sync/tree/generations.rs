@@ -1,6 +1,7 @@
 //! The record of a destination's kept generations (`generations.json`: each generation's
 //! source, version, time and marks (failed, rolled back from, not yet verified); failed
-//! versions; a rollback's pin) and the decisions
+//! versions; a rollback's pin; the `--on-change` hook and the `release_failed` notice
+//! still owed) and the decisions
 //! on it, pure and table-tested: which generation a rollback chooses, whether a version
 //! may be swapped in, what is pruned. `super` (the tree) does the renames they decide.
 
@@ -58,6 +59,16 @@ pub struct Record {
     pub failed: Vec<Version>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin: Option<Pin>,
+    /// The `--on-change` hook is owed for the current tree (since when): written with
+    /// the swap or the rollback that changed it, in a run that has a hook, and cleared
+    /// once the hook returned. A run that ended before (a SIGTERM, a crash) leaves it,
+    /// and the next run with a hook runs it first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_owed: Option<String>,
+    /// A `release_failed` notice is owed for this generation (its name): written with its
+    /// `failed` mark, cleared once the notice was delivered (or failed to be).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice_owed: Option<String>,
 }
 
 /// Generations kept by default: the current one and the previous one.
@@ -126,7 +137,8 @@ pub fn blocked_version<'a>(record: &'a Record, source: &str) -> Option<&'a str> 
 }
 
 /// The generation a rollback swaps in: `to` (a kept generation's name, not the current
-/// one, not failed), or the newest kept one that is neither failed nor rolled back from.
+/// one, not failed), or the newest kept one that is neither failed nor rolled back from,
+/// preferring one that is not `unverified` (whose verify a run left unfinished).
 pub fn rollback_target<'a>(
     record: &'a Record,
     current: Option<&str>,
@@ -147,15 +159,22 @@ pub fn rollback_target<'a>(
                 State::Previous | State::RolledBack => Ok(made),
             }
         }
-        None => record
-            .generations
-            .iter()
-            .rev()
-            .find(|m| State::of(m, current) == State::Previous)
-            .ok_or_else(|| {
-                "no previous generation is kept (none, or each failed or was rolled back from)"
-                    .to_string()
-            }),
+        // The newest one that passed its verify (or never needed one), else the newest.
+        None => {
+            let previous = || {
+                record
+                    .generations
+                    .iter()
+                    .rev()
+                    .filter(|m| State::of(m, current) == State::Previous)
+            };
+            let verified = previous().find(|m| m.unverified.is_none());
+            verified.or_else(|| previous().next())
+        }
+        .ok_or_else(|| {
+            "no previous generation is kept (none, or each failed or was rolled back from)"
+                .to_string()
+        }),
     }
 }
 
@@ -336,6 +355,34 @@ mod tests {
         }
     }
 
+    /// A rollback prefers a generation whose verify passed to a newer one left
+    /// unverified, and takes an unverified one only when nothing else is kept.
+    #[test]
+    fn a_rollback_prefers_a_verified_generation() {
+        let unverified = |mut m: Made| {
+            m.unverified = Some("T".into());
+            m
+        };
+        let rec = |gens: Vec<Made>| Record {
+            generations: gens,
+            ..Record::default()
+        };
+        let g = |n: &str| made(n, &format!("v-{n}"), false, false);
+        let cases = [
+            (rec(vec![g("g1"), unverified(g("g2")), g("g3")]), "g1"),
+            (rec(vec![g("g1"), g("g2"), g("g3")]), "g2"),
+            (rec(vec![unverified(g("g1")), g("g2"), g("g3")]), "g2"),
+            (
+                rec(vec![unverified(g("g1")), unverified(g("g2")), g("g3")]),
+                "g2",
+            ),
+        ];
+        for (record, expected) in cases {
+            let got = rollback_target(&record, Some("g3"), None).map(|m| m.name.clone());
+            assert_eq!(got.as_deref(), Ok(expected), "{record:?}");
+        }
+    }
+
     /// What a pass may swap in: not the version rolled back from while the pin holds,
     /// not a version that failed its verify; and what S3 is asked about instead.
     #[test]
@@ -358,6 +405,7 @@ mod tests {
                 v("s3://b/app.tar.zst", "e4"),
             ],
             pin: Some(pin.clone()),
+            ..Record::default()
         };
         let cases = [
             ("s3://b/2.tar.zst", "e2", Some(Blocked::Pinned(pin.clone()))),

@@ -18,7 +18,10 @@
 //! **Generations kept.** The current generation and up to `keep - 1` older ones stay
 //! (`keep`, 2 by default), each with its source, version (an archive's ETag, or a digest
 //! of a prefix's listing), time and marks (`failed`: its `verify` failed; `rolled back`:
-//! someone rolled back from it), in `generations.json`. The symlink says which one is
+//! someone rolled back from it; `unverified`), in `generations.json`, with what is still
+//! owed for the current tree (the `--on-change` hook, written in the swap's or the
+//! rollback's record write when the run has one; a `release_failed` notice, with the
+//! `failed` mark), cleared once paid. The symlink says which one is
 //! current; the record only annotates. Pruning removes failed ones first, then the
 //! oldest. A rollback swaps the link to a kept generation: one rename, as a swap is; its
 //! record (the pin, the marks) is written before the rename, so a SIGKILL leaves one
@@ -222,6 +225,9 @@ pub struct Destination {
     keep: usize,
     /// A new generation must pass a `verify`: it is recorded `unverified` until then.
     verify: bool,
+    /// This run announces a swap or a rollback with `--on-change`: each records the hook
+    /// owed until [`Destination::hook_paid`].
+    hook: bool,
 }
 
 /// The current generation: its name, its descriptor, and its seal.
@@ -353,6 +359,7 @@ impl Destination {
             record: Record::default(),
             keep: DEFAULT_KEEP,
             verify: false,
+            hook: false,
         };
         dest.current = dest.find_current()?;
         dest.record = dest.read_json(OsStr::new(RECORD)).unwrap_or_default();
@@ -370,6 +377,38 @@ impl Destination {
     /// in the same write that records it, until [`Destination::mark_verified`].
     pub fn set_verify(&mut self, verify: bool) {
         self.verify = verify;
+    }
+
+    /// Whether this run announces its swaps and rollbacks with `--on-change`: if so,
+    /// each records the hook owed, in the same write, until [`Destination::hook_paid`].
+    pub fn set_hook(&mut self, hook: bool) {
+        self.hook = hook;
+    }
+
+    /// Whether the `--on-change` hook is owed for the current tree (this run's swap or
+    /// rollback, or one of a run that ended before its hook returned).
+    pub fn owes_hook(&self) -> bool {
+        self.record.hook_owed.is_some()
+    }
+
+    /// The hook ran (and returned) for the current tree: the mark goes.
+    pub fn hook_paid(&mut self) {
+        if self.record.hook_owed.take().is_some() {
+            self.write_record();
+        }
+    }
+
+    /// The generation whose `release_failed` notice is owed, if any.
+    pub fn notice_owed(&self) -> Option<&Made> {
+        let name = self.record.notice_owed.as_deref()?;
+        self.record.generations.iter().find(|m| m.name == name)
+    }
+
+    /// The `release_failed` notice was delivered (or failed to be): the mark goes.
+    pub fn notice_sent(&mut self) {
+        if self.record.notice_owed.take().is_some() {
+            self.write_record();
+        }
     }
 
     /// The record of the kept generations.
@@ -492,6 +531,7 @@ impl Destination {
                 Some(why) => {
                     made.failed = Some(format!("{at}: {why}"));
                     made.unverified = None;
+                    self.record.notice_owed = Some(made.name.clone());
                     self.record.failed.retain(|v| *v != from);
                     self.record.failed.push(from);
                     let excess = self.record.failed.len().saturating_sub(FAILED_KEPT);
@@ -510,6 +550,9 @@ impl Destination {
                     at: at.clone(),
                 });
             }
+        }
+        if self.hook {
+            self.record.hook_owed = Some(at.clone());
         }
         self.write_record_or_fail()?;
         let name = OsString::from(&target.name);
@@ -537,6 +580,7 @@ impl Destination {
         {
             made.failed = Some(format!("{at}: {why}"));
             made.unverified = None;
+            self.record.notice_owed = Some(made.name.clone());
             let from = Version {
                 source: made.source.clone(),
                 version: made.version.clone(),
@@ -781,6 +825,9 @@ impl Destination {
             rolled_back: None,
             unverified: self.verify.then(now),
         });
+        if self.hook {
+            self.record.hook_owed = Some(now());
+        }
         self.record.pin = None;
         let current = self.current_name().map(str::to_string);
         let pruned = prune(&self.record, current.as_deref(), self.keep);
