@@ -8,15 +8,22 @@
 //! - Endpoint: `AWS_ENDPOINT_URL_EC2`, else `AWS_ENDPOINT_URL`, as the SDK reads them
 //!   (checked by `Aws::load` for `EC2`), else `https://ec2.{region}.amazonaws.com`
 //!   (`.amazonaws.com.cn` in China).
+//!   The region must be a host label (letters, digits, `-`) before it names a host; the
+//!   `Host` header is the endpoint's host and port only (never a `user:password@`).
 //! - Bounds: each attempt within `attempt_timeout` and what is left of the caller's
 //!   deadline; throttled and transient failures retried under `base::retry` until the
-//!   deadline; an answer's body at most [`MAX_ANSWER`].
+//!   deadline; an answer's body at most [`MAX_ANSWER`] for a `DescribeInstances` page,
+//!   [`MAX_SMALL_ANSWER`] for anything else (`CreateTags`, an error): a larger one is a
+//!   permanent failure, not downloaded again. Paging ([`Paging`]) stops with an error at a
+//!   token seen before (a cycle) and past [`MAX_PAGES`] pages or [`MAX_INSTANCES`].
 //! - Errors: EC2's `<Response><Errors><Error><Code/><Message/>` read into an
 //!   `aws::Failure`, sorted by `aws::kind_of` as every AWS error is; a message carries the
-//!   code and EC2's message, never the body of an answer.
+//!   action (`ec2:CreateTags: …`, added here and nowhere else), the code and EC2's message
+//!   (at most [`MAX_MESSAGE`] characters, shown escaped: `report::tags::shown_line`), never
+//!   the body of an answer.
 //! - Answers: XML read with `aws-smithy-xml`, only the fields bootstage uses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
@@ -33,14 +40,24 @@ use http_body_util::{BodyExt, Full, Limited};
 use crate::aws::{self, Aws, AwsError, Failure, Kind};
 use crate::base::http::{HttpsClient, source_chain};
 use crate::base::retry::{self, Deadline};
+use crate::report::tags::shown_line;
 
 /// The Query API's version.
 pub const VERSION: &str = "2016-11-15";
 /// `DescribeInstances` answers at most this many instances a page (and at least 5).
 pub const MAX_PAGE: u32 = 1000;
 pub const MIN_PAGE: u32 = 5;
-/// The largest answer read (a page of 1,000 instances is a few MB).
+/// The largest `DescribeInstances` page read (a page of 1,000 instances is a few MB).
 pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
+/// The largest answer read of anything else: `CreateTags`' (a few hundred bytes), an
+/// error's.
+pub const MAX_SMALL_ANSWER: usize = 64 * 1024;
+/// The most pages one listing reads ([`Paging`]).
+pub const MAX_PAGES: usize = 1000;
+/// The most instances one listing gathers.
+pub const MAX_INSTANCES: usize = 100_000;
+/// The most characters of a service's error message kept.
+pub const MAX_MESSAGE: usize = 300;
 /// Connecting, within each attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -81,12 +98,19 @@ impl Ec2 {
     /// endpoint overrides were checked). `attempt_timeout` bounds each attempt.
     pub fn new(aws: &Aws, attempt_timeout: Duration) -> Result<Ec2, AwsError> {
         let region = aws.region().to_string();
-        let (variable, raw) = match aws::endpoint("EC2") {
-            Some(url) => ("AWS_ENDPOINT_URL_EC2", url),
-            None => ("", default_endpoint(&region)),
+        if !is_region(&region) {
+            return Err(AwsError::BadEndpoint {
+                variable: "the region".into(),
+                value: shown_line(&region),
+                why: "is not a region's name (letters, digits and '-')".into(),
+            });
+        }
+        let (variable, raw) = match aws::endpoint_and_variable("EC2") {
+            Some((variable, url)) => (variable, url),
+            None => (String::new(), default_endpoint(&region)),
         };
         let url: http::Uri = raw.parse().map_err(|e| AwsError::BadEndpoint {
-            variable: variable.into(),
+            variable,
             value: String::new(),
             why: format!("is not a URL ({e})"),
         })?;
@@ -121,12 +145,26 @@ impl Ec2 {
             params.push((format!("Tag.{}.Key", i + 1), key.clone()));
             params.push((format!("Tag.{}.Value", i + 1), value.clone()));
         }
-        self.call("CreateTags", &params, deadline).await.map(drop)
+        self.call("CreateTags", &params, MAX_SMALL_ANSWER, deadline)
+            .await
+            .map(drop)
+            .map_err(named("CreateTags"))
     }
 
     /// Every instance `filters` select, page by page (`page` instances each, from
-    /// [`MIN_PAGE`] to [`MAX_PAGE`]; `NextToken` to the end).
+    /// [`MIN_PAGE`] to [`MAX_PAGE`]; `NextToken` to the end, within [`Paging`]'s bounds).
     pub async fn describe_instances(
+        &self,
+        filters: &[Filter],
+        page: u32,
+        deadline: Deadline,
+    ) -> Result<Vec<Instance>, Failure> {
+        self.all_pages(filters, page, deadline)
+            .await
+            .map_err(named("DescribeInstances"))
+    }
+
+    async fn all_pages(
         &self,
         filters: &[Filter],
         page: u32,
@@ -143,25 +181,28 @@ impl Ec2 {
             }
         }
         let mut found = Vec::new();
+        let mut paging = Paging::new(MAX_PAGES, MAX_INSTANCES);
         let mut token: Option<String> = None;
         loop {
             let mut params = base.clone();
             if let Some(token) = &token {
                 params.push(("NextToken".into(), token.clone()));
             }
-            let body = self.call("DescribeInstances", &params, deadline).await?;
+            let body = self
+                .call("DescribeInstances", &params, MAX_ANSWER, deadline)
+                .await?;
             let (instances, next) = instances(&body).map_err(|e| {
                 Failure::new(
                     Kind::Permanent,
                     None,
-                    format!("ec2:DescribeInstances: unreadable answer ({e})"),
+                    format!("unreadable answer ({})", shown_line(&e.to_string())),
                 )
             })?;
+            let count = instances.len();
             found.extend(instances);
-            match next {
-                // A token that comes back again would page forever.
-                Some(next) if token.as_ref() != Some(&next) => token = Some(next),
-                _ => return Ok(found),
+            match paging.next(next, count)? {
+                Some(next) => token = Some(next),
+                None => return Ok(found),
             }
         }
     }
@@ -172,6 +213,7 @@ impl Ec2 {
         &self,
         action: &str,
         params: &[(String, String)],
+        limit: usize,
         deadline: Deadline,
     ) -> Result<String, Failure> {
         let mut form = format!("Action={action}&Version={VERSION}");
@@ -183,6 +225,7 @@ impl Ec2 {
         }
         let body = Bytes::from(form);
         let name = format!("ec2:{action}");
+        let size = limit;
         retry::until_deadline(
             retry::THROTTLED,
             deadline,
@@ -191,7 +234,7 @@ impl Ec2 {
             },
             || async {
                 let limit = self.attempt_timeout.min(deadline.remaining());
-                match tokio::time::timeout(limit, self.attempt(body.clone())).await {
+                match tokio::time::timeout(limit, self.attempt(body.clone(), size)).await {
                     Ok(answer) => answer,
                     Err(_) => Err(Failure::new(
                         Kind::Transient,
@@ -204,14 +247,12 @@ impl Ec2 {
         .await
     }
 
-    async fn attempt(&self, body: Bytes) -> Result<String, Failure> {
+    /// One signed request; its answer's body (at most `limit` bytes when it succeeds,
+    /// [`MAX_SMALL_ANSWER`] when it does not).
+    async fn attempt(&self, body: Bytes, limit: usize) -> Result<String, Failure> {
         let credentials = self.credentials().await?;
         let identity: Identity = credentials.into();
-        let host = self
-            .url
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .unwrap_or_default();
+        let host = host_header(&self.url);
         let content_type = "application/x-www-form-urlencoded; charset=utf-8";
         let url = self.url.to_string();
         let headers = [("content-type", content_type), ("host", host.as_str())];
@@ -222,7 +263,7 @@ impl Ec2 {
             .time(SystemTime::now())
             .settings(SigningSettings::default())
             .build()
-            .map_err(|e| Failure::new(Kind::Permanent, None, format!("cannot sign: {e}")))?
+            .map_err(unsignable)?
             .into();
         let signable = SignableRequest::new(
             "POST",
@@ -230,10 +271,8 @@ impl Ec2 {
             headers.iter().copied(),
             SignableBody::Bytes(&body),
         )
-        .map_err(|e| Failure::new(Kind::Permanent, None, format!("cannot sign: {e}")))?;
-        let (instructions, _) = sign(signable, &params)
-            .map_err(|e| Failure::new(Kind::Permanent, None, format!("cannot sign: {e}")))?
-            .into_parts();
+        .map_err(unsignable)?;
+        let (instructions, _) = sign(signable, &params).map_err(unsignable)?.into_parts();
         let mut request = http::Request::post(&url)
             .header("content-type", content_type)
             .header("host", &host)
@@ -253,16 +292,31 @@ impl Ec2 {
             )
         })?;
         let status = response.status().as_u16();
-        let read = Limited::new(response.into_body(), MAX_ANSWER)
+        let limit = match status {
+            200..=299 => limit,
+            _ => MAX_SMALL_ANSWER,
+        };
+        let read = Limited::new(response.into_body(), limit)
             .collect()
             .await
             .map(|b| b.to_bytes());
-        let Ok(bytes) = read else {
-            return Err(Failure::new(
-                Kind::Transient,
-                None,
-                format!("unreadable answer (HTTP {status})"),
-            ));
+        let bytes = match read {
+            Ok(bytes) => bytes,
+            // The same request would bring the same answer: not downloaded again.
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(Failure::new(
+                    Kind::Permanent,
+                    None,
+                    format!("an answer larger than {limit} bytes (HTTP {status})"),
+                ));
+            }
+            Err(_) => {
+                return Err(Failure::new(
+                    Kind::Transient,
+                    None,
+                    format!("unreadable answer (HTTP {status})"),
+                ));
+            }
         };
         let text = String::from_utf8_lossy(&bytes);
         match status {
@@ -286,19 +340,18 @@ impl Ec2 {
     }
 
     async fn ask_chain(&self) -> Result<aws_credential_types::Credentials, Failure> {
-        let Some(chain) = &self.credentials else {
-            return Err(Failure::new(
+        let none = || {
+            Failure::new(
                 Kind::Refused,
                 None,
                 "no AWS credentials: no source of the SDK's chain gave any",
-            ));
+            )
+        };
+        let Some(chain) = &self.credentials else {
+            return Err(none());
         };
         chain.provide_credentials().await.map_err(|e| match e {
-            CredentialsError::CredentialsNotLoaded(_) => Failure::new(
-                Kind::Refused,
-                None,
-                "no AWS credentials: no source of the SDK's chain gave any",
-            ),
+            CredentialsError::CredentialsNotLoaded(_) => none(),
             CredentialsError::InvalidConfiguration(_) => Failure::new(
                 Kind::Refused,
                 None,
@@ -313,6 +366,95 @@ impl Ec2 {
                 ),
             ),
         })
+    }
+}
+
+/// A request that cannot be signed or built (the same one never could).
+fn unsignable(e: impl std::fmt::Display) -> Failure {
+    Failure::new(Kind::Permanent, None, format!("cannot sign: {e}"))
+}
+
+/// A failure of `action`, named as every EC2 failure is said: `ec2:CreateTags: …`.
+fn named(action: &'static str) -> impl Fn(Failure) -> Failure {
+    move |mut e| {
+        e.message = format!("ec2:{action}: {}", e.message);
+        e
+    }
+}
+
+/// The `Host` header of `url`: its host and port, never a `user:password@` before them.
+pub fn host_header(url: &http::Uri) -> String {
+    let host = url.host().unwrap_or_default();
+    match url.port_u16() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    }
+}
+
+/// Whether `region` can name a host: one DNS label of ASCII letters, digits and `-`.
+pub fn is_region(region: &str) -> bool {
+    (1..=63).contains(&region.len())
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !region.starts_with('-')
+        && !region.ends_with('-')
+}
+
+/// A listing's pages, bounded: the next token to ask for, or the end; an error when a
+/// token comes back that was asked for before (a cycle, which would page until the
+/// deadline or return a listing cut short) or when the pages or the items pass their
+/// bounds. Shared by every paged listing (`DescribeInstances` here, `fleet`'s
+/// `ListObjectsV2`).
+#[derive(Debug)]
+pub struct Paging {
+    seen: HashSet<String>,
+    pages: usize,
+    items: usize,
+    max_pages: usize,
+    max_items: usize,
+}
+
+impl Paging {
+    pub fn new(max_pages: usize, max_items: usize) -> Paging {
+        Paging {
+            seen: HashSet::new(),
+            pages: 0,
+            items: 0,
+            max_pages,
+            max_items,
+        }
+    }
+
+    /// After a page of `items` whose next token is `next`: the token to ask for next, or
+    /// `None` at the end.
+    pub fn next(&mut self, next: Option<String>, items: usize) -> Result<Option<String>, Failure> {
+        self.pages += 1;
+        self.items += items;
+        let bad = |why: String| Err(Failure::new(Kind::Permanent, None, why));
+        if self.items > self.max_items {
+            return bad(format!(
+                "more than {} items in {} pages: not read further",
+                self.max_items, self.pages
+            ));
+        }
+        let Some(next) = next else {
+            return Ok(None);
+        };
+        if self.pages >= self.max_pages {
+            return bad(format!(
+                "more than {} pages: not read further",
+                self.max_pages
+            ));
+        }
+        // The token itself is the service's: not repeated.
+        if !self.seen.insert(next.clone()) {
+            return bad(format!(
+                "page {} named a next page asked for before: the pages go round in a circle",
+                self.pages
+            ));
+        }
+        Ok(Some(next))
     }
 }
 
@@ -337,15 +479,30 @@ fn encode(value: &str) -> String {
 
 /// A failed answer: EC2's error code and message when the body has them, else the
 /// status alone (the body is never repeated).
+/// The code is kept only when it looks like one (letters, digits, `.`, `_`, `-`, at most
+/// 128); the message is cut to [`MAX_MESSAGE`] characters and shown escaped.
 pub fn failure(status: u16, body: &str) -> Failure {
-    let said = error_code(body).ok().flatten();
+    let said = error_code(body).ok().flatten().filter(|(code, _)| {
+        code.len() <= 128
+            && code
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-_".contains(&b))
+    });
     let code = said.as_ref().map(|(code, _)| code.as_str());
     let message = match &said {
-        Some((code, Some(message))) => format!("{code}: {message}"),
+        Some((code, Some(message))) => format!("{code}: {}", cut(&shown_line(message))),
         Some((code, None)) => code.clone(),
         None => format!("unexpected answer (HTTP {status})"),
     };
     Failure::new(aws::kind_of(code, Some(status)), code, message)
+}
+
+/// `text` at most [`MAX_MESSAGE`] characters, `…` where it was cut.
+fn cut(text: &str) -> String {
+    match text.char_indices().nth(MAX_MESSAGE) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
 }
 
 /// `<Response><Errors><Error><Code/><Message/>` (or an `<ErrorResponse><Error>`): the
@@ -584,6 +741,142 @@ mod tests {
         ];
         for (status, body, expected) in cases {
             assert_eq!(failure(status, &body), expected, "{body}");
+        }
+    }
+
+    #[test]
+    fn pages_end_at_the_last_one_and_never_go_round() {
+        let tok = |t: &str| Some(t.to_string());
+        // (each page's next token and items, what `next` says of each, its bounds)
+        type Case = (
+            Vec<(Option<String>, usize)>,
+            Vec<Result<Option<String>, &'static str>>,
+            (usize, usize),
+        );
+        let cases: Vec<Case> = vec![
+            (vec![(None, 3)], vec![Ok(None)], (10, 100)),
+            (
+                vec![(tok("a"), 5), (tok("b"), 5), (None, 1)],
+                vec![Ok(tok("a")), Ok(tok("b")), Ok(None)],
+                (10, 100),
+            ),
+            // A token that comes back at once: it was a listing cut short.
+            (
+                vec![(tok("a"), 5), (tok("a"), 5)],
+                vec![
+                    Ok(tok("a")),
+                    Err(
+                        "page 2 named a next page asked for before: the pages go round in a circle",
+                    ),
+                ],
+                (10, 100),
+            ),
+            // A circle a → b → a: it paged until the deadline.
+            (
+                vec![(tok("a"), 5), (tok("b"), 5), (tok("a"), 5)],
+                vec![
+                    Ok(tok("a")),
+                    Ok(tok("b")),
+                    Err(
+                        "page 3 named a next page asked for before: the pages go round in a circle",
+                    ),
+                ],
+                (10, 100),
+            ),
+            (
+                vec![(tok("a"), 0), (tok("b"), 0), (tok("c"), 0)],
+                vec![
+                    Ok(tok("a")),
+                    Ok(tok("b")),
+                    Err("more than 3 pages: not read further"),
+                ],
+                (3, 100),
+            ),
+            (
+                vec![(tok("a"), 6), (None, 5)],
+                vec![
+                    Ok(tok("a")),
+                    Err("more than 10 items in 2 pages: not read further"),
+                ],
+                (10, 10),
+            ),
+        ];
+        for (pages, expected, (max_pages, max_items)) in cases {
+            let mut paging = Paging::new(max_pages, max_items);
+            let got: Vec<Result<Option<String>, String>> = pages
+                .into_iter()
+                .map(|(next, items)| paging.next(next, items).map_err(|e| e.message))
+                .collect();
+            let expected: Vec<Result<Option<String>, String>> = expected
+                .into_iter()
+                .map(|r| r.map_err(String::from))
+                .collect();
+            assert_eq!(got, expected);
+        }
+    }
+
+    #[test]
+    fn an_error_message_is_cut_and_escaped() {
+        let body = |code: &str, message: &str| {
+            format!(
+                "<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors></Response>"
+            )
+        };
+        let long = "x".repeat(1000);
+        let cases = [
+            (
+                body("InvalidParameterValue", "bad \u{200b}[2J\nvalue\u{202e}"),
+                Some("InvalidParameterValue"),
+                "InvalidParameterValue: bad \\u{200b}[2J\\u{a}value\\u{202e}".to_string(),
+            ),
+            (
+                body("InvalidParameterValue", &long),
+                Some("InvalidParameterValue"),
+                format!("InvalidParameterValue: {}…", "x".repeat(MAX_MESSAGE)),
+            ),
+            // A control character is no XML: the answer is unreadable.
+            (
+                body("InvalidParameterValue", "\u{1b}[2J"),
+                None,
+                "unexpected answer (HTTP 400)".to_string(),
+            ),
+            // A code that is no code is not one.
+            (
+                body("Bad Code\u{202e}", "m"),
+                None,
+                "unexpected answer (HTTP 400)".to_string(),
+            ),
+        ];
+        for (body, code, message) in cases {
+            let got = failure(400, &body);
+            assert_eq!(got.code.as_deref(), code, "{body}");
+            assert_eq!(got.message, message, "{body}");
+        }
+    }
+
+    #[test]
+    fn the_host_header_and_the_region_name_a_host_only() {
+        let cases = [
+            ("http://user:secret@127.0.0.1:5000/", "127.0.0.1:5000"),
+            (
+                "https://ec2.eu-west-1.amazonaws.com",
+                "ec2.eu-west-1.amazonaws.com",
+            ),
+            ("http://[::1]:8080/x", "[::1]:8080"),
+        ];
+        for (url, host) in cases {
+            assert_eq!(host_header(&url.parse().unwrap()), host, "{url}");
+        }
+        for (region, ok) in [
+            ("eu-west-1", true),
+            ("cn-north-1", true),
+            ("", false),
+            ("us-east-1.evil.example", false),
+            ("a/b", false),
+            ("x@y", false),
+            ("-a", false),
+        ] {
+            assert_eq!(is_region(region), ok, "{region}");
         }
     }
 

@@ -196,12 +196,20 @@ pub fn instance_region(state: &StateDir) -> Option<String> {
 /// The endpoint override for a service (`S3` → `AWS_ENDPOINT_URL_S3`, else
 /// `AWS_ENDPOINT_URL`), as the SDK reads it.
 pub fn endpoint(service_env_name: &str) -> Option<String> {
+    endpoint_and_variable(service_env_name).map(|(_, url)| url)
+}
+
+/// [`endpoint`], with the variable it came from.
+pub fn endpoint_and_variable(service_env_name: &str) -> Option<(String, String)> {
     [
         format!("AWS_ENDPOINT_URL_{service_env_name}"),
         "AWS_ENDPOINT_URL".to_string(),
     ]
-    .iter()
-    .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+    .into_iter()
+    .find_map(|v| {
+        let url = std::env::var(&v).ok().filter(|u| !u.is_empty())?;
+        Some((v, url))
+    })
 }
 
 /// `value` with any `user:password@` before its host replaced by `…@`.

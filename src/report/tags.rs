@@ -139,19 +139,55 @@ pub fn short(version: &str) -> String {
     clean(&format!("{kind}{rest}"))
 }
 
-/// What a tag value may hold (EC2's and IMDS's rule for tags: letters, digits, spaces and
-/// `+ - = . _ : / @`); anything else (from an S3 ETag, which is untrusted) becomes `_`.
+/// Whether a tag value written by bootstage may hold `c` (EC2's and IMDS's rule for tags:
+/// ASCII letters, digits, spaces and `+ - = . _ : / @`).
+fn allowed(c: char) -> bool {
+    c.is_ascii_alphanumeric() || " +-=._:/@".contains(c)
+}
+
+/// What a tag value may hold ([`allowed`]); anything else (from an S3 ETag, which is
+/// untrusted) becomes `_`.
 pub fn clean(value: &str) -> String {
     value
         .chars()
-        .map(
-            |c| match c.is_ascii_alphanumeric() || " +-=._:/@".contains(c) {
-                true => c,
-                false => '_',
-            },
-        )
+        .map(|c| if allowed(c) { c } else { '_' })
         .take(MAX_VALUE)
         .collect()
+}
+
+/// The one home of showing untrusted text to an operator (a terminal, a log line): every
+/// character `keep` does not accept is written as its escape (`\u{1b}`), so no control,
+/// format (bidi overrides, zero-width), line-separator or other invisible character
+/// reaches the screen as itself.
+fn escaped(text: &str, keep: impl Fn(char) -> bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match keep(c) {
+            true => out.push(c),
+            false => out.extend(c.escape_unicode()),
+        }
+    }
+    out
+}
+
+/// A value anyone may have written (a tag's, an S3 key) as shown: the characters of
+/// [`clean`]'s set as they are, any other escaped.
+pub fn shown(value: &str) -> String {
+    escaped(value, allowed)
+}
+
+/// Text on one line (a service's error message): printable ASCII as it is, any other
+/// character (newlines included) escaped.
+pub fn shown_line(text: &str) -> String {
+    escaped(text, |c| c == ' ' || c.is_ascii_graphic())
+}
+
+/// Text on a terminal (an uploaded journal): printable ASCII, newlines and tabs as they
+/// are, any other character escaped.
+pub fn shown_text(text: &str) -> String {
+    escaped(text, |c| {
+        c == ' ' || c == '\n' || c == '\t' || c.is_ascii_graphic()
+    })
 }
 
 #[cfg(test)]
@@ -275,6 +311,65 @@ mod tests {
         ];
         for (recorded, next, may) in says {
             assert_eq!(may_say(recorded, next), may, "{recorded:?} → {next:?}");
+        }
+    }
+
+    #[test]
+    fn untrusted_text_is_shown_escaped() {
+        // (input, shown, shown_line, shown_text)
+        let cases = [
+            ("ready", "ready", "ready", "ready"),
+            (
+                "c=sha256:3f1c0a9e77b2 a/b@c+d_e.f-g",
+                "c=sha256:3f1c0a9e77b2 a/b@c+d_e.f-g",
+                "c=sha256:3f1c0a9e77b2 a/b@c+d_e.f-g",
+                "c=sha256:3f1c0a9e77b2 a/b@c+d_e.f-g",
+            ),
+            (
+                "c=\u{1b}[31mred",
+                "c=\\u{1b}\\u{5b}31mred",
+                "c=\\u{1b}[31mred",
+                "c=\\u{1b}[31mred",
+            ),
+            ("a\nb\tc", "a\\u{a}b\\u{9}c", "a\\u{a}b\\u{9}c", "a\nb\tc"),
+            (
+                "\r\u{7f}\u{9b}",
+                "\\u{d}\\u{7f}\\u{9b}",
+                "\\u{d}\\u{7f}\\u{9b}",
+                "\\u{d}\\u{7f}\\u{9b}",
+            ),
+            // Bidi overrides and isolates, zero-width characters, line and paragraph
+            // separators: not controls (Cc), shown escaped all the same.
+            (
+                "\u{202e}x\u{2066}",
+                "\\u{202e}x\\u{2066}",
+                "\\u{202e}x\\u{2066}",
+                "\\u{202e}x\\u{2066}",
+            ),
+            (
+                "\u{200b}\u{200f}\u{feff}",
+                "\\u{200b}\\u{200f}\\u{feff}",
+                "\\u{200b}\\u{200f}\\u{feff}",
+                "\\u{200b}\\u{200f}\\u{feff}",
+            ),
+            (
+                "\u{2028}\u{2029}",
+                "\\u{2028}\\u{2029}",
+                "\\u{2028}\\u{2029}",
+                "\\u{2028}\\u{2029}",
+            ),
+            ("é", "\\u{e9}", "\\u{e9}", "\\u{e9}"),
+            (
+                "{\"a\": [1]}",
+                "\\u{7b}\\u{22}a\\u{22}: \\u{5b}1\\u{5d}\\u{7d}",
+                "{\"a\": [1]}",
+                "{\"a\": [1]}",
+            ),
+        ];
+        for (input, tag, line, text) in cases {
+            assert_eq!(shown(input), tag, "{input:?}");
+            assert_eq!(shown_line(input), line, "{input:?}");
+            assert_eq!(shown_text(input), text, "{input:?}");
         }
     }
 

@@ -13,21 +13,29 @@
 //! - `--logs INSTANCE`: the forensics its last failed boot uploaded (`bootstage.report.logs`),
 //!   from the prefix `--logs-prefix` (or `BOOTSTAGE_LOGS_PREFIX`) gives, written as the
 //!   setting is (`s3://bucket/boot-logs/{instance_id}/{boot_id}/`): the boot whose objects
-//!   are the newest ([`latest_boot`]), each object under a `==> s3://… <==` line.
+//!   are the newest ([`latest_boot`]), each object under a `==> s3://… <==` line, read and
+//!   printed chunk by chunk, at most [`MAX_OBJECT`] bytes of each ([`Excerpt`]).
+//! - Listings are bounded (`ec2::Paging`): a continuation token seen before, more than
+//!   [`MAX_LIST_PAGES`] pages or [`MAX_KEYS`] keys is an error, not a listing cut short.
 //!
-//! Tags are anyone's to write who may call `CreateTags`: their values are shown with
-//! control characters replaced, and a ready-seconds that is not a number is not one.
+//! Tags are anyone's to write who may call `CreateTags`, and the forensics' keys and
+//! bodies anyone's with `s3:PutObject` on the prefix (every instance's role, and so its
+//! app): tag values and keys are shown with any character outside a tag's set escaped
+//! (`report::tags::shown`), bodies with any character but printable ASCII, newlines and
+//! tabs escaped (`report::tags::shown_text`); a ready-seconds that is not a number is not
+//! one.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::aws::ec2::{self, Ec2, Filter, Instance};
+use crate::aws::ec2::{self, Ec2, Filter, Instance, Paging};
 use crate::aws::{self, Aws, Failure, Kind};
 use crate::base::retry::{self, Deadline};
 use crate::orchestrator::GROUP_TAG;
-use crate::report::tags::{READY_SECONDS, RELEASE, STATUS, Status};
+use crate::report::tags::{READY_SECONDS, RELEASE, STATUS, Status, shown, shown_text};
 use crate::settings::report::Config;
 use crate::stage::error::{Error, ExitCode, ExitStatus, Result};
 use crate::state::StateDir;
@@ -50,6 +58,11 @@ pub struct Settings {
 pub const DEFAULT_TIMEOUT: &str = "60s";
 /// Each attempt of each call.
 const ATTEMPT: Duration = Duration::from_secs(20);
+/// The most of one object `--logs` prints (the journal's excerpt is 1 MiB by default).
+pub const MAX_OBJECT: usize = 16 * 1024 * 1024;
+/// The most pages and keys one forensics listing reads.
+pub const MAX_LIST_PAGES: usize = 1000;
+pub const MAX_KEYS: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -100,21 +113,21 @@ impl Row {
             instance
                 .tags
                 .get(key)
-                .map(|v| printable(v))
+                .map(|v| shown(v))
                 .filter(|v| !v.is_empty())
         };
         Row {
-            id: printable(&instance.id),
+            id: shown(&instance.id),
             group: tag(GROUP_TAG),
-            zone: printable(&instance.availability_zone),
-            state: printable(&instance.state),
+            zone: shown(&instance.availability_zone),
+            state: shown(&instance.state),
             status: tag(STATUS),
             release: tag(RELEASE),
             ready_seconds: instance
                 .tags
                 .get(READY_SECONDS)
                 .and_then(|v| v.trim().parse().ok()),
-            launched: printable(&instance.launch_time),
+            launched: shown(&instance.launch_time),
         }
     }
 }
@@ -306,12 +319,67 @@ pub fn document(rows: &[Row], summary: &Summary) -> String {
     serde_json::to_string_pretty(&doc).expect("documents serialize") + "\n"
 }
 
-/// `value` with control characters replaced (`?`): a tag is anyone's to write.
-fn printable(value: &str) -> String {
-    value
-        .chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+/// An object's body as `--logs` shows it, chunk by chunk: UTF-8 decoded across chunks
+/// (a byte that is no UTF-8 is U+FFFD), shown with `report::tags::shown_text`, at most
+/// `max` bytes of it.
+#[derive(Debug)]
+pub struct Excerpt {
+    pending: Vec<u8>,
+    read: usize,
+    max: usize,
+}
+
+impl Excerpt {
+    pub fn new(max: usize) -> Excerpt {
+        Excerpt {
+            pending: Vec::new(),
+            read: 0,
+            max,
+        }
+    }
+
+    /// What `chunk` shows (up to the bound), and whether it all fitted (`false`: the object
+    /// was cut at the bound).
+    pub fn feed(&mut self, chunk: &[u8]) -> (String, bool) {
+        let take = chunk.len().min(self.max - self.read);
+        self.read += take;
+        self.pending.extend_from_slice(&chunk[..take]);
+        let mut out = String::new();
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(text) => {
+                    out += &shown_text(text);
+                    self.pending.clear();
+                    break;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    let text = std::str::from_utf8(&self.pending[..valid]).expect("valid");
+                    out += &shown_text(text);
+                    match e.error_len() {
+                        Some(bad) => {
+                            out += &shown_text("\u{fffd}");
+                            self.pending.drain(..valid + bad);
+                        }
+                        // A character cut by the chunk's end: the next chunk ends it.
+                        None => {
+                            self.pending.drain(..valid);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        (out, take == chunk.len())
+    }
+
+    /// What is left at the end: a character the object cut short.
+    pub fn finish(self) -> String {
+        match self.pending.is_empty() {
+            true => String::new(),
+            false => shown_text("\u{fffd}"),
+        }
+    }
 }
 
 /// The boot id whose objects are the newest, of `objects` (key, last modified in ms)
@@ -356,7 +424,7 @@ pub async fn run(state: &StateDir, args: &Settings) -> Result<()> {
     let instances = ec2
         .describe_instances(&[filter], args.page_size, deadline)
         .await
-        .map_err(|e| FleetError::Aws(prefixed("ec2:DescribeInstances", e)))?;
+        .map_err(FleetError::Aws)?;
     tracing::debug!(
         calls = ec2.calls(),
         instances = instances.len(),
@@ -422,44 +490,73 @@ async fn logs(state: &StateDir, args: &Settings, instance: &str, deadline: Deadl
     let objects = list(&s3, &logs.bucket, &boot_prefix, deadline).await?;
     if objects.is_empty() {
         return Err(FleetError::NotFound(format!(
-            "no forensics of {instance} under s3://{}/{boot_prefix}",
-            logs.bucket
+            "no forensics of {instance} under s3://{}/{}",
+            logs.bucket,
+            shown(&boot_prefix)
         ))
         .into());
     }
-    let mut out = String::new();
+    let mut out = std::io::stdout();
     for (key, _) in &objects {
-        let body = aws::call("S3", "s3:GetObject", retry::BACKOFF, deadline, || {
+        let failed = |why: &str| {
+            FleetError::Aws(Failure::new(
+                Kind::Transient,
+                None,
+                format!("s3:GetObject {}: {why}", shown(key)),
+            ))
+        };
+        let answer = aws::call("S3", "s3:GetObject", retry::BACKOFF, deadline, || {
             s3.get_object().bucket(&logs.bucket).key(key).send()
         })
         .await
-        .map_err(|e| FleetError::Aws(prefixed("s3:GetObject", e)))?;
-        let bytes = tokio::time::timeout(deadline.remaining(), body.body.collect())
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .map(|b| b.into_bytes())
-            .ok_or_else(|| {
-                FleetError::Aws(Failure::new(
-                    Kind::Transient,
-                    None,
-                    format!("s3:GetObject {key}: the body was not read"),
-                ))
-            })?;
-        let text = String::from_utf8_lossy(&bytes);
-        let text: String = text
-            .chars()
-            .map(|c| match c.is_control() && c != '\n' && c != '\t' {
-                true => '?',
-                false => c,
-            })
-            .collect();
-        out += &format!("==> s3://{}/{key} <==\n{text}", logs.bucket);
-        if !out.ends_with('\n') {
-            out.push('\n');
+        .map_err(|e| FleetError::Aws(prefixed(&format!("s3:GetObject {}", shown(key)), e)))?;
+        let mut body = answer.body;
+        // The bucket is the operator's; the key anyone's who may put under the prefix.
+        let mut shown_so_far = format!("==> s3://{}/{} <==\n", logs.bucket, shown(key));
+        let mut excerpt = Excerpt::new(MAX_OBJECT);
+        let mut last = '\n';
+        let cut = loop {
+            let chunk = tokio::time::timeout(deadline.remaining(), body.next())
+                .await
+                .map_err(|_| failed("the body was not read in time"))?;
+            let (text, more) = match chunk {
+                None => break false,
+                Some(Ok(bytes)) => excerpt.feed(&bytes),
+                Some(Err(e)) => return Err(failed(&format!("the body was not read ({e})")).into()),
+            };
+            shown_so_far += &text;
+            if let Some(c) = shown_so_far.chars().next_back() {
+                last = c;
+            }
+            // A reader that went away (`| head`): nothing more to print.
+            if out.write_all(shown_so_far.as_bytes()).is_err() {
+                return Ok(());
+            }
+            shown_so_far.clear();
+            if !more {
+                break true;
+            }
+        };
+        let mut tail = excerpt.finish();
+        if let Some(c) = tail.chars().next_back() {
+            last = c;
+        }
+        if last != '\n' {
+            tail.push('\n');
+        }
+        if cut {
+            tail += &format!(
+                "==> cut: only the first {} MiB of s3://{}/{} are shown <==\n",
+                MAX_OBJECT / (1024 * 1024),
+                logs.bucket,
+                shown(key)
+            );
+        }
+        if out.write_all((shown_so_far + &tail).as_bytes()).is_err() {
+            return Ok(());
         }
     }
-    print!("{out}");
+    let _ = out.flush();
     Ok(())
 }
 
@@ -471,6 +568,7 @@ async fn list(
     deadline: Deadline,
 ) -> Result<Vec<(String, i64)>> {
     let mut found = Vec::new();
+    let mut paging = Paging::new(MAX_LIST_PAGES, MAX_KEYS);
     let mut token: Option<String> = None;
     loop {
         let page = aws::call("S3", "s3:ListObjectsV2", retry::BACKOFF, deadline, || {
@@ -491,9 +589,16 @@ async fn list(
                 found.push((key.to_string(), modified));
             }
         }
-        match page.next_continuation_token() {
-            Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_string()),
-            _ => break,
+        let next = page
+            .next_continuation_token()
+            .filter(|_| page.is_truncated() == Some(true))
+            .map(str::to_string);
+        match paging
+            .next(next, page.contents().len())
+            .map_err(|e| FleetError::Aws(prefixed("s3:ListObjectsV2", e)))?
+        {
+            Some(next) => token = Some(next),
+            None => break,
         }
     }
     found.sort();
@@ -660,10 +765,10 @@ mod tests {
         assert_eq!(
             table(&rows, &summary),
             "\
-INSTANCE  GROUP  AZ          STATE    STATUS  RELEASE     READY  LAUNCHED
-i-1       web    us-east-1a  running  failed  -           -      2026-12-06T10:00:01Z
-i-0abc    web    us-east-1b  running  ready   c=?[31mred  42s    2026-12-06T10:00:00.000Z
-2 instances: 1 failed, 1 ready; ready p50 42s, max 42s; 0 not on the majority release c=?[31mred
+INSTANCE  GROUP  AZ          STATE    STATUS  RELEASE               READY  LAUNCHED
+i-1       web    us-east-1a  running  failed  -                     -      2026-12-06T10:00:01Z
+i-0abc    web    us-east-1b  running  ready   c=\\u{1b}\\u{5b}31mred  42s    2026-12-06T10:00:00.000Z
+2 instances: 1 failed, 1 ready; ready p50 42s, max 42s; 0 not on the majority release c=\\u{1b}\\u{5b}31mred
 "
         );
         let bad = Instance {
@@ -671,6 +776,54 @@ i-0abc    web    us-east-1b  running  ready   c=?[31mred  42s    2026-12-06T10:0
             ..instance
         };
         assert_eq!(Row::of(&bad).ready_seconds, None);
+    }
+
+    #[test]
+    fn an_objects_body_is_shown_escaped_chunk_by_chunk_and_bounded() {
+        // (chunks, the bound, what is shown, whether it was cut)
+        let cases: [(&[&[u8]], usize, &str, bool); 8] = [
+            (&[b"the sync failed\n"], 100, "the sync failed\n", false),
+            (
+                &[b"a\x1b[2Jb\r\n\tc"],
+                100,
+                "a\\u{1b}[2Jb\\u{d}\n\tc",
+                false,
+            ),
+            // A character split between two chunks is one character.
+            (
+                &["é".as_bytes()[..1].as_ref(), &"é".as_bytes()[1..]],
+                100,
+                "\\u{e9}",
+                false,
+            ),
+            (&[b"x\xe2\x80", b"\xaey"], 100, "x\\u{202e}y", false),
+            // A byte that is no UTF-8, and a character the object cut short.
+            (
+                &[b"a\xffb", b"\xe2\x80"],
+                100,
+                "a\\u{fffd}b\\u{fffd}",
+                false,
+            ),
+            // The bound: the first bytes only, and said.
+            (&[b"0123", b"4567", b"89"], 6, "012345", true),
+            (&[b"012345"], 6, "012345", false),
+            (&[b"012345", b"6"], 6, "012345", true),
+        ];
+        for (chunks, max, expected, cut) in cases {
+            let mut excerpt = Excerpt::new(max);
+            let mut shown = String::new();
+            let mut more = true;
+            for chunk in chunks {
+                let (text, again) = excerpt.feed(chunk);
+                shown += &text;
+                more = again;
+                if !more {
+                    break;
+                }
+            }
+            shown += &excerpt.finish();
+            assert_eq!((shown.as_str(), !more), (expected, cut), "{chunks:?}");
+        }
     }
 
     #[test]

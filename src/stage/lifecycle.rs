@@ -47,6 +47,7 @@ use crate::orchestrator::{
 };
 use crate::report::tags::Status;
 use crate::stage::error::{Error, ExitCode, ExitStatus, Result};
+use crate::stage::identity;
 use crate::stage::query;
 use crate::stage::tags;
 use crate::state::StateDir;
@@ -141,22 +142,9 @@ struct Link {
 
 /// The instance's facts: `instance.json`, else IMDS (the metadata stage may have failed).
 pub(crate) async fn whoami(state: &StateDir) -> Result<Facts> {
-    if let Some(facts) = Facts::of(state)
-        && facts.instance_id.is_some()
-    {
-        return Ok(facts);
-    }
-    let endpoint = imds::resolve_endpoint(None, |v| std::env::var(v).ok())
-        .map_err(LifecycleError::NoIdentity)?;
-    let client = imds::Client::new(imds::Options {
-        endpoint,
-        v2_only: false,
-        request_timeout: Duration::from_secs(2),
-        deadline: Deadline::after(Duration::from_secs(10)),
-    })?;
-    Facts::from_imds(&client)
+    identity::whoami(state)
         .await
-        .map_err(|e| LifecycleError::NoIdentity(e.to_string()).into())
+        .map_err(|e| LifecycleError::NoIdentity(e).into())
 }
 
 async fn connect(state: &StateDir, config: Config, deadline: Deadline) -> Result<Link> {
@@ -516,15 +504,34 @@ pub async fn watch(
 ) -> Result<()> {
     let mut stop = Stop::install()
         .map_err(|e| OrchestratorError::Undelivered(format!("cannot watch for SIGTERM: {e}")))?;
-    // `bootstage:status=booting` beside the launch's watch (bounded, never an error).
-    let booting = tags::publish(state, Path::new(tags::REPORT_CONFIG), Status::Booting, None);
-    let (launch, ()) = tokio::join!(
-        keep_launch_alive(state, settings, notifier, &mut stop),
-        booting
-    );
-    if launch? == Launch::Stopped {
+    // `bootstage:status=booting` beside the launch's watch (bounded, never an error); a
+    // signal ends its wait too.
+    let mut booting = std::pin::pin!(tags::publish(
+        state,
+        Path::new(tags::REPORT_CONFIG),
+        Status::Booting,
+        None
+    ));
+    let (launch, tagged) = {
+        let mut launch = std::pin::pin!(keep_launch_alive(state, settings, notifier, &mut stop));
+        let mut tagged = false;
+        loop {
+            tokio::select! {
+                launch = &mut launch => break (launch, tagged),
+                () = &mut booting, if !tagged => tagged = true,
+            }
+        }
+    };
+    if matches!(launch, Ok(Launch::Stopped)) {
         return Ok(());
     }
+    if !tagged {
+        tokio::select! {
+            () = &mut booting => {}
+            () = stop.requested() => return Ok(()),
+        }
+    }
+    launch?;
     let config = config(state, &settings.config)?;
     if !drain::watched(config.as_ref(), &life.dirs) {
         return Ok(());

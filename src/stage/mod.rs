@@ -4,6 +4,7 @@
 pub mod error;
 pub mod fleet;
 pub mod hooks;
+pub mod identity;
 pub mod image;
 pub mod in_service;
 pub mod launch;

@@ -5,16 +5,21 @@
 //!
 //! - One `CreateTags` on the instance itself (`aws::ec2`), only with the tags whose value
 //!   changed since the last write of this boot: what was written is recorded in the state
-//!   dir (`report/tags.json`, under `report/tags.lock`, so the watcher and a notice never
-//!   interleave).
+//!   dir (`report/tags.json`, with a count of its writes). The lock (`report/tags.lock`) is
+//!   held to decide and to record, never over the network: a slow `booting` cannot keep
+//!   `ready` or `failed` waiting past its bound. A write that finds, when it records, that
+//!   another ended while it was under way cannot know which of the two EC2 applied last:
+//!   it sends the status that stands again (`booting` never over a later one), so a late
+//!   `booting` does not stay.
 //! - Bounded: all of it (settings, credentials, the call and its retries) within
 //!   [`DEADLINE`]; a failure is logged, never returned: a tag never fails or holds a boot.
 //! - The release: each sync destination's current version, read from its home's
 //!   `generations.json` without taking its lock or changing anything there (descriptor-
 //!   relative, no symlink followed, a home that is not root's is ignored).
 //! - Settings: the parameters' `bootstage.report`, else the image's
-//!   `/etc/bootstage/report.json`. Needs `instance.json` (the instance's id and region):
-//!   a boot whose metadata stage failed is not tagged.
+//!   `/etc/bootstage/report.json`. The instance: `instance.json`, else IMDS
+//!   (`stage::identity`): a boot whose metadata stage failed is tagged `failed` too. The
+//!   region: the instance's AWS region (`Facts::aws_region`: none from another cloud's).
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -30,10 +35,12 @@ use crate::aws::ec2::Ec2;
 use crate::base::retry::Deadline;
 use crate::imds::facts::Facts;
 use crate::report::emf;
+use crate::report::tags::STATUS;
 use crate::report::tags::{self, Moment, Status};
 use crate::settings::Bootstage;
 use crate::settings::report::Config;
 use crate::stage::error::Error;
+use crate::stage::identity;
 use crate::stage::query;
 use crate::state::StateDir;
 use crate::sync::fsat;
@@ -55,11 +62,14 @@ const LOCK: &str = "report/tags.lock";
 /// The largest `generations.json` read for a release.
 const MAX_GENERATIONS: u64 = 1024 * 1024;
 
-/// `tags.json`: the instance the tags were written on, and their values.
+/// `tags.json`: the instance the tags were written on, their values, and how many writes
+/// were recorded (a write that sees it change while it was sending knows another ended).
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Written {
     instance_id: String,
     tags: BTreeMap<String, String>,
+    #[serde(default)]
+    writes: u64,
 }
 
 /// What one write did.
@@ -70,6 +80,11 @@ enum Outcome {
     /// A later status stands (`booting` after `ready`).
     Kept(String),
     Written(Vec<(String, String)>),
+    /// Written, and another write ended meanwhile: `again` sent once more, as it stands.
+    Repaired {
+        changed: Vec<(String, String)>,
+        again: Vec<(String, String)>,
+    },
 }
 
 /// Writes the tags of `status` (with `ready`, the time from `pendingTime` to READY) when
@@ -79,9 +94,13 @@ pub async fn publish(state: &StateDir, fallback: &Path, status: Status, ready: O
     let work = write(state, fallback, status, ready, deadline);
     match tokio::time::timeout(deadline.remaining(), work).await {
         Ok(Ok(Outcome::Written(changed))) => {
-            let said: Vec<String> = changed.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            tracing::info!("the instance's tags: {}", said.join(", "));
+            tracing::info!("the instance's tags: {}", said(&changed));
         }
+        Ok(Ok(Outcome::Repaired { changed, again })) => tracing::info!(
+            "the instance's tags: {}; another write ended meanwhile, so again: {}",
+            said(&changed),
+            said(&again)
+        ),
         Ok(Ok(Outcome::Kept(recorded))) => tracing::info!(
             "the instance's status stays {recorded}: {} does not replace it",
             status.name()
@@ -102,6 +121,11 @@ pub async fn publish(state: &StateDir, fallback: &Path, status: Status, ready: O
     }
 }
 
+fn said(tags: &[(String, String)]) -> String {
+    let said: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    said.join(", ")
+}
+
 async fn write(
     state: &StateDir,
     fallback: &Path,
@@ -112,32 +136,32 @@ async fn write(
     if !config(state, fallback).is_some_and(|c| c.tags) {
         return Ok(Outcome::Off);
     }
-    let facts = Facts::of(state)
-        .ok_or("no instance.json: the metadata stage did not finish, so the instance is unknown")?;
+    // instance.json, else IMDS: a boot whose metadata stage failed is tagged too.
+    let facts = identity::whoami(state)
+        .await
+        .map_err(|e| format!("the instance is unknown: {e}"))?;
     let instance_id = facts
         .instance_id
         .clone()
         .filter(|id| {
             id.starts_with("i-") && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
-        .ok_or("instance.json names no instance")?;
+        .ok_or("the instance's facts name no instance")?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(state.root().join(DIR))
         .map_err(|e| format!("{}: {e}", state.root().join(DIR).display()))?;
-    let _lock = state
-        .lock_named(LOCK, deadline)
-        .await
-        .map_err(|e| e.to_string())?;
     let path = state.root().join(RECORD);
-    let recorded = std::fs::read(&path)
-        .ok()
-        .and_then(|text| serde_json::from_slice::<Written>(&text).ok())
-        .filter(|w| w.instance_id == instance_id)
-        .map(|w| w.tags)
-        .unwrap_or_default();
-    let said = recorded.get(tags::STATUS).map(String::as_str);
+    // Decided under the lock; sent without it.
+    let before = {
+        let _lock = state
+            .lock_named(LOCK, deadline)
+            .await
+            .map_err(|e| e.to_string())?;
+        recorded(&path, &instance_id)
+    };
+    let said = before.tags.get(STATUS).map(String::as_str);
     if !tags::may_say(said, status) {
         return Ok(Outcome::Kept(said.unwrap_or_default().to_string()));
     }
@@ -152,28 +176,92 @@ async fn write(
         releases,
         ready,
     });
-    let changed = tags::changes(&recorded, &wanted);
+    let changed = tags::changes(&before.tags, &wanted);
     if changed.is_empty() {
         return Ok(Outcome::Unchanged);
     }
-    let aws = Aws::load(facts.region.clone(), &["EC2"], ATTEMPT)
+    let aws = Aws::load(facts.aws_region(), &["EC2"], ATTEMPT)
         .await
         .map_err(|e| e.to_string())?;
     let ec2 = Ec2::new(&aws, ATTEMPT).map_err(|e| e.to_string())?;
     ec2.create_tags(&instance_id, &changed, deadline)
         .await
-        .map_err(|e| format!("ec2:CreateTags: {e}"))?;
-    let mut tags = recorded;
-    tags.extend(changed.iter().cloned());
-    let text =
-        serde_json::to_vec_pretty(&Written { instance_id, tags }).expect("records serialize");
-    if let Err((path, e)) = crate::state::atomic::write_file(&path, &text) {
+        .map_err(|e| e.to_string())?;
+    // Recorded under the lock, against what is recorded now.
+    let _lock = state
+        .lock_named(LOCK, deadline)
+        .await
+        .map_err(|e| e.to_string())?;
+    let now = recorded(&path, &instance_id);
+    let (tags, again) = match now.writes == before.writes {
+        true => {
+            let mut tags = before.tags;
+            tags.extend(changed.iter().cloned());
+            (tags, None)
+        }
+        false => {
+            let tags = settle(now.tags, status, &changed);
+            let again: Vec<(String, String)> =
+                tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            if let Err(e) = ec2.create_tags(&instance_id, &again, deadline).await {
+                // Which status EC2 holds is unknown: the next write sends it again.
+                let mut tags = tags;
+                tags.remove(STATUS);
+                record(&path, instance_id, tags, now.writes);
+                return Err(e.to_string());
+            }
+            (tags, Some(again))
+        }
+    };
+    record(&path, instance_id, tags, now.writes);
+    Ok(match again {
+        None => Outcome::Written(changed),
+        Some(again) => Outcome::Repaired { changed, again },
+    })
+}
+
+/// What stands after this write (`status`, which sent `changed`) and another that ended
+/// while it was under way (which recorded `theirs`): `booting` never over a later
+/// status, else this write's values over theirs.
+fn settle(
+    theirs: BTreeMap<String, String>,
+    status: Status,
+    changed: &[(String, String)],
+) -> BTreeMap<String, String> {
+    let mut tags = theirs;
+    let stands = tags::may_say(tags.get(STATUS).map(String::as_str), status);
+    for (key, value) in changed {
+        if stands || (key != STATUS && !tags.contains_key(key)) {
+            tags.insert(key.clone(), value.clone());
+        }
+    }
+    tags
+}
+
+/// `tags.json` as recorded for `instance_id` (nothing when it is another's or unreadable).
+fn recorded(path: &Path, instance_id: &str) -> Written {
+    std::fs::read(path)
+        .ok()
+        .and_then(|text| serde_json::from_slice::<Written>(&text).ok())
+        .filter(|w| w.instance_id == instance_id)
+        .unwrap_or_default()
+}
+
+/// Records `tags`, one write more than `writes`; a record that cannot be written is
+/// logged (the next write sends every tag again).
+fn record(path: &Path, instance_id: String, tags: BTreeMap<String, String>, writes: u64) {
+    let written = Written {
+        instance_id,
+        tags,
+        writes: writes + 1,
+    };
+    let text = serde_json::to_vec_pretty(&written).expect("records serialize");
+    if let Err((path, e)) = crate::state::atomic::write_file(path, &text) {
         tracing::warn!(
             "{}: {e}: the next write sends every tag again",
             path.display()
         );
     }
-    Ok(Outcome::Written(changed))
 }
 
 /// The parameters' `bootstage.report`, else the image's file; one that does not parse
@@ -250,4 +338,59 @@ fn current_version(dest: &Path) -> Option<String> {
         .into_iter()
         .find(|made| made.name == generation)
         .map(|made| made.version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::tags::{READY_SECONDS, RELEASE};
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn two_writes_at_once_settle_on_the_later_status() {
+        let pairs = |m: BTreeMap<String, String>| m.into_iter().collect::<Vec<_>>();
+        // (recorded by the other write, this write's status and what it sent, what stands)
+        let cases = [
+            // A slow booting ends after ready: ready stands, booting's release is kept
+            // only where ready had none.
+            (
+                map(&[(STATUS, "ready"), (READY_SECONDS, "41")]),
+                Status::Booting,
+                map(&[(STATUS, "booting"), (RELEASE, "c=1")]),
+                map(&[(STATUS, "ready"), (READY_SECONDS, "41"), (RELEASE, "c=1")]),
+            ),
+            (
+                map(&[(STATUS, "failed"), (RELEASE, "c=2")]),
+                Status::Booting,
+                map(&[(STATUS, "booting"), (RELEASE, "c=1")]),
+                map(&[(STATUS, "failed"), (RELEASE, "c=2")]),
+            ),
+            // Ready ends after a booting that was recorded meanwhile: ready stands.
+            (
+                map(&[(STATUS, "booting")]),
+                Status::Ready,
+                map(&[(STATUS, "ready"), (READY_SECONDS, "41")]),
+                map(&[(STATUS, "ready"), (READY_SECONDS, "41")]),
+            ),
+            (
+                map(&[(STATUS, "ready"), (RELEASE, "c=1")]),
+                Status::Failed,
+                map(&[(STATUS, "failed"), (RELEASE, "c=2")]),
+                map(&[(STATUS, "failed"), (RELEASE, "c=2")]),
+            ),
+        ];
+        for (theirs, status, changed, expected) in cases {
+            assert_eq!(
+                settle(theirs.clone(), status, &pairs(changed)),
+                expected,
+                "{theirs:?} {status:?}"
+            );
+        }
+    }
 }

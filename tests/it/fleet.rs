@@ -4,7 +4,10 @@
 //! that did not change send no CreateTags; `fleet` lists 30 moto instances failures
 //! first, as text and as JSON, paging as asked; `--logs` prints a failed boot's forensics.
 //! A loopback proxy in front of moto counts each EC2 action (moto's log says only
-//! `POST /`).
+//! `POST /`); another holds back a `booting` CreateTags (a slow EC2): `ready` lands all
+//! the same, a late `booting` is put right, SIGTERM ends the watcher's wait. A fake EC2 on
+//! loopback answers pages that go round in a circle, an oversized answer and a hostile
+//! error message.
 
 use crate::common;
 
@@ -73,6 +76,11 @@ async fn forward(
     if let Some(action) = form.split('&').find_map(|kv| kv.strip_prefix("Action=")) {
         s.2.lock().unwrap().push(action.to_string());
     }
+    pass(&s, method, uri, headers, body).await
+}
+
+/// The request, to moto; moto's answer.
+async fn pass(s: &Shared, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
     let mut request = s.1.request(method, format!("{}{target}", s.0)).body(body);
     for (name, value) in &headers {
@@ -90,6 +98,66 @@ async fn forward(
     response
         .body(Body::from(answer.bytes().await.unwrap()))
         .unwrap()
+}
+
+/// A proxy in front of moto that holds back each CreateTags of `booting` (`None`: never
+/// answers it) and each other CreateTags by `others`; `seen` is told of each `booting`.
+struct Slow {
+    url: String,
+    seen: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Slow {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Holding = (Shared, Option<Duration>, Duration, Arc<tokio::sync::Notify>);
+
+async fn slow(booting: Option<Duration>, others: Duration) -> Slow {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(tokio::sync::Notify::new());
+    let shared: Arc<Holding> = Arc::new((
+        (
+            moto().url.clone(),
+            reqwest::Client::builder().no_proxy().build().unwrap(),
+            Arc::new(Mutex::new(Vec::new())),
+        ),
+        booting,
+        others,
+        seen.clone(),
+    ));
+    let app = axum::Router::new().fallback(hold).with_state(shared);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Slow { url, seen, task }
+}
+
+async fn hold(
+    State(s): State<Arc<Holding>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = String::from_utf8_lossy(&body).into_owned();
+    if form.split('&').any(|kv| kv == "Action=CreateTags") {
+        match form.split('&').any(|kv| kv.ends_with("=booting")) {
+            true => {
+                s.3.notify_one();
+                match s.1 {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => std::future::pending().await,
+                }
+            }
+            false => tokio::time::sleep(s.2).await,
+        }
+    }
+    pass(&s.0, method, uri, headers, body).await
 }
 
 /// One EC2 Query call to moto (which checks no signature), its answer's body.
@@ -223,11 +291,25 @@ impl Booted {
     }
 
     async fn run(&self, args: &[&str], ec2: &str) -> common::Outcome {
+        common::run(self.command(args, ec2)).await
+    }
+
+    fn command(&self, args: &[&str], ec2: &str) -> tokio::process::Command {
         let mut cmd = self.sb.command(args);
         cmd.envs(moto().env())
             .env("AWS_ENDPOINT_URL_EC2", ec2)
             .env("BOOTSTAGE_REPORT_CONFIG", self.sb.path("report.json"));
-        common::run(cmd).await
+        cmd
+    }
+
+    /// `lifecycle watch`, running.
+    fn watch(&self, ec2: &str) -> tokio::process::Child {
+        self.command(&["lifecycle", "watch"], ec2)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
     }
 }
 
@@ -268,8 +350,9 @@ async fn a_boot_tags_its_instance_booting_then_ready_once() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let out = booted.run(&["notify", "ready"], &proxy.url).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
-    // pendingTime is written in whole seconds: up to one more.
-    let waited = started.elapsed().as_secs() + 1;
+    // pendingTime is written in whole seconds (up to one more), the elapsed time is cut
+    // to whole seconds (up to one more) and the ready seconds rounded.
+    let waited = started.elapsed().as_secs() + 2;
 
     // The release: the destination's current version, as its home records it.
     let record: Value = serde_json::from_slice(
@@ -335,6 +418,72 @@ async fn a_boot_tags_its_instance_booting_then_ready_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_slow_booting_tag_keeps_neither_ready_waiting_nor_the_watcher_past_sigterm() {
+    // EC2 never answers booting's CreateTags, and answers ready's a second late.
+    let proxy = slow(None, Duration::from_secs(1)).await;
+    let (id, _) = run_instance("us-east-1a", &[]).await;
+    let booted = Booted::new(&id, Duration::from_secs(30), json!([])).await;
+    let watcher = booted.watch(&proxy.url);
+    tokio::time::timeout(Duration::from_secs(30), proxy.seen.notified())
+        .await
+        .expect("the watcher sent booting");
+    // Ready while booting is on its way: it does not wait for it (it waited for the
+    // record's lock, which booting held over the network, past its own 10 s).
+    let out = booted.run(&["notify", "ready"], &proxy.url).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the instance's tags: bootstage:ready-seconds=")
+            && out.stderr.contains(", bootstage:status=ready\n"),
+        "{}",
+        out.stderr
+    );
+    let tags = tags_of(&id).await;
+    assert_eq!(tags["bootstage:status"], "ready", "{tags:?}");
+    assert!(out.elapsed < Duration::from_secs(8), "{:?}", out.elapsed);
+    // SIGTERM ends the watcher's wait for booting at once.
+    let pid = nix::unistd::Pid::from_raw(watcher.id().unwrap() as i32);
+    let sent = std::time::Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let watched = tokio::time::timeout(Duration::from_secs(30), watcher.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let took = sent.elapsed();
+    let stderr = String::from_utf8_lossy(&watched.stderr);
+    assert!(watched.status.success(), "{stderr}");
+    assert!(stderr.contains("stopping on a signal"), "{stderr}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_booting_tag_that_lands_after_ready_is_put_right() {
+    // Booting's CreateTags reaches EC2 two seconds late, after ready's.
+    let proxy = slow(Some(Duration::from_secs(2)), Duration::ZERO).await;
+    let (id, _) = run_instance("us-east-1a", &[]).await;
+    let booted = Booted::new(&id, Duration::from_secs(30), json!([])).await;
+    let watcher = booted.watch(&proxy.url);
+    tokio::time::timeout(Duration::from_secs(30), proxy.seen.notified())
+        .await
+        .expect("the watcher sent booting");
+    let out = booted.run(&["notify", "ready"], &proxy.url).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let watched = tokio::time::timeout(Duration::from_secs(30), watcher.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&watched.stderr);
+    assert!(watched.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the instance's tags: bootstage:status=booting; another write ended meanwhile, so again: bootstage:ready-seconds=")
+            && stderr.contains(", bootstage:status=ready\n"),
+        "{stderr}"
+    );
+    let tags = tags_of(&id).await;
+    assert_eq!(tags["bootstage:status"], "ready", "{tags:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_failed_boot_tags_its_instance_failed_and_an_unreachable_ec2_holds_nothing() {
     let proxy = counting().await;
     let (id, _) = run_instance("us-east-1b", &[]).await;
@@ -376,6 +525,54 @@ async fn a_failed_boot_tags_its_instance_failed_and_an_unreachable_ec2_holds_not
         out.stderr
     );
     assert!(out.elapsed < Duration::from_secs(12), "{:?}", out.elapsed);
+}
+
+/// A boot whose metadata stage failed has no instance.json: IMDS says who the instance
+/// is, and the image's report.json that tags are on; it is tagged failed, so `fleet`
+/// lists it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_boot_whose_metadata_stage_failed_is_tagged_failed_all_the_same() {
+    let proxy = counting().await;
+    let (id, _) = run_instance("us-east-1a", &[]).await;
+    let imds = imds_emulator::Emulator::start(imds_emulator::Config {
+        instance: imds_emulator::Instance {
+            instance_id: id.clone(),
+            region: "us-east-1".into(),
+            availability_zone: "us-east-1a".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let sb = Sandbox::new();
+    std::fs::write(sb.path("report.json"), json!({"tags": true}).to_string()).unwrap();
+    let mut cmd = sb.command(&[
+        "metadata",
+        "--imds-endpoint",
+        &imds.url(),
+        "--user-data-wait",
+        "1s",
+    ]);
+    cmd.envs(moto().env());
+    let out = common::run(cmd).await;
+    assert_eq!(out.code, 66, "no user-data: {}", out.stderr);
+    assert!(!sb.state().join("instance.json").exists());
+    let mut cmd = sb.command(&["notify", "failure", "--unit", "bootstage-metadata.service"]);
+    cmd.envs(moto().env())
+        .env("AWS_ENDPOINT_URL_EC2", &proxy.url)
+        .env("BOOTSTAGE_REPORT_CONFIG", sb.path("report.json"))
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url())
+        .env_remove("AWS_EC2_METADATA_DISABLED");
+    let out = common::run(cmd).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        tags_of(&id).await,
+        [("bootstage:status".to_string(), "failed".to_string())].into(),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(proxy.count("CreateTags"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -629,6 +826,141 @@ async fn fleet_logs_prints_the_last_failed_boots_forensics() {
     );
     let out = sb.run(&["fleet", "--logs", id]).await;
     common::assert_exit(&out, 64, "--logs needs the forensics' prefix");
+
+    // Keys and bodies are anyone's with PutObject under the prefix: shown escaped.
+    bucket
+        .put(
+            &format!("boot-logs/{id}/bbbb/z\u{202e}gol.txt"),
+            "a\u{1b}]0;owned\u{7}b\u{200b}\n",
+        )
+        .await;
+    let mut cmd = sb.command(&["fleet", "--logs", id]);
+    cmd.envs(moto().env()).env(
+        "BOOTSTAGE_LOGS_PREFIX",
+        "s3://fleet-forensics/boot-logs/{instance_id}/{boot_id}/",
+    );
+    let out = common::run(cmd).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.ends_with(&format!(
+            "==> s3://fleet-forensics/boot-logs/{id}/bbbb/z\\u{{202e}}gol.txt <==\na\\u{{1b}}]0;owned\\u{{7}}b\\u{{200b}}\n"
+        )),
+        "{}",
+        out.stdout
+    );
+}
+
+/// What the fake EC2 was asked: each request's `Host` and form.
+type Asked = Arc<Mutex<Vec<(String, String)>>>;
+
+/// A fake EC2 on loopback whose answer the group's name (the filter's value) chooses:
+/// `repeat` pages a, a; `circle` a, b, a; `huge` a 500 of 100 KiB; `said` a 400 whose
+/// message is long and hostile.
+async fn fake_ec2(State(asked): State<Asked>, headers: HeaderMap, body: Bytes) -> Response {
+    let form = String::from_utf8_lossy(&body).into_owned();
+    let host = headers
+        .get("host")
+        .map(|h| h.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    asked.lock().unwrap().push((host, form.clone()));
+    let field = |name: &str| {
+        form.split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .map(str::to_string)
+    };
+    let page = |id: &str, next: &str| {
+        format!(
+            "<DescribeInstancesResponse><reservationSet><item><instancesSet><item><instanceId>{id}</instanceId><instanceState><name>running</name></instanceState></item></instancesSet></item></reservationSet><nextToken>{next}</nextToken></DescribeInstancesResponse>"
+        )
+    };
+    let answer = |status: u16, body: String| {
+        Response::builder()
+            .status(status)
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let token = field("NextToken");
+    match (field("Filter.1.Value.1").as_deref(), token.as_deref()) {
+        (Some("repeat"), None) => answer(200, page("i-1", "a")),
+        (Some("repeat"), Some(_)) => answer(200, page("i-2", "a")),
+        (Some("circle"), None) => answer(200, page("i-1", "a")),
+        (Some("circle"), Some("a")) => answer(200, page("i-2", "b")),
+        (Some("circle"), Some(_)) => answer(200, page("i-3", "a")),
+        (Some("huge"), _) => answer(500, "x".repeat(100 * 1024)),
+        _ => answer(
+            400,
+            format!(
+                "<Response><Errors><Error><Code>InvalidParameterValue</Code><Message>bad\u{202e}\nvalue {}</Message></Error></Errors></Response>",
+                "y".repeat(1000)
+            ),
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_refuses_pages_that_go_round_answers_too_large_and_says_messages_safely() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let asked: Asked = Arc::default();
+    let app = axum::Router::new()
+        .fallback(fake_ec2)
+        .with_state(asked.clone());
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let sb = Sandbox::new();
+    // (group, exit code, what is said, requests)
+    let cases = [
+        (
+            "repeat",
+            1,
+            "ec2:DescribeInstances: page 2 named a next page asked for before: the pages go round in a circle".to_string(),
+            2,
+        ),
+        (
+            "circle",
+            1,
+            "ec2:DescribeInstances: page 3 named a next page asked for before: the pages go round in a circle".to_string(),
+            3,
+        ),
+        (
+            "huge",
+            1,
+            "ec2:DescribeInstances: an answer larger than 65536 bytes (HTTP 500)".to_string(),
+            1,
+        ),
+        (
+            "said",
+            1,
+            format!(
+                "ec2:DescribeInstances: InvalidParameterValue: bad\\u{{202e}}\\u{{a}}value {}…\n",
+                "y".repeat(300 - "bad\\u{202e}\\u{a}value ".len())
+            ),
+            1,
+        ),
+    ];
+    for (group, code, said, requests) in cases {
+        asked.lock().unwrap().clear();
+        let mut cmd = sb.command(&["fleet", "--group", group, "--timeout", "5s"]);
+        // A user and password in the endpoint go nowhere near the Host header.
+        cmd.envs(moto().env())
+            .env("AWS_ENDPOINT_URL_EC2", format!("http://user:secret@{addr}"));
+        let out = common::run(cmd).await;
+        common::assert_exit(&out, code, &said);
+        assert_eq!(
+            out.stderr.matches("ec2:DescribeInstances").count(),
+            1,
+            "{}",
+            out.stderr
+        );
+        assert_eq!(out.stdout, "", "{group}");
+        let asked = asked.lock().unwrap().clone();
+        assert_eq!(asked.len(), requests, "{group}: {asked:?}");
+        for (host, _) in &asked {
+            assert_eq!(host, &addr.to_string());
+        }
+    }
+    task.abort();
 }
 
 #[tokio::test(flavor = "multi_thread")]

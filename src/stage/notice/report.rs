@@ -170,7 +170,8 @@ async fn gather_and_upload(
                 .map(|s| s.trim().to_string())
         });
     let prefix = forensics::prefix(logs, instance_id, boot_id.as_deref());
-    let region = facts.and_then(|f| f.region);
+    // The instance's AWS region: another cloud's region is none.
+    let region = facts.and_then(|f| f.aws_region());
     let aws = Aws::load(region, &["S3"], ATTEMPT_TIMEOUT.min(deadline.remaining()))
         .await
         .map_err(|e| e.to_string())?;
