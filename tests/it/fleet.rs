@@ -457,6 +457,57 @@ async fn a_slow_booting_tag_keeps_neither_ready_waiting_nor_the_watcher_past_sig
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_a_watcher_keeping_a_launch_alive_while_booting_is_on_its_way() {
+    let proxy = slow(None, Duration::ZERO).await;
+    let (id, _) = run_instance("us-east-1a", &[]).await;
+    let orch = lifecycle_emulator::Emulator::start(lifecycle_emulator::Config {
+        groups: vec![lifecycle_emulator::Group {
+            name: "web".into(),
+            hook: "launch".into(),
+            heartbeat_timeout: 60.0,
+            default_result: "ABANDON".into(),
+            instances: vec![id.clone()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let booted = Booted::with(
+        &id,
+        Duration::from_secs(5),
+        json!([]),
+        json!({"asg": {"hook": "launch", "group": "web"}}),
+    )
+    .await;
+    let watcher = booted
+        .command(&["lifecycle", "watch"], &proxy.url)
+        .env("AWS_ENDPOINT_URL_AUTO_SCALING", orch.url())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), proxy.seen.notified())
+        .await
+        .expect("the watcher sent booting");
+    // The launch is kept alive (its first heartbeat is its own event) while booting waits.
+    let pid = nix::unistd::Pid::from_raw(watcher.id().unwrap() as i32);
+    let sent = std::time::Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let watched = tokio::time::timeout(Duration::from_secs(30), watcher.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let took = sent.elapsed();
+    let stderr = String::from_utf8_lossy(&watched.stderr);
+    assert!(watched.status.success(), "{stderr}");
+    assert!(stderr.contains("stopping on a signal"), "{stderr}");
+    assert!(stderr.contains("stopping the heartbeats"), "{stderr}");
+    assert!(took < Duration::from_secs(2), "{took:?}: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_booting_tag_that_lands_after_ready_is_put_right() {
     // Booting's CreateTags reaches EC2 two seconds late, after ready's.
     let proxy = slow(Some(Duration::from_secs(2)), Duration::ZERO).await;
