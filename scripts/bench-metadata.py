@@ -34,7 +34,21 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = benchlib.RELEASE
 # Fewer runs print their tables but leave BENCHMARKS.md alone.
 DEFAULT_RUNS = 15
-USER_DATA = __import__("base64").b64encode((ROOT / "examples" / "params.json").read_bytes()).decode()
+def _literal(value):
+    """The example's parameters with each reference ({"ssm": …}) a literal: the IMDS rows time
+    user-data's arrival, and the references rows below time the references."""
+    if isinstance(value, dict):
+        if set(value) == {"ssm"} or set(value) == {"secretsmanager"}:
+            return "example-secret"
+        return {k: _literal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_literal(v) for v in value]
+    return value
+
+
+USER_DATA = __import__("base64").b64encode(
+    json.dumps(_literal(json.loads((ROOT / "examples" / "params.json").read_text()))).encode()
+).decode()
 
 
 def http(method, url, body=None):
@@ -170,6 +184,8 @@ def references(runs):
     ssm = moto.ssm()
     for name in names:
         ssm.put_parameter(Name=name, Value=f"value of {name}", Type="SecureString")
+    # examples/params.json's own reference (its database password).
+    ssm.put_parameter(Name="/shop-web/staging/db-password", Value="example-secret", Type="SecureString")
     emu = Emulator()
     rows = []
     try:
