@@ -20,85 +20,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
 use common::moto::moto;
+use common::stamped::{pass, stamped};
 use common::{Sandbox, b64};
 use serde_json::{Value, json};
-
-/// A proxy in front of moto that notes each Query API action it forwards.
-struct Counting {
-    url: String,
-    actions: Arc<Mutex<Vec<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Counting {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Counting {
-    fn count(&self, action: &str) -> usize {
-        self.actions
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|a| *a == action)
-            .count()
-    }
-}
-
-type Shared = (String, reqwest::Client, Arc<Mutex<Vec<String>>>);
-
-async fn counting() -> Counting {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let actions = Arc::new(Mutex::new(Vec::new()));
-    let shared: Arc<Shared> = Arc::new((
-        moto().url.clone(),
-        reqwest::Client::builder().no_proxy().build().unwrap(),
-        actions.clone(),
-    ));
-    let app = axum::Router::new().fallback(forward).with_state(shared);
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Counting { url, actions, task }
-}
-
-async fn forward(
-    State(s): State<Arc<Shared>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let form = String::from_utf8_lossy(&body).into_owned();
-    if let Some(action) = form.split('&').find_map(|kv| kv.strip_prefix("Action=")) {
-        s.2.lock().unwrap().push(action.to_string());
-    }
-    pass(&s, method, uri, headers, body).await
-}
-
-/// The request, to moto; moto's answer.
-async fn pass(s: &Shared, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    let target = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut request = s.1.request(method, format!("{}{target}", s.0)).body(body);
-    for (name, value) in &headers {
-        if name != "host" && name != "content-length" {
-            request = request.header(name, value);
-        }
-    }
-    let answer = request.send().await.unwrap();
-    let mut response = Response::builder().status(answer.status());
-    for (name, value) in answer.headers() {
-        if name != "content-length" && name != "transfer-encoding" {
-            response = response.header(name, value);
-        }
-    }
-    response
-        .body(Body::from(answer.bytes().await.unwrap()))
-        .unwrap()
-}
 
 /// A proxy in front of moto that holds back each CreateTags of `booting` (`None`: never
 /// answers it) and each other CreateTags by `others`; `seen` is told of each `booting`.
@@ -114,7 +38,12 @@ impl Drop for Slow {
     }
 }
 
-type Holding = (Shared, Option<Duration>, Duration, Arc<tokio::sync::Notify>);
+type Holding = (
+    (String, reqwest::Client),
+    Option<Duration>,
+    Duration,
+    Arc<tokio::sync::Notify>,
+);
 
 async fn slow(booting: Option<Duration>, others: Duration) -> Slow {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -124,7 +53,6 @@ async fn slow(booting: Option<Duration>, others: Duration) -> Slow {
         (
             moto().url.clone(),
             reqwest::Client::builder().no_proxy().build().unwrap(),
-            Arc::new(Mutex::new(Vec::new())),
         ),
         booting,
         others,
@@ -157,7 +85,7 @@ async fn hold(
             false => tokio::time::sleep(s.2).await,
         }
     }
-    pass(&s.0, method, uri, headers, body).await
+    pass(&s.0.0, &s.0.1, method, &uri, headers, body).await
 }
 
 /// One EC2 Query call to moto (which checks no signature), its answer's body.
@@ -317,7 +245,7 @@ impl Booted {
 async fn a_boot_tags_its_instance_booting_then_ready_once() {
     let bucket = moto().bucket("fleet-ready-release").await;
     bucket.put("conf/app.conf", "port = 8080\n").await;
-    let proxy = counting().await;
+    let proxy = stamped(&moto().url).await;
     let (id, _) = run_instance(
         "us-east-1a",
         &[("aws:autoscaling:groupName", "fleet-ready")],
@@ -536,7 +464,7 @@ async fn a_booting_tag_that_lands_after_ready_is_put_right() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_boot_tags_its_instance_failed_and_an_unreachable_ec2_holds_nothing() {
-    let proxy = counting().await;
+    let proxy = stamped(&moto().url).await;
     let (id, _) = run_instance("us-east-1b", &[]).await;
     let booted = Booted::new(
         &id,
@@ -583,7 +511,7 @@ async fn a_failed_boot_tags_its_instance_failed_and_an_unreachable_ec2_holds_not
 /// lists it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_boot_whose_metadata_stage_failed_is_tagged_failed_all_the_same() {
-    let proxy = counting().await;
+    let proxy = stamped(&moto().url).await;
     let (id, _) = run_instance("us-east-1a", &[]).await;
     let imds = imds_emulator::Emulator::start(imds_emulator::Config {
         instance: imds_emulator::Instance {
@@ -628,7 +556,7 @@ async fn a_boot_whose_metadata_stage_failed_is_tagged_failed_all_the_same() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_boot_on_hold_tags_its_instance_held() {
-    let proxy = counting().await;
+    let proxy = stamped(&moto().url).await;
     let (id, _) = run_instance("us-east-1a", &[]).await;
     let orch = lifecycle_emulator::Emulator::start(lifecycle_emulator::Config {
         groups: vec![lifecycle_emulator::Group {
@@ -743,7 +671,7 @@ async fn fleet_lists_thirty_instances_failures_first_in_pages() {
     let mut expected = launched.clone();
     expected.sort_by(|a, b| (rank(a.3), &a.1, &a.0).cmp(&(rank(b.3), &b.1, &b.0)));
 
-    let proxy = counting().await;
+    let proxy = stamped(&moto().url).await;
     let sb = Sandbox::new();
     let mut cmd = sb.command(&["fleet", "--group", group, "--page-size", "5"]);
     cmd.envs(moto().env())

@@ -45,6 +45,16 @@ impl Stamped {
     pub fn answered(&self) -> Vec<Answered> {
         self.answered.lock().unwrap().clone()
     }
+
+    /// How many calls of the Query API `action` were answered.
+    pub fn count(&self, action: &str) -> usize {
+        self.answered
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.action.as_deref() == Some(action))
+            .count()
+    }
 }
 
 type Shared = (String, reqwest::Client, Arc<Mutex<Vec<Answered>>>);
@@ -84,10 +94,28 @@ async fn forward(
             .map(str::to_string),
         false => None,
     };
+    let response = pass(&s.0, &s.1, method.clone(), &uri, headers, body).await;
+    s.2.lock().unwrap().push(Answered {
+        request: format!("{method} {}", uri.path()),
+        action,
+        usec: now_usec(),
+    });
+    response
+}
+
+/// The request, to `upstream`; its answer (the proxies that hold a request back use it).
+pub async fn pass(
+    upstream: &str,
+    client: &reqwest::Client,
+    method: Method,
+    uri: &Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut request =
-        s.1.request(method.clone(), format!("{}{target}", s.0))
-            .body(body);
+    let mut request = client
+        .request(method, format!("{upstream}{target}"))
+        .body(body);
     for (name, value) in &headers {
         if name != "host" && name != "content-length" {
             request = request.header(name, value);
@@ -100,11 +128,7 @@ async fn forward(
             response = response.header(name, value);
         }
     }
-    let body = answer.bytes().await.unwrap();
-    s.2.lock().unwrap().push(Answered {
-        request: format!("{method} {}", uri.path()),
-        action,
-        usec: now_usec(),
-    });
-    response.body(Body::from(body)).unwrap()
+    response
+        .body(Body::from(answer.bytes().await.unwrap()))
+        .unwrap()
 }
