@@ -38,6 +38,9 @@
 //! `project/numeric-project-id`; 404 for anything else. EC2's paths answer 404 there.
 //! `hang_first` and `unavailable_first` apply to both flavors.
 //!
+//! Each flavor lives in its own module (`aws`, `gcp`); this one holds the scenario, the
+//! server, the scripted failures common to all and the control endpoints.
+//!
 //! Control from another process: `PUT /_emulator/user-data` (body), `DELETE` it,
 //! `POST /_emulator/expire-tokens`, `GET /_emulator/requests` (JSON) and `DELETE` them,
 //! `PUT /_emulator/meta-data/PATH` (body: the new value) and `DELETE` it (404 again, `[]`
@@ -58,21 +61,11 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-/// How the token endpoint answers.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TokenMode {
-    #[default]
-    Normal,
-    /// 403: IMDS is disabled for the instance.
-    Forbidden,
-    /// 404: an IMDSv1-only endpoint.
-    NotFound,
-    /// 405: an IMDSv1-only endpoint.
-    MethodNotAllowed,
-    /// Never answers: the hop-limit trap inside a container.
-    Hang,
-}
+mod aws;
+mod gcp;
+
+pub use aws::{Instance, TokenMode};
+pub use gcp::GcpInstance;
 
 /// Which cloud's metadata service the emulator is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -83,77 +76,6 @@ pub enum Flavor {
     Aws,
     /// Compute Engine's metadata server.
     Gcp,
-}
-
-/// The Compute Engine instance the emulator describes with `flavor: gcp`.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GcpInstance {
-    pub id: String,
-    pub zone: String,
-    pub machine_type: String,
-    pub project_id: String,
-    pub numeric_project_id: String,
-    pub hostname: String,
-    pub ip: String,
-    pub mac: String,
-    /// The attribute the user-data is served as: `bootstage` or `user-data`.
-    pub user_data_attribute: String,
-    /// Other instance attributes, served as they are.
-    pub attributes: BTreeMap<String, String>,
-}
-
-impl Default for GcpInstance {
-    fn default() -> Self {
-        GcpInstance {
-            id: "4520031799277581759".into(),
-            zone: "europe-west4-b".into(),
-            machine_type: "e2-medium".into(),
-            project_id: "bootstage-test".into(),
-            numeric_project_id: "123456789012".into(),
-            hostname: "web-1.europe-west4-b.c.bootstage-test.internal".into(),
-            ip: "10.164.0.2".into(),
-            mac: "42:01:0a:a4:00:02".into(),
-            user_data_attribute: "bootstage".into(),
-            attributes: BTreeMap::new(),
-        }
-    }
-}
-
-/// The instance the emulator describes.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Instance {
-    pub instance_id: String,
-    pub region: String,
-    pub availability_zone: String,
-    pub instance_type: String,
-    pub image_id: String,
-    pub account_id: String,
-    pub private_ip: String,
-    pub local_hostname: String,
-    pub mac: String,
-    /// The identity document's `pendingTime` (RFC 3339).
-    pub pending_time: String,
-}
-
-impl Default for Instance {
-    fn default() -> Self {
-        Instance {
-            instance_id: "i-0123456789abcdef0".into(),
-            region: "eu-west-1".into(),
-            availability_zone: "eu-west-1a".into(),
-            instance_type: "t3.micro".into(),
-            image_id: "ami-0abcdef1234567890".into(),
-            account_id: "123456789012".into(),
-            private_ip: "10.0.0.12".into(),
-            local_hostname: "ip-10-0-0-12.eu-west-1.compute.internal".into(),
-            mac: "0e:00:00:00:00:01".into(),
-            // The instance entered pending as the emulator was set up.
-            pending_time: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                .to_string(),
-        }
-    }
 }
 
 /// User-data in a config file: a string, kept as its bytes.
@@ -534,10 +456,8 @@ async fn handle(
         method: method.to_string(),
         path,
         status,
-        had_token: headers.contains_key(TOKEN),
-        had_flavor: headers
-            .get(FLAVOR_HEADER)
-            .is_some_and(|v| v.as_bytes() == b"Google"),
+        had_token: headers.contains_key(aws::TOKEN),
+        had_flavor: gcp::flavored(&headers),
         at: shared.started.elapsed(),
     });
     match reply {
@@ -554,16 +474,20 @@ async fn handle(
     }
 }
 
-const TOKEN: &str = "x-aws-ec2-metadata-token";
-const FLAVOR_HEADER: &str = "metadata-flavor";
-const GCP_PREFIX: &str = "/computeMetadata/v1/";
-const TOKEN_TTL: &str = "x-aws-ec2-metadata-token-ttl-seconds";
-
 impl Shared {
     fn set_user_data(&self, user_data: Option<Vec<u8>>) {
         let at = user_data.as_ref().map(|_| self.started.elapsed());
         lock(&self.config).user_data = user_data;
         *lock(&self.user_data_at) = at;
+    }
+
+    /// The user-data as served now: `None` before `user_data_after` or when there is none.
+    fn user_data_now(&self, config: &Config) -> Option<Vec<u8>> {
+        let at = *lock(&self.user_data_at);
+        match (&config.user_data, at) {
+            (Some(data), Some(at)) if self.started.elapsed() >= at => Some(data.clone()),
+            _ => None,
+        }
     }
 
     /// Applies the timeline's changes that are due and not yet applied.
@@ -651,280 +575,11 @@ impl Shared {
                 .unwrap_or_default();
             return Reply::Answer(StatusCode::SERVICE_UNAVAILABLE, extra, Vec::new());
         }
-        if config.flavor == Flavor::Gcp {
-            return match self.gcp(&config, method, path, headers) {
-                Reply::Answer(status, mut extra, body) => {
-                    if !config.omit_flavor_header {
-                        extra.push((FLAVOR_HEADER, "Google".into()));
-                    }
-                    extra.push(("content-type", "application/text".into()));
-                    Reply::Answer(status, extra, body)
-                }
-                Reply::Hang => Reply::Hang,
-            };
-        }
-        if path == "/latest/api/token" {
-            return match *method {
-                Method::PUT
-                    if self
-                        .token_puts
-                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-                        < config.hang_token_first =>
-                {
-                    Reply::Hang
-                }
-                Method::PUT => self.token(&config, headers),
-                _ => answer(StatusCode::METHOD_NOT_ALLOWED, ""),
-            };
-        }
-        if *method != Method::GET {
-            return answer(StatusCode::METHOD_NOT_ALLOWED, "");
-        }
-        match headers.get(TOKEN) {
-            Some(token) => {
-                let valid = token
-                    .to_str()
-                    .ok()
-                    .and_then(|t| lock(&self.tokens).get(t).copied())
-                    .is_some_and(|expires| Instant::now() < expires);
-                if !valid {
-                    return answer(StatusCode::UNAUTHORIZED, "");
-                }
-            }
-            None if config.v2_only => return answer(StatusCode::UNAUTHORIZED, ""),
-            None => {}
-        }
-        self.get(&config, path)
-    }
-
-    /// Compute Engine's metadata server (flavor `gcp`).
-    fn gcp(&self, config: &Config, method: &Method, path: &str, headers: &HeaderMap) -> Reply {
-        let flavored = headers
-            .get(FLAVOR_HEADER)
-            .is_some_and(|v| v.as_bytes() == b"Google");
-        if !flavored || headers.contains_key("x-forwarded-for") {
-            return answer(
-                StatusCode::FORBIDDEN,
-                "Your client does not have permission to get URL from this server. Missing Metadata-Flavor:Google header.\n",
-            );
-        }
-        if *method != Method::GET {
-            return answer(StatusCode::METHOD_NOT_ALLOWED, "");
-        }
-        let g = &config.gcp;
-        let text = |s: &str| answer(StatusCode::OK, s);
-        let Some(item) = path.strip_prefix(GCP_PREFIX) else {
-            return answer(StatusCode::NOT_FOUND, "");
-        };
-        let user_data = {
-            let at = *lock(&self.user_data_at);
-            match (&config.user_data, at) {
-                (Some(data), Some(at)) if self.started.elapsed() >= at => Some(data.clone()),
-                _ => None,
-            }
-        };
-        if let Some(name) = item.strip_prefix("instance/attributes/") {
-            let mut attributes: BTreeMap<&str, Vec<u8>> = g
-                .attributes
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.clone().into_bytes()))
-                .collect();
-            if let Some(data) = user_data {
-                attributes.insert(g.user_data_attribute.as_str(), data);
-            }
-            return match name {
-                "" => text(&attributes.keys().copied().collect::<Vec<_>>().join("\n")),
-                name => match attributes.remove(name) {
-                    Some(value) => answer(StatusCode::OK, value),
-                    None => answer(StatusCode::NOT_FOUND, ""),
-                },
-            };
-        }
-        match item {
-            "instance/id" => text(&g.id),
-            "instance/zone" => text(&format!(
-                "projects/{}/zones/{}",
-                g.numeric_project_id, g.zone
-            )),
-            "instance/machine-type" => text(&format!(
-                "projects/{}/machineTypes/{}",
-                g.numeric_project_id, g.machine_type
-            )),
-            "instance/hostname" => text(&g.hostname),
-            "instance/network-interfaces/0/ip" => text(&g.ip),
-            "instance/network-interfaces/0/mac" => text(&g.mac),
-            "project/project-id" => text(&g.project_id),
-            "project/numeric-project-id" => text(&g.numeric_project_id),
-            _ => answer(StatusCode::NOT_FOUND, ""),
+        match config.flavor {
+            Flavor::Aws => self.aws(&config, method, path, headers),
+            Flavor::Gcp => self.gcp(&config, method, path, headers),
         }
     }
-
-    fn token(&self, config: &Config, headers: &HeaderMap) -> Reply {
-        match config.token {
-            TokenMode::Normal => {}
-            TokenMode::Forbidden => return answer(StatusCode::FORBIDDEN, ""),
-            TokenMode::NotFound => return answer(StatusCode::NOT_FOUND, ""),
-            TokenMode::MethodNotAllowed => return answer(StatusCode::METHOD_NOT_ALLOWED, ""),
-            TokenMode::Hang => return Reply::Hang,
-        }
-        if headers.contains_key("x-forwarded-for") {
-            return answer(StatusCode::FORBIDDEN, "");
-        }
-        let ttl = headers
-            .get(TOKEN_TTL)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .filter(|ttl| (1..=21_600).contains(ttl));
-        let Some(ttl) = ttl else {
-            return answer(StatusCode::BAD_REQUEST, "");
-        };
-        let mut lifetime = Duration::from_secs(ttl);
-        if let Some(cap) = config.max_token_ttl {
-            lifetime = lifetime.min(cap);
-        }
-        let mut tokens = lock(&self.tokens);
-        let token = format!("AQAE{:016x}{:08x}", random_u64(), tokens.len());
-        tokens.insert(token.clone(), Instant::now() + lifetime);
-        Reply::Answer(
-            StatusCode::OK,
-            vec![(TOKEN_TTL, lifetime.as_secs().to_string())],
-            token.into_bytes(),
-        )
-    }
-
-    fn get(&self, config: &Config, path: &str) -> Reply {
-        let i = &config.instance;
-        let text = |s: &str| answer(StatusCode::OK, s);
-        let optional = |value: &Option<String>| match value {
-            Some(value) => text(value),
-            None => answer(StatusCode::NOT_FOUND, ""),
-        };
-        match path {
-            "/latest/user-data" => {
-                let at = *lock(&self.user_data_at);
-                match (&config.user_data, at) {
-                    (Some(data), Some(at)) if self.started.elapsed() >= at => Reply::Answer(
-                        StatusCode::OK,
-                        vec![("content-type", "application/octet-stream".into())],
-                        data.clone(),
-                    ),
-                    _ => answer(StatusCode::NOT_FOUND, ""),
-                }
-            }
-            "/latest/meta-data" | "/latest/meta-data/" => {
-                let autoscaling = config.target_lifecycle_state.is_some();
-                let spot = config.spot_instance_action.is_some();
-                let items = [
-                    ("ami-id", true),
-                    ("autoscaling/", autoscaling),
-                    // Always: events/maintenance/scheduled always answers.
-                    ("events/", true),
-                    ("instance-id", true),
-                    ("instance-type", true),
-                    ("local-hostname", true),
-                    ("local-ipv4", true),
-                    ("mac", true),
-                    ("placement/", true),
-                    ("spot/", spot),
-                    ("tags/", true),
-                ];
-                let listed: Vec<_> = items.iter().filter(|i| i.1).map(|i| i.0).collect();
-                text(&listed.join("\n"))
-            }
-            "/latest/meta-data/autoscaling" | "/latest/meta-data/autoscaling/" => optional(
-                &config
-                    .target_lifecycle_state
-                    .as_ref()
-                    .map(|_| "target-lifecycle-state".into()),
-            ),
-            "/latest/meta-data/spot" | "/latest/meta-data/spot/" => optional(
-                &config
-                    .spot_instance_action
-                    .as_ref()
-                    .map(|_| "instance-action".into()),
-            ),
-            "/latest/meta-data/spot/instance-action" => optional(&config.spot_instance_action),
-            "/latest/meta-data/events" | "/latest/meta-data/events/" => match config.rebalance {
-                Some(_) => text("maintenance/\nrecommendations/"),
-                None => text("maintenance/"),
-            },
-            "/latest/meta-data/events/maintenance" | "/latest/meta-data/events/maintenance/" => {
-                text("history\nscheduled")
-            }
-            "/latest/meta-data/events/maintenance/history" => text("[]"),
-            "/latest/meta-data/events/maintenance/scheduled" => {
-                text(config.maintenance_scheduled.as_deref().unwrap_or("[]"))
-            }
-            "/latest/meta-data/events/recommendations"
-            | "/latest/meta-data/events/recommendations/" => {
-                optional(&config.rebalance.as_ref().map(|_| "rebalance".into()))
-            }
-            "/latest/meta-data/events/recommendations/rebalance" => optional(&config.rebalance),
-            "/latest/meta-data/instance-id" => text(&i.instance_id),
-            "/latest/meta-data/ami-id" => text(&i.image_id),
-            "/latest/meta-data/instance-type" => text(&i.instance_type),
-            "/latest/meta-data/local-ipv4" => text(&i.private_ip),
-            "/latest/meta-data/local-hostname" => text(&i.local_hostname),
-            "/latest/meta-data/mac" => text(&i.mac),
-            "/latest/meta-data/autoscaling/target-lifecycle-state" => {
-                optional(&config.target_lifecycle_state)
-            }
-            "/latest/meta-data/placement/region" => text(&i.region),
-            "/latest/meta-data/placement/availability-zone" => text(&i.availability_zone),
-            "/latest/dynamic/instance-identity/document" => {
-                let doc = serde_json::json!({
-                    "accountId": i.account_id, "architecture": "x86_64",
-                    "availabilityZone": i.availability_zone, "imageId": i.image_id,
-                    "instanceId": i.instance_id, "instanceType": i.instance_type,
-                    "pendingTime": i.pending_time, "privateIp": i.private_ip,
-                    "region": i.region, "version": "2017-09-30",
-                });
-                text(&serde_json::to_string_pretty(&doc).unwrap_or_default())
-            }
-            _ => match (
-                &config.tags,
-                path.strip_prefix("/latest/meta-data/tags/instance"),
-            ) {
-                (Some(tags), Some("" | "/")) => {
-                    text(&tags.keys().cloned().collect::<Vec<_>>().join("\n"))
-                }
-                (Some(tags), Some(key)) => match tags.get(&percent_decode(&key[1..])) {
-                    Some(value) => text(value),
-                    None => answer(StatusCode::NOT_FOUND, ""),
-                },
-                _ => answer(StatusCode::NOT_FOUND, ""),
-            },
-        }
-    }
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match (
-            bytes[i],
-            s.get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok()),
-        ) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Unpredictable enough for test tokens: std's randomly keyed hasher over nothing.
-fn random_u64() -> u64 {
-    use std::hash::BuildHasher;
-    std::collections::hash_map::RandomState::new().hash_one(0u8)
 }
 
 fn as_secs_f64<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
