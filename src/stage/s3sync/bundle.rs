@@ -31,9 +31,9 @@ use super::progress::Counters;
 use super::{Report, SyncError};
 use crate::base::retry::Deadline;
 use crate::settings::SyncSpec;
-use crate::sync::archive;
-use crate::sync::source::{Bundle, Fetched};
-use crate::sync::tree::{self, Archived, Destination, Entry, Manifest};
+use crate::sync::archive::{self, Format, Limits, UnpackError, Unpacked};
+use crate::sync::source::{Bundle, Fetched, SourceError};
+use crate::sync::tree::{self, Archived, Destination, Entry, Manifest, Staging};
 
 /// Chunks in flight between the download and the unpacker (each at most a few hundred KiB).
 const CHANNEL: usize = 32;
@@ -49,70 +49,29 @@ pub(super) async fn pass(
 ) -> Result<Report, SyncError> {
     let started = std::time::Instant::now();
     let url = bundle.url();
-    let old = Some(dest.manifest())
-        .filter(|m| m.source == url)
-        .unwrap_or_default();
     let pin = spec.sha256.as_deref().map(str::to_ascii_lowercase);
-    let settings = format!(
-        "owner={:?} group={:?} file_mode={:o} dir_mode={:o}",
-        spec.owner, spec.group, spec.file_mode, spec.dir_mode
-    );
-    let known = old
-        .archive
-        .as_ref()
-        .filter(|a| pin.is_none() || a.sha256 == pin)
-        .filter(|a| a.settings == settings)
-        .filter(|_| dest.has_current() && dest.intact(&old))
-        .map(|a| a.etag.clone());
-    // A version rolled back from, or that failed its verify, is what S3 is asked about
-    // instead: while the source still holds it, a 304 ends the pass.
-    let held = tree::blocked_version(dest.record(), &url).map(str::to_string);
-    let known = held.or(known);
+    let settings = settings_of(spec);
+    let before = Before::of(dest, &url, pin.as_deref(), &settings);
     counters.total.store(1, Ordering::Relaxed);
     counters.done.store(0, Ordering::Relaxed);
     let unchanged = Report {
-        objects: old.files.len(),
+        objects: before.files,
         ..Report::default()
     };
-    // What the rest of the pass needs of the old manifest; not the manifest itself, which
-    // would be held beside the new one while the archive unpacks.
-    let was_empty = old.source == url && old.archive.is_none() && old.files.is_empty();
-    let old_files = old.files.len();
-    drop(old);
     let mut download = match bundle
-        .fetch(known.as_deref(), pin.is_some(), spec.parts(), deadline)
+        .fetch(
+            before.known.as_deref(),
+            pin.is_some(),
+            spec.parts(),
+            deadline,
+        )
         .await?
     {
         Fetched::Unchanged => {
             counters.done.store(1, Ordering::Relaxed);
             return Ok(unchanged);
         }
-        Fetched::Missing if !spec.allow_empty => {
-            return Err(SyncError::Empty(url, "no such archive"));
-        }
-        Fetched::Missing => {
-            if dest.has_current() && was_empty {
-                return Ok(unchanged);
-            }
-            let staging = dest.staging()?;
-            staging.finish(
-                [],
-                &[],
-                &Default::default(),
-                (owner.uid, owner.gid),
-                spec.dir_mode,
-            )?;
-            let manifest = Manifest {
-                source: url,
-                ..Manifest::default()
-            };
-            dest.commit(staging, &manifest)?;
-            return Ok(Report {
-                deleted: old_files,
-                swapped: true,
-                ..Report::default()
-            });
-        }
+        Fetched::Missing => return missing_archive(dest, spec, owner, url, &before),
         Fetched::Body(download) => download,
     };
     if let Some(why) = tree::blocked(dest.record(), &url, &download.etag) {
@@ -121,26 +80,10 @@ pub(super) async fn pass(
         return Ok(unchanged);
     }
     let (etag, size, parts) = (download.etag.clone(), download.size, download.parts);
-
     let staging = dest.staging()?;
-    let (format, limits) = (bundle.format(), spec.limits());
     let (tx, rx) = mpsc::channel::<Bytes>(CHANNEL);
-    // Dropping this pass (its deadline, SIGTERM) stops the unpacker's thread too.
-    let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
-    let stop = cancel.0.clone();
-    let unpacker = tokio::task::spawn_blocking(move || {
-        let mut reader = ChannelReader {
-            rx,
-            chunk: Bytes::new(),
-        };
-        let unpacked = archive::unpack(&mut reader, format, &staging, limits, &stop);
-        // Past the archive's end marker (a tar's padding, trailing bytes): the rest of
-        // the body still arrives, to be verified, and is not unpacked.
-        if unpacked.is_ok() {
-            while reader.rx.blocking_recv().is_some() {}
-        }
-        (staging, unpacked)
-    });
+    // Each chunk of the body to the unpacker, counted, then the whole verified: what was
+    // verified and the pin, or `None` when the unpacker stopped reading first.
     let fed = async move {
         while let Some(chunk) = download.next().await {
             let chunk = chunk?;
@@ -162,22 +105,239 @@ pub(super) async fn pass(
             .finish(pin.as_deref())
             .map(|verified| Some((verified, pin)))
     };
+    let streamed = stream(rx, fed, staging, bundle.format(), spec.limits()).await?;
+    let Streamed {
+        staging,
+        unpacked,
+        verified,
+        pin,
+    } = streamed;
+    let fetched = started.elapsed();
+    let archived = Archived {
+        etag,
+        size,
+        sha256: pin,
+        settings,
+    };
+    let (links, unpacked_bytes) = (unpacked.links.len(), unpacked.bytes);
+    let report = commit(dest, staging, unpacked, spec, owner, url, archived)?;
+    counters.done.store(1, Ordering::Relaxed);
+    let ms = |d: std::time::Duration| d.as_millis() as u64;
+    tracing::info!(
+        dest = %spec.to.display(),
+        files = report.objects,
+        links,
+        bytes = size,
+        unpacked_bytes,
+        verified,
+        parts,
+        fetch_ms = ms(fetched),
+        commit_ms = ms(started.elapsed() - fetched),
+        "swapped in a new generation from the archive"
+    );
+    Ok(report)
+}
+
+/// The owner, group and modes a tree is handed over with, as its manifest records them:
+/// a generation unpacked with others is unpacked again.
+fn settings_of(spec: &SyncSpec) -> String {
+    format!(
+        "owner={:?} group={:?} file_mode={:o} dir_mode={:o}",
+        spec.owner, spec.group, spec.file_mode, spec.dir_mode
+    )
+}
+
+/// What a pass needs of the current generation's manifest; not the manifest itself,
+/// which would be held beside the new one while the archive unpacks.
+#[derive(Debug)]
+struct Before {
+    /// The version S3 is asked about (`If-None-Match`).
+    known: Option<String>,
+    /// The files of the current generation, when it came from this source.
+    files: usize,
+    /// The current generation is this source's, empty (a missing archive, allowed).
+    was_empty: bool,
+}
+
+impl Before {
+    fn of(dest: &Destination, url: &str, pin: Option<&str>, settings: &str) -> Before {
+        let old = Some(dest.manifest())
+            .filter(|m| m.source == url)
+            .unwrap_or_default();
+        let intact = || dest.has_current() && dest.intact(&old);
+        let known = known(old.archive.as_ref(), pin, settings, intact).map(str::to_string);
+        // A version rolled back from, or that failed its verify, is what S3 is asked about
+        // instead: while the source still holds it, a 304 ends the pass.
+        let held = tree::blocked_version(dest.record(), url).map(str::to_string);
+        Before {
+            known: held.or(known),
+            files: old.files.len(),
+            was_empty: old.source == url && old.archive.is_none() && old.files.is_empty(),
+        }
+    }
+}
+
+/// The ETag of the archive the current generation came from, when a 304 for it means
+/// nothing is to be done: unpacked with the same settings, verified against the same pin
+/// (if there is one), and on disk as sealed (`intact`, asked last: it reads the tree).
+fn known<'a>(
+    archived: Option<&'a Archived>,
+    pin: Option<&str>,
+    settings: &str,
+    intact: impl FnOnce() -> bool,
+) -> Option<&'a str> {
+    archived
+        .filter(|a| pin.is_none() || a.sha256.as_deref() == pin)
+        .filter(|a| a.settings == settings)
+        .filter(|_| intact())
+        .map(|a| a.etag.as_str())
+}
+
+/// What a missing archive means for the destination.
+#[derive(Debug, PartialEq, Eq)]
+enum Missing {
+    /// Not allowed to be empty: the pass fails.
+    Refused,
+    /// Allowed, and the current generation is this source's empty one already.
+    Unchanged,
+    /// Allowed: an empty generation is swapped in.
+    Emptied,
+}
+
+fn missing(allow_empty: bool, has_current: bool, was_empty: bool) -> Missing {
+    match (allow_empty, has_current && was_empty) {
+        (false, _) => Missing::Refused,
+        (true, true) => Missing::Unchanged,
+        (true, false) => Missing::Emptied,
+    }
+}
+
+/// A missing archive: the pass fails, or (allowed to be empty) the destination is left
+/// as it is or swapped to an empty generation.
+fn missing_archive(
+    dest: &mut Destination,
+    spec: &SyncSpec,
+    owner: &Ownership,
+    url: String,
+    before: &Before,
+) -> Result<Report, SyncError> {
+    match missing(spec.allow_empty, dest.has_current(), before.was_empty) {
+        Missing::Refused => Err(SyncError::Empty(url, "no such archive")),
+        Missing::Unchanged => Ok(Report {
+            objects: before.files,
+            ..Report::default()
+        }),
+        Missing::Emptied => {
+            commit_empty(dest, spec, owner, url)?;
+            Ok(Report {
+                deleted: before.files,
+                swapped: true,
+                ..Report::default()
+            })
+        }
+    }
+}
+
+/// Swaps in an empty generation of `url` (its archive missing, and allowed to be).
+fn commit_empty(
+    dest: &mut Destination,
+    spec: &SyncSpec,
+    owner: &Ownership,
+    url: String,
+) -> Result<(), SyncError> {
+    let staging = dest.staging()?;
+    staging.finish(
+        [],
+        &[],
+        &Default::default(),
+        (owner.uid, owner.gid),
+        spec.dir_mode,
+    )?;
+    let manifest = Manifest {
+        source: url,
+        ..Manifest::default()
+    };
+    dest.commit(staging, &manifest)?;
+    Ok(())
+}
+
+/// An archive's body downloaded, verified and unpacked into the staging tree.
+struct Streamed {
+    staging: Staging,
+    unpacked: Unpacked,
+    /// What the download verified (`Download::finish`).
+    verified: String,
+    /// The pinned SHA-256 it matched, if any.
+    pin: Option<String>,
+}
+
+/// What feeding the unpacker came to: what the download verified and the pin, or `None`
+/// when the unpacker stopped reading first.
+type Fed = Result<Option<(String, Option<String>)>, SourceError>;
+
+/// Unpacks what `fed` sends on `rx` into `staging`, on a blocking thread, as it arrives;
+/// the download and the unpacker decide the outcome together ([`decided`]).
+async fn stream(
+    rx: mpsc::Receiver<Bytes>,
+    fed: impl Future<Output = Fed>,
+    staging: Staging,
+    format: Format,
+    limits: Limits,
+) -> Result<Streamed, SyncError> {
+    // Dropping this pass (its deadline, SIGTERM) stops the unpacker's thread too.
+    let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+    let stop = cancel.0.clone();
+    let unpacker = tokio::task::spawn_blocking(move || {
+        let mut reader = ChannelReader {
+            rx,
+            chunk: Bytes::new(),
+        };
+        let unpacked = archive::unpack(&mut reader, format, &staging, limits, &stop);
+        // Past the archive's end marker (a tar's padding, trailing bytes): the rest of
+        // the body still arrives, to be verified, and is not unpacked.
+        if unpacked.is_ok() {
+            while reader.rx.blocking_recv().is_some() {}
+        }
+        (staging, unpacked)
+    });
     let fed = fed.await;
     let (staging, unpacked) = unpacker
         .await
         .map_err(|e| SyncError::Settings(format!("unpacking task: {e}")))?;
-    // A failed or unverified download decides the pass, whatever the unpacker made of it.
-    let (verified, pin) = match fed? {
-        Some(done) => done,
-        None => {
-            unpacked?;
-            let why = "the unpacker stopped reading before the end of the archive".into();
-            return Err(SyncError::Settings(why));
-        }
-    };
-    let unpacked = unpacked?;
-    let fetched = started.elapsed();
+    let ((verified, pin), unpacked) = decided(fed, unpacked)?;
+    Ok(Streamed {
+        staging,
+        unpacked,
+        verified,
+        pin,
+    })
+}
 
+/// What decides the pass, from what the download and the unpacker each made of the
+/// body: a failed or unverified download, whatever the unpacker made of it; then the
+/// unpacker's error; an unpacker that stopped reading without one is an error too.
+fn decided<V, U>(
+    fed: Result<Option<V>, SourceError>,
+    unpacked: Result<U, UnpackError>,
+) -> Result<(V, U), SyncError> {
+    let Some(done) = fed? else {
+        unpacked?;
+        let why = "the unpacker stopped reading before the end of the archive".into();
+        return Err(SyncError::Settings(why));
+    };
+    Ok((done, unpacked?))
+}
+
+/// Hands the unpacked tree over (modes, owners) and swaps it in with its manifest.
+fn commit(
+    dest: &mut Destination,
+    staging: Staging,
+    unpacked: Unpacked,
+    spec: &SyncSpec,
+    owner: &Ownership,
+    url: String,
+    archived: Archived,
+) -> Result<Report, SyncError> {
     staging.finish(
         unpacked
             .files
@@ -191,8 +351,7 @@ pub(super) async fn pass(
     // The unpacked names move into the manifest: each kept once (an archive's entries need
     // no key, and the archive's ETag is `archive`'s). The old manifest is read again only
     // to count what went, while the new one is all that is held.
-    let (objects, links, unpacked_bytes) =
-        (unpacked.files.len(), unpacked.links.len(), unpacked.bytes);
+    let objects = unpacked.files.len();
     let files: BTreeMap<String, Entry> = unpacked
         .files
         .into_iter()
@@ -210,42 +369,23 @@ pub(super) async fn pass(
         .map_or(0, |m| {
             m.files.keys().filter(|k| !files.contains_key(*k)).count()
         });
+    let bytes = archived.size;
     let manifest = Manifest {
         source: url,
         files,
         links: names(unpacked.links),
         dirs: names(unpacked.dirs),
-        archive: Some(Archived {
-            etag,
-            size,
-            sha256: pin,
-            settings,
-        }),
+        archive: Some(archived),
     };
     dest.commit(staging, &manifest)?;
-    counters.done.store(1, Ordering::Relaxed);
-    let report = Report {
+    Ok(Report {
         objects,
         downloaded: 1,
-        bytes: size,
+        bytes,
         deleted,
         list_pages: 0,
         swapped: true,
-    };
-    let ms = |d: std::time::Duration| d.as_millis() as u64;
-    tracing::info!(
-        dest = %spec.to.display(),
-        files = report.objects,
-        links,
-        bytes = size,
-        unpacked_bytes,
-        verified,
-        parts,
-        fetch_ms = ms(fetched),
-        commit_ms = ms(started.elapsed() - fetched),
-        "swapped in a new generation from the archive"
-    );
-    Ok(report)
+    })
 }
 
 /// Says why the version a source holds is not swapped in.
@@ -305,5 +445,139 @@ impl Read for ChannelReader {
         buf[..n].copy_from_slice(&self.chunk[..n]);
         self.chunk.advance(n);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base::exit::ExitStatus;
+    use crate::stage::error::ExitCode;
+
+    #[test]
+    fn a_304_may_end_the_pass_only_for_the_archive_the_tree_came_from_as_it_was() {
+        let settings = "owner=None group=None file_mode=644 dir_mode=755";
+        let archived = |sha256: Option<&str>, settings: &str| Archived {
+            etag: "\"e1\"".into(),
+            size: 10,
+            sha256: sha256.map(str::to_string),
+            settings: settings.into(),
+        };
+        let plain = archived(None, settings);
+        let pinned = archived(Some("ab12"), settings);
+        let other = archived(
+            None,
+            "owner=Some(\"app\") group=None file_mode=644 dir_mode=755",
+        );
+        // (the current generation's archive, the entry's pin, intact on disk) → the ETag
+        // asked about.
+        let cases = [
+            (None, None, true, None),
+            (Some(&plain), None, true, Some("\"e1\"")),
+            (Some(&plain), None, false, None),
+            // Pinned now: only an archive verified against that pin.
+            (Some(&plain), Some("ab12"), true, None),
+            (Some(&pinned), Some("ab12"), true, Some("\"e1\"")),
+            (Some(&pinned), Some("cd34"), true, None),
+            // No pin now: one verified earlier is still the archive it was.
+            (Some(&pinned), None, true, Some("\"e1\"")),
+            (Some(&pinned), Some("ab12"), false, None),
+            // Unpacked with other owners or modes: unpacked again.
+            (Some(&other), None, true, None),
+        ];
+        for (archived, pin, intact, expected) in cases {
+            let asked = std::cell::Cell::new(false);
+            let got = known(archived, pin, settings, || {
+                asked.set(true);
+                intact
+            });
+            assert_eq!(got, expected, "{archived:?} {pin:?} intact {intact}");
+            // The tree is read only for an archive that passed the other checks.
+            assert_eq!(
+                asked.get(),
+                expected.is_some() || !intact,
+                "{archived:?} {pin:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_archive_fails_or_leaves_an_empty_tree() {
+        // (allow_empty, has a current generation, which is this source's and empty)
+        let cases = [
+            (false, false, false, Missing::Refused),
+            (false, true, true, Missing::Refused),
+            (true, false, false, Missing::Emptied),
+            (true, false, true, Missing::Emptied),
+            (true, true, false, Missing::Emptied),
+            (true, true, true, Missing::Unchanged),
+        ];
+        for (allow_empty, has_current, was_empty, expected) in cases {
+            assert_eq!(
+                missing(allow_empty, has_current, was_empty),
+                expected,
+                "{allow_empty} {has_current} {was_empty}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_download_decides_the_pass_whatever_the_unpacker_made_of_it() {
+        let corrupt = || SourceError::Corrupt {
+            key: "a.tar".into(),
+            why: "MD5 mismatch".into(),
+        };
+        let refused = || UnpackError::Refused {
+            entry: "../x".into(),
+            why: "leaves the tree".into(),
+        };
+        let stopped = "sync settings: the unpacker stopped reading before the end of the archive";
+        // (the download, the unpacker) → the pass's error and exit code, or success.
+        type Case = (
+            Result<Option<&'static str>, SourceError>,
+            Result<&'static str, UnpackError>,
+            Result<(&'static str, &'static str), (&'static str, ExitCode)>,
+        );
+        let cases: [Case; 6] = [
+            (
+                Err(corrupt()),
+                Err(refused()),
+                Err((
+                    "a.tar: verification failed: MD5 mismatch",
+                    ExitCode::Protocol,
+                )),
+            ),
+            (
+                Err(corrupt()),
+                Ok("tree"),
+                Err((
+                    "a.tar: verification failed: MD5 mismatch",
+                    ExitCode::Protocol,
+                )),
+            ),
+            (
+                Ok(None),
+                Err(refused()),
+                Err((
+                    "archive entry \"../x\" refused: leaves the tree",
+                    ExitCode::BadUserData,
+                )),
+            ),
+            (Ok(None), Ok("tree"), Err((stopped, ExitCode::BadUserData))),
+            (
+                Ok(Some("MD5")),
+                Err(refused()),
+                Err((
+                    "archive entry \"../x\" refused: leaves the tree",
+                    ExitCode::BadUserData,
+                )),
+            ),
+            (Ok(Some("MD5")), Ok("tree"), Ok(("MD5", "tree"))),
+        ];
+        for (fed, unpacked, expected) in cases {
+            let got = decided(fed, unpacked).map_err(|e| (e.to_string(), e.exit_code()));
+            let expected = expected.map_err(|(why, code)| (why.to_string(), code));
+            assert_eq!(got, expected);
+        }
     }
 }
