@@ -469,12 +469,16 @@ pub struct MetadataArgs {
     /// IMDS base URL [default: AWS_EC2_METADATA_SERVICE_ENDPOINT, else by
     /// AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE, else http://169.254.169.254]; with
     /// --provider gcp, the metadata server's [default: GCE_METADATA_HOST, else
-    /// http://metadata.google.internal].
+    /// http://metadata.google.internal]; azure: BOOTSTAGE_AZURE_IMDS, else
+    /// http://169.254.169.254; openstack: BOOTSTAGE_OPENSTACK_METADATA, else
+    /// http://169.254.169.254 (BOOTSTAGE_CONFIG_DRIVE=DIR reads a mounted config drive
+    /// instead).
     #[arg(long, value_name = "URL")]
     pub imds_endpoint: Option<String>,
 
-    /// Whose metadata service gives user-data and facts: aws or gcp [default:
-    /// BOOTSTAGE_PROVIDER, else from the DMI (sys_vendor, board_asset_tag), else aws].
+    /// Whose metadata service gives user-data and facts: aws, gcp, azure or openstack
+    /// [default: BOOTSTAGE_PROVIDER, else from the DMI (sys_vendor, product_name,
+    /// board_asset_tag, chassis_asset_tag), else aws].
     #[arg(long, value_name = "NAME")]
     pub provider: Option<String>,
 

@@ -139,8 +139,8 @@ impl Facts {
     /// or one given by `--fact`; another cloud's region is no AWS region.
     pub fn aws_region(&self) -> Option<String> {
         match self.source.as_str() {
-            "gcp" => None,
-            _ => self.region.clone(),
+            "imds" | "flags" => self.region.clone(),
+            _ => None,
         }
     }
 
@@ -316,5 +316,7 @@ mod tests {
         assert_eq!(with("imds").aws_region().as_deref(), Some("r-1"));
         assert_eq!(with("flags").aws_region().as_deref(), Some("r-1"));
         assert_eq!(with("gcp").aws_region(), None);
+        assert_eq!(with("azure").aws_region(), None);
+        assert_eq!(with("openstack").aws_region(), None);
     }
 }

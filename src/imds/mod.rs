@@ -16,11 +16,15 @@
 //!
 //! How each HTTP status is handled lives in one place: [`verdict`].
 //!
-//! Other clouds' metadata services live beside it (`gcp.rs`: Compute Engine's), and
-//! `provider.rs` decides which one the metadata stage asks.
+//! Other clouds' metadata services live beside it (`gcp.rs`: Compute Engine's,
+//! `azure.rs`: Azure's, `openstack.rs`: Nova's), and `provider.rs` decides which one the
+//! metadata stage asks.
 
+pub mod azure;
 pub mod facts;
 pub mod gcp;
+mod http;
+pub mod openstack;
 pub mod provider;
 pub mod userdata;
 

@@ -2,7 +2,8 @@
 //! `instance.json` and `params.env` in the state dir, then READY.
 //!
 //! The user-data and facts come from a provider (`imds::provider`: EC2's IMDS by default,
-//! or Compute Engine's metadata server); nothing above this stage knows which.
+//! Compute Engine's metadata server, Azure's IMDS, or OpenStack's metadata service or
+//! config drive); nothing above this stage knows which.
 //!
 //! A boot, step by step:
 //! 1. take the state dir's lock (creating the dir 0700);
@@ -50,7 +51,8 @@ pub struct Settings {
     /// The metadata service's base URL; `None`: the provider's environment variables, else
     /// its documented address.
     pub imds_endpoint: Option<String>,
-    /// `--provider` (`aws`, `gcp`); `None`: `BOOTSTAGE_PROVIDER`, else the DMI, else aws.
+    /// `--provider` (`aws`, `gcp`, `azure`, `openstack`); `None`: `BOOTSTAGE_PROVIDER`,
+    /// else the DMI, else aws.
     pub provider: Option<String>,
     /// Where the DMI strings are read (`/sys/class/dmi/id`; a test gives its own).
     pub dmi_root: PathBuf,
@@ -319,10 +321,9 @@ impl Refresher {
             // The service the metadata stage read, as its facts record it: a watcher
             // started with other flags or environment must not read another one.
             None => {
-                let provider = match facts.source.as_str() {
-                    "gcp" => Provider::Gcp,
-                    "imds" => Provider::Aws,
-                    _ => chosen_provider(args)?,
+                let provider = match Provider::of_facts(&facts.source) {
+                    Some(provider) => provider,
+                    None => chosen_provider(args)?,
                 };
                 from_provider(provider, args, deadline, notifier, false)
                     .await?
@@ -400,8 +401,11 @@ async fn from_provider(
     notifier: Notifier,
     facts: bool,
 ) -> Result<(Option<Vec<u8>>, Facts)> {
-    if provider == Provider::Gcp {
-        return from_gcp(args, deadline, notifier, facts).await;
+    match provider {
+        Provider::Aws => {}
+        Provider::Gcp => return from_gcp(args, deadline, notifier, facts).await,
+        Provider::Azure => return from_azure(args, deadline, notifier, facts).await,
+        Provider::OpenStack => return from_openstack(args, deadline, notifier, facts).await,
     }
     let endpoint = imds::resolve_endpoint(args.imds_endpoint.as_deref(), |k| std::env::var(k).ok())
         .map_err(Error::Usage)?;
@@ -460,6 +464,73 @@ async fn from_gcp(
         }
         notifier.status(&status);
     });
+    let (user_data, facts) = match facts {
+        true => tokio::try_join!(user_data, client.facts())?,
+        false => (user_data.await?, Facts::default()),
+    };
+    Ok((user_data.filter(|raw| !raw.trim_ascii().is_empty()), facts))
+}
+
+/// What the user-data wait tells systemd and the log.
+fn waiting(notifier: &Notifier) -> impl FnMut(u32, Duration) + '_ {
+    move |attempt, waited| {
+        let status = format!(
+            "waiting for user-data: attempt {attempt}, {:.1} s",
+            waited.as_secs_f64()
+        );
+        if attempt == 1 || attempt % 20 == 0 {
+            tracing::info!("{status}");
+        }
+        notifier.status(&status);
+    }
+}
+
+/// `from_imds` on Azure.
+async fn from_azure(
+    args: &Settings,
+    deadline: Deadline,
+    notifier: Notifier,
+    facts: bool,
+) -> Result<(Option<Vec<u8>>, Facts)> {
+    let endpoint =
+        imds::azure::resolve_endpoint(args.imds_endpoint.as_deref(), |k| std::env::var(k).ok())
+            .map_err(Error::Usage)?;
+    tracing::info!(endpoint, "reading user-data and facts from Azure's IMDS");
+    let client = imds::azure::Client::new(imds::azure::Options {
+        endpoint,
+        request_timeout: args.request_timeout,
+        deadline,
+    })?;
+    notifier.status("waiting for user-data");
+    let user_data = client.user_data(args.user_data_wait(), waiting(&notifier));
+    let (user_data, facts) = match facts {
+        true => tokio::try_join!(user_data, client.facts())?,
+        false => (user_data.await?, Facts::default()),
+    };
+    Ok((user_data.filter(|raw| !raw.trim_ascii().is_empty()), facts))
+}
+
+/// `from_imds` on OpenStack: the metadata service, or a config drive.
+async fn from_openstack(
+    args: &Settings,
+    deadline: Deadline,
+    notifier: Notifier,
+    facts: bool,
+) -> Result<(Option<Vec<u8>>, Facts)> {
+    let source =
+        imds::openstack::resolve_source(args.imds_endpoint.as_deref(), |k| std::env::var(k).ok())
+            .map_err(Error::Usage)?;
+    let client = imds::openstack::Client::new(imds::openstack::Options {
+        source,
+        request_timeout: args.request_timeout,
+        deadline,
+    })?;
+    tracing::info!(
+        from = client.describe(),
+        "reading user-data and facts from OpenStack's metadata"
+    );
+    notifier.status("waiting for user-data");
+    let user_data = client.user_data(args.user_data_wait(), waiting(&notifier));
     let (user_data, facts) = match facts {
         true => tokio::try_join!(user_data, client.facts())?,
         false => (user_data.await?, Facts::default()),

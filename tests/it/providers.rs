@@ -1,15 +1,17 @@
 //! The metadata stage on each provider (`--provider`, `BOOTSTAGE_PROVIDER`, the DMI):
-//! EC2's IMDS and Compute Engine's metadata server, both served by the IMDS emulator
-//! (`Flavor::Gcp` for GCP) on 127.0.0.1. GCP's real host is never contacted: every GCP
-//! run names the emulator (`--imds-endpoint` or `GCE_METADATA_HOST`), and the sandbox
-//! points `GCE_METADATA_HOST` at a closed loopback port otherwise.
+//! EC2's IMDS, Compute Engine's metadata server, Azure's IMDS and OpenStack's metadata
+//! service, all served by the IMDS emulator (`Flavor::Gcp`, `Azure`, `OpenStack`) on
+//! 127.0.0.1, and OpenStack's config drive as a directory. No real address is ever
+//! contacted: every run names the emulator (`--imds-endpoint` or the provider's
+//! variable), and the sandbox points `GCE_METADATA_HOST`, `BOOTSTAGE_AZURE_IMDS` and
+//! `BOOTSTAGE_OPENSTACK_METADATA` at a closed loopback port otherwise.
 
 use crate::common;
 
 use std::time::Duration;
 
 use common::{Sandbox, b64};
-use imds_emulator::{Config, Emulator, Flavor, GcpInstance};
+use imds_emulator::{AzureInstance, Config, Emulator, Flavor, GcpInstance, OpenStackInstance};
 
 const PARAMS: &str = r#"{"app":{"name":"web","port":8080,"tags":["a","b"]},"db":{"url":"postgres://db:5432/x?sslmode=require"},"quote":"say \"hi\" $HOME `x` \\ done","bootstage":{"sync":[]}}"#;
 
@@ -25,6 +27,10 @@ fn gcp(config: Config) -> Config {
         flavor: Flavor::Gcp,
         ..config
     }
+}
+
+fn flavor(flavor: Flavor, config: Config) -> Config {
+    Config { flavor, ..config }
 }
 
 /// The lines of an env file that are not facts (`BOOTSTAGE_…`).
@@ -195,48 +201,140 @@ async fn no_gcp_user_data_is_final_after_the_grace_period() {
 }
 
 /// The provider from the DMI when no flag or variable names one; the flag and the
-/// variable win over it. Both emulators run; only the chosen one is ever asked.
+/// variable win over it. All four emulators run; only the chosen one is ever asked.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_provider_follows_the_dmi_unless_named() {
-    let aws_emu = Emulator::start(aws(PARAMS.as_bytes())).await.unwrap();
-    let gcp_emu = Emulator::start(gcp(aws(PARAMS.as_bytes()))).await.unwrap();
-    let gce_host = gcp_emu.url().trim_start_matches("http://").to_string();
-    /// sys_vendor, board_asset_tag, flags, BOOTSTAGE_PROVIDER → instance.json's source.
-    type Case<'a> = (&'a str, &'a str, &'a [&'a str], Option<&'a str>, &'a str);
-    let cases: [Case; 5] = [
-        ("Google", "", &[], None, "gcp"),
-        ("Amazon EC2", "i-0123456789abcdef0", &[], None, "imds"),
-        ("Google", "", &["--provider", "aws"], None, "imds"),
-        ("Google", "", &[], Some("aws"), "imds"),
-        ("QEMU", "", &[], Some("gcp"), "gcp"),
+    let emulators = [
+        (
+            "imds",
+            Emulator::start(aws(PARAMS.as_bytes())).await.unwrap(),
+        ),
+        (
+            "gcp",
+            Emulator::start(gcp(aws(PARAMS.as_bytes()))).await.unwrap(),
+        ),
+        (
+            "azure",
+            Emulator::start(flavor(Flavor::Azure, aws(PARAMS.as_bytes())))
+                .await
+                .unwrap(),
+        ),
+        (
+            "openstack",
+            Emulator::start(flavor(Flavor::OpenStack, aws(PARAMS.as_bytes())))
+                .await
+                .unwrap(),
+        ),
     ];
-    for (vendor, tag, flags, env, source) in cases {
-        let (aws_before, gcp_before) = (aws_emu.requests().len(), gcp_emu.requests().len());
+    let gce_host = emulators[1]
+        .1
+        .url()
+        .trim_start_matches("http://")
+        .to_string();
+    const AZURE_TAG: &str = "7783-7084-3265-9085-8269-3286-77";
+    /// sys_vendor, product_name, board_asset_tag, chassis_asset_tag, flags,
+    /// BOOTSTAGE_PROVIDER → instance.json's source.
+    type Case<'a> = ([&'a str; 4], &'a [&'a str], Option<&'a str>, &'a str);
+    let cases: [Case; 12] = [
+        (
+            ["Google", "Google Compute Engine", "", ""],
+            &[],
+            None,
+            "gcp",
+        ),
+        (
+            ["Amazon EC2", "m5.large", "i-0123456789abcdef0", ""],
+            &[],
+            None,
+            "imds",
+        ),
+        (
+            [
+                "Microsoft Corporation",
+                "Virtual Machine",
+                "None",
+                AZURE_TAG,
+            ],
+            &[],
+            None,
+            "azure",
+        ),
+        // Hyper-V off Azure: the default.
+        (
+            ["Microsoft Corporation", "Virtual Machine", "None", "None"],
+            &[],
+            None,
+            "imds",
+        ),
+        (
+            ["OpenStack Foundation", "OpenStack Nova", "", ""],
+            &[],
+            None,
+            "openstack",
+        ),
+        (
+            ["QEMU", "Standard PC", "", "OpenStack Compute"],
+            &[],
+            None,
+            "openstack",
+        ),
+        (["Google", "", "", ""], &["--provider", "aws"], None, "imds"),
+        (["Google", "", "", ""], &[], Some("aws"), "imds"),
+        (["QEMU", "", "", ""], &[], Some("gcp"), "gcp"),
+        (
+            ["QEMU", "", "", ""],
+            &["--provider", "azure"],
+            None,
+            "azure",
+        ),
+        (
+            ["Microsoft Corporation", "", "", AZURE_TAG],
+            &[],
+            Some("openstack"),
+            "openstack",
+        ),
+        (
+            ["OpenStack Foundation", "OpenStack Nova", "", ""],
+            &["--provider", "gcp"],
+            Some("azure"),
+            "gcp",
+        ),
+    ];
+    for (dmi, flags, env, source) in cases {
+        let before: Vec<usize> = emulators.iter().map(|e| e.1.requests().len()).collect();
         let sb = Sandbox::new();
         std::fs::create_dir_all(sb.path("dmi")).unwrap();
-        std::fs::write(sb.path("dmi/sys_vendor"), format!("{vendor}\n")).unwrap();
-        std::fs::write(sb.path("dmi/board_asset_tag"), format!("{tag}\n")).unwrap();
+        let names = [
+            "sys_vendor",
+            "product_name",
+            "board_asset_tag",
+            "chassis_asset_tag",
+        ];
+        for (name, value) in names.iter().zip(dmi) {
+            std::fs::write(sb.path(&format!("dmi/{name}")), format!("{value}\n")).unwrap();
+        }
         let mut args = vec!["metadata", "--timeout", "10s"];
         args.extend_from_slice(flags);
         let mut cmd = sb.command(&args);
-        cmd.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", aws_emu.url())
-            .env("GCE_METADATA_HOST", &gce_host);
+        cmd.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", emulators[0].1.url())
+            .env("GCE_METADATA_HOST", &gce_host)
+            .env("BOOTSTAGE_AZURE_IMDS", emulators[2].1.url())
+            .env("BOOTSTAGE_OPENSTACK_METADATA", emulators[3].1.url());
         if let Some(env) = env {
             cmd.env("BOOTSTAGE_PROVIDER", env);
         }
         let out = common::run(cmd).await;
-        let case = format!("{vendor:?} {tag:?} {flags:?} {env:?}");
+        let case = format!("{dmi:?} {flags:?} {env:?}");
         assert_eq!(out.code, 0, "{case}: {}", out.stderr);
         let instance: serde_json::Value =
             serde_json::from_str(&sb.read("instance.json").unwrap()).unwrap();
         assert_eq!(instance["source"], source, "{case}");
-        let (aws_asked, gcp_asked) = (
-            aws_emu.requests().len() - aws_before,
-            gcp_emu.requests().len() - gcp_before,
-        );
-        match source {
-            "gcp" => assert!(aws_asked == 0 && gcp_asked > 0, "{case}"),
-            _ => assert!(gcp_asked == 0 && aws_asked > 0, "{case}"),
+        for ((name, emu), before) in emulators.iter().zip(before) {
+            let asked = emu.requests().len() - before;
+            match *name == source {
+                true => assert!(asked > 0, "{case}: {name} not asked"),
+                false => assert_eq!(asked, 0, "{case}: {name} asked"),
+            }
         }
     }
 }
@@ -244,20 +342,16 @@ async fn the_provider_follows_the_dmi_unless_named() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unknown_provider_is_refused() {
     let sb = Sandbox::new();
-    let out = sb.run(&["metadata", "--provider", "azure"]).await;
+    let out = sb.run(&["metadata", "--provider", "oracle"]).await;
     common::assert_exit(
         &out,
         64,
-        "--provider \"azure\": unknown provider; known: aws, gcp",
+        "--provider \"oracle\": unknown provider; known: aws, gcp, azure, openstack",
     );
     let mut cmd = sb.command(&["metadata"]);
-    cmd.env("BOOTSTAGE_PROVIDER", "openstack");
+    cmd.env("BOOTSTAGE_PROVIDER", "hetzner");
     let out = common::run(cmd).await;
-    common::assert_exit(
-        &out,
-        64,
-        "BOOTSTAGE_PROVIDER=\"openstack\": unknown provider",
-    );
+    common::assert_exit(&out, 64, "BOOTSTAGE_PROVIDER=\"hetzner\": unknown provider");
 }
 
 /// The emulator's GCP flavor is as strict as GCE: 403 without `Metadata-Flavor: Google`
@@ -293,4 +387,373 @@ async fn the_gcp_emulator_wants_the_flavor_header() {
         .await
         .unwrap();
     assert_eq!(ec2.status(), 404);
+}
+
+/// How a run reaches a provider: its name, the emulator's flavor (`None`: OpenStack's
+/// config drive, a directory and no emulator).
+const PROVIDERS: [(&str, Option<Flavor>); 5] = [
+    ("aws", Some(Flavor::Aws)),
+    ("gcp", Some(Flavor::Gcp)),
+    ("azure", Some(Flavor::Azure)),
+    ("openstack", Some(Flavor::OpenStack)),
+    ("openstack", None),
+];
+
+/// `bootstage metadata --provider NAME` against `config` served as `flavor`, or from a
+/// config drive written from it; the sandbox and the emulator (if any) after the run.
+async fn run_on(
+    name: &str,
+    flavor: Option<Flavor>,
+    config: Config,
+    extra: &[&str],
+) -> (Sandbox, Option<Emulator>, common::Outcome) {
+    let sb = Sandbox::new();
+    let mut args = vec!["--provider", name];
+    args.extend_from_slice(extra);
+    match flavor {
+        Some(flavor) => {
+            let emu = Emulator::start(Config { flavor, ..config }).await.unwrap();
+            let out = sb.metadata(&emu.url(), &args).await;
+            (sb, Some(emu), out)
+        }
+        None => {
+            let drive = sb.path("config-2");
+            config
+                .openstack
+                .write_config_drive(&drive, config.user_data.as_deref())
+                .unwrap();
+            let mut all = vec!["metadata", "--timeout", "10s"];
+            all.extend_from_slice(&args);
+            let mut cmd = sb.command(&all);
+            cmd.env("BOOTSTAGE_CONFIG_DRIVE", &drive);
+            let out = common::run(cmd).await;
+            (sb, None, out)
+        }
+    }
+}
+
+/// The same user-data (JSON, and the same as base64) gives byte-identical `params.json`
+/// on every provider, and the same `params.env` and `hooks.env` but for the facts, whose
+/// names are the same where they mean the same thing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_user_data_gives_the_same_parameters_on_every_provider() {
+    for user_data in [PARAMS.to_string(), b64(PARAMS)] {
+        let mut first: Option<(String, String, String)> = None;
+        for (name, flavor) in PROVIDERS {
+            let how = format!("{name} {flavor:?}");
+            let (sb, _emu, out) = run_on(name, flavor, aws(user_data.as_bytes()), &[]).await;
+            assert_eq!(out.code, 0, "{how}: {}", out.stderr);
+            let got = (
+                sb.read("params.json").unwrap(),
+                parameters_only(&sb.read("params.env").unwrap()),
+                parameters_only(&sb.read("hooks.env").unwrap()),
+            );
+            assert!(got.1.contains("QUOTE="), "{how}: {}", got.1);
+            match &first {
+                None => first = Some(got),
+                Some(aws) => assert_eq!(&got, aws, "{how}"),
+            }
+            // Every provider names the instance, its zone and its host the same way.
+            let env = sb.read("params.env").unwrap();
+            for fact in [
+                "BOOTSTAGE_INSTANCE_ID=",
+                "BOOTSTAGE_AVAILABILITY_ZONE=",
+                "BOOTSTAGE_LOCAL_HOSTNAME=",
+            ] {
+                assert!(
+                    env.lines().any(|l| l.starts_with(fact)),
+                    "{how}: {fact} in {env}"
+                );
+            }
+        }
+    }
+}
+
+/// Azure's facts under the names EC2's use where they mean the same thing (the
+/// subscription as the account, the MAC as EC2 writes it, tagsList as tags); every
+/// request carried `Metadata: true` and a documented api-version.
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_facts_map_to_the_same_names() {
+    let config = Config {
+        azure: AzureInstance {
+            tags: [
+                ("role".into(), "web".into()),
+                ("Env Name".into(), "prod".into()),
+            ]
+            .into(),
+            ..AzureInstance::default()
+        },
+        ..aws(PARAMS.as_bytes())
+    };
+    let (sb, emu, out) = run_on("azure", Some(Flavor::Azure), config, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let env = sb.read("params.env").unwrap();
+    assert_eq!(
+        facts_only(&env),
+        [
+            "BOOTSTAGE_ACCOUNT_ID=\"8d10da13-8125-4ba9-a717-bf7490507b3d\"",
+            "BOOTSTAGE_AVAILABILITY_ZONE=\"2\"",
+            "BOOTSTAGE_INSTANCE_ID=\"02aab8a4-74ef-476e-8182-f6d2ba4166a6\"",
+            "BOOTSTAGE_INSTANCE_TYPE=\"Standard_B2s\"",
+            "BOOTSTAGE_LOCAL_HOSTNAME=\"web-1\"",
+            "BOOTSTAGE_LOCAL_IPV4=\"10.1.0.4\"",
+            "BOOTSTAGE_MAC=\"00:0d:3a:2b:4c:5e\"",
+            "BOOTSTAGE_REGION=\"westeurope\"",
+            "BOOTSTAGE_TAG_ENV_NAME=\"prod\"",
+            "BOOTSTAGE_TAG_ROLE=\"web\"",
+        ]
+    );
+    let instance: serde_json::Value =
+        serde_json::from_str(&sb.read("instance.json").unwrap()).unwrap();
+    assert_eq!(
+        instance,
+        serde_json::json!({
+            "source": "azure",
+            "instance_id": "02aab8a4-74ef-476e-8182-f6d2ba4166a6",
+            "region": "westeurope",
+            "availability_zone": "2",
+            "instance_type": "Standard_B2s",
+            "ami_id": null,
+            "account_id": "8d10da13-8125-4ba9-a717-bf7490507b3d",
+            "local_ipv4": "10.1.0.4",
+            "local_hostname": "web-1",
+            "mac": "00:0d:3a:2b:4c:5e",
+            "target_lifecycle_state": null,
+            "pending_time": null,
+            "tags": {"Env Name": "prod", "role": "web"},
+        })
+    );
+    let requests = emu.unwrap().requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        assert!(r.had_metadata && r.method == "GET", "{r:?}");
+        assert!(r.path.starts_with("/metadata/instance"), "{r:?}");
+        assert!(
+            r.query
+                .as_deref()
+                .is_some_and(|q| q.starts_with("api-version=2021-02-01")),
+            "{r:?}"
+        );
+        assert_eq!(r.status, Some(200), "{r:?}");
+    }
+}
+
+/// OpenStack's facts, the same from the metadata service and from a config drive: the
+/// uuid as the instance id, the project as GCP's, `meta` as tags.
+#[tokio::test(flavor = "multi_thread")]
+async fn openstack_facts_map_to_the_same_names() {
+    let config = Config {
+        openstack: OpenStackInstance {
+            meta: [("role".into(), "web".into())].into(),
+            ..OpenStackInstance::default()
+        },
+        ..aws(PARAMS.as_bytes())
+    };
+    for flavor in [Some(Flavor::OpenStack), None] {
+        let (sb, emu, out) = run_on("openstack", flavor, config.clone(), &[]).await;
+        assert_eq!(out.code, 0, "{flavor:?}: {}", out.stderr);
+        let env = sb.read("params.env").unwrap();
+        assert_eq!(
+            facts_only(&env),
+            [
+                "BOOTSTAGE_AVAILABILITY_ZONE=\"nova\"",
+                "BOOTSTAGE_INSTANCE_ID=\"d8e02d56-2648-49a3-bf97-6be8f1204f38\"",
+                "BOOTSTAGE_LOCAL_HOSTNAME=\"web-1.novalocal\"",
+                "BOOTSTAGE_PROJECT_ID=\"f7ac731cc11f40efbc03a9f9e1d1d21f\"",
+                "BOOTSTAGE_TAG_ROLE=\"web\"",
+            ],
+            "{flavor:?}"
+        );
+        let instance: serde_json::Value =
+            serde_json::from_str(&sb.read("instance.json").unwrap()).unwrap();
+        assert_eq!(instance["source"], "openstack");
+        assert_eq!(instance["project_id"], "f7ac731cc11f40efbc03a9f9e1d1d21f");
+        if let Some(emu) = emu {
+            for r in emu.requests() {
+                assert!(r.path.starts_with("/openstack/latest/"), "{r:?}");
+                assert_eq!(r.status, Some(200), "{r:?}");
+            }
+        }
+    }
+}
+
+/// Azure's IMDS wants `Metadata: true` and no `X-Forwarded-For` (400 otherwise), an
+/// api-version, and `format=text` for a leaf; the emulator is as strict.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_azure_emulator_wants_the_metadata_header() {
+    let emu = Emulator::start(flavor(Flavor::Azure, aws(b"{\"a\":1}")))
+        .await
+        .unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = |q: &str| format!("{}/metadata/instance/compute/userData?{q}", emu.url());
+    let text = "api-version=2021-02-01&format=text";
+    let without = http.get(url(text)).send().await.unwrap();
+    assert_eq!(without.status(), 400);
+    assert_eq!(
+        without.text().await.unwrap(),
+        r#"{"error":"Bad request. Required metadata header not specified"}"#
+    );
+    let forwarded = http
+        .get(url(text))
+        .header("Metadata", "true")
+        .header("X-Forwarded-For", "10.0.0.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forwarded.status(), 400);
+    let no_version = http
+        .get(url("format=text"))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_version.status(), 400);
+    let leaf_as_json = http
+        .get(url("api-version=2021-02-01"))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(leaf_as_json.status(), 400);
+    let with = http
+        .get(url(text))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with.status(), 200);
+    assert_eq!(with.text().await.unwrap(), b64("{\"a\":1}"));
+    let doc = http
+        .get(format!(
+            "{}/metadata/instance?api-version=2021-02-01",
+            emu.url()
+        ))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(doc.status(), 200);
+    assert!(
+        doc.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let doc: serde_json::Value = serde_json::from_str(&doc.text().await.unwrap()).unwrap();
+    assert_eq!(
+        doc["compute"]["vmId"],
+        "02aab8a4-74ef-476e-8182-f6d2ba4166a6"
+    );
+    assert_eq!(doc["network"]["interface"][0]["macAddress"], "000D3A2B4C5E");
+    let ec2 = http
+        .get(format!("{}/latest/meta-data/instance-id", emu.url()))
+        .header("Metadata", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ec2.status(), 400, "no api-version");
+}
+
+/// A server that answers Azure's or OpenStack's paths with something that is not their
+/// JSON (a captive portal's page) is refused at once, exit 69, nothing written.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_that_is_not_the_providers_json_is_refused() {
+    let html_azure = Config {
+        azure: AzureInstance {
+            answer_html: true,
+            ..AzureInstance::default()
+        },
+        ..aws(PARAMS.as_bytes())
+    };
+    let html_openstack = Config {
+        openstack: OpenStackInstance {
+            answer_html: true,
+            ..OpenStackInstance::default()
+        },
+        ..aws(PARAMS.as_bytes())
+    };
+    let cases = [
+        ("azure", Flavor::Azure, html_azure, "refusing it"),
+        (
+            "openstack",
+            Flavor::OpenStack,
+            html_openstack,
+            "not JSON, so",
+        ),
+    ];
+    for (name, flavor, config, message) in cases {
+        let emu = Emulator::start(Config { flavor, ..config }).await.unwrap();
+        let sb = Sandbox::new();
+        sb.seed("params.json", "old json");
+        sb.seed("instance.json", "old facts");
+        let out = sb.metadata(&emu.url(), &["--provider", name]).await;
+        common::assert_exit(&out, 69, message);
+        assert!(
+            out.elapsed < Duration::from_secs(5),
+            "{name}: took {:?}",
+            out.elapsed
+        );
+        assert_eq!(sb.read("params.json").as_deref(), Some("old json"));
+        assert_eq!(sb.read("instance.json").as_deref(), Some("old facts"));
+    }
+    // Azure's facts alone (the user-data is base64, but the document is a page).
+    let out = azure_facts_from_html().await;
+    common::assert_exit(&out, 69, "is \"text/html\", not JSON, so");
+    common::assert_exit(&out, 69, "is not Azure's IMDS; refusing it");
+}
+
+/// An Azure server whose userData is fine but whose instance document is not JSON.
+async fn azure_facts_from_html() -> common::Outcome {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let (kind, body) = match request.contains("userData") {
+                    true => ("text/plain", b64(PARAMS)),
+                    false => ("text/html", "<html>portal</html>".to_string()),
+                };
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let sb = Sandbox::new();
+    sb.metadata(&url, &["--provider", "azure"]).await
+}
+
+/// No user-data on Azure (userData empty) or OpenStack (404, or no file on the drive):
+/// final after the grace period, exit 66, as on EC2.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_user_data_is_final_on_azure_and_openstack() {
+    for (name, flavor) in &PROVIDERS[2..] {
+        let (_sb, emu, out) = run_on(
+            name,
+            *flavor,
+            Config::default(),
+            &["--user-data-wait", "1s"],
+        )
+        .await;
+        common::assert_exit(&out, 66, "this instance has no user-data");
+        if let Some(emu) = emu {
+            assert!(
+                out.elapsed >= Duration::from_secs(1),
+                "{name}: {:?}",
+                out.elapsed
+            );
+            let polled = emu
+                .requests()
+                .iter()
+                .filter(|r| r.path.ends_with("userData") || r.path.ends_with("user_data"))
+                .count();
+            assert!(polled >= 2, "{name}: user-data polled {polled} times");
+        }
+    }
 }

@@ -38,6 +38,22 @@
 //! `project/numeric-project-id`; 404 for anything else. EC2's paths answer 404 there.
 //! `hang_first` and `unavailable_first` apply to both flavors.
 //!
+//! Azure's Instance Metadata Service, with `flavor: azure` (`--flavor azure`), as
+//! Microsoft documents it: every request needs `Metadata: true` and no `X-Forwarded-For`
+//! (400 otherwise), and an `api-version` (400 without); `/metadata/instance` serves the
+//! instance document as JSON (`azure`: `compute` with `vmId`, `location`, `zone`,
+//! `vmSize`, `subscriptionId`, `resourceGroupName`, `name`, `osProfile.computerName`,
+//! `tagsList`, `userData`; `network.interface`), any node below it by path, a leaf only
+//! with `format=text`: `compute/userData` is the user-data base64-encoded (empty while
+//! there is none). `azure.answer_html` answers HTML instead, as a server that is not
+//! Azure's.
+//!
+//! OpenStack Nova's metadata service, with `flavor: openstack` (`--flavor openstack`):
+//! `/openstack/latest/meta_data.json` (`openstack`: `uuid`, `name`, `hostname`,
+//! `availability_zone`, `project_id`, `meta`) and `/openstack/latest/user_data` (404
+//! while there is none); no header asked. `OpenStackInstance::write_config_drive` writes
+//! the same files as a config drive.
+//!
 //! Each flavor lives in its own module (`aws`, `gcp`); this one holds the scenario, the
 //! server, the scripted failures common to all and the control endpoints.
 //!
@@ -62,10 +78,14 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 mod aws;
+mod azure;
 mod gcp;
+mod openstack;
 
 pub use aws::{Instance, TokenMode};
+pub use azure::AzureInstance;
 pub use gcp::GcpInstance;
+pub use openstack::OpenStackInstance;
 
 /// Which cloud's metadata service the emulator is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -76,6 +96,11 @@ pub enum Flavor {
     Aws,
     /// Compute Engine's metadata server.
     Gcp,
+    /// Azure's Instance Metadata Service.
+    Azure,
+    /// OpenStack Nova's metadata service.
+    #[serde(rename = "openstack")]
+    OpenStack,
 }
 
 /// User-data in a config file: a string, kept as its bytes.
@@ -132,6 +157,10 @@ pub struct Config {
     /// With `flavor: gcp`: answer without `Metadata-Flavor: Google`, as a server that is
     /// not Google's would.
     pub omit_flavor_header: bool,
+    /// With `flavor: azure`: the VM.
+    pub azure: AzureInstance,
+    /// With `flavor: openstack`: the server.
+    pub openstack: OpenStackInstance,
 }
 
 /// The meta-data paths (below `/latest/meta-data/`) a timeline, `set_meta_data` and
@@ -213,6 +242,10 @@ pub struct Record {
     pub had_token: bool,
     /// The request carried `Metadata-Flavor: Google`.
     pub had_flavor: bool,
+    /// The request carried `Metadata: true` (Azure's).
+    pub had_metadata: bool,
+    /// The query string, if any (`api-version=…` on Azure).
+    pub query: Option<String>,
     /// Time since the emulator started.
     #[serde(serialize_with = "as_secs_f64")]
     pub at: Duration,
@@ -447,7 +480,7 @@ async fn handle(
         return shared.control(&method, control, body);
     }
     let n = shared.counter.fetch_add(1, Ordering::SeqCst);
-    let reply = shared.reply(n, &method, &path, &headers);
+    let reply = shared.reply(n, &method, &path, uri.query(), &headers);
     let status = match &reply {
         Reply::Answer(status, ..) => Some(status.as_u16()),
         Reply::Hang => None,
@@ -458,6 +491,8 @@ async fn handle(
         status,
         had_token: headers.contains_key(aws::TOKEN),
         had_flavor: gcp::flavored(&headers),
+        had_metadata: azure::has_metadata_header(&headers),
+        query: uri.query().map(str::to_string),
         at: shared.started.elapsed(),
     });
     match reply {
@@ -563,7 +598,14 @@ impl Shared {
         StatusCode::NO_CONTENT.into_response()
     }
 
-    fn reply(&self, n: u64, method: &Method, path: &str, headers: &HeaderMap) -> Reply {
+    fn reply(
+        &self,
+        n: u64,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Reply {
         let config = lock(&self.config).clone();
         if n < config.hang_first {
             return Reply::Hang;
@@ -578,6 +620,8 @@ impl Shared {
         match config.flavor {
             Flavor::Aws => self.aws(&config, method, path, headers),
             Flavor::Gcp => self.gcp(&config, method, path, headers),
+            Flavor::Azure => self.azure(&config, method, path, query, headers),
+            Flavor::OpenStack => self.openstack(&config, method, path),
         }
     }
 }

@@ -4,10 +4,13 @@
 //!
 //! Usage: imds-emulator [--listen 127.0.0.1:PORT] [--config SCENARIO.json]
 //!                      [--user-data-file PATH] [--user-data-after DURATION]
-//!                      [--flavor aws|gcp]
+//!                      [--flavor aws|gcp|azure|openstack]
 //!
 //! `--flavor gcp` serves Compute Engine's metadata server instead of EC2's IMDS (the
-//! user-data as the instance attribute `bootstage`; see the library's documentation).
+//! user-data as the instance attribute `bootstage`), `--flavor azure` Azure's Instance
+//! Metadata Service (the user-data as `compute/userData`, base64), `--flavor openstack`
+//! Nova's metadata service (`/openstack/latest/user_data`); see the library's
+//! documentation.
 //!
 //! The scenario is `imds_emulator::Config` as JSON, its `timeline` included (e.g.
 //! `{"timeline": [{"after": "2s", "path": "spot/instance-action", "value": "…"}]}`); a
@@ -54,12 +57,18 @@ async fn run() -> Result<(), String> {
                 config.flavor = match value()?.as_str() {
                     "aws" => imds_emulator::Flavor::Aws,
                     "gcp" => imds_emulator::Flavor::Gcp,
-                    other => return Err(format!("--flavor {other:?}: expected aws or gcp")),
+                    "azure" => imds_emulator::Flavor::Azure,
+                    "openstack" => imds_emulator::Flavor::OpenStack,
+                    other => {
+                        return Err(format!(
+                            "--flavor {other:?}: expected aws, gcp, azure or openstack"
+                        ));
+                    }
                 }
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: imds-emulator [--listen 127.0.0.1:PORT] [--config FILE] [--user-data-file PATH] [--user-data-after DURATION] [--flavor aws|gcp]"
+                    "usage: imds-emulator [--listen 127.0.0.1:PORT] [--config FILE] [--user-data-file PATH] [--user-data-after DURATION] [--flavor aws|gcp|azure|openstack]"
                 );
                 return Ok(());
             }

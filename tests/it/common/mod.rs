@@ -46,6 +46,9 @@ const SCRUBBED: &[&str] = &[
     "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE",
     "AWS_EC2_METADATA_DISABLED",
     "GCE_METADATA_HOST",
+    "BOOTSTAGE_AZURE_IMDS",
+    "BOOTSTAGE_OPENSTACK_METADATA",
+    "BOOTSTAGE_CONFIG_DRIVE",
     "BOOTSTAGE_PROVIDER",
     "BOOTSTAGE_DMI_DIR",
     "BOOTSTAGE_STATE_DIR",
@@ -160,6 +163,10 @@ impl Sandbox {
             // machine's DMI (on a GCE runner it would say Google): the sandbox's `dmi`
             // folder, absent unless a test writes it, is read instead.
             .env("GCE_METADATA_HOST", "127.0.0.1:9")
+            // And Azure's IMDS and OpenStack's metadata service (both 169.254.169.254 by
+            // default).
+            .env("BOOTSTAGE_AZURE_IMDS", "http://127.0.0.1:9")
+            .env("BOOTSTAGE_OPENSTACK_METADATA", "http://127.0.0.1:9")
             .env("BOOTSTAGE_DMI_DIR", self.path("dmi"))
             .env("BOOTSTAGE_LOG", "debug")
             // Hooks, their markers and the notice fallback live in the sandbox, never in
