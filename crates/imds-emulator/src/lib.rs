@@ -35,7 +35,10 @@
 //! `instance/zone` (`projects/NUMBER/zones/ZONE`), `instance/machine-type`
 //! (`projects/NUMBER/machineTypes/TYPE`), `instance/hostname`,
 //! `instance/network-interfaces/0/ip` and `…/mac`, `project/project-id`,
-//! `project/numeric-project-id`; 404 for anything else. EC2's paths answer 404 there.
+//! `project/numeric-project-id`, and `instance/preempted` and `instance/maintenance-event`
+//! long-polled with `?wait_for_change=true` and ETags (`gcp.rs` says how, and how a test
+//! changes them: `Emulator::set_gcp`, `PUT /_emulator/gcp/KEY`); 404 for anything else.
+//! EC2's paths answer 404 there.
 //! `hang_first` and `unavailable_first` apply to both flavors.
 //!
 //! Azure's Instance Metadata Service, with `flavor: azure` (`--flavor azure`), as
@@ -264,6 +267,8 @@ struct Shared {
     /// How many of `timeline` have applied.
     applied: Mutex<usize>,
     changes: Mutex<Vec<ChangeRecord>>,
+    /// Compute Engine's long polls (`gcp::Live`).
+    gcp: gcp::Live,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -288,6 +293,8 @@ impl Drop for Emulator {
 enum Reply {
     Answer(StatusCode, Vec<(&'static str, String)>, Vec<u8>),
     Hang,
+    /// Answered later (a long poll).
+    Wait(std::pin::Pin<Box<dyn Future<Output = Reply> + Send>>),
 }
 
 fn answer(status: StatusCode, body: impl Into<Vec<u8>>) -> Reply {
@@ -359,6 +366,7 @@ impl Emulator {
             timeline,
             applied: Mutex::new(0),
             changes: Mutex::new(Vec::new()),
+            gcp: gcp::Live::default(),
         })
     }
 
@@ -480,10 +488,13 @@ async fn handle(
         return shared.control(&method, control, body);
     }
     let n = shared.counter.fetch_add(1, Ordering::SeqCst);
-    let reply = shared.reply(n, &method, &path, uri.query(), &headers);
+    let reply = match shared.reply(n, &method, &path, uri.query(), &headers) {
+        Reply::Wait(later) => later.await,
+        reply => reply,
+    };
     let status = match &reply {
         Reply::Answer(status, ..) => Some(status.as_u16()),
-        Reply::Hang => None,
+        Reply::Hang | Reply::Wait(_) => None,
     };
     lock(&shared.log).push(Record {
         method: method.to_string(),
@@ -505,7 +516,7 @@ async fn handle(
             }
             response
         }
-        Reply::Hang => std::future::pending().await,
+        Reply::Hang | Reply::Wait(_) => std::future::pending().await,
     }
 }
 
@@ -562,6 +573,9 @@ impl Shared {
     }
 
     fn control(&self, method: &Method, what: &str, body: Bytes) -> Response {
+        if let Some(key) = what.strip_prefix("gcp/") {
+            return self.gcp_control(method, key, body);
+        }
         if let Some(path) = what.strip_prefix("meta-data/") {
             let Some(path) = settable(path) else {
                 let why = format!(
@@ -599,7 +613,7 @@ impl Shared {
     }
 
     fn reply(
-        &self,
+        self: &Arc<Self>,
         n: u64,
         method: &Method,
         path: &str,
@@ -619,7 +633,7 @@ impl Shared {
         }
         match config.flavor {
             Flavor::Aws => self.aws(&config, method, path, headers),
-            Flavor::Gcp => self.gcp(&config, method, path, headers),
+            Flavor::Gcp => self.gcp(&config, method, path, query, headers),
             Flavor::Azure => self.azure(&config, method, path, query, headers),
             Flavor::OpenStack => self.openstack(&config, method, path),
         }
