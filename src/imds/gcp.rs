@@ -15,6 +15,11 @@
 //!   `instance/hostname` → local-hostname; `project/project-id` → project-id (GCP's own).
 //! - Every request is bounded by `--request-timeout` and the stage deadline, with the
 //!   retry policy of `base::retry`, as `imds::Client` does; no proxy, no redirects.
+//! - The lifecycle watcher's long polls ([`Client::wait_for_change`]), as Google recommends
+//!   for `instance/preempted` and `instance/maintenance-event`: `?wait_for_change=true&
+//!   timeout_sec=N`, with `last_etag=` the ETag of the previous answer, so a change between
+//!   two polls is answered at once rather than missed; each request is bounded by
+//!   `timeout_sec` plus [`WAIT_MARGIN`]. [`wait_query`] builds the query.
 //!
 //! How each answer is handled lives in one place: [`verdict`].
 
@@ -35,6 +40,34 @@ pub const FLAVOR: &str = "Google";
 pub const USER_DATA_ATTRIBUTES: [&str; 2] = ["bootstage", "user-data"];
 /// Attribute values are at most 256 KiB on GCE; read no further.
 const MAX_BODY: usize = 256 * 1024;
+/// A long poll's request may take this much longer than the `timeout_sec` it asked for.
+pub const WAIT_MARGIN: Duration = Duration::from_secs(5);
+
+/// One long-polled answer: the value (trimmed) and its ETag, if the server sent one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waited {
+    pub value: String,
+    pub etag: Option<String>,
+}
+
+/// The query of a long poll: wait for a change, at most `timeout_sec`, from the value
+/// whose ETag is `last_etag` (a differing ETag answers at once). An ETag is
+/// percent-encoded but for the URL's unreserved characters.
+pub fn wait_query(last_etag: Option<&str>, timeout_sec: u64) -> String {
+    let mut query = format!("wait_for_change=true&timeout_sec={timeout_sec}");
+    if let Some(etag) = last_etag {
+        query.push_str("&last_etag=");
+        for b in etag.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    query.push(b as char)
+                }
+                b => query.push_str(&format!("%{b:02X}")),
+            }
+        }
+    }
+    query
+}
 
 /// Picks the endpoint: the flag, then Google's client libraries' variable.
 pub fn resolve_endpoint(
@@ -191,6 +224,27 @@ impl Client {
         }
     }
 
+    /// One long poll of `path` (no retry: the caller polls again): the value once it
+    /// differs from the one `last_etag` names, or when `timeout_sec` passes; `None` for a
+    /// 404. Bounded by `timeout_sec` + [`WAIT_MARGIN`], not by `--request-timeout`.
+    pub async fn wait_for_change(
+        &self,
+        path: &str,
+        last_etag: Option<&str>,
+        timeout_sec: u64,
+    ) -> Result<Option<Waited>, ImdsError> {
+        let query = wait_query(last_etag, timeout_sec);
+        let timeout = Duration::from_secs(timeout_sec) + WAIT_MARGIN;
+        match self.request(path, Some(&query), timeout).await {
+            Ok((body, etag)) => Ok(Some(Waited {
+                value: String::from_utf8_lossy(&body).trim().to_string(),
+                etag,
+            })),
+            Err(ImdsError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     fn gave_up(&self, e: ImdsError) -> ImdsError {
         match e {
             ImdsError::Transient { .. } | ImdsError::TimedOut(_) => ImdsError::GaveUp {
@@ -204,8 +258,20 @@ impl Client {
 
     /// One GET of a path below [`PREFIX`].
     async fn get(&self, path: &str) -> Result<Vec<u8>, ImdsError> {
+        let (body, _) = self.request(path, None, self.request_timeout).await?;
+        Ok(body)
+    }
+
+    /// One GET of a path below [`PREFIX`], with a query, within `timeout` (and the
+    /// deadline): the body and the answer's ETag.
+    async fn request(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(Vec<u8>, Option<String>), ImdsError> {
         let what = format!("GET {path}");
-        let timeout = self.request_timeout.min(self.deadline.remaining());
+        let timeout = timeout.min(self.deadline.remaining());
         if timeout.is_zero() {
             return Err(ImdsError::Transient {
                 what,
@@ -221,9 +287,13 @@ impl Client {
                 retry_after: None,
             },
         };
+        let url = match query {
+            Some(query) => format!("{}{PREFIX}{path}?{query}", self.endpoint),
+            None => format!("{}{PREFIX}{path}", self.endpoint),
+        };
         let mut response = self
             .http
-            .get(format!("{}{PREFIX}{path}", self.endpoint))
+            .get(url)
             .header(FLAVOR_HEADER, FLAVOR)
             .timeout(timeout)
             .send()
@@ -232,6 +302,11 @@ impl Client {
         let status = response.status();
         let flavored = flavored(response.headers());
         let retry_after = super::parse_retry_after(response.headers());
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(transient)? {
             body.extend_from_slice(&chunk);
@@ -243,7 +318,7 @@ impl Client {
             }
         }
         match verdict(status, flavored) {
-            Verdict::Body => Ok(body),
+            Verdict::Body => Ok((body, etag)),
             Verdict::Absent => Err(ImdsError::NotFound(what)),
             Verdict::Retry => Err(ImdsError::Transient {
                 what,
@@ -298,6 +373,19 @@ mod tests {
         assert_eq!(v(429, true), Verdict::Retry);
         assert_eq!(v(403, true), Verdict::Unexpected);
         assert_eq!(v(301, true), Verdict::Unexpected);
+    }
+
+    #[test]
+    fn long_poll_queries() {
+        assert_eq!(wait_query(None, 60), "wait_for_change=true&timeout_sec=60");
+        assert_eq!(
+            wait_query(Some("f4a8b2c1d0e9"), 300),
+            "wait_for_change=true&timeout_sec=300&last_etag=f4a8b2c1d0e9"
+        );
+        assert_eq!(
+            wait_query(Some("a b&c=\"d\"/é"), 1),
+            "wait_for_change=true&timeout_sec=1&last_etag=a%20b%26c%3D%22d%22%2F%C3%A9"
+        );
     }
 
     #[test]

@@ -28,6 +28,10 @@
 //!
 //! With `bootstage.report.tags`, the watcher's start tags the instance `booting`, and a
 //! drain `draining` (`stage::tags`).
+//!
+//! On Compute Engine (`instance.json`'s `source` is `gcp`, as the metadata stage wrote it)
+//! the watcher goes straight to the instance's later life: Auto Scaling hooks, the group,
+//! CloudFormation and the status tags are AWS's, and it asks none of them (said once).
 
 mod drain;
 mod life;
@@ -138,6 +142,12 @@ struct Link {
     /// How long ago the lifecycle action began: since the identity document's
     /// `pendingTime`, else since the kernel's boot (the action starts before either).
     launched: Duration,
+}
+
+/// Whether the metadata stage read Compute Engine's metadata server (`instance.json`'s
+/// `source`): then the watcher asks it, and nothing of AWS's.
+pub(crate) fn on_gcp(state: &StateDir) -> bool {
+    Facts::of(state).is_some_and(|f| f.source == "gcp")
 }
 
 /// The instance's facts: `instance.json`, else IMDS (the metadata stage may have failed).
@@ -504,6 +514,17 @@ pub async fn watch(
 ) -> Result<()> {
     let mut stop = Stop::install()
         .map_err(|e| OrchestratorError::Undelivered(format!("cannot watch for SIGTERM: {e}")))?;
+    if on_gcp(state) {
+        tracing::info!(
+            "on Compute Engine: Auto Scaling hooks, the group, CloudFormation and the status tags are AWS's; none is asked"
+        );
+        notifier.ready("on Compute Engine: no launch hook to keep alive");
+        let config = config(state, &settings.config)?;
+        if !drain::watched(config.as_ref(), &life.dirs) {
+            return Ok(());
+        }
+        return drain::watch(state, config, life, notifier, &mut stop).await;
+    }
     // `bootstage:status=booting` beside the launch's watch (bounded, never an error); a
     // signal ends its wait too.
     let mut booting = std::pin::pin!(tags::publish(

@@ -23,6 +23,7 @@ mod demo;
 mod drain;
 mod envfile_roundtrip;
 mod fleet;
+mod gcp_drain;
 mod hardening;
 mod install;
 mod launch;

@@ -11,6 +11,13 @@
 //!   it with one CONTINUE ("No active Lifecycle Action" is done too). A drain that fails
 //!   or overruns is logged, noticed (`"stage": "drain"`), and the action still completed.
 //!
+//! On Compute Engine (`instance.json`'s `source` is `gcp`), the looks are the last answers
+//! of two long polls kept open in the background, `instance/preempted` and
+//! `instance/maintenance-event` (`?wait_for_change=true&timeout_sec=60` with the last ETag,
+//! each request bounded, `Metadata-Flavor: Google` both ways): a change wakes the watcher
+//! at once, and nothing is asked between changes but the next wait. There, the group, its
+//! termination hook and the status tags are AWS's and not asked (said once at the start).
+//!
 //! Each step is written to `lifecycle/record.json` as it is decided, so a watcher that
 //! restarts acts on nothing twice: a drain that was begun is never begun again.
 
@@ -20,13 +27,13 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 
-use super::life::{self, Act, Look, Memory, Plan};
-use super::{FALLBACK_HEARTBEAT, SIGNAL_TIMEOUT, connect, now, signal};
+use super::life::{self, Act, HostMaintenance, Look, Memory, Plan};
+use super::{FALLBACK_HEARTBEAT, SIGNAL_TIMEOUT, connect, now, on_gcp, signal};
 use crate::base::child;
 use crate::base::notify::Notifier;
-use crate::base::retry::Deadline;
+use crate::base::retry::{self, Deadline, RetryHint};
 use crate::base::stop::Stop;
-use crate::imds::{self, ImdsError};
+use crate::imds::{self, ImdsError, gcp};
 use crate::orchestrator::{Config, Delivery, LaunchHook};
 use crate::report::tags::Status;
 use crate::stage::error::Result;
@@ -46,6 +53,9 @@ const GROUP_LOOK: Duration = Duration::from_secs(5);
 const QUEUE_STOP: Duration = Duration::from_secs(5);
 /// Each IMDS GET.
 const IMDS_REQUEST: Duration = Duration::from_secs(2);
+/// Each long poll of Compute Engine's metadata server waits at most this long for a
+/// change (`timeout_sec`); the request is bounded by it plus `gcp::WAIT_MARGIN`.
+const GCP_WAIT_SEC: u64 = 60;
 /// An instance's life has no end the watcher knows of: its IMDS client's deadline is far.
 const LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
 /// The last notices may take this long to go out before the watcher exits.
@@ -115,50 +125,46 @@ pub async fn watch(
                 }
             })?;
         }
-        let mut leaving = Leaving::new(config.as_ref(), begun.deadline_unix);
+        let mut leaving = Leaving::new(state, config.as_ref(), begun.deadline_unix);
         leaving.finish(state, stop).await;
         return Ok(());
     }
-    let endpoint =
-        match imds::resolve_endpoint(w.imds_endpoint.as_deref(), |v| std::env::var(v).ok()) {
-            Ok(endpoint) => endpoint,
-            Err(why) => {
-                tracing::error!("cannot watch the instance's life: {why}");
-                notifier.status("cannot reach IMDS: the instance's life is not watched");
-                return Ok(());
-            }
-        };
-    let client = imds::Client::new(imds::Options {
-        endpoint,
-        v2_only: false,
-        request_timeout: IMDS_REQUEST,
-        deadline: Deadline::after(LIFETIME),
-    })?;
-    tracing::info!(
-        "watching the instance's life: IMDS every {:?} (target lifecycle state, Spot interruption, rebalance, maintenance)",
-        w.poll_every
-    );
+    let Some(mut source) = Source::open(state, w, notifier)? else {
+        return Ok(());
+    };
     notifier.status("watching the instance's life");
     let mut ticker = tokio::time::interval(w.poll_every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut runs = Runs::default();
     let mut unread = Unread::default();
+    // GCP: the maintenance-event value this watcher saw last.
+    let mut host_before = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            _ = source.changed() => {}
             _ = stop.requested() => {
                 tracing::info!("stopping the watch of the instance's life");
                 runs.cut("the watcher is stopping");
                 return Ok(());
             }
         }
-        let look = look(&client, &mut unread).await;
+        let look = source.look(&mut unread).await;
         let record = lifecycle::read(state).ok().flatten().unwrap_or_default();
         let now_unix = life::unix(SystemTime::now());
-        for act in life::next(&memory(&record), &look, now_unix, &settings) {
+        let memory = Memory {
+            host_before: host_before.clone(),
+            ..memory(&record)
+        };
+        if let Some(host) = &look.host_maintenance {
+            host_before = Some(host.value.clone());
+        }
+        for act in life::next(&memory, &look, now_unix, &settings) {
             match act {
                 Act::Drain(plan) => {
                     runs.cut("the instance drains");
+                    // The long polls end: nothing more is looked at.
+                    drop(source);
                     drain(
                         state,
                         config.as_ref(),
@@ -293,6 +299,210 @@ fn memory(record: &Record) -> Memory {
         rebalance_seen: record.rebalance.notices.clone(),
         undo_due: record.rebalance.undo_due_unix,
         maintenance_done: record.maintenance.clone(),
+        host_before: None,
+    }
+}
+
+/// Where the looks come from: IMDS, polled; or Compute Engine's metadata server,
+/// long-polled in the background.
+enum Source {
+    Aws(imds::Client),
+    Gcp(GcpWatch),
+}
+
+impl Source {
+    /// The provider's client, from `instance.json`'s `source` (`gcp`, else IMDS as
+    /// always); `None` when its endpoint setting is wrong (said, and nothing watched).
+    fn open(state: &StateDir, w: &Watch, notifier: Notifier) -> Result<Option<Source>> {
+        let env = |v: &str| std::env::var(v).ok();
+        let unwatched = |why: String| {
+            tracing::error!("cannot watch the instance's life: {why}");
+            notifier
+                .status("cannot reach the metadata service: the instance's life is not watched");
+        };
+        if on_gcp(state) {
+            let endpoint = match gcp::resolve_endpoint(w.imds_endpoint.as_deref(), env) {
+                Ok(endpoint) => endpoint,
+                Err(why) => {
+                    unwatched(why);
+                    return Ok(None);
+                }
+            };
+            let client = gcp::Client::new(gcp::Options {
+                endpoint,
+                request_timeout: IMDS_REQUEST,
+                deadline: Deadline::after(LIFETIME),
+            })?;
+            tracing::info!(
+                "watching the instance's life: Compute Engine's {} and {}, long-polled (at most {GCP_WAIT_SEC} s a request)",
+                life::GCP_PREEMPTED,
+                life::GCP_MAINTENANCE
+            );
+            return Ok(Some(Source::Gcp(GcpWatch::start(client, w.poll_every))));
+        }
+        let endpoint = match imds::resolve_endpoint(w.imds_endpoint.as_deref(), env) {
+            Ok(endpoint) => endpoint,
+            Err(why) => {
+                unwatched(why);
+                return Ok(None);
+            }
+        };
+        let client = imds::Client::new(imds::Options {
+            endpoint,
+            v2_only: false,
+            request_timeout: IMDS_REQUEST,
+            deadline: Deadline::after(LIFETIME),
+        })?;
+        tracing::info!(
+            "watching the instance's life: IMDS every {:?} (target lifecycle state, Spot interruption, rebalance, maintenance)",
+            w.poll_every
+        );
+        Ok(Some(Source::Aws(client)))
+    }
+
+    /// Resolves when a long poll brought a new answer (never for IMDS: the ticker looks).
+    async fn changed(&mut self) {
+        match self {
+            Source::Aws(_) => std::future::pending().await,
+            Source::Gcp(g) => g.changed().await,
+        }
+    }
+
+    async fn look(&mut self, unread: &mut Unread) -> Look {
+        match self {
+            Source::Aws(client) => look(client, unread).await,
+            Source::Gcp(g) => g.look(),
+        }
+    }
+}
+
+/// Compute Engine's two keys, each long-polled by a task of its own; their last answers.
+/// Dropping it ends the polls (the tasks are aborted with the set).
+struct GcpWatch {
+    preempted: tokio::sync::watch::Receiver<Option<gcp::Waited>>,
+    maintenance: tokio::sync::watch::Receiver<Option<gcp::Waited>>,
+    _polls: tokio::task::JoinSet<()>,
+    /// Values Google does not document, said once each.
+    odd: std::collections::BTreeSet<String>,
+}
+
+impl GcpWatch {
+    fn start(client: gcp::Client, pause: Duration) -> GcpWatch {
+        let client = std::sync::Arc::new(client);
+        let mut polls = tokio::task::JoinSet::new();
+        let (preempted, rx_preempted) = tokio::sync::watch::channel(None);
+        let (maintenance, rx_maintenance) = tokio::sync::watch::channel(None);
+        polls.spawn(long_poll(
+            client.clone(),
+            life::GCP_PREEMPTED,
+            preempted,
+            pause,
+        ));
+        polls.spawn(long_poll(client, life::GCP_MAINTENANCE, maintenance, pause));
+        GcpWatch {
+            preempted: rx_preempted,
+            maintenance: rx_maintenance,
+            _polls: polls,
+            odd: Default::default(),
+        }
+    }
+
+    async fn changed(&mut self) {
+        let ended = tokio::select! {
+            r = self.preempted.changed() => r.is_err(),
+            r = self.maintenance.changed() => r.is_err(),
+        };
+        // A poll never ends while the watch runs; if one did, only the ticker wakes us.
+        if ended {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The last answers as a look (marked seen, so `changed` waits for the next).
+    fn look(&mut self) -> Look {
+        let preempted = self.preempted.borrow_and_update().clone();
+        let host = self.maintenance.borrow_and_update().clone();
+        if let Some(p) = &preempted
+            && !matches!(p.value.as_str(), "TRUE" | "FALSE")
+        {
+            self.odd(life::GCP_PREEMPTED, &p.value);
+        }
+        if let Some(h) = &host
+            && ![life::HOST_NONE, life::HOST_MIGRATE, life::HOST_TERMINATE]
+                .contains(&h.value.as_str())
+        {
+            self.odd(life::GCP_MAINTENANCE, &h.value);
+        }
+        Look {
+            preempted: preempted.is_some_and(|p| p.value == "TRUE"),
+            host_maintenance: host.map(|h| HostMaintenance {
+                value: h.value,
+                etag: h.etag,
+            }),
+            ..Look::default()
+        }
+    }
+
+    fn odd(&mut self, path: &str, value: &str) {
+        if self.odd.insert(format!("{path} {value}")) {
+            // Metadata-server values are Google's, not the user's: shown escaped all the same.
+            tracing::warn!(
+                path,
+                "an undocumented value {:?}: nothing done about it",
+                value.chars().take(64).collect::<String>()
+            );
+        }
+    }
+}
+
+/// One key long-polled until the task is aborted: each answer sent on when it differs
+/// from the last; the next wait names the last ETag (the first `0`, so it answers at once;
+/// after an answer without one, none: the server waits for the next change). Failures are said once (until it
+/// answers again) and asked again after `retry::NOTICE`'s backoff; an absent key (404), or
+/// an unchanged answer that came back sooner than `pause`, waits `pause` before the next.
+async fn long_poll(
+    client: std::sync::Arc<gcp::Client>,
+    path: &'static str,
+    tx: tokio::sync::watch::Sender<Option<gcp::Waited>>,
+    pause: Duration,
+) {
+    // An ETag no answer has (as Google's own samples start): the first poll answers at
+    // once with the value as it stands.
+    let mut etag = Some("0".to_string());
+    let mut backoff = retry::NOTICE.full_jitter();
+    let mut failing = false;
+    loop {
+        let asked = tokio::time::Instant::now();
+        match client
+            .wait_for_change(path, etag.as_deref(), GCP_WAIT_SEC)
+            .await
+        {
+            Ok(answer) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!(path, "the metadata server answers again");
+                }
+                backoff = retry::NOTICE.full_jitter();
+                etag = answer.as_ref().and_then(|a| a.etag.clone());
+                let absent = answer.is_none();
+                let changed = tx.send_if_modified(|last| match *last == answer {
+                    true => false,
+                    false => {
+                        *last = answer;
+                        true
+                    }
+                });
+                if absent || (!changed && asked.elapsed() < pause) {
+                    tokio::time::sleep(pause.saturating_sub(asked.elapsed())).await;
+                }
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(path, "cannot read the metadata server: {e}; asking again");
+                }
+                let wait = backoff.next().unwrap_or(retry::NOTICE.cap);
+                tokio::time::sleep(wait.max(e.retry_after().unwrap_or_default())).await;
+            }
+        }
     }
 }
 
@@ -333,6 +543,7 @@ async fn look(client: &imds::Client, unread: &mut Unread) -> Look {
             .as_deref()
             .map(life::maintenance)
             .unwrap_or_default(),
+        ..Look::default()
     }
 }
 
@@ -459,11 +670,14 @@ async fn drain(
     let about =
         json!({"reason": reason, "why": plan.why, "deadline": deadline_text, "stop": units});
     notify(notices, state, w, "drain", about.clone(), None);
-    let tagging = state.clone();
-    notices.spawn(async move {
-        let fallback = std::path::Path::new(tags::REPORT_CONFIG);
-        tags::publish(&tagging, fallback, Status::Draining, None).await
-    });
+    // Status tags are EC2's: not on GCP.
+    if !on_gcp(state) {
+        let tagging = state.clone();
+        notices.spawn(async move {
+            let fallback = std::path::Path::new(tags::REPORT_CONFIG);
+            tags::publish(&tagging, fallback, Status::Draining, None).await
+        });
+    }
     let left = Duration::from_secs(
         plan.deadline_unix
             .saturating_sub(life::unix(SystemTime::now())),
@@ -488,7 +702,7 @@ async fn drain(
         notifier,
     ));
     tokio::pin!(work);
-    let mut leaving = Leaving::new(config, plan.deadline_unix);
+    let mut leaving = Leaving::new(state, config, plan.deadline_unix);
     let mut next_look = tokio::time::Instant::now();
     let (stopped, error) = loop {
         tokio::select! {
@@ -638,11 +852,13 @@ struct Leaving {
 }
 
 impl Leaving {
-    fn new(config: Option<&Config>, deadline_unix: u64) -> Leaving {
+    /// On GCP there is no group: no termination hook is looked for.
+    fn new(state: &StateDir, config: Option<&Config>, deadline_unix: u64) -> Leaving {
         Leaving {
             name: config
                 .and_then(|c| c.asg.as_ref())
-                .and_then(|a| a.termination_hook.clone()),
+                .and_then(|a| a.termination_hook.clone())
+                .filter(|_| !on_gcp(state)),
             config: config.cloned(),
             deadline_unix,
             hook: None,

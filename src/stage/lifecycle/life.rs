@@ -1,20 +1,29 @@
-//! The instance's later life, as the lifecycle watcher decides it: what each look at IMDS's
-//! four paths means ([`next`]), and when the termination action may be completed
+//! The instance's later life, as the lifecycle watcher decides it: what each look at the
+//! provider's metadata means ([`next`]), and when the termination action may be completed
 //! ([`leaving`]); the parsers of what IMDS serves there. Pure: no I/O, table tests below;
 //! `drain.rs` acts on the decisions.
 //!
+//! On EC2, a look is IMDS's four paths; on Compute Engine, the last long-polled answers of
+//! `instance/preempted` and `instance/maintenance-event` (the other fields stay empty).
+//!
 //! - A drain (one per instance life, whatever the number of notices): the target state
 //!   `Terminated` or `Warmed:Terminated` (reason `scale-in`), a Spot `instance-action`
-//!   (`spot`), or a scheduled `instance-stop`/`instance-retirement` (`maintenance`), begun so
-//!   that it ends by `NotBefore` less the Spot margin. Its deadline: now plus
-//!   `drain.within`, or sooner if the notice leaves less (the Spot `time`, the event's
-//!   `NotBefore`, each less `spot_margin`), never before a second from now.
+//!   (`spot`), a scheduled `instance-stop`/`instance-retirement` (`maintenance`), begun so
+//!   that it ends by `NotBefore` less the Spot margin; on GCP, `instance/preempted` `TRUE`
+//!   (`preempted`, about 30 s ahead) or `instance/maintenance-event`
+//!   `TERMINATE_ON_HOST_MAINTENANCE` (`maintenance`, about 60 s ahead). Its deadline: now
+//!   plus `drain.within`, or sooner if the notice leaves less (the Spot `time`, the event's
+//!   `NotBefore`, GCP's notice, each less `spot_margin`), never before a second from now.
 //! - A rebalance recommendation: each `noticeTime` seen once. The first one of an episode
 //!   runs `rebalance.d`; later ones only push the undo back; `rebalance-undo.d` runs once
 //!   `rebalance_undo_after` passed since the last one with no interruption. A drain ends
 //!   the episode without an undo.
 //! - A scheduled maintenance event (`State` active): `maintenance.d` once per `EventId`,
-//!   as soon as it is seen (before its `NotBefore`).
+//!   as soon as it is seen (before its `NotBefore`). On GCP, `MIGRATE_ON_HOST_MAINTENANCE`
+//!   (a live migration in about 60 s): `maintenance.d` once per change to it, its id
+//!   `gcp:MIGRATE_ON_HOST_MAINTENANCE:ETAG`; a restarted watcher that finds the answer it
+//!   acted on (the same ETag) runs nothing, while a change to it seen after another value
+//!   runs the hooks again even if the server repeats the ETag.
 //! - While the target state is `Warmed:*` (but `Warmed:Terminated`) the app is not
 //!   running: recommendations and events wait until the instance is in service.
 
@@ -29,6 +38,18 @@ pub const TARGET: &str = crate::imds::TARGET_LIFECYCLE_STATE;
 pub const SPOT: &str = "/latest/meta-data/spot/instance-action";
 pub const REBALANCE: &str = "/latest/meta-data/events/recommendations/rebalance";
 pub const MAINTENANCE: &str = "/latest/meta-data/events/maintenance/scheduled";
+
+/// Compute Engine's two keys, long-polled (below `/computeMetadata/v1/`).
+pub const GCP_PREEMPTED: &str = "instance/preempted";
+pub const GCP_MAINTENANCE: &str = "instance/maintenance-event";
+/// `instance/maintenance-event`'s values, as Google documents them.
+pub const HOST_NONE: &str = "NONE";
+pub const HOST_MIGRATE: &str = "MIGRATE_ON_HOST_MAINTENANCE";
+pub const HOST_TERMINATE: &str = "TERMINATE_ON_HOST_MAINTENANCE";
+/// A preemption's notice: Compute Engine stops the VM about 30 s after `preempted` is TRUE.
+pub const PREEMPT_NOTICE: u64 = 30;
+/// A host maintenance event's notice: the key changes about 60 s before the event.
+pub const HOST_NOTICE: u64 = 60;
 
 /// A Spot interruption notice.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,6 +82,35 @@ pub struct Look {
     /// The recommendation's `noticeTime`.
     pub rebalance: Option<String>,
     pub maintenance: Vec<Event>,
+    /// GCP: `instance/preempted` is `TRUE`.
+    pub preempted: bool,
+    /// GCP: `instance/maintenance-event`, once answered.
+    pub host_maintenance: Option<HostMaintenance>,
+}
+
+/// Compute Engine's `instance/maintenance-event`: the value and its ETag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostMaintenance {
+    pub value: String,
+    pub etag: Option<String>,
+}
+
+impl HostMaintenance {
+    /// As a maintenance event: its id names the value and the answer's ETag.
+    pub fn event(&self) -> Event {
+        let id = match &self.etag {
+            Some(etag) => format!("gcp:{}:{etag}", self.value),
+            None => format!("gcp:{}", self.value),
+        };
+        Event {
+            raw: serde_json::json!({"EventId": id, "Code": self.value, "Source": GCP_MAINTENANCE}),
+            id,
+            code: self.value.clone(),
+            state: "active".into(),
+            not_before: String::new(),
+            not_before_unix: None,
+        }
+    }
 }
 
 /// What the watcher remembers of what it acted on (kept in `lifecycle/record.json`).
@@ -72,6 +122,9 @@ pub struct Memory {
     /// `rebalance-undo.d` is due then (Unix seconds): an episode is in progress.
     pub undo_due: Option<u64>,
     pub maintenance_done: Vec<String>,
+    /// GCP: the value of `instance/maintenance-event` this watcher saw before this look
+    /// (`None` until it saw one: a watcher just started).
+    pub host_before: Option<String>,
 }
 
 /// Why the instance drains: `BOOTSTAGE_DRAIN_REASON`.
@@ -79,6 +132,8 @@ pub struct Memory {
 pub enum Reason {
     ScaleIn,
     Spot,
+    /// A Compute Engine Spot or preemptible VM being preempted.
+    Preempted,
     Maintenance,
 }
 
@@ -87,6 +142,7 @@ impl Reason {
         match self {
             Reason::ScaleIn => "scale-in",
             Reason::Spot => "spot",
+            Reason::Preempted => "preempted",
             Reason::Maintenance => "maintenance",
         }
     }
@@ -151,6 +207,9 @@ pub fn next(memory: &Memory, look: &Look, now: u64, drain: &DrainConfig) -> Vec<
             }
         }
     }
+    if !warmed && let Some(event) = migration(memory, look) {
+        acts.push(Act::Maintenance(event));
+    }
     let new_notice = look
         .rebalance
         .as_ref()
@@ -168,8 +227,22 @@ pub fn next(memory: &Memory, look: &Look, now: u64, drain: &DrainConfig) -> Vec<
     acts
 }
 
+/// GCP: a live migration to run `maintenance.d` for, once per change to it (see the
+/// module's text for restarts and repeated ETags).
+fn migration(memory: &Memory, look: &Look) -> Option<Event> {
+    let host = look.host_maintenance.as_ref()?;
+    if host.value != HOST_MIGRATE || memory.host_before.as_deref() == Some(HOST_MIGRATE) {
+        return None;
+    }
+    let event = host.event();
+    let done = memory.maintenance_done.contains(&event.id);
+    // Done and no other value seen by this watcher: a restart within the same event.
+    (!done || memory.host_before.is_some()).then_some(event)
+}
+
 /// The drain this look calls for, if any: the group's decision first, then a Spot
-/// notice, then a stop or retirement whose time to drain has come.
+/// notice, a GCP preemption or host termination, then a stop or retirement whose time to
+/// drain has come.
 fn drain_plan(look: &Look, now: u64, drain: &DrainConfig) -> Option<Plan> {
     let within = now + drain.within.as_secs();
     let margin = drain.spot_margin.as_secs();
@@ -195,6 +268,26 @@ fn drain_plan(look: &Look, now: u64, drain: &DrainConfig) -> Option<Plan> {
                 ("BOOTSTAGE_SPOT_ACTION".into(), spot.action.clone()),
                 ("BOOTSTAGE_SPOT_TIME".into(), spot.time.clone()),
             ],
+        });
+    }
+    if look.preempted {
+        return Some(Plan {
+            reason: Reason::Preempted,
+            why: format!("{GCP_PREEMPTED} TRUE"),
+            deadline_unix: deadline(Some(now + PREEMPT_NOTICE)),
+            env: Vec::new(),
+        });
+    }
+    if let Some(host) = look
+        .host_maintenance
+        .as_ref()
+        .filter(|h| h.value == HOST_TERMINATE)
+    {
+        return Some(Plan {
+            reason: Reason::Maintenance,
+            why: format!("{GCP_MAINTENANCE} {HOST_TERMINATE}"),
+            deadline_unix: deadline(Some(now + HOST_NOTICE)),
+            env: event_env(&host.event()),
         });
     }
     look.maintenance
@@ -675,6 +768,167 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn gcp_preemption_and_host_maintenance_decide_as_aws_notices_do() {
+        let host = |value: &str, etag: Option<&str>| Look {
+            host_maintenance: Some(HostMaintenance {
+                value: value.into(),
+                etag: etag.map(str::to_string),
+            }),
+            ..Look::default()
+        };
+        let preempted = Look {
+            preempted: true,
+            ..Look::default()
+        };
+        let before = |value: Option<&str>, done: &[&str]| Memory {
+            host_before: value.map(str::to_string),
+            maintenance_done: done.iter().map(|d| d.to_string()).collect(),
+            ..Memory::default()
+        };
+        let migrate_e1 = "gcp:MIGRATE_ON_HOST_MAINTENANCE:e1";
+        let cases: Vec<(&str, Memory, Look, DrainConfig, Vec<&str>)> = vec![
+            (
+                "preempted: 30 s of notice less the margin",
+                before(None, &[]),
+                preempted.clone(),
+                config(),
+                vec!["drain preempted deadline+20 (instance/preempted TRUE)"],
+            ),
+            (
+                "preempted with a shorter within: within",
+                before(None, &[]),
+                preempted.clone(),
+                DrainConfig {
+                    within: Duration::from_secs(5),
+                    ..config()
+                },
+                vec!["drain preempted deadline+5 (instance/preempted TRUE)"],
+            ),
+            (
+                "preempted with a margin past the notice: a second",
+                before(None, &[]),
+                preempted.clone(),
+                DrainConfig {
+                    spot_margin: Duration::from_secs(40),
+                    ..config()
+                },
+                vec!["drain preempted deadline+1 (instance/preempted TRUE)"],
+            ),
+            (
+                "host termination: 60 s of notice less the margin",
+                before(Some("NONE"), &[]),
+                host("TERMINATE_ON_HOST_MAINTENANCE", Some("e2")),
+                config(),
+                vec![
+                    "drain maintenance deadline+50 (instance/maintenance-event TERMINATE_ON_HOST_MAINTENANCE)",
+                ],
+            ),
+            (
+                "preempted and a migration: the drain alone",
+                before(None, &[]),
+                Look {
+                    preempted: true,
+                    ..host("MIGRATE_ON_HOST_MAINTENANCE", Some("e1"))
+                },
+                config(),
+                vec!["drain preempted deadline+20 (instance/preempted TRUE)"],
+            ),
+            (
+                "one drain per life on GCP too",
+                Memory {
+                    draining: true,
+                    ..Memory::default()
+                },
+                Look {
+                    preempted: true,
+                    ..host("TERMINATE_ON_HOST_MAINTENANCE", Some("e2"))
+                },
+                config(),
+                vec![],
+            ),
+            (
+                "a migration: maintenance.d, its id the value and the ETag",
+                before(Some("NONE"), &[]),
+                host("MIGRATE_ON_HOST_MAINTENANCE", Some("e1")),
+                config(),
+                vec!["maintenance gcp:MIGRATE_ON_HOST_MAINTENANCE:e1"],
+            ),
+            (
+                "a migration seen first by a watcher just started",
+                before(None, &[]),
+                host("MIGRATE_ON_HOST_MAINTENANCE", Some("e1")),
+                config(),
+                vec!["maintenance gcp:MIGRATE_ON_HOST_MAINTENANCE:e1"],
+            ),
+            (
+                "the same migration at the next look: nothing",
+                before(Some("MIGRATE_ON_HOST_MAINTENANCE"), &[migrate_e1]),
+                host("MIGRATE_ON_HOST_MAINTENANCE", Some("e1")),
+                config(),
+                vec![],
+            ),
+            (
+                "a restarted watcher finding the migration it acted on: nothing",
+                before(None, &[migrate_e1]),
+                host("MIGRATE_ON_HOST_MAINTENANCE", Some("e1")),
+                config(),
+                vec![],
+            ),
+            (
+                "a new migration after NONE, the server repeating the ETag: again",
+                before(Some("NONE"), &[migrate_e1]),
+                host("MIGRATE_ON_HOST_MAINTENANCE", Some("e1")),
+                config(),
+                vec!["maintenance gcp:MIGRATE_ON_HOST_MAINTENANCE:e1"],
+            ),
+            (
+                "a migration answered without an ETag",
+                before(Some("NONE"), &[]),
+                host("MIGRATE_ON_HOST_MAINTENANCE", None),
+                config(),
+                vec!["maintenance gcp:MIGRATE_ON_HOST_MAINTENANCE"],
+            ),
+            (
+                "NONE: nothing",
+                before(None, &[]),
+                host("NONE", Some("e0")),
+                config(),
+                vec![],
+            ),
+            (
+                "a value Google does not document: nothing",
+                before(Some("NONE"), &[]),
+                host("SOMETHING_NEW", Some("e9")),
+                config(),
+                vec![],
+            ),
+        ];
+        for (name, memory, seen, drain, expected) in cases {
+            assert_eq!(said(&next(&memory, &seen, NOW, &drain)), expected, "{name}");
+        }
+        let env = event_env(
+            &HostMaintenance {
+                value: HOST_MIGRATE.into(),
+                etag: Some("e1".into()),
+            }
+            .event(),
+        );
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("BOOTSTAGE_MAINTENANCE_EVENT_ID"), Some(migrate_e1));
+        assert_eq!(
+            get("BOOTSTAGE_MAINTENANCE_CODE"),
+            Some("MIGRATE_ON_HOST_MAINTENANCE")
+        );
+        assert_eq!(get("BOOTSTAGE_MAINTENANCE_STATE"), Some("active"));
+        assert_eq!(
+            get("BOOTSTAGE_MAINTENANCE_EVENT"),
+            Some(
+                r#"{"EventId":"gcp:MIGRATE_ON_HOST_MAINTENANCE:e1","Code":"MIGRATE_ON_HOST_MAINTENANCE","Source":"instance/maintenance-event"}"#
+            )
+        );
     }
 
     #[test]
