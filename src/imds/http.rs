@@ -1,7 +1,7 @@
-//! One bounded GET to a metadata service, for the providers that need nothing more
-//! (`azure`, `openstack`): no proxy, no redirects, each request bounded by the request
-//! timeout and the stage deadline, the body read to a limit. What an answer means is each
-//! provider's own `verdict`.
+//! One bounded request to a metadata service, for the providers that need nothing more
+//! (`azure`, `openstack`, Azure's `wireserver`): no proxy, no redirects, each request
+//! bounded by the request timeout and the stage deadline, the body read to a limit. What
+//! an answer means is each caller's own `verdict`.
 
 use std::time::Duration;
 
@@ -65,6 +65,33 @@ pub(super) async fn get(
     deadline: Deadline,
     max: usize,
 ) -> Result<Answer, ImdsError> {
+    send(http.get(url), what, headers, request_timeout, deadline, max).await
+}
+
+/// One POST of `body` to `url`, as [`get`].
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+    what: &str,
+    headers: &[(&str, &str)],
+    request_timeout: Duration,
+    deadline: Deadline,
+    max: usize,
+) -> Result<Answer, ImdsError> {
+    let request = http.post(url).body(body);
+    send(request, what, headers, request_timeout, deadline, max).await
+}
+
+async fn send(
+    request: reqwest::RequestBuilder,
+    what: &str,
+    headers: &[(&str, &str)],
+    request_timeout: Duration,
+    deadline: Deadline,
+    max: usize,
+) -> Result<Answer, ImdsError> {
     let timeout = request_timeout.min(deadline.remaining());
     if timeout.is_zero() {
         return Err(ImdsError::Transient {
@@ -81,7 +108,7 @@ pub(super) async fn get(
             retry_after: None,
         },
     };
-    let mut request = http.get(url).timeout(timeout);
+    let mut request = request.timeout(timeout);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }

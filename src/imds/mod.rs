@@ -17,8 +17,8 @@
 //! How each HTTP status is handled lives in one place: [`verdict`].
 //!
 //! Other clouds' metadata services live beside it (`gcp.rs`: Compute Engine's,
-//! `azure.rs`: Azure's, `openstack.rs`: Nova's), and `provider.rs` decides which one the
-//! metadata stage asks.
+//! `azure.rs`: Azure's, with `wireserver.rs` for its ready report, `openstack.rs`:
+//! Nova's), and `provider.rs` decides which one the metadata stage asks.
 
 pub mod azure;
 pub mod facts;
@@ -27,6 +27,7 @@ mod http;
 pub mod openstack;
 pub mod provider;
 pub mod userdata;
+pub mod wireserver;
 
 use std::time::Duration;
 

@@ -13,7 +13,9 @@
 //! 4. write `instance.json` atomically and the values (`params.json`, `params.env`,
 //!    `hooks.env`, `credentials/`) as one set (`state::values`: built beside the current
 //!    set, then made current by one rename);
-//! 5. return a summary; the caller tells systemd READY=1 (run in-process by a later stage,
+//! 5. on Azure with `BOOTSTAGE_AZURE_REPORT_READY=true`, report ready to the wireserver
+//!    (`imds::wireserver`), as an agent would;
+//! 6. return a summary; the caller tells systemd READY=1 (run in-process by a later stage,
 //!    this stage must not declare that stage ready).
 //!
 //! Nothing is written until every step before it has succeeded, so a failed run leaves the
@@ -200,6 +202,9 @@ async fn fetch(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<
     let staged = values::stage(state.root(), &rendered.set).map_err(write_error)?;
     atomic::write_file(&state.instance_json(), instance_json.as_bytes()).map_err(write_error)?;
     staged.commit().map_err(write_error)?;
+    if facts.source == "azure" {
+        azure_report_ready(args, deadline).await?;
+    }
 
     tracing::info!(
         variables = rendered.variables,
@@ -495,6 +500,8 @@ async fn from_azure(
     let endpoint =
         imds::azure::resolve_endpoint(args.imds_endpoint.as_deref(), |k| std::env::var(k).ok())
             .map_err(Error::Usage)?;
+    // A typo in the ready report's settings fails here, before anything is written.
+    azure_ready_endpoint()?;
     tracing::info!(endpoint, "reading user-data and facts from Azure's IMDS");
     let client = imds::azure::Client::new(imds::azure::Options {
         endpoint,
@@ -508,6 +515,29 @@ async fn from_azure(
         false => (user_data.await?, Facts::default()),
     };
     Ok((user_data.filter(|raw| !raw.trim_ascii().is_empty()), facts))
+}
+
+/// On Azure with `BOOTSTAGE_AZURE_REPORT_READY=true`, the wireserver to report ready
+/// to (`imds::wireserver`); `None` when not asked for. Checked before anything is read,
+/// used once the values are current.
+fn azure_ready_endpoint() -> Result<Option<String>> {
+    use imds::wireserver;
+    let env = |k: &str| std::env::var(k).ok();
+    if !wireserver::wanted(env(wireserver::REPORT_READY_ENV).as_deref()).map_err(Error::Usage)? {
+        return Ok(None);
+    }
+    Ok(Some(
+        wireserver::resolve_endpoint(env).map_err(Error::Usage)?,
+    ))
+}
+
+/// Tells the wireserver the VM is provisioned, as an agent would, if asked for.
+async fn azure_report_ready(args: &Settings, deadline: Deadline) -> Result<()> {
+    if let Some(endpoint) = azure_ready_endpoint()? {
+        imds::wireserver::report_ready(&endpoint, args.request_timeout, deadline).await?;
+        tracing::info!(endpoint, "reported ready to Azure's wireserver");
+    }
+    Ok(())
 }
 
 /// `from_imds` on OpenStack: the metadata service, or a config drive.

@@ -757,3 +757,123 @@ async fn no_user_data_is_final_on_azure_and_openstack() {
         }
     }
 }
+
+/// With `BOOTSTAGE_AZURE_REPORT_READY=true`, once the values are written, the goal state
+/// is read from the wireserver and the role instance reported Ready with its incarnation,
+/// container and instance, `x-ms-version: 2012-11-30` on both; without it, the
+/// wireserver is never asked; a value that is not a boolean is bad usage before anything
+/// is read or written.
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_reports_ready_to_the_wireserver_when_asked() {
+    let config = Config {
+        azure: AzureInstance {
+            incarnation: 7,
+            ..AzureInstance::default()
+        },
+        ..aws(PARAMS.as_bytes())
+    };
+    let emu = Emulator::start(flavor(Flavor::Azure, config))
+        .await
+        .unwrap();
+    let wireserver = |r: &&imds_emulator::Record| r.path.starts_with("/machine");
+    for (asked, code) in [(Some("true"), 0), (None, 0), (Some("maybe"), 64)] {
+        let before = emu.requests().len();
+        let sb = Sandbox::new();
+        let mut cmd = sb.command(&[
+            "metadata",
+            "--provider",
+            "azure",
+            "--imds-endpoint",
+            &emu.url(),
+            "--timeout",
+            "10s",
+        ]);
+        cmd.env("BOOTSTAGE_AZURE_WIRESERVER", emu.url());
+        if let Some(asked) = asked {
+            cmd.env("BOOTSTAGE_AZURE_REPORT_READY", asked);
+        }
+        let out = common::run(cmd).await;
+        let requests: Vec<_> = emu.requests().into_iter().skip(before).collect();
+        let reports: Vec<_> = requests.iter().filter(wireserver).collect();
+        match asked {
+            Some("true") => {
+                assert_eq!(out.code, code, "{}", out.stderr);
+                assert!(sb.read("params.json").is_some());
+                assert_eq!(reports.len(), 2, "{reports:?}");
+                let (goal, health) = (reports[0], reports[1]);
+                assert_eq!(
+                    (goal.method.as_str(), goal.query.as_deref(), goal.status),
+                    ("GET", Some("comp=goalstate"), Some(200))
+                );
+                assert_eq!(
+                    (
+                        health.method.as_str(),
+                        health.query.as_deref(),
+                        health.status
+                    ),
+                    ("POST", Some("comp=health"), Some(200))
+                );
+                assert_eq!(
+                    health.body.as_deref(),
+                    Some(
+                        r#"<?xml version="1.0" encoding="utf-8"?>
+<Health xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:xsd="http://www.w3.org/2001/XMLSchema">
+  <GoalStateIncarnation>7</GoalStateIncarnation>
+  <Container>
+    <ContainerId>c6d5526c-5ac2-4200-b6e2-56f2b70c5ab2</ContainerId>
+    <RoleInstanceList>
+      <Role>
+        <InstanceId>b61f93d0-e1ed-40b2-b067-22c243233448.MachineRole_IN_0</InstanceId>
+        <Health>
+          <State>Ready</State>
+        </Health>
+      </Role>
+    </RoleInstanceList>
+  </Container>
+</Health>
+"#
+                    )
+                );
+                // The report is the run's last request.
+                assert!(std::ptr::eq(*requests.last().as_ref().unwrap(), health));
+            }
+            None => {
+                assert_eq!(out.code, code, "{}", out.stderr);
+                assert!(reports.is_empty(), "{reports:?}");
+            }
+            Some(_) => {
+                common::assert_exit(
+                    &out,
+                    code,
+                    "BOOTSTAGE_AZURE_REPORT_READY=\"maybe\": expected true or false",
+                );
+                assert_eq!(sb.read("params.json"), None);
+                assert!(reports.is_empty(), "{reports:?}");
+            }
+        }
+    }
+}
+
+/// The emulator's wireserver wants `x-ms-version: 2012-11-30`, as Azure's does.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_wireserver_emulator_wants_its_version_header() {
+    let emu = Emulator::start(flavor(Flavor::Azure, Config::default()))
+        .await
+        .unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("{}/machine/?comp=goalstate", emu.url());
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 400);
+    let goal = http
+        .get(&url)
+        .header("x-ms-version", "2012-11-30")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(goal.status(), 200);
+    assert!(
+        goal.text()
+            .await
+            .unwrap()
+            .contains("<Incarnation>1</Incarnation>")
+    );
+}

@@ -8,6 +8,11 @@
 //! JSON, a leaf only with `format=text` (400 without it); `compute/userData` is the
 //! user-data base64-encoded (from 2021-01-01; empty when there is none, or before
 //! `user_data_after`). Anything else is 404; a method other than GET is 405.
+//!
+//! The wireserver (168.63.129.16 on Azure) on the same port: `GET /machine/?comp=goalstate`
+//! answers the goal state (`incarnation`, `container_id`, `role_instance_id`) and
+//! `POST /machine/?comp=health` answers 200; both want `x-ms-version: 2012-11-30` (400
+//! without it), as WALinuxAgent sends it.
 
 use std::collections::BTreeMap;
 
@@ -42,6 +47,10 @@ pub struct AzureInstance {
     /// As Azure writes it: 12 hex digits, upper case, no separators.
     pub mac: String,
     pub tags: BTreeMap<String, String>,
+    /// The wireserver's goal state: its incarnation, container and role instance.
+    pub incarnation: u64,
+    pub container_id: String,
+    pub role_instance_id: String,
     /// Answer every request with an HTML page (200, `text/html`), as a captive portal
     /// or a proxy would: a server that is not Azure's.
     pub answer_html: bool,
@@ -61,6 +70,9 @@ impl Default for AzureInstance {
             private_ip: "10.1.0.4".into(),
             mac: "000D3A2B4C5E".into(),
             tags: BTreeMap::new(),
+            incarnation: 1,
+            container_id: "c6d5526c-5ac2-4200-b6e2-56f2b70c5ab2".into(),
+            role_instance_id: "b61f93d0-e1ed-40b2-b067-22c243233448.MachineRole_IN_0".into(),
             answer_html: false,
         }
     }
@@ -167,6 +179,9 @@ impl Shared {
         headers: &HeaderMap,
     ) -> Reply {
         let vm = &config.azure;
+        if path == "/machine" || path == "/machine/" {
+            return wireserver(vm, method, query, headers);
+        }
         if vm.answer_html {
             return Reply::Answer(
                 StatusCode::OK,
@@ -230,5 +245,61 @@ impl Shared {
             ),
             _ => bad_request("Bad request. A leaf node is only served with format=text"),
         }
+    }
+}
+
+/// Azure's wireserver: the goal state and the health report.
+fn wireserver(
+    vm: &AzureInstance,
+    method: &Method,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Reply {
+    let xml = |status: StatusCode, body: String| {
+        Reply::Answer(
+            status,
+            vec![("content-type", "text/xml; charset=utf-8".into())],
+            body.into_bytes(),
+        )
+    };
+    let versioned = headers
+        .get("x-ms-version")
+        .is_some_and(|v| v.as_bytes() == b"2012-11-30");
+    if !versioned {
+        return xml(
+            StatusCode::BAD_REQUEST,
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>MissingVersion</Code><Message>x-ms-version 2012-11-30 is required</Message></Error>".into(),
+        );
+    }
+    match (method.as_str(), params(query).get("comp").copied()) {
+        ("GET", Some("goalstate")) => xml(
+            StatusCode::OK,
+            format!(
+                r#"<?xml version="1.0" encoding="utf-8"?>
+<GoalState xmlns:i="http://www.w3.org/2001/XMLSchema-instance" xsi:noNamespaceSchemaLocation="goalstate10.xsd">
+  <Version>2012-11-30</Version>
+  <Incarnation>{}</Incarnation>
+  <Machine>
+    <ExpectedState>Started</ExpectedState>
+    <StopRolesDeadlineHint>300000</StopRolesDeadlineHint>
+    <ExpectHealthReport>FALSE</ExpectHealthReport>
+  </Machine>
+  <Container>
+    <ContainerId>{}</ContainerId>
+    <RoleInstanceList>
+      <RoleInstance>
+        <InstanceId>{}</InstanceId>
+        <State>Started</State>
+      </RoleInstance>
+    </RoleInstanceList>
+  </Container>
+</GoalState>
+"#,
+                vm.incarnation, vm.container_id, vm.role_instance_id
+            ),
+        ),
+        ("POST", Some("health")) => Reply::Answer(StatusCode::OK, Vec::new(), Vec::new()),
+        ("GET" | "POST", _) => xml(StatusCode::NOT_FOUND, String::new()),
+        _ => xml(StatusCode::METHOD_NOT_ALLOWED, String::new()),
     }
 }

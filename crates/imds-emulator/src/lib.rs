@@ -49,7 +49,9 @@
 //! `tagsList`, `userData`; `network.interface`), any node below it by path, a leaf only
 //! with `format=text`: `compute/userData` is the user-data base64-encoded (empty while
 //! there is none). `azure.answer_html` answers HTML instead, as a server that is not
-//! Azure's.
+//! Azure's. Azure's wireserver is served on the same port: `GET /machine/?comp=goalstate`
+//! (the goal state, XML) and `POST /machine/?comp=health` (200; its body is in the
+//! request's `Record`), both 400 without `x-ms-version: 2012-11-30`.
 //!
 //! OpenStack Nova's metadata service, with `flavor: openstack` (`--flavor openstack`):
 //! `/openstack/latest/meta_data.json` (`openstack`: `uuid`, `name`, `hostname`,
@@ -249,6 +251,8 @@ pub struct Record {
     pub had_metadata: bool,
     /// The query string, if any (`api-version=…` on Azure).
     pub query: Option<String>,
+    /// The request's body, if it had one (as UTF-8, lossily: a wireserver report).
+    pub body: Option<String>,
     /// Time since the emulator started.
     #[serde(serialize_with = "as_secs_f64")]
     pub at: Duration,
@@ -504,6 +508,7 @@ async fn handle(
         had_flavor: gcp::flavored(&headers),
         had_metadata: azure::has_metadata_header(&headers),
         query: uri.query().map(str::to_string),
+        body: Some(String::from_utf8_lossy(&body).into_owned()).filter(|b| !b.is_empty()),
         at: shared.started.elapsed(),
     });
     match reply {

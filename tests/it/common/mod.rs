@@ -47,6 +47,8 @@ const SCRUBBED: &[&str] = &[
     "AWS_EC2_METADATA_DISABLED",
     "GCE_METADATA_HOST",
     "BOOTSTAGE_AZURE_IMDS",
+    "BOOTSTAGE_AZURE_WIRESERVER",
+    "BOOTSTAGE_AZURE_REPORT_READY",
     "BOOTSTAGE_OPENSTACK_METADATA",
     "BOOTSTAGE_CONFIG_DRIVE",
     "BOOTSTAGE_PROVIDER",
@@ -163,9 +165,10 @@ impl Sandbox {
             // machine's DMI (on a GCE runner it would say Google): the sandbox's `dmi`
             // folder, absent unless a test writes it, is read instead.
             .env("GCE_METADATA_HOST", "127.0.0.1:9")
-            // And Azure's IMDS and OpenStack's metadata service (both 169.254.169.254 by
-            // default).
+            // And Azure's IMDS and wireserver (169.254.169.254 and 168.63.129.16 by
+            // default) and OpenStack's metadata service (169.254.169.254).
             .env("BOOTSTAGE_AZURE_IMDS", "http://127.0.0.1:9")
+            .env("BOOTSTAGE_AZURE_WIRESERVER", "http://127.0.0.1:9")
             .env("BOOTSTAGE_OPENSTACK_METADATA", "http://127.0.0.1:9")
             .env("BOOTSTAGE_DMI_DIR", self.path("dmi"))
             .env("BOOTSTAGE_LOG", "debug")
