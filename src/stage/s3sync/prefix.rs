@@ -32,14 +32,7 @@ pub(super) async fn pass_once(
     let started = std::time::Instant::now();
     let (objects, list_pages) = source.list().await?;
     let listed = started.elapsed();
-    let mut files: Vec<(PathBuf, Object)> = Vec::with_capacity(objects.len());
-    for object in objects {
-        if let Some(rel) = keys::relative_path(&object.key, source.rest(&object.key))? {
-            files.push((rel, object));
-        }
-    }
-    keys::check_no_file_dir_conflict(files.iter().map(|(rel, o)| (o.key.as_str(), rel.as_path())))?;
-
+    let files = relative(source, objects)?;
     let url = source.url();
     if files.is_empty() && !spec.allow_empty {
         return Err(SyncError::Empty(url, "no objects under it"));
@@ -57,47 +50,26 @@ pub(super) async fn pass_once(
     let old = Some(dest.manifest())
         .filter(|m| m.source == url)
         .unwrap_or_default();
-    // Unchanged: listed as before, and on disk exactly as bootstage sealed it.
-    let unchanged: Vec<bool> = files
-        .iter()
-        .map(|(rel, o)| {
-            let listed = old.files.get(&*rel.to_string_lossy());
-            listed.is_some_and(|e| e.etag == o.version.token() && e.size == o.size)
-                && dest.unchanged(rel, o.size)
-        })
-        .collect();
-    let names: BTreeSet<String> = files
-        .iter()
-        .map(|(rel, _)| rel.to_string_lossy().into_owned())
-        .collect();
-    let deleted = old.files.keys().filter(|k| !names.contains(*k)).count();
+    let compared = compare(&old, &files, |rel, size| dest.unchanged(rel, size));
     let mut report = Report {
         objects: files.len(),
-        deleted,
+        deleted: compared.deleted,
         list_pages,
         ..Report::default()
     };
     // A pass that starts over counts afresh.
     counters.total.store(files.len() as u64, Ordering::Relaxed);
     counters.done.store(0, Ordering::Relaxed);
-    if dest.has_current() && deleted == 0 && unchanged.iter().all(|u| *u) {
+    if dest.has_current() && compared.nothing_to_do() {
         counters.done.store(files.len() as u64, Ordering::Relaxed);
         return Ok(report);
     }
 
     let staging = dest.staging()?;
-    let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
-    for (rel, _) in &files {
-        dirs.extend(
-            rel.ancestors()
-                .skip(1)
-                .filter(|d| !d.as_os_str().is_empty())
-                .map(Path::to_path_buf),
-        );
-    }
+    let dirs = dirs_of(&files);
     staging.mkdirs(&dirs)?;
     let mut fetch = Vec::new();
-    for ((rel, object), same) in files.iter().zip(&unchanged) {
+    for ((rel, object), same) in files.iter().zip(&compared.unchanged) {
         match *same && staging.carry(dest, rel) {
             true => {
                 counters.done.fetch_add(1, Ordering::Relaxed);
@@ -106,10 +78,105 @@ pub(super) async fn pass_once(
         }
     }
     report.downloaded = fetch.len();
+    report.bytes = download(source, fetch, &staging, concurrency, counters, total_bytes).await?;
+    let fetched = started.elapsed();
+    commit(dest, staging, &files, &dirs, spec, owner, url)?;
+    report.swapped = true;
+    let ms = |d: Duration| d.as_millis() as u64;
+    tracing::info!(
+        dest = %spec.to.display(),
+        objects = report.objects,
+        downloaded = report.downloaded,
+        deleted = report.deleted,
+        bytes = report.bytes,
+        list_ms = ms(listed),
+        fetch_ms = ms(fetched - listed),
+        commit_ms = ms(started.elapsed() - fetched),
+        "swapped in a new generation"
+    );
+    Ok(report)
+}
+
+/// The listed objects that are files of the tree, each with its relative path (a key
+/// that is a directory marker is none), checked: no path both a file and a directory.
+fn relative(source: &Source, objects: Vec<Object>) -> Result<Vec<(PathBuf, Object)>, SyncError> {
+    let mut files: Vec<(PathBuf, Object)> = Vec::with_capacity(objects.len());
+    for object in objects {
+        if let Some(rel) = keys::relative_path(&object.key, source.rest(&object.key))? {
+            files.push((rel, object));
+        }
+    }
+    keys::check_no_file_dir_conflict(files.iter().map(|(rel, o)| (o.key.as_str(), rel.as_path())))?;
+    Ok(files)
+}
+
+/// The listing against the current generation's manifest.
+#[derive(Debug, PartialEq, Eq)]
+struct Compared {
+    /// For each listed file: listed as before, and on disk exactly as bootstage sealed it.
+    unchanged: Vec<bool>,
+    /// The manifest's files the listing no longer has.
+    deleted: usize,
+}
+
+impl Compared {
+    /// Whether the current generation is the listing's already.
+    fn nothing_to_do(&self) -> bool {
+        self.deleted == 0 && self.unchanged.iter().all(|u| *u)
+    }
+}
+
+/// Compares the listing with `old` (the current generation's manifest, empty when it
+/// came from another source); `on_disk` says whether a file is as sealed and of its size,
+/// and is asked only about a file listed as before.
+fn compare(
+    old: &Manifest,
+    files: &[(PathBuf, Object)],
+    on_disk: impl Fn(&Path, u64) -> bool,
+) -> Compared {
+    let unchanged = files
+        .iter()
+        .map(|(rel, o)| {
+            let listed = old.files.get(&*rel.to_string_lossy());
+            listed.is_some_and(|e| e.etag == o.version.token() && e.size == o.size)
+                && on_disk(rel, o.size)
+        })
+        .collect();
+    let names: BTreeSet<String> = files
+        .iter()
+        .map(|(rel, _)| rel.to_string_lossy().into_owned())
+        .collect();
+    let deleted = old.files.keys().filter(|k| !names.contains(*k)).count();
+    Compared { unchanged, deleted }
+}
+
+/// Every directory above a file of the tree.
+fn dirs_of(files: &[(PathBuf, Object)]) -> BTreeSet<PathBuf> {
+    let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
+    for (rel, _) in files {
+        dirs.extend(
+            rel.ancestors()
+                .skip(1)
+                .filter(|d| !d.as_os_str().is_empty())
+                .map(Path::to_path_buf),
+        );
+    }
+    dirs
+}
+
+/// Downloads `fetch` into the staging tree, `concurrency` at once; the bytes downloaded.
+async fn download(
+    source: &Source,
+    fetch: Vec<(&PathBuf, &Object)>,
+    staging: &Staging,
+    concurrency: usize,
+    counters: &Counters,
+    total_bytes: &AtomicU64,
+) -> Result<u64, SyncError> {
     let bytes = AtomicU64::new(0);
     futures_util::stream::iter(fetch.into_iter().map(Ok::<_, SyncError>))
         .try_for_each_concurrent(concurrency, |(rel, object)| {
-            let (staging, bytes) = (&staging, &bytes);
+            let bytes = &bytes;
             async move {
                 let n = fetch_retrying(source, object, staging, rel, counters).await?;
                 bytes.fetch_add(n, Ordering::Relaxed);
@@ -119,14 +186,24 @@ pub(super) async fn pass_once(
             }
         })
         .await?;
-    report.bytes = bytes.into_inner();
-    let fetched = started.elapsed();
+    Ok(bytes.into_inner())
+}
 
-    // Hand the complete tree over, files then directories deepest first.
+/// Hands the complete tree over, files then directories deepest first, and swaps it in
+/// with its manifest.
+fn commit(
+    dest: &mut Destination,
+    staging: Staging,
+    files: &[(PathBuf, Object)],
+    dirs: &BTreeSet<PathBuf>,
+    spec: &SyncSpec,
+    owner: &Ownership,
+    url: String,
+) -> Result<(), SyncError> {
     staging.finish(
         files.iter().map(|(rel, _)| (rel.as_path(), spec.file_mode)),
         &[],
-        &dirs,
+        dirs,
         (owner.uid, owner.gid),
         spec.dir_mode,
     )?;
@@ -146,20 +223,7 @@ pub(super) async fn pass_once(
         ..Manifest::default()
     };
     dest.commit(staging, &manifest)?;
-    report.swapped = true;
-    let ms = |d: Duration| d.as_millis() as u64;
-    tracing::info!(
-        dest = %spec.to.display(),
-        objects = report.objects,
-        downloaded = report.downloaded,
-        deleted = report.deleted,
-        bytes = report.bytes,
-        list_ms = ms(listed),
-        fetch_ms = ms(fetched - listed),
-        commit_ms = ms(started.elapsed() - fetched),
-        "swapped in a new generation"
-    );
-    Ok(report)
+    Ok(())
 }
 
 /// One object into a new file of the staging tree, retried when the transfer itself
@@ -230,4 +294,146 @@ fn listing_version(files: &[(PathBuf, Object)]) -> String {
             .iter()
             .map(|(rel, (v, size))| (rel.as_str(), v.as_str(), *size)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::source::Version;
+
+    fn listed(files: &[(&str, &str, u64)]) -> Vec<(PathBuf, Object)> {
+        files
+            .iter()
+            .map(|(rel, etag, size)| {
+                let object = Object {
+                    key: format!("p/{rel}"),
+                    version: Version::ETag(etag.to_string()),
+                    size: *size,
+                };
+                (PathBuf::from(rel), object)
+            })
+            .collect()
+    }
+
+    fn manifest(files: &[(&str, &str, u64)]) -> Manifest {
+        let files = files
+            .iter()
+            .map(|(rel, etag, size)| {
+                let entry = Entry {
+                    key: format!("p/{rel}"),
+                    etag: etag.to_string(),
+                    size: *size,
+                };
+                (rel.to_string(), entry)
+            })
+            .collect();
+        Manifest {
+            source: "s3://b/p/".into(),
+            files,
+            ..Manifest::default()
+        }
+    }
+
+    #[test]
+    fn a_file_is_carried_forward_only_when_listed_as_before_and_sealed_on_disk() {
+        let old = manifest(&[("a", "\"1\"", 1), ("d/b", "\"2\"", 2), ("gone", "\"3\"", 3)]);
+        // (listing, files changed on disk) → (unchanged, deleted, nothing to do)
+        type Case = (
+            Vec<(&'static str, &'static str, u64)>,
+            Vec<&'static str>,
+            Vec<bool>,
+            usize,
+            bool,
+        );
+        let cases: [Case; 7] = [
+            (vec![], vec![], vec![], 3, false),
+            (
+                vec![("a", "\"1\"", 1), ("d/b", "\"2\"", 2)],
+                vec![],
+                vec![true, true],
+                1,
+                false,
+            ),
+            (
+                vec![("a", "\"1\"", 1), ("d/b", "\"2\"", 2), ("gone", "\"3\"", 3)],
+                vec![],
+                vec![true, true, true],
+                0,
+                true,
+            ),
+            // A new ETag, a new size, a new file.
+            (
+                vec![("a", "\"9\"", 1), ("d/b", "\"2\"", 5), ("new", "\"4\"", 4)],
+                vec![],
+                vec![false, false, false],
+                1,
+                false,
+            ),
+            // Listed as before, but changed on disk since it was sealed.
+            (
+                vec![("a", "\"1\"", 1), ("d/b", "\"2\"", 2), ("gone", "\"3\"", 3)],
+                vec!["d/b"],
+                vec![true, false, true],
+                0,
+                false,
+            ),
+            // Moved: the same object under another name is fetched again.
+            (vec![("b", "\"1\"", 1)], vec![], vec![false], 3, false),
+            (vec![("a", "\"1\"", 1)], vec!["a"], vec![false], 2, false),
+        ];
+        for (listing, touched, unchanged, deleted, nothing) in cases {
+            let files = listed(&listing);
+            let asked = std::cell::RefCell::new(Vec::new());
+            let compared = compare(&old, &files, |rel, _| {
+                asked.borrow_mut().push(rel.to_path_buf());
+                !touched.iter().any(|t| Path::new(t) == rel)
+            });
+            assert_eq!(
+                compared,
+                Compared {
+                    unchanged: unchanged.clone(),
+                    deleted
+                },
+                "{listing:?}"
+            );
+            assert_eq!(compared.nothing_to_do(), nothing, "{listing:?}");
+            // The disk is asked only about what the listing says is unchanged.
+            let listed_as_before = files
+                .iter()
+                .filter(|(rel, o)| {
+                    old.files
+                        .get(&*rel.to_string_lossy())
+                        .is_some_and(|e| e.etag == o.version.token() && e.size == o.size)
+                })
+                .count();
+            assert_eq!(asked.borrow().len(), listed_as_before, "{listing:?}");
+        }
+        // Another source's generation: everything is new.
+        let compared = compare(
+            &Manifest::default(),
+            &listed(&[("a", "\"1\"", 1)]),
+            |_, _| true,
+        );
+        assert_eq!(
+            compared,
+            Compared {
+                unchanged: vec![false],
+                deleted: 0
+            }
+        );
+    }
+
+    #[test]
+    fn every_directory_above_a_file_is_made() {
+        let dirs = |files: &[&str]| -> Vec<String> {
+            let listing: Vec<(&str, &str, u64)> = files.iter().map(|f| (*f, "\"e\"", 1)).collect();
+            dirs_of(&listed(&listing))
+                .into_iter()
+                .map(|d| d.display().to_string())
+                .collect()
+        };
+        assert_eq!(dirs(&[]), Vec::<String>::new());
+        assert_eq!(dirs(&["a"]), Vec::<String>::new());
+        assert_eq!(dirs(&["a/b/c", "a/d", "e/f"]), ["a", "a/b", "e"]);
+    }
 }
