@@ -208,85 +208,13 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
         })?),
         None => None,
     };
-    // The configured sync is the boot's stage and keeps a status record; a one-off
-    // `--from/--to` run by hand does not overwrite it.
-    let configured_stage = args.from.is_none();
-    let first = async {
-        let specs = match (&args.from, &args.to) {
-            (Some(from), Some(to)) => {
-                let spec = SyncSpec {
-                    sha256: args.sha256.clone(),
-                    allow_empty: args.allow_empty,
-                    ..SyncSpec::plain(from, to)
-                };
-                spec.check().map_err(SyncError::Settings)?;
-                // The metadata flags `--help` lists under "run first" hold here too: given
-                // (or --refresh), the metadata stage runs first when its outputs are
-                // missing, and the region comes from its facts. Without them a one-off sync
-                // needs no IMDS.
-                if args.refresh || args.metadata.names_a_source() {
-                    metadata::ensure(state, &args.metadata, args.refresh, notifier).await?;
-                }
-                vec![spec]
-            }
-            _ => {
-                metadata::ensure(state, &args.metadata, args.refresh, notifier).await?;
-                let own = bootstage(state)?;
-                if args.watch.is_none() && own.watch.is_some() {
-                    tracing::warn!("{UNWATCHED}");
-                }
-                own.sync
-            }
-        };
-        let watching = match (args.watch, configured_stage) {
-            (None, _) => None,
-            (Some(interval), false) => Some(WatchSpec {
-                sqs: args.sqs.clone(),
-                interval: Some(interval),
-                ..WatchSpec::default()
-            }),
-            (Some(interval), true) => {
-                let mut spec = watch_settings(state)?;
-                spec.interval = spec.interval.or(Some(interval));
-                spec.sqs = args.sqs.clone().or(spec.sqs);
-                Some(spec)
-            }
-        };
-        // The queue's URL is checked (and filled in) before the first pass, so a bad one
-        // fails the stage before anything is synced.
-        let watching = match watching {
-            Some(mut w) => {
-                w.sqs = w.sqs.map(|url| queue_url(state, &url)).transpose()?;
-                Some(w)
-            }
-            None => None,
-        };
-        let needs_sqs = watching.as_ref().is_some_and(|w| w.sqs.is_some());
-        let mut syncer = Syncer::new(state, &specs, Bounds::of(args), needs_sqs).await?;
-        syncer.hooks.notifier = notifier;
-        if let Some((_, file)) = args
-            .metadata
-            .image_files
-            .iter()
-            .find(|(k, _)| *k == "notify")
-        {
-            syncer.hooks.notify = file.clone();
-        }
-        if watching.is_some() {
-            // A release's verify runs after the hook: the app serves the new tree first.
-            syncer.hooks.on_change = args.on_change.clone();
-        }
-        let pass = async {
-            let reports = all_ok(syncer.sync_all(&specs, notifier, true).await)?;
-            Ok::<_, Error>(summarize(&reports))
-        };
-        let summary = match configured_stage {
-            true => status::track(state, Stage::S3Sync, pass).await?,
-            false => pass.await?,
-        };
-        Ok::<_, Error>((syncer, specs, summary, watching))
-    };
-    let (syncer, specs, summary, watching) = match &mut stop {
+    let first = first_pass(state, args, notifier);
+    let First {
+        syncer,
+        specs,
+        summary,
+        watching,
+    } = match &mut stop {
         Some(stop) => tokio::select! {
             first = first => first?,
             _ = stop.requested() => return Ok(()),
@@ -300,22 +228,7 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
     };
     // READY once the queue's first receive is on its way: nothing after the first pass
     // can be missed.
-    let listener = match (&watching.sqs, &syncer.aws) {
-        (Some(url), Some(aws)) => {
-            let client = aws.sqs(Queue::region_of(url).as_deref());
-            // Received during a pass, a message waits for that pass, the hook and its own
-            // pass before it is deleted.
-            let hidden = args.sync_timeout * 3 + Duration::from_secs(60);
-            let every = humantime::format_duration(watching.interval.unwrap_or_default());
-            tracing::info!(
-                queue = url,
-                interval = %every,
-                "watch: woken by the queue, polling as the safety net"
-            );
-            Some(watch::listen(Queue::new(client, url), hidden).await)
-        }
-        _ => None,
-    };
+    let listener = listen(&watching, &syncer, args).await;
     notifier.ready(&summary);
     let interval = watching.interval.expect("set from --watch at least");
     let watcher = watch::Watcher {
@@ -327,6 +240,136 @@ pub async fn run(state: &StateDir, args: &Settings, notifier: Notifier) -> Resul
         interval,
     };
     watch::watch(watcher, listener, stop).await
+}
+
+/// What the first pass leaves to what follows it.
+struct First {
+    syncer: Syncer,
+    specs: Vec<SyncSpec>,
+    /// The first pass's summary, for the journal and READY=1.
+    summary: String,
+    /// With `--watch`: how to watch.
+    watching: Option<WatchSpec>,
+}
+
+/// What to sync and how to watch, read and checked; then every destination synced (the
+/// configured sync under its status record).
+async fn first_pass(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<First> {
+    // The configured sync is the boot's stage and keeps a status record; a one-off
+    // `--from/--to` run by hand does not overwrite it.
+    let configured_stage = args.from.is_none();
+    let specs = specs_of(state, args, notifier).await?;
+    let watching = watching_of(state, args)?;
+    let needs_sqs = watching.as_ref().is_some_and(|w| w.sqs.is_some());
+    let mut syncer = Syncer::new(state, &specs, Bounds::of(args), needs_sqs).await?;
+    syncer.hooks.notifier = notifier;
+    if let Some((_, file)) = args
+        .metadata
+        .image_files
+        .iter()
+        .find(|(k, _)| *k == "notify")
+    {
+        syncer.hooks.notify = file.clone();
+    }
+    if watching.is_some() {
+        // A release's verify runs after the hook: the app serves the new tree first.
+        syncer.hooks.on_change = args.on_change.clone();
+    }
+    let pass = async {
+        let reports = all_ok(syncer.sync_all(&specs, notifier, true).await)?;
+        Ok::<_, Error>(summarize(&reports))
+    };
+    let summary = match configured_stage {
+        true => status::track(state, Stage::S3Sync, pass).await?,
+        false => pass.await?,
+    };
+    Ok(First {
+        syncer,
+        specs,
+        summary,
+        watching,
+    })
+}
+
+/// What to sync: `--from/--to`, checked, else the parameters' `bootstage.sync`; the
+/// metadata stage runs first when its outputs are missing (for `--from/--to`, only when
+/// its flags are given).
+async fn specs_of(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<Vec<SyncSpec>> {
+    if let (Some(from), Some(to)) = (&args.from, &args.to) {
+        let spec = SyncSpec {
+            sha256: args.sha256.clone(),
+            allow_empty: args.allow_empty,
+            ..SyncSpec::plain(from, to)
+        };
+        spec.check().map_err(SyncError::Settings)?;
+        // The metadata flags `--help` lists under "run first" hold here too: given
+        // (or --refresh), the metadata stage runs first when its outputs are
+        // missing, and the region comes from its facts. Without them a one-off sync
+        // needs no IMDS.
+        if args.refresh || args.metadata.names_a_source() {
+            metadata::ensure(state, &args.metadata, args.refresh, notifier).await?;
+        }
+        return Ok(vec![spec]);
+    }
+    metadata::ensure(state, &args.metadata, args.refresh, notifier).await?;
+    let own = bootstage(state)?;
+    if args.watch.is_none() && own.watch.is_some() {
+        tracing::warn!("{UNWATCHED}");
+    }
+    Ok(own.sync)
+}
+
+/// How a `--watch` run watches (`None` without `--watch`), the queue's URL checked and
+/// filled in before the first pass, so a bad one fails the stage before anything is
+/// synced.
+fn watching_of(state: &StateDir, args: &Settings) -> Result<Option<WatchSpec>> {
+    let Some(interval) = args.watch else {
+        return Ok(None);
+    };
+    let params = match args.from.is_none() {
+        true => Some(watch_settings(state)?),
+        false => None,
+    };
+    let mut watching = watch_spec(interval, args.sqs.clone(), params);
+    watching.sqs = watching.sqs.map(|url| queue_url(state, &url)).transpose()?;
+    Ok(Some(watching))
+}
+
+/// The watch settings of a `--watch` run: a one-off `--from/--to` watcher's (no
+/// `params`) are its flags'; the configured sync's are the parameters' `bootstage.watch`,
+/// with the flag's interval when it names none, and `--sqs` over its queue.
+fn watch_spec(interval: Duration, sqs: Option<String>, params: Option<WatchSpec>) -> WatchSpec {
+    match params {
+        None => WatchSpec {
+            sqs,
+            interval: Some(interval),
+            ..WatchSpec::default()
+        },
+        Some(mut spec) => {
+            spec.interval = spec.interval.or(Some(interval));
+            spec.sqs = sqs.or(spec.sqs);
+            spec
+        }
+    }
+}
+
+/// The queue's reader, when the watcher has a queue: started, its first receive on its
+/// way.
+async fn listen(watching: &WatchSpec, syncer: &Syncer, args: &Settings) -> Option<watch::Listener> {
+    let (Some(url), Some(aws)) = (&watching.sqs, &syncer.aws) else {
+        return None;
+    };
+    let client = aws.sqs(Queue::region_of(url).as_deref());
+    // Received during a pass, a message waits for that pass, the hook and its own
+    // pass before it is deleted.
+    let hidden = args.sync_timeout * 3 + Duration::from_secs(60);
+    let every = humantime::format_duration(watching.interval.unwrap_or_default());
+    tracing::info!(
+        queue = url,
+        interval = %every,
+        "watch: woken by the queue, polling as the safety net"
+    );
+    Some(watch::listen(Queue::new(client, url), hidden).await)
 }
 
 /// The queue URL with `{instance_id}`, `{region}` and `{account_id}` filled in from the
@@ -795,4 +838,53 @@ fn summarize(reports: &[Report]) -> String {
         "synced {} destination(s): {objects} objects, {downloaded} downloaded, {swapped} swapped in",
         reports.len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watcher_takes_the_parameters_watch_settings_over_its_flags_but_sqs() {
+        let minutes = |m| Duration::from_secs(60 * m);
+        let spec = |sqs: Option<&str>, interval: Option<u64>, secrets: Option<u64>| WatchSpec {
+            sqs: sqs.map(str::to_string),
+            interval: interval.map(minutes),
+            secrets_interval: secrets.map(minutes),
+        };
+        let (flag_q, params_q) = (
+            Some("https://sqs.local/flag"),
+            Some("https://sqs.local/params"),
+        );
+        // (--sqs, the parameters' bootstage.watch; none for a --from/--to watcher) → what
+        // the watcher does; `--watch` is 10 minutes.
+        let cases = [
+            (None, None, spec(None, Some(10), None)),
+            (flag_q, None, spec(flag_q, Some(10), None)),
+            (
+                None,
+                Some(spec(None, None, None)),
+                spec(None, Some(10), None),
+            ),
+            (
+                None,
+                Some(spec(params_q, Some(2), Some(60))),
+                spec(params_q, Some(2), Some(60)),
+            ),
+            (
+                flag_q,
+                Some(spec(params_q, Some(2), None)),
+                spec(flag_q, Some(2), None),
+            ),
+            (
+                flag_q,
+                Some(spec(None, None, Some(5))),
+                spec(flag_q, Some(10), Some(5)),
+            ),
+        ];
+        for (sqs, params, expected) in cases {
+            let got = watch_spec(minutes(10), sqs.map(str::to_string), params.clone());
+            assert_eq!(got, expected, "--sqs {sqs:?}, {params:?}");
+        }
+    }
 }
