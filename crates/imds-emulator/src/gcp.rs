@@ -362,26 +362,3 @@ impl Shared {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn long_poll_parameters() {
-        assert_eq!(parse_wait(None), Wait::default());
-        assert_eq!(
-            parse_wait(Some("wait_for_change=true&timeout_sec=5&last_etag=ab%2Fc")),
-            Wait {
-                wait_for_change: true,
-                timeout: Some(Duration::from_secs(5)),
-                last_etag: Some("ab/c".into()),
-            }
-        );
-        assert_eq!(
-            parse_wait(Some("wait_for_change=false&alt=text")),
-            Wait::default()
-        );
-        assert_ne!(etag("k", "v", 0), etag("k", "v", 1));
-        assert_eq!(etag("k", "v", 1), etag("k", "v", 1));
-    }
-}
