@@ -11,8 +11,9 @@
 //!   `BOOTSTAGE_OPENSTACK_METADATA` (the same form), else `http://169.254.169.254`;
 //!   `GET /openstack/latest/user_data` (404: none, "not there yet" within the grace
 //!   period, then "no user-data", as on EC2) and `GET /openstack/latest/meta_data.json`,
-//!   which must be a JSON object (anything else is not Nova's and is refused). Nova asks
-//!   for no header. Every request is bounded by `--request-timeout` and the stage
+//!   which must come as `application/json` (as Nova has sent it since 2015, and Neutron's
+//!   metadata proxy passes on) and be a JSON object: anything else (a captive portal's
+//!   page) is not Nova's and is refused. Nova asks for no header. Every request is bounded by `--request-timeout` and the stage
 //!   deadline, retried with `base::retry`'s policies; no proxy, no redirects.
 //! - The facts, under EC2's names where they mean the same thing: `uuid` → instance-id,
 //!   `availability_zone` → availability-zone, `hostname` → local-hostname, `project_id`
