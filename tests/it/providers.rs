@@ -877,3 +877,36 @@ async fn the_wireserver_emulator_wants_its_version_header() {
             .contains("<Incarnation>1</Incarnation>")
     );
 }
+
+/// Azure's IMDS answers 410 Gone for a while after boot ("retry after some time"): it
+/// is waited out, and the boot goes on (the ready report included).
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_410_gone_is_waited_out() {
+    let emu = Emulator::start(Config {
+        gone_first: 4,
+        ..flavor(Flavor::Azure, aws(PARAMS.as_bytes()))
+    })
+    .await
+    .unwrap();
+    let sb = Sandbox::new();
+    let mut cmd = sb.command(&[
+        "metadata",
+        "--provider",
+        "azure",
+        "--imds-endpoint",
+        &emu.url(),
+        "--timeout",
+        "10s",
+    ]);
+    cmd.env("BOOTSTAGE_AZURE_WIRESERVER", emu.url())
+        .env("BOOTSTAGE_AZURE_REPORT_READY", "true");
+    let out = common::run(cmd).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let statuses: Vec<_> = emu.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses[..4], [Some(410); 4], "{statuses:?}");
+    assert!(
+        statuses[4..].iter().all(|s| *s == Some(200)),
+        "{statuses:?}"
+    );
+    assert!(sb.read("params.json").is_some());
+}

@@ -39,7 +39,8 @@
 //! long-polled with `?wait_for_change=true` and ETags (`gcp.rs` says how, and how a test
 //! changes them: `Emulator::set_gcp`, `PUT /_emulator/gcp/KEY`); 404 for anything else.
 //! EC2's paths answer 404 there.
-//! `hang_first` and `unavailable_first` apply to both flavors.
+//! `hang_first`, `unavailable_first` and `gone_first` (410, as Azure's services answer
+//! early in a boot) apply to every flavor.
 //!
 //! Azure's Instance Metadata Service, with `flavor: azure` (`--flavor azure`), as
 //! Microsoft documents it: every request needs `Metadata: true` and no `X-Forwarded-For`
@@ -134,6 +135,9 @@ pub struct Config {
     pub hang_first: u64,
     /// The next N requests get 503.
     pub unavailable_first: u64,
+    /// The next N requests get 410 Gone: Azure's IMDS and wireserver early in a boot
+    /// ("retry after some time", as Microsoft documents it).
+    pub gone_first: u64,
     /// The first N token PUTs never get an answer (a slow or lost one, or the hop limit).
     pub hang_token_first: u64,
     /// Retry-After (seconds) on those 503s.
@@ -635,6 +639,9 @@ impl Shared {
                 .map(|s| vec![("retry-after", s.to_string())])
                 .unwrap_or_default();
             return Reply::Answer(StatusCode::SERVICE_UNAVAILABLE, extra, Vec::new());
+        }
+        if n < config.hang_first + config.unavailable_first + config.gone_first {
+            return answer(StatusCode::GONE, "");
         }
         match config.flavor {
             Flavor::Aws => self.aws(&config, method, path, headers),
