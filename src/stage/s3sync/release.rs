@@ -207,21 +207,16 @@ pub(super) async fn gate(
     // The hook here, not after the pass: the app must serve the new trees before they
     // are checked.
     if let Some(hook) = &hooks.on_change {
-        let owing = |(r, d): &(Report, Destination)| r.swapped || d.owes_hook();
-        let owed = held
+        let owing: Vec<Option<Owing>> = held
             .iter()
-            .any(|h| h.as_ref().is_some_and(|(_, d)| d.owes_hook()));
-        if owed || !also.is_empty() {
-            let changed: Vec<String> = also
-                .iter()
-                .cloned()
-                .chain(
-                    held.iter()
-                        .zip(specs)
-                        .filter(|(h, _)| h.as_ref().is_some_and(owing))
-                        .map(|(_, spec)| spec.to.display().to_string()),
-                )
-                .collect();
+            .map(|h| {
+                h.as_ref().map(|(r, d)| Owing {
+                    swapped: r.swapped,
+                    owes: d.owes_hook(),
+                })
+            })
+            .collect();
+        if let Some(changed) = first_hook(also, specs, &owing) {
             hooks.notifier.reloading();
             run_hook(hook, &changed.join(":"), hooks.limit).await;
             hooked = true;
@@ -231,7 +226,66 @@ pub(super) async fn gate(
             }
         }
     }
-    let verdicts = futures_util::future::join_all(needs.iter().zip(specs).zip(&held).map(
+    let verdicts = verify_all(&needs, specs, &held).await;
+    let (results, mut kept) = settled(needs, specs, held, verdicts);
+    if let Some(hook) = &hooks.on_change {
+        let back: Vec<String> = kept
+            .iter()
+            .filter(|(_, d)| d.owes_hook())
+            .map(|(spec, _)| spec.to.display().to_string())
+            .collect();
+        if !back.is_empty() {
+            if !hooked {
+                hooks.notifier.reloading();
+            }
+            run_hook(hook, &back.join(":"), hooks.limit).await;
+            hooked = true;
+            named.extend(back);
+            for (_, dest) in kept.iter_mut() {
+                dest.hook_paid();
+            }
+        }
+    }
+    notices(&mut kept, hooks).await;
+    Gated {
+        results,
+        hooked,
+        named,
+    }
+}
+
+/// A destination after its pass, as far as the change hook is concerned.
+#[derive(Debug, Clone, Copy)]
+struct Owing {
+    /// The pass swapped a new generation in.
+    swapped: bool,
+    /// Its record owes the hook (this run's swap or rollback, or an earlier run's).
+    owes: bool,
+}
+
+/// Whether `--on-change` runs before the verifies, and what it names: only when a
+/// destination's record owes it, or `also` names something; then `also`, and each
+/// destination (`owing`, one per spec, `None` for a failed pass) that swapped or is owed.
+fn first_hook(also: &[String], specs: &[SyncSpec], owing: &[Option<Owing>]) -> Option<Vec<String>> {
+    let owed = owing.iter().flatten().any(|o| o.owes);
+    if !owed && also.is_empty() {
+        return None;
+    }
+    let destinations = owing
+        .iter()
+        .zip(specs)
+        .filter(|(o, _)| o.is_some_and(|o| o.swapped || o.owes))
+        .map(|(_, spec)| spec.to.display().to_string());
+    Some(also.iter().cloned().chain(destinations).collect())
+}
+
+/// Every verify a destination needs, at once; `None` for one that needs none.
+async fn verify_all(
+    needs: &[Needs],
+    specs: &[SyncSpec],
+    held: &[Option<(Report, Destination)>],
+) -> Vec<Option<Result<(), String>>> {
+    futures_util::future::join_all(needs.iter().zip(specs).zip(held).map(
         |((need, spec), held)| async move {
             let (Needs::Verify, Some(verify), Some((_, dest))) = (need, &spec.verify, held) else {
                 return None;
@@ -240,7 +294,20 @@ pub(super) async fn gate(
             Some(run_verify(verify, spec, new).await)
         },
     ))
-    .await;
+    .await
+}
+
+/// The destinations still held after the verifies, each with its spec.
+type Kept<'s> = Vec<(&'s SyncSpec, Destination)>;
+
+/// Acts on each verdict (`settle`): one result per destination, in order, and the
+/// destinations still held, for the hook and the notices owed.
+fn settled(
+    needs: Vec<Needs>,
+    specs: &[SyncSpec],
+    held: Vec<Option<(Report, Destination)>>,
+    verdicts: Vec<Option<Result<(), String>>>,
+) -> (Vec<Result<Report, SyncError>>, Kept<'_>) {
     let mut results = Vec::new();
     let mut kept = Vec::new();
     for (((need, spec), held), verdict) in needs.into_iter().zip(specs).zip(held).zip(verdicts) {
@@ -261,24 +328,12 @@ pub(super) async fn gate(
             }
         }
     }
-    if let Some(hook) = &hooks.on_change {
-        let back: Vec<String> = kept
-            .iter()
-            .filter(|(_, d)| d.owes_hook())
-            .map(|(spec, _)| spec.to.display().to_string())
-            .collect();
-        if !back.is_empty() {
-            if !hooked {
-                hooks.notifier.reloading();
-            }
-            run_hook(hook, &back.join(":"), hooks.limit).await;
-            hooked = true;
-            named.extend(back);
-            for (_, dest) in kept.iter_mut() {
-                dest.hook_paid();
-            }
-        }
-    }
+    (results, kept)
+}
+
+/// The `release_failed` notices owed, each mark gone once it was delivered (or failed to
+/// be).
+async fn notices(kept: &mut [(&SyncSpec, Destination)], hooks: &Hooks) {
     for (spec, dest) in kept.iter_mut() {
         let Some(failed) = dest.notice_owed().cloned() else {
             continue;
@@ -298,11 +353,6 @@ pub(super) async fn gate(
             tracing::warn!("the release_failed notice: {e}");
         }
         dest.notice_sent();
-    }
-    Gated {
-        results,
-        hooked,
-        named,
     }
 }
 
@@ -457,5 +507,60 @@ pub(crate) async fn run_hook(hook: &str, changed: &str, limit: Duration) {
         Ok(status) if status.success() => tracing::info!("--on-change hook done"),
         Ok(status) => tracing::error!("--on-change hook {}", child::describe(status)),
         Err(e) => tracing::error!("--on-change hook: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_hook_runs_for_what_is_owed_it_and_names_every_swap() {
+        let specs: Vec<SyncSpec> = ["/srv/a", "/srv/b", "/srv/c"]
+            .iter()
+            .map(|to| SyncSpec::plain("s3://b/p/", std::path::Path::new(to)))
+            .collect();
+        let o = |swapped, owes| Some(Owing { swapped, owes });
+        let none = || Vec::<String>::new();
+        let state = || vec!["/state".to_string()];
+        // (also, each destination: None for a failed pass) → what the hook names, if it
+        // runs.
+        type Case = (Vec<String>, [Option<Owing>; 3], Option<Vec<&'static str>>);
+        let cases: [Case; 7] = [
+            (none(), [None, None, None], None),
+            // A swap that recorded no hook owed (the first pass, no verify): no hook.
+            (none(), [o(true, false), o(false, false), None], None),
+            (
+                none(),
+                [o(true, true), o(false, false), None],
+                Some(vec!["/srv/a"]),
+            ),
+            // Owed by an earlier run that ended before the hook returned.
+            (
+                none(),
+                [o(false, false), o(false, true), None],
+                Some(vec!["/srv/b"]),
+            ),
+            // Once it runs, it names every swap.
+            (
+                none(),
+                [o(true, false), o(false, false), o(true, true)],
+                Some(vec!["/srv/a", "/srv/c"]),
+            ),
+            (state(), [None, o(false, false), None], Some(vec!["/state"])),
+            (
+                state(),
+                [o(true, false), None, o(false, true)],
+                Some(vec!["/state", "/srv/a", "/srv/c"]),
+            ),
+        ];
+        for (also, owing, expected) in cases {
+            let expected = expected.map(|e| e.iter().map(|n| n.to_string()).collect::<Vec<_>>());
+            assert_eq!(
+                first_hook(&also, &specs, &owing),
+                expected,
+                "{also:?} {owing:?}"
+            );
+        }
     }
 }
