@@ -17,7 +17,8 @@
 //!   `vmSize` → instance-type, `subscriptionId` → account-id, `osProfile.computerName`
 //!   (else `name`) → local-hostname, the first interface's first private IPv4 address →
 //!   local-ipv4 and its `macAddress` → mac (`00:0d:3a:…`, as EC2 writes it),
-//!   `tagsList` → tags.
+//!   `tagsList` → tags; and Azure's own `name` → instance-name, `resourceGroupName` →
+//!   resource-group.
 //! - Azure's IMDS allows about 5 requests a second: retries back off (`retry::BACKOFF`),
 //!   throttling (429) and `410 Gone` (the service not ready yet) are waited out, with
 //!   Retry-After when given; every request is bounded by `--request-timeout` and the stage
@@ -113,6 +114,7 @@ struct Compute {
     vm_size: Option<String>,
     subscription_id: Option<String>,
     name: Option<String>,
+    resource_group_name: Option<String>,
     os_profile: Option<OsProfile>,
     tags_list: Option<Vec<Tag>>,
 }
@@ -304,7 +306,10 @@ fn facts_of(path: &str, endpoint: &str, answer: &Answer) -> Result<Facts, ImdsEr
         availability_zone: present(c.zone),
         instance_type: present(c.vm_size),
         account_id: present(c.subscription_id),
-        local_hostname: present(c.os_profile.and_then(|p| p.computer_name)).or(present(c.name)),
+        local_hostname: present(c.os_profile.and_then(|p| p.computer_name))
+            .or(present(c.name.clone())),
+        instance_name: present(c.name),
+        resource_group: present(c.resource_group_name),
         local_ipv4: ip,
         mac,
         tags,

@@ -9,7 +9,9 @@
 //! IMDS exposes them, in a single attempt: they are absent while an auto-scaling
 //! lifecycle hook holds the instance, so waiting for them could hang a boot.
 //! On Compute Engine they come from its metadata server (`imds::gcp`), under the same
-//! names where they mean the same thing, plus `project-id`.
+//! names where they mean the same thing, plus `project-id`; on Azure (`imds::azure`) and
+//! OpenStack (`imds::openstack`) likewise, plus `instance-name` (the VM's or server's
+//! name) and on Azure `resource-group`.
 //! Off-cloud (`--user-data-file`) they come from `--fact NAME=VALUE` flags or are absent,
 //! and `instance.json` says so in its `source` field.
 
@@ -21,7 +23,7 @@ use crate::imds::{Client, ImdsError};
 use crate::state::envfile::{self, Env, ExportError, FACT_PREFIX};
 
 /// The fact names, as `--fact` takes them; exported as `BOOTSTAGE_INSTANCE_ID` etc.
-pub const NAMES: [&str; 11] = [
+pub const NAMES: [&str; 13] = [
     "instance-id",
     "region",
     "availability-zone",
@@ -33,6 +35,8 @@ pub const NAMES: [&str; 11] = [
     "mac",
     "target-lifecycle-state",
     "project-id",
+    "instance-name",
+    "resource-group",
 ];
 
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -58,6 +62,12 @@ pub struct Facts {
     /// On Compute Engine: the project's id. Left out of `instance.json` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_id: Option<String>,
+    /// On Azure and OpenStack: the VM's (server's) name. Left out when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_name: Option<String>,
+    /// On Azure: the VM's resource group. Left out when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_group: Option<String>,
     /// Instance tags, when IMDS exposes them; `null` otherwise.
     pub tags: Option<BTreeMap<String, String>>,
 }
@@ -83,7 +93,7 @@ impl Facts {
     }
 
     /// The facts by their `NAMES` entry, in that order.
-    pub fn named(&self) -> [(&'static str, Option<&str>); 11] {
+    pub fn named(&self) -> [(&'static str, Option<&str>); 13] {
         let values = [
             &self.instance_id,
             &self.region,
@@ -96,6 +106,8 @@ impl Facts {
             &self.mac,
             &self.target_lifecycle_state,
             &self.project_id,
+            &self.instance_name,
+            &self.resource_group,
         ];
         std::array::from_fn(|i| (NAMES[i], values[i].as_deref()))
     }
@@ -113,6 +125,8 @@ impl Facts {
             "mac" => &mut self.mac,
             "target-lifecycle-state" => &mut self.target_lifecycle_state,
             "project-id" => &mut self.project_id,
+            "instance-name" => &mut self.instance_name,
+            "resource-group" => &mut self.resource_group,
             _ => return None,
         })
     }
@@ -172,6 +186,8 @@ impl Facts {
             target_lifecycle_state: target_lifecycle_state?,
             pending_time: doc.pending_time,
             project_id: None,
+            instance_name: None,
+            resource_group: None,
             tags,
         })
     }

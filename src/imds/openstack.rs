@@ -17,7 +17,8 @@
 //!   deadline, retried with `base::retry`'s policies; no proxy, no redirects.
 //! - The facts, under EC2's names where they mean the same thing: `uuid` → instance-id,
 //!   `availability_zone` → availability-zone, `hostname` → local-hostname, `project_id`
-//!   → project-id (as GCP's), `meta` (the server's metadata key/value pairs) → tags.
+//!   → project-id (as GCP's), `name` → instance-name (as Azure's), `meta` (the server's
+//!   metadata key/value pairs) → tags.
 //!   Nova's metadata names no region, instance type or address.
 //!
 //! How each answer is handled lives in one place: [`verdict`].
@@ -127,6 +128,7 @@ pub struct Client {
 #[serde(default)]
 struct MetaData {
     uuid: Option<String>,
+    name: Option<String>,
     hostname: Option<String>,
     availability_zone: Option<String>,
     project_id: Option<String>,
@@ -310,6 +312,7 @@ fn facts_of(what: &str, body: &[u8]) -> Result<Facts, ImdsError> {
         instance_id: Some(instance_id),
         availability_zone: present(doc.availability_zone),
         local_hostname: present(doc.hostname),
+        instance_name: present(doc.name),
         project_id: present(doc.project_id),
         tags,
         ..Facts::default()
@@ -377,6 +380,7 @@ mod tests {
         );
         assert_eq!(facts.availability_zone.as_deref(), Some("nova"));
         assert_eq!(facts.local_hostname.as_deref(), Some("web-1.novalocal"));
+        assert_eq!(facts.instance_name.as_deref(), Some("web-1"));
         assert_eq!(
             facts.tags,
             Some([("n".into(), "2".into()), ("role".into(), "web".into())].into())

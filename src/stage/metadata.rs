@@ -183,9 +183,15 @@ async fn fetch(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<
     let missing: Vec<&str> = facts
         .named()
         .iter()
-        // Outside an auto scaling group there is no target lifecycle state, and outside GCP
-        // no project: not gaps.
-        .filter(|f| f.1.is_none() && f.0 != "target-lifecycle-state" && f.0 != "project-id")
+        // Outside an auto scaling group there is no target lifecycle state, and a project,
+        // an instance name or a resource group only some providers have: not gaps.
+        .filter(|f| {
+            f.1.is_none()
+                && !matches!(
+                    f.0,
+                    "target-lifecycle-state" | "project-id" | "instance-name" | "resource-group"
+                )
+        })
         .map(|f| f.0)
         .collect();
     if !missing.is_empty() {

@@ -470,8 +470,9 @@ async fn the_same_user_data_gives_the_same_parameters_on_every_provider() {
 }
 
 /// Azure's facts under the names EC2's use where they mean the same thing (the
-/// subscription as the account, the MAC as EC2 writes it, tagsList as tags); every
-/// request carried `Metadata: true` and a documented api-version.
+/// subscription as the account, the computer name as the host's, the MAC as EC2 writes
+/// it, tagsList as tags), plus the VM's name and resource group; every request carried
+/// `Metadata: true` and a documented api-version.
 #[tokio::test(flavor = "multi_thread")]
 async fn azure_facts_map_to_the_same_names() {
     let config = Config {
@@ -481,6 +482,7 @@ async fn azure_facts_map_to_the_same_names() {
                 ("Env Name".into(), "prod".into()),
             ]
             .into(),
+            computer_name: "web1host".into(),
             ..AzureInstance::default()
         },
         ..aws(PARAMS.as_bytes())
@@ -494,11 +496,13 @@ async fn azure_facts_map_to_the_same_names() {
             "BOOTSTAGE_ACCOUNT_ID=\"8d10da13-8125-4ba9-a717-bf7490507b3d\"",
             "BOOTSTAGE_AVAILABILITY_ZONE=\"2\"",
             "BOOTSTAGE_INSTANCE_ID=\"02aab8a4-74ef-476e-8182-f6d2ba4166a6\"",
+            "BOOTSTAGE_INSTANCE_NAME=\"web-1\"",
             "BOOTSTAGE_INSTANCE_TYPE=\"Standard_B2s\"",
-            "BOOTSTAGE_LOCAL_HOSTNAME=\"web-1\"",
+            "BOOTSTAGE_LOCAL_HOSTNAME=\"web1host\"",
             "BOOTSTAGE_LOCAL_IPV4=\"10.1.0.4\"",
             "BOOTSTAGE_MAC=\"00:0d:3a:2b:4c:5e\"",
             "BOOTSTAGE_REGION=\"westeurope\"",
+            "BOOTSTAGE_RESOURCE_GROUP=\"bootstage-rg\"",
             "BOOTSTAGE_TAG_ENV_NAME=\"prod\"",
             "BOOTSTAGE_TAG_ROLE=\"web\"",
         ]
@@ -516,8 +520,10 @@ async fn azure_facts_map_to_the_same_names() {
             "ami_id": null,
             "account_id": "8d10da13-8125-4ba9-a717-bf7490507b3d",
             "local_ipv4": "10.1.0.4",
-            "local_hostname": "web-1",
+            "local_hostname": "web1host",
             "mac": "00:0d:3a:2b:4c:5e",
+            "instance_name": "web-1",
+            "resource_group": "bootstage-rg",
             "target_lifecycle_state": null,
             "pending_time": null,
             "tags": {"Env Name": "prod", "role": "web"},
@@ -539,7 +545,7 @@ async fn azure_facts_map_to_the_same_names() {
 }
 
 /// OpenStack's facts, the same from the metadata service and from a config drive: the
-/// uuid as the instance id, the project as GCP's, `meta` as tags.
+/// uuid as the instance id, the project as GCP's, the name as Azure's, `meta` as tags.
 #[tokio::test(flavor = "multi_thread")]
 async fn openstack_facts_map_to_the_same_names() {
     let config = Config {
@@ -558,6 +564,7 @@ async fn openstack_facts_map_to_the_same_names() {
             [
                 "BOOTSTAGE_AVAILABILITY_ZONE=\"nova\"",
                 "BOOTSTAGE_INSTANCE_ID=\"d8e02d56-2648-49a3-bf97-6be8f1204f38\"",
+                "BOOTSTAGE_INSTANCE_NAME=\"web-1\"",
                 "BOOTSTAGE_LOCAL_HOSTNAME=\"web-1.novalocal\"",
                 "BOOTSTAGE_PROJECT_ID=\"f7ac731cc11f40efbc03a9f9e1d1d21f\"",
                 "BOOTSTAGE_TAG_ROLE=\"web\"",
