@@ -150,6 +150,17 @@ pub(crate) fn on_gcp(state: &StateDir) -> bool {
     Facts::of(state).is_some_and(|f| f.source == "gcp")
 }
 
+/// On GCP, the signals of a boot have no one to go to: said, and nothing sent.
+fn nothing_to_tell_on_gcp(state: &StateDir) -> bool {
+    let gcp = on_gcp(state);
+    if gcp {
+        tracing::info!(
+            "on Compute Engine: no auto scaling group or CloudFormation stack to tell (bootstage.lifecycle.asg and .cloudformation are AWS's)"
+        );
+    }
+    gcp
+}
+
 /// The instance's facts: `instance.json`, else IMDS (the metadata stage may have failed).
 pub(crate) async fn whoami(state: &StateDir) -> Result<Facts> {
     identity::whoami(state)
@@ -326,6 +337,9 @@ pub async fn ready(state: &StateDir, settings: &Settings, from_app: bool) -> Res
         tracing::info!("no bootstage.lifecycle: no orchestrator to tell");
         return Ok(());
     };
+    if nothing_to_tell_on_gcp(state) {
+        return Ok(());
+    }
     // In a warm pool the app does not run: the action of entering the pool is ours to
     // complete whatever `complete_on` says (the app completes the one of leaving it).
     if !from_app && config.complete_on == CompleteOn::App && !warm_boot(state) {
@@ -400,6 +414,9 @@ pub async fn failure(
     let Some(config) = config(state, &settings.config)? else {
         return Ok(None);
     };
+    if nothing_to_tell_on_gcp(state) {
+        return Ok(None);
+    }
     let Some(hold_for) = config
         .asg
         .as_ref()
@@ -807,7 +824,8 @@ pub fn unwatched(state: &StateDir, settings: &Settings) -> bool {
         .ok()
         .flatten()
         .is_some_and(|r| r.watcher_started_at.is_some());
-    configured && !started
+    // On GCP there is no launch hook to keep alive: nothing is missing.
+    configured && !started && !on_gcp(state)
 }
 
 /// The lines `bootstage status` prints for the record.

@@ -103,12 +103,12 @@ impl Rig {
         }
     }
 
-    /// The watcher, pointed at the emulator (and Auto Scaling at the lifecycle emulator),
-    /// its ticker at `poll_every`, stopping units through the double.
+    /// The watcher, pointed at the emulator, its ticker at `poll_every`, stopping units
+    /// through the double.
     fn watch(&self, poll_every: &str) -> tokio::process::Child {
         let url = self.emu.url();
         let systemctl = self.systemctl();
-        let mut cmd = self.sb.command(&[
+        self.command(&[
             "lifecycle",
             "watch",
             "--imds-endpoint",
@@ -117,7 +117,14 @@ impl Rig {
             poll_every,
             "--systemctl",
             systemctl.to_str().unwrap(),
-        ]);
+        ])
+        .spawn()
+        .unwrap()
+    }
+
+    /// A bootstage command with Auto Scaling and CloudFormation at the lifecycle emulator.
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = self.sb.command(args);
         cmd.env("AWS_ENDPOINT_URL_AUTO_SCALING", self.orch.url())
             .env("AWS_ENDPOINT_URL_CLOUDFORMATION", self.orch.url())
             .env("AWS_ACCESS_KEY_ID", "test")
@@ -126,7 +133,7 @@ impl Rig {
             .env("AWS_CONFIG_FILE", "/dev/null")
             .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
             .env("AWS_EC2_METADATA_DISABLED", "true");
-        cmd.spawn().unwrap()
+        cmd
     }
 
     /// Until the watcher holds a long poll of each key.
@@ -226,8 +233,9 @@ impl Rig {
 /// A Spot VM preempted: `instance/preempted` turns TRUE while the watcher long-polls it;
 /// drain.d runs once with the reason `preempted` and a deadline 30 s (the notice) less the
 /// margin after the change, then the units are stopped in order; the record, `status` and
-/// the notice say so. With a termination hook configured, nothing of Auto Scaling is
-/// asked (said once in the log), and a restarted watcher drains nothing again.
+/// the notice say so. With launch and termination hooks configured, nothing of Auto
+/// Scaling is asked, neither by the ready notice nor by the watcher (said once in its
+/// log), and a restarted watcher drains nothing again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_preempted_vm_drains_once_and_asks_nothing_of_aws() {
     let lifecycle = json!({
@@ -242,6 +250,20 @@ async fn a_preempted_vm_drains_once_and_asks_nothing_of_aws() {
             "env -0 > {d}/hook-env\necho x >> {d}/drains",
             d = dir.display()
         ),
+    );
+    let ready = common::run(rig.command(&["notify", "ready"])).await;
+    assert_eq!(ready.code, 0, "{}", ready.stderr);
+    assert!(
+        ready
+            .stderr
+            .contains("on Compute Engine: no auto scaling group or CloudFormation stack to tell"),
+        "{}",
+        ready.stderr
+    );
+    assert!(
+        !ready.stderr.contains("never started"),
+        "no launch hook is missing a watcher on GCP: {}",
+        ready.stderr
     );
     let watcher = rig.watch("1h");
     rig.long_polling().await;
