@@ -619,14 +619,7 @@ impl Syncer {
                             "{}: {e}; syncing again in {sleep:.1?} (retry {attempt})",
                             spec.to.display()
                         );
-                        let why = match e {
-                            SyncError::Source(
-                                SourceError::Failed { why, .. }
-                                | SourceError::Throttled { why, .. },
-                            ) => why.clone(),
-                            other => other.to_string(),
-                        };
-                        *last_error.lock().unwrap() = format!("; last error: {why}");
+                        *last_error.lock().unwrap() = last_error_of(e);
                     };
                     let passes = async {
                         match retry {
@@ -637,22 +630,31 @@ impl Syncer {
                             false => pass().await,
                         }
                     };
+                    let out_of_time = |last: String| {
+                        let limit = humantime::format_duration(self.bounds.timeout).to_string();
+                        let throttled = counters.throttled.load(Ordering::Relaxed);
+                        let last = match (last.is_empty(), throttled) {
+                            (true, 1..) => {
+                                format!("; S3 throttled downloads {throttled} times (503 SlowDown)")
+                            }
+                            _ => last,
+                        };
+                        SyncError::Deadline(spec.from.clone(), limit, last)
+                    };
                     // The deadline ends the retries; this also ends a pass that hangs. A
                     // release's verify comes after every destination's pass, under its own
-                    // bounds (`release::gate`).
-                    tokio::time::timeout(self.bounds.timeout, passes)
-                        .await
-                        .unwrap_or_else(|_| {
-                            let limit = humantime::format_duration(self.bounds.timeout).to_string();
-                            let mut last = std::mem::take(&mut *last_error.lock().unwrap());
-                            let throttled = counters.throttled.load(Ordering::Relaxed);
-                            if last.is_empty() && throttled > 0 {
-                                last = format!(
-                                    "; S3 throttled downloads {throttled} times (503 SlowDown)"
-                                );
-                            }
-                            Err(SyncError::Deadline(spec.from.clone(), limit, last))
-                        })
+                    // bounds (`release::gate`). The retries give up a moment before the
+                    // deadline when no attempt fits: a transient error then is the deadline
+                    // too, whichever of the two ended first.
+                    match tokio::time::timeout(self.bounds.timeout, passes).await {
+                        Err(_) => Err(out_of_time(std::mem::take(
+                            &mut *last_error.lock().unwrap(),
+                        ))),
+                        Ok(Err(e)) if retry && e.retry_after().is_some() => {
+                            Err(out_of_time(last_error_of(&e)))
+                        }
+                        Ok(result) => result,
+                    }
                 }
             });
         let results = futures_util::future::join_all(passes).await;
@@ -838,6 +840,17 @@ fn summarize(reports: &[Report]) -> String {
         "synced {} destination(s): {objects} objects, {downloaded} downloaded, {swapped} swapped in",
         reports.len()
     )
+}
+
+/// What a pass that ran out of time failed with last, for [`SyncError::Deadline`].
+fn last_error_of(e: &SyncError) -> String {
+    let why = match e {
+        SyncError::Source(SourceError::Failed { why, .. } | SourceError::Throttled { why, .. }) => {
+            why.clone()
+        }
+        other => other.to_string(),
+    };
+    format!("; last error: {why}")
 }
 
 #[cfg(test)]
