@@ -1,7 +1,8 @@
 //! The bottom layer, used by everything above and using nothing of bootstage's: the retry
 //! policy and deadlines, bounded child processes, sd_notify, logging, SIGTERM as a future
-//! (`stop`), the plain HTTP(S) client's construction (`http`).
+//! (`stop`), the plain HTTP(S) client's construction (`http`), how busy the process is (`busy`).
 
+pub mod busy;
 pub mod child;
 pub mod duration;
 pub mod exit;

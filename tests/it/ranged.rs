@@ -290,6 +290,90 @@ async fn a_part_that_fails_is_fetched_again_alone() {
     );
 }
 
+/// A part read ahead (parts too small to time the first by, so they come in parallel)
+/// whose body is cut off is fetched again on its own, as the first part is above: one
+/// more ranged GET of the rest of that part, and the tree exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_part_read_ahead_that_fails_is_fetched_again_alone() {
+    const KIB: usize = 1024;
+    let bucket = moto().bucket("ranged-ahead").await;
+    let (tar, contents) = files(&[MIB + 5 * KIB], 7);
+    bucket.put_crc64nvme("app.tar", tar.clone()).await;
+    let proxy = faults::start(
+        &moto().url,
+        Faults {
+            // Parts 0 and 1 are read as the unpacker asks; from part 2 on, ahead.
+            cut_partial_after: AtomicUsize::new(4),
+            cut_partial: AtomicUsize::new(1),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let sb = Sandbox::new();
+    let part = 128 * KIB;
+    let parts = [part as u64, part as u64, 3];
+    let out = sync_parts(&sb, "s3://ranged-ahead/app.tar", &proxy.url, parts).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(proxy.faults.injected.load(Ordering::SeqCst), 1);
+    assert_holds(&sb.path("dest/app"), &contents);
+    let asked = sorted(&proxy.faults.ranges);
+    let whole: Vec<String> = (0..tar.len().div_ceil(part))
+        .map(|i| format!("bytes={}-{}", i * part, ((i + 1) * part).min(tar.len()) - 1))
+        .collect();
+    // Every part once, and one more GET: the rest of a part read ahead (all of it, if
+    // the cut came before its first byte was read).
+    let mut again = asked.clone();
+    for range in &whole {
+        let at = again.iter().position(|r| r == range).expect(range);
+        again.remove(at);
+    }
+    assert_eq!(again.len(), 1, "{asked:?}");
+    let (from, to) = again[0][6..].split_once('-').unwrap();
+    let (from, to) = (from.parse::<usize>().unwrap(), to.parse::<usize>().unwrap());
+    assert!(from / part >= 2, "{again:?}");
+    assert_eq!(
+        to,
+        ((from / part + 1) * part).min(tar.len()) - 1,
+        "{again:?}"
+    );
+    // Read ahead on its own task, retried under the policy.
+    assert!(
+        out.stderr
+            .contains("; fetching the rest of the part again in ")
+            && out.stderr.contains("(retry 1)"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("in turn"), "{}", out.stderr);
+}
+
+/// Parts in parallel that come no faster than the first part alone (a first part that
+/// trickles in, so the network is what it waited for; then a server slow to answer each
+/// further connection, as a shared or busy one is): after the first four in parallel, the
+/// rest come in turn, one at a time, and the tree is exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn parts_come_in_turn_where_parallel_does_not_pay() {
+    let bucket = moto().bucket("ranged-turn").await;
+    let (tar, contents) = files(&[6 * MIB + 777], 8);
+    bucket.put_crc64nvme("app.tar", tar.clone()).await;
+    let proxy = faults::start(
+        &moto().url,
+        Faults {
+            trickle_first: Some(std::time::Duration::from_millis(10)),
+            delay_pinned: Some(std::time::Duration::from_secs(1)),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let sb = Sandbox::new();
+    let out = sync_parts(&sb, "s3://ranged-turn/app.tar", &proxy.url, SMALL_PARTS).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_holds(&sb.path("dest/app"), &contents);
+    assert_eq!(sorted(&proxy.faults.ranges), ranges_of(tar.len()));
+    let decided = "s3://ranged-turn/app.tar: the rest in turn, one part at a time: 4 parts in parallel came at ";
+    assert!(out.stderr.contains(decided), "{}", out.stderr);
+}
+
 /// The object is replaced while a ranged GET is held: that part's If-Match is answered 412
 /// and the pass fails as any change mid-sync does (75), leaving the old tree whole and no
 /// staging tree behind.

@@ -16,14 +16,24 @@
 //! object, so one HEAD with `If-Match` and the checksum mode asks for the full-object
 //! checksum while the parts download.
 //!
-//! Each part downloads on its own task and sends its bytes as they arrive; they are
-//! handed on in order, so the archive streams into the unpacker and is hashed in order.
-//! How many parts download at once adapts ([`Ranges`]), from 2 up to [`Parts::in_flight`]:
-//! all of them on a link slower than the unpacker, fewer on a fast one.
-//! Memory: at most `in_flight` parts exist, each holding at most its range's bytes not yet
-//! handed on: `in_flight × size` (64 MiB by default; a bundle of at most `above` bytes, at
-//! most its size), plus the chunks in the unpacker's channel. A part whose GET fails is
-//! fetched again on its own, from its first byte not yet received, under the retry policy
+//! The parts are handed on in order, so the archive streams into the unpacker and is
+//! hashed in order. The first part is read as the unpacker asks, while the next one's GET
+//! is sent; how it came decides how the rest come ([`Ranges`]):
+//! - **in parallel**, each part on its own task, its bytes kept until their turn, from 2 up
+//!   to [`Parts::in_flight`] at once (all of them on a link slower than the unpacker,
+//!   fewer on a fast one): where the network is what the bytes wait for, as on S3, which
+//!   serves each connection at about 90 MB/s;
+//! - **in turn**, one part at a time read as the unpacker asks, the next one's GET sent
+//!   ahead: where this process's CPU is what they wait for (it was busy, on a CPU or
+//!   waiting for one, half the time the first part took), or where the first parts in
+//!   parallel came no faster than the first alone (a shared or busy server, many
+//!   instances on one host). More connections would bring only more work there.
+//!
+//! Memory: at most `in_flight` parts exist, each holding at most its range's bytes not
+//! yet handed on: `in_flight × size` (64 MiB by default; a bundle of at most `above`
+//! bytes, at most its size), plus the chunks in the unpacker's channel; a part read in
+//! turn holds none (its bytes wait in the socket). A part whose GET fails is fetched again
+//! on its own, from its first byte not yet received, under the retry policy
 //! ([`retry::BACKOFF`]) until the pass's deadline. The whole object is verified as a
 //! single GET is: the full-object checksum the HEAD answered is computed here over the
 //! parts in order (where S3 has only a composite checksum, as for one GET, the size and
@@ -35,6 +45,7 @@ use std::path::PathBuf;
 use aws_sdk_s3::Client;
 use aws_smithy_types::error::display::DisplayErrorContext;
 
+use crate::base::busy::Busy;
 use crate::base::retry::{self, Deadline};
 use crate::sync::archive::Format;
 use crate::sync::fsat;
@@ -479,25 +490,13 @@ struct PartGet {
 }
 
 impl PartGet {
-    /// Sends part `index`'s bytes on `tx` as they arrive: from `first` (the first GET's
-    /// body, for part 0), else by ranged GETs; a GET that fails part way is followed by
-    /// one of the bytes still missing, retried until the deadline. A failure that is not
-    /// retried is sent as the part's last item. Stops when `tx`'s receiver is gone.
-    async fn fetch(self: Arc<Self>, index: u64, first: Option<ByteStream>, tx: PartSender) {
+    /// Sends part `index`'s bytes on `tx` as they arrive, by ranged GETs; a GET that fails
+    /// part way is followed by one of the bytes still missing, retried until the deadline.
+    /// A failure that is not retried is sent as the part's last item. Stops when `tx`'s
+    /// receiver is gone.
+    async fn fetch(self: Arc<Self>, index: u64, tx: PartSender) {
         let (start, end) = self.layout.range(index);
         let got = AtomicU64::new(start);
-        if let Some(body) = first {
-            match self.read(body, &got, end, &tx).await {
-                Ok(()) => return,
-                Err(SourceError::Failed { why, .. }) => {
-                    tracing::warn!(key = %self.key, part = index, "{why}; fetching the rest of the part again");
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            }
-        }
         let on_retry = |e: &SourceError, attempt: u32, sleep: std::time::Duration| {
             tracing::warn!(key = %self.key, part = index, "{e}; fetching the rest of the part again in {sleep:.1?} (retry {attempt})");
         };
@@ -556,7 +555,13 @@ impl PartGet {
 
     /// One ranged GET of bytes `got..end`, pinned to the ETag, sent on `tx`.
     async fn get(&self, got: &AtomicU64, end: u64, tx: &PartSender) -> Result<(), SourceError> {
-        let start = got.load(Ordering::Relaxed);
+        let body = self.open(got.load(Ordering::Relaxed), end).await?;
+        self.read(body, got, end, tx).await
+    }
+
+    /// The body of one ranged GET of bytes `start..end`, pinned to the ETag; its answer
+    /// checked (the ETag, the range).
+    async fn open(&self, start: u64, end: u64) -> Result<ByteStream, SourceError> {
         // No checksum mode: S3 answers none for a range, and a server that sent the
         // whole object's would fail the part. The whole object is verified in order.
         let answer = self
@@ -597,11 +602,27 @@ impl PartGet {
                 ),
             });
         }
-        self.read(answer.body, got, end, tx).await
+        Ok(answer.body)
     }
 
-    /// The bytes of `body` from `got` up to `end` (it may go on past them), sent on `tx`
-    /// as they come; `got` counts them.
+    /// [`PartGet::open`], retried until the deadline.
+    async fn open_retrying(
+        &self,
+        index: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<ByteStream, SourceError> {
+        let on_retry = |e: &SourceError, attempt: u32, sleep: std::time::Duration| {
+            tracing::warn!(key = %self.key, part = index, "{e}; asking for the part again in {sleep:.1?} (retry {attempt})");
+        };
+        retry::until_deadline(retry::BACKOFF, self.deadline, on_retry, || {
+            self.open(start, end)
+        })
+        .await
+    }
+
+    /// The bytes of `body` from `got` up to `end`, sent on `tx` as they come; `got`
+    /// counts them.
     async fn read(
         &self,
         mut body: ByteStream,
@@ -615,32 +636,46 @@ impl PartGet {
             if at >= end {
                 return Ok(());
             }
-            let mut chunk = match body.next().await {
-                Some(Ok(chunk)) => chunk,
-                Some(Err(e)) => {
-                    return Err(SourceError::Failed {
-                        url: self.url.clone(),
-                        why: format!("{}: bytes from {at}: {}", self.key, DisplayErrorContext(&e)),
-                    });
-                }
-                None => {
-                    return Err(SourceError::Failed {
-                        url: self.url.clone(),
-                        why: format!(
-                            "{}: the range from byte {start} ended at {at}, before {end}",
-                            self.key
-                        ),
-                    });
-                }
-            };
-            if at + chunk.len() as u64 > end {
-                chunk.truncate((end - at) as usize);
-            }
+            let chunk = self.chunk(&mut body, start, at, end).await?;
             got.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             if tx.send(Ok(chunk)).is_err() {
                 return Ok(());
             }
         }
+    }
+
+    /// The next chunk of a part's `body` that began at byte `start`, is at `at` and ends
+    /// at `end` (cut there: a body may go on past it); a failure or an early end is
+    /// [`SourceError::Failed`], which is retried.
+    async fn chunk(
+        &self,
+        body: &mut ByteStream,
+        start: u64,
+        at: u64,
+        end: u64,
+    ) -> Result<Bytes, SourceError> {
+        let mut chunk = match body.next().await {
+            Some(Ok(chunk)) => chunk,
+            Some(Err(e)) => {
+                return Err(SourceError::Failed {
+                    url: self.url.clone(),
+                    why: format!("{}: bytes from {at}: {}", self.key, DisplayErrorContext(&e)),
+                });
+            }
+            None => {
+                return Err(SourceError::Failed {
+                    url: self.url.clone(),
+                    why: format!(
+                        "{}: the range from byte {start} ended at {at}, before {end}",
+                        self.key
+                    ),
+                });
+            }
+        };
+        if at + chunk.len() as u64 > end {
+            chunk.truncate((end - at) as usize);
+        }
+        Ok(chunk)
     }
 }
 
@@ -648,45 +683,206 @@ impl PartGet {
 /// and bounded all the same: a part is at most its range's bytes.
 type PartSender = tokio::sync::mpsc::UnboundedSender<Result<Bytes, SourceError>>;
 
-/// A part being fetched on its own task, and its bytes as they come; dropping it (the
-/// pass ends: its deadline, SIGTERM, an error) stops the fetch.
-struct Part {
+/// A part in the queue: read ahead on its own task, or read only as the unpacker asks.
+enum Part {
+    Ahead(Ahead),
+    Inline(Inline),
+}
+
+/// A part being fetched on its own task, its bytes kept until their turn; dropping it
+/// (the pass ends: its deadline, SIGTERM, an error) stops the fetch.
+struct Ahead {
     rx: tokio::sync::mpsc::UnboundedReceiver<Result<Bytes, SourceError>>,
     task: tokio::task::JoinHandle<()>,
     /// Its bytes not yet handed on.
     left: u64,
 }
 
-impl Drop for Part {
+impl Drop for Ahead {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
-/// The fewest parts downloading at once: the one handed on and the next.
+/// A part read as the unpacker asks, with no copy of its bytes in between: its GET is
+/// sent ahead of its turn (on a task, so the answer is there when the turn comes), and
+/// its body waits in the socket, which TCP's flow control bounds. A body that fails part
+/// way is asked for again from the first byte it lacks, after a wait of the retry policy.
+struct Inline {
+    index: u64,
+    /// The GET sent ahead, until it answered.
+    open: Option<tokio::task::JoinHandle<Result<ByteStream, SourceError>>>,
+    body: Option<ByteStream>,
+    start: u64,
+    /// The next byte, and the end.
+    got: u64,
+    end: u64,
+    /// Waits before asking again after a body failed part way.
+    backoff: Box<dyn Iterator<Item = std::time::Duration> + Send>,
+}
+
+impl Drop for Inline {
+    fn drop(&mut self) {
+        if let Some(open) = &self.open {
+            open.abort();
+        }
+    }
+}
+
+impl Inline {
+    fn new(index: u64, (start, end): (u64, u64), body: Option<ByteStream>) -> Inline {
+        Inline {
+            index,
+            open: None,
+            body,
+            start,
+            got: start,
+            end,
+            backoff: Box::new(retry::BACKOFF.full_jitter()),
+        }
+    }
+
+    /// The next chunk; `None` once the part is whole.
+    async fn next(&mut self, get: &PartGet) -> Option<Result<Bytes, SourceError>> {
+        loop {
+            if self.got >= self.end {
+                return None;
+            }
+            let body = match self.body.take() {
+                Some(body) => body,
+                None => {
+                    let opened = match self.open.take() {
+                        Some(open) => open.await.unwrap_or_else(|e| {
+                            Err(SourceError::Failed {
+                                url: get.url.clone(),
+                                why: format!("{}: part {}'s GET ended: {e}", get.key, self.index),
+                            })
+                        }),
+                        None => get.open_retrying(self.index, self.got, self.end).await,
+                    };
+                    match opened {
+                        Ok(body) => body,
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+            };
+            let body = self.body.insert(body);
+            match get.chunk(body, self.start, self.got, self.end).await {
+                Ok(chunk) => {
+                    self.got += chunk.len() as u64;
+                    return Some(Ok(chunk));
+                }
+                Err(e) => {
+                    self.body = None;
+                    self.start = self.got;
+                    let wait = self.backoff.next().unwrap_or_default();
+                    if wait + retry::LAST_ATTEMPT > get.deadline.remaining() {
+                        return Some(Err(e));
+                    }
+                    tracing::warn!(key = %get.key, part = self.index, "{e}; fetching the rest of the part again in {wait:.1?}");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+}
+
+/// The fewest parts under way at once: the one handed on and the next.
 const MIN_WIDTH: usize = 2;
 
 /// The unpacker's wait for a part below which it is not what the network waited for.
 const HARDLY: std::time::Duration = std::time::Duration::from_micros(500);
 
-/// The parts of one object, handed on in order as they arrive, several downloading at
-/// once: as many as keep the unpacker fed, up to `in_flight`. Each time the part being
-/// handed on has no bytes ready, the network is what the unpacker waits for, and one
-/// more part may download at once; each time the next part is already whole when its turn
-/// comes and the unpacker hardly waited for the part before ([`HARDLY`]), one fewer. So a link slower than the unpacker (S3's ~90 MB/s a connection) gets
-/// `in_flight` connections, and a fast one (loopback, a CPU-bound instance) reads ahead
-/// fewer parts, sparing memory, page faults and cold copies it has no use for (measured:
-/// 70 MiB peak RSS instead of 98 for bench-fleet's 177 MB bundle, N = 1). A rule that
-/// grew only after 2 ms of waiting in all kept the width lower at N = 1 but cost more
-/// CPU at N = 50 (its timers firing under contention), so it is not used. Bounded memory: at most `in_flight` parts exist (`queue`), each holding at most its
-/// range's bytes not yet handed on, so at most `in_flight × part` bytes.
+/// How the parts after the first come, once the first one has ([`mode_after`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The first part is being read: the next one's GET is sent, nothing read ahead.
+    Deciding,
+    /// Several at once, each read ahead on its own task: the network is what the
+    /// unpacker waits for, and more connections bring more bytes (S3 serves each one at
+    /// about 90 MB/s).
+    Parallel,
+    /// One after another, each read as the unpacker asks, the next one's GET sent ahead:
+    /// this process's CPU is what the bytes wait for, so more connections would bring
+    /// only more work (memory to fill and copy, page faults, wakeups).
+    InTurn,
+}
+
+/// How some parts came: their bytes, the time they took, and how long this process's
+/// threads were on a CPU or waiting for one meanwhile ([`Busy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sample {
+    bytes: u64,
+    wall: std::time::Duration,
+    busy: std::time::Duration,
+}
+
+impl Sample {
+    /// Bytes a second.
+    fn rate(&self) -> f64 {
+        self.bytes as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The first part's least length for a sample worth deciding from; below it (a part
+/// setting of a few bytes), the parts come in parallel as asked.
+const SAMPLE_BYTES: u64 = 256 << 10;
+
+/// How many parts in parallel are timed against the first part alone ([`mode_after_probe`]).
+const PROBE_PARTS: u64 = 4;
+
+/// How much faster than the first part alone the parts in parallel must come to go on.
+const PAYS: f64 = 1.5;
+
+/// Decides from the first part (its bytes after its first chunk): in turn when this
+/// process was busy (on a CPU or waiting for one) at least half of the time the part
+/// took: the CPU is then what the bytes wait for. In parallel otherwise: the network is.
+fn mode_after_first(first: Sample) -> Mode {
+    match first.bytes >= SAMPLE_BYTES && first.busy * 2 >= first.wall {
+        true => Mode::InTurn,
+        false => Mode::Parallel,
+    }
+}
+
+/// Decides from the first [`PROBE_PARTS`] parts in parallel: they go on in parallel only
+/// when they came at least [`PAYS`] times as fast as the first part alone. More
+/// connections bring more bytes where each one is capped (S3, about 90 MB/s each), not
+/// where the server or the machine is what is slow (a shared or busy server, many
+/// instances on one host): there they bring only more work. Measured on bench-fleet's
+/// 177 MB bundle, 50 instances and the server on two cores: parts in parallel took up to
+/// 2.4 times one stream's CPU, most of it the kernel's (the page faults of parts read
+/// ahead), for no more bytes a second.
+fn mode_after_probe(first: Sample, parallel: Sample) -> Mode {
+    match parallel.rate() >= PAYS * first.rate() {
+        true => Mode::Parallel,
+        false => Mode::InTurn,
+    }
+}
+
+/// The parts of one object, handed on in order. The first part is read as the unpacker
+/// asks while the next one's GET is sent; how it came decides the rest ([`mode_after`]).
+/// In parallel, as many parts download at once as keep the unpacker fed, up to
+/// `in_flight`: each time the part being handed on has no bytes ready, the network is
+/// what the unpacker waits for, and one more part may download at once; each time the
+/// next part is already whole when its turn comes and the unpacker hardly waited for the
+/// part before ([`HARDLY`]), one fewer. So a link slower than the unpacker (S3's ~90 MB/s
+/// a connection) gets `in_flight` connections. Bounded memory: at most `in_flight` parts
+/// exist (`queue`), each holding at most its range's bytes not yet handed on, so at most
+/// `in_flight × part` bytes; a part read in turn holds none.
 struct Ranges {
     get: Arc<PartGet>,
     in_flight: usize,
-    /// How many parts may download at once now: `MIN_WIDTH..=in_flight`.
+    mode: Mode,
+    /// How many parts may be under way at once now: `MIN_WIDTH..=in_flight`.
     width: usize,
     /// How long the unpacker has waited for the part it reads.
     waited: std::time::Duration,
+    /// A sample being taken: since when, how busy the process was then, the bytes
+    /// handed on since; and the first part's, once it is taken.
+    sampling: Option<(std::time::Instant, Busy, u64)>,
+    first: Option<Sample>,
+    /// Parts handed on in parallel since the first.
+    probed: u64,
     /// The next part to start.
     next: u64,
     queue: VecDeque<Part>,
@@ -694,65 +890,101 @@ struct Ranges {
 
 impl Ranges {
     fn start(get: Arc<PartGet>, in_flight: usize, first: ByteStream) -> Ranges {
-        let in_flight = in_flight.max(MIN_WIDTH);
+        let part = Inline::new(0, get.layout.range(0), Some(first));
         let mut ranges = Ranges {
             get,
-            in_flight,
+            in_flight: in_flight.max(MIN_WIDTH),
+            mode: Mode::Deciding,
             width: MIN_WIDTH,
             waited: std::time::Duration::ZERO,
-            next: 0,
-            queue: VecDeque::new(),
+            sampling: None,
+            first: None,
+            probed: 0,
+            next: 1,
+            queue: VecDeque::from([Part::Inline(part)]),
         };
-        ranges.spawn(Some(first));
         ranges.top_up();
         ranges
     }
 
-    /// Starts the next part.
-    fn spawn(&mut self, first: Option<ByteStream>) {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let (start, end) = self.get.layout.range(self.next);
-        let task = tokio::spawn(self.get.clone().fetch(self.next, first, tx));
-        self.queue.push_back(Part {
-            rx,
-            task,
-            left: end - start,
-        });
+    /// Starts part `next`: read ahead on a task in parallel, else its GET only.
+    fn spawn(&mut self) {
+        let range = self.get.layout.range(self.next);
+        let part = match self.mode {
+            Mode::Parallel => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let task = tokio::spawn(self.get.clone().fetch(self.next, tx));
+                let left = range.1 - range.0;
+                Part::Ahead(Ahead { rx, task, left })
+            }
+            Mode::Deciding | Mode::InTurn => {
+                let mut part = Inline::new(self.next, range, None);
+                let (get, index) = (self.get.clone(), self.next);
+                part.open = Some(tokio::spawn(async move {
+                    get.open_retrying(index, range.0, range.1).await
+                }));
+                Part::Inline(part)
+            }
+        };
+        self.queue.push_back(part);
         self.next += 1;
     }
 
     /// Starts parts until `width` are under way (or none is left).
     fn top_up(&mut self) {
         while self.queue.len() < self.width && self.next < self.get.layout.count() {
-            self.spawn(None);
+            self.spawn();
         }
     }
 
     async fn next(&mut self) -> Option<Result<Bytes, SourceError>> {
         use tokio::sync::mpsc::error::TryRecvError;
         loop {
-            let head = self.queue.front_mut()?;
-            let item = match head.rx.try_recv() {
-                Ok(item) => Some(item),
-                Err(TryRecvError::Disconnected) => None,
-                Err(TryRecvError::Empty) => {
-                    // The unpacker waits for the network: one more part at once.
-                    self.width = (self.width + 1).min(self.in_flight);
-                    self.top_up();
+            let item = match self.queue.front_mut()? {
+                Part::Inline(part) => {
                     let since = std::time::Instant::now();
-                    let item = self.queue.front_mut()?.rx.recv().await;
+                    let item = part.next(&self.get).await;
                     self.waited += since.elapsed();
                     item
                 }
+                Part::Ahead(head) => match head.rx.try_recv() {
+                    Ok(item) => Some(item),
+                    Err(TryRecvError::Disconnected) => None,
+                    Err(TryRecvError::Empty) => {
+                        // The unpacker waits for the network: one more part at once.
+                        if self.mode == Mode::Parallel {
+                            self.width = (self.width + 1).min(self.in_flight);
+                            self.top_up();
+                        }
+                        let since = std::time::Instant::now();
+                        // Parts only join the queue at its back: the head is the same.
+                        let Some(Part::Ahead(head)) = self.queue.front_mut() else {
+                            continue;
+                        };
+                        let item = head.rx.recv().await;
+                        self.waited += since.elapsed();
+                        item
+                    }
+                },
             };
             match item {
                 Some(Ok(chunk)) => {
-                    let head = self.queue.front_mut()?;
-                    head.left = head.left.saturating_sub(chunk.len() as u64);
+                    if let Part::Ahead(head) = self.queue.front_mut()? {
+                        head.left = head.left.saturating_sub(chunk.len() as u64);
+                    }
+                    match &mut self.sampling {
+                        // The first chunk starts the first part's sample: the time to it
+                        // is the request's, not the link's.
+                        None if self.mode == Mode::Deciding => {
+                            self.sampling = Some((std::time::Instant::now(), Busy::now(), 0));
+                        }
+                        Some((_, _, bytes)) => *bytes += chunk.len() as u64,
+                        None => {}
+                    }
                     return Some(Ok(chunk));
                 }
                 Some(Err(e)) => return Some(Err(e)),
-                None if self.queue.front().is_some_and(|head| head.left > 0) => {
+                None if matches!(self.queue.front(), Some(Part::Ahead(head)) if head.left > 0) => {
                     return Some(Err(SourceError::Failed {
                         url: self.get.url.clone(),
                         why: format!("{}: a part's task ended before its last byte", self.get.key),
@@ -760,22 +992,81 @@ impl Ranges {
                 }
                 None => {}
             }
-            // The part is handed on: its room goes to the next one, or, if that one is
-            // already whole, the unpacker is what the network waits for: one fewer.
-            self.queue.pop_front();
-            // Only when the unpacker has hardly waited for the part before: on a slow link
-            // parts started together end together, so the next one can be whole at its
-            // turn while the unpacker waited for the network most of the time.
-            let waited = std::mem::take(&mut self.waited);
-            if waited < HARDLY
-                && self
-                    .queue
-                    .front()
-                    .is_some_and(|next| next.task.is_finished())
-            {
-                self.width = (self.width - 1).max(MIN_WIDTH);
+            self.handed_on();
+        }
+    }
+
+    /// The head part is handed on whole. After the first, and after the first
+    /// [`PROBE_PARTS`] in parallel, the mode is decided. In parallel, its room goes to the
+    /// next part, or, if that one is already whole, the unpacker is what the network waits
+    /// for: one fewer.
+    fn handed_on(&mut self) {
+        self.queue.pop_front();
+        let waited = std::mem::take(&mut self.waited);
+        match self.mode {
+            Mode::Deciding => {
+                let first = self.sample();
+                self.mode = mode_after_first(first);
+                if self.mode == Mode::Parallel && first.bytes >= SAMPLE_BYTES {
+                    self.first = Some(first);
+                    self.sampling = Some((std::time::Instant::now(), Busy::now(), 0));
+                }
+                match self.mode {
+                    Mode::InTurn => tracing::info!(
+                        "{}: the rest in turn, one part at a time: this process was on a CPU or waiting for one {:.0?} of the {:.0?} the first part took, so more connections would bring more work, not more bytes",
+                        self.get.url,
+                        first.busy,
+                        first.wall
+                    ),
+                    _ => tracing::debug!(url = %self.get.url, ?first, "the rest in parallel"),
+                }
             }
-            self.top_up();
+            Mode::Parallel => {
+                self.probed += 1;
+                if let Some(first) = self.first.filter(|_| self.probed == PROBE_PARTS) {
+                    let parallel = self.sample();
+                    self.mode = mode_after_probe(first, parallel);
+                    match self.mode {
+                        Mode::InTurn => {
+                            tracing::info!(
+                                "{}: the rest in turn, one part at a time: {PROBE_PARTS} parts in parallel came at {:.1} MB/s, the first alone at {:.1} MB/s",
+                                self.get.url,
+                                parallel.rate() / 1e6,
+                                first.rate() / 1e6
+                            );
+                            self.width = MIN_WIDTH;
+                        }
+                        _ => {
+                            tracing::debug!(url = %self.get.url, ?first, ?parallel, "in parallel still")
+                        }
+                    }
+                }
+                // Only when the unpacker has hardly waited for the part before: on a slow
+                // link parts started together end together, so the next one can be whole
+                // at its turn while the unpacker waited for the network most of the time.
+                let whole = matches!(self.queue.front(), Some(Part::Ahead(next)) if next.task.is_finished());
+                if self.mode == Mode::Parallel && waited < HARDLY && whole {
+                    self.width = (self.width - 1).max(MIN_WIDTH);
+                }
+            }
+            Mode::InTurn => {}
+        }
+        self.top_up();
+    }
+
+    /// Ends the sample being taken (an empty one if none was).
+    fn sample(&mut self) -> Sample {
+        match self.sampling.take() {
+            Some((since, busy, bytes)) => Sample {
+                bytes,
+                wall: since.elapsed(),
+                busy: Busy::now().since(&busy),
+            },
+            None => Sample {
+                bytes: 0,
+                wall: std::time::Duration::ZERO,
+                busy: std::time::Duration::ZERO,
+            },
         }
     }
 }
@@ -886,5 +1177,77 @@ mod tests {
         };
         assert!(!one.ranged());
         assert!(Parts::default().ranged());
+    }
+
+    fn sample(bytes: u64, wall_ms: u64, busy_ms: u64) -> Sample {
+        Sample {
+            bytes,
+            wall: std::time::Duration::from_millis(wall_ms),
+            busy: std::time::Duration::from_millis(busy_ms),
+        }
+    }
+
+    /// From the first part: in turn when the process was busy at least half of its time,
+    /// and only from a sample of at least [`SAMPLE_BYTES`].
+    #[test]
+    fn how_the_rest_comes_from_the_first_part() {
+        let cases = [
+            (
+                "S3's ~90 MB/s: the link is slow",
+                sample(8 * MIB, 93, 15),
+                Mode::Parallel,
+            ),
+            (
+                "loopback: the unpacker is slow",
+                sample(8 * MIB, 10, 15),
+                Mode::InTurn,
+            ),
+            ("exactly half busy", sample(8 * MIB, 100, 50), Mode::InTurn),
+            ("just under half", sample(8 * MIB, 100, 49), Mode::Parallel),
+            (
+                "waiting for a CPU counts",
+                sample(8 * MIB, 100, 90),
+                Mode::InTurn,
+            ),
+            (
+                "too few bytes to tell",
+                sample(SAMPLE_BYTES - 1, 1, 5),
+                Mode::Parallel,
+            ),
+            ("just enough", sample(SAMPLE_BYTES, 1, 5), Mode::InTurn),
+            ("nothing sampled", sample(0, 0, 0), Mode::Parallel),
+        ];
+        for (what, first, expected) in cases {
+            assert_eq!(mode_after_first(first), expected, "{what}");
+        }
+    }
+
+    /// After the first parts in parallel: on only when they came at least 1.5 times as
+    /// fast as the first alone.
+    #[test]
+    fn parallel_goes_on_only_where_it_pays() {
+        let first = sample(8 * MIB, 100, 10);
+        let cases = [
+            (
+                "about eight connections' worth",
+                sample(32 * MIB, 50, 20),
+                Mode::Parallel,
+            ),
+            (
+                "a little over 1.5 times",
+                sample(12 * MIB, 99, 20),
+                Mode::Parallel,
+            ),
+            ("a little under", sample(12 * MIB, 101, 20), Mode::InTurn),
+            (
+                "no faster: a busy server",
+                sample(32 * MIB, 400, 20),
+                Mode::InTurn,
+            ),
+            ("slower", sample(32 * MIB, 900, 20), Mode::InTurn),
+        ];
+        for (what, parallel, expected) in cases {
+            assert_eq!(mode_after_probe(first, parallel), expected, "{what}");
+        }
     }
 }

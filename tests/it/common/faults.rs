@@ -7,8 +7,8 @@
 //! If-Match, add headers to object answers (a composite checksum, SSE-KMS), give every
 //! object an ETag that is no MD5 (as SSE-KMS does), record which JSON-API calls (SSM,
 //! Secrets Manager) pass, and throttle them. For ranged GETs (a bundle in parts): it
-//! records every Range asked for, and can cut or corrupt the first N partial (206)
-//! bodies, or hold the first ranged GET pinned with If-Match (a part after the first
+//! records every Range asked for, and can cut (after the first M) or corrupt the first N
+//! partial (206) bodies, trickle the first part, answer each part after it late, or hold the first ranged GET pinned with If-Match (a part after the first
 //! answer) of one object until the test has replaced it. A 206 that covers the whole
 //! object (the first GET of a small bundle) is a whole body to the faults above.
 
@@ -65,12 +65,20 @@ pub struct Faults {
     pub disguise_etags: bool,
     /// The `Range` header of every object GET that has one, in order.
     pub ranges: std::sync::Mutex<Vec<String>>,
-    /// Cut the first N partial (206) bodies off halfway, as `cut` does whole ones.
+    /// Cut the first N partial (206) bodies off halfway, as `cut` does whole ones…
     pub cut_partial: AtomicUsize,
+    /// …once this many partial bodies have passed whole.
+    pub cut_partial_after: AtomicUsize,
     /// Flip one byte in the middle of the first N partial (206) bodies.
     pub corrupt_partial: AtomicUsize,
     /// The first ranged GET of this path with If-Match says so on `.1` and waits for `.2`.
     pub hold_ranged: std::sync::Mutex<Option<Hold>>,
+    /// Answer every ranged GET with If-Match (each part after the first) this much later,
+    /// as a server slow to answer more connections would.
+    pub delay_pinned: Option<std::time::Duration>,
+    /// Send each partial body without If-Match (a bundle's first part) in 64 KiB chunks,
+    /// this long apart, as a link slower than the client would.
+    pub trickle_first: Option<std::time::Duration>,
 }
 
 pub struct Proxy {
@@ -159,6 +167,9 @@ async fn forward(
     if let (true, Some(range)) = (object_get, range) {
         s.faults.ranges.lock().unwrap().push(range.to_string());
         let pinned = headers.contains_key("if-match");
+        if let Some(delay) = s.faults.delay_pinned.filter(|_| pinned) {
+            tokio::time::sleep(delay).await;
+        }
         let held = {
             let mut hold = s.faults.hold_ranged.lock().unwrap();
             match hold.as_ref() {
@@ -224,17 +235,23 @@ async fn forward(
     }
     let partial = object_get && status == StatusCode::PARTIAL_CONTENT && !whole && bytes.len() > 1;
     let cut = match partial {
-        true => take(&s.faults.cut_partial),
+        true => !take(&s.faults.cut_partial_after) && take(&s.faults.cut_partial),
         false => object_get && ok && bytes.len() > 1 && take(&s.faults.cut),
     };
     if cut {
         s.faults.injected.fetch_add(1, Ordering::SeqCst);
         // Promise the whole body, send half, then fail the stream: the connection drops.
+        // The failure waits a moment: a reset that overtook the bytes already sent would
+        // discard them, headers and all, in the client's socket, and the client would see
+        // a request that failed, not a body cut off.
         let half = bytes.slice(..bytes.len() / 2);
-        let stream = futures_util::stream::iter([
-            Ok(half),
-            Err(std::io::Error::other("cut by the fault proxy")),
-        ]);
+        let stream = futures_util::StreamExt::chain(
+            futures_util::stream::iter([Ok(half)]),
+            futures_util::stream::once(async {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                Err(std::io::Error::other("cut by the fault proxy"))
+            }),
+        );
         let mut response = Response::new(Body::from_stream(stream));
         *response.status_mut() = status;
         out_headers.remove("transfer-encoding");
@@ -291,8 +308,29 @@ async fn forward(
             out_headers.insert(*name, axum::http::HeaderValue::from_static(value));
         }
     }
-    let mut response = Response::new(Body::from(bytes));
+    let length = bytes.len();
+    let body = match s.faults.trickle_first {
+        Some(gap) if partial && !headers.contains_key("if-match") => {
+            let chunks: Vec<Bytes> = bytes
+                .chunks(64 * 1024)
+                .map(Bytes::copy_from_slice)
+                .collect();
+            let stream = futures_util::StreamExt::then(
+                futures_util::stream::iter(chunks),
+                move |chunk| async move {
+                    tokio::time::sleep(gap).await;
+                    Ok::<_, std::io::Error>(chunk)
+                },
+            );
+            Body::from_stream(stream)
+        }
+        _ => Body::from(bytes),
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = status;
+    if s.faults.trickle_first.is_some() && object_get {
+        out_headers.insert("content-length", length.into());
+    }
     for (name, value) in &out_headers {
         response.headers_mut().insert(name, value.clone());
     }
