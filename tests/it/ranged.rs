@@ -302,7 +302,7 @@ async fn a_part_read_ahead_that_fails_is_fetched_again_alone() {
     let proxy = faults::start(
         &moto().url,
         Faults {
-            // Parts 0 and 1 are read as the unpacker asks; from part 2 on, ahead.
+            // Part 0 is read as the unpacker asks; the others ahead, on their own tasks.
             cut_partial_after: AtomicUsize::new(4),
             cut_partial: AtomicUsize::new(1),
             ..Faults::default()
@@ -330,7 +330,7 @@ async fn a_part_read_ahead_that_fails_is_fetched_again_alone() {
     assert_eq!(again.len(), 1, "{asked:?}");
     let (from, to) = again[0][6..].split_once('-').unwrap();
     let (from, to) = (from.parse::<usize>().unwrap(), to.parse::<usize>().unwrap());
-    assert!(from / part >= 2, "{again:?}");
+    assert!(from / part >= 1, "{again:?}");
     assert_eq!(
         to,
         ((from / part + 1) * part).min(tar.len()) - 1,

@@ -17,8 +17,8 @@
 //! checksum while the parts download.
 //!
 //! The parts are handed on in order, so the archive streams into the unpacker and is
-//! hashed in order. The first part is read as the unpacker asks, while the next one's GET
-//! is sent; how it came decides how the rest come ([`Ranges`]):
+//! hashed in order. The first part is read as the unpacker asks while the second
+//! downloads; how its first MiB came decides how the rest come ([`Ranges`]):
 //! - **in parallel**, each part on its own task, its bytes kept until their turn, from 2 up
 //!   to [`Parts::in_flight`] at once (all of them on a link slower than the unpacker,
 //!   fewer on a fast one): where the network is what the bytes wait for, as on S3, which
@@ -796,7 +796,7 @@ const HARDLY: std::time::Duration = std::time::Duration::from_micros(500);
 /// How the parts after the first come, once the first one has ([`mode_after`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// The first part is being read: the next one's GET is sent, nothing read ahead.
+    /// The first part is being read and timed; the second downloads meanwhile.
     Deciding,
     /// Several at once, each read ahead on its own task: the network is what the
     /// unpacker waits for, and more connections bring more bytes (S3 serves each one at
@@ -827,6 +827,10 @@ impl Sample {
 /// The first part's least length for a sample worth deciding from; below it (a part
 /// setting of a few bytes), the parts come in parallel as asked.
 const SAMPLE_BYTES: u64 = 256 << 10;
+
+/// The first part's bytes (after its first chunk) the decision waits for, at most: on
+/// S3's ~90 MB/s a connection, about 12 ms.
+const DECIDE_BYTES: u64 = 1 << 20;
 
 /// How many parts in parallel are timed against the first part alone ([`mode_after_probe`]).
 const PROBE_PARTS: u64 = 4;
@@ -860,14 +864,15 @@ fn mode_after_probe(first: Sample, parallel: Sample) -> Mode {
 }
 
 /// The parts of one object, handed on in order. The first part is read as the unpacker
-/// asks while the next one's GET is sent; how it came decides the rest ([`mode_after`]).
-/// In parallel, as many parts download at once as keep the unpacker fed, up to
-/// `in_flight`: each time the part being handed on has no bytes ready, the network is
-/// what the unpacker waits for, and one more part may download at once; each time the
-/// next part is already whole when its turn comes and the unpacker hardly waited for the
-/// part before ([`HARDLY`]), one fewer. So a link slower than the unpacker (S3's ~90 MB/s
-/// a connection) gets `in_flight` connections. Bounded memory: at most `in_flight` parts
-/// exist (`queue`), each holding at most its range's bytes not yet handed on, so at most
+/// asks while the second downloads; how its first [`DECIDE_BYTES`] came decides the rest
+/// ([`mode_after_first`], then [`mode_after_probe`]). In parallel, every part may
+/// download at once at first, up to `in_flight`; each time the next part is already whole
+/// when its turn comes and the unpacker hardly waited for the part before ([`HARDLY`]),
+/// one fewer; each time the part being handed on has no bytes ready, the network is what
+/// the unpacker waits for, and one more. So a link slower than the unpacker (S3's ~90 MB/s
+/// a connection) keeps `in_flight` connections. In turn, one part is read as the unpacker
+/// asks while the next one's GET is sent. Bounded memory: at most `in_flight` parts exist
+/// (`queue`), each holding at most its range's bytes not yet handed on, so at most
 /// `in_flight × part` bytes; a part read in turn holds none.
 struct Ranges {
     get: Arc<PartGet>,
@@ -911,13 +916,15 @@ impl Ranges {
     fn spawn(&mut self) {
         let range = self.get.layout.range(self.next);
         let part = match self.mode {
-            Mode::Parallel => {
+            // The second part downloads while the first is read and timed: on a slow
+            // link the time is not lost, and one part read ahead is within the bound.
+            Mode::Deciding | Mode::Parallel => {
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 let task = tokio::spawn(self.get.clone().fetch(self.next, tx));
                 let left = range.1 - range.0;
                 Part::Ahead(Ahead { rx, task, left })
             }
-            Mode::Deciding | Mode::InTurn => {
+            Mode::InTurn => {
                 let mut part = Inline::new(self.next, range, None);
                 let (get, index) = (self.get.clone(), self.next);
                 part.open = Some(tokio::spawn(async move {
@@ -981,6 +988,13 @@ impl Ranges {
                         Some((_, _, bytes)) => *bytes += chunk.len() as u64,
                         None => {}
                     }
+                    if self.mode == Mode::Deciding
+                        && self
+                            .sampling
+                            .is_some_and(|(_, _, bytes)| bytes >= DECIDE_BYTES)
+                    {
+                        self.decide();
+                    }
                     return Some(Ok(chunk));
                 }
                 Some(Err(e)) => return Some(Err(e)),
@@ -1004,23 +1018,7 @@ impl Ranges {
         self.queue.pop_front();
         let waited = std::mem::take(&mut self.waited);
         match self.mode {
-            Mode::Deciding => {
-                let first = self.sample();
-                self.mode = mode_after_first(first);
-                if self.mode == Mode::Parallel && first.bytes >= SAMPLE_BYTES {
-                    self.first = Some(first);
-                    self.sampling = Some((std::time::Instant::now(), Busy::now(), 0));
-                }
-                match self.mode {
-                    Mode::InTurn => tracing::info!(
-                        "{}: the rest in turn, one part at a time: this process was on a CPU or waiting for one {:.0?} of the {:.0?} the first part took, so more connections would bring more work, not more bytes",
-                        self.get.url,
-                        first.busy,
-                        first.wall
-                    ),
-                    _ => tracing::debug!(url = %self.get.url, ?first, "the rest in parallel"),
-                }
-            }
+            Mode::Deciding => self.decide(),
             Mode::Parallel => {
                 self.probed += 1;
                 if let Some(first) = self.first.filter(|_| self.probed == PROBE_PARTS) {
@@ -1050,6 +1048,31 @@ impl Ranges {
                 }
             }
             Mode::InTurn => {}
+        }
+        self.top_up();
+    }
+
+    /// Decides from the first part's sample ([`mode_after_first`]); in parallel, every
+    /// part may download at once from now on (the unpacker's waits narrow it), and the
+    /// first parts in parallel are timed against the first alone.
+    fn decide(&mut self) {
+        let first = self.sample();
+        self.mode = mode_after_first(first);
+        match self.mode {
+            Mode::InTurn => tracing::info!(
+                "{}: the rest in turn, one part at a time: this process was on a CPU or waiting for one {:.0?} of the {:.0?} the first part's first bytes took, so more connections would bring more work, not more bytes",
+                self.get.url,
+                first.busy,
+                first.wall
+            ),
+            _ => {
+                tracing::debug!(url = %self.get.url, ?first, "the rest in parallel");
+                self.width = self.in_flight;
+                if first.bytes >= SAMPLE_BYTES {
+                    self.first = Some(first);
+                    self.sampling = Some((std::time::Instant::now(), Busy::now(), 0));
+                }
+            }
         }
         self.top_up();
     }
