@@ -244,6 +244,10 @@ fn announce(done: &Done, hooked: bool, named: &[String]) -> Option<Announce> {
         let n = done.failed.destinations.len();
         summary.push(format!("{n} destination(s) failed this pass"));
     }
+    if summary.is_empty() {
+        // Nothing changed this pass: the gate ran the hook an earlier one owed.
+        summary.push("--on-change ran, owed by an earlier pass".to_string());
+    }
     Some(Announce {
         summary: summary.join("; "),
         reloading: !hooked,
@@ -739,12 +743,12 @@ mod tests {
                 None,
             ),
             (done(&[], false, vec![], &[0]), false, vec![], None),
-            // A hook owed from before ran: READY=1 follows, with nothing to say.
+            // A hook owed from before ran: READY=1 follows, saying so.
             (
                 done(&[], false, vec![], &[]),
                 true,
                 vec![],
-                announced("", false, &[]),
+                announced("--on-change ran, owed by an earlier pass", false, &[]),
             ),
             (
                 done(&["/state"], true, vec![], &[]),
