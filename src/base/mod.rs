@@ -1,8 +1,7 @@
 //! The bottom layer, used by everything above and using nothing of bootstage's: the retry
 //! policy and deadlines, bounded child processes, sd_notify, logging, SIGTERM as a future
-//! (`stop`), the plain HTTP(S) client's construction (`http`), how busy the process is (`busy`).
+//! (`stop`), the plain HTTP(S) client's construction (`http`).
 
-pub mod busy;
 pub mod child;
 pub mod duration;
 pub mod exit;

@@ -302,7 +302,7 @@ async fn a_part_read_ahead_that_fails_is_fetched_again_alone() {
     let proxy = faults::start(
         &moto().url,
         Faults {
-            // Part 0 is read as the unpacker asks; the others ahead, on their own tasks.
+            // Past the first part, which is the first GET's: a ranged GET of its own.
             cut_partial_after: AtomicUsize::new(4),
             cut_partial: AtomicUsize::new(1),
             ..Faults::default()
@@ -347,10 +347,9 @@ async fn a_part_read_ahead_that_fails_is_fetched_again_alone() {
     assert!(!out.stderr.contains("in turn"), "{}", out.stderr);
 }
 
-/// Parts in parallel that come no faster than the first part alone (a first part that
-/// trickles in, so the network is what it waited for; then a server slow to answer each
-/// further connection, as a shared or busy one is): after the first four in parallel, the
-/// rest come in turn, one at a time, and the tree is exact.
+/// Parts in parallel that come no faster than the first part (it trickles in; then a
+/// server slow to answer each further connection, as a shared or busy one is): after the
+/// four after the first, the rest come in turn, one at a time, and the tree is exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn parts_come_in_turn_where_parallel_does_not_pay() {
     let bucket = moto().bucket("ranged-turn").await;

@@ -45,6 +45,7 @@ use md5::{Digest, Md5};
 use tokio::io::AsyncWriteExt;
 
 mod bundle;
+mod ranges;
 
 pub use bundle::{Bundle, Fetched, Parts};
 
