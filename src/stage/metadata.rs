@@ -203,13 +203,26 @@ async fn fetch(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<
     }
 
     let instance_json = pretty(&serde_json::to_value(&facts).expect("facts serialize"));
+    // A bad report setting is refused before anything is written.
+    let report_to = match facts.source.as_str() {
+        "azure" => azure_ready_endpoint()?,
+        _ => None,
+    };
     // The values built first, then the facts, then the values made current: a failure
     // before the last step leaves the previous values current.
     let staged = values::stage(state.root(), &rendered.set).map_err(write_error)?;
     atomic::write_file(&state.instance_json(), instance_json.as_bytes()).map_err(write_error)?;
     staged.commit().map_err(write_error)?;
-    if facts.source == "azure" {
-        azure_report_ready(args, deadline).await?;
+    if let Some(endpoint) = report_to {
+        // The values are current and the boot goes on: a report that fails is said, as
+        // cloud-init says it, and Azure shows the VM as not provisioned.
+        match imds::wireserver::report_ready(&endpoint, args.request_timeout, deadline).await {
+            Ok(()) => tracing::info!(endpoint, "reported ready to Azure's wireserver"),
+            Err(e) => tracing::error!(
+                endpoint,
+                "could not report ready to Azure's wireserver: {e}; Azure will not show this VM as provisioned"
+            ),
+        }
     }
 
     tracing::info!(
@@ -428,16 +441,7 @@ async fn from_provider(
         deadline,
     })?;
     notifier.status("waiting for user-data");
-    let user_data = client.user_data(args.user_data_wait(), |attempt, waited| {
-        let status = format!(
-            "waiting for user-data: attempt {attempt}, {:.1} s",
-            waited.as_secs_f64()
-        );
-        if attempt == 1 || attempt % 20 == 0 {
-            tracing::info!("{status}");
-        }
-        notifier.status(&status);
-    });
+    let user_data = client.user_data(args.user_data_wait(), waiting(&notifier));
     let (user_data, facts) = match facts {
         true => tokio::try_join!(user_data, Facts::from_imds(&client))?,
         false => (user_data.await?, Facts::default()),
@@ -465,16 +469,7 @@ async fn from_gcp(
         deadline,
     })?;
     notifier.status("waiting for user-data");
-    let user_data = client.user_data(args.user_data_wait(), |attempt, waited| {
-        let status = format!(
-            "waiting for user-data: attempt {attempt}, {:.1} s",
-            waited.as_secs_f64()
-        );
-        if attempt == 1 || attempt % 20 == 0 {
-            tracing::info!("{status}");
-        }
-        notifier.status(&status);
-    });
+    let user_data = client.user_data(args.user_data_wait(), waiting(&notifier));
     let (user_data, facts) = match facts {
         true => tokio::try_join!(user_data, client.facts())?,
         false => (user_data.await?, Facts::default()),
@@ -535,15 +530,6 @@ fn azure_ready_endpoint() -> Result<Option<String>> {
     Ok(Some(
         wireserver::resolve_endpoint(env).map_err(Error::Usage)?,
     ))
-}
-
-/// Tells the wireserver the VM is provisioned, as an agent would, if asked for.
-async fn azure_report_ready(args: &Settings, deadline: Deadline) -> Result<()> {
-    if let Some(endpoint) = azure_ready_endpoint()? {
-        imds::wireserver::report_ready(&endpoint, args.request_timeout, deadline).await?;
-        tracing::info!(endpoint, "reported ready to Azure's wireserver");
-    }
-    Ok(())
 }
 
 /// `from_imds` on OpenStack: the metadata service, or a config drive.

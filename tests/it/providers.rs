@@ -765,6 +765,41 @@ async fn no_user_data_is_final_on_azure_and_openstack() {
     }
 }
 
+/// A wireserver that cannot be reached (a closed port) does not fail the boot: the
+/// values are current, the metadata stage exits 0, and the log says the report failed and
+/// what Azure will show.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_wireserver_is_said_and_the_boot_goes_on() {
+    let config = aws(PARAMS.as_bytes());
+    let emu = Emulator::start(flavor(Flavor::Azure, config))
+        .await
+        .unwrap();
+    let sb = Sandbox::new();
+    let mut cmd = sb.command(&[
+        "metadata",
+        "--provider",
+        "azure",
+        "--imds-endpoint",
+        &emu.url(),
+        "--timeout",
+        "3s",
+    ]);
+    cmd.env("BOOTSTAGE_AZURE_WIRESERVER", "http://127.0.0.1:9")
+        .env("BOOTSTAGE_AZURE_REPORT_READY", "true");
+    let out = common::run(cmd).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(sb.read("params.json").is_some());
+    assert!(
+        out.stderr
+            .contains("could not report ready to Azure's wireserver: ")
+            && out
+                .stderr
+                .contains("; Azure will not show this VM as provisioned"),
+        "{}",
+        out.stderr
+    );
+}
+
 /// With `BOOTSTAGE_AZURE_REPORT_READY=true`, once the values are written, the goal state
 /// is read from the wireserver and the role instance reported Ready with its incarnation,
 /// container and instance, `x-ms-version: 2012-11-30` on both; without it, the
