@@ -37,6 +37,7 @@ mod ranged;
 mod releases;
 mod report;
 mod rotation;
+mod s3_compatible;
 mod s3_sync;
 mod secrets;
 mod sync_hostile;

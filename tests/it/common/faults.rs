@@ -11,6 +11,10 @@
 //! partial (206) bodies, trickle the first part, answer each part after it late, or hold the first ranged GET pinned with If-Match (a part after the first
 //! answer) of one object until the test has replaced it. A 206 that covers the whole
 //! object (the first GET of a small bundle) is a whole body to the faults above.
+//! And it can play stores that speak S3 but are not S3 (`s3_compatible.rs`): Google Cloud
+//! Storage's XML API (`x-goog-hash` instead of `x-amz-checksum-*`, and its decompressive
+//! transcoding of gzip-encoded objects), a server that answers 200 to a Range request, or
+//! one that serves only the first range; it records every request's method, Host and path.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -79,6 +83,25 @@ pub struct Faults {
     /// Send each partial body without If-Match (a bundle's first part) in 64 KiB chunks,
     /// this long apart, as a link slower than the client would.
     pub trickle_first: Option<std::time::Duration>,
+    /// Answer object GETs and HEADs as Google Cloud Storage's XML API does: no
+    /// `x-amz-checksum-*` or `x-amz-checksum-type` header (GCS ignores
+    /// `x-amz-checksum-mode`), but `x-goog-hash: crc32c=…,md5=…` of a whole body,
+    /// `x-goog-generation`, `x-goog-metageneration` and `x-goog-stored-content-length`.
+    pub gcs: bool,
+    /// Drop the Range header of every object GET: a server that answers any Range with 200
+    /// and the whole object.
+    pub ignore_range: bool,
+    /// Drop the Range header of object GETs with If-Match (a bundle's parts after the
+    /// first): a server that serves the first range and the whole object after it.
+    pub ignore_pinned_range: bool,
+    /// GCS's decompressive transcoding of an object stored gzip-compressed with
+    /// `Content-Encoding: gzip`, for a GET without `Accept-Encoding: gzip`: Range ignored,
+    /// the body gunzipped and sent without Content-Length, `x-goog-stored-content-encoding:
+    /// gzip` and `x-goog-stored-content-length` (the compressed size) added. Bodies that
+    /// are not gzip pass as they are.
+    pub transcode_gzip: bool,
+    /// Every request as `METHOD HOST PATH?QUERY`, in order.
+    pub requests: std::sync::Mutex<Vec<String>>,
 }
 
 pub struct Proxy {
@@ -129,11 +152,30 @@ async fn forward(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_string();
-    let object_get = method == Method::GET
-        && path
-            .trim_start_matches('/')
-            .split_once('/')
-            .is_some_and(|(_, key)| !key.is_empty());
+    let object_path = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .is_some_and(|(_, key)| !key.is_empty());
+    let object_get = method == Method::GET && object_path;
+    let object_head = method == Method::HEAD && object_path;
+    s.faults.requests.lock().unwrap().push(format!(
+        "{method} {} {}",
+        headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(""),
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    ));
+    let transcoding = object_get
+        && s.faults.transcode_gzip
+        && !headers
+            .get("accept-encoding")
+            .and_then(|e| e.to_str().ok())
+            .is_some_and(|e| e.contains("gzip"));
+    let drop_range = object_get
+        && (s.faults.ignore_range
+            || transcoding
+            || (s.faults.ignore_pinned_range && headers.contains_key("if-match")));
     let list = method == Method::GET && !object_get;
     if let Some(target) = headers.get("x-amz-target").and_then(|t| t.to_str().ok()) {
         s.faults.targets.lock().unwrap().push(target.to_string());
@@ -202,7 +244,10 @@ async fn forward(
     );
     let mut request = s.http.request(method, target).body(body);
     for (name, value) in &headers {
-        if name == "host" || (s.faults.drop_if_match && name == "if-match") {
+        if name == "host"
+            || (s.faults.drop_if_match && name == "if-match")
+            || (drop_range && name == "range")
+        {
             continue;
         }
         match value.to_str() {
@@ -308,6 +353,31 @@ async fn forward(
             out_headers.insert(*name, axum::http::HeaderValue::from_static(value));
         }
     }
+    if s.faults.gcs && (object_get || object_head) && status.is_success() {
+        as_gcs(&mut out_headers, (object_get && ok).then_some(&bytes));
+    }
+    let transcoded = match transcoding && status == StatusCode::OK {
+        true => gunzipped(&bytes),
+        false => None,
+    };
+    if let Some(plain) = transcoded {
+        s.faults.injected.fetch_add(1, Ordering::SeqCst);
+        // As GCS serves it: no Content-Length (chunked), the stored form named.
+        out_headers.remove("content-range");
+        out_headers.insert("x-goog-stored-content-encoding", "gzip".parse().unwrap());
+        out_headers.insert("x-goog-stored-content-length", bytes.len().into());
+        let mut response = Response::new(Body::from_stream(futures_util::stream::iter([Ok::<
+            _,
+            std::io::Error,
+        >(
+            Bytes::from(plain),
+        )])));
+        *response.status_mut() = status;
+        for (name, value) in &out_headers {
+            response.headers_mut().insert(name, value.clone());
+        }
+        return response;
+    }
     let length = bytes.len();
     let body = match s.faults.trickle_first {
         Some(gap) if partial && !headers.contains_key("if-match") => {
@@ -368,4 +438,42 @@ pub fn disguised(text: &str) -> String {
     }
     flush(&mut run, &mut out);
     out
+}
+
+/// An object answer's headers as GCS's XML API sends them: its `x-amz-checksum-*` gone,
+/// and for a whole `body`, `x-goog-hash` with the body's CRC32C and MD5 (base64).
+fn as_gcs(headers: &mut HeaderMap, body: Option<&Bytes>) {
+    let amz: Vec<_> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-amz-checksum-"))
+        .cloned()
+        .collect();
+    for name in amz {
+        headers.remove(name);
+    }
+    if let Some(body) = body {
+        use md5::Digest;
+        let mut crc = aws_smithy_checksums::ChecksumAlgorithm::Crc32c.into_impl();
+        crc.update(body);
+        let crc32c = aws_smithy_types::base64::encode(crc.finalize());
+        let md5 = aws_smithy_types::base64::encode(md5::Md5::digest(body));
+        let hash = format!("crc32c={crc32c},md5={md5}");
+        headers.insert("x-goog-hash", hash.parse().unwrap());
+        headers.insert("x-goog-stored-content-length", body.len().into());
+    }
+    headers.insert("x-goog-generation", "1765000000000000".parse().unwrap());
+    headers.insert("x-goog-metageneration", "1".parse().unwrap());
+}
+
+/// `body` gunzipped, if it is gzip.
+fn gunzipped(body: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Read;
+    if !body.starts_with(&[0x1f, 0x8b]) {
+        return None;
+    }
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .read_to_end(&mut plain)
+        .ok()?;
+    Some(plain)
 }
