@@ -24,6 +24,16 @@
 //!   Retry-After when given; every request is bounded by `--request-timeout` and the stage
 //!   deadline; no proxy, no redirects.
 //!
+//! - The lifecycle watcher's scheduled events ([`Client::scheduled_events`],
+//!   [`Client::approve`]): `GET /metadata/scheduledevents?api-version=2020-07-01` (the
+//!   document: `DocumentIncarnation`, `Events` with `EventId`, `EventType`, `Resources`,
+//!   `EventStatus`, `NotBefore` as RFC 1123, e.g. `Mon, 19 Sep 2016 18:29:47 GMT`, blank
+//!   once started), and `POST` of `{"StartRequests": [{"EventId": …}]}` to the same URL to
+//!   approve an event (200, even when another VM approved it first; 400 for a malformed
+//!   one). One request each, no retry (the watcher asks again at its next look), each
+//!   bounded by the timeout the caller gives: the first GET enables the service and may
+//!   take up to two minutes, as Microsoft documents it.
+//!
 //! How each answer is handled lives in one place: [`verdict`].
 
 use std::collections::BTreeMap;
@@ -32,6 +42,7 @@ use std::time::Duration;
 use base64::Engine;
 use reqwest::StatusCode;
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::ImdsError;
 use super::facts::Facts;
@@ -46,6 +57,11 @@ pub const API_VERSION: &str = "2021-02-01";
 pub const INSTANCE_PATH: &str = "/metadata/instance";
 pub const USER_DATA_PATH: &str = "/metadata/instance/compute/userData";
 pub const METADATA_HEADER: &str = "Metadata";
+/// Scheduled events, and the version Microsoft documents as current for them.
+pub const SCHEDULED_EVENTS_PATH: &str = "/metadata/scheduledevents";
+pub const EVENTS_API_VERSION: &str = "2020-07-01";
+/// A scheduled events document lists a handful of events.
+const MAX_EVENTS: usize = 1024 * 1024;
 /// Azure keeps at most 64 KB of user-data, base64-encoded: read no further than that.
 const MAX_USER_DATA: usize = 96 * 1024;
 /// The instance document (with storage and network profiles) is a few KiB.
@@ -218,6 +234,46 @@ impl Client {
         facts_of(&path, &self.endpoint, &answer)
     }
 
+    /// The scheduled events document: one GET within `timeout` (and the deadline), no
+    /// retry.
+    pub async fn scheduled_events(&self, timeout: Duration) -> Result<ScheduledEvents, ImdsError> {
+        let path = format!("{SCHEDULED_EVENTS_PATH}?api-version={EVENTS_API_VERSION}");
+        let what = format!("GET {path}");
+        let answer = http::get(
+            &self.http,
+            &format!("{}{path}", self.endpoint),
+            &what,
+            &[(METADATA_HEADER, "true")],
+            timeout,
+            self.deadline,
+            MAX_EVENTS,
+        )
+        .await?;
+        let answer = judged(what.clone(), answer)?;
+        scheduled_events(&answer.body).map_err(|why| ImdsError::Invalid { what, why })
+    }
+
+    /// Approves the events `ids` (`StartRequests`): one POST within `timeout`, no retry.
+    pub async fn approve(&self, ids: &[String], timeout: Duration) -> Result<(), ImdsError> {
+        let path = format!("{SCHEDULED_EVENTS_PATH}?api-version={EVENTS_API_VERSION}");
+        let what = format!("POST {path}");
+        let answer = http::post(
+            &self.http,
+            &format!("{}{path}", self.endpoint),
+            start_requests(ids),
+            &what,
+            &[
+                (METADATA_HEADER, "true"),
+                ("Content-Type", "application/json"),
+            ],
+            timeout,
+            self.deadline,
+            MAX_EVENTS,
+        )
+        .await?;
+        judged(what, answer).map(|_| ())
+    }
+
     /// One GET of `path` (with its query), `Metadata: true` sent.
     async fn get(&self, path: &str, max: usize) -> Result<Answer, ImdsError> {
         let what = format!("GET {path}");
@@ -231,16 +287,101 @@ impl Client {
             max,
         )
         .await?;
-        match verdict(answer.status) {
-            Verdict::Body => Ok(answer),
-            Verdict::Absent => Err(ImdsError::NotFound(what)),
-            Verdict::Retry => Err(answer.retry(what)),
-            Verdict::Unexpected => Err(ImdsError::Unexpected {
-                what,
-                status: answer.status.as_u16(),
-            }),
-        }
+        judged(what, answer)
     }
+}
+
+/// An answer as [`verdict`] reads it: the answer itself when it has a body to use.
+fn judged(what: String, answer: Answer) -> Result<Answer, ImdsError> {
+    match verdict(answer.status) {
+        Verdict::Body => Ok(answer),
+        Verdict::Absent => Err(ImdsError::NotFound(what)),
+        Verdict::Retry => Err(answer.retry(what)),
+        Verdict::Unexpected => Err(ImdsError::Unexpected {
+            what,
+            status: answer.status.as_u16(),
+        }),
+    }
+}
+
+/// The scheduled events document.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScheduledEvents {
+    /// `DocumentIncarnation`: grows whenever the events change.
+    pub incarnation: u64,
+    pub events: Vec<ScheduledEvent>,
+}
+
+/// One scheduled event, as Microsoft documents its fields.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScheduledEvent {
+    pub id: String,
+    /// `EventType`: `Reboot`, `Redeploy`, `Freeze`, `Preempt` or `Terminate`.
+    pub kind: String,
+    /// `EventStatus`: `Scheduled`, or `Started`.
+    pub status: String,
+    /// The VMs it affects (their names, `compute.name`).
+    pub resources: Vec<String>,
+    /// `NotBefore` as served, RFC 1123 (blank once the event started).
+    pub not_before: String,
+    /// `EventSource`: `Platform` or `User`.
+    pub source: String,
+    /// The event as served, for the hooks and the notices.
+    pub raw: Value,
+}
+
+/// The document from its body; an event without an `EventId` is left out, and a body
+/// that is not the document is refused.
+pub fn scheduled_events(body: &[u8]) -> Result<ScheduledEvents, String> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| format!("not JSON (line {} column {})", e.line(), e.column()))?;
+    let incarnation = value
+        .get("DocumentIncarnation")
+        .and_then(Value::as_u64)
+        .ok_or("no DocumentIncarnation: not a scheduled events document")?;
+    let Some(Value::Array(list)) = value.get("Events") else {
+        return Err("no Events array: not a scheduled events document".into());
+    };
+    let events = list
+        .iter()
+        .filter_map(|raw| {
+            let text = |k: &str| raw.get(k).and_then(Value::as_str).map(str::to_string);
+            let not_before = text("NotBefore").unwrap_or_default();
+            Some(ScheduledEvent {
+                id: text("EventId").filter(|id| !id.is_empty())?,
+                kind: text("EventType").unwrap_or_default(),
+                status: text("EventStatus").unwrap_or_default(),
+                resources: raw
+                    .get("Resources")
+                    .and_then(Value::as_array)
+                    .map(|r| {
+                        r.iter()
+                            .filter_map(Value::as_str)
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                not_before,
+                source: text("EventSource").unwrap_or_default(),
+                raw: raw.clone(),
+            })
+        })
+        .collect();
+    Ok(ScheduledEvents {
+        incarnation,
+        events,
+    })
+}
+
+/// The body that approves `ids`: `{"StartRequests": [{"EventId": …}, …]}`.
+pub fn start_requests(ids: &[String]) -> Vec<u8> {
+    let requests: Vec<Value> = ids
+        .iter()
+        .map(|id| serde_json::json!({ "EventId": id }))
+        .collect();
+    serde_json::json!({ "StartRequests": requests })
+        .to_string()
+        .into_bytes()
 }
 
 /// The user-data as Azure serves it, base64 (whitespace ignored); `None` when empty.
@@ -361,6 +502,59 @@ mod tests {
         assert_eq!(
             decode_user_data("p", b"<html>").unwrap_err().to_string(),
             "GET p: invalid answer: not base64, as Azure's IMDS serves userData: refusing it"
+        );
+    }
+
+    #[test]
+    fn scheduled_events_read() {
+        let doc = scheduled_events(
+            br#"{"DocumentIncarnation": 2, "Events": [
+                {"EventId": "C7061BAC-AFDC-4513-B24B-AA5F13A16123", "EventStatus": "Scheduled",
+                 "EventType": "Freeze", "ResourceType": "VirtualMachine",
+                 "Resources": ["WestNO_0", "WestNO_1"], "NotBefore": "Mon, 11 Apr 2026 22:26:58 GMT",
+                 "Description": "Virtual machine is being paused", "EventSource": "Platform",
+                 "DurationInSeconds": 5},
+                {"EventType": "Reboot"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(doc.incarnation, 2);
+        assert_eq!(doc.events.len(), 1, "an event without an id is left out");
+        let e = &doc.events[0];
+        assert_eq!(
+            (
+                e.id.as_str(),
+                e.kind.as_str(),
+                e.status.as_str(),
+                e.source.as_str()
+            ),
+            (
+                "C7061BAC-AFDC-4513-B24B-AA5F13A16123",
+                "Freeze",
+                "Scheduled",
+                "Platform"
+            )
+        );
+        assert_eq!(e.resources, ["WestNO_0", "WestNO_1"]);
+        assert_eq!(e.not_before, "Mon, 11 Apr 2026 22:26:58 GMT");
+        assert_eq!(e.raw["DurationInSeconds"], 5);
+        assert_eq!(
+            scheduled_events(br#"{"DocumentIncarnation": 1, "Events": []}"#).unwrap(),
+            ScheduledEvents {
+                incarnation: 1,
+                events: vec![]
+            }
+        );
+        assert_eq!(
+            scheduled_events(b"<html>").unwrap_err(),
+            "not JSON (line 1 column 1)"
+        );
+        assert_eq!(
+            scheduled_events(br#"{"Events": []}"#).unwrap_err(),
+            "no DocumentIncarnation: not a scheduled events document"
+        );
+        assert_eq!(
+            String::from_utf8(start_requests(&["a".into(), "b\"".into()])).unwrap(),
+            r#"{"StartRequests":[{"EventId":"a"},{"EventId":"b\""}]}"#
         );
     }
 

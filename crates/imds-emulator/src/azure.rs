@@ -9,19 +9,42 @@
 //! user-data base64-encoded (from 2021-01-01; empty when there is none, or before
 //! `user_data_after`). Anything else is 404; a method other than GET is 405.
 //!
+//! Scheduled events, as Microsoft documents them (`/metadata/scheduledevents`, any
+//! `api-version` from 2017-08-01, `Metadata: true` as everywhere): `GET` answers
+//! `{"DocumentIncarnation": N, "Events": [...]}` (each event with `EventId`,
+//! `EventType`, `ResourceType`, `Resources`, `EventStatus`, `NotBefore` as RFC 1123,
+//! `Description`, `EventSource`, `DurationInSeconds`); the incarnation grows at every
+//! change. `POST` with `{"StartRequests": [{"EventId": …}]}` approves: 200 when every id
+//! is a listed event (each approval recorded), 400 for a body that is not that or an id
+//! not listed; an approved event leaves the list at once, as Azure removes it once it is
+//! over (unless `azure.keep_approved_events`: it stays `Scheduled`, as on a shared host
+//! waiting for the other tenants' approvals). The first `GET` is answered after
+//! `azure.scheduled_events_first_delay_secs` (Azure enables the service at the first call,
+//! which may take two minutes). A test adds and removes events while running
+//! (`Emulator::add_scheduled_event`, `remove_scheduled_event`, or `PUT
+//! /_emulator/azure/scheduledevents` with an event's JSON and `DELETE
+//! /_emulator/azure/scheduledevents/ID`), reads the approvals
+//! (`Emulator::scheduled_event_approvals`, `GET /_emulator/azure/approvals`) and waits for
+//! the watcher's polls (`Emulator::scheduled_events_served`).
+//!
 //! The wireserver (168.63.129.16 on Azure) on the same port: `GET /machine/?comp=goalstate`
 //! answers the goal state (`incarnation`, `container_id`, `role_instance_id`) and
 //! `POST /machine/?comp=health` answers 200; both want `x-ms-version: 2012-11-30` (400
 //! without it), as WALinuxAgent sends it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::{Config, Reply, Shared};
+use crate::{Config, Emulator, Reply, Shared, lock};
 
 /// The request carries `Metadata: true`.
 pub(crate) fn has_metadata_header(headers: &HeaderMap) -> bool {
@@ -54,6 +77,12 @@ pub struct AzureInstance {
     /// Answer every request with an HTML page (200, `text/html`), as a captive portal
     /// or a proxy would: a server that is not Azure's.
     pub answer_html: bool,
+    /// Approved scheduled events stay listed as `Scheduled` (a shared host waiting for
+    /// the other tenants), instead of leaving the list.
+    pub keep_approved_events: bool,
+    /// The first scheduled events request is answered this many seconds late (the
+    /// service being enabled).
+    pub scheduled_events_first_delay_secs: u64,
 }
 
 impl Default for AzureInstance {
@@ -74,11 +103,14 @@ impl Default for AzureInstance {
             container_id: "c6d5526c-5ac2-4200-b6e2-56f2b70c5ab2".into(),
             role_instance_id: "b61f93d0-e1ed-40b2-b067-22c243233448.MachineRole_IN_0".into(),
             answer_html: false,
+            keep_approved_events: false,
+            scheduled_events_first_delay_secs: 0,
         }
     }
 }
 
 const PREFIX: &str = "/metadata/instance";
+const SCHEDULED_EVENTS: &str = "/metadata/scheduledevents";
 /// The first version with `compute/userData`.
 const USER_DATA_SINCE: &str = "2021-01-01";
 
@@ -171,12 +203,13 @@ fn params(query: Option<&str>) -> BTreeMap<&str, &str> {
 impl Shared {
     /// A request to Azure's IMDS, once the scripted hangs and 503s are past.
     pub(crate) fn azure(
-        &self,
+        self: &Arc<Self>,
         config: &Config,
         method: &Method,
         path: &str,
         query: Option<&str>,
         headers: &HeaderMap,
+        body: &[u8],
     ) -> Reply {
         let vm = &config.azure;
         if path == "/machine" || path == "/machine/" {
@@ -194,6 +227,9 @@ impl Shared {
         }
         if headers.contains_key("x-forwarded-for") {
             return bad_request("Bad request. Requests with X-Forwarded-For are not allowed");
+        }
+        if path == SCHEDULED_EVENTS {
+            return self.scheduled_events(config, method, query, body);
         }
         if *method != Method::GET {
             return json_answer(
@@ -301,5 +337,274 @@ fn wireserver(
         ("POST", Some("health")) => Reply::Answer(StatusCode::OK, Vec::new(), Vec::new()),
         ("GET" | "POST", _) => xml(StatusCode::NOT_FOUND, String::new()),
         _ => xml(StatusCode::METHOD_NOT_ALLOWED, String::new()),
+    }
+}
+
+/// One scheduled event, as Azure serves it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ScheduledEvent {
+    pub event_id: String,
+    /// `Reboot`, `Redeploy`, `Freeze`, `Preempt` or `Terminate`.
+    pub event_type: String,
+    pub resource_type: String,
+    /// The VMs it affects, by name (`compute.name`).
+    pub resources: Vec<String>,
+    /// `Scheduled` or `Started`.
+    pub event_status: String,
+    /// RFC 1123 (`Mon, 19 Sep 2016 18:29:47 GMT`), blank once started.
+    pub not_before: String,
+    pub description: String,
+    /// `Platform` or `User`.
+    pub event_source: String,
+    pub duration_in_seconds: i64,
+}
+
+impl ScheduledEvent {
+    /// A `Scheduled` event of the platform for the VMs `resources`, not before `at`.
+    pub fn new(id: &str, event_type: &str, resources: &[&str], at: SystemTime) -> ScheduledEvent {
+        ScheduledEvent {
+            event_id: id.into(),
+            event_type: event_type.into(),
+            resource_type: "VirtualMachine".into(),
+            resources: resources.iter().map(|r| r.to_string()).collect(),
+            event_status: "Scheduled".into(),
+            not_before: rfc1123(at),
+            description: "Host server is undergoing maintenance.".into(),
+            event_source: "Platform".into(),
+            duration_in_seconds: -1,
+        }
+    }
+}
+
+/// `at` as RFC 1123, as Azure writes `NotBefore`: `Mon, 19 Sep 2016 18:29:47 GMT`.
+pub fn rfc1123(at: SystemTime) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil from days (Howard Hinnant's algorithm), March-based years.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+        DAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize],
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// The scheduled events as they stand, the approvals received, and the polls served.
+pub(crate) struct Live {
+    /// `DocumentIncarnation` and the events.
+    doc: std::sync::Mutex<(u64, Vec<ScheduledEvent>)>,
+    /// The EventIds approved, in order.
+    approvals: tokio::sync::watch::Sender<Vec<String>>,
+    /// GETs received, and GETs answered.
+    asked: tokio::sync::watch::Sender<u64>,
+    served: tokio::sync::watch::Sender<u64>,
+    /// The first GET was received (answered, or being delayed).
+    first: AtomicBool,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            doc: std::sync::Mutex::new((1, Vec::new())),
+            approvals: tokio::sync::watch::channel(Vec::new()).0,
+            asked: tokio::sync::watch::channel(0).0,
+            served: tokio::sync::watch::channel(0).0,
+            first: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Live {
+    fn add(&self, event: ScheduledEvent) {
+        let mut doc = lock(&self.doc);
+        doc.1.retain(|e| e.event_id != event.event_id);
+        doc.1.push(event);
+        doc.0 += 1;
+    }
+
+    fn remove(&self, id: &str) -> bool {
+        let mut doc = lock(&self.doc);
+        let before = doc.1.len();
+        doc.1.retain(|e| e.event_id != id);
+        let removed = doc.1.len() != before;
+        if removed {
+            doc.0 += 1;
+        }
+        removed
+    }
+
+    fn document(&self) -> Value {
+        let doc = lock(&self.doc);
+        json!({ "DocumentIncarnation": doc.0, "Events": doc.1 })
+    }
+}
+
+impl Emulator {
+    /// Lists `event` now (an event with the same id is replaced); the incarnation grows.
+    pub fn add_scheduled_event(&self, event: ScheduledEvent) {
+        self.shared.azure.add(event);
+    }
+
+    /// Takes the event `id` off the list (canceled, or over); whether it was listed.
+    pub fn remove_scheduled_event(&self, id: &str) -> bool {
+        self.shared.azure.remove(id)
+    }
+
+    /// The EventIds approved so far (each `StartRequests` entry that was accepted), in
+    /// order.
+    pub fn scheduled_event_approvals(&self) -> Vec<String> {
+        self.shared.azure.approvals.borrow().clone()
+    }
+
+    /// Waits until `n` approvals in all were accepted.
+    pub async fn scheduled_events_approved(&self, n: usize) {
+        let mut rx = self.shared.azure.approvals.subscribe();
+        let _ = rx.wait_for(|approvals| approvals.len() >= n).await;
+    }
+
+    /// Waits until `n` scheduled events GETs in all were received (answered or not).
+    pub async fn scheduled_events_asked(&self, n: u64) {
+        let mut rx = self.shared.azure.asked.subscribe();
+        let _ = rx.wait_for(|asked| *asked >= n).await;
+    }
+
+    /// How many scheduled events GETs were answered so far.
+    pub fn scheduled_events_count(&self) -> u64 {
+        *self.shared.azure.served.borrow()
+    }
+
+    /// Waits until `n` scheduled events GETs in all were answered.
+    pub async fn scheduled_events_served(&self, n: u64) {
+        let mut rx = self.shared.azure.served.subscribe();
+        let _ = rx.wait_for(|served| *served >= n).await;
+    }
+}
+
+impl Shared {
+    /// `/metadata/scheduledevents`: the document, or an approval.
+    fn scheduled_events(
+        self: &Arc<Self>,
+        config: &Config,
+        method: &Method,
+        query: Option<&str>,
+        body: &[u8],
+    ) -> Reply {
+        let params = params(query);
+        match params.get("api-version").copied() {
+            None => {
+                return bad_request(
+                    "Bad request. api-version was not specified in the request. For more information refer to aka.ms/azureimds",
+                );
+            }
+            Some(v) if !valid_version(v) || v < "2017-08-01" => {
+                return bad_request("Bad request. api-version is invalid");
+            }
+            Some(_) => {}
+        }
+        match method.as_str() {
+            "GET" => {
+                self.azure.asked.send_modify(|n| *n += 1);
+                let first = !self.azure.first.swap(true, Ordering::SeqCst);
+                let delay = config.azure.scheduled_events_first_delay_secs;
+                if first && delay > 0 {
+                    let shared = self.clone();
+                    return Reply::Wait(Box::pin(async move {
+                        tokio::time::sleep(Duration::from_secs(delay)).await;
+                        shared.serve_events()
+                    }));
+                }
+                self.serve_events()
+            }
+            "POST" => self.approve(config, body),
+            _ => json_answer(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({ "error": "Method not allowed" }),
+            ),
+        }
+    }
+
+    fn serve_events(&self) -> Reply {
+        let doc = self.azure.document();
+        self.azure.served.send_modify(|n| *n += 1);
+        json_answer(StatusCode::OK, &doc)
+    }
+
+    /// `{"StartRequests": [{"EventId": …}]}`: each id must be listed.
+    fn approve(&self, config: &Config, body: &[u8]) -> Reply {
+        let ids: Option<Vec<String>> = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("StartRequests")?.as_array().cloned())
+            .and_then(|list| {
+                list.iter()
+                    .map(|r| r.get("EventId")?.as_str().map(str::to_string))
+                    .collect()
+            });
+        let Some(ids) = ids.filter(|ids| !ids.is_empty()) else {
+            return bad_request("Bad request. The request body is not a list of StartRequests");
+        };
+        {
+            let doc = lock(&self.azure.doc);
+            if let Some(unknown) = ids
+                .iter()
+                .find(|id| !doc.1.iter().any(|e| e.event_id == **id))
+            {
+                return bad_request(&format!("Bad request. {unknown} is not a scheduled event"));
+            }
+        }
+        self.azure
+            .approvals
+            .send_modify(|approvals| approvals.extend(ids.iter().cloned()));
+        if !config.azure.keep_approved_events {
+            for id in &ids {
+                self.azure.remove(id);
+            }
+        }
+        json_answer(StatusCode::OK, &json!({}))
+    }
+
+    /// `/_emulator/azure/…`: `PUT scheduledevents` (body: an event), `DELETE
+    /// scheduledevents/ID`, `GET approvals`.
+    pub(crate) fn azure_control(&self, method: &Method, what: &str, body: Bytes) -> Response {
+        match (method.as_str(), what.trim_end_matches('/')) {
+            ("PUT", "scheduledevents") => match serde_json::from_slice::<ScheduledEvent>(&body) {
+                Ok(event) => {
+                    self.azure.add(event);
+                    StatusCode::NO_CONTENT.into_response()
+                }
+                Err(e) => (
+                    StatusCode::BAD_REQUEST,
+                    format!("not a scheduled event: {e}\n"),
+                )
+                    .into_response(),
+            },
+            ("DELETE", path) if path.starts_with("scheduledevents/") => {
+                match self.azure.remove(&path["scheduledevents/".len()..]) {
+                    true => StatusCode::NO_CONTENT.into_response(),
+                    false => StatusCode::NOT_FOUND.into_response(),
+                }
+            }
+            ("GET", "approvals") => {
+                let approvals =
+                    serde_json::to_vec(&*self.azure.approvals.borrow()).unwrap_or_default();
+                ([("content-type", "application/json")], approvals).into_response()
+            }
+            _ => StatusCode::NOT_FOUND.into_response(),
+        }
     }
 }

@@ -52,7 +52,10 @@
 //! there is none). `azure.answer_html` answers HTML instead, as a server that is not
 //! Azure's. Azure's wireserver is served on the same port: `GET /machine/?comp=goalstate`
 //! (the goal state, XML) and `POST /machine/?comp=health` (200; its body is in the
-//! request's `Record`), both 400 without `x-ms-version: 2012-11-30`.
+//! request's `Record`), both 400 without `x-ms-version: 2012-11-30`. Scheduled events
+//! (`/metadata/scheduledevents`, approved with `StartRequests`) as `azure.rs` says, with
+//! how a test adds and removes them (`Emulator::add_scheduled_event`,
+//! `/_emulator/azure/…`).
 //!
 //! OpenStack Nova's metadata service, with `flavor: openstack` (`--flavor openstack`):
 //! `/openstack/latest/meta_data.json` (`openstack`: `uuid`, `name`, `hostname`,
@@ -89,7 +92,7 @@ mod gcp;
 mod openstack;
 
 pub use aws::{Instance, TokenMode};
-pub use azure::AzureInstance;
+pub use azure::{AzureInstance, ScheduledEvent, rfc1123};
 pub use gcp::GcpInstance;
 pub use openstack::OpenStackInstance;
 
@@ -277,6 +280,8 @@ struct Shared {
     changes: Mutex<Vec<ChangeRecord>>,
     /// Compute Engine's long polls (`gcp::Live`).
     gcp: gcp::Live,
+    /// Azure's scheduled events (`azure::Live`).
+    azure: azure::Live,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -375,6 +380,7 @@ impl Emulator {
             applied: Mutex::new(0),
             changes: Mutex::new(Vec::new()),
             gcp: gcp::Live::default(),
+            azure: azure::Live::default(),
         })
     }
 
@@ -496,7 +502,7 @@ async fn handle(
         return shared.control(&method, control, body);
     }
     let n = shared.counter.fetch_add(1, Ordering::SeqCst);
-    let reply = match shared.reply(n, &method, &path, uri.query(), &headers) {
+    let reply = match shared.reply(n, &method, &path, uri.query(), &headers, &body) {
         Reply::Wait(later) => later.await,
         reply => reply,
     };
@@ -585,6 +591,9 @@ impl Shared {
         if let Some(key) = what.strip_prefix("gcp/") {
             return self.gcp_control(method, key, body);
         }
+        if let Some(what) = what.strip_prefix("azure/") {
+            return self.azure_control(method, what, body);
+        }
         if let Some(path) = what.strip_prefix("meta-data/") {
             let Some(path) = settable(path) else {
                 let why = format!(
@@ -628,6 +637,7 @@ impl Shared {
         path: &str,
         query: Option<&str>,
         headers: &HeaderMap,
+        body: &[u8],
     ) -> Reply {
         let config = lock(&self.config).clone();
         if n < config.hang_first {
@@ -646,7 +656,7 @@ impl Shared {
         match config.flavor {
             Flavor::Aws => self.aws(&config, method, path, headers),
             Flavor::Gcp => self.gcp(&config, method, path, query, headers),
-            Flavor::Azure => self.azure(&config, method, path, query, headers),
+            Flavor::Azure => self.azure(&config, method, path, query, headers, body),
             Flavor::OpenStack => self.openstack(&config, method, path),
         }
     }
