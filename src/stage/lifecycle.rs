@@ -29,9 +29,12 @@
 //! With `bootstage.report.tags`, the watcher's start tags the instance `booting`, and a
 //! drain `draining` (`stage::tags`).
 //!
-//! On Compute Engine (`instance.json`'s `source` is `gcp`, as the metadata stage wrote it)
-//! the watcher goes straight to the instance's later life: Auto Scaling hooks, the group,
-//! CloudFormation and the status tags are AWS's, and it asks none of them (said once).
+//! On Compute Engine and Azure (`instance.json`'s `source` is `gcp` or `azure`, as the
+//! metadata stage wrote it) the watcher goes straight to the instance's later life: Auto
+//! Scaling hooks, the group, CloudFormation and the status tags are AWS's, and it asks
+//! none of them (said once). On OpenStack (`openstack`) there is nothing to watch: Nova's
+//! metadata has no interruption events, so the watcher says so and exits (0) without
+//! asking any metadata service (nor AWS).
 
 mod drain;
 mod life;
@@ -45,6 +48,7 @@ use crate::aws::Aws;
 use crate::base::notify::Notifier;
 use crate::base::retry::Deadline;
 use crate::base::stop::Stop;
+use crate::imds::provider::Provider;
 use crate::imds::{self, facts::Facts};
 use crate::orchestrator::{
     self, CompleteOn, Config, Delivery, LaunchHook, OnFailure, OrchestratorError,
@@ -144,21 +148,33 @@ struct Link {
     launched: Duration,
 }
 
-/// Whether the metadata stage read Compute Engine's metadata server (`instance.json`'s
-/// `source`): then the watcher asks it, and nothing of AWS's.
-pub(crate) fn on_gcp(state: &StateDir) -> bool {
-    Facts::of(state).is_some_and(|f| f.source == "gcp")
+/// Whose metadata the metadata stage read (`instance.json`'s `source`): the watcher asks
+/// that cloud, and nothing of AWS's elsewhere. Off-cloud facts (`flags`) or none: EC2's.
+pub(crate) fn cloud(state: &StateDir) -> Provider {
+    Facts::of(state)
+        .and_then(|f| Provider::of_facts(&f.source))
+        .unwrap_or(Provider::Aws)
 }
 
-/// On GCP, the signals of a boot have no one to go to: said, and nothing sent.
-fn nothing_to_tell_on_gcp(state: &StateDir) -> bool {
-    let gcp = on_gcp(state);
-    if gcp {
-        tracing::info!(
-            "on Compute Engine: no auto scaling group or CloudFormation stack to tell (bootstage.lifecycle.asg and .cloudformation are AWS's)"
-        );
+/// The cloud's name in the log, when it is not EC2.
+fn elsewhere(state: &StateDir) -> Option<&'static str> {
+    match cloud(state) {
+        Provider::Aws => None,
+        Provider::Gcp => Some("Compute Engine"),
+        Provider::Azure => Some("Azure"),
+        Provider::OpenStack => Some("OpenStack"),
     }
-    gcp
+}
+
+/// Off EC2, the signals of a boot have no one to go to: said, and nothing sent.
+fn nothing_to_tell_elsewhere(state: &StateDir) -> bool {
+    let Some(name) = elsewhere(state) else {
+        return false;
+    };
+    tracing::info!(
+        "on {name}: no auto scaling group or CloudFormation stack to tell (bootstage.lifecycle.asg and .cloudformation are AWS's)"
+    );
+    true
 }
 
 /// The instance's facts: `instance.json`, else IMDS (the metadata stage may have failed).
@@ -337,7 +353,7 @@ pub async fn ready(state: &StateDir, settings: &Settings, from_app: bool) -> Res
         tracing::info!("no bootstage.lifecycle: no orchestrator to tell");
         return Ok(());
     };
-    if nothing_to_tell_on_gcp(state) {
+    if nothing_to_tell_elsewhere(state) {
         return Ok(());
     }
     // In a warm pool the app does not run: the action of entering the pool is ours to
@@ -414,7 +430,7 @@ pub async fn failure(
     let Some(config) = config(state, &settings.config)? else {
         return Ok(None);
     };
-    if nothing_to_tell_on_gcp(state) {
+    if nothing_to_tell_elsewhere(state) {
         return Ok(None);
     }
     let Some(hold_for) = config
@@ -531,11 +547,20 @@ pub async fn watch(
 ) -> Result<()> {
     let mut stop = Stop::install()
         .map_err(|e| OrchestratorError::Undelivered(format!("cannot watch for SIGTERM: {e}")))?;
-    if on_gcp(state) {
+    if let Some(name) = elsewhere(state) {
         tracing::info!(
-            "on Compute Engine: Auto Scaling hooks, the group, CloudFormation and the status tags are AWS's; none is asked"
+            "on {name}: Auto Scaling hooks, the group, CloudFormation and the status tags are AWS's; none is asked"
         );
-        notifier.ready("on Compute Engine: no launch hook to keep alive");
+        notifier.ready(&format!("on {name}: no launch hook to keep alive"));
+        if cloud(state) == Provider::OpenStack {
+            // Nova's metadata (and a config drive) shows no interruption: nothing to poll,
+            // and EC2's paths are not asked in its stead.
+            tracing::info!(
+                "on OpenStack: Nova's metadata has no interruption or maintenance events; the instance's later life is not watched (drain.d, maintenance.d and the other hooks of it never run there)"
+            );
+            notifier.status("on OpenStack: nothing to watch");
+            return Ok(());
+        }
         let config = config(state, &settings.config)?;
         if !drain::watched(config.as_ref(), &life.dirs) {
             return Ok(());
@@ -824,8 +849,8 @@ pub fn unwatched(state: &StateDir, settings: &Settings) -> bool {
         .ok()
         .flatten()
         .is_some_and(|r| r.watcher_started_at.is_some());
-    // On GCP there is no launch hook to keep alive: nothing is missing.
-    configured && !started && !on_gcp(state)
+    // Off EC2 there is no launch hook to keep alive: nothing is missing.
+    configured && !started && cloud(state) == Provider::Aws
 }
 
 /// The lines `bootstage status` prints for the record.

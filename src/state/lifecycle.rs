@@ -2,7 +2,8 @@
 //! scaling group and CloudFormation (or could not tell them), the launch hook's heartbeats,
 //! a hold in progress, and the instance's later life as the watcher saw it (a drain: why,
 //! its deadline, how it ended, the termination hook's completion; the rebalance
-//! recommendations and maintenance events acted on, so none is acted on twice). Whoever
+//! recommendations and maintenance events acted on, and Azure's scheduled events approved,
+//! so none is acted on twice). Whoever
 //! signals writes it (the notices, `release`, the heartbeat watcher); `status` and the
 //! watcher read it.
 //!
@@ -90,12 +91,15 @@ pub struct Record {
     /// The scheduled maintenance events whose `maintenance.d` hooks ran (their EventId).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub maintenance: Vec<String>,
+    /// Azure: the scheduled events approved (`StartRequests`, their EventId), each once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approved: Vec<String>,
 }
 
 /// A drain: begun once, whatever the number of notices.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Drain {
-    /// `scale-in`, `spot` or `maintenance` (`BOOTSTAGE_DRAIN_REASON`).
+    /// `scale-in`, `spot`, `preempted` or `maintenance` (`BOOTSTAGE_DRAIN_REASON`).
     pub reason: String,
     /// What was seen, in a few words (the state, the Spot action, the event's code and id).
     pub why: String,
@@ -112,6 +116,9 @@ pub struct Drain {
     /// The units stopped, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stopped: Vec<String>,
+    /// Azure: the scheduled event approved once the drain is over (its EventId).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approve: Option<String>,
 }
 
 /// Rebalance recommendations: each seen once, the soft hooks run once per episode, and

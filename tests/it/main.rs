@@ -10,6 +10,7 @@
 
 mod common;
 
+mod azure_drain;
 mod boot;
 mod boot_drain;
 mod boot_image;

@@ -18,6 +18,19 @@
 //! at once, and nothing is asked between changes but the next wait. There, the group, its
 //! termination hook and the status tags are AWS's and not asked (said once at the start).
 //!
+//! On Azure (`source` `azure`), the looks are the last answer of Azure's scheduled events
+//! (`/metadata/scheduledevents?api-version=2020-07-01`, `Metadata: true`), polled in the
+//! background once a second as Microsoft recommends (or at `--poll-every`, if shorter),
+//! each request bounded at 5 s but the first, which enables the service and may take up
+//! to two minutes (bounded at [`AZURE_FIRST_CALL`]); only the events whose `Resources`
+//! name this VM (`instance.json`'s `instance_name`, Azure's `compute.name`) are looked
+//! at. An event is approved (`POST` of `StartRequests`, bounded at 5 s, tried again at the
+//! next look when it fails) once its hooks ran or its drain is over, and recorded, so a
+//! restarted watcher approves nothing twice. SIGTERM does not cut a POST in flight (it is
+//! bounded): the approval Azure took is recorded first. Only a watcher killed outright
+//! between the answer and the record would approve again, which Azure answers 200 all the
+//! same. Nothing of AWS's is asked there either.
+//!
 //! Each step is written to `lifecycle/record.json` as it is decided, so a watcher that
 //! restarts acts on nothing twice: a drain that was begun is never begun again.
 
@@ -28,12 +41,13 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 
 use super::life::{self, Act, HostMaintenance, Look, Memory, Plan};
-use super::{FALLBACK_HEARTBEAT, SIGNAL_TIMEOUT, connect, now, on_gcp, signal};
+use super::{FALLBACK_HEARTBEAT, SIGNAL_TIMEOUT, cloud, connect, now, signal};
 use crate::base::child;
 use crate::base::notify::Notifier;
 use crate::base::retry::{self, Deadline, RetryHint};
 use crate::base::stop::Stop;
-use crate::imds::{self, ImdsError, gcp};
+use crate::imds::provider::Provider;
+use crate::imds::{self, ImdsError, azure, gcp};
 use crate::orchestrator::{Config, Delivery, LaunchHook};
 use crate::report::tags::Status;
 use crate::stage::error::Result;
@@ -56,6 +70,12 @@ const IMDS_REQUEST: Duration = Duration::from_secs(2);
 /// Each long poll of Compute Engine's metadata server waits at most this long for a
 /// change (`timeout_sec`); the request is bounded by it plus `gcp::WAIT_MARGIN`.
 const GCP_WAIT_SEC: u64 = 60;
+/// Azure's scheduled events: the first request enables the service ("a delayed response
+/// in your first call of up to two minutes"), the later ones answer at once.
+pub const AZURE_FIRST_CALL: Duration = Duration::from_secs(125);
+const AZURE_REQUEST: Duration = Duration::from_secs(5);
+/// Microsoft recommends polling the scheduled events once a second.
+const AZURE_POLL: Duration = Duration::from_secs(1);
 /// An instance's life has no end the watcher knows of: its IMDS client's deadline is far.
 const LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
 /// The last notices may take this long to go out before the watcher exits.
@@ -125,6 +145,9 @@ pub async fn watch(
                 }
             })?;
         }
+        if let Some(id) = begun.approve.filter(|id| !record.approved.contains(id)) {
+            approve_once(state, w, &id, stop).await;
+        }
         let mut leaving = Leaving::new(state, config.as_ref(), begun.deadline_unix);
         leaving.finish(state, stop).await;
         return Ok(());
@@ -133,7 +156,7 @@ pub async fn watch(
         return Ok(());
     };
     notifier.status("watching the instance's life");
-    let mut ticker = tokio::time::interval(w.poll_every);
+    let mut ticker = tokio::time::interval(source.every(w.poll_every));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut runs = Runs::default();
     let mut unread = Unread::default();
@@ -150,10 +173,13 @@ pub async fn watch(
             }
         }
         let look = source.look(&mut unread).await;
+        // A hook run that ended frees its event for the approval.
+        runs.step(state, &w.dirs, notifier).await;
         let record = lifecycle::read(state).ok().flatten().unwrap_or_default();
         let now_unix = life::unix(SystemTime::now());
         let memory = Memory {
             host_before: host_before.clone(),
+            busy: runs.busy(),
             ..memory(&record)
         };
         if let Some(host) = &look.host_maintenance {
@@ -164,12 +190,14 @@ pub async fn watch(
                 Act::Drain(plan) => {
                     runs.cut("the instance drains");
                     // The long polls end: nothing more is looked at.
+                    let approver = source.approver();
                     drop(source);
                     drain(
                         state,
                         config.as_ref(),
                         w,
                         plan,
+                        approver,
                         notifier,
                         stop,
                         &mut notices,
@@ -195,6 +223,15 @@ pub async fn watch(
                         None,
                     );
                     runs.queue(Kind::Maintenance, life::event_env(&event), event.id.clone());
+                }
+                Act::Approve(event) => {
+                    let Some(client) = source.approver() else {
+                        continue;
+                    };
+                    // Not cut by SIGTERM (the request is bounded at 5 s): an approval
+                    // Azure took is recorded before the watch ends, so a restarted
+                    // watcher does not send it again.
+                    approve(state, &client, &event.id, &mut unread).await;
                 }
                 Act::Rebalance {
                     notice,
@@ -289,6 +326,12 @@ pub fn describe(record: &Record) -> Vec<String> {
             record.maintenance.join(", ")
         ));
     }
+    if !record.approved.is_empty() {
+        lines.push(format!(
+            "scheduled events approved: {}",
+            record.approved.join(", ")
+        ));
+    }
     lines
 }
 
@@ -300,7 +343,85 @@ fn memory(record: &Record) -> Memory {
         undo_due: record.rebalance.undo_due_unix,
         maintenance_done: record.maintenance.clone(),
         host_before: None,
+        approved: record.approved.clone(),
+        busy: Vec::new(),
     }
+}
+
+/// Approves an Azure event (one POST) and records it; a failure is said once per event
+/// and the next look tries again.
+async fn approve(state: &StateDir, client: &azure::Client, id: &str, unread: &mut Unread) {
+    match client.approve(&[id.to_string()], AZURE_REQUEST).await {
+        Ok(()) => {
+            tracing::info!(event = id, "scheduled event approved: Azure may go ahead");
+            unread.1.remove(id);
+            if let Err(e) = lifecycle::update(state, |r| {
+                if !r.approved.iter().any(|a| a == id) {
+                    r.approved.push(id.to_string());
+                }
+            }) {
+                tracing::error!("the approval of {id} is not recorded: {e}");
+            }
+        }
+        Err(e) => {
+            if unread.1.insert(id.to_string()) {
+                tracing::warn!(
+                    event = id,
+                    "cannot approve the scheduled event: {e}; trying again at the next look"
+                );
+            }
+        }
+    }
+}
+
+/// After a drain on Azure: its event approved, tried for at most [`SIGNAL_TIMEOUT`]
+/// (SIGTERM ends the tries).
+async fn approve_once(state: &StateDir, w: &Watch, id: &str, stop: &mut Stop) {
+    let Ok(client) = azure_client(w) else {
+        return;
+    };
+    approve_within(state, &client, id, stop).await;
+}
+
+async fn approve_within(state: &StateDir, client: &azure::Client, id: &str, stop: &mut Stop) {
+    let deadline = Deadline::after(SIGNAL_TIMEOUT);
+    let mut unread = Unread::default();
+    let mut backoff = retry::NOTICE.full_jitter();
+    loop {
+        approve(state, client, id, &mut unread).await;
+        let done = lifecycle::read(state)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.approved.iter().any(|a| a == id));
+        let wait = backoff.next().unwrap_or(retry::NOTICE.cap);
+        if done || deadline.remaining() <= wait {
+            if !done {
+                tracing::error!(
+                    event = id,
+                    "the scheduled event is not approved: Azure goes ahead at its NotBefore"
+                );
+            }
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.requested() => return,
+        }
+    }
+}
+
+/// Azure's IMDS client for the watcher; its endpoint as the metadata stage's.
+fn azure_client(w: &Watch) -> std::result::Result<azure::Client, String> {
+    let env = |v: &str| std::env::var(v).ok();
+    let endpoint = azure::resolve_endpoint(w.imds_endpoint.as_deref(), env).inspect_err(|why| {
+        tracing::error!("cannot reach Azure's IMDS: {why}");
+    })?;
+    azure::Client::new(azure::Options {
+        endpoint,
+        request_timeout: AZURE_REQUEST,
+        deadline: Deadline::after(LIFETIME),
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// Where the looks come from: IMDS, polled; or Compute Engine's metadata server,
@@ -308,6 +429,7 @@ fn memory(record: &Record) -> Memory {
 enum Source {
     Aws(imds::Client),
     Gcp(GcpWatch),
+    Azure(AzureWatch),
 }
 
 impl Source {
@@ -320,7 +442,29 @@ impl Source {
             notifier
                 .status("cannot reach the metadata service: the instance's life is not watched");
         };
-        if on_gcp(state) {
+        if cloud(state) == Provider::Azure {
+            let client = match azure_client(w) {
+                Ok(client) => client,
+                Err(why) => {
+                    unwatched(why);
+                    return Ok(None);
+                }
+            };
+            let vm = crate::imds::facts::Facts::of(state).and_then(|f| f.instance_name);
+            match &vm {
+                Some(vm) => tracing::info!(
+                    vm,
+                    "watching the instance's life: Azure's scheduled events every {:?}, those naming this VM",
+                    w.poll_every.min(AZURE_POLL)
+                ),
+                None => tracing::error!(
+                    "the VM's name is unknown (instance.json has no instance_name): no scheduled event can be told to concern it, and none is acted on"
+                ),
+            }
+            let every = w.poll_every.min(AZURE_POLL);
+            return Ok(Some(Source::Azure(AzureWatch::start(client, vm, every))));
+        }
+        if cloud(state) == Provider::Gcp {
             let endpoint = match gcp::resolve_endpoint(w.imds_endpoint.as_deref(), env) {
                 Ok(endpoint) => endpoint,
                 Err(why) => {
@@ -365,6 +509,7 @@ impl Source {
         match self {
             Source::Aws(_) => std::future::pending().await,
             Source::Gcp(g) => g.changed().await,
+            Source::Azure(a) => a.changed().await,
         }
     }
 
@@ -372,6 +517,116 @@ impl Source {
         match self {
             Source::Aws(client) => look(client, unread).await,
             Source::Gcp(g) => g.look(),
+            Source::Azure(a) => a.look(),
+        }
+    }
+
+    /// Between two looks: `--poll-every`, on Azure at most a second (also how soon an
+    /// event whose hooks ended is approved).
+    fn every(&self, poll_every: Duration) -> Duration {
+        match self {
+            Source::Azure(_) => poll_every.min(AZURE_POLL),
+            _ => poll_every,
+        }
+    }
+
+    /// Azure's client, to approve events with.
+    fn approver(&self) -> Option<std::sync::Arc<azure::Client>> {
+        match self {
+            Source::Azure(a) => Some(a.client.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Azure's scheduled events, polled by a task of its own; its last answer.
+/// Dropping it ends the poll.
+struct AzureWatch {
+    client: std::sync::Arc<azure::Client>,
+    last: tokio::sync::watch::Receiver<Option<azure::ScheduledEvents>>,
+    /// This VM's name (`compute.name`); `None`: no event is known to concern it.
+    vm: Option<String>,
+    _poll: tokio::task::JoinSet<()>,
+}
+
+impl AzureWatch {
+    fn start(client: azure::Client, vm: Option<String>, every: Duration) -> AzureWatch {
+        let client = std::sync::Arc::new(client);
+        let (tx, last) = tokio::sync::watch::channel(None);
+        let mut poll = tokio::task::JoinSet::new();
+        poll.spawn(azure_poll(client.clone(), tx, every));
+        AzureWatch {
+            client,
+            last,
+            vm,
+            _poll: poll,
+        }
+    }
+
+    async fn changed(&mut self) {
+        if self.last.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The events of the last answer that concern this VM.
+    fn look(&mut self) -> Look {
+        let last = self.last.borrow_and_update().clone();
+        let scheduled = match (&last, &self.vm) {
+            (Some(doc), Some(vm)) => life::azure_events(&doc.events, vm),
+            _ => Vec::new(),
+        };
+        Look {
+            scheduled,
+            ..Look::default()
+        }
+    }
+}
+
+/// The scheduled events, asked every `every` until the task is aborted; each answer that
+/// differs from the last is sent on. The first request may take up to two minutes (it
+/// enables the service): it is bounded at [`AZURE_FIRST_CALL`], the others at
+/// [`AZURE_REQUEST`]. Failures are said once (until it answers again) and asked again
+/// after `retry::NOTICE`'s backoff.
+async fn azure_poll(
+    client: std::sync::Arc<azure::Client>,
+    tx: tokio::sync::watch::Sender<Option<azure::ScheduledEvents>>,
+    every: Duration,
+) {
+    let mut answered = false;
+    let mut failing = false;
+    let mut backoff = retry::NOTICE.full_jitter();
+    loop {
+        let asked = tokio::time::Instant::now();
+        let timeout = if answered {
+            AZURE_REQUEST
+        } else {
+            AZURE_FIRST_CALL
+        };
+        match client.scheduled_events(timeout).await {
+            Ok(doc) => {
+                answered = true;
+                if std::mem::take(&mut failing) {
+                    tracing::info!("Azure's scheduled events answer again");
+                }
+                backoff = retry::NOTICE.full_jitter();
+                tx.send_if_modified(|last| match last.as_ref() == Some(&doc) {
+                    true => false,
+                    false => {
+                        tracing::debug!(incarnation = doc.incarnation, "scheduled events");
+                        *last = Some(doc);
+                        true
+                    }
+                });
+                tokio::time::sleep(every.saturating_sub(asked.elapsed())).await;
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!("cannot read Azure's scheduled events: {e}; asking again");
+                }
+                let wait = backoff.next().unwrap_or(retry::NOTICE.cap);
+                tokio::time::sleep(wait.max(e.retry_after().unwrap_or_default())).await;
+            }
         }
     }
 }
@@ -506,9 +761,13 @@ async fn long_poll(
     }
 }
 
-/// IMDS paths whose last read failed, so each failure is said once, not every 5 s.
+/// IMDS paths whose last read failed, and Azure events whose last approval failed, so
+/// each failure is said once, not at every look.
 #[derive(Default)]
-struct Unread(std::collections::BTreeSet<&'static str>);
+struct Unread(
+    std::collections::BTreeSet<&'static str>,
+    std::collections::BTreeSet<String>,
+);
 
 /// One look: the four GETs at once, with the client's one token.
 async fn look(client: &imds::Client, unread: &mut Unread) -> Look {
@@ -565,7 +824,12 @@ fn notify(
 }
 
 /// A hook run in the background: what it is for, and its task (hooks ran, skipped).
-type Running = (String, tokio::task::JoinHandle<Result<(usize, usize)>>);
+/// (what it is for, in the log; its key, as queued; its task)
+type Running = (
+    String,
+    String,
+    tokio::task::JoinHandle<Result<(usize, usize)>>,
+);
 /// A hook run waiting its turn: its directory, its variables, what it is for.
 type Queued = (Kind, Vec<(String, String)>, String);
 
@@ -578,13 +842,24 @@ struct Runs {
 }
 
 impl Runs {
+    /// What the runs queued or running are for (a maintenance run: its event's id).
+    fn busy(&self) -> Vec<String> {
+        let running = self.running.as_ref().map(|(_, key, _)| key.clone());
+        running
+            .into_iter()
+            .chain(self.queued.iter().map(|(_, _, key)| key.clone()))
+            .collect()
+    }
+}
+
+impl Runs {
     fn queue(&mut self, kind: Kind, env: Vec<(String, String)>, what: String) {
         self.queued.push_back((kind, env, what));
     }
 
     /// Collects a run that ended, and starts the next.
     async fn step(&mut self, state: &StateDir, dirs: &HookDirs, notifier: Notifier) {
-        if let Some((what, run)) = self.running.take_if(|(_, run)| run.is_finished()) {
+        if let Some((what, _, run)) = self.running.take_if(|(_, _, run)| run.is_finished()) {
             match run.await {
                 Ok(Ok((ran, _))) => tracing::info!("{what}: {ran} hook(s) ran"),
                 Ok(Err(e)) => tracing::error!("{what}: {e}"),
@@ -598,6 +873,7 @@ impl Runs {
             return;
         };
         let (state, dirs) = (state.clone(), dirs.clone());
+        let key = what.clone();
         let what = format!("{} ({what})", kind.dir());
         let run = tokio::spawn(async move {
             let limit = format!(
@@ -607,12 +883,12 @@ impl Runs {
             let deadline = Deadline::after(dirs.hook_timeout);
             hooks::run_kinds(&state, &dirs, &[kind], &env, deadline, &limit, notifier).await
         });
-        self.running = Some((what, run));
+        self.running = Some((what, key, run));
     }
 
     /// Ends a run in progress (its hook is killed) and forgets the queue.
     fn cut(&mut self, why: &str) {
-        if let Some((what, run)) = self.running.take()
+        if let Some((what, _, run)) = self.running.take()
             && !run.is_finished()
         {
             tracing::warn!("{why}: {what} cut short");
@@ -626,11 +902,13 @@ impl Runs {
 
 /// The drain, begun once: recorded, noticed, run beside the termination action, which
 /// is completed after it.
+#[allow(clippy::too_many_arguments)]
 async fn drain(
     state: &StateDir,
     config: Option<&Config>,
     w: &Watch,
     plan: Plan,
+    approver: Option<std::sync::Arc<azure::Client>>,
     notifier: Notifier,
     stop: &mut Stop,
     notices: &mut tokio::task::JoinSet<()>,
@@ -657,6 +935,7 @@ async fn drain(
             started: now(),
             deadline: deadline_text.clone(),
             deadline_unix: plan.deadline_unix,
+            approve: plan.approve.clone(),
             ..Drain::default()
         })
     })?;
@@ -670,8 +949,8 @@ async fn drain(
     let about =
         json!({"reason": reason, "why": plan.why, "deadline": deadline_text, "stop": units});
     notify(notices, state, w, "drain", about.clone(), None);
-    // Status tags are EC2's: not on GCP.
-    if !on_gcp(state) {
+    // Status tags are EC2's: not elsewhere.
+    if cloud(state) == Provider::Aws {
         let tagging = state.clone();
         notices.spawn(async move {
             let fallback = std::path::Path::new(tags::REPORT_CONFIG);
@@ -740,6 +1019,10 @@ async fn drain(
                 Some(("drain", e.clone())),
             );
         }
+    }
+    // Azure: the drain's event approved, so the eviction or deletion may go ahead early.
+    if let (Some(id), Some(client)) = (&plan.approve, &approver) {
+        approve_within(state, client, id, stop).await;
     }
     notifier.status("drained: completing the termination action");
     leaving.finish(state, stop).await;
@@ -852,13 +1135,13 @@ struct Leaving {
 }
 
 impl Leaving {
-    /// On GCP there is no group: no termination hook is looked for.
+    /// Off EC2 there is no group: no termination hook is looked for.
     fn new(state: &StateDir, config: Option<&Config>, deadline_unix: u64) -> Leaving {
         Leaving {
             name: config
                 .and_then(|c| c.asg.as_ref())
                 .and_then(|a| a.termination_hook.clone())
-                .filter(|_| !on_gcp(state)),
+                .filter(|_| cloud(state) == Provider::Aws),
             config: config.cloned(),
             deadline_unix,
             hook: None,

@@ -4,7 +4,9 @@
 //! `drain.rs` acts on the decisions.
 //!
 //! On EC2, a look is IMDS's four paths; on Compute Engine, the last long-polled answers of
-//! `instance/preempted` and `instance/maintenance-event` (the other fields stay empty).
+//! `instance/preempted` and `instance/maintenance-event`; on Azure, the scheduled events
+//! that concern this VM ([`azure_events`]: its name in their `Resources`). The other
+//! fields stay empty.
 //!
 //! - A drain (one per instance life, whatever the number of notices): the target state
 //!   `Terminated` or `Warmed:Terminated` (reason `scale-in`), a Spot `instance-action`
@@ -26,11 +28,24 @@
 //!   runs the hooks again even if the server repeats the ETag.
 //! - While the target state is `Warmed:*` (but `Warmed:Terminated`) the app is not
 //!   running: recommendations and events wait until the instance is in service.
+//! - Azure's scheduled events: `Preempt` (a Spot VM evicted, at least 30 s ahead) drains
+//!   with the reason `preempted`, as GCP's preemption; `Terminate` (a scale set deleting
+//!   the VM, its terminate notification 5 to 15 min ahead) drains with `scale-in`, as
+//!   AWS's group removing an instance; either at once, its deadline `NotBefore` less
+//!   `spot_margin` (or `within`, if sooner; the type's minimum notice when `NotBefore` is
+//!   blank, as once the event started). `Reboot`, `Redeploy` and `Freeze` run
+//!   `maintenance.d` once per `EventId`; once that run is over (done, failed or cut at
+//!   `--hook-timeout`) and the event still waits (`Scheduled`), it is approved
+//!   ([`Act::Approve`]), once, so Azure may go ahead before `NotBefore` as Microsoft
+//!   recommends; a drain's event is approved after the drain (`Plan::approve`). An event
+//!   of another type runs `maintenance.d` and is never approved; a `Started` event is not
+//!   approved (it is under way).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use crate::imds::azure::ScheduledEvent;
 use crate::settings::lifecycle::DrainConfig;
 
 /// The four paths, polled with one IMDSv2 token.
@@ -50,6 +65,18 @@ pub const HOST_TERMINATE: &str = "TERMINATE_ON_HOST_MAINTENANCE";
 pub const PREEMPT_NOTICE: u64 = 30;
 /// A host maintenance event's notice: the key changes about 60 s before the event.
 pub const HOST_NOTICE: u64 = 60;
+
+/// Azure's scheduled event types, as Microsoft documents them.
+pub const AZURE_PREEMPT: &str = "Preempt";
+pub const AZURE_TERMINATE: &str = "Terminate";
+/// The types whose event is approved once `maintenance.d` ran for it.
+const AZURE_APPROVED_AFTER_HOOKS: [&str; 3] = ["Reboot", "Redeploy", "Freeze"];
+/// The minimum notice Microsoft documents for a `Preempt` and a `Terminate`: the deadline
+/// when `NotBefore` is blank (the event started) or does not read.
+pub const AZURE_PREEMPT_NOTICE: u64 = 30;
+pub const AZURE_TERMINATE_NOTICE: u64 = 300;
+/// An event waiting for its `NotBefore` (or an approval), as opposed to `Started`.
+pub const AZURE_SCHEDULED: &str = "Scheduled";
 
 /// A Spot interruption notice.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +113,9 @@ pub struct Look {
     pub preempted: bool,
     /// GCP: `instance/maintenance-event`, once answered.
     pub host_maintenance: Option<HostMaintenance>,
+    /// Azure: the scheduled events that concern this VM ([`azure_events`]); `code` is
+    /// the `EventType`, `state` the `EventStatus`.
+    pub scheduled: Vec<Event>,
 }
 
 /// Compute Engine's `instance/maintenance-event`: the value and its ETag.
@@ -125,6 +155,10 @@ pub struct Memory {
     /// GCP: the value of `instance/maintenance-event` this watcher saw before this look
     /// (`None` until it saw one: a watcher just started).
     pub host_before: Option<String>,
+    /// Azure: the events approved (their EventId).
+    pub approved: Vec<String>,
+    /// Azure: the events whose `maintenance.d` run is queued or running in this watcher.
+    pub busy: Vec<String>,
 }
 
 /// Why the instance drains: `BOOTSTAGE_DRAIN_REASON`.
@@ -157,6 +191,8 @@ pub struct Plan {
     pub deadline_unix: u64,
     /// Variables for `drain.d` beside the reason and the deadline.
     pub env: Vec<(String, String)>,
+    /// Azure: the event to approve once the drain is over.
+    pub approve: Option<String>,
 }
 
 /// What to do after one look.
@@ -175,6 +211,8 @@ pub enum Act {
     Undo,
     /// Begin the drain (and nothing else from this look).
     Drain(Plan),
+    /// Azure: approve this event (`StartRequests`) and record it.
+    Approve(Event),
 }
 
 /// Maintenance codes whose event stops the instance or retires it: a drain before
@@ -209,6 +247,25 @@ pub fn next(memory: &Memory, look: &Look, now: u64, drain: &DrainConfig) -> Vec<
     }
     if !warmed && let Some(event) = migration(memory, look) {
         acts.push(Act::Maintenance(event));
+    }
+    for event in &look.scheduled {
+        let ran = memory.maintenance_done.contains(&event.id);
+        let seen = acts.iter().any(|a| match a {
+            Act::Maintenance(e) | Act::Approve(e) => e.id == event.id,
+            _ => false,
+        });
+        if seen {
+            continue;
+        }
+        if !ran {
+            acts.push(Act::Maintenance(event.clone()));
+        } else if event.state == AZURE_SCHEDULED
+            && AZURE_APPROVED_AFTER_HOOKS.contains(&event.code.as_str())
+            && !memory.busy.contains(&event.id)
+            && !memory.approved.contains(&event.id)
+        {
+            acts.push(Act::Approve(event.clone()));
+        }
     }
     let new_notice = look
         .rebalance
@@ -257,6 +314,7 @@ fn drain_plan(look: &Look, now: u64, drain: &DrainConfig) -> Option<Plan> {
             why: format!("target lifecycle state {target}"),
             deadline_unix: deadline(None),
             env: Vec::new(),
+            approve: None,
         });
     }
     if let Some(spot) = &look.spot {
@@ -268,6 +326,7 @@ fn drain_plan(look: &Look, now: u64, drain: &DrainConfig) -> Option<Plan> {
                 ("BOOTSTAGE_SPOT_ACTION".into(), spot.action.clone()),
                 ("BOOTSTAGE_SPOT_TIME".into(), spot.time.clone()),
             ],
+            approve: None,
         });
     }
     if look.preempted {
@@ -276,6 +335,7 @@ fn drain_plan(look: &Look, now: u64, drain: &DrainConfig) -> Option<Plan> {
             why: format!("{GCP_PREEMPTED} TRUE"),
             deadline_unix: deadline(Some(now + PREEMPT_NOTICE)),
             env: Vec::new(),
+            approve: None,
         });
     }
     if let Some(host) = look
@@ -288,6 +348,27 @@ fn drain_plan(look: &Look, now: u64, drain: &DrainConfig) -> Option<Plan> {
             why: format!("{GCP_MAINTENANCE} {HOST_TERMINATE}"),
             deadline_unix: deadline(Some(now + HOST_NOTICE)),
             env: event_env(&host.event()),
+            approve: None,
+        });
+    }
+    let azure = |code: &str| look.scheduled.iter().find(|e| e.code == code);
+    if let Some((e, reason, notice)) = azure(AZURE_PREEMPT)
+        .map(|e| (e, Reason::Preempted, AZURE_PREEMPT_NOTICE))
+        .or_else(|| azure(AZURE_TERMINATE).map(|e| (e, Reason::ScaleIn, AZURE_TERMINATE_NOTICE)))
+    {
+        let at = e.not_before_unix.unwrap_or(now + notice);
+        return Some(Plan {
+            reason,
+            why: match e.not_before.is_empty() {
+                true => format!("scheduled event {} {} {}", e.code, e.id, e.state),
+                false => format!(
+                    "scheduled event {} {} not before {}",
+                    e.code, e.id, e.not_before
+                ),
+            },
+            deadline_unix: deadline(Some(at)),
+            env: event_env(e),
+            approve: (e.state == AZURE_SCHEDULED).then(|| e.id.clone()),
         });
     }
     look.maintenance
@@ -305,7 +386,35 @@ fn drain_plan(look: &Look, now: u64, drain: &DrainConfig) -> Option<Plan> {
             ),
             deadline_unix: deadline(Some(at)),
             env: event_env(e),
+            approve: None,
         })
+}
+
+/// Azure: the scheduled events that concern the VM named `vm` (its name among their
+/// `Resources`; Azure's names are case-insensitive), as events for the decisions.
+/// Scheduled events go to every VM of an availability set or a scale set's placement
+/// group: an event naming only others is none of this VM's business.
+pub fn azure_events(events: &[ScheduledEvent], vm: &str) -> Vec<Event> {
+    events
+        .iter()
+        .filter(|e| e.resources.iter().any(|r| r.eq_ignore_ascii_case(vm)))
+        .map(|e| Event {
+            id: e.id.clone(),
+            code: e.kind.clone(),
+            state: e.status.clone(),
+            not_before_unix: rfc1123_unix(&e.not_before),
+            not_before: e.not_before.clone(),
+            raw: e.raw.clone(),
+        })
+        .collect()
+}
+
+/// Azure's `NotBefore`, RFC 1123 (`Mon, 19 Sep 2016 18:29:47 GMT`), in Unix seconds: the
+/// weekday (not checked), then the time as AWS writes it.
+pub fn rfc1123_unix(text: &str) -> Option<u64> {
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    let (day, rest) = text.trim().split_once(", ")?;
+    DAYS.contains(&day).then(|| event_time_unix(rest))?
 }
 
 /// A maintenance event's variables for its hooks.
@@ -525,13 +634,196 @@ mod tests {
                 } => format!("rebalance {notice} hooks={hooks} undo+{}", undo_due - NOW),
                 Act::Undo => "undo".into(),
                 Act::Drain(p) => format!(
-                    "drain {} deadline+{} ({})",
+                    "drain {} deadline+{} ({}){}",
                     p.reason.name(),
                     p.deadline_unix as i64 - NOW as i64,
-                    p.why
+                    p.why,
+                    p.approve
+                        .as_deref()
+                        .map(|id| format!(" then approve {id}"))
+                        .unwrap_or_default()
                 ),
+                Act::Approve(e) => format!("approve {}", e.id),
             })
             .collect()
+    }
+
+    /// An Azure scheduled event as the emulator and Azure serve it.
+    fn azure(id: &str, kind: &str, status: &str, vms: &[&str], not_before: &str) -> ScheduledEvent {
+        ScheduledEvent {
+            id: id.into(),
+            kind: kind.into(),
+            status: status.into(),
+            resources: vms.iter().map(|v| v.to_string()).collect(),
+            not_before: not_before.into(),
+            source: "Platform".into(),
+            raw: json!({"EventId": id, "EventType": kind, "EventStatus": status,
+                        "Resources": vms, "NotBefore": not_before,
+                        "Description": "Host server is undergoing maintenance."}),
+        }
+    }
+
+    #[test]
+    fn azure_scheduled_events_decide_as_the_other_clouds_notices_do() {
+        // NOW + 120 s, as Azure writes it.
+        let in_2_min = "Fri, 15 Jan 2027 08:02:00 GMT";
+        assert_eq!(rfc1123_unix(in_2_min), Some(NOW + 120));
+        let mine = |events: &[ScheduledEvent]| Look {
+            scheduled: azure_events(events, "web-1"),
+            ..Look::default()
+        };
+        let memory = |done: &[&str], approved: &[&str], busy: &[&str]| Memory {
+            maintenance_done: done.iter().map(|d| d.to_string()).collect(),
+            approved: approved.iter().map(|d| d.to_string()).collect(),
+            busy: busy.iter().map(|d| d.to_string()).collect(),
+            ..Memory::default()
+        };
+        let cases: Vec<(&str, Memory, Look, DrainConfig, Vec<&str>)> = vec![
+            (
+                "a Preempt for this VM: drain, preempted, NotBefore less the margin, then approve",
+                memory(&[], &[], &[]),
+                mine(&[azure("p1", "Preempt", "Scheduled", &["web-1"], in_2_min)]),
+                config(),
+                vec![
+                    "drain preempted deadline+110 (scheduled event Preempt p1 not before Fri, 15 Jan 2027 08:02:00 GMT) then approve p1",
+                ],
+            ),
+            (
+                "the name in another case is this VM's (Azure's names are case-insensitive)",
+                memory(&[], &[], &[]),
+                mine(&[azure("p1", "Preempt", "Scheduled", &["Web-1"], in_2_min)]),
+                DrainConfig {
+                    within: Duration::from_secs(60),
+                    ..config()
+                },
+                vec![
+                    "drain preempted deadline+60 (scheduled event Preempt p1 not before Fri, 15 Jan 2027 08:02:00 GMT) then approve p1",
+                ],
+            ),
+            (
+                "a Preempt already started: the documented 30 s, nothing to approve",
+                memory(&[], &[], &[]),
+                mine(&[azure("p2", "Preempt", "Started", &["web-1"], "")]),
+                config(),
+                vec!["drain preempted deadline+20 (scheduled event Preempt p2 Started)"],
+            ),
+            (
+                "a Terminate: scale-in",
+                memory(&[], &[], &[]),
+                mine(&[azure("t1", "Terminate", "Scheduled", &["web-1"], in_2_min)]),
+                config(),
+                vec![
+                    "drain scale-in deadline+110 (scheduled event Terminate t1 not before Fri, 15 Jan 2027 08:02:00 GMT) then approve t1",
+                ],
+            ),
+            (
+                "a Terminate whose NotBefore does not read: the documented 5 min, within first",
+                memory(&[], &[], &[]),
+                mine(&[azure("t2", "Terminate", "Scheduled", &["web-1"], "soon")]),
+                config(),
+                vec![
+                    "drain scale-in deadline+290 (scheduled event Terminate t2 not before soon) then approve t2",
+                ],
+            ),
+            (
+                "events for other VMs of the set: nothing",
+                memory(&[], &[], &[]),
+                mine(&[
+                    azure("p3", "Preempt", "Scheduled", &["web-2"], in_2_min),
+                    azure("r1", "Reboot", "Scheduled", &["web-10", "web-"], in_2_min),
+                ]),
+                config(),
+                vec![],
+            ),
+            (
+                "one drain per life on Azure too",
+                Memory {
+                    draining: true,
+                    ..Memory::default()
+                },
+                mine(&[azure("p1", "Preempt", "Scheduled", &["web-1"], in_2_min)]),
+                config(),
+                vec![],
+            ),
+            (
+                "a Reboot, a Redeploy, a Freeze: maintenance.d for each",
+                memory(&[], &[], &[]),
+                mine(&[
+                    azure("r1", "Reboot", "Scheduled", &["web-1", "web-2"], in_2_min),
+                    azure("d1", "Redeploy", "Scheduled", &["web-1"], in_2_min),
+                    azure("f1", "Freeze", "Started", &["web-1"], ""),
+                ]),
+                config(),
+                vec!["maintenance r1", "maintenance d1", "maintenance f1"],
+            ),
+            (
+                "hooks still running: no approval yet",
+                memory(&["r1"], &[], &["r1"]),
+                mine(&[azure("r1", "Reboot", "Scheduled", &["web-1"], in_2_min)]),
+                config(),
+                vec![],
+            ),
+            (
+                "hooks over: approved, once",
+                memory(&["r1", "f1"], &[], &[]),
+                mine(&[
+                    azure("r1", "Reboot", "Scheduled", &["web-1"], in_2_min),
+                    azure("f1", "Freeze", "Scheduled", &["web-1"], in_2_min),
+                ]),
+                config(),
+                vec!["approve r1", "approve f1"],
+            ),
+            (
+                "approved before (a restarted watcher): nothing",
+                memory(&["r1"], &["r1"], &[]),
+                mine(&[azure("r1", "Reboot", "Scheduled", &["web-1"], in_2_min)]),
+                config(),
+                vec![],
+            ),
+            (
+                "started: under way, nothing to approve",
+                memory(&["r1"], &[], &[]),
+                mine(&[azure("r1", "Reboot", "Started", &["web-1"], "")]),
+                config(),
+                vec![],
+            ),
+            (
+                "a type Microsoft does not document: its hooks, never approved",
+                memory(&["x1"], &[], &[]),
+                mine(&[
+                    azure("x1", "Hibernate", "Scheduled", &["web-1"], in_2_min),
+                    azure("x2", "Hibernate", "Scheduled", &["web-1"], in_2_min),
+                ]),
+                config(),
+                vec!["maintenance x2"],
+            ),
+        ];
+        for (name, memory, seen, drain, expected) in cases {
+            assert_eq!(said(&next(&memory, &seen, NOW, &drain)), expected, "{name}");
+        }
+        let env = event_env(
+            &azure_events(
+                &[azure("r1", "Reboot", "Scheduled", &["web-1"], in_2_min)],
+                "web-1",
+            )[0],
+        );
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("BOOTSTAGE_MAINTENANCE_EVENT_ID"), Some("r1"));
+        assert_eq!(get("BOOTSTAGE_MAINTENANCE_CODE"), Some("Reboot"));
+        assert_eq!(get("BOOTSTAGE_MAINTENANCE_STATE"), Some("Scheduled"));
+        assert_eq!(get("BOOTSTAGE_MAINTENANCE_NOT_BEFORE"), Some(in_2_min));
+        assert_eq!(
+            get("BOOTSTAGE_MAINTENANCE_DESCRIPTION"),
+            Some("Host server is undergoing maintenance.")
+        );
+        for (text, unix) in [
+            ("Mon, 19 Sep 2016 18:29:47 GMT", Some(1_474_309_787)),
+            ("19 Sep 2016 18:29:47 GMT", None),
+            ("Foo, 19 Sep 2016 18:29:47 GMT", None),
+            ("", None),
+        ] {
+            assert_eq!(rfc1123_unix(text), unix, "{text}");
+        }
     }
 
     #[test]
