@@ -515,6 +515,47 @@ async fn sigterm_during_the_first_call_ends_the_watch() {
     rig.nothing_of_aws();
 }
 
+/// The first request is waited for past the later requests' 5 s bound (it enables the
+/// service, up to two minutes): answered after 6 s, it was the only one asked, and the
+/// event it carried is acted on.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_call_is_waited_for_longer_than_the_others() {
+    let slow = AzureInstance {
+        scheduled_events_first_delay_secs: 6,
+        ..AzureInstance::default()
+    };
+    let rig = Rig::new(json!({"drain": {}}), slow).await;
+    let log = rig.sb.path("maintenance.log");
+    rig.hook(
+        "maintenance.d/10-note",
+        &format!(
+            "echo \"$BOOTSTAGE_MAINTENANCE_EVENT_ID\" >> {}",
+            log.display()
+        ),
+    );
+    rig.emu
+        .add_scheduled_event(ScheduledEvent::new("r3", "Redeploy", &[VM], in_secs(600)));
+    let watcher = rig.watch();
+    within("the first answer", rig.emu.scheduled_events_served(1)).await;
+    assert_eq!(
+        rig.emu.scheduled_events_asked_count(),
+        1,
+        "the first request was not given up and asked again"
+    );
+    within("the approval", rig.emu.scheduled_events_approved(1)).await;
+    sigterm(&watcher);
+    let watched = exits(watcher).await;
+    let stderr = String::from_utf8_lossy(&watched.stderr);
+    assert!(watched.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains("cannot read Azure's scheduled events"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "r3\n");
+    assert_eq!(rig.emu.scheduled_event_approvals(), ["r3"]);
+    rig.nothing_of_aws();
+}
+
 /// OpenStack has no interruption events: with drain settings and a drain.d hook, the
 /// watcher says there is nothing to watch and exits 0, having asked nothing of the
 /// metadata service (neither Nova's paths nor EC2's in their stead) nor of Auto Scaling.

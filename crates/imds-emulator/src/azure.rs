@@ -478,6 +478,11 @@ impl Emulator {
         let _ = rx.wait_for(|approvals| approvals.len() >= n).await;
     }
 
+    /// How many scheduled events GETs were received so far (answered or not).
+    pub fn scheduled_events_asked_count(&self) -> u64 {
+        *self.shared.azure.asked.borrow()
+    }
+
     /// Waits until `n` scheduled events GETs in all were received (answered or not).
     pub async fn scheduled_events_asked(&self, n: u64) {
         let mut rx = self.shared.azure.asked.subscribe();
