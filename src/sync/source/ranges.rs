@@ -431,6 +431,9 @@ const SAMPLE_BYTES: u64 = 256 << 10;
 /// How many parts after the first are timed against it ([`mode_after_probe`]).
 const PROBE_PARTS: u64 = 4;
 
+/// The most parts at once until the probe has decided ([`Ranges::widest`]).
+const PROBE_WIDTH: usize = 4;
+
 /// How much faster than the first part the parts after it must come to go on in parallel.
 const PAYS: f64 = 1.5;
 
@@ -473,6 +476,8 @@ pub(super) struct Ranges {
     /// part's, once it is taken.
     sampling: Option<(std::time::Instant, u64)>,
     first: Option<Sample>,
+    /// Whether the probe has decided (or there is none to run).
+    decided: bool,
     /// The next part to start.
     next: u64,
     queue: VecDeque<Part>,
@@ -488,6 +493,7 @@ impl Ranges {
             waited: std::time::Duration::ZERO,
             sampling: None,
             first: None,
+            decided: false,
             next: 0,
             queue: VecDeque::new(),
         };
@@ -543,7 +549,7 @@ impl Ranges {
                     Err(TryRecvError::Empty) => {
                         // The unpacker waits for the network: one more part at once.
                         if self.mode == Mode::Parallel {
-                            self.width = (self.width + 1).min(self.in_flight);
+                            self.width = (self.width + 1).min(self.widest());
                             self.top_up();
                         }
                         // Parts only join the queue at its back: the head is the same.
@@ -607,12 +613,16 @@ impl Ranges {
         match (index, self.first) {
             (0, _) => {
                 let first = self.sample();
-                if first.bytes >= SAMPLE_BYTES {
-                    self.first = Some(first);
-                    self.sampling = Some((std::time::Instant::now(), 0));
+                match first.bytes >= SAMPLE_BYTES {
+                    true => {
+                        self.first = Some(first);
+                        self.sampling = Some((std::time::Instant::now(), 0));
+                    }
+                    false => self.decided = true,
                 }
             }
             (PROBE_PARTS, Some(first)) => {
+                self.decided = true;
                 let parallel = self.sample();
                 self.mode = mode_after_probe(first, parallel);
                 match self.mode {
@@ -641,6 +651,16 @@ impl Ranges {
             self.width = (self.width - 1).max(MIN_WIDTH);
         }
         self.top_up();
+    }
+
+    /// The most parts at once now: [`PROBE_WIDTH`] until the probe has decided (so that
+    /// where parallel does not pay, it costs a few parts read ahead, not `in_flight`),
+    /// then `in_flight`.
+    fn widest(&self) -> usize {
+        match self.decided {
+            true => self.in_flight,
+            false => self.in_flight.min(PROBE_WIDTH),
+        }
     }
 
     /// Ends the sample being taken (an empty one if none was).
