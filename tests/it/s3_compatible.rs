@@ -348,8 +348,8 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 /// `Content-Encoding: gzip` is served gunzipped to a GET without `Accept-Encoding: gzip`
 /// (bootstage sends none), Range ignored, without Content-Length: bytes that are not the
 /// stored object's, whose size and ETag describe the compressed form. A prefix's object
-/// is refused as longer than listed, a bundle as longer than announced (76), and the old
-/// tree stays in both.
+/// is refused as longer than listed, a bundle as longer than its HEAD announced (76),
+/// and the old tree stays in both.
 #[tokio::test(flavor = "multi_thread")]
 async fn gcs_decompressive_transcoding_is_refused_with_the_old_tree_kept() {
     let bucket = moto().bucket("gcs-transcode").await;
@@ -376,7 +376,11 @@ async fn gcs_decompressive_transcoding_is_refused_with_the_old_tree_kept() {
         let out = sync_from(&sb, &url, &transcoding).await;
         let why = match key {
             "p/app.conf" => format!("the body is longer than the {} bytes listed", stored.len()),
-            _ => "the body is longer than the 0 bytes announced".to_string(),
+            // No Content-Length: the size is the HEAD's, the stored (compressed) one.
+            _ => format!(
+                "the body is longer than the {} bytes announced",
+                stored.len()
+            ),
         };
         assert_exit(&out, 76, &format!("{key}: verification failed: {why}"));
         assert!(
@@ -388,5 +392,35 @@ async fn gcs_decompressive_transcoding_is_refused_with_the_old_tree_kept() {
             generation,
             "{key}"
         );
+    }
+}
+
+/// A server that sends an object's body without Content-Length (chunked, as HTTP allows):
+/// a prefix's object is checked against its listed size and syncs; a bundle, whose size
+/// comes from the GET's Content-Length, should sync the same, in one GET or in parts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bundle_answered_without_content_length_syncs() {
+    let bucket = moto().bucket("chunked").await;
+    let (body, contents) = archive(&[64 * 1024], 7);
+    bucket.put("b/app.tar", body).await;
+    bucket.put("p/app.conf", b"a = 1\n".to_vec()).await;
+    let chunked = || Faults {
+        chunked: true,
+        ..Faults::default()
+    };
+    let sb = Sandbox::new();
+    let proxy = gcs(chunked()).await;
+    let out = sync_from(&sb, &format!("s3://{}/p/", bucket.name), &proxy).await;
+    assert_eq!(out.code, 0, "prefix: {}", out.stderr);
+    for parts in [
+        serde_json::json!({"parts_in_flight": 1}),
+        serde_json::json!({}),
+    ] {
+        let sb = Sandbox::new();
+        let proxy = gcs(chunked()).await;
+        let url = format!("s3://{}/b/app.tar", bucket.name);
+        let out = sync_entry(&sb, &url, &proxy, parts.clone()).await;
+        assert_eq!(out.code, 0, "{parts}: {}", out.stderr);
+        assert_holds(&sb.path("dest/app"), &contents);
     }
 }

@@ -222,7 +222,12 @@ impl Bundle {
                         });
                     }
                 };
-                let length = answer.content_length().unwrap_or_default().max(0) as u64;
+                let length = match answer.content_length() {
+                    Some(length) => length.max(0) as u64,
+                    // A body sent without Content-Length (chunked, as HTTP allows): its
+                    // size from a HEAD of the same version, or it cannot be checked.
+                    None => whole_size(client, bucket, key, answer.e_tag(), &url).await?,
+                };
                 let size = match answer.content_range() {
                     Some(range) => {
                         total_of(range, length, parts.size).ok_or_else(|| SourceError::Corrupt {
@@ -419,6 +424,35 @@ impl Download {
             verified.push_str("+SHA-256");
         }
         Ok(verified)
+    }
+}
+
+/// The size of an object whose GET answered without Content-Length, from a HEAD pinned
+/// to the ETag it answered, if any (a 412 is the change mid-sync it is).
+async fn whole_size(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    etag: Option<&str>,
+    url: &str,
+) -> Result<u64, SourceError> {
+    let head = client
+        .head_object()
+        .bucket(bucket)
+        .key(key)
+        .set_if_match(etag.filter(|e| !e.is_empty()).map(str::to_string))
+        .send()
+        .await
+        .map_err(|e| match e.raw_response().map(|r| r.status().as_u16()) {
+            Some(412) => SourceError::Changed { key: key.into() },
+            _ => sdk_error(url, "s3:GetObject", e),
+        })?;
+    match head.content_length() {
+        Some(length) if length >= 0 => Ok(length as u64),
+        _ => Err(SourceError::Corrupt {
+            key: key.into(),
+            why: "answered without Content-Length, its HEAD too: its size cannot be checked".into(),
+        }),
     }
 }
 

@@ -100,6 +100,9 @@ pub struct Faults {
     /// gzip` and `x-goog-stored-content-length` (the compressed size) added. Bodies that
     /// are not gzip pass as they are.
     pub transcode_gzip: bool,
+    /// Send every whole object body (200) without Content-Length (chunked), as HTTP
+    /// allows and some servers do.
+    pub chunked: bool,
     /// Every request as `METHOD HOST PATH?QUERY`, in order.
     pub requests: std::sync::Mutex<Vec<String>>,
 }
@@ -152,6 +155,7 @@ async fn forward(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_string();
+    let head = method == Method::HEAD;
     let object_path = path
         .trim_start_matches('/')
         .split_once('/')
@@ -304,6 +308,8 @@ async fn forward(
         return response;
     }
     out_headers.remove("transfer-encoding");
+    // A HEAD's Content-Length is the object's, not its (empty) body's: kept as answered.
+    let head_length = out_headers.get("content-length").cloned().filter(|_| head);
     out_headers.remove("content-length");
     let bytes = match object_get && ok && take(&s.faults.lengthen) {
         true => {
@@ -378,6 +384,19 @@ async fn forward(
         }
         return response;
     }
+    if s.faults.chunked && object_get && status == StatusCode::OK {
+        let mut response = Response::new(Body::from_stream(futures_util::stream::iter([Ok::<
+            _,
+            std::io::Error,
+        >(
+            bytes
+        )])));
+        *response.status_mut() = status;
+        for (name, value) in &out_headers {
+            response.headers_mut().insert(name, value.clone());
+        }
+        return response;
+    }
     let length = bytes.len();
     let body = match s.faults.trickle_first {
         Some(gap) if partial && !headers.contains_key("if-match") => {
@@ -400,6 +419,9 @@ async fn forward(
     *response.status_mut() = status;
     if s.faults.trickle_first.is_some() && object_get {
         out_headers.insert("content-length", length.into());
+    }
+    if let Some(length) = head_length {
+        out_headers.insert("content-length", length);
     }
     for (name, value) in &out_headers {
         response.headers_mut().insert(name, value.clone());
