@@ -396,8 +396,8 @@ async fn gcs_decompressive_transcoding_is_refused_with_the_old_tree_kept() {
 }
 
 /// A server that sends an object's body without Content-Length (chunked, as HTTP allows):
-/// a prefix's object is checked against its listed size and syncs; a bundle, whose size
-/// comes from the GET's Content-Length, should sync the same, in one GET or in parts.
+/// a prefix's object is checked against its listed size and syncs; a bundle takes its
+/// size from a HEAD and syncs the same, in one GET or in parts.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bundle_answered_without_content_length_syncs() {
     let bucket = moto().bucket("chunked").await;
@@ -423,4 +423,41 @@ async fn a_bundle_answered_without_content_length_syncs() {
         assert_eq!(out.code, 0, "{parts}: {}", out.stderr);
         assert_holds(&sb.path("dest/app"), &contents);
     }
+}
+
+/// A server that ignores `encoding-type=url` lists keys raw (and says no `EncodingType`):
+/// a key with `+` or `%` must still be synced under its own name.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_listed_raw_by_a_server_that_ignores_encoding_type_sync_as_named() {
+    let bucket = moto().bucket("raw-keys").await;
+    bucket.put("p/a+b.conf", b"plus\n".to_vec()).await;
+    bucket.put("p/100%.conf", b"percent\n".to_vec()).await;
+    let sb = Sandbox::new();
+    let proxy = gcs(Faults {
+        ignore_encoding_type: true,
+        ..Faults::default()
+    })
+    .await;
+    let to = sb.path("dest/app");
+    let from = format!("s3://{}/p/", bucket.name);
+    let mut cmd = sb.command(&[
+        "s3-sync",
+        "--sync-timeout",
+        "8s",
+        "--from",
+        &from,
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    gcs_env(&mut cmd, &proxy);
+    let out = common::run(cmd).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sb.path("dest/app/a+b.conf")).unwrap(),
+        "plus\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(sb.path("dest/app/100%.conf")).unwrap(),
+        "percent\n"
+    );
 }

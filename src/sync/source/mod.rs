@@ -242,8 +242,15 @@ impl Source {
                 while let Some(page) = pages.next().await {
                     count += 1;
                     let page = page.map_err(|e| self.sdk_error("s3:ListBucket", e))?;
+                    // Decoded only where the page says it is encoded: a server that
+                    // ignores the request lists keys as they are (`a+b` is `a+b`).
+                    let encoded =
+                        page.encoding_type() == Some(&aws_sdk_s3::types::EncodingType::Url);
                     for o in page.contents() {
-                        let key = url_decode(o.key().unwrap_or_default());
+                        let key = match encoded {
+                            true => url_decode(o.key().unwrap_or_default()),
+                            false => o.key().unwrap_or_default().to_string(),
+                        };
                         let version = match (o.e_tag(), o.last_modified()) {
                             (Some(etag), _) if !etag.is_empty() => Version::ETag(etag.into()),
                             (_, Some(modified)) => {

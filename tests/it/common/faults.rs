@@ -103,6 +103,8 @@ pub struct Faults {
     /// Send every whole object body (200) without Content-Length (chunked), as HTTP
     /// allows and some servers do.
     pub chunked: bool,
+    /// Drop `encoding-type=url` from LIST queries: a server that ignores it.
+    pub ignore_encoding_type: bool,
     /// Every request as `METHOD HOST PATH?QUERY`, in order.
     pub requests: std::sync::Mutex<Vec<String>>,
 }
@@ -241,11 +243,16 @@ async fn forward(
         let _ = hit.send(());
         let _ = go.await;
     }
-    let target = format!(
+    let mut target = format!(
         "{}{}",
         s.upstream,
         uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
     );
+    if list && s.faults.ignore_encoding_type {
+        target = target
+            .replace("encoding-type=url&", "")
+            .replace("&encoding-type=url", "");
+    }
     let mut request = s.http.request(method, target).body(body);
     for (name, value) in &headers {
         if name == "host"
