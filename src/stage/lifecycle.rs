@@ -149,10 +149,20 @@ struct Link {
 }
 
 /// Whose metadata the metadata stage read (`instance.json`'s `source`): the watcher asks
-/// that cloud, and nothing of AWS's elsewhere. Off-cloud facts (`flags`) or none: EC2's.
+/// that cloud, and nothing of AWS's elsewhere. Off-cloud facts (`flags`): EC2's; none: as
+/// the metadata stage chooses without a flag.
 pub(crate) fn cloud(state: &StateDir) -> Provider {
-    Facts::of(state)
-        .and_then(|f| Provider::of_facts(&f.source))
+    if let Some(facts) = Facts::of(state) {
+        return Provider::of_facts(&facts.source).unwrap_or(Provider::Aws);
+    }
+    // No facts (the metadata stage has not run, or failed): the provider it would have
+    // chosen, from BOOTSTAGE_PROVIDER or the DMI, never from the network; else EC2.
+    let env = std::env::var("BOOTSTAGE_PROVIDER").ok();
+    let root = std::env::var_os("BOOTSTAGE_DMI_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| imds::provider::DMI_ROOT.into());
+    imds::provider::choose(None, env.as_deref(), &imds::provider::Dmi::read(&root))
+        .map(|(provider, _)| provider)
         .unwrap_or(Provider::Aws)
 }
 

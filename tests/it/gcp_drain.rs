@@ -465,6 +465,43 @@ async fn a_vm_preempted_before_the_watcher_starts_drains_at_the_first_answer() {
     );
 }
 
+/// Without instance.json (a metadata stage that did not finish), the watcher asks the
+/// cloud the DMI names, as the metadata stage chooses without a flag: on a machine whose
+/// DMI says Google, the preemption runs drain.d through GCP's keys, and nothing of EC2's
+/// IMDS paths or of Auto Scaling is asked.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_facts_the_dmi_names_the_cloud_to_watch() {
+    let lifecycle = json!({"drain": {"within": "60s"}});
+    let rig = Rig::new(lifecycle).await;
+    std::fs::remove_file(rig.sb.state().join("instance.json")).unwrap();
+    let dmi = rig.sb.path("dmi");
+    std::fs::create_dir_all(&dmi).unwrap();
+    std::fs::write(dmi.join("sys_vendor"), "Google\n").unwrap();
+    std::fs::write(dmi.join("product_name"), "Google Compute Engine\n").unwrap();
+    let dir = rig.sb.path("");
+    rig.hook(
+        "drain.d/10-drain",
+        &format!("echo x >> {}/drained", dir.display()),
+    );
+    let before = rig.emu.requests().len();
+    let watcher = rig.watch("1h");
+    rig.long_polling().await;
+    rig.emu.set_gcp(PREEMPTED, "TRUE");
+    let watched = exits(watcher).await;
+    let stderr = String::from_utf8_lossy(&watched.stderr);
+    assert!(watched.status.success(), "{stderr}");
+    assert_eq!(rig.record()["drain"]["reason"], "preempted", "{stderr}");
+    assert_eq!(rig.file("drained").unwrap(), "x\n");
+    let requests: Vec<_> = rig.emu.requests().into_iter().skip(before).collect();
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.had_flavor && r.path.starts_with(GCP_PREFIX)),
+        "{requests:?}"
+    );
+    assert_eq!(rig.orch.calls().len(), 0, "{:?}", rig.orch.calls());
+}
+
 /// SIGTERM while both long polls are held: the watcher exits at once and cleanly,
 /// nothing drained and nothing recorded as acted on.
 #[tokio::test(flavor = "multi_thread")]

@@ -70,6 +70,10 @@ const IMDS_REQUEST: Duration = Duration::from_secs(2);
 /// Each long poll of Compute Engine's metadata server waits at most this long for a
 /// change (`timeout_sec`); the request is bounded by it plus `gcp::WAIT_MARGIN`.
 const GCP_WAIT_SEC: u64 = 60;
+/// The least time between two long polls of one key: a server that answers at once with
+/// a new ETag every time (a broken proxy) is not asked in a loop; a change is still seen
+/// at once, the next poll answering it as soon as it is asked.
+const GCP_LEAST_GAP: Duration = Duration::from_millis(250);
 /// Azure's scheduled events: the first request enables the service ("a delayed response
 /// in your first call of up to two minutes"), the later ones answer at once.
 pub const AZURE_FIRST_CALL: Duration = Duration::from_secs(125);
@@ -213,7 +217,13 @@ pub async fn watch(
                         not_before = event.not_before,
                         "scheduled maintenance: running maintenance.d"
                     );
-                    lifecycle::update(state, |r| r.maintenance.push(event.id.clone()))?;
+                    lifecycle::update(state, |r| {
+                        // Once each, the latest 64, as the rebalance notices are kept.
+                        r.maintenance.retain(|id| *id != event.id);
+                        r.maintenance.push(event.id.clone());
+                        let extra = r.maintenance.len().saturating_sub(64);
+                        r.maintenance.drain(..extra);
+                    })?;
                     notify(
                         &mut notices,
                         state,
@@ -746,9 +756,11 @@ async fn long_poll(
                         true
                     }
                 });
-                if absent || (!changed && asked.elapsed() < pause) {
-                    tokio::time::sleep(pause.saturating_sub(asked.elapsed())).await;
-                }
+                let gap = match absent || !changed {
+                    true => pause.max(GCP_LEAST_GAP),
+                    false => GCP_LEAST_GAP,
+                };
+                tokio::time::sleep(gap.saturating_sub(asked.elapsed())).await;
             }
             Err(e) => {
                 if !std::mem::replace(&mut failing, true) {
