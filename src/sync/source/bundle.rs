@@ -262,7 +262,7 @@ impl Bundle {
                     }
                     (true, Some(pinned)) => {
                         let get = Arc::new(PartGet {
-                            client: client.clone(),
+                            client: PartGet::client_of(client),
                             bucket: bucket.clone(),
                             key: key.clone(),
                             etag: pinned,

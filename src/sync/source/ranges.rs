@@ -60,6 +60,7 @@ impl Layout {
 
 /// What every part's GET shares: the object, pinned to one ETag.
 pub(super) struct PartGet {
+    /// The pass's client, validating no response checksum ([`PartGet::client_of`]).
     pub(super) client: Client,
     pub(super) bucket: String,
     pub(super) key: String,
@@ -70,6 +71,21 @@ pub(super) struct PartGet {
 }
 
 impl PartGet {
+    /// `client` for the parts: validating no response checksum (S3 answers none for a
+    /// range; the parts' whole is checked in order), built once for a download rather than
+    /// a configuration layered onto each GET, which cost every part's request its own
+    /// runtime plugins. Its connections are the pass's: the HTTP client is shared.
+    pub(super) fn client_of(client: &Client) -> Client {
+        let config = client
+            .config()
+            .to_builder()
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            )
+            .build();
+        Client::from_conf(config)
+    }
+
     /// Sends part `index`'s bytes on `tx` as they arrive: from `first` (the first GET's
     /// body, for part 0), else by ranged GETs; a GET that fails part way is followed by
     /// one of the bytes still missing, retried until the deadline. A failure that is not
@@ -154,8 +170,9 @@ impl PartGet {
     /// The body of one ranged GET of bytes `start..end`, pinned to the ETag; its answer
     /// checked (the ETag, the range).
     async fn open(&self, start: u64, end: u64) -> Result<ByteStream, SourceError> {
-        // No checksum mode: S3 answers none for a range, and a server that sent the
-        // whole object's would fail the part. The whole object is verified in order.
+        // No checksum mode, and none validated (`client`): S3 answers none for a range,
+        // and a server that sent the whole object's would fail the part. The whole object
+        // is verified in order.
         let answer = self
             .client
             .get_object()
@@ -163,10 +180,6 @@ impl PartGet {
             .key(&self.key)
             .if_match(&self.etag)
             .range(format!("bytes={start}-{}", end - 1))
-            .customize()
-            .config_override(aws_sdk_s3::Config::builder().response_checksum_validation(
-                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
-            ))
             .send()
             .await
             .map_err(|e| match e.raw_response().map(|r| r.status().as_u16()) {
