@@ -31,7 +31,7 @@
 //! the pin are what is checked). An empty object (a range of it is 416) and a server that
 //! answers a part without an ETag are fetched as one GET.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use aws_sdk_s3::Client;
 
@@ -172,148 +172,30 @@ impl Bundle {
     ) -> Result<Fetched, SourceError> {
         use sha2::Digest as _;
         let url = self.url();
-        let (etag, size, key, body, check) = match self {
+        let first = match self {
             Bundle::S3 {
                 client,
                 bucket,
                 key,
                 ..
-            } => {
-                let ranged = parts.ranged();
-                let answer = client
-                    .get_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .set_if_none_match(known.map(str::to_string))
-                    .set_range(ranged.then(|| format!("bytes=0-{}", parts.size - 1)))
-                    .checksum_mode(ChecksumMode::Enabled)
-                    .send()
-                    .await;
-                let answer = match answer {
-                    Ok(answer) => answer,
-                    Err(e) => {
-                        return match e.raw_response().map(|r| r.status().as_u16()) {
-                            Some(304) => Ok(Fetched::Unchanged),
-                            Some(404) => Ok(Fetched::Missing),
-                            // No byte 0: an empty object, which one GET fetches.
-                            Some(416) if ranged => {
-                                Box::pin(self.fetch(
-                                    known,
-                                    sha256,
-                                    Parts {
-                                        in_flight: 1,
-                                        ..parts
-                                    },
-                                    deadline,
-                                ))
-                                .await
-                            }
-                            _ => Err(sdk_error(&url, "s3:GetObject", e)),
-                        };
-                    }
+            } => s3_first(client, bucket, key, known, parts, deadline, &url).await?,
+            Bundle::File { path, .. } => open_file(path, known)?,
+        };
+        let Opened {
+            etag,
+            size,
+            key,
+            body,
+            check,
+        } = match first {
+            First::Opened(opened) => *opened,
+            First::Fetched(fetched) => return Ok(fetched),
+            First::OneStream => {
+                let one = Parts {
+                    in_flight: 1,
+                    ..parts
                 };
-                let etag = match (answer.e_tag(), answer.last_modified()) {
-                    (Some(etag), _) if !etag.is_empty() => etag.to_string(),
-                    (_, Some(t)) => Version::Modified(*t).token(),
-                    _ => {
-                        return Err(SourceError::Corrupt {
-                            key: key.clone(),
-                            why: "answered with neither ETag nor Last-Modified".into(),
-                        });
-                    }
-                };
-                let length = match answer.content_length() {
-                    Some(length) => length.max(0) as u64,
-                    // A body sent without Content-Length (chunked, as HTTP allows): its
-                    // size from a HEAD of the same version, or it cannot be checked.
-                    None => whole_size(client, bucket, key, answer.e_tag(), &url).await?,
-                };
-                let size = match answer.content_range() {
-                    Some(range) => {
-                        total_of(range, length, parts.size).ok_or_else(|| SourceError::Corrupt {
-                            key: key.clone(),
-                            why: format!(
-                                "asked for bytes=0-{}, answered {range} for {length} bytes",
-                                parts.size - 1
-                            ),
-                        })?
-                    }
-                    // A 200: the whole object (a server that ignores ranges, or one stream).
-                    // A 206 without its Content-Range breaks HTTP (RFC 9110 §15.3.7); were
-                    // one to truncate a bundle this way, the archive's own framing (zstd
-                    // frames, tar headers) ends the unpack with an error, nothing swapped.
-                    None => length,
-                };
-                let pinned = answer.e_tag().filter(|e| !e.is_empty()).map(str::to_string);
-                match (length < size, pinned) {
-                    // The whole object: one stream, its checksum verified by the SDK.
-                    (false, _) => {
-                        let check = Check::of(&answer, None);
-                        (etag, size, key.clone(), Body::S3(answer.body), check)
-                    }
-                    // Without an ETag the parts cannot be pinned to one version.
-                    (true, None) => {
-                        drop(answer);
-                        let one = Parts {
-                            in_flight: 1,
-                            ..parts
-                        };
-                        return Box::pin(self.fetch(known, sha256, one, deadline)).await;
-                    }
-                    (true, Some(pinned)) => {
-                        let get = Arc::new(PartGet {
-                            client: PartGet::client_of(client),
-                            bucket: bucket.clone(),
-                            key: key.clone(),
-                            etag: pinned,
-                            url: url.clone(),
-                            layout: parts.layout(size, length),
-                            deadline,
-                        });
-                        let ranges = Ranges::start(get.clone(), parts.in_flight, answer.body);
-                        // While the parts download: the full-object checksum.
-                        let head = get.head().await?;
-                        let check = Check::of(&head, None);
-                        (
-                            etag,
-                            size,
-                            key.clone(),
-                            Body::Parts(Box::new(ranges)),
-                            check,
-                        )
-                    }
-                }
-            }
-            Bundle::File { path, .. } => {
-                let local = |source| SourceError::Local {
-                    path: path.clone(),
-                    source,
-                };
-                let flags = nix::fcntl::OFlag::O_RDONLY
-                    | nix::fcntl::OFlag::O_NOFOLLOW
-                    | nix::fcntl::OFlag::O_NONBLOCK
-                    | nix::fcntl::OFlag::O_CLOEXEC;
-                let fd = match nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()) {
-                    Ok(fd) => fd,
-                    Err(nix::errno::Errno::ENOENT) => return Ok(Fetched::Missing),
-                    Err(e) => return Err(local(fsat::io(e))),
-                };
-                let st = nix::sys::stat::fstat(&fd).map_err(|e| local(fsat::io(e)))?;
-                if !fsat::is_file(&st) {
-                    return Err(local(std::io::Error::other("not a regular file")));
-                }
-                let etag = stat_token(&st);
-                if known == Some(etag.as_str()) {
-                    return Ok(Fetched::Unchanged);
-                }
-                let file = tokio::fs::File::from_std(std::fs::File::from(fd));
-                let check = Check {
-                    checksum: None,
-                    value: None,
-                    md5: None,
-                };
-                let key = path.display().to_string();
-                (etag, st.st_size as u64, key, Body::File(file), check)
+                return Box::pin(self.fetch(known, sha256, one, deadline)).await;
             }
         };
         let (checksum, parts) = match &body {
@@ -334,6 +216,162 @@ impl Bundle {
             parts,
         })))
     }
+}
+
+/// What the first answer opened: the version's token, the size, the name errors give,
+/// the body, and what verifies it.
+struct Opened {
+    etag: String,
+    size: u64,
+    key: String,
+    body: Body,
+    check: Check,
+}
+
+/// What asking the first time came to.
+enum First {
+    Opened(Box<Opened>),
+    /// Unchanged or missing: nothing to download.
+    Fetched(Fetched),
+    /// Ask again as one stream: an empty object (a range of it is 416), or parts that
+    /// cannot be pinned to one version (no ETag).
+    OneStream,
+}
+
+/// The first GET of an S3 bundle (in parts: of the first part only), and the rest of it
+/// started: one stream, or the parts pinned to the answer's ETag.
+async fn s3_first(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    known: Option<&str>,
+    parts: Parts,
+    deadline: Deadline,
+    url: &str,
+) -> Result<First, SourceError> {
+    let ranged = parts.ranged();
+    let answer = client
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .set_if_none_match(known.map(str::to_string))
+        .set_range(ranged.then(|| format!("bytes=0-{}", parts.size - 1)))
+        .checksum_mode(ChecksumMode::Enabled)
+        .send()
+        .await;
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(e) => {
+            return match e.raw_response().map(|r| r.status().as_u16()) {
+                Some(304) => Ok(First::Fetched(Fetched::Unchanged)),
+                Some(404) => Ok(First::Fetched(Fetched::Missing)),
+                // No byte 0: an empty object, which one GET fetches.
+                Some(416) if ranged => Ok(First::OneStream),
+                _ => Err(sdk_error(url, "s3:GetObject", e)),
+            };
+        }
+    };
+    let etag = match (answer.e_tag(), answer.last_modified()) {
+        (Some(etag), _) if !etag.is_empty() => etag.to_string(),
+        (_, Some(t)) => Version::Modified(*t).token(),
+        _ => {
+            return Err(SourceError::Corrupt {
+                key: key.into(),
+                why: "answered with neither ETag nor Last-Modified".into(),
+            });
+        }
+    };
+    let length = match answer.content_length() {
+        Some(length) => length.max(0) as u64,
+        // A body sent without Content-Length (chunked, as HTTP allows): its size from a
+        // HEAD of the same version, or it cannot be checked.
+        None => whole_size(client, bucket, key, answer.e_tag(), url).await?,
+    };
+    let size = match answer.content_range() {
+        Some(range) => total_of(range, length, parts.size).ok_or_else(|| SourceError::Corrupt {
+            key: key.into(),
+            why: format!(
+                "asked for bytes=0-{}, answered {range} for {length} bytes",
+                parts.size - 1
+            ),
+        })?,
+        // A 200: the whole object (a server that ignores ranges, or one stream). A 206
+        // without its Content-Range breaks HTTP (RFC 9110 §15.3.7); were one to truncate
+        // a bundle this way, the archive's own framing (zstd frames, tar headers) ends the
+        // unpack with an error, nothing swapped.
+        None => length,
+    };
+    let pinned = answer.e_tag().filter(|e| !e.is_empty()).map(str::to_string);
+    let (body, check) = match (length < size, pinned) {
+        // The whole object: one stream, its checksum verified by the SDK.
+        (false, _) => {
+            let check = Check::of(&answer, None);
+            (Body::S3(answer.body), check)
+        }
+        // Without an ETag the parts cannot be pinned to one version.
+        (true, None) => return Ok(First::OneStream),
+        (true, Some(pinned)) => {
+            let get = Arc::new(PartGet {
+                client: PartGet::client_of(client),
+                bucket: bucket.into(),
+                key: key.into(),
+                etag: pinned,
+                url: url.into(),
+                layout: parts.layout(size, length),
+                deadline,
+            });
+            let ranges = Ranges::start(get.clone(), parts.in_flight, answer.body);
+            // While the parts download: the full-object checksum.
+            let head = get.head().await?;
+            (Body::Parts(Box::new(ranges)), Check::of(&head, None))
+        }
+    };
+    Ok(First::Opened(Box::new(Opened {
+        etag,
+        size,
+        key: key.into(),
+        body,
+        check,
+    })))
+}
+
+/// A local bundle, opened without following a link: a regular file, its version the
+/// stat token ([`stat_token`]).
+fn open_file(path: &Path, known: Option<&str>) -> Result<First, SourceError> {
+    let local = |source| SourceError::Local {
+        path: path.into(),
+        source,
+    };
+    let flags = nix::fcntl::OFlag::O_RDONLY
+        | nix::fcntl::OFlag::O_NOFOLLOW
+        | nix::fcntl::OFlag::O_NONBLOCK
+        | nix::fcntl::OFlag::O_CLOEXEC;
+    let fd = match nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Ok(First::Fetched(Fetched::Missing)),
+        Err(e) => return Err(local(fsat::io(e))),
+    };
+    let st = nix::sys::stat::fstat(&fd).map_err(|e| local(fsat::io(e)))?;
+    if !fsat::is_file(&st) {
+        return Err(local(std::io::Error::other("not a regular file")));
+    }
+    let etag = stat_token(&st);
+    if known == Some(etag.as_str()) {
+        return Ok(First::Fetched(Fetched::Unchanged));
+    }
+    let file = tokio::fs::File::from_std(std::fs::File::from(fd));
+    let check = Check {
+        checksum: None,
+        value: None,
+        md5: None,
+    };
+    Ok(First::Opened(Box::new(Opened {
+        etag,
+        size: st.st_size as u64,
+        key: path.display().to_string(),
+        body: Body::File(file),
+        check,
+    })))
 }
 
 impl Download {
