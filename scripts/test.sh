@@ -39,8 +39,16 @@ background+=("$cross")
 
 cargo clippy --workspace --all-targets -- -D warnings
 status=0
+# The integration tests' binary is run once more below, with the release-semantics build of
+# bootstage: as built here. `cargo test --test it` would first build bootstage again for
+# its narrower package selection (29 s of a warm run).
 # bench-s3 serves the benchmark only; clippy above still checks it.
-cargo test --workspace --exclude bench-s3 --no-run
+it_bin=$(cargo test --workspace --exclude bench-s3 --no-run 2>&1 | tee /dev/stderr |
+  sed -n 's|^ *Executable tests/it/main.rs (\(.*\))$|\1|p')
+if [ ! -x "$it_bin" ]; then
+  echo "cargo test --no-run named no integration test binary (tests/it/main.rs)" >&2
+  exit 1
+fi
 # --no-fail-fast: a failing test binary must not hide the ones after it, or the closing
 # line counts a part. Four at a time: most of them wait, not compute.
 cargo test --workspace --exclude bench-s3 --no-fail-fast -- --test-threads=4 2>&1 | tee "$log" || status=$?
@@ -57,7 +65,7 @@ fi
 # release-semantics profile) for the stages that take untrusted input: the same test
 # binary, pointed at that build of bootstage.
 BOOTSTAGE_TEST_BIN="$PWD/target/release-semantics/bootstage" \
-  cargo test --test it --no-fail-fast -- --test-threads=4 metadata_imds:: secrets:: s3_sync:: bundles:: \
+  "$it_bin" --test-threads=4 metadata_imds:: secrets:: s3_sync:: bundles:: \
   sync_hostile:: decode:: 2>&1 | tee -a "$log" || status=$?
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$log"
