@@ -37,7 +37,9 @@
 //! asking any metadata service (nor AWS).
 
 mod drain;
+mod leaving;
 mod life;
+mod sources;
 
 pub use drain::{DEFAULT_POLL, DEFAULT_SYSTEMCTL, Watch};
 
