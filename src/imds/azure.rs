@@ -192,32 +192,18 @@ impl Client {
     pub async fn user_data(
         &self,
         grace: Duration,
-        mut on_wait: impl FnMut(u32, Duration),
+        on_wait: impl FnMut(u32, Duration),
     ) -> Result<Option<Vec<u8>>, ImdsError> {
-        let deadline = self.deadline;
-        let result = retry::until_deadline(
-            retry::BACKOFF,
-            deadline,
-            |_, attempt, _| on_wait(attempt, deadline.elapsed()),
-            || async {
-                let path = format!("{USER_DATA_PATH}?api-version={API_VERSION}&format=text");
-                let found = match self.get(&path, MAX_USER_DATA).await {
-                    Ok(answer) => decode_user_data(&path, &answer.body)?,
-                    Err(ImdsError::NotFound(_)) => None,
-                    Err(e) => return Err(e),
-                };
-                match (found, deadline.elapsed() < grace) {
-                    (Some(data), _) => Ok(Some(data)),
-                    (None, true) => Err(ImdsError::NotYet),
-                    (None, false) => Ok(None),
-                }
-            },
-        )
-        .await;
-        match result {
-            Err(ImdsError::NotYet) => Ok(None),
-            other => other.map_err(|e| http::gave_up(&self.endpoint, deadline, e)),
-        }
+        super::poll_user_data(retry::BACKOFF, self.deadline, grace, on_wait, || async {
+            let path = format!("{USER_DATA_PATH}?api-version={API_VERSION}&format=text");
+            match self.get(&path, MAX_USER_DATA).await {
+                Ok(answer) => decode_user_data(&path, &answer.body),
+                Err(ImdsError::NotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(|e| http::gave_up(&self.endpoint, self.deadline, e))
     }
 
     /// The facts, from the instance document; `compute.vmId` is required.

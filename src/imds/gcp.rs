@@ -153,32 +153,20 @@ impl Client {
     pub async fn user_data(
         &self,
         grace: Duration,
-        mut on_wait: impl FnMut(u32, Duration),
+        on_wait: impl FnMut(u32, Duration),
     ) -> Result<Option<Vec<u8>>, ImdsError> {
-        let deadline = self.deadline;
-        let result = retry::until_deadline(
-            retry::POLL,
-            deadline,
-            |_, attempt, _| on_wait(attempt, deadline.elapsed()),
-            || async {
-                for name in USER_DATA_ATTRIBUTES {
-                    match self.get(&format!("instance/attributes/{name}")).await {
-                        Ok(body) => return Ok(Some(body)),
-                        Err(ImdsError::NotFound(_)) => continue,
-                        Err(e) => return Err(e),
-                    }
+        super::poll_user_data(retry::POLL, self.deadline, grace, on_wait, || async {
+            for name in USER_DATA_ATTRIBUTES {
+                match self.get(&format!("instance/attributes/{name}")).await {
+                    Ok(body) => return Ok(Some(body)),
+                    Err(ImdsError::NotFound(_)) => continue,
+                    Err(e) => return Err(e),
                 }
-                match deadline.elapsed() < grace {
-                    true => Err(ImdsError::NotYet),
-                    false => Ok(None),
-                }
-            },
-        )
-        .await;
-        match result {
-            Err(ImdsError::NotYet) => Ok(None),
-            other => other.map_err(|e| self.gave_up(e)),
-        }
+            }
+            Ok(None)
+        })
+        .await
+        .map_err(|e| self.gave_up(e))
     }
 
     /// The facts; `instance/id` is required, the rest is `None` where the server has none.

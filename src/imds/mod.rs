@@ -312,29 +312,17 @@ impl Client {
     pub async fn user_data(
         &self,
         grace: Duration,
-        mut on_wait: impl FnMut(u32, Duration),
+        on_wait: impl FnMut(u32, Duration),
     ) -> Result<Option<Vec<u8>>, ImdsError> {
-        let deadline = self.deadline;
-        let result = retry::until_deadline(
-            retry::POLL,
-            deadline,
-            |_, attempt, _| on_wait(attempt, deadline.elapsed()),
-            || async {
-                match self.get("/latest/user-data").await {
-                    Ok(body) => Ok(Some(body)),
-                    Err(ImdsError::NotFound(_)) if deadline.elapsed() < grace => {
-                        Err(ImdsError::NotYet)
-                    }
-                    Err(ImdsError::NotFound(_)) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            },
-        )
-        .await;
-        match result {
-            Err(ImdsError::NotYet) => Ok(None),
-            other => other.map_err(|e| self.gave_up(e)),
-        }
+        poll_user_data(retry::POLL, self.deadline, grace, on_wait, || async {
+            match self.get("/latest/user-data").await {
+                Ok(body) => Ok(Some(body)),
+                Err(ImdsError::NotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(|e| self.gave_up(e))
     }
 
     /// One GET of a text item (trimmed); `None` for a 404, which IMDS answers for an item
@@ -605,6 +593,44 @@ impl ExitStatus for ImdsError {
             true => ExitCode::ImdsDisabled,
             false => ExitCode::TempFail,
         }
+    }
+}
+
+/// How every provider waits for user-data: `fetch` asks once (`Ok(None)`: not there, a
+/// 404 or an empty value), and "not there" is "not yet" until `grace` has passed since the
+/// stage started (`deadline`'s start), then "this instance has none" (`Ok(None)`);
+/// transient failures are retried under `policy` until the deadline. `on_wait(attempt,
+/// waited)` before each wait.
+pub(crate) async fn poll_user_data<F, Fut>(
+    policy: retry::Policy,
+    deadline: Deadline,
+    grace: Duration,
+    mut on_wait: impl FnMut(u32, Duration),
+    mut fetch: F,
+) -> Result<Option<Vec<u8>>, ImdsError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Vec<u8>>, ImdsError>>,
+{
+    let result = retry::until_deadline(
+        policy,
+        deadline,
+        |_, attempt, _| on_wait(attempt, deadline.elapsed()),
+        || {
+            let asked = fetch();
+            async move {
+                match (asked.await?, deadline.elapsed() < grace) {
+                    (Some(data), _) => Ok(Some(data)),
+                    (None, true) => Err(ImdsError::NotYet),
+                    (None, false) => Ok(None),
+                }
+            }
+        },
+    )
+    .await;
+    match result {
+        Err(ImdsError::NotYet) => Ok(None),
+        other => other,
     }
 }
 

@@ -158,7 +158,7 @@ impl Client {
     pub async fn user_data(
         &self,
         grace: Duration,
-        mut on_wait: impl FnMut(u32, Duration),
+        on_wait: impl FnMut(u32, Duration),
     ) -> Result<Option<Vec<u8>>, ImdsError> {
         let endpoint = match &self.source {
             Source::Drive(root) => {
@@ -174,27 +174,15 @@ impl Client {
             }
             Source::Service(endpoint) => endpoint,
         };
-        let deadline = self.deadline;
-        let result = retry::until_deadline(
-            retry::POLL,
-            deadline,
-            |_, attempt, _| on_wait(attempt, deadline.elapsed()),
-            || async {
-                match self.get(endpoint, USER_DATA, MAX_USER_DATA).await {
-                    Ok(answer) => Ok(Some(answer.body)),
-                    Err(ImdsError::NotFound(_)) if deadline.elapsed() < grace => {
-                        Err(ImdsError::NotYet)
-                    }
-                    Err(ImdsError::NotFound(_)) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            },
-        )
-        .await;
-        match result {
-            Err(ImdsError::NotYet) => Ok(None),
-            other => other.map_err(|e| http::gave_up(endpoint, deadline, e)),
-        }
+        super::poll_user_data(retry::POLL, self.deadline, grace, on_wait, || async {
+            match self.get(endpoint, USER_DATA, MAX_USER_DATA).await {
+                Ok(answer) => Ok(Some(answer.body)),
+                Err(ImdsError::NotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(|e| http::gave_up(endpoint, self.deadline, e))
     }
 
     /// The facts, from `meta_data.json`; `uuid` is required.
