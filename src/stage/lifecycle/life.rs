@@ -261,6 +261,7 @@ pub fn next(memory: &Memory, look: &Look, now: u64, drain: &DrainConfig) -> Vec<
             acts.push(Act::Maintenance(event.clone()));
         } else if event.state == AZURE_SCHEDULED
             && AZURE_APPROVED_AFTER_HOOKS.contains(&event.code.as_str())
+            && only_this_vm(event)
             && !memory.busy.contains(&event.id)
             && !memory.approved.contains(&event.id)
         {
@@ -368,7 +369,7 @@ fn drain_plan(look: &Look, now: u64, drain: &DrainConfig) -> Option<Plan> {
             },
             deadline_unix: deadline(Some(at)),
             env: event_env(e),
-            approve: (e.state == AZURE_SCHEDULED).then(|| e.id.clone()),
+            approve: (e.state == AZURE_SCHEDULED && only_this_vm(e)).then(|| e.id.clone()),
         });
     }
     look.maintenance
@@ -407,6 +408,18 @@ pub fn azure_events(events: &[ScheduledEvent], vm: &str) -> Vec<Event> {
             raw: e.raw.clone(),
         })
         .collect()
+}
+
+/// Whether an Azure event names this VM alone (`azure_events` kept only those that name
+/// it). Approving an event lets Azure go ahead for every VM it names: one that names
+/// others too is left to its `NotBefore`, so that no other VM is rebooted, frozen or
+/// evicted before its own hooks or drain are done.
+fn only_this_vm(event: &Event) -> bool {
+    event
+        .raw
+        .get("Resources")
+        .and_then(Value::as_array)
+        .is_some_and(|names| names.len() == 1)
 }
 
 /// Azure's `NotBefore`, RFC 1123 (`Mon, 19 Sep 2016 18:29:47 GMT`), in Unix seconds: the
@@ -762,6 +775,34 @@ mod tests {
                 mine(&[azure("r1", "Reboot", "Scheduled", &["web-1"], in_2_min)]),
                 config(),
                 vec![],
+            ),
+            (
+                "hooks over, an event naming another VM too: not approved (it would let Azure go ahead for both)",
+                memory(&["r2"], &[], &[]),
+                mine(&[azure(
+                    "r2",
+                    "Reboot",
+                    "Scheduled",
+                    &["web-1", "web-2"],
+                    in_2_min,
+                )]),
+                config(),
+                vec![],
+            ),
+            (
+                "a Preempt naming another VM too: drain, not approved",
+                memory(&[], &[], &[]),
+                mine(&[azure(
+                    "p4",
+                    "Preempt",
+                    "Scheduled",
+                    &["web-2", "web-1"],
+                    in_2_min,
+                )]),
+                config(),
+                vec![
+                    "drain preempted deadline+110 (scheduled event Preempt p4 not before Fri, 15 Jan 2027 08:02:00 GMT)",
+                ],
             ),
             (
                 "hooks over: approved, once",
