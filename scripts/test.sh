@@ -43,7 +43,7 @@ status=0
 # bootstage: as built here. `cargo test --test it` would first build bootstage again for
 # its narrower package selection (29 s of a warm run).
 # bench-s3 serves the benchmark only; clippy above still checks it.
-it_bin=$(cargo test --workspace --exclude bench-s3 --no-run 2>&1 | tee /dev/stderr |
+it_bin=$(cargo test --workspace --exclude bench-s3 --no-run --color never 2>&1 | tee /dev/stderr |
   sed -n 's|^ *Executable tests/it/main.rs (\(.*\))$|\1|p')
 if [ ! -x "$it_bin" ]; then
   echo "cargo test --no-run named no integration test binary (tests/it/main.rs)" >&2

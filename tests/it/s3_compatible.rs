@@ -397,7 +397,8 @@ async fn gcs_decompressive_transcoding_is_refused_with_the_old_tree_kept() {
 
 /// A server that sends an object's body without Content-Length (chunked, as HTTP allows):
 /// a prefix's object is checked against its listed size and syncs; a bundle takes its
-/// size from a HEAD and syncs the same, in one GET or in parts.
+/// size from a HEAD (a whole body) or its Content-Range (a part) and syncs the same, in
+/// one GET or in parts.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bundle_answered_without_content_length_syncs() {
     let bucket = moto().bucket("chunked").await;
@@ -415,6 +416,8 @@ async fn a_bundle_answered_without_content_length_syncs() {
     for parts in [
         serde_json::json!({"parts_in_flight": 1}),
         serde_json::json!({}),
+        // In parts: the first answer a 206 whose length is its Content-Range's.
+        serde_json::json!({"part_size": 65536, "parts_above": 65536}),
     ] {
         let sb = Sandbox::new();
         let proxy = gcs(chunked()).await;

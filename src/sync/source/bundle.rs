@@ -281,11 +281,16 @@ async fn s3_first(
             });
         }
     };
-    let length = match answer.content_length() {
-        Some(length) => length.max(0) as u64,
-        // A body sent without Content-Length (chunked, as HTTP allows): its size from a
-        // HEAD of the same version, or it cannot be checked.
-        None => whole_size(client, bucket, key, answer.e_tag(), url).await?,
+    let length = match (
+        answer.content_length(),
+        answer.content_range().and_then(span_of),
+    ) {
+        (Some(length), _) => length.max(0) as u64,
+        // A body sent without Content-Length (chunked, as HTTP allows): a range's length
+        // from its Content-Range; a whole object's from a HEAD of the same version, or it
+        // cannot be checked.
+        (None, Some(span)) => span,
+        (None, None) => whole_size(client, bucket, key, answer.e_tag(), url).await?,
     };
     let size = match answer.content_range() {
         Some(range) => total_of(range, length, parts.size).ok_or_else(|| SourceError::Corrupt {
@@ -494,6 +499,14 @@ async fn whole_size(
     }
 }
 
+/// The length of the span a `Content-Range` (`bytes S-E/SIZE`) says: `E - S + 1`.
+fn span_of(range: &str) -> Option<u64> {
+    let (span, _) = range.strip_prefix("bytes ")?.split_once('/')?;
+    let (start, end) = span.split_once('-')?;
+    let (start, end) = (start.parse::<u64>().ok()?, end.parse::<u64>().ok()?);
+    end.checked_sub(start)?.checked_add(1)
+}
+
 /// The object's size in a `Content-Range` answered to `bytes=0-(asked-1)` for `length`
 /// bytes (`bytes 0-E/SIZE`); `None` unless it says exactly that, for no more than was
 /// asked: part 0 heads the queue to the unpacker, and a server that sent more than a part
@@ -604,6 +617,21 @@ mod tests {
         ];
         for (range, length, expected) in cases {
             assert_eq!(total_of(range, length, 16), expected, "{range}");
+        }
+    }
+
+    /// A range's length from its `Content-Range`, for a body sent without Content-Length.
+    #[test]
+    fn the_span_of_a_content_range() {
+        let cases = [
+            ("bytes 0-8388607/100000000", Some(8388608)),
+            ("bytes 5-5/10", Some(1)),
+            ("bytes 9-5/10", None),
+            ("bytes */10", None),
+            ("0-9/10", None),
+        ];
+        for (range, expected) in cases {
+            assert_eq!(span_of(range), expected, "{range}");
         }
     }
 

@@ -100,7 +100,7 @@ pub struct Faults {
     /// gzip` and `x-goog-stored-content-length` (the compressed size) added. Bodies that
     /// are not gzip pass as they are.
     pub transcode_gzip: bool,
-    /// Send every whole object body (200) without Content-Length (chunked), as HTTP
+    /// Send every object body (200 or 206) without Content-Length (chunked), as HTTP
     /// allows and some servers do.
     pub chunked: bool,
     /// Drop `encoding-type=url` from LIST queries: a server that ignores it.
@@ -391,7 +391,8 @@ async fn forward(
         }
         return response;
     }
-    if s.faults.chunked && object_get && status == StatusCode::OK {
+    let body_answer = status == StatusCode::OK || status == StatusCode::PARTIAL_CONTENT;
+    if s.faults.chunked && object_get && body_answer {
         let mut response = Response::new(Body::from_stream(futures_util::stream::iter([Ok::<
             _,
             std::io::Error,
