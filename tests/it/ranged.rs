@@ -347,9 +347,10 @@ async fn a_part_read_ahead_that_fails_is_fetched_again_alone() {
     assert!(!out.stderr.contains("in turn"), "{}", out.stderr);
 }
 
-/// Parts in parallel that come no faster than the first part (it trickles in; then a
-/// server slow to answer each further connection, as a shared or busy one is): after the
-/// four after the first, the rest come in turn, one at a time, and the tree is exact.
+/// Parts in parallel that come no faster than the first part (it trickles in at about
+/// 6.5 MB/s; each later part at a tenth of that, so four at once bring less than the
+/// first alone, as from a shared or busy server): after the four after the first, the
+/// rest come in turn, one at a time, and the tree is exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn parts_come_in_turn_where_parallel_does_not_pay() {
     let bucket = moto().bucket("ranged-turn").await;
@@ -359,7 +360,7 @@ async fn parts_come_in_turn_where_parallel_does_not_pay() {
         &moto().url,
         Faults {
             trickle_first: Some(std::time::Duration::from_millis(10)),
-            delay_pinned: Some(std::time::Duration::from_secs(1)),
+            trickle_pinned: Some(std::time::Duration::from_millis(100)),
             ..Faults::default()
         },
     )
@@ -371,6 +372,55 @@ async fn parts_come_in_turn_where_parallel_does_not_pay() {
     assert_eq!(sorted(&proxy.faults.ranges), ranges_of(tar.len()));
     let decided = "s3://ranged-turn/app.tar: the rest in turn, one part at a time: 4 parts in parallel came at ";
     assert!(out.stderr.contains(decided), "{}", out.stderr);
+}
+
+/// Parts answered late but fast (a second before each part's first byte, as a distant
+/// or busy S3 answers, then at full speed): the probe leaves each part's wait for its
+/// first byte out, so the parts stay in parallel, and the tree is exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn parts_answered_late_but_fast_stay_in_parallel() {
+    let bucket = moto().bucket("ranged-late").await;
+    let (tar, contents) = files(&[6 * MIB + 777], 9);
+    bucket.put_crc64nvme("app.tar", tar.clone()).await;
+    let proxy = faults::start(
+        &moto().url,
+        Faults {
+            trickle_first: Some(std::time::Duration::from_millis(10)),
+            delay_pinned: Some(std::time::Duration::from_secs(1)),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let sb = Sandbox::new();
+    let out = sync_parts(&sb, "s3://ranged-late/app.tar", &proxy.url, SMALL_PARTS).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_holds(&sb.path("dest/app"), &contents);
+    assert_eq!(sorted(&proxy.faults.ranges), ranges_of(tar.len()));
+    assert!(!out.stderr.contains("in turn"), "{}", out.stderr);
+}
+
+/// A first part that arrived whole before the unpacker first asked for it (its HEAD
+/// answered late): its rate says nothing of the link's, so nothing is timed against it,
+/// and slow later parts stay in parallel.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_part_come_before_it_was_asked_for_is_not_timed() {
+    let bucket = moto().bucket("ranged-early").await;
+    let (tar, contents) = files(&[6 * MIB + 777], 10);
+    bucket.put_crc64nvme("app.tar", tar.clone()).await;
+    let proxy = faults::start(
+        &moto().url,
+        Faults {
+            delay_head: Some(std::time::Duration::from_millis(500)),
+            trickle_pinned: Some(std::time::Duration::from_millis(100)),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let sb = Sandbox::new();
+    let out = sync_parts(&sb, "s3://ranged-early/app.tar", &proxy.url, SMALL_PARTS).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_holds(&sb.path("dest/app"), &contents);
+    assert!(!out.stderr.contains("in turn"), "{}", out.stderr);
 }
 
 /// The object is replaced while a ranged GET is held: that part's If-Match is answered 412

@@ -299,8 +299,9 @@ enum Part {
 struct Ahead {
     rx: tokio::sync::mpsc::UnboundedReceiver<Result<Bytes, SourceError>>,
     task: tokio::task::JoinHandle<()>,
-    /// Its bytes not yet handed on.
+    /// Its bytes not yet handed on, of `len`.
     left: u64,
+    len: u64,
 }
 
 impl Drop for Ahead {
@@ -423,7 +424,10 @@ enum Mode {
     InTurn,
 }
 
-/// How some parts came: their bytes after the first chunk, and the time they took.
+/// How some parts came: their bytes and the time they took. The first part's from the
+/// unpacker's first wait for it (what came before came at no rate of the link's); the
+/// parts after it less the waits for parts of which nothing had come (their requests'
+/// latency, which more connections do not add to).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Sample {
     bytes: u64,
@@ -471,8 +475,10 @@ fn mode_after_probe(first: Sample, parallel: Sample) -> Mode {
 /// bytes ready, the network is what the unpacker waits for, and one more part may
 /// download at once; each time the next part is already whole when its turn comes and the
 /// unpacker hardly waited for the part before ([`HARDLY`]), one fewer. So a link slower
-/// than the unpacker (S3's ~90 MB/s a connection) gets `in_flight` connections. The first
-/// part is timed, then the next [`PROBE_PARTS`]: if they came no faster
+/// than the unpacker (S3's ~90 MB/s a connection) gets `in_flight` connections. Until the
+/// probe decides, at most [`PROBE_WIDTH`] at once: the first part is timed from the
+/// unpacker's first wait for it (none: nothing is timed, all stay in parallel), then the
+/// next [`PROBE_PARTS`] less their requests' latency ([`Sample`]): if they came no faster
 /// ([`mode_after_probe`]), the rest come in turn, one part at a time read as the unpacker
 /// asks, the next one's GET sent ahead. Bounded memory: at most `in_flight` parts exist
 /// (`queue`), each holding at most its range's bytes not yet handed on, so at most
@@ -489,6 +495,8 @@ pub(super) struct Ranges {
     /// part's, once it is taken.
     sampling: Option<(std::time::Instant, u64)>,
     first: Option<Sample>,
+    /// The unpacker's waits for parts of which nothing had come, during the probe.
+    latency: std::time::Duration,
     /// Whether the probe has decided (or there is none to run).
     decided: bool,
     /// The next part to start.
@@ -506,6 +514,7 @@ impl Ranges {
             waited: std::time::Duration::ZERO,
             sampling: None,
             first: None,
+            latency: std::time::Duration::ZERO,
             decided: false,
             next: 0,
             queue: VecDeque::new(),
@@ -523,8 +532,13 @@ impl Ranges {
             Mode::Parallel => {
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 let task = tokio::spawn(self.get.clone().fetch(self.next, first, tx));
-                let left = range.1 - range.0;
-                Part::Ahead(Ahead { rx, task, left })
+                let len = range.1 - range.0;
+                Part::Ahead(Ahead {
+                    rx,
+                    task,
+                    left: len,
+                    len,
+                })
             }
             Mode::InTurn => {
                 let mut part = Inline::new(self.next, range);
@@ -565,13 +579,25 @@ impl Ranges {
                             self.width = (self.width + 1).min(self.widest());
                             self.top_up();
                         }
+                        // The first part's sample starts at the first wait for its bytes:
+                        // what arrived before the unpacker first asked (during the HEAD,
+                        // while the unpacker started) came at no rate of the link's.
+                        let since = std::time::Instant::now();
+                        if self.next_index() == 0 && self.first.is_none() {
+                            self.sampling.get_or_insert((since, 0));
+                        }
                         // Parts only join the queue at its back: the head is the same.
                         let Some(Part::Ahead(head)) = self.queue.front_mut() else {
                             continue;
                         };
-                        let since = std::time::Instant::now();
+                        // A wait for a part of which nothing has come is its request's
+                        // latency (S3's is 100-200 ms): the probe leaves it out.
+                        let fresh = head.left == head.len;
                         let item = head.rx.recv().await;
                         self.waited += since.elapsed();
+                        if fresh && self.first.is_some() && !self.decided {
+                            self.latency += since.elapsed();
+                        }
                         item
                     }
                 },
@@ -581,15 +607,8 @@ impl Ranges {
                     if let Part::Ahead(head) = self.queue.front_mut()? {
                         head.left = head.left.saturating_sub(chunk.len() as u64);
                     }
-                    let first_part = self.next_index() == 0;
-                    match &mut self.sampling {
-                        // The first chunk starts the first part's sample: the time to it
-                        // is the request's, not the link's.
-                        None if first_part && self.first.is_none() => {
-                            self.sampling = Some((std::time::Instant::now(), 0));
-                        }
-                        Some((_, bytes)) => *bytes += chunk.len() as u64,
-                        None => {}
+                    if let Some((_, bytes)) = &mut self.sampling {
+                        *bytes += chunk.len() as u64;
                     }
                     return Some(Ok(chunk));
                 }
@@ -629,6 +648,7 @@ impl Ranges {
                 match first.bytes >= SAMPLE_BYTES {
                     true => {
                         self.first = Some(first);
+                        self.latency = std::time::Duration::ZERO;
                         self.sampling = Some((std::time::Instant::now(), 0));
                     }
                     false => self.decided = true,
@@ -636,7 +656,8 @@ impl Ranges {
             }
             (PROBE_PARTS, Some(first)) => {
                 self.decided = true;
-                let parallel = self.sample();
+                let mut parallel = self.sample();
+                parallel.wall = parallel.wall.saturating_sub(self.latency);
                 self.mode = mode_after_probe(first, parallel);
                 match self.mode {
                     Mode::InTurn => {

@@ -83,6 +83,11 @@ pub struct Faults {
     /// Send each partial body without If-Match (a bundle's first part) in 64 KiB chunks,
     /// this long apart, as a link slower than the client would.
     pub trickle_first: Option<std::time::Duration>,
+    /// The same for each partial body with If-Match (every part after the first).
+    pub trickle_pinned: Option<std::time::Duration>,
+    /// Answer every HEAD this much later (a bundle's full-object checksum, asked while
+    /// its first part downloads).
+    pub delay_head: Option<std::time::Duration>,
     /// Answer object GETs and HEADs as Google Cloud Storage's XML API does: no
     /// `x-amz-checksum-*` or `x-amz-checksum-type` header (GCS ignores
     /// `x-amz-checksum-mode`), but `x-goog-hash: crc32c=…,md5=…` of a whole body,
@@ -158,6 +163,9 @@ async fn forward(
 ) -> Response {
     let path = uri.path().to_string();
     let head = method == Method::HEAD;
+    if let Some(delay) = s.faults.delay_head.filter(|_| head) {
+        tokio::time::sleep(delay).await;
+    }
     let object_path = path
         .trim_start_matches('/')
         .split_once('/')
@@ -406,8 +414,13 @@ async fn forward(
         return response;
     }
     let length = bytes.len();
-    let body = match s.faults.trickle_first {
-        Some(gap) if partial && !headers.contains_key("if-match") => {
+    let pinned = headers.contains_key("if-match");
+    let trickle = match pinned {
+        false => s.faults.trickle_first,
+        true => s.faults.trickle_pinned,
+    };
+    let body = match trickle {
+        Some(gap) if partial => {
             let chunks: Vec<Bytes> = bytes
                 .chunks(64 * 1024)
                 .map(Bytes::copy_from_slice)
@@ -425,7 +438,7 @@ async fn forward(
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
-    if s.faults.trickle_first.is_some() && object_get {
+    if trickle.is_some() && object_get {
         out_headers.insert("content-length", length.into());
     }
     if let Some(length) = head_length {
