@@ -91,6 +91,10 @@ pub struct Record {
     /// The scheduled maintenance events whose `maintenance.d` hooks ran (their EventId).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub maintenance: Vec<String>,
+    /// The scheduled maintenance events whose `maintenance.d` run ended (done, failed or
+    /// cut at its timeout; not cut by the watcher stopping): only these are approved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maintenance_ran: Vec<String>,
     /// Azure: the scheduled events approved (`StartRequests`, their EventId), each once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approved: Vec<String>,

@@ -350,6 +350,7 @@ fn memory(record: &Record) -> Memory {
         rebalance_seen: record.rebalance.notices.clone(),
         undo_due: record.rebalance.undo_due_unix,
         maintenance_done: record.maintenance.clone(),
+        maintenance_ran: record.maintenance_ran.clone(),
         host_before: None,
         approved: record.approved.clone(),
         busy: Vec::new(),
@@ -409,11 +410,23 @@ impl Runs {
 
     /// Collects a run that ended, and starts the next.
     async fn step(&mut self, state: &StateDir, dirs: &HookDirs, notifier: Notifier) {
-        if let Some((what, _, run)) = self.running.take_if(|(_, _, run)| run.is_finished()) {
+        if let Some((what, key, run)) = self.running.take_if(|(_, _, run)| run.is_finished()) {
             match run.await {
                 Ok(Ok((ran, _))) => tracing::info!("{what}: {ran} hook(s) ran"),
                 Ok(Err(e)) => tracing::error!("{what}: {e}"),
                 Err(e) => tracing::error!("{what}: {e}"),
+            }
+            // A maintenance event's run ended: it may be approved now, and after a
+            // restart too (one cut by the watcher stopping never gets here).
+            let ended = lifecycle::update(state, |r| {
+                if r.maintenance.contains(&key) && !r.maintenance_ran.contains(&key) {
+                    r.maintenance_ran.push(key.clone());
+                    let extra = r.maintenance_ran.len().saturating_sub(64);
+                    r.maintenance_ran.drain(..extra);
+                }
+            });
+            if let Err(e) = ended {
+                tracing::error!("{what}: recording that it ended: {e}");
             }
         }
         if self.running.is_some() {

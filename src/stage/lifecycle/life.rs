@@ -152,6 +152,8 @@ pub struct Memory {
     /// `rebalance-undo.d` is due then (Unix seconds): an episode is in progress.
     pub undo_due: Option<u64>,
     pub maintenance_done: Vec<String>,
+    /// Of those, the events whose run ended (a watcher restarted mid-run has not).
+    pub maintenance_ran: Vec<String>,
     /// GCP: the value of `instance/maintenance-event` this watcher saw before this look
     /// (`None` until it saw one: a watcher just started).
     pub host_before: Option<String>,
@@ -262,6 +264,7 @@ pub fn next(memory: &Memory, look: &Look, now: u64, drain: &DrainConfig) -> Vec<
         } else if event.state == AZURE_SCHEDULED
             && AZURE_APPROVED_AFTER_HOOKS.contains(&event.code.as_str())
             && only_this_vm(event)
+            && memory.maintenance_ran.contains(&event.id)
             && !memory.busy.contains(&event.id)
             && !memory.approved.contains(&event.id)
         {
@@ -685,8 +688,14 @@ mod tests {
             scheduled: azure_events(events, "web-1"),
             ..Look::default()
         };
+        // Runs started (`done`) and not `busy` have ended.
         let memory = |done: &[&str], approved: &[&str], busy: &[&str]| Memory {
             maintenance_done: done.iter().map(|d| d.to_string()).collect(),
+            maintenance_ran: done
+                .iter()
+                .filter(|d| !busy.contains(d))
+                .map(|d| d.to_string())
+                .collect(),
             approved: approved.iter().map(|d| d.to_string()).collect(),
             busy: busy.iter().map(|d| d.to_string()).collect(),
             ..Memory::default()
@@ -803,6 +812,16 @@ mod tests {
                 vec![
                     "drain preempted deadline+110 (scheduled event Preempt p4 not before Fri, 15 Jan 2027 08:02:00 GMT)",
                 ],
+            ),
+            (
+                "a run begun before the watcher restarted, never ended: not approved",
+                Memory {
+                    maintenance_done: vec!["r1".into()],
+                    ..Memory::default()
+                },
+                mine(&[azure("r1", "Reboot", "Scheduled", &["web-1"], in_2_min)]),
+                config(),
+                vec![],
             ),
             (
                 "hooks over: approved, once",
