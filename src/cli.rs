@@ -334,7 +334,7 @@ pub struct WatchArgs {
     pub notify_config: PathBuf,
 
     /// Between two looks at IMDS (hidden: for tests and the benchmark).
-    #[arg(long, hide = true, default_value = lifecycle::DEFAULT_POLL, value_parser = duration::parse, value_name = "DURATION")]
+    #[arg(long, hide = true, default_value = lifecycle::DEFAULT_POLL, value_parser = duration::positive, value_name = "DURATION")]
     pub poll_every: Duration,
 
     /// The systemctl a drain stops units with (hidden: the integration tests, which run

@@ -25,6 +25,15 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|_| format!("not a duration; {FORMS}"))
 }
 
+/// A duration that must be more than zero (an interval between looks: zero would ask in
+/// a loop), or why not.
+pub fn positive(text: &str) -> Result<Duration, String> {
+    match parse(text)? {
+        d if d.is_zero() => Err(format!("must be more than zero; {FORMS}")),
+        d => Ok(d),
+    }
+}
+
 /// A JSON duration setting: a number of seconds or a string as [`parse`] takes it.
 pub fn from_json(value: &serde_json::Value) -> Result<Duration, String> {
     match value {
@@ -37,6 +46,21 @@ pub fn from_json(value: &serde_json::Value) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An interval: more than zero, in any form.
+    #[test]
+    fn an_interval_is_more_than_zero() {
+        assert_eq!(positive("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(positive("250ms"), Ok(Duration::from_millis(250)));
+        for zero in ["0", "0s", "0.0"] {
+            assert_eq!(
+                positive(zero),
+                Err(format!("must be more than zero; {FORMS}")),
+                "{zero}"
+            );
+        }
+        assert!(positive("-1").is_err());
+    }
 
     #[test]
     fn bare_numbers_are_seconds_and_units_work() {
