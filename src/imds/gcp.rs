@@ -127,17 +127,8 @@ pub struct Client {
 
 impl Client {
     pub fn new(opts: Options) -> Result<Client, ImdsError> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(opts.request_timeout)
-            .build()
-            .map_err(|e| ImdsError::Invalid {
-                what: "HTTP client".into(),
-                why: e.to_string(),
-            })?;
         Ok(Client {
-            http,
+            http: super::http::client(opts.request_timeout)?,
             endpoint: opts.endpoint,
             request_timeout: opts.request_timeout,
             deadline: opts.deadline,
@@ -234,14 +225,7 @@ impl Client {
     }
 
     fn gave_up(&self, e: ImdsError) -> ImdsError {
-        match e {
-            ImdsError::Transient { .. } | ImdsError::TimedOut(_) => ImdsError::GaveUp {
-                endpoint: self.endpoint.clone(),
-                budget: self.deadline.budget(),
-                last: Box::new(e),
-            },
-            e => e,
-        }
+        super::http::gave_up(&self.endpoint, self.deadline, e)
     }
 
     /// One GET of a path below [`PREFIX`].
@@ -259,63 +243,30 @@ impl Client {
         timeout: Duration,
     ) -> Result<(Vec<u8>, Option<String>), ImdsError> {
         let what = format!("GET {path}");
-        let timeout = timeout.min(self.deadline.remaining());
-        if timeout.is_zero() {
-            return Err(ImdsError::Transient {
-                what,
-                why: "the deadline has passed".into(),
-                retry_after: None,
-            });
-        }
-        let transient = |e: reqwest::Error| match e.is_timeout() {
-            true => ImdsError::TimedOut(what.clone()),
-            false => ImdsError::Transient {
-                what: what.clone(),
-                why: super::describe(&e),
-                retry_after: None,
-            },
-        };
         let url = match query {
             Some(query) => format!("{}{PREFIX}{path}?{query}", self.endpoint),
             None => format!("{}{PREFIX}{path}", self.endpoint),
         };
-        let mut response = self
-            .http
-            .get(url)
-            .header(FLAVOR_HEADER, FLAVOR)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(transient)?;
-        let status = response.status();
-        let flavored = flavored(response.headers());
-        let retry_after = super::parse_retry_after(response.headers());
-        let etag = response
-            .headers()
+        let answer = super::http::get(
+            &self.http,
+            &url,
+            &what,
+            &[(FLAVOR_HEADER, FLAVOR)],
+            timeout,
+            self.deadline,
+            MAX_BODY,
+        )
+        .await?;
+        let (status, flavored) = (answer.status, flavored(&answer.headers));
+        let etag = answer
+            .headers
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transient)? {
-            body.extend_from_slice(&chunk);
-            if body.len() > MAX_BODY {
-                return Err(ImdsError::Invalid {
-                    what,
-                    why: format!("the answer is over {MAX_BODY} bytes"),
-                });
-            }
-        }
         match verdict(status, flavored) {
-            Verdict::Body => Ok((body, etag)),
+            Verdict::Body => Ok((answer.body, etag)),
             Verdict::Absent => Err(ImdsError::NotFound(what)),
-            Verdict::Retry => Err(ImdsError::Transient {
-                what,
-                why: format!("HTTP {}", status.as_u16()),
-                retry_after: retry_after.or(match status.as_u16() {
-                    429 | 503 => Some(super::THROTTLE_WAIT),
-                    _ => None,
-                }),
-            }),
+            Verdict::Retry => Err(answer.retry(what)),
             Verdict::NotGoogle => Err(ImdsError::NotGoogle {
                 what,
                 endpoint: self.endpoint.clone(),

@@ -1,5 +1,5 @@
-//! One bounded request to a metadata service, for the providers that need nothing more
-//! (`azure`, `openstack`, Azure's `wireserver`): no proxy, no redirects, each request
+//! One bounded request to a metadata service, for the providers other than EC2's IMDS
+//! (`gcp`, `azure`, `openstack`, Azure's `wireserver`): no proxy, no redirects, each request
 //! bounded by the request timeout and the stage deadline, the body read to a limit. What
 //! an answer means is each caller's own `verdict`.
 
