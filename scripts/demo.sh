@@ -80,8 +80,12 @@ mkdir -p "$work/hooks/per-instance.d" "$work/hooks/per-boot.d"
 printf '#!/bin/sh\necho "   per-instance hook: first boot of $BOOTSTAGE_INSTANCE_ID, setting up $APP_NAME"\n' > "$work/hooks/per-instance.d/10-setup"
 printf '#!/bin/sh\necho "   per-boot hook: $BOOTSTAGE_HOOK"\n' > "$work/hooks/per-boot.d/10-every-boot"
 chmod +x "$work/hooks/per-instance.d/10-setup" "$work/hooks/per-boot.d/10-every-boot"
-# Every stage below that would reach for IMDS reaches the emulator, never the real address.
-export AWS_EC2_METADATA_SERVICE_ENDPOINT="$endpoint"
+# Every stage below that would reach for IMDS reaches the emulator, never the real address;
+# the provider is EC2's whatever this machine's DMI says (a VM on Compute Engine or Azure
+# names its cloud), and the other clouds' metadata services are a closed loopback port.
+export AWS_EC2_METADATA_SERVICE_ENDPOINT="$endpoint" BOOTSTAGE_PROVIDER=aws
+export GCE_METADATA_HOST=127.0.0.1:9 BOOTSTAGE_AZURE_IMDS=http://127.0.0.1:9
+export BOOTSTAGE_AZURE_WIRESERVER=http://127.0.0.1:9 BOOTSTAGE_OPENSTACK_METADATA=http://127.0.0.1:9
 echo "== bootstage metadata"
 "$bin/bootstage" metadata --imds-endpoint "$endpoint"
 

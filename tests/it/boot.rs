@@ -120,7 +120,7 @@ impl Machine {
                     .join(timer),
             );
         }
-        m.write("etc/bootstage/bootstage.env", bootstage_env);
+        m.write_env(bootstage_env);
         m.write(
             "etc/bootstage/notify.json",
             &serde_json::json!({"url": notify_url, "ready": true}).to_string(),
@@ -222,6 +222,15 @@ impl Machine {
         let path = self.root().join(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, text).unwrap();
+    }
+
+    /// The image's `/etc/bootstage/bootstage.env`: `env` after the lines that keep every
+    /// cloud's metadata service on a closed loopback port ([`LOOPBACK_ONLY`]).
+    pub(crate) fn write_env(&self, env: &str) {
+        self.write(
+            "etc/bootstage/bootstage.env",
+            &format!("{LOOPBACK_ONLY}{env}"),
+        );
     }
 
     /// Boots to the checker, which powers the machine off; returns the results dir.
@@ -436,6 +445,12 @@ ExecStart=/bin/sh -c 'bootstage status --wait --json > /results/wait.json; echo 
 
 /// Runs last (after the apps, the notices and the waiter), saves what the host asserts on,
 /// and ends the boot.
+/// The first lines of every booted image's bootstage.env: the provider is EC2's whatever
+/// the host's DMI says (nspawn shows the host's /sys, and a CI runner on Compute Engine or
+/// Azure would name its cloud), and the other clouds' metadata services are a closed
+/// loopback port, as the sandbox has them: a unit never reaches a real address.
+const LOOPBACK_ONLY: &str = "BOOTSTAGE_PROVIDER=aws\nGCE_METADATA_HOST=127.0.0.1:9\nBOOTSTAGE_AZURE_IMDS=http://127.0.0.1:9\nBOOTSTAGE_AZURE_WIRESERVER=http://127.0.0.1:9\nBOOTSTAGE_OPENSTACK_METADATA=http://127.0.0.1:9\n";
+
 /// The lifecycle emulator's URL, for `bootstage_env`.
 static ORCHESTRATOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -860,7 +875,7 @@ async fn boots_under_systemd() {
         bootstage_env(&other.url()),
         down.url
     );
-    machine.write("etc/bootstage/bootstage.env", &env);
+    machine.write_env(&env);
     let (third, machine) = tokio::task::spawn_blocking(move || (machine.boot(), machine))
         .await
         .unwrap();

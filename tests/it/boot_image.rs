@@ -187,7 +187,7 @@ async fn a_prepared_image_boots_the_next_instance_as_a_first_boot() {
     assert_eq!(names("srv/app"), Vec::<String>::new());
 
     // Boot 2 of the prepared disk: instance B.
-    machine.write("etc/bootstage/bootstage.env", &env(&second.url()));
+    machine.write_env(&env(&second.url()));
     checker(&machine, CHECK_SECOND);
     let mark = moto().mark();
     let (r, _machine) = tokio::task::spawn_blocking(move || (machine.boot(), machine))

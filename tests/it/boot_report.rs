@@ -318,10 +318,7 @@ async fn a_failed_boot_reports_before_abandon_and_a_ready_one_tags_ready_under_s
 
     // 2. The same disk as another instance, whose boot hook fails.
     let failed_imds = imds(&failed_id, Duration::from_secs(5)).await;
-    machine.write(
-        "etc/bootstage/bootstage.env",
-        &env(&failed_imds.url(), &proxy.url, &orch.url()),
-    );
+    machine.write_env(&env(&failed_imds.url(), &proxy.url, &orch.url()));
     machine.hook(
         "per-boot.d/20-fail",
         &format!("echo '{HOOK_SAYS}' >&2\nexit 3"),

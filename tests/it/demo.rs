@@ -48,11 +48,17 @@ async fn the_demo_runs_from_a_clone_under_tmp() {
         .expect("cp");
     assert!(copied.success(), "cp: {copied}");
 
+    // As on a CI runner or a developer's VM on Compute Engine, whose DMI names Google:
+    // the demo still asks only its emulator, as EC2's IMDS.
+    let dmi = tempfile::tempdir().unwrap();
+    std::fs::write(dmi.path().join("sys_vendor"), "Google\n").unwrap();
+    std::fs::write(dmi.path().join("product_name"), "Google Compute Engine\n").unwrap();
     let mut demo = tokio::process::Command::new(clone.join("scripts/demo.sh"));
     demo.arg("--debug-build")
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap())
         .env("CARGO_TARGET_DIR", target)
+        .env("BOOTSTAGE_DMI_DIR", dmi.path())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
