@@ -75,6 +75,7 @@ def main():
         hook(hooks / "drain.d" / "10-stamp", f"date +%s%N > {stamp}")
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            **benchlib.LOOPBACK_ONLY,
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": url,
             "BOOTSTAGE_HOOKS_DIR": str(hooks),
             "BOOTSTAGE_LIB_DIR": str(work / "lib"),

@@ -90,7 +90,7 @@ def clients(emu, work):
 def run_once(argv, notify, work, emu, appear_after):
     """Returns (available->done seconds or None, requests before availability, wall, maxrss KiB)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BOOTSTAGE_", "NOTIFY_"))}
-    env["BOOTSTAGE_LOG"] = "warn"
+    env.update(benchlib.LOOPBACK_ONLY, BOOTSTAGE_LOG="warn")
     sock = None
     if notify:
         path = f"{work}/notify.sock"
@@ -196,7 +196,7 @@ def references(runs):
                 emu.reset(base64.b64encode(json.dumps(params).encode()).decode())
                 argv = [str(BIN / "bootstage"), "--state-dir", f"{work}/state", "metadata", "--imds-endpoint", emu.url, "--timeout", "30s"]
                 env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BOOTSTAGE_", "NOTIFY_"))}
-                env.update(moto.env(), BOOTSTAGE_LOG="info")
+                env.update(moto.env(), **benchlib.LOOPBACK_ONLY, BOOTSTAGE_LOG="info")
                 walls, calls, logged = [], None, []
                 for _ in range(runs):
                     before = moto.count()

@@ -92,7 +92,7 @@ def rollback(args):
     try:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "BOOTSTAGE_LOG": "info",
                "BOOTSTAGE_NOTIFY_CONFIG": str(work / "no-notify.json"),
-               "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9"}
+               "AWS_EC2_METADATA_SERVICE_ENDPOINT": "http://127.0.0.1:9", **benchlib.LOOPBACK_ONLY}
         state = work / "state"
         dest = work / "srv" / "code"
         base = [str(BIN), "--state-dir", str(state)]

@@ -123,6 +123,16 @@ class BenchS3(Server):
 SERVERS = {server.name: server for server in [Moto, BenchS3]}
 
 
+# In every bootstage a benchmark starts: EC2's provider whatever this machine's DMI says (a
+# VM on Compute Engine or Azure names its cloud), the other clouds' metadata services on a
+# closed loopback port; the benchmark points EC2's IMDS at its emulator, or disables it.
+LOOPBACK_ONLY = {
+    "BOOTSTAGE_PROVIDER": "aws", "GCE_METADATA_HOST": "127.0.0.1:9",
+    "BOOTSTAGE_AZURE_IMDS": "http://127.0.0.1:9", "BOOTSTAGE_AZURE_WIRESERVER": "http://127.0.0.1:9",
+    "BOOTSTAGE_OPENSTACK_METADATA": "http://127.0.0.1:9",
+}
+
+
 def env_for(server):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AWS_", "RCLONE_", "BOOTSTAGE_")) and not k.lower().endswith("_proxy")}
@@ -134,6 +144,7 @@ def env_for(server):
         "RCLONE_CONFIG_S3_ENDPOINT": server.url, "RCLONE_CONFIG_S3_ACCESS_KEY_ID": ACCESS_KEY,
         "RCLONE_CONFIG_S3_SECRET_ACCESS_KEY": SECRET_KEY, "RCLONE_CONFIG_S3_FORCE_PATH_STYLE": "true",
         "S3_ENDPOINT_URL": server.url,
+        **LOOPBACK_ONLY,
     })
     return env
 
