@@ -845,7 +845,8 @@ async fn boots_under_systemd() {
         format!("pb {first_id}\n"),
         "per-instance hooks ran once for this instance"
     );
-    assert_eq!(hook.wait_for(2).await[1].body["event"], "ready");
+    let notices = hook.wait_for_else(2, || second.text("journal")).await;
+    assert_eq!(notices[1].body["event"], "ready");
 
     // 6. That disk as an image booted by another instance: its markers do not count. S3 is
     // down for its first 6 requests, two passes of the SDK's 3 attempts: the stage syncs again
@@ -897,7 +898,9 @@ async fn boots_under_systemd() {
         "{}",
         third.text("journal")
     );
-    let notice = hook.wait_for(3).await[2].body.clone();
+    let notice = hook.wait_for_else(3, || third.text("journal")).await[2]
+        .body
+        .clone();
     assert_eq!(notice["event"], "ready", "{notice}");
     assert_eq!(notice["instance"]["instance_id"], "i-0fedcba9876543210");
     drop(machine);

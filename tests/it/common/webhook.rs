@@ -60,7 +60,13 @@ impl Webhook {
 
     /// Waits (bounded) until `n` requests have arrived.
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
-        tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        self.wait_for_else(n, String::new).await
+    }
+
+    /// As [`Webhook::wait_for`]; a timeout's message ends with `context()` (a boot's
+    /// journal, say), so a notice that never came shows why.
+    pub async fn wait_for_else(&self, n: usize, context: impl FnOnce() -> String) -> Vec<Received> {
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(60), async {
             loop {
                 let notified = self.notify.notified();
                 if self.received().len() >= n {
@@ -69,8 +75,15 @@ impl Webhook {
                 notified.await;
             }
         })
-        .await
-        .expect("the webhook received the notices within 60 s")
+        .await;
+        match waited {
+            Ok(received) => received,
+            Err(_) => panic!(
+                "the webhook received {} of {n} notices within 60 s\n{}",
+                self.received().len(),
+                context()
+            ),
+        }
     }
 }
 
