@@ -67,6 +67,12 @@ fi
 BOOTSTAGE_TEST_BIN="$PWD/target/release-semantics/bootstage" \
   "$it_bin" --test-threads=4 metadata_imds:: secrets:: s3_sync:: bundles:: \
   sync_hostile:: decode:: 2>&1 | tee -a "$log" || status=$?
+# Each failed test's panic message again, last, where a CI log's tail shows it (libtest
+# prints them before the release-semantics pass and the other binaries' results).
+awk '/^---- .* stdout ----$/ { name = $2; left = 0 }
+     /^stack backtrace:$/ || /^$/ { left = 0 }
+     name != "" && /panicked at/ { print "FAILED " name ": " $0; left = 25; next }
+     left > 0 { print "  " substr($0, 1, 300); left-- }' "$log" >&2
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$log"
 exit "$status"

@@ -219,7 +219,9 @@ async fn a_scale_in_drains_the_app_under_systemd() {
         status.contains("lifecycle: drained (scale-in: target lifecycle state Terminated)"),
         "{status}"
     );
-    let notices = webhook.wait_for(2).await;
+    let notices = webhook
+        .wait_for_else(2, || crate::boot::notice_lines(&r.text("journal")))
+        .await;
     assert!(
         notices.iter().any(|n| n.body["event"] == "drain"
             && n.body["drain"]["reason"] == "scale-in"
