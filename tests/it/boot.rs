@@ -86,7 +86,9 @@ impl Machine {
             .status()
             .unwrap();
         assert!(status.success());
-        let install = Command::new("systemd-nspawn")
+        let cgroup = Cgroup::new();
+        let install = cgroup
+            .nspawn()
             .args(["-q", "--register=no", "--keep-unit", "--console=pipe", "-D"])
             .arg(dir.path())
             .arg(format!("--bind-ro={}:/tmp/bootstage.deb", deb().display()))
@@ -99,6 +101,7 @@ impl Machine {
             "dpkg -i: {}",
             String::from_utf8_lossy(&install.stderr)
         );
+        drop(cgroup);
         // deb-systemd-helper links to /lib/… or /usr/lib/… (one place on merged-/usr).
         let link = std::fs::read_link(
             dir.path()
@@ -233,6 +236,20 @@ impl Machine {
         );
     }
 
+    /// The last lines of the latest boot's journal, read from the image's disk (the
+    /// machine may still run): what a boot that hung or failed shows of why.
+    fn journal_end(&self) -> String {
+        let out = Command::new("journalctl")
+            .arg("--directory")
+            .arg(self.root().join("var/log/journal"))
+            .args(["-b", "-n", "150", "-o", "short-monotonic", "--no-pager"])
+            .output();
+        match out {
+            Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+            Err(e) => format!("journalctl: {e}"),
+        }
+    }
+
     /// Boots to the checker, which powers the machine off; returns the results dir.
     pub(crate) fn boot(&self) -> Results {
         self.boot_with(|_| {})
@@ -245,7 +262,10 @@ impl Machine {
         // The example app under its own user writes its results too.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(results.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        let child = Command::new("systemd-nspawn")
+        // Dropped after the machine (declared before it): its cgroup goes once it is empty.
+        let cgroup = Cgroup::new();
+        let child = cgroup
+            .nspawn()
             .args(["-q", "--register=no", "--keep-unit", "--console=pipe", "-D"])
             .arg(self.root())
             .arg(format!("--bind={}:/results", results.path().display()))
@@ -254,7 +274,7 @@ impl Machine {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("systemd-nspawn (scripts/install-test-deps.sh installs it)");
+            .expect("/bin/sh");
         let mut child = Running(child);
         let child = &mut child.0;
         during(results.path());
@@ -264,13 +284,15 @@ impl Machine {
                 assert_eq!(
                     status.code(),
                     Some(0),
-                    "the checker ends the boot with exit 0"
+                    "the checker ends the boot with exit 0; the journal's end:\n{}",
+                    self.journal_end()
                 );
                 break;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "the boot did not finish in 150 s"
+                "the boot did not finish in 150 s; the journal's end:\n{}",
+                self.journal_end()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -278,9 +300,88 @@ impl Machine {
         // waited for, and the boot took its whole patience.
         assert!(
             !results.path().join("checker-timeout").exists(),
-            "the checker timed out waiting for the state it checks"
+            "the checker timed out waiting for {}; the journal's end:\n{}",
+            std::fs::read_to_string(results.path().join("checker-timeout")).unwrap_or_default(),
+            self.journal_end()
         );
         Results { dir: results }
+    }
+}
+
+/// A cgroup of one machine's own, in which its systemd-nspawn runs. With `--keep-unit` (no
+/// systemd on the host to ask for a scope) nspawn puts the container's units below the
+/// cgroup it was started in: started in the same one, machines booted at once shared
+/// `payload/system.slice/<unit>`, and one machine's systemd removed or emptied a unit's
+/// cgroup while another's was starting that unit (seen: "Failed to attach to cgroup
+/// /system.slice/bootstage-hooks.service: No such file or directory", status 219/CGROUP,
+/// in about one run in ten of the booted tests side by side, and in CI).
+struct Cgroup(Vec<std::path::PathBuf>);
+
+impl Cgroup {
+    /// A new cgroup in each hierarchy nspawn reads its own from: cgroup v1's named systemd
+    /// one and, beside it (hybrid) or alone (v2), the unified one.
+    fn new() -> Cgroup {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("bootstage-test-{}-{n}", std::process::id());
+        let has = |root: &str| Path::new(root).join("cgroup.procs").exists();
+        let mut roots: Vec<&str> = ["/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .filter(|r| has(r))
+            .collect();
+        if roots.is_empty() && has("/sys/fs/cgroup") {
+            roots.push("/sys/fs/cgroup");
+        }
+        assert!(
+            !roots.is_empty(),
+            "no cgroup hierarchy under /sys/fs/cgroup"
+        );
+        let dirs = roots
+            .into_iter()
+            .map(|root| {
+                let dir = Path::new(root).join(&name);
+                if let Err(e) = std::fs::create_dir(&dir) {
+                    panic!("a machine's own cgroup {}: {e}", dir.display());
+                }
+                dir
+            })
+            .collect();
+        Cgroup(dirs)
+    }
+
+    /// systemd-nspawn, started in these cgroups: a shell moves itself there, then becomes
+    /// nspawn (the same process). nspawn's arguments follow.
+    fn nspawn(&self) -> Command {
+        let mut command = Command::new("/bin/sh");
+        command
+            .arg("-c")
+            .arg(
+                r#"n=$1; shift
+while [ "$n" -gt 0 ]; do echo $$ > "$1/cgroup.procs" || exit 125; shift; n=$((n - 1)); done
+exec systemd-nspawn "$@""#,
+            )
+            .arg("sh")
+            .arg(self.0.len().to_string())
+            .args(&self.0);
+        command
+    }
+}
+
+impl Drop for Cgroup {
+    /// Removes the cgroups and what the machine's systemd made below them, deepest first
+    /// (a cgroup is removed with rmdir, once it has no process and no child).
+    fn drop(&mut self) {
+        fn remove(dir: &Path) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    remove(&entry.path());
+                }
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+        for dir in &self.0 {
+            remove(dir);
+        }
     }
 }
 
