@@ -137,7 +137,12 @@ async fn a_scale_in_drains_the_app_under_systemd() {
     .await
     .unwrap();
     let journal = r.text("journal");
-    let stamp = |name: &str| -> u64 { r.text(name).trim().parse().unwrap() };
+    let stamp = |name: &str| -> u64 {
+        let text = r.text(name);
+        text.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("/results/{name} {text:?}: {e}\n{journal}"))
+    };
 
     // The hook: with its reason and deadline, before the app was touched.
     let env = r.env("drain-env");
