@@ -544,8 +544,6 @@ Type=oneshot
 ExecStart=/bin/sh -c 'bootstage status --wait --json > /results/wait.json; echo $? > /results/wait.rc'
 ";
 
-/// Runs last (after the apps, the notices and the waiter), saves what the host asserts on,
-/// and ends the boot.
 /// The first lines of every booted image's bootstage.env: the provider is EC2's whatever
 /// the host's DMI says (nspawn shows the host's /sys, and a CI runner on Compute Engine or
 /// Azure would name its cloud), and the other clouds' metadata services are a closed
@@ -577,11 +575,15 @@ const LIFECYCLE: &str = r#"{"asg": {"hook": "launch", "group": "web"},
 /// The instance of the boot whose metadata stage fails.
 const FAILED_ID: &str = "i-0000000000000bad0";
 
+/// Runs last (after the apps, the notices and the waiter), saves what the host asserts on,
+/// and ends the boot. Where a reload is awaited, it waits too for the watching s3-sync to
+/// be back from `reloading` (its READY=1 follows the `--on-change` hook that the reload
+/// came from: saved in between, the unit read `reloading`, once in nine runs).
 const CHECK: &str = "[Unit]
 After=test-app-launch.service test-app-envfile.service test-status-wait.service myapp.service myapp-user.service bootstage.target bootstage-ready.service bootstage-failure@bootstage-metadata.service.service bootstage-failure@bootstage-s3-sync.service.service bootstage-lifecycle.service
 [Service]
 Type=oneshot
-ExecStart=/bin/sh -c 'if [ -e /etc/test-expect-myapp ]; then for f in myapp-0-args myapp-1001-args; do i=0; while [ ! -e /results/$f ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; [ $i -lt 300 ] || echo $f > /results/checker-timeout; done; fi; if [ -e /etc/test-wait-for-reload ]; then i=0; while [ ! -s /results/reloaded ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; [ $i -lt 300 ] || echo reloaded > /results/checker-timeout; fi; systemctl show > /results/manager.show; for u in bootstage-lifecycle.service bootstage-ready.service myapp.service myapp-user.service bootstage-metadata.service bootstage-s3-sync.service bootstage-hooks.service bootstage.target test-app-launch.service test-app-envfile.service test-status-wait.service bootstage-failure@bootstage-metadata.service.service bootstage-failure@bootstage-s3-sync.service.service; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; bootstage status --json > /results/status.json; echo $? > /results/status.rc; systemctl --no-block exit 0'
+ExecStart=/bin/sh -c 'if [ -e /etc/test-expect-myapp ]; then for f in myapp-0-args myapp-1001-args; do i=0; while [ ! -e /results/$f ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; [ $i -lt 300 ] || echo $f > /results/checker-timeout; done; fi; if [ -e /etc/test-wait-for-reload ]; then i=0; while [ ! -s /results/reloaded ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; [ $i -lt 300 ] || echo reloaded > /results/checker-timeout; i=0; while [ \"$(systemctl show -p ActiveState --value bootstage-s3-sync.service)\" = reloading ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; [ $i -lt 300 ] || echo s3-sync-reloading > /results/checker-timeout; fi; systemctl show > /results/manager.show; for u in bootstage-lifecycle.service bootstage-ready.service myapp.service myapp-user.service bootstage-metadata.service bootstage-s3-sync.service bootstage-hooks.service bootstage.target test-app-launch.service test-app-envfile.service test-status-wait.service bootstage-failure@bootstage-metadata.service.service bootstage-failure@bootstage-s3-sync.service.service; do systemctl show $u > /results/$u.show; done; journalctl -b --no-pager -o short-monotonic > /results/journal; bootstage status --json > /results/status.json; echo $? > /results/status.rc; systemctl --no-block exit 0'
 ";
 
 fn user_data(values: &[String], sync_from: &str) -> String {
