@@ -952,3 +952,25 @@ async fn azure_410_gone_is_waited_out() {
     );
     assert!(sb.read("params.json").is_some());
 }
+
+/// The sandbox leaves every provider's metadata service on a closed loopback port: named
+/// and not pointed at an emulator, each fails at its deadline having asked 127.0.0.1:9,
+/// and its messages name no real metadata address.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_provider_left_unpointed_asks_only_a_closed_loopback_port() {
+    for provider in ["aws", "gcp", "azure", "openstack"] {
+        let sb = Sandbox::new();
+        let out = sb
+            .run(&["metadata", "--provider", provider, "--timeout", "1s"])
+            .await;
+        assert_eq!(out.code, 75, "{provider}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("127.0.0.1:9"),
+            "{provider}: {}",
+            out.stderr
+        );
+        for real in ["169.254.", "168.63.", "metadata.google.internal"] {
+            assert!(!out.stderr.contains(real), "{provider}: {}", out.stderr);
+        }
+    }
+}
