@@ -62,45 +62,49 @@ pub(super) enum Source {
     Azure(AzureWatch),
 }
 
-impl Source {
-    /// The provider's client, from `instance.json`'s `source` (`gcp`, else IMDS as
-    /// always); `None` when its endpoint setting is wrong (said, and nothing watched).
-    pub(super) fn open(state: &StateDir, w: &Watch, notifier: Notifier) -> Result<Option<Source>> {
-        let env = |v: &str| std::env::var(v).ok();
-        let unwatched = |why: String| {
+/// A client or endpoint from the watcher's settings; a wrong setting is said (the log and
+/// the unit's status), and the instance's life is not watched.
+fn watchable<T>(resolved: std::result::Result<T, String>, notifier: &Notifier) -> Option<T> {
+    match resolved {
+        Ok(value) => Some(value),
+        Err(why) => {
             tracing::error!("cannot watch the instance's life: {why}");
             notifier
                 .status("cannot reach the metadata service: the instance's life is not watched");
-        };
+            None
+        }
+    }
+}
+
+impl Source {
+    /// The client of the instance's cloud (`cloud`: `instance.json`'s `source`, else
+    /// `BOOTSTAGE_PROVIDER` or the DMI; EC2's IMDS unless Azure or GCP); `None` when its
+    /// endpoint setting is wrong (said, and nothing watched).
+    pub(super) fn open(state: &StateDir, w: &Watch, notifier: Notifier) -> Result<Option<Source>> {
+        let env = |v: &str| std::env::var(v).ok();
         if cloud(state) == Provider::Azure {
-            let client = match azure_client(w) {
-                Ok(client) => client,
-                Err(why) => {
-                    unwatched(why);
-                    return Ok(None);
-                }
+            let Some(client) = watchable(azure_client(w), &notifier) else {
+                return Ok(None);
             };
+            let every = w.poll_every.min(AZURE_POLL);
             let vm = crate::imds::facts::Facts::of(state).and_then(|f| f.instance_name);
             match &vm {
                 Some(vm) => tracing::info!(
                     vm,
-                    "watching the instance's life: Azure's scheduled events every {:?}, those naming this VM",
-                    w.poll_every.min(AZURE_POLL)
+                    "watching the instance's life: Azure's scheduled events every {every:?}, those naming this VM"
                 ),
                 None => tracing::error!(
                     "the VM's name is unknown (instance.json has no instance_name): no scheduled event can be told to concern it, and none is acted on"
                 ),
             }
-            let every = w.poll_every.min(AZURE_POLL);
             return Ok(Some(Source::Azure(AzureWatch::start(client, vm, every))));
         }
         if cloud(state) == Provider::Gcp {
-            let endpoint = match gcp::resolve_endpoint(w.imds_endpoint.as_deref(), env) {
-                Ok(endpoint) => endpoint,
-                Err(why) => {
-                    unwatched(why);
-                    return Ok(None);
-                }
+            let Some(endpoint) = watchable(
+                gcp::resolve_endpoint(w.imds_endpoint.as_deref(), env),
+                &notifier,
+            ) else {
+                return Ok(None);
             };
             let client = gcp::Client::new(gcp::Options {
                 endpoint,
@@ -114,12 +118,11 @@ impl Source {
             );
             return Ok(Some(Source::Gcp(GcpWatch::start(client, w.poll_every))));
         }
-        let endpoint = match imds::resolve_endpoint(w.imds_endpoint.as_deref(), env) {
-            Ok(endpoint) => endpoint,
-            Err(why) => {
-                unwatched(why);
-                return Ok(None);
-            }
+        let Some(endpoint) = watchable(
+            imds::resolve_endpoint(w.imds_endpoint.as_deref(), env),
+            &notifier,
+        ) else {
+            return Ok(None);
         };
         let client = imds::Client::new(imds::Options {
             endpoint,
