@@ -1,7 +1,6 @@
 //! The bottom layer, used by everything above and using nothing of bootstage's: the retry
 //! policy and deadlines, bounded child processes, sd_notify, logging, SIGTERM as a future
-//! (`stop`), the plain HTTP(S) client's construction (`http`), the threads' waits for a
-//! CPU (`runqueue`).
+//! (`stop`), the plain HTTP(S) client's construction (`http`).
 
 pub mod child;
 pub mod duration;
@@ -10,6 +9,5 @@ pub mod http;
 pub mod logging;
 pub mod notify;
 pub mod retry;
-pub mod runqueue;
 pub mod stop;
 pub mod switch;

@@ -5,8 +5,7 @@
 //!   turn, as many at once as keep the unpacker fed, up to `in_flight`. Where each
 //!   connection is capped, as on S3 (about 90 MB/s each), this is what brings the bytes.
 //! - **In turn** when the first parts in parallel came less than 1.5 times as fast as the
-//!   first part, or the process's busiest thread waited for a CPU two thirds of the time it
-//!   could run ([`mode_after_probe`], a pure function with a table test): the unpacker,
+//!   first part ([`mode_after_probe`], a pure function with a table test): the unpacker,
 //!   the machine or the server is what the bytes wait for (loopback, a busy instance, a
 //!   shared server, many instances on one host), and more connections would bring only
 //!   more work. One part at a time is read as the unpacker asks, the next one's GET sent
@@ -29,7 +28,6 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use bytes::Bytes;
 
 use crate::base::retry::{self, Deadline};
-use crate::base::runqueue;
 
 use super::{SourceError, sdk_error};
 
@@ -422,11 +420,8 @@ enum Mode {
     /// One after another, each read as the unpacker asks, the next one's GET sent ahead:
     /// where more connections brought no more bytes (the unpacker, the machine or the
     /// server is what the bytes wait for), only more work (memory to fill and copy, page
-    /// faults, wakeups). For the rest of the download.
+    /// faults, wakeups).
     InTurn,
-    /// In turn while the machine is short of CPU ([`STARVED`]), checked again every
-    /// [`RECHECK_PARTS`] parts: in parallel again once it is not.
-    Starved,
 }
 
 /// How some parts came: their bytes and the time they took. The first part's from the
@@ -459,44 +454,19 @@ const PROBE_WIDTH: usize = 4;
 /// How much faster than the first part the parts after it must come to go on in parallel.
 const PAYS: f64 = 1.5;
 
-/// The share of the time it could run that the process's busiest thread waited for a CPU
-/// (twice as long as it ran) at and above which the machine is what the bytes wait for.
-const STARVED: f64 = 2.0 / 3.0;
-
-/// How many parts after the probe the machine is checked again ([`mode_on_recheck`]).
-const RECHECK_PARTS: u64 = 4;
-
-/// Decides from the first [`PROBE_PARTS`] parts after the first, which came in parallel,
-/// and from how long the process's busiest thread waited for a CPU since the first part
-/// began (`queued`, [`runqueue::Threads::busiest_queued_since`]; `None` where the kernel
-/// does not say). More connections bring more bytes where each one is capped (S3, about
-/// 90 MB/s each), not where the unpacker, the machine or the server is what is slow
-/// (loopback, a busy instance, a shared server): there they bring only more work, memory
-/// to fill and page faults. So:
-/// - the parts came less than [`PAYS`] times as fast as the first part, which came mostly
-///   alone (the second starts beside it): in turn for the rest;
-/// - they came faster, but the busiest thread waited for a CPU [`STARVED`] of the time:
-///   in turn while that lasts ([`Mode::Starved`]). Where many processes share the
-///   machine with their server (bench-fleet's 50 instances on two cores), the rate
-///   misleads: a process's extra connections take the server's time from the others, so
-///   its parts came faster while the whole went slower. The busiest thread (the
-///   unpacker) waited for a CPU 70-90 % of the time it could run there, against 35-55 %
-///   for one instance on the same two cores at four times one connection's rate;
-/// - else in parallel.
-fn mode_after_probe(first: Sample, parallel: Sample, queued: Option<f64>) -> Mode {
+/// Decides from the first [`PROBE_PARTS`] parts after the first, which came in parallel:
+/// they go on in parallel only when they came at least [`PAYS`] times as fast as the
+/// first part, which came mostly alone (the second starts beside it). More connections
+/// bring more bytes where each one is capped (S3, about 90 MB/s each), not where the
+/// unpacker, the machine or the server is what is slow (loopback, a busy instance, a
+/// shared server, many instances on one host): there they bring only more work.
+/// Measured on bench-fleet's 177 MB bundle, 50 instances and the server on two cores:
+/// parts in parallel took up to 2.4 times one stream's CPU, most of it the kernel's (the
+/// page faults of parts read ahead), for no more bytes a second.
+fn mode_after_probe(first: Sample, parallel: Sample) -> Mode {
     match parallel.rate() >= PAYS * first.rate() {
+        true => Mode::Parallel,
         false => Mode::InTurn,
-        true => mode_on_recheck(queued),
-    }
-}
-
-/// After the probe found that parallel pays, every [`RECHECK_PARTS`] parts: in turn while
-/// the busiest thread waited for a CPU [`STARVED`] of the time it could run since the last
-/// check, else in parallel.
-fn mode_on_recheck(queued: Option<f64>) -> Mode {
-    match queued {
-        Some(queued) if queued >= STARVED => Mode::Starved,
-        _ => Mode::Parallel,
     }
 }
 
@@ -529,9 +499,6 @@ pub(super) struct Ranges {
     latency: std::time::Duration,
     /// Whether the probe has decided (or there is none to run).
     decided: bool,
-    /// The process's threads' times when the first part's sample started, then at each
-    /// check of the machine since the probe.
-    threads: Option<runqueue::Threads>,
     /// The next part to start.
     next: u64,
     queue: VecDeque<Part>,
@@ -549,7 +516,6 @@ impl Ranges {
             first: None,
             latency: std::time::Duration::ZERO,
             decided: false,
-            threads: None,
             next: 0,
             queue: VecDeque::new(),
         };
@@ -574,7 +540,7 @@ impl Ranges {
                     len,
                 })
             }
-            Mode::InTurn | Mode::Starved => {
+            Mode::InTurn => {
                 let mut part = Inline::new(self.next, range);
                 let (get, index) = (self.get.clone(), self.next);
                 part.open = Some(tokio::spawn(async move {
@@ -617,10 +583,8 @@ impl Ranges {
                         // what arrived before the unpacker first asked (during the HEAD,
                         // while the unpacker started) came at no rate of the link's.
                         let since = std::time::Instant::now();
-                        if self.next_index() == 0 && self.first.is_none() && self.sampling.is_none()
-                        {
-                            self.sampling = Some((since, 0));
-                            self.threads = runqueue::Threads::now();
+                        if self.next_index() == 0 && self.first.is_none() {
+                            self.sampling.get_or_insert((since, 0));
                         }
                         // Parts only join the queue at its back: the head is the same.
                         let Some(Part::Ahead(head)) = self.queue.front_mut() else {
@@ -667,15 +631,19 @@ impl Ranges {
     }
 
     /// The head part is handed on whole. After the first, the next [`PROBE_PARTS`] are
-    /// timed against it, and the mode decided; then the machine checked every
-    /// [`RECHECK_PARTS`]. In parallel, its room goes to the next part, or, if that one is
-    /// already whole, the unpacker is what the network waits for: one fewer.
+    /// timed against it, and the mode decided. In parallel, its room goes to the next
+    /// part, or, if that one is already whole, the unpacker is what the network waits
+    /// for: one fewer.
     fn handed_on(&mut self) {
         let index = self.next_index();
         self.queue.pop_front();
         let waited = std::mem::take(&mut self.waited);
-        match (self.mode, index, self.first) {
-            (Mode::Parallel, 0, _) => {
+        if self.mode != Mode::Parallel {
+            self.top_up();
+            return;
+        }
+        match (index, self.first) {
+            (0, _) => {
                 let first = self.sample();
                 match first.bytes >= SAMPLE_BYTES {
                     true => {
@@ -686,24 +654,25 @@ impl Ranges {
                     false => self.decided = true,
                 }
             }
-            (Mode::Parallel, PROBE_PARTS, Some(first)) => {
+            (PROBE_PARTS, Some(first)) => {
                 self.decided = true;
                 let mut parallel = self.sample();
                 parallel.wall = parallel.wall.saturating_sub(self.latency);
-                let queued = self.queued();
-                self.switch(mode_after_probe(first, parallel, queued), queued, || {
-                    format!(
-                        "{PROBE_PARTS} parts in parallel came at {:.1} MB/s, the first at {:.1} MB/s",
-                        parallel.rate() / 1e6,
-                        first.rate() / 1e6,
-                    )
-                });
-            }
-            (Mode::Parallel | Mode::Starved, _, Some(_))
-                if index > PROBE_PARTS && index.is_multiple_of(RECHECK_PARTS) =>
-            {
-                let queued = self.queued();
-                self.switch(mode_on_recheck(queued), queued, String::new);
+                self.mode = mode_after_probe(first, parallel);
+                match self.mode {
+                    Mode::InTurn => {
+                        tracing::info!(
+                            "{}: the rest in turn, one part at a time: {PROBE_PARTS} parts in parallel came at {:.1} MB/s, the first at {:.1} MB/s",
+                            self.get.url,
+                            parallel.rate() / 1e6,
+                            first.rate() / 1e6
+                        );
+                        self.width = MIN_WIDTH;
+                    }
+                    Mode::Parallel => {
+                        tracing::debug!(url = %self.get.url, ?first, ?parallel, "in parallel still")
+                    }
+                }
             }
             _ => {}
         }
@@ -716,38 +685,6 @@ impl Ranges {
             self.width = (self.width - 1).max(MIN_WIDTH);
         }
         self.top_up();
-    }
-
-    /// How long the busiest thread waited for a CPU since the last look
-    /// ([`runqueue::Threads::busiest_queued_since`]), and a new look.
-    fn queued(&mut self) -> Option<f64> {
-        let now = runqueue::Threads::now();
-        let then = std::mem::replace(&mut self.threads, now);
-        then.zip(self.threads.as_ref())
-            .and_then(|(then, now)| now.busiest_queued_since(&then))
-    }
-
-    /// Goes on in `mode`, saying so when it changes; `rates` what the probe measured.
-    fn switch(&mut self, mode: Mode, queued: Option<f64>, rates: impl FnOnce() -> String) {
-        let (url, was) = (&self.get.url, std::mem::replace(&mut self.mode, mode));
-        let queued = queued.map_or(0.0, |q| q * 100.0);
-        match (was, mode) {
-            (was, mode) if was == mode => {
-                tracing::debug!(%url, ?mode, queued, "the parts come as they did")
-            }
-            (_, Mode::InTurn) => {
-                tracing::info!("{url}: the rest in turn, one part at a time: {}", rates())
-            }
-            (_, Mode::Starved) => tracing::info!(
-                "{url}: in turn, one part at a time, while the machine is short of CPU: this process's busiest thread waited for a CPU {queued:.0}% of the time it could run"
-            ),
-            (_, Mode::Parallel) => tracing::info!(
-                "{url}: in parallel again: this process's busiest thread waited for a CPU {queued:.0}% of the time it could run"
-            ),
-        }
-        if mode != Mode::Parallel {
-            self.width = MIN_WIDTH;
-        }
     }
 
     /// The most parts at once now: [`PROBE_WIDTH`] until the probe has decided (so that
@@ -789,8 +726,7 @@ mod tests {
     }
 
     /// After the first parts in parallel: on only when they came at least 1.5 times as
-    /// fast as the first alone (else in turn for good), and the busiest thread waited for
-    /// a CPU less than two thirds of the time it could run (else in turn while it does).
+    /// fast as the first alone.
     #[test]
     fn parallel_goes_on_only_where_it_pays() {
         let first = sample(8 * MIB, 100);
@@ -798,82 +734,23 @@ mod tests {
             (
                 "about eight connections' worth",
                 sample(32 * MIB, 50),
-                None,
                 Mode::Parallel,
             ),
             (
                 "a little over 1.5 times",
                 sample(12 * MIB, 99),
-                None,
                 Mode::Parallel,
             ),
-            ("a little under", sample(12 * MIB, 101), None, Mode::InTurn),
+            ("a little under", sample(12 * MIB, 101), Mode::InTurn),
             (
                 "no faster: a busy server",
                 sample(32 * MIB, 400),
-                None,
                 Mode::InTurn,
             ),
-            ("slower", sample(32 * MIB, 900), None, Mode::InTurn),
-            (
-                "faster, on a busy machine",
-                sample(32 * MIB, 50),
-                Some(0.5),
-                Mode::Parallel,
-            ),
-            (
-                "faster, the machine a little short of starved",
-                sample(32 * MIB, 50),
-                Some(0.66),
-                Mode::Parallel,
-            ),
-            (
-                "faster, but from other processes' share of a starved machine",
-                sample(32 * MIB, 50),
-                Some(0.67),
-                Mode::Starved,
-            ),
-            (
-                "faster, a starved machine",
-                sample(32 * MIB, 50),
-                Some(0.9),
-                Mode::Starved,
-            ),
-            (
-                "no faster, an idle machine",
-                sample(32 * MIB, 400),
-                Some(0.0),
-                Mode::InTurn,
-            ),
-            (
-                "no faster, a starved machine: for good",
-                sample(32 * MIB, 400),
-                Some(0.9),
-                Mode::InTurn,
-            ),
+            ("slower", sample(32 * MIB, 900), Mode::InTurn),
         ];
-        for (what, parallel, queued, expected) in cases {
-            assert_eq!(
-                mode_after_probe(first, parallel, queued),
-                expected,
-                "{what}"
-            );
-        }
-    }
-
-    /// Every few parts after the probe: in turn while the busiest thread waits for a CPU
-    /// two thirds of the time it could run, in parallel again once it does not.
-    #[test]
-    fn the_machine_is_checked_again() {
-        let cases = [
-            (Some(0.9), Mode::Starved),
-            (Some(0.67), Mode::Starved),
-            (Some(0.66), Mode::Parallel),
-            (Some(0.1), Mode::Parallel),
-            (None, Mode::Parallel),
-        ];
-        for (queued, expected) in cases {
-            assert_eq!(mode_on_recheck(queued), expected, "{queued:?}");
+        for (what, parallel, expected) in cases {
+            assert_eq!(mode_after_probe(first, parallel), expected, "{what}");
         }
     }
 }
