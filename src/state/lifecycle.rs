@@ -129,7 +129,7 @@ pub struct Drain {
 /// the undo once when no interruption followed.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Rebalance {
-    /// The recommendations' `noticeTime`s seen, oldest first (the last 64).
+    /// The recommendations' `noticeTime`s seen, oldest first (the last [`REMEMBERED`]).
     #[serde(default)]
     pub notices: Vec<String>,
     /// Times `rebalance.d` ran.
@@ -151,6 +151,19 @@ impl Rebalance {
 
 /// The longest wait for another writer of the record.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How many ids each of the record's lists of events keeps (`maintenance`,
+/// `maintenance_ran`, `approved`, the rebalance notices): the latest, so a long life's
+/// record stays small and no event still pending is forgotten.
+pub const REMEMBERED: usize = 64;
+
+/// `id` in `list` once, as its latest; the oldest dropped past [`REMEMBERED`].
+pub fn remember(list: &mut Vec<String>, id: &str) {
+    list.retain(|x| x != id);
+    list.push(id.to_string());
+    let extra = list.len().saturating_sub(REMEMBERED);
+    list.drain(..extra);
+}
 
 fn dir(state: &StateDir) -> PathBuf {
     state.root().join("lifecycle")
@@ -232,4 +245,21 @@ impl Signal {
 /// Whether a final signal went through (taken, or nothing was waiting for it).
 pub fn settled(signal: &Option<Signal>) -> bool {
     signal.as_ref().is_some_and(|s| s.delivered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each id once, as its latest, the oldest dropped past 64.
+    #[test]
+    fn a_list_of_events_keeps_each_once_and_the_latest() {
+        let mut list: Vec<String> = vec!["a".into(), "b".into()];
+        remember(&mut list, "a");
+        assert_eq!(list, ["b", "a"]);
+        let mut list: Vec<String> = (0..REMEMBERED).map(|i| i.to_string()).collect();
+        remember(&mut list, "new");
+        assert_eq!(list.len(), REMEMBERED);
+        assert_eq!((list[0].as_str(), list[63].as_str()), ("1", "new"));
+    }
 }

@@ -108,6 +108,8 @@ pub async fn watch(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut runs = Runs::default();
     let mut unread = Unread::default();
+    // Azure: the events this watcher approved, should the record not have taken them.
+    let mut approved = Vec::new();
     // GCP: the maintenance-event value this watcher saw last.
     let mut host_before = None;
     loop {
@@ -125,11 +127,12 @@ pub async fn watch(
         runs.step(state, &w.dirs, notifier).await;
         let record = lifecycle::read(state).ok().flatten().unwrap_or_default();
         let now_unix = life::unix(SystemTime::now());
-        let memory = Memory {
+        let mut memory = Memory {
             host_before: host_before.clone(),
             busy: runs.busy(),
             ..memory(&record)
         };
+        memory.approved.extend(approved.iter().cloned());
         if let Some(host) = &look.host_maintenance {
             host_before = Some(host.value.clone());
         }
@@ -155,7 +158,11 @@ pub async fn watch(
                     return Ok(());
                 }
                 Act::Maintenance(event) => maintenance(state, w, &mut notices, &mut runs, event)?,
-                Act::Approve(event) => source.approve(state, &event.id, &mut unread).await,
+                Act::Approve(event) => {
+                    if source.approve(state, &event.id, &mut unread).await {
+                        lifecycle::remember(&mut approved, &event.id);
+                    }
+                }
                 Act::Rebalance {
                     notice,
                     hooks,
@@ -220,11 +227,7 @@ fn maintenance(
         "scheduled maintenance: running maintenance.d"
     );
     lifecycle::update(state, |r| {
-        // Once each, the latest 64, as the rebalance notices are kept.
-        r.maintenance.retain(|id| *id != event.id);
-        r.maintenance.push(event.id.clone());
-        let extra = r.maintenance.len().saturating_sub(64);
-        r.maintenance.drain(..extra);
+        lifecycle::remember(&mut r.maintenance, &event.id)
     })?;
     notify(notices, state, w, "maintenance", event.raw.clone(), None);
     runs.queue(Kind::Maintenance, life::event_env(&event), event.id.clone());
@@ -243,9 +246,7 @@ fn rebalance(
     undo_due: u64,
 ) -> Result<()> {
     lifecycle::update(state, |r| {
-        r.rebalance.notices.push(notice.clone());
-        let extra = r.rebalance.notices.len().saturating_sub(64);
-        r.rebalance.notices.drain(..extra);
+        lifecycle::remember(&mut r.rebalance.notices, &notice);
         r.rebalance.undo_due_unix = Some(undo_due);
         r.rebalance.hooks_ran += u32::from(hooks);
     })?;
@@ -420,9 +421,7 @@ impl Runs {
             // restart too (one cut by the watcher stopping never gets here).
             let ended = lifecycle::update(state, |r| {
                 if r.maintenance.contains(&key) && !r.maintenance_ran.contains(&key) {
-                    r.maintenance_ran.push(key.clone());
-                    let extra = r.maintenance_ran.len().saturating_sub(64);
-                    r.maintenance_ran.drain(..extra);
+                    lifecycle::remember(&mut r.maintenance_ran, &key);
                 }
             });
             if let Err(e) = ended {

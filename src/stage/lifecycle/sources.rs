@@ -163,14 +163,14 @@ impl Source {
         }
     }
 
-    /// Azure: approves an event (nothing elsewhere). Not cut by SIGTERM (the request is
-    /// bounded at 5 s): an approval Azure took is recorded before the watch ends, so a
-    /// restarted watcher does not send it again.
-    pub(super) async fn approve(&self, state: &StateDir, id: &str, unread: &mut Unread) {
+    /// Azure: approves an event (nothing elsewhere); whether Azure took it. Not cut by
+    /// SIGTERM (the request is bounded at 5 s): an approval Azure took is recorded before
+    /// the watch ends, so a restarted watcher does not send it again.
+    pub(super) async fn approve(&self, state: &StateDir, id: &str, unread: &mut Unread) -> bool {
         let Some(client) = self.approver() else {
-            return;
+            return false;
         };
-        approve(state, &client, id, unread).await;
+        approve(state, &client, id, unread).await
     }
 
     /// Azure's client, to approve events with.
@@ -465,20 +465,18 @@ fn azure_client(w: &Watch) -> std::result::Result<azure::Client, String> {
     .map_err(|e| e.to_string())
 }
 
-/// Approves an Azure event (one POST) and records it; a failure is said once per event
-/// and the next look tries again.
-async fn approve(state: &StateDir, client: &azure::Client, id: &str, unread: &mut Unread) {
+/// Approves an Azure event (one POST) and records it; whether Azure took it (recorded or
+/// not: the caller remembers it either way). A failure is said once per event and the
+/// next look tries again.
+async fn approve(state: &StateDir, client: &azure::Client, id: &str, unread: &mut Unread) -> bool {
     match client.approve(&[id.to_string()], AZURE_REQUEST).await {
         Ok(()) => {
             tracing::info!(event = id, "scheduled event approved: Azure may go ahead");
             unread.1.remove(id);
-            if let Err(e) = lifecycle::update(state, |r| {
-                if !r.approved.iter().any(|a| a == id) {
-                    r.approved.push(id.to_string());
-                }
-            }) {
+            if let Err(e) = lifecycle::update(state, |r| lifecycle::remember(&mut r.approved, id)) {
                 tracing::error!("the approval of {id} is not recorded: {e}");
             }
+            true
         }
         Err(e) => {
             if unread.1.insert(id.to_string()) {
@@ -487,6 +485,7 @@ async fn approve(state: &StateDir, client: &azure::Client, id: &str, unread: &mu
                     "cannot approve the scheduled event: {e}; trying again at the next look"
                 );
             }
+            false
         }
     }
 }
@@ -510,11 +509,7 @@ pub(super) async fn approve_within(
     let mut unread = Unread::default();
     let mut backoff = retry::NOTICE.full_jitter();
     loop {
-        approve(state, client, id, &mut unread).await;
-        let done = lifecycle::read(state)
-            .ok()
-            .flatten()
-            .is_some_and(|r| r.approved.iter().any(|a| a == id));
+        let done = approve(state, client, id, &mut unread).await;
         let wait = backoff.next().unwrap_or(retry::NOTICE.cap);
         if done || deadline.remaining() <= wait {
             if !done {
