@@ -251,7 +251,7 @@ pub fn settled(signal: &Option<Signal>) -> bool {
 mod tests {
     use super::*;
 
-    /// Each id once, as its latest, the oldest dropped past 64.
+    /// Each id once, as its latest, the oldest dropped past [`REMEMBERED`].
     #[test]
     fn a_list_of_events_keeps_each_once_and_the_latest() {
         let mut list: Vec<String> = vec!["a".into(), "b".into()];
@@ -260,6 +260,9 @@ mod tests {
         let mut list: Vec<String> = (0..REMEMBERED).map(|i| i.to_string()).collect();
         remember(&mut list, "new");
         assert_eq!(list.len(), REMEMBERED);
-        assert_eq!((list[0].as_str(), list[63].as_str()), ("1", "new"));
+        assert_eq!(
+            (list[0].as_str(), list[REMEMBERED - 1].as_str()),
+            ("1", "new")
+        );
     }
 }

@@ -19,8 +19,9 @@
 //! next look when it fails) once its hooks ran or its drain is over, and recorded, so a
 //! restarted watcher approves nothing twice. SIGTERM does not cut a POST in flight (it is
 //! bounded): the approval Azure took is recorded first. Only a watcher killed outright
-//! between the answer and the record would approve again, which Azure answers 200 all the
-//! same. Nothing of AWS's is asked there either.
+//! between the answer and the record, or restarted after its record write failed (the
+//! running watcher remembers its approvals in memory too), would approve again, which
+//! Azure answers 200 all the same. Nothing of AWS's is asked there either.
 
 use std::time::Duration;
 
@@ -165,7 +166,8 @@ impl Source {
 
     /// Azure: approves an event (nothing elsewhere); whether Azure took it. Not cut by
     /// SIGTERM (the request is bounded at 5 s): an approval Azure took is recorded before
-    /// the watch ends, so a restarted watcher does not send it again.
+    /// the watch ends, so a restarted watcher does not send it again (unless the record
+    /// could not be written).
     pub(super) async fn approve(&self, state: &StateDir, id: &str, unread: &mut Unread) -> bool {
         let Some(client) = self.approver() else {
             return false;
@@ -466,7 +468,7 @@ fn azure_client(w: &Watch) -> std::result::Result<azure::Client, String> {
 }
 
 /// Approves an Azure event (one POST) and records it; whether Azure took it (recorded or
-/// not: the caller remembers it either way). A failure is said once per event and the
+/// not: the watch loop remembers it either way, a drain's approval stops trying). A failure is said once per event and the
 /// next look tries again.
 async fn approve(state: &StateDir, client: &azure::Client, id: &str, unread: &mut Unread) -> bool {
     match client.approve(&[id.to_string()], AZURE_REQUEST).await {
