@@ -630,10 +630,52 @@ async fn keep_launch_alive(
     notifier: Notifier,
     stop: &mut Stop,
 ) -> Result<Launch> {
+    let Some((link, every, ready_within)) = launch_hook(state, settings, &notifier).await? else {
+        return Ok(Launch::Over);
+    };
+    // `launch_hook` answers only a link that has a hook.
+    let Some(hook) = link.hook.as_ref() else {
+        return Ok(Launch::Over);
+    };
+    let mut beats = Beats::new(every);
+    // No lifecycle action outlives 48 h, so no watch does either.
+    while beats.started.elapsed() < orchestrator::MAX_GLOBAL_TIMEOUT {
+        if let Some(ended) = look(
+            state,
+            settings,
+            &link,
+            hook,
+            ready_within,
+            &mut beats,
+            &notifier,
+        )
+        .await?
+        {
+            return Ok(ended);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(beats.wait()) => {}
+            _ = stop.requested() => {
+                tracing::info!("stopping the heartbeats");
+                return Ok(Launch::Stopped);
+            }
+        }
+    }
+    tracing::warn!("no lifecycle action lasts longer than 48 h: the watch ends");
+    Ok(Launch::Over)
+}
+
+/// The group's launch hook, reached, with how often to heartbeat it and how long the boot
+/// has to be ready; `None` when there is none to keep alive (READY sent, saying why).
+async fn launch_hook(
+    state: &StateDir,
+    settings: &Settings,
+    notifier: &Notifier,
+) -> Result<Option<(Link, Duration, Duration)>> {
     let Some(config) = config(state, &settings.config)? else {
         notifier.ready("no bootstage.lifecycle: nothing to keep alive");
         tracing::info!("no bootstage.lifecycle: nothing to keep alive");
-        return Ok(Launch::Over);
+        return Ok(None);
     };
     let Some(ready_within) = config
         .asg
@@ -642,7 +684,7 @@ async fn keep_launch_alive(
         .map(|a| a.ready_within)
     else {
         notifier.ready("no auto scaling launch hook to keep alive");
-        return Ok(Launch::Over);
+        return Ok(None);
     };
     // For `status` and the ready notice: a hook configured with no watcher ever started
     // (the unit masked, or not installed) is worth a warning.
@@ -655,7 +697,7 @@ async fn keep_launch_alive(
     let link = connect(state, config, Deadline::after(SIGNAL_TIMEOUT)).await?;
     let Some(hook) = link.hook.as_ref() else {
         notifier.ready("in no auto scaling group: nothing to keep alive");
-        return Ok(Launch::Over);
+        return Ok(None);
     };
     let every = match hook
         .heartbeat_timeout(Deadline::after(SIGNAL_TIMEOUT))
@@ -685,106 +727,136 @@ async fn keep_launch_alive(
         "keeping the launch hook alive: a heartbeat every {every:?}"
     );
     notifier.ready(&format!("heartbeating {} every {every:?}", hook.hook));
-    let started = tokio::time::Instant::now();
-    // No lifecycle action outlives 48 h, so no watch does either.
-    let end = started + orchestrator::MAX_GLOBAL_TIMEOUT;
-    let mut next = started;
-    let mut retry_final = started;
-    let mut announced_hold = false;
-    let mut failed_since = None;
-    while tokio::time::Instant::now() < end {
-        let record = lifecycle::read(state).ok().flatten().unwrap_or_default();
-        // A failed boot is never kept alive by accident: if the failure unit neither
-        // abandoned nor held the instance (it could not reach AWS, or it never ran), the
-        // watcher abandons it once the grace is over. Only a failure a stage wrote itself
-        // counts: this unit cannot see the stages' processes.
-        match status::failure_written(state) {
-            true => {
-                failed_since.get_or_insert_with(tokio::time::Instant::now);
-            }
-            false => failed_since = None,
+    Ok(Some((link, every, ready_within)))
+}
+
+/// The heartbeats' clock: when the watch started, the next heartbeat, the earliest a
+/// final signal not delivered may be sent again, since when a stage's failure has been
+/// written, and whether a hold was announced.
+struct Beats {
+    every: Duration,
+    started: tokio::time::Instant,
+    next: tokio::time::Instant,
+    retry_final: tokio::time::Instant,
+    failed_since: Option<tokio::time::Instant>,
+    announced_hold: bool,
+}
+
+impl Beats {
+    fn new(every: Duration) -> Beats {
+        let started = tokio::time::Instant::now();
+        Beats {
+            every,
+            started,
+            next: started,
+            retry_final: started,
+            failed_since: None,
+            announced_hold: false,
         }
-        let failed_for = failed_since.map_or(Duration::ZERO, |t| t.elapsed());
-        let moment = Moment {
-            unix: unix_now(),
-            retry_final: tokio::time::Instant::now() >= retry_final,
-            failed_for,
-            watched_for: started.elapsed(),
-        };
-        let due = match next_step(&record, &moment, ready_within, settings.failure_grace) {
-            Step::Complete(result) => {
-                tracing::info!(
-                    result,
-                    "the lifecycle action is complete: nothing left to keep alive"
-                );
-                notifier.status(&format!("lifecycle action complete: {result}"));
-                return Ok(Launch::Over);
-            }
-            Step::Held(until) => {
-                if !announced_hold {
-                    announced_hold = true;
-                    notifier.status(&format!(
-                        "held for debugging until {until}: bootstage release --abandon ends it"
-                    ));
-                }
-                None
-            }
-            Step::Finish { proceed, why } => Some((proceed, why)),
-            Step::Heartbeat => None,
-        };
-        if let Some((proceed, why)) = due {
-            tracing::warn!("{why}");
-            match finish(state, &link, proceed).await {
-                Ok(()) => return Ok(Launch::Over),
-                // Recorded as not delivered: tried again while the heartbeats go on.
-                Err(e) => {
-                    tracing::warn!("{e}");
-                    retry_final = tokio::time::Instant::now() + every.min(RETRY_EVERY);
-                }
-            }
+    }
+
+    /// Until the next heartbeat or retry of a final signal, at most [`LOOK_EVERY`].
+    fn wait(&self) -> Duration {
+        let now = tokio::time::Instant::now();
+        self.next
+            .min(self.retry_final.max(now))
+            .saturating_duration_since(now)
+            .min(LOOK_EVERY)
+    }
+}
+
+/// One look: the record read, the step decided ([`next_step`]) and taken, a heartbeat
+/// sent when due; `Some` when the launch part of the watch is over.
+async fn look(
+    state: &StateDir,
+    settings: &Settings,
+    link: &Link,
+    hook: &LaunchHook,
+    ready_within: Duration,
+    beats: &mut Beats,
+    notifier: &Notifier,
+) -> Result<Option<Launch>> {
+    let record = lifecycle::read(state).ok().flatten().unwrap_or_default();
+    // A failed boot is never kept alive by accident: if the failure unit neither
+    // abandoned nor held the instance (it could not reach AWS, or it never ran), the
+    // watcher abandons it once the grace is over. Only a failure a stage wrote itself
+    // counts: this unit cannot see the stages' processes.
+    match status::failure_written(state) {
+        true => {
+            beats
+                .failed_since
+                .get_or_insert_with(tokio::time::Instant::now);
         }
-        if tokio::time::Instant::now() >= next {
-            next = tokio::time::Instant::now() + every;
-            match hook
-                .heartbeat(Deadline::after(every.min(SIGNAL_TIMEOUT)))
-                .await
-            {
-                Ok(Delivery::Delivered) => {
-                    lifecycle::update(state, |r| {
-                        r.heartbeats += 1;
-                        r.last_heartbeat_at = Some(now());
-                        r.heartbeat_error = None;
-                    })?;
-                }
-                Ok(Delivery::NothingWaiting(why)) => {
-                    tracing::info!(
-                        "no lifecycle action is in progress ({why}): the hook was completed or timed out, or this boot is not a launch; nothing to keep alive"
-                    );
-                    return Ok(Launch::Over);
-                }
-                Err(e) => {
-                    tracing::warn!("heartbeat not delivered: {e}");
-                    let why = e.to_string();
-                    lifecycle::update(state, |r| r.heartbeat_error = Some(why))?;
-                    // Sooner than a third of the timeout: two misses must not end it.
-                    next = tokio::time::Instant::now() + every.min(RETRY_EVERY);
-                }
-            }
+        false => beats.failed_since = None,
+    }
+    let moment = Moment {
+        unix: unix_now(),
+        retry_final: tokio::time::Instant::now() >= beats.retry_final,
+        failed_for: beats.failed_since.map_or(Duration::ZERO, |t| t.elapsed()),
+        watched_for: beats.started.elapsed(),
+    };
+    let due = match next_step(&record, &moment, ready_within, settings.failure_grace) {
+        Step::Complete(result) => {
+            tracing::info!(
+                result,
+                "the lifecycle action is complete: nothing left to keep alive"
+            );
+            notifier.status(&format!("lifecycle action complete: {result}"));
+            return Ok(Some(Launch::Over));
         }
-        let wait = next
-            .min(retry_final.max(tokio::time::Instant::now()))
-            .saturating_duration_since(tokio::time::Instant::now())
-            .min(LOOK_EVERY);
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.requested() => {
-                tracing::info!("stopping the heartbeats");
-                return Ok(Launch::Stopped);
+        Step::Held(until) => {
+            if !beats.announced_hold {
+                beats.announced_hold = true;
+                notifier.status(&format!(
+                    "held for debugging until {until}: bootstage release --abandon ends it"
+                ));
+            }
+            None
+        }
+        Step::Finish { proceed, why } => Some((proceed, why)),
+        Step::Heartbeat => None,
+    };
+    if let Some((proceed, why)) = due {
+        tracing::warn!("{why}");
+        match finish(state, link, proceed).await {
+            Ok(()) => return Ok(Some(Launch::Over)),
+            // Recorded as not delivered: tried again while the heartbeats go on.
+            Err(e) => {
+                tracing::warn!("{e}");
+                beats.retry_final = tokio::time::Instant::now() + beats.every.min(RETRY_EVERY);
             }
         }
     }
-    tracing::warn!("no lifecycle action lasts longer than 48 h: the watch ends");
-    Ok(Launch::Over)
+    if tokio::time::Instant::now() < beats.next {
+        return Ok(None);
+    }
+    beats.next = tokio::time::Instant::now() + beats.every;
+    match hook
+        .heartbeat(Deadline::after(beats.every.min(SIGNAL_TIMEOUT)))
+        .await
+    {
+        Ok(Delivery::Delivered) => {
+            lifecycle::update(state, |r| {
+                r.heartbeats += 1;
+                r.last_heartbeat_at = Some(now());
+                r.heartbeat_error = None;
+            })?;
+        }
+        Ok(Delivery::NothingWaiting(why)) => {
+            tracing::info!(
+                "no lifecycle action is in progress ({why}): the hook was completed or timed out, or this boot is not a launch; nothing to keep alive"
+            );
+            return Ok(Some(Launch::Over));
+        }
+        Err(e) => {
+            tracing::warn!("heartbeat not delivered: {e}");
+            let why = e.to_string();
+            lifecycle::update(state, |r| r.heartbeat_error = Some(why))?;
+            // Sooner than a third of the timeout: two misses must not end it.
+            beats.next = tokio::time::Instant::now() + beats.every.min(RETRY_EVERY);
+        }
+    }
+    Ok(None)
 }
 
 /// What the watcher knows of time at one look: the wall clock, whether a final signal
