@@ -409,157 +409,199 @@ async fn fetch_all(
     Ok(fetched)
 }
 
+/// One task's calls: a batch of SSM parameters, one parameter (a version or label
+/// asked), one secret, or an import's pages.
 async fn run(aws: &Aws, task: Task, deadline: Deadline, calls: &Calls) -> Result<Got, SecretError> {
     match task {
-        Task::Ssm { region, names } => {
-            let client = aws.ssm(&region);
-            let action = "ssm:GetParameters";
-            let answer = call(action, deadline, || {
-                calls.get_parameters.fetch_add(1, Ordering::Relaxed);
-                client
-                    .get_parameters()
-                    .set_names(Some(names.clone()))
-                    .with_decryption(true)
-                    .send()
-            })
-            .await
-            .map_err(|f| failed(action, f))?;
-            let missing: Vec<String> = answer
-                .invalid_parameters()
-                .iter()
-                .map(|n| Target::Ssm { name: n.clone() }.describe())
-                .collect();
-            if !missing.is_empty() {
-                return Err(SecretError::Missing(missing.join(", ")));
+        Task::Ssm { region, names } => get_parameters(aws, &region, names, deadline, calls).await,
+        Task::SsmOne { region, name } => get_parameter(aws, &region, name, deadline, calls).await,
+        Task::Secret { key } => get_secret(aws, key, deadline, calls).await,
+        Task::Import(index, import) => get_import(aws, index, import, deadline, calls).await,
+    }
+}
+
+/// Up to [`SSM_BATCH`] SSM parameters in one `GetParameters`; any one missing fails the task,
+/// naming each.
+async fn get_parameters(
+    aws: &Aws,
+    region: &str,
+    names: Vec<String>,
+    deadline: Deadline,
+    calls: &Calls,
+) -> Result<Got, SecretError> {
+    let client = aws.ssm(region);
+    let action = "ssm:GetParameters";
+    let answer = call(action, deadline, || {
+        calls.get_parameters.fetch_add(1, Ordering::Relaxed);
+        client
+            .get_parameters()
+            .set_names(Some(names.clone()))
+            .with_decryption(true)
+            .send()
+    })
+    .await
+    .map_err(|f| failed(action, f))?;
+    let missing: Vec<String> = answer
+        .invalid_parameters()
+        .iter()
+        .map(|n| Target::Ssm { name: n.clone() }.describe())
+        .collect();
+    if !missing.is_empty() {
+        return Err(SecretError::Missing(missing.join(", ")));
+    }
+    let mut values = Vec::new();
+    for name in &names {
+        let found = answer.parameters().iter().find(|p| p.name() == Some(name));
+        match found.and_then(|p| p.value()) {
+            Some(value) => values.push((name.clone(), value.to_string())),
+            None => {
+                return Err(SecretError::Missing(
+                    Target::Ssm { name: name.clone() }.describe(),
+                ));
             }
-            let mut values = Vec::new();
-            for name in &names {
-                let found = answer.parameters().iter().find(|p| p.name() == Some(name));
-                match found.and_then(|p| p.value()) {
-                    Some(value) => values.push((name.clone(), value.to_string())),
-                    None => {
-                        return Err(SecretError::Missing(
-                            Target::Ssm { name: name.clone() }.describe(),
-                        ));
-                    }
-                }
-            }
-            Ok(Got::Ssm(values))
-        }
-        Task::SsmOne { region, name } => {
-            let client = aws.ssm(&region);
-            let reference = Target::Ssm { name: name.clone() }.describe();
-            let action = "ssm:GetParameter";
-            let answer = call(action, deadline, || {
-                calls.get_parameter.fetch_add(1, Ordering::Relaxed);
-                client
-                    .get_parameter()
-                    .name(&name)
-                    .with_decryption(true)
-                    .send()
-            })
-            .await
-            .map_err(|f| {
-                match f.is(&["ParameterNotFound", "ParameterVersionNotFound"]) {
-                    true => SecretError::Missing(reference.clone()),
-                    false => failed(action, f),
-                }
-            })?;
-            let value = answer
-                .parameter()
-                .and_then(|p| p.value())
-                .ok_or(SecretError::Missing(reference))?;
-            Ok(Got::Ssm(vec![(name, value.to_string())]))
-        }
-        Task::Secret { key } => {
-            let (id, stage, version) = &key;
-            let region = arn_region(id).unwrap_or(aws.region()).to_string();
-            let client = aws.secretsmanager(&region);
-            let action = "secretsmanager:GetSecretValue";
-            let reference = Target::Secret {
-                id: id.clone(),
-                version_stage: stage.clone(),
-                version_id: version.clone(),
-                json_key: None,
-            }
-            .describe();
-            let answer = call(action, deadline, || {
-                calls.get_secret_value.fetch_add(1, Ordering::Relaxed);
-                client
-                    .get_secret_value()
-                    .secret_id(id)
-                    .set_version_stage(stage.clone())
-                    .set_version_id(version.clone())
-                    .send()
-            })
-            .await
-            .map_err(|f| match f.is(&["ResourceNotFoundException"]) {
-                true => SecretError::Missing(reference.clone()),
-                false => failed(action, f),
-            })?;
-            let text = answer.secret_string().ok_or_else(|| SecretError::Unusable {
-                reference,
-                why: "it holds binary data (SecretBinary); only a SecretString can be a parameter".into(),
-            })?;
-            Ok(Got::Secret(key.clone(), text.to_string()))
-        }
-        Task::Import(index, import) => {
-            let client = aws.ssm(aws.region());
-            let action = "ssm:GetParametersByPath";
-            let prefix = match import.ssm_path.ends_with('/') {
-                true => import.ssm_path.clone(),
-                false => format!("{}/", import.ssm_path),
-            };
-            let mut values = Vec::new();
-            let mut token: Option<String> = None;
-            loop {
-                let page = call(action, deadline, || {
-                    calls.get_parameters_by_path.fetch_add(1, Ordering::Relaxed);
-                    client
-                        .get_parameters_by_path()
-                        .path(&import.ssm_path)
-                        .recursive(import.recursive)
-                        .with_decryption(true)
-                        .max_results(10)
-                        .set_next_token(token.clone())
-                        .send()
-                })
-                .await
-                .map_err(|f| failed(action, f))?;
-                for p in page.parameters() {
-                    let (Some(name), Some(value)) = (p.name(), p.value()) else {
-                        continue;
-                    };
-                    let keys: Vec<String> = name
-                        .strip_prefix(&prefix)
-                        .unwrap_or(name)
-                        .split('/')
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_string)
-                        .collect();
-                    if keys.is_empty() {
-                        continue;
-                    }
-                    let secure =
-                        p.r#type() == Some(&aws_sdk_ssm::types::ParameterType::SecureString);
-                    values.push(Imported {
-                        name: name.to_string(),
-                        keys,
-                        value: value.to_string(),
-                        secure,
-                    });
-                }
-                token = page
-                    .next_token()
-                    .filter(|t| !t.is_empty())
-                    .map(str::to_string);
-                if token.is_none() {
-                    break;
-                }
-            }
-            Ok(Got::Import(index, values))
         }
     }
+    Ok(Got::Ssm(values))
+}
+
+/// One SSM parameter by `GetParameter` (a `:version` or `:label` selector, which
+/// `GetParameters` does not take).
+async fn get_parameter(
+    aws: &Aws,
+    region: &str,
+    name: String,
+    deadline: Deadline,
+    calls: &Calls,
+) -> Result<Got, SecretError> {
+    let client = aws.ssm(region);
+    let reference = Target::Ssm { name: name.clone() }.describe();
+    let action = "ssm:GetParameter";
+    let answer = call(action, deadline, || {
+        calls.get_parameter.fetch_add(1, Ordering::Relaxed);
+        client
+            .get_parameter()
+            .name(&name)
+            .with_decryption(true)
+            .send()
+    })
+    .await
+    .map_err(
+        |f| match f.is(&["ParameterNotFound", "ParameterVersionNotFound"]) {
+            true => SecretError::Missing(reference.clone()),
+            false => failed(action, f),
+        },
+    )?;
+    let value = answer
+        .parameter()
+        .and_then(|p| p.value())
+        .ok_or(SecretError::Missing(reference))?;
+    Ok(Got::Ssm(vec![(name, value.to_string())]))
+}
+
+/// One secret's `SecretString` (by id, stage and version), from the region its ARN names.
+async fn get_secret(
+    aws: &Aws,
+    key: (String, Option<String>, Option<String>),
+    deadline: Deadline,
+    calls: &Calls,
+) -> Result<Got, SecretError> {
+    let (id, stage, version) = &key;
+    let region = arn_region(id).unwrap_or(aws.region()).to_string();
+    let client = aws.secretsmanager(&region);
+    let action = "secretsmanager:GetSecretValue";
+    let reference = Target::Secret {
+        id: id.clone(),
+        version_stage: stage.clone(),
+        version_id: version.clone(),
+        json_key: None,
+    }
+    .describe();
+    let answer = call(action, deadline, || {
+        calls.get_secret_value.fetch_add(1, Ordering::Relaxed);
+        client
+            .get_secret_value()
+            .secret_id(id)
+            .set_version_stage(stage.clone())
+            .set_version_id(version.clone())
+            .send()
+    })
+    .await
+    .map_err(|f| match f.is(&["ResourceNotFoundException"]) {
+        true => SecretError::Missing(reference.clone()),
+        false => failed(action, f),
+    })?;
+    let text = answer
+        .secret_string()
+        .ok_or_else(|| SecretError::Unusable {
+            reference,
+            why: "it holds binary data (SecretBinary); only a SecretString can be a parameter"
+                .into(),
+        })?;
+    Ok(Got::Secret(key.clone(), text.to_string()))
+}
+
+/// An import's parameters below its path, every page of `GetParametersByPath`, each
+/// named by its keys below the path.
+async fn get_import(
+    aws: &Aws,
+    index: usize,
+    import: Import,
+    deadline: Deadline,
+    calls: &Calls,
+) -> Result<Got, SecretError> {
+    let client = aws.ssm(aws.region());
+    let action = "ssm:GetParametersByPath";
+    let prefix = match import.ssm_path.ends_with('/') {
+        true => import.ssm_path.clone(),
+        false => format!("{}/", import.ssm_path),
+    };
+    let mut values = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = call(action, deadline, || {
+            calls.get_parameters_by_path.fetch_add(1, Ordering::Relaxed);
+            client
+                .get_parameters_by_path()
+                .path(&import.ssm_path)
+                .recursive(import.recursive)
+                .with_decryption(true)
+                .max_results(10)
+                .set_next_token(token.clone())
+                .send()
+        })
+        .await
+        .map_err(|f| failed(action, f))?;
+        for p in page.parameters() {
+            let (Some(name), Some(value)) = (p.name(), p.value()) else {
+                continue;
+            };
+            let keys: Vec<String> = name
+                .strip_prefix(&prefix)
+                .unwrap_or(name)
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+            if keys.is_empty() {
+                continue;
+            }
+            let secure = p.r#type() == Some(&aws_sdk_ssm::types::ParameterType::SecureString);
+            values.push(Imported {
+                name: name.to_string(),
+                keys,
+                value: value.to_string(),
+                secure,
+            });
+        }
+        token = page
+            .next_token()
+            .filter(|t| !t.is_empty())
+            .map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    Ok(Got::Import(index, values))
 }
 
 /// Error codes that mean the KMS key refused to decrypt.
