@@ -20,7 +20,8 @@
 //!   `tagsList` → tags; and Azure's own `name` → instance-name, `resourceGroupName` →
 //!   resource-group.
 //! - Azure's IMDS allows about 5 requests a second: retries back off (`retry::BACKOFF`),
-//!   throttling (429) and `410 Gone` (the service not ready yet) are waited out, with
+//!   throttling (429), `410 Gone` (the service not ready yet) and a 404 for the instance
+//!   document (not served yet while the VM is provisioned) are waited out, with
 //!   Retry-After when given; every request is bounded by `--request-timeout` and the stage
 //!   deadline; no proxy, no redirects.
 //!
@@ -206,14 +207,25 @@ impl Client {
         .map_err(|e| http::gave_up(&self.endpoint, self.deadline, e))
     }
 
-    /// The facts, from the instance document; `compute.vmId` is required.
+    /// The facts, from the instance document; `compute.vmId` is required. A 404 for it is
+    /// waited out with the rest: every VM has one, and Azure's IMDS may not serve it yet
+    /// while the VM is provisioned (cloud-init's Azure source retries it too).
     pub async fn facts(&self) -> Result<Facts, ImdsError> {
         let path = format!("{INSTANCE_PATH}?api-version={API_VERSION}");
         let answer = retry::until_deadline(
             retry::BACKOFF,
             self.deadline,
             |_, _, _| {},
-            || self.get(&path, MAX_DOCUMENT),
+            || async {
+                match self.get(&path, MAX_DOCUMENT).await {
+                    Err(ImdsError::NotFound(what)) => Err(ImdsError::Transient {
+                        what,
+                        why: "HTTP 404: the instance document is not served yet".into(),
+                        retry_after: None,
+                    }),
+                    other => other,
+                }
+            },
         )
         .await
         .map_err(|e| http::gave_up(&self.endpoint, self.deadline, e))?;

@@ -953,6 +953,39 @@ async fn azure_410_gone_is_waited_out() {
     assert!(sb.read("params.json").is_some());
 }
 
+/// Azure's IMDS may answer 404 for the instance document while the VM is provisioned
+/// (cloud-init retries it): waited out like a 410, the facts read once it is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_instance_document_404_is_waited_out() {
+    let mut config = flavor(Flavor::Azure, aws(PARAMS.as_bytes()));
+    config.azure.instance_missing_first = 3;
+    let emu = Emulator::start(config).await.unwrap();
+    let sb = Sandbox::new();
+    let out = sb
+        .metadata(&emu.url(), &["--provider", "azure", "--timeout", "10s"])
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let documents: Vec<_> = emu
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/metadata/instance")
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        documents,
+        [Some(404), Some(404), Some(404), Some(200)],
+        "{}",
+        out.stderr
+    );
+    let instance: serde_json::Value =
+        serde_json::from_str(&sb.read("instance.json").unwrap()).unwrap();
+    assert_eq!(
+        instance["instance_id"],
+        "02aab8a4-74ef-476e-8182-f6d2ba4166a6"
+    );
+    assert!(sb.read("params.json").is_some());
+}
+
 /// The sandbox leaves every provider's metadata service on a closed loopback port: named
 /// and not pointed at an emulator, each fails at its deadline having asked 127.0.0.1:9,
 /// and its messages name no real metadata address.

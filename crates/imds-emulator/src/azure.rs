@@ -34,7 +34,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -83,6 +83,10 @@ pub struct AzureInstance {
     /// The first scheduled events request is answered this many seconds late (the
     /// service being enabled).
     pub scheduled_events_first_delay_secs: u64,
+    /// The instance document (`/metadata/instance` itself) answers 404 to its first this
+    /// many requests, as Azure's IMDS may while the VM is still being provisioned
+    /// (cloud-init's Azure source retries a 404 for it).
+    pub instance_missing_first: u64,
 }
 
 impl Default for AzureInstance {
@@ -105,6 +109,7 @@ impl Default for AzureInstance {
             answer_html: false,
             keep_approved_events: false,
             scheduled_events_first_delay_secs: 0,
+            instance_missing_first: 0,
         }
     }
 }
@@ -250,6 +255,11 @@ impl Shared {
             return json_answer(StatusCode::NOT_FOUND, &json!({ "error": "Not found" }));
         };
         if !rest.is_empty() && !rest.starts_with('/') {
+            return json_answer(StatusCode::NOT_FOUND, &json!({ "error": "Not found" }));
+        }
+        if rest.is_empty()
+            && self.azure.documents.fetch_add(1, Ordering::SeqCst) < vm.instance_missing_first
+        {
             return json_answer(StatusCode::NOT_FOUND, &json!({ "error": "Not found" }));
         }
         let user_data = self.user_data_now(config);
@@ -416,6 +426,8 @@ pub(crate) struct Live {
     served: tokio::sync::watch::Sender<u64>,
     /// The first GET was received (answered, or being delayed).
     first: AtomicBool,
+    /// Requests for the instance document itself so far.
+    documents: AtomicU64,
 }
 
 impl Default for Live {
@@ -426,6 +438,7 @@ impl Default for Live {
             asked: tokio::sync::watch::channel(0).0,
             served: tokio::sync::watch::channel(0).0,
             first: AtomicBool::new(false),
+            documents: AtomicU64::new(0),
         }
     }
 }

@@ -50,7 +50,8 @@
 //! `tagsList`, `userData`; `network.interface`), any node below it by path, a leaf only
 //! with `format=text`: `compute/userData` is the user-data base64-encoded (empty while
 //! there is none). `azure.answer_html` answers HTML instead, as a server that is not
-//! Azure's. Azure's wireserver is served on the same port: `GET /machine/?comp=goalstate`
+//! Azure's; `azure.instance_missing_first` answers the document 404 at first, as Azure
+//! may while the VM is provisioned. Azure's wireserver is served on the same port: `GET /machine/?comp=goalstate`
 //! (the goal state, XML) and `POST /machine/?comp=health` (200; its body is in the
 //! request's `Record`), both 400 without `x-ms-version: 2012-11-30`. Scheduled events
 //! (`/metadata/scheduledevents`, approved with `StartRequests`) as `azure.rs` says, with
