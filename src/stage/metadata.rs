@@ -213,15 +213,20 @@ async fn fetch(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<
     let staged = values::stage(state.root(), &rendered.set).map_err(write_error)?;
     atomic::write_file(&state.instance_json(), instance_json.as_bytes()).map_err(write_error)?;
     staged.commit().map_err(write_error)?;
+    // The values are current and the boot goes on: a report that fails is said, as
+    // cloud-init says it, in the log and in the ready notice's status (`systemctl
+    // status`), and Azure shows the VM as not provisioned.
+    let mut unreported = "";
     if let Some(endpoint) = report_to {
-        // The values are current and the boot goes on: a report that fails is said, as
-        // cloud-init says it, and Azure shows the VM as not provisioned.
         match imds::wireserver::report_ready(&endpoint, args.request_timeout, deadline).await {
             Ok(()) => tracing::info!(endpoint, "reported ready to Azure's wireserver"),
-            Err(e) => tracing::error!(
-                endpoint,
-                "could not report ready to Azure's wireserver: {e}; Azure will not show this VM as provisioned"
-            ),
+            Err(e) => {
+                tracing::error!(
+                    endpoint,
+                    "could not report ready to Azure's wireserver: {e}; Azure will not show this VM as provisioned"
+                );
+                unreported = "; not reported ready to Azure's wireserver (the log says why)";
+            }
         }
     }
 
@@ -234,7 +239,7 @@ async fn fetch(state: &StateDir, args: &Settings, notifier: Notifier) -> Result<
         "wrote params.json, instance.json, params.env, hooks.env"
     );
     Ok(format!(
-        "parameters ready: {} variables",
+        "parameters ready: {} variables{unreported}",
         rendered.variables
     ))
 }

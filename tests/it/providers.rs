@@ -766,8 +766,9 @@ async fn no_user_data_is_final_on_azure_and_openstack() {
 }
 
 /// A wireserver that cannot be reached (a closed port) does not fail the boot: the
-/// values are current, the metadata stage exits 0, and the log says the report failed and
-/// what Azure will show.
+/// values are current, the metadata stage exits 0, the log says the report failed and
+/// what Azure will show, and the ready notice's status (what `systemctl status` shows)
+/// says it was not reported.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_wireserver_is_said_and_the_boot_goes_on() {
     let config = aws(PARAMS.as_bytes());
@@ -784,11 +785,40 @@ async fn an_unreachable_wireserver_is_said_and_the_boot_goes_on() {
         "--timeout",
         "3s",
     ]);
+    let socket_path = sb.path("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let notices = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while let Ok(text) = common::recv_notification(&socket) {
+            let last = text.contains("BARRIER=1");
+            seen.push(text);
+            if last {
+                break;
+            }
+        }
+        seen
+    });
     cmd.env("BOOTSTAGE_AZURE_WIRESERVER", "http://127.0.0.1:9")
-        .env("BOOTSTAGE_AZURE_REPORT_READY", "true");
+        .env("BOOTSTAGE_AZURE_REPORT_READY", "true")
+        .env("NOTIFY_SOCKET", &socket_path);
     let out = common::run(cmd).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(sb.read("params.json").is_some());
+    let notices = notices.join().unwrap();
+    let ready: Vec<_> = notices
+        .iter()
+        .filter(|m| m.starts_with("READY=1"))
+        .collect();
+    assert_eq!(
+        ready,
+        [
+            "READY=1\nSTATUS=parameters ready: 15 variables; not reported ready to Azure's wireserver (the log says why)\n"
+        ],
+        "{notices:?}"
+    );
     assert!(
         out.stderr
             .contains("could not report ready to Azure's wireserver: ")
