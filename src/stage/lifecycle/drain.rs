@@ -477,18 +477,10 @@ async fn drain(
 ) -> Result<()> {
     let reason = plan.reason.name();
     let deadline_text = life::rfc3339(plan.deadline_unix);
-    let mut units = config.map(Config::drain).unwrap_or_default().stop;
-    // A Spot hibernation resumes this same boot: nothing would start a stopped app again.
-    // drain.d still runs (checkpoint, deregister); the app sleeps with the instance.
-    if plan
-        .env
-        .iter()
-        .any(|(k, v)| k == "BOOTSTAGE_SPOT_ACTION" && v == "hibernate")
-    {
-        if !units.is_empty() {
-            tracing::info!("a Spot hibernation resumes this boot: {units:?} not stopped");
-        }
-        units.clear();
+    let configured = config.map(Config::drain).unwrap_or_default().stop;
+    let units = units_to_stop(&configured, &plan.env);
+    if units.len() < configured.len() {
+        tracing::info!("a Spot hibernation resumes this boot: {configured:?} not stopped");
     }
     lifecycle::update(state, |r| {
         r.drain = Some(Drain {
@@ -558,6 +550,40 @@ async fn drain(
             }
         }
     };
+    drained(state, w, reason, about, stopped, error, notices)?;
+    // Azure: the drain's event approved, so the eviction or deletion may go ahead early.
+    if let (Some(id), Some(client)) = (&plan.approve, &approver) {
+        sources::approve_within(state, client, id, stop).await;
+    }
+    notifier.status("drained: completing the termination action");
+    leaving.finish(state, stop).await;
+    Ok(())
+}
+
+/// The units a drain stops: those configured, but none for a Spot hibernation, which
+/// resumes this same boot (nothing would start a stopped app again; drain.d still runs
+/// to checkpoint or deregister, and the app sleeps with the instance).
+fn units_to_stop(configured: &[String], env: &[(String, String)]) -> Vec<String> {
+    match env
+        .iter()
+        .any(|(k, v)| k == "BOOTSTAGE_SPOT_ACTION" && v == "hibernate")
+    {
+        true => Vec::new(),
+        false => configured.to_vec(),
+    }
+}
+
+/// The drain is over: recorded with the units stopped and its error, said, and a failure
+/// noticed (the termination action is completed all the same).
+fn drained(
+    state: &StateDir,
+    w: &Watch,
+    reason: &str,
+    about: serde_json::Value,
+    stopped: Vec<String>,
+    error: Option<String>,
+    notices: &mut tokio::task::JoinSet<()>,
+) -> Result<()> {
     lifecycle::update(state, |r| {
         if let Some(d) = r.drain.as_mut() {
             d.done = Some(now());
@@ -565,29 +591,16 @@ async fn drain(
             d.stopped = stopped.clone();
         }
     })?;
-    match &error {
+    match error {
         None => tracing::info!(reason, "drained: stopped {stopped:?}"),
         Some(e) => {
             tracing::error!(
                 reason,
                 "the drain failed: {e}; completing the termination action all the same"
             );
-            notify(
-                notices,
-                state,
-                w,
-                "drain",
-                about,
-                Some(("drain", e.clone())),
-            );
+            notify(notices, state, w, "drain", about, Some(("drain", e)));
         }
     }
-    // Azure: the drain's event approved, so the eviction or deletion may go ahead early.
-    if let (Some(id), Some(client)) = (&plan.approve, &approver) {
-        sources::approve_within(state, client, id, stop).await;
-    }
-    notifier.status("drained: completing the termination action");
-    leaving.finish(state, stop).await;
     Ok(())
 }
 
@@ -680,5 +693,24 @@ async fn queue_stop(systemctl: &Path, unit: &str) -> std::result::Result<(), Str
         Ok(status) if status.success() => Ok(()),
         Ok(status) => Err(child::describe(status)),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Spot hibernation stops no unit; any other drain stops those configured.
+    #[test]
+    fn a_hibernation_stops_nothing() {
+        let units = vec!["app.service".to_string(), "worker.service".to_string()];
+        let env = |action: &str| vec![("BOOTSTAGE_SPOT_ACTION".to_string(), action.to_string())];
+        assert_eq!(
+            units_to_stop(&units, &env("hibernate")),
+            Vec::<String>::new()
+        );
+        assert_eq!(units_to_stop(&units, &env("terminate")), units);
+        assert_eq!(units_to_stop(&units, &env("stop")), units);
+        assert_eq!(units_to_stop(&units, &[]), units);
     }
 }
