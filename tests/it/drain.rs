@@ -489,6 +489,42 @@ async fn a_spot_notice_drains_within_its_time_less_the_margin() {
     assert!(rig.record()["drain"]["error"].is_string());
 }
 
+/// A Spot hibernation resumes this same boot, so the drain runs drain.d (with the action
+/// in its environment) and stops no unit: nothing would start the app again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spot_hibernation_runs_drain_hooks_and_stops_no_unit() {
+    let lifecycle = json!({"drain": {"stop": ["myapp.service"], "spot_margin": "10s"}});
+    let rig = Rig::new(lifecycle, group(60.0)).await;
+    let dir = rig.sb.path("");
+    rig.hook(
+        "drain.d/10-record",
+        &format!("env -0 > {d}/hook-env", d = dir.display()),
+    );
+    let watcher = rig.watch();
+    rig.looks(3).await;
+    let time = humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(120));
+    rig.imds.set_meta_data(
+        SPOT,
+        Some(&json!({"action": "hibernate", "time": time.to_string()}).to_string()),
+    );
+    let watched = exits(watcher).await;
+    let stderr = String::from_utf8_lossy(&watched.stderr);
+    assert!(watched.status.success(), "{stderr}");
+    let env = rig.env("hook-env");
+    assert_eq!(env["BOOTSTAGE_DRAIN_REASON"], "spot");
+    assert_eq!(env["BOOTSTAGE_SPOT_ACTION"], "hibernate");
+    assert_eq!(rig.file("systemctl.log"), None, "no unit stopped");
+    assert!(
+        stderr.contains(r#"a Spot hibernation resumes this boot: ["myapp.service"] not stopped"#),
+        "{stderr}"
+    );
+    let record = rig.record();
+    assert_eq!(record["drain"]["reason"], "spot");
+    // Nothing stopped: the record lists none.
+    assert!(record["drain"]["stopped"].is_null(), "{record}");
+    assert!(record["drain"]["done"].is_string(), "{record}");
+}
+
 /// Five rebalance recommendations, a second apart, and no interruption: rebalance.d once
 /// (with the first notice's time), rebalance-undo.d once, `rebalance_undo_after` after the
 /// last; nothing drains.
