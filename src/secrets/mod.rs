@@ -135,16 +135,47 @@ pub async fn resolve(
         env: params,
         ..Resolved::default()
     };
-    // Who names each credential file, and each variable an `env: false` reference keeps
-    // out of params.env: a second source of either is refused, never a silent overwrite.
-    let mut credential_of: BTreeMap<String, String> = BTreeMap::new();
-    let mut hidden: BTreeMap<String, String> = BTreeMap::new();
-    for reference in &references {
+    let claims = place_references(&mut out, &references, &fetched)?;
+    place_imports(&mut out, fetched.imported, claims, reserved)?;
+    let n = |c: &AtomicU32| c.load(Ordering::Relaxed);
+    tracing::info!(
+        references = references.len(),
+        imported = out.imported.len(),
+        credentials = out.credentials.len(),
+        get_parameters = n(&calls.get_parameters),
+        get_parameter = n(&calls.get_parameter),
+        get_parameters_by_path = n(&calls.get_parameters_by_path),
+        get_secret_value = n(&calls.get_secret_value),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "resolved references and imports"
+    );
+    Ok(out)
+}
+
+/// Who names each credential file, and each variable an `env: false` reference keeps out
+/// of params.env (what source): a second source of either is refused, never a silent
+/// overwrite.
+#[derive(Default)]
+struct Claims {
+    credential_of: BTreeMap<String, String>,
+    hidden: BTreeMap<String, String>,
+}
+
+/// Each reference's value in its place: in params.json and params.env, or (`env: false`)
+/// a `{"credential": KEY}` placeholder in params.json and left out of params.env; every
+/// value a credential. Answers who claimed what, for the imports.
+fn place_references(
+    out: &mut Resolved,
+    references: &[refs::Reference],
+    fetched: &Fetched,
+) -> Result<Claims, SecretError> {
+    let mut claims = Claims::default();
+    for reference in references {
         let value = fetched.value(&reference.target)?;
         let key = dotted(&reference.path);
         let source = format!("parameter {key:?} ({})", reference.target.describe());
-        unclaimed(&credential_of, &key, &source)?;
-        credential_of.insert(key.clone(), source.clone());
+        unclaimed(&claims.credential_of, &key, &source)?;
+        claims.credential_of.insert(key.clone(), source.clone());
         match reference.env {
             true => {
                 refs::set(&mut out.json, &reference.path, Value::String(value.clone()));
@@ -155,11 +186,28 @@ pub async fn resolve(
                 refs::set(&mut out.json, &reference.path, placeholder);
                 refs::remove(&mut out.env, &reference.path);
                 let segments: Vec<&str> = reference.path.iter().map(String::as_str).collect();
-                hidden.insert(envfile::env_name(&segments), source);
+                claims.hidden.insert(envfile::env_name(&segments), source);
             }
         }
         out.credentials.push((key, value));
     }
+    Ok(claims)
+}
+
+/// The imported parameters placed where nothing else is: never over a variable
+/// user-data sets or an earlier import took, never into a credential file another source
+/// names (refused, 65), never past params.env's size; any other that cannot be placed is
+/// left out with a warning.
+fn place_imports(
+    out: &mut Resolved,
+    imported: Vec<Imported>,
+    claims: Claims,
+    reserved: usize,
+) -> Result<(), SecretError> {
+    let Claims {
+        mut credential_of,
+        hidden,
+    } = claims;
     // The variables user-data sets: an import never takes one, however it spells the key
     // (`DB/HOST` beside user-data's `db.host`), so it can neither override nor collide.
     // Whoever writes under an import path must not be able to fail the boot either: a
@@ -168,7 +216,7 @@ pub async fn resolve(
     let mut room = envfile::MAX_FILE
         .saturating_sub(reserved)
         .saturating_sub(envfile::Env::from_params(&out.env).map_or(0, |e| e.size()));
-    for item in fetched.imported {
+    for item in imported {
         let key = dotted(&item.keys);
         let skip = |why: &str| tracing::warn!(parameter = item.name, "not imported: {why}");
         if let Some(why) = refs::import_refusal(&item.keys) {
@@ -220,19 +268,7 @@ pub async fn resolve(
             out.credentials.push((key, item.value));
         }
     }
-    let n = |c: &AtomicU32| c.load(Ordering::Relaxed);
-    tracing::info!(
-        references = references.len(),
-        imported = out.imported.len(),
-        credentials = out.credentials.len(),
-        get_parameters = n(&calls.get_parameters),
-        get_parameter = n(&calls.get_parameter),
-        get_parameters_by_path = n(&calls.get_parameters_by_path),
-        get_secret_value = n(&calls.get_secret_value),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "resolved references and imports"
-    );
-    Ok(out)
+    Ok(())
 }
 
 /// Refuses `source` as a second source of the credential file `key`, naming both.
