@@ -20,8 +20,9 @@
 //!   `tagsList` → tags; and Azure's own `name` → instance-name, `resourceGroupName` →
 //!   resource-group.
 //! - Azure's IMDS allows about 5 requests a second: retries back off (`retry::BACKOFF`),
-//!   throttling (429), `410 Gone` (the service not ready yet) and a 404 for the instance
-//!   document (not served yet while the VM is provisioned) are waited out, with
+//!   throttling (429), `410 Gone` (the service not ready yet) and Azure's 404 for the
+//!   instance document (a JSON error: not served yet while the VM is provisioned) are
+//!   waited out, with
 //!   Retry-After when given; every request is bounded by `--request-timeout` and the stage
 //!   deadline; no proxy, no redirects.
 //!
@@ -207,9 +208,11 @@ impl Client {
         .map_err(|e| http::gave_up(&self.endpoint, self.deadline, e))
     }
 
-    /// The facts, from the instance document; `compute.vmId` is required. A 404 for it is
-    /// waited out with the rest: every VM has one, and Azure's IMDS may not serve it yet
-    /// while the VM is provisioned (cloud-init's Azure source retries it too).
+    /// The facts, from the instance document; `compute.vmId` is required. Azure's 404 for
+    /// it (a JSON error) is waited out with the rest: every VM has one, and Azure's IMDS
+    /// may not serve it yet while the VM is provisioned (cloud-init's Azure source retries
+    /// it too). A 404 in any other form is not Azure's IMDS (EC2's, a proxy's page): said
+    /// at once.
     pub async fn facts(&self) -> Result<Facts, ImdsError> {
         let path = format!("{INSTANCE_PATH}?api-version={API_VERSION}");
         let answer = retry::until_deadline(
@@ -217,13 +220,16 @@ impl Client {
             self.deadline,
             |_, _, _| {},
             || async {
-                match self.get(&path, MAX_DOCUMENT).await {
-                    Err(ImdsError::NotFound(what)) => Err(ImdsError::Transient {
+                let answer = self.answer(&path, MAX_DOCUMENT).await?;
+                let what = format!("GET {path}");
+                match answer.status.as_u16() == 404 && answer.media_type() == "application/json" {
+                    true => Err(ImdsError::Transient {
                         what,
-                        why: "HTTP 404: the instance document is not served yet".into(),
+                        why: "HTTP 404: Azure's IMDS does not serve the instance document yet"
+                            .into(),
                         retry_after: None,
                     }),
-                    other => other,
+                    false => judged(what, answer),
                 }
             },
         )
@@ -274,18 +280,22 @@ impl Client {
 
     /// One GET of `path` (with its query), `Metadata: true` sent.
     async fn get(&self, path: &str, max: usize) -> Result<Answer, ImdsError> {
-        let what = format!("GET {path}");
-        let answer = http::get(
+        let answer = self.answer(path, max).await?;
+        judged(format!("GET {path}"), answer)
+    }
+
+    /// One GET's answer, whatever its status.
+    async fn answer(&self, path: &str, max: usize) -> Result<Answer, ImdsError> {
+        http::get(
             &self.http,
             &format!("{}{path}", self.endpoint),
-            &what,
+            &format!("GET {path}"),
             &[(METADATA_HEADER, "true")],
             self.request_timeout,
             self.deadline,
             max,
         )
-        .await?;
-        judged(what, answer)
+        .await
     }
 }
 

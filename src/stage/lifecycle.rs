@@ -635,6 +635,7 @@ async fn keep_launch_alive(
     };
     // `launch_hook` answers only a link that has a hook.
     let Some(hook) = link.hook.as_ref() else {
+        notifier.ready("in no auto scaling group: nothing to keep alive");
         return Ok(Launch::Over);
     };
     let mut beats = Beats::new(every);

@@ -1016,6 +1016,31 @@ async fn azure_instance_document_404_is_waited_out() {
     assert!(sb.read("params.json").is_some());
 }
 
+/// A 404 for the instance document in any form but Azure's JSON error is not Azure's
+/// IMDS (here EC2's, asked as Azure by mistake): not waited for, the stage fails at once,
+/// having asked for it once.
+#[tokio::test(flavor = "multi_thread")]
+async fn azure_asked_of_a_server_that_is_not_azure_fails_at_once() {
+    let emu = Emulator::start(aws(PARAMS.as_bytes())).await.unwrap();
+    let sb = Sandbox::new();
+    let out = sb
+        .metadata(&emu.url(), &["--provider", "azure", "--timeout", "10s"])
+        .await;
+    assert_eq!(out.code, 75, "{}", out.stderr);
+    let documents = emu
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/metadata/instance")
+        .count();
+    assert_eq!(documents, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("GET /metadata/instance?api-version=2021-02-01: not found"),
+        "{}",
+        out.stderr
+    );
+}
+
 /// The sandbox leaves every provider's metadata service on a closed loopback port: named
 /// and not pointed at an emulator, each fails at its deadline having asked 127.0.0.1:9,
 /// and its messages name no real metadata address.
