@@ -22,8 +22,7 @@
 //! - Azure's IMDS allows about 5 requests a second: retries back off (`retry::BACKOFF`),
 //!   throttling (429), `410 Gone` (the service not ready yet) and Azure's 404 for the
 //!   instance document (a JSON error: not served yet while the VM is provisioned) are
-//!   waited out, with
-//!   Retry-After when given; every request is bounded by `--request-timeout` and the stage
+//!   waited out, with Retry-After when given; every request is bounded by `--request-timeout` and the stage
 //!   deadline; no proxy, no redirects.
 //!
 //! - The lifecycle watcher's scheduled events ([`Client::scheduled_events`],
@@ -92,12 +91,25 @@ enum Verdict {
     Unexpected,
 }
 
-/// 410 is Azure's "not ready yet, retry" (for up to 70 s after boot), 429 its throttling.
-fn verdict(status: StatusCode) -> Verdict {
-    match status.as_u16() {
-        200 => Verdict::Body,
-        404 => Verdict::Absent,
-        410 | 429 | 500..=599 => Verdict::Retry,
+/// What a 404 means for what was asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum If404 {
+    /// It may not exist (user-data none was given, the events' document).
+    Absent,
+    /// Every VM has it (the instance document): Azure's own 404, a JSON error, means it is
+    /// not served yet while the VM is provisioned (cloud-init's Azure source retries it
+    /// too); a 404 in any other form is not Azure's IMDS (EC2's, a proxy's page).
+    NotYet,
+}
+
+/// 410 is Azure's "not ready yet, retry" (for up to 70 s after boot), 429 its throttling;
+/// a 404 as `if_404` says (`json`: the answer's media type is JSON).
+fn verdict(status: StatusCode, json: bool, if_404: If404) -> Verdict {
+    match (status.as_u16(), if_404) {
+        (200, _) => Verdict::Body,
+        (404, If404::NotYet) if json => Verdict::Retry,
+        (404, _) => Verdict::Absent,
+        (410 | 429 | 500..=599, _) => Verdict::Retry,
         _ => Verdict::Unexpected,
     }
 }
@@ -198,7 +210,7 @@ impl Client {
     ) -> Result<Option<Vec<u8>>, ImdsError> {
         super::poll_user_data(retry::BACKOFF, self.deadline, grace, on_wait, || async {
             let path = format!("{USER_DATA_PATH}?api-version={API_VERSION}&format=text");
-            match self.get(&path, MAX_USER_DATA).await {
+            match self.get(&path, MAX_USER_DATA, If404::Absent).await {
                 Ok(answer) => decode_user_data(&path, &answer.body),
                 Err(ImdsError::NotFound(_)) => Ok(None),
                 Err(e) => Err(e),
@@ -209,29 +221,14 @@ impl Client {
     }
 
     /// The facts, from the instance document; `compute.vmId` is required. Azure's 404 for
-    /// it (a JSON error) is waited out with the rest: every VM has one, and Azure's IMDS
-    /// may not serve it yet while the VM is provisioned (cloud-init's Azure source retries
-    /// it too). A 404 in any other form is not Azure's IMDS (EC2's, a proxy's page): said
-    /// at once.
+    /// it is waited out with the rest ([`If404::NotYet`]).
     pub async fn facts(&self) -> Result<Facts, ImdsError> {
         let path = format!("{INSTANCE_PATH}?api-version={API_VERSION}");
         let answer = retry::until_deadline(
             retry::BACKOFF,
             self.deadline,
             |_, _, _| {},
-            || async {
-                let answer = self.answer(&path, MAX_DOCUMENT).await?;
-                let what = format!("GET {path}");
-                match answer.status.as_u16() == 404 && answer.media_type() == "application/json" {
-                    true => Err(ImdsError::Transient {
-                        what,
-                        why: "HTTP 404: Azure's IMDS does not serve the instance document yet"
-                            .into(),
-                        retry_after: None,
-                    }),
-                    false => judged(what, answer),
-                }
-            },
+            || self.get(&path, MAX_DOCUMENT, If404::NotYet),
         )
         .await
         .map_err(|e| http::gave_up(&self.endpoint, self.deadline, e))?;
@@ -253,7 +250,7 @@ impl Client {
             MAX_EVENTS,
         )
         .await?;
-        let answer = judged(what.clone(), answer)?;
+        let answer = judged(what.clone(), answer, If404::Absent)?;
         scheduled_events(&answer.body).map_err(|why| ImdsError::Invalid { what, why })
     }
 
@@ -275,33 +272,30 @@ impl Client {
             MAX_EVENTS,
         )
         .await?;
-        judged(what, answer).map(|_| ())
+        judged(what, answer, If404::Absent).map(|_| ())
     }
 
     /// One GET of `path` (with its query), `Metadata: true` sent.
-    async fn get(&self, path: &str, max: usize) -> Result<Answer, ImdsError> {
-        let answer = self.answer(path, max).await?;
-        judged(format!("GET {path}"), answer)
-    }
-
-    /// One GET's answer, whatever its status.
-    async fn answer(&self, path: &str, max: usize) -> Result<Answer, ImdsError> {
-        http::get(
+    async fn get(&self, path: &str, max: usize, if_404: If404) -> Result<Answer, ImdsError> {
+        let what = format!("GET {path}");
+        let answer = http::get(
             &self.http,
             &format!("{}{path}", self.endpoint),
-            &format!("GET {path}"),
+            &what,
             &[(METADATA_HEADER, "true")],
             self.request_timeout,
             self.deadline,
             max,
         )
-        .await
+        .await?;
+        judged(what, answer, if_404)
     }
 }
 
 /// An answer as [`verdict`] reads it: the answer itself when it has a body to use.
-fn judged(what: String, answer: Answer) -> Result<Answer, ImdsError> {
-    match verdict(answer.status) {
+fn judged(what: String, answer: Answer, if_404: If404) -> Result<Answer, ImdsError> {
+    let json = answer.media_type() == "application/json";
+    match verdict(answer.status, json, if_404) {
         Verdict::Body => Ok(answer),
         Verdict::Absent => Err(ImdsError::NotFound(what)),
         Verdict::Retry => Err(answer.retry(what)),
@@ -487,9 +481,13 @@ mod tests {
 
     #[test]
     fn answers() {
-        let v = |s: u16| verdict(StatusCode::from_u16(s).unwrap());
+        let v = |s: u16| verdict(StatusCode::from_u16(s).unwrap(), true, If404::Absent);
         assert_eq!(v(200), Verdict::Body);
         assert_eq!(v(404), Verdict::Absent);
+        // What every VM has: Azure's own (JSON) 404 is "not yet", any other not Azure's.
+        let document = |json| verdict(StatusCode::NOT_FOUND, json, If404::NotYet);
+        assert_eq!(document(true), Verdict::Retry);
+        assert_eq!(document(false), Verdict::Absent);
         assert_eq!(v(410), Verdict::Retry);
         assert_eq!(v(429), Verdict::Retry);
         assert_eq!(v(503), Verdict::Retry);
