@@ -324,23 +324,8 @@ async fn hold_keeps_the_instance_past_the_hook_timeout_until_release() {
     let rig = Rig::new(lifecycle, Default::default(), orchestrator(&[INSTANCE])).await;
     // The watcher's sd_notify messages, on a real datagram socket.
     let socket_path = rig.sb.path("notify.sock");
-    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let messages = std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        let mut buf = vec![0u8; 4096];
-        while let Ok(n) = socket.recv(&mut buf) {
-            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            let held = text.contains("STATUS=held");
-            seen.push(text);
-            if held {
-                break;
-            }
-        }
-        seen
-    });
+    let messages =
+        common::notifications_until(&socket_path, "STATUS=held", Duration::from_secs(20));
     let mut watch = rig.command(&["lifecycle", "watch"]);
     watch.env("NOTIFY_SOCKET", &socket_path);
     let watcher = watch.spawn().unwrap();

@@ -786,21 +786,7 @@ async fn an_unreachable_wireserver_is_said_and_the_boot_goes_on() {
         "3s",
     ]);
     let socket_path = sb.path("notify.sock");
-    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_secs(15)))
-        .unwrap();
-    let notices = std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        while let Ok(text) = common::recv_notification(&socket) {
-            let last = text.contains("BARRIER=1");
-            seen.push(text);
-            if last {
-                break;
-            }
-        }
-        seen
-    });
+    let notices = common::notifications_until(&socket_path, "BARRIER=1", Duration::from_secs(15));
     cmd.env("BOOTSTAGE_AZURE_WIRESERVER", "http://127.0.0.1:9")
         .env("BOOTSTAGE_AZURE_REPORT_READY", "true")
         .env("NOTIFY_SOCKET", &socket_path);

@@ -355,6 +355,29 @@ pub fn next_notification(socket: &std::os::unix::net::UnixDatagram, want: &str) 
     }
 }
 
+/// A real sd_notify socket bound at `path`, read on a thread (as [`recv_notification`]
+/// reads, descriptors closed) until a datagram contains `last` or none comes for
+/// `quiet`: the datagrams' texts, in order.
+pub fn notifications_until(
+    path: &Path,
+    last: &'static str,
+    quiet: Duration,
+) -> std::thread::JoinHandle<Vec<String>> {
+    let socket = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+    socket.set_read_timeout(Some(quiet)).unwrap();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while let Ok(text) = recv_notification(&socket) {
+            let done = text.contains(last);
+            seen.push(text);
+            if done {
+                break;
+            }
+        }
+        seen
+    })
+}
+
 /// Reads one sd_notify datagram as systemd does: with room for the descriptors that come
 /// with it, which it then closes. `BARRIER=1` comes with a pipe's write end, and closing
 /// it is the acknowledgement the sender waits for (at most 5 s, while a datagram sits
